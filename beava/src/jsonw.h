@@ -1,0 +1,71 @@
+/*
+ * jsonw.h - a growable byte buffer and a JSON writer on top of it.
+ *
+ * Every JSON body beava emits goes through here so that numbers are formatted one way:
+ * integers in decimal, f64 in the shortest form that reads back to the same double with
+ * ".0" kept on integral values and ryu's exponent rules (1e16, 1.5e-7), NaN/Inf as null
+ * (reference-wire-api.md §0). The writer does not sort keys itself: callers emit keys in
+ * ascending byte order (the wire contract), which jsonw_json() does for jansson values.
+ *
+ * Ownership: a bv_buf owns its bytes; bv_buf_free() releases them, bv_buf_steal() hands
+ * them to the caller (NUL-terminated, free with free()). Allocation failure aborts: every
+ * buffer is bounded by the request caps, so an OOM here is not a recoverable condition.
+ */
+#ifndef BEAVA_JSONW_H
+#define BEAVA_JSONW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include "value.h"
+
+typedef struct bv_buf {
+    char *data;
+    size_t len, cap;
+} bv_buf;
+
+void bv_buf_init(bv_buf *b);
+void bv_buf_free(bv_buf *b);
+void bv_buf_reserve(bv_buf *b, size_t extra);
+void bv_buf_put(bv_buf *b, const void *p, size_t n);
+void bv_buf_puts(bv_buf *b, const char *s);
+void bv_buf_putc(bv_buf *b, char c);
+void bv_buf_printf(bv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+char *bv_buf_steal(bv_buf *b);          /* NUL-terminated; buffer is reset */
+
+/* Format a double the way the wire wants it (shortest round trip, ".0" kept, ryu exponent
+ * style). Non-finite values produce "null". Returns the length written (buf >= 32 bytes). */
+int bv_fmt_f64(double v, char *buf);
+
+/* Writer: tracks whether a comma is needed at each nesting level. */
+#define JSONW_MAX_DEPTH 64
+typedef struct jsonw {
+    bv_buf *out;
+    int depth;
+    bool need_comma[JSONW_MAX_DEPTH];
+} jsonw;
+
+void jsonw_init(jsonw *w, bv_buf *out);
+void jsonw_obj_begin(jsonw *w);
+void jsonw_obj_end(jsonw *w);
+void jsonw_arr_begin(jsonw *w);
+void jsonw_arr_end(jsonw *w);
+void jsonw_key(jsonw *w, const char *key);                /* inside an object */
+void jsonw_keyn(jsonw *w, const char *key, size_t n);
+void jsonw_str(jsonw *w, const char *s);
+void jsonw_strn(jsonw *w, const char *s, size_t n);
+void jsonw_i64(jsonw *w, int64_t v);
+void jsonw_u64(jsonw *w, uint64_t v);
+void jsonw_f64(jsonw *w, double v);
+void jsonw_bool(jsonw *w, bool v);
+void jsonw_null(jsonw *w);
+void jsonw_raw(jsonw *w, const char *json, size_t n);    /* a pre-rendered value */
+void jsonw_value(jsonw *w, const bv_value *v);           /* BV_JSON via jsonw_json */
+/* A jansson value with object keys sorted ascending, reals via bv_fmt_f64. */
+void jsonw_json(jsonw *w, const json_t *j);
+
+/* Append a JSON string literal (quoted, escaped) to a buffer. */
+void bv_buf_json_str(bv_buf *b, const char *s, size_t n);
+
+#endif

@@ -1,0 +1,332 @@
+/*
+ * feature.c - compile an agg spec into a feature and drive its per-entity state
+ * (feature.h). The per-kind behaviour lives in the op vtables (op.h); windows in
+ * window.c. This file owns the register-time checks of reference-pipelines.md §1.6
+ * (steps 2 and 4-12, in that order), the memory-governance pre-check (§2.2.4), the
+ * duration syntax (§3.1) and the event path: where -> field -> coercion -> update.
+ */
+#include "feature.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "op.h"
+#include "opval.h"
+#include "param.h"
+#include "window.h"
+
+/* ---- durations (§3.1) ---- */
+
+int bv_parse_duration(const char *s, int64_t *ms) {
+    if (!s) return -1;
+    if (strcmp(s, "forever") == 0) { *ms = 0; return 0; }
+    const char *p = s;
+    int64_t v = 0;
+    if (*p < '0' || *p > '9') return -1;
+    while (*p >= '0' && *p <= '9') {
+        if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, *p - '0', &v)) return -1;
+        p++;
+    }
+    int64_t unit;
+    if (strcmp(p, "ms") == 0) unit = 1;
+    else if (strcmp(p, "s") == 0) unit = 1000;
+    else if (strcmp(p, "m") == 0) unit = 60000;
+    else if (strcmp(p, "h") == 0) unit = 3600000;
+    else if (strcmp(p, "d") == 0) unit = 86400000;
+    else return -1;
+    if (v <= 0 || __builtin_mul_overflow(v, unit, &v)) return -1;
+    *ms = v;
+    return 0;
+}
+
+bool feature_op_known(const char *op_name) { return op_name && op_lookup(op_name) != NULL; }
+
+/* ---- memory-governance pre-check (§2.2.4) ---- */
+
+static bool positive_int(const json_t *params, const char *key) {
+    int64_t v;
+    return param_int(params, key, &v) == 1 && v > 0;
+}
+
+int feature_precheck_unbounded(const json_t *agg_spec, const char *path, bv_err *err) {
+    const json_t *params = json_is_object(agg_spec) ? json_object_get(agg_spec, "params") : NULL;
+    if (!json_is_object(params)) params = NULL;
+    if (params && json_is_string(json_object_get(params, "window"))) return 0;
+    const json_t *opj = json_is_object(agg_spec) ? json_object_get(agg_spec, "op") : NULL;
+    const char *op = json_is_string(opj) ? json_string_value(opj) : NULL;
+    if (!feature_op_known(op)) {
+        bv_err_set(err, "unbounded_op_in_lifetime_mode", path,
+                   "unknown operator '%s' in lifetime mode (no window=): its per-entity memory "
+                   "bound cannot be established", op ? op : "");
+        return -1;
+    }
+    const char *need = NULL;
+    if (!strcmp(op, "first_n") || !strcmp(op, "last_n") || !strcmp(op, "lag") ||
+        !strcmp(op, "time_since_last_n") || !strcmp(op, "most_recent_n")) {
+        if (!positive_int(params, "n")) need = "n=<int>";
+    } else if (!strcmp(op, "reservoir_sample")) {
+        if (!positive_int(params, "samples")) need = "samples=<int>";
+    } else if (!strcmp(op, "histogram")) {
+        const json_t *b = params ? json_object_get(params, "buckets") : NULL;
+        if (!json_is_array(b) || json_array_size(b) == 0) need = "a non-empty buckets=[...]";
+    }
+    if (need) {
+        bv_err_set(err, "unbounded_op_in_lifetime_mode", path,
+                   "Operator '%s' requires %s in lifetime mode (window= omitted) to bound "
+                   "per-entity memory", op, need);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- compile (§1.6) ---- */
+
+static char *xstrdup(const char *s) {
+    char *p = strdup(s);
+    if (!p) abort();
+    return p;
+}
+
+void feature_release(feature *f) {
+    if (!f) return;
+    free(f->name);
+    free(f->op_name);
+    free(f->field);
+    free(f->window_src);
+    free(f->where_src);
+    if (f->where) expr_free(f->where);
+    if (f->spec) json_decref(f->spec);
+    free(f->p.buckets);
+    for (size_t i = 0; i < f->p.ncategories; i++) free(f->p.categories[i]);
+    free(f->p.categories);
+    free(f->p.lat_field);
+    free(f->p.lon_field);
+    memset(f, 0, sizeof *f);
+}
+
+/* A duration param that must be a positive, finite duration (half_life, sub_window). */
+static int required_duration(const json_t *params, const char *key, const char *op,
+                             int64_t *out, const char *path, bv_err *err) {
+    const char *s = NULL;
+    int r = param_str(params, key, &s);
+    if (r == 1 && bv_parse_duration(s, out) == 0 && *out > 0) return 0;
+    if (r == 0)
+        bv_err_set(err, "invalid_registration", path, "operator '%s' requires %s (e.g. \"1h\")", op, key);
+    else
+        bv_err_set(err, "invalid_registration", path,
+                   "operator '%s': invalid %s '%s' (expected <digits>(ms|s|m|h|d), > 0, not forever)",
+                   op, key, s ? s : "<non-string>");
+    return -1;
+}
+
+struct where_ctx {
+    const bv_schema *schema;
+    const char *missing;
+};
+
+static bool where_field_cb(void *ctx, const char *field) {
+    struct where_ctx *w = ctx;
+    if (bv_schema_find(w->schema, field, NULL) >= 0) return true;
+    w->missing = field;
+    return false;
+}
+
+int feature_compile(feature *f, const char *name, const json_t *spec, const bv_schema *schema,
+                    const char *path, bv_err *err) {
+    memset(f, 0, sizeof *f);
+    const json_t *opj = json_is_object(spec) ? json_object_get(spec, "op") : NULL;
+    const char *op = json_is_string(opj) ? json_string_value(opj) : NULL;
+    const json_t *params = json_is_object(spec) ? json_object_get(spec, "params") : NULL;
+    const json_t *wj;
+    const char *field = NULL, *wsrc = NULL, *where = NULL;
+    bool has_window;
+    unsigned fl;
+
+    /* step 2: the op string */
+    const struct op_vtable *vt = op ? op_lookup(op) : NULL;
+    if (!vt) {
+        bv_err_set(err, "aggregation_unknown_op", path, "unknown aggregation operator '%s'", op ? op : "");
+        return -1;
+    }
+    if (params && json_is_null(params)) params = NULL;
+    if (params && !json_is_object(params)) {
+        bv_err_set(err, "invalid_registration", path, "params must be an object");
+        return -1;
+    }
+    fl = vt->flags;
+    f->name = xstrdup(name);
+    f->op_name = xstrdup(op);
+    f->vt = vt;
+    f->spec = json_deep_copy(spec);
+    f->p.q = 0.5;
+    f->p.k = 10;
+    f->p.sigma = 3.0;
+
+    /* step 4: decay half_life; step 5: burst_count sub_window */
+    if ((fl & OPF_HALF_LIFE) && required_duration(params, "half_life", op, &f->p.half_life_ms, path, err) < 0)
+        goto fail;
+    if ((fl & OPF_SUB_WINDOW) && required_duration(params, "sub_window", op, &f->p.sub_window_ms, path, err) < 0)
+        goto fail;
+
+    /* step 6: field presence / existence ("field" counts only as a JSON string) */
+    if (param_str(params, "field", &field) != 1) field = NULL;
+    if ((fl & OPF_FIELD_REQUIRED) && !field) {
+        bv_err_set(err, "aggregation_unknown_field", path, "operator '%s' requires a field", op);
+        goto fail;
+    }
+    if ((fl & (OPF_FIELD_REQUIRED | OPF_FIELD_CHECKED)) && field && bv_schema_find(schema, field, NULL) < 0) {
+        bv_err_set(err, "aggregation_unknown_field", path,
+                   "field '%s' of operator '%s' is not in the upstream schema", field, op);
+        goto fail;
+    }
+    if (field) f->field = xstrdup(field);
+
+    /* step 7: n */
+    if (fl & OPF_N_REQUIRED) {
+        int r = param_int(params, "n", &f->p.n);
+        if (r != 1 || f->p.n < 1 || f->p.n > 1024) {
+            bv_err_set(err, "aggregation_unknown_field", path,
+                       "operator '%s' requires an integer n in [1, 1024]", op);
+            goto fail;
+        }
+    }
+
+    /* steps 8-9: window presence rules */
+    wj = params ? json_object_get(params, "window") : NULL;
+    has_window = wj && !json_is_null(wj);
+    if ((fl & OPF_LIFETIME_ONLY) && has_window) {
+        bv_err_set(err, "aggregation_invalid_window", path,
+                   "operator '%s' is lifetime-only and does not accept a window", op);
+        goto fail;
+    }
+    if ((fl & OPF_WINDOW_PARAM) && !has_window) {
+        bv_err_set(err, "aggregation_invalid_window", path, "operator '%s' requires a window", op);
+        goto fail;
+    }
+
+    /* step 10: sketch params (bloom window, fpr, q, k) and the kind's own params */
+    if ((fl & OPF_NO_WINDOW) && has_window) {
+        bv_err_set(err, "window_not_supported", path, "operator '%s' does not support a window", op);
+        goto fail;
+    }
+    if (vt->parse && vt->parse(f, params, path, err) < 0) goto fail;
+
+    /* step 11: the window string */
+    if (has_window) {
+        int64_t w;
+        if (!json_is_string(wj) || bv_parse_duration((wsrc = json_string_value(wj)), &w) < 0) {
+            bv_err_set(err, "aggregation_invalid_window", path,
+                       "invalid window '%s' (expected <digits>(ms|s|m|h|d) or \"forever\")",
+                       wsrc ? wsrc : "<non-string>");
+            goto fail;
+        }
+        if ((fl & OPF_WINDOW_PARAM) && w == 0) {
+            bv_err_set(err, "aggregation_invalid_window", path, "operator '%s' needs a finite window", op);
+            goto fail;
+        }
+        f->window_src = xstrdup(wsrc);
+        if (fl & OPF_WINDOWABLE) {
+            f->window_ms = w;
+            f->bucket_ms = w ? (w + 63) / 64 : 0;
+        } else if (fl & OPF_WINDOW_PARAM) {
+            f->p.param_window_ms = w;
+        }
+    }
+
+    /* step 12: where parses and references known fields (no type check) */
+    {
+        int r = param_str(params, "where", &where);
+        if (r < 0) {
+            bv_err_set(err, "aggregation_invalid_where", path, "where must be an expression string");
+            goto fail;
+        }
+        if (r == 1) {
+            bv_err perr;
+            bv_err_clear(&perr);
+            f->where = expr_parse(where, &perr);
+            if (!f->where) {
+                bv_err_set(err, "aggregation_invalid_where", path, "invalid where '%s': %s", where, perr.reason);
+                goto fail;
+            }
+            struct where_ctx wc = { schema, NULL };
+            if (!expr_foreach_field(f->where, where_field_cb, &wc)) {
+                bv_err_set(err, "aggregation_invalid_where", path,
+                           "where references field '%s' which is not in the upstream schema",
+                           wc.missing ? wc.missing : "?");
+                goto fail;
+            }
+            f->where_src = xstrdup(where);
+        }
+    }
+
+    if (!op_implemented(vt)) {
+        bv_err_set(err, "aggregation_unknown_op", path,
+                   "operator '%s' is not implemented by this server yet", op);
+        goto fail;
+    }
+
+    /* Numeric coercion variant from the field's declared type (DECISIONS §4). */
+    if ((fl & OPF_COERCE) && f->field) {
+        bv_wtype t;
+        bv_schema_find(schema, f->field, &t);
+        if (t == WT_F64 && vt->as_f64) f->vt = vt->as_f64;
+        else if (t == WT_I64 && vt->as_i64) f->vt = vt->as_i64;
+    }
+    f->state_size = f->window_ms ? sizeof(void *) : f->vt->state_size;
+    return 0;
+fail:
+    feature_release(f);
+    return -1;
+}
+
+/* ---- state ---- */
+
+void feature_state_init(const feature *f, void *st) {
+    memset(st, 0, f->state_size);
+    if (!f->window_ms && f->vt->init) f->vt->init(f, st);
+}
+
+void feature_state_destroy(const feature *f, void *st) {
+    if (f->window_ms) window_destroy(f, st);
+    else if (f->vt->destroy) f->vt->destroy(f, st);
+}
+
+void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_ms,
+                    expr_arena *arena, op_stats *stats) {
+    const struct op_vtable *vt = f->vt;
+    op_input in;
+    bv_value cv;
+    in.v = NULL;
+    in.row = row;
+    in.now_ms = now_ms;
+    in.stats = stats;
+    in.matched = f->where ? expr_matches(f->where, row, arena) : true;
+    if (!in.matched && !(vt->flags & OPF_SEES_UNMATCHED)) return;
+    if (vt->flags & OPF_READS_FIELD) {
+        if (!f->field) return;
+        const bv_value *v = bv_row_get(row, f->field);
+        if (!v || v->kind == BV_NULL) return;
+        if (vt->coerce != OP_COERCE_NONE) {
+            cv = opval_coerce(v, vt->coerce == OP_COERCE_F64 ? WT_F64 : WT_I64);
+            v = &cv;
+        }
+        in.v = v;
+    }
+    if (f->window_ms) window_update(f, st, &in);
+    else vt->update(f, st, &in);
+}
+
+void feature_read(const feature *f, const void *st, int64_t query_ms, jsonw *w) {
+    if (f->window_ms) window_read(f, st, query_ms, w);
+    else f->vt->read(f, st, query_ms, w);
+}
+
+void feature_encode(const feature *f, const void *st, bv_buf *out) {
+    if (f->window_ms) window_encode(f, st, out);
+    else f->vt->encode(f, st, out);
+}
+
+int feature_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
+    if (f->window_ms) return window_decode(f, st, p, end);
+    return f->vt->decode(f, st, p, end);
+}

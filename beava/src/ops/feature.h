@@ -1,0 +1,106 @@
+/*
+ * feature.h - one compiled aggregation feature (an entry of a group_by `agg` map) and
+ * its per-entity state.
+ *
+ * A feature couples an operator kind (ops/op.h), its parsed params, the `field` it reads,
+ * an optional `where` predicate and an optional sliding window (64 sub-buckets,
+ * reference-pipelines.md §3). The engine stores each entity's feature states back to
+ * back in one row buffer: feature_state_size() bytes at an offset the table assigns.
+ * Variable-size state (buckets, sketches) hangs off pointers inside that fixed part and
+ * is released by feature_state_destroy().
+ *
+ * Thread-safety: a compiled feature is immutable; states are owned by one apply thread.
+ */
+#ifndef BEAVA_FEATURE_H
+#define BEAVA_FEATURE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "../err.h"
+#include "../expr.h"
+#include "../jsonw.h"
+#include "../value.h"
+
+struct op_vtable;
+
+/* Counters for /metrics, owned by whoever applies events (one per apply thread). */
+typedef struct op_stats {
+    uint64_t entropy_categories_capped;
+    uint64_t bucket_reclaim;
+} op_stats;
+
+/* Parsed params. One struct for all kinds; each kind reads what it needs. */
+typedef struct op_params {
+    double q;                 /* quantile */
+    int64_t k;                /* top_k */
+    int64_t n;                /* first_n, last_n, lag, time_since_last_n, most_recent_n */
+    int64_t half_life_ms;     /* decay ops */
+    int64_t sub_window_ms;    /* burst_count */
+    double sigma;             /* outlier_count */
+    double *buckets; size_t nbuckets;         /* histogram */
+    char **categories; size_t ncategories;    /* event_type_mix */
+    int64_t max_categories;
+    int64_t samples;          /* reservoir_sample, distance_from_home */
+    int64_t expected_n;       /* bloom_member */
+    double fpr;
+    char *lat_field, *lon_field;
+    int64_t param_window_ms;  /* first_seen_in_window */
+} op_params;
+
+typedef struct feature {
+    char *name;
+    const struct op_vtable *vt;
+    char *op_name;            /* as sent ("ema" stays "ema") */
+    op_params p;
+    char *field;              /* NULL if not given */
+    char *window_src;         /* as sent, NULL if absent ("forever" kept) */
+    int64_t window_ms;        /* 0 = lifetime */
+    int64_t bucket_ms;        /* ceil(window/64) when windowed */
+    expr *where;              /* NULL = always matched */
+    char *where_src;
+    json_t *spec;             /* the original {"op":..,"params":{..}} (owned ref) */
+    size_t state_size;
+} feature;
+
+/*
+ * Memory-governance pre-check on the raw agg spec (reference-pipelines.md §2.2.4), run
+ * before strict parsing. Returns 0, or -1 with err = unbounded_op_in_lifetime_mode.
+ */
+int feature_precheck_unbounded(const json_t *agg_spec, const char *path, bv_err *err);
+
+/*
+ * Compile `spec` ({"op":NAME,"params":{...}}) for feature `name` reading rows of
+ * `schema` (the upstream schema after prefix ops). Runs the per-feature checks of
+ * reference-pipelines.md §1.6 steps 2 and 4-12 (group-key checks and cross-table
+ * uniqueness are the registry's). On failure returns -1, sets err (code, path = `path`,
+ * reason) and leaves *f empty. On success the caller owns *f (feature_release).
+ */
+int feature_compile(feature *f, const char *name, const json_t *spec, const bv_schema *schema,
+                    const char *path, bv_err *err);
+void feature_release(feature *f);
+
+/* True if the op kind is known (any of the 55 op strings), whether or not implemented. */
+bool feature_op_known(const char *op_name);
+
+void feature_state_init(const feature *f, void *st);
+void feature_state_destroy(const feature *f, void *st);
+
+/* Apply one event: evaluate where, read the field from `row`, update (windowed: into the
+ * bucket of now_ms). */
+void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_ms,
+                    expr_arena *arena, op_stats *stats);
+
+/* Write the feature's current value (one JSON value) as of query_ms. */
+void feature_read(const feature *f, const void *st, int64_t query_ms, jsonw *w);
+
+/* Serialise / restore a state (snapshots). decode expects an initialised state. */
+void feature_encode(const feature *f, const void *st, bv_buf *out);
+int feature_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end);
+
+/* Duration strings: "<digits>(ms|s|m|h|d)" > 0, or "forever" (-> *ms = 0).
+ * Returns 0 or -1. */
+int bv_parse_duration(const char *s, int64_t *ms);
+
+#endif

@@ -1,0 +1,16 @@
+/*
+ * op_last.c - `last`: the latest non-null matched value of `field`
+ * (reference-pipelines.md §2.4). Lifetime only; `field` required. Numeric values are
+ * coerced to the declared field type (DECISIONS §4). State: op_val (16 bytes).
+ * Empty: null.
+ */
+#include "valstate.h"
+
+static void last_update(const feature *f, void *st, const op_input *in) {
+    (void)f;
+    opval_set(st, in->v);
+}
+
+VALSTATE_VTABLES(op_last, "last",
+                 OPF_LIFETIME_ONLY | OPF_FIELD_REQUIRED | OPF_READS_FIELD | OPF_COERCE,
+                 last_update, NULL);

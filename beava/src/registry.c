@@ -1,0 +1,2247 @@
+/*
+ * registry.c - descriptors, the register request pipeline and the apply step
+ * (registry.h; reference-wire-api.md §4-§5 as amended by DECISIONS §3).
+ *
+ * registry_prepare() runs a request through these stages, stopping at the first that
+ * answers:
+ *   1. load     depth cap (REG_MAX_DEPTH, scanned on the raw bytes before jansson
+ *               builds anything), JSON syntax, node cap (REGISTRY_MAX_NODES)
+ *   2. rewrite  the documented table form {"kind":"table","key","source","agg":[..]}
+ *               becomes a derivation with a group_by op; an event `schema` given as a
+ *               flat name->type map becomes {"fields":{..}}
+ *   3. scans    join/union, event_time_field/tolerate_delay_ms, unsupported kind,
+ *               memory governance (feature_precheck_unbounded) - in that order (§5.3.2)
+ *   4. parse    strict shape check of every node into a pnode plus its normal form (a
+ *               JSON node with every default explicit and unknown keys dropped: the
+ *               thing the diff compares and the registry stores)
+ *   5. diff     diff_classify() (diff.c), the only comparison of old and new
+ *   6. dry_run  200 {"diff","would_apply":false}; unlike the reference it also runs
+ *               validation and adds "error":{code,path,reason} when the payload would
+ *               be rejected. Validation then assumes the removal set the request would
+ *               get with force=true whenever force is set or the diff is destructive.
+ *   7. gate     destructive without force: 409 force_required
+ *   8. removal  force: owners of destructive and additive-against-existing entries,
+ *               plus the cascade (diff_removal_set)
+ *   9. empty    `nodes: []` that got this far: 200 no-op (also with force, as the
+ *               reference)
+ *  10. validate §4.5 in the reference's order, first error wins, against the payload
+ *               plus the registry minus the removal set (so a forced rename of a table
+ *               keeping its feature names works). Compiles every chain and feature.
+ *  11. plan     or a 200 no-op when nothing would change.
+ * registry_apply() then removes the removal set, widens in place what the diff lists as
+ * additive against existing descriptors (new fields; new features appended to a
+ * table's slots, other slots untouched), inserts new descriptors, bumps the version
+ * by one and calls the hooks after the indexes are rebuilt.
+ *
+ * Data: descriptors live in two arrays in registration order; sorted pointer indexes
+ * (events, derivations, features, tables by source) are rebuilt after every change,
+ * which keeps lookups O(log n) and the code free of hash tables. Registry changes are
+ * rare; the rebuild is O(n log n).
+ *
+ * Choices where the reference is silent or accidental (documented for the API docs):
+ *   - A derivation may hold at most one group_by op (400 invalid_registration).
+ *   - Group keys and features are checked against the schema after ALL of the
+ *     derivation's non-group_by ops (what the engine runs before aggregating), not the
+ *     reference's "ops before the group_by, else a union with sibling derivations".
+ *   - A derivation's client-supplied `schema` only matters when it has no ops (it must
+ *     be non-empty); it is stored as the exposed schema of group_by derivations, as the
+ *     reference does, and is not compared by the diff.
+ *   - Allocation failure aborts (as jsonw and value.c do): every structure here is
+ *     bounded by the request caps.
+ */
+#include "registry.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "diff.h"
+
+#define REG_MAX_DEPTH 32                /* nesting of the whole request body */
+#define REG_MAX_FIELDS 4096             /* fields (and optional fields) per schema */
+#define REG_MAX_OPS 256                 /* ops per derivation */
+#define REG_MAX_UPSTREAMS 64
+#define REG_MAX_KEYS 64                 /* group keys / table_primary_key entries */
+#define REG_MAX_FEATURES 4096           /* features per group_by */
+#define REG_DEFAULT_DEDUPE_WINDOW_MS 86400000LL
+#define REG_NONE ((size_t)-1)
+
+/* ------------------------------------------------------------------------------------
+ * Small helpers
+ * ---------------------------------------------------------------------------------- */
+
+static void *xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        fputs("beava: out of memory\n", stderr);
+        abort();
+    }
+    return q;
+}
+
+static void *xcalloc(size_t n, size_t sz) {
+    void *p = calloc(n ? n : 1, sz ? sz : 1);
+    if (!p) {
+        fputs("beava: out of memory\n", stderr);
+        abort();
+    }
+    return p;
+}
+
+static char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = xrealloc(NULL, n);
+    memcpy(d, s, n);
+    return d;
+}
+
+static json_t *jnew(json_t *j) {
+    if (!j) abort();
+    return j;
+}
+
+static void jset(json_t *obj, const char *key, json_t *val) {
+    if (json_object_set_new(obj, key, jnew(val)) < 0) abort();
+}
+
+static void jappend(json_t *arr, json_t *val) {
+    if (json_array_append_new(arr, jnew(val)) < 0) abort();
+}
+
+static int cmp_cstr(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+/* invalid_registration with path "<body>": the reference's strict-parse failure. */
+static int shape_err(bv_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int shape_err(bv_err *err, const char *fmt, ...) {
+    char reason[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    bv_err_set(err, "invalid_registration", "<body>", "%s", reason);
+    return -1;
+}
+
+static const char *jtype_name(const json_t *j) {
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: return "map";
+    case JSON_ARRAY: return "sequence";
+    case JSON_STRING: return "string";
+    case JSON_INTEGER: return "integer";
+    case JSON_REAL: return "floating point";
+    case JSON_TRUE:
+    case JSON_FALSE: return "boolean";
+    case JSON_NULL: return "null";
+    }
+    return "value";
+}
+
+/* ------------------------------------------------------------------------------------
+ * Types
+ * ---------------------------------------------------------------------------------- */
+
+/* One payload node after the strict parse, plus what validation compiled for it. */
+typedef struct pnode {
+    bool is_event;
+    const char *name;            /* inside `node` */
+    json_t *node;                /* normal form (owned) */
+    /* event */
+    bv_schema schema;            /* event: declared; derivation: client-supplied */
+    const char *dedupe_key;      /* inside `node`, NULL if none */
+    int64_t dedupe_window_ms, keep_ms, cold_ms;
+    /* derivation */
+    bool output_table, has_tpk, has_client_schema;
+    size_t nup;
+    const char **up;             /* inside `node` */
+    size_t nops;
+    size_t gb;                   /* index of the group_by op, REG_NONE if none */
+    size_t gb_second;            /* index of a second group_by (an error), REG_NONE */
+    /* compiled by validation */
+    bool chained;
+    bv_schema chain_out;         /* schema after every non-group_by op */
+    chain *prefix;
+    size_t nfeat;                /* compiled so far (sorted by name) */
+    feature *feats;
+    bool *feat_moved;            /* taken by apply (widening) */
+} pnode;
+
+typedef struct payload {
+    pnode *v;
+    size_t n;
+    bool force, dry_run;
+} payload;
+
+struct reg_plan {
+    uint64_t base_version;
+    payload pl;
+    reg_diff diff;
+    char **removal;              /* sorted */
+    size_t nremoval;
+    char **added;                /* response order */
+    size_t nadded;
+};
+
+typedef struct feat_ref {
+    const char *name;
+    agg_table *t;
+    size_t slot;
+} feat_ref;
+
+typedef struct src_ref {
+    const char *source;
+    size_t start, n;             /* range in registry.src_tables */
+} src_ref;
+
+struct registry {
+    registry_options opts;
+    uint64_t version;
+    uint64_t next_table_id;
+    ev_desc **events;            /* registration order */
+    size_t nevents, cap_events;
+    deriv_desc **derivs;         /* registration order */
+    size_t nderivs, cap_derivs;
+    /* indexes, rebuilt by reindex() */
+    ev_desc **ev_sorted;         /* the two arrays as of the last reindex() */
+    deriv_desc **der_sorted;
+    size_t nev_sorted, nder_sorted;
+    agg_table **tables;          /* registration order */
+    size_t ntables;
+    agg_table **src_tables;      /* grouped by source, registration order within */
+    src_ref *srcs;
+    size_t nsrcs;
+    feat_ref *feats;
+    size_t nfeats;
+};
+
+/* ------------------------------------------------------------------------------------
+ * Name rules (§4.6)
+ * ---------------------------------------------------------------------------------- */
+
+typedef enum name_problem { NAME_OK, NAME_EMPTY, NAME_TOO_LONG, NAME_PATTERN, NAME_RESERVED } name_problem;
+
+static name_problem name_check(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0) return NAME_EMPTY;
+    if (n > REGISTRY_NAME_MAX) return NAME_TOO_LONG;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        bool alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+        bool digit = c >= '0' && c <= '9';
+        if (!(alpha || (i > 0 && digit))) return NAME_PATTERN;
+    }
+    if (strncmp(s, "_beava_", 7) == 0) return NAME_RESERVED;
+    return NAME_OK;
+}
+
+bool registry_name_valid(const char *name) { return name && name_check(name) == NAME_OK; }
+
+/* ------------------------------------------------------------------------------------
+ * Stage 1: load
+ * ---------------------------------------------------------------------------------- */
+
+/* Bracket depth outside strings; false when it exceeds `cap`. Runs before jansson so a
+ * deeply nested body never reaches the recursive parser. */
+static bool depth_within(const char *s, size_t n, int cap) {
+    int depth = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\') i++;
+            else if (c == '"') in_str = false;
+            continue;
+        }
+        if (c == '"') in_str = true;
+        else if (c == '[' || c == '{') {
+            if (++depth > cap) return false;
+        } else if (c == ']' || c == '}') depth--;
+    }
+    return true;
+}
+
+static int load_body(const char *body, size_t len, json_t **root, bv_err *err) {
+    if (!depth_within(body, len, REG_MAX_DEPTH))
+        return shape_err(err, "request body nests deeper than %d levels", REG_MAX_DEPTH);
+    json_error_t je;
+    *root = json_loadb(body, len, JSON_DECODE_ANY, &je);
+    if (!*root)
+        return shape_err(err, "invalid JSON: %s at line %d column %d", je.text, je.line,
+                         je.column);
+    const json_t *nodes = json_object_get(*root, "nodes");
+    if (json_is_array(nodes) && json_array_size(nodes) > REGISTRY_MAX_NODES) {
+        bv_err_set(err, "invalid_registration", "nodes",
+                   "payload has %zu nodes; at most %d are accepted per register call",
+                   json_array_size(nodes), REGISTRY_MAX_NODES);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Stage 2: rewrite the table form and flat event schemas
+ * ---------------------------------------------------------------------------------- */
+
+/* params for one table-form feature: entry.params (if an object) overlaid with every
+ * other key of the entry except name/op/params. */
+static json_t *table_feature_params(const json_t *entry) {
+    json_t *params = json_object();
+    const json_t *inner = json_object_get(entry, "params");
+    const char *k;
+    json_t *v;
+    if (json_is_object(inner)) {
+        json_object_foreach((json_t *)inner, k, v) jset(params, k, json_deep_copy(v));
+    }
+    json_object_foreach((json_t *)entry, k, v) {
+        if (!strcmp(k, "name") || !strcmp(k, "op") || !strcmp(k, "params")) continue;
+        jset(params, k, json_deep_copy(v));
+    }
+    return params;
+}
+
+static int translate_table(const json_t *in, size_t i, json_t **out, bv_err *err) {
+    char path[64];
+    const json_t *key = json_object_get(in, "key");
+    const json_t *source = json_object_get(in, "source");
+    const json_t *agg = json_object_get(in, "agg");
+    const json_t *ops = json_object_get(in, "ops");
+    json_t *aggmap = NULL, *d = NULL;
+
+    bool key_ok = json_is_array(key);
+    for (size_t j = 0; key_ok && j < json_array_size(key); j++)
+        key_ok = json_is_string(json_array_get(key, j));
+    if (!key_ok) {
+        snprintf(path, sizeof path, "nodes[%zu].key", i);
+        bv_err_set(err, "invalid_registration", path,
+                   "a table node needs `key`: an array of field names ([] for a global table)");
+        return -1;
+    }
+    if (!json_is_string(source)) {
+        snprintf(path, sizeof path, "nodes[%zu].source", i);
+        bv_err_set(err, "invalid_registration", path,
+                   "a table node needs `source`: the name of the event it aggregates");
+        return -1;
+    }
+    if (ops && !json_is_null(ops) && !json_is_array(ops)) {
+        snprintf(path, sizeof path, "nodes[%zu].ops", i);
+        bv_err_set(err, "invalid_registration", path, "`ops` must be an array of op objects");
+        return -1;
+    }
+    aggmap = jnew(json_object());
+    if (json_is_array(agg)) {
+        for (size_t j = 0; j < json_array_size(agg); j++) {
+            const json_t *e = json_array_get(agg, j);
+            const char *fname = json_string_value(json_object_get(e, "name"));
+            const json_t *op = json_object_get(e, "op");
+            if (!json_is_object(e) || !fname || !json_is_string(op)) {
+                snprintf(path, sizeof path, "nodes[%zu].agg[%zu]", i, j);
+                bv_err_set(err, "invalid_registration", path,
+                           "each table aggregation needs a string `name` and a string `op`");
+                goto fail;
+            }
+            if (json_object_get(aggmap, fname)) {
+                snprintf(path, sizeof path, "nodes[%zu].agg[%zu].name", i, j);
+                bv_err_set(err, "aggregation_duplicate_feature_name", path,
+                           "feature '%s' is defined twice in this table", fname);
+                goto fail;
+            }
+            json_t *spec = jnew(json_object());
+            jset(spec, "op", json_deep_copy(op));
+            jset(spec, "params", table_feature_params(e));
+            jset(aggmap, fname, spec);
+        }
+    } else if (json_is_object(agg)) {
+        const char *fname;
+        json_t *e;
+        json_object_foreach((json_t *)agg, fname, e) {
+            const json_t *op = json_object_get(e, "op");
+            if (!json_is_object(e) || !json_is_string(op)) {
+                snprintf(path, sizeof path, "nodes[%zu].agg", i);
+                bv_err_set(err, "invalid_registration", path,
+                           "aggregation '%s' needs a string `op`", fname);
+                goto fail;
+            }
+            json_t *spec = jnew(json_object());
+            jset(spec, "op", json_deep_copy(op));
+            jset(spec, "params", table_feature_params(e));
+            jset(aggmap, fname, spec);
+        }
+    } else {
+        snprintf(path, sizeof path, "nodes[%zu].agg", i);
+        bv_err_set(err, "invalid_registration", path,
+                   "a table node needs `agg`: a list of {\"name\",\"op\",...params}");
+        goto fail;
+    }
+
+    d = jnew(json_object());
+    jset(d, "kind", json_string("derivation"));
+    const json_t *name = json_object_get(in, "name");
+    if (name) jset(d, "name", json_deep_copy(name));
+    jset(d, "output_kind", json_string("table"));
+    json_t *ups = jnew(json_array());
+    jappend(ups, json_deep_copy(source));
+    jset(d, "upstreams", ups);
+    json_t *dops = jnew(json_array());
+    for (size_t j = 0; j < json_array_size(ops); j++) jappend(dops, json_deep_copy(json_array_get(ops, j)));
+    json_t *gb = jnew(json_object());
+    jset(gb, "op", json_string("group_by"));
+    jset(gb, "keys", json_deep_copy(key));
+    jset(gb, "agg", aggmap);
+    aggmap = NULL;
+    jappend(dops, gb);
+    jset(d, "ops", dops);
+    jset(d, "table_primary_key", json_deep_copy(key));
+    *out = d;
+    return 0;
+fail:
+    json_decref(aggmap);
+    return -1;
+}
+
+/* {"a":"str",...} (no `fields`, every member but optional_fields a string) becomes
+ * {"fields":{...},"optional_fields":[...]}. Anything else is left for the strict parse. */
+static json_t *flat_schema(const json_t *schema) {
+    if (!json_is_object(schema) || json_object_get(schema, "fields")) return NULL;
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)schema, k, v) {
+        if (strcmp(k, "optional_fields") != 0 && !json_is_string(v)) return NULL;
+    }
+    json_t *fields = jnew(json_object());
+    json_object_foreach((json_t *)schema, k, v) {
+        if (strcmp(k, "optional_fields") != 0) jset(fields, k, json_deep_copy(v));
+    }
+    json_t *out = jnew(json_object());
+    jset(out, "fields", fields);
+    const json_t *opt = json_object_get(schema, "optional_fields");
+    if (opt) jset(out, "optional_fields", json_deep_copy(opt));
+    return out;
+}
+
+/* Returns the rewritten nodes array (new reference). The first rewrite failure is kept
+ * in *terr / *terr_index and reported at the strict-parse stage; the node stays as
+ * sent (kind "table"), which the scans skip. */
+static json_t *rewrite_nodes(const json_t *nodes, bv_err *terr, size_t *terr_index) {
+    json_t *out = jnew(json_array());
+    *terr_index = REG_NONE;
+    for (size_t i = 0; i < json_array_size(nodes); i++) {
+        json_t *n = json_array_get(nodes, i);
+        const char *kind = json_string_value(json_object_get(n, "kind"));
+        json_t *rewritten = NULL;
+        if (kind && strcmp(kind, "table") == 0) {
+            bv_err e;
+            bv_err_clear(&e);
+            if (translate_table(n, i, &rewritten, &e) < 0 && *terr_index == REG_NONE) {
+                *terr = e;
+                *terr_index = i;
+            }
+        } else if (kind && strcmp(kind, "event") == 0) {
+            json_t *fs = flat_schema(json_object_get(n, "schema"));
+            if (fs) {
+                rewritten = jnew(json_copy(n));
+                jset(rewritten, "schema", fs);
+            }
+        }
+        jappend(out, rewritten ? rewritten : json_incref(n));
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Stage 3: the four scans of §5.3 step 2
+ * ---------------------------------------------------------------------------------- */
+
+/* "nodes[i].<name>" or "nodes[i]" when the node has no usable name. */
+static void node_prefix(char *buf, size_t cap, const json_t *node, size_t i) {
+    const char *name = json_string_value(json_object_get(node, "name"));
+    if (name && *name) snprintf(buf, cap, "nodes[%zu].%s", i, name);
+    else snprintf(buf, cap, "nodes[%zu]", i);
+}
+
+static bool kind_is(const json_t *node, const char *kind) {
+    const char *k = json_string_value(json_object_get(node, "kind"));
+    return k && strcmp(k, kind) == 0;
+}
+
+static int scan_removed_ops(const json_t *nodes, bv_err *err) {
+    char prefix[256], path[300];
+    for (size_t i = 0; i < json_array_size(nodes); i++) {
+        const json_t *n = json_array_get(nodes, i);
+        if (!kind_is(n, "derivation")) continue;
+        const json_t *ops = json_object_get(n, "ops");
+        for (size_t j = 0; j < json_array_size(ops); j++) {
+            const char *op = json_string_value(json_object_get(json_array_get(ops, j), "op"));
+            if (!op) continue;
+            bool join = strcmp(op, "join") == 0, uni = strcmp(op, "union") == 0;
+            if (!join && !uni) continue;
+            node_prefix(prefix, sizeof prefix, n, i);
+            snprintf(path, sizeof path, "%s.ops[%zu]", prefix, j);
+            if (join)
+                bv_err_set(err, "feature_removed_no_joins_v0", path,
+                           "Joins are not part of beava: push events to each stream "
+                           "independently and compose features client-side instead.");
+            else
+                bv_err_set(err, "feature_removed_no_unions_v0", path,
+                           "Unions are not part of beava: register one aggregation per "
+                           "event stream instead.");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int scan_event_time(const json_t *nodes, bv_err *err) {
+    char prefix[256], path[300];
+    for (size_t i = 0; i < json_array_size(nodes); i++) {
+        const json_t *n = json_array_get(nodes, i);
+        if (!json_is_object(n)) continue;
+        node_prefix(prefix, sizeof prefix, n, i);
+        if (json_object_get(n, "event_time_field")) {
+            snprintf(path, sizeof path, "%s.event_time_field", prefix);
+            bv_err_set(err, "unknown_field_event_time_v0", path,
+                       "`event_time_field` is not supported: windows bucket on server "
+                       "arrival time. Drop the key from the registration payload.");
+            return -1;
+        }
+        if (json_object_get(n, "tolerate_delay_ms")) {
+            snprintf(path, sizeof path, "%s.tolerate_delay_ms", prefix);
+            bv_err_set(err, "unknown_field_tolerate_delay_v0", path,
+                       "`tolerate_delay_ms` is not supported: windows bucket on server "
+                       "arrival time. Drop the key from the registration payload.");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int scan_kinds(const json_t *nodes, bv_err *err) {
+    char prefix[256], path[300];
+    for (size_t i = 0; i < json_array_size(nodes); i++) {
+        const json_t *n = json_array_get(nodes, i);
+        const char *k = json_string_value(json_object_get(n, "kind"));
+        if (!k || !*k || !strcmp(k, "event") || !strcmp(k, "derivation") || !strcmp(k, "table"))
+            continue;
+        node_prefix(prefix, sizeof prefix, n, i);
+        snprintf(path, sizeof path, "%s.kind", prefix);
+        bv_err_set(err, "unsupported_node_kind", path,
+                   "Node kind `%s` is not supported (supported kinds: \"event\", "
+                   "\"derivation\", and the table form \"table\").", k);
+        return -1;
+    }
+    return 0;
+}
+
+static int scan_memory(const json_t *nodes, bv_err *err) {
+    char prefix[256], path[512];
+    for (size_t i = 0; i < json_array_size(nodes); i++) {
+        const json_t *n = json_array_get(nodes, i);
+        if (!kind_is(n, "derivation")) continue;
+        const json_t *ops = json_object_get(n, "ops");
+        for (size_t j = 0; j < json_array_size(ops); j++) {
+            const json_t *agg = json_object_get(json_array_get(ops, j), "agg");
+            if (!json_is_object(agg)) continue;
+            size_t nf = json_object_size(agg), k = 0;
+            const char **names = xcalloc(nf, sizeof *names);
+            const char *f;
+            json_t *spec;
+            json_object_foreach((json_t *)agg, f, spec) names[k++] = f;
+            qsort(names, nf, sizeof *names, cmp_cstr);
+            node_prefix(prefix, sizeof prefix, n, i);
+            int rc = 0;
+            for (k = 0; k < nf && rc == 0; k++) {
+                snprintf(path, sizeof path, "%s.ops[%zu].agg.%s", prefix, j, names[k]);
+                rc = feature_precheck_unbounded(json_object_get(agg, names[k]), path, err);
+            }
+            free(names);
+            if (rc < 0) return -1;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Stage 4: strict parse into pnodes and the normal form
+ * ---------------------------------------------------------------------------------- */
+
+static void pnode_free(pnode *p) {
+    json_decref(p->node);
+    bv_schema_free(&p->schema);
+    bv_schema_free(&p->chain_out);
+    if (p->prefix) chain_free(p->prefix);
+    for (size_t i = 0; i < p->nfeat; i++)
+        if (!p->feat_moved || !p->feat_moved[i]) feature_release(&p->feats[i]);
+    free(p->feats);
+    free(p->feat_moved);
+    free(p->up);
+    memset(p, 0, sizeof *p);
+}
+
+static void payload_free(payload *pl) {
+    for (size_t i = 0; i < pl->n; i++) pnode_free(&pl->v[i]);
+    free(pl->v);
+    memset(pl, 0, sizeof *pl);
+}
+
+static int req_string(const json_t *obj, const char *key, const char *where, const char **out,
+                      bv_err *err) {
+    const json_t *v = json_object_get(obj, key);
+    if (!v) return shape_err(err, "%s: missing field `%s`", where, key);
+    if (!json_is_string(v))
+        return shape_err(err, "%s.%s: invalid type: %s, expected a string", where, key,
+                         jtype_name(v));
+    *out = json_string_value(v);
+    return 0;
+}
+
+/* An array of strings (NULL/absent allowed when !required); returns a deep copy. */
+static int string_array(const json_t *v, const char *where, bool required, size_t cap,
+                        json_t **out, bv_err *err) {
+    if (!v || json_is_null(v)) {
+        if (required) return shape_err(err, "%s: expected a sequence of strings, got %s", where,
+                                       v ? "null" : "nothing");
+        *out = NULL;
+        return 0;
+    }
+    if (!json_is_array(v))
+        return shape_err(err, "%s: invalid type: %s, expected a sequence", where, jtype_name(v));
+    if (json_array_size(v) > cap)
+        return shape_err(err, "%s: %zu entries; at most %zu are accepted", where,
+                         json_array_size(v), cap);
+    json_t *a = jnew(json_array());
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        const json_t *s = json_array_get(v, i);
+        if (!json_is_string(s)) {
+            json_decref(a);
+            return shape_err(err, "%s[%zu]: invalid type: %s, expected a string", where, i,
+                             jtype_name(s));
+        }
+        jappend(a, json_string(json_string_value(s)));
+    }
+    *out = a;
+    return 0;
+}
+
+/* An object whose values are strings; deep copy. */
+static int string_map(const json_t *v, const char *where, json_t **out, bv_err *err) {
+    if (!json_is_object(v))
+        return shape_err(err, "%s: invalid type: %s, expected a map of strings", where,
+                         v ? jtype_name(v) : "nothing");
+    const char *k;
+    json_t *s;
+    json_object_foreach((json_t *)v, k, s) {
+        if (!json_is_string(s))
+            return shape_err(err, "%s.%s: invalid type: %s, expected a string", where, k,
+                             jtype_name(s));
+    }
+    *out = jnew(json_deep_copy(v));
+    return 0;
+}
+
+/* Optional non-negative integer; *out = -1 when absent or null. */
+static int opt_u64(const json_t *obj, const char *key, const char *where, int64_t *out,
+                   bv_err *err) {
+    const json_t *v = json_object_get(obj, key);
+    *out = -1;
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return shape_err(err, "%s.%s: invalid value: %s, expected a non-negative integer "
+                         "(milliseconds)", where, key, jtype_name(v));
+    *out = (int64_t)json_integer_value(v);
+    return 0;
+}
+
+/* schema {"fields":{name:type},"optional_fields":[..]} into `s` and its normal form. */
+static int parse_schema(const json_t *schema, const char *where, bv_schema *s, json_t **out,
+                        bv_err *err) {
+    char w[300];
+    if (!json_is_object(schema))
+        return shape_err(err, "%s: invalid type: %s, expected a schema map", where,
+                         jtype_name(schema));
+    const json_t *fields = json_object_get(schema, "fields");
+    if (!fields) return shape_err(err, "%s: missing field `fields`", where);
+    if (!json_is_object(fields))
+        return shape_err(err, "%s.fields: invalid type: %s, expected a map", where,
+                         jtype_name(fields));
+    if (json_object_size(fields) > REG_MAX_FIELDS)
+        return shape_err(err, "%s.fields: %zu fields; at most %d per schema", where,
+                         json_object_size(fields), REG_MAX_FIELDS);
+    json_t *nf = jnew(json_object()), *nopt = NULL, *res = NULL;
+    const char *k;
+    json_t *t;
+    json_object_foreach((json_t *)fields, k, t) {
+        int wt = json_is_string(t) ? bv_wtype_parse(json_string_value(t)) : -1;
+        if (wt < 0) {
+            json_decref(nf);
+            if (!json_is_string(t))
+                return shape_err(err, "%s.fields.%s: invalid type: %s, expected a type name",
+                                 where, k, jtype_name(t));
+            return shape_err(err, "%s.fields.%s: unknown variant `%s`, expected one of `str`, "
+                             "`i64`, `f64`, `bool`, `bytes`, `datetime`, `json`", where, k,
+                             json_string_value(t));
+        }
+        bv_schema_set(s, k, (bv_wtype)wt);
+        jset(nf, k, json_string(bv_wtype_name((bv_wtype)wt)));
+    }
+    snprintf(w, sizeof w, "%s.optional_fields", where);
+    if (string_array(json_object_get(schema, "optional_fields"), w, false, REG_MAX_FIELDS, &nopt,
+                     err) < 0) {
+        json_decref(nf);
+        return -1;
+    }
+    /* Normal form: sorted, distinct. The schema keeps the order given. */
+    size_t no = json_array_size(nopt);
+    const char **names = xcalloc(no, sizeof *names);
+    for (size_t i = 0; i < no; i++) {
+        names[i] = json_string_value(json_array_get(nopt, i));
+        bv_schema_add_optional(s, names[i]);
+    }
+    qsort(names, no, sizeof *names, cmp_cstr);
+    json_t *sorted = jnew(json_array());
+    for (size_t i = 0; i < no; i++)
+        if (i == 0 || strcmp(names[i], names[i - 1]) != 0) jappend(sorted, json_string(names[i]));
+    free(names);
+    json_decref(nopt);
+    res = jnew(json_object());
+    jset(res, "fields", nf);
+    jset(res, "optional_fields", sorted);
+    *out = res;
+    return 0;
+}
+
+static int parse_event(const json_t *in, size_t i, pnode *p, bv_err *err) {
+    char where[64];
+    const char *name, *dk = NULL;
+    json_t *out = jnew(json_object()), *schema = NULL;
+    snprintf(where, sizeof where, "nodes[%zu]", i);
+    if (req_string(in, "name", where, &name, err) < 0) goto fail;
+    const json_t *sch = json_object_get(in, "schema");
+    if (!sch) { shape_err(err, "%s: missing field `schema`", where); goto fail; }
+    char sw[80];
+    snprintf(sw, sizeof sw, "%s.schema", where);
+    if (parse_schema(sch, sw, &p->schema, &schema, err) < 0) goto fail;
+    const json_t *dkv = json_object_get(in, "dedupe_key");
+    if (dkv && !json_is_null(dkv)) {
+        if (!json_is_string(dkv)) {
+            shape_err(err, "%s.dedupe_key: invalid type: %s, expected a string", where,
+                      jtype_name(dkv));
+            goto fail;
+        }
+        dk = json_string_value(dkv);
+    }
+    int64_t dw, keep, cold;
+    if (opt_u64(in, "dedupe_window_ms", where, &dw, err) < 0 ||
+        opt_u64(in, "keep_events_for_ms", where, &keep, err) < 0 ||
+        opt_u64(in, "cold_after_ms", where, &cold, err) < 0)
+        goto fail;
+    p->dedupe_window_ms = dw < 0 ? REG_DEFAULT_DEDUPE_WINDOW_MS : dw;
+    p->keep_ms = keep < 0 ? 0 : keep;
+    p->cold_ms = cold < 0 ? 0 : cold;
+
+    jset(out, "kind", json_string("event"));
+    jset(out, "name", json_string(name));
+    jset(out, "schema", schema);
+    schema = NULL;
+    jset(out, "dedupe_key", dk ? json_string(dk) : json_null());
+    jset(out, "dedupe_window_ms", json_integer(p->dedupe_window_ms));
+    jset(out, "keep_events_for_ms", p->keep_ms ? json_integer(p->keep_ms) : json_null());
+    jset(out, "cold_after_ms", p->cold_ms ? json_integer(p->cold_ms) : json_null());
+    p->is_event = true;
+    p->node = out;
+    p->name = json_string_value(json_object_get(out, "name"));
+    p->dedupe_key = json_string_value(json_object_get(out, "dedupe_key"));
+    p->gb = p->gb_second = REG_NONE;
+    return 0;
+fail:
+    json_decref(out);
+    json_decref(schema);
+    return -1;
+}
+
+static const char *const OP_KINDS =
+    "`filter`, `select`, `drop`, `rename`, `with_columns`, `map`, `cast`, `fillna`, `group_by`";
+
+static int parse_group_by(const json_t *op, const char *where, json_t *out, bv_err *err) {
+    char w[300];
+    json_t *keys = NULL;
+    snprintf(w, sizeof w, "%s.keys", where);
+    if (!json_object_get(op, "keys")) return shape_err(err, "%s: missing field `keys`", where);
+    if (string_array(json_object_get(op, "keys"), w, true, REG_MAX_KEYS, &keys, err) < 0)
+        return -1;
+    jset(out, "keys", keys);
+    const json_t *agg = json_object_get(op, "agg");
+    if (!agg) return shape_err(err, "%s: missing field `agg`", where);
+    if (!json_is_object(agg))
+        return shape_err(err, "%s.agg: invalid type: %s, expected a map", where, jtype_name(agg));
+    if (json_object_size(agg) > REG_MAX_FEATURES)
+        return shape_err(err, "%s.agg: %zu features; at most %d per group_by", where,
+                         json_object_size(agg), REG_MAX_FEATURES);
+    json_t *nagg = jnew(json_object());
+    jset(out, "agg", nagg);
+    const char *f;
+    json_t *spec;
+    json_object_foreach((json_t *)agg, f, spec) {
+        if (!json_is_object(spec))
+            return shape_err(err, "%s.agg.%s: invalid type: %s, expected an aggregation map",
+                             where, f, jtype_name(spec));
+        const json_t *opn = json_object_get(spec, "op");
+        if (!opn) return shape_err(err, "%s.agg.%s: missing field `op`", where, f);
+        if (!json_is_string(opn))
+            return shape_err(err, "%s.agg.%s.op: invalid type: %s, expected a string", where, f,
+                             jtype_name(opn));
+        const json_t *params = json_object_get(spec, "params");
+        if (params && !json_is_null(params) && !json_is_object(params))
+            return shape_err(err, "%s.agg.%s.params: invalid type: %s, expected a map", where, f,
+                             jtype_name(params));
+        json_t *ns = jnew(json_object());
+        jset(ns, "op", json_string(json_string_value(opn)));
+        jset(ns, "params", json_is_object(params) ? json_deep_copy(params) : json_object());
+        jset(nagg, f, ns);
+    }
+    return 0;
+}
+
+/* One op of a derivation in normal form (only the keys its kind reads). */
+static int parse_op(const json_t *op, size_t i, size_t j, json_t **out, bv_err *err) {
+    char where[80], w[120];
+    snprintf(where, sizeof where, "nodes[%zu].ops[%zu]", i, j);
+    if (!json_is_object(op))
+        return shape_err(err, "%s: invalid type: %s, expected an op map", where, jtype_name(op));
+    const char *kind;
+    if (req_string(op, "op", where, &kind, err) < 0) return -1;
+    json_t *o = jnew(json_object()), *x = NULL;
+    jset(o, "op", json_string(kind));
+    if (!strcmp(kind, "filter")) {
+        const char *expr;
+        if (req_string(op, "expr", where, &expr, err) < 0) goto fail;
+        jset(o, "expr", json_string(expr));
+    } else if (!strcmp(kind, "select") || !strcmp(kind, "drop")) {
+        snprintf(w, sizeof w, "%s.fields", where);
+        if (!json_object_get(op, "fields")) { shape_err(err, "%s: missing field `fields`", where); goto fail; }
+        if (string_array(json_object_get(op, "fields"), w, true, REG_MAX_FIELDS, &x, err) < 0) goto fail;
+        jset(o, "fields", x);
+    } else if (!strcmp(kind, "rename") || !strcmp(kind, "with_columns") || !strcmp(kind, "map") ||
+               !strcmp(kind, "cast")) {
+        const char *key = !strcmp(kind, "rename") ? "mapping" : !strcmp(kind, "cast") ? "type_map" : "exprs";
+        snprintf(w, sizeof w, "%s.%s", where, key);
+        if (!json_object_get(op, key)) { shape_err(err, "%s: missing field `%s`", where, key); goto fail; }
+        if (string_map(json_object_get(op, key), w, &x, err) < 0) goto fail;
+        jset(o, key, x);
+    } else if (!strcmp(kind, "fillna")) {
+        const json_t *d = json_object_get(op, "defaults");
+        if (!d) { shape_err(err, "%s: missing field `defaults`", where); goto fail; }
+        if (!json_is_object(d)) {
+            shape_err(err, "%s.defaults: invalid type: %s, expected a map", where, jtype_name(d));
+            goto fail;
+        }
+        jset(o, "defaults", json_deep_copy(d));
+    } else if (!strcmp(kind, "group_by")) {
+        if (parse_group_by(op, where, o, err) < 0) goto fail;
+    } else {
+        shape_err(err, "%s.op: unknown variant `%s`, expected one of %s", where, kind, OP_KINDS);
+        goto fail;
+    }
+    *out = o;
+    return 0;
+fail:
+    json_decref(o);
+    return -1;
+}
+
+static int parse_derivation(const json_t *in, size_t i, pnode *p, bv_err *err) {
+    char where[64], w[96];
+    const char *name, *okind;
+    json_t *out = jnew(json_object()), *ups = NULL, *tpk = NULL, *schema = NULL;
+    json_t *ops = jnew(json_array());
+    snprintf(where, sizeof where, "nodes[%zu]", i);
+    p->gb = p->gb_second = REG_NONE;
+    if (req_string(in, "name", where, &name, err) < 0) goto fail;
+    if (req_string(in, "output_kind", where, &okind, err) < 0) goto fail;
+    if (strcmp(okind, "event") != 0 && strcmp(okind, "table") != 0) {
+        shape_err(err, "%s.output_kind: unknown variant `%s`, expected `event` or `table`", where,
+                  okind);
+        goto fail;
+    }
+    snprintf(w, sizeof w, "%s.upstreams", where);
+    if (!json_object_get(in, "upstreams")) { shape_err(err, "%s: missing field `upstreams`", where); goto fail; }
+    if (string_array(json_object_get(in, "upstreams"), w, true, REG_MAX_UPSTREAMS, &ups, err) < 0)
+        goto fail;
+    const json_t *iops = json_object_get(in, "ops");
+    if (iops && !json_is_null(iops)) {
+        if (!json_is_array(iops)) {
+            shape_err(err, "%s.ops: invalid type: %s, expected a sequence", where, jtype_name(iops));
+            goto fail;
+        }
+        if (json_array_size(iops) > REG_MAX_OPS) {
+            shape_err(err, "%s.ops: %zu ops; at most %d per derivation", where,
+                      json_array_size(iops), REG_MAX_OPS);
+            goto fail;
+        }
+        for (size_t j = 0; j < json_array_size(iops); j++) {
+            json_t *o;
+            if (parse_op(json_array_get(iops, j), i, j, &o, err) < 0) goto fail;
+            if (!strcmp(json_string_value(json_object_get(o, "op")), "group_by")) {
+                if (p->gb == REG_NONE) p->gb = j;
+                else if (p->gb_second == REG_NONE) p->gb_second = j;
+            }
+            jappend(ops, o);
+        }
+    }
+    const json_t *sch = json_object_get(in, "schema");
+    if (sch && !json_is_null(sch)) {
+        snprintf(w, sizeof w, "%s.schema", where);
+        if (parse_schema(sch, w, &p->schema, &schema, err) < 0) goto fail;
+        p->has_client_schema = true;
+    }
+    snprintf(w, sizeof w, "%s.table_primary_key", where);
+    if (string_array(json_object_get(in, "table_primary_key"), w, false, REG_MAX_KEYS, &tpk, err) < 0)
+        goto fail;
+
+    jset(out, "kind", json_string("derivation"));
+    jset(out, "name", json_string(name));
+    jset(out, "output_kind", json_string(okind));
+    jset(out, "upstreams", ups);
+    ups = NULL;
+    jset(out, "ops", ops);
+    ops = NULL;
+    if (schema) jset(out, "schema", schema);
+    schema = NULL;
+    jset(out, "table_primary_key", tpk ? tpk : json_null());
+    p->has_tpk = tpk != NULL;
+    tpk = NULL;
+
+    p->is_event = false;
+    p->node = out;
+    p->name = json_string_value(json_object_get(out, "name"));
+    p->output_table = strcmp(okind, "table") == 0;
+    const json_t *nu = json_object_get(out, "upstreams");
+    p->nup = json_array_size(nu);
+    p->up = xcalloc(p->nup, sizeof *p->up);
+    for (size_t j = 0; j < p->nup; j++) p->up[j] = json_string_value(json_array_get(nu, j));
+    p->nops = json_array_size(json_object_get(out, "ops"));
+    return 0;
+fail:
+    json_decref(out);
+    json_decref(ups);
+    json_decref(ops);
+    json_decref(tpk);
+    json_decref(schema);
+    return -1;
+}
+
+/* Stage 4 over the whole envelope. `nodes` is the rewritten array. */
+static int parse_payload(const json_t *root, const json_t *nodes, const bv_err *terr,
+                         size_t terr_index, payload *pl, bv_err *err) {
+    if (!json_is_object(root))
+        return shape_err(err, "invalid type: %s, expected a map with a `nodes` sequence",
+                         jtype_name(root));
+    const json_t *raw = json_object_get(root, "nodes");
+    if (!raw) return shape_err(err, "missing field `nodes`");
+    if (!json_is_array(raw))
+        return shape_err(err, "nodes: invalid type: %s, expected a sequence", jtype_name(raw));
+    size_t n = json_array_size(nodes);
+    pl->v = xcalloc(n, sizeof *pl->v);
+    for (size_t i = 0; i < n; i++) {
+        pl->n = i + 1;
+        pnode *p = &pl->v[i];
+        bv_schema_init(&p->schema);
+        bv_schema_init(&p->chain_out);
+        if (i == terr_index) {
+            *err = *terr;
+            return -1;
+        }
+        const json_t *in = json_array_get(nodes, i);
+        char where[64];
+        snprintf(where, sizeof where, "nodes[%zu]", i);
+        if (!json_is_object(in))
+            return shape_err(err, "%s: invalid type: %s, expected a node map", where,
+                             jtype_name(in));
+        const json_t *kind = json_object_get(in, "kind");
+        if (!kind) return shape_err(err, "%s: missing field `kind`", where);
+        const char *k = json_string_value(kind);
+        if (!k)
+            return shape_err(err, "%s.kind: invalid type: %s, expected a string", where,
+                             jtype_name(kind));
+        int rc;
+        if (!strcmp(k, "event")) rc = parse_event(in, i, p, err);
+        else if (!strcmp(k, "derivation")) rc = parse_derivation(in, i, p, err);
+        else rc = shape_err(err, "%s.kind: unknown variant `%s`, expected `event` or `derivation`",
+                            where, k);
+        if (rc < 0) return -1;
+    }
+    pl->n = n;
+    pl->force = json_is_true(json_object_get(root, "force"));
+    pl->dry_run = json_is_true(json_object_get(root, "dry_run"));
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Stage 10: validation (reference-wire-api.md §4.5, reference-pipelines.md §1.6)
+ * ---------------------------------------------------------------------------------- */
+
+static ev_desc *find_event(const registry *r, const char *name);
+static deriv_desc *find_deriv(const registry *r, const char *name);
+
+typedef struct name_pos {
+    const char *name;
+    size_t i;
+} name_pos;
+
+typedef struct vctx {
+    const registry *r;
+    char *const *removal;        /* sorted */
+    size_t nremoval;
+    payload *pl;
+    name_pos *pix;               /* payload names sorted by (name, index) */
+} vctx;
+
+static int fail(bv_err *err, const char *code, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(bv_err *err, const char *code, const char *path, const char *fmt, ...) {
+    char reason[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    bv_err_set(err, code, path, "%s", reason);
+    return -1;
+}
+
+static int cmp_name_pos(const void *a, const void *b) {
+    const name_pos *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    if (c) return c;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+static name_pos *index_payload(const payload *pl) {
+    name_pos *ix = xcalloc(pl->n, sizeof *ix);
+    for (size_t i = 0; i < pl->n; i++) {
+        ix[i].name = pl->v[i].name;
+        ix[i].i = i;
+    }
+    qsort(ix, pl->n, sizeof *ix, cmp_name_pos);
+    return ix;
+}
+
+/* Index of the first payload node named `name`, or REG_NONE. */
+static size_t pay_find(const vctx *v, const char *name) {
+    size_t lo = 0, hi = v->pl->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(v->pix[mid].name, name) < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo < v->pl->n && strcmp(v->pix[lo].name, name) == 0) return v->pix[lo].i;
+    return REG_NONE;
+}
+
+static bool in_removal(const vctx *v, const char *name) {
+    return v->nremoval &&
+           bsearch(&name, v->removal, v->nremoval, sizeof *v->removal, cmp_cstr) != NULL;
+}
+
+/* Registered descriptors as validation sees them: minus the removal set. */
+static const ev_desc *vis_event(const vctx *v, const char *name) {
+    return in_removal(v, name) ? NULL : find_event(v->r, name);
+}
+
+static const deriv_desc *vis_deriv(const vctx *v, const char *name) {
+    return in_removal(v, name) ? NULL : find_deriv(v->r, name);
+}
+
+static const bv_schema *pnode_exposed(const pnode *p) {
+    if (p->is_event || p->gb != REG_NONE || !p->chained) return &p->schema;
+    return &p->chain_out;
+}
+
+/* The schema a downstream derivation reads from upstream `name` (payload first). */
+static const bv_schema *upstream_schema(const vctx *v, const char *name) {
+    size_t k = pay_find(v, name);
+    if (k != REG_NONE) return pnode_exposed(&v->pl->v[k]);
+    const ev_desc *e = vis_event(v, name);
+    if (e) return &e->schema;
+    const deriv_desc *d = vis_deriv(v, name);
+    if (d) return &d->schema;
+    return NULL;
+}
+
+static bool upstream_is_table(const vctx *v, const char *name) {
+    size_t k = pay_find(v, name);
+    if (k != REG_NONE) return !v->pl->v[k].is_event && v->pl->v[k].output_table;
+    if (vis_event(v, name)) return false;
+    const deriv_desc *d = vis_deriv(v, name);
+    return d && d->output_table;
+}
+
+/* Rules 1-4 (and our one-group_by rule): per node, in node order. */
+static int check_nodes(const vctx *v, bv_err *err) {
+    char path[96];
+    const payload *pl = v->pl;
+    for (size_t i = 0; i < pl->n; i++) {
+        size_t k = pay_find(v, pl->v[i].name);
+        if (k != i) {
+            snprintf(path, sizeof path, "nodes[%zu].name", i);
+            return fail(err, "invalid_registration", path,
+                        "duplicate descriptor name '%s'; first seen at nodes[%zu]",
+                        pl->v[i].name, k);
+        }
+    }
+    for (size_t i = 0; i < pl->n; i++) {
+        const pnode *p = &pl->v[i];
+        snprintf(path, sizeof path, "nodes[%zu].name", i);
+        switch (name_check(p->name)) {
+        case NAME_OK: break;
+        case NAME_EMPTY:
+            return fail(err, "invalid_registration", path, "descriptor name must not be empty");
+        case NAME_TOO_LONG:
+            return fail(err, "invalid_registration", path,
+                        "descriptor name is %zu chars; maximum is %d", strlen(p->name),
+                        REGISTRY_NAME_MAX);
+        case NAME_PATTERN:
+            return fail(err, "invalid_registration", path,
+                        "descriptor name '%s' must match [A-Za-z_][A-Za-z0-9_]* (no hyphens "
+                        "or leading digits)", p->name);
+        case NAME_RESERVED:
+            return fail(err, "invalid_registration", path,
+                        "descriptor name '%s' uses reserved prefix '_beava_'", p->name);
+        }
+        if (p->is_event) {
+            if (p->schema.n == 0) {
+                snprintf(path, sizeof path, "nodes[%zu].schema.fields", i);
+                return fail(err, "invalid_registration", path,
+                            "event schema must have at least one field");
+            }
+            if (p->dedupe_key && bv_schema_find(&p->schema, p->dedupe_key, NULL) < 0) {
+                snprintf(path, sizeof path, "nodes[%zu].dedupe_key", i);
+                return fail(err, "invalid_registration", path,
+                            "dedupe_key '%s' is not a field in schema", p->dedupe_key);
+            }
+            if (p->dedupe_window_ms == 0) {
+                snprintf(path, sizeof path, "nodes[%zu].dedupe_window_ms", i);
+                return fail(err, "invalid_registration", path,
+                            "dedupe_window_ms must be positive (> 0)");
+            }
+            continue;
+        }
+        if (p->schema.n == 0 && p->nops == 0) {
+            snprintf(path, sizeof path, "nodes[%zu].schema.fields", i);
+            return fail(err, "invalid_registration", path,
+                        "derivation schema must have at least one field");
+        }
+        if (p->output_table && !p->has_tpk) {
+            snprintf(path, sizeof path, "nodes[%zu].table_primary_key", i);
+            return fail(err, "invalid_registration", path,
+                        "derivation with output_kind='table' must specify table_primary_key");
+        }
+        if (p->gb_second != REG_NONE) {
+            snprintf(path, sizeof path, "nodes[%zu].ops[%zu]", i, p->gb_second);
+            return fail(err, "invalid_registration", path,
+                        "a derivation may hold at most one group_by op (the first is at "
+                        "ops[%zu])", p->gb);
+        }
+    }
+    return 0;
+}
+
+/* Rules 5 and 6. */
+static int check_upstreams(const vctx *v, bv_err *err) {
+    char path[96];
+    const payload *pl = v->pl;
+    for (size_t i = 0; i < pl->n; i++) {
+        const pnode *p = &pl->v[i];
+        for (size_t j = 0; j < p->nup; j++) {
+            const char *u = p->up[j];
+            if (pay_find(v, u) == REG_NONE && !vis_event(v, u) && !vis_deriv(v, u)) {
+                snprintf(path, sizeof path, "nodes[%zu].upstreams[%zu]", i, j);
+                return fail(err, "invalid_registration", path,
+                            "upstream '%s' is not declared in this payload or in the registry", u);
+            }
+        }
+    }
+    for (size_t i = 0; i < pl->n; i++) {
+        const pnode *p = &pl->v[i];
+        for (size_t j = 0; j < p->nup; j++) {
+            size_t k = pay_find(v, p->up[j]);
+            if (k != REG_NONE && k > i) {
+                snprintf(path, sizeof path, "nodes[%zu].upstreams[%zu]", i, j);
+                return fail(err, "invalid_registration", path,
+                            "upstream '%s' appears later in payload at nodes[%zu]", p->up[j], k);
+            }
+        }
+    }
+    return 0;
+}
+
+/* Rule 7: a cycle across the payload and the (visible) registry. Vertices are the
+ * derivations; DFS visits payload derivations in payload order, then registered ones
+ * in name order, so the reported cycle is deterministic. */
+typedef struct cyc_vertex {
+    const char *name;
+    size_t payload_index;        /* REG_NONE for registered ones */
+    size_t nup;
+    const char *const *up;
+} cyc_vertex;
+
+typedef struct cyc_ctx {
+    cyc_vertex *vx;
+    size_t n;
+    name_pos *ix;                /* (name, vertex) sorted */
+    unsigned char *color;        /* 0 white, 1 on the stack, 2 done */
+    size_t *stack;
+    size_t depth;
+} cyc_ctx;
+
+static size_t cyc_find(const cyc_ctx *c, const char *name) {
+    size_t lo = 0, hi = c->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(c->ix[mid].name, name) < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo < c->n && strcmp(c->ix[lo].name, name) == 0) return c->ix[lo].i;
+    return REG_NONE;
+}
+
+/* Returns the stack position where the cycle starts and the vertex closing it, or
+ * REG_NONE. */
+static size_t cyc_dfs(cyc_ctx *c, size_t u, size_t *closing) {
+    c->color[u] = 1;
+    c->stack[c->depth++] = u;
+    for (size_t j = 0; j < c->vx[u].nup; j++) {
+        size_t w = cyc_find(c, c->vx[u].up[j]);
+        if (w == REG_NONE) continue;
+        if (c->color[w] == 1) {
+            for (size_t s = 0; s < c->depth; s++)
+                if (c->stack[s] == w) {
+                    *closing = w;
+                    return s;
+                }
+        }
+        if (c->color[w] == 0) {
+            size_t s = cyc_dfs(c, w, closing);
+            if (s != REG_NONE) return s;
+        }
+    }
+    c->depth--;
+    c->color[u] = 2;
+    return REG_NONE;
+}
+
+static int check_cycles(const vctx *v, bv_err *err) {
+    const payload *pl = v->pl;
+    const registry *r = v->r;
+    cyc_ctx c;
+    memset(&c, 0, sizeof c);
+    c.vx = xcalloc(pl->n + r->nderivs, sizeof *c.vx);
+    for (size_t i = 0; i < pl->n; i++) {
+        if (pl->v[i].is_event || pay_find(v, pl->v[i].name) != i) continue;
+        c.vx[c.n++] = (cyc_vertex){pl->v[i].name, i, pl->v[i].nup, pl->v[i].up};
+    }
+    for (size_t i = 0; i < r->nderivs; i++) {
+        const deriv_desc *d = r->der_sorted[i];
+        if (pay_find(v, d->name) != REG_NONE || in_removal(v, d->name)) continue;
+        c.vx[c.n++] = (cyc_vertex){d->name, REG_NONE, d->nupstreams,
+                                   (const char *const *)d->upstreams};
+    }
+    c.ix = xcalloc(c.n, sizeof *c.ix);
+    for (size_t i = 0; i < c.n; i++) c.ix[i] = (name_pos){c.vx[i].name, i};
+    qsort(c.ix, c.n, sizeof *c.ix, cmp_name_pos);
+    c.color = xcalloc(c.n, 1);
+    c.stack = xcalloc(c.n, sizeof *c.stack);
+    int rc = 0;
+    for (size_t s = 0; s < c.n && rc == 0; s++) {
+        if (c.color[s]) continue;
+        size_t closing = REG_NONE;
+        size_t start = cyc_dfs(&c, s, &closing);
+        if (start == REG_NONE) continue;
+        bv_buf b;
+        bv_buf_init(&b);
+        size_t first_payload = REG_NONE;
+        for (size_t k = start; k < c.depth; k++) {
+            const cyc_vertex *x = &c.vx[c.stack[k]];
+            if (first_payload == REG_NONE) first_payload = x->payload_index;
+            bv_buf_printf(&b, "%s -> ", x->name);
+        }
+        bv_buf_puts(&b, c.vx[closing].name);
+        char path[64];
+        if (first_payload != REG_NONE) snprintf(path, sizeof path, "nodes[%zu]", first_payload);
+        else snprintf(path, sizeof path, "nodes");
+        rc = fail(err, "invalid_registration", path, "cycle detected: %s", b.data);
+        bv_buf_free(&b);
+    }
+    free(c.vx);
+    free(c.ix);
+    free(c.color);
+    free(c.stack);
+    return rc;
+}
+
+/* Rule 8: compile every derivation's chain over the union of its upstream schemas. */
+static int check_chains(const vctx *v, bv_err *err) {
+    payload *pl = v->pl;
+    for (size_t i = 0; i < pl->n; i++) {
+        pnode *p = &pl->v[i];
+        if (p->is_event) continue;
+        bv_schema in;
+        bv_schema_init(&in);
+        for (size_t j = 0; j < p->nup; j++) {
+            const bv_schema *s = upstream_schema(v, p->up[j]);
+            if (!s) continue;
+            for (size_t f = 0; f < s->n; f++) bv_schema_set(&in, s->names[f], s->types[f]);
+            for (size_t f = 0; f < s->nopt; f++) bv_schema_add_optional(&in, s->optional[f]);
+        }
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "nodes[%zu]", i);
+        bv_schema out;
+        bv_schema_init(&out);
+        chain *c = NULL;
+        int rc = chain_compile(json_object_get(p->node, "ops"), &in, prefix, &c, &out, err);
+        bv_schema_free(&in);
+        if (rc < 0) {
+            if (!err->code[0]) bv_err_set(err, "invalid_expression", prefix, "invalid op chain");
+            return -1;
+        }
+        p->prefix = c;
+        p->chain_out = out;
+        p->chained = true;
+    }
+    return 0;
+}
+
+static bool is_key(const json_t *keys, const char *name) {
+    for (size_t k = 0; k < json_array_size(keys); k++)
+        if (!strcmp(json_string_value(json_array_get(keys, k)), name)) return true;
+    return false;
+}
+
+/* Rule 9 for one derivation with a group_by (reference-pipelines.md §1.6 steps 1-12). */
+static int check_aggregation(const vctx *v, size_t i, bv_err *err) {
+    char path[512];
+    pnode *p = &v->pl->v[i];
+    if (p->nup == 0) {
+        snprintf(path, sizeof path, "nodes[%zu].upstreams", i);
+        return fail(err, "aggregation_on_table_not_supported", path,
+                    "aggregation derivation must have at least one upstream");
+    }
+    if (upstream_is_table(v, p->up[0])) {
+        snprintf(path, sizeof path, "nodes[%zu].upstreams[0]", i);
+        return fail(err, "aggregation_on_table_not_supported", path,
+                    "aggregation source '%s' is a table; aggregating a table is not supported",
+                    p->up[0]);
+    }
+    const json_t *gb = json_array_get(json_object_get(p->node, "ops"), p->gb);
+    const json_t *keys = json_object_get(gb, "keys");
+    const json_t *agg = json_object_get(gb, "agg");
+    const bv_schema *schema = &p->chain_out;
+    for (size_t k = 0; k < json_array_size(keys); k++) {
+        const char *key = json_string_value(json_array_get(keys, k));
+        bv_wtype t;
+        snprintf(path, sizeof path, "nodes[%zu].ops[%zu].group_by[%zu]", i, p->gb, k);
+        if (bv_schema_find(schema, key, &t) < 0)
+            return fail(err, "aggregation_unknown_field", path,
+                        "group_by key '%s' does not exist in upstream schema", key);
+        if (t == WT_F64)
+            return fail(err, "aggregation_unknown_field", path,
+                        "group_by key '%s' cannot be float-typed; cast to str/int/bool first",
+                        key);
+    }
+    size_t nf = json_object_size(agg), k = 0;
+    const char **names = xcalloc(nf, sizeof *names);
+    const char *f;
+    json_t *spec;
+    json_object_foreach((json_t *)agg, f, spec) names[k++] = f;
+    qsort(names, nf, sizeof *names, cmp_cstr);
+    p->feats = xcalloc(nf, sizeof *p->feats);
+    p->feat_moved = xcalloc(nf, sizeof *p->feat_moved);
+    int rc = 0;
+    for (k = 0; k < nf && rc == 0; k++) {
+        spec = json_object_get(agg, names[k]);
+        const char *op = json_string_value(json_object_get(spec, "op"));
+        snprintf(path, sizeof path, "nodes[%zu].ops[%zu].agg.%s", i, p->gb, names[k]);
+        /* Step 2 (unknown op) precedes step 3 (group-key collision): let the compiler
+         * report an unknown op first. */
+        if (!feature_op_known(op)) {
+            feature tmp;
+            memset(&tmp, 0, sizeof tmp);
+            if (feature_compile(&tmp, names[k], spec, schema, path, err) == 0) {
+                feature_release(&tmp);
+                rc = fail(err, "aggregation_unknown_op", path, "unknown aggregation op '%s'", op);
+            } else {
+                rc = -1;
+            }
+            break;
+        }
+        if (is_key(keys, names[k])) {
+            rc = fail(err, "aggregation_group_key_collides_with_feature", path,
+                      "feature name '%s' collides with a group_by key", names[k]);
+            break;
+        }
+        if (feature_compile(&p->feats[k], names[k], spec, schema, path, err) < 0) {
+            if (!err->code[0]) bv_err_set(err, "invalid_registration", path, "invalid aggregation");
+            rc = -1;
+            break;
+        }
+        p->nfeat = k + 1;
+    }
+    free(names);
+    return rc;
+}
+
+/* Rule 9, last step: feature names are unique across every table. */
+typedef struct feat_use {
+    const char *feature, *table;
+    size_t pos;                  /* iteration order: payload order, then feature name */
+} feat_use;
+
+static int cmp_feat_use(const void *a, const void *b) {
+    const feat_use *x = a, *y = b;
+    int c = strcmp(x->feature, y->feature);
+    if (c) return c;
+    return (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+static int check_feature_names(const vctx *v, bv_err *err) {
+    const payload *pl = v->pl;
+    size_t total = 0, n = 0;
+    for (size_t i = 0; i < pl->n; i++) total += pl->v[i].nfeat;
+    feat_use *u = xcalloc(total, sizeof *u);
+    for (size_t i = 0; i < pl->n; i++)
+        for (size_t k = 0; k < pl->v[i].nfeat; k++, n++)
+            u[n] = (feat_use){pl->v[i].feats[k].name, pl->v[i].name, n};
+    qsort(u, n, sizeof *u, cmp_feat_use);
+    /* Within the payload: report the earliest (in iteration order) use of a name that
+     * an earlier table already defined. */
+    size_t best = REG_NONE, best_first = 0;
+    for (size_t s = 0; s < n;) {
+        size_t e = s + 1;
+        while (e < n && !strcmp(u[e].feature, u[s].feature)) e++;
+        for (size_t k = s + 1; k < e; k++)
+            if (strcmp(u[k].table, u[s].table) != 0) {
+                if (best == REG_NONE || u[k].pos < u[best].pos) {
+                    best = k;
+                    best_first = s;
+                }
+                break;
+            }
+        s = e;
+    }
+    int rc = 0;
+    char path[512];
+    if (best != REG_NONE) {
+        snprintf(path, sizeof path, "nodes.%s.features.%s", u[best].table, u[best].feature);
+        rc = fail(err, "aggregation_feature_name_collision_across_aggregations", path,
+                  "feature name '%s' is already defined by aggregation '%s'; feature names "
+                  "must be globally unique across aggregations", u[best].feature,
+                  u[best_first].table);
+    }
+    /* Against registered tables that stay (not removed, not redefined by the payload). */
+    for (size_t k = 0; k < n && rc == 0; k++) {
+        size_t slot;
+        const agg_table *t = registry_feature_owner(v->r, u[k].feature, &slot);
+        if (!t || !strcmp(t->name, u[k].table) || in_removal(v, t->name) ||
+            pay_find(v, t->name) != REG_NONE)
+            continue;
+        snprintf(path, sizeof path, "nodes.%s.features.%s", u[k].table, u[k].feature);
+        rc = fail(err, "aggregation_feature_name_collision_across_aggregations", path,
+                  "feature name '%s' is already registered by aggregation '%s'; feature names "
+                  "must be globally unique across aggregations", u[k].feature, t->name);
+    }
+    free(u);
+    return rc;
+}
+
+/* The whole of §4.5, first error wins. On success every derivation has its chain, its
+ * propagated schema and (tables) its compiled features. */
+static int validate(const registry *r, payload *pl, char *const *removal, size_t nremoval,
+                    bv_err *err) {
+    vctx v = {r, removal, nremoval, pl, index_payload(pl)};
+    int rc = check_nodes(&v, err);
+    if (rc == 0) rc = check_upstreams(&v, err);
+    if (rc == 0) rc = check_cycles(&v, err);
+    if (rc == 0) rc = check_chains(&v, err);
+    for (size_t i = 0; i < pl->n && rc == 0; i++)
+        if (!pl->v[i].is_event && pl->v[i].gb != REG_NONE) rc = check_aggregation(&v, i, err);
+    if (rc == 0) rc = check_feature_names(&v, err);
+    free(v.pix);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Storage: descriptors, tables, indexes
+ * ---------------------------------------------------------------------------------- */
+
+static ev_desc *find_event(const registry *r, const char *name) {
+    size_t lo = 0, hi = r->nev_sorted;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(r->ev_sorted[mid]->name, name);
+        if (c == 0) return r->ev_sorted[mid];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return NULL;
+}
+
+static deriv_desc *find_deriv(const registry *r, const char *name) {
+    size_t lo = 0, hi = r->nder_sorted;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(r->der_sorted[mid]->name, name);
+        if (c == 0) return r->der_sorted[mid];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return NULL;
+}
+
+static int cmp_ev_name(const void *a, const void *b) {
+    return strcmp((*(ev_desc *const *)a)->name, (*(ev_desc *const *)b)->name);
+}
+
+static int cmp_der_name(const void *a, const void *b) {
+    return strcmp((*(deriv_desc *const *)a)->name, (*(deriv_desc *const *)b)->name);
+}
+
+static int cmp_feat_ref(const void *a, const void *b) {
+    return strcmp(((const feat_ref *)a)->name, ((const feat_ref *)b)->name);
+}
+
+typedef struct src_pos {
+    agg_table *t;
+    size_t order;
+} src_pos;
+
+static int cmp_src_pos(const void *a, const void *b) {
+    const src_pos *x = a, *y = b;
+    int c = strcmp(x->t->source, y->t->source);
+    if (c) return c;
+    return (x->order > y->order) - (x->order < y->order);
+}
+
+/* Rebuild every derived index from the two registration-order arrays. */
+static void reindex(registry *r) {
+    free(r->ev_sorted);
+    free(r->der_sorted);
+    free(r->tables);
+    free(r->src_tables);
+    free(r->srcs);
+    free(r->feats);
+    r->ev_sorted = xcalloc(r->nevents, sizeof *r->ev_sorted);
+    if (r->nevents) memcpy(r->ev_sorted, r->events, r->nevents * sizeof *r->ev_sorted);
+    qsort(r->ev_sorted, r->nevents, sizeof *r->ev_sorted, cmp_ev_name);
+    r->der_sorted = xcalloc(r->nderivs, sizeof *r->der_sorted);
+    if (r->nderivs) memcpy(r->der_sorted, r->derivs, r->nderivs * sizeof *r->der_sorted);
+    qsort(r->der_sorted, r->nderivs, sizeof *r->der_sorted, cmp_der_name);
+    r->nev_sorted = r->nevents;
+    r->nder_sorted = r->nderivs;
+
+    r->tables = xcalloc(r->nderivs, sizeof *r->tables);
+    r->ntables = 0;
+    r->nfeats = 0;
+    for (size_t i = 0; i < r->nderivs; i++)
+        if (r->derivs[i]->table) {
+            r->tables[r->ntables++] = r->derivs[i]->table;
+            r->nfeats += r->derivs[i]->table->nfeatures;
+        }
+
+    src_pos *sp = xcalloc(r->ntables, sizeof *sp);
+    for (size_t i = 0; i < r->ntables; i++) sp[i] = (src_pos){r->tables[i], i};
+    qsort(sp, r->ntables, sizeof *sp, cmp_src_pos);
+    r->src_tables = xcalloc(r->ntables, sizeof *r->src_tables);
+    r->srcs = xcalloc(r->ntables, sizeof *r->srcs);
+    r->nsrcs = 0;
+    for (size_t i = 0; i < r->ntables; i++) {
+        r->src_tables[i] = sp[i].t;
+        if (r->nsrcs == 0 || strcmp(r->srcs[r->nsrcs - 1].source, sp[i].t->source) != 0)
+            r->srcs[r->nsrcs++] = (src_ref){sp[i].t->source, i, 0};
+        r->srcs[r->nsrcs - 1].n++;
+    }
+    free(sp);
+
+    r->feats = xcalloc(r->nfeats, sizeof *r->feats);
+    size_t k = 0;
+    for (size_t i = 0; i < r->ntables; i++)
+        for (size_t s = 0; s < r->tables[i]->nfeatures; s++)
+            r->feats[k++] = (feat_ref){r->tables[i]->features[s].name, r->tables[i], s};
+    qsort(r->feats, r->nfeats, sizeof *r->feats, cmp_feat_ref);
+}
+
+
+/* Offsets in slot order (each aligned to 8, so appending slots never moves the
+ * existing ones), the row size and the by-name output order. */
+static void table_layout(agg_table *t) {
+    t->offsets = xrealloc(t->offsets, (t->nfeatures ? t->nfeatures : 1) * sizeof *t->offsets);
+    t->by_name = xrealloc(t->by_name, (t->nfeatures ? t->nfeatures : 1) * sizeof *t->by_name);
+    size_t off = 0;
+    for (size_t i = 0; i < t->nfeatures; i++) {
+        off = align8(off);
+        t->offsets[i] = off;
+        off += t->features[i].state_size;
+    }
+    t->row_size = align8(off);
+    name_pos *np = xcalloc(t->nfeatures, sizeof *np);
+    for (size_t i = 0; i < t->nfeatures; i++) np[i] = (name_pos){t->features[i].name, i};
+    qsort(np, t->nfeatures, sizeof *np, cmp_name_pos);
+    for (size_t i = 0; i < t->nfeatures; i++) t->by_name[i] = np[i].i;
+    free(np);
+}
+
+static void table_free(agg_table *t) {
+    if (!t) return;
+    for (size_t i = 0; i < t->nfeatures; i++) feature_release(&t->features[i]);
+    free(t->features);
+    free(t->offsets);
+    free(t->by_name);
+    for (size_t i = 0; i < t->nkeys; i++) free(t->keys[i]);
+    free(t->keys);
+    if (t->prefix) chain_free(t->prefix);
+    free(t->name);
+    free(t->source);
+    free(t);
+}
+
+static void event_free(ev_desc *e) {
+    free(e->name);
+    bv_schema_free(&e->schema);
+    free(e->dedupe_key);
+    json_decref(e->node);
+    free(e);
+}
+
+static void deriv_free(deriv_desc *d) {
+    free(d->name);
+    for (size_t i = 0; i < d->nupstreams; i++) free(d->upstreams[i]);
+    free(d->upstreams);
+    bv_schema_free(&d->schema);
+    table_free(d->table);
+    json_decref(d->node);
+    free(d);
+}
+
+static void hook_added(const reg_hooks *h, agg_table *t) {
+    if (h && h->table_added) h->table_added(h->ctx, t);
+}
+
+static void hook_removed(const reg_hooks *h, agg_table *t) {
+    if (h && h->table_removed) h->table_removed(h->ctx, t);
+}
+
+static void hook_widened(const reg_hooks *h, agg_table *t, size_t old_n) {
+    if (h && h->table_widened) h->table_widened(h->ctx, t, old_n);
+}
+
+static void push_event(registry *r, ev_desc *e) {
+    if (r->nevents == r->cap_events) {
+        r->cap_events = r->cap_events ? r->cap_events * 2 : 16;
+        r->events = xrealloc(r->events, r->cap_events * sizeof *r->events);
+    }
+    r->events[r->nevents++] = e;
+}
+
+static void push_deriv(registry *r, deriv_desc *d) {
+    if (r->nderivs == r->cap_derivs) {
+        r->cap_derivs = r->cap_derivs ? r->cap_derivs * 2 : 16;
+        r->derivs = xrealloc(r->derivs, r->cap_derivs * sizeof *r->derivs);
+    }
+    r->derivs[r->nderivs++] = d;
+}
+
+static bool name_in_sorted(char *const *names, size_t n, const char *name) {
+    return n && bsearch(&name, names, n, sizeof *names, cmp_cstr) != NULL;
+}
+
+/* Drop every descriptor named in `names` (sorted); table hooks in registration order. */
+static void remove_names(registry *r, char *const *names, size_t n, const reg_hooks *hooks) {
+    size_t w = 0;
+    for (size_t i = 0; i < r->nevents; i++) {
+        if (name_in_sorted(names, n, r->events[i]->name)) event_free(r->events[i]);
+        else r->events[w++] = r->events[i];
+    }
+    r->nevents = w;
+    w = 0;
+    for (size_t i = 0; i < r->nderivs; i++) {
+        deriv_desc *d = r->derivs[i];
+        if (!name_in_sorted(names, n, d->name)) {
+            r->derivs[w++] = d;
+            continue;
+        }
+        if (d->table) hook_removed(hooks, d->table);
+        deriv_free(d);
+    }
+    r->nderivs = w;
+}
+
+static ev_desc *event_from(pnode *p, uint64_t version) {
+    ev_desc *e = xcalloc(1, sizeof *e);
+    e->name = xstrdup(p->name);
+    e->schema = p->schema;
+    bv_schema_init(&p->schema);
+    e->dedupe_key = p->dedupe_key ? xstrdup(p->dedupe_key) : NULL;
+    e->dedupe_window_ms = p->dedupe_window_ms;
+    e->keep_events_for_ms = p->keep_ms;
+    e->cold_after_ms = p->cold_ms;
+    e->registered_at_version = version;
+    e->node = json_incref(p->node);
+    return e;
+}
+
+static agg_table *table_from(registry *r, pnode *p) {
+    agg_table *t = xcalloc(1, sizeof *t);
+    t->id = r->next_table_id++;
+    t->name = xstrdup(p->name);
+    t->source = xstrdup(p->up[0]);
+    const json_t *keys = json_object_get(json_array_get(json_object_get(p->node, "ops"), p->gb), "keys");
+    t->nkeys = json_array_size(keys);
+    t->keys = xcalloc(t->nkeys, sizeof *t->keys);
+    for (size_t k = 0; k < t->nkeys; k++) t->keys[k] = xstrdup(json_string_value(json_array_get(keys, k)));
+    t->prefix = p->prefix;
+    p->prefix = NULL;
+    t->features = p->feats ? p->feats : xcalloc(1, sizeof *t->features);
+    t->nfeatures = p->nfeat;
+    p->feats = NULL;
+    p->nfeat = 0;
+    free(p->feat_moved);
+    p->feat_moved = NULL;
+    table_layout(t);
+    return t;
+}
+
+static deriv_desc *deriv_from(registry *r, pnode *p, uint64_t version) {
+    deriv_desc *d = xcalloc(1, sizeof *d);
+    d->name = xstrdup(p->name);
+    d->output_table = p->output_table;
+    d->nupstreams = p->nup;
+    d->upstreams = xcalloc(p->nup, sizeof *d->upstreams);
+    for (size_t i = 0; i < p->nup; i++) d->upstreams[i] = xstrdup(p->up[i]);
+    bv_schema_copy(&d->schema, pnode_exposed(p));
+    if (p->gb != REG_NONE) d->table = table_from(r, p);
+    d->registered_at_version = version;
+    d->node = json_incref(p->node);
+    return d;
+}
+
+static void replace_node(json_t **slot, json_t *node) {
+    json_decref(*slot);
+    *slot = json_incref(node);
+}
+
+/* In-place additive change of a kept event: the diff's new_field entries. */
+static void widen_event(ev_desc *e, pnode *p, const reg_diff *diff) {
+    bool changed = false;
+    for (size_t i = 0; i < diff->nadditive; i++) {
+        const diff_entry *x = &diff->additive[i];
+        if (x->cls != DIFF_NEW_FIELD || strcmp(x->s1, e->name) != 0) continue;
+        int t = bv_wtype_parse(x->s3);
+        if (t < 0) abort();   /* the parser only lets wire types through */
+        bv_schema_set(&e->schema, x->s2, (bv_wtype)t);
+        changed = true;
+    }
+    if (changed) replace_node(&e->node, p->node);
+}
+
+static int cmp_feature_key(const void *key, const void *elem) {
+    return strcmp((const char *)key, ((const feature *)elem)->name);
+}
+
+/* A kept derivation: take the freshly compiled chain and schema (an upstream may have
+ * widened), append the diff's new_agg features. Returns true when slots were appended
+ * (*old_n = slot count before). */
+static bool update_kept_deriv(deriv_desc *d, pnode *p, const reg_diff *diff, size_t *old_n) {
+    bv_schema_free(&d->schema);
+    bv_schema_copy(&d->schema, pnode_exposed(p));
+    agg_table *t = d->table;
+    if (!t) return false;
+    if (p->prefix) {
+        chain_free(t->prefix);
+        t->prefix = p->prefix;
+        p->prefix = NULL;
+    }
+    *old_n = t->nfeatures;
+    for (size_t i = 0; i < diff->nadditive; i++) {
+        const diff_entry *x = &diff->additive[i];
+        if (x->cls != DIFF_NEW_AGG || strcmp(x->s1, d->name) != 0) continue;
+        feature *f = p->nfeat ? bsearch(x->s2, p->feats, p->nfeat, sizeof *p->feats, cmp_feature_key) : NULL;
+        if (!f) abort();      /* validation compiled every payload feature */
+        size_t k = (size_t)(f - p->feats);
+        t->features = xrealloc(t->features, (t->nfeatures + 1) * sizeof *t->features);
+        t->features[t->nfeatures++] = *f;
+        p->feat_moved[k] = true;
+    }
+    if (t->nfeatures == *old_n) return false;
+    table_layout(t);
+    replace_node(&d->node, p->node);
+    return true;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Response bodies (keys in ascending byte order, reference-wire-api.md §5.3/§5.4/§6.1)
+ * ---------------------------------------------------------------------------------- */
+
+/* Length of the well-formed UTF-8 sequence at s, or 0 (RFC 3629 table). */
+static size_t utf8_seq(const unsigned char *s) {
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    unsigned char lo = 0x80, hi = 0xBF;
+    size_t n;
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else return 0;
+    if (s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
+    return n;
+}
+
+/* Error texts may quote raw request bytes (jansson's messages) or be cut mid-character
+ * by the fixed bv_err buffers; the body must stay valid UTF-8, so every byte that does
+ * not start a well-formed sequence becomes '?'. */
+static void write_clean_str(jsonw *w, const char *text) {
+    char buf[sizeof ((bv_err *)0)->reason];
+    size_t n = 0;
+    const unsigned char *s = (const unsigned char *)text;
+    while (*s && n + 4 < sizeof buf) {
+        size_t k = utf8_seq(s);
+        if (k == 0) {
+            buf[n++] = '?';
+            s++;
+            continue;
+        }
+        memcpy(buf + n, s, k);
+        n += k;
+        s += k;
+    }
+    buf[n] = 0;
+    jsonw_str(w, buf);
+}
+
+static void write_err_obj(jsonw *w, const bv_err *e) {
+    jsonw_obj_begin(w);
+    jsonw_key(w, "code");
+    write_clean_str(w, e->code);
+    jsonw_key(w, "path");
+    write_clean_str(w, e->path);
+    jsonw_key(w, "reason");
+    write_clean_str(w, e->reason);
+    jsonw_obj_end(w);
+}
+
+static void body_error(bv_buf *out, const bv_err *e, uint64_t version) {
+    jsonw w;
+    jsonw_init(&w, out);
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "error");
+    write_err_obj(&w, e);
+    jsonw_key(&w, "registry_version");
+    jsonw_u64(&w, version);
+    jsonw_obj_end(&w);
+}
+
+static void body_force_required(bv_buf *out, const reg_diff *d, uint64_t version) {
+    jsonw w;
+    jsonw_init(&w, out);
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "error");
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "code");
+    jsonw_str(&w, "force_required");
+    jsonw_key(&w, "diff");
+    diff_write_json(d, &w);
+    jsonw_key(&w, "reason");
+    jsonw_str(&w, "Destructive registry change requires force=true. See diff for details.");
+    jsonw_obj_end(&w);
+    jsonw_key(&w, "registry_version");
+    jsonw_u64(&w, version);
+    jsonw_obj_end(&w);
+}
+
+static void body_dry_run(bv_buf *out, const reg_diff *d, const bv_err *verr) {
+    jsonw w;
+    jsonw_init(&w, out);
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "diff");
+    diff_write_json(d, &w);
+    if (verr) {
+        jsonw_key(&w, "error");
+        write_err_obj(&w, verr);
+    }
+    jsonw_key(&w, "would_apply");
+    jsonw_bool(&w, false);
+    jsonw_obj_end(&w);
+}
+
+static void body_ok(bv_buf *out, char *const *added, size_t nadded, const reg_diff *d,
+                    const payload *pl, uint64_t version) {
+    jsonw w;
+    jsonw_init(&w, out);
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "added");
+    jsonw_arr_begin(&w);
+    for (size_t i = 0; i < nadded; i++) jsonw_str(&w, added[i]);
+    jsonw_arr_end(&w);
+    jsonw_key(&w, "already_present");
+    jsonw_arr_begin(&w);
+    for (size_t i = 0; i < d->npresent; i++) jsonw_str(&w, d->already_present[i]);
+    jsonw_arr_end(&w);
+    jsonw_key(&w, "registered_descriptors");
+    jsonw_arr_begin(&w);
+    for (size_t i = 0; i < pl->n; i++) jsonw_str(&w, pl->v[i].name);
+    jsonw_arr_end(&w);
+    jsonw_key(&w, "registry_version");
+    jsonw_u64(&w, version);
+    jsonw_key(&w, "status");
+    jsonw_str(&w, "ok");
+    jsonw_obj_end(&w);
+}
+
+/* ------------------------------------------------------------------------------------
+ * prepare / apply
+ * ---------------------------------------------------------------------------------- */
+
+typedef struct kind_name {
+    const char *kind, *name;
+} kind_name;
+
+static int cmp_kind_name(const void *a, const void *b) {
+    const kind_name *x = a, *y = b;
+    int c = strcmp(x->kind, y->kind);
+    return c ? c : strcmp(x->name, y->name);
+}
+
+/* `added` of the response (§5.3 step 11 plus DECISIONS §3): with removals every payload
+ * name in payload order; otherwise the new descriptors and the descriptors widened in
+ * place, sorted by descriptor kind then name. */
+static size_t compute_added(const payload *pl, const reg_diff *d, size_t nremoval, char ***out) {
+    char **v;
+    size_t n = 0;
+    if (nremoval) {
+        v = xcalloc(pl->n, sizeof *v);
+        for (size_t i = 0; i < pl->n; i++) v[n++] = xstrdup(pl->v[i].name);
+        *out = v;
+        return n;
+    }
+    kind_name *kn = xcalloc(d->nadditive, sizeof *kn);
+    for (size_t i = 0; i < d->nadditive; i++) {
+        const diff_entry *e = &d->additive[i];
+        if (e->cls == DIFF_NEW_DESCRIPTOR) kn[n++] = (kind_name){e->s1, e->s2};
+        else if (e->cls == DIFF_NEW_FIELD) kn[n++] = (kind_name){"event", e->s1};
+        else if (e->cls == DIFF_NEW_AGG) kn[n++] = (kind_name){"derivation", e->s1};
+    }
+    qsort(kn, n, sizeof *kn, cmp_kind_name);
+    v = xcalloc(n, sizeof *v);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || cmp_kind_name(&kn[i], &kn[i - 1]) != 0) v[m++] = xstrdup(kn[i].name);
+    free(kn);
+    *out = v;
+    return m;
+}
+
+static void free_strs(char **v, size_t n) {
+    for (size_t i = 0; i < n; i++) free(v[i]);
+    free(v);
+}
+
+/* The registry as the diff sees it, registration order (borrowed pointers). */
+static diff_desc *registry_descs(const registry *r, size_t *n) {
+    diff_desc *d = xcalloc(r->nevents + r->nderivs, sizeof *d);
+    size_t k = 0;
+    for (size_t i = 0; i < r->nevents; i++)
+        d[k++] = (diff_desc){r->events[i]->name, true, r->events[i]->node};
+    for (size_t i = 0; i < r->nderivs; i++)
+        d[k++] = (diff_desc){r->derivs[i]->name, false, r->derivs[i]->node};
+    *n = k;
+    return d;
+}
+
+int registry_prepare(const registry *r, const char *body, size_t len, bv_buf *resp,
+                     reg_plan **plan) {
+    json_t *root = NULL, *nodes = NULL;
+    payload pl;
+    reg_diff diff;
+    diff_desc *cur = NULL, *pay = NULL;
+    size_t ncur = 0, nremoval = 0, nadded = 0;
+    char **removal = NULL, **added = NULL;
+    bv_err err, terr;
+    size_t terr_index = REG_NONE;
+    int status = 200;
+
+    memset(&pl, 0, sizeof pl);
+    memset(&diff, 0, sizeof diff);
+    bv_err_clear(&err);
+    bv_err_clear(&terr);
+    *plan = NULL;
+
+    if (load_body(body ? body : "", body ? len : 0, &root, &err) < 0) goto bad;
+    const json_t *raw = json_object_get(root, "nodes");
+    nodes = json_is_array(raw) ? rewrite_nodes(raw, &terr, &terr_index) : jnew(json_array());
+    if (scan_removed_ops(nodes, &err) < 0 || scan_event_time(raw, &err) < 0 ||
+        scan_kinds(nodes, &err) < 0 ||
+        (r->opts.memory_gov_enforce && scan_memory(nodes, &err) < 0))
+        goto bad;
+    if (parse_payload(root, nodes, &terr, terr_index, &pl, &err) < 0) goto bad;
+
+    cur = registry_descs(r, &ncur);
+    pay = xcalloc(pl.n, sizeof *pay);
+    for (size_t i = 0; i < pl.n; i++) pay[i] = (diff_desc){pl.v[i].name, pl.v[i].is_event, pl.v[i].node};
+    diff_classify(cur, ncur, pay, pl.n, &diff);
+
+    if (pl.dry_run) {
+        /* Validate as the request would be validated once it is allowed to apply: with
+         * the force removal set whenever force is set or needed. */
+        if (pl.force || diff.ndestructive)
+            nremoval = diff_removal_set(&diff, true, cur, ncur, &removal);
+        bv_err verr;
+        bv_err_clear(&verr);
+        int vr = validate(r, &pl, removal, nremoval, &verr);
+        body_dry_run(resp, &diff, vr < 0 ? &verr : NULL);
+        goto done;
+    }
+    if (diff.ndestructive && !pl.force) {
+        body_force_required(resp, &diff, r->version);
+        status = 409;
+        goto done;
+    }
+    if (pl.force) nremoval = diff_removal_set(&diff, true, cur, ncur, &removal);
+    if (pl.n == 0) {
+        body_ok(resp, NULL, 0, &diff, &pl, r->version);
+        goto done;
+    }
+    if (validate(r, &pl, removal, nremoval, &err) < 0) goto bad;
+    nadded = compute_added(&pl, &diff, nremoval, &added);
+    if (nremoval == 0 && nadded == 0) {
+        body_ok(resp, NULL, 0, &diff, &pl, r->version);
+        goto done;
+    }
+    reg_plan *p = xcalloc(1, sizeof *p);
+    p->base_version = r->version;
+    p->pl = pl;
+    p->diff = diff;
+    p->removal = removal;
+    p->nremoval = nremoval;
+    p->added = added;
+    p->nadded = nadded;
+    memset(&pl, 0, sizeof pl);
+    memset(&diff, 0, sizeof diff);
+    removal = added = NULL;
+    nremoval = nadded = 0;
+    *plan = p;
+    goto done;
+bad:
+    body_error(resp, &err, r->version);
+    status = 400;
+done:
+    free_strs(removal, nremoval);
+    free_strs(added, nadded);
+    diff_free(&diff);
+    free(cur);
+    free(pay);
+    payload_free(&pl);
+    json_decref(nodes);
+    json_decref(root);
+    return status;
+}
+
+void reg_plan_free(reg_plan *p) {
+    if (!p) return;
+    payload_free(&p->pl);
+    diff_free(&p->diff);
+    free_strs(p->removal, p->nremoval);
+    free_strs(p->added, p->nadded);
+    free(p);
+}
+
+/* A table hook to call once the indexes are rebuilt (payload order). */
+typedef struct table_event {
+    agg_table *t;
+    size_t old_n;                /* widened: slots before; REG_NONE: added */
+} table_event;
+
+void registry_apply(registry *r, reg_plan *p, const reg_hooks *hooks, bv_buf *resp) {
+    if (p->base_version != r->version) {
+        /* The engine serialises prepare+apply; anything else is a caller bug that would
+         * corrupt the registry, so stop here rather than guess. */
+        fputs("beava: registry_apply on a plan prepared for another registry version\n", stderr);
+        abort();
+    }
+    uint64_t version = r->version + 1;
+    if (p->nremoval) {
+        remove_names(r, p->removal, p->nremoval, hooks);
+        reindex(r);
+    }
+    table_event *ev = xcalloc(p->pl.n, sizeof *ev);
+    size_t nev = 0;
+    /* The sorted indexes still describe the registry before this loop; payload names are
+     * distinct (validated), so a lookup never meets a descriptor inserted here. */
+    for (size_t i = 0; i < p->pl.n; i++) {
+        pnode *pn = &p->pl.v[i];
+        if (pn->is_event) {
+            ev_desc *e = find_event(r, pn->name);
+            if (find_deriv(r, pn->name)) abort();   /* a kind change is in the removal set */
+            if (e) widen_event(e, pn, &p->diff);
+            else push_event(r, event_from(pn, version));
+            continue;
+        }
+        deriv_desc *d = find_deriv(r, pn->name);
+        if (find_event(r, pn->name)) abort();
+        if (d) {
+            size_t old_n = 0;
+            if (update_kept_deriv(d, pn, &p->diff, &old_n)) ev[nev++] = (table_event){d->table, old_n};
+            continue;
+        }
+        d = deriv_from(r, pn, version);
+        push_deriv(r, d);
+        if (d->table) ev[nev++] = (table_event){d->table, REG_NONE};
+    }
+    r->version = version;
+    reindex(r);
+    for (size_t i = 0; i < nev; i++) {
+        if (ev[i].old_n == REG_NONE) hook_added(hooks, ev[i].t);
+        else hook_widened(hooks, ev[i].t, ev[i].old_n);
+    }
+    body_ok(resp, p->added, p->nadded, &p->diff, &p->pl, version);
+    free(ev);
+    reg_plan_free(p);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Lifecycle and lookups
+ * ---------------------------------------------------------------------------------- */
+
+registry *registry_new(const registry_options *opts) {
+    registry *r = xcalloc(1, sizeof *r);
+    r->opts.memory_gov_enforce = opts ? opts->memory_gov_enforce : true;
+    r->next_table_id = 1;
+    reindex(r);
+    return r;
+}
+
+static void drop_all(registry *r, const reg_hooks *hooks) {
+    for (size_t i = 0; i < r->nderivs; i++)
+        if (r->derivs[i]->table) hook_removed(hooks, r->derivs[i]->table);
+    for (size_t i = 0; i < r->nevents; i++) event_free(r->events[i]);
+    for (size_t i = 0; i < r->nderivs; i++) deriv_free(r->derivs[i]);
+    r->nevents = r->nderivs = 0;
+}
+
+void registry_free(registry *r, const reg_hooks *hooks) {
+    if (!r) return;
+    drop_all(r, hooks);
+    free(r->events);
+    free(r->derivs);
+    free(r->ev_sorted);
+    free(r->der_sorted);
+    free(r->tables);
+    free(r->src_tables);
+    free(r->srcs);
+    free(r->feats);
+    free(r);
+}
+
+void registry_reset(registry *r, const reg_hooks *hooks) {
+    drop_all(r, hooks);
+    r->version++;
+    reindex(r);
+}
+
+uint64_t registry_version(const registry *r) { return r->version; }
+
+size_t registry_node_count(const registry *r) { return r->nevents + r->nderivs; }
+
+const ev_desc *registry_event(const registry *r, const char *name) { return find_event(r, name); }
+
+agg_table *registry_table(const registry *r, const char *name) {
+    deriv_desc *d = find_deriv(r, name);
+    return d ? d->table : NULL;
+}
+
+size_t registry_tables_for_event(const registry *r, const char *event, agg_table *const **out) {
+    size_t lo = 0, hi = r->nsrcs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(r->srcs[mid].source, event);
+        if (c == 0) {
+            *out = r->src_tables + r->srcs[mid].start;
+            return r->srcs[mid].n;
+        }
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    *out = NULL;
+    return 0;
+}
+
+size_t registry_tables(const registry *r, agg_table *const **out) {
+    *out = r->tables;
+    return r->ntables;
+}
+
+agg_table *registry_feature_owner(const registry *r, const char *name, size_t *slot) {
+    size_t lo = 0, hi = r->nfeats;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(r->feats[mid].name, name);
+        if (c == 0) {
+            if (slot) *slot = r->feats[mid].slot;
+            return r->feats[mid].t;
+        }
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return NULL;
+}
+
+void registry_dump(const registry *r, jsonw *w) {
+    jsonw_obj_begin(w);
+    jsonw_key(w, "derivations");
+    jsonw_obj_begin(w);
+    for (size_t i = 0; i < r->nderivs; i++) {
+        jsonw_key(w, r->der_sorted[i]->name);
+        jsonw_json(w, r->der_sorted[i]->node);
+    }
+    jsonw_obj_end(w);
+    jsonw_key(w, "events");
+    jsonw_obj_begin(w);
+    for (size_t i = 0; i < r->nevents; i++) {
+        jsonw_key(w, r->ev_sorted[i]->name);
+        jsonw_json(w, r->ev_sorted[i]->node);
+    }
+    jsonw_obj_end(w);
+    jsonw_key(w, "tables");
+    jsonw_obj_begin(w);
+    for (size_t i = 0; i < r->nderivs; i++) {
+        const agg_table *t = r->der_sorted[i]->table;
+        if (!t) continue;
+        jsonw_key(w, t->name);
+        jsonw_obj_begin(w);
+        jsonw_key(w, "features");
+        jsonw_arr_begin(w);
+        for (size_t k = 0; k < t->nfeatures; k++) jsonw_str(w, t->features[t->by_name[k]].name);
+        jsonw_arr_end(w);
+        jsonw_key(w, "id");
+        jsonw_u64(w, t->id);
+        jsonw_key(w, "keys");
+        jsonw_arr_begin(w);
+        for (size_t k = 0; k < t->nkeys; k++) jsonw_str(w, t->keys[k]);
+        jsonw_arr_end(w);
+        jsonw_key(w, "row_size");
+        jsonw_u64(w, t->row_size);
+        jsonw_key(w, "source");
+        jsonw_str(w, t->source);
+        jsonw_obj_end(w);
+    }
+    jsonw_obj_end(w);
+    jsonw_key(w, "version");
+    jsonw_u64(w, r->version);
+    jsonw_obj_end(w);
+}

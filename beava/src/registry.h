@@ -1,0 +1,132 @@
+/*
+ * registry.h - the registry of event and derivation descriptors, and the one diff
+ * classifier (DECISIONS §3, reference-wire-api.md §4-§5).
+ *
+ * A register request goes through two steps so that the engine can log before it
+ * applies (the WAL seam):
+ *   registry_prepare()  parse + pre-checks + diff + dry_run + force gate + validation.
+ *                        It never mutates the registry. It always produces a status and
+ *                        a body; when the registry must change it also returns a plan.
+ *   registry_apply()    applies a plan: removals (force set + cascade), in-place
+ *                        additive changes, inserts; bumps the version by exactly 1;
+ *                        calls the hooks so the engine can create/drop/widen state
+ *                        stores; writes the 200 body.
+ * Replaying the same request bodies in the same order reproduces the same registry and
+ * version exactly (everything here is deterministic: sorted diffs, sorted rename
+ * pairing, ids allocated in order).
+ *
+ * Thread-safety: none inside. The engine serialises register/reset against everything
+ * else that reads descriptors.
+ */
+#ifndef BEAVA_REGISTRY_H
+#define BEAVA_REGISTRY_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "chain.h"
+#include "err.h"
+#include "jsonw.h"
+#include "ops/feature.h"
+#include "value.h"
+
+#define REGISTRY_MAX_NODES 4096          /* nodes per register payload */
+#define REGISTRY_NAME_MAX 128
+
+typedef struct ev_desc {
+    char *name;
+    bv_schema schema;                /* fields + optional_fields */
+    char *dedupe_key;                /* NULL if none */
+    int64_t dedupe_window_ms;        /* 86,400,000 when not given */
+    int64_t keep_events_for_ms;      /* 0 = not given */
+    int64_t cold_after_ms;           /* 0 = not given */
+    uint64_t registered_at_version;
+    json_t *node;                    /* the node as last accepted (owned ref) */
+} ev_desc;
+
+/* A compiled aggregation: a derivation with a group_by op. */
+typedef struct agg_table {
+    uint64_t id;                     /* never reused, also not across reset */
+    char *name;                      /* = derivation name, the table name of /get */
+    char *source;                    /* upstreams[0]: the event whose pushes feed it */
+    size_t nkeys;
+    char **keys;                     /* group_by keys, declaration order; 0 = global */
+    chain *prefix;                   /* the derivation's non-group_by ops (never NULL) */
+    size_t nfeatures;
+    feature *features;               /* slot order: append-only while the table lives */
+    size_t *offsets;                 /* state offset of each slot in an entity row */
+    size_t row_size;                 /* total state bytes of an entity row */
+    size_t *by_name;                 /* slot indices sorted by feature name (output order) */
+    void *store;                     /* engine-owned entity store */
+} agg_table;
+
+typedef struct deriv_desc {
+    char *name;
+    bool output_table;               /* output_kind == "table" */
+    size_t nupstreams;
+    char **upstreams;
+    bv_schema schema;                /* propagated output schema (event derivations) */
+    agg_table *table;                /* NULL when the derivation has no group_by */
+    uint64_t registered_at_version;
+    json_t *node;                    /* owned ref */
+} deriv_desc;
+
+typedef struct registry registry;
+typedef struct reg_plan reg_plan;
+
+typedef struct registry_options {
+    bool memory_gov_enforce;         /* BEAVA_MEMORY_GOV_ENFORCE != "0" */
+} registry_options;
+
+typedef struct reg_hooks {
+    void *ctx;
+    void (*table_added)(void *ctx, agg_table *t);                      /* fresh, empty state */
+    void (*table_removed)(void *ctx, agg_table *t);                    /* before it is freed */
+    void (*table_widened)(void *ctx, agg_table *t, size_t old_nfeatures); /* slots appended */
+} reg_hooks;
+
+registry *registry_new(const registry_options *opts);
+void registry_free(registry *r, const reg_hooks *hooks);
+
+uint64_t registry_version(const registry *r);
+size_t registry_node_count(const registry *r);   /* events + derivations */
+
+const ev_desc *registry_event(const registry *r, const char *name);
+agg_table *registry_table(const registry *r, const char *name);
+
+/* Tables whose source is `event`, in registration order. The array is owned by the
+ * registry and valid until the next apply/reset. */
+size_t registry_tables_for_event(const registry *r, const char *event, agg_table *const **out);
+
+/* All tables, registration order (same lifetime rule). */
+size_t registry_tables(const registry *r, agg_table *const **out);
+
+/* Global feature index: the table that owns feature `name`, and its slot. */
+agg_table *registry_feature_owner(const registry *r, const char *name, size_t *slot);
+
+/*
+ * Steps 1-12 of reference-wire-api.md §5.3 as amended by DECISIONS §3, for a body that
+ * already passed the transport checks (method, content type). Writes the response body
+ * into `resp` and returns the HTTP status. When the registry must change, returns 200
+ * with an empty `resp` and sets *plan (caller: log, then registry_apply). Otherwise
+ * *plan is NULL and `resp` is the final body (dry run, 409, 400, no-op 200).
+ */
+int registry_prepare(const registry *r, const char *body, size_t len, bv_buf *resp, reg_plan **plan);
+
+/* Apply a plan returned by registry_prepare against the same registry state. Writes
+ * the 200 body into `resp`. Consumes the plan. */
+void registry_apply(registry *r, reg_plan *plan, const reg_hooks *hooks, bv_buf *resp);
+void reg_plan_free(reg_plan *plan);
+
+/* Test-mode reset: drop every descriptor (hooks->table_removed for each table), version
+ * += 1. Table ids keep increasing. */
+void registry_reset(registry *r, const reg_hooks *hooks);
+
+/* {"version":V,"events":{...},"tables":{},"derivations":{...}} for debugging/admin. */
+void registry_dump(const registry *r, jsonw *w);
+
+/* Name rule of §4.6: non-empty, <= 128 bytes, [A-Za-z_][A-Za-z0-9_]*, no "_beava_" prefix. */
+bool registry_name_valid(const char *name);
+
+#endif

@@ -1,0 +1,84 @@
+/*
+ * config.h - the server's configuration and how it is resolved.
+ *
+ * Precedence (DECISIONS §10, reference-storage.md §5): CLI flags > BEAVA_* environment >
+ * YAML (only with -c/--config) > built-in defaults. config_load() applies the layers in
+ * reverse order onto a bv_config, validating each value where it is read; any bad value
+ * or unknown YAML key is an error naming the key (YAML keys by their dotted path, env
+ * vars and flags by name) and nothing is started.
+ *
+ * Ownership: a bv_config owns its string lists; config_free() releases them.
+ */
+#ifndef BEAVA_CONFIG_H
+#define BEAVA_CONFIG_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_ADDR_MAX 128
+
+typedef enum bv_durability { DURABILITY_BATCH = 0, DURABILITY_SYNC = 1 } bv_durability;
+
+typedef struct bv_config {
+    char http_addr[CONFIG_ADDR_MAX];     /* "127.0.0.1:8080" */
+    char admin_addr[CONFIG_ADDR_MAX];    /* "127.0.0.1:8090" */
+    bool tcp_enabled;
+    char tcp_host[CONFIG_ADDR_MAX];      /* "127.0.0.1" */
+    int tcp_port;                        /* 8081; 0 = OS-assigned */
+    uint32_t tcp_max_frame_bytes;        /* 4 MiB */
+    char log_level[16];                  /* "info" */
+    char data_dir[PATH_MAX];             /* "./.beava" */
+    char wal_dir[PATH_MAX];              /* "" = <data_dir>/wal */
+    char snapshot_dir[PATH_MAX];         /* "" = <data_dir>/snapshots */
+    bool memory_only;
+    bool test_mode;
+    bool memory_gov_enforce;
+    int shards;                          /* 0 = number of cores */
+    int io_threads;                      /* 0 = automatic */
+    bv_durability durability;
+    uint32_t wal_tick_ms;                /* 2 */
+    uint64_t wal_segment_bytes;          /* 64 MiB */
+    uint32_t snapshot_interval_s;        /* 60 */
+    uint32_t snapshot_retain;            /* 2 */
+    uint64_t max_body_bytes;             /* 4 MiB */
+    char site_dir[PATH_MAX];             /* "" = no site */
+    char **public_tables; size_t npublic_tables;
+    char **public_events; size_t npublic_events;
+    char admin_token_file[PATH_MAX];     /* "" = admin routes open */
+    char config_path[PATH_MAX];          /* "" = none */
+} bv_config;
+
+/* What the command line asked for besides configuration. */
+typedef enum bv_command { CMD_SERVE = 0, CMD_HELP, CMD_VERSION, CMD_PROBE, CMD_QUICKSTART } bv_command;
+
+typedef struct bv_cli {
+    bv_command command;
+    bool quickstart_no_file;
+    char probe_addr[CONFIG_ADDR_MAX];    /* probe: admin address override */
+} bv_cli;
+
+void config_defaults(bv_config *c);
+void config_free(bv_config *c);
+
+/* Resolve the whole configuration from argv, the environment (envp-style lookup through
+ * getenv) and the YAML file named by -c/--config. Returns 0, or -1 with a message in
+ * err (what and where) and the config in an unspecified but freeable state. */
+int config_load(bv_config *c, bv_cli *cli, int argc, char **argv, char *err, size_t errlen);
+
+/* Apply one YAML document (the text) onto c. `source` names it in errors. */
+int config_apply_yaml(bv_config *c, const char *text, size_t len, const char *source,
+                      char *err, size_t errlen);
+
+/* Parse "host:port" (IPv4, [IPv6] or a name) into its parts; port 0 allowed. */
+int config_split_addr(const char *addr, char *host, size_t hostlen, int *port);
+
+/* Paths derived from data_dir unless set explicitly. */
+void config_wal_dir(const bv_config *c, char *out, size_t len);
+void config_snapshot_dir(const bv_config *c, char *out, size_t len);
+
+/* The --help text. */
+const char *config_usage(void);
+
+#endif

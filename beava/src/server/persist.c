@@ -1,0 +1,436 @@
+/*
+ * persist.c - WAL + snapshots + recovery glue between the engine and the storage
+ * modules (see persist.h).
+ *
+ * Recovery order: newest snapshot whose file verifies (snapfile) AND whose body decodes
+ * (engine_deserialize; on failure the next older one is tried with a fresh engine state
+ * impossible to reuse, so the process stops with a clear error instead), then the WAL
+ * from the snapshot's LSN. Everything recovery did is logged once as
+ * "storage.recovered" and exported in /metrics.
+ *
+ * Snapshots are written by a fork()ed child from its copy-on-write image of the engine;
+ * the parent holds the engine quiesced only for the fork itself. The child uses malloc
+ * and plain syscalls only and leaves with _exit().
+ */
+#include "persist.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "snapfile.h"
+#include "wal.h"
+
+struct persist {
+    const bv_config *cfg;
+    const bv_log *log;
+    wal *w;
+    engine *eng;
+    char snap_dir[PATH_MAX];
+    char wal_dir[PATH_MAX];
+    wal_recovery_stats rec;
+    snapfile_load_stats snap_load;
+    uint64_t snapshot_lsn_loaded;
+    uint64_t replay_errors;
+    /* snapshot thread */
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;           /* guards the fields below and serialises snapshots */
+    pthread_cond_t cv;
+    bool stopping;
+    uint64_t snapshots_taken, snapshot_failures;
+    double last_duration_s, last_pause_s;
+    uint64_t last_bytes, last_lsn;
+    uint64_t segments_removed;
+    char last_error[256];
+};
+
+static int64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ---- WAL seam ------------------------------------------------------------------------ */
+
+static int op_append(void *ctx, int kind, const void *payload, size_t len, uint64_t *lsn, char *reason, size_t rlen) {
+    persist *p = ctx;
+    bv_err err;
+    bv_err_clear(&err);
+    if (wal_append(p->w, (uint8_t)kind, payload, len, lsn, &err) != 0) {
+        snprintf(reason, rlen, "%s", err.reason[0] ? err.reason : err.code);
+        return -1;
+    }
+    return 0;
+}
+
+static int op_wait(void *ctx, uint64_t lsn, char *reason, size_t rlen) {
+    persist *p = ctx;
+    bv_err err;
+    bv_err_clear(&err);
+    if (wal_wait_durable(p->w, lsn, -1, &err) != WAL_OK) {
+        snprintf(reason, rlen, "%s", err.reason[0] ? err.reason : err.code);
+        return -1;
+    }
+    return 0;
+}
+
+void persist_wal_ops(persist *p, engine_wal_ops *ops) {
+    ops->append = op_append;
+    ops->wait = op_wait;
+    ops->ctx = p;
+}
+
+persist *persist_open(const bv_config *cfg, const bv_log *log, char *err, size_t errlen) {
+    persist *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->cfg = cfg;
+    p->log = log;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    config_wal_dir(cfg, p->wal_dir, sizeof p->wal_dir);
+    config_snapshot_dir(cfg, p->snap_dir, sizeof p->snap_dir);
+    if (mkdir(cfg->data_dir, 0750) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create data dir %s: %s", cfg->data_dir, strerror(errno));
+        goto fail;
+    }
+    wal_options wo = {
+        .dir = cfg->data_dir,
+        .wal_dir = p->wal_dir,
+        .segment_bytes = cfg->wal_segment_bytes,
+        .tick_ms = cfg->wal_tick_ms,
+    };
+    bv_err e;
+    bv_err_clear(&e);
+    if (wal_open(&wo, &p->w, &e) != 0) {
+        snprintf(err, errlen, "%s: %s", e.code, e.reason);
+        goto fail;
+    }
+    return p;
+fail:
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+    return NULL;
+}
+
+/* ---- recovery ------------------------------------------------------------------------ */
+
+static int replay_cb(void *ctx, uint8_t kind, uint64_t lsn, const void *payload, size_t len, bv_err *err) {
+    persist *p = ctx;
+    char reason[512];
+    if (engine_replay(p->eng, kind, lsn, payload, len, reason, sizeof reason) != 0) {
+        /* a record that verified by CRC but does not apply: count it loudly, keep going */
+        p->replay_errors++;
+        bv_log_msg(p->log, LOG_ERROR, "storage.replay_error", "%s", reason);
+    }
+    (void)err;
+    return 0;
+}
+
+static void *snapshot_thread(void *arg);
+
+int persist_recover(persist *p, engine *eng, char *err, size_t errlen) {
+    p->eng = eng;
+    bv_err e;
+    bv_err_clear(&e);
+    snapfile_reader *r = NULL;
+    int found = snapfile_open_latest(p->snap_dir, UINT64_MAX, &r, &p->snap_load, &e);
+    if (found < 0) {
+        snprintf(err, errlen, "snapshots in %s: %s", p->snap_dir, e.reason);
+        return -1;
+    }
+    if (found == 1) {
+        void *body = NULL;
+        size_t len = 0;
+        uint64_t lsn = snapfile_reader_header(r)->lsn;
+        if (snapfile_read_all(r, &body, &len, &e) != 0) {
+            snapfile_reader_close(r);
+            snprintf(err, errlen, "snapshot %016" PRIx64 ": %s", lsn, e.reason);
+            return -1;
+        }
+        snapfile_reader_close(r);
+        char reason[512];
+        if (engine_deserialize(eng, body, len, reason, sizeof reason) != 0) {
+            free(body);
+            snprintf(err, errlen, "snapshot %s/snapshot-%016" PRIx64 ".bvs verifies but cannot be loaded: %s "
+                     "(move it aside to recover from the previous snapshot)", p->snap_dir, lsn, reason);
+            return -1;
+        }
+        free(body);
+        p->snapshot_lsn_loaded = lsn;
+        if (p->snap_load.rejected)
+            bv_log_msg(p->log, LOG_WARN, "storage.snapshot_rejected",
+                       "%u newer snapshot(s) rejected, using %016" PRIx64 ": %s", p->snap_load.rejected, lsn,
+                       p->snap_load.first_error);
+    }
+    if (wal_recover(p->w, p->snapshot_lsn_loaded, replay_cb, p, &p->rec, &e) != 0) {
+        snprintf(err, errlen, "WAL recovery: %s: %s", e.code, e.reason);
+        return -1;
+    }
+    wal_set_registry_version(p->w, engine_registry_version(eng));
+    char fields[768];
+    snprintf(fields, sizeof fields,
+             "\"snapshot_lsn\":%" PRIu64 ",\"snapshots_rejected\":%u,\"wal_segments\":%u,\"wal_records\":%" PRIu64
+             ",\"replayed\":%" PRIu64 ",\"truncated_bytes\":%" PRIu64 ",\"quarantined_regions\":%" PRIu64
+             ",\"quarantined_bytes\":%" PRIu64 ",\"lost_lsns\":%" PRIu64 ",\"void_lsns\":%" PRIu64
+             ",\"replay_errors\":%" PRIu64 ",\"orphan_reused\":%s,\"next_lsn\":%" PRIu64,
+             p->snapshot_lsn_loaded, p->snap_load.rejected, p->rec.segments, p->rec.records, p->rec.replayed,
+             p->rec.truncated_bytes, p->rec.quarantined_regions, p->rec.quarantined_bytes, p->rec.lost_lsns,
+             p->rec.void_lsns, p->replay_errors, p->rec.orphan_reused ? "true" : "false", p->rec.next_lsn);
+    bv_log_emit(p->log, p->rec.quarantined_regions || p->rec.lost_lsns || p->replay_errors ? LOG_WARN : LOG_INFO,
+                "storage.recovered", fields);
+    if (pthread_create(&p->thread, NULL, snapshot_thread, p) != 0) {
+        snprintf(err, errlen, "cannot start the snapshot thread");
+        return -1;
+    }
+    p->thread_started = true;
+    return 0;
+}
+
+/* ---- snapshots ----------------------------------------------------------------------- */
+
+typedef struct snap_job {
+    persist *p;
+    pid_t child;
+    uint64_t lsn;
+    int64_t pause_ns;
+    bool in_process;          /* final snapshot: no fork */
+    int rc;
+    char err[256];
+} snap_job;
+
+static int sw_write(void *ctx, const void *buf, size_t n) {
+    bv_err e;
+    return snapfile_write(ctx, buf, n, &e);
+}
+
+/* Write the snapshot of the (quiesced or forked) engine. */
+static int write_snapshot(persist *p, uint64_t lsn, uint64_t version, char *err, size_t errlen) {
+    snapfile_writer *sw = NULL;
+    bv_err e;
+    bv_err_clear(&e);
+    if (snapfile_begin(p->snap_dir, lsn, version, &sw, &e) != 0) {
+        snprintf(err, errlen, "%s", e.reason);
+        return -1;
+    }
+    if (engine_serialize(p->eng, sw_write, sw) != 0) {
+        snapfile_abort(sw);
+        snprintf(err, errlen, "writing the snapshot body failed");
+        return -1;
+    }
+    if (snapfile_commit(sw, p->cfg->snapshot_retain, NULL, &e) != 0) {
+        snprintf(err, errlen, "%s", e.reason);
+        return -1;
+    }
+    return 0;
+}
+
+static int fork_cb(void *ctx, uint64_t lsn, uint64_t version) {
+    snap_job *j = ctx;
+    j->lsn = lsn;
+    int64_t t0 = mono_ns();
+    if (j->in_process) {
+        j->rc = write_snapshot(j->p, lsn, version, j->err, sizeof j->err);
+        j->pause_ns = mono_ns() - t0;
+        return 0;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        char err[256];
+        _exit(write_snapshot(j->p, lsn, version, err, sizeof err) == 0 ? 0 : 1);
+    }
+    j->pause_ns = mono_ns() - t0;
+    if (pid < 0) {
+        snprintf(j->err, sizeof j->err, "fork: %s", strerror(errno));
+        j->rc = -1;
+        return -1;
+    }
+    j->child = pid;
+    return 0;
+}
+
+/* Oldest retained snapshot LSN (0 if none). */
+static uint64_t oldest_snapshot_lsn(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    uint64_t oldest = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        unsigned long long v;
+        char tail[8];
+        if (sscanf(de->d_name, "snapshot-%16llx.%4s", &v, tail) == 2 && strcmp(tail, "bvs") == 0)
+            if (oldest == 0 || v < oldest) oldest = v;
+    }
+    closedir(d);
+    return oldest;
+}
+
+/* Take one snapshot; p->mu must be held (serialises snapshots). */
+static int snapshot_locked(persist *p, bool in_process, uint64_t *lsn_out, char *err, size_t errlen) {
+    snap_job j = { .p = p, .child = -1, .in_process = in_process };
+    int64_t t0 = mono_ns();
+    engine_quiesce(p->eng, fork_cb, &j);
+    if (!in_process && j.child > 0) {
+        int status = 0;
+        while (waitpid(j.child, &status, 0) < 0 && errno == EINTR) {}
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            j.rc = -1;
+            snprintf(j.err, sizeof j.err, "the snapshot child failed (status %d)", status);
+        }
+    }
+    p->last_pause_s = (double)j.pause_ns / 1e9;
+    if (j.rc != 0) {
+        p->snapshot_failures++;
+        snprintf(p->last_error, sizeof p->last_error, "%s", j.err);
+        snprintf(err, errlen, "%s", j.err);
+        bv_log_msg(p->log, LOG_ERROR, "storage.snapshot_failed", "%s", j.err);
+        return -1;
+    }
+    p->snapshots_taken++;
+    p->last_lsn = j.lsn;
+    p->last_duration_s = (double)(mono_ns() - t0) / 1e9;
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/snapshot-%016" PRIx64 ".bvs", p->snap_dir, j.lsn);
+    struct stat st;
+    p->last_bytes = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+    /* WAL segments covered by the oldest retained snapshot are redundant */
+    uint64_t oldest = oldest_snapshot_lsn(p->snap_dir);
+    unsigned removed = 0;
+    bv_err e;
+    if (oldest && wal_truncate_before(p->w, oldest, &removed, &e) == 0) p->segments_removed += removed;
+    char fields[256];
+    snprintf(fields, sizeof fields, "\"lsn\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"pause_ms\":%.3f,\"duration_ms\":%.3f,"
+             "\"wal_segments_removed\":%u", j.lsn, p->last_bytes, p->last_pause_s * 1e3, p->last_duration_s * 1e3, removed);
+    bv_log_emit(p->log, LOG_INFO, "storage.snapshot", fields);
+    if (lsn_out) *lsn_out = j.lsn;
+    return 0;
+}
+
+static void *snapshot_thread(void *arg) {
+    persist *p = arg;
+    pthread_mutex_lock(&p->mu);
+    while (!p->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += p->cfg->snapshot_interval_s;
+        int rc = 0;
+        while (!p->stopping && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        if (p->stopping) break;
+        if (engine_applied_lsn(p->eng) == p->last_lsn && p->snapshots_taken) continue;  /* nothing new */
+        char err[256];
+        snapshot_locked(p, false, NULL, err, sizeof err);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+int persist_snapshot_now(persist *p, bv_buf *out) {
+    char err[256];
+    uint64_t lsn = 0;
+    pthread_mutex_lock(&p->mu);
+    int rc = snapshot_locked(p, false, &lsn, err, sizeof err);
+    pthread_mutex_unlock(&p->mu);
+    jsonw w;
+    jsonw_init(&w, out);
+    jsonw_obj_begin(&w);
+    if (rc != 0) {
+        jsonw_key(&w, "error");
+        jsonw_obj_begin(&w);
+        jsonw_key(&w, "code");
+        jsonw_str(&w, "snapshot_failed");
+        jsonw_key(&w, "reason");
+        jsonw_str(&w, err);
+        jsonw_obj_end(&w);
+        jsonw_obj_end(&w);
+        return 500;
+    }
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/snapshot-%016" PRIx64 ".bvs", p->snap_dir, lsn);
+    char *abs = realpath(path, NULL);
+    jsonw_key(&w, "lsn");
+    jsonw_u64(&w, lsn);
+    jsonw_key(&w, "path");
+    jsonw_str(&w, abs ? abs : path);
+    jsonw_obj_end(&w);
+    free(abs);
+    return 200;
+}
+
+void persist_metrics(persist *p, bv_buf *out) {
+    wal_stats ws;
+    wal_get_stats(p->w, &ws);
+    pthread_mutex_lock(&p->mu);
+    bv_buf_printf(out,
+        "# HELP beava_snapshot_last_duration_seconds Wall time of the last snapshot.\n"
+        "# TYPE beava_snapshot_last_duration_seconds gauge\nbeava_snapshot_last_duration_seconds %.6f\n"
+        "# HELP beava_snapshot_last_pause_seconds Time pushes were held for the last snapshot (fork).\n"
+        "# TYPE beava_snapshot_last_pause_seconds gauge\nbeava_snapshot_last_pause_seconds %.6f\n"
+        "# HELP beava_snapshot_last_bytes Size of the last snapshot file.\n"
+        "# TYPE beava_snapshot_last_bytes gauge\nbeava_snapshot_last_bytes %" PRIu64 "\n"
+        "# HELP beava_snapshot_last_lsn LSN covered by the last snapshot.\n"
+        "# TYPE beava_snapshot_last_lsn gauge\nbeava_snapshot_last_lsn %" PRIu64 "\n"
+        "# HELP beava_snapshots_total Snapshots written since start.\n"
+        "# TYPE beava_snapshots_total counter\nbeava_snapshots_total %" PRIu64 "\n"
+        "# HELP beava_snapshot_failures_total Snapshots that failed.\n"
+        "# TYPE beava_snapshot_failures_total counter\nbeava_snapshot_failures_total %" PRIu64 "\n",
+        p->last_duration_s, p->last_pause_s, p->last_bytes, p->last_lsn, p->snapshots_taken, p->snapshot_failures);
+    pthread_mutex_unlock(&p->mu);
+    bv_buf_printf(out,
+        "# HELP beava_wal_durable_lsn Every record at or below this LSN is on disk.\n"
+        "# TYPE beava_wal_durable_lsn gauge\nbeava_wal_durable_lsn %" PRIu64 "\n"
+        "# HELP beava_wal_fsyncs_total Group-commit fsyncs.\n"
+        "# TYPE beava_wal_fsyncs_total counter\nbeava_wal_fsyncs_total %" PRIu64 "\n"
+        "# HELP beava_wal_records_total Records appended since start.\n"
+        "# TYPE beava_wal_records_total counter\nbeava_wal_records_total %" PRIu64 "\n"
+        "# HELP beava_wal_failed_records_total Records whose write failed (never replayed).\n"
+        "# TYPE beava_wal_failed_records_total counter\nbeava_wal_failed_records_total %" PRIu64 "\n"
+        "# HELP beava_wal_segments WAL segment files on disk.\n"
+        "# TYPE beava_wal_segments gauge\nbeava_wal_segments %" PRIu64 "\n"
+        "# HELP beava_wal_degraded 1 while WAL writes fail.\n"
+        "# TYPE beava_wal_degraded gauge\nbeava_wal_degraded %d\n"
+        "# HELP beava_recovery_truncated_bytes Torn-tail bytes cut at the last recovery.\n"
+        "# TYPE beava_recovery_truncated_bytes gauge\nbeava_recovery_truncated_bytes %" PRIu64 "\n"
+        "# HELP beava_recovery_quarantined_records Corrupt WAL regions quarantined at the last recovery.\n"
+        "# TYPE beava_recovery_quarantined_records gauge\nbeava_recovery_quarantined_records %" PRIu64 "\n"
+        "# HELP beava_recovery_replayed_records WAL records replayed at the last recovery.\n"
+        "# TYPE beava_recovery_replayed_records gauge\nbeava_recovery_replayed_records %" PRIu64 "\n"
+        "# HELP beava_recovery_replay_errors Records that verified but did not apply at the last recovery.\n"
+        "# TYPE beava_recovery_replay_errors gauge\nbeava_recovery_replay_errors %" PRIu64 "\n"
+        "# HELP beava_recovery_snapshots_rejected Newer snapshots rejected at the last recovery.\n"
+        "# TYPE beava_recovery_snapshots_rejected gauge\nbeava_recovery_snapshots_rejected %u\n",
+        ws.durable_lsn, ws.fsyncs, ws.appended_records, ws.failed_records, ws.segments, ws.degraded ? 1 : 0,
+        p->rec.truncated_bytes, p->rec.quarantined_regions, p->rec.replayed, p->replay_errors, p->snap_load.rejected);
+}
+
+void persist_close(persist *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->stopping = true;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    if (p->thread_started) pthread_join(p->thread, NULL);
+    bv_err e;
+    bv_err_clear(&e);
+    if (p->eng && p->thread_started) {
+        char err[256];
+        pthread_mutex_lock(&p->mu);
+        snapshot_locked(p, true, NULL, err, sizeof err);   /* final snapshot, in process */
+        pthread_mutex_unlock(&p->mu);
+    }
+    if (wal_close(p->w, &e) != 0) bv_log_msg(p->log, LOG_ERROR, "storage.wal_close_failed", "%s", e.reason);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}

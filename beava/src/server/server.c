@@ -1,0 +1,187 @@
+/*
+ * server.c - process lifecycle (see server.h).
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "http.h"
+#include "persist.h"
+#include "tcp.h"
+
+struct beava_server {
+    const bv_config *cfg;
+    const bv_log *log;
+    engine *eng;
+    http_server *admin;
+    http_server *data;
+    tcp_server *tcp;
+    persist *persist;
+    atomic_bool ready;
+    char *admin_token;
+    char http_bound[CONFIG_ADDR_MAX];
+    char admin_bound[CONFIG_ADDR_MAX];
+    char tcp_bound[CONFIG_ADDR_MAX];
+};
+
+static void log_bound(const bv_log *log, const char *kind, const char *addr) {
+    bv_buf f;
+    bv_buf_init(&f);
+    bv_buf_puts(&f, "\"addr\":");
+    bv_buf_json_str(&f, addr, strlen(addr));
+    bv_log_emit(log, LOG_INFO, kind, f.data);
+    bv_buf_free(&f);
+}
+
+static void server_metrics(void *ctx, bv_buf *out) {
+    beava_server *s = ctx;
+    persist_metrics(s->persist, out);
+}
+
+static int server_snapshot(void *ctx, bv_buf *out) {
+    beava_server *s = ctx;
+    return persist_snapshot_now(s->persist, out);
+}
+
+static char *read_token(const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "security.admin_token_file %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char buf[512];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ')) buf[--n] = 0;
+    if (n < 16) {
+        snprintf(err, errlen, "security.admin_token_file %s: the token must be at least 16 characters", path);
+        return NULL;
+    }
+    return strdup(buf);
+}
+
+static void log_config(const bv_config *c, const bv_log *log) {
+    bv_buf f;
+    bv_buf_init(&f);
+    bv_buf_printf(&f, "\"config_source\":");
+    bv_buf_json_str(&f, c->config_path[0] ? c->config_path : "defaults+env", strlen(c->config_path[0] ? c->config_path : "defaults+env"));
+    bv_buf_puts(&f, ",\"data_dir\":");
+    bv_buf_json_str(&f, c->data_dir, strlen(c->data_dir));
+    bv_buf_printf(&f, ",\"durability\":\"%s\",\"memory_only\":%s,\"test_mode\":%s",
+                  c->durability == DURABILITY_SYNC ? "sync" : "batch", c->memory_only ? "true" : "false",
+                  c->test_mode ? "true" : "false");
+    bv_log_emit(log, LOG_INFO, "server.config", f.data);
+    bv_buf_free(&f);
+}
+
+beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, size_t errlen) {
+    beava_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->cfg = cfg;
+    s->log = log;
+    atomic_init(&s->ready, false);
+    log_config(cfg, log);
+    if (cfg->admin_token_file[0] && !(s->admin_token = read_token(cfg->admin_token_file, err, errlen))) goto fail;
+    engine_options eo = {
+        .test_mode = cfg->test_mode,
+        .memory_gov_enforce = cfg->memory_gov_enforce,
+        .log = log,
+    };
+    if (!cfg->memory_only) {
+        s->persist = persist_open(cfg, log, err, errlen);
+        if (!s->persist) goto fail;
+        persist_wal_ops(s->persist, &eo.wal);
+    }
+    s->eng = engine_new(&eo);
+    if (!s->eng) {
+        snprintf(err, errlen, "cannot create the engine");
+        goto fail;
+    }
+    http_deps deps = {
+        .eng = s->eng, .cfg = cfg, .log = log, .ready = &s->ready, .admin_token = s->admin_token, .ctx = s,
+        .extra_metrics = s->persist ? server_metrics : NULL,
+        .snapshot = s->persist ? server_snapshot : NULL,
+    };
+    s->admin = http_start(HTTP_ADMIN, cfg->admin_addr, &deps, 1, s->admin_bound, sizeof s->admin_bound, err, errlen);
+    if (!s->admin) goto fail;
+    log_bound(log, "server.admin_bound", s->admin_bound);
+
+    /* recovery: newest snapshot + WAL tail; admin /ready says 503 meanwhile */
+    if (s->persist && persist_recover(s->persist, s->eng, err, errlen) != 0) goto fail;
+
+    int io = cfg->io_threads > 0 ? cfg->io_threads : 2;
+    s->data = http_start(HTTP_DATA, cfg->http_addr, &deps, io, s->http_bound, sizeof s->http_bound, err, errlen);
+    if (!s->data) goto fail;
+    log_bound(log, "server.http_bound", s->http_bound);
+    if (cfg->tcp_enabled) {
+        char addr[CONFIG_ADDR_MAX + 16];
+        bool v6 = strchr(cfg->tcp_host, ':') != NULL;
+        snprintf(addr, sizeof addr, v6 ? "[%s]:%d" : "%s:%d", cfg->tcp_host, cfg->tcp_port);
+        s->tcp = tcp_start(addr, s->eng, cfg, log, io, s->tcp_bound, sizeof s->tcp_bound, err, errlen);
+        if (!s->tcp) goto fail;
+        log_bound(log, "server.tcp_bound", s->tcp_bound);
+    }
+
+    atomic_store(&s->ready, true);
+    sd_notify(0, "READY=1");
+    bv_log_msg(log, LOG_INFO, "server.ready", "beava is ready");
+    return s;
+fail:
+    server_stop(s);
+    return NULL;
+}
+
+const char *server_http_addr(const beava_server *s) { return s->http_bound; }
+const char *server_admin_addr(const beava_server *s) { return s->admin_bound; }
+
+void server_wait_for_signal(beava_server *s) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    uint64_t watchdog_usec = 0;
+    bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0;
+    for (;;) {
+        int sig;
+        if (watchdog) {
+            uint64_t half = watchdog_usec / 2;
+            struct timespec ts = { .tv_sec = (time_t)(half / 1000000), .tv_nsec = (long)(half % 1000000) * 1000 };
+            sig = sigtimedwait(&set, NULL, &ts);
+            if (sig < 0) {
+                if (errno == EAGAIN) sd_notify(0, "WATCHDOG=1");
+                continue;
+            }
+        } else if (sigwait(&set, &sig) != 0) {
+            continue;
+        }
+        bv_log_msg(s->log, LOG_INFO, "server.signal", "received %s, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        return;
+    }
+}
+
+void server_stop(beava_server *s) {
+    if (!s) return;
+    sd_notify(0, "STOPPING=1");
+    atomic_store(&s->ready, false);
+    http_stop(s->data);          /* stop accepting; in-flight requests finish */
+    tcp_stop(s->tcp);
+    persist_close(s->persist);   /* drained: final snapshot, final fsync, lock released */
+    http_stop(s->admin);
+    engine_free(s->eng);
+    free(s->admin_token);
+    bv_log_msg(s->log, LOG_INFO, "server.stopped", "beava stopped");
+    free(s);
+}

@@ -1,0 +1,71 @@
+/*
+ * store.h - the entity store of one aggregation table: entity key -> entity row.
+ *
+ * An entity is one allocation: a small header, the key bytes (padded to 8) and the
+ * feature states laid out at the table's offsets. The index is an open-addressing
+ * hash table with linear probing and backward-shift deletion (no tombstones), keyed
+ * by the entity's 64-bit XXH3 hash kept in the header, so a probe compares hashes
+ * before it touches key bytes. Keys are the canonical text of the group-key values
+ * joined by 0x1f (pushed strings cannot contain control characters, so the join is
+ * unambiguous); the global row has the empty key.
+ *
+ * Not thread-safe: each store is owned by the one thread that applies its table.
+ */
+#ifndef BEAVA_STORE_H
+#define BEAVA_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define STORE_KEY_SEP '\x1f'
+#define STORE_MAX_KEY 4096
+
+typedef struct entity {
+    uint64_t hash;
+    int64_t last_seen_ms;      /* cold-TTL stamp (0 = never stamped) */
+    uint32_t nfeat;            /* feature slots initialised in this row */
+    uint32_t key_len;
+    /* key bytes, padded to 8, then the row state */
+} entity;
+
+typedef struct entity_store {
+    entity **slots;
+    size_t cap;                /* power of two, 0 when empty */
+    size_t count;
+    size_t bytes;              /* sum of entity allocation sizes */
+} entity_store;
+
+static inline size_t entity_key_space(uint32_t key_len) { return ((size_t)key_len + 7) & ~(size_t)7; }
+static inline const char *entity_key(const entity *e) { return (const char *)(e + 1); }
+static inline void *entity_row(entity *e) { return (char *)(e + 1) + entity_key_space(e->key_len); }
+static inline const void *entity_row_const(const entity *e) {
+    return (const char *)(e + 1) + entity_key_space(e->key_len);
+}
+static inline size_t entity_alloc_size(uint32_t key_len, size_t row_size) {
+    return sizeof(entity) + entity_key_space(key_len) + row_size;
+}
+
+uint64_t store_hash(const char *key, size_t len);
+
+void store_init(entity_store *s);
+/* Frees the index and every entity allocation; the caller must have destroyed the
+ * feature states first (store_foreach). */
+void store_free(entity_store *s);
+
+entity *store_find(const entity_store *s, const char *key, size_t len, uint64_t hash);
+
+/* Insert a new entity with a zeroed row of row_size bytes. The key must be absent.
+ * Returns NULL only on allocation failure. */
+entity *store_insert(entity_store *s, const char *key, size_t len, uint64_t hash, size_t row_size);
+
+/* Grow an entity's row to new_row_size bytes (new bytes zeroed); the entity may move.
+ * Returns the (possibly new) pointer, NULL on allocation failure (old entity intact). */
+entity *store_grow(entity_store *s, entity *e, size_t old_row_size, size_t new_row_size);
+
+/* Remove and free one entity (the caller destroyed its states). */
+void store_remove(entity_store *s, entity *e, size_t row_size);
+
+/* Visit every entity; the callback must not insert or remove. */
+void store_foreach(entity_store *s, void (*cb)(void *ctx, entity *e), void *ctx);
+
+#endif

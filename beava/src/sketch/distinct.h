@@ -1,0 +1,36 @@
+/*
+ * distinct.h - the n_unique counter: exact set of 64-bit value hashes up to 1024
+ * distinct, then HyperLogLog++ p=12 (reference-pipelines.md §2.5).
+ *
+ * Layout: 16 bytes, all-zero = empty. Exact mode keeps the hashes in one sorted array
+ * (binary search; insertion moves at most 8 KB), grown by doubling. On the 1025th
+ * distinct hash the array is folded into 4096 registers and freed (mode HLL, n =
+ * DISTINCT_HLL). Merge (windows) unions exact sets, staying exact while the union holds
+ * at most 1024 hashes; any HLL side makes the result HLL (register-wise max).
+ */
+#ifndef BEAVA_SKETCH_DISTINCT_H
+#define BEAVA_SKETCH_DISTINCT_H
+
+#include <stdint.h>
+#include "../jsonw.h"
+
+#define DISTINCT_EXACT_MAX 1024
+#define DISTINCT_HLL UINT32_MAX
+
+typedef struct distinct {
+    uint32_t n;               /* exact: hashes held; DISTINCT_HLL: register mode */
+    uint32_t cap;             /* exact: array capacity */
+    void *p;                  /* uint64_t[cap] ascending, or uint8_t[HLL_M] */
+} distinct;
+
+void distinct_add(distinct *d, uint64_t hash);
+uint64_t distinct_count(const distinct *d);
+void distinct_merge(distinct *dst, const distinct *src);
+void distinct_free(distinct *d);            /* back to empty */
+
+/* u8 mode (0 exact, 1 hll); exact: u32 n, n x u64 ascending; hll: 4096 register bytes. */
+void distinct_encode(bv_buf *out, const distinct *d);
+/* Into an empty (zeroed) distinct. -1 on malformed input (d is then empty). */
+int distinct_decode(const uint8_t **p, const uint8_t *end, distinct *d);
+
+#endif

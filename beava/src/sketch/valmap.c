@@ -1,0 +1,74 @@
+/*
+ * valmap.c - typed value -> count map (see valmap.h).
+ */
+#include "valmap.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Index size for the current capacity: the smallest power of two >= 2 * cap. */
+static uint32_t icap_for(uint32_t cap) {
+    uint32_t c = 16;
+    while (c < 2 * cap) c *= 2;
+    return c;
+}
+
+static vm_entry *probe(const valmap *m, const bv_value *key, uint64_t h, uint32_t *slot) {
+    uint32_t mask = icap_for(m->cap) - 1;
+    for (uint32_t s = (uint32_t)h & mask;; s = (s + 1) & mask) {
+        uint32_t ix = m->idx[s];
+        if (!ix) { *slot = s; return NULL; }
+        if (opval_same_key(&m->e[ix - 1].key, key)) { *slot = s; return &m->e[ix - 1]; }
+    }
+}
+
+vm_entry *vm_find(const valmap *m, const bv_value *key, uint64_t h) {
+    if (!m->idx) {
+        for (uint32_t i = 0; i < m->n; i++)
+            if (opval_same_key(&m->e[i].key, key)) return &m->e[i];
+        return NULL;
+    }
+    uint32_t slot;
+    return probe(m, key, h, &slot);
+}
+
+static void reindex(valmap *m) {
+    free(m->idx);
+    m->idx = NULL;
+    if (m->cap <= VM_LINEAR) return;
+    uint32_t ic = icap_for(m->cap);
+    m->idx = calloc(ic, sizeof *m->idx);
+    if (!m->idx) abort();
+    for (uint32_t i = 0; i < m->n; i++) {
+        bv_value k = opval_view(&m->e[i].key);
+        uint32_t slot;
+        probe(m, &k, opval_hash(&k), &slot);
+        m->idx[slot] = i + 1;
+    }
+}
+
+vm_entry *vm_insert(valmap *m, const bv_value *key, uint64_t h) {
+    if (m->n == m->cap) {
+        m->cap = m->cap ? m->cap * 2 : 2;
+        m->e = realloc(m->e, (size_t)m->cap * sizeof *m->e);
+        if (!m->e) abort();
+        reindex(m);
+    }
+    vm_entry *e = &m->e[m->n];
+    memset(e, 0, sizeof *e);
+    opval_set(&e->key, key);
+    m->n++;
+    if (m->idx) {
+        uint32_t slot;
+        probe(m, key, h, &slot);
+        m->idx[slot] = m->n;
+    }
+    return e;
+}
+
+void vm_free(valmap *m) {
+    for (uint32_t i = 0; i < m->n; i++) opval_clear(&m->e[i].key);
+    free(m->e);
+    free(m->idx);
+    memset(m, 0, sizeof *m);
+}

@@ -1,0 +1,35 @@
+/*
+ * valmap.h - a small insert-only map from a typed value to a u64 count, used by the
+ * exact phase of top_k and by entropy.
+ *
+ * Entries live in one dense array in insertion order (iteration = e[0..n)); maps of up
+ * to VM_LINEAR entries are searched linearly, bigger ones get an open-addressing index
+ * of u32 slots (power of two, load <= 1/2, linear probing) keyed by opval_hash. There is
+ * no deletion. 24 bytes, all-zero = empty. Keys are Str/I64/F64/Bool (never lists/maps).
+ */
+#ifndef BEAVA_SKETCH_VALMAP_H
+#define BEAVA_SKETCH_VALMAP_H
+
+#include <stdint.h>
+#include "../ops/opval.h"
+
+#define VM_LINEAR 8
+
+typedef struct vm_entry {
+    op_val key;
+    uint64_t count;
+} vm_entry;
+
+typedef struct valmap {
+    uint32_t n, cap;          /* entries held / allocated */
+    vm_entry *e;
+    uint32_t *idx;            /* icap() slots: entry index + 1, 0 = free; NULL while small */
+} valmap;
+
+/* The entry for key (h = opval_hash(key)), or NULL. */
+vm_entry *vm_find(const valmap *m, const bv_value *key, uint64_t h);
+/* Add an absent key with count 0 and return its entry (copies the key). */
+vm_entry *vm_insert(valmap *m, const bv_value *key, uint64_t h);
+void vm_free(valmap *m);
+
+#endif

@@ -1,0 +1,110 @@
+/*
+ * value.h - the runtime value of one event field, and event rows.
+ *
+ * bv_value is a small tagged union that never owns memory: strings point into the
+ * parsed request (jansson) or into an arena, JSON lists/maps keep a borrowed json_t.
+ * A bv_row is an ordered list of (name, value) pairs: the parsed push body after
+ * validation, and the row chain ops transform. Rows are small (tens of fields), so
+ * lookup is a linear scan by design; the hot path never hashes field names.
+ *
+ * bv_wtype is a declared schema type (the lowercase wire types "str", "i64", ...).
+ */
+#ifndef BEAVA_VALUE_H
+#define BEAVA_VALUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+typedef enum bv_kind {
+    BV_NULL = 0,
+    BV_BOOL,
+    BV_I64,
+    BV_F64,
+    BV_STR,
+    BV_JSON,      /* list or map (borrowed json_t) */
+} bv_kind;
+
+typedef struct bv_value {
+    bv_kind kind;
+    union {
+        bool b;
+        int64_t i;
+        double f;
+        struct { const char *ptr; size_t len; } s;
+        const json_t *j;
+    } u;
+} bv_value;
+
+static inline bv_value bv_null(void) { bv_value v; v.kind = BV_NULL; v.u.i = 0; return v; }
+static inline bv_value bv_bool(bool b) { bv_value v; v.kind = BV_BOOL; v.u.b = b; return v; }
+static inline bv_value bv_i64(int64_t i) { bv_value v; v.kind = BV_I64; v.u.i = i; return v; }
+static inline bv_value bv_f64(double f) { bv_value v; v.kind = BV_F64; v.u.f = f; return v; }
+static inline bv_value bv_str(const char *p, size_t n) { bv_value v; v.kind = BV_STR; v.u.s.ptr = p; v.u.s.len = n; return v; }
+
+/* Numeric view: I64 -> double, F64 as is. Returns false for every other kind. */
+static inline bool bv_as_f64(const bv_value *v, double *out) {
+    if (v->kind == BV_I64) { *out = (double)v->u.i; return true; }
+    if (v->kind == BV_F64) { *out = v->u.f; return true; }
+    return false;
+}
+
+/* Convert a jansson value to a borrowed bv_value (integer->I64, real->F64, ...). */
+bv_value bv_from_json(const json_t *j);
+
+/* Strict variant+value equality (NaN never equal, strings bytewise). */
+bool bv_equal(const bv_value *a, const bv_value *b);
+
+typedef enum bv_wtype {
+    WT_STR = 0, WT_I64, WT_F64, WT_BOOL, WT_BYTES, WT_DATETIME, WT_JSON,
+    WT__COUNT
+} bv_wtype;
+
+/* "str" -> WT_STR ...; returns -1 for an unknown name. */
+int bv_wtype_parse(const char *name);
+const char *bv_wtype_name(bv_wtype t);
+
+/* A declared schema: ordered (name, type) pairs plus the names allowed to be absent.
+ * A schema owns its strings (bv_schema_free releases them). */
+typedef struct bv_schema {
+    size_t n, cap;
+    char **names;
+    bv_wtype *types;
+    size_t nopt;
+    char **optional;
+} bv_schema;
+
+void bv_schema_init(bv_schema *s);
+void bv_schema_free(bv_schema *s);
+/* Add or overwrite (keeps position on overwrite). */
+void bv_schema_set(bv_schema *s, const char *name, bv_wtype t);
+bool bv_schema_remove(bv_schema *s, const char *name);
+void bv_schema_add_optional(bv_schema *s, const char *name);
+bool bv_schema_is_optional(const bv_schema *s, const char *name);
+/* Returns the index of name or -1; *t receives its type when found. */
+int bv_schema_find(const bv_schema *s, const char *name, bv_wtype *t);
+void bv_schema_copy(bv_schema *dst, const bv_schema *src);
+
+typedef struct bv_field {
+    const char *name;       /* borrowed */
+    size_t name_len;
+    bv_value value;
+} bv_field;
+
+typedef struct bv_row {
+    bv_field *fields;
+    size_t n, cap;          /* cap == 0 means fields is borrowed / fixed */
+} bv_row;
+
+/* Look up a field by NUL-terminated name; NULL if absent. */
+const bv_value *bv_row_get(const bv_row *row, const char *name);
+const bv_value *bv_row_getn(const bv_row *row, const char *name, size_t len);
+
+/* Canonical text of a key value for entity keys and dedupe keys:
+ * Str verbatim, I64 decimal, Bool true/false, F64 shortest form.
+ * Writes at most cap-1 bytes plus NUL into buf; returns the text length, or -1 if the
+ * value is not usable as a key (null, NaN, list/map) or does not fit. */
+int bv_key_text(const bv_value *v, char *buf, size_t cap);
+
+#endif

@@ -1,0 +1,133 @@
+/* test_config.c - configuration layers: YAML keys and errors, env, flags, precedence. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "server/config.h"
+
+static int apply(bv_config *c, const char *yaml, char *err) {
+    return config_apply_yaml(c, yaml, strlen(yaml), "t.yaml", err, 512);
+}
+
+static void test_yaml_keys(void **state) {
+    (void)state;
+    bv_config c;
+    char err[512];
+    config_defaults(&c);
+    assert_int_equal(apply(&c,
+        "listen_addr: 127.0.0.1:9000\n"
+        "tcp: {port: 0, max_frame_bytes: 1024}\n"
+        "durability: sync\n"
+        "wal: {tick_ms: 5}\n"
+        "snapshot: {interval_s: 30, retain: 3}\n"
+        "site: {dir: /tmp, public_tables: [A, B], public_events: [E]}\n", err), 0);
+    assert_string_equal(c.http_addr, "127.0.0.1:9000");
+    assert_int_equal(c.tcp_port, 0);
+    assert_int_equal(c.tcp_max_frame_bytes, 1024);
+    assert_int_equal(c.durability, DURABILITY_SYNC);
+    assert_int_equal(c.wal_tick_ms, 5);
+    assert_int_equal(c.snapshot_interval_s, 30);
+    assert_int_equal(c.snapshot_retain, 3);
+    assert_int_equal(c.npublic_tables, 2);
+    assert_string_equal(c.public_tables[1], "B");
+    assert_string_equal(c.public_events[0], "E");
+    /* the reference's durability mapping */
+    assert_int_equal(apply(&c, "durability:\n  mode: batch\n  snapshot_interval_ms: 1500\n  wal_dir: /x/wal\n", err), 0);
+    assert_int_equal(c.durability, DURABILITY_BATCH);
+    assert_int_equal(c.snapshot_interval_s, 2);
+    assert_string_equal(c.wal_dir, "/x/wal");
+    config_free(&c);
+}
+
+static void expect_error(const char *yaml, const char *needle) {
+    bv_config c;
+    char err[512];
+    config_defaults(&c);
+    assert_int_equal(apply(&c, yaml, err), -1);
+    if (!strstr(err, needle)) fail_msg("error '%s' does not mention '%s'", err, needle);
+    config_free(&c);
+}
+
+static void test_yaml_errors_name_the_key(void **state) {
+    (void)state;
+    expect_error("bogus: 1\n", "'bogus'");
+    expect_error("tcp:\n  portt: 1\n", "'tcp.portt'");
+    expect_error("tcp: {port: 70000}\n", "tcp.port");
+    expect_error("tcp: {port: -1}\n", "tcp.port");
+    expect_error("listen_addr: nowhere\n", "listen_addr");
+    expect_error("log_level: chatty\n", "log_level");
+    expect_error("durability: maybe\n", "durability");
+    expect_error("site: {public_tables: 5}\n", "site.public_tables");
+    expect_error("site: {public_tables: [[1]]}\n", "site.public_tables[0]");
+    expect_error("- a\n- b\n", "mapping");
+    expect_error("a: [\n", "line");
+    expect_error("memory_only: perhaps\n", "memory_only");
+    expect_error("wal: {tick_ms: 0}\n", "wal.tick_ms");
+}
+
+static void test_precedence(void **state) {
+    (void)state;
+    bv_config c;
+    bv_cli cli;
+    char err[512];
+    const char *path = "/tmp/beava_test_config.yaml";
+    FILE *f = fopen(path, "w");
+    fputs("listen_addr: 127.0.0.1:1111\nadmin_addr: 127.0.0.1:2222\nlog_level: warn\n", f);
+    fclose(f);
+    setenv("BEAVA_ADMIN_ADDR", "127.0.0.1:3333", 1);
+    setenv("BEAVA_TEST_MODE", "yes", 1);       /* only exactly "1" enables it */
+    char *argv[] = { "beava", "--config", (char *)path, "--log-level", "debug", "--tcp-addr", "127.0.0.1:0", NULL };
+    assert_int_equal(config_load(&c, &cli, 7, argv, err, sizeof err), 0);
+    assert_string_equal(c.http_addr, "127.0.0.1:1111");   /* YAML */
+    assert_string_equal(c.admin_addr, "127.0.0.1:3333");  /* env beats YAML */
+    assert_string_equal(c.log_level, "debug");            /* flag beats YAML */
+    assert_int_equal(c.tcp_port, 0);
+    assert_false(c.test_mode);
+    config_free(&c);
+    setenv("BEAVA_TEST_MODE", "1", 1);
+    char *argv2[] = { "beava", "--admin-addr=127.0.0.1:4444", "quickstart", "--no-file", NULL };
+    assert_int_equal(config_load(&c, &cli, 4, argv2, err, sizeof err), 0);
+    assert_true(c.test_mode);
+    assert_string_equal(c.admin_addr, "127.0.0.1:4444");  /* flag beats env */
+    assert_int_equal(cli.command, CMD_QUICKSTART);
+    assert_true(cli.quickstart_no_file);
+    config_free(&c);
+    char *argv3[] = { "beava", "--shards", "many", NULL };
+    assert_int_equal(config_load(&c, &cli, 3, argv3, err, sizeof err), -1);
+    assert_non_null(strstr(err, "--shards"));
+    config_free(&c);
+    unsetenv("BEAVA_ADMIN_ADDR");
+    unsetenv("BEAVA_TEST_MODE");
+    unlink(path);
+}
+
+static void test_split_addr(void **state) {
+    (void)state;
+    char host[64];
+    int port;
+    assert_int_equal(config_split_addr("127.0.0.1:0", host, sizeof host, &port), 0);
+    assert_string_equal(host, "127.0.0.1");
+    assert_int_equal(port, 0);
+    assert_int_equal(config_split_addr("[::1]:8080", host, sizeof host, &port), 0);
+    assert_string_equal(host, "::1");
+    assert_int_equal(config_split_addr("localhost:65536", host, sizeof host, &port), -1);
+    assert_int_equal(config_split_addr(":80", host, sizeof host, &port), -1);
+    assert_int_equal(config_split_addr("host", host, sizeof host, &port), -1);
+    assert_int_equal(config_split_addr("h:8a", host, sizeof host, &port), -1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_yaml_keys),
+        cmocka_unit_test(test_yaml_errors_name_the_key),
+        cmocka_unit_test(test_precedence),
+        cmocka_unit_test(test_split_addr),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
