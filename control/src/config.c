@@ -298,6 +298,10 @@ int config_load(const char *path, char *const *sets, int nsets, struct ctl_confi
     }
     if (validate(c, err) < 0)
         goto err;
+    if (!*c->socket_path) {
+        free(c->socket_path);
+        c->socket_path = ctl_asprintf("%s/control.sock", c->state_dir);
+    }
     *out = c;
     return 0;
 err:
@@ -307,11 +311,7 @@ err:
 
 const char *config_socket(const struct ctl_config *c)
 {
-    static __thread char buf[4096];
-    if (*c->socket_path)
-        return c->socket_path;
-    snprintf(buf, sizeof buf, "%s/control.sock", c->state_dir);
-    return buf;
+    return c->socket_path;
 }
 
 json_t *config_to_json(const struct ctl_config *c)

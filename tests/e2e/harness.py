@@ -77,7 +77,8 @@ class Beava:
         threading.Thread(target=self._drain_err, args=(self.proc.stderr,), daemon=True).start()
         deadline = time.time() + timeout
         with self._cond:
-            while "server.http_bound" not in self.bound or "server.admin_bound" not in self.bound:
+            need = ("server.http_bound", "server.admin_bound") if self.wait_ready else ("server.admin_bound",)
+            while any(k not in self.bound for k in need):
                 if self.proc.poll() is not None:
                     raise RuntimeError("beava exited with %s; output:\n%s" % (self.proc.returncode, self.output()))
                 left = deadline - time.time()

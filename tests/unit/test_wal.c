@@ -210,6 +210,18 @@ static wal_options opts(const char *dir) {
     return o;
 }
 
+/* For tests about file contents, not durability: real writes, no fsync. */
+static ssize_t nosync_io(void *ctx, wal_io_op op, int fd, const void *buf, size_t len, off_t off) {
+    (void)ctx;
+    return op == WAL_IO_WRITE ? pwrite(fd, buf, len, off) : 0;
+}
+
+static wal_options fast_opts(const char *dir) {
+    wal_options o = opts(dir);
+    o.io_hook = nosync_io;
+    return o;
+}
+
 static wal *open_recover(const wal_options *o, uint64_t from, recs *out, wal_recovery_stats *st) {
     wal *w = NULL;
     bv_err e = {0};
@@ -519,7 +531,7 @@ static void test_torn_tail_random(void **state) {
     for (int it = 0; it < 24; it++) {
         char dir[128];
         snprintf(dir, sizeof dir, "%s/it%d", f->dir, it);
-        wal_options o = opts(dir);
+        wal_options o = fast_opts(dir);
         wal *w = open_recover(&o, 0, NULL, NULL);
         write_range(w, 1, 120, 0);
         close_ok(w);
@@ -636,7 +648,7 @@ static void test_middle_bitflip(void **state) {
     for (size_t k = 0; k < sizeof where / sizeof *where; k++) {
         char dir[128];
         snprintf(dir, sizeof dir, "%s/k%zu", f->dir, k);
-        wal_options o = opts(dir);
+        wal_options o = fast_opts(dir);
         wal *w = open_recover(&o, 0, NULL, NULL);
         write_range(w, 1, 100, 0);
         close_ok(w);
@@ -736,7 +748,7 @@ static void test_random_damage(void **state) {
     for (int it = 0; it < 30; it++) {
         char dir[128];
         snprintf(dir, sizeof dir, "%s/r%d", f->dir, it);
-        wal_options o = opts(dir);
+        wal_options o = fast_opts(dir);
         o.segment_bytes = 6000;
         wal *w = open_recover(&o, 0, NULL, NULL);
         write_range(w, 1, 300, 20);
@@ -1141,9 +1153,14 @@ static void test_write_failure_enospc(void **state) {
     seg_file(f->dir, 1, p, sizeof p);
     long durable_size = file_size(p);
 
+    /* queue 11..15 while the writer is held inside a write, then let that write fail:
+     * the batch in flight and everything queued behind it fail together */
+    atomic_store(&h.block, 1);
+    for (uint64_t l = 11; l <= 15; l++) append_gen(w, l);
+    while (!atomic_load(&h.blocked)) usleep(1000);
     atomic_store(&h.partial, 1);
     atomic_store(&h.fail_write, ENOSPC);
-    for (uint64_t l = 11; l <= 15; l++) append_gen(w, l);
+    atomic_store(&h.block, 0);
     bv_err e = {0};
     assert_int_equal(wal_wait_durable(w, 15, 5000, &e), WAL_FAILED);
     assert_string_equal(e.code, "wal_unavailable");
@@ -1197,9 +1214,12 @@ static void test_fsync_failure_eio(void **state) {
     wal *w = open_recover(&o, 0, NULL, NULL);
     write_range(w, 1, 10, 0);
     /* the data write succeeds, its fsync fails once: the records must not survive */
+    atomic_store(&h.block, 1);
+    for (uint64_t l = 11; l <= 13; l++) append_gen(w, l);
+    while (!atomic_load(&h.blocked)) usleep(1000);
     atomic_store(&h.sync_budget, 1);
     atomic_store(&h.fail_sync, EIO);
-    for (uint64_t l = 11; l <= 13; l++) append_gen(w, l);
+    atomic_store(&h.block, 0);
     bv_err e = {0};
     assert_int_equal(wal_wait_durable(w, 13, 5000, &e), WAL_FAILED);
     assert_non_null(strstr(e.reason, "fdatasync"));
@@ -1258,7 +1278,7 @@ static void test_failure_at_close(void **state) {
     wal_options o = opts(f->dir);
     o.io_hook = hook_io;
     o.io_ctx = &h;
-    o.tick_ms = 1000; /* keep the records pending until close */
+    o.tick_ms = 300; /* keep the records pending until close */
     wal *w = open_recover(&o, 0, NULL, NULL);
     append_gen(w, 1);
     wait_ok(w, 1);
@@ -1311,6 +1331,7 @@ static void test_backpressure(void **state) {
         wal_options o = opts(dir);
         o.io_hook = hook_io;
         o.io_ctx = &h;
+        o.pending_cap = 1; /* raised to the minimum: two maximal records */
         wal *w = open_recover(&o, 0, NULL, NULL);
         atomic_store(&h.block, 1);
         bp_arg a = {.w = w, .n = 40};
@@ -1349,6 +1370,10 @@ static void test_truncate_before(void **state) {
     o.segment_bytes = 8192;
     wal *w = open_recover(&o, 0, NULL, NULL);
     write_range(w, 1, 1000, 20);
+    /* rotation runs just after a batch is announced durable: reopen so that the list of
+     * files below is not racing the writer */
+    close_ok(w);
+    w = open_recover(&o, 0, NULL, NULL);
     uint64_t segs[256];
     size_t ns = list_segs(f->dir, segs, 256);
     assert_true(ns >= 8);
@@ -1390,6 +1415,8 @@ static void test_partial_truncate_then_recover(void **state) {
     o.segment_bytes = 8192;
     wal *w = open_recover(&o, 0, NULL, NULL);
     write_range(w, 1, 600, 20);
+    close_ok(w);
+    w = open_recover(&o, 0, NULL, NULL);
     uint64_t segs[256];
     size_t ns = list_segs(f->dir, segs, 256);
     assert_true(ns >= 4);

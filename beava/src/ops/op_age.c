@@ -1,11 +1,13 @@
 /*
- * op_age.c - `age`: query time minus the first match (reference-pipelines.md §2.3 row 21, §2.4).
- * Known, with its register-time checks; not implemented yet, so feature_compile rejects
- * it with aggregation_unknown_op.
+ * op_age.c - `age`: max(0, query time - first matched arrival) in ms
+ * (reference-pipelines.md §2.4). Lifetime only. State: tstate (8 bytes). Empty: null.
  */
-#include "op.h"
+#include "tstate.h"
 
-const struct op_vtable op_age = {
-    .name = "age",
-    .flags = OPF_LIFETIME_ONLY,
-};
+static void age_read(const feature *f, const void *st, int64_t q, jsonw *w) {
+    (void)f;
+    int64_t t = *(const int64_t *)st;
+    if (t == TSTATE_NONE) jsonw_null(w); else jsonw_i64(w, tstate_elapsed(q, t));
+}
+
+TSTATE_VTABLE(op_age, "age", OPF_LIFETIME_ONLY, tstate_first, age_read);

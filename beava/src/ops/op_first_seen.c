@@ -1,11 +1,13 @@
 /*
- * op_first_seen.c - `first_seen`: arrival ms of the first matched event (reference-pipelines.md §2.3 row 19, §2.4).
- * Known, with its register-time checks; not implemented yet, so feature_compile rejects
- * it with aggregation_unknown_op.
+ * op_first_seen.c - `first_seen`: arrival ms of the first matched event, as an integer
+ * (reference-pipelines.md §2.4). Lifetime only. State: tstate (8 bytes). Empty: null.
  */
-#include "op.h"
+#include "tstate.h"
 
-const struct op_vtable op_first_seen = {
-    .name = "first_seen",
-    .flags = OPF_LIFETIME_ONLY,
-};
+static void first_seen_read(const feature *f, const void *st, int64_t q, jsonw *w) {
+    (void)f; (void)q;
+    int64_t t = *(const int64_t *)st;
+    if (t == TSTATE_NONE) jsonw_null(w); else jsonw_i64(w, t);
+}
+
+TSTATE_VTABLE(op_first_seen, "first_seen", OPF_LIFETIME_ONLY, tstate_first, first_seen_read);

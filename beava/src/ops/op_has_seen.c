@@ -1,11 +1,12 @@
 /*
- * op_has_seen.c - `has_seen`: whether any event matched (reference-pipelines.md §2.3 row 22, §2.4).
- * Known, with its register-time checks; not implemented yet, so feature_compile rejects
- * it with aggregation_unknown_op.
+ * op_has_seen.c - `has_seen`: whether any event matched (reference-pipelines.md §2.4).
+ * Lifetime only. State: tstate (8 bytes, first match ms). Empty: false.
  */
-#include "op.h"
+#include "tstate.h"
 
-const struct op_vtable op_has_seen = {
-    .name = "has_seen",
-    .flags = OPF_LIFETIME_ONLY,
-};
+static void has_seen_read(const feature *f, const void *st, int64_t q, jsonw *w) {
+    (void)f; (void)q;
+    jsonw_bool(w, *(const int64_t *)st != TSTATE_NONE);
+}
+
+TSTATE_VTABLE(op_has_seen, "has_seen", OPF_LIFETIME_ONLY, tstate_first, has_seen_read);

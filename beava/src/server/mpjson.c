@@ -4,6 +4,7 @@
 #include "mpjson.h"
 
 #include <msgpack.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -60,7 +61,77 @@ static json_t *from_object(const msgpack_object *o, int depth, char *err, size_t
     }
 }
 
+/* Walk the encoding without allocating and check that every container's declared count
+ * fits in the bytes that remain (each element takes at least one byte) and that nesting
+ * stays under the cap. msgpack-c sizes its allocations from the declared counts, so
+ * without this a 5-byte array header could ask for gigabytes. */
+static int mp_check(const unsigned char *p, size_t len, char *err, size_t errlen) {
+    uint64_t pending[MPJSON_MAX_DEPTH + 1];
+    int depth = 0;
+    size_t off = 0;
+    pending[0] = 1;
+    while (depth >= 0) {
+        if (pending[depth] == 0) { depth--; continue; }
+        pending[depth]--;
+        if (off >= len) { snprintf(err, errlen, "truncated msgpack"); return -1; }
+        unsigned char t = p[off++];
+        uint64_t skip = 0, count = 0;
+        bool container = false;
+        if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) {
+        } else if (t >= 0x80 && t <= 0x8f) { container = true; count = 2u * (t & 15); }
+        else if (t >= 0x90 && t <= 0x9f) { container = true; count = t & 15; }
+        else if (t >= 0xa0 && t <= 0xbf) { skip = t & 31; }
+        else {
+            size_t n;
+            switch (t) {
+            case 0xcc: case 0xd0: skip = 1; break;
+            case 0xcd: case 0xd1: skip = 2; break;
+            case 0xca: case 0xce: case 0xd2: skip = 4; break;
+            case 0xcb: case 0xcf: case 0xd3: skip = 8; break;
+            case 0xd4: skip = 2; break;
+            case 0xd5: skip = 3; break;
+            case 0xd6: skip = 5; break;
+            case 0xd7: skip = 9; break;
+            case 0xd8: skip = 17; break;
+            case 0xc4: case 0xd9: case 0xc7: n = 1; goto sized;
+            case 0xc5: case 0xda: case 0xc8: case 0xdc: case 0xde: n = 2; goto sized;
+            case 0xc6: case 0xdb: case 0xc9: case 0xdd: case 0xdf: n = 4; goto sized;
+            default: snprintf(err, errlen, "invalid msgpack type byte 0x%02x", t); return -1;
+            sized:
+                if (len - off < n) { snprintf(err, errlen, "truncated msgpack"); return -1; }
+                for (size_t i = 0; i < n; i++) count = count << 8 | p[off + i];
+                off += n;
+                if (t == 0xdc || t == 0xdd) container = true;
+                else if (t == 0xde || t == 0xdf) { container = true; count *= 2; }
+                else { skip = count + ((t >= 0xc7 && t <= 0xc9) ? 1 : 0); count = 0; }
+            }
+        }
+        if (skip) {
+            if (len - off < skip) { snprintf(err, errlen, "truncated msgpack"); return -1; }
+            off += skip;
+        }
+        if (container) {
+            if (count > len - off) {
+                snprintf(err, errlen, "msgpack container declares %llu elements but only %zu bytes follow",
+                         (unsigned long long)count, len - off);
+                return -1;
+            }
+            if (depth + 1 > MPJSON_MAX_DEPTH) {
+                snprintf(err, errlen, "msgpack nesting deeper than %d", MPJSON_MAX_DEPTH);
+                return -1;
+            }
+            pending[++depth] = count;
+        }
+    }
+    if (off != len) {
+        snprintf(err, errlen, "trailing bytes after the msgpack value (%zu of %zu used)", off, len);
+        return -1;
+    }
+    return 0;
+}
+
 json_t *mpjson_decode(const char *buf, size_t len, char *err, size_t errlen) {
+    if (mp_check((const unsigned char *)buf, len, err, errlen) != 0) return NULL;
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     size_t off = 0;

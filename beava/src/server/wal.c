@@ -493,7 +493,7 @@ static int segs_load(wal *w, bv_err *err) {
     }
     closedir(d);
     if (rc) return rc;
-    qsort(w->segs, w->nsegs, sizeof *w->segs, seg_cmp);
+    if (w->nsegs) qsort(w->segs, w->nsegs, sizeof *w->segs, seg_cmp);
 
     for (size_t i = 0; i < w->nsegs; i++) {
         seg *s = &w->segs[i];

@@ -1,0 +1,38 @@
+/*
+ * beava_api.h — the calls beava-control makes to a running beava server.
+ *
+ * Data plane (http_addr): POST /ping, POST /register, POST /get.
+ * Admin (admin_addr): GET /ready, GET /registry, POST /snapshot.
+ * When a token is set it is sent as `Authorization: Bearer` on every call (the server
+ * requires it for /register and /snapshot when security.admin_token_file is set).
+ */
+#ifndef CTL_BEAVA_API_H
+#define CTL_BEAVA_API_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct beava_ep {
+    const char *http_addr;  /* "IP:PORT" */
+    const char *admin_addr; /* "IP:PORT" */
+    const char *token;      /* NULL or "" = none */
+};
+
+/* 1 when admin /ready answers 200, 0 for any other answer or no answer. */
+int beava_ready(const struct beava_ep *ep, char *why, size_t whylen);
+/* 0 when POST /ping answers 200 {"pong":true}; *version gets registry_version. */
+int beava_ping(const struct beava_ep *ep, int64_t *version, char *err);
+/* POST /register {"nodes","force","dry_run"}. *status gets the HTTP status and *out the
+ * parsed body (caller owns; NULL if not JSON). Transport errors return -1. */
+int beava_register(const struct beava_ep *ep, json_t *nodes, bool force, bool dry_run,
+                   long *status, json_t **out, char *err);
+/* Admin GET /registry -> version and node_count. */
+int beava_registry(const struct beava_ep *ep, int64_t *version, int64_t *count, char *err);
+/* POST /get {"table","key"}: *status gets the HTTP status. */
+int beava_get(const struct beava_ep *ep, const char *table, const char *key, long *status,
+              json_t **out, char *err);
+/* Admin POST /snapshot -> {"lsn","path"} (caller owns *out). Non-200 is an error. */
+int beava_snapshot(const struct beava_ep *ep, json_t **out, char *err);
+
+#endif

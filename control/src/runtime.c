@@ -1,0 +1,443 @@
+/*
+ * runtime.c — start, watch and stop the server as a plain or bubblewrapped process.
+ *
+ * Spawning: every allocation (argv, envp, bwrap's argument list) happens before fork; the
+ * child only calls async-signal-safe functions (setsid, dup2, setgid/setuid, execve), as a
+ * fork from a multi-threaded daemon must. bwrap reports the sandboxed process's pid on
+ * --info-fd; that pid (not bwrap's monitor) is what gets the signals, because bwrap does
+ * not forward them.
+ */
+#include "runtime.h"
+#include "util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct strv {
+    char **v;
+    size_t n, cap;
+};
+
+static void sv_add(struct strv *s, const char *x)
+{
+    if (s->n + 2 > s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 32;
+        s->v = realloc(s->v, s->cap * sizeof *s->v);
+        if (!s->v)
+            abort();
+    }
+    s->v[s->n++] = ctl_strdup(x);
+    s->v[s->n] = NULL;
+}
+
+static void sv_free(struct strv *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        free(s->v[i]);
+    free(s->v);
+    memset(s, 0, sizeof *s);
+}
+
+static long long proc_starttime(pid_t pid, char *state)
+{
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return -1;
+    p += 2; /* state */
+    if (state)
+        *state = *p;
+    /* fields after ')' start at field 3 (state); starttime is field 22 */
+    int field = 3;
+    while (*p && field < 22) {
+        if (*p == ' ')
+            field++;
+        p++;
+    }
+    return strtoll(p, NULL, 10);
+}
+
+static bool pid_alive(pid_t pid, long long start)
+{
+    if (pid <= 0)
+        return false;
+    char st = 0;
+    long long s = proc_starttime(pid, &st);
+    if (s < 0 || st == 'Z' || st == 'X')
+        return false;
+    return start <= 0 || s == start;
+}
+
+void runtime_reap(void)
+{
+    int status;
+    while (waitpid(-1, &status, WNOHANG) > 0) {
+    }
+}
+
+char *runtime_log_tail(const char *path, int lines)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ctl_strdup("");
+    off_t end = lseek(fd, 0, SEEK_END);
+    off_t start = end > 16384 ? end - 16384 : 0;
+    size_t len = (size_t)(end - start);
+    char *buf = ctl_calloc(len + 1, 1);
+    ssize_t n = pread(fd, buf, len, start);
+    close(fd);
+    if (n < 0)
+        n = 0;
+    buf[n] = 0;
+    int seen = 0;
+    char *p = buf + n;
+    if (p > buf && p[-1] == '\n')
+        p--;
+    while (p > buf) {
+        if (p[-1] == '\n' && ++seen >= lines)
+            break;
+        p--;
+    }
+    char *out = ctl_strdup(p);
+    free(buf);
+    return out;
+}
+
+/* Resolve the image's User ("uid[:gid]" or a name in the rootfs's /etc/passwd). */
+static int image_user(const char *rootfs, json_t *image_config, uid_t *uid, gid_t *gid)
+{
+    const char *u = json_string_value(json_object_get(image_config, "User"));
+    *uid = 0;
+    *gid = 0;
+    if (!u || !*u)
+        return 0;
+    char name[256];
+    snprintf(name, sizeof name, "%s", u);
+    char *colon = strchr(name, ':');
+    if (colon)
+        *colon = 0;
+    char *end;
+    long v = strtol(name, &end, 10);
+    if (!*end) {
+        *uid = (uid_t)v;
+        *gid = colon ? (gid_t)strtol(colon + 1, NULL, 10) : (gid_t)v;
+        return 0;
+    }
+    char *pw = ctl_asprintf("%s/etc/passwd", rootfs);
+    FILE *f = fopen(pw, "re");
+    free(pw);
+    if (!f)
+        return -1;
+    char line[512];
+    int rc = -1;
+    while (fgets(line, sizeof line, f)) {
+        char *save = NULL, *n = strtok_r(line, ":", &save);
+        strtok_r(NULL, ":", &save);
+        char *us = strtok_r(NULL, ":", &save), *gs = strtok_r(NULL, ":", &save);
+        if (n && us && gs && !strcmp(n, name)) {
+            *uid = (uid_t)atoi(us);
+            *gid = (gid_t)atoi(gs);
+            rc = 0;
+            break;
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+static void chown_tree(const char *path, uid_t uid, gid_t gid)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return;
+    if (st.st_uid != uid || st.st_gid != gid)
+        if (lchown(path, uid, gid) < 0) { /* reported when the server fails to write */ }
+    if (!S_ISDIR(st.st_mode))
+        return;
+    DIR *d = opendir(path);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char *c = ctl_asprintf("%s/%s", path, e->d_name);
+        chown_tree(c, uid, gid);
+        free(c);
+    }
+    closedir(d);
+}
+
+static void build_env(const struct ctl_config *cfg, json_t *image_config, struct strv *env)
+{
+    size_t i;
+    json_t *v;
+    /* image Env first (PATH etc.), then ours, which win */
+    json_array_foreach(json_object_get(image_config, "Env"), i, v) {
+        if (json_is_string(v) && strncmp(json_string_value(v), "BEAVA_", 6))
+            sv_add(env, json_string_value(v));
+    }
+    if (!json_object_get(image_config, "Env"))
+        sv_add(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    char buf[512];
+    snprintf(buf, sizeof buf, "BEAVA_LISTEN_ADDR=%s", cfg->runtime_http_addr);
+    sv_add(env, buf);
+    snprintf(buf, sizeof buf, "BEAVA_ADMIN_ADDR=%s", cfg->runtime_admin_addr);
+    sv_add(env, buf);
+    snprintf(buf, sizeof buf, "BEAVA_TCP_PORT=%lld", (long long)cfg->runtime_tcp_port);
+    sv_add(env, buf);
+    const char *k;
+    json_object_foreach(cfg->runtime_env, k, v) {
+        char *kv = ctl_asprintf("%s=%s", k, json_string_value(v));
+        sv_add(env, kv);
+        free(kv);
+    }
+}
+
+int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t **instance, char *err)
+{
+    struct strv argv = {0}, env = {0};
+    int info[2] = {-1, -1};
+    int rc = -1;
+    const char *kind = cfg->runtime_kind;
+    bool bwrap = !strcmp(kind, "bwrap");
+    bool systemd = !strcmp(kind, "systemd");
+    uid_t uid = 0;
+    gid_t gid = 0;
+    *instance = NULL;
+    if ((bwrap || systemd) && !s->rootfs)
+        return ctl_errf(err, "runtime %s needs an image rootfs", kind);
+    if (ctl_mkdirs(cfg->runtime_data_dir, 0750, err) < 0)
+        return -1;
+    if (s->rootfs) {
+        if (image_user(s->rootfs, s->image_config, &uid, &gid) < 0)
+            return ctl_errf(err, "image user '%s' is not in the image's /etc/passwd",
+                            json_string_value(json_object_get(s->image_config, "User")));
+        char *d = ctl_asprintf("%s/data", s->rootfs);
+        struct stat st;
+        int ok = stat(d, &st) == 0 && S_ISDIR(st.st_mode);
+        free(d);
+        if (!ok)
+            return ctl_errf(err, "image rootfs has no /data directory to bind the data dir on");
+        char *b = ctl_asprintf("%s%s", s->rootfs, s->binary);
+        ok = access(b, X_OK) == 0;
+        free(b);
+        if (!ok)
+            return ctl_errf(err, "image has no executable %s", s->binary);
+    } else if (access(s->binary, X_OK) != 0) {
+        return ctl_errf(err, "server binary %s: %s", s->binary, strerror(errno));
+    }
+    if (geteuid() != 0)
+        uid = 0, gid = 0; /* cannot switch users: run as ourselves */
+    if (uid != 0)
+        chown_tree(cfg->runtime_data_dir, uid, gid);
+    build_env(cfg, s->image_config, &env);
+
+    const char *data_arg = s->rootfs ? "/data" : cfg->runtime_data_dir;
+    const char *conf_arg = *cfg->runtime_config ? (s->rootfs ? "/etc/beava/beava.yaml" : cfg->runtime_config) : NULL;
+    if (bwrap) {
+        sv_add(&argv, "bwrap");
+        sv_add(&argv, "--ro-bind"); sv_add(&argv, s->rootfs); sv_add(&argv, "/");
+        sv_add(&argv, "--dev"); sv_add(&argv, "/dev");
+        sv_add(&argv, "--proc"); sv_add(&argv, "/proc");
+        sv_add(&argv, "--tmpfs"); sv_add(&argv, "/tmp");
+        sv_add(&argv, "--bind"); sv_add(&argv, cfg->runtime_data_dir); sv_add(&argv, "/data");
+        if (conf_arg) {
+            sv_add(&argv, "--ro-bind"); sv_add(&argv, cfg->runtime_config); sv_add(&argv, conf_arg);
+        }
+        sv_add(&argv, "--unshare-ipc");
+        sv_add(&argv, "--unshare-uts");
+        sv_add(&argv, "--new-session");
+        sv_add(&argv, "--chdir"); sv_add(&argv, "/data");
+        sv_add(&argv, "--info-fd"); sv_add(&argv, "3");
+        sv_add(&argv, "--");
+    }
+    sv_add(&argv, s->binary);
+    sv_add(&argv, "--data-dir");
+    sv_add(&argv, data_arg);
+    if (conf_arg) {
+        sv_add(&argv, "--config");
+        sv_add(&argv, conf_arg);
+    }
+    if (systemd) {
+        rc = rt_systemd_start(cfg, s, argv.v, env.v, instance, err);
+        goto out;
+    }
+
+    int logfd = open(s->log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (logfd < 0) {
+        ctl_errf(err, "log %s: %s", s->log_path, strerror(errno));
+        goto out;
+    }
+    if (bwrap && pipe2(info, O_CLOEXEC) < 0) {
+        close(logfd);
+        ctl_errf(err, "pipe: %s", strerror(errno));
+        goto out;
+    }
+    const char *exe = bwrap ? "/usr/bin/bwrap" : s->binary;
+    if (bwrap && access(exe, X_OK) != 0)
+        exe = "/usr/local/bin/bwrap";
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(logfd);
+        ctl_errf(err, "fork: %s", strerror(errno));
+        goto out;
+    }
+    if (pid == 0) {
+        setsid();
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        dup2(logfd, 1);
+        dup2(logfd, 2);
+        if (bwrap)
+            dup2(info[1], 3);
+        for (int fd = bwrap ? 4 : 3; fd < 1024; fd++)
+            close(fd);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        if (uid != 0) {
+            if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
+                _exit(126);
+        }
+        execve(exe, argv.v, env.v);
+        _exit(127);
+    }
+    close(logfd);
+    pid_t server = pid, monitor = 0;
+    if (bwrap) {
+        close(info[1]);
+        info[1] = -1;
+        char buf[4096];
+        size_t got = 0;
+        int64_t deadline = ctl_mono_ms() + 15000;
+        json_t *js = NULL;
+        while (!js && ctl_mono_ms() < deadline && got < sizeof buf - 1) {
+            struct pollfd pfd = {.fd = info[0], .events = POLLIN};
+            if (poll(&pfd, 1, 200) <= 0)
+                continue;
+            ssize_t n = read(info[0], buf + got, sizeof buf - 1 - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+            buf[got] = 0;
+            js = json_loads(buf, JSON_DISABLE_EOF_CHECK, NULL);
+        }
+        json_int_t cp = json_integer_value(json_object_get(js, "child-pid"));
+        json_decref(js);
+        if (cp <= 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            char *tail = runtime_log_tail(s->log_path, 10);
+            ctl_errf(err, "bwrap did not start the sandbox: %s", tail);
+            free(tail);
+            goto out;
+        }
+        monitor = pid;
+        server = (pid_t)cp;
+    }
+    /* Give an exec failure (exit 126/127) a moment to show. */
+    usleep(50000);
+    char ts[40];
+    ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
+    *instance = json_pack("{s:s,s:s,s:I,s:I,s:I,s:s,s:s}", "runtime", kind, "digest",
+                          s->digest ? s->digest : "", "pid", (json_int_t)server, "pid_start",
+                          (json_int_t)proc_starttime(server, NULL), "monitor_pid",
+                          (json_int_t)monitor, "log", s->log_path, "started", ts);
+    rc = 0;
+out:
+    if (info[0] >= 0)
+        close(info[0]);
+    if (info[1] >= 0)
+        close(info[1]);
+    sv_free(&argv);
+    sv_free(&env);
+    return rc;
+}
+
+bool runtime_alive(const struct ctl_config *cfg, json_t *instance)
+{
+    const char *kind = json_string_value(json_object_get(instance, "runtime"));
+    if (!kind)
+        return false;
+    if (!strcmp(kind, "systemd"))
+        return rt_systemd_alive(cfg, instance);
+    runtime_reap();
+    return pid_alive((pid_t)json_integer_value(json_object_get(instance, "pid")),
+                     json_integer_value(json_object_get(instance, "pid_start")));
+}
+
+int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, char *err)
+{
+    const char *kind = json_string_value(json_object_get(instance, "runtime"));
+    if (how)
+        *how = NULL;
+    if (!kind)
+        return 0;
+    int64_t t0 = ctl_mono_ms();
+    if (!strcmp(kind, "systemd")) {
+        int rc = rt_systemd_stop(cfg, instance, err);
+        if (how)
+            *how = json_pack("{s:s,s:I}", "via", "StopUnit", "ms", (json_int_t)(ctl_mono_ms() - t0));
+        return rc;
+    }
+    pid_t pid = (pid_t)json_integer_value(json_object_get(instance, "pid"));
+    long long start = json_integer_value(json_object_get(instance, "pid_start"));
+    pid_t monitor = (pid_t)json_integer_value(json_object_get(instance, "monitor_pid"));
+    bool killed = false;
+    if (pid_alive(pid, start)) {
+        kill(pid, SIGTERM);
+        int64_t deadline = ctl_mono_ms() + cfg->stop_grace_s * 1000;
+        while (pid_alive(pid, start) && ctl_mono_ms() < deadline) {
+            runtime_reap();
+            usleep(50000);
+        }
+        if (pid_alive(pid, start)) {
+            kill(pid, SIGKILL);
+            killed = true;
+            deadline = ctl_mono_ms() + 10000;
+            while (pid_alive(pid, start) && ctl_mono_ms() < deadline) {
+                runtime_reap();
+                usleep(20000);
+            }
+        }
+    }
+    /* bwrap's monitor exits when its child does; make sure, then reap. */
+    if (monitor > 0) {
+        int64_t deadline = ctl_mono_ms() + 2000;
+        while (pid_alive(monitor, 0) && ctl_mono_ms() < deadline) {
+            runtime_reap();
+            usleep(20000);
+        }
+        if (pid_alive(monitor, 0))
+            kill(monitor, SIGKILL);
+    }
+    runtime_reap();
+    if (pid_alive(pid, start))
+        return ctl_errf(err, "pid %d survived SIGKILL", (int)pid);
+    if (how)
+        *how = json_pack("{s:s,s:b,s:I}", "via", killed ? "SIGTERM, then SIGKILL after the grace period" : "SIGTERM",
+                         "killed", killed, "ms", (json_int_t)(ctl_mono_ms() - t0));
+    return 0;
+}

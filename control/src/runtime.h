@@ -1,0 +1,55 @@
+/*
+ * runtime.h — how the beava server is run: `process`, `bwrap` or `systemd`.
+ *
+ * A running server is described by an "instance" JSON object, persisted by the caller in
+ * state_dir/instance.json so a restarted daemon can find, probe and stop it:
+ *   {"runtime","digest","pid","pid_start","monitor_pid","log","started","unit"}
+ * pid_start (the kernel start time of pid) guards against pid reuse.
+ *
+ * Servers are not children that die with the daemon: they run in their own session and
+ * write their logs to a file, so restarting beava-control never interrupts the service.
+ *
+ * The server is started as
+ *   <binary> --data-dir <data> [--config <config>]
+ * with BEAVA_LISTEN_ADDR, BEAVA_ADMIN_ADDR, BEAVA_TCP_PORT and runtime.env set.
+ *   process: the binary on the host (a copy kept under state_dir/images/<digest>/).
+ *   bwrap:   bubblewrap, the image rootfs as a read-only /, the data dir bound at /data,
+ *            the config file at /etc/beava/beava.yaml, network shared, own IPC/UTS,
+ *            run as the image's User when the daemon is root.
+ *   systemd: a transient unit over D-Bus (runtime_systemd.c).
+ */
+#ifndef CTL_RUNTIME_H
+#define CTL_RUNTIME_H
+
+#include "config.h"
+#include <jansson.h>
+#include <stdbool.h>
+
+struct rt_start {
+    const char *digest;     /* release identity, recorded in the instance */
+    const char *rootfs;     /* unpacked image rootfs (bwrap, systemd); NULL for process */
+    const char *binary;     /* host path (process) or path inside the rootfs */
+    json_t *image_config;   /* the OCI image config's "config" object, may be NULL */
+    const char *log_path;   /* stdout+stderr are appended here */
+};
+
+/* Start a server. *instance is a new object (caller owns) describing it. */
+int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t **instance, char *err);
+/* Stop: SIGTERM (or StopUnit), wait runtime.stop_grace_s, then SIGKILL. *how (optional,
+ * caller owns) says what it took. Stopping something already gone is success. */
+int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, char *err);
+/* Is the instance's process (or unit) still running? */
+bool runtime_alive(const struct ctl_config *cfg, json_t *instance);
+/* Reap exited children (call periodically from the daemon). */
+void runtime_reap(void);
+
+/* The last `lines` lines of a log file (caller frees). */
+char *runtime_log_tail(const char *path, int lines);
+
+/* systemd runtime (runtime_systemd.c). */
+int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, char *const *argv,
+                     char *const *envp, json_t **instance, char *err);
+int rt_systemd_stop(const struct ctl_config *cfg, json_t *instance, char *err);
+bool rt_systemd_alive(const struct ctl_config *cfg, json_t *instance);
+
+#endif
