@@ -61,6 +61,7 @@ struct engine {
     uint64_t wal_failures;
     uint64_t registers_applied;
     uint64_t keys_too_long;
+    size_t sweep_table, sweep_slot;   /* cold-sweeper cursor */
     expr_arena arena;
     bv_row row;                   /* scratch: the pushed row */
     bv_row chained;               /* scratch: the row after a table's prefix chain */
@@ -1146,6 +1147,45 @@ bool engine_has_table(engine *e, const char *table) {
     bool ok = registry_table(e->reg, table) != NULL;
     pthread_mutex_unlock(&e->mu);
     return ok;
+}
+
+/* ---- entity lifecycle ---------------------------------------------------------------- */
+
+size_t engine_sweep_cold(engine *e, size_t budget) {
+    size_t evicted = 0, scanned = 0;
+    pthread_mutex_lock(&e->mu);
+    agg_table *const *tables;
+    size_t nt = registry_tables(e->reg, &tables);
+    int64_t now = wall_ms();
+    for (size_t visited = 0; visited < nt && scanned < budget; visited++) {
+        if (e->sweep_table >= nt) {
+            e->sweep_table = 0;
+            e->sweep_slot = 0;
+        }
+        agg_table *t = tables[e->sweep_table];
+        const ev_desc *ev = registry_event(e->reg, t->source);
+        entity_store *s = t->store;
+        if (ev && ev->cold_after_ms > 0) {
+            while (e->sweep_slot < s->cap && scanned < budget) {
+                entity *en = s->slots[e->sweep_slot];
+                scanned++;
+                if (en && en->last_seen_ms > 0 && now - en->last_seen_ms > ev->cold_after_ms) {
+                    size_t row_size = entity_row_size(t, en);
+                    entity_destroy_states(t, en);
+                    store_remove(s, en, row_size);   /* a later entry may shift into this slot: look again */
+                    evicted++;
+                    continue;
+                }
+                e->sweep_slot++;
+            }
+            if (e->sweep_slot < s->cap) break;       /* budget spent inside this table */
+        }
+        e->sweep_table++;
+        e->sweep_slot = 0;
+    }
+    e->cold_evictions += evicted;
+    pthread_mutex_unlock(&e->mu);
+    return evicted;
 }
 
 /* ---- metrics ------------------------------------------------------------------------ */

@@ -122,6 +122,11 @@ int engine_quiesce(engine *e, int (*fn)(void *ctx, uint64_t lsn, uint64_t versio
  * a reason (the engine must then be discarded). */
 int engine_deserialize(engine *e, const void *body, size_t len, char *reason, size_t rlen);
 
+/* Entity lifecycle: evict entities idle longer than their event's cold_after_ms.
+ * Scans at most `budget` index slots per call, resuming where the last call stopped, so
+ * the engine is never held for long. Returns the number of entities evicted. */
+size_t engine_sweep_cold(engine *e, size_t budget);
+
 /* Is `table` a registered aggregation / `event` a registered event (site allow-lists). */
 bool engine_has_table(engine *e, const char *table);
 

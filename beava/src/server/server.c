@@ -4,6 +4,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -26,6 +27,11 @@ struct beava_server {
     http_server *data;
     tcp_server *tcp;
     persist *persist;
+    pthread_t sweeper;
+    bool sweeper_started;
+    pthread_mutex_t sweep_mu;
+    pthread_cond_t sweep_cv;
+    bool stopping;
     atomic_bool ready;
     char *admin_token;
     char http_bound[CONFIG_ADDR_MAX];
@@ -40,6 +46,33 @@ static void log_bound(const bv_log *log, const char *kind, const char *addr) {
     bv_buf_json_str(&f, addr, strlen(addr));
     bv_log_emit(log, LOG_INFO, kind, f.data);
     bv_buf_free(&f);
+}
+
+/* The cold-entity sweeper: a bounded scan every SWEEP_INTERVAL_MS, so idle entities are
+ * evicted even when their key never comes back (the reference only checked on the next
+ * event for that entity). */
+#define SWEEP_INTERVAL_MS 200
+#define SWEEP_BUDGET 65536
+
+static void *sweeper_main(void *arg) {
+    beava_server *s = arg;
+    pthread_mutex_lock(&s->sweep_mu);
+    while (!s->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += SWEEP_INTERVAL_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->sweep_cv, &s->sweep_mu, &ts);
+        if (s->stopping) break;
+        pthread_mutex_unlock(&s->sweep_mu);
+        engine_sweep_cold(s->eng, SWEEP_BUDGET);
+        pthread_mutex_lock(&s->sweep_mu);
+    }
+    pthread_mutex_unlock(&s->sweep_mu);
+    return NULL;
 }
 
 static void server_metrics(void *ctx, bv_buf *out) {
@@ -93,6 +126,8 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
     s->cfg = cfg;
     s->log = log;
     atomic_init(&s->ready, false);
+    pthread_mutex_init(&s->sweep_mu, NULL);
+    pthread_cond_init(&s->sweep_cv, NULL);
     log_config(cfg, log);
     if (cfg->admin_token_file[0] && !(s->admin_token = read_token(cfg->admin_token_file, err, errlen))) goto fail;
     engine_options eo = {
@@ -135,6 +170,11 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         log_bound(log, "server.tcp_bound", s->tcp_bound);
     }
 
+    if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the cold-entity sweeper");
+        goto fail;
+    }
+    s->sweeper_started = true;
     atomic_store(&s->ready, true);
     sd_notify(0, "READY=1");
     bv_log_msg(log, LOG_INFO, "server.ready", "beava is ready");
@@ -176,6 +216,13 @@ void server_stop(beava_server *s) {
     if (!s) return;
     sd_notify(0, "STOPPING=1");
     atomic_store(&s->ready, false);
+    if (s->sweeper_started) {
+        pthread_mutex_lock(&s->sweep_mu);
+        s->stopping = true;
+        pthread_cond_broadcast(&s->sweep_cv);
+        pthread_mutex_unlock(&s->sweep_mu);
+        pthread_join(s->sweeper, NULL);
+    }
     http_stop(s->data);          /* stop accepting; in-flight requests finish */
     tcp_stop(s->tcp);
     persist_close(s->persist);   /* drained: final snapshot, final fsync, lock released */
@@ -183,5 +230,7 @@ void server_stop(beava_server *s) {
     engine_free(s->eng);
     free(s->admin_token);
     bv_log_msg(s->log, LOG_INFO, "server.stopped", "beava stopped");
+    pthread_cond_destroy(&s->sweep_cv);
+    pthread_mutex_destroy(&s->sweep_mu);
     free(s);
 }
