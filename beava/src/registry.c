@@ -46,6 +46,17 @@
  *   - A derivation's client-supplied `schema` only matters when it has no ops (it must
  *     be non-empty); it is stored as the exposed schema of group_by derivations, as the
  *     reference does, and is not compared by the diff.
+ *   - The table form takes `agg` as a list of {"name","op",...params} (a nested
+ *     "params" object is merged in) or as a map name -> {"op",...}; an optional `ops`
+ *     list becomes the prefix chain. A name defined twice in the list is
+ *     aggregation_duplicate_feature_name. A flat event schema is recognised when
+ *     `schema` has no `fields` key and every member but `optional_fields` is a string.
+ *   - Caps, each a 400 invalid_registration naming the place: body nesting 32, 4096
+ *     nodes, 1024 fields per schema (and per union of a derivation's upstreams), 65536
+ *     fields entering derivation chains in total, 256 ops, 64 upstreams, 64 keys, 4096
+ *     features per group_by.
+ *   - Error texts can quote request bytes (jansson's messages) or be cut mid-character
+ *     by bv_err's fixed buffers; they are scrubbed to valid UTF-8 before they are sent.
  *   - Allocation failure aborts (as jsonw and value.c do): every structure here is
  *     bounded by the request caps.
  */
@@ -59,7 +70,8 @@
 #include "diff.h"
 
 #define REG_MAX_DEPTH 32                /* nesting of the whole request body */
-#define REG_MAX_FIELDS 4096             /* fields (and optional fields) per schema */
+#define REG_MAX_FIELDS 1024             /* fields (and optional fields) per schema */
+#define REG_MAX_CHAIN_INPUT (1 << 16)   /* total fields entering derivation chains */
 #define REG_MAX_OPS 256                 /* ops per derivation */
 #define REG_MAX_UPSTREAMS 64
 #define REG_MAX_KEYS 64                 /* group keys / table_primary_key entries */
@@ -654,6 +666,18 @@ static int opt_u64(const json_t *obj, const char *key, const char *where, int64_
     return 0;
 }
 
+/* Append a field known to be new (JSON object keys are distinct): no lookup. */
+static void schema_append(bv_schema *s, const char *name, bv_wtype t) {
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 8;
+        s->names = xrealloc(s->names, s->cap * sizeof *s->names);
+        s->types = xrealloc(s->types, s->cap * sizeof *s->types);
+    }
+    s->names[s->n] = xstrdup(name);
+    s->types[s->n] = t;
+    s->n++;
+}
+
 /* schema {"fields":{name:type},"optional_fields":[..]} into `s` and its normal form. */
 static int parse_schema(const json_t *schema, const char *where, bv_schema *s, json_t **out,
                         bv_err *err) {
@@ -683,7 +707,7 @@ static int parse_schema(const json_t *schema, const char *where, bv_schema *s, j
                              "`i64`, `f64`, `bool`, `bytes`, `datetime`, `json`", where, k,
                              json_string_value(t));
         }
-        bv_schema_set(s, k, (bv_wtype)wt);
+        schema_append(s, k, (bv_wtype)wt);
         jset(nf, k, json_string(bv_wtype_name((bv_wtype)wt)));
     }
     snprintf(w, sizeof w, "%s.optional_fields", where);
@@ -1280,22 +1304,123 @@ static int check_cycles(const vctx *v, bv_err *err) {
     return rc;
 }
 
-/* Rule 8: compile every derivation's chain over the union of its upstream schemas. */
+/* bv_schema_copy without its per-field lookup: the source names are distinct, so the
+ * copy is linear (bv_schema_set is a linear scan, which makes a field-by-field copy
+ * quadratic in the schema size). */
+static void schema_copy_fast(bv_schema *dst, const bv_schema *src) {
+    bv_schema_init(dst);
+    if (src->n) {
+        dst->names = xcalloc(src->n, sizeof *dst->names);
+        dst->types = xcalloc(src->n, sizeof *dst->types);
+        for (size_t i = 0; i < src->n; i++) {
+            dst->names[i] = xstrdup(src->names[i]);
+            dst->types[i] = src->types[i];
+        }
+        dst->n = dst->cap = src->n;
+    }
+    if (src->nopt) {
+        dst->optional = xcalloc(src->nopt, sizeof *dst->optional);
+        for (size_t i = 0; i < src->nopt; i++) dst->optional[i] = xstrdup(src->optional[i]);
+        dst->nopt = src->nopt;
+    }
+}
+
+typedef struct field_pos {
+    const char *name;
+    bv_wtype type;
+    size_t order;
+} field_pos;
+
+static int cmp_field_pos(const void *a, const void *b) {
+    const field_pos *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    if (c) return c;
+    return (x->order > y->order) - (x->order < y->order);
+}
+
+static int cmp_field_order(const void *a, const void *b) {
+    const field_pos *x = a, *y = b;
+    return (x->order > y->order) - (x->order < y->order);
+}
+
+/* The union of several schemas with bv_schema_set semantics (a later type wins, the
+ * first position stays), in O(T log T) for T fields in total. */
+static void schema_union(bv_schema *dst, const bv_schema *const *src, size_t k) {
+    size_t total = 0, nopt = 0, n = 0;
+    for (size_t i = 0; i < k; i++) {
+        total += src[i]->n;
+        nopt += src[i]->nopt;
+    }
+    field_pos *f = xcalloc(total, sizeof *f);
+    for (size_t i = 0; i < k; i++)
+        for (size_t j = 0; j < src[i]->n; j++, n++) f[n] = (field_pos){src[i]->names[j], src[i]->types[j], n};
+    qsort(f, n, sizeof *f, cmp_field_pos);
+    size_t m = 0;
+    for (size_t i = 0; i < n;) {
+        size_t e = i + 1;
+        while (e < n && !strcmp(f[e].name, f[i].name)) e++;
+        f[m++] = (field_pos){f[i].name, f[e - 1].type, f[i].order};
+        i = e;
+    }
+    qsort(f, m, sizeof *f, cmp_field_order);
+    bv_schema_init(dst);
+    dst->names = xcalloc(m, sizeof *dst->names);
+    dst->types = xcalloc(m, sizeof *dst->types);
+    for (size_t i = 0; i < m; i++) {
+        dst->names[i] = xstrdup(f[i].name);
+        dst->types[i] = f[i].type;
+    }
+    dst->n = dst->cap = m;
+    const char **o = xcalloc(nopt, sizeof *o);
+    n = 0;
+    for (size_t i = 0; i < k; i++)
+        for (size_t j = 0; j < src[i]->nopt; j++) o[n++] = src[i]->optional[j];
+    qsort(o, n, sizeof *o, cmp_cstr);
+    dst->optional = xcalloc(n, sizeof *dst->optional);
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || strcmp(o[i], o[i - 1]) != 0) dst->optional[dst->nopt++] = xstrdup(o[i]);
+    free(o);
+    free(f);
+}
+
+/* Rule 8: compile every derivation's chain over the union of its upstream schemas.
+ * The input of one chain is capped at REG_MAX_FIELDS and the total number of fields
+ * entering chains at REG_MAX_CHAIN_INPUT, so that a small body cannot buy minutes of
+ * schema propagation (schema copies through value.c are quadratic in the field count). */
 static int check_chains(const vctx *v, bv_err *err) {
     payload *pl = v->pl;
+    size_t work = 0;
     for (size_t i = 0; i < pl->n; i++) {
         pnode *p = &pl->v[i];
         if (p->is_event) continue;
-        bv_schema in;
-        bv_schema_init(&in);
+        const bv_schema **ups = xcalloc(p->nup, sizeof *ups);
+        size_t k = 0;
         for (size_t j = 0; j < p->nup; j++) {
             const bv_schema *s = upstream_schema(v, p->up[j]);
-            if (!s) continue;
-            for (size_t f = 0; f < s->n; f++) bv_schema_set(&in, s->names[f], s->types[f]);
-            for (size_t f = 0; f < s->nopt; f++) bv_schema_add_optional(&in, s->optional[f]);
+            bool seen = false;
+            for (size_t x = 0; x < k && !seen; x++) seen = ups[x] == s;
+            if (s && !seen) ups[k++] = s;
         }
+        bv_schema in;
+        if (k == 1) schema_copy_fast(&in, ups[0]);
+        else schema_union(&in, ups, k);
+        free(ups);
         char prefix[64];
         snprintf(prefix, sizeof prefix, "nodes[%zu]", i);
+        if (in.n > REG_MAX_FIELDS) {
+            size_t nin = in.n;
+            bv_schema_free(&in);
+            return fail(err, "invalid_registration", prefix,
+                        "the union of the upstream schemas has %zu fields; at most %d are "
+                        "accepted", nin, REG_MAX_FIELDS);
+        }
+        work += in.n + 1;
+        if (work > REG_MAX_CHAIN_INPUT) {
+            bv_schema_free(&in);
+            return fail(err, "invalid_registration", prefix,
+                        "payload too large to validate: derivation inputs exceed %d fields in "
+                        "total", REG_MAX_CHAIN_INPUT);
+        }
         bv_schema out;
         bv_schema_init(&out);
         chain *c = NULL;
@@ -1717,7 +1842,7 @@ static deriv_desc *deriv_from(registry *r, pnode *p, uint64_t version) {
     d->nupstreams = p->nup;
     d->upstreams = xcalloc(p->nup, sizeof *d->upstreams);
     for (size_t i = 0; i < p->nup; i++) d->upstreams[i] = xstrdup(p->up[i]);
-    bv_schema_copy(&d->schema, pnode_exposed(p));
+    schema_copy_fast(&d->schema, pnode_exposed(p));
     if (p->gb != REG_NONE) d->table = table_from(r, p);
     d->registered_at_version = version;
     d->node = json_incref(p->node);
@@ -1752,7 +1877,7 @@ static int cmp_feature_key(const void *key, const void *elem) {
  * (*old_n = slot count before). */
 static bool update_kept_deriv(deriv_desc *d, pnode *p, const reg_diff *diff, size_t *old_n) {
     bv_schema_free(&d->schema);
-    bv_schema_copy(&d->schema, pnode_exposed(p));
+    schema_copy_fast(&d->schema, pnode_exposed(p));
     agg_table *t = d->table;
     if (!t) return false;
     if (p->prefix) {

@@ -247,7 +247,7 @@ static int cmd_sign(int argc, char **argv)
     static const struct option opts[] = {{"secret-file", required_argument, 0, 's'},
                                          {"timestamp", required_argument, 0, 't'}, {0, 0, 0, 0}};
     int c;
-    optind = 1;
+    optind = 0;
     while ((c = getopt_long(argc, argv, "+s:t:", opts, NULL)) != -1) {
         if (c == 's')
             secret_file = optarg;
@@ -344,7 +344,7 @@ int main(int argc, char **argv)
                                           {"wait", no_argument, 0, 'w'}, {0, 0, 0, 0}};
         const char *manifests = NULL, *revision = NULL, *image = NULL;
         bool wait = false, bad = false;
-        optind = 1;
+        optind = 0;
         while ((c = getopt_long(sargc, sargv, "m:r:w", o, NULL)) != -1) {
             if (c == 'm')
                 manifests = optarg;

@@ -233,12 +233,17 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         if (image_user(s->rootfs, s->image_config, &uid, &gid) < 0)
             return ctl_errf(err, "image user '%s' is not in the image's /etc/passwd",
                             json_string_value(json_object_get(s->image_config, "User")));
-        char *d = ctl_asprintf("%s/data", s->rootfs);
-        struct stat st;
-        int ok = stat(d, &st) == 0 && S_ISDIR(st.st_mode);
-        free(d);
-        if (!ok)
-            return ctl_errf(err, "image rootfs has no /data directory to bind the data dir on");
+        /* the root is read-only: every mount point must already exist in the image */
+        const char *mps[] = {"data", "dev", "proc", "tmp", NULL};
+        for (int i = 0; mps[i]; i++) {
+            char *d = ctl_asprintf("%s/%s", s->rootfs, mps[i]);
+            struct stat st;
+            int ok = stat(d, &st) == 0 && S_ISDIR(st.st_mode);
+            free(d);
+            if (!ok)
+                return ctl_errf(err, "image rootfs has no /%s directory (a mount point)", mps[i]);
+        }
+        int ok;
         char *b = ctl_asprintf("%s%s", s->rootfs, s->binary);
         ok = access(b, X_OK) == 0;
         free(b);

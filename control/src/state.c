@@ -10,14 +10,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int state_init(const char *state_dir, char *err)
 {
-    const char *subs[] = {"", "/blobs/sha256", "/images", "/backups", "/logs", NULL};
+    /* The image rootfs must be reachable by the image's (non-root) user under bwrap:
+     * state_dir is traversable (0711) and images/ readable; backups hold data: 0700. */
+    const char *subs[] = {"", "/blobs", "/blobs/sha256", "/images", "/backups", "/logs", NULL};
+    const mode_t modes[] = {0711, 0700, 0700, 0755, 0700, 0750};
     for (int i = 0; subs[i]; i++) {
         char *p = ctl_asprintf("%s%s", state_dir, subs[i]);
-        int rc = ctl_mkdirs(p, 0750, err);
+        int rc = ctl_mkdirs(p, modes[i], err);
+        if (rc == 0 && chmod(p, modes[i]) < 0)
+            rc = ctl_errf(err, "chmod %s: %s", p, strerror(errno));
         free(p);
         if (rc < 0)
             return -1;

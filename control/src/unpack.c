@@ -144,6 +144,11 @@ int unpack_layer(const char *layer_path, const char *name, const char *rootfs, c
             if (!strcmp(base, ".wh..wh..opq")) {
                 opaque_clear(rootfs, parent, created);
             } else {
+                const char *w = base + 4;
+                if (!*w || !strcmp(w, ".") || !strcmp(w, "..")) {
+                    ctl_errf(err, "layer %s: whiteout '%s' names no file (escapes the rootfs); refused", name, path);
+                    goto out;
+                }
                 char *victim = *parent ? ctl_asprintf("%s/%s/%s", rootfs, parent, base + 4)
                                        : ctl_asprintf("%s/%s", rootfs, base + 4);
                 int x = ctl_rmtree(victim, err);

@@ -1,5 +1,5 @@
 /*
- * pipeline.h - a benchmark pipeline file, the shape of ../shared/data/bench/*.json:
+ * pipeline.h - a benchmark pipeline file, the shape of ../shared/data/bench/ (the *.json files):
  * {name, register:{nodes:[...]}, event_name, key_field, extra_fields:{name:type}}.
  *
  * The loader keeps the register envelope as compact JSON (sent verbatim to POST

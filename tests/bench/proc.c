@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <ftw.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
@@ -57,8 +58,14 @@ static int make_dir(server_proc *p, const char *prefix, char *err, size_t errlen
     return 0;
 }
 
-/* fork + exec argv with cwd = p->dir and stdout/stderr to p->log. */
+/* fork + exec argv with cwd = p->dir and stdout/stderr to p->log. A relative program
+ * path is resolved first (the child changes directory). */
 static int start_child(server_proc *p, char *const argv[], char *err, size_t errlen) {
+    char prog[PATH_MAX];
+    if (strchr(argv[0], '/') && !realpath(argv[0], prog)) {
+        snprintf(err, errlen, "%s: %s", argv[0], strerror(errno));
+        return -1;
+    }
     int fd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         snprintf(err, errlen, "open %s: %s", p->log, strerror(errno));
@@ -79,7 +86,7 @@ static int start_child(server_proc *p, char *const argv[], char *err, size_t err
         int devnull = open("/dev/null", O_RDONLY);
         if (devnull >= 0) dup2(devnull, STDIN_FILENO);
         if (chdir(p->dir) != 0) _exit(127);
-        execvp(argv[0], argv);
+        execvp(strchr(argv[0], '/') ? prog : argv[0], argv);
         fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }

@@ -42,7 +42,7 @@ void machine_probe(machine *m, const char *src_dir) {
         }
         fclose(f);
     }
-    char cmd[600], out[128];
+    char cmd[600], out[40];
     snprintf(cmd, sizeof cmd, "git -C '%s' rev-parse --short HEAD 2>/dev/null", src_dir ? src_dir : ".");
     run_line(cmd, out, sizeof out);
     snprintf(m->commit, sizeof m->commit, "%s", out[0] ? out : "unknown");
@@ -94,16 +94,21 @@ int report_append(const char *path, const machine *m, const run_row *r, const ch
     if (!f) return -1;
     if (fresh)
         fprintf(f, "| date | commit | machine | workload | target | wire | shape | keys | throughput | p50 µs | "
-                   "p99 µs | p99.9 µs | RSS MB | B/entity | errors | vs redis | command |\n"
-                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                   "p99 µs | p99.9 µs | RSS MB | B/entity | errors | vs redis | cores server/bench/other | command |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     char rss[32], bpe[32], ratio[32];
     fmt_num(rss, sizeof rss, r->rss_kb < 0 ? -1.0 : r->rss_kb / 1024.0, "%.1f");
     fmt_num(bpe, sizeof bpe, r->bytes_per_entity, "%.0f");
     if (r->ratio > 0) snprintf(ratio, sizeof ratio, "%.2fx", r->ratio);
     else ratio[0] = '\0';
-    fprintf(f, "| %s | %s | %ld x %s | %s | %s | %s | %s | %s | %.0f %s | %.1f | %.1f | %.1f | %s | %s | %llu | %s | `%s` |\n",
+    char cores[64];
+    if (r->server_cores >= 0)
+        snprintf(cores, sizeof cores, "%.2f / %.2f / %.2f", r->server_cores, r->client_cores, r->other_cores);
+    else
+        snprintf(cores, sizeof cores, "n/a");
+    fprintf(f, "| %s | %s | %ld x %s | %s | %s | %s | %s | %s | %.0f %s | %.1f | %.1f | %.1f | %s | %s | %llu | %s | %s | `%s` |\n",
             m->date, m->commit, m->nproc, m->cpu, r->label, r->target, r->wire, r->shape, r->keys, r->events_per_s,
-            r->rate_unit, r->p50_us, r->p99_us, r->p999_us, rss, bpe, (unsigned long long)r->errors, ratio,
+            r->rate_unit, r->p50_us, r->p99_us, r->p999_us, rss, bpe, (unsigned long long)r->errors, ratio, cores,
             cmdline);
     return fclose(f) == 0 ? 0 : -1;
 }

@@ -36,6 +36,7 @@ typedef struct run_row {
     double bytes_per_entity;  /* -1 unknown */
     uint64_t errors;
     double ratio;             /* beava/redis when compared, else 0 */
+    double server_cores, client_cores, other_cores;  /* -1 unknown */
 } run_row;
 
 /* Appends one Markdown row to path (writing the table header first when the file is

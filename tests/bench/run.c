@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void run_base_cfg(const bench_opts *o, const wire_ctx *w, const char *addr, driver_cfg *c) {
     memset(c, 0, sizeof *c);
@@ -34,7 +35,7 @@ void run_base_cfg(const bench_opts *o, const wire_ctx *w, const char *addr, driv
     c->time_base = 1;
 }
 
-uint64_t run_prefill(const pipeline *pl, const wire_ctx *w, const char *addr, uint64_t n, char *err, size_t errlen) {
+int run_prefill(const wire_ctx *w, const char *addr, uint64_t n, driver_result *r, char *err, size_t errlen) {
     driver_cfg c;
     memset(&c, 0, sizeof c);
     c.wire = w;
@@ -52,16 +53,17 @@ uint64_t run_prefill(const pipeline *pl, const wire_ctx *w, const char *addr, ui
     case WIRE_REDIS: c.conns = 2; c.depth = 64; c.batch = 10; break;
     case WIRE_HTTP: c.conns = 16; c.depth = 1; c.batch = 1; break;
     }
-    (void)pl;
-    driver_result *r = xcalloc(1, sizeof *r);
-    uint64_t acked = 0;
-    if (driver_run(&c, r) != 0 || r->error[0]) snprintf(err, errlen, "prefill: %s", r->error);
-    acked = r->events_acked;
-    if (!err[0] && acked != n)
-        snprintf(err, errlen, "prefill: %llu of %llu events acked", (unsigned long long)acked, (unsigned long long)n);
-    fprintf(stderr, "beava-bench: prefilled %llu keys in %.1f s\n", (unsigned long long)acked, r->elapsed_s);
-    free(r);
-    return acked;
+    if (driver_run(&c, r) != 0 || r->error[0]) {
+        snprintf(err, errlen, "prefill: %s", r->error);
+        return -1;
+    }
+    fprintf(stderr, "beava-bench: prefilled %llu keys in %.1f s\n", (unsigned long long)r->events_acked, r->elapsed_s);
+    if (r->events_acked != n) {
+        snprintf(err, errlen, "prefill: %llu of %llu events acked", (unsigned long long)r->events_acked,
+                 (unsigned long long)n);
+        return -1;
+    }
+    return 0;
 }
 
 static void finish_throughput(run_out *out) {
@@ -95,16 +97,24 @@ int run_beava(const bench_opts *o, const pipeline *pl, beava_target *t, run_out 
             pw.kind = WIRE_TCP_MSGPACK;
             paddr = t->tcp;
         }
-        out->prefilled = run_prefill(pl, &pw, paddr, o->prefill, out->error, sizeof out->error);
-        if (out->error[0]) return -1;
+        if (run_prefill(&pw, paddr, o->prefill, &out->dr, out->error, sizeof out->error) != 0) return -1;
+        out->prefilled = out->dr.events_acked;
     }
     driver_cfg c;
     run_base_cfg(o, &w, addr, &c);
+    out->cpu.server_cores = out->cpu.other_cores = -1;
     if (c.duration_s > 0 || c.max_ops > 0) {
+        cpu_sample a, b;
+        cpu_take(t->pid, &a);
         if (driver_run(&c, &out->dr) != 0) {
             snprintf(out->error, sizeof out->error, "%s", out->dr.error);
             return -1;
         }
+        cpu_take(t->pid, &b);
+        cpu_diff(&a, &b, &out->cpu);
+    } else {
+        out->prefill_only = true;   /* out->dr holds the prefill (memory workloads) */
+        out->get_mode = false;
     }
     finish_throughput(out);
     out->rss1_kb = target_rss_kb(t);
@@ -179,10 +189,14 @@ int run_redis(const bench_opts *o, const pipeline *pl, run_out *out) {
     if (rp.pid > 0) out->rss0_kb = proc_status_kb(rp.pid, "VmRSS");
     driver_cfg c;
     run_base_cfg(o, &w, addr, &c);
+    cpu_sample a, b;
+    cpu_take(rp.pid, &a);
     if (driver_run(&c, &out->dr) != 0) {
         snprintf(out->error, sizeof out->error, "%s", out->dr.error);
         goto done;
     }
+    cpu_take(rp.pid, &b);
+    cpu_diff(&a, &b, &out->cpu);
     finish_throughput(out);
     if (rp.pid > 0) out->rss1_kb = proc_status_kb(rp.pid, "VmRSS");
     rc = 0;
@@ -193,9 +207,14 @@ done:
 }
 
 void run_print(const char *label, const char *target, const char *wire, const run_out *r) {
+    char tag[160];
+    snprintf(tag, sizeof tag, "%s", label);
+    for (char *p = tag; *p; p++)
+        if (*p == ' ' || *p == '\t') *p = '_';
     const driver_result *d = &r->dr;
     const hist *h = r->get_mode ? &d->get_lat : &d->push_lat;
     const char *unit = r->get_mode ? "gets/s" : "events/s";
+    if (r->prefill_only) printf("(no load phase; figures of the prefill, PUSH_MANY batches of 1000)\n");
     printf("%s [%s %s]: %.0f %s over %.2f s (%llu events acked, %llu failed, %llu gets ok, %llu failed, %llu lost, "
            "%u connection errors)\n",
            label, target, wire, r->throughput, unit, d->elapsed_s, (unsigned long long)d->events_acked,
@@ -214,14 +233,19 @@ void run_print(const char *label, const char *target, const char *wire, const ru
     if (r->bytes_per_entity >= 0) printf(", %.0f B/entity by RSS", r->bytes_per_entity);
     if (r->server_bytes_per_entity >= 0) printf(", %.0f B/entity by server accounting", r->server_bytes_per_entity);
     if (r->rss1_kb > 0 || r->entities >= 0) printf("\n");
+    if (r->cpu.server_cores >= 0)
+        printf("  CPU during the load: server %.2f cores (%.0f %s per server core), beava-bench %.2f cores, "
+               "other processes %.2f cores (machine has %ld)\n",
+               r->cpu.server_cores, r->cpu.server_cores > 0 ? r->throughput / r->cpu.server_cores : 0.0, unit,
+               r->cpu.client_cores, r->cpu.other_cores, sysconf(_SC_NPROCESSORS_ONLN));
     if (d->error[0]) printf("  first error: %s\n", d->error);
     printf("BENCH_RESULT label=%s target=%s wire=%s throughput=%.0f unit=%s p50_us=%.1f p99_us=%.1f p999_us=%.1f "
            "max_us=%.1f rss_kb=%ld rss0_kb=%ld entities=%.0f bpe=%.1f server_bpe=%.1f acked=%llu failed=%llu "
-           "gets_ok=%llu gets_failed=%llu lost=%llu elapsed_s=%.3f\n",
-           label, target, wire, r->throughput, unit, hist_percentile(h, 50) / 1e3, hist_percentile(h, 99) / 1e3,
+           "gets_ok=%llu gets_failed=%llu lost=%llu elapsed_s=%.3f server_cores=%.2f client_cores=%.2f other_cores=%.2f\n",
+           tag, target, wire, r->throughput, unit, hist_percentile(h, 50) / 1e3, hist_percentile(h, 99) / 1e3,
            hist_percentile(h, 99.9) / 1e3, (double)h->max / 1e3, r->rss1_kb, r->rss0_kb, r->entities,
            r->bytes_per_entity, r->server_bytes_per_entity, (unsigned long long)d->events_acked,
            (unsigned long long)d->events_failed, (unsigned long long)d->gets_ok, (unsigned long long)d->gets_failed,
-           (unsigned long long)d->lost, d->elapsed_s);
+           (unsigned long long)d->lost, d->elapsed_s, r->cpu.server_cores, r->cpu.client_cores, r->cpu.other_cores);
     fflush(stdout);
 }

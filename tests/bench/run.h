@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 
+#include "cpu.h"
 #include "driver.h"
 #include "opts.h"
 #include "pipeline.h"
@@ -25,14 +26,17 @@ typedef struct run_out {
     double bytes_per_entity;   /* RSS delta / entity delta, -1 unknown */
     double server_bytes_per_entity;  /* beava_entity_bytes / entities, -1 unknown */
     uint64_t prefilled;
+    bool prefill_only;         /* no load phase: dr and throughput are the prefill's */
+    cpu_usage cpu;             /* during the measured load */
     char error[256];
 } run_out;
 
 /* The driver configuration the options describe (addr and wire set by the caller). */
 void run_base_cfg(const bench_opts *o, const wire_ctx *w, const char *addr, driver_cfg *c);
 
-/* Pushes keys 0..n-1 once each (PUSH_MANY batches on TCP). Returns events acked. */
-uint64_t run_prefill(const pipeline *pl, const wire_ctx *w, const char *addr, uint64_t n, char *err, size_t errlen);
+/* Pushes keys 0..n-1 once each (PUSH_MANY batches of 1000 on TCP) into *r. Returns
+ * 0, or -1 with err when not every event was acknowledged. */
+int run_prefill(const wire_ctx *w, const char *addr, uint64_t n, driver_result *r, char *err, size_t errlen);
 
 /* Registers (unless o->no_register), prefills, drives the load against t. Returns 0
  * when the run happened (see out->dr for failures), -1 with out->error. */

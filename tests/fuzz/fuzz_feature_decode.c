@@ -2,9 +2,9 @@
  * fuzz_feature_decode.c - libFuzzer entry point for operator state decoding
  * (feature_decode, i.e. every implemented kind's decode and the window list).
  *
- * The first input byte picks one compiled feature (every implemented kind, lifetime and
- * windowed, sketches with several params); the rest is handed to feature_decode on a
- * fresh state. Decoding must never read past the end, crash or leak. When it succeeds
+ * The first input byte picks one compiled feature (every implemented kind of the op
+ * table, lifetime and windowed, sketches with several params); the rest is handed to
+ * feature_decode on a fresh state. Decoding must never read past the end, crash or leak. When it succeeds
  * the state must be fully usable: it is read at several query times, updated with a few
  * events of every value kind, encoded, and the encoding must decode again to a state
  * whose encoding is byte-identical (encode is canonical after one decode).
@@ -17,41 +17,34 @@
 #include <string.h>
 
 #include "ops/feature.h"
+#include "ops/op.h"
 
-static const char *const SPECS[] = {
-    "{\"op\":\"count\"}",
-    "{\"op\":\"sum\",\"params\":{\"field\":\"v\"}}",
-    "{\"op\":\"mean\",\"params\":{\"field\":\"v\"}}",
-    "{\"op\":\"min\",\"params\":{\"field\":\"v\"}}",
-    "{\"op\":\"max\",\"params\":{\"field\":\"x\"}}",
-    "{\"op\":\"var\",\"params\":{\"field\":\"v\"}}",
-    "{\"op\":\"std\",\"params\":{\"field\":\"v\"}}",
-    "{\"op\":\"ratio\",\"params\":{\"where\":\"(k > 1)\"}}",
-    "{\"op\":\"n_unique\",\"params\":{\"field\":\"v\"}}",
-    "{\"op\":\"quantile\",\"params\":{\"field\":\"v\",\"q\":0.9}}",
-    "{\"op\":\"top_k\",\"params\":{\"field\":\"v\"}}",
-    "{\"op\":\"top_k\",\"params\":{\"field\":\"v\",\"k\":1}}",
-    "{\"op\":\"entropy\",\"params\":{\"field\":\"v\"}}",
-    "{\"op\":\"first\",\"params\":{\"field\":\"v\"}}",
-    "{\"op\":\"last\",\"params\":{\"field\":\"i\"}}",
-    "{\"op\":\"count\",\"params\":{\"window\":\"1h\"}}",
-    "{\"op\":\"sum\",\"params\":{\"field\":\"v\",\"window\":\"10s\"}}",
-    "{\"op\":\"mean\",\"params\":{\"field\":\"v\",\"window\":\"10s\"}}",
-    "{\"op\":\"min\",\"params\":{\"field\":\"v\",\"window\":\"64ms\"}}",
-    "{\"op\":\"max\",\"params\":{\"field\":\"x\",\"window\":\"1d\"}}",
-    "{\"op\":\"var\",\"params\":{\"field\":\"v\",\"window\":\"5m\"}}",
-    "{\"op\":\"std\",\"params\":{\"field\":\"v\",\"window\":\"5m\"}}",
-    "{\"op\":\"ratio\",\"params\":{\"where\":\"(k > 1)\",\"window\":\"1m\"}}",
-    "{\"op\":\"n_unique\",\"params\":{\"field\":\"v\",\"window\":\"1m\"}}",
-    "{\"op\":\"quantile\",\"params\":{\"field\":\"v\",\"window\":\"1m\"}}",
-    "{\"op\":\"top_k\",\"params\":{\"field\":\"v\",\"k\":3,\"window\":\"1m\"}}",
-    "{\"op\":\"entropy\",\"params\":{\"field\":\"v\",\"window\":\"1m\"}}",
-};
-#define NSPECS (sizeof SPECS / sizeof SPECS[0])
-
-/* Compiled once per process: the harness may keep state, the library does not. */
-static feature features[NSPECS];
+/* One compiled feature per implemented kind and shape: lifetime, plus windowed for
+ * windowable kinds, with params that satisfy every kind's register-time checks. Built
+ * from the op table, so kinds implemented later are fuzzed without touching this file.
+ * Compiled once per process: the harness may keep state, the library does not. */
+#define MAX_FEATURES 128
+static feature features[MAX_FEATURES];
+static size_t nfeatures;
 static bool ready;
+
+static void add_feature(const bv_schema *s, const char *op, const char *window, const char *extra) {
+    char spec[512];
+    snprintf(spec, sizeof spec,
+             "{\"op\":\"%s\",\"params\":{\"field\":\"v\",\"n\":3,\"half_life\":\"1h\","
+             "\"sub_window\":\"1m\",\"buckets\":[1,2.5],\"samples\":4,\"lat\":\"x\",\"lon\":\"i\","
+             "\"where\":\"(k > 1)\"%s%s%s%s}}",
+             op, window ? ",\"window\":\"" : "", window ? window : "", window ? "\"" : "", extra);
+    json_t *spec_j = json_loads(spec, 0, NULL);
+    bv_err err;
+    if (!spec_j || nfeatures == MAX_FEATURES ||
+        feature_compile(&features[nfeatures], "f", spec_j, s, "p", &err) != 0) {
+        fprintf(stderr, "fuzz setup: %s: %s\n", spec, err.reason);
+        abort();
+    }
+    nfeatures++;
+    json_decref(spec_j);
+}
 
 static void setup(void) {
     bv_schema s;
@@ -60,15 +53,16 @@ static void setup(void) {
     bv_schema_set(&s, "x", WT_F64);
     bv_schema_set(&s, "i", WT_I64);
     bv_schema_set(&s, "k", WT_I64);
-    for (size_t i = 0; i < NSPECS; i++) {
-        json_t *spec = json_loads(SPECS[i], 0, NULL);
-        bv_err err;
-        if (!spec || feature_compile(&features[i], "f", spec, &s, "p", &err) != 0) {
-            fprintf(stderr, "fuzz setup: %s: %s\n", SPECS[i], err.reason);
-            abort();
-        }
-        json_decref(spec);
+    const struct op_vtable *vt;
+    for (size_t i = 0; (vt = op_kind_at(i)) != NULL; i++) {
+        if (!op_implemented(vt)) continue;
+        add_feature(&s, vt->name, (vt->flags & OPF_WINDOW_PARAM) ? "1h" : NULL, "");
+        if (vt->flags & OPF_WINDOWABLE) add_feature(&s, vt->name, "1m", "");
     }
+    /* sketch params that change the encoding's shape */
+    add_feature(&s, "top_k", NULL, ",\"k\":1");
+    add_feature(&s, "top_k", "64ms", ",\"k\":1024");
+    add_feature(&s, "quantile", NULL, ",\"q\":0.99");
     bv_schema_free(&s);
     ready = true;
 }
@@ -103,7 +97,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!ready) setup();
     if (size < 1) return 0;
-    const feature *f = &features[data[0] % NSPECS];
+    const feature *f = &features[data[0] % nfeatures];
     /* An exact-size heap copy so ASan sees any read past the end. */
     uint8_t *in = malloc(size - 1 ? size - 1 : 1);
     if (!in) return 0;

@@ -911,6 +911,64 @@ static void test_free_calls_hooks(void **state) {
     t_fini(&t);
 }
 
+/* A cycle through a registered descriptor: D is replaced (force) by a D fed by itself. */
+static void test_cycle_with_registry(void **state) {
+    (void)state;
+    T t;
+    t_init(&t, true);
+    const char *d_ok = "{'kind':'derivation','name':'D','output_kind':'event','upstreams':['E'],"
+                       "'ops':[{'op':'filter','expr':'n > 1'}]}";
+    const char *d_loop = "{'kind':'derivation','name':'D','output_kind':'event','upstreams':['D'],"
+                         "'ops':[{'op':'filter','expr':'n > 1'}]}";
+    char body[2048];
+    snprintf(body, sizeof body, "{'nodes':[%s,%s]}", EV_E, d_ok);
+    assert_int_equal(reg(&t, body), 200);
+    snprintf(body, sizeof body, "{'nodes':[%s,%s]}", EV_E, d_loop);
+    assert_int_equal(reg(&t, body), 409);
+    snprintf(body, sizeof body, "{'force':true,'nodes':[%s,%s]}", EV_E, d_loop);
+    expect_error(&t, body, "invalid_registration", "nodes[1]");
+    expect_body(&t, "{'error':{'code':'invalid_registration','path':'nodes[1]',"
+                    "'reason':'cycle detected: D -> D'},'registry_version':1}");
+    /* the dry run without force reports the error the forced request would hit */
+    snprintf(body, sizeof body, "{'dry_run':true,'nodes':[%s,%s]}", EV_E, d_loop);
+    assert_int_equal(reg(&t, body), 200);
+    expect_body(&t, "{'diff':{'additive':[],'already_present':['E'],'destructive':["
+                    "{'kind':'descriptor_change','name':'D'}]},'error':{'code':'invalid_registration',"
+                    "'path':'nodes[1]','reason':'cycle detected: D -> D'},'would_apply':false}");
+    assert_int_equal(registry_version(t.r), 1);
+    t_fini(&t);
+}
+
+/* Error bodies stay valid JSON (UTF-8) whatever bytes the request carried. */
+static void test_error_text_is_utf8(void **state) {
+    (void)state;
+    T t;
+    t_init(&t, true);
+    static const char raw[] = "\"\\\xd6\x91\x9e\xc1\x9a\xa3\x9f\xab" "d";
+    reg_plan *plan = NULL;
+    assert_int_equal(registry_prepare(t.r, raw, sizeof raw - 1, &t.out, &plan), 400);
+    json_t *j = json_loads(out(&t), 0, NULL);
+    assert_non_null(j);
+    json_decref(j);
+    /* a path cut mid-character by the 256-byte path buffer */
+    bv_buf b;
+    bv_buf_init(&b);
+    bv_buf_puts(&b, "{\"nodes\":[{\"kind\":\"event\",\"name\":\"E\",\"schema\":{\"fields\":{\"u\":\"str\"}}},"
+                    "{\"kind\":\"derivation\",\"name\":\"T\",\"output_kind\":\"table\",\"upstreams\":[\"E\"],"
+                    "\"ops\":[{\"op\":\"group_by\",\"keys\":[],\"agg\":{\"x");
+    for (int i = 0; i < 200; i++) bv_buf_puts(&b, "\xc3\xa9");
+    bv_buf_puts(&b, "\":{\"op\":\"count\",\"params\":{\"where\":\"nope == 1\"}}}}],\"table_primary_key\":[]}]}");
+    t.out.len = 0;
+    assert_int_equal(registry_prepare(t.r, b.data, b.len, &t.out, &plan), 400);
+    j = json_loads(out(&t), 0, NULL);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "error"), "code")),
+                        "aggregation_invalid_where");
+    json_decref(j);
+    bv_buf_free(&b);
+    t_fini(&t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fresh_register_example),
@@ -933,6 +991,8 @@ int main(void) {
         cmocka_unit_test(test_replay_is_deterministic),
         cmocka_unit_test(test_name_rule),
         cmocka_unit_test(test_free_calls_hooks),
+        cmocka_unit_test(test_cycle_with_registry),
+        cmocka_unit_test(test_error_text_is_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

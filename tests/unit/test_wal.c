@@ -213,6 +213,7 @@ static wal_options opts(const char *dir) {
 /* For tests about file contents, not durability: real writes, no fsync. */
 static ssize_t nosync_io(void *ctx, wal_io_op op, int fd, const void *buf, size_t len, off_t off) {
     (void)ctx;
+    if (op == WAL_IO_UNLINK) return unlink(buf);
     return op == WAL_IO_WRITE ? pwrite(fd, buf, len, off) : 0;
 }
 
@@ -1098,12 +1099,26 @@ typedef struct hook {
     atomic_int sync_budget;  /* <0: fail every sync; >0: fail only this many */
     atomic_int partial;      /* write half the bytes before failing */
     atomic_int block;        /* writes wait while set */
+    atomic_int fail_header;  /* segment header writes (64 bytes at 0) are written, then fail */
+    atomic_int fail_unlink;  /* removing a half-created segment fails */
     atomic_int blocked;      /* a write is waiting */
     atomic_int writes, syncs;
 } hook;
 
 static ssize_t hook_io(void *ctx, wal_io_op op, int fd, const void *buf, size_t len, off_t off) {
     hook *h = ctx;
+    if (op == WAL_IO_UNLINK) {
+        if (atomic_load(&h->fail_unlink)) {
+            errno = EIO;
+            return -1;
+        }
+        return unlink(buf);
+    }
+    if (op == WAL_IO_WRITE && off == 0 && len == 64 && atomic_load(&h->fail_header)) {
+        if (pwrite(fd, buf, len, off) != (ssize_t)len) return -1;
+        errno = EIO;
+        return -1;
+    }
     if (op == WAL_IO_WRITE) {
         atomic_fetch_add(&h->writes, 1);
         while (atomic_load(&h->block)) {
@@ -1342,13 +1357,15 @@ static void test_backpressure(void **state) {
             usleep(10000);
             wal_get_stats(w, &st);
         }
-        assert_true(st.backpressure_waits > 0);
-        assert_true(atomic_load(&h.blocked));
-        /* memory stays bounded while blocked */
-        assert_true(st.pending_bytes <= 2 * ((size_t)WAL_MAX_PAYLOAD + WAL_RECORD_HEADER_BYTES));
+        bool writer_blocked = atomic_load(&h.blocked);
+        /* release before asserting, so a failure cannot leave the thread stuck */
         if (variant == 1) atomic_store(&h.fail_write, ENOSPC);
         atomic_store(&h.block, 0);
         pthread_join(t, NULL);
+        assert_true(st.backpressure_waits > 0);
+        assert_true(writer_blocked);
+        /* memory stayed bounded while blocked */
+        assert_true(st.pending_bytes <= 2 * ((size_t)WAL_MAX_PAYLOAD + WAL_RECORD_HEADER_BYTES));
         if (variant == 0) {
             assert_int_equal(a.ok, 40);
             wait_ok(w, 40);
@@ -1360,6 +1377,97 @@ static void test_backpressure(void **state) {
             close_ok(w);
         }
     }
+}
+
+/* A rotation whose new file can be neither completed nor removed leaves a stray segment
+ * header beyond the current segment. Records must not be written past it into the current
+ * segment (recovery would take them for void): the next batch fails instead, and once the
+ * probe succeeds everything acknowledged is replayed. */
+static void test_rotation_stray(void **state) {
+    fx *f = *state;
+    hook h = {0};
+    wal_options o = opts(f->dir);
+    o.io_hook = hook_io;
+    o.io_ctx = &h;
+    o.segment_bytes = 2048;
+    wal *w = open_recover(&o, 0, NULL, NULL);
+    write_range(w, 1, 5, 0); /* ~700 bytes */
+    atomic_store(&h.fail_header, 1);
+    atomic_store(&h.fail_unlink, 1);
+    uint64_t l = 6, last_ok = 5;
+    bv_err e = {0};
+    /* fill past the segment size: rotation fails and leaves a stray; some later batch fails */
+    for (; l < 100; l++) {
+        unsigned char buf[300];
+        size_t len = payload_for(l, buf);
+        uint64_t lsn;
+        if (wal_append(w, kind_for(l), buf, len, &lsn, &e) != 0) break;
+        assert_int_equal(lsn, l);
+        int rc = wal_wait_durable(w, lsn, 5000, &e);
+        if (rc != WAL_OK) {
+            assert_int_equal(rc, WAL_FAILED);
+            assert_non_null(strstr(e.reason, "stray"));
+            break;
+        }
+        last_ok = lsn;
+    }
+    assert_true(l < 100);
+    wal_stats ws;
+    wal_get_stats(w, &ws);
+    assert_true(ws.rotation_failures >= 1);
+    assert_true(ws.degraded);
+    uint64_t segs[16];
+    size_t ns = list_segs(f->dir, segs, 16);
+    assert_int_equal(ns, 2); /* segment 1 and the stray */
+    assert_int_equal(segs[1], last_ok + 1);
+    atomic_store(&h.fail_header, 0);
+    atomic_store(&h.fail_unlink, 0);
+    wait_healthy(w);
+    wal_get_stats(w, &ws);
+    uint64_t next = ws.next_lsn;
+    write_range(w, next, next + 9, 0);
+    close_ok(w);
+
+    recs r = {0};
+    wal_recovery_stats st;
+    o.io_hook = NULL;
+    w = open_recover(&o, 0, &r, &st);
+    check_recs_genuine(&r);
+    for (uint64_t x = 1; x <= last_ok; x++) assert_true(recs_has(&r, x));
+    for (uint64_t x = next; x < next + 10; x++) assert_true(recs_has(&r, x));
+    assert_int_equal(r.n, last_ok + 10);
+    assert_int_equal(st.lost_lsns + st.void_records + st.quarantined_regions + st.truncated_bytes, 0);
+    assert_int_equal(st.void_lsns, next - 1 - last_ok);
+    recs_free(&r);
+    close_ok(w);
+}
+
+/* A file of ours too short for a header can hold no records, wherever it sits. */
+static void test_short_stray_anywhere(void **state) {
+    fx *f = *state;
+    wal_options o = opts(f->dir);
+    wal *w = open_recover(&o, 0, NULL, NULL);
+    write_range(w, 1, 10, 0);
+    close_ok(w);
+    w = open_recover(&o, 0, NULL, NULL);
+    write_range(w, 11, 20, 0);
+    close_ok(w);
+    char p[256];
+    seg_file(f->dir, 5, p, sizeof p);
+    write_file(p, "BEAVAWAL\1", 9);
+    char p2[256];
+    seg_file(f->dir, 15, p2, sizeof p2);
+    write_file(p2, "", 0);
+    recs r = {0};
+    wal_recovery_stats st;
+    w = open_recover(&o, 0, &r, &st);
+    assert_int_equal(r.n, 20);
+    assert_int_equal(st.torn_segments, 2);
+    assert_false(exists(p));
+    assert_false(exists(p2));
+    assert_int_equal(st.lost_lsns + st.void_lsns + st.quarantined_regions, 0);
+    recs_free(&r);
+    close_ok(w);
 }
 
 /* ---- truncation, registry version -------------------------------------------------------- */
@@ -1483,6 +1591,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_failure_unsettled, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failure_at_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_stray, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_short_stray_anywhere, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncate_before, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partial_truncate_then_recover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_version_in_header, setup, teardown),

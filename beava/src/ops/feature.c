@@ -2,8 +2,18 @@
  * feature.c - compile an agg spec into a feature and drive its per-entity state
  * (feature.h). The per-kind behaviour lives in the op vtables (op.h); windows in
  * window.c. This file owns the register-time checks of reference-pipelines.md §1.6
- * (steps 2 and 4-12, in that order), the memory-governance pre-check (§2.2.4), the
- * duration syntax (§3.1) and the event path: where -> field -> coercion -> update.
+ * (steps 2 and 4-12, in that order; the kind's own param checks run at step 10), the
+ * memory-governance pre-check (§2.2.4), the duration syntax (§3.1) and the event path:
+ * where (once, Bool(true) only) -> field (null/missing skipped) -> coercion -> update.
+ *
+ * Numeric coercion (DECISIONS §4): struct feature has no slot for the field's declared
+ * type, so for OPF_COERCE kinds compile swaps f->vt for the kind's as_f64 / as_i64
+ * variant when the field is declared f64 / i64 (same name and behaviour, plus the
+ * conversion). Code comparing kinds should compare op names, not vtable pointers.
+ *
+ * Choices where the spec is silent: a non-object `params` is invalid_registration; a
+ * non-string `window` / `where` is aggregation_invalid_window / aggregation_invalid_where;
+ * a wrongly typed q / k gets the range error's code; durations accept leading zeros.
  */
 #include "feature.h"
 
@@ -228,6 +238,12 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         if (fl & OPF_WINDOWABLE) {
             f->window_ms = w;
             f->bucket_ms = w ? (w + 63) / 64 : 0;
+            if (w && vt->state_size > OP_MAX_STATE) {
+                /* a kind breaking op.h's contract: refuse rather than overflow window.c */
+                bv_err_set(err, "aggregation_unknown_op", path,
+                           "operator '%s' cannot be windowed by this server", op);
+                goto fail;
+            }
         } else if (fl & OPF_WINDOW_PARAM) {
             f->p.param_window_ms = w;
         }

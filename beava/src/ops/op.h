@@ -84,6 +84,9 @@ struct op_vtable {
 /* The vtable of an op string (the 55 names; "ema" gives ewma's), or NULL. */
 const struct op_vtable *op_lookup(const char *name);
 
+/* The i-th kind of the table (54 kinds, aliases not repeated), NULL past the end. */
+const struct op_vtable *op_kind_at(size_t i);
+
 static inline bool op_implemented(const struct op_vtable *vt) { return vt->update != NULL; }
 
 #endif

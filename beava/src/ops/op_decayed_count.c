@@ -1,20 +1,23 @@
 /*
- * op_decayed_count.c - `decayed_count`: forward-decayed count of matched events (the
- * first event gives 1.0) (reference-pipelines.md §2.4; dsum.h). half_life required.
- * State: 24 bytes. Empty: null.
+ * op_decayed_count.c - `decayed_count`: exponentially decayed count of matched events
+ * (reference-pipelines.md §2.3 row 33, §2.4): decayed_sum with x = 1 (the first event
+ * gives 1.0). `half_life` required; no field. Decayed at read time (decayed.h,
+ * DECISIONS §4). f64; empty null. `window` is accepted and ignored.
+ *
+ * State: decayed (24 bytes).
  */
-#include "dsum.h"
+#include "decayed.h"
 
-static void dcount_update(const feature *f, void *st, const op_input *in) {
-    dsum_add(f, st, 1.0, in->now_ms);
+static void decayed_count_update(const feature *f, void *st, const op_input *in) {
+    decayed_add(f, st, 1.0, in->now_ms);
 }
 
 const struct op_vtable op_decayed_count = {
     .name = "decayed_count",
     .flags = OPF_HALF_LIFE,
-    .state_size = sizeof(dsum_st),
-    .update = dcount_update,
-    .read = dsum_read,
-    .encode = dsum_encode,
-    .decode = dsum_decode,
+    .state_size = sizeof(decayed),
+    .update = decayed_count_update,
+    .read = decayed_read,
+    .encode = decayed_encode,
+    .decode = decayed_decode,
 };

@@ -1,107 +1,122 @@
 /*
- * op_distance_from_home.c - `distance_from_home(samples=S)`: haversine distance in km
- * from the latest matched point to the mean (lat, lon) of the last S points, the latest
- * included (reference-pipelines.md §2.4). S defaults to 100, at least 1 (capped at
- * 2^24). Lifetime only. State: a ring of points allocated on the first point and grown
- * by doubling (16 bytes fixed). Empty: null.
+ * op_distance_from_home.c - `distance_from_home(samples=S)`: great-circle distance in km
+ * from the entity's latest point to the centroid (mean latitude, mean longitude) of its
+ * last S points, the latest included (reference-pipelines.md §2.3 row 54, §2.4).
+ * Lifetime only; `samples` default 100, at least 1 (not validated: smaller values are
+ * raised to 1, a non-integer means the default); params and point reading in geo.h.
+ * Null before the first point.
+ *
+ * The points live in a ring allocated on the first point and grown by doubling up to
+ * S, so a large `samples` costs memory only as points arrive. While fewer than S are
+ * held they sit in order at [0, count); once full, the oldest is at `head`. The centroid
+ * is recomputed at read time (O(S), S = 100 by default) rather than kept as running
+ * sums, which would drift as points leave the ring.
+ *
+ * State: 32 bytes {points pointer, cap, count, head}.
  */
 #include "geo.h"
 #include "../sketch/codec.h"
 
-#define DFH_MAX (1 << 24)
-
-typedef struct pring {
-    double *pt;               /* lat, lon pairs */
-    uint32_t n, head;         /* held; index of the oldest when full */
-} pring;
+typedef struct dfh_st {
+    double *pts;              /* cap pairs (lat, lon) */
+    int64_t cap, count, head;
+} dfh_st;
 
 static int dfh_parse(feature *f, const json_t *params, const char *path, bv_err *err) {
-    int64_t s;
-    if (param_int(params, "samples", &s) != 1) s = 100;
-    if (s < 1) s = 1;
-    if (s > DFH_MAX) s = DFH_MAX;
-    f->p.samples = s;
+    int64_t n;
+    int r = param_int(params, "samples", &n);
+    f->p.samples = r == 1 ? (n < 1 ? 1 : n) : 100;
     return geo_parse(f, params, path, err);
 }
 
-static uint32_t pring_cap(const pring *r) {
-    uint32_t c = 0;
-    if (r->pt) { c = 2; while (c < r->n) c *= 2; }
-    return c;
+static void dfh_grow(dfh_st *s, int64_t S) {
+    int64_t cap = s->cap ? s->cap * 2 : 8;
+    if (cap > S) cap = S;
+    double *p = realloc(s->pts, (size_t)cap * 2 * sizeof(double));
+    if (!p) abort();
+    s->pts = p;
+    s->cap = cap;
 }
 
-static void pring_push(pring *r, double lat, double lon, uint32_t limit) {
-    uint32_t i;
-    if (r->n < limit) {
-        uint32_t cap = pring_cap(r);
-        if (r->n == cap) {
-            r->pt = realloc(r->pt, (size_t)(cap ? cap * 2 : 2) * 2 * sizeof(double));
-            if (!r->pt) abort();
-        }
-        i = r->n++;
+static void dfh_push(dfh_st *s, int64_t S, double lat, double lon) {
+    int64_t i;
+    if (s->count < S) {
+        if (s->count == s->cap) dfh_grow(s, S);
+        i = s->count++;
     } else {
-        i = r->head;
-        r->head = (r->head + 1) % r->n;
+        i = s->head;
+        s->head = (s->head + 1) % S;
     }
-    r->pt[2 * i] = lat;
-    r->pt[2 * i + 1] = lon;
+    s->pts[2 * i] = lat;
+    s->pts[2 * i + 1] = lon;
 }
 
 static void dfh_update(const feature *f, void *st, const op_input *in) {
     double lat, lon;
-    if (geo_point(f, in->row, &lat, &lon)) pring_push(st, lat, lon, (uint32_t)f->p.samples);
+    if (geo_point(f, in, &lat, &lon)) dfh_push(st, f->p.samples, lat, lon);
 }
 
 static void dfh_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
-    const pring *r = st;
-    if (r->n == 0) { jsonw_null(w); return; }
-    double slat = 0, slon = 0;
-    for (uint32_t i = 0; i < r->n; i++) {          /* oldest first, as the reference sums */
-        uint32_t j = (r->head + i) % r->n;
-        slat += r->pt[2 * j];
-        slon += r->pt[2 * j + 1];
+    const dfh_st *s = st;
+    if (!s->count) {
+        jsonw_null(w);
+        return;
     }
-    uint32_t last = (r->head + r->n - 1) % r->n;
-    jsonw_f64(w, geo_km(r->pt[2 * last], r->pt[2 * last + 1], slat / r->n, slon / r->n));
+    /* oldest first, so a decoded (re-linearised) ring sums in the same order */
+    double slat = 0, slon = 0;
+    for (int64_t k = 0; k < s->count; k++) {
+        int64_t i = (s->head + k) % s->count;
+        slat += s->pts[2 * i];
+        slon += s->pts[2 * i + 1];
+    }
+    int64_t last = (s->head + s->count - 1) % s->count;
+    double n = (double)s->count;
+    jsonw_f64(w, geo_haversine(s->pts[2 * last], s->pts[2 * last + 1], slat / n, slon / n));
 }
 
 static void dfh_destroy(const feature *f, void *st) {
     (void)f;
-    pring *r = st;
-    free(r->pt);
-    memset(r, 0, sizeof *r);
+    dfh_st *s = st;
+    free(s->pts);
+    s->pts = NULL;
+    s->cap = s->count = s->head = 0;
 }
 
+/* i64 count, then count (lat, lon) pairs oldest first */
 static void dfh_encode(const feature *f, const void *st, bv_buf *out) {
     (void)f;
-    const pring *r = st;
-    cod_put_u32(out, r->n);
-    cod_put_u32(out, r->head);
-    for (uint32_t i = 0; i < 2 * r->n; i++) cod_put_f64(out, r->pt[i]);
+    const dfh_st *s = st;
+    cod_put_i64(out, s->count);
+    for (int64_t k = 0; k < s->count; k++) {
+        int64_t i = (s->head + k) % s->count;
+        cod_put_f64(out, s->pts[2 * i]);
+        cod_put_f64(out, s->pts[2 * i + 1]);
+    }
 }
 
 static int dfh_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
-    pring *r = st;
-    uint32_t n, head, limit = (uint32_t)f->p.samples;
-    dfh_destroy(f, st);
-    if (cod_get_u32(p, end, &n) < 0 || cod_get_u32(p, end, &head) < 0) return -1;
-    if (n > limit || (head && (head >= n || n != limit))) return -1;
-    if ((size_t)(end - *p) / 16 < n) return -1;
-    for (uint32_t i = 0; i < n; i++) {
+    dfh_st t = { NULL, 0, 0, 0 };
+    int64_t n;
+    if (cod_get_i64(p, end, &n) < 0 || n < 0 || n > f->p.samples || (uint64_t)n > (uint64_t)(end - *p) / 16)
+        return -1;
+    for (int64_t k = 0; k < n; k++) {
         double lat, lon;
-        cod_get_f64(p, end, &lat);
-        cod_get_f64(p, end, &lon);
-        pring_push(r, lat, lon, limit);
+        if (cod_get_f64(p, end, &lat) < 0 || cod_get_f64(p, end, &lon) < 0) {
+            free(t.pts);
+            return -1;
+        }
+        dfh_push(&t, f->p.samples, lat, lon);
     }
-    r->head = head;
+    dfh_destroy(f, st);
+    *(dfh_st *)st = t;
     return 0;
 }
 
 const struct op_vtable op_distance_from_home = {
     .name = "distance_from_home",
     .flags = OPF_LIFETIME_ONLY,
-    .state_size = sizeof(pring),
+    .state_size = sizeof(dfh_st),
     .parse = dfh_parse,
     .update = dfh_update,
     .read = dfh_read,

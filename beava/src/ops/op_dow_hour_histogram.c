@@ -1,51 +1,67 @@
 /*
- * op_dow_hour_histogram.c - `dow_hour_histogram`: matched events per (UTC weekday,
- * hour): day = floor(now / 86,400,000), dow = (day + 3) mod 7 with Mon = 0; output an
- * object of all 168 keys "<Mon..Sun>-<HH>" in ascending byte order
- * (reference-pipelines.md §2.4). Lifetime only. State: pointer to 168 u64 counters
- * allocated on the first event (8 bytes). Empty: all 168 keys with 0.
+ * op_dow_hour_histogram.c - `dow_hour_histogram`: matched events per (UTC day of week,
+ * hour) of arrival, as an object of all 168 keys "Mon-00" .. "Sun-23"
+ * (reference-pipelines.md §2.3 row 46, §2.4). day = floor(now_ms / 86,400,000),
+ * dow = (day + 3) mod 7 with Mon = 0 (1970-01-01 was a Thursday), hour =
+ * floor(now_ms / 3,600,000) mod 24, floor division throughout. Keys are emitted in
+ * ascending byte order (Fri, Mon, Sat, Sun, Thu, Tue, Wed; hours ascending).
+ * Lifetime only; no field.
+ *
+ * State: pointer to 168 u64 counts, allocated on the first event (8 bytes).
+ * Snapshot form: u8 present, then 168 counts if present. Empty: all 168 keys with 0.
  */
-#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "op.h"
 #include "../sketch/codec.h"
 
-#define DOW_N 168
+#define DOW_CELLS 168
 
-static const char *const DAYS[7] = { "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun" };
-/* The day indices in ascending byte order of their names: Fri Mon Sat Sun Thu Tue Wed. */
-static const int DAY_ORDER[7] = { 4, 0, 5, 6, 3, 1, 2 };
+typedef struct dow_st { uint64_t *c; } dow_st;
+
+static const char DAY[7][4] = { "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun" };
+/* Day indexes in ascending byte order of their names. */
+static const int DAY_SORTED[7] = { 4, 0, 5, 6, 3, 1, 2 };
 
 static int64_t floor_div(int64_t a, int64_t b) {
     int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+    if (a % b < 0) q--;
+    return q;
 }
 
-static int64_t floor_mod(int64_t a, int64_t b) {
-    int64_t r = a % b;
-    return r < 0 ? r + b : r;
+static unsigned dow_index(int64_t now_ms) {
+    int64_t day = floor_div(now_ms, 86400000);
+    int64_t dow = (day % 7 + 3 + 7) % 7;
+    int64_t hour = floor_div(now_ms, 3600000) % 24;
+    if (hour < 0) hour += 24;
+    return (unsigned)(dow * 24 + hour);
 }
 
 static void dow_update(const feature *f, void *st, const op_input *in) {
     (void)f;
-    uint64_t **c = st;
-    if (!*c && !(*c = calloc(DOW_N, sizeof **c))) abort();
-    int64_t dow = floor_mod(floor_div(in->now_ms, 86400000) + 3, 7);
-    int64_t hour = floor_mod(floor_div(in->now_ms, 3600000), 24);
-    (*c)[dow * 24 + hour]++;
+    dow_st *s = st;
+    if (!s->c) {
+        s->c = calloc(DOW_CELLS, sizeof *s->c);
+        if (!s->c) abort();
+    }
+    uint64_t *c = &s->c[dow_index(in->now_ms)];
+    if (*c < UINT64_MAX) (*c)++;
 }
 
 static void dow_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
-    const uint64_t *c = *(uint64_t *const *)st;
+    const dow_st *s = st;
     char key[8];
     jsonw_obj_begin(w);
     for (int i = 0; i < 7; i++) {
-        int d = DAY_ORDER[i];
+        int d = DAY_SORTED[i];
         for (int h = 0; h < 24; h++) {
-            snprintf(key, sizeof key, "%s-%02d", DAYS[d], h);
-            jsonw_key(w, key);
-            jsonw_u64(w, c ? c[d * 24 + h] : 0);
+            memcpy(key, DAY[d], 3);
+            key[3] = '-';
+            key[4] = (char)('0' + h / 10);
+            key[5] = (char)('0' + h % 10);
+            jsonw_keyn(w, key, 6);
+            jsonw_u64(w, s->c ? s->c[d * 24 + h] : 0);
         }
     }
     jsonw_obj_end(w);
@@ -53,36 +69,41 @@ static void dow_read(const feature *f, const void *st, int64_t q, jsonw *w) {
 
 static void dow_destroy(const feature *f, void *st) {
     (void)f;
-    uint64_t **c = st;
-    free(*c);
-    *c = NULL;
+    dow_st *s = st;
+    free(s->c);
+    s->c = NULL;
 }
 
 static void dow_encode(const feature *f, const void *st, bv_buf *out) {
     (void)f;
-    const uint64_t *c = *(uint64_t *const *)st;
-    cod_put_u8(out, c != NULL);
-    if (c)
-        for (int i = 0; i < DOW_N; i++) cod_put_u64(out, c[i]);
+    const dow_st *s = st;
+    cod_put_u8(out, s->c ? 1 : 0);
+    if (s->c)
+        for (int i = 0; i < DOW_CELLS; i++) cod_put_u64(out, s->c[i]);
 }
 
 static int dow_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
-    uint8_t has;
+    dow_st *s = st;
+    const uint8_t *q = *p;
+    uint8_t present;
+    uint64_t *c = NULL;
+    if (cod_get_u8(&q, end, &present) < 0 || present > 1) return -1;
+    if (present) {
+        if ((size_t)(end - q) < DOW_CELLS * 8) return -1;
+        c = malloc(DOW_CELLS * sizeof *c);
+        if (!c) abort();
+        for (int i = 0; i < DOW_CELLS; i++) cod_get_u64(&q, end, &c[i]);   /* length checked above */
+    }
     dow_destroy(f, st);
-    if (cod_get_u8(p, end, &has) < 0 || has > 1) return -1;
-    if (!has) return 0;
-    if ((size_t)(end - *p) < DOW_N * 8) return -1;
-    uint64_t *c = malloc(DOW_N * sizeof *c);
-    if (!c) abort();
-    for (int i = 0; i < DOW_N; i++) cod_get_u64(p, end, &c[i]);
-    *(uint64_t **)st = c;
+    s->c = c;
+    *p = q;
     return 0;
 }
 
 const struct op_vtable op_dow_hour_histogram = {
     .name = "dow_hour_histogram",
     .flags = OPF_LIFETIME_ONLY,
-    .state_size = sizeof(uint64_t *),
+    .state_size = sizeof(dow_st),
     .update = dow_update,
     .read = dow_read,
     .destroy = dow_destroy,

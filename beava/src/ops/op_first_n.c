@@ -1,45 +1,41 @@
 /*
- * op_first_n.c - `first_n(n)`: the first n non-null matched values of `field`, as a JSON
- * array, then frozen (reference-pipelines.md §2.4). Lifetime only; field and n in
- * [1,1024] required. State: valbuf (16 bytes; values copied). Empty: [].
+ * op_first_n.c - `first_n(n)`: the first n non-null matched values of `field`, in
+ * arrival order, then frozen (reference-pipelines.md §2.3 row 16, §2.4). Lifetime only;
+ * `field` and `n` (1..1024) required. Values are kept as sent (owned copies; lists and
+ * maps as JSON), numerics coerced to the declared field type (DECISIONS §4).
+ * State: valring (24 bytes, storage grown as values arrive). Empty: [].
  */
-#include "op.h"
-#include "valbuf.h"
+#include "valring.h"
 
 static void first_n_update(const feature *f, void *st, const op_input *in) {
-    valbuf_append(st, in->v, (uint32_t)f->p.n);
+    valring_append(st, (uint32_t)f->p.n, in->v);
 }
 
 static void first_n_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
-    valbuf_write(st, w);
+    valring_write(st, w);
 }
 
 static void first_n_destroy(const feature *f, void *st) {
     (void)f;
-    valbuf_free(st);
+    valring_free(st);
 }
 
 static void first_n_encode(const feature *f, const void *st, bv_buf *out) {
     (void)f;
-    valbuf_encode(out, st);
+    valring_encode(out, st);
 }
 
 static int first_n_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
-    valbuf_free(st);
-    valbuf *b = st;
-    /* an append-only list never wraps */
-    if (valbuf_decode(p, end, b, (uint32_t)f->p.n) < 0 || b->head != 0) return -1;
-    return 0;
+    return valring_decode(p, end, st, (uint32_t)f->p.n);
 }
 
-const struct op_vtable op_first_n = {
+OP_COERCING_VTABLES(op_first_n,
     .name = "first_n",
-    .flags = OPF_LIFETIME_ONLY | OPF_FIELD_REQUIRED | OPF_READS_FIELD | OPF_N_REQUIRED,
-    .state_size = sizeof(valbuf),
+    .flags = OPF_LIFETIME_ONLY | OPF_FIELD_REQUIRED | OPF_READS_FIELD | OPF_N_REQUIRED | OPF_COERCE,
+    .state_size = sizeof(valring),
     .update = first_n_update,
     .read = first_n_read,
     .destroy = first_n_destroy,
     .encode = first_n_encode,
-    .decode = first_n_decode,
-};
+    .decode = first_n_decode);

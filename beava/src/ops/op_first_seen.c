@@ -1,13 +1,28 @@
 /*
- * op_first_seen.c - `first_seen`: arrival ms of the first matched event, as an integer
- * (reference-pipelines.md §2.4). Lifetime only. State: tstate (8 bytes). Empty: null.
+ * op_first_seen.c - `first_seen`: the arrival time (now_ms) of the first matched event,
+ * as integer ms (a datetime on the wire) (reference-pipelines.md §2.3 row 19, §2.4).
+ * Lifetime only; no field. State: recency (16 bytes). Empty: null.
  */
-#include "tstate.h"
+#include "recency.h"
+
+static void first_seen_update(const feature *f, void *st, const op_input *in) {
+    (void)f;
+    recency_first(st, in->now_ms);
+}
 
 static void first_seen_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
-    int64_t t = *(const int64_t *)st;
-    if (t == TSTATE_NONE) jsonw_null(w); else jsonw_i64(w, t);
+    const recency *r = st;
+    if (r->has) jsonw_i64(w, r->t);
+    else jsonw_null(w);
 }
 
-TSTATE_VTABLE(op_first_seen, "first_seen", OPF_LIFETIME_ONLY, tstate_first, first_seen_read);
+const struct op_vtable op_first_seen = {
+    .name = "first_seen",
+    .flags = OPF_LIFETIME_ONLY,
+    .state_size = sizeof(recency),
+    .update = first_seen_update,
+    .read = first_seen_read,
+    .encode = recency_encode,
+    .decode = recency_decode,
+};

@@ -1,67 +1,65 @@
 /*
- * op_geo_spread.c - `geo_spread`: spatial spread in km of the matched points: Welford
- * on lat and on lon, population variances m2/n, result
- * sqrt(var_lat * 111.32^2 + var_lon * (111.32 cos(mean_lat))^2) (reference-pipelines.md
- * §2.4). Lifetime only. State: 40 bytes. Empty: null (n < 2).
+ * op_geo_spread.c - `geo_spread`: spatial spread of the entity's points in km
+ * (reference-pipelines.md §2.3 row 53, §2.4). Lifetime only; params and point reading
+ * in geo.h.
+ *
+ * Welford summaries of latitude and longitude separately; with population variances
+ * m2/n: sqrt(var_lat*111.32^2 + var_lon*(111.32*cos(mean_lat))^2) (mean_lat in degrees,
+ * converted to radians for the cosine). Null while n < 2.
+ *
+ * State: 48 bytes (two welford), all-zero = empty.
  */
 #include "geo.h"
-#include "../sketch/codec.h"
+#include "welford.h"
 
-typedef struct gspread {
-    int64_t n;
-    double mlat, m2lat, mlon, m2lon;
-} gspread;
+typedef struct gs_st {
+    welford lat, lon;
+} gs_st;
 
-static void gspread_update(const feature *f, void *st, const op_input *in) {
-    gspread *s = st;
+static void gs_update(const feature *f, void *st, const op_input *in) {
+    gs_st *s = st;
     double lat, lon;
-    if (!geo_point(f, in->row, &lat, &lon)) return;
-    s->n++;
-    double d = lat - s->mlat;
-    s->mlat += d / (double)s->n;
-    s->m2lat += d * (lat - s->mlat);
-    d = lon - s->mlon;
-    s->mlon += d / (double)s->n;
-    s->m2lon += d * (lon - s->mlon);
+    if (!geo_point(f, in, &lat, &lon)) return;
+    welford_add(&s->lat, lat);
+    welford_add(&s->lon, lon);
 }
 
-static void gspread_read(const feature *f, const void *st, int64_t q, jsonw *w) {
+static void gs_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
-    const gspread *s = st;
-    if (s->n < 2) { jsonw_null(w); return; }
-    double vlat = s->m2lat / (double)s->n, vlon = s->m2lon / (double)s->n;
-    double klon = 111.32 * cos(s->mlat * M_PI / 180.0);
+    const gs_st *s = st;
+    if (s->lat.n < 2) {
+        jsonw_null(w);
+        return;
+    }
+    double n = (double)s->lat.n;
+    double vlat = s->lat.m2 / n, vlon = s->lon.m2 / n;
+    double klon = 111.32 * cos(geo_rad(s->lat.mean));
     jsonw_f64(w, sqrt(vlat * 111.32 * 111.32 + vlon * klon * klon));
 }
 
-static void gspread_encode(const feature *f, const void *st, bv_buf *out) {
+static void gs_encode(const feature *f, const void *st, bv_buf *out) {
     (void)f;
-    const gspread *s = st;
-    cod_put_i64(out, s->n);
-    cod_put_f64(out, s->mlat);
-    cod_put_f64(out, s->m2lat);
-    cod_put_f64(out, s->mlon);
-    cod_put_f64(out, s->m2lon);
+    const gs_st *s = st;
+    welford_encode(out, &s->lat);
+    welford_encode(out, &s->lon);
 }
 
-static int gspread_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
+static int gs_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
     (void)f;
-    gspread t;
-    if (cod_get_i64(p, end, &t.n) < 0 || t.n < 0 || cod_get_f64(p, end, &t.mlat) < 0 ||
-        cod_get_f64(p, end, &t.m2lat) < 0 || cod_get_f64(p, end, &t.mlon) < 0 ||
-        cod_get_f64(p, end, &t.m2lon) < 0)
+    gs_st t;
+    if (welford_decode(p, end, &t.lat) < 0 || welford_decode(p, end, &t.lon) < 0 || t.lat.n != t.lon.n)
         return -1;
-    *(gspread *)st = t;
+    *(gs_st *)st = t;
     return 0;
 }
 
 const struct op_vtable op_geo_spread = {
     .name = "geo_spread",
     .flags = OPF_LIFETIME_ONLY,
-    .state_size = sizeof(gspread),
+    .state_size = sizeof(gs_st),
     .parse = geo_parse,
-    .update = gspread_update,
-    .read = gspread_read,
-    .encode = gspread_encode,
-    .decode = gspread_decode,
+    .update = gs_update,
+    .read = gs_read,
+    .encode = gs_encode,
+    .decode = gs_decode,
 };

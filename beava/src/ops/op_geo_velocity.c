@@ -1,70 +1,78 @@
 /*
  * op_geo_velocity.c - `geo_velocity`: the highest speed in km/h between consecutive
- * matched points (lat/lon fields, geo.h): with a previous point and dt > 0,
- * kmh = d / (dt / 3,600,000); the previous point always moves (reference-pipelines.md
- * §2.4). Lifetime only. State: 40 bytes. Empty: null (0.0 after the first point).
+ * points of the entity (reference-pipelines.md §2.3 row 51, §2.4). Lifetime only;
+ * params and point reading in geo.h.
+ *
+ * With a previous point and dt = now - prev_t > 0: kmh = d / (dt / 3,600,000); max
+ * keeps the largest (a NaN speed never replaces it). The previous point always moves
+ * to the current one. Output the max: null before the first point, 0.0 after it.
+ *
+ * State: 40 bytes, all-zero = empty.
  */
 #include "geo.h"
 #include "../sketch/codec.h"
 
-typedef struct gvel {
-    double lat, lon, max;
-    int64_t t;
-    int64_t has;
-} gvel;
+typedef struct gv_st {
+    int64_t has_prev;         /* 0/1 */
+    int64_t prev_t;
+    double prev_lat, prev_lon;
+    double max;
+} gv_st;
 
-static void gvel_update(const feature *f, void *st, const op_input *in) {
-    gvel *s = st;
+static void gv_update(const feature *f, void *st, const op_input *in) {
+    gv_st *s = st;
     double lat, lon;
-    if (!geo_point(f, in->row, &lat, &lon)) return;
-    if (s->has) {
-        int64_t dt;
-        if (!__builtin_sub_overflow(in->now_ms, s->t, &dt) && dt > 0) {
-            double kmh = geo_km(s->lat, s->lon, lat, lon) / ((double)dt / 3600000.0);
+    if (!geo_point(f, in, &lat, &lon)) return;
+    if (s->has_prev) {
+        double dt = (double)in->now_ms - (double)s->prev_t;
+        if (dt > 0) {
+            double kmh = geo_haversine(s->prev_lat, s->prev_lon, lat, lon) / (dt / 3600000.0);
             if (kmh > s->max) s->max = kmh;
         }
     }
-    s->lat = lat;
-    s->lon = lon;
-    s->t = in->now_ms;
-    s->has = 1;
+    s->has_prev = 1;
+    s->prev_t = in->now_ms;
+    s->prev_lat = lat;
+    s->prev_lon = lon;
 }
 
-static void gvel_read(const feature *f, const void *st, int64_t q, jsonw *w) {
+static void gv_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
-    const gvel *s = st;
-    if (s->has) jsonw_f64(w, s->max); else jsonw_null(w);
+    const gv_st *s = st;
+    if (s->has_prev) jsonw_f64(w, s->max);
+    else jsonw_null(w);
 }
 
-static void gvel_encode(const feature *f, const void *st, bv_buf *out) {
+static void gv_encode(const feature *f, const void *st, bv_buf *out) {
     (void)f;
-    const gvel *s = st;
-    cod_put_u8(out, (uint8_t)s->has);
-    cod_put_f64(out, s->lat);
-    cod_put_f64(out, s->lon);
+    const gv_st *s = st;
+    cod_put_u8(out, (uint8_t)s->has_prev);
+    cod_put_i64(out, s->prev_t);
+    cod_put_f64(out, s->prev_lat);
+    cod_put_f64(out, s->prev_lon);
     cod_put_f64(out, s->max);
-    cod_put_i64(out, s->t);
 }
 
-static int gvel_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
+static int gv_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
     (void)f;
-    gvel t;
-    uint8_t has;
-    if (cod_get_u8(p, end, &has) < 0 || has > 1 || cod_get_f64(p, end, &t.lat) < 0 ||
-        cod_get_f64(p, end, &t.lon) < 0 || cod_get_f64(p, end, &t.max) < 0 || cod_get_i64(p, end, &t.t) < 0)
+    gv_st t;
+    uint8_t hp;
+    if (cod_get_u8(p, end, &hp) < 0 || hp > 1 || cod_get_i64(p, end, &t.prev_t) < 0 ||
+        cod_get_f64(p, end, &t.prev_lat) < 0 || cod_get_f64(p, end, &t.prev_lon) < 0 ||
+        cod_get_f64(p, end, &t.max) < 0 || !(t.max >= 0))
         return -1;
-    t.has = has;
-    *(gvel *)st = t;
+    t.has_prev = hp;
+    *(gv_st *)st = t;
     return 0;
 }
 
 const struct op_vtable op_geo_velocity = {
     .name = "geo_velocity",
     .flags = OPF_LIFETIME_ONLY,
-    .state_size = sizeof(gvel),
+    .state_size = sizeof(gv_st),
     .parse = geo_parse,
-    .update = gvel_update,
-    .read = gvel_read,
-    .encode = gvel_encode,
-    .decode = gvel_decode,
+    .update = gv_update,
+    .read = gv_read,
+    .encode = gv_encode,
+    .decode = gv_decode,
 };

@@ -1,12 +1,27 @@
 /*
- * op_has_seen.c - `has_seen`: whether any event matched (reference-pipelines.md §2.4).
- * Lifetime only. State: tstate (8 bytes, first match ms). Empty: false.
+ * op_has_seen.c - `has_seen`: whether any event ever matched (reference-pipelines.md
+ * §2.3 row 22, §2.4). Lifetime only; no field. State: recency (16 bytes; the first
+ * match time is kept like first_seen's). Empty: false.
  */
-#include "tstate.h"
+#include "recency.h"
+
+static void has_seen_update(const feature *f, void *st, const op_input *in) {
+    (void)f;
+    recency_first(st, in->now_ms);
+}
 
 static void has_seen_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
-    jsonw_bool(w, *(const int64_t *)st != TSTATE_NONE);
+    const recency *r = st;
+    jsonw_bool(w, r->has != 0);
 }
 
-TSTATE_VTABLE(op_has_seen, "has_seen", OPF_LIFETIME_ONLY, tstate_first, has_seen_read);
+const struct op_vtable op_has_seen = {
+    .name = "has_seen",
+    .flags = OPF_LIFETIME_ONLY,
+    .state_size = sizeof(recency),
+    .update = has_seen_update,
+    .read = has_seen_read,
+    .encode = recency_encode,
+    .decode = recency_decode,
+};

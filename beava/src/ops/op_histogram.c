@@ -1,12 +1,24 @@
 /*
- * op_histogram.c - `histogram(buckets=[b0,b1,...])`: counts of the numeric values of
- * `field` per cell, cell = first i with v < b_i, else len(buckets); output an object
- * "<b0", "b0-b1", ..., ">=b_last" -> count with keys in ascending byte order (equal
- * labels collapse, the later cell winning, as the reference's map does); {"all": n}
- * without buckets (reference-pipelines.md §2.4). Edges print as integers when
- * integral, else in shortest plain decimal (no exponent). Non-numeric bucket entries
- * are dropped; order is not checked. Lifetime only; `field` not checked.
- * State: pointer to len+1 u64 counters allocated on the first value (8 bytes).
+ * op_histogram.c - `histogram(buckets=[b0, b1, ...])`: counts of the numeric values of
+ * `field` per cell, as {label: count} (reference-pipelines.md §2.3 row 44, §2.4).
+ * Lifetime only; `field` neither required nor checked at register time; I64 and F64
+ * values count, everything else is ignored.
+ *
+ * Cells: index = first i with v < b_i, else len (so NaN lands in the last cell); the
+ * edges are not checked for order, as in the reference. Labels "<b0", "b(i-1)-b(i)",
+ * ">=b(last)"; with no edges one cell "all". An edge prints as an integer when it is
+ * integral (-0.0 as "0"), else as the shortest round-trip decimal in plain notation
+ * (Rust's Display: 0.0000001, never 1e-7). Integral edges beyond the i64 range print
+ * as their shortest digits padded with zeros (1e20 -> 100000000000000000000; the
+ * reference saturates them to i64::MAX/MIN, an accident we do not copy). Keys are
+ * emitted in ascending byte order; when two cells share a label (repeated edges) the
+ * later cell's count wins, as with the reference's BTreeMap insert (that later cell can
+ * never receive a value, so such a label always reads 0).
+ *
+ * `buckets`: non-numeric entries are dropped; a non-array counts as []. The lifetime
+ * memory-governance check (feature.c) already requires a non-empty array.
+ * State: pointer to nbuckets + 1 u64 counts, allocated on the first value (8 bytes).
+ * Snapshot form: u32 ncells (0 or nbuckets + 1), then the counts.
  * Empty: every label with 0.
  */
 #include <math.h>
@@ -16,148 +28,171 @@
 #include "op.h"
 #include "../sketch/codec.h"
 
+typedef struct hist_st { uint64_t *counts; } hist_st;
+
 static int hist_parse(feature *f, const json_t *params, const char *path, bv_err *err) {
     (void)path; (void)err;
     const json_t *b = params ? json_object_get(params, "buckets") : NULL;
-    if (!json_is_array(b)) return 0;
-    f->p.buckets = malloc((json_array_size(b) + 1) * sizeof(double));
-    if (!f->p.buckets) abort();
-    for (size_t i = 0; i < json_array_size(b); i++) {
-        const json_t *e = json_array_get(b, i);
-        if (json_is_number(e)) f->p.buckets[f->p.nbuckets++] = json_number_value(e);
+    size_t n = json_is_array(b) ? json_array_size(b) : 0, m = 0;
+    if (n) {
+        f->p.buckets = malloc(n * sizeof *f->p.buckets);
+        if (!f->p.buckets) abort();
+        for (size_t i = 0; i < n; i++) {
+            const json_t *e = json_array_get(b, i);
+            if (json_is_number(e)) f->p.buckets[m++] = json_number_value(e);
+        }
     }
+    f->p.nbuckets = m;
     return 0;
 }
 
-static size_t ncells(const feature *f) { return f->p.nbuckets + 1; }
-
-/* An edge as the reference prints it: integral -> i64 (saturating), else the shortest
- * round-trip digits laid out without an exponent. */
-static void fmt_edge(double v, char *out, size_t cap) {
-    if (isnan(v)) { snprintf(out, cap, "NaN"); return; }
-    if (isinf(v)) { snprintf(out, cap, "%s", v > 0 ? "inf" : "-inf"); return; }
-    if (v == floor(v)) {
-        long long i = v >= 9223372036854775807.0 ? INT64_MAX : v <= -9223372036854775808.0 ? INT64_MIN : (long long)v;
-        snprintf(out, cap, "%lld", i);
-        return;
-    }
-    char e[40];
-    int prec;
-    for (prec = 1; prec <= 17; prec++) {
-        snprintf(e, sizeof e, "%.*e", prec - 1, v);
-        if (strtod(e, NULL) == v) break;
-    }
-    char digits[24];
-    int nd = 0;
-    const char *p = e;
-    bool neg = *p == '-';
-    if (neg) p++;
-    for (; *p && *p != 'e'; p++)
-        if (*p >= '0' && *p <= '9') digits[nd++] = *p;
-    int exp10 = atoi(p + 1);
-    size_t o = 0;
-    if (neg) out[o++] = '-';
-    if (exp10 < 0) {
-        out[o++] = '0';
-        out[o++] = '.';
-        for (int i = 0; i < -exp10 - 1 && o + 2 < cap; i++) out[o++] = '0';
-        for (int i = 0; i < nd && o + 1 < cap; i++) out[o++] = digits[i];
-    } else {
-        for (int i = 0; i <= exp10 && o + 2 < cap; i++) out[o++] = i < nd ? digits[i] : '0';
-        out[o++] = '.';
-        for (int i = exp10 + 1; i < nd && o + 1 < cap; i++) out[o++] = digits[i];
-    }
-    out[o] = 0;
-}
-
-static void label(const feature *f, size_t i, char *out, size_t cap) {
-    char a[400], b[400];
-    const double *e = f->p.buckets;
-    size_t n = f->p.nbuckets;
-    if (n == 0) { snprintf(out, cap, "all"); return; }
-    if (i == 0) { fmt_edge(e[0], a, sizeof a); snprintf(out, cap, "<%s", a); return; }
-    if (i == n) { fmt_edge(e[n - 1], a, sizeof a); snprintf(out, cap, ">=%s", a); return; }
-    fmt_edge(e[i - 1], a, sizeof a);
-    fmt_edge(e[i], b, sizeof b);
-    snprintf(out, cap, "%s-%s", a, b);
+static size_t hist_cell(const feature *f, double v) {
+    for (size_t i = 0; i < f->p.nbuckets; i++)
+        if (v < f->p.buckets[i]) return i;
+    return f->p.nbuckets;
 }
 
 static void hist_update(const feature *f, void *st, const op_input *in) {
-    uint64_t **c = st;
+    hist_st *s = st;
     double v;
     if (!bv_as_f64(in->v, &v)) return;
-    if (!*c && !(*c = calloc(ncells(f), sizeof **c))) abort();
-    size_t i = 0;
-    while (i < f->p.nbuckets && !(v < f->p.buckets[i])) i++;
-    (*c)[i]++;
+    if (!s->counts) {
+        s->counts = calloc(f->p.nbuckets + 1, sizeof *s->counts);
+        if (!s->counts) abort();
+    }
+    uint64_t *c = &s->counts[hist_cell(f, v)];
+    if (*c < UINT64_MAX) (*c)++;
 }
 
-typedef struct cell { char *label; size_t idx; } cell;
+/* An edge as the reference prints it; appends to b. */
+static void put_edge(bv_buf *b, double v) {
+    char tmp[48];
+    if (v == floor(v) && v >= -9223372036854775808.0 && v < 9223372036854775808.0) {
+        bv_buf_printf(b, "%lld", (long long)v);
+        return;
+    }
+    /* the shortest digits that read back to v, laid out without an exponent */
+    int prec;
+    for (prec = 1; prec <= 17; prec++) {
+        snprintf(tmp, sizeof tmp, "%.*e", prec - 1, v);
+        if (strtod(tmp, NULL) == v) break;
+    }
+    char digits[24];
+    int nd = 0;
+    const char *p = tmp;
+    if (*p == '-') { bv_buf_putc(b, '-'); p++; }
+    for (; *p && *p != 'e'; p++)
+        if (*p >= '0' && *p <= '9') digits[nd++] = *p;
+    int point = atoi(p + 1) + 1;          /* digits before the decimal point */
+    while (nd > 1 && digits[nd - 1] == '0') nd--;
+    if (point <= 0) {
+        bv_buf_puts(b, "0.");
+        for (int i = 0; i < -point; i++) bv_buf_putc(b, '0');
+        bv_buf_put(b, digits, (size_t)nd);
+    } else if (point >= nd) {               /* a huge integral edge */
+        bv_buf_put(b, digits, (size_t)nd);
+        for (int i = nd; i < point; i++) bv_buf_putc(b, '0');
+    } else {
+        bv_buf_put(b, digits, (size_t)point);
+        bv_buf_putc(b, '.');
+        bv_buf_put(b, digits + point, (size_t)(nd - point));
+    }
+}
 
-static int cell_cmp(const void *a, const void *b) {
-    const cell *x = a, *y = b;
-    int c = strcmp(x->label, y->label);
+typedef struct hlabel { size_t off, len, cell; const char *base; } hlabel;
+
+static int hlabel_cmp(const void *a, const void *b) {
+    const hlabel *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = n ? memcmp(x->base + x->off, y->base + y->off, n) : 0;
     if (c) return c;
-    return x->idx < y->idx ? -1 : x->idx > y->idx;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    return x->cell < y->cell ? -1 : x->cell > y->cell;
 }
 
 static void hist_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)q;
-    const uint64_t *c = *(uint64_t *const *)st;
-    size_t n = ncells(f);
-    cell *cells = malloc(n * sizeof *cells);
-    if (!cells) abort();
-    for (size_t i = 0; i < n; i++) {
-        cells[i].label = malloc(820);
-        if (!cells[i].label) abort();
-        label(f, i, cells[i].label, 820);
-        cells[i].idx = i;
-    }
-    qsort(cells, n, sizeof *cells, cell_cmp);
+    const hist_st *s = st;
+    size_t nb = f->p.nbuckets, nc = nb + 1;
     jsonw_obj_begin(w);
-    for (size_t i = 0; i < n; i++) {
-        if (i + 1 < n && strcmp(cells[i].label, cells[i + 1].label) == 0) continue;   /* later wins */
-        jsonw_key(w, cells[i].label);
-        jsonw_u64(w, c ? c[cells[i].idx] : 0);
+    if (nb == 0) {
+        jsonw_key(w, "all");
+        jsonw_u64(w, s->counts ? s->counts[0] : 0);
+        jsonw_obj_end(w);
+        return;
+    }
+    bv_buf text;
+    bv_buf_init(&text);
+    hlabel *l = malloc(nc * sizeof *l);
+    if (!l) abort();
+    for (size_t i = 0; i < nc; i++) {
+        l[i].off = text.len;
+        l[i].cell = i;
+        if (i == 0) {
+            bv_buf_putc(&text, '<');
+            put_edge(&text, f->p.buckets[0]);
+        } else if (i == nb) {
+            bv_buf_puts(&text, ">=");
+            put_edge(&text, f->p.buckets[nb - 1]);
+        } else {
+            put_edge(&text, f->p.buckets[i - 1]);
+            bv_buf_putc(&text, '-');
+            put_edge(&text, f->p.buckets[i]);
+        }
+        l[i].len = text.len - l[i].off;
+    }
+    for (size_t i = 0; i < nc; i++) l[i].base = text.data;
+    qsort(l, nc, sizeof *l, hlabel_cmp);
+    for (size_t i = 0; i < nc; i++) {
+        /* equal labels: keep the last cell's count */
+        if (i + 1 < nc && l[i + 1].len == l[i].len &&
+            memcmp(text.data + l[i + 1].off, text.data + l[i].off, l[i].len) == 0)
+            continue;
+        jsonw_keyn(w, text.data + l[i].off, l[i].len);
+        jsonw_u64(w, s->counts ? s->counts[l[i].cell] : 0);
     }
     jsonw_obj_end(w);
-    for (size_t i = 0; i < n; i++) free(cells[i].label);
-    free(cells);
+    free(l);
+    bv_buf_free(&text);
 }
 
 static void hist_destroy(const feature *f, void *st) {
     (void)f;
-    uint64_t **c = st;
-    free(*c);
-    *c = NULL;
+    hist_st *s = st;
+    free(s->counts);
+    s->counts = NULL;
 }
 
 static void hist_encode(const feature *f, const void *st, bv_buf *out) {
-    const uint64_t *c = *(uint64_t *const *)st;
-    cod_put_u8(out, c != NULL);
-    if (!c) return;
-    cod_put_u32(out, (uint32_t)ncells(f));
-    for (size_t i = 0; i < ncells(f); i++) cod_put_u64(out, c[i]);
+    const hist_st *s = st;
+    size_t nc = s->counts ? f->p.nbuckets + 1 : 0;
+    cod_put_u32(out, (uint32_t)nc);
+    for (size_t i = 0; i < nc; i++) cod_put_u64(out, s->counts[i]);
 }
 
 static int hist_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
-    uint8_t has;
-    uint32_t n;
-    hist_destroy(f, st);
-    if (cod_get_u8(p, end, &has) < 0 || has > 1) return -1;
-    if (!has) return 0;
-    if (cod_get_u32(p, end, &n) < 0 || n != ncells(f) || (size_t)(end - *p) < (size_t)n * 8) return -1;
-    uint64_t *c = malloc(n * sizeof *c);
-    if (!c) abort();
-    for (uint32_t i = 0; i < n; i++) cod_get_u64(p, end, &c[i]);
-    *(uint64_t **)st = c;
+    hist_st *s = st;
+    const uint8_t *q = *p;
+    uint32_t nc;
+    if (cod_get_u32(&q, end, &nc) < 0) return -1;
+    if (nc != 0 && nc != f->p.nbuckets + 1) return -1;
+    if ((size_t)(end - q) / 8 < nc) return -1;
+    uint64_t *c = NULL;
+    if (nc) {
+        c = malloc((size_t)nc * sizeof *c);
+        if (!c) abort();
+        for (uint32_t i = 0; i < nc; i++) cod_get_u64(&q, end, &c[i]);   /* length checked above */
+    }
+    free(s->counts);
+    s->counts = c;
+    *p = q;
     return 0;
 }
 
 const struct op_vtable op_histogram = {
     .name = "histogram",
     .flags = OPF_LIFETIME_ONLY | OPF_READS_FIELD,
-    .state_size = sizeof(uint64_t *),
+    .state_size = sizeof(hist_st),
     .parse = hist_parse,
     .update = hist_update,
     .read = hist_read,

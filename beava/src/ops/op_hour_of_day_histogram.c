@@ -1,72 +1,59 @@
 /*
  * op_hour_of_day_histogram.c - `hour_of_day_histogram`: matched events per UTC hour of
- * arrival, index floor(now / 3,600,000) mod 24 (floor also before 1970), output as a
- * JSON array of 24 integers (reference-pipelines.md §2.4). Lifetime only.
- * State: pointer to 24 u64 counters allocated on the first event (8 bytes).
- * Empty: 24 zeros.
+ * arrival, hour = floor(now_ms / 3,600,000) mod 24 (floor division, so times before
+ * 1970 map to valid hours), as a JSON array of 24 counts (reference-pipelines.md §2.3
+ * row 45, §2.4). Lifetime only; no field. State: 24 u64 counts inline (192 bytes).
+ * Snapshot form: the 24 counts. Empty: 24 zeros.
  */
-#include <stdlib.h>
 #include "op.h"
 #include "../sketch/codec.h"
 
-#define HOD_N 24
+typedef struct hod_st { uint64_t c[24]; } hod_st;
 
-static int64_t floor_div(int64_t a, int64_t b) {
-    int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+static unsigned hod_index(int64_t now_ms) {
+    int64_t h = now_ms / 3600000;
+    if (now_ms % 3600000 < 0) h--;
+    h %= 24;
+    return (unsigned)(h < 0 ? h + 24 : h);
 }
 
 static void hod_update(const feature *f, void *st, const op_input *in) {
     (void)f;
-    uint64_t **c = st;
-    if (!*c && !(*c = calloc(HOD_N, sizeof **c))) abort();
-    int64_t h = floor_div(in->now_ms, 3600000) % HOD_N;
-    (*c)[h < 0 ? h + HOD_N : h]++;
+    uint64_t *c = &((hod_st *)st)->c[hod_index(in->now_ms)];
+    if (*c < UINT64_MAX) (*c)++;
 }
 
 static void hod_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
-    const uint64_t *c = *(uint64_t *const *)st;
+    const hod_st *s = st;
     jsonw_arr_begin(w);
-    for (int i = 0; i < HOD_N; i++) jsonw_u64(w, c ? c[i] : 0);
+    for (int i = 0; i < 24; i++) jsonw_u64(w, s->c[i]);
     jsonw_arr_end(w);
-}
-
-static void hod_destroy(const feature *f, void *st) {
-    (void)f;
-    uint64_t **c = st;
-    free(*c);
-    *c = NULL;
 }
 
 static void hod_encode(const feature *f, const void *st, bv_buf *out) {
     (void)f;
-    const uint64_t *c = *(uint64_t *const *)st;
-    cod_put_u8(out, c != NULL);
-    if (c)
-        for (int i = 0; i < HOD_N; i++) cod_put_u64(out, c[i]);
+    const hod_st *s = st;
+    for (int i = 0; i < 24; i++) cod_put_u64(out, s->c[i]);
 }
 
 static int hod_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
-    uint8_t has;
-    hod_destroy(f, st);
-    if (cod_get_u8(p, end, &has) < 0 || has > 1) return -1;
-    if (!has) return 0;
-    if ((size_t)(end - *p) < HOD_N * 8) return -1;
-    uint64_t *c = malloc(HOD_N * sizeof *c);
-    if (!c) abort();
-    for (int i = 0; i < HOD_N; i++) cod_get_u64(p, end, &c[i]);
-    *(uint64_t **)st = c;
+    (void)f;
+    hod_st t;
+    const uint8_t *q = *p;
+    for (int i = 0; i < 24; i++)
+        if (cod_get_u64(&q, end, &t.c[i]) < 0) return -1;
+    *(hod_st *)st = t;
+    *p = q;
     return 0;
 }
 
 const struct op_vtable op_hour_of_day_histogram = {
     .name = "hour_of_day_histogram",
     .flags = OPF_LIFETIME_ONLY,
-    .state_size = sizeof(uint64_t *),
+    .state_size = sizeof(hod_st),
     .update = hod_update,
     .read = hod_read,
-    .destroy = hod_destroy,
     .encode = hod_encode,
     .decode = hod_decode,
 };

@@ -1,33 +1,46 @@
 /*
- * op_lag.c - `lag(n)`: the value exactly n matched non-null events before the latest
- * one: a ring of n+1 values answering with its oldest once full, else null
- * (reference-pipelines.md §2.4). Lifetime only; field and n in [1,1024] required.
- * State: valbuf ring (16 bytes; values copied). Empty: null.
+ * op_lag.c - `lag(n)`: the value of `field` exactly n matched non-null events before
+ * the latest one (n = 1: the previous value) (reference-pipelines.md §2.3 row 18,
+ * §2.4). Lifetime only; `field` and `n` (1..1024) required. Values are kept as sent
+ * (owned copies), numerics coerced to the declared field type (DECISIONS §4).
+ * State: valring of capacity n + 1; the answer is its oldest value once it is full.
+ * Empty (fewer than n + 1 values): null.
  */
-#include "ring.h"
+#include "valring.h"
+
+static uint32_t lag_cap(const feature *f) { return (uint32_t)f->p.n + 1; }
 
 static void lag_update(const feature *f, void *st, const op_input *in) {
-    valbuf_push(st, in->v, (uint32_t)f->p.n + 1);
+    valring_push(st, lag_cap(f), in->v);
 }
 
 static void lag_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)q;
-    const valbuf *b = st;
-    if (b->n == (uint32_t)f->p.n + 1) opval_write(valbuf_at(b, 0), w);
+    const valring *r = st;
+    if (r->len == lag_cap(f)) opval_write(valring_at(r, 0), w);
     else jsonw_null(w);
 }
 
-static int lag_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
-    return ring_decode(st, p, end, (uint32_t)f->p.n + 1);
+static void lag_destroy(const feature *f, void *st) {
+    (void)f;
+    valring_free(st);
 }
 
-const struct op_vtable op_lag = {
+static void lag_encode(const feature *f, const void *st, bv_buf *out) {
+    (void)f;
+    valring_encode(out, st);
+}
+
+static int lag_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
+    return valring_decode(p, end, st, lag_cap(f));
+}
+
+OP_COERCING_VTABLES(op_lag,
     .name = "lag",
-    .flags = OPF_LIFETIME_ONLY | OPF_FIELD_REQUIRED | OPF_READS_FIELD | OPF_N_REQUIRED,
-    .state_size = sizeof(valbuf),
+    .flags = OPF_LIFETIME_ONLY | OPF_FIELD_REQUIRED | OPF_READS_FIELD | OPF_N_REQUIRED | OPF_COERCE,
+    .state_size = sizeof(valring),
     .update = lag_update,
     .read = lag_read,
-    .destroy = ring_destroy,
-    .encode = ring_encode,
-    .decode = lag_decode,
-};
+    .destroy = lag_destroy,
+    .encode = lag_encode,
+    .decode = lag_decode);

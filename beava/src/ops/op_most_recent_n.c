@@ -1,47 +1,60 @@
 /*
  * op_most_recent_n.c - `most_recent_n(n)`: the latest n non-null matched values of
- * `field`, oldest to newest, n defaulting to 10 and raised to at least 1 (not validated
- * at register time; the lifetime pre-check wants it positive) (reference-pipelines.md
- * §2.4). Lifetime only; `field` not checked. n is capped at OP_MAX_RING so a huge n
- * cannot overflow the ring index; memory grows only as values arrive.
- * State: valbuf ring (16 bytes). Empty: [].
+ * `field`, output oldest -> newest (the reference's docs say newest-first; its code,
+ * which we follow, is oldest-first) (reference-pipelines.md §2.3 row 49, §2.4).
+ * Lifetime only. `field` is neither required nor checked at register time (an unknown
+ * name simply never matches). `n` defaults to 10 and is not validated by the reference
+ * (values below 1 mean 1); we also clamp it to MRN_MAX_N so a huge n cannot grow one
+ * entity without bound. Values are kept as sent (owned copies; lists and maps as
+ * JSON), numerics coerced to the declared field type (DECISIONS §4).
+ * State: valring of capacity n (24 bytes, storage grown as values arrive). Empty: [].
  */
 #include "param.h"
-#include "ring.h"
+#include "valring.h"
 
-#define OP_MAX_RING (1 << 24)
+#define MRN_DEFAULT_N 10
+#define MRN_MAX_N (1 << 20)
 
 static int mrn_parse(feature *f, const json_t *params, const char *path, bv_err *err) {
     (void)path; (void)err;
-    int64_t n;
-    if (param_int(params, "n", &n) != 1) n = 10;
+    int64_t n = MRN_DEFAULT_N;
+    if (param_int(params, "n", &n) != 1) n = MRN_DEFAULT_N;
     if (n < 1) n = 1;
-    if (n > OP_MAX_RING) n = OP_MAX_RING;
+    if (n > MRN_MAX_N) n = MRN_MAX_N;
     f->p.n = n;
     return 0;
 }
 
 static void mrn_update(const feature *f, void *st, const op_input *in) {
-    valbuf_push(st, in->v, (uint32_t)f->p.n);
+    valring_push(st, (uint32_t)f->p.n, in->v);
 }
 
 static void mrn_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
-    valbuf_write(st, w);
+    valring_write(st, w);
+}
+
+static void mrn_destroy(const feature *f, void *st) {
+    (void)f;
+    valring_free(st);
+}
+
+static void mrn_encode(const feature *f, const void *st, bv_buf *out) {
+    (void)f;
+    valring_encode(out, st);
 }
 
 static int mrn_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
-    return ring_decode(st, p, end, (uint32_t)f->p.n);
+    return valring_decode(p, end, st, (uint32_t)f->p.n);
 }
 
-const struct op_vtable op_most_recent_n = {
+OP_COERCING_VTABLES(op_most_recent_n,
     .name = "most_recent_n",
-    .flags = OPF_LIFETIME_ONLY | OPF_READS_FIELD,
-    .state_size = sizeof(valbuf),
+    .flags = OPF_LIFETIME_ONLY | OPF_READS_FIELD | OPF_COERCE,
+    .state_size = sizeof(valring),
     .parse = mrn_parse,
     .update = mrn_update,
     .read = mrn_read,
-    .destroy = ring_destroy,
-    .encode = ring_encode,
-    .decode = mrn_decode,
-};
+    .destroy = mrn_destroy,
+    .encode = mrn_encode,
+    .decode = mrn_decode);

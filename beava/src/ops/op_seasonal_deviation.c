@@ -1,101 +1,126 @@
 /*
- * op_seasonal_deviation.c - `seasonal_deviation`: z-score of the latest numeric value
- * of `field` against the values seen in the same UTC hour of day:
- * (v - mean_h) / sqrt((sum_sq - sum^2/n) / (n - 1)); null while that hour holds fewer
- * than 2 values or the variance is <= 0 (reference-pipelines.md §2.4). Lifetime only;
- * `field` not checked. State: pointer to 24 x (n, sum, sum_sq) + the last (value,
- * hour), allocated on the first value (8 bytes). Empty: null.
+ * op_seasonal_deviation.c - `seasonal_deviation`: the z-score of the latest numeric
+ * value of `field` against the running baseline of its UTC hour of arrival
+ * (reference-pipelines.md §2.3 row 47, §2.4). Per hour h = floor(now_ms / 3,600,000)
+ * mod 24 it keeps (n, sum, sum of squares) of I64/F64 values (others ignored) and
+ * remembers the latest (value, hour). Read: (v - mean_h) / sqrt(var_h) with the
+ * textbook sample variance var_h = (sumsq - sum*sum/n) / (n - 1), as the reference
+ * computes it (not Welford); null when n_h < 2 or var_h <= 0. Lifetime only; `field`
+ * neither required nor checked at register time.
+ *
+ * State: pointer to the 24 hour sums (allocated on the first value), last value, last
+ * hour, has-last flag (24 bytes). Snapshot form: u8 has; if has: f64 v, u8 hour, then
+ * 24 x (u64 n, f64 sum, f64 sumsq). Empty: null.
  */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 #include "op.h"
 #include "../sketch/codec.h"
 
-typedef struct hour_acc { uint64_t n; double sum, sum_sq; } hour_acc;
+typedef struct sd_hour { uint64_t n; double sum, sumsq; } sd_hour;
 
-typedef struct seasonal {
-    hour_acc h[24];
+typedef struct sd_st {
+    sd_hour *h;               /* 24 entries once a value arrived */
     double last_v;
-    uint32_t last_h;
-    uint32_t pad;
-} seasonal;
+    int32_t last_h;
+    int32_t has;
+} sd_st;
+
+static int sd_hour_of(int64_t now_ms) {
+    int64_t h = now_ms / 3600000;
+    if (now_ms % 3600000 < 0) h--;
+    h %= 24;
+    return (int)(h < 0 ? h + 24 : h);
+}
 
 static void sd_update(const feature *f, void *st, const op_input *in) {
     (void)f;
-    seasonal **sp = st;
+    sd_st *s = st;
     double v;
     if (!bv_as_f64(in->v, &v)) return;
-    if (!*sp && !(*sp = calloc(1, sizeof **sp))) abort();
-    int64_t hours = in->now_ms / 3600000;
-    if (in->now_ms % 3600000 != 0 && in->now_ms < 0) hours--;
-    int64_t h = hours % 24;
-    if (h < 0) h += 24;
-    hour_acc *a = &(*sp)->h[h];
-    a->n++;
-    a->sum += v;
-    a->sum_sq += v * v;
-    (*sp)->last_v = v;
-    (*sp)->last_h = (uint32_t)h;
+    if (!s->h) {
+        s->h = calloc(24, sizeof *s->h);
+        if (!s->h) abort();
+    }
+    int h = sd_hour_of(in->now_ms);
+    s->h[h].n++;
+    s->h[h].sum += v;
+    s->h[h].sumsq += v * v;
+    s->last_v = v;
+    s->last_h = h;
+    s->has = 1;
 }
 
 static void sd_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
-    const seasonal *s = *(seasonal *const *)st;
-    if (!s) { jsonw_null(w); return; }
-    const hour_acc *a = &s->h[s->last_h];
-    if (a->n < 2) { jsonw_null(w); return; }
-    double n = (double)a->n, mean = a->sum / n;
-    double var = (a->sum_sq - a->sum * a->sum / n) / (n - 1.0);
-    if (!(var > 0)) { jsonw_null(w); return; }
-    jsonw_f64(w, (s->last_v - mean) / sqrt(var));
+    const sd_st *s = st;
+    if (!s->has || s->h[s->last_h].n < 2) {
+        jsonw_null(w);
+        return;
+    }
+    const sd_hour *b = &s->h[s->last_h];
+    double n = (double)b->n, mean = b->sum / n;
+    double var = (b->sumsq - b->sum * b->sum / n) / (n - 1.0);
+    if (!(var > 0)) jsonw_null(w);
+    else jsonw_f64(w, (s->last_v - mean) / sqrt(var));
 }
 
 static void sd_destroy(const feature *f, void *st) {
     (void)f;
-    seasonal **sp = st;
-    free(*sp);
-    *sp = NULL;
+    sd_st *s = st;
+    free(s->h);
+    memset(s, 0, sizeof *s);
 }
 
 static void sd_encode(const feature *f, const void *st, bv_buf *out) {
     (void)f;
-    const seasonal *s = *(seasonal *const *)st;
-    cod_put_u8(out, s != NULL);
-    if (!s) return;
+    const sd_st *s = st;
+    cod_put_u8(out, s->has ? 1 : 0);
+    if (!s->has) return;
+    cod_put_f64(out, s->last_v);
+    cod_put_u8(out, (uint8_t)s->last_h);
     for (int i = 0; i < 24; i++) {
         cod_put_u64(out, s->h[i].n);
         cod_put_f64(out, s->h[i].sum);
-        cod_put_f64(out, s->h[i].sum_sq);
+        cod_put_f64(out, s->h[i].sumsq);
     }
-    cod_put_f64(out, s->last_v);
-    cod_put_u8(out, (uint8_t)s->last_h);
 }
 
 static int sd_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
-    uint8_t has, h;
-    sd_destroy(f, st);
-    if (cod_get_u8(p, end, &has) < 0 || has > 1) return -1;
-    if (!has) return 0;
-    if ((size_t)(end - *p) < 24 * 24 + 9) return -1;
-    seasonal *s = calloc(1, sizeof *s);
-    if (!s) abort();
-    for (int i = 0; i < 24; i++) {
-        cod_get_u64(p, end, &s->h[i].n);
-        cod_get_f64(p, end, &s->h[i].sum);
-        cod_get_f64(p, end, &s->h[i].sum_sq);
+    sd_st *s = st, t;
+    const uint8_t *q = *p;
+    uint8_t has, hour;
+    memset(&t, 0, sizeof t);
+    if (cod_get_u8(&q, end, &has) < 0 || has > 1) return -1;
+    if (has) {
+        if (cod_get_f64(&q, end, &t.last_v) < 0 || cod_get_u8(&q, end, &hour) < 0 || hour >= 24 ||
+            (size_t)(end - q) < 24 * 24)
+            return -1;
+        t.h = malloc(24 * sizeof *t.h);
+        if (!t.h) abort();
+        for (int i = 0; i < 24; i++) {      /* length checked above */
+            cod_get_u64(&q, end, &t.h[i].n);
+            cod_get_f64(&q, end, &t.h[i].sum);
+            cod_get_f64(&q, end, &t.h[i].sumsq);
+        }
+        if (t.h[hour].n == 0) {
+            free(t.h);
+            return -1;
+        }
+        t.last_h = hour;
+        t.has = 1;
     }
-    cod_get_f64(p, end, &s->last_v);
-    cod_get_u8(p, end, &h);
-    if (h >= 24 || s->h[h].n == 0) { free(s); return -1; }
-    s->last_h = h;
-    *(seasonal **)st = s;
+    sd_destroy(f, st);
+    *s = t;
+    *p = q;
     return 0;
 }
 
 const struct op_vtable op_seasonal_deviation = {
     .name = "seasonal_deviation",
     .flags = OPF_LIFETIME_ONLY | OPF_READS_FIELD,
-    .state_size = sizeof(seasonal *),
+    .state_size = sizeof(sd_st),
     .update = sd_update,
     .read = sd_read,
     .destroy = sd_destroy,

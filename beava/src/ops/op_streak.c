@@ -1,7 +1,9 @@
 /*
- * op_streak.c - `streak`: length of the current run of matched events; an unmatched
- * event resets it (reference-pipelines.md §2.4). Without `where` every event matches.
- * Lifetime only. State: int64 (8 bytes). Empty: 0.
+ * op_streak.c - `streak`: the current run of consecutive matched events; an event whose
+ * `where` is not exactly true (false, null, non-bool) ends the run
+ * (reference-pipelines.md §2.3 row 25, §2.4). Sees unmatched events. Without `where`
+ * every event matches, so the streak is the number of events. Lifetime only; no field.
+ * State: int64 (8 bytes). Empty: 0.
  */
 #include "op.h"
 #include "../sketch/codec.h"
@@ -9,7 +11,8 @@
 static void streak_update(const feature *f, void *st, const op_input *in) {
     (void)f;
     int64_t *c = st;
-    *c = in->matched ? *c + 1 : 0;
+    if (!in->matched) *c = 0;
+    else if (*c < INT64_MAX) (*c)++;
 }
 
 static void streak_read(const feature *f, const void *st, int64_t q, jsonw *w) {
@@ -25,8 +28,10 @@ static void streak_encode(const feature *f, const void *st, bv_buf *out) {
 static int streak_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
     (void)f;
     int64_t v;
-    if (cod_get_i64(p, end, &v) < 0 || v < 0) return -1;
+    const uint8_t *q = *p;
+    if (cod_get_i64(&q, end, &v) < 0 || v < 0) return -1;
     *(int64_t *)st = v;
+    *p = q;
     return 0;
 }
 

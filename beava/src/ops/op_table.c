@@ -40,3 +40,7 @@ const struct op_vtable *op_lookup(const char *name) {
         if (strcmp(op_aliases[i].alias, name) == 0) return op_aliases[i].vt;
     return NULL;
 }
+
+const struct op_vtable *op_kind_at(size_t i) {
+    return i < sizeof op_table / sizeof op_table[0] ? op_table[i] : NULL;
+}

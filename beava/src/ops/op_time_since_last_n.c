@@ -1,84 +1,88 @@
 /*
- * op_time_since_last_n.c - `time_since_last_n(n)`: max(0, query time - arrival of the
- * n-th latest matched event), null until n matches (reference-pipelines.md §2.4).
- * Lifetime only; n in [1,1024] required. State: a ring of the last n arrival times,
- * allocated on the first match and grown by doubling (16 bytes fixed). Empty: null.
+ * op_time_since_last_n.c - `time_since_last_n(n)`: max(0, query time - arrival time of
+ * the n-th most recent matched event) in ms, computed at read time; null until n events
+ * matched (reference-pipelines.md §2.3 row 24, §2.4). Lifetime only; no field; `n`
+ * (1..1024) required.
+ *
+ * State: a ring of the last n match times (24 bytes; storage grown as events arrive):
+ * while len < n the times sit in arrival order and head is 0, then head is the oldest.
+ * Snapshot form: u32 count, count i64 times oldest -> newest. Empty: null.
  */
 #include <stdlib.h>
 #include <string.h>
-#include "op.h"
-#include "tstate.h"
+#include "recency.h"
 
-typedef struct tring {
+typedef struct tsln_st {
     int64_t *t;
-    uint32_t n, head;         /* held; index of the oldest when full */
-} tring;
-
-static uint32_t tring_cap(const tring *r) {
-    uint32_t c = 0;
-    if (r->t) { c = 2; while (c < r->n) c *= 2; }
-    return c;
-}
-
-static void tring_push(tring *r, int64_t t, uint32_t limit) {
-    if (r->n < limit) {
-        uint32_t cap = tring_cap(r);
-        if (r->n == cap) {
-            r->t = realloc(r->t, (size_t)(cap ? cap * 2 : 2) * sizeof *r->t);
-            if (!r->t) abort();
-        }
-        r->t[r->n++] = t;
-        return;
-    }
-    r->t[r->head] = t;
-    r->head = (r->head + 1) % r->n;
-}
+    uint32_t len, cap;
+    uint32_t head, pad;
+} tsln_st;
 
 static void tsln_update(const feature *f, void *st, const op_input *in) {
-    tring_push(st, in->now_ms, (uint32_t)f->p.n);
+    tsln_st *s = st;
+    uint32_t n = (uint32_t)f->p.n;
+    if (s->len < n) {
+        if (s->len == s->cap) {
+            uint32_t nc = s->cap ? s->cap * 2 : 4;
+            if (nc > n) nc = n;
+            int64_t *nt = realloc(s->t, (size_t)nc * sizeof *nt);
+            if (!nt) abort();
+            s->t = nt;
+            s->cap = nc;
+        }
+        s->t[s->len++] = in->now_ms;
+        return;
+    }
+    s->t[s->head] = in->now_ms;
+    s->head = s->head + 1 == n ? 0 : s->head + 1;
 }
 
 static void tsln_read(const feature *f, const void *st, int64_t q, jsonw *w) {
-    const tring *r = st;
-    if (r->n < (uint32_t)f->p.n) { jsonw_null(w); return; }
-    jsonw_i64(w, tstate_elapsed(q, r->t[r->head]));
+    const tsln_st *s = st;
+    if (s->len < (uint32_t)f->p.n) jsonw_null(w);
+    else jsonw_i64(w, recency_since(q, s->t[s->head]));
 }
 
 static void tsln_destroy(const feature *f, void *st) {
     (void)f;
-    tring *r = st;
-    free(r->t);
-    memset(r, 0, sizeof *r);
+    tsln_st *s = st;
+    free(s->t);
+    memset(s, 0, sizeof *s);
 }
 
 static void tsln_encode(const feature *f, const void *st, bv_buf *out) {
     (void)f;
-    const tring *r = st;
-    cod_put_u32(out, r->n);
-    cod_put_u32(out, r->head);
-    for (uint32_t i = 0; i < r->n; i++) cod_put_i64(out, r->t[i]);
+    const tsln_st *s = st;
+    cod_put_u32(out, s->len);
+    for (uint32_t i = 0; i < s->len; i++) {
+        uint32_t j = s->head + i;
+        if (j >= s->len) j -= s->len;
+        cod_put_i64(out, s->t[j]);
+    }
 }
 
 static int tsln_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
-    tring *r = st;
-    uint32_t n, head, limit = (uint32_t)f->p.n;
-    tsln_destroy(f, st);
-    if (cod_get_u32(p, end, &n) < 0 || cod_get_u32(p, end, &head) < 0) return -1;
-    if (n > limit || (head && (head >= n || n != limit))) return -1;
-    if ((size_t)(end - *p) < (size_t)n * 8) return -1;
-    for (uint32_t i = 0; i < n; i++) {
-        int64_t t;
-        cod_get_i64(p, end, &t);
-        tring_push(r, t, limit);
+    tsln_st *s = st;
+    const uint8_t *q = *p;
+    uint32_t n;
+    if (cod_get_u32(&q, end, &n) < 0 || n > (uint32_t)f->p.n || (size_t)(end - q) / 8 < n) return -1;
+    int64_t *t = NULL;
+    if (n) {
+        t = malloc((size_t)n * sizeof *t);
+        if (!t) abort();
+        for (uint32_t i = 0; i < n; i++) cod_get_i64(&q, end, &t[i]);   /* length checked above */
     }
-    r->head = head;
+    tsln_destroy(f, st);
+    s->t = t;
+    s->len = s->cap = n;
+    *p = q;
     return 0;
 }
 
 const struct op_vtable op_time_since_last_n = {
     .name = "time_since_last_n",
     .flags = OPF_LIFETIME_ONLY | OPF_N_REQUIRED,
-    .state_size = sizeof(tring),
+    .state_size = sizeof(tsln_st),
     .update = tsln_update,
     .read = tsln_read,
     .destroy = tsln_destroy,

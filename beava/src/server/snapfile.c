@@ -263,6 +263,8 @@ void snapfile_abort(snapfile_writer *sw) {
     if (sw) writer_free(sw, true);
 }
 
+static int prune_dir(const char *snap_dir, unsigned retain, snapfile_commit_info *info, bv_err *err);
+
 int snapfile_commit(snapfile_writer *sw, unsigned retain, snapfile_commit_info *info, bv_err *err) {
     if (info) memset(info, 0, sizeof *info);
     if (sw->failed) {
@@ -299,7 +301,7 @@ int snapfile_commit(snapfile_writer *sw, unsigned retain, snapfile_commit_info *
         writer_free(sw, false);
         return -1;
     }
-    snapfile_prune(sw->dir, retain, info, NULL);
+    prune_dir(sw->dir, retain, info, NULL);
     if (info) info->bytes = SHDR + sw->body_len;
     writer_free(sw, false);
     return 0;
@@ -357,7 +359,8 @@ static long snap_list(const char *dir, bool with_tmp, snap_ent **out) {
     return (long)n;
 }
 
-int snapfile_prune(const char *snap_dir, unsigned retain, snapfile_commit_info *info, bv_err *err) {
+/* Retention; adds to the counters in info (may be NULL). */
+static int prune_dir(const char *snap_dir, unsigned retain, snapfile_commit_info *info, bv_err *err) {
     if (retain == 0) retain = SNAPFILE_DEFAULT_RETAIN;
     snap_ent *v;
     long n = snap_list(snap_dir, true, &v);
@@ -387,6 +390,11 @@ int snapfile_prune(const char *snap_dir, unsigned retain, snapfile_commit_info *
     free(v);
     if (removed) fsync_dir(snap_dir); /* best effort: a resurrected old file is harmless */
     return 0;
+}
+
+int snapfile_prune(const char *snap_dir, unsigned retain, snapfile_commit_info *info, bv_err *err) {
+    if (info) memset(info, 0, sizeof *info);
+    return prune_dir(snap_dir, retain, info, err);
 }
 
 /* ---- loading ------------------------------------------------------------------------ */
@@ -492,9 +500,10 @@ int snapfile_open_latest(const char *snap_dir, uint64_t below_lsn, snapfile_read
         return -1;
     }
     int rc = 0;
+    for (long i = 0; i < n; i++)
+        if (v[i].lsn < below_lsn) st->found++;
     for (long i = 0; i < n; i++) {
         if (v[i].lsn >= below_lsn) continue;
-        st->found++;
         char path[PATH_MAX + 64], why[384];
         msgf(path, sizeof path, "%s/%s", snap_dir, v[i].name);
         if (snap_verify(path, v[i].lsn, out, why, sizeof why) == 0) {

@@ -85,7 +85,7 @@ int snapfile_prune(const char *snap_dir, unsigned retain, snapfile_commit_info *
 typedef struct snapfile_reader snapfile_reader;
 
 typedef struct snapfile_load_stats {
-    unsigned found;             /* .bvs files considered (LSN < below_lsn) */
+    unsigned found;             /* .bvs files with LSN < below_lsn, valid or not */
     unsigned rejected;          /* of those, newer than the one returned and invalid */
     char first_error[384];      /* why the first rejected one was rejected, "" if none */
 } snapfile_load_stats;

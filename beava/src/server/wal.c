@@ -41,22 +41,32 @@
  * of that window. After a write or fsync error the writer "settles" (truncate back to the
  * durable offset + fsync), then probes by creating the next segment (see wal.h).
  *
+ * A failed rotation whose half-made file cannot even be removed leaves a "stray" segment
+ * named disk_lsn+1; from then on no record goes into the current segment (it would lie
+ * at or above the stray's start and read as void), the next batch rotates onto the stray
+ * or fails.
+ *
  * RECOVERY
  * Headers are all read at wal_open, so while scanning segment k we know segment k+1's
  * start (records must be below it) and prev (records above it are void). Within a
  * segment, a record is accepted when its frame fits, its kind is non-zero, its LSN is the
  * next expected one (or later, counting the gap as lost) and its CRC matches. Otherwise
- * we resync: look at every later byte offset for a record whose LSN is plausible (at
- * most one more than the number of 17-byte headers that fit in the skipped span, which
- * rejects almost every false start before any CRC is computed) and whose CRC matches.
- * Found: the span is quarantined and skipped. Not found: the rest of the file is a torn
- * tail (newest segment: quarantined and truncated) or a corrupt end (older segment:
- * quarantined, left in place; counted again on every boot until the segment is
- * truncated away by a snapshot).
+ * we resync: look at every later byte offset for a record whose CRC matches and whose
+ * LSN is plausible: records take at least 17 bytes, so after a span of s bytes the next
+ * LSN can be at most expected + s/17 (+1 of slack). That bound rejects almost every false
+ * start before a CRC is computed. Found: the span is quarantined and skipped. Not found:
+ * the rest of the file is a torn tail (newest segment: quarantined and truncated) or a
+ * corrupt end (older segment: quarantined, left in place). Between segments, prev and
+ * start tell lost LSNs (prev above what was found) from void ones (prev+1 .. start-1).
+ * Valid LSNs are 1..2^62, so no arithmetic on them can overflow.
  *
- * Known imperfections: void ranges are remembered for the last 64 failure episodes of
- * the process (older void LSNs would read as durable in wal_lsn_state; no caller waits
- * that long). A segment is mmap()ed whole during recovery (fine for the 64-bit targets).
+ * Known imperfections: a corrupt span in an older segment is found again, and counted
+ * again, on every boot until a snapshot lets wal_truncate_before() delete the segment
+ * (its quarantine file is written once). Void ranges are remembered for the last 64
+ * failure episodes of the process (older void LSNs would read as durable in
+ * wal_lsn_state; nobody waits that long). Resync is quadratic on adversarial files built
+ * to pass the LSN bound at every offset; real damage costs one pass. A segment is
+ * mmap()ed whole during recovery (fine on the 64-bit targets).
  */
 #include "wal.h"
 
@@ -82,7 +92,7 @@
 #define WAL_MAGIC "BEAVAWAL"
 #define HDR WAL_SEGMENT_HEADER_BYTES
 #define RECH WAL_RECORD_HEADER_BYTES
-#define MAX_LSN (UINT64_C(1) << 62) /* sanity bound: keeps every +1 away from overflow */
+#define MAX_LSN (UINT64_C(1) << 62) /* valid LSNs are 1..MAX_LSN: keeps every +1 away from overflow */
 #define DEFAULT_SEGMENT_BYTES (UINT64_C(64) << 20)
 #define DEFAULT_TICK_MS 2u
 #define DEFAULT_BATCH_BYTES ((size_t)1 << 20)
@@ -162,6 +172,8 @@ struct wal {
     int seg_fd;
     uint64_t seg_off, seg_start;
     uint64_t disk_lsn;         /* highest LSN actually on disk: prev of the next segment */
+    bool stray;                /* a failed rotation left segment disk_lsn+1 behind: no more
+                                * records may go into the current segment */
     wbuf inflight;
     pthread_t thread;
 };
@@ -288,6 +300,11 @@ static int io_pwrite_all(wal *w, int fd, const void *buf, size_t len, uint64_t o
     return 0;
 }
 
+static int io_unlink(wal *w, const char *path) {
+    if (w->io) return w->io(w->io_ctx, WAL_IO_UNLINK, -1, path, strlen(path), 0) < 0 ? -1 : 0;
+    return unlink(path);
+}
+
 /* fdatasync for files, fsync for directories. No retry on failure: after a failed fsync
  * the kernel may have dropped the dirty pages, so the caller rewrites from memory. */
 static int io_sync(wal *w, int fd, bool is_dir) {
@@ -339,17 +356,21 @@ static const char *hdr_check(const unsigned char b[HDR], uint64_t name_lsn, seg_
         msgf(why, n, "header start LSN %" PRIu64 " does not match the file name", h->start);
         return why;
     }
-    if (h->start == 0 || h->start >= MAX_LSN || h->prev >= h->start) {
+    if (h->start == 0 || h->start > MAX_LSN || h->prev >= h->start) {
         msgf(why, n, "inconsistent header (start LSN %" PRIu64 ", prev LSN %" PRIu64 ")", h->start, h->prev);
         return why;
     }
     return NULL;
 }
 
-/* Create (or, if a header-less leftover of ours is in the way, recreate) the segment
+/* Create (or, if a record-less leftover of ours is in the way, recreate) the segment
  * starting at `start`, write and fsync its header, fsync the directory. On failure the
- * file is removed and `why` says what failed. */
-static int seg_create(wal *w, uint64_t start, uint64_t prev, uint64_t regver, int *out, char *why, size_t n) {
+ * file is removed and `why` says what failed; if even the removal failed, *stray is set
+ * (the caller must then not write records past `start - 1` anywhere else, see
+ * flush_batch). */
+static int seg_create(wal *w, uint64_t start, uint64_t prev, uint64_t regver, int *out, bool *stray, char *why,
+                      size_t n) {
+    *stray = false;
     char path[PATH_MAX + 32];
     seg_path(w, start, path, sizeof path);
     int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -384,7 +405,7 @@ static int seg_create(wal *w, uint64_t start, uint64_t prev, uint64_t regver, in
     if (what) {
         int e = errno;
         close(fd);
-        unlink(path);
+        if (io_unlink(w, path) != 0 && errno != ENOENT) *stray = true;
         msgf(why, n, "%s %s: %s", what, path, strerror(e));
         return -1;
     }
@@ -517,15 +538,14 @@ static int segs_load(wal *w, bv_err *err) {
         s->size = (uint64_t)sb.st_size;
         const char *bad = NULL;
         if (got < HDR) {
-            /* A crash while the newest segment was being created leaves it empty or with
-             * a partial header of ours: recovery quarantines and removes it. */
-            bool ours = memcmp(b, WAL_MAGIC, (size_t)(got < 8 ? got : 8)) == 0;
-            if (i + 1 == w->nsegs && ours) {
+            /* A crash while a segment was being created (or a failed creation whose file
+             * could not be removed) leaves it empty or with a partial header of ours. It
+             * cannot hold records: recovery quarantines and removes it. */
+            if (memcmp(b, WAL_MAGIC, (size_t)(got < 8 ? got : 8)) == 0) {
                 s->torn = true;
                 continue;
             }
-            bad = ours ? "shorter than a segment header, and not the newest segment"
-                       : "bad magic (not a beava WAL segment)";
+            bad = "bad magic (not a beava WAL segment)";
         } else {
             seg_header h = {0};
             bad = hdr_check(b, s->start, &h, why, sizeof why);
@@ -854,9 +874,10 @@ int wal_recover(wal *w, uint64_t from_lsn, wal_replay_fn cb, void *ctx, wal_reco
     w->state = ST_BROKEN; /* until we get to the end */
     char path[PATH_MAX + 32], why[256];
 
-    /* A newest segment torn inside its header holds no records: keep its bytes, drop it. */
-    if (w->nsegs && w->segs[w->nsegs - 1].torn) {
-        seg *s = &w->segs[w->nsegs - 1];
+    /* A segment torn inside its header holds no records: keep its bytes, drop it. */
+    for (size_t i = w->nsegs; i-- > 0;) {
+        seg *s = &w->segs[i];
+        if (!s->torn) continue;
         seg_path(w, s->start, path, sizeof path);
         unsigned char b[HDR];
         int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -872,7 +893,7 @@ int wal_recover(wal *w, uint64_t from_lsn, wal_replay_fn cb, void *ctx, wal_reco
             return -1;
         }
         st->torn_segments++;
-        w->nsegs--;
+        segs_remove(w, s->start);
     }
 
     /* F: every LSN <= F is accounted for (found, lost or void). D: the highest LSN that
@@ -895,7 +916,7 @@ int wal_recover(wal *w, uint64_t from_lsn, wal_replay_fn cb, void *ctx, wal_reco
         }
         if (s->prev > D) D = s->prev;
         bool newest = k + 1 == w->nsegs;
-        uint64_t upper = newest ? MAX_LSN : w->segs[k + 1].start;
+        uint64_t upper = newest ? MAX_LSN + 1 : w->segs[k + 1].start;
         uint64_t void_above = newest ? UINT64_MAX : w->segs[k + 1].prev;
         sc.last = 0;
         st->segments++;
@@ -908,6 +929,10 @@ int wal_recover(wal *w, uint64_t from_lsn, wal_replay_fn cb, void *ctx, wal_reco
 
     uint64_t next = F + 1;
     if (from_lsn + 1 > next) next = from_lsn + 1;
+    if (next > MAX_LSN) {
+        bv_err_set(err, "wal_refused", w->wal_dir, "WAL LSN space exhausted (next LSN %" PRIu64 ")", next);
+        return -1;
+    }
     seg *newest = w->nsegs ? &w->segs[w->nsegs - 1] : NULL;
     if (newest && newest->size == HDR && newest->start == next) {
         seg_path(w, newest->start, path, sizeof path);
@@ -919,7 +944,8 @@ int wal_recover(wal *w, uint64_t from_lsn, wal_replay_fn cb, void *ctx, wal_reco
         w->seg_start = newest->start;
         st->orphan_reused = true;
     } else {
-        if (seg_create(w, next, D, w->registry_version, &w->seg_fd, why, sizeof why) != 0) {
+        bool stray;
+        if (seg_create(w, next, D, w->registry_version, &w->seg_fd, &stray, why, sizeof why) != 0) {
             bv_err_set(err, "wal_io", w->wal_dir, "%s", why);
             return -1;
         }
@@ -997,16 +1023,20 @@ static void enter_degraded(wal *w, const char *what, int e, uint64_t first) {
     pthread_cond_broadcast(&w->cv_space);
 }
 
-/* mu held; may drop it around I/O. */
-static void maybe_rotate(wal *w) {
-    if (w->seg_off < w->segment_bytes) return;
+/* mu held; may drop it around I/O. `force`: rotate now whatever the size and the
+ * retry timer say. Returns 0 when the writer may go on writing records (rotated, or
+ * rotation not needed or failed harmlessly), -1 when a stray segment is in the way. */
+static int maybe_rotate(wal *w, bool force) {
+    if (!force && w->seg_off < w->segment_bytes) return 0;
     struct timespec now = mono_now();
-    if (ts_before(now, w->next_rotate)) return;
+    if (!force && ts_before(now, w->next_rotate)) return 0;
     uint64_t start = w->disk_lsn + 1, prev = w->disk_lsn, rv = w->registry_version;
     pthread_mutex_unlock(&w->mu);
     int fd;
     char why[256];
-    int rc = seg_create(w, start, prev, rv, &fd, why, sizeof why);
+    bool stray;
+    int rc = seg_create(w, start, prev, rv, &fd, &stray, why, sizeof why);
+    w->stray = rc != 0 && stray;
     if (rc == 0) {
         close(w->seg_fd);
         w->seg_fd = fd;
@@ -1024,10 +1054,18 @@ static void maybe_rotate(wal *w) {
         msgf(w->st.last_error, sizeof w->st.last_error, "rotation: %s", why);
         w->next_rotate = ts_add_ms(mono_now(), w->retry_ms);
     }
+    return w->stray ? -1 : 0;
 }
 
 /* mu held; drops it for the I/O. */
 static void flush_batch(wal *w) {
+    if (w->stray && maybe_rotate(w, true) != 0) {
+        /* A segment file named after disk_lsn+1 exists and could not be removed: records
+         * written past it into the current segment would read as void at recovery. Fail
+         * this batch instead; the probe will create the next segment. */
+        enter_degraded(w, "rotation (stray segment)", EIO, w->pend_first);
+        return;
+    }
     wbuf t = w->inflight;
     w->inflight = w->pend;
     w->pend = t;
@@ -1068,7 +1106,7 @@ static void flush_batch(wal *w) {
     w->retry_delay = w->retry_ms;
     pthread_cond_broadcast(&w->cv_durable);
     pthread_cond_broadcast(&w->cv_space);
-    maybe_rotate(w);
+    maybe_rotate(w, false);
 }
 
 /* mu held. One step of the failure state machine: settle (truncate the failed bytes
@@ -1123,8 +1161,10 @@ static bool degraded_step(wal *w, bool *progressed) {
     pthread_mutex_unlock(&w->mu);
     int fd;
     char why[256];
-    int rc = seg_create(w, start, prev, rv, &fd, why, sizeof why);
+    bool stray;
+    int rc = seg_create(w, start, prev, rv, &fd, &stray, why, sizeof why);
     if (rc == 0) {
+        w->stray = false;
         int old_fd = w->seg_fd;
         uint64_t old_start = w->seg_start;
         bool old_empty = w->seg_off == HDR;
@@ -1229,6 +1269,10 @@ int wal_append(wal *w, uint8_t kind, const void *payload, size_t len, uint64_t *
         }
         if (w->state != ST_OK) {
             bv_err_set(err, "invalid_argument", "", "wal_append before a successful wal_recover");
+            goto out;
+        }
+        if (w->next_lsn > MAX_LSN) {
+            bv_err_set(err, "wal_unavailable", "", "WAL LSN space exhausted");
             goto out;
         }
         size_t pending = w->pend.len + w->inflight_bytes;

@@ -14,11 +14,12 @@
  *   wal_truncate_before()   drop segments a snapshot has made redundant
  *   wal_close()     final write + fsync, join the writer, release the lock
  *
- * LSNs: one space for every record kind; the n-th record ever appended to a data dir has
- * LSN n (the first is 1), strictly increasing by 1. An LSN once handed out is never reused:
- * if its record could not be written it becomes a "void" LSN (see failure semantics) and
- * the next segment header records the gap, so recovery can tell a void LSN (never
- * acknowledged as durable) from a lost one (was durable, is gone: corruption).
+ * LSNs: one space for every record kind, starting at 1 and growing by 1 with every record
+ * handed out (valid range 1..2^62). An LSN once handed out is never reused: if its record
+ * could not be written it becomes a "void" LSN (see failure semantics), and so do LSNs
+ * skipped by a snapshot floor (wal_recover's from_lsn). The next segment header records
+ * such gaps, so recovery can tell a void LSN (never acknowledged as durable) from a lost
+ * one (was durable, is gone: corruption).
  *
  * FAILURE SEMANTICS (write or fsync error, e.g. ENOSPC, EIO)
  *  - The batch being written and every record appended after it are failed as a whole:
@@ -30,10 +31,12 @@
  *    once with code "wal_unavailable" (nothing is queued, no LSN is used), and appenders
  *    blocked by back-pressure wake with the same error. The engine answers 503
  *    wal_unavailable and changes nothing.
- *  - Recovery is automatic: every retry_ms (doubling up to 1 s) the writer retries the
- *    settling truncation if it has not succeeded yet, then creates a fresh segment whose
- *    header names the failed LSNs as void. When that header is on disk the WAL is healthy
- *    again and wal_append() accepts records (LSNs continue after the void ones).
+ *  - Recovery is automatic: the writer retries the settling truncation every retry_ms
+ *    until it succeeds, then probes by creating a fresh segment whose header names the
+ *    failed LSNs as void, first retry_ms after the failure, then at doubling intervals up
+ *    to 1 s (the interval resets after a batch succeeds). When that header is on disk the
+ *    WAL is healthy again and wal_append() accepts records (LSNs continue after the void
+ *    ones).
  *  - Records a batch-mode caller already applied and acknowledged before the failure was
  *    known (wal_append succeeded, durability was not awaited) are not on disk; they count
  *    in wal_stats.failed_records. Callers that must never apply a non-durable record wait
@@ -41,7 +44,10 @@
  *  - A record acknowledged as durable (wal_wait_durable() == WAL_OK, or an LSN at or
  *    below wal_durable_lsn() that is not void) is on disk.
  *  - Rotation failure (cannot create the next segment) is not a record failure: the writer
- *    keeps appending to the current segment and retries rotation later.
+ *    keeps appending to the current segment and retries rotation later. Unless the
+ *    half-created file could not even be removed: then no record may be written past it
+ *    into the current segment (recovery would read such records as void), so the next
+ *    batch must rotate first, and fails like a write failure if it cannot.
  *
  * BACK-PRESSURE: memory for records not yet durable is bounded by pending_cap. An append
  * that would exceed it BLOCKS until the writer has made room (at most one write+fsync),
@@ -93,12 +99,15 @@ enum { WAL_OK = 0, WAL_FAILED = -1, WAL_TIMEOUT = -2 };
 enum { WAL_LSN_FAILED = -1, WAL_LSN_PENDING = 0, WAL_LSN_DURABLE = 1 };
 
 /* Test hook: when set, every write and fsync of WAL segment files and of the WAL
- * directory goes through it instead of pwrite()/fdatasync()/fsync(). WAL_IO_WRITE has
- * pwrite() semantics (buf, len, off); WAL_IO_SYNC has fdatasync() semantics (buf/len/off
- * unused). Return what the syscall would (-1 with errno set to fail). The hook may call
- * the real syscall itself, e.g. to write half the bytes and then fail. Called from the
- * writer thread and, during wal_recover(), from the caller's thread. */
-typedef enum wal_io_op { WAL_IO_WRITE = 1, WAL_IO_SYNC = 2 } wal_io_op;
+ * directory goes through it instead of pwrite()/fdatasync()/fsync(), and so does the
+ * removal of a segment file whose creation failed. WAL_IO_WRITE has pwrite() semantics
+ * (buf, len, off); WAL_IO_SYNC has fdatasync() semantics (buf/len/off unused);
+ * WAL_IO_UNLINK has unlink() semantics (buf is the path, fd/len/off unused). Return what
+ * the syscall would (-1 with errno set to fail). The hook may call the real syscall
+ * itself, e.g. to write half the bytes and then fail. Called from the writer thread and,
+ * during wal_recover(), from the caller's thread. Recovery's own repairs (quarantine,
+ * truncating a torn tail) do not go through it. */
+typedef enum wal_io_op { WAL_IO_WRITE = 1, WAL_IO_SYNC = 2, WAL_IO_UNLINK = 3 } wal_io_op;
 typedef ssize_t (*wal_io_fn)(void *ctx, wal_io_op op, int fd, const void *buf, size_t len, off_t off);
 
 /* Called by the writer thread (holding no WAL lock) whenever LSNs became durable or were
@@ -135,7 +144,7 @@ typedef struct wal_recovery_stats {
     uint64_t lost_lsns;             /* LSNs that should be on disk and are not */
     uint64_t void_lsns;             /* LSNs recorded as never written (failures, LSN floor) */
     uint64_t void_records;          /* records present but recorded as failed: skipped */
-    uint32_t torn_segments;         /* newest segment torn before its header was complete */
+    uint32_t torn_segments;         /* segment files removed: torn inside their header */
     bool orphan_reused;             /* a header-only newest segment became the active one */
     uint64_t next_lsn;              /* LSN the next wal_append() will return */
 } wal_recovery_stats;
@@ -181,7 +190,8 @@ int wal_open(const wal_options *opt, wal **out, bv_err *err);
  * greater than from_lsn and than every LSN found on disk (pass the snapshot's LSN).
  * Repairs: a torn tail of the newest segment is copied to quarantine/ then truncated; a
  * corrupt span elsewhere is copied to quarantine/ and skipped (replay resumes at the next
- * valid record); a newest segment torn inside its header is copied and removed.
+ * valid record); a segment file of ours too short to hold its header (a creation cut
+ * short: it holds no records) is copied and removed.
  * stats (may be NULL) is filled even on failure with what was done so far.
  * Returns 0, or -1 with err (I/O error, quarantine could not be written, callback
  * failure); after a failure the handle can only be closed. */
