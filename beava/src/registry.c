@@ -40,6 +40,9 @@
  *
  * Choices where the reference is silent or accidental (documented for the API docs):
  *   - A derivation may hold at most one group_by op (400 invalid_registration).
+ *   - Event derivations run at push time (DECISIONS §4): a table over an event
+ *     derivation is fed by the root event with the composed chain (see
+ *     compose_through_derivations). Pushing to a derivation name stays event_not_found.
  *   - Group keys and features are checked against the schema after ALL of the
  *     derivation's non-group_by ops (what the engine runs before aggregating), not the
  *     reference's "ops before the group_by, else a union with sibling derivations".
@@ -76,6 +79,7 @@
 #define REG_MAX_UPSTREAMS 64
 #define REG_MAX_KEYS 64                 /* group keys / table_primary_key entries */
 #define REG_MAX_FEATURES 4096           /* features per group_by */
+#define REG_MAX_COMPOSED_OPS 1024       /* ops of a table's chain composed through event derivations */
 #define REG_DEFAULT_DEDUPE_WINDOW_MS 86400000LL
 #define REG_NONE ((size_t)-1)
 
@@ -176,7 +180,8 @@ typedef struct pnode {
     /* compiled by validation */
     bool chained;
     bv_schema chain_out;         /* schema after every non-group_by op */
-    chain *prefix;
+    chain *prefix;               /* tables over event derivations: the composed chain */
+    char *root;                  /* tables over event derivations: the root event */
     size_t nfeat;                /* compiled so far (sorted by name) */
     feature *feats;
     bool *feat_moved;            /* taken by apply (widening) */
@@ -584,6 +589,7 @@ static void pnode_free(pnode *p) {
     bv_schema_free(&p->schema);
     bv_schema_free(&p->chain_out);
     if (p->prefix) chain_free(p->prefix);
+    free(p->root);
     for (size_t i = 0; i < p->nfeat; i++)
         if (!p->feat_moved || !p->feat_moved[i]) feature_release(&p->feats[i]);
     free(p->feats);
@@ -1020,6 +1026,7 @@ typedef struct vctx {
     size_t nremoval;
     payload *pl;
     name_pos *pix;               /* payload names sorted by (name, index) */
+    size_t work;                 /* fields entering chain compilation so far */
 } vctx;
 
 static int fail(bv_err *err, const char *code, const char *path, const char *fmt, ...)
@@ -1387,9 +1394,8 @@ static void schema_union(bv_schema *dst, const bv_schema *const *src, size_t k) 
  * The input of one chain is capped at REG_MAX_FIELDS and the total number of fields
  * entering chains at REG_MAX_CHAIN_INPUT, so that a small body cannot buy minutes of
  * schema propagation (schema copies through value.c are quadratic in the field count). */
-static int check_chains(const vctx *v, bv_err *err) {
+static int check_chains(vctx *v, bv_err *err) {
     payload *pl = v->pl;
-    size_t work = 0;
     for (size_t i = 0; i < pl->n; i++) {
         pnode *p = &pl->v[i];
         if (p->is_event) continue;
@@ -1414,8 +1420,8 @@ static int check_chains(const vctx *v, bv_err *err) {
                         "the union of the upstream schemas has %zu fields; at most %d are "
                         "accepted", nin, REG_MAX_FIELDS);
         }
-        work += in.n + 1;
-        if (work > REG_MAX_CHAIN_INPUT) {
+        v->work += in.n + 1;
+        if (v->work > REG_MAX_CHAIN_INPUT) {
             bv_schema_free(&in);
             return fail(err, "invalid_registration", prefix,
                         "payload too large to validate: derivation inputs exceed %d fields in "
@@ -1443,8 +1449,124 @@ static bool is_key(const json_t *keys, const char *name) {
     return false;
 }
 
+/*
+ * Derivation chains at push time (DECISIONS §4). The reference never executes event
+ * derivations, so a table over one never fires. Here a table whose upstreams[0] is an
+ * event derivation D (possibly D -> D2 -> ... -> root event E, always following
+ * upstreams[0]) is fed by pushes of E: its prefix chain becomes D_n.ops ++ ... ++
+ * D.ops ++ the table's own ops (group_by skipped), compiled against E's schema, and
+ * agg_table.source is E. The table's keys and features were already checked against
+ * the schema propagated through that same path (check_chains), so the composed chain
+ * only fails to compile when an event derivation on the path has several upstreams
+ * and reads a field that only a later upstream has; that is reported here.
+ * An event derivation on the path that is a table or holds a group_by, or one with no
+ * upstream, is rejected: such an aggregation could never be fed.
+ * Replaces p->prefix and p->chain_out and sets p->root. Does nothing when upstreams[0]
+ * is an event, or is itself a table (check_aggregation reports that).
+ */
+static int compose_through_derivations(vctx *v, size_t i, bv_err *err) {
+    pnode *p = &v->pl->v[i];
+    char path[96];
+    snprintf(path, sizeof path, "nodes[%zu].upstreams[0]", i);
+    const char *u = p->up[0];
+    const json_t **hops = NULL;
+    size_t nhops = 0, nops = 0;
+    size_t limit = v->pl->n + v->r->nderivs + 1;   /* acyclic (check_cycles): a bound */
+    const bv_schema *root_schema = NULL;
+    const char *root = NULL;
+    json_t *arr = NULL;
+    int rc = 0;
+    for (;;) {
+        size_t k = pay_find(v, u);
+        const pnode *q = k != REG_NONE ? &v->pl->v[k] : NULL;
+        const ev_desc *e = q ? NULL : vis_event(v, u);
+        const deriv_desc *d = (q || e) ? NULL : vis_deriv(v, u);
+        if ((q && q->is_event) || e) {
+            root = u;
+            root_schema = q ? &q->schema : &e->schema;
+            break;
+        }
+        if (!q && !d) {           /* check_upstreams saw every name; a hop's upstream too */
+            rc = fail(err, "invalid_registration", path,
+                      "aggregation source '%s' derives from '%s', which is not registered",
+                      p->up[0], u);
+            goto out;
+        }
+        bool table = q ? (q->output_table || q->gb != REG_NONE) : (d->output_table || d->table);
+        if (table) {
+            if (nhops == 0) goto out;
+            rc = fail(err, "aggregation_on_table_not_supported", path,
+                      "aggregation source '%s' derives from '%s', which is a table; only events "
+                      "and event derivations can feed an aggregation", p->up[0], u);
+            goto out;
+        }
+        size_t nup = q ? q->nup : d->nupstreams;
+        if (nup == 0) {
+            rc = fail(err, "invalid_registration", path,
+                      "aggregation source '%s' does not derive from an event: '%s' has no "
+                      "upstream", p->up[0], u);
+            goto out;
+        }
+        if (nhops == limit) {
+            rc = fail(err, "invalid_registration", path, "cycle detected through '%s'", u);
+            goto out;
+        }
+        hops = xrealloc(hops, (nhops + 1) * sizeof *hops);
+        hops[nhops] = json_object_get(q ? q->node : d->node, "ops");
+        nops += json_array_size(hops[nhops]);
+        nhops++;
+        u = q ? q->up[0] : d->upstreams[0];
+    }
+    if (nhops == 0) goto out;
+    const json_t *own = json_object_get(p->node, "ops");
+    nops += json_array_size(own);
+    if (nops > REG_MAX_COMPOSED_OPS) {
+        rc = fail(err, "invalid_registration", path,
+                  "the chain from event '%s' through '%s' has %zu ops; at most %d are accepted",
+                  root, p->up[0], nops, REG_MAX_COMPOSED_OPS);
+        goto out;
+    }
+    v->work += root_schema->n + 1;
+    if (v->work > REG_MAX_CHAIN_INPUT) {
+        rc = fail(err, "invalid_registration", path,
+                  "payload too large to validate: derivation inputs exceed %d fields in total",
+                  REG_MAX_CHAIN_INPUT);
+        goto out;
+    }
+    arr = jnew(json_array());
+    for (size_t h = nhops; h-- > 0;)
+        for (size_t j = 0; j < json_array_size(hops[h]); j++)
+            if (json_array_append(arr, json_array_get(hops[h], j)) < 0) abort();
+    for (size_t j = 0; j < json_array_size(own); j++)
+        if (json_array_append(arr, json_array_get(own, j)) < 0) abort();
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "nodes[%zu]", i);
+    bv_schema out;
+    bv_schema_init(&out);
+    chain *c = NULL;
+    bv_err cerr;
+    bv_err_clear(&cerr);
+    if (chain_compile(arr, root_schema, prefix, &c, &out, &cerr) < 0) {
+        bv_schema_free(&out);
+        rc = fail(err, cerr.code[0] ? cerr.code : "invalid_expression", path,
+                  "the chain from event '%s' through '%s' does not apply to '%s': %s", root,
+                  p->up[0], root, cerr.reason[0] ? cerr.reason : "invalid op chain");
+        goto out;
+    }
+    if (p->prefix) chain_free(p->prefix);
+    p->prefix = c;
+    bv_schema_free(&p->chain_out);
+    p->chain_out = out;
+    free(p->root);
+    p->root = xstrdup(root);
+out:
+    json_decref(arr);
+    free(hops);
+    return rc;
+}
+
 /* Rule 9 for one derivation with a group_by (reference-pipelines.md §1.6 steps 1-12). */
-static int check_aggregation(const vctx *v, size_t i, bv_err *err) {
+static int check_aggregation(vctx *v, size_t i, bv_err *err) {
     char path[512];
     pnode *p = &v->pl->v[i];
     if (p->nup == 0) {
@@ -1458,6 +1580,7 @@ static int check_aggregation(const vctx *v, size_t i, bv_err *err) {
                     "aggregation source '%s' is a table; aggregating a table is not supported",
                     p->up[0]);
     }
+    if (compose_through_derivations(v, i, err) < 0) return -1;
     const json_t *gb = json_array_get(json_object_get(p->node, "ops"), p->gb);
     const json_t *keys = json_object_get(gb, "keys");
     const json_t *agg = json_object_get(gb, "agg");
@@ -1583,7 +1706,7 @@ static int check_feature_names(const vctx *v, bv_err *err) {
  * propagated schema and (tables) its compiled features. */
 static int validate(const registry *r, payload *pl, char *const *removal, size_t nremoval,
                     bv_err *err) {
-    vctx v = {r, removal, nremoval, pl, index_payload(pl)};
+    vctx v = {r, removal, nremoval, pl, index_payload(pl), 0};
     int rc = check_nodes(&v, err);
     if (rc == 0) rc = check_upstreams(&v, err);
     if (rc == 0) rc = check_cycles(&v, err);
@@ -1818,7 +1941,7 @@ static agg_table *table_from(registry *r, pnode *p) {
     agg_table *t = xcalloc(1, sizeof *t);
     t->id = r->next_table_id++;
     t->name = xstrdup(p->name);
-    t->source = xstrdup(p->up[0]);
+    t->source = xstrdup(p->root ? p->root : p->up[0]);
     const json_t *keys = json_object_get(json_array_get(json_object_get(p->node, "ops"), p->gb), "keys");
     t->nkeys = json_array_size(keys);
     t->keys = xcalloc(t->nkeys, sizeof *t->keys);
@@ -1884,6 +2007,13 @@ static bool update_kept_deriv(deriv_desc *d, pnode *p, const reg_diff *diff, siz
         chain_free(t->prefix);
         t->prefix = p->prefix;
         p->prefix = NULL;
+    }
+    /* The root only changes with an upstream change, which the diff classifies as
+     * destructive (the table is then replaced, not kept); follow it anyway. */
+    const char *root = p->root ? p->root : p->up[0];
+    if (strcmp(t->source, root) != 0) {
+        free(t->source);
+        t->source = xstrdup(root);
     }
     *old_n = t->nfeatures;
     for (size_t i = 0; i < diff->nadditive; i++) {

@@ -49,10 +49,12 @@ typedef struct ev_desc {
 typedef struct agg_table {
     uint64_t id;                     /* never reused, also not across reset */
     char *name;                      /* = derivation name, the table name of /get */
-    char *source;                    /* upstreams[0]: the event whose pushes feed it */
+    char *source;                    /* the event whose pushes feed it: upstreams[0], or the
+                                      * root event when upstreams[0] is an event derivation */
     size_t nkeys;
     char **keys;                     /* group_by keys, declaration order; 0 = global */
-    chain *prefix;                   /* the derivation's non-group_by ops (never NULL) */
+    chain *prefix;                   /* the derivation's non-group_by ops (never NULL); over
+                                      * event derivations, their ops root-first, then these */
     size_t nfeatures;
     feature *features;               /* slot order: append-only while the table lives */
     size_t *offsets;                 /* state offset of each slot in an entity row */

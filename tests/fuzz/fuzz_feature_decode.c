@@ -79,7 +79,7 @@ static void exercise(const feature *f, void *st) {
     }
     json_t *list = json_loads("[1,{\"a\":2}]", 0, NULL);
     bv_value vals[] = { bv_i64(3), bv_f64(2.5), bv_str("s", 1), bv_bool(true), bv_from_json(list), bv_null() };
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
         bv_field fields[4] = {
             { "v", 1, vals[i] }, { "x", 1, vals[i] }, { "i", 1, vals[i] }, { "k", 1, bv_i64((int64_t)i) },

@@ -125,7 +125,7 @@ static void push(const feature *f, void *st, const tev *e, op_stats *stats) {
 
 static void push_value(const feature *f, void *st, bv_value v, int64_t t) {
     tev e = { t, true, v, 9, "n" };
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     push(f, st, &e, &stats);
 }
 
@@ -448,7 +448,7 @@ static void run_case(const opcase *oc, bool windowed, bool use_where, uint64_t s
     compile_ok(&f, spec);
     assert_int_equal(f.window_ms, windowed ? W : 0);
     void *st = state_new(&f);
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     bctx c = { ev, 0, use_where, f.p.q, (size_t)f.p.k };
     tev *sel = malloc(N * sizeof *sel);
     for (size_t i = 0; i < N; i++) {
@@ -813,7 +813,7 @@ static void test_all_kinds(void **state) {
             assert_int_equal(f.state_size % 8, 0);
             void *st = state_new(&f);
             char *empty = read_json(&f, st, 1000);
-            op_stats stats = { 0, 0 };
+            op_stats stats = { 0, 0, 0 };
             uint64_t s = 99 + i;
             for (int e = 0; e < 200; e++) {
                 uint64_t r = rng_next(&s);
@@ -966,7 +966,7 @@ static void test_where_filtering(void **state) {
     compile_ok(&fr, "{\"op\":\"ratio\",\"params\":{\"where\":\"(k > 3)\"}}");
     compile_ok(&fs, "{\"op\":\"sum\",\"params\":{\"field\":\"amount\",\"where\":\"name == 'x'\"}}");
     void *sc = state_new(&fc), *sr = state_new(&fr), *ss = state_new(&fs);
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     for (int64_t k = 0; k < 10; k++) {
         tev e = { k, true, bv_i64(k), k, k % 2 ? "x" : "y" };
         push(&fc, sc, &e, &stats);
@@ -1014,7 +1014,7 @@ static void test_null_and_wrong_types(void **state) {
         push_value(&f, st, bv_bool(true), 5);
         push_value(&f, st, jv, 6);
         tev missing = { 7, false, bv_null(), 1, "n" };
-        op_stats stats = { 0, 0 };
+        op_stats stats = { 0, 0, 0 };
         push(&f, st, &missing, &stats);
         /* count ignores the field; the rest skip null/missing; numeric kinds also skip
          * str/bool/list; n_unique counts 2, "zz", 1.5, true, [1,2] */
@@ -1166,7 +1166,7 @@ static void test_entropy_cap(void **state) {
     feature f;
     compile_ok(&f, "{\"op\":\"entropy\",\"params\":{\"field\":\"any\"}}");
     void *st = state_new(&f);
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     for (int i = 0; i < 1030; i++) {
         tev e = { i, true, bv_i64(i), 0, "n" };
         push(&f, st, &e, &stats);
@@ -1199,7 +1199,7 @@ static void roundtrip_one(const char *spec, size_t nevents, uint64_t seed, int v
     compile_ok(&f, spec);
     void *st = state_new(&f);
     uint64_t s = seed;
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     char sbuf[32];
     for (size_t i = 0; i < nevents; i++) {
         bv_value v;

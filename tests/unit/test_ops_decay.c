@@ -637,7 +637,7 @@ static void run_case(const opcase *oc, bool windowed, bool use_where, uint64_t s
     if (windowed && oc->win == W_BUCKETS) assert_int_equal(f.window_ms, W);
     else assert_int_equal(f.window_ms, 0);
     void *st = state_new(&f);
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     bctx c;
     memset(&c, 0, sizeof c);
     c.use_where = use_where;
@@ -1407,7 +1407,7 @@ static void test_window_examples(void **state) {
     /* outlier_count over a window: the baseline is the window at arrival */
     compile_ok(&f, "{\"op\":\"outlier_count\",\"params\":{\"field\":\"amount\",\"window\":\"64ms\"}}");
     st = state_new(&f);
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     for (int i = 0; i < 6; i++) push_value(&f, st, bv_f64(i % 2 ? 1000 : -1000), i);  /* wide old baseline */
     for (int i = 0; i < 6; i++) push_value(&f, st, bv_f64(i % 2 ? 1 : -1), 100 + i);  /* narrow new one */
     tev e = { 110, true, bv_f64(50), 9, false, bv_null(), bv_null() };

@@ -121,7 +121,7 @@ static void push(const feature *f, void *st, const tev *e) {
     bv_row row = { fields, n, 0 };
     expr_arena arena;
     expr_arena_reset(&arena);
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     feature_update(f, st, &row, e->t, &arena, &stats);
 }
 

@@ -969,6 +969,180 @@ static void test_error_text_is_utf8(void **state) {
     t_fini(&t);
 }
 
+/* ---- derivation chains at push time (DECISIONS §4) ---- */
+
+#define DER(name, up, ops)                                                                \
+    "{'kind':'derivation','name':'" name "','output_kind':'event','upstreams':['" up "']," \
+    "'ops':" ops "}"
+/* E -> D2 (filter) -> D1 (with_columns making the key k, then select) -> T (key k) */
+#define D2_NODE DER("D2", "E", "[{'op':'filter','expr':'(x > 10.0)'}]")
+#define D1_NODE                                                                           \
+    DER("D1", "D2", "[{'op':'with_columns','exprs':{'k':'cast(n, str)','x2':'(x * 2.0)'}},"   \
+                    "{'op':'select','fields':['k','x','x2']}]")
+#define T_OVER_D1                                                                         \
+    "{'kind':'derivation','name':'T','output_kind':'table','upstreams':['D1'],"           \
+    "'ops':[{'op':'filter','expr':'(x2 < 1000.0)'},{'op':'group_by','keys':['k'],'agg':{"  \
+    "'t_n':{'op':'count','params':{}},'t_x2':{'op':'sum','params':{'field':'x2'}}}}],"    \
+    "'table_primary_key':['k']}"
+
+/* Run a table's prefix chain on {u, x, n} (n < 0: absent); returns whether the row
+ * survives and, if so, the text of field `k` in *k (or "" when k is absent). */
+static bool run_prefix(const agg_table *tb, const char *u, double x, int64_t n, char *k, size_t cap) {
+    bv_field f[3];
+    size_t nf = 0;
+    f[nf++] = (bv_field){"u", 1, bv_str(u, strlen(u))};
+    f[nf++] = (bv_field){"x", 1, bv_f64(x)};
+    if (n >= 0) f[nf++] = (bv_field){"n", 1, bv_i64(n)};
+    bv_row in = {f, nf, 0}, out = {NULL, 0, 0};
+    expr_arena ar;
+    expr_arena_reset(&ar);
+    bool kept = chain_apply(tb->prefix, &in, &out, &ar);
+    k[0] = 0;
+    if (kept) {
+        const bv_value *kv = bv_row_get(&out, "k");
+        if (kv && kv->kind != BV_NULL) assert_true(bv_key_text(kv, k, cap) >= 0);
+        assert_null(bv_row_get(&out, "u"));   /* select dropped it */
+    }
+    free(out.fields);
+    return kept;
+}
+
+static void test_derivation_chain_feeds_table(void **state) {
+    (void)state;
+    T t;
+    t_init(&t, true);
+    assert_int_equal(reg(&t, "{'nodes':[" EV_E "," D2_NODE "," D1_NODE "," T_OVER_D1 "]}"), 200);
+    assert_string_equal(log_str(&t), "+T#1 ");
+    agg_table *const *tabs;
+    assert_int_equal(registry_tables_for_event(t.r, "E", &tabs), 1);
+    agg_table *tb = tabs[0];
+    assert_string_equal(tb->name, "T");
+    assert_string_equal(tb->source, "E");
+    assert_int_equal(tb->nkeys, 1);
+    assert_string_equal(tb->keys[0], "k");
+    /* nothing routes through the derivation names; they are not events */
+    assert_int_equal(registry_tables_for_event(t.r, "D1", &tabs), 0);
+    assert_int_equal(registry_tables_for_event(t.r, "D2", &tabs), 0);
+    assert_null(registry_event(t.r, "D1"));
+    assert_null(registry_table(t.r, "D1"));
+    /* the composed chain: D2's filter, D1's with_columns + select, T's own filter */
+    char k[64];
+    assert_true(run_prefix(tb, "a", 20.0, 7, k, sizeof k));
+    assert_string_equal(k, "7");
+    assert_false(run_prefix(tb, "a", 5.0, 7, k, sizeof k));      /* D2 filter */
+    assert_false(run_prefix(tb, "a", 600.0, 7, k, sizeof k));    /* T filter on x2 */
+    assert_true(run_prefix(tb, "a", 11.0, -1, k, sizeof k));     /* k = cast(null): no key */
+    assert_string_equal(k, "");
+    /* the dump names the root event as the source */
+    bv_buf d;
+    bv_buf_init(&d);
+    jsonw w;
+    jsonw_init(&w, &d);
+    registry_dump(t.r, &w);
+    assert_non_null(strstr(d.data, "\"source\":\"E\""));
+    assert_non_null(strstr(d.data, "\"upstreams\":[\"D1\"]"));
+    bv_buf_free(&d);
+
+    /* the same payload again is a no-op; a new field on E widens in place and keeps T */
+    assert_int_equal(reg(&t, "{'nodes':[" EV_E "," D2_NODE "," D1_NODE "," T_OVER_D1 "]}"), 200);
+    assert_false(t.applied);
+    log_clear(&t);
+    assert_int_equal(reg(&t, "{'nodes':[{'kind':'event','name':'E','schema':{'fields':{'u':'str','x':'f64',"
+                             "'n':'i64','m':'str'}}}," D2_NODE "," D1_NODE "," T_OVER_D1 "]}"), 200);
+    assert_true(t.applied);
+    assert_string_equal(log_str(&t), "");
+    assert_true(registry_table(t.r, "T") == tb);
+    assert_string_equal(tb->source, "E");
+    assert_true(run_prefix(tb, "a", 20.0, 8, k, sizeof k));
+    assert_string_equal(k, "8");
+    t_fini(&t);
+}
+
+static void test_derivation_chain_cascade(void **state) {
+    (void)state;
+    T t;
+    t_init(&t, true);
+    char body[4096];
+    const char *other = TABLE("Other", "['u']", "'other_n':{'op':'count','params':{}}");
+    snprintf(body, sizeof body, "{'nodes':[%s,%s,%s,%s,%s]}", EV_E, D2_NODE, D1_NODE, T_OVER_D1, other);
+    assert_int_equal(reg(&t, body), 200);
+    assert_string_equal(log_str(&t), "+T#1 +Other#2 ");
+    /* a changed filter on D2: destructive descriptor_change, T goes with it */
+    const char *d2b = DER("D2", "E", "[{'op':'filter','expr':'(x > 100.0)'}]");
+    snprintf(body, sizeof body, "{'nodes':[%s,%s,%s,%s,%s]}", EV_E, d2b, D1_NODE, T_OVER_D1, other);
+    assert_int_equal(reg(&t, body), 409);
+    expect_body(&t, "{'error':{'code':'force_required','diff':{'additive':[],"
+                    "'already_present':['D1','E','Other','T'],"
+                    "'destructive':[{'kind':'descriptor_change','name':'D2'}]},"
+                    "'reason':'Destructive registry change requires force=true. See diff for details.'},"
+                    "'registry_version':1}");
+    log_clear(&t);
+    snprintf(body, sizeof body, "{'force':true,'nodes':[%s,%s,%s,%s,%s]}", EV_E, d2b, D1_NODE, T_OVER_D1, other);
+    assert_int_equal(reg(&t, body), 200);
+    assert_string_equal(log_str(&t), "-T#1 +T#3 ");
+    agg_table *tb = registry_table(t.r, "T");
+    assert_string_equal(tb->source, "E");
+    char k[64];
+    assert_false(run_prefix(tb, "a", 20.0, 7, k, sizeof k));     /* the new filter runs */
+    assert_true(run_prefix(tb, "a", 200.0, 7, k, sizeof k));
+    /* dropping D1 from the payload takes T (its dependant) too: T must be re-sent, and
+     * re-sending it without D1 is an unknown upstream */
+    log_clear(&t);
+    snprintf(body, sizeof body, "{'force':true,'nodes':[%s,%s,%s]}", EV_E, d2b, other);
+    assert_int_equal(reg(&t, body), 200);
+    assert_string_equal(log_str(&t), "-T#3 ");
+    agg_table *const *tabs;
+    assert_int_equal(registry_tables_for_event(t.r, "E", &tabs), 1);
+    assert_string_equal(tabs[0]->name, "Other");
+    snprintf(body, sizeof body, "{'nodes':[%s,%s,%s,%s]}", EV_E, d2b, T_OVER_D1, other);
+    expect_error(&t, body, "invalid_registration", "nodes[2].upstreams[0]");
+    t_fini(&t);
+}
+
+static void test_derivation_chain_validation(void **state) {
+    (void)state;
+    T t;
+    t_init(&t, true);
+    /* group key dropped by D1's select: checked against the propagated schema */
+    expect_error(&t, "{'nodes':[" EV_E "," D2_NODE "," D1_NODE ","
+                     "{'kind':'derivation','name':'T','output_kind':'table','upstreams':['D1'],"
+                     "'ops':[{'op':'group_by','keys':['u'],'agg':{'t_n':{'op':'count','params':{}}}}],"
+                     "'table_primary_key':['u']}]}",
+                 "aggregation_unknown_field", "nodes[3].ops[0].group_by[0]");
+    /* a feature over a field only the chain creates is fine; over a dropped one is not */
+    expect_error(&t, "{'nodes':[" EV_E "," D2_NODE "," D1_NODE ","
+                     "{'kind':'derivation','name':'T','output_kind':'table','upstreams':['D1'],"
+                     "'ops':[{'op':'group_by','keys':['k'],'agg':{'t_s':{'op':'sum','params':{'field':'n'}}}}],"
+                     "'table_primary_key':['k']}]}",
+                 "aggregation_unknown_field", "nodes[3].ops[0].agg.t_s");
+    /* an event derivation over a table cannot feed an aggregation */
+    expect_error(&t, "{'nodes':[" EV_E ","
+                     "{'kind':'derivation','name':'Base','output_kind':'table','upstreams':['E'],"
+                     "'ops':[{'op':'group_by','keys':['u'],'agg':{'base_n':{'op':'count','params':{}}}}],"
+                     "'schema':{'fields':{'u':'str','base_n':'i64'}},'table_primary_key':['u']},"
+                     DER("FromTable", "Base", "[{'op':'filter','expr':'(base_n > 1)'}]") ","
+                     "{'kind':'derivation','name':'T','output_kind':'table','upstreams':['FromTable'],"
+                     "'ops':[{'op':'group_by','keys':[],'agg':{'t_n':{'op':'count','params':{}}}}],"
+                     "'table_primary_key':[]}]}",
+                 "aggregation_on_table_not_supported", "nodes[3].upstreams[0]");
+    /* a derivation of two events reading a field only the second one has: fine for its
+     * own schema (the union), but the chain cannot run on pushes of upstreams[0] */
+    expect_error(&t, "{'nodes':[" EV_E ",{'kind':'event','name':'F','schema':{'fields':{'f':'i64'}}},"
+                     "{'kind':'derivation','name':'Both','output_kind':'event','upstreams':['E','F'],"
+                     "'ops':[{'op':'with_columns','exprs':{'g':'(f + 1)'}}]},"
+                     "{'kind':'derivation','name':'T','output_kind':'table','upstreams':['Both'],"
+                     "'ops':[{'op':'group_by','keys':['u'],'agg':{'t_n':{'op':'count','params':{}}}}],"
+                     "'table_primary_key':['u']}]}",
+                 "invalid_expression", "nodes[3].upstreams[0]");
+    /* registered derivations are followed too, and a long chain of them works */
+    assert_int_equal(reg(&t, "{'nodes':[" EV_E "," D2_NODE "," D1_NODE "]}"), 200);
+    assert_int_equal(reg(&t, "{'nodes':[" EV_E "," D2_NODE "," D1_NODE "," T_OVER_D1 "]}"), 200);
+    agg_table *const *tabs;
+    assert_int_equal(registry_tables_for_event(t.r, "E", &tabs), 1);
+    assert_string_equal(tabs[0]->source, "E");
+    t_fini(&t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fresh_register_example),
@@ -993,6 +1167,9 @@ int main(void) {
         cmocka_unit_test(test_free_calls_hooks),
         cmocka_unit_test(test_cycle_with_registry),
         cmocka_unit_test(test_error_text_is_utf8),
+        cmocka_unit_test(test_derivation_chain_feeds_table),
+        cmocka_unit_test(test_derivation_chain_cascade),
+        cmocka_unit_test(test_derivation_chain_validation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

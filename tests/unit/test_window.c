@@ -114,7 +114,7 @@ static void test_edges(void **state) {
     compile_ok(&f, "{\"op\":\"count\",\"params\":{\"window\":\"64s\"}}");
     assert_int_equal(f.bucket_ms, 1000);
     void *st = state_new(&f);
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     push(&f, st, bv_i64(1), 0, 5000, &stats);
     assert_read(&f, st, 4999, "0");                 /* before the bucket */
     assert_read(&f, st, 5000, "1");
@@ -166,7 +166,7 @@ static void test_eviction(void **state) {
     feature f;
     compile_ok(&f, "{\"op\":\"count\",\"params\":{\"window\":\"64s\"}}");
     void *st = state_new(&f);
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     for (int64_t i = 0; i < 64; i++) push(&f, st, bv_i64(1), 0, i * 1000, &stats);
     assert_int_equal(window_nbuckets(st), 64);
     assert_int_equal(stats.bucket_reclaim, 0);
@@ -202,7 +202,7 @@ static void test_merge_order(void **state) {
     feature f;
     compile_ok(&f, "{\"op\":\"min\",\"params\":{\"field\":\"v\",\"window\":\"64s\"}}");
     void *st = state_new(&f);
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     push(&f, st, bv_str("a", 1), 0, 5000, &stats);
     push(&f, st, bv_i64(7), 0, 3000, &stats);        /* older epoch, created later */
     push(&f, st, bv_i64(9), 0, 4000, &stats);
@@ -232,7 +232,7 @@ static void test_bucket_creation(void **state) {
     compile_ok(&fr, "{\"op\":\"ratio\",\"params\":{\"where\":\"(k > 3)\",\"window\":\"1h\"}}");
     compile_ok(&fs, "{\"op\":\"sum\",\"params\":{\"field\":\"x\",\"window\":\"1h\"}}");
     void *sc = state_new(&fc), *sr = state_new(&fr), *ss = state_new(&fs);
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     push(&fc, sc, bv_null(), 1, 1000, &stats);
     push(&fr, sr, bv_null(), 1, 1000, &stats);
     push(&fs, ss, bv_null(), 1, 1000, &stats);
@@ -267,7 +267,7 @@ static uint64_t rng_next(uint64_t *s) {
 /* Sketch kinds across buckets: exact unions while small, sketches past the thresholds. */
 static void test_sketch_merges(void **state) {
     (void)state;
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     feature f;
 
     /* n_unique: 40 buckets x 100 values from 0..2999 (exact per bucket, HLL merged) */
@@ -360,7 +360,7 @@ static void test_window_roundtrip(void **state) {
     feature f;
     compile_ok(&f, "{\"op\":\"mean\",\"params\":{\"field\":\"x\",\"window\":\"64s\"}}");
     void *st = state_new(&f);
-    op_stats stats = { 0, 0 };
+    op_stats stats = { 0, 0, 0 };
     for (int64_t i = 0; i < 100; i++) push(&f, st, bv_i64(i), 0, i * 700 - 20000, &stats);
     bv_buf b;
     bv_buf_init(&b);

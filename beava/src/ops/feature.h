@@ -29,6 +29,7 @@ struct op_vtable;
 typedef struct op_stats {
     uint64_t entropy_categories_capped;
     uint64_t bucket_reclaim;
+    uint64_t cold_evictions;      /* entity rows reset or evicted by cold_after_ms */
 } op_stats;
 
 /* Parsed params. One struct for all kinds; each kind reads what it needs. */

@@ -69,6 +69,8 @@ static const config_key config_keys[] = {
       "reject unbounded lifetime operators at register (default on; env \"0\" = off)" },
     { "shards", "BEAVA_SHARDS", "--shards", KT_U32, OFF(shards), 0, 0, 256,
       "apply shards (default 0 = number of cores)" },
+    { "shard_queue", "BEAVA_SHARD_QUEUE", NULL, KT_U32, OFF(shard_queue), 0, 16, 1u << 20,
+      "tasks queued per shard before pushes get 503 overloaded (default 4096)" },
     { "io_threads", "BEAVA_IO_THREADS", "--io-threads", KT_U32, OFF(io_threads), 0, 0, 256,
       "I/O threads (default 0 = automatic)" },
     { "durability.mode", "BEAVA_DURABILITY", "--durability", KT_DURABILITY, OFF(durability), 0, 0, 0,
@@ -128,6 +130,7 @@ void config_defaults(bv_config *c) {
     c->snapshot_interval_s = 60;
     c->snapshot_retain = 2;
     c->max_body_bytes = 4u << 20;
+    c->shard_queue = 4096;
 }
 
 static void free_list(char **list, size_t n) {

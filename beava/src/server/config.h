@@ -37,6 +37,7 @@ typedef struct bv_config {
     bool memory_gov_enforce;
     int shards;                          /* 0 = number of cores */
     int io_threads;                      /* 0 = automatic */
+    uint32_t shard_queue;                /* tasks queued per shard before 503 overloaded */
     bv_durability durability;
     uint32_t wal_tick_ms;                /* 2 */
     uint64_t wal_segment_bytes;          /* 64 MiB */

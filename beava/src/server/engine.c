@@ -4,9 +4,11 @@
  *
  * Push path, in the order a reader follows one event:
  *   engine_push -> push_validate (reference-wire-api.md §9.2, first failure wins)
- *   -> dedupe lookup -> log (the WAL seam) -> push_apply: for every table fed by the
- *   event, run its prefix chain, build the entity key from the transformed row, find
- *   or create the entity (cold-TTL check), update each feature -> ack.
+ *   -> dedupe lookup -> push_job_new: for every table fed by the event, run its prefix
+ *   chain and build the entity key from the transformed row (parse once, on the I/O
+ *   thread) -> log (the WAL seam) -> push_job_dispatch: each table's part goes to the
+ *   shard owning hash(table, key) -> apply_part on that shard: find or create the
+ *   entity (cold-TTL check), update each feature -> ack once every part is applied.
  *
  * Entity rows widen lazily: when the registry appends features to a live table
  * (additive change without force), rows created before keep their bytes and get the
@@ -30,6 +32,7 @@
 #include "expr.h"
 #include "ops/feature.h"
 #include "registry.h"
+#include "shard.h"
 #include "store.h"
 
 #define DEDUPE_PURGE_MIN 1024
@@ -53,8 +56,10 @@ struct engine {
     int64_t watermark_ms;         /* latest push arrival */
     entity_store dedupe;
     size_t dedupe_purge_at;
-    op_stats stats;
-    uint64_t cold_evictions;
+    shard_pool *pool;             /* NULL until engine_start_shards: apply inline */
+    unsigned nshards;             /* partitions per table (fixed at creation) */
+    shard_ctx inline_ctx;         /* context for inline applies (recovery, no pool) */
+    uint64_t overloaded;
     uint64_t events_applied;
     uint64_t events_rejected;
     uint64_t events_replayed;
@@ -62,9 +67,9 @@ struct engine {
     uint64_t registers_applied;
     uint64_t keys_too_long;
     size_t sweep_table, sweep_slot;   /* cold-sweeper cursor */
-    expr_arena arena;
-    bv_row row;                   /* scratch: the pushed row */
-    bv_row chained;               /* scratch: the row after a table's prefix chain */
+    unsigned sweep_shard;
+    uint64_t swept_evictions;
+    bv_row row;                   /* scratch: the pushed row (validation) */
 };
 
 static int64_t wall_ms(void) {
@@ -99,22 +104,39 @@ static void destroy_cb(void *ctx, entity *en) {
     entity_destroy_states(d->t, en);
 }
 
+/* A table's entities are split over nshards stores, one per shard: shard = hash(table,
+ * key) mod N. Only the owning shard's thread touches a store (or any thread while the
+ * pool is quiesced under the engine mutex). */
+static entity_store *table_store(const agg_table *t, unsigned shard) {
+    return &((entity_store *)t->store)[shard];
+}
+
+static unsigned shard_for(const engine *e, const agg_table *t, uint64_t key_hash) {
+    if (e->nshards <= 1) return 0;
+    uint64_t x = key_hash ^ (t->id * 0x9E3779B97F4A7C15ull);
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (unsigned)(x % e->nshards);
+}
+
 static void hook_table_added(void *ctx, agg_table *t) {
-    (void)ctx;
-    entity_store *s = malloc(sizeof *s);
+    engine *e = ctx;
+    entity_store *s = calloc(e->nshards, sizeof *s);
     if (!s) abort();
-    store_init(s);
+    for (unsigned i = 0; i < e->nshards; i++) store_init(&s[i]);
     t->store = s;
 }
 
 static void hook_table_removed(void *ctx, agg_table *t) {
-    (void)ctx;
-    entity_store *s = t->store;
-    if (!s) return;
+    engine *e = ctx;
+    if (!t->store) return;
     destroy_ctx d = { t };
-    store_foreach(s, destroy_cb, &d);
-    store_free(s);
-    free(s);
+    for (unsigned i = 0; i < e->nshards; i++) {
+        store_foreach(table_store(t, i), destroy_cb, &d);
+        store_free(table_store(t, i));
+    }
+    free(t->store);
     t->store = NULL;
 }
 
@@ -126,10 +148,10 @@ static void hook_table_widened(void *ctx, agg_table *t, size_t old_nfeatures) {
 }
 
 /* Make sure every feature slot of the entity exists (after an in-place widening). */
-static entity *entity_ensure(agg_table *t, entity *en) {
+static entity *entity_ensure(agg_table *t, entity_store *s, entity *en) {
     if (en->nfeat >= t->nfeatures) return en;
     size_t from = en->nfeat;
-    entity *n = store_grow(t->store, en, t->offsets[from], t->row_size);
+    entity *n = store_grow(s, en, t->offsets[from], t->row_size);
     if (!n) abort();
     entity_init_states(t, n, from);
     return n;
@@ -141,6 +163,7 @@ engine *engine_new(const engine_options *opts) {
     engine *e = calloc(1, sizeof *e);
     if (!e) return NULL;
     e->opt = *opts;
+    e->nshards = opts->shards ? opts->shards : 1;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->applied_cv, NULL);
     bv_buf_init(&e->history);
@@ -163,10 +186,10 @@ engine *engine_new(const engine_options *opts) {
 
 void engine_free(engine *e) {
     if (!e) return;
+    shard_pool_stop(e->pool);                 /* runs what is queued, joins */
     registry_free(e->reg, &e->hooks);
     store_free(&e->dedupe);
     free(e->row.fields);
-    free(e->chained.fields);
     bv_buf_free(&e->history);
     pthread_cond_destroy(&e->applied_cv);
     pthread_mutex_destroy(&e->mu);
@@ -229,6 +252,7 @@ static void seq_barrier_enter(engine *e) {
     while (e->barrier) pthread_cond_wait(&e->applied_cv, &e->mu);
     e->barrier = true;
     while (e->applied_lsn < e->last_lsn) pthread_cond_wait(&e->applied_cv, &e->mu);
+    if (e->pool) shard_pool_quiesce(e->pool);   /* every dispatched record applied */
 }
 
 static void seq_barrier_leave(engine *e) {
@@ -478,48 +502,146 @@ static int build_key(const agg_table *t, const bv_row *r, char *buf, size_t cap)
     return (int)len;
 }
 
-static void push_apply(engine *e, const ev_desc *ev, int64_t now) {
+/* ---- push jobs: one event's work, split per table, run on the owning shards ----------- */
+
+typedef struct push_part {
+    agg_table *t;
+    bv_row row;                   /* chain output (fields owned); unused when the chain is empty */
+    const bv_row *in;             /* the row the features read: &row or the job's raw row */
+    expr_arena *arena;            /* chain scratch (owned), NULL without a chain */
+    char *key;
+    size_t klen;
+    uint64_t hash;
+    unsigned shard;
+    int64_t now, cold_after_ms;
+} push_part;
+
+typedef struct push_job {
+    bv_row raw;                   /* the pushed row (fields owned, values borrowed) */
+    size_t nparts;
+    push_part *parts;
+    shard_latch latch;
+} push_job;
+
+static void push_job_free(push_job *j) {
+    if (!j) return;
+    for (size_t i = 0; i < j->nparts; i++) {
+        free(j->parts[i].row.fields);
+        free(j->parts[i].arena);
+        free(j->parts[i].key);
+    }
+    free(j->parts);
+    free(j->raw.fields);
+    free(j);
+}
+
+/* Run the prefix chains and build the entity keys of every table fed by ev (on the
+ * caller's thread, under the engine mutex): parse once, fan out to the shards. */
+static push_job *push_job_new(engine *e, const ev_desc *ev, const bv_row *raw, int64_t now) {
     agg_table *const *tables;
     size_t nt = registry_tables_for_event(e->reg, ev->name, &tables);
+    push_job *j = calloc(1, sizeof *j);
+    if (!j) abort();
+    row_reserve(&j->raw, raw->n ? raw->n : 1);
+    memcpy(j->raw.fields, raw->fields, raw->n * sizeof *raw->fields);
+    j->raw.n = raw->n;
+    j->parts = calloc(nt ? nt : 1, sizeof *j->parts);
+    if (!j->parts) abort();
     char key[STORE_MAX_KEY + 64];
     for (size_t ti = 0; ti < nt; ti++) {
         agg_table *t = tables[ti];
-        expr_arena_reset(&e->arena);
-        const bv_row *r = &e->row;
+        push_part *pp = &j->parts[j->nparts];
+        memset(pp, 0, sizeof *pp);
+        pp->in = &j->raw;
         if (!chain_is_empty(t->prefix)) {
-            e->chained.n = 0;
-            if (!chain_apply(t->prefix, &e->row, &e->chained, &e->arena)) continue;
-            r = &e->chained;
+            pp->arena = malloc(sizeof *pp->arena);
+            if (!pp->arena) abort();
+            expr_arena_reset(pp->arena);
+            if (!chain_apply(t->prefix, &j->raw, &pp->row, pp->arena)) {
+                free(pp->row.fields);
+                free(pp->arena);
+                continue;                                   /* filtered out */
+            }
+            pp->in = &pp->row;
         }
-        int klen = build_key(t, r, key, sizeof key);
-        if (klen < 0) {
-            if (klen == -1 && t->nkeys) { /* missing/null/unsupported key: skipped by design */ }
+        int klen = build_key(t, pp->in, key, sizeof key);
+        if (klen < 0 || (size_t)klen > STORE_MAX_KEY) {     /* missing/null key: skipped by design */
+            if (klen > 0) e->keys_too_long++;
+            free(pp->row.fields);
+            free(pp->arena);
             continue;
         }
-        if ((size_t)klen > STORE_MAX_KEY) { e->keys_too_long++; continue; }
-        entity_store *s = t->store;
-        uint64_t h = store_hash(key, (size_t)klen);
-        entity *en = store_find(s, key, (size_t)klen, h);
-        if (en && ev->cold_after_ms > 0 && en->last_seen_ms > 0 && now - en->last_seen_ms > ev->cold_after_ms) {
-            entity_destroy_states(t, en);
-            en = entity_ensure(t, en);     /* full size before reinitialising */
-            memset(entity_row(en), 0, t->row_size);
-            entity_init_states(t, en, 0);
-            e->cold_evictions++;
-        }
-        if (!en) {
-            en = store_insert(s, key, (size_t)klen, h, t->row_size);
-            if (!en) abort();
-            entity_init_states(t, en, 0);
+        pp->t = t;
+        pp->key = malloc((size_t)klen + 1);
+        if (!pp->key) abort();
+        memcpy(pp->key, key, (size_t)klen);
+        pp->klen = (size_t)klen;
+        pp->hash = store_hash(key, (size_t)klen);
+        pp->shard = shard_for(e, t, pp->hash);
+        pp->now = now;
+        pp->cold_after_ms = ev->cold_after_ms;
+        j->nparts++;
+    }
+    return j;
+}
+
+/* One table's update for one event, on the owning shard's thread. */
+static void apply_part(shard_ctx *ctx, void *arg) {
+    push_part *pp = arg;
+    agg_table *t = pp->t;
+    entity_store *s = table_store(t, pp->shard);
+    entity *en = store_find(s, pp->key, pp->klen, pp->hash);
+    if (en && pp->cold_after_ms > 0 && en->last_seen_ms > 0 && pp->now - en->last_seen_ms > pp->cold_after_ms) {
+        entity_destroy_states(t, en);
+        en = entity_ensure(t, s, en);     /* full size before reinitialising */
+        memset(entity_row(en), 0, t->row_size);
+        entity_init_states(t, en, 0);
+        ctx->stats.cold_evictions++;
+    }
+    if (!en) {
+        en = store_insert(s, pp->key, pp->klen, pp->hash, t->row_size);
+        if (!en) abort();
+        entity_init_states(t, en, 0);
+    } else {
+        en = entity_ensure(t, s, en);
+    }
+    char *row = entity_row(en);
+    for (size_t i = 0; i < t->nfeatures; i++) {
+        expr_arena_reset(&ctx->arena);
+        feature_update(&t->features[i], row + t->offsets[i], pp->in, pp->now, &ctx->arena, &ctx->stats);
+    }
+    if (pp->cold_after_ms > 0) en->last_seen_ms = pp->now;
+}
+
+/* Is there queue room on every shard this job needs? (engine mutex held) */
+static bool push_job_fits(engine *e, const push_job *j) {
+    if (!e->pool) return true;
+    size_t need[256] = { 0 };
+    for (size_t i = 0; i < j->nparts; i++) need[j->parts[i].shard % 256]++;
+    for (unsigned sh = 0; sh < e->nshards && sh < 256; sh++)
+        if (need[sh] && !shard_has_room(e->pool, sh, need[sh])) return false;
+    return true;
+}
+
+/* Hand the job to its shards in LSN order (engine mutex held). The caller waits on
+ * j->latch after releasing the mutex, then frees the job. */
+static void push_job_dispatch(engine *e, push_job *j, int64_t now) {
+    shard_latch_init(&j->latch, (unsigned)j->nparts);
+    for (size_t i = 0; i < j->nparts; i++) {
+        if (e->pool) {
+            shard_submit(e->pool, j->parts[i].shard, apply_part, &j->parts[i], &j->latch);
         } else {
-            en = entity_ensure(t, en);
+            apply_part(&e->inline_ctx, &j->parts[i]);
+            j->latch.remaining--;
         }
-        char *row = entity_row(en);
-        for (size_t i = 0; i < t->nfeatures; i++)
-            feature_update(&t->features[i], row + t->offsets[i], r, now, &e->arena, &e->stats);
-        if (ev->cold_after_ms > 0) en->last_seen_ms = now;
     }
     if (now > e->watermark_ms) e->watermark_ms = now;
+}
+
+static void push_job_finish(push_job *j) {
+    shard_latch_wait(&j->latch);
+    shard_latch_destroy(&j->latch);
+    push_job_free(j);
 }
 
 static int dedupe_key(const ev_desc *ev, const bv_row *row, char *buf, size_t cap) {
@@ -630,6 +752,14 @@ void engine_push(engine *e, const char *event, size_t event_len, const json_t *d
             store_remove(&e->dedupe, d, sizeof(dedupe_row));
         }
     }
+    push_job *job = push_job_new(e, ev, &e->row, now);
+    if (!push_job_fits(e, job)) {
+        e->overloaded++;
+        push_job_free(job);
+        push_fail(res, 503, "overloaded", "the apply shards are behind; retry shortly (nothing was applied)");
+        pthread_mutex_unlock(&e->mu);
+        return;
+    }
     uint64_t lsn = 0;
     size_t rec_len = 0;
     char *rec = NULL;
@@ -641,6 +771,7 @@ void engine_push(engine *e, const char *event, size_t event_len, const json_t *d
     int rc = seq_append(e, REC_EVENT, rec, rec_len, &lsn, reason, sizeof reason);
     free(rec);
     if (rc != 0) {
+        push_job_free(job);
         push_fail(res, 503, "wal_unavailable", "the write-ahead log refused the event, nothing was applied: %s", reason);
         pthread_mutex_unlock(&e->mu);
         return;
@@ -649,25 +780,33 @@ void engine_push(engine *e, const char *event, size_t event_len, const json_t *d
     if (dkl >= 0) dedupe_remember(e, dk, (size_t)dkl, dh, now + ev->dedupe_window_ms, lsn, version, now);
     bool fast = !(sync && e->opt.wal.append) && e->applied_lsn + 1 == lsn;
     if (!fast) {
-        /* wait for durability (sync) and for every earlier record to be applied */
+        /* wait for durability (sync) and for every earlier record to be dispatched */
         rc = sync ? seq_wait_durable(e, lsn, reason, sizeof reason) : 0;
         seq_wait_turn(e, lsn);
         if (rc != 0) {
             if (dkl >= 0) dedupe_forget(e, dk, (size_t)dkl, dh);
             seq_done(e, lsn);
+            push_job_free(job);
             push_fail(res, 503, "wal_unavailable", "the event could not be made durable, nothing was applied: %s", reason);
             pthread_mutex_unlock(&e->mu);
             return;
         }
-        fill_row(&e->row, data);   /* the scratch row was reused while we waited */
+        /* it is our turn: nobody else dispatches until seq_done, so waiting for room is safe */
+        while (!push_job_fits(e, job)) {
+            pthread_mutex_unlock(&e->mu);
+            struct timespec ts = { 0, 200000 };
+            nanosleep(&ts, NULL);
+            pthread_mutex_lock(&e->mu);
+        }
     }
-    push_apply(e, ev, now);
+    push_job_dispatch(e, job, now);
     e->events_applied++;
     seq_done(e, lsn);
+    pthread_mutex_unlock(&e->mu);
+    push_job_finish(job);            /* acknowledged once every shard applied it */
     res->status = 200;
     res->ack_lsn = lsn;
     res->registry_version = version;
-    pthread_mutex_unlock(&e->mu);
 }
 
 int engine_push_body(const push_result *res, engine_transport t, bv_buf *out) {
@@ -708,10 +847,12 @@ static int parse_get_key(const agg_table *t, const char *key, size_t klen, char 
 }
 
 /* Look up an entity for reading (widening it if needed). */
-static entity *lookup_entity(agg_table *t, const char *k, size_t kl) {
-    entity_store *s = t->store;
-    entity *en = store_find(s, k, kl, store_hash(k, kl));
-    return en ? entity_ensure(t, en) : NULL;
+/* Direct lookup: only with the pool quiesced under the engine mutex (or inline). */
+static entity *lookup_entity(engine *e, agg_table *t, const char *k, size_t kl) {
+    uint64_t h = store_hash(k, kl);
+    entity_store *s = table_store(t, shard_for(e, t, h));
+    entity *en = store_find(s, k, kl, h);
+    return en ? entity_ensure(t, s, en) : NULL;
 }
 
 static bool feature_selected(const agg_table *t, size_t slot, const json_t *features) {
@@ -784,6 +925,71 @@ static bool legacy_get_shape(const json_t *req) {
     return (json_is_array(keys) && json_is_array(features)) || (json_is_string(feature) && json_is_string(key));
 }
 
+/* A row read, run on the shard that owns the entity (FIFO behind earlier pushes, which
+ * gives read-your-writes across connections). */
+typedef struct read_job {
+    agg_table *t;
+    char key[STORE_MAX_KEY + 1];
+    size_t klen;
+    unsigned shard;
+    const json_t *features;
+    int64_t q;
+    bv_buf out;
+} read_job;
+
+static void read_part(shard_ctx *ctx, void *arg) {
+    (void)ctx;
+    read_job *r = arg;
+    uint64_t h = store_hash(r->key, r->klen);
+    entity_store *s = table_store(r->t, r->shard);
+    entity *en = store_find(s, r->key, r->klen, h);
+    if (en) en = entity_ensure(r->t, s, en);
+    jsonw w;
+    jsonw_init(&w, &r->out);
+    write_row(r->t, en, r->features, r->q, &w);
+}
+
+static void read_job_init(engine *e, read_job *r, agg_table *t, const char *key, size_t klen,
+                          const json_t *features, int64_t q) {
+    r->t = t;
+    memcpy(r->key, key, klen);
+    r->klen = klen;
+    r->shard = shard_for(e, t, store_hash(key, klen));
+    r->features = features;
+    r->q = q;
+    bv_buf_init(&r->out);
+}
+
+/* Run the read jobs on their shards (engine mutex held on entry, released on return).
+ * Returns false (nothing run) when a shard queue has no room. */
+static bool run_reads_and_unlock(engine *e, read_job **jobs, size_t n) {
+    if (!e->pool) {
+        for (size_t i = 0; i < n; i++) read_part(&e->inline_ctx, jobs[i]);
+        pthread_mutex_unlock(&e->mu);
+        return true;
+    }
+    size_t need[256] = { 0 };
+    for (size_t i = 0; i < n; i++) need[jobs[i]->shard % 256]++;
+    for (unsigned sh = 0; sh < e->nshards && sh < 256; sh++)
+        if (need[sh] && !shard_has_room(e->pool, sh, need[sh])) {
+            e->overloaded++;
+            pthread_mutex_unlock(&e->mu);
+            return false;
+        }
+    shard_latch latch;
+    shard_latch_init(&latch, (unsigned)n);
+    for (size_t i = 0; i < n; i++) shard_submit(e->pool, jobs[i]->shard, read_part, jobs[i], &latch);
+    pthread_mutex_unlock(&e->mu);
+    shard_latch_wait(&latch);
+    shard_latch_destroy(&latch);
+    return true;
+}
+
+static int overloaded_body(bv_buf *out) {
+    error_body(out, "overloaded", "reason", "the apply shards are behind; retry shortly", false, 0);
+    return 503;
+}
+
 int engine_get(engine *e, engine_transport t, const json_t *req, const char *parse_error, bv_buf *out) {
     const char *shape = req ? get_shape_error(req) : parse_error;
     if (shape) {
@@ -810,6 +1016,7 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
     json_t *key = json_object_get(req, "key");
     json_t *features = json_object_get(req, "features");
     pthread_mutex_lock(&e->mu);
+    while (e->barrier) pthread_cond_wait(&e->applied_cv, &e->mu);   /* no reads into a changing registry */
     agg_table *tab = registry_table(e->reg, table);
     if (!tab) {
         pthread_mutex_unlock(&e->mu);
@@ -834,11 +1041,16 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
         error_body(out, "key_parse_failure", NULL, NULL, false, 0);
         return 404;
     }
-    entity *en = lookup_entity(tab, kbuf, (size_t)kl);
-    jsonw w;
-    jsonw_init(&w, out);
-    write_row(tab, en, features, query_time(e), &w);
-    pthread_mutex_unlock(&e->mu);
+    read_job *r = malloc(sizeof *r);
+    if (!r) abort();
+    read_job_init(e, r, tab, kbuf, (size_t)kl, features, query_time(e));
+    if (!run_reads_and_unlock(e, &r, 1)) {
+        free(r);
+        return overloaded_body(out);
+    }
+    bv_buf_put(out, r->out.data, r->out.len);
+    bv_buf_free(&r->out);
+    free(r);
     return 200;
 }
 
@@ -877,6 +1089,7 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
         return 500;
     }
     pthread_mutex_lock(&e->mu);
+    while (e->barrier) pthread_cond_wait(&e->applied_cv, &e->mu);
     /* pre-pass: unknown features in a filter fail the whole call */
     for (size_t i = 0; i < json_array_size(reqs); i++) {
         json_t *entry = json_array_get(reqs, i);
@@ -896,53 +1109,71 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
         bv_buf_free(&missing);
     }
     int64_t q = query_time(e);
-    jsonw w;
-    jsonw_init(&w, out);
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "results");
-    jsonw_arr_begin(&w);
-    for (size_t i = 0; i < json_array_size(reqs); i++) {
+    size_t n = json_array_size(reqs);
+    bv_buf *errs = calloc(n ? n : 1, sizeof *errs);          /* per entry: error element, or empty */
+    read_job **slots = calloc(n ? n : 1, sizeof *slots);     /* per entry: its read, or NULL */
+    read_job **jobs = calloc(n ? n : 1, sizeof *jobs);
+    if (!errs || !slots || !jobs) abort();
+    size_t njobs = 0;
+    for (size_t i = 0; i < n; i++) {
         json_t *entry = json_array_get(reqs, i);
         const char *table = json_string_value(json_object_get(entry, "table"));
         json_t *key = json_object_get(entry, "key");
         if (!key) key = json_object_get(entry, "entity_id");
         agg_table *tab = registry_table(e->reg, table);
         char msg[512];
+        const char *code = NULL;
+        char kbuf[STORE_MAX_KEY + 1];
+        int kl = -1;
         if (!tab) {
             snprintf(msg, sizeof msg, "table '%.200s' is not a registered aggregation", table);
-            jsonw_obj_begin(&w);
-            jsonw_key(&w, "error");
-            jsonw_obj_begin(&w);
-            jsonw_key(&w, "code");
-            jsonw_str(&w, "unknown_table");
-            jsonw_key(&w, "message");
-            jsonw_str(&w, msg);
-            jsonw_obj_end(&w);
-            jsonw_obj_end(&w);
-            continue;
-        }
-        char kbuf[STORE_MAX_KEY + 1];
-        int kl = parse_get_key(tab, json_string_value(key), json_string_length(key), kbuf, sizeof kbuf);
-        if (kl < 0) {
+            code = "unknown_table";
+        } else if ((kl = parse_get_key(tab, json_string_value(key), json_string_length(key), kbuf, sizeof kbuf)) < 0) {
             snprintf(msg, sizeof msg, "key '%.200s' does not match table '%.200s' group_keys arity (%zu)",
                      json_string_value(key), table, tab->nkeys);
-            jsonw_obj_begin(&w);
-            jsonw_key(&w, "error");
-            jsonw_obj_begin(&w);
-            jsonw_key(&w, "code");
-            jsonw_str(&w, "key_parse_failure");
-            jsonw_key(&w, "message");
-            jsonw_str(&w, msg);
-            jsonw_obj_end(&w);
-            jsonw_obj_end(&w);
+            code = "key_parse_failure";
+        }
+        if (code) {
+            jsonw ew;
+            jsonw_init(&ew, &errs[i]);
+            jsonw_obj_begin(&ew);
+            jsonw_key(&ew, "error");
+            jsonw_obj_begin(&ew);
+            jsonw_key(&ew, "code");
+            jsonw_str(&ew, code);
+            jsonw_key(&ew, "message");
+            jsonw_str(&ew, msg);
+            jsonw_obj_end(&ew);
+            jsonw_obj_end(&ew);
             continue;
         }
-        write_row(tab, lookup_entity(tab, kbuf, (size_t)kl), json_object_get(entry, "features"), q, &w);
+        read_job *r = malloc(sizeof *r);
+        if (!r) abort();
+        read_job_init(e, r, tab, kbuf, (size_t)kl, json_object_get(entry, "features"), q);
+        slots[i] = jobs[njobs++] = r;
     }
-    jsonw_arr_end(&w);
-    jsonw_obj_end(&w);
-    pthread_mutex_unlock(&e->mu);
-    return 200;
+    bool ran = run_reads_and_unlock(e, jobs, njobs);
+    int status = 200;
+    if (!ran) {
+        status = overloaded_body(out);
+    } else {
+        bv_buf_puts(out, "{\"results\":[");
+        for (size_t i = 0; i < n; i++) {
+            if (i) bv_buf_putc(out, ',');
+            if (slots[i]) bv_buf_put(out, slots[i]->out.data, slots[i]->out.len);
+            else bv_buf_put(out, errs[i].data, errs[i].len);
+        }
+        bv_buf_puts(out, "]}");
+    }
+    for (size_t i = 0; i < n; i++) bv_buf_free(&errs[i]);
+    for (size_t i = 0; i < njobs; i++) {
+        bv_buf_free(&jobs[i]->out);
+        free(jobs[i]);
+    }
+    free(errs);
+    free(slots);
+    free(jobs);
+    return status;
 }
 
 int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
@@ -961,6 +1192,7 @@ int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
     name[nl] = 0;
     const char *key = slash + 1;
     pthread_mutex_lock(&e->mu);
+    seq_barrier_enter(e);                 /* reads the stores directly: shards idle */
     int64_t q = query_time(e);
     size_t slot = 0;
     agg_table *tab = registry_feature_owner(e->reg, name, &slot);
@@ -970,7 +1202,7 @@ int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
     int status;
     if (tab) {
         int kl = parse_get_key(tab, key, strlen(key), kbuf, sizeof kbuf);
-        entity *en = kl < 0 ? NULL : lookup_entity(tab, kbuf, (size_t)kl);
+        entity *en = kl < 0 ? NULL : lookup_entity(e, tab, kbuf, (size_t)kl);
         if (kl < 0) {
             error_body(out, "key_parse_failure", NULL, NULL, false, 0);
             status = 404;
@@ -986,7 +1218,7 @@ int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
         }
     } else if ((tab = registry_table(e->reg, name)) != NULL) {
         int kl = parse_get_key(tab, key, strlen(key), kbuf, sizeof kbuf);
-        entity *en = kl < 0 ? NULL : lookup_entity(tab, kbuf, (size_t)kl);
+        entity *en = kl < 0 ? NULL : lookup_entity(e, tab, kbuf, (size_t)kl);
         if (!en) {
             error_body(out, "key_not_found", NULL, NULL, false, 0);
             status = 404;
@@ -998,6 +1230,7 @@ int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
         error_body(out, "feature_not_found", NULL, NULL, false, 0);
         status = 404;
     }
+    seq_barrier_leave(e);
     pthread_mutex_unlock(&e->mu);
     return status;
 }
@@ -1034,6 +1267,7 @@ int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *
         return 500;
     }
     pthread_mutex_lock(&e->mu);
+    seq_barrier_enter(e);                 /* reads the stores directly: shards idle */
     int64_t q = query_time(e);
     jsonw w;
     jsonw_init(&w, out);
@@ -1053,7 +1287,7 @@ int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *
             if (!tab) continue;
             char kbuf[STORE_MAX_KEY + 1];
             int kl = parse_get_key(tab, sorted[i], strlen(sorted[i]), kbuf, sizeof kbuf);
-            entity *en = kl < 0 ? NULL : lookup_entity(tab, kbuf, (size_t)kl);
+            entity *en = kl < 0 ? NULL : lookup_entity(e, tab, kbuf, (size_t)kl);
             if (!en) continue;
             if (!opened) {
                 jsonw_key(&w, sorted[i]);
@@ -1067,6 +1301,7 @@ int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *
     }
     jsonw_obj_end(&w);
     free(sorted);
+    seq_barrier_leave(e);
     pthread_mutex_unlock(&e->mu);
     json_decref(one);
     return 200;
@@ -1156,15 +1391,26 @@ size_t engine_sweep_cold(engine *e, size_t budget) {
     pthread_mutex_lock(&e->mu);
     agg_table *const *tables;
     size_t nt = registry_tables(e->reg, &tables);
+    bool any = false;
+    for (size_t i = 0; i < nt && !any; i++) {
+        const ev_desc *ev = registry_event(e->reg, tables[i]->source);
+        any = ev && ev->cold_after_ms > 0;
+    }
+    if (!any) {                           /* no idle TTL anywhere: do not stop the shards */
+        pthread_mutex_unlock(&e->mu);
+        return 0;
+    }
+    seq_barrier_enter(e);                 /* reads the stores directly: shards idle */
     int64_t now = wall_ms();
-    for (size_t visited = 0; visited < nt && scanned < budget; visited++) {
+    for (size_t visited = 0; visited < nt * e->nshards && scanned < budget; visited++) {
         if (e->sweep_table >= nt) {
             e->sweep_table = 0;
+            e->sweep_shard = 0;
             e->sweep_slot = 0;
         }
         agg_table *t = tables[e->sweep_table];
         const ev_desc *ev = registry_event(e->reg, t->source);
-        entity_store *s = t->store;
+        entity_store *s = table_store(t, e->sweep_shard);
         if (ev && ev->cold_after_ms > 0) {
             while (e->sweep_slot < s->cap && scanned < budget) {
                 entity *en = s->slots[e->sweep_slot];
@@ -1178,12 +1424,16 @@ size_t engine_sweep_cold(engine *e, size_t budget) {
                 }
                 e->sweep_slot++;
             }
-            if (e->sweep_slot < s->cap) break;       /* budget spent inside this table */
+            if (e->sweep_slot < s->cap) break;       /* budget spent inside this store */
         }
-        e->sweep_table++;
         e->sweep_slot = 0;
+        if (++e->sweep_shard >= e->nshards) {
+            e->sweep_shard = 0;
+            e->sweep_table++;
+        }
     }
-    e->cold_evictions += evicted;
+    e->swept_evictions += evicted;
+    seq_barrier_leave(e);
     pthread_mutex_unlock(&e->mu);
     return evicted;
 }
@@ -1217,18 +1467,26 @@ static void size_cb(void *ctx, entity *en) {
 
 void engine_metrics(engine *e, bv_buf *out) {
     pthread_mutex_lock(&e->mu);
+    seq_barrier_enter(e);                 /* reads the stores directly: shards idle */
     agg_table *const *tables;
     size_t nt = registry_tables(e->reg, &tables);
     uint64_t resident = 0, bytes = 0;
     size_hist hist;
     memset(&hist, 0, sizeof hist);
-    for (size_t i = 0; i < nt; i++) {
-        entity_store *s = tables[i]->store;
-        resident += s->count;
-        bytes += s->bytes;
-        hist.t = tables[i];
-        store_foreach(s, size_cb, &hist);
-    }
+    for (size_t i = 0; i < nt; i++)
+        for (unsigned sh = 0; sh < e->nshards; sh++) {
+            entity_store *s = table_store(tables[i], sh);
+            resident += s->count;
+            bytes += s->bytes;
+            hist.t = tables[i];
+            if (hist.total < 200000) store_foreach(s, size_cb, &hist);   /* a sample bounds the pause */
+        }
+    op_stats st;
+    if (e->pool) shard_pool_stats(e->pool, &st);
+    else memset(&st, 0, sizeof st);
+    st.entropy_categories_capped += e->inline_ctx.stats.entropy_categories_capped;
+    st.bucket_reclaim += e->inline_ctx.stats.bucket_reclaim;
+    st.cold_evictions += e->inline_ctx.stats.cold_evictions + e->swept_evictions;
     uint64_t p99 = 0;
     if (hist.total) {
         uint64_t want = (hist.total * 99 + 99) / 100, seen = 0;
@@ -1243,14 +1501,14 @@ void engine_metrics(engine *e, bv_buf *out) {
     bv_buf_puts(out, "# HELP beava_runtime_kind Data-plane runtime.\n# TYPE beava_runtime_kind gauge\n"
                      "beava_runtime_kind{runtime=\"libmicrohttpd\"} 1\n");
     metric_u64(out, "beava_entropy_categories_capped_total", "counter",
-               "Entropy categories dropped beyond the 1024-category cap.", e->stats.entropy_categories_capped);
+               "Entropy categories dropped beyond the 1024-category cap.", st.entropy_categories_capped);
     metric_u64(out, "beava_cold_entity_evictions_total", "counter",
-               "Entity rows discarded by the cold_after_ms idle TTL.", e->cold_evictions);
+               "Entity rows discarded by the cold_after_ms idle TTL.", st.cold_evictions);
     metric_u64(out, "beava_lifetime_op_cap_hit_total", "counter",
-               "Lifetime operator caps hit (entropy category cap).", e->stats.entropy_categories_capped);
+               "Lifetime operator caps hit (entropy category cap).", st.entropy_categories_capped);
     metric_u64(out, "beava_entity_count_resident", "gauge", "Entity rows resident in memory.", resident);
     metric_u64(out, "beava_bucket_reclaim_total", "counter", "Window buckets evicted by the 64-bucket cap.",
-               e->stats.bucket_reclaim);
+               st.bucket_reclaim);
     metric_u64(out, "beava_bytes_per_entity_p99", "gauge",
                "99th percentile of entity row allocation size (power-of-two class, fixed part).", p99);
     metric_u64(out, "beava_entity_bytes", "gauge", "Bytes held by entity rows (fixed part).", bytes);
@@ -1262,9 +1520,37 @@ void engine_metrics(engine *e, bv_buf *out) {
     metric_u64(out, "beava_wal_append_failures_total", "counter", "Records the WAL refused.", e->wal_failures);
     metric_u64(out, "beava_registry_changes_total", "counter", "Register calls that changed the registry.",
                e->registers_applied);
+    metric_u64(out, "beava_overloaded_total", "counter", "Requests refused with 503 overloaded (shard queues full).",
+               e->overloaded);
+    metric_u64(out, "beava_shards", "gauge", "Apply shards.", e->nshards);
     metric_u64(out, "beava_entity_keys_too_long_total", "counter",
                "Entity keys longer than the cap (event skipped for that table).", e->keys_too_long);
+    seq_barrier_leave(e);
     pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- shards ------------------------------------------------------------------------- */
+
+int engine_start_shards(engine *e, size_t queue_capacity) {
+    pthread_mutex_lock(&e->mu);
+    if (!e->pool && e->nshards > 0) e->pool = shard_pool_start(e->nshards, queue_capacity ? queue_capacity : 4096);
+    int rc = e->pool ? 0 : -1;
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+void engine_pause_shard(engine *e, unsigned shard, bool paused) {
+    if (e->pool) shard_pause(e->pool, shard, paused);
+}
+
+unsigned engine_shard_of(engine *e, const char *table, const char *key) {
+    pthread_mutex_lock(&e->mu);
+    agg_table *t = registry_table(e->reg, table);
+    char kbuf[STORE_MAX_KEY + 1];
+    int kl = t ? parse_get_key(t, key, strlen(key), kbuf, sizeof kbuf) : -1;
+    unsigned sh = kl < 0 ? UINT32_MAX : shard_for(e, t, store_hash(kbuf, (size_t)kl));
+    pthread_mutex_unlock(&e->mu);
+    return sh;
 }
 
 /* ---- recovery ----------------------------------------------------------------------- */
@@ -1335,7 +1621,13 @@ int engine_replay(engine *e, int kind, uint64_t lsn, const void *payload, size_t
         memset(&res, 0, sizeof res);
         const ev_desc *ev = NULL;
         if (push_validate(e, p + 12, nl, data, &ev, &res)) {
-            push_apply(e, ev, (int64_t)now);
+            push_job *job = push_job_new(e, ev, &e->row, (int64_t)now);
+            while (!push_job_fits(e, job)) {   /* only when replaying into running shards */
+                struct timespec ts = { 0, 200000 };
+                nanosleep(&ts, NULL);
+            }
+            push_job_dispatch(e, job, (int64_t)now);
+            push_job_finish(job);
             e->events_applied++;
             char dk[STORE_MAX_KEY + REGISTRY_NAME_MAX + 8];
             int dkl = dedupe_key(ev, &e->row, dk, sizeof dk);
@@ -1439,11 +1731,12 @@ int engine_serialize(engine *e, engine_write_fn write, void *ctx) {
         so_str(&so, t->name, strlen(t->name));
         so_u32(&so, (uint32_t)t->nfeatures);
         for (size_t f = 0; f < t->nfeatures; f++) so_str(&so, t->features[f].name, strlen(t->features[f].name));
-        entity_store *s = t->store;
-        so_u64(&so, s->count);
+        uint64_t count = 0;
+        for (unsigned sh = 0; sh < e->nshards; sh++) count += table_store(t, sh)->count;
+        so_u64(&so, count);
         snap_table_ctx tc = { .so = &so, .t = t };
         bv_buf_init(&tc.state);
-        store_foreach(s, snap_entity, &tc);
+        for (unsigned sh = 0; sh < e->nshards; sh++) store_foreach(table_store(t, sh), snap_entity, &tc);
         bv_buf_free(&tc.state);
     }
     so_flush(&so);
@@ -1571,7 +1864,8 @@ int engine_deserialize(engine *e, const void *body, size_t len, char *reason, si
             const char *k = si_str(&si, &kl);
             uint64_t last_seen = si_u64(&si);
             if (!k || kl > STORE_MAX_KEY) goto truncated;
-            entity *en = store_insert(t->store, k, kl, store_hash(k, kl), t->row_size);
+            uint64_t kh = store_hash(k, kl);
+            entity *en = store_insert(table_store(t, shard_for(e, t, kh)), k, kl, kh, t->row_size);
             if (!en) goto out;
             entity_init_states(t, en, 0);
             en->last_seen_ms = (int64_t)last_seen;

@@ -42,6 +42,7 @@ typedef struct engine_options {
     bool memory_gov_enforce;
     const bv_log *log;
     engine_wal_ops wal;
+    unsigned shards;              /* entity partitions (0 = 1); threads start with engine_start_shards */
 } engine_options;
 
 typedef enum engine_transport { TRANSPORT_HTTP = 0, TRANSPORT_TCP = 1 } engine_transport;
@@ -126,6 +127,15 @@ int engine_deserialize(engine *e, const void *body, size_t len, char *reason, si
  * Scans at most `budget` index slots per call, resuming where the last call stopped, so
  * the engine is never held for long. Returns the number of entities evicted. */
 size_t engine_sweep_cold(engine *e, size_t budget);
+
+/* Start the shard threads (after recovery; before, work is applied inline). Queues hold
+ * queue_capacity tasks each (0 = 4096); a push that finds a target queue full is
+ * answered 503 overloaded. Returns 0 or -1. */
+int engine_start_shards(engine *e, size_t queue_capacity);
+
+/* Test hooks: pause a shard (its queue fills up: overload); which shard owns a key. */
+void engine_pause_shard(engine *e, unsigned shard, bool paused);
+unsigned engine_shard_of(engine *e, const char *table, const char *key);
 
 /* Is `table` a registered aggregation / `event` a registered event (site allow-lists). */
 bool engine_has_table(engine *e, const char *table);

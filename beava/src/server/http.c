@@ -469,6 +469,27 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
         int st = s->deps.snapshot(s->deps.ctx, &out);
         return send_buf(c, st, "application/json", &out, "beava-admin", false);
     }
+    if (s->deps.cfg->test_mode && strncmp(path, "/debug/", 7) == 0 && strcmp(method, "POST") == 0) {
+        /* test-mode hooks: which shard owns a key; pause/resume a shard (overload tests) */
+        json_t *req = json_loadb(rc->body.data ? rc->body.data : "", rc->body.len, 0, NULL);
+        int st = 400;
+        if (req && strcmp(path, "/debug/shard-of") == 0 && json_is_string(json_object_get(req, "table")) &&
+            json_is_string(json_object_get(req, "key"))) {
+            unsigned sh = engine_shard_of(s->deps.eng, json_string_value(json_object_get(req, "table")),
+                                          json_string_value(json_object_get(req, "key")));
+            bv_buf_printf(&out, "{\"shard\":%u}", sh);
+            st = 200;
+        } else if (req && strcmp(path, "/debug/pause-shard") == 0 && json_is_integer(json_object_get(req, "shard"))) {
+            engine_pause_shard(s->deps.eng, (unsigned)json_integer_value(json_object_get(req, "shard")),
+                               json_is_true(json_object_get(req, "paused")));
+            bv_buf_puts(&out, "{\"ok\":true}");
+            st = 200;
+        } else {
+            bv_buf_puts(&out, "{\"error\":{\"code\":\"bad_request\"}}");
+        }
+        json_decref(req);
+        return send_buf(c, st, "application/json", &out, "beava-admin", false);
+    }
     bool known = strcmp(path, "/health") == 0 || strcmp(path, "/ready") == 0 || strcmp(path, "/registry") == 0 ||
                  strcmp(path, "/metrics") == 0;
     if (!known) return send_empty(c, 404);
@@ -585,16 +606,23 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
             goto fail;
         }
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_SUPPRESS_DATE_NO_CLOCK;
+    /* The data plane runs one thread per connection: a push may wait for its shards and,
+     * in sync mode, for the group-commit fsync, and such waits must not stall other
+     * clients (many waiters share one fsync). The admin sidecar uses a small pool. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_SUPPRESS_DATE_NO_CLOCK;
     if (threads < 1) threads = 1;
+    if (role == HTTP_DATA) flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
+    else flags |= MHD_USE_EPOLL_LINUX_ONLY;
     s->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
                                  MHD_OPTION_LISTEN_SOCKET, s->fd,
-                                 MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads,
+                                 MHD_OPTION_THREAD_POOL_SIZE, role == HTTP_DATA ? 0u : (unsigned)threads,
                                  MHD_OPTION_URI_LOG_CALLBACK, uri_log, NULL,
                                  MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
                                  MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
+                                 MHD_OPTION_THREAD_STACK_SIZE, (size_t)(2u << 20),
                                  MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "libmicrohttpd could not start on %s", bound);

@@ -134,6 +134,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         .test_mode = cfg->test_mode,
         .memory_gov_enforce = cfg->memory_gov_enforce,
         .log = log,
+        .shards = cfg->shards > 0 ? (unsigned)cfg->shards : (unsigned)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1),
     };
     if (!cfg->memory_only) {
         s->persist = persist_open(cfg, log, err, errlen);
@@ -156,6 +157,10 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
 
     /* recovery: newest snapshot + WAL tail; admin /ready says 503 meanwhile */
     if (s->persist && persist_recover(s->persist, s->eng, err, errlen) != 0) goto fail;
+    if (engine_start_shards(s->eng, cfg->shard_queue) != 0) {
+        snprintf(err, errlen, "cannot start the apply shards");
+        goto fail;
+    }
 
     int io = cfg->io_threads > 0 ? cfg->io_threads : 2;
     s->data = http_start(HTTP_DATA, cfg->http_addr, &deps, io, s->http_bound, sizeof s->http_bound, err, errlen);
