@@ -252,6 +252,10 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
     } else if (access(s->binary, X_OK) != 0) {
         return ctl_errf(err, "server binary %s: %s", s->binary, strerror(errno));
     }
+    /* systemd switches users itself; for the others only root can. */
+    bool has_user = s->rootfs && json_string_value(json_object_get(s->image_config, "User")) &&
+                    *json_string_value(json_object_get(s->image_config, "User"));
+    long unit_uid = has_user ? (long)uid : -1, unit_gid = has_user ? (long)gid : -1;
     if (geteuid() != 0)
         uid = 0, gid = 0; /* cannot switch users: run as ourselves */
     if (uid != 0)
@@ -285,7 +289,7 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         sv_add(&argv, conf_arg);
     }
     if (systemd) {
-        rc = rt_systemd_start(cfg, s, argv.v, env.v, instance, err);
+        rc = rt_systemd_start(cfg, s, argv.v, env.v, unit_uid, unit_gid, instance, err);
         goto out;
     }
 
@@ -402,9 +406,10 @@ int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, c
         return 0;
     int64_t t0 = ctl_mono_ms();
     if (!strcmp(kind, "systemd")) {
-        int rc = rt_systemd_stop(cfg, instance, err);
+        const char *via = "StopUnit";
+        int rc = rt_systemd_stop(cfg, instance, &via, err);
         if (how)
-            *how = json_pack("{s:s,s:I}", "via", "StopUnit", "ms", (json_int_t)(ctl_mono_ms() - t0));
+            *how = json_pack("{s:s,s:I}", "via", via, "ms", (json_int_t)(ctl_mono_ms() - t0));
         return rc;
     }
     pid_t pid = (pid_t)json_integer_value(json_object_get(instance, "pid"));

@@ -16,7 +16,8 @@
  *   bwrap:   bubblewrap, the image rootfs as a read-only /, the data dir bound at /data,
  *            the config file at /etc/beava/beava.yaml, network shared, own IPC/UTS,
  *            run as the image's User when the daemon is root.
- *   systemd: a transient unit over D-Bus (runtime_systemd.c).
+ *   systemd: a transient unit over D-Bus (runtime_systemd.c), the image's user passed
+ *            as numeric User=/Group= whether or not the daemon runs as root.
  */
 #ifndef CTL_RUNTIME_H
 #define CTL_RUNTIME_H
@@ -47,9 +48,11 @@ void runtime_reap(void);
 char *runtime_log_tail(const char *path, int lines);
 
 /* systemd runtime (runtime_systemd.c). */
+/* uid/gid: the image's user as numbers, -1 for none (the unit runs as root). */
 int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, char *const *argv,
-                     char *const *envp, json_t **instance, char *err);
-int rt_systemd_stop(const struct ctl_config *cfg, json_t *instance, char *err);
+                     char *const *envp, long uid, long gid, json_t **instance, char *err);
+/* *how: what the stop took (StopUnit, or StopUnit then KillUnit SIGKILL). */
+int rt_systemd_stop(const struct ctl_config *cfg, json_t *instance, const char **how, char *err);
 bool rt_systemd_alive(const struct ctl_config *cfg, json_t *instance);
 
 #endif
