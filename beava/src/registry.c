@@ -71,6 +71,7 @@
 #include <string.h>
 
 #include "diff.h"
+#include "ops/op.h"
 
 #define REG_MAX_DEPTH 32                /* nesting of the whole request body */
 #define REG_MAX_FIELDS 1024             /* fields (and optional fields) per schema */
@@ -1449,6 +1450,41 @@ static bool is_key(const json_t *keys, const char *name) {
     return false;
 }
 
+/* The reference names the offending member of a feature spec in the error path
+ * (".op", ".params.field", ".params.window", ...); feature_compile reports the feature
+ * itself. Append the member for the codes whose member is unambiguous. The `n` of
+ * first_n/last_n/lag/time_since_last_n shares aggregation_unknown_field with `field`;
+ * it is told apart by the op's field rule (op.h flags), and left without a suffix. */
+static void feature_err_member(bv_err *err, const json_t *spec, const bv_schema *schema,
+                               const char *path) {
+    static const struct { const char *code, *member; } members[] = {
+        {"aggregation_unknown_op", ".op"},
+        {"aggregation_invalid_window", ".params.window"},
+        {"window_not_supported", ".params.window"},
+        {"aggregation_invalid_where", ".params.where"},
+        {"invalid_percentile_q", ".params.q"},
+        {"invalid_top_k_k", ".params.k"},
+        {"invalid_bloom_fpr", ".params.target_fpr"},
+    };
+    if (strcmp(err->path, path) != 0) return;
+    const char *member = NULL;
+    for (size_t i = 0; i < sizeof members / sizeof members[0] && !member; i++)
+        if (!strcmp(err->code, members[i].code)) member = members[i].member;
+    if (!member && !strcmp(err->code, "aggregation_unknown_field")) {
+        const char *op = json_string_value(json_object_get(spec, "op"));
+        const struct op_vtable *vt = op ? op_lookup(op) : NULL;
+        const json_t *params = json_object_get(spec, "params");
+        const char *field = json_string_value(json_object_get(params, "field"));
+        unsigned fl = vt ? vt->flags : 0;
+        if ((!field && (fl & OPF_FIELD_REQUIRED)) ||
+            (field && (fl & (OPF_FIELD_REQUIRED | OPF_FIELD_CHECKED)) &&
+             bv_schema_find(schema, field, NULL) < 0))
+            member = ".params.field";
+    }
+    size_t n = strlen(err->path), m = member ? strlen(member) : 0;
+    if (member && n + m < sizeof err->path) memcpy(err->path + n, member, m + 1);
+}
+
 /*
  * Derivation chains at push time (DECISIONS §4). The reference never executes event
  * derivations, so a table over one never fires. Here a table whose upstreams[0] is an
@@ -1621,6 +1657,7 @@ static int check_aggregation(vctx *v, size_t i, bv_err *err) {
             } else {
                 rc = -1;
             }
+            feature_err_member(err, spec, schema, path);
             break;
         }
         if (is_key(keys, names[k])) {
@@ -1630,6 +1667,7 @@ static int check_aggregation(vctx *v, size_t i, bv_err *err) {
         }
         if (feature_compile(&p->feats[k], names[k], spec, schema, path, err) < 0) {
             if (!err->code[0]) bv_err_set(err, "invalid_registration", path, "invalid aggregation");
+            feature_err_member(err, spec, schema, path);
             rc = -1;
             break;
         }

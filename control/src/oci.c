@@ -234,7 +234,10 @@ static int fetch_token(struct reg *g, const char *challenge, char *err)
         const char *tok = json_string_value(json_object_get(j, "token"));
         if (!tok)
             tok = json_string_value(json_object_get(j, "access_token"));
-        if (resp.status != 200 || !tok)
+        if (resp.status == 401 || resp.status == 403)
+            rc = ctl_errf(err, "registry token endpoint %s: status %ld: unauthorized (check registry.username / "
+                          "password_file)", realm, resp.status);
+        else if (resp.status != 200 || !tok)
             rc = ctl_errf(err, "registry token endpoint %s: status %ld, no token", realm, resp.status);
         else
             snprintf(g->auth, sizeof g->auth, "Authorization: Bearer %s", tok);
@@ -585,6 +588,7 @@ int oci_pull(const struct ctl_config *cfg, const struct oci_ref *r, const char *
         const char *pick = NULL;
         size_t i;
         json_t *e;
+        char have[400] = "";
         json_array_foreach(json_object_get(m, "manifests"), i, e) {
             json_t *p = json_object_get(e, "platform");
             const char *pos = json_string_value(json_object_get(p, "os"));
@@ -595,11 +599,15 @@ int oci_pull(const struct ctl_config *cfg, const struct oci_ref *r, const char *
                 pick = json_string_value(json_object_get(e, "digest"));
                 break;
             }
+            size_t hl = strlen(have);
+            if (hl < sizeof have - 80)
+                snprintf(have + hl, sizeof have - hl, "%s%s/%s%s%s", hl ? ", " : "", pos ? pos : "?",
+                         parch ? parch : "?", pvar ? "/" : "", pvar ? pvar : "");
         }
         if (!pick) {
             json_decref(m);
-            return ctl_errf(err, "image index %s has no manifest for %s/%s%s%s", digest, os, arch,
-                            *variant ? "/" : "", variant);
+            return ctl_errf(err, "image index %s has no manifest for %s/%s%s%s (it has: %s); refused", digest, os,
+                            arch, *variant ? "/" : "", variant, *have ? have : "nothing");
         }
         char pd[80];
         snprintf(pd, sizeof pd, "%s", pick);

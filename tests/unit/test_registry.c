@@ -537,7 +537,7 @@ static void test_dry_run(void **state) {
     assert_true(json_is_false(json_object_get(j, "would_apply")));
     const json_t *e = json_object_get(j, "error");
     assert_string_equal(json_string_value(json_object_get(e, "code")), "aggregation_unknown_field");
-    assert_string_equal(json_string_value(json_object_get(e, "path")), "nodes[1].ops[0].agg.s");
+    assert_string_equal(json_string_value(json_object_get(e, "path")), "nodes[1].ops[0].agg.s.params.field");
     assert_non_null(json_object_get(json_object_get(j, "diff"), "destructive"));
     json_decref(j);
     /* exact body of a dry run with an error */
@@ -616,7 +616,7 @@ static void test_validation_errors(void **state) {
                  "invalid_expression", "nodes[1].ops[0]");
     /* aggregations */
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'frobnicate','params':{'window':'1h'}}") "]}",
-                 "aggregation_unknown_op", "nodes[1].ops[0].agg.a");
+                 "aggregation_unknown_op", "nodes[1].ops[0].agg.a.op");
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['x']", "'a':{'op':'count'}") "]}",
                  "aggregation_unknown_field", "nodes[1].ops[0].group_by[0]");
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u','nope']", "'a':{'op':'count'}") "]}",
@@ -624,17 +624,28 @@ static void test_validation_errors(void **state) {
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'u':{'op':'count'}") "]}",
                  "aggregation_group_key_collides_with_feature", "nodes[1].ops[0].agg.u");
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'sum','params':{'field':'nope'}}") "]}",
+                 "aggregation_unknown_field", "nodes[1].ops[0].agg.a.params.field");
+    /* the member the reference names: field when the field is wrong, none for `n` */
+    expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'first','params':{}}") "]}",
+                 "aggregation_unknown_field", "nodes[1].ops[0].agg.a.params.field");
+    expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'lag','params':{'field':'x','n':2000}}") "]}",
                  "aggregation_unknown_field", "nodes[1].ops[0].agg.a");
+    expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'time_since_last_n','params':{'field':'nope','n':2000}}") "]}",
+                 "aggregation_unknown_field", "nodes[1].ops[0].agg.a");
+    expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'bloom_member','params':{'field':'u','window':'1h'}}") "]}",
+                 "window_not_supported", "nodes[1].ops[0].agg.a.params.window");
+    expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'bloom_member','params':{'field':'u','fpr':2}}") "]}",
+                 "invalid_bloom_fpr", "nodes[1].ops[0].agg.a.params.target_fpr");
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'count','params':{'window':'1w'}}") "]}",
-                 "aggregation_invalid_window", "nodes[1].ops[0].agg.a");
+                 "aggregation_invalid_window", "nodes[1].ops[0].agg.a.params.window");
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'count','params':{'where':'(x >'}}") "]}",
-                 "aggregation_invalid_where", "nodes[1].ops[0].agg.a");
+                 "aggregation_invalid_where", "nodes[1].ops[0].agg.a.params.where");
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'count','params':{'where':'nope == 1'}}") "]}",
-                 "aggregation_invalid_where", "nodes[1].ops[0].agg.a");
+                 "aggregation_invalid_where", "nodes[1].ops[0].agg.a.params.where");
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'quantile','params':{'field':'x','q':1.5}}") "]}",
-                 "invalid_percentile_q", "nodes[1].ops[0].agg.a");
+                 "invalid_percentile_q", "nodes[1].ops[0].agg.a.params.q");
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'top_k','params':{'field':'u','k':2000}}") "]}",
-                 "invalid_top_k_k", "nodes[1].ops[0].agg.a");
+                 "invalid_top_k_k", "nodes[1].ops[0].agg.a.params.k");
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'ewma','params':{'field':'x'}}") "]}",
                  "invalid_registration", "nodes[1].ops[0].agg.a");
     expect_error(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'a':{'op':'count'}") ","
@@ -1114,7 +1125,7 @@ static void test_derivation_chain_validation(void **state) {
                      "{'kind':'derivation','name':'T','output_kind':'table','upstreams':['D1'],"
                      "'ops':[{'op':'group_by','keys':['k'],'agg':{'t_s':{'op':'sum','params':{'field':'n'}}}}],"
                      "'table_primary_key':['k']}]}",
-                 "aggregation_unknown_field", "nodes[3].ops[0].agg.t_s");
+                 "aggregation_unknown_field", "nodes[3].ops[0].agg.t_s.params.field");
     /* an event derivation over a table cannot feed an aggregation */
     expect_error(&t, "{'nodes':[" EV_E ","
                      "{'kind':'derivation','name':'Base','output_kind':'table','upstreams':['E'],"

@@ -66,6 +66,9 @@ struct engine {
     uint64_t wal_failures;
     uint64_t registers_applied;
     uint64_t keys_too_long;
+    struct pending_rec **pend;    /* ring of parked records, indexed by LSN & (pend_cap - 1) */
+    size_t pend_cap;
+    bool draining;
     size_t sweep_table, sweep_slot;   /* cold-sweeper cursor */
     unsigned sweep_shard;
     uint64_t swept_evictions;
@@ -190,6 +193,7 @@ void engine_free(engine *e) {
     registry_free(e->reg, &e->hooks);
     store_free(&e->dedupe);
     free(e->row.fields);
+    free(e->pend);
     bv_buf_free(&e->history);
     pthread_cond_destroy(&e->applied_cv);
     pthread_mutex_destroy(&e->mu);
@@ -236,10 +240,6 @@ static int seq_wait_durable(engine *e, uint64_t lsn, char *reason, size_t rlen) 
     pthread_mutex_lock(&e->mu);
     if (rc != 0) e->wal_failures++;
     return rc;
-}
-
-static void seq_wait_turn(engine *e, uint64_t lsn) {
-    while (e->applied_lsn + 1 < lsn) pthread_cond_wait(&e->applied_cv, &e->mu);
 }
 
 static void seq_done(engine *e, uint64_t lsn) {
@@ -638,6 +638,60 @@ static void push_job_dispatch(engine *e, push_job *j, int64_t now) {
     if (now > e->watermark_ms) e->watermark_ms = now;
 }
 
+/* A record appended but not dispatched yet: waiting for durability (sync) or for an
+ * earlier record. Lives on the waiting thread's stack until `dispatched`. */
+typedef struct pending_rec {
+    push_job *job;
+    int64_t now;
+    bool ready;                   /* may be dispatched once it is next in line */
+    bool failed;                  /* its write failed: voided, never applied */
+    bool dispatched;
+    pthread_cond_t cv;            /* signalled when dispatched (or voided) */
+} pending_rec;
+
+static void pend_put(engine *e, uint64_t lsn, pending_rec *pr) {
+    size_t span = (size_t)(e->last_lsn - e->applied_lsn);
+    if (span >= e->pend_cap) {
+        size_t ncap = e->pend_cap ? e->pend_cap : 64;
+        while (ncap <= span) ncap *= 2;
+        pending_rec **n = calloc(ncap, sizeof *n);
+        if (!n) abort();
+        for (uint64_t l = e->applied_lsn + 1; l <= e->last_lsn && e->pend_cap; l++)
+            n[l & (ncap - 1)] = e->pend[l & (e->pend_cap - 1)];
+        free(e->pend);
+        e->pend = n;
+        e->pend_cap = ncap;
+    }
+    e->pend[lsn & (e->pend_cap - 1)] = pr;
+}
+
+/* Dispatch every parked record that is next in line and ready (mutex held). One thread
+ * drains at a time; it may drop the mutex while a shard queue has no room. */
+static void pend_drain(engine *e) {
+    if (e->draining) return;
+    e->draining = true;
+    while (e->applied_lsn < e->last_lsn && e->pend_cap) {
+        uint64_t lsn = e->applied_lsn + 1;
+        pending_rec *p = e->pend[lsn & (e->pend_cap - 1)];
+        if (!p || !p->ready) break;
+        if (!p->failed) {
+            while (!push_job_fits(e, p->job)) {
+                pthread_mutex_unlock(&e->mu);
+                struct timespec ts = { 0, 200000 };
+                nanosleep(&ts, NULL);
+                pthread_mutex_lock(&e->mu);
+            }
+            push_job_dispatch(e, p->job, p->now);
+            e->events_applied++;
+        }
+        e->pend[lsn & (e->pend_cap - 1)] = NULL;
+        p->dispatched = true;
+        pthread_cond_signal(&p->cv);
+        seq_done(e, lsn);
+    }
+    e->draining = false;
+}
+
 static void push_job_finish(push_job *j) {
     shard_latch_wait(&j->latch);
     shard_latch_destroy(&j->latch);
@@ -779,30 +833,34 @@ void engine_push(engine *e, const char *event, size_t event_len, const json_t *d
     uint64_t version = registry_version(e->reg);
     if (dkl >= 0) dedupe_remember(e, dk, (size_t)dkl, dh, now + ev->dedupe_window_ms, lsn, version, now);
     bool fast = !(sync && e->opt.wal.append) && e->applied_lsn + 1 == lsn;
-    if (!fast) {
-        /* wait for durability (sync) and for every earlier record to be dispatched */
-        rc = sync ? seq_wait_durable(e, lsn, reason, sizeof reason) : 0;
-        seq_wait_turn(e, lsn);
-        if (rc != 0) {
+    if (fast) {
+        push_job_dispatch(e, job, now);
+        e->events_applied++;
+        seq_done(e, lsn);
+        pthread_mutex_unlock(&e->mu);
+    } else {
+        /* park the record; whoever holds the mutex when it is next in line and ready
+         * dispatches it (no thundering herd: each waiter has its own condition) */
+        pending_rec pr = { .job = job, .now = now, .ready = !sync || !e->opt.wal.append };
+        pthread_cond_init(&pr.cv, NULL);
+        pend_put(e, lsn, &pr);
+        if (!pr.ready) {
+            rc = seq_wait_durable(e, lsn, reason, sizeof reason);
+            pr.ready = true;
+            pr.failed = rc != 0;
+        }
+        pend_drain(e);
+        while (!pr.dispatched) pthread_cond_wait(&pr.cv, &e->mu);
+        pthread_cond_destroy(&pr.cv);
+        if (pr.failed) {
             if (dkl >= 0) dedupe_forget(e, dk, (size_t)dkl, dh);
-            seq_done(e, lsn);
+            pthread_mutex_unlock(&e->mu);
             push_job_free(job);
             push_fail(res, 503, "wal_unavailable", "the event could not be made durable, nothing was applied: %s", reason);
-            pthread_mutex_unlock(&e->mu);
             return;
         }
-        /* it is our turn: nobody else dispatches until seq_done, so waiting for room is safe */
-        while (!push_job_fits(e, job)) {
-            pthread_mutex_unlock(&e->mu);
-            struct timespec ts = { 0, 200000 };
-            nanosleep(&ts, NULL);
-            pthread_mutex_lock(&e->mu);
-        }
+        pthread_mutex_unlock(&e->mu);
     }
-    push_job_dispatch(e, job, now);
-    e->events_applied++;
-    seq_done(e, lsn);
-    pthread_mutex_unlock(&e->mu);
     push_job_finish(job);            /* acknowledged once every shard applied it */
     res->status = 200;
     res->ack_lsn = lsn;
