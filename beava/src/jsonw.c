@@ -184,8 +184,29 @@ void jsonw_key(jsonw *w, const char *key) { jsonw_keyn(w, key, strlen(key)); }
 
 void jsonw_strn(jsonw *w, const char *s, size_t n) { jsonw_sep(w); bv_buf_json_str(w->out, s, n); }
 void jsonw_str(jsonw *w, const char *s) { jsonw_strn(w, s, strlen(s)); }
-void jsonw_i64(jsonw *w, int64_t v) { jsonw_sep(w); bv_buf_printf(w->out, "%lld", (long long)v); }
-void jsonw_u64(jsonw *w, uint64_t v) { jsonw_sep(w); bv_buf_printf(w->out, "%llu", (unsigned long long)v); }
+/* Integers are on every ack and row: format them without printf. */
+static void put_u64(bv_buf *b, uint64_t v, bool neg) {
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    bv_buf_reserve(b, (size_t)n + 1);
+    if (neg) b->data[b->len++] = '-';
+    while (n) b->data[b->len++] = tmp[--n];
+    b->data[b->len] = 0;
+}
+
+void jsonw_i64(jsonw *w, int64_t v) {
+    jsonw_sep(w);
+    put_u64(w->out, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, v < 0);
+}
+
+void jsonw_u64(jsonw *w, uint64_t v) {
+    jsonw_sep(w);
+    put_u64(w->out, v, false);
+}
 void jsonw_bool(jsonw *w, bool v) { jsonw_sep(w); bv_buf_puts(w->out, v ? "true" : "false"); }
 void jsonw_null(jsonw *w) { jsonw_sep(w); bv_buf_puts(w->out, "null"); }
 void jsonw_raw(jsonw *w, const char *json, size_t n) { jsonw_sep(w); bv_buf_put(w->out, json, n); }

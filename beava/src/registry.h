@@ -97,8 +97,9 @@ size_t registry_node_count(const registry *r);   /* events + derivations */
 const ev_desc *registry_event(const registry *r, const char *name);
 agg_table *registry_table(const registry *r, const char *name);
 
-/* Tables whose source is `event`, in registration order. The array is owned by the
- * registry and valid until the next apply/reset. */
+/* Tables whose source is `event`, in registration order: tables over `event` itself and
+ * tables over event derivations rooted at it. The array is owned by the registry and
+ * valid until the next apply/reset. */
 size_t registry_tables_for_event(const registry *r, const char *event, agg_table *const **out);
 
 /* All tables, registration order (same lifetime rule). */

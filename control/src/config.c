@@ -229,6 +229,10 @@ static int validate(struct ctl_config *c, char *err)
         return ctl_errf(err, "runtime.data_dir: must be an absolute path, got '%s'", c->runtime_data_dir);
     if (c->trigger_replay_window_s < 1)
         return ctl_errf(err, "trigger.replay_window_s: must be at least 1");
+    size_t ul = strlen(c->systemd_unit);
+    if (!strcmp(c->runtime_kind, "systemd") &&
+        (ul < 9 || strcmp(c->systemd_unit + ul - 8, ".service") || strchr(c->systemd_unit, '/')))
+        return ctl_errf(err, "systemd.unit: '%s' is not a service unit name (NAME.service)", c->systemd_unit);
     if (c->keep_images < 2)
         return ctl_errf(err, "deploy.keep_images: must be at least 2 (current and previous)");
     return 0;

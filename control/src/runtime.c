@@ -243,6 +243,15 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
             if (!ok)
                 return ctl_errf(err, "image rootfs has no /%s directory (a mount point)", mps[i]);
         }
+        if (*cfg->runtime_config) {
+            char *c = ctl_asprintf("%s/etc/beava/beava.yaml", s->rootfs);
+            struct stat st;
+            int ok = lstat(c, &st) == 0 && S_ISREG(st.st_mode);
+            free(c);
+            if (!ok)
+                return ctl_errf(err, "image rootfs has no file /etc/beava/beava.yaml, the mount point for "
+                                "runtime.config (images from packaging/oci/build-image have one)");
+        }
         int ok;
         char *b = ctl_asprintf("%s%s", s->rootfs, s->binary);
         ok = access(b, X_OK) == 0;

@@ -37,7 +37,9 @@ static void fill_row(run_row *row, const bench_opts *o, const pipeline *pl, cons
     row->target = target;
     row->wire = wire;
     row->pipeline = pl->name;
-    if (o->rate > 0)
+    if (r->prefill_only)
+        snprintf(row->shape, sizeof row->shape, "prefill C2×D4×B1000");
+    else if (o->rate > 0)
         snprintf(row->shape, sizeof row->shape, "C%u×D%u×B%u, %.0f req/s", o->conns, o->depth, o->batch, o->rate);
     else
         snprintf(row->shape, sizeof row->shape, "C%u×D%u×B%u", o->conns, o->depth, o->batch);

@@ -21,6 +21,8 @@ static void run_line(const char *cmd, char *out, size_t outlen) {
     pclose(f);
 }
 
+static void probe_commit(machine *m, const char *src_dir);
+
 void machine_probe(machine *m, const char *src_dir) {
     memset(m, 0, sizeof *m);
     m->nproc = sysconf(_SC_NPROCESSORS_ONLN);
@@ -42,20 +44,30 @@ void machine_probe(machine *m, const char *src_dir) {
         }
         fclose(f);
     }
-    char cmd[600], out[40];
-    snprintf(cmd, sizeof cmd, "git -C '%s' rev-parse --short HEAD 2>/dev/null", src_dir ? src_dir : ".");
-    run_line(cmd, out, sizeof out);
-    snprintf(m->commit, sizeof m->commit, "%s", out[0] ? out : "unknown");
-    if (out[0]) {
-        snprintf(cmd, sizeof cmd, "git -C '%s' status --porcelain --untracked-files=no 2>/dev/null | head -1",
-                 src_dir ? src_dir : ".");
-        run_line(cmd, out, sizeof out);
-        if (out[0]) strncat(m->commit, "-dirty", sizeof m->commit - strlen(m->commit) - 1);
+    const char *pinned = getenv("BEAVA_BENCH_COMMIT");
+    if (pinned && pinned[0]) {
+        snprintf(m->commit, sizeof m->commit, "%s", pinned);
+    } else {
+        probe_commit(m, src_dir);
     }
     time_t now = time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(m->date, sizeof m->date, "%Y-%m-%d %H:%M UTC", &tm);
+}
+
+static void probe_commit(machine *m, const char *src_dir) {
+    char cmd[600], out[40];
+    snprintf(cmd, sizeof cmd, "git -C '%s' rev-parse --short HEAD 2>/dev/null", src_dir ? src_dir : ".");
+    run_line(cmd, out, sizeof out);
+    snprintf(m->commit, sizeof m->commit, "%s", out[0] ? out : "unknown");
+    if (out[0]) {
+        snprintf(cmd, sizeof cmd,
+                 "GIT_OPTIONAL_LOCKS=0 git -C '%s' status --porcelain --untracked-files=no 2>/dev/null | head -1",
+                 src_dir ? src_dir : ".");
+        run_line(cmd, out, sizeof out);
+        if (out[0]) strncat(m->commit, "-dirty", sizeof m->commit - strlen(m->commit) - 1);
+    }
 }
 
 char *report_cmdline(int argc, char **argv) {

@@ -16,7 +16,9 @@ typedef struct machine {
 } machine;
 
 /* src_dir: the repository to ask `git rev-parse --short HEAD` (commit "unknown" when
- * git fails). Marks the commit "-dirty" when the work tree has changes. */
+ * git fails). Marks the commit "-dirty" when the work tree has changes. The environment
+ * variable BEAVA_BENCH_COMMIT, when set, is used instead (run-all pins the commit that
+ * was built, since HEAD may move while a long matrix runs). */
 void machine_probe(machine *m, const char *src_dir);
 
 /* The command line, shell-quoted where needed. Caller frees. */

@@ -132,7 +132,8 @@ def skopeo_copy(src, dst, src_creds=CREDS, dest_creds=CREDS, extra=()):
 class Control:
     """One beava-control daemon with its own state dir, data dir, ports and config."""
 
-    def __init__(self, tmp, name, repo, runtime="bwrap", extra_yaml="", manifests=None, regpass="ci-password"):
+    def __init__(self, tmp, name, repo, runtime="bwrap", extra_yaml="", manifests=None, regpass="ci-password",
+                 server_config=None):
         self.name = name
         self.dir = f"{tmp}/{name}"
         os.makedirs(self.dir)
@@ -161,6 +162,7 @@ runtime:
   tcp_port: {self.tcp_port}
   stop_grace_s: 15
   ready_timeout_s: 20
+  config: '{server_config or ""}'
 manifests: {{dir: {manifests}, root: {tmp}}}
 {extra_yaml}""")
         self.env = clean_env()
@@ -351,7 +353,9 @@ def scenario(tmp):
 def phase_main(ctx):
     tmp, reg, repo, mdir, imgs, build_push = (ctx[k] for k in ("tmp", "reg", "repo", "mdir", "imgs", "build_push"))
     dig_a, dig_b, rev_a, rev_b = imgs["a"], imgs["b"], imgs["rev_a"], imgs["rev_b"]
-    c = Control(tmp, "main", repo, manifests=mdir)
+    with open(f"{tmp}/beava.yaml", "w") as f:
+        f.write("log_level: info\n")  # runtime.config: bound read-only at /etc/beava/beava.yaml
+    c = Control(tmp, "main", repo, manifests=mdir, server_config=f"{tmp}/beava.yaml")
     c.start()
     sock = f"{c.state}/control.sock"
     check(stat.S_IMODE(os.stat(sock).st_mode) == 0o660, "CLI socket has mode 0660", oct(os.stat(sock).st_mode))
@@ -725,7 +729,9 @@ def phase_systemd(ctx):
                             stderr=flog, text=True)
     procs.append(fake)
     check(fake.stdout.readline().strip() == "ready", "fake org.freedesktop.systemd1 owns its name")
-    c = Control(tmp, "systemd", repo, runtime="systemd", manifests=mdir,
+    with open(f"{tmp}/beava-systemd.yaml", "w") as f:
+        f.write("log_level: info\n")
+    c = Control(tmp, "systemd", repo, runtime="systemd", manifests=mdir, server_config=f"{tmp}/beava-systemd.yaml",
                 extra_yaml=f"systemd: {{bus: '{addr}', unit: beava-e2e.service}}\n")
     c.start()
     p = c.cli("deploy", f"{repo}:sha-a", "--revision", imgs["rev_a"], "--wait")
@@ -749,8 +755,11 @@ def phase_systemd(ctx):
         check(pb.get("RootDirectory") == f"{c.state}/images/{imgs['b'][7:]}/rootfs", "RootDirectory= B's unpacked rootfs",
               pb.get("RootDirectory"))
         check(pb.get("BindPaths") == [[c.data, "/data", False, 0]], "BindPaths= the data dir at /data", pb.get("BindPaths"))
-        check(ex[0] == "/usr/bin/beava" and ex[1] == ["/usr/bin/beava", "--data-dir", "/data"],
-              "ExecStart= the image's entrypoint on /data", ex)
+        check(ex[0] == "/usr/bin/beava" and
+              ex[1] == ["/usr/bin/beava", "--data-dir", "/data", "--config", "/etc/beava/beava.yaml"],
+              "ExecStart= the image's entrypoint on /data with the config", ex)
+        check(pb.get("BindReadOnlyPaths") == [[f"{tmp}/beava-systemd.yaml", "/etc/beava/beava.yaml", False, 0]],
+              "BindReadOnlyPaths= runtime.config at /etc/beava/beava.yaml", pb.get("BindReadOnlyPaths"))
         check(f"BEAVA_LISTEN_ADDR=127.0.0.1:{c.http_port}" in env and f"BEAVA_ADMIN_ADDR=127.0.0.1:{c.admin_port}" in env
               and "PATH=/usr/bin:/bin" in env, "Environment= the listen addresses and the image's PATH", env)
         check(pb.get("User") == "65532" and pb.get("Group") == "65532", "User=/Group= the image's user, numeric",

@@ -15,8 +15,9 @@
  * with StartTransientUnit's properties decoded into JSON (a(ssbt) -> [[s,s,b,n]], ...).
  *
  * Without --exec the unit's life is simulated: a start job ends "start_delay_ms" later with
- * "start_result"; a stop job "stop_delay_ms" later, or, with stop=stubborn, only when
- * KillUnit sends SIGKILL. Tune with org.beava.FakeSystemd.SetBehaviour(key, value).
+ * "start_result" (its JobRemoved "job_removed_lag_ms" after the unit is already active);
+ * a stop job "stop_delay_ms" later, or, with stop=stubborn, only when KillUnit sends
+ * SIGKILL. Tune with org.beava.FakeSystemd.SetBehaviour(key, value).
  * With --exec the unit really runs, the way systemd would run it, under bubblewrap:
  * RootDirectory= bound at / (read-only with ProtectSystem=strict), MountAPIVFS= /dev and
  * /proc, PrivateTmp= a tmpfs /tmp, BindPaths=/BindReadOnlyPaths=, WorkingDirectory=,
@@ -71,10 +72,10 @@ static FILE *record;
 static bool exec_mode;
 static long long t0_ms;
 static struct {
-    long start_delay_ms, stop_delay_ms;
+    long start_delay_ms, stop_delay_ms, job_removed_lag_ms;
     char start_result[32];
     bool stubborn;
-} beh = {200, 200, "done", false};
+} beh = {200, 200, 0, "done", false};
 
 static long long mono_ms(void)
 {
@@ -441,8 +442,10 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud)
 struct pending {
     char unit[256];
     uint32_t job;
-    int kind; /* 0 start, 1 stop, 2 stop timeout (exec) */
+    int kind; /* 0 start, 1 stop, 2 stop timeout (exec), 3 start's JobRemoved (lagging) */
 };
+
+static void schedule(struct unit *u, uint32_t job, int kind, long ms);
 
 static int on_timer(sd_event_source *s, uint64_t usec, void *ud)
 {
@@ -457,6 +460,13 @@ static int on_timer(sd_event_source *s, uint64_t usec, void *ud)
         bool ok = !strcmp(beh.start_result, "done");
         if (u)
             snprintf(u->state, sizeof u->state, "%s", ok ? "active" : "failed");
+        /* job_removed_lag_ms: the unit is up before its job is reported done, which tells
+         * a client that waits for JobRemoved from one that polls ActiveState. */
+        if (u && beh.job_removed_lag_ms > 0)
+            schedule(u, p.job, 3, beh.job_removed_lag_ms);
+        else
+            emit_job_removed(p.job, p.unit, beh.start_result);
+    } else if (p.kind == 3) {
         emit_job_removed(p.job, p.unit, beh.start_result);
     } else if (p.kind == 1 && u) {
         unit_down(u, false);
@@ -680,6 +690,8 @@ static int m_set_behaviour(sd_bus_message *m, void *ud, sd_bus_error *e)
         return r;
     if (!strcmp(k, "start_delay_ms"))
         beh.start_delay_ms = atol(v);
+    else if (!strcmp(k, "job_removed_lag_ms"))
+        beh.job_removed_lag_ms = atol(v);
     else if (!strcmp(k, "stop_delay_ms"))
         beh.stop_delay_ms = atol(v);
     else if (!strcmp(k, "start_result"))

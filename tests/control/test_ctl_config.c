@@ -80,6 +80,7 @@ static void test_errors(void **st)
     expect_fail("", bad, 1, "nope.key: unknown setting");
     char *bad2[] = {"novalue"};
     expect_fail("", bad2, 1, "PATH=VALUE");
+    expect_fail("runtime:\n  kind: systemd\nsystemd:\n  unit: beava.timer\n", NULL, 0, "systemd.unit");
     setenv("BEAVA_CONTROL_TYPO", "1", 1);
     expect_fail("", NULL, 0, "BEAVA_CONTROL_TYPO: unknown setting");
     unsetenv("BEAVA_CONTROL_TYPO");

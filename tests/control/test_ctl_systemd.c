@@ -240,14 +240,18 @@ static void test_start_properties_and_job(void **st)
 {
     (void)st;
     char err[CTL_ERR_LEN] = "";
-    behave("start_delay_ms", "700");
+    /* The unit is active after 300 ms, its job reported done 600 ms later: a client that
+     * awaits JobRemoved returns after ~900 ms (one polling ActiveState after ~300). */
+    behave("start_delay_ms", "300");
+    behave("job_removed_lag_ms", "600");
     size_t from = nrecords();
     json_t *inst = NULL;
     int64_t t0 = ctl_mono_ms();
     int rc = start(&inst, err);
     int64_t took = ctl_mono_ms() - t0;
     assert_int_equal(rc, 0);
-    assert_true(took >= 650); /* returned only after the job ended, not at the reply */
+    assert_true(took >= 850); /* returned only after JobRemoved, not at the reply */
+    behave("job_removed_lag_ms", "0");
     assert_string_equal(json_string_value(json_object_get(inst, "runtime")), "systemd");
     assert_string_equal(json_string_value(json_object_get(inst, "unit")), "beava-test.service");
     assert_true(runtime_alive(cfg, inst));
@@ -426,6 +430,42 @@ static void test_refusals_reach_the_caller(void **st)
     free(nobus);
 }
 
+/* runtime.config: bound read-only at /etc/beava/beava.yaml (the image must have the file). */
+static void test_server_config_bound_read_only(void **st)
+{
+    (void)st;
+    char err[CTL_ERR_LEN] = "";
+    char *conf = ctl_asprintf("%s/beava.yaml", tmp);
+    write_file(conf, "log_level: info\n", 0644);
+    char *old = cfg->runtime_config;
+    cfg->runtime_config = conf;
+    json_t *inst = NULL;
+    assert_int_equal(start(&inst, err), -1);
+    assert_non_null(strstr(err, "mount point for runtime.config"));
+    char *mp = ctl_asprintf("%s/etc/beava", rootfs);
+    ctl_mkdirs(mp, 0755, err);
+    free(mp);
+    mp = ctl_asprintf("%s/etc/beava/beava.yaml", rootfs);
+    write_file(mp, "", 0644);
+    free(mp);
+    size_t from = nrecords();
+    assert_int_equal(start(&inst, err), 0);
+    json_t *recs = records(from);
+    json_t *p = json_object_get(json_array_get(recs, (size_t)find_method(recs, "StartTransientUnit", 0)), "properties");
+    json_t *ro = json_array_get(json_object_get(p, "BindReadOnlyPaths"), 0);
+    assert_string_equal(json_string_value(json_array_get(ro, 0)), conf);
+    assert_string_equal(json_string_value(json_array_get(ro, 1)), "/etc/beava/beava.yaml");
+    json_t *args = json_array_get(json_array_get(json_object_get(p, "ExecStart"), 0), 1);
+    assert_int_equal(json_array_size(args), 5);
+    assert_string_equal(json_string_value(json_array_get(args, 3)), "--config");
+    assert_string_equal(json_string_value(json_array_get(args, 4)), "/etc/beava/beava.yaml");
+    json_decref(recs);
+    assert_int_equal(runtime_stop(cfg, inst, NULL, err), 0);
+    json_decref(inst);
+    cfg->runtime_config = old;
+    free(conf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -434,6 +474,7 @@ int main(void)
         cmocka_unit_test(test_failed_start_job),
         cmocka_unit_test(test_leftover_unit_stopped_first),
         cmocka_unit_test(test_refusals_reach_the_caller),
+        cmocka_unit_test(test_server_config_bound_read_only),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -629,7 +629,7 @@ static void push_job_dispatch(engine *e, push_job *j, int64_t now) {
     shard_latch_init(&j->latch, (unsigned)j->nparts);
     for (size_t i = 0; i < j->nparts; i++) {
         if (e->pool) {
-            shard_submit(e->pool, j->parts[i].shard, apply_part, &j->parts[i], &j->latch);
+            shard_submit_deferred(e->pool, j->parts[i].shard, apply_part, &j->parts[i], &j->latch);
         } else {
             apply_part(&e->inline_ctx, &j->parts[i]);
             j->latch.remaining--;
@@ -689,6 +689,7 @@ static void pend_drain(engine *e) {
         pthread_cond_signal(&p->cv);
         seq_done(e, lsn);
     }
+    if (e->pool) shard_pool_kick(e->pool);
     e->draining = false;
 }
 
@@ -774,15 +775,18 @@ static void dedupe_forget(engine *e, const char *dk, size_t dkl, uint64_t dh) {
     if (d) store_remove(&e->dedupe, d, sizeof(dedupe_row));
 }
 
-void engine_push(engine *e, const char *event, size_t event_len, const json_t *data, bool sync, push_result *res) {
+/* One push with the mutex held (returns with it held; may wait on conditions, which
+ * drops it meanwhile). On success *jobp is the dispatched job: the caller finishes it
+ * (waits for the shards) after unlocking, then acknowledges. */
+static void push_one_locked(engine *e, const char *event, size_t event_len, const json_t *data, bool sync,
+                            push_result *res, push_job **jobp) {
     memset(res, 0, sizeof *res);
-    pthread_mutex_lock(&e->mu);
+    *jobp = NULL;
     while (e->barrier) pthread_cond_wait(&e->applied_cv, &e->mu);
     res->current_version = registry_version(e->reg);
     const ev_desc *ev = NULL;
     if (!push_validate(e, event, event_len, data, &ev, res)) {
         e->events_rejected++;
-        pthread_mutex_unlock(&e->mu);
         return;
     }
     int64_t now = wall_ms();
@@ -800,18 +804,31 @@ void engine_push(engine *e, const char *event, size_t event_len, const json_t *d
                 res->ack_lsn = dr->ack_lsn;
                 res->registry_version = dr->registry_version;
                 e->events_replayed++;
-                pthread_mutex_unlock(&e->mu);
                 return;
             }
             store_remove(&e->dedupe, d, sizeof(dedupe_row));
         }
     }
     push_job *job = push_job_new(e, ev, &e->row, now);
-    if (!push_job_fits(e, job)) {
+    /* a full queue gets a short grace (the shards may only need waking) before 503 */
+    uint64_t seen_version = registry_version(e->reg);
+    bool registry_moved = false;
+    for (int tries = 0; tries < 250 && !push_job_fits(e, job); tries++) {
+        if (e->pool) shard_pool_kick(e->pool);
+        pthread_mutex_unlock(&e->mu);
+        struct timespec ts = { 0, 200000 };
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&e->mu);
+        while (e->barrier) pthread_cond_wait(&e->applied_cv, &e->mu);
+        if (registry_version(e->reg) != seen_version) {   /* the job's tables may be gone */
+            registry_moved = true;
+            break;
+        }
+    }
+    if (registry_moved || !push_job_fits(e, job)) {
         e->overloaded++;
         push_job_free(job);
         push_fail(res, 503, "overloaded", "the apply shards are behind; retry shortly (nothing was applied)");
-        pthread_mutex_unlock(&e->mu);
         return;
     }
     uint64_t lsn = 0;
@@ -827,7 +844,6 @@ void engine_push(engine *e, const char *event, size_t event_len, const json_t *d
     if (rc != 0) {
         push_job_free(job);
         push_fail(res, 503, "wal_unavailable", "the write-ahead log refused the event, nothing was applied: %s", reason);
-        pthread_mutex_unlock(&e->mu);
         return;
     }
     uint64_t version = registry_version(e->reg);
@@ -837,7 +853,6 @@ void engine_push(engine *e, const char *event, size_t event_len, const json_t *d
         push_job_dispatch(e, job, now);
         e->events_applied++;
         seq_done(e, lsn);
-        pthread_mutex_unlock(&e->mu);
     } else {
         /* park the record; whoever holds the mutex when it is next in line and ready
          * dispatches it (no thundering herd: each waiter has its own condition) */
@@ -854,17 +869,45 @@ void engine_push(engine *e, const char *event, size_t event_len, const json_t *d
         pthread_cond_destroy(&pr.cv);
         if (pr.failed) {
             if (dkl >= 0) dedupe_forget(e, dk, (size_t)dkl, dh);
-            pthread_mutex_unlock(&e->mu);
             push_job_free(job);
             push_fail(res, 503, "wal_unavailable", "the event could not be made durable, nothing was applied: %s", reason);
             return;
         }
-        pthread_mutex_unlock(&e->mu);
     }
-    push_job_finish(job);            /* acknowledged once every shard applied it */
+    *jobp = job;
     res->status = 200;
     res->ack_lsn = lsn;
     res->registry_version = version;
+}
+
+void engine_push(engine *e, const char *event, size_t event_len, const json_t *data, bool sync, push_result *res) {
+    push_job *job;
+    pthread_mutex_lock(&e->mu);
+    push_one_locked(e, event, event_len, data, sync, res, &job);
+    if (e->pool) shard_pool_kick(e->pool);
+    pthread_mutex_unlock(&e->mu);
+    if (job) push_job_finish(job);   /* acknowledged once every shard applied it */
+}
+
+void engine_push_batch(engine *e, size_t n, const char *const *events, const size_t *event_lens,
+                       const json_t *const *datas, bool sync, push_result *res) {
+    push_job **jobs = calloc(n ? n : 1, sizeof *jobs);
+    if (!jobs) abort();
+    pthread_mutex_lock(&e->mu);
+    for (size_t i = 0; i < n; i++) {
+        if (!events[i]) {
+            memset(&res[i], 0, sizeof res[i]);
+            push_fail(&res[i], 400, "unsupported", "not a push envelope");
+            continue;
+        }
+        push_one_locked(e, events[i], event_lens[i], datas[i], sync, &res[i], &jobs[i]);
+        if (e->pool && (i & 255) == 255) shard_pool_kick(e->pool);   /* keep the shards busy meanwhile */
+    }
+    if (e->pool) shard_pool_kick(e->pool);
+    pthread_mutex_unlock(&e->mu);
+    for (size_t i = 0; i < n; i++)
+        if (jobs[i]) push_job_finish(jobs[i]);
+    free(jobs);
 }
 
 int engine_push_body(const push_result *res, engine_transport t, bv_buf *out) {
@@ -1471,7 +1514,7 @@ size_t engine_sweep_cold(engine *e, size_t budget) {
         entity_store *s = table_store(t, e->sweep_shard);
         if (ev && ev->cold_after_ms > 0) {
             while (e->sweep_slot < s->cap && scanned < budget) {
-                entity *en = s->slots[e->sweep_slot];
+                entity *en = s->slots[e->sweep_slot].e;
                 scanned++;
                 if (en && en->last_seen_ms > 0 && now - en->last_seen_ms > ev->cold_after_ms) {
                     size_t row_size = entity_row_size(t, en);
@@ -1685,6 +1728,7 @@ int engine_replay(engine *e, int kind, uint64_t lsn, const void *payload, size_t
                 nanosleep(&ts, NULL);
             }
             push_job_dispatch(e, job, (int64_t)now);
+            if (e->pool) shard_pool_kick(e->pool);
             push_job_finish(job);
             e->events_applied++;
             char dk[STORE_MAX_KEY + REGISTRY_NAME_MAX + 8];

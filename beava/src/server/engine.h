@@ -68,6 +68,12 @@ typedef struct push_result {
  * invalid_event). `sync` waits for durability before returning. */
 void engine_push(engine *e, const char *event, size_t event_len, const json_t *data, bool sync, push_result *res);
 
+/* Many pushes in one go (TCP OP_PUSH_MANY): validated, logged and dispatched in order
+ * under one lock hold, then waited for together. events[i] NULL marks an unusable
+ * envelope (res[i] = 400 unsupported). */
+void engine_push_batch(engine *e, size_t n, const char *const *events, const size_t *event_lens,
+                       const json_t *const *datas, bool sync, push_result *res);
+
 /* Render a push result the way HTTP (t=HTTP) or TCP answers it. Returns the status. */
 int engine_push_body(const push_result *res, engine_transport t, bv_buf *out);
 

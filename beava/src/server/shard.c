@@ -28,6 +28,7 @@ typedef struct shard {
     shard_task *ring;
     size_t capacity, head, count;
     bool busy, paused, stopping;
+    bool waiting;                /* asleep on cv: the next submit must wake it */
     shard_ctx ctx;
     op_stats published;          /* copy of ctx.stats, updated under mu */
 } shard;
@@ -67,7 +68,9 @@ static void *shard_main(void *arg) {
     for (;;) {
         while (!s->stopping && (s->count == 0 || s->paused)) {
             if (s->count == 0) pthread_cond_broadcast(&s->idle_cv);
+            s->waiting = true;
             pthread_cond_wait(&s->cv, &s->mu);
+            s->waiting = false;
         }
         if (s->count == 0 && s->stopping) break;
         if (s->paused && !s->stopping) continue;
@@ -144,6 +147,27 @@ bool shard_has_room(shard_pool *p, unsigned i, size_t n) {
     return ok;
 }
 
+void shard_pool_kick(shard_pool *p) {
+    for (unsigned i = 0; i < p->n; i++) {
+        shard *s = &p->shards[i];
+        pthread_mutex_lock(&s->mu);
+        if (s->waiting && s->count > 0) pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+}
+
+void shard_submit_deferred(shard_pool *p, unsigned i, shard_fn fn, void *arg, shard_latch *latch) {
+    shard *s = &p->shards[i];
+    pthread_mutex_lock(&s->mu);
+    if (s->count == p->capacity) {
+        fputs("beava: shard queue overflow (caller did not reserve room)\n", stderr);
+        abort();
+    }
+    s->ring[(s->head + s->count) % p->capacity] = (shard_task){ fn, arg, latch };
+    s->count++;
+    pthread_mutex_unlock(&s->mu);
+}
+
 void shard_submit(shard_pool *p, unsigned i, shard_fn fn, void *arg, shard_latch *latch) {
     shard *s = &p->shards[i];
     pthread_mutex_lock(&s->mu);
@@ -153,7 +177,8 @@ void shard_submit(shard_pool *p, unsigned i, shard_fn fn, void *arg, shard_latch
     }
     s->ring[(s->head + s->count) % p->capacity] = (shard_task){ fn, arg, latch };
     s->count++;
-    pthread_cond_signal(&s->cv);
+    /* wake the thread only if it sleeps; a busy shard finds the task on its next turn */
+    if (s->waiting) pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
 

@@ -59,6 +59,11 @@ bool shard_has_room(shard_pool *p, unsigned i, size_t n);
  * be NULL). Never blocks: the caller checked shard_has_room; a full queue aborts. */
 void shard_submit(shard_pool *p, unsigned i, shard_fn fn, void *arg, shard_latch *latch);
 
+/* Queue without waking the shard; call shard_pool_kick once the batch is queued, so a
+ * batch of N events costs one wake-up per shard instead of N. */
+void shard_submit_deferred(shard_pool *p, unsigned i, shard_fn fn, void *arg, shard_latch *latch);
+void shard_pool_kick(shard_pool *p);
+
 /* Wait until every shard is idle with an empty queue. */
 void shard_pool_quiesce(shard_pool *p);
 

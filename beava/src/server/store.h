@@ -28,8 +28,15 @@ typedef struct entity {
     /* key bytes, padded to 8, then the row state */
 } entity;
 
+/* A slot keeps the entity's hash next to its pointer, so probing compares hashes
+ * without touching (cache-missing on) the entities it passes. */
+typedef struct store_slot {
+    uint64_t hash;
+    entity *e;                 /* NULL = empty */
+} store_slot;
+
 typedef struct entity_store {
-    entity **slots;
+    store_slot *slots;
     size_t cap;                /* power of two, 0 when empty */
     size_t count;
     size_t bytes;              /* sum of entity allocation sizes */

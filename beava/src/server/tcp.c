@@ -161,7 +161,7 @@ static void do_push(engine *eng, const bv_config *cfg, uint16_t op, uint8_t ct, 
     json_decref(env);
 }
 
-static void do_push_many(engine *eng, const bv_config *cfg, uint8_t ct, const char *p, size_t n, bv_buf *out) {
+static void do_push_many(engine *eng, const bv_config *cfg, uint8_t ct, const char *p, size_t plen, bv_buf *out) {
     if (ct != TCP_CT_JSON && ct != TCP_CT_MSGPACK) {
         char msg[64];
         snprintf(msg, sizeof msg, "unsupported content_type: 0x%02x", ct);
@@ -169,7 +169,7 @@ static void do_push_many(engine *eng, const bv_config *cfg, uint8_t ct, const ch
         return;
     }
     char err[256];
-    json_t *root = decode_payload(ct, p, n, err, sizeof err);
+    json_t *root = decode_payload(ct, p, plen, err, sizeof err);
     json_t *events = json_is_object(root) ? json_object_get(root, "events") : NULL;
     if (!json_is_array(events)) {
         json_decref(root);
@@ -181,21 +181,32 @@ static void do_push_many(engine *eng, const bv_config *cfg, uint8_t ct, const ch
         put_error(out, "batch_too_large", "OP_PUSH_MANY takes at most 10000 events", "limit", TCP_PUSH_MANY_MAX);
         return;
     }
+    size_t n = json_array_size(events);
+    const char **names = calloc(n ? n : 1, sizeof *names);
+    size_t *lens = calloc(n ? n : 1, sizeof *lens);
+    const json_t **bodies = calloc(n ? n : 1, sizeof *bodies);
+    push_result *res = calloc(n ? n : 1, sizeof *res);
+    if (!names || !lens || !bodies || !res) abort();
+    for (size_t i = 0; i < n; i++) {
+        const json_t *event, *body;
+        if (!push_envelope(TCP_CT_JSON, json_array_get(events, i), &event, &body)) continue;
+        names[i] = json_string_value(event);
+        lens[i] = json_string_length(event);
+        bodies[i] = body;
+    }
+    engine_push_batch(eng, n, names, lens, bodies, cfg->durability == DURABILITY_SYNC, res);
     bv_buf b;
     bv_buf_init(&b);
     bv_buf_puts(&b, "{\"acks\":[");
-    bool sync = cfg->durability == DURABILITY_SYNC;
-    for (size_t i = 0; i < json_array_size(events); i++) {
-        const json_t *event, *body;
+    for (size_t i = 0; i < n; i++) {
         if (i) bv_buf_putc(&b, ',');
-        if (!push_envelope(TCP_CT_JSON, json_array_get(events, i), &event, &body)) {
-            bv_buf_puts(&b, "{\"code\":\"unsupported\"}");
-            continue;
-        }
-        push_result res;
-        engine_push(eng, json_string_value(event), json_string_length(event), body, sync, &res);
-        engine_push_body(&res, TRANSPORT_TCP, &b);
+        if (!names[i]) bv_buf_puts(&b, "{\"code\":\"unsupported\"}");
+        else engine_push_body(&res[i], TRANSPORT_TCP, &b);
     }
+    free(names);
+    free(lens);
+    free(bodies);
+    free(res);
     bv_buf_puts(&b, "]}");
     put_json_frame(out, TCP_OP_PUSH_MANY, &b);
     bv_buf_free(&b);
