@@ -878,5 +878,28 @@ class DemoManifests(unittest.TestCase):
             checks["ad users (conversions)"] += 1
 
 
+
+class ExprParam(unittest.TestCase):
+    """DECISIONS §4: an `expr` param the reference ignored is evaluated (here as the value
+    of n_unique/entropy/sum when no `field` is given)."""
+
+    def test_expr_is_evaluated(self):
+        pipe = {"nodes": [
+            {"kind": "event", "name": "Geo", "schema": {"fields": {"u": "str", "lat": "f64", "lon": "f64", "n": "i64"}}},
+            {"kind": "derivation", "name": "GeoStats", "output_kind": "table", "upstreams": ["Geo"],
+             "ops": [{"op": "group_by", "keys": ["u"], "agg": {
+                 "cells": {"op": "n_unique", "params": {"expr": "quadkey(lat, lon, 7)"}},
+                 "twice": {"op": "sum", "params": {"expr": "n * 2"}}}}],
+             "table_primary_key": ["u"]}]}
+        with Beava() as b:
+            self.assertEqual(b.register(pipe)[0], 200)
+            for lat, lon, n in ((48.85, 2.35, 1), (48.86, 2.35, 2), (40.71, -74.0, 3)):
+                self.assertEqual(b.push("Geo", {"u": "a", "lat": lat, "lon": lon, "n": n})[0], 200)
+            self.assertEqual(b.get("GeoStats", "a")[1], {"cells": 2, "twice": 12.0})
+            bad = json.loads(json.dumps(pipe))
+            bad["nodes"][1]["ops"][0]["agg"]["cells"]["params"]["expr"] = "quadkey(nope, lon, 7)"
+            st, body = b.register(bad, force=True)
+            self.assertEqual((st, body["error"]["code"]), (400, "invalid_expression"))
+
 if __name__ == "__main__":
     main()

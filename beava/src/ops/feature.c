@@ -105,6 +105,7 @@ void feature_release(feature *f) {
     free(f->window_src);
     free(f->where_src);
     if (f->where) expr_free(f->where);
+    if (f->value_expr) expr_free(f->value_expr);
     if (f->spec) json_decref(f->spec);
     free(f->p.buckets);
     for (size_t i = 0; i < f->p.ncategories; i++) free(f->p.categories[i]);
@@ -275,6 +276,32 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         }
     }
 
+    /* `expr` (the reference parsed it and ignored it): a computed value for field-reading
+     * kinds given no `field`, e.g. n_unique over quadkey(lat, lon, 7). */
+    if ((fl & OPF_READS_FIELD) && !f->field) {
+        const char *vsrc = NULL;
+        int r = param_str(params, "expr", &vsrc);
+        if (r < 0) {
+            bv_err_set(err, "invalid_expression", path, "expr must be an expression string");
+            goto fail;
+        }
+        if (r == 1) {
+            bv_err perr;
+            bv_err_clear(&perr);
+            f->value_expr = expr_parse(vsrc, &perr);
+            if (!f->value_expr) {
+                bv_err_set(err, "invalid_expression", path, "invalid expr '%s': %s", vsrc, perr.reason);
+                goto fail;
+            }
+            struct where_ctx vc = { schema, NULL };
+            if (!expr_foreach_field(f->value_expr, where_field_cb, &vc)) {
+                bv_err_set(err, "invalid_expression", path, "expr references field '%s' which is not in the upstream schema",
+                           vc.missing);
+                goto fail;
+            }
+        }
+    }
+
     if (!op_implemented(vt)) {
         bv_err_set(err, "aggregation_unknown_op", path,
                    "operator '%s' is not implemented by this server yet", op);
@@ -283,7 +310,7 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
 
     /* Numeric coercion variant from the field's declared type (DECISIONS §4). */
     if ((fl & OPF_COERCE) && f->field) {
-        bv_wtype t;
+        bv_wtype t = WT__COUNT;
         bv_schema_find(schema, f->field, &t);
         if (t == WT_F64 && vt->as_f64) f->vt = vt->as_f64;
         else if (t == WT_I64 && vt->as_i64) f->vt = vt->as_i64;
@@ -311,7 +338,7 @@ void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_m
                     expr_arena *arena, op_stats *stats) {
     const struct op_vtable *vt = f->vt;
     op_input in;
-    bv_value cv;
+    bv_value cv, ev;                /* must outlive the update call below */
     in.v = NULL;
     in.row = row;
     in.now_ms = now_ms;
@@ -319,8 +346,15 @@ void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_m
     in.matched = f->where ? expr_matches(f->where, row, arena) : true;
     if (!in.matched && !(vt->flags & OPF_SEES_UNMATCHED)) return;
     if (vt->flags & OPF_READS_FIELD) {
-        if (!f->field) return;
-        const bv_value *v = bv_row_get(row, f->field);
+        const bv_value *v;
+        if (f->field) {
+            v = bv_row_get(row, f->field);
+        } else if (f->value_expr) {
+            ev = expr_eval(f->value_expr, row, arena);
+            v = &ev;
+        } else {
+            return;
+        }
         if (!v || v->kind == BV_NULL) return;
         if (vt->coerce != OP_COERCE_NONE) {
             cv = opval_coerce(v, vt->coerce == OP_COERCE_F64 ? WT_F64 : WT_I64);

@@ -59,6 +59,7 @@ typedef struct feature {
     char *window_src;         /* as sent, NULL if absent ("forever" kept) */
     int64_t window_ms;        /* 0 = lifetime */
     int64_t bucket_ms;        /* ceil(window/64) when windowed */
+    expr *value_expr;         /* `expr` param: the value, when no `field` is given (DECISIONS §4) */
     expr *where;              /* NULL = always matched */
     char *where_src;
     json_t *spec;             /* the original {"op":..,"params":{..}} (owned ref) */
