@@ -912,7 +912,7 @@ static int parse_derivation(const json_t *in, size_t i, pnode *p, bv_err *err) {
             goto fail;
         }
         for (size_t j = 0; j < json_array_size(iops); j++) {
-            json_t *o;
+            json_t *o = NULL;
             if (parse_op(json_array_get(iops, j), i, j, &o, err) < 0) goto fail;
             if (!strcmp(json_string_value(json_object_get(o, "op")), "group_by")) {
                 if (p->gb == REG_NONE) p->gb = j;

@@ -143,6 +143,8 @@ static void *snapshot_thread(void *arg);
 
 int persist_recover(persist *p, engine *eng, char *err, size_t errlen) {
     p->eng = eng;
+    int64_t t0 = mono_ns();
+    int64_t t_snap = t0;
     bv_err e;
     bv_err_clear(&e);
     snapfile_reader *r = NULL;
@@ -170,22 +172,26 @@ int persist_recover(persist *p, engine *eng, char *err, size_t errlen) {
         }
         free(body);
         p->snapshot_lsn_loaded = lsn;
+        t_snap = mono_ns();
         if (p->snap_load.rejected)
             bv_log_msg(p->log, LOG_WARN, "storage.snapshot_rejected",
                        "%u newer snapshot(s) rejected, using %016" PRIx64 ": %s", p->snap_load.rejected, lsn,
                        p->snap_load.first_error);
     }
+    t_snap = t_snap > t0 ? t_snap : mono_ns();
     if (wal_recover(p->w, p->snapshot_lsn_loaded, replay_cb, p, &p->rec, &e) != 0) {
         snprintf(err, errlen, "WAL recovery: %s: %s", e.code, e.reason);
         return -1;
     }
     wal_set_registry_version(p->w, engine_registry_version(eng));
-    char fields[768];
+    int64_t t_end = mono_ns();
+    char fields[900];
     snprintf(fields, sizeof fields,
-             "\"snapshot_lsn\":%" PRIu64 ",\"snapshots_rejected\":%u,\"wal_segments\":%u,\"wal_records\":%" PRIu64
+             "\"snapshot_load_ms\":%.3f,\"wal_replay_ms\":%.3f,\"snapshot_lsn\":%" PRIu64 ",\"snapshots_rejected\":%u,\"wal_segments\":%u,\"wal_records\":%" PRIu64
              ",\"replayed\":%" PRIu64 ",\"truncated_bytes\":%" PRIu64 ",\"quarantined_regions\":%" PRIu64
              ",\"quarantined_bytes\":%" PRIu64 ",\"lost_lsns\":%" PRIu64 ",\"void_lsns\":%" PRIu64
              ",\"replay_errors\":%" PRIu64 ",\"orphan_reused\":%s,\"next_lsn\":%" PRIu64,
+             (double)(t_snap - t0) / 1e6, (double)(t_end - t_snap) / 1e6,
              p->snapshot_lsn_loaded, p->snap_load.rejected, p->rec.segments, p->rec.records, p->rec.replayed,
              p->rec.truncated_bytes, p->rec.quarantined_regions, p->rec.quarantined_bytes, p->rec.lost_lsns,
              p->rec.void_lsns, p->replay_errors, p->rec.orphan_reused ? "true" : "false", p->rec.next_lsn);
