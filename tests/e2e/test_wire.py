@@ -280,6 +280,12 @@ class Errors(unittest.TestCase):
                        "invalid_percentile_q")
         self.reg_error(self.with_extra(table_node("T", "PageView", [], {"tk": {"op": "top_k", "params": {"field": "path", "k": 2000}}})),
                        "invalid_top_k_k")
+        self.reg_error(self.with_extra(table_node("T", "PageView", [], {"tb": {"op": "bloom_member", "params": {"field": "path", "window": "1h"}}})),
+                       "window_not_supported")
+        self.reg_error(self.with_extra(table_node("T", "PageView", [], {"tb": {"op": "bloom_member", "params": {"field": "path", "fpr": 1.5}}})),
+                       "invalid_bloom_fpr")
+        self.reg_error(self.with_extra(table_node("T", "PageView", [], {"tn": {"op": "ewma", "params": {"field": "dwell_ms"}}})),
+                       "invalid_registration")           # half_life missing
         self.reg_error(self.with_extra(table_node("T2", "SiteMetrics", [], {"t2": {"op": "count"}})),
                        "aggregation_on_table_not_supported")
         f64key = {"nodes": EXAMPLE["nodes"] + [event_node("Geo", {"lat": "f64"}),
