@@ -285,6 +285,60 @@ static void conn_free(tcp_conn *c) {
     free(c);
 }
 
+#define TCP_PUSH_RUN_MAX 1024
+
+/* A pipelined client sends many OP_PUSH frames back to back: take the run of complete
+ * push frames at the read position (up to TCP_PUSH_RUN_MAX) and hand them to the engine
+ * as one batch (one lock hold, one shard wake-up), then answer each frame in order
+ * exactly as if it had been handled alone. Returns the number of frames consumed. */
+static size_t push_run(tcp_server *s, tcp_conn *c, uint32_t maxlen) {
+    json_t *envs[TCP_PUSH_RUN_MAX];
+    const char *names[TCP_PUSH_RUN_MAX];
+    size_t lens[TCP_PUSH_RUN_MAX];
+    const json_t *bodies[TCP_PUSH_RUN_MAX];
+    size_t n = 0, pos = c->rpos;
+    while (n < TCP_PUSH_RUN_MAX && c->rbuf.len - pos >= 7) {
+        const unsigned char *h = (const unsigned char *)c->rbuf.data + pos;
+        uint32_t len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+        if (len > maxlen || len < 3 || c->rbuf.len - pos < 4 + (size_t)len) break;
+        uint16_t op = (uint16_t)(h[4] << 8 | h[5]);
+        uint8_t ct = h[6];
+        if (op != TCP_OP_PUSH || (ct != TCP_CT_JSON && ct != TCP_CT_MSGPACK)) break;
+        char err[128];
+        json_t *env = decode_payload(ct, (const char *)h + 7, len - 3, err, sizeof err);
+        const json_t *event, *body;
+        envs[n] = env;
+        names[n] = NULL;
+        if (env && push_envelope(ct, env, &event, &body)) {
+            names[n] = json_string_value(event);
+            lens[n] = json_string_length(event);
+            bodies[n] = body;
+        }
+        n++;
+        pos += 4 + (size_t)len;
+    }
+    if (n == 0) return 0;
+    push_result *res = calloc(n, sizeof *res);
+    if (!res) abort();
+    engine_push_batch(s->eng, n, names, lens, bodies, s->cfg->durability == DURABILITY_SYNC, res);
+    bv_buf b;
+    bv_buf_init(&b);
+    for (size_t i = 0; i < n; i++) {
+        if (!names[i]) {
+            put_unsupported(&c->wbuf);
+        } else {
+            b.len = 0;
+            int st = engine_push_body(&res[i], TRANSPORT_TCP, &b);
+            put_json_frame(&c->wbuf, st == 200 ? TCP_OP_PUSH : TCP_OP_ERROR, &b);
+        }
+        json_decref(envs[i]);
+    }
+    bv_buf_free(&b);
+    free(res);
+    c->rpos = pos;
+    return n;
+}
+
 /* Parse and answer every complete frame. Returns false to close now. */
 static bool conn_process(tcp_server *s, tcp_conn *c) {
     uint32_t maxlen = s->cfg->tcp_max_frame_bytes + 3u;
@@ -307,6 +361,10 @@ static bool conn_process(tcp_server *s, tcp_conn *c) {
         if (c->rbuf.len - c->rpos < 4 + (size_t)len) break;
         uint16_t op = (uint16_t)(h[4] << 8 | h[5]);
         uint8_t ct = h[6];
+        if (op == TCP_OP_PUSH && (ct == TCP_CT_JSON || ct == TCP_CT_MSGPACK)) {
+            size_t used = push_run(s, c, maxlen);
+            if (used) continue;
+        }
         tcp_handle_frame(s->eng, s->cfg, op, ct, (const char *)h + 7, len - 3, &c->wbuf);
         c->rpos += 4 + (size_t)len;
     }
