@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "chain.h"
+#include "evrec.h"
 #include "expr.h"
 #include "ops/feature.h"
 #include "registry.h"
@@ -739,24 +740,6 @@ static void dedupe_purge(engine *e, int64_t now) {
     e->dedupe_purge_at = e->dedupe.count * 2 > DEDUPE_PURGE_MIN ? e->dedupe.count * 2 : DEDUPE_PURGE_MIN;
 }
 
-/* WAL payload of one event: u64 now_ms, u32 name length, name, compact JSON data. */
-static char *event_record(int64_t now, const char *event, size_t event_len, const json_t *data, size_t *len) {
-    char *json = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!json) return NULL;
-    size_t jl = strlen(json);
-    size_t total = 8 + 4 + event_len + jl;
-    char *p = malloc(total);
-    if (!p) { free(json); return NULL; }
-    uint64_t t = (uint64_t)now;
-    uint32_t nl = (uint32_t)event_len;
-    memcpy(p, &t, 8);
-    memcpy(p + 8, &nl, 4);
-    memcpy(p + 12, event, event_len);
-    memcpy(p + 12 + event_len, json, jl);
-    free(json);
-    *len = total;
-    return p;
-}
 
 static void dedupe_remember(engine *e, const char *dk, size_t dkl, uint64_t dh, int64_t expiry, uint64_t lsn,
                             uint64_t version, int64_t now) {
@@ -832,15 +815,12 @@ static void push_one_locked(engine *e, const char *event, size_t event_len, cons
         return;
     }
     uint64_t lsn = 0;
-    size_t rec_len = 0;
-    char *rec = NULL;
     char reason[256];
-    if (e->opt.wal.append) {
-        rec = event_record(now, ev->name, strlen(ev->name), data, &rec_len);
-        if (!rec) abort();
-    }
-    int rc = seq_append(e, REC_EVENT, rec, rec_len, &lsn, reason, sizeof reason);
-    free(rec);
+    bv_buf rec;
+    bv_buf_init(&rec);
+    if (e->opt.wal.append) evrec_encode(now, ev->name, strlen(ev->name), data, &rec);
+    int rc = seq_append(e, REC_EVENT, rec.data, rec.len, &lsn, reason, sizeof reason);
+    bv_buf_free(&rec);
     if (rc != 0) {
         push_job_free(job);
         push_fail(res, 503, "wal_unavailable", "the write-ahead log refused the event, nothing was applied: %s", reason);
@@ -1695,33 +1675,21 @@ int engine_replay(engine *e, int kind, uint64_t lsn, const void *payload, size_t
         history_add(e, REC_RESET, "", 0);
         break;
     case REC_EVENT: {
-        const char *p = payload;
-        uint64_t now;
-        uint32_t nl;
-        if (len < 12) {
-            snprintf(reason, rlen, "event record at LSN %llu is %zu bytes, shorter than its header",
-                     (unsigned long long)lsn, len);
+        int64_t rnow;
+        const char *name;
+        size_t nl;
+        json_t *data;
+        char why[200];
+        if (evrec_decode(payload, len, &rnow, &name, &nl, &data, why, sizeof why) != 0) {
+            snprintf(reason, rlen, "event record at LSN %llu: %s", (unsigned long long)lsn, why);
             rc = -1;
             break;
         }
-        memcpy(&now, p, 8);
-        memcpy(&nl, p + 8, 4);
-        if (nl > len - 12 || nl > REGISTRY_NAME_MAX) {
-            snprintf(reason, rlen, "event record at LSN %llu has a bad name length", (unsigned long long)lsn);
-            rc = -1;
-            break;
-        }
-        json_error_t je;
-        json_t *data = json_loadb(p + 12 + nl, len - 12 - nl, JSON_ALLOW_NUL | JSON_DECODE_ANY, &je);
-        if (!data) {
-            snprintf(reason, rlen, "event record at LSN %llu: %s", (unsigned long long)lsn, je.text);
-            rc = -1;
-            break;
-        }
+        uint64_t now = (uint64_t)rnow;
         push_result res;
         memset(&res, 0, sizeof res);
         const ev_desc *ev = NULL;
-        if (push_validate(e, p + 12, nl, data, &ev, &res)) {
+        if (push_validate(e, name, nl, data, &ev, &res)) {
             push_job *job = push_job_new(e, ev, &e->row, (int64_t)now);
             while (!push_job_fits(e, job)) {   /* only when replaying into running shards */
                 struct timespec ts = { 0, 200000 };

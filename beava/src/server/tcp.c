@@ -35,6 +35,7 @@ typedef struct tcp_conn {
     size_t wpos;           /* written up to here */
     bool close_after_write;
     bool reading;          /* EPOLLIN armed */
+    bool listed;           /* in the worker's connection list */
 } tcp_conn;
 
 typedef struct tcp_worker {
@@ -484,9 +485,8 @@ static void *worker_main(void *arg) {
                     conn_free(c);
                     continue;
                 }
-                bool known = false;
-                for (size_t k = 0; k < all.n && !known; k++) known = all.v[k] == c;
-                if (!known) {
+                if (!c->listed) {
+                    c->listed = true;
                     if (all.n == all.cap) {
                         all.cap = all.cap ? all.cap * 2 : 64;
                         tcp_conn **v = realloc(all.v, all.cap * sizeof *v);
