@@ -758,13 +758,27 @@ static void dedupe_forget(engine *e, const char *dk, size_t dkl, uint64_t dh) {
     if (d) store_remove(&e->dedupe, d, sizeof(dedupe_row));
 }
 
-/* One push with the mutex held (returns with it held; may wait on conditions, which
- * drops it meanwhile). On success *jobp is the dispatched job: the caller finishes it
- * (waits for the shards) after unlocking, then acknowledges. */
-static void push_one_locked(engine *e, const char *event, size_t event_len, const json_t *data, bool sync,
-                            push_result *res, push_job **jobp) {
+/* A push between its append and its acknowledgement. The batch path keeps one per event
+ * so that all of a batch's records are appended before any of them waits for the disk:
+ * one group commit then covers the whole batch. */
+typedef struct push_slot {
+    pending_rec pr;
+    uint64_t lsn;
+    bool active;                  /* appended: push_end_locked has work to do */
+    bool sync;
+    char *dk;                     /* dedupe key to forget if the write fails (owned) */
+    size_t dkl;
+    uint64_t dh;
+} push_slot;
+
+/* Validate, dedupe, build the job and append the record (mutex held; may wait on
+ * conditions). Fast path (nothing in flight, no sync): dispatched at once. Otherwise the
+ * record is parked and push_end_locked finishes it. On error res says why and the slot
+ * stays inactive. */
+static void push_begin_locked(engine *e, const char *event, size_t event_len, const json_t *data, bool sync,
+                              push_result *res, push_slot *slot) {
     memset(res, 0, sizeof *res);
-    *jobp = NULL;
+    memset(slot, 0, sizeof *slot);
     while (e->barrier) pthread_cond_wait(&e->applied_cv, &e->mu);
     res->current_version = registry_version(e->reg);
     const ev_desc *ev = NULL;
@@ -827,43 +841,72 @@ static void push_one_locked(engine *e, const char *event, size_t event_len, cons
         return;
     }
     uint64_t version = registry_version(e->reg);
-    if (dkl >= 0) dedupe_remember(e, dk, (size_t)dkl, dh, now + ev->dedupe_window_ms, lsn, version, now);
-    bool fast = !(sync && e->opt.wal.append) && e->applied_lsn + 1 == lsn;
-    if (fast) {
-        push_job_dispatch(e, job, now);
-        e->events_applied++;
-        seq_done(e, lsn);
-    } else {
-        /* park the record; whoever holds the mutex when it is next in line and ready
-         * dispatches it (no thundering herd: each waiter has its own condition) */
-        pending_rec pr = { .job = job, .now = now, .ready = !sync || !e->opt.wal.append };
-        pthread_cond_init(&pr.cv, NULL);
-        pend_put(e, lsn, &pr);
-        if (!pr.ready) {
-            rc = seq_wait_durable(e, lsn, reason, sizeof reason);
-            pr.ready = true;
-            pr.failed = rc != 0;
-        }
-        pend_drain(e);
-        while (!pr.dispatched) pthread_cond_wait(&pr.cv, &e->mu);
-        pthread_cond_destroy(&pr.cv);
-        if (pr.failed) {
-            if (dkl >= 0) dedupe_forget(e, dk, (size_t)dkl, dh);
-            push_job_free(job);
-            push_fail(res, 503, "wal_unavailable", "the event could not be made durable, nothing was applied: %s", reason);
-            return;
-        }
+    if (dkl >= 0) {
+        dedupe_remember(e, dk, (size_t)dkl, dh, now + ev->dedupe_window_ms, lsn, version, now);
+        slot->dk = malloc((size_t)dkl);
+        if (!slot->dk) abort();
+        memcpy(slot->dk, dk, (size_t)dkl);
+        slot->dkl = (size_t)dkl;
+        slot->dh = dh;
     }
-    *jobp = job;
+    slot->active = true;
+    slot->lsn = lsn;
+    slot->sync = sync && e->opt.wal.append;
+    slot->pr.job = job;
+    slot->pr.now = now;
     res->status = 200;
     res->ack_lsn = lsn;
     res->registry_version = version;
+    if (!slot->sync && e->applied_lsn + 1 == lsn) {       /* the fast path */
+        push_job_dispatch(e, job, now);
+        e->events_applied++;
+        seq_done(e, lsn);
+        slot->pr.dispatched = true;
+        return;
+    }
+    /* park it; whoever holds the mutex when it is next in line and ready dispatches it
+     * (no thundering herd: each waiter has its own condition) */
+    slot->pr.ready = !slot->sync;
+    pthread_cond_init(&slot->pr.cv, NULL);
+    pend_put(e, lsn, &slot->pr);
+}
+
+/* Wait for durability (sync) and dispatch (mutex held). On success *jobp is the job the
+ * caller finishes after unlocking; on a failed write res becomes 503. */
+static void push_end_locked(engine *e, push_slot *slot, push_result *res, push_job **jobp) {
+    *jobp = NULL;
+    if (!slot->active) return;
+    char reason[256] = "";
+    if (!slot->pr.dispatched) {
+        if (!slot->pr.ready) {
+            int rc = seq_wait_durable(e, slot->lsn, reason, sizeof reason);
+            slot->pr.ready = true;
+            slot->pr.failed = rc != 0;
+        }
+        pend_drain(e);
+        while (!slot->pr.dispatched) pthread_cond_wait(&slot->pr.cv, &e->mu);
+        pthread_cond_destroy(&slot->pr.cv);
+    }
+    if (slot->pr.failed) {
+        if (slot->dk) dedupe_forget(e, slot->dk, slot->dkl, slot->dh);
+        push_job_free(slot->pr.job);
+        uint64_t cv = res->current_version;
+        memset(res, 0, sizeof *res);
+        res->current_version = cv;
+        push_fail(res, 503, "wal_unavailable", "the event could not be made durable, nothing was applied: %s", reason);
+    } else {
+        *jobp = slot->pr.job;
+    }
+    free(slot->dk);
+    slot->dk = NULL;
 }
 
 void engine_push(engine *e, const char *event, size_t event_len, const json_t *data, bool sync, push_result *res) {
     push_job *job;
+    push_slot slot;
     pthread_mutex_lock(&e->mu);
-    push_one_locked(e, event, event_len, data, sync, res, &job);
+    push_begin_locked(e, event, event_len, data, sync, res, &slot);
+    push_end_locked(e, &slot, res, &job);
     if (e->pool) shard_pool_kick(e->pool);
     pthread_mutex_unlock(&e->mu);
     if (job) push_job_finish(job);   /* acknowledged once every shard applied it */
@@ -872,22 +915,26 @@ void engine_push(engine *e, const char *event, size_t event_len, const json_t *d
 void engine_push_batch(engine *e, size_t n, const char *const *events, const size_t *event_lens,
                        const json_t *const *datas, bool sync, push_result *res) {
     push_job **jobs = calloc(n ? n : 1, sizeof *jobs);
-    if (!jobs) abort();
+    push_slot *slots = calloc(n ? n : 1, sizeof *slots);
+    if (!jobs || !slots) abort();
     pthread_mutex_lock(&e->mu);
+    /* append every record first, so one fsync makes the whole batch durable */
     for (size_t i = 0; i < n; i++) {
         if (!events[i]) {
             memset(&res[i], 0, sizeof res[i]);
             push_fail(&res[i], 400, "unsupported", "not a push envelope");
             continue;
         }
-        push_one_locked(e, events[i], event_lens[i], datas[i], sync, &res[i], &jobs[i]);
+        push_begin_locked(e, events[i], event_lens[i], datas[i], sync, &res[i], &slots[i]);
         if (e->pool && (i & 255) == 255) shard_pool_kick(e->pool);   /* keep the shards busy meanwhile */
     }
+    for (size_t i = 0; i < n; i++) push_end_locked(e, &slots[i], &res[i], &jobs[i]);
     if (e->pool) shard_pool_kick(e->pool);
     pthread_mutex_unlock(&e->mu);
     for (size_t i = 0; i < n; i++)
         if (jobs[i]) push_job_finish(jobs[i]);
     free(jobs);
+    free(slots);
 }
 
 int engine_push_body(const push_result *res, engine_transport t, bv_buf *out) {

@@ -170,7 +170,10 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         char addr[CONFIG_ADDR_MAX + 16];
         bool v6 = strchr(cfg->tcp_host, ':') != NULL;
         snprintf(addr, sizeof addr, v6 ? "[%s]:%d" : "%s:%d", cfg->tcp_host, cfg->tcp_port);
-        s->tcp = tcp_start(addr, s->eng, cfg, log, io, s->tcp_bound, sizeof s->tcp_bound, err, errlen);
+        /* A TCP worker waits out the group commit of its connection's pushes in sync mode:
+         * more workers keep more connections' batches in each fsync. */
+        int tcp_threads = cfg->io_threads > 0 ? cfg->io_threads : (cfg->durability == DURABILITY_SYNC ? 16 : 2);
+        s->tcp = tcp_start(addr, s->eng, cfg, log, tcp_threads, s->tcp_bound, sizeof s->tcp_bound, err, errlen);
         if (!s->tcp) goto fail;
         log_bound(log, "server.tcp_bound", s->tcp_bound);
     }
