@@ -169,14 +169,9 @@ void shard_submit_deferred(shard_pool *p, unsigned i, shard_fn fn, void *arg, sh
 }
 
 void shard_submit(shard_pool *p, unsigned i, shard_fn fn, void *arg, shard_latch *latch) {
+    shard_submit_deferred(p, i, fn, arg, latch);
     shard *s = &p->shards[i];
     pthread_mutex_lock(&s->mu);
-    if (s->count == p->capacity) {
-        fputs("beava: shard queue overflow (caller did not reserve room)\n", stderr);
-        abort();
-    }
-    s->ring[(s->head + s->count) % p->capacity] = (shard_task){ fn, arg, latch };
-    s->count++;
     /* wake the thread only if it sleeps; a busy shard finds the task on its next turn */
     if (s->waiting) pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
