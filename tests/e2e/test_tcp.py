@@ -194,6 +194,17 @@ class Tcp(unittest.TestCase):
         self.assertEqual((op, body), (0x0023, {"jj": {"clicks": 2, "n_sum": 5.0}}))
         http_row = self.b.get("PerUser", "jj")[1]
         self.assertEqual(http_row, row)
+        # every other operation answers the same whether asked in JSON or msgpack
+        for op, body in ((0x0021, {"feature": "clicks", "keys": ["jj", "nobody"]}),
+                         (0x0022, {"keys": ["jj"], "features": ["clicks", "n_sum"]}),
+                         (0x0020, {"table": "PerUser", "key": "nobody"}),
+                         (0x0020, {"table": "Nope", "key": "x"}),
+                         (0x0024, {"requests": [{"table": "PerUser", "key": "jj", "features": ["n_sum"]}]})):
+            a = c.call(op, body, ct=1)
+            b2 = c.call(op, body, ct=2)
+            self.assertEqual((a[0], a[2]), (b2[0], b2[2]), (hex(op), body))
+        ping_json, ping_mp = c.call(0x0000, {}, ct=1), c.call(0x0000, {}, ct=2)
+        self.assertEqual(ping_json[2], ping_mp[2])
 
     def test_push_errors_and_envelopes(self):
         c = self.conn()
