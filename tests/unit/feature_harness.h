@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int compile_spec(feature *f, const char *spec_json, bv_err *err) {
+static inline int compile_spec(feature *f, const char *spec_json, bv_err *err) {
     bv_schema s;
     mk_schema(&s);
     json_error_t je;
@@ -26,12 +26,12 @@ static int compile_spec(feature *f, const char *spec_json, bv_err *err) {
     return r;
 }
 
-static void compile_ok(feature *f, const char *spec_json) {
+static inline void compile_ok(feature *f, const char *spec_json) {
     bv_err err;
     if (compile_spec(f, spec_json, &err) != 0) fail_msg("compile %s: %s %s", spec_json, err.code, err.reason);
 }
 
-static void expect_code(const char *spec_json, const char *code) {
+static inline void expect_code(const char *spec_json, const char *code) {
     feature f;
     bv_err err;
     if (compile_spec(&f, spec_json, &err) == 0) {
@@ -46,19 +46,19 @@ static void expect_code(const char *spec_json, const char *code) {
     assert_null(f.spec);
 }
 
-static void *state_new(const feature *f) {
+static inline void *state_new(const feature *f) {
     void *st = malloc(f->state_size ? f->state_size : 1);
     assert_non_null(st);
     feature_state_init(f, st);
     return st;
 }
 
-static void state_free(const feature *f, void *st) {
+static inline void state_free(const feature *f, void *st) {
     feature_state_destroy(f, st);
     free(st);
 }
 
-static char *read_json(const feature *f, const void *st, int64_t q) {
+static inline char *read_json(const feature *f, const void *st, int64_t q) {
     bv_buf b;
     jsonw w;
     bv_buf_init(&b);
@@ -67,7 +67,7 @@ static char *read_json(const feature *f, const void *st, int64_t q) {
     return bv_buf_steal(&b);
 }
 
-static void assert_read(const feature *f, const void *st, int64_t q, const char *want) {
+static inline void assert_read(const feature *f, const void *st, int64_t q, const char *want) {
     char *got = read_json(f, st, q);
     if (strcmp(got, want) != 0) {
         fprintf(stderr, "op %s at q=%lld: got %s want %s\n", f->op_name, (long long)q, got, want);

@@ -18,31 +18,16 @@
 #include "ops/op.h"
 #include "ops/window.h"
 
-static void compile_ok(feature *f, const char *spec_json) {
-    bv_schema s;
-    bv_schema_init(&s);
-    bv_schema_set(&s, "v", WT_JSON);
-    bv_schema_set(&s, "x", WT_F64);
-    bv_schema_set(&s, "k", WT_I64);
-    json_t *spec = json_loads(spec_json, 0, NULL);
-    assert_non_null(spec);
-    bv_err err;
-    if (feature_compile(f, "feat", spec, &s, "p", &err) != 0) fail_msg("%s: %s", spec_json, err.reason);
-    json_decref(spec);
-    bv_schema_free(&s);
+#define PATH "p"
+
+static void mk_schema(bv_schema *s) {
+    bv_schema_init(s);
+    bv_schema_set(s, "v", WT_JSON);
+    bv_schema_set(s, "x", WT_F64);
+    bv_schema_set(s, "k", WT_I64);
 }
 
-static void *state_new(const feature *f) {
-    void *st = malloc(f->state_size);
-    assert_non_null(st);
-    feature_state_init(f, st);
-    return st;
-}
-
-static void state_free(const feature *f, void *st) {
-    feature_state_destroy(f, st);
-    free(st);
-}
+#include "feature_harness.h"
 
 /* Push value v (under field "v" and "x") with k at time t. */
 static void push(const feature *f, void *st, bv_value v, int64_t k, int64_t t, op_stats *stats) {
@@ -55,25 +40,6 @@ static void push(const feature *f, void *st, bv_value v, int64_t k, int64_t t, o
     expr_arena arena;
     expr_arena_reset(&arena);
     feature_update(f, st, &row, t, &arena, stats);
-}
-
-static char *read_json(const feature *f, const void *st, int64_t q) {
-    bv_buf b;
-    jsonw w;
-    bv_buf_init(&b);
-    jsonw_init(&w, &b);
-    feature_read(f, st, q, &w);
-    return bv_buf_steal(&b);
-}
-
-static void assert_read(const feature *f, const void *st, int64_t q, const char *want) {
-    char *got = read_json(f, st, q);
-    if (strcmp(got, want) != 0) {
-        fprintf(stderr, "q=%lld: got %s want %s\n", (long long)q, got, want);
-        free(got);
-        fail();
-    }
-    free(got);
 }
 
 static double read_num(const feature *f, const void *st, int64_t q) {

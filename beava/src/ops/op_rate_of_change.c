@@ -16,12 +16,11 @@
  * State: 56 bytes, all-zero = empty (n == 0).
  */
 #include "op.h"
+#include "endpoints.h"
 #include "../sketch/codec.h"
 
 typedef struct roc_st {
-    int64_t n;                /* values seen */
-    int64_t first_t, last_t;
-    double first_v, last_v;
+    endpoints e;
     double rate;
     int64_t has_rate;         /* 0/1 */
 } roc_st;
@@ -29,45 +28,32 @@ typedef struct roc_st {
 static void roc_update(const feature *f, void *st, const op_input *in) {
     (void)f;
     roc_st *s = st;
-    double x;
+    double x, prev, dt;
     if (!bv_as_f64(in->v, &x)) return;
-    if (s->n++ == 0) {
-        s->first_v = x;
-        s->first_t = in->now_ms;
-    } else {
-        double dt = (double)in->now_ms - (double)s->last_t;
-        if (dt > 0) {
-            s->rate = (x - s->last_v) / dt;
-            s->has_rate = 1;
-        }
+    if (endpoints_add(&s->e, in->now_ms, x, &prev, &dt) && dt > 0) {
+        s->rate = (x - prev) / dt;
+        s->has_rate = 1;
     }
-    s->last_v = x;
-    s->last_t = in->now_ms;
 }
 
 static void roc_merge(const feature *f, void *dst, const void *src) {
     (void)f;
     roc_st *d = dst;
     const roc_st *s = src;
-    if (s->n == 0) return;
-    if (d->n == 0) {
-        *d = *s;
+    double d_last_v, dt;
+    if (d->e.n == 0) {
+        if (s->e.n) *d = *s;
         return;
     }
+    if (!endpoints_join(&d->e, &s->e, &d_last_v, &dt)) return;
     if (s->has_rate) {
         /* src's own pairs come after the step into it */
         d->rate = s->rate;
         d->has_rate = 1;
-    } else {
-        double dt = (double)s->first_t - (double)d->last_t;
-        if (dt > 0) {
-            d->rate = (s->first_v - d->last_v) / dt;
-            d->has_rate = 1;
-        }
+    } else if (dt > 0) {
+        d->rate = (s->e.first_v - d_last_v) / dt;
+        d->has_rate = 1;
     }
-    d->last_v = s->last_v;
-    d->last_t = s->last_t;
-    d->n += s->n;
 }
 
 static void roc_read(const feature *f, const void *st, int64_t q, jsonw *w) {
@@ -80,11 +66,7 @@ static void roc_read(const feature *f, const void *st, int64_t q, jsonw *w) {
 static void roc_encode(const feature *f, const void *st, bv_buf *out) {
     (void)f;
     const roc_st *s = st;
-    cod_put_i64(out, s->n);
-    cod_put_i64(out, s->first_t);
-    cod_put_i64(out, s->last_t);
-    cod_put_f64(out, s->first_v);
-    cod_put_f64(out, s->last_v);
+    endpoints_encode(&s->e, out);
     cod_put_f64(out, s->rate);
     cod_put_u8(out, (uint8_t)s->has_rate);
 }
@@ -93,10 +75,8 @@ static int roc_decode(const feature *f, void *st, const uint8_t **p, const uint8
     (void)f;
     roc_st t;
     uint8_t hr;
-    if (cod_get_i64(p, end, &t.n) < 0 || cod_get_i64(p, end, &t.first_t) < 0 ||
-        cod_get_i64(p, end, &t.last_t) < 0 || cod_get_f64(p, end, &t.first_v) < 0 ||
-        cod_get_f64(p, end, &t.last_v) < 0 || cod_get_f64(p, end, &t.rate) < 0 ||
-        cod_get_u8(p, end, &hr) < 0 || t.n < 0 || hr > 1 || (hr && t.n < 2))
+    if (endpoints_decode(&t.e, p, end) < 0 || cod_get_f64(p, end, &t.rate) < 0 ||
+        cod_get_u8(p, end, &hr) < 0 || hr > 1 || (hr && t.e.n < 2))
         return -1;
     t.has_rate = hr;
     *(roc_st *)st = t;
