@@ -161,13 +161,13 @@ static int event_node(const char *where, const char *name, json_t *spec, json_t 
             }
             json_object_set(node, "dedupe_key", dk);
             if (json_object_get(v, "window")) {
-                long long ms;
+                long long ms = 0;
                 if (duration_param(json_object_get(v, "window"), where, "dedupe.window", &ms, err) < 0)
                     goto err;
                 json_object_set_new(node, "dedupe_window_ms", json_integer(ms));
             }
         } else if (!strcmp(key, "keep_events_for") || !strcmp(key, "cold_after")) {
-            long long ms;
+            long long ms = 0;
             if (duration_param(v, where, key, &ms, err) < 0)
                 goto err;
             json_object_set_new(node, !strcmp(key, "cold_after") ? "cold_after_ms" : "keep_events_for_ms",
