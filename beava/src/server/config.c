@@ -85,6 +85,22 @@ static const config_key config_keys[] = {
       "snapshots kept (default 2)" },
     { "limits.max_body_bytes", NULL, NULL, KT_U64, OFF(max_body_bytes), 0, 1024, 64ull << 20,
       "largest HTTP body (default 4194304)" },
+    /* HTTP listener limits and the shared receive budget (http.c, membudget.h) */
+    { "http.threads", "BEAVA_HTTP_THREADS", "--http-threads", KT_U32, OFF(http_threads), 0, 0, 256,
+      "HTTP data-plane I/O threads (default 0 = number of cores)" },
+    { "http.max_connections", "BEAVA_HTTP_MAX_CONNECTIONS", NULL, KT_U32, OFF(http_max_connections), 0, 1, 1000000,
+      "open connections per HTTP listener; more are closed at accept (default 10000)" },
+    { "http.max_connections_per_ip", "BEAVA_HTTP_MAX_CONNECTIONS_PER_IP", NULL, KT_U32,
+      OFF(http_max_connections_per_ip), 0, 0, 1000000, "open connections per client address (default 0 = no limit)" },
+    { "http.header_timeout_ms", "BEAVA_HTTP_HEADER_TIMEOUT_MS", NULL, KT_U32, OFF(http_header_timeout_ms), 0, 100,
+      3600000, "time to send a request's line and headers (default 10000)" },
+    { "http.body_timeout_ms", "BEAVA_HTTP_BODY_TIMEOUT_MS", NULL, KT_U32, OFF(http_body_timeout_ms), 0, 100, 3600000,
+      "time to send a request body once the headers are in (default 30000)" },
+    { "http.idle_timeout_s", "BEAVA_HTTP_IDLE_TIMEOUT_S", NULL, KT_U32, OFF(http_idle_timeout_s), 0, 1, 86400,
+      "keep-alive connection closed after this long without a request (default 60)" },
+    { "limits.partial_body_budget_bytes", "BEAVA_PARTIAL_BODY_BUDGET_BYTES", NULL, KT_U64,
+      OFF(partial_body_budget_bytes), 0, 65536, 1ull << 40,
+      "memory for all request bodies being received; past it 503 overloaded (default 268435456)" },
     { "site.dir", "BEAVA_SITE_DIR", "--site-dir", KT_PATH, OFF(site_dir), SZ(site_dir), 0, 0,
       "serve this directory at / on the data port (default: none)" },
     { "site.public_tables", NULL, NULL, KT_STRLIST, OFF(public_tables), OFF(npublic_tables), 0, 0,
@@ -130,6 +146,11 @@ void config_defaults(bv_config *c) {
     c->snapshot_interval_s = 60;
     c->snapshot_retain = 2;
     c->max_body_bytes = 4u << 20;
+    c->http_max_connections = 10000;
+    c->http_header_timeout_ms = 10000;
+    c->http_body_timeout_ms = 30000;
+    c->http_idle_timeout_s = 60;
+    c->partial_body_budget_bytes = 256ull << 20;
     c->shard_queue = 4096;
 }
 
@@ -472,6 +493,7 @@ const char *config_usage(void) {
         "  --durability MODE      batch|sync (env BEAVA_DURABILITY, default batch)\n"
         "  --shards N             apply shards (env BEAVA_SHARDS, default: cores)\n"
         "  --io-threads N         I/O threads (env BEAVA_IO_THREADS)\n"
+        "  --http-threads N       HTTP data-plane I/O threads (env BEAVA_HTTP_THREADS, default: cores)\n"
         "  --log-level LEVEL      trace|debug|info|warn|error (env BEAVA_LOG_LEVEL)\n"
         "  --site-dir PATH        serve a static site at / (env BEAVA_SITE_DIR)\n"
         "  -h, --help             this text\n"
@@ -480,7 +502,9 @@ const char *config_usage(void) {
         "Other environment: BEAVA_TCP_MAX_FRAME_BYTES, BEAVA_TCP_ENABLED, BEAVA_WAL_DIR,\n"
         "BEAVA_SNAPSHOT_DIR, BEAVA_WAL_TICK_MS, BEAVA_WAL_SEGMENT_BYTES,\n"
         "BEAVA_SNAPSHOT_INTERVAL_S, BEAVA_SNAPSHOT_RETAIN_COUNT, BEAVA_MEMORY_GOV_ENFORCE,\n"
-        "BEAVA_ADMIN_TOKEN_FILE.\n"
+        "BEAVA_ADMIN_TOKEN_FILE, BEAVA_HTTP_MAX_CONNECTIONS, BEAVA_HTTP_MAX_CONNECTIONS_PER_IP,\n"
+        "BEAVA_HTTP_HEADER_TIMEOUT_MS, BEAVA_HTTP_BODY_TIMEOUT_MS, BEAVA_HTTP_IDLE_TIMEOUT_S,\n"
+        "BEAVA_PARTIAL_BODY_BUDGET_BYTES.\n"
         "Port 0 in any address means OS-assigned; the bound addresses are logged as JSON\n"
         "lines server.http_bound, server.tcp_bound and server.admin_bound on stdout.\n";
 }

@@ -44,6 +44,15 @@ typedef struct bv_config {
     uint32_t snapshot_interval_s;        /* 60 */
     uint32_t snapshot_retain;            /* 2 */
     uint64_t max_body_bytes;             /* 4 MiB */
+    /* HTTP listener limits (http.c) and the receive budget shared by every listener
+     * (membudget.h); one block so other keys merge around it */
+    uint32_t http_threads;               /* data-plane I/O threads; 0 = number of cores */
+    uint32_t http_max_connections;       /* 10000 per HTTP listener */
+    uint32_t http_max_connections_per_ip;/* 0 = no per-address limit */
+    uint32_t http_header_timeout_ms;     /* 10000: accept (or request line) -> headers done */
+    uint32_t http_body_timeout_ms;       /* 30000: headers done -> body done */
+    uint32_t http_idle_timeout_s;        /* 60: keep-alive connection without a request */
+    uint64_t partial_body_budget_bytes;  /* 256 MiB for all bodies being received */
     char site_dir[PATH_MAX];             /* "" = no site */
     char **public_tables; size_t npublic_tables;
     char **public_events; size_t npublic_events;

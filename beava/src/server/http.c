@@ -1,13 +1,61 @@
 /*
  * http.c - libmicrohttpd listeners for the data plane and the admin sidecar.
  *
- * Request lifecycle: the URI-log callback stores the raw request URI (query string
- * included, nothing percent-decoded) in a per-request context; the access handler
- * accumulates the body up to cfg->max_body_bytes (a larger Content-Length is answered
- * 413 http_protocol_error at once, a chunked body that grows past the cap likewise at
- * its end); the final call routes the request. Routing follows reference-wire-api.md
- * §2 exactly: path without query, trailing '/' stripped, prefix routes first, wrong
- * method 405, everything else 404 with the raw path.
+ * Threads. Each listener is one libmicrohttpd daemon in epoll thread-pool mode: N I/O
+ * threads (http.threads, default one per core) each run an epoll loop over the
+ * connections they accepted. No I/O thread ever waits for the engine: a data-plane
+ * request whose answer needs an engine call is suspended (MHD_suspend_connection) and
+ * the call runs elsewhere; http_request_complete() stores the answer and resumes the
+ * connection from whichever thread produced it, and the I/O thread sends it.
+ *
+ * Per-request state machine (struct http_request, one per HTTP request):
+ *   RECEIVING     the URI-log callback created it; the access handler checks the
+ *                 framing headers on its first call, then accumulates the body (buffer
+ *                 growth is taken from the shared membudget) until its last call, which
+ *                 routes the request. Answers that need no engine call (errors, static
+ *                 files, /health) are queued at once.
+ *   SUBMITTED     the connection is suspended and the engine call is under way. Today
+ *                 the call is the synchronous engine API run on a workpool thread
+ *                 (run_job); an asynchronous engine calls http_request_complete() from
+ *                 its completion instead (see submit()).
+ *   ANSWER_READY  http_request_complete() stored status + body and resumed the
+ *                 connection; the access handler's next call queues the answer.
+ * libmicrohttpd's completion callback frees the request and gives its budget back.
+ *
+ * Per-connection limits (struct conn_ctx, one per TCP connection, created by the
+ * connection-notify callback and kept on a list per listener):
+ *   - http.max_connections / http.max_connections_per_ip: the accept-policy callback
+ *     refuses (closes) a new connection when the open count is at the limit. The count
+ *     rises when libmicrohttpd reports the connection started, so threads accepting at
+ *     the same instant can overshoot the cap by at most one connection each.
+ *   - deadlines: each connection carries (phase, deadline) in one atomic word. HEADERS
+ *     starts at accept (and again when a keep-alive connection's next request line is
+ *     in) with http.header_timeout_ms; BODY starts at the first access-handler call with
+ *     http.body_timeout_ms; BUSY (answering) has none; IDLE starts when a request
+ *     completes with http.idle_timeout_s. A reaper thread per listener scans the list a
+ *     few times per shortest timeout and shuts down (SHUT_RDWR) every connection past its
+ *     deadline; libmicrohttpd then sees the end of stream and closes it normally. The
+ *     reaper claims a connection by a compare-and-swap to REAPED, and every phase change
+ *     is a compare-and-swap too, so a request that completes at the deadline either is
+ *     answered or is closed, never both. Closing on a deadline sends no answer: there is
+ *     no complete request to answer.
+ *   - bodies: up to HTTP_BODY_FREE_BYTES per request are covered by the connection cap
+ *     (so small pushes are never refused for memory); growth beyond that is taken from
+ *     the shared membudget. A Content-Length that cannot fit is answered 503 overloaded
+ *     before the body is read (the connection closes); a body whose growth is refused
+ *     midway is dropped, the rest is read and discarded, and the request is answered
+ *     503 overloaded.
+ *
+ * Framing: more than one Content-Length, more than one Transfer-Encoding, or both
+ * together are answered 400 http_protocol_error and the connection closes (a proxy in
+ * front could frame such a request differently: request smuggling). A larger
+ * Content-Length than limits.max_body_bytes is answered 413 at once, a chunked body that
+ * grows past it likewise at its end. libmicrohttpd 0.9.75 answers requests it cannot
+ * parse at all (bad request line, bad header syntax, invalid Content-Length) itself with
+ * a small HTML page before any callback of ours runs; it has no hook to replace that body.
+ *
+ * Routing follows the wire API exactly: path without query, trailing '/' stripped,
+ * prefix routes first, wrong method 405, everything else 404 with the raw path.
  */
 #include "http.h"
 
@@ -16,14 +64,85 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "site.h"
+#include "workpool.h"
+
+/* Body bytes per request not charged to the receive budget (bounded by the cap). */
+#define HTTP_BODY_FREE_BYTES (16u * 1024)
+/* First body buffer. */
+#define HTTP_BODY_INITIAL_BYTES 4096u
+/* libmicrohttpd's per-connection memory (request line, headers, read buffer). */
+#define HTTP_CONN_MEMORY_BYTES (64u * 1024)
+/* I/O thread stack. */
+#define HTTP_IO_STACK_BYTES (2u << 20)
+/* Engine-call workers: at most this many engine calls block at once (see workpool.h). */
+#define HTTP_JOB_THREADS_MAX 256u
+#define HTTP_JOB_STACK_BYTES (512u * 1024)
+/* Reaper: scans per shortest timeout, and its bounds. */
+#define HTTP_REAP_SCANS_PER_TIMEOUT 4u
+#define HTTP_REAP_TICK_MIN_MS 20u
+#define HTTP_REAP_TICK_MAX_MS 1000u
+/* Buckets of the per-address connection table. */
+#define HTTP_IP_BUCKETS 1024u
+/* Descriptors kept for files, the WAL and other listeners when checking the cap. */
+#define HTTP_FD_RESERVE 256u
+#define HTTP_PATH_MAX 2048
+
+/* ---- connection phases and deadlines -------------------------------------------------- */
+
+enum conn_phase { PH_NONE = 0, PH_HEADERS = 1, PH_BODY = 2, PH_BUSY = 3, PH_IDLE = 4, PH_REAPED = 5 };
+#define PH_BITS 3u
+#define PH_MASK ((1u << PH_BITS) - 1)
+
+typedef struct ip_entry {
+    struct ip_entry *next;
+    unsigned char addr[16];            /* IPv6, or IPv4-mapped */
+    uint32_t count;
+} ip_entry;
+
+typedef struct conn_ctx {
+    struct conn_ctx *prev, *next;      /* the listener's list, under conns_mu */
+    int fd;
+    _Atomic uint64_t clock;            /* deadline_ms << PH_BITS | phase */
+    unsigned char addr[16];
+    bool addr_known;
+} conn_ctx;
+
+typedef enum req_state { REQ_RECEIVING = 0, REQ_SUBMITTED, REQ_ANSWER_READY } req_state;
+
+struct http_server;
+typedef int (*req_job_fn)(struct http_server *s, struct http_request *rc, bv_buf *out, bool *replay);
+
+struct http_request {
+    struct http_server *s;
+    struct MHD_Connection *conn;
+    char *raw_uri;                     /* as sent, with query */
+    char *arg;                         /* route argument (event name, legacy get path) */
+    bv_buf body;                       /* cap managed here: see body_reserve */
+    uint64_t declared;                 /* Content-Length, 0 if none */
+    uint64_t charged;                  /* bytes taken from the budget */
+    bool started, too_large, over_budget;
+    bool sync;                         /* push-sync */
+    bool api_get;                      /* /api/get: allow-listed tables only */
+    _Atomic int state;                 /* req_state */
+    req_job_fn job_fn;
+    workpool_job job;
+    int answer_status;
+    bv_buf answer;
+    bool answer_replay;
+};
+
+typedef http_request req_ctx;
 
 struct http_server {
     struct MHD_Daemon *daemon;
@@ -32,14 +151,51 @@ struct http_server {
     int fd;
     bv_site *site;
     bv_site_allow allow;
+    membudget own_budget;              /* when deps.body_budget is NULL */
+    membudget *budget;
+    http_stats own_stats;
+    http_stats *stats;
+    workpool *jobs;                    /* data plane only */
+    uint32_t max_conns, max_per_ip;
+    uint64_t header_ms, body_ms, idle_ms;
+    struct timespec t0;                /* monotonic origin of deadlines */
+    pthread_mutex_t conns_mu;          /* conns list and ip table */
+    conn_ctx *conns;
+    ip_entry **ip_table;               /* HTTP_IP_BUCKETS, only with a per-address limit */
+    pthread_t reaper;
+    bool reaper_started, stopping;
+    pthread_cond_t reaper_cv;
 };
 
-typedef struct req_ctx {
-    char *raw_uri;        /* as sent, with query */
-    bv_buf body;
-    bool too_large;
-    bool started;
-} req_ctx;
+static uint64_t now_ms(const http_server *s) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)(ts.tv_sec - s->t0.tv_sec) * 1000u + (uint64_t)((ts.tv_nsec - s->t0.tv_nsec) / 1000000);
+}
+
+static uint64_t clock_pack(uint64_t deadline, enum conn_phase ph) { return deadline << PH_BITS | (uint64_t)ph; }
+static enum conn_phase clock_phase(uint64_t v) { return (enum conn_phase)(v & PH_MASK); }
+static uint64_t clock_deadline(uint64_t v) { return v >> PH_BITS; }
+
+/* Move a connection to `ph` with `timeout_ms` from now (0 = no deadline). Returns false
+ * when the reaper already claimed it (the caller then drops the connection). With
+ * only_from != PH_NONE the move happens only from that phase (true is still returned
+ * when the phase is another live one). */
+static bool conn_enter(http_server *s, conn_ctx *cc, enum conn_phase ph, uint64_t timeout_ms, enum conn_phase only_from) {
+    if (!cc) return true;
+    uint64_t next = clock_pack(timeout_ms ? now_ms(s) + timeout_ms : 0, ph);
+    uint64_t cur = atomic_load(&cc->clock);
+    for (;;) {
+        if (clock_phase(cur) == PH_REAPED) return false;
+        if (only_from != PH_NONE && clock_phase(cur) != only_from) return true;
+        if (atomic_compare_exchange_weak(&cc->clock, &cur, next)) return true;
+    }
+}
+
+static conn_ctx *conn_of(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
 
 /* ---- sockets ------------------------------------------------------------------------ */
 
@@ -96,10 +252,209 @@ int http_bind_listen(const char *addr, char *bound, size_t boundlen, char *err, 
     return fd;
 }
 
+/* ---- connection cap, per-address limit, reaper ------------------------------------------- */
+
+static bool addr_key(const struct sockaddr *sa, unsigned char key[16]) {
+    if (!sa) return false;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        memset(key, 0, 10);
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &s4->sin_addr, 4);
+        return true;
+    }
+    if (sa->sa_family == AF_INET6) {
+        memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+        return true;
+    }
+    return false;
+}
+
+static ip_entry **ip_slot(http_server *s, const unsigned char key[16]) {
+    uint32_t h = 2166136261u;                      /* FNV-1a */
+    for (int i = 0; i < 16; i++) h = (h ^ key[i]) * 16777619u;
+    ip_entry **pp = &s->ip_table[h % HTTP_IP_BUCKETS];
+    while (*pp && memcmp((*pp)->addr, key, 16) != 0) pp = &(*pp)->next;
+    return pp;
+}
+
+/* Under conns_mu. */
+static uint32_t ip_count(http_server *s, const unsigned char key[16]) {
+    ip_entry *e = *ip_slot(s, key);
+    return e ? e->count : 0;
+}
+
+/* Under conns_mu. Returns false when out of memory (the address is then not counted). */
+static bool ip_add(http_server *s, const unsigned char key[16]) {
+    ip_entry **pp = ip_slot(s, key);
+    if (!*pp) {
+        ip_entry *e = calloc(1, sizeof *e);
+        if (!e) return false;
+        memcpy(e->addr, key, 16);
+        *pp = e;
+    }
+    (*pp)->count++;
+    return true;
+}
+
+static void ip_del(http_server *s, const unsigned char key[16]) {
+    ip_entry **pp = ip_slot(s, key);
+    ip_entry *e = *pp;
+    if (!e) return;
+    if (--e->count == 0) {
+        *pp = e->next;
+        free(e);
+    }
+}
+
+static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
+    (void)addrlen;
+    http_server *s = cls;
+    if (atomic_load(&s->stats->open) >= s->max_conns) {
+        atomic_fetch_add(&s->stats->refused_cap, 1);
+        return MHD_NO;
+    }
+    unsigned char key[16];
+    if (s->ip_table && addr_key(addr, key)) {
+        pthread_mutex_lock(&s->conns_mu);
+        bool over = ip_count(s, key) >= s->max_per_ip;
+        pthread_mutex_unlock(&s->conns_mu);
+        if (over) {
+            atomic_fetch_add(&s->stats->refused_per_ip, 1);
+            return MHD_NO;
+        }
+    }
+    return MHD_YES;
+}
+
+static void notify_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                              enum MHD_ConnectionNotificationCode toe) {
+    http_server *s = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        atomic_fetch_add(&s->stats->open, 1);
+        atomic_fetch_add(&s->stats->accepted, 1);
+        conn_ctx *cc = calloc(1, sizeof *cc);
+        *socket_context = cc;
+        if (!cc) return;                            /* served, but without deadlines */
+        const union MHD_ConnectionInfo *fdi = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        cc->fd = fdi ? fdi->connect_fd : -1;
+        atomic_init(&cc->clock, clock_pack(now_ms(s) + s->header_ms, PH_HEADERS));
+        const union MHD_ConnectionInfo *ai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        pthread_mutex_lock(&s->conns_mu);
+        if (s->ip_table && ai && addr_key(ai->client_addr, cc->addr)) cc->addr_known = ip_add(s, cc->addr);
+        cc->next = s->conns;
+        if (s->conns) s->conns->prev = cc;
+        s->conns = cc;
+        pthread_mutex_unlock(&s->conns_mu);
+        return;
+    }
+    /* closed: libmicrohttpd closes the socket only after this returns, so the reaper (which
+     * shuts sockets down under conns_mu) never touches a reused descriptor */
+    conn_ctx *cc = *socket_context;
+    atomic_fetch_sub(&s->stats->open, 1);
+    if (!cc) return;
+    pthread_mutex_lock(&s->conns_mu);
+    if (cc->prev) cc->prev->next = cc->next;
+    else s->conns = cc->next;
+    if (cc->next) cc->next->prev = cc->prev;
+    if (cc->addr_known) ip_del(s, cc->addr);
+    pthread_mutex_unlock(&s->conns_mu);
+    free(cc);
+    *socket_context = NULL;
+}
+
+static void reap_expired(http_server *s) {
+    uint64_t now = now_ms(s);
+    pthread_mutex_lock(&s->conns_mu);
+    for (conn_ctx *cc = s->conns; cc; cc = cc->next) {
+        uint64_t v = atomic_load(&cc->clock);
+        enum conn_phase ph = clock_phase(v);
+        if (ph == PH_BUSY || ph == PH_REAPED || ph == PH_NONE || clock_deadline(v) > now) continue;
+        if (!atomic_compare_exchange_strong(&cc->clock, &v, clock_pack(0, PH_REAPED))) continue;
+        atomic_fetch_add(ph == PH_HEADERS ? &s->stats->timeout_header
+                         : ph == PH_BODY  ? &s->stats->timeout_body
+                                          : &s->stats->timeout_idle, 1);
+        if (cc->fd >= 0) shutdown(cc->fd, SHUT_RDWR);
+    }
+    pthread_mutex_unlock(&s->conns_mu);
+}
+
+static void *reaper_main(void *arg) {
+    http_server *s = arg;
+    uint64_t shortest = s->header_ms;
+    if (s->body_ms < shortest) shortest = s->body_ms;
+    if (s->idle_ms < shortest) shortest = s->idle_ms;
+    uint64_t tick = shortest / HTTP_REAP_SCANS_PER_TIMEOUT;
+    if (tick < HTTP_REAP_TICK_MIN_MS) tick = HTTP_REAP_TICK_MIN_MS;
+    if (tick > HTTP_REAP_TICK_MAX_MS) tick = HTTP_REAP_TICK_MAX_MS;
+    pthread_mutex_lock(&s->conns_mu);
+    while (!s->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += (time_t)(tick / 1000);
+        ts.tv_nsec += (long)(tick % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->reaper_cv, &s->conns_mu, &ts);
+        if (s->stopping) break;
+        pthread_mutex_unlock(&s->conns_mu);
+        reap_expired(s);
+        pthread_mutex_lock(&s->conns_mu);
+    }
+    pthread_mutex_unlock(&s->conns_mu);
+    return NULL;
+}
+
+/* Raise the descriptor soft limit to the hard limit (each connection is one descriptor)
+ * and log both. Returns the soft limit now in force. */
+static rlim_t raise_fd_limit(const bv_log *log) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = { rl.rlim_max, rl.rlim_max };
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0) rl = want;
+    }
+    char f[96];
+    snprintf(f, sizeof f, "\"soft\":%llu,\"hard\":%llu", (unsigned long long)rl.rlim_cur,
+             (unsigned long long)rl.rlim_max);
+    bv_log_emit(log, LOG_INFO, "server.fd_limit", f);
+    return rl.rlim_cur;
+}
+
+static void http_stats_metrics(const http_stats *st, bv_buf *out) {
+    http_stats *m = (http_stats *)st;
+    bv_buf_printf(out,
+                  "# HELP beava_http_connections_open Data-plane HTTP connections open now.\n"
+                  "# TYPE beava_http_connections_open gauge\nbeava_http_connections_open %llu\n"
+                  "# HELP beava_http_connections_accepted_total Data-plane HTTP connections accepted.\n"
+                  "# TYPE beava_http_connections_accepted_total counter\nbeava_http_connections_accepted_total %llu\n"
+                  "# HELP beava_http_connections_refused_total Connections closed at accept by a limit.\n"
+                  "# TYPE beava_http_connections_refused_total counter\n"
+                  "beava_http_connections_refused_total{limit=\"max_connections\"} %llu\n"
+                  "beava_http_connections_refused_total{limit=\"max_connections_per_ip\"} %llu\n"
+                  "# HELP beava_http_timeouts_total Connections closed for missing a deadline.\n"
+                  "# TYPE beava_http_timeouts_total counter\n"
+                  "beava_http_timeouts_total{phase=\"header\"} %llu\nbeava_http_timeouts_total{phase=\"body\"} %llu\n"
+                  "beava_http_timeouts_total{phase=\"idle\"} %llu\n"
+                  "# HELP beava_http_framing_errors_total Requests refused for ambiguous framing headers.\n"
+                  "# TYPE beava_http_framing_errors_total counter\nbeava_http_framing_errors_total %llu\n"
+                  "# HELP beava_http_overloaded_total Requests answered 503 because the body budget was spent.\n"
+                  "# TYPE beava_http_overloaded_total counter\nbeava_http_overloaded_total %llu\n"
+                  "# HELP beava_http_requests_suspended Requests waiting for their engine answer now.\n"
+                  "# TYPE beava_http_requests_suspended gauge\nbeava_http_requests_suspended %llu\n",
+                  (unsigned long long)atomic_load(&m->open), (unsigned long long)atomic_load(&m->accepted),
+                  (unsigned long long)atomic_load(&m->refused_cap), (unsigned long long)atomic_load(&m->refused_per_ip),
+                  (unsigned long long)atomic_load(&m->timeout_header), (unsigned long long)atomic_load(&m->timeout_body),
+                  (unsigned long long)atomic_load(&m->timeout_idle), (unsigned long long)atomic_load(&m->framing_errors),
+                  (unsigned long long)atomic_load(&m->overloaded), (unsigned long long)atomic_load(&m->suspended));
+}
+
 /* ---- responses ---------------------------------------------------------------------- */
 
-static enum MHD_Result send_buf(struct MHD_Connection *c, int status, const char *ctype, bv_buf *body,
-                                const char *runtime, bool replay) {
+static enum MHD_Result send_buf_opt(struct MHD_Connection *c, int status, const char *ctype, bv_buf *body,
+                                    const char *runtime, bool replay, bool close) {
     size_t len = body->len;
     char *data = bv_buf_steal(body);
     struct MHD_Response *r = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
@@ -110,21 +465,25 @@ static enum MHD_Result send_buf(struct MHD_Connection *c, int status, const char
     if (ctype) MHD_add_response_header(r, "Content-Type", ctype);
     if (runtime) MHD_add_response_header(r, "X-Runtime", runtime);
     if (replay) MHD_add_response_header(r, "X-Beava-Idempotent-Replay", "1");
+    if (close) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
     return ret;
+}
+
+static enum MHD_Result send_buf(struct MHD_Connection *c, int status, const char *ctype, bv_buf *body,
+                                const char *runtime, bool replay) {
+    return send_buf_opt(c, status, ctype, body, runtime, replay, false);
 }
 
 static enum MHD_Result send_json(struct MHD_Connection *c, int status, bv_buf *body) {
     return send_buf(c, status, "application/json", body, "hand-rolled", false);
 }
 
-static enum MHD_Result send_error(struct MHD_Connection *c, int status, const char *code, const char *extra_key,
-                                  const char *extra_val) {
-    bv_buf b;
-    bv_buf_init(&b);
+/* {"error":{"code":CODE[,EXTRA_KEY:EXTRA_VAL]}} */
+static void error_body(bv_buf *b, const char *code, const char *extra_key, const char *extra_val) {
     jsonw w;
-    jsonw_init(&w, &b);
+    jsonw_init(&w, b);
     jsonw_obj_begin(&w);
     jsonw_key(&w, "error");
     jsonw_obj_begin(&w);
@@ -136,7 +495,19 @@ static enum MHD_Result send_error(struct MHD_Connection *c, int status, const ch
     }
     jsonw_obj_end(&w);
     jsonw_obj_end(&w);
-    return send_json(c, status, &b);
+}
+
+static enum MHD_Result send_error_opt(struct MHD_Connection *c, int status, const char *code, const char *extra_key,
+                                      const char *extra_val, bool close) {
+    bv_buf b;
+    bv_buf_init(&b);
+    error_body(&b, code, extra_key, extra_val);
+    return send_buf_opt(c, status, "application/json", &b, "hand-rolled", false, close);
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, int status, const char *code, const char *extra_key,
+                                  const char *extra_val) {
+    return send_error_opt(c, status, code, extra_key, extra_val, false);
 }
 
 static enum MHD_Result send_not_found(struct MHD_Connection *c, const char *raw) {
@@ -160,6 +531,50 @@ static enum MHD_Result send_method_not_allowed(struct MHD_Connection *c, const c
     jsonw_obj_end(&w);
     jsonw_obj_end(&w);
     return send_json(c, 405, &b);
+}
+
+/* ---- suspending a request for its engine call ------------------------------------------- */
+
+void http_request_complete(http_request *rc, int status, bv_buf *body, bool replay) {
+    struct MHD_Connection *c = rc->conn;
+    rc->answer_status = status;
+    rc->answer = *body;
+    bv_buf_init(body);
+    rc->answer_replay = replay;
+    atomic_store_explicit(&rc->state, REQ_ANSWER_READY, memory_order_release);
+    MHD_resume_connection(c);          /* rc belongs to the I/O thread from here on */
+}
+
+/* Workpool side of submit(): run the synchronous engine call, hand its answer back. */
+static void run_job(workpool_job *job) {
+    req_ctx *rc = (req_ctx *)((char *)job - offsetof(req_ctx, job));
+    bv_buf out;
+    bv_buf_init(&out);
+    bool replay = false;
+    int status = rc->job_fn(rc->s, rc, &out, &replay);
+    http_request_complete(rc, status, &out, replay);
+}
+
+/* Suspend the connection and have fn answer the request on another thread. This is the
+ * seam for an asynchronous engine: a route calls its submit function here instead (e.g.
+ * engine_push_submit with a completion that renders the body and calls
+ * http_request_complete(rc, ...)); when that returns "done synchronously" the route
+ * completes the request itself the same way, and the suspend below is resumed at once. */
+static enum MHD_Result submit(http_server *s, struct MHD_Connection *c, req_ctx *rc, req_job_fn fn) {
+    rc->job_fn = fn;
+    rc->conn = c;
+    rc->job.fn = run_job;
+    atomic_store(&rc->state, REQ_SUBMITTED);
+    atomic_fetch_add(&s->stats->suspended, 1);
+    MHD_suspend_connection(c);
+    if (!workpool_submit(s->jobs, &rc->job)) run_job(&rc->job);   /* stopping: answer inline */
+    return MHD_YES;
+}
+
+/* The access handler's call after http_request_complete: send the stored answer. */
+static enum MHD_Result send_answer(http_server *s, struct MHD_Connection *c, req_ctx *rc) {
+    atomic_fetch_sub(&s->stats->suspended, 1);
+    return send_buf(c, rc->answer_status, "application/json", &rc->answer, "hand-rolled", rc->answer_replay);
 }
 
 /* ---- data-plane handlers ------------------------------------------------------------ */
@@ -189,6 +604,125 @@ static enum MHD_Result send_unauthorized(struct MHD_Connection *c) {
                       "this route requires Authorization: Bearer <token> (security.admin_token_file)");
 }
 
+static const char *body_data(const req_ctx *rc) { return rc->body.data ? rc->body.data : ""; }
+
+/* Jobs: each runs one engine call for a suspended request and writes the answer body. */
+
+static int job_register(http_server *s, req_ctx *rc, bv_buf *out, bool *replay) {
+    (void)replay;
+    return engine_register(s->deps.eng, body_data(rc), rc->body.len, out);
+}
+
+static int push_into(http_server *s, const char *event, size_t elen, const json_t *data, bool sync, bv_buf *out,
+                     bool *replay) {
+    push_result res;
+    engine_push(s->deps.eng, event, elen, data, sync || s->deps.cfg->durability == DURABILITY_SYNC, &res);
+    *replay = res.replay;
+    return engine_push_body(&res, TRANSPORT_HTTP, out);
+}
+
+/* POST /push and /push-sync: {"event":NAME,"data":{...}} */
+static int job_push_envelope(http_server *s, req_ctx *rc, bv_buf *out, bool *replay) {
+    json_error_t jerr;
+    json_t *root = json_loadb(body_data(rc), rc->body.len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
+    if (!root) {
+        error_body(out, "invalid_json_body", "reason", jerr.text);
+        return 400;
+    }
+    json_t *ev = json_is_object(root) ? json_object_get(root, "event") : NULL;
+    if (!json_is_string(ev)) {
+        json_decref(root);
+        error_body(out, "missing_event_name_in_body", "reason", "the body needs a string member `event`");
+        return 400;
+    }
+    json_t *data = json_object_get(root, "data");
+    json_t *empty = NULL;
+    if (!data) data = empty = json_object();
+    int status = push_into(s, json_string_value(ev), json_string_length(ev), data, rc->sync, out, replay);
+    json_decref(empty);
+    json_decref(root);
+    return status;
+}
+
+/* POST /push/<event>: the bare event object. */
+static int job_push_bare(http_server *s, req_ctx *rc, bv_buf *out, bool *replay) {
+    json_error_t jerr;
+    json_t *data = json_loadb(body_data(rc), rc->body.len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
+    if (!data) {
+        char reason[300];
+        snprintf(reason, sizeof reason, "event data must be a JSON object: %s", jerr.text);
+        error_body(out, "invalid_event", "reason", reason);
+        return 400;
+    }
+    int status = push_into(s, rc->arg, strlen(rc->arg), data, rc->sync, out, replay);
+    json_decref(data);
+    return status;
+}
+
+static json_t *parse_body(req_ctx *rc, char *err, size_t errlen) {
+    json_error_t jerr;
+    if (rc->body.len == 0) {
+        snprintf(err, errlen, "EOF while parsing a value at line 1 column 0");
+        return NULL;
+    }
+    json_t *j = json_loadb(rc->body.data, rc->body.len, JSON_DECODE_ANY, &jerr);
+    if (!j) snprintf(err, errlen, "%s at line %d column %d", jerr.text, jerr.line, jerr.column);
+    return j;
+}
+
+/* POST /get, and /api/get (only allow-listed tables, else the route does not exist). */
+static int job_get(http_server *s, req_ctx *rc, bv_buf *out, bool *replay) {
+    (void)replay;
+    char perr[256];
+    json_t *req = parse_body(rc, perr, sizeof perr);
+    if (rc->api_get && req) {
+        json_t *t = json_is_object(req) ? json_object_get(req, "table") : NULL;
+        if (!json_is_string(t) || !bv_site_table_allowed(&s->allow, json_string_value(t))) {
+            json_decref(req);
+            error_body(out, "not_found", "path", rc->raw_uri);
+            return 404;
+        }
+    }
+    int status = engine_get(s->deps.eng, TRANSPORT_HTTP, req, req ? NULL : perr, out);
+    json_decref(req);
+    return status;
+}
+
+static int job_batch_get(http_server *s, req_ctx *rc, bv_buf *out, bool *replay) {
+    (void)replay;
+    char perr[256];
+    json_t *req = parse_body(rc, perr, sizeof perr);
+    int status = engine_batch_get(s->deps.eng, req, req ? NULL : perr, out);
+    json_decref(req);
+    return status;
+}
+
+static int job_ping(http_server *s, req_ctx *rc, bv_buf *out, bool *replay) {
+    (void)rc;
+    (void)replay;
+    return engine_ping(s->deps.eng, out);
+}
+
+static int job_reset(http_server *s, req_ctx *rc, bv_buf *out, bool *replay) {
+    (void)rc;
+    (void)replay;
+    return engine_reset(s->deps.eng, out);
+}
+
+static int job_get_legacy(http_server *s, req_ctx *rc, bv_buf *out, bool *replay) {
+    (void)replay;
+    return engine_get_legacy(s->deps.eng, rc->arg, out);
+}
+
+static enum MHD_Result submit_with_arg(http_server *s, struct MHD_Connection *c, req_ctx *rc, req_job_fn fn,
+                                       const char *arg, bool sync) {
+    free(rc->arg);
+    rc->arg = strdup(arg);
+    if (!rc->arg) return MHD_NO;
+    rc->sync = sync;
+    return submit(s, c, rc, fn);
+}
+
 static enum MHD_Result do_register(http_server *s, struct MHD_Connection *c, req_ctx *rc, const char *raw) {
     if (!token_ok(c, s->deps.admin_token)) return send_unauthorized(c);
     if (!is_json_content_type(c)) {
@@ -211,93 +745,7 @@ static enum MHD_Result do_register(http_server *s, struct MHD_Connection *c, req
         jsonw_obj_end(&w);
         return send_json(c, 415, &b);
     }
-    bv_buf out;
-    bv_buf_init(&out);
-    int status = engine_register(s->deps.eng, rc->body.data ? rc->body.data : "", rc->body.len, &out);
-    return send_json(c, status, &out);
-}
-
-static enum MHD_Result push_and_reply(http_server *s, struct MHD_Connection *c, const char *event, size_t elen,
-                                      const json_t *data, bool sync) {
-    push_result res;
-    engine_push(s->deps.eng, event, elen, data, sync || s->deps.cfg->durability == DURABILITY_SYNC, &res);
-    bv_buf out;
-    bv_buf_init(&out);
-    int status = engine_push_body(&res, TRANSPORT_HTTP, &out);
-    return send_buf(c, status, "application/json", &out, "hand-rolled", res.replay);
-}
-
-/* POST /push and /push-sync: {"event":NAME,"data":{...}} */
-static enum MHD_Result do_push_envelope(http_server *s, struct MHD_Connection *c, req_ctx *rc, bool sync) {
-    json_error_t jerr;
-    json_t *root = json_loadb(rc->body.data ? rc->body.data : "", rc->body.len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
-    if (!root) return send_error(c, 400, "invalid_json_body", "reason", jerr.text);
-    json_t *ev = json_is_object(root) ? json_object_get(root, "event") : NULL;
-    if (!json_is_string(ev)) {
-        json_decref(root);
-        return send_error(c, 400, "missing_event_name_in_body", "reason", "the body needs a string member `event`");
-    }
-    json_t *data = json_object_get(root, "data");
-    json_t *empty = NULL;
-    if (!data) data = empty = json_object();
-    enum MHD_Result r = push_and_reply(s, c, json_string_value(ev), json_string_length(ev), data, sync);
-    json_decref(empty);
-    json_decref(root);
-    return r;
-}
-
-/* POST /push/<event>: the bare event object. */
-static enum MHD_Result do_push_bare(http_server *s, struct MHD_Connection *c, req_ctx *rc, const char *event,
-                                    bool sync) {
-    json_error_t jerr;
-    json_t *data = json_loadb(rc->body.data ? rc->body.data : "", rc->body.len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
-    if (!data) {
-        char reason[300];
-        snprintf(reason, sizeof reason, "event data must be a JSON object: %s", jerr.text);
-        return send_error(c, 400, "invalid_event", "reason", reason);
-    }
-    enum MHD_Result r = push_and_reply(s, c, event, strlen(event), data, sync);
-    json_decref(data);
-    return r;
-}
-
-static json_t *parse_body(req_ctx *rc, char *err, size_t errlen) {
-    json_error_t jerr;
-    if (rc->body.len == 0) {
-        snprintf(err, errlen, "EOF while parsing a value at line 1 column 0");
-        return NULL;
-    }
-    json_t *j = json_loadb(rc->body.data, rc->body.len, JSON_DECODE_ANY, &jerr);
-    if (!j) snprintf(err, errlen, "%s at line %d column %d", jerr.text, jerr.line, jerr.column);
-    return j;
-}
-
-static enum MHD_Result do_get(http_server *s, struct MHD_Connection *c, req_ctx *rc, const char *only_table) {
-    char perr[256];
-    json_t *req = parse_body(rc, perr, sizeof perr);
-    if (only_table && req) {
-        /* /api/get: only allow-listed tables, else the route does not exist */
-        json_t *t = json_is_object(req) ? json_object_get(req, "table") : NULL;
-        if (!json_is_string(t) || !bv_site_table_allowed(&s->allow, json_string_value(t))) {
-            json_decref(req);
-            return send_not_found(c, only_table);
-        }
-    }
-    bv_buf out;
-    bv_buf_init(&out);
-    int status = engine_get(s->deps.eng, TRANSPORT_HTTP, req, req ? NULL : perr, &out);
-    json_decref(req);
-    return send_json(c, status, &out);
-}
-
-static enum MHD_Result do_batch_get(http_server *s, struct MHD_Connection *c, req_ctx *rc) {
-    char perr[256];
-    json_t *req = parse_body(rc, perr, sizeof perr);
-    bv_buf out;
-    bv_buf_init(&out);
-    int status = engine_batch_get(s->deps.eng, req, req ? NULL : perr, &out);
-    json_decref(req);
-    return send_json(c, status, &out);
+    return submit(s, c, rc, job_register);
 }
 
 static bool starts_with(const char *s, const char *prefix, const char **rest) {
@@ -351,7 +799,7 @@ static enum MHD_Result serve_static(http_server *s, struct MHD_Connection *c, co
 static enum MHD_Result route_data(http_server *s, struct MHD_Connection *c, req_ctx *rc, const char *method) {
     const char *raw = rc->raw_uri ? rc->raw_uri : "/";
     /* path = raw without query, trailing '/' stripped */
-    char path[2048];
+    char path[HTTP_PATH_MAX];
     size_t pl = strcspn(raw, "?");
     if (pl >= sizeof path) return send_error(c, 414, "http_protocol_error", "reason", "request path too long");
     memcpy(path, raw, pl);
@@ -362,46 +810,41 @@ static enum MHD_Result route_data(http_server *s, struct MHD_Connection *c, req_
 
     if (starts_with(path, "/push/", &rest) && *rest) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return do_push_bare(s, c, rc, rest, false);
+        return submit_with_arg(s, c, rc, job_push_bare, rest, false);
     }
     if (starts_with(path, "/push-sync/", &rest) && *rest) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return do_push_bare(s, c, rc, rest, true);
+        return submit_with_arg(s, c, rc, job_push_bare, rest, true);
     }
     if (starts_with(path, "/push-batch/", &rest) && *rest) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return do_push_bare(s, c, rc, rest, false);
+        return submit_with_arg(s, c, rc, job_push_bare, rest, false);
     }
     if (strcmp(path, "/push") == 0 || strcmp(path, "/push-sync") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return do_push_envelope(s, c, rc, path[5] == '-');
+        rc->sync = path[5] == '-';
+        return submit(s, c, rc, job_push_envelope);
     }
     if (strcmp(path, "/ping") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        bv_buf out;
-        bv_buf_init(&out);
-        return send_json(c, engine_ping(s->deps.eng, &out), &out);
+        return submit(s, c, rc, job_ping);
     }
     if (strcmp(path, "/reset") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
         if (!token_ok(c, s->deps.admin_token)) return send_unauthorized(c);
-        bv_buf out;
-        bv_buf_init(&out);
-        return send_json(c, engine_reset(s->deps.eng, &out), &out);
+        return submit(s, c, rc, job_reset);
     }
     if (starts_with(path, "/get/", &rest) && strchr(rest, '/') && rest[0] != '/') {
         if (!get) return send_method_not_allowed(c, method, raw);
-        bv_buf out;
-        bv_buf_init(&out);
-        return send_json(c, engine_get_legacy(s->deps.eng, rest, &out), &out);
+        return submit_with_arg(s, c, rc, job_get_legacy, rest, false);
     }
     if (strcmp(path, "/get") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return do_get(s, c, rc, NULL);
+        return submit(s, c, rc, job_get);
     }
     if (strcmp(path, "/batch_get") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return do_batch_get(s, c, rc);
+        return submit(s, c, rc, job_batch_get);
     }
     if (strcmp(path, "/register") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
@@ -419,17 +862,18 @@ static enum MHD_Result route_data(http_server *s, struct MHD_Connection *c, req_
         if (!get) return send_method_not_allowed(c, method, raw);
         return send_not_found(c, raw);
     }
-    /* the website's aliases (DECISIONS §2): only allow-listed tables and events */
+    /* the website's aliases: only allow-listed tables and events */
     char event[BV_SITE_MAX_NAME + 1];
     switch (bv_site_api_route(raw, event)) {
     case BV_SITE_API_GET:
         if (s->allow.n_public_tables == 0) return send_not_found(c, raw);
         if (!post) return send_method_not_allowed(c, method, raw);
-        return do_get(s, c, rc, raw);
+        rc->api_get = true;
+        return submit(s, c, rc, job_get);
     case BV_SITE_API_PUSH:
         if (!bv_site_event_allowed(&s->allow, event)) return send_not_found(c, raw);
         if (!post) return send_method_not_allowed(c, method, raw);
-        return do_push_bare(s, c, rc, event, false);
+        return submit_with_arg(s, c, rc, job_push_bare, event, false);
     case BV_SITE_API_NOT_FOUND:
         return send_not_found(c, raw);
     case BV_SITE_API_NONE:
@@ -517,18 +961,28 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
     bv_buf_printf(&out, "# HELP beava_ready 1 once recovery is complete.\n# TYPE beava_ready gauge\nbeava_ready %d\n",
                   ready ? 1 : 0);
     if (s->deps.extra_metrics) s->deps.extra_metrics(s->deps.ctx, &out);
+    if (s->deps.data_stats) http_stats_metrics(s->deps.data_stats, &out);
+    membudget_metrics(s->budget, &out);
     return send_buf(c, 200, "text/plain; version=0.0.4; charset=utf-8", &out, "beava-admin", false);
 }
 
 /* ---- libmicrohttpd glue ------------------------------------------------------------- */
 
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *c) {
-    (void)cls;
-    (void)c;
+    http_server *s = cls;
+    /* a keep-alive connection's next request line is in: its header deadline starts */
+    conn_enter(s, conn_of(c), PH_HEADERS, s->header_ms, PH_IDLE);
     req_ctx *rc = calloc(1, sizeof *rc);
     if (!rc) return NULL;
+    rc->s = s;
     rc->raw_uri = strdup(uri ? uri : "/");
+    if (!rc->raw_uri) {
+        free(rc);
+        return NULL;
+    }
     bv_buf_init(&rc->body);
+    bv_buf_init(&rc->answer);
+    atomic_init(&rc->state, REQ_RECEIVING);
     return rc;
 }
 
@@ -538,16 +992,96 @@ static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s) {
     return strlen(s);
 }
 
+static void body_release(http_server *s, req_ctx *rc) {
+    bv_buf_free(&rc->body);
+    if (rc->charged) membudget_give(s->budget, rc->charged);
+    rc->charged = 0;
+}
+
 static void request_done(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)cls;
-    (void)c;
+    http_server *s = cls;
     (void)toe;
     req_ctx *rc = *con_cls;
+    conn_enter(s, conn_of(c), PH_IDLE, s->idle_ms, PH_NONE);
     if (!rc) return;
-    bv_buf_free(&rc->body);
+    body_release(s, rc);
+    bv_buf_free(&rc->answer);
+    free(rc->arg);
     free(rc->raw_uri);
     free(rc);
     *con_cls = NULL;
+}
+
+/* Make room for `need` body bytes. Growth doubles, bounded by the declared length (or the
+ * body cap for chunked bodies); what exceeds HTTP_BODY_FREE_BYTES is taken from the
+ * budget first. Returns false when the budget refuses (nothing changes). */
+static bool body_reserve(http_server *s, req_ctx *rc, size_t need) {
+    if (need <= rc->body.cap) return true;
+    size_t bound = rc->declared ? (size_t)rc->declared : (size_t)s->deps.cfg->max_body_bytes;
+    size_t want = rc->body.cap ? rc->body.cap : HTTP_BODY_INITIAL_BYTES;
+    while (want < need) want *= 2;
+    if (want > bound) want = bound > need ? bound : need;
+    uint64_t charge = want > HTTP_BODY_FREE_BYTES ? want - HTTP_BODY_FREE_BYTES : 0;
+    if (charge > rc->charged && !membudget_take(s->budget, charge - rc->charged)) return false;
+    char *p = realloc(rc->body.data, want + 1);
+    if (!p) {
+        if (charge > rc->charged) membudget_give(s->budget, charge - rc->charged);
+        return false;
+    }
+    rc->body.data = p;
+    rc->body.cap = want;
+    if (charge > rc->charged) rc->charged = charge;
+    return true;
+}
+
+typedef struct framing_count {
+    unsigned content_length, transfer_encoding;
+} framing_count;
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    (void)value;
+    framing_count *f = cls;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) f->content_length++;
+    else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) f->transfer_encoding++;
+    return MHD_YES;
+}
+
+/* First access-handler call: the headers are in. Returns MHD_YES to read the body, or the
+ * result of queueing an early answer (which closes the connection: the body is unread). */
+static enum MHD_Result on_headers(http_server *s, struct MHD_Connection *c, req_ctx *rc, bool *answered) {
+    *answered = true;
+    framing_count f = { 0, 0 };
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_framing, &f);
+    if (f.content_length > 1 || f.transfer_encoding > 1 || (f.content_length && f.transfer_encoding)) {
+        atomic_fetch_add(&s->stats->framing_errors, 1);
+        const char *why = f.content_length > 1 ? "more than one Content-Length header"
+                          : f.transfer_encoding > 1 ? "more than one Transfer-Encoding header"
+                                                    : "both Content-Length and Transfer-Encoding";
+        char reason[160];
+        snprintf(reason, sizeof reason, "ambiguous request framing: %s", why);
+        return send_error_opt(c, 400, "http_protocol_error", "reason", reason, true);
+    }
+    uint64_t cap = s->deps.cfg->max_body_bytes;
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        unsigned long long v = strtoull(cl, NULL, 10);
+        if (v > cap) {
+            char reason[128];
+            snprintf(reason, sizeof reason, "request body of %s bytes exceeds the limit of %llu bytes", cl,
+                     (unsigned long long)cap);
+            return send_error(c, 413, "http_protocol_error", "reason", reason);
+        }
+        rc->declared = v;
+        /* refuse now what cannot fit, rather than read part of it first */
+        if (v > HTTP_BODY_FREE_BYTES && v - HTTP_BODY_FREE_BYTES > s->budget->limit - membudget_used(s->budget)) {
+            atomic_fetch_add(&s->stats->overloaded, 1);
+            return send_error_opt(c, 503, "overloaded", "reason",
+                                  "the server is receiving too many request bodies at once; retry shortly", true);
+        }
+    }
+    *answered = false;
+    return MHD_YES;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -558,30 +1092,53 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     http_server *s = cls;
     req_ctx *rc = *con_cls;
     if (!rc) return MHD_NO;
-    uint64_t cap = s->deps.cfg->max_body_bytes;
+    int state = atomic_load_explicit(&rc->state, memory_order_acquire);
+    if (state == REQ_ANSWER_READY) return send_answer(s, c, rc);
+    if (state == REQ_SUBMITTED) return MHD_YES;                 /* not called while suspended */
     if (!rc->started) {
         rc->started = true;
-        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > cap) {
-            char reason[128];
-            snprintf(reason, sizeof reason, "request body of %s bytes exceeds the limit of %llu bytes", cl,
-                     (unsigned long long)cap);
-            return send_error(c, 413, "http_protocol_error", "reason", reason);
-        }
-        return MHD_YES;
+        if (!conn_enter(s, conn_of(c), PH_BODY, s->body_ms, PH_NONE)) return MHD_NO;
+        bool answered;
+        enum MHD_Result r = on_headers(s, c, rc, &answered);
+        if (answered) conn_enter(s, conn_of(c), PH_BUSY, 0, PH_NONE);
+        return r;
     }
     if (*upload_data_size) {
-        if (rc->body.len + *upload_data_size > cap) rc->too_large = true;
-        if (!rc->too_large) bv_buf_put(&rc->body, upload_data, *upload_data_size);
+        size_t n = *upload_data_size;
         *upload_data_size = 0;
+        if (rc->too_large || rc->over_budget) return MHD_YES;      /* read and drop the rest */
+        if (rc->body.len + n > s->deps.cfg->max_body_bytes) {
+            rc->too_large = true;
+            body_release(s, rc);
+            return MHD_YES;
+        }
+        if (!body_reserve(s, rc, rc->body.len + n)) {
+            rc->over_budget = true;
+            body_release(s, rc);
+            return MHD_YES;
+        }
+        memcpy(rc->body.data + rc->body.len, upload_data, n);
+        rc->body.len += n;
         return MHD_YES;
     }
+    if (!conn_enter(s, conn_of(c), PH_BUSY, 0, PH_NONE)) return MHD_NO;
     if (rc->too_large) {
         char reason[128];
-        snprintf(reason, sizeof reason, "request body exceeds the limit of %llu bytes", (unsigned long long)cap);
+        snprintf(reason, sizeof reason, "request body exceeds the limit of %llu bytes",
+                 (unsigned long long)s->deps.cfg->max_body_bytes);
         return send_error(c, 413, "http_protocol_error", "reason", reason);
     }
+    if (rc->over_budget) {
+        atomic_fetch_add(&s->stats->overloaded, 1);
+        return send_error(c, 503, "overloaded", "reason",
+                          "the server is receiving too many request bodies at once; retry shortly");
+    }
     return s->role == HTTP_DATA ? route_data(s, c, rc, method) : route_admin(s, c, rc, method);
+}
+
+static unsigned default_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1u;
 }
 
 http_server *http_start(http_role role, const char *addr, const http_deps *deps, int threads, char *bound,
@@ -591,38 +1148,79 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    const bv_config *cfg = deps->cfg;
     s->role = role;
     s->deps = *deps;
-    s->allow.public_tables = deps->cfg->public_tables;
-    s->allow.n_public_tables = deps->cfg->npublic_tables;
-    s->allow.public_events = deps->cfg->public_events;
-    s->allow.n_public_events = deps->cfg->npublic_events;
-    s->fd = http_bind_listen(addr, bound, boundlen, err, errlen);
-    if (s->fd < 0) goto fail;
-    if (role == HTTP_DATA && deps->cfg->site_dir[0]) {
-        bv_err serr;
-        if (bv_site_open(deps->cfg->site_dir, 0, &s->site, &serr) != 0) {
-            snprintf(err, errlen, "site.dir %s: %s", deps->cfg->site_dir, serr.reason);
+    s->fd = -1;
+    clock_gettime(CLOCK_MONOTONIC, &s->t0);
+    pthread_mutex_init(&s->conns_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->reaper_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    membudget_init(&s->own_budget, cfg->partial_body_budget_bytes);
+    s->budget = deps->body_budget ? deps->body_budget : &s->own_budget;
+    s->stats = role == HTTP_DATA && deps->data_stats ? deps->data_stats : &s->own_stats;
+    s->max_conns = cfg->http_max_connections;
+    s->max_per_ip = cfg->http_max_connections_per_ip;
+    s->header_ms = cfg->http_header_timeout_ms;
+    s->body_ms = cfg->http_body_timeout_ms;
+    s->idle_ms = (uint64_t)cfg->http_idle_timeout_s * 1000u;
+    s->allow.public_tables = cfg->public_tables;
+    s->allow.n_public_tables = cfg->npublic_tables;
+    s->allow.public_events = cfg->public_events;
+    s->allow.n_public_events = cfg->npublic_events;
+    unsigned nthreads = threads > 0 ? (unsigned)threads : default_threads();
+    if (role == HTTP_DATA) {
+        rlim_t soft = raise_fd_limit(deps->log);
+        if (soft && (rlim_t)s->max_conns + HTTP_FD_RESERVE > soft)
+            bv_log_msg(deps->log, LOG_WARN, "server.fd_limit_low",
+                       "http.max_connections is %u but the descriptor limit is %llu: connections past about %llu "
+                       "will fail at accept",
+                       (unsigned)s->max_conns, (unsigned long long)soft,
+                       (unsigned long long)(soft > HTTP_FD_RESERVE ? soft - HTTP_FD_RESERVE : 0));
+        s->jobs = workpool_new(HTTP_JOB_THREADS_MAX, HTTP_JOB_STACK_BYTES);
+        if (!s->jobs) {
+            snprintf(err, errlen, "out of memory");
             goto fail;
         }
     }
-    /* The data plane runs one thread per connection: a push may wait for its shards and,
-     * in sync mode, for the group-commit fsync, and such waits must not stall other
-     * clients (many waiters share one fsync). The admin sidecar uses a small pool. */
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_SUPPRESS_DATE_NO_CLOCK;
-    if (threads < 1) threads = 1;
-    if (role == HTTP_DATA) flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
-    else flags |= MHD_USE_EPOLL_LINUX_ONLY;
-    s->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
+    if (s->max_per_ip) {
+        s->ip_table = calloc(HTTP_IP_BUCKETS, sizeof *s->ip_table);
+        if (!s->ip_table) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
+    s->fd = http_bind_listen(addr, bound, boundlen, err, errlen);
+    if (s->fd < 0) goto fail;
+    if (role == HTTP_DATA && cfg->site_dir[0]) {
+        bv_err serr;
+        if (bv_site_open(cfg->site_dir, 0, &s->site, &serr) != 0) {
+            snprintf(err, errlen, "site.dir %s: %s", cfg->site_dir, serr.reason);
+            goto fail;
+        }
+    }
+    if (pthread_create(&s->reaper, NULL, reaper_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the HTTP connection reaper");
+        goto fail;
+    }
+    s->reaper_started = true;
+    /* libmicrohttpd splits its own connection limit evenly over the pool threads; ours is
+     * global (accept_policy), so each thread may hold all of it */
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_SUPPRESS_DATE_NO_CLOCK;
+    s->daemon = MHD_start_daemon(flags, 0, accept_policy, s, on_request, s,
                                  MHD_OPTION_LISTEN_SOCKET, s->fd,
-                                 MHD_OPTION_THREAD_POOL_SIZE, role == HTTP_DATA ? 0u : (unsigned)threads,
-                                 MHD_OPTION_URI_LOG_CALLBACK, uri_log, NULL,
+                                 MHD_OPTION_THREAD_POOL_SIZE, nthreads,
+                                 MHD_OPTION_URI_LOG_CALLBACK, uri_log, s,
                                  MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
-                                 MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
-                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
-                                 MHD_OPTION_THREAD_STACK_SIZE, (size_t)(2u << 20),
+                                 MHD_OPTION_NOTIFY_COMPLETED, request_done, s,
+                                 MHD_OPTION_NOTIFY_CONNECTION, notify_connection, s,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->http_idle_timeout_s,
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY_BYTES,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)(s->max_conns + 1) * nthreads,
+                                 MHD_OPTION_THREAD_STACK_SIZE, (size_t)HTTP_IO_STACK_BYTES,
                                  MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "libmicrohttpd could not start on %s", bound);
@@ -630,16 +1228,36 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
     }
     return s;
 fail:
-    if (s->fd >= 0) close(s->fd);
-    bv_site_close(s->site);
-    free(s);
+    http_stop(s);
     return NULL;
 }
 
 void http_stop(http_server *s) {
     if (!s) return;
+    if (s->daemon) MHD_quiesce_daemon(s->daemon);     /* stop accepting */
+    /* every suspended request is answered and resumed before the daemon may stop; a
+     * request submitted after this runs its job inline */
+    workpool_stop(s->jobs);
     if (s->daemon) MHD_stop_daemon(s->daemon);
+    workpool_free(s->jobs);
+    if (s->reaper_started) {
+        pthread_mutex_lock(&s->conns_mu);
+        s->stopping = true;
+        pthread_cond_broadcast(&s->reaper_cv);
+        pthread_mutex_unlock(&s->conns_mu);
+        pthread_join(s->reaper, NULL);
+    }
     if (s->fd >= 0) close(s->fd);
     bv_site_close(s->site);
+    if (s->ip_table) {
+        for (unsigned i = 0; i < HTTP_IP_BUCKETS; i++)
+            for (ip_entry *e = s->ip_table[i], *n; e; e = n) {
+                n = e->next;
+                free(e);
+            }
+        free(s->ip_table);
+    }
+    pthread_cond_destroy(&s->reaper_cv);
+    pthread_mutex_destroy(&s->conns_mu);
     free(s);
 }

@@ -34,6 +34,8 @@ struct beava_server {
     bool stopping;
     atomic_bool ready;
     char *admin_token;
+    membudget body_budget;       /* receive buffers of every listener */
+    http_stats http_stats;       /* data-plane connections, shown by admin /metrics */
     char http_bound[CONFIG_ADDR_MAX];
     char admin_bound[CONFIG_ADDR_MAX];
     char tcp_bound[CONFIG_ADDR_MAX];
@@ -126,6 +128,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
     s->cfg = cfg;
     s->log = log;
     atomic_init(&s->ready, false);
+    membudget_init(&s->body_budget, cfg->partial_body_budget_bytes);
     pthread_mutex_init(&s->sweep_mu, NULL);
     pthread_cond_init(&s->sweep_cv, NULL);
     log_config(cfg, log);
@@ -150,6 +153,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         .eng = s->eng, .cfg = cfg, .log = log, .ready = &s->ready, .admin_token = s->admin_token, .ctx = s,
         .extra_metrics = s->persist ? server_metrics : NULL,
         .snapshot = s->persist ? server_snapshot : NULL,
+        .body_budget = &s->body_budget, .data_stats = &s->http_stats,
     };
     s->admin = http_start(HTTP_ADMIN, cfg->admin_addr, &deps, 1, s->admin_bound, sizeof s->admin_bound, err, errlen);
     if (!s->admin) goto fail;
@@ -162,8 +166,8 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         goto fail;
     }
 
-    int io = cfg->io_threads > 0 ? cfg->io_threads : 2;
-    s->data = http_start(HTTP_DATA, cfg->http_addr, &deps, io, s->http_bound, sizeof s->http_bound, err, errlen);
+    s->data = http_start(HTTP_DATA, cfg->http_addr, &deps, (int)cfg->http_threads, s->http_bound,
+                         sizeof s->http_bound, err, errlen);
     if (!s->data) goto fail;
     log_bound(log, "server.http_bound", s->http_bound);
     if (cfg->tcp_enabled) {
