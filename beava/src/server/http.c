@@ -1208,7 +1208,9 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
     }
     s->reaper_started = true;
     /* libmicrohttpd splits its own connection limit evenly over the pool threads; ours is
-     * global (accept_policy), so each thread may hold all of it */
+     * global (accept_policy), so each thread may hold all of it. Its inactivity timeout
+     * (one second past the idle timeout, so the reaper acts and counts first) still bounds
+     * a client that stops reading an answer. */
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_SUPPRESS_DATE_NO_CLOCK;
     s->daemon = MHD_start_daemon(flags, 0, accept_policy, s, on_request, s,
                                  MHD_OPTION_LISTEN_SOCKET, s->fd,
@@ -1217,7 +1219,7 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
                                  MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
                                  MHD_OPTION_NOTIFY_COMPLETED, request_done, s,
                                  MHD_OPTION_NOTIFY_CONNECTION, notify_connection, s,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->http_idle_timeout_s,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->http_idle_timeout_s + 1u,
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY_BYTES,
                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)(s->max_conns + 1) * nthreads,
                                  MHD_OPTION_THREAD_STACK_SIZE, (size_t)HTTP_IO_STACK_BYTES,
