@@ -87,7 +87,7 @@
 #define HTTP_IO_STACK_BYTES (2u << 20)
 /* Engine-call workers: at most this many engine calls block at once (see workpool.h). */
 #define HTTP_JOB_THREADS_MAX 256u
-#define HTTP_JOB_STACK_BYTES (512u * 1024)
+#define HTTP_JOB_STACK_BYTES (2u << 20)
 /* Reaper: scans per shortest timeout, and its bounds. */
 #define HTTP_REAP_SCANS_PER_TIMEOUT 4u
 #define HTTP_REAP_TICK_MIN_MS 20u
