@@ -760,6 +760,11 @@ static void test_json_syntax(void **state) {
     /* a NUL byte after the value is trailing garbage, not an end */
     assert_int_equal(run_keep(f, rowdec_json_data, "{\"a\":1}\0", 8, &p), ROWDEC_ESYNTAX);
     assert_non_null(strstr(f->err, "trailing"));
+    /* jansson skips a raw NUL right after a number; it is not JSON and is refused here */
+    json_t *quirk = json_loadb("[1\0]", 4, JSON_DECODE_ANY, NULL);
+    assert_non_null(quirk);
+    json_decref(quirk);
+    assert_int_equal(run_keep(f, rowdec_json_data, "[1\0]", 4, &p), ROWDEC_ESYNTAX);
 }
 
 static void test_msgpack_malformed(void **state) {
@@ -799,6 +804,17 @@ static void test_msgpack_malformed(void **state) {
     mp_be(&w, 0x7f800000u, 4);
     assert_int_equal(mpdec(f, &w, &p), ROWDEC_ESYNTAX);
     assert_int_equal(run_keep(f, rowdec_msgpack_push, "", 0, &p), ROWDEC_ESYNTAX);
+    assert_int_equal(rowdec_msgpack_push(&f->d, NULL, 0, &p, f->err, sizeof f->err), ROWDEC_ESYNTAX);
+    assert_int_equal(rowdec_json_data(&f->d, NULL, 0, &p, f->err, sizeof f->err), ROWDEC_ESYNTAX);
+    /* an empty key (msgpack-c hands it out as a NULL pointer; mpjson must not touch it) */
+    static const unsigned char empty_key[] = {0x82, 0xa0, 0x62, 0xe4, 0x79};
+    char why[128];
+    assert_null(mpjson_decode((const char *)empty_key, sizeof empty_key, why, sizeof why));
+    mp_env(&w, "E", 1);
+    mp_str(&w, "");
+    mp_str(&w, "");
+    assert_int_equal(mpdec(f, &w, &p), ROWDEC_OK);
+    assert_int_equal(p.row.fields[0].name_len, 0);
 }
 
 /* Every prefix of a valid body fails cleanly (each on an exact-size buffer). */

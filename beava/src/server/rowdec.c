@@ -173,6 +173,10 @@ typedef struct rd_ctx {
 } rd_ctx;
 
 static void ctx_init(rd_ctx *c, rowdec *d, const char *p, size_t n, char *err, size_t errlen) {
+    if (!p) {
+        p = "";     /* an empty body may come as NULL; no arithmetic on a null pointer */
+        n = 0;
+    }
     c->d = d;
     c->base = c->p = (const unsigned char *)p;
     c->end = c->base + n;
