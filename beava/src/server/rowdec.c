@@ -13,7 +13,7 @@
  * escape; numbers take the exact fast path (at most 2^53 and a power of ten up to 1e22,
  * one correctly rounded IEEE operation) and strtod otherwise; rows of up to
  * RD_LINEAR_FIELDS fields find duplicates by a linear scan, wider rows through a hash index
- * (a body of many distinct keys must not cost O(n^2)).
+ * keyed per decoder (a body of many distinct or colliding keys must not cost O(n^2)).
  *
  * Errors: the first failure formats err with a path (keys and indices of the containers
  * open at that point, kept in rd_ctx.path) and the input byte offset, and every caller
@@ -28,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 #define RD_LINEAR_FIELDS 16         /* rows up to this many fields: duplicate check by scan */
 #define RD_PATH_KEY_SHOWN 64        /* bytes of one key shown in an error path */
@@ -103,6 +105,13 @@ void rowdec_init(rowdec *d) {
     d->limits.max_key = ROWDEC_MAX_KEY_BYTES;
     d->limits.max_fields = ROWDEC_MAX_FIELDS;
     d->blocks = d->cur = block_new(ROWDEC_BLOCK_BYTES);
+    /* the hash key: random; without getrandom, something an outsider cannot easily guess */
+    if (getrandom(d->hkey, sizeof d->hkey, GRND_NONBLOCK) != (ssize_t)sizeof d->hkey) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        d->hkey[0] = (uint64_t)(uintptr_t)d ^ (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull;
+        d->hkey[1] = (uint64_t)ts.tv_sec ^ (uint64_t)(uintptr_t)&ts;
+    }
 }
 
 void rowdec_reset(rowdec *d) {
@@ -325,14 +334,48 @@ static int utf8_check(rd_ctx *c, const unsigned char *s, size_t n, bool key, con
 
 /* ---- rows ------------------------------------------------------------------------------ */
 
-static uint32_t name_hash(const char *s, size_t n) {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
-    return h;
+/* SipHash-1-3 keyed per decoder: field names come from the client, and an unkeyed hash
+ * would let a body of colliding names turn the index back into O(n^2) probing. */
+static inline uint64_t rotl(uint64_t x, int b) { return x << b | x >> (64 - b); }
+
+#define SIPROUND                                                                                   \
+    do {                                                                                           \
+        v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32);                                  \
+        v2 += v3; v3 = rotl(v3, 16); v3 ^= v2;                                                     \
+        v0 += v3; v3 = rotl(v3, 21); v3 ^= v0;                                                     \
+        v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32);                                  \
+    } while (0)
+
+static uint64_t le64(const unsigned char *p, size_t n) {
+    uint64_t v = 0;
+    for (size_t i = n; i-- > 0;) v = v << 8 | p[i];
+    return v;
+}
+
+static uint64_t name_hash(const rowdec *d, const char *name, size_t n) {
+    const unsigned char *p = (const unsigned char *)name;
+    uint64_t v0 = d->hkey[0] ^ 0x736f6d6570736575ull, v1 = d->hkey[1] ^ 0x646f72616e646f6dull;
+    uint64_t v2 = d->hkey[0] ^ 0x6c7967656e657261ull, v3 = d->hkey[1] ^ 0x7465646279746573ull;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t m = le64(p + i, 8);
+        v3 ^= m;
+        SIPROUND;
+        v0 ^= m;
+    }
+    uint64_t b = (uint64_t)n << 56 | le64(p + i, n - i);
+    v3 ^= b;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
 }
 
 static void hidx_insert(rowdec *d, size_t i) {
-    size_t mask = d->caphidx - 1, h = name_hash(d->scratch[i].name, d->scratch[i].name_len) & mask;
+    size_t mask = d->caphidx - 1, h = name_hash(d, d->scratch[i].name, d->scratch[i].name_len) & mask;
     while (d->hidx[h]) h = (h + 1) & mask;
     d->hidx[h] = (uint32_t)i + 1;
 }
@@ -363,7 +406,7 @@ static int row_put(rd_ctx *c, const unsigned char *at, const char *name, size_t 
             }
         }
     } else {
-        size_t mask = d->caphidx - 1, h = name_hash(name, nl) & mask;
+        size_t mask = d->caphidx - 1, h = name_hash(d, name, nl) & mask;
         for (uint32_t e; (e = d->hidx[h]) != 0; h = (h + 1) & mask) {
             bv_field *f = &d->scratch[e - 1];
             if (f->name_len == nl && memcmp(f->name, name, nl) == 0) {

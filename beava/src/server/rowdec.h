@@ -97,6 +97,7 @@ typedef struct rowdec {
     bv_field *scratch;                  /* the row being built (reused) */
     size_t nscratch, capscratch;
     uint32_t *hidx;                     /* field-name hash index for wide rows (reused) */
+    uint64_t hkey[2];                   /* its random SipHash key */
     size_t caphidx;
     struct rowdec_push *items;          /* the push_many entries being built (reused) */
     size_t nitems, capitems;
