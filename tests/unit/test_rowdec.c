@@ -470,6 +470,30 @@ static void test_msgpack_envelope(void **state) {
     assert_int_equal(mpdec(f, &w, &p), ROWDEC_OK);
     assert_false(p.data_is_object);
     assert_string_equal(p.data_kind, "array");
+    static const struct { unsigned char b[9]; size_t n; const char *kind; } kinds[] = {
+        {{0xc0}, 1, "null"}, {{0xc3}, 1, "boolean"}, {{0x05}, 1, "integer"}, {{0xd0, 0xff}, 2, "integer"},
+        {{0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 9, "number"}, {{0xca, 0x3f, 0x80, 0, 0}, 5, "number"},
+        {{0xa1, 'x'}, 2, "string"}, {{0x80}, 1, "object"}};
+    for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++) {
+        w.n = 0;
+        mp_byte(&w, 0x82); mp_str(&w, "event"); mp_str(&w, "E"); mp_str(&w, "body");
+        mp_raw(&w, kinds[i].b, kinds[i].n);
+        assert_int_equal(mpdec(f, &w, &p), ROWDEC_OK);
+        assert_string_equal(p.data_kind, kinds[i].kind);
+        assert_true(p.data_is_object == (i == 7));
+    }
+    /* a uint64 above INT64_MAX inside a nested value is a real there too (as in mpjson) */
+    mp_env(&w, "E", 1);
+    mp_str(&w, "l");
+    mp_byte(&w, 0x91);
+    mp_raw(&w, kinds[4].b, kinds[4].n);
+    assert_int_equal(mpdec(f, &w, &p), ROWDEC_OK);
+    char why[128];
+    json_t *ref = mpjson_decode((const char *)w.b, w.n, why, sizeof why);
+    assert_non_null(ref);
+    assert_true(json_equal((json_t *)field(&p, "l")->u.j, json_object_get(json_object_get(ref, "body"), "l")));
+    assert_true(json_is_real(json_array_get(field(&p, "l")->u.j, 0)));
+    json_decref(ref);
 }
 
 static void test_duplicates_and_wide_rows(void **state) {
@@ -504,6 +528,17 @@ static void test_duplicates_and_wide_rows(void **state) {
     json_decref(je);
     bv_buf_free(&m);
     bv_buf_free(&env);
+    /* long names (several hash words), repeated */
+    b.len = 0;
+    bv_buf_puts(&b, "{");
+    for (int i = 0; i < 500; i++)
+        bv_buf_printf(&b, "%s\"a_rather_long_field_name_%d_x\":%d", i ? "," : "", (i * 31) % 200, i);
+    bv_buf_puts(&b, "}");
+    assert_int_equal(run_keep(f, rowdec_json_data, b.data, b.len, &p), ROWDEC_OK);
+    j = json_loadb(b.data, b.len, 0, NULL);
+    assert_int_equal(p.row.n, 200);
+    assert_row_equals_json(&p.row, j);
+    json_decref(j);
     bv_buf_free(&b);
 }
 
@@ -604,6 +639,19 @@ static void test_bad_utf8_json(void **state) {
     assert_int_equal(js(f, rowdec_json_push_http, "{\"event\":\"E\",\"data\":{\"user_id\":\"ab\xff\"}}", &p),
                      ROWDEC_EUTF8);
     assert_string_equal(f->err, "invalid UTF-8 in a string (string byte 2) at data.user_id, byte 34");
+    /* a long key is cut in the message, on a character boundary (the message stays UTF-8) */
+    bv_buf b;
+    bv_buf_init(&b);
+    bv_buf_puts(&b, "{\"event\":\"E\",\"data\":{\"k");
+    for (int i = 0; i < 40; i++) bv_buf_puts(&b, "\xc3\xa9");
+    bv_buf_puts(&b, "\":\"\xff\"}}");
+    assert_int_equal(run_keep(f, rowdec_json_push_http, b.data, b.len, &p), ROWDEC_EUTF8);
+    json_t *msg = json_string(f->err);
+    assert_non_null(msg);
+    json_decref(msg);
+    assert_non_null(strstr(f->err, "at data.k\xc3\xa9"));
+    assert_true(strlen(f->err) < 200);
+    bv_buf_free(&b);
 }
 
 static void test_bad_utf8_msgpack(void **state) {
@@ -718,14 +766,16 @@ static void test_size_caps(void **state) {
     fixture *f = *state;
     rowdec_push p;
     f->d.limits.max_string = 8;
-    f->d.limits.max_key = 4;
+    f->d.limits.max_key = 5;
     f->d.limits.max_fields = 3;
-    assert_int_equal(js(f, rowdec_json_data, "{\"abcd\":\"12345678\",\"b\":1,\"c\":2,\"b\":3}", &p), ROWDEC_OK);
+    assert_int_equal(js(f, rowdec_json_data, "{\"abcde\":\"12345678\",\"b\":1,\"c\":2,\"b\":3}", &p), ROWDEC_OK);
     assert_int_equal(js(f, rowdec_json_data, "{\"a\":\"123456789\"}", &p), ROWDEC_ESIZE);
     assert_non_null(strstr(f->err, "string of 9 bytes"));
     assert_int_equal(js(f, rowdec_json_data, "{\"a\":\"1234567\\n\"}", &p), ROWDEC_ESIZE);
-    assert_int_equal(js(f, rowdec_json_data, "{\"abcde\":1}", &p), ROWDEC_ESIZE);
-    assert_int_equal(js(f, rowdec_json_data, "{\"a\":{\"abcde\":1}}", &p), ROWDEC_ESIZE);
+    assert_int_equal(js(f, rowdec_json_data, "{\"abcdef\":1}", &p), ROWDEC_ESIZE);
+    assert_non_null(strstr(f->err, "key of 6 bytes"));
+    assert_int_equal(js(f, rowdec_json_data, "{\"a\":{\"abcdef\":1}}", &p), ROWDEC_ESIZE);
+    assert_non_null(strstr(f->err, "at a, byte"));
     assert_int_equal(js(f, rowdec_json_data, "{\"a\":1,\"b\":1,\"c\":1,\"d\":1}", &p), ROWDEC_ESIZE);
     assert_non_null(strstr(f->err, "more than 3 fields"));
     mpw w;
@@ -733,10 +783,16 @@ static void test_size_caps(void **state) {
     mp_str(&w, "a");
     mp_str(&w, "123456789");
     assert_int_equal(mpdec(f, &w, &p), ROWDEC_ESIZE);
+    assert_non_null(strstr(f->err, "string of 9 bytes"));
+    assert_non_null(strstr(f->err, "body.a"));
     mp_env(&w, "E", 1);
-    mp_str(&w, "abcde");
+    mp_str(&w, "abcdef");
     mp_byte(&w, 1);
     assert_int_equal(mpdec(f, &w, &p), ROWDEC_ESIZE);
+    assert_non_null(strstr(f->err, "key of 6 bytes"));
+    mp_env(&w, "123456789", 0);
+    assert_int_equal(mpdec(f, &w, &p), ROWDEC_ESIZE);       /* the event name is a string too */
+    assert_non_null(strstr(f->err, "at event"));
 }
 
 /* ---- malformed input ------------------------------------------------------------------- */

@@ -51,6 +51,16 @@
  * Return values: ROWDEC_OK or one of the negative codes below; err (may be NULL) then says
  * what and where: a path such as "data.user_id" or "events[3].body.tags[2]" and the input
  * byte offset. Error text is valid UTF-8 (names are cut on character boundaries).
+ *
+ * What today's transports answer for each (http.c, tcp.c before this decoder):
+ *   POST /push         ESYNTAX/EUTF8/EDEPTH/ESIZE -> 400 invalid_json_body (reason = err);
+ *                      EENVELOPE -> 400 missing_event_name_in_body
+ *   POST /push/<ev>    any error -> 400 invalid_event "event data must be a JSON object: err"
+ *   TCP OP_PUSH(_SYNC) any error -> the {"code":"unsupported"} error frame
+ *   TCP OP_PUSH_MANY   ETOOMANY -> batch_too_large; any other error -> unsupported; an
+ *                      entry with event == NULL -> {"code":"unsupported"} in its ack slot
+ *   data_is_object false -> the engine's 400 invalid_event "... got <data_kind>";
+ *   has_control_char -> the engine's 400 control_character_in_string.
  */
 #ifndef BEAVA_ROWDEC_H
 #define BEAVA_ROWDEC_H
