@@ -55,6 +55,14 @@ static const config_key config_keys[] = {
       "framed TCP port (default 8081)" },
     { "tcp.max_frame_bytes", "BEAVA_TCP_MAX_FRAME_BYTES", NULL, KT_U32, OFF(tcp_max_frame_bytes), 0, 1, 64u << 20,
       "largest TCP frame payload (default 4194304)" },
+    { "tcp.max_connections", "BEAVA_TCP_MAX_CONNECTIONS", NULL, KT_U32, OFF(tcp_max_connections), 0, 1, 1000000,
+      "open TCP connections at most; more are closed at once and counted" },
+    { "tcp.idle_timeout_s", "BEAVA_TCP_IDLE_TIMEOUT_S", NULL, KT_U32, OFF(tcp_idle_timeout_s), 0, 0, 86400,
+      "close a TCP connection idle this long (0 = never)" },
+    { "tcp.frame_timeout_ms", "BEAVA_TCP_FRAME_TIMEOUT_MS", NULL, KT_U32, OFF(tcp_frame_timeout_ms), 0, 100, 3600000,
+      "a started TCP frame must arrive whole within this" },
+    { "limits.partial_body_budget_bytes", "BEAVA_PARTIAL_BODY_BUDGET_BYTES", NULL, KT_U64, OFF(partial_body_budget_bytes),
+      0, 1u << 20, 1ull << 40, "bytes of partially received bodies and frames held at once, all connections" },
     { "data_dir", "BEAVA_DATA_DIR", "--data-dir", KT_PATH, OFF(data_dir), SZ(data_dir), 0, 0,
       "data directory: WAL in <dir>/wal, snapshots in <dir>/snapshots (default ./.beava)" },
     { "wal.dir", "BEAVA_WAL_DIR", NULL, KT_PATH, OFF(wal_dir), SZ(wal_dir), 0, 0,
@@ -121,6 +129,10 @@ void config_defaults(bv_config *c) {
     snprintf(c->tcp_host, sizeof c->tcp_host, "127.0.0.1");
     c->tcp_port = 8081;
     c->tcp_max_frame_bytes = 4u << 20;
+    c->tcp_max_connections = 10000;
+    c->tcp_idle_timeout_s = 300;
+    c->tcp_frame_timeout_ms = 30000;
+    c->partial_body_budget_bytes = 512ull << 20;
     snprintf(c->log_level, sizeof c->log_level, "info");
     snprintf(c->data_dir, sizeof c->data_dir, "./.beava");
     c->memory_gov_enforce = true;

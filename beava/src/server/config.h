@@ -28,6 +28,10 @@ typedef struct bv_config {
     char tcp_host[CONFIG_ADDR_MAX];      /* "127.0.0.1" */
     int tcp_port;                        /* 8081; 0 = OS-assigned */
     uint32_t tcp_max_frame_bytes;        /* 4 MiB */
+    uint32_t tcp_max_connections;        /* 10000; past it new connections are closed at once */
+    uint32_t tcp_idle_timeout_s;         /* 300; 0 = never */
+    uint32_t tcp_frame_timeout_ms;       /* 30000: a started frame must be complete within this */
+    uint64_t partial_body_budget_bytes;  /* 512 MiB: partially received bodies and frames, all connections */
     char log_level[16];                  /* "info" */
     char data_dir[PATH_MAX];             /* "./.beava" */
     char wal_dir[PATH_MAX];              /* "" = <data_dir>/wal */

@@ -1,32 +1,41 @@
 /*
  * engine.h - the data plane's operations, transport-independent: register, push, get,
- * batch_get, the legacy GET, reset, ping, metrics.
+ * batch_get, the legacy GET, reset, ping, metrics, recovery and snapshots.
  *
- * The HTTP and TCP layers parse bytes into JSON values and call these functions; the
- * engine validates in the reference order (reference-wire-api.md §8, §9), applies, and
- * writes the response body. Every state change goes through one "log then apply" path:
- * engine_options.log (the WAL; NULL in memory-only mode, where LSNs come from a counter)
- * is called with the record before the registry or any entity state is touched; if it
- * fails the request is answered 503 wal_unavailable and nothing changes.
+ * Push path, in the order one event travels (push.c holds the design in full):
+ *   a listener decodes the body straight into a bv_row (rowdec.c) and hands a batch of
+ *   rows to engine_push_submit() on its I/O thread -> validation, dedupe, prefix chains
+ *   and entity keys, still on that thread, against the registry under its read lock ->
+ *   the sequencer (one short critical section per batch) gives each event its LSN,
+ *   appends its WAL record and routes each table's part to the shard owning
+ *   hash(table, key): applied inline when that shard is idle, else queued to its thread
+ *   -> the batch completes when every part is applied (and, for sync pushes, durable);
+ *   a batch that cannot complete at once is answered later through its done callback,
+ *   so an I/O thread never waits for a shard or an fsync.
  *
- * Concurrency: one mutex serialises every operation, which gives read-your-writes
- * across connections (a get issued after a push's ack sees it). Sync-mode pushes wait
- * for durability after releasing the mutex.
+ * Registry changes, reset and snapshots take the registry lock as writers, wait until
+ * every sequenced record is applied, then act: they are exactly ordered with the pushes
+ * around them, and replay (records in LSN order) reproduces the same state.
+ *
+ * Reads run on the calling thread under the owning shard's state lock: a get issued
+ * after a push's ack sees it (the ack is sent after the apply).
  */
 #ifndef BEAVA_ENGINE_H
 #define BEAVA_ENGINE_H
 
 #include <jansson.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "jsonw.h"
 #include "log.h"
+#include "value.h"
 
 typedef struct engine engine;
 
 /* WAL record kinds (one LSN space). */
-enum { REC_EVENT = 1, REC_EVENT_BATCH = 2, REC_REGISTER = 3, REC_FORCE_REMOVE = 4, REC_RESET = 5 };
+enum { REC_EVENT = 1, REC_REGISTER = 3, REC_RESET = 5 };
 
 /* The log seam (the WAL). append queues a record and returns its LSN at once; wait
  * blocks until that LSN is durable (0) or known failed (-1). Both fill reason on error.
@@ -40,9 +49,9 @@ typedef struct engine_wal_ops {
 typedef struct engine_options {
     bool test_mode;
     bool memory_gov_enforce;
-    const bv_log *log;
     engine_wal_ops wal;
-    unsigned shards;              /* entity partitions (0 = 1); threads start with engine_start_shards */
+    unsigned shards;              /* entity partitions (0 = 1, at most SHARD_MAX) */
+    size_t queue_capacity;        /* tasks per shard ring (0 = 4096) */
 } engine_options;
 
 typedef enum engine_transport { TRANSPORT_HTTP = 0, TRANSPORT_TCP = 1 } engine_transport;
@@ -50,8 +59,11 @@ typedef enum engine_transport { TRANSPORT_HTTP = 0, TRANSPORT_TCP = 1 } engine_t
 engine *engine_new(const engine_options *opts);
 void engine_free(engine *e);
 
-/* POST /register body (transport checks done). Returns the HTTP status. */
+/* POST /register body (transport checks done). Returns the HTTP status. Blocks until
+ * every earlier push is applied and the record is durable. */
 int engine_register(engine *e, const char *body, size_t len, bv_buf *out);
+
+/* ---- push ------------------------------------------------------------------------- */
 
 /* Push outcome, for the transport to render. */
 typedef struct push_result {
@@ -64,18 +76,55 @@ typedef struct push_result {
     uint64_t current_version;    /* version now (TCP replay body) */
 } push_result;
 
-/* Validate and apply one event. `data` is the event body (any JSON; non-objects are
- * invalid_event). `sync` waits for durability before returning. */
+/* One event to push, as decoded by a listener. */
+typedef struct engine_push_item {
+    const char *event;           /* NULL: not a push envelope (res = 400 unsupported) */
+    size_t event_len;
+    const bv_row *row;           /* the event's fields; ignored when !data_is_object */
+    bool data_is_object;         /* false: data_kind names what was sent instead */
+    const char *data_kind;
+    bool has_control_char;       /* a control character in the name, a field name or a string */
+    bool sync;                   /* acknowledge only once durable */
+    push_result res;             /* out */
+} engine_push_item;
+
+typedef struct engine_batch engine_batch;
+typedef void (*engine_done_fn)(engine_batch *b);
+typedef struct push_batch_state push_batch_state;   /* engine-private, reused */
+
+/* A batch of pushes. The caller owns it (and may reuse it for batch after batch: the
+ * engine keeps its scratch in `priv` until engine_batch_free). */
+struct engine_batch {
+    engine_push_item *items;
+    size_t n;
+    engine_done_fn done;         /* asynchronous completion, see engine_push_submit */
+    void *owner;                 /* the caller's */
+    push_batch_state *priv;
+};
+
+void engine_batch_init(engine_batch *b);
+void engine_batch_free(engine_batch *b);
+
+/* Validate, log and apply b's items in order. Never waits for a shard or the disk (it
+ * may wait briefly behind a registry change). Returns true when every item has its
+ * result (done is NOT called); false when some results come later: then b->done(b) is
+ * called exactly once, from another thread, and until then the caller must not touch b,
+ * its items or the memory their rows point into. */
+bool engine_push_submit(engine *e, engine_batch *b);
+
+/* Blocking conveniences over engine_push_submit for callers that have no event loop
+ * (tests, the fuzzer). `data` is the event body as JSON. */
 void engine_push(engine *e, const char *event, size_t event_len, const json_t *data, bool sync, push_result *res);
 
-/* Many pushes in one go (TCP OP_PUSH_MANY): validated, logged and dispatched in order
- * under one lock hold, then waited for together. events[i] NULL marks an unusable
- * envelope (res[i] = 400 unsupported). */
-void engine_push_batch(engine *e, size_t n, const char *const *events, const size_t *event_lens,
-                       const json_t *const *datas, bool sync, push_result *res);
+/* Fill `item` (and `row`, whose fields it mallocs: free(row->fields)) from a JSON event
+ * body; values borrow from `data`. For JSON-tree callers (cold paths, tests). */
+void engine_item_from_json(engine_push_item *item, bv_row *row, const char *event, size_t event_len,
+                           const json_t *data);
 
 /* Render a push result the way HTTP (t=HTTP) or TCP answers it. Returns the status. */
 int engine_push_body(const push_result *res, engine_transport t, bv_buf *out);
+
+/* ---- reads -------------------------------------------------------------------------- */
 
 /* POST /get and OP_GET. `req` is the parsed body or NULL with parse_error set. */
 int engine_get(engine *e, engine_transport t, const json_t *req, const char *parse_error, bv_buf *out);
@@ -112,7 +161,7 @@ void engine_metrics(engine *e, bv_buf *out);
  * with a reason when the record cannot be decoded (the caller logs and counts it). */
 int engine_replay(engine *e, int kind, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen);
 
-/* The LSN up to which every record has been applied. */
+/* The highest LSN sequenced (every record up to it is applied once the engine is idle). */
 uint64_t engine_applied_lsn(engine *e);
 
 /* Serialise the whole state (registry history, dedupe cache, every entity row) through
@@ -121,8 +170,8 @@ uint64_t engine_applied_lsn(engine *e);
 typedef int (*engine_write_fn)(void *ctx, const void *p, size_t n);
 int engine_serialize(engine *e, engine_write_fn write, void *ctx);
 
-/* Run fn(ctx, applied_lsn, registry_version) with the engine locked and no record in
- * flight (used to fork a snapshot child). Returns fn's result. */
+/* Run fn(ctx, applied_lsn, registry_version) with every sequenced record applied and
+ * nothing new admitted (used to fork a snapshot child). Returns fn's result. */
 int engine_quiesce(engine *e, int (*fn)(void *ctx, uint64_t lsn, uint64_t version), void *ctx);
 
 /* Restore a state written by engine_serialize into a fresh engine. Returns 0, or -1 with
@@ -130,20 +179,18 @@ int engine_quiesce(engine *e, int (*fn)(void *ctx, uint64_t lsn, uint64_t versio
 int engine_deserialize(engine *e, const void *body, size_t len, char *reason, size_t rlen);
 
 /* Entity lifecycle: evict entities idle longer than their event's cold_after_ms.
- * Scans at most `budget` index slots per call, resuming where the last call stopped, so
- * the engine is never held for long. Returns the number of entities evicted. */
+ * Scans at most `budget` index slots per call, resuming where the last call stopped, one
+ * shard at a time (only that shard's state lock is held). Returns the number evicted. */
 size_t engine_sweep_cold(engine *e, size_t budget);
 
-/* Start the shard threads (after recovery; before, work is applied inline). Queues hold
- * queue_capacity tasks each (0 = 4096); a push that finds a target queue full is
- * answered 503 overloaded. Returns 0 or -1. */
-int engine_start_shards(engine *e, size_t queue_capacity);
+/* Start the shard threads (after recovery; before, work is applied inline). 0 or -1. */
+int engine_start_shards(engine *e);
 
 /* Test hooks: pause a shard (its queue fills up: overload); which shard owns a key. */
 void engine_pause_shard(engine *e, unsigned shard, bool paused);
 unsigned engine_shard_of(engine *e, const char *table, const char *key);
 
-/* Is `table` a registered aggregation / `event` a registered event (site allow-lists). */
+/* Is `table` a registered aggregation (site allow-lists). */
 bool engine_has_table(engine *e, const char *table);
 
 #endif
