@@ -372,9 +372,17 @@ static bool json_has_control_char(const json_t *j, int depth) {
     }
 }
 
+/* An integral JSON number within i64 range (3 and 3.0; not 1.5, not 1e300). */
+static bool json_is_integral(const json_t *v) {
+    if (json_is_integer(v)) return true;
+    if (!json_is_real(v)) return false;
+    double d = json_real_value(v);
+    return d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == (double)(int64_t)d;
+}
+
 static bool type_compatible(bv_wtype t, const json_t *v) {
     switch (t) {
-    case WT_I64:
+    case WT_I64: return json_is_integral(v);
     case WT_F64: return json_is_number(v);
     case WT_STR: return json_is_string(v);
     case WT_BOOL: return json_is_boolean(v);
@@ -465,10 +473,28 @@ static bool push_validate(engine *e, const char *event, size_t event_len, const 
             return false;
         }
         if (!type_compatible(ev->schema.types[i], fv)) {
-            push_fail(res, 400, "invalid_event", "field '%.64s' of event '%s' must be %s, got %s", fname,
-                      ev->name, bv_wtype_name(ev->schema.types[i]), json_kind_name(fv));
+            if (ev->schema.types[i] == WT_I64 && json_is_number(fv))
+                push_fail(res, 400, "invalid_event", "field '%.64s' of event '%s' must be i64 (an integer), got %.17g",
+                          fname, ev->name, json_number_value(fv));
+            else
+                push_fail(res, 400, "invalid_event", "field '%.64s' of event '%s' must be %s, got %s", fname,
+                          ev->name, bv_wtype_name(ev->schema.types[i]), json_kind_name(fv));
             return false;
         }
+    }
+    /* i64 fields keep their type: 3.0 is stored as 3; a fraction in an optional i64
+     * field is refused like one in a required field (README "Pushing events"). */
+    for (size_t f = 0; f < e->row.n; f++) {
+        bv_field *rf = &e->row.fields[f];
+        bv_wtype t;
+        if (rf->value.kind != BV_F64 || bv_schema_find(&ev->schema, rf->name, &t) < 0 || t != WT_I64) continue;
+        double d = rf->value.u.f;
+        if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == (double)(int64_t)d)) {
+            push_fail(res, 400, "invalid_event", "field '%.64s' of event '%s' must be i64 (an integer), got %.17g",
+                      rf->name, ev->name, rf->value.u.f);
+            return false;
+        }
+        rf->value = bv_i64((int64_t)rf->value.u.f);
     }
     /* cap on entity keys read straight from the pushed row */
     agg_table *const *tables;
