@@ -16,7 +16,7 @@
  *               thing the diff compares and the registry stores)
  *   5. merge    `"mode":"merge"` only: every registered descriptor the request does not
  *               name is appended, parsed back from its stored normal form; from here on
- *               the request is the complete registry it describes (README "mode")
+ *               the request is the complete registry it describes (README "Registering pipelines")
  *   6. validate the rules in their documented order, first error wins, on that complete set
  *               alone, as on a fresh server: a typo is a 400 naming its code and path
  *               whatever the registry holds, never a diff entry. Compiles every chain

@@ -483,7 +483,7 @@ static bool push_validate(engine *e, const char *event, size_t event_len, const 
         }
     }
     /* i64 fields keep their type: 3.0 is stored as 3; a fraction in an optional i64
-     * field is refused like one in a required field (README "Pushing events"). */
+     * field is refused like one in a required field (README "Wire protocol"). */
     for (size_t f = 0; f < e->row.n; f++) {
         bv_field *rf = &e->row.fields[f];
         bv_wtype t;
