@@ -171,16 +171,23 @@ static void test_reference_variables(void **state) {
     assert_int_equal(config_load(&c, &cli, 1, argv, err, sizeof err), -1);
     assert_non_null(strstr(err, "BEAVA_WAL_FSYNC_BYTES"));
     config_free(&c);
-    setenv("BEAVA_WAL_FSYNC_BYTES", "1048576", 1);
+    setenv("BEAVA_WAL_FSYNC_BYTES", "65536", 1);
     setenv("BEAVA_IO_BACKEND", "anything", 1);
     assert_int_equal(config_load(&c, &cli, 1, argv, err, sizeof err), 0);
+    assert_int_equal(c.wal_fsync_bytes, 65536);
     config_free(&c);
+    setenv("BEAVA_DEDUPE_SWEEP_SECS", "often", 1);
+    assert_int_equal(config_load(&c, &cli, 1, argv, err, sizeof err), -1);
+    assert_non_null(strstr(err, "BEAVA_DEDUPE_SWEEP_SECS"));
+    config_free(&c);
+    unsetenv("BEAVA_DEDUPE_SWEEP_SECS");
     unsetenv("BEAVA_WAL_FSYNC_BYTES");
     unsetenv("BEAVA_IO_BACKEND");
     const char *yaml = "durability: {wal_sync_mode: per_event, wal_fsync_bytes: 7}\n";
     config_defaults(&c);
     assert_int_equal(config_apply_yaml(&c, yaml, strlen(yaml), "t.yaml", err, sizeof err), 0);
     assert_int_equal(c.durability, DURABILITY_SYNC);
+    assert_int_equal(c.wal_fsync_bytes, 7);
     config_free(&c);
 }
 

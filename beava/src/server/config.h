@@ -49,6 +49,7 @@ typedef struct bv_config {
     bv_durability durability;
     uint32_t wal_tick_ms;                /* 2 */
     uint64_t wal_segment_bytes;          /* 64 MiB */
+    uint64_t wal_fsync_bytes;            /* 1 MiB: a batch this large is written before its tick */
     uint32_t snapshot_interval_s;        /* 60 */
     uint32_t snapshot_retain;            /* 2 */
     uint64_t max_body_bytes;             /* 4 MiB */

@@ -106,6 +106,7 @@ persist *persist_open(const bv_config *cfg, const bv_log *log, char *err, size_t
         .dir = cfg->data_dir,
         .wal_dir = p->wal_dir,
         .segment_bytes = cfg->wal_segment_bytes,
+        .batch_bytes = (size_t)cfg->wal_fsync_bytes,
         .tick_ms = cfg->wal_tick_ms,
     };
     bv_err e;
