@@ -80,7 +80,9 @@ typedef struct push_result {
 typedef struct engine_push_item {
     const char *event;           /* NULL: not a push envelope (res = 400 unsupported) */
     size_t event_len;
-    const bv_row *row;           /* the event's fields; ignored when !data_is_object */
+    bv_row *row;                 /* the event's fields; ignored when !data_is_object. The
+                                  * engine normalises values in place (3.0 in an i64 field
+                                  * becomes 3) */
     bool data_is_object;         /* false: data_kind names what was sent instead */
     const char *data_kind;
     bool has_control_char;       /* a control character in the name, a field name or a string */

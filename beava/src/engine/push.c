@@ -187,6 +187,18 @@ static bool name_in(char *const *names, size_t n, const char *name, size_t len) 
     return false;
 }
 
+/* The declared type of a field named (name, len), or -1. */
+static int declared_type(const ev_desc *ev, const char *name, size_t len) {
+    for (size_t i = 0; i < ev->schema.n; i++)
+        if (strncmp(ev->schema.names[i], name, len) == 0 && ev->schema.names[i][len] == 0) return (int)ev->schema.types[i];
+    return -1;
+}
+
+/* An integral double within i64 range (3.0; not 1.5, not 1e300). */
+static bool integral_f64(double d) {
+    return d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == (double)(int64_t)d;
+}
+
 /* Validate item `it` (registry read lock held). Returns its event or NULL (res says why). */
 static const ev_desc *validate(engine *e, const engine_push_item *it, push_result *res) {
     if (!it->event) {
@@ -215,7 +227,7 @@ static const ev_desc *validate(engine *e, const engine_push_item *it, push_resul
                   (int)(it->event_len > 128 ? 128 : it->event_len), it->event);
         return NULL;
     }
-    const bv_row *row = it->row;
+    bv_row *row = it->row;
     for (size_t i = 0; i < row->n; i++) {
         const bv_field *f = &row->fields[i];
         if (!name_in(ev->schema.names, ev->schema.n, f->name, f->name_len) &&
@@ -242,6 +254,18 @@ static const ev_desc *validate(engine *e, const engine_push_item *it, push_resul
                       bv_wtype_name(ev->schema.types[i]), value_kind_name(fv));
             return NULL;
         }
+    }
+    /* i64 fields keep their type: 3.0 is stored as 3; a fraction (in a required or an
+     * optional i64 field) is refused (README "Wire protocol") */
+    for (size_t i = 0; i < row->n; i++) {
+        bv_field *f = &row->fields[i];
+        if (f->value.kind != BV_F64 || declared_type(ev, f->name, f->name_len) != WT_I64) continue;
+        if (!integral_f64(f->value.u.f)) {
+            push_fail(res, 400, "invalid_event", "field '%.*s' of event '%s' must be i64 (an integer), got %.17g",
+                      (int)(f->name_len > 64 ? 64 : f->name_len), f->name, ev->name, f->value.u.f);
+            return NULL;
+        }
+        f->value = bv_i64((int64_t)f->value.u.f);
     }
     /* cap on entity keys read straight from the pushed row */
     agg_table *const *tables;

@@ -188,7 +188,7 @@ static json_t *decode_payload(uint8_t ct, const char *p, size_t n, char *err, si
     if (ct == TCP_CT_MSGPACK) return mpjson_decode(p, n, err, errlen);
     json_error_t je;
     json_t *j = json_loadb(p, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
-    if (!j) snprintf(err, errlen, "%s at line %d column %d", je.text, je.line, je.column);
+    if (!j) snprintf(err, errlen, "%.96s at line %d column %d", je.text, je.line, je.column);
     return j;
 }
 
