@@ -33,56 +33,11 @@
 
 #define RD_LINEAR_FIELDS 16         /* rows up to this many fields: duplicate check by scan */
 #define RD_PATH_KEY_SHOWN 64        /* bytes of one key shown in an error path */
-#define RD_NUM_STACK 64             /* numbers shorter than this go to strtod via the stack */
+#define RD_NUM_STACK 64             /* numbers shorter than this are copied for strtod on the stack */
 
-/* ---- arena ----------------------------------------------------------------------------- */
+/* ---- memory -------------------------------------------------------------------------- */
 
-typedef struct rowdec_block {
-    struct rowdec_block *next;
-    size_t cap, used;
-    max_align_t data[];
-} rowdec_block;
-
-static rowdec_block *block_new(size_t cap) {
-    rowdec_block *b = malloc(sizeof *b + cap);
-    if (!b) abort();
-    b->next = NULL;
-    b->cap = cap;
-    b->used = 0;
-    return b;
-}
-
-static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
-
-/* n bytes, 8-aligned, valid until reset. */
-static void *arena_alloc(rowdec *d, size_t n) {
-    n = align8(n ? n : 1);
-    if (n > ROWDEC_BLOCK_BYTES / 4) {
-        rowdec_block *b = block_new(n);
-        b->next = d->big;
-        d->big = b;
-        b->used = n;
-        return b->data;
-    }
-    rowdec_block *b = d->cur;
-    while (b->cap - b->used < n) {
-        if (!b->next) b->next = block_new(ROWDEC_BLOCK_BYTES);
-        b = b->next;
-        b->used = 0;
-    }
-    d->cur = b;
-    void *p = (char *)b->data + b->used;
-    b->used += n;
-    return p;
-}
-
-/* Give back the tail of the last allocation (got `had` bytes, keeps `keep`). */
-static void arena_trim(rowdec *d, void *p, size_t had, size_t keep) {
-    rowdec_block *b = d->cur;
-    had = align8(had ? had : 1);
-    keep = align8(keep ? keep : 1);
-    if (had <= ROWDEC_BLOCK_BYTES / 4 && (char *)p + had == (char *)b->data + b->used) b->used -= had - keep;
-}
+static void *rd_alloc(rowdec *d, size_t n) { return arena_alloc(&d->mem, n ? n : 1); }
 
 static void grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (*cap >= need) return;
@@ -104,7 +59,7 @@ void rowdec_init(rowdec *d) {
     d->limits.max_string = ROWDEC_MAX_STRING_BYTES;
     d->limits.max_key = ROWDEC_MAX_KEY_BYTES;
     d->limits.max_fields = ROWDEC_MAX_FIELDS;
-    d->blocks = d->cur = block_new(ROWDEC_BLOCK_BYTES);
+    arena_init(&d->mem);
     /* the hash key: random; without getrandom, something an outsider cannot easily guess */
     if (getrandom(d->hkey, sizeof d->hkey, GRND_NONBLOCK) != (ssize_t)sizeof d->hkey) {
         struct timespec ts;
@@ -117,38 +72,16 @@ void rowdec_init(rowdec *d) {
 void rowdec_reset(rowdec *d) {
     for (size_t i = 0; i < d->ntrees; i++) json_decref(d->trees[i]);
     d->ntrees = 0;
-    while (d->big) {
-        rowdec_block *b = d->big;
-        d->big = b->next;
-        free(b);
-    }
-    size_t kept = 0;
-    rowdec_block *b = d->blocks, *last = NULL;
-    while (b && kept + b->cap <= ROWDEC_KEEP_BYTES) {
-        b->used = 0;
-        kept += b->cap;
-        last = b;
-        b = b->next;
-    }
-    if (last) last->next = NULL;
-    while (b) {
-        rowdec_block *n = b->next;
-        free(b);
-        b = n;
-    }
-    d->cur = d->blocks;
+    arena_reset(&d->mem);
     d->nscratch = 0;
     d->nitems = 0;
 }
 
 void rowdec_free(rowdec *d) {
     rowdec_reset(d);
-    while (d->blocks) {
-        rowdec_block *b = d->blocks;
-        d->blocks = b->next;
-        free(b);
-    }
+    arena_free(&d->mem);
     free(d->trees);
+    free(d->numbuf);
     free(d->scratch);
     free(d->hidx);
     free(d->items);
@@ -157,8 +90,7 @@ void rowdec_free(rowdec *d) {
 
 size_t rowdec_retained_bytes(const rowdec *d) {
     size_t n = 0;
-    for (const rowdec_block *b = d->blocks; b; b = b->next) n += b->cap;
-    for (const rowdec_block *b = d->big; b; b = b->next) n += b->cap;
+    for (const arena_block *b = d->mem.head; b; b = b->next) n += b->cap;
     return n;
 }
 
@@ -436,7 +368,7 @@ static void row_finish(rowdec *d, bv_row *row) {
     row->cap = 0;
     row->fields = NULL;
     if (d->nscratch) {
-        row->fields = arena_alloc(d, d->nscratch * sizeof *row->fields);
+        row->fields = rd_alloc(d, d->nscratch * sizeof *row->fields);
         memcpy(row->fields, d->scratch, d->nscratch * sizeof *row->fields);
     }
     d->nscratch = 0;
@@ -502,7 +434,7 @@ static size_t put_utf8(unsigned char *o, uint32_t cp) {
 static int junescape(rd_ctx *c, const unsigned char *s, const unsigned char *q, bool key, const char *what,
                      const char **out, size_t *outlen) {
     size_t cap = (size_t)(q - s);
-    unsigned char *buf = arena_alloc(c->d, cap), *o = buf;
+    unsigned char *buf = rd_alloc(c->d, cap), *o = buf;
     const unsigned char *p = s;
     while (p < q) {
         unsigned char b = *p;
@@ -555,7 +487,6 @@ static int junescape(rd_ctx *c, const unsigned char *s, const unsigned char *q, 
     }
     *out = (const char *)buf;
     *outlen = (size_t)(o - buf);
-    arena_trim(c->d, buf, cap, *outlen);
     return 0;
 }
 
@@ -672,7 +603,11 @@ static int jnumber(rd_ctx *c, bv_value *v) {
     }
 #endif
     size_t len = (size_t)(p - s);
-    char stack[RD_NUM_STACK], *buf = len < sizeof stack ? stack : arena_alloc(c->d, len + 1);
+    char stack[RD_NUM_STACK], *buf = stack;
+    if (len >= sizeof stack) {
+        grow((void **)&c->d->numbuf, &c->d->capnumbuf, len + 1, 1);
+        buf = c->d->numbuf;
+    }
     memcpy(buf, s, len);
     buf[len] = 0;
     char *stop;
@@ -680,7 +615,6 @@ static int jnumber(rd_ctx *c, bv_value *v) {
     double f = strtod(buf, &stop);
     int err = errno;
     bool whole = stop == buf + len;
-    if (buf != stack) arena_trim(c->d, buf, len + 1, 0);
     if (!whole) return fail(c, ROWDEC_ESYNTAX, s, "invalid number");
     if (err == ERANGE && (f == HUGE_VAL || f == -HUGE_VAL)) return fail(c, ROWDEC_ESYNTAX, s, "real number overflow");
     *v = bv_f64(f);
@@ -999,7 +933,7 @@ static rowdec_push *item_add(rowdec *d) {
 
 static void items_finish(rowdec *d, rowdec_batch *out) {
     out->n = d->nitems;
-    out->items = arena_alloc(d, (d->nitems ? d->nitems : 1) * sizeof *out->items);
+    out->items = rd_alloc(d, d->nitems * sizeof *out->items);
     if (d->nitems) memcpy(out->items, d->items, d->nitems * sizeof *out->items);
     d->nitems = 0;
 }

@@ -36,13 +36,15 @@
  * any depth), for the engine to refuse. Ignored envelope members are validated but not
  * inspected for control characters.
  *
- * Memory. A rowdec is an arena: it owns every field array, decoded (unescaped) string,
- * jansson tree and batch array it hands out, until rowdec_reset() or rowdec_free(). Blocks
- * never move, so pointers stay valid until then. Strings without escapes (all msgpack
+ * Memory. A rowdec owns an arena (base/arena.h) holding every field array, decoded
+ * (unescaped) string and batch array it hands out, and the jansson trees of nested values,
+ * until rowdec_reset() or rowdec_free(). Blocks never move, so pointers stay valid until
+ * then. Strings without escapes (all msgpack
  * strings, most JSON ones) and names point straight into the input buffer: the caller keeps
  * the input alive and unchanged as long as it uses the rows. Names and strings are NOT
- * NUL-terminated: use the lengths. After a reset, the arena reuses its blocks (up to
- * ROWDEC_KEEP_BYTES), so steady-state decoding does not call malloc. On an error return the
+ * NUL-terminated: use the lengths. A reset keeps the arena's first block (64 KiB), so
+ * steady-state decoding of small batches does not call malloc; the scratch arrays (row
+ * being built, batch entries, hash index) are reused too. On an error return the
  * arena may hold partial results; they are released by the next reset. Allocation failure
  * aborts, like the rest of the server.
  *
@@ -69,14 +71,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "arena.h"
 #include "value.h"
 
 #define ROWDEC_MAX_DEPTH 64                     /* nested containers, envelope included */
 #define ROWDEC_MAX_STRING_BYTES (4u << 20)      /* default limits.max_string (the frame cap) */
 #define ROWDEC_MAX_KEY_BYTES 1024               /* default limits.max_key */
 #define ROWDEC_MAX_FIELDS 65536                 /* default limits.max_fields (distinct, per row) */
-#define ROWDEC_BLOCK_BYTES (64u << 10)          /* arena block size */
-#define ROWDEC_KEEP_BYTES (1u << 20)            /* arena blocks kept across resets */
 
 enum {
     ROWDEC_OK = 0,
@@ -94,14 +95,10 @@ typedef struct rowdec_limits {
     size_t max_fields;      /* distinct fields of one data object */
 } rowdec_limits;
 
-struct rowdec_block;
-
 /* The decoder. Fields other than `limits` are private. */
 typedef struct rowdec {
     rowdec_limits limits;               /* set by rowdec_init; the caller may change them */
-    struct rowdec_block *blocks;        /* standard blocks, reused across resets */
-    struct rowdec_block *cur;           /* block being filled */
-    struct rowdec_block *big;           /* oversize allocations, freed on reset */
+    arena mem;                          /* rows, unescaped strings, batch arrays */
     json_t **trees;                     /* jansson trees handed out, decref'd on reset */
     size_t ntrees, captrees;
     bv_field *scratch;                  /* the row being built (reused) */
@@ -111,6 +108,8 @@ typedef struct rowdec {
     size_t caphidx;
     struct rowdec_push *items;          /* the push_many entries being built (reused) */
     size_t nitems, capitems;
+    char *numbuf;                       /* a long number copied for strtod (reused) */
+    size_t capnumbuf;
 } rowdec;
 
 typedef struct rowdec_push {
@@ -128,10 +127,10 @@ typedef struct rowdec_batch {
 } rowdec_batch;
 
 void rowdec_init(rowdec *d);
-/* Release everything handed out since the last reset; keeps the blocks for reuse. */
+/* Release everything handed out since the last reset; keeps one arena block for reuse. */
 void rowdec_reset(rowdec *d);
 void rowdec_free(rowdec *d);
-/* Bytes of arena blocks held now (standard and oversize), for metrics and tests. */
+/* Bytes of arena blocks held now, for metrics and tests. */
 size_t rowdec_retained_bytes(const rowdec *d);
 
 /* Single pushes. On ROWDEC_OK *out is filled (out->event is never NULL then); on
