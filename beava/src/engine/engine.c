@@ -137,6 +137,7 @@ engine *engine_new(const engine_options *opts) {
 void engine_free(engine *e) {
     if (!e) return;
     push_durability_stop(e);
+    push_replay_done(e);
     shard_pool_free(e->pool);                 /* runs what is queued, joins */
     if (e->reg) registry_free(e->reg, &e->hooks);
     store_free(&e->dedupe);
@@ -149,6 +150,7 @@ void engine_free(engine *e) {
 }
 
 int engine_start_shards(engine *e) {
+    push_replay_done(e);
     if (shard_pool_run(e->pool) != 0) return -1;
     return push_durability_start(e);
 }

@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "arena.h"
 #include "engine.h"
 #include "registry.h"
 #include "shard.h"
@@ -29,6 +30,12 @@ typedef struct dedupe_row {
     uint64_t ack_lsn;
     uint64_t registry_version;
 } dedupe_row;
+
+/* Recovery's scratch, reused record after record (push.c). */
+typedef struct engine_replay_ctx {
+    engine_batch batch;
+    arena arena;
+} engine_replay_ctx;
 
 struct engine {
     engine_options opt;
@@ -55,6 +62,7 @@ struct engine {
     unsigned sweep_shard;
     pthread_mutex_t sweep_mu;
     _Atomic uint64_t swept_evictions;
+    engine_replay_ctx *replay;    /* NULL outside recovery */
 };
 
 int64_t engine_wall_ms(void);
@@ -99,5 +107,7 @@ int push_durability_start(engine *e);
 void push_durability_stop(engine *e);
 /* Replay one event record (no logging; inline apply). */
 int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen);
+/* Recovery is over: free its scratch. */
+void push_replay_done(engine *e);
 
 #endif

@@ -612,24 +612,29 @@ void push_durability_stop(engine *e) {
 /* Re-apply one logged event during recovery: the same validation and parts as a live
  * push, its original arrival time, applied inline (no shard thread runs yet). */
 int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen) {
-    arena a;
-    arena_init(&a);
+    /* one batch and one arena, reused record after record (recovery is single-threaded) */
+    if (!e->replay) {
+        e->replay = calloc(1, sizeof *e->replay);
+        if (!e->replay) abort();
+        engine_batch_init(&e->replay->batch);
+        arena_init(&e->replay->arena);
+    }
+    engine_replay_ctx *rc_ = e->replay;
+    arena_reset(&rc_->arena);
     evrec rec;
     char why[200];
-    if (evrec_decode(payload, len, &a, &rec, why, sizeof why) != 0) {
+    if (evrec_decode(payload, len, &rc_->arena, &rec, why, sizeof why) != 0) {
         snprintf(reason, rlen, "event record at LSN %llu: %s", (unsigned long long)lsn, why);
-        arena_free(&a);
         return -1;
     }
     engine_push_item item = { .event = rec.event, .event_len = rec.event_len, .row = &rec.row,
                               .data_is_object = true };
-    engine_batch b;
-    engine_batch_init(&b);
-    b.items = &item;
-    b.n = 1;
+    engine_batch *b = &rc_->batch;
+    b->items = &item;
+    b->n = 1;
     int rc = 0;
     pthread_rwlock_rdlock(&e->reg_lock);
-    push_batch_state *st = state_for(e, &b);
+    push_batch_state *st = state_for(e, b);
     item_state *is = &st->items[0];
     is->ev = validate(e, &item, &item.res);
     if (!is->ev) {
@@ -659,10 +664,16 @@ int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, 
     if (lsn > e->last_lsn) e->last_lsn = lsn;
     pthread_mutex_unlock(&e->seq_mu);
     pthread_rwlock_unlock(&e->reg_lock);
-    engine_batch_free(&b);
     evrec_release(&rec);
-    arena_free(&a);
     return rc;
+}
+
+void push_replay_done(engine *e) {
+    if (!e->replay) return;
+    engine_batch_free(&e->replay->batch);
+    arena_free(&e->replay->arena);
+    free(e->replay);
+    e->replay = NULL;
 }
 
 /* ---- blocking convenience (JSON in) -------------------------------------------------------- */
