@@ -74,6 +74,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rowdec.h"
 #include "site.h"
 #include "workpool.h"
 
@@ -85,7 +86,9 @@
 #define HTTP_CONN_MEMORY_BYTES (64u * 1024)
 /* I/O thread stack. */
 #define HTTP_IO_STACK_BYTES (2u << 20)
-/* Engine-call workers: at most this many engine calls block at once (see workpool.h). */
+/* Decoders + engine batches kept for reuse between pushes (more are freed after use). */
+#define HTTP_PUSH_SLOTS_KEPT 64u
+/* Workers for the engine calls that still block (register, reset): see workpool.h. */
 #define HTTP_JOB_THREADS_MAX 256u
 #define HTTP_JOB_STACK_BYTES (2u << 20)
 /* Reaper: scans per shortest timeout, and its bounds. */
@@ -119,9 +122,22 @@ typedef struct conn_ctx {
 } conn_ctx;
 
 typedef enum req_state { REQ_RECEIVING = 0, REQ_SUBMITTED, REQ_ANSWER_READY } req_state;
+/* Who resumes a request whose answer comes from another thread (see park()). */
+typedef enum req_handoff { HANDOFF_NONE = 0, HANDOFF_PARKED, HANDOFF_DONE } req_handoff;
 
 struct http_server;
 typedef int (*req_job_fn)(struct http_server *s, struct http_request *rc, bv_buf *out, bool *replay);
+
+/* One push in flight: its decoder (the row's memory) and its engine batch, reused. */
+typedef struct push_slot {
+    struct push_slot *next;            /* the server's free list */
+    rowdec dec;
+    engine_batch batch;
+    engine_push_item item;
+    rowdec_push decoded;               /* item.row points here: it must outlive the push */
+    struct http_server *s;
+    struct http_request *rc;
+} push_slot;
 
 struct http_request {
     struct http_server *s;
@@ -135,6 +151,9 @@ struct http_request {
     bool sync;                         /* push-sync */
     bool api_get;                      /* /api/get: allow-listed tables only */
     _Atomic int state;                 /* req_state */
+    _Atomic int handoff;               /* req_handoff */
+    bool parked;                       /* suspended (counted in stats->suspended) */
+    push_slot *push;                   /* while a push is in flight or answered */
     req_job_fn job_fn;
     workpool_job job;
     int answer_status;
@@ -156,6 +175,13 @@ struct http_server {
     http_stats own_stats;
     http_stats *stats;
     workpool *jobs;                    /* data plane only */
+    pthread_mutex_t slots_mu;
+    push_slot *free_slots;
+    unsigned nfree_slots;
+    _Atomic unsigned inflight;         /* pushes the engine answers later */
+    _Atomic bool draining;             /* http_stop waits for inflight to reach 0 */
+    pthread_mutex_t flight_mu;
+    pthread_cond_t flight_cv;
     uint32_t max_conns, max_per_ip;
     uint64_t header_ms, body_ms, idle_ms;
     struct timespec t0;                /* monotonic origin of deadlines */
@@ -542,10 +568,35 @@ void http_request_complete(http_request *rc, int status, bv_buf *body, bool repl
     bv_buf_init(body);
     rc->answer_replay = replay;
     atomic_store_explicit(&rc->state, REQ_ANSWER_READY, memory_order_release);
-    MHD_resume_connection(c);          /* rc belongs to the I/O thread from here on */
+    /* whoever comes second resumes: if the handler has not parked the request yet it
+     * sees HANDOFF_DONE and answers at once (see park) */
+    if (atomic_exchange(&rc->handoff, HANDOFF_DONE) == HANDOFF_PARKED)
+        MHD_resume_connection(c);      /* rc belongs to the I/O thread from here on */
 }
 
-/* Workpool side of submit(): run the synchronous engine call, hand its answer back. */
+/* The access handler's call once the answer is stored: send it. */
+static enum MHD_Result send_answer(http_server *s, struct MHD_Connection *c, req_ctx *rc) {
+    if (rc->parked) atomic_fetch_sub(&s->stats->suspended, 1);
+    rc->parked = false;
+    return send_buf(c, rc->answer_status, "application/json", &rc->answer, "hand-rolled", rc->answer_replay);
+}
+
+/* After work was started whose completion calls http_request_complete (from any thread,
+ * possibly already): answer now if it is done, else suspend the connection until it is.
+ * The compare-and-swap settles the race with a completion running meanwhile: if it wins,
+ * the completion saw no parked request and did not resume, so we resume ourselves and
+ * the handler's next call sends the answer. */
+static enum MHD_Result park(http_server *s, struct MHD_Connection *c, req_ctx *rc) {
+    if (atomic_load(&rc->handoff) == HANDOFF_DONE) return send_answer(s, c, rc);
+    rc->parked = true;
+    atomic_fetch_add(&s->stats->suspended, 1);
+    MHD_suspend_connection(c);
+    int expect = HANDOFF_NONE;
+    if (!atomic_compare_exchange_strong(&rc->handoff, &expect, HANDOFF_PARKED)) MHD_resume_connection(c);
+    return MHD_YES;
+}
+
+/* Workpool side of submit(): run the blocking engine call, hand its answer back. */
 static void run_job(workpool_job *job) {
     req_ctx *rc = (req_ctx *)((char *)job - offsetof(req_ctx, job));
     bv_buf out;
@@ -555,26 +606,131 @@ static void run_job(workpool_job *job) {
     http_request_complete(rc, status, &out, replay);
 }
 
-/* Suspend the connection and have fn answer the request on another thread. This is the
- * seam for an asynchronous engine: a route calls its submit function here instead (e.g.
- * engine_push_submit with a completion that renders the body and calls
- * http_request_complete(rc, ...)); when that returns "done synchronously" the route
- * completes the request itself the same way, and the suspend below is resumed at once. */
+/* Run fn (an engine call that may block: register, reset) on the workpool and answer
+ * the request when it returns, without holding the I/O thread meanwhile. */
 static enum MHD_Result submit(http_server *s, struct MHD_Connection *c, req_ctx *rc, req_job_fn fn) {
     rc->job_fn = fn;
     rc->conn = c;
     rc->job.fn = run_job;
     atomic_store(&rc->state, REQ_SUBMITTED);
-    atomic_fetch_add(&s->stats->suspended, 1);
-    MHD_suspend_connection(c);
     if (!workpool_submit(s->jobs, &rc->job)) run_job(&rc->job);   /* stopping: answer inline */
-    return MHD_YES;
+    return park(s, c, rc);
 }
 
-/* The access handler's call after http_request_complete: send the stored answer. */
-static enum MHD_Result send_answer(http_server *s, struct MHD_Connection *c, req_ctx *rc) {
-    atomic_fetch_sub(&s->stats->suspended, 1);
-    return send_buf(c, rc->answer_status, "application/json", &rc->answer, "hand-rolled", rc->answer_replay);
+/* Run fn on the I/O thread and answer at once (calls that never wait: reads, ping). */
+static enum MHD_Result answer_now(http_server *s, struct MHD_Connection *c, req_ctx *rc, req_job_fn fn) {
+    bv_buf out;
+    bv_buf_init(&out);
+    bool replay = false;
+    int status = fn(s, rc, &out, &replay);
+    return send_buf(c, status, "application/json", &out, "hand-rolled", replay);
+}
+
+static const char *body_data(const req_ctx *rc) { return rc->body.data ? rc->body.data : ""; }
+
+/* ---- pushes: decoded into a row on the I/O thread, answered by the engine's completion ---- */
+
+static push_slot *slot_get(http_server *s) {
+    pthread_mutex_lock(&s->slots_mu);
+    push_slot *p = s->free_slots;
+    if (p) {
+        s->free_slots = p->next;
+        s->nfree_slots--;
+    }
+    pthread_mutex_unlock(&s->slots_mu);
+    if (p) return p;
+    p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->s = s;
+    rowdec_init(&p->dec);
+    engine_batch_init(&p->batch);
+    return p;
+}
+
+static void slot_free(push_slot *p) {
+    rowdec_free(&p->dec);
+    engine_batch_free(&p->batch);
+    free(p);
+}
+
+static void slot_put(http_server *s, push_slot *p) {
+    rowdec_reset(&p->dec);
+    p->rc = NULL;
+    pthread_mutex_lock(&s->slots_mu);
+    bool keep = s->nfree_slots < HTTP_PUSH_SLOTS_KEPT;
+    if (keep) {
+        p->next = s->free_slots;
+        s->free_slots = p;
+        s->nfree_slots++;
+    }
+    pthread_mutex_unlock(&s->slots_mu);
+    if (!keep) slot_free(p);
+}
+
+static void flight_end(http_server *s) {
+    if (atomic_fetch_sub(&s->inflight, 1) == 1 && atomic_load(&s->draining)) {
+        pthread_mutex_lock(&s->flight_mu);
+        pthread_cond_broadcast(&s->flight_cv);
+        pthread_mutex_unlock(&s->flight_mu);
+    }
+}
+
+/* The engine's completion of an asynchronous push (a shard or fsync thread). */
+static void push_done(engine_batch *b) {
+    push_slot *p = b->owner;
+    http_server *s = p->s;
+    bv_buf out;
+    bv_buf_init(&out);
+    int status = engine_push_body(&p->item.res, TRANSPORT_HTTP, &out);
+    http_request_complete(p->rc, status, &out, p->item.res.replay);
+    flight_end(s);
+}
+
+/* POST /push (event NULL: the envelope names it) or /push/<event> (the bare data). */
+static enum MHD_Result do_push(http_server *s, struct MHD_Connection *c, req_ctx *rc, const char *event, bool sync) {
+    push_slot *p = slot_get(s);
+    if (!p) return MHD_NO;
+    rc->push = p;
+    p->rc = rc;
+    rowdec_push *rp = &p->decoded;
+    char err[256] = "";
+    int r = event ? rowdec_json_data(&p->dec, body_data(rc), rc->body.len, rp, err, sizeof err)
+                  : rowdec_json_push_http(&p->dec, body_data(rc), rc->body.len, rp, err, sizeof err);
+    if (r != ROWDEC_OK) {
+        if (event) {
+            char reason[320];
+            snprintf(reason, sizeof reason, "event data must be a JSON object: %s", err);
+            return send_error(c, 400, "invalid_event", "reason", reason);
+        }
+        if (r == ROWDEC_EENVELOPE)
+            return send_error(c, 400, "missing_event_name_in_body", "reason", "the body needs a string member `event`");
+        return send_error(c, 400, "invalid_json_body", "reason", err);
+    }
+    engine_push_item *it = &p->item;
+    memset(it, 0, sizeof *it);
+    it->event = event ? event : rp->event;
+    it->event_len = event ? strlen(event) : rp->event_len;
+    it->row = &rp->row;
+    it->data_is_object = rp->data_is_object;
+    it->data_kind = rp->data_kind;
+    it->has_control_char = rp->has_control_char;
+    it->sync = sync || s->deps.cfg->durability == DURABILITY_SYNC;
+    p->batch.items = it;
+    p->batch.n = 1;
+    p->batch.done = push_done;
+    p->batch.owner = p;
+    rc->conn = c;
+    atomic_store(&rc->state, REQ_SUBMITTED);
+    atomic_fetch_add(&s->inflight, 1);
+    if (engine_push_submit(s->deps.eng, &p->batch)) {            /* answered at once */
+        atomic_fetch_sub(&s->inflight, 1);
+        atomic_store(&rc->state, REQ_RECEIVING);
+        bv_buf out;
+        bv_buf_init(&out);
+        int status = engine_push_body(&it->res, TRANSPORT_HTTP, &out);
+        return send_buf(c, status, "application/json", &out, "hand-rolled", it->res.replay);
+    }
+    return park(s, c, rc);
 }
 
 /* ---- data-plane handlers ------------------------------------------------------------ */
@@ -604,59 +760,11 @@ static enum MHD_Result send_unauthorized(struct MHD_Connection *c) {
                       "this route requires Authorization: Bearer <token> (security.admin_token_file)");
 }
 
-static const char *body_data(const req_ctx *rc) { return rc->body.data ? rc->body.data : ""; }
-
 /* Jobs: each runs one engine call for a suspended request and writes the answer body. */
 
 static int job_register(http_server *s, req_ctx *rc, bv_buf *out, bool *replay) {
     (void)replay;
     return engine_register(s->deps.eng, body_data(rc), rc->body.len, out);
-}
-
-static int push_into(http_server *s, const char *event, size_t elen, const json_t *data, bool sync, bv_buf *out,
-                     bool *replay) {
-    push_result res;
-    engine_push(s->deps.eng, event, elen, data, sync || s->deps.cfg->durability == DURABILITY_SYNC, &res);
-    *replay = res.replay;
-    return engine_push_body(&res, TRANSPORT_HTTP, out);
-}
-
-/* POST /push and /push-sync: {"event":NAME,"data":{...}} */
-static int job_push_envelope(http_server *s, req_ctx *rc, bv_buf *out, bool *replay) {
-    json_error_t jerr;
-    json_t *root = json_loadb(body_data(rc), rc->body.len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
-    if (!root) {
-        error_body(out, "invalid_json_body", "reason", jerr.text);
-        return 400;
-    }
-    json_t *ev = json_is_object(root) ? json_object_get(root, "event") : NULL;
-    if (!json_is_string(ev)) {
-        json_decref(root);
-        error_body(out, "missing_event_name_in_body", "reason", "the body needs a string member `event`");
-        return 400;
-    }
-    json_t *data = json_object_get(root, "data");
-    json_t *empty = NULL;
-    if (!data) data = empty = json_object();
-    int status = push_into(s, json_string_value(ev), json_string_length(ev), data, rc->sync, out, replay);
-    json_decref(empty);
-    json_decref(root);
-    return status;
-}
-
-/* POST /push/<event>: the bare event object. */
-static int job_push_bare(http_server *s, req_ctx *rc, bv_buf *out, bool *replay) {
-    json_error_t jerr;
-    json_t *data = json_loadb(body_data(rc), rc->body.len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
-    if (!data) {
-        char reason[300];
-        snprintf(reason, sizeof reason, "event data must be a JSON object: %s", jerr.text);
-        error_body(out, "invalid_event", "reason", reason);
-        return 400;
-    }
-    int status = push_into(s, rc->arg, strlen(rc->arg), data, rc->sync, out, replay);
-    json_decref(data);
-    return status;
 }
 
 static json_t *parse_body(req_ctx *rc, char *err, size_t errlen) {
@@ -714,13 +822,17 @@ static int job_get_legacy(http_server *s, req_ctx *rc, bv_buf *out, bool *replay
     return engine_get_legacy(s->deps.eng, rc->arg, out);
 }
 
-static enum MHD_Result submit_with_arg(http_server *s, struct MHD_Connection *c, req_ctx *rc, req_job_fn fn,
-                                       const char *arg, bool sync) {
+static bool set_arg(req_ctx *rc, const char *arg) {
     free(rc->arg);
     rc->arg = strdup(arg);
-    if (!rc->arg) return MHD_NO;
-    rc->sync = sync;
-    return submit(s, c, rc, fn);
+    return rc->arg != NULL;
+}
+
+/* A push route; `event` (the path's event name, NULL for the envelope) is copied into
+ * the request, which outlives an asynchronous push. */
+static enum MHD_Result push_route(http_server *s, struct MHD_Connection *c, req_ctx *rc, const char *event, bool sync) {
+    if (event && !set_arg(rc, event)) return MHD_NO;
+    return do_push(s, c, rc, event ? rc->arg : NULL, sync);
 }
 
 static enum MHD_Result do_register(http_server *s, struct MHD_Connection *c, req_ctx *rc, const char *raw) {
@@ -810,24 +922,23 @@ static enum MHD_Result route_data(http_server *s, struct MHD_Connection *c, req_
 
     if (starts_with(path, "/push/", &rest) && *rest) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return submit_with_arg(s, c, rc, job_push_bare, rest, false);
+        return push_route(s, c, rc, rest, false);
     }
     if (starts_with(path, "/push-sync/", &rest) && *rest) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return submit_with_arg(s, c, rc, job_push_bare, rest, true);
+        return push_route(s, c, rc, rest, true);
     }
     if (starts_with(path, "/push-batch/", &rest) && *rest) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return submit_with_arg(s, c, rc, job_push_bare, rest, false);
+        return push_route(s, c, rc, rest, false);
     }
     if (strcmp(path, "/push") == 0 || strcmp(path, "/push-sync") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        rc->sync = path[5] == '-';
-        return submit(s, c, rc, job_push_envelope);
+        return push_route(s, c, rc, NULL, path[5] == '-');
     }
     if (strcmp(path, "/ping") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return submit(s, c, rc, job_ping);
+        return answer_now(s, c, rc, job_ping);
     }
     if (strcmp(path, "/reset") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
@@ -836,15 +947,16 @@ static enum MHD_Result route_data(http_server *s, struct MHD_Connection *c, req_
     }
     if (starts_with(path, "/get/", &rest) && strchr(rest, '/') && rest[0] != '/') {
         if (!get) return send_method_not_allowed(c, method, raw);
-        return submit_with_arg(s, c, rc, job_get_legacy, rest, false);
+        if (!set_arg(rc, rest)) return MHD_NO;
+        return answer_now(s, c, rc, job_get_legacy);
     }
     if (strcmp(path, "/get") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return submit(s, c, rc, job_get);
+        return answer_now(s, c, rc, job_get);
     }
     if (strcmp(path, "/batch_get") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
-        return submit(s, c, rc, job_batch_get);
+        return answer_now(s, c, rc, job_batch_get);
     }
     if (strcmp(path, "/register") == 0) {
         if (!post) return send_method_not_allowed(c, method, raw);
@@ -869,11 +981,11 @@ static enum MHD_Result route_data(http_server *s, struct MHD_Connection *c, req_
         if (s->allow.n_public_tables == 0) return send_not_found(c, raw);
         if (!post) return send_method_not_allowed(c, method, raw);
         rc->api_get = true;
-        return submit(s, c, rc, job_get);
+        return answer_now(s, c, rc, job_get);
     case BV_SITE_API_PUSH:
         if (!bv_site_event_allowed(&s->allow, event)) return send_not_found(c, raw);
         if (!post) return send_method_not_allowed(c, method, raw);
-        return submit_with_arg(s, c, rc, job_push_bare, event, false);
+        return push_route(s, c, rc, event, false);
     case BV_SITE_API_NOT_FOUND:
         return send_not_found(c, raw);
     case BV_SITE_API_NONE:
@@ -983,6 +1095,7 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *c) {
     bv_buf_init(&rc->body);
     bv_buf_init(&rc->answer);
     atomic_init(&rc->state, REQ_RECEIVING);
+    atomic_init(&rc->handoff, HANDOFF_NONE);
     return rc;
 }
 
@@ -1005,6 +1118,7 @@ static void request_done(void *cls, struct MHD_Connection *c, void **con_cls, en
     conn_enter(s, conn_of(c), PH_IDLE, s->idle_ms, PH_NONE);
     if (!rc) return;
     body_release(s, rc);
+    if (rc->push) slot_put(s, rc->push);
     bv_buf_free(&rc->answer);
     free(rc->arg);
     free(rc->raw_uri);
@@ -1154,6 +1268,9 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
     s->fd = -1;
     clock_gettime(CLOCK_MONOTONIC, &s->t0);
     pthread_mutex_init(&s->conns_mu, NULL);
+    pthread_mutex_init(&s->slots_mu, NULL);
+    pthread_mutex_init(&s->flight_mu, NULL);
+    pthread_cond_init(&s->flight_cv, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -1240,6 +1357,11 @@ void http_stop(http_server *s) {
     /* every suspended request is answered and resumed before the daemon may stop; a
      * request submitted after this runs its job inline */
     workpool_stop(s->jobs);
+    /* and every push the engine still owes an answer (it must be answered and resumed) */
+    atomic_store(&s->draining, true);
+    pthread_mutex_lock(&s->flight_mu);
+    while (atomic_load(&s->inflight) > 0) pthread_cond_wait(&s->flight_cv, &s->flight_mu);
+    pthread_mutex_unlock(&s->flight_mu);
     if (s->daemon) MHD_stop_daemon(s->daemon);
     workpool_free(s->jobs);
     if (s->reaper_started) {
@@ -1259,6 +1381,13 @@ void http_stop(http_server *s) {
             }
         free(s->ip_table);
     }
+    for (push_slot *p = s->free_slots, *n; p; p = n) {
+        n = p->next;
+        slot_free(p);
+    }
+    pthread_cond_destroy(&s->flight_cv);
+    pthread_mutex_destroy(&s->flight_mu);
+    pthread_mutex_destroy(&s->slots_mu);
     pthread_cond_destroy(&s->reaper_cv);
     pthread_mutex_destroy(&s->conns_mu);
     free(s);
