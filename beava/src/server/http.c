@@ -3,24 +3,31 @@
  *
  * Threads. Each listener is one libmicrohttpd daemon in epoll thread-pool mode: N I/O
  * threads (http.threads, default one per core) each run an epoll loop over the
- * connections they accepted. No I/O thread ever waits for the engine: a data-plane
- * request whose answer needs an engine call is suspended (MHD_suspend_connection) and
- * the call runs elsewhere; http_request_complete() stores the answer and resumes the
- * connection from whichever thread produced it, and the I/O thread sends it.
+ * connections they accepted. No I/O thread waits for a shard or an fsync:
+ *   - pushes are decoded straight into a row (rowdec) and handed to engine_push_submit()
+ *     on the I/O thread; when the engine answers at once the answer is sent at once,
+ *     otherwise the request is suspended and the engine's completion (push_done, on a
+ *     shard or durability thread) hands the answer back with http_request_complete();
+ *   - reads and /ping run on the I/O thread (the engine never makes them wait long);
+ *   - /register and /reset, which wait for every earlier push, run on a small elastic
+ *     workpool (workpool.h) and answer through http_request_complete() the same way.
  *
  * Per-request state machine (struct http_request, one per HTTP request):
  *   RECEIVING     the URI-log callback created it; the access handler checks the
  *                 framing headers on its first call, then accumulates the body (buffer
  *                 growth is taken from the shared membudget) until its last call, which
- *                 routes the request. Answers that need no engine call (errors, static
- *                 files, /health) are queued at once.
- *   SUBMITTED     the connection is suspended and the engine call is under way. Today
- *                 the call is the synchronous engine API run on a workpool thread
- *                 (run_job); an asynchronous engine calls http_request_complete() from
- *                 its completion instead (see submit()).
- *   ANSWER_READY  http_request_complete() stored status + body and resumed the
- *                 connection; the access handler's next call queues the answer.
- * libmicrohttpd's completion callback frees the request and gives its budget back.
+ *                 routes the request. Answers that need no engine wait (errors, reads,
+ *                 static files, /health) are queued at once.
+ *   SUBMITTED     the engine call was started; park() suspends the connection
+ *                 (MHD_suspend_connection) unless the answer is already there.
+ *   ANSWER_READY  http_request_complete() stored status + body; it resumes the
+ *                 connection (MHD_resume_connection, from any thread) if park()
+ *                 suspended it, and the access handler's next call queues the answer.
+ *                 A compare-and-swap on `handoff` decides which side resumes, so a
+ *                 completion racing with park() is neither lost nor resumed twice.
+ * libmicrohttpd's completion callback frees the request, its push slot (decoder and
+ * engine batch, reused) and gives its budget back. http_stop answers everything still
+ * in flight before it stops the daemon (a suspended connection must not outlive it).
  *
  * Per-connection limits (struct conn_ctx, one per TCP connection, created by the
  * connection-notify callback and kept on a list per listener):

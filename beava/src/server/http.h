@@ -8,10 +8,10 @@
  * /health, /ready (503 until the ready flag is set), /registry, /metrics and /snapshot.
  *
  * I/O model: a pool of epoll threads (http.threads) serves every connection; no thread
- * is tied to a connection and none waits for the engine. A request whose answer needs
- * the engine is suspended; the answer is produced on another thread and handed back with
- * http_request_complete(), which resumes the connection (see http.c for the per-request
- * state machine). Every listener enforces http.max_connections (and the per-address
+ * is tied to a connection and none waits for a shard or an fsync. A push the engine
+ * cannot answer at once (engine_push_submit returned false) is suspended; the engine's
+ * completion hands the answer back with http_request_complete(), which resumes the
+ * connection (see http.c for the per-request state machine). Every listener enforces http.max_connections (and the per-address
  * limit), a deadline for the request line and headers, one for the body, an idle timeout
  * for keep-alive connections, and takes body buffers from the shared membudget.
  */

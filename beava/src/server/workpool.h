@@ -1,13 +1,13 @@
 /*
  * workpool.h - a small elastic thread pool for calls that may block.
  *
- * The HTTP data plane's I/O threads never wait: a request whose answer needs a call that
- * can block (today every engine call: a push waits for its shard and, in sync mode, for
- * the fsync) is suspended and handed to this pool; the job answers the request from the
- * worker thread when the call returns. Workers are started on demand, up to max_threads,
- * whenever a job arrives and no worker is idle, so one blocked job (a paused shard, a
- * slow fsync) never delays the jobs behind it until max_threads jobs are blocked at once;
- * past that, jobs wait in FIFO order. Workers live until workpool_free.
+ * The HTTP data plane's I/O threads never wait: a request whose answer needs an engine
+ * call that blocks (register and reset wait for every earlier push to be applied) is
+ * suspended and handed to this pool; the job answers the request from the worker thread
+ * when the call returns. Workers are started on demand, up to max_threads, whenever the
+ * queued jobs outnumber the idle workers, so one blocked job never delays the jobs behind
+ * it until max_threads jobs are blocked at once; past that, jobs wait in FIFO order.
+ * Workers live until workpool_stop.
  *
  * Jobs are intrusive (the caller embeds a workpool_job in its own request state), so
  * submitting allocates nothing. The job memory must stay valid until its fn has run.
