@@ -42,6 +42,7 @@ class Beava:
         self.proc = None
         self.lines = []
         self.bound = {}
+        self.logged_ready = False
         self._cond = threading.Condition()
         self._tmp = None
         self._conns = {}
@@ -91,6 +92,10 @@ class Beava:
                 if st == 200:
                     break
                 time.sleep(0.05)
+            # every *_bound line precedes server.ready: once it is read, tcp_bound is known
+            with self._cond:
+                while not self.logged_ready and self.proc.poll() is None and time.time() < deadline:
+                    self._cond.wait(min(max(deadline - time.time(), 0.01), 0.2))
         return self
 
     def _drain(self, stream):
@@ -102,6 +107,8 @@ class Beava:
                     obj = json.loads(line)
                     if isinstance(obj, dict) and obj.get("kind", "").endswith("_bound"):
                         self.bound[obj["kind"]] = obj["addr"]
+                    if isinstance(obj, dict) and obj.get("kind") == "server.ready":
+                        self.logged_ready = True
                 except ValueError:
                     pass
                 self._cond.notify_all()
