@@ -60,6 +60,9 @@ static const struct cfg_entry ENTRIES[] = {
     {"systemd.bus", T_STR, S(systemd_bus), "", "D-Bus address; empty = the system bus"},
     {"manifests.dir", T_STR, S(manifests_dir), "/etc/beava/manifests", "manifests applied on deploy"},
     {"manifests.root", T_STR, S(manifests_root), "/etc/beava/manifests", "triggers may name dirs below this"},
+    /* the unpack limits' defaults are UNPACK_DEFAULT_MAX_*_BYTES in unpack.h (2 GiB, 4 GiB) */
+    {"unpack.max_layer_bytes", T_INT, S(unpack_max_layer_bytes), "2147483648", "max uncompressed size of one image layer"},
+    {"unpack.max_image_bytes", T_INT, S(unpack_max_image_bytes), "4294967296", "max uncompressed size of all an image's layers"},
     {"deploy.keep_images", T_INT, S(keep_images), "3", "unpacked images kept (current, previous, ...)"},
     {"deploy.keep_backups", T_INT, S(keep_backups), "5", "backups kept in state_dir/backups"},
     {"deploy.backup_data", T_BOOL, S(backup_data_on_deploy), "true", "copy the data dir before a new version starts"},
@@ -233,6 +236,8 @@ static int validate(struct ctl_config *c, char *err)
     if (!strcmp(c->runtime_kind, "systemd") &&
         (ul < 9 || strcmp(c->systemd_unit + ul - 8, ".service") || strchr(c->systemd_unit, '/')))
         return ctl_errf(err, "systemd.unit: '%s' is not a service unit name (NAME.service)", c->systemd_unit);
+    if (c->unpack_max_layer_bytes < 1 || c->unpack_max_image_bytes < 1)
+        return ctl_errf(err, "unpack.max_layer_bytes and unpack.max_image_bytes: must be at least 1");
     if (c->keep_images < 2)
         return ctl_errf(err, "deploy.keep_images: must be at least 2 (current and previous)");
     return 0;

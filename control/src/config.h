@@ -47,6 +47,8 @@ struct ctl_config {
     char *systemd_bus;             /* "" = system bus, else a D-Bus address */
     char *manifests_dir;           /* default manifests for a deploy */
     char *manifests_root;          /* triggers may name a manifest dir below this */
+    int64_t unpack_max_layer_bytes; /* uncompressed size of one layer */
+    int64_t unpack_max_image_bytes; /* uncompressed size of all the layers of an image */
     int64_t keep_images;
     int64_t keep_backups;
     bool backup_data_on_deploy;
