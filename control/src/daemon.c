@@ -312,10 +312,47 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
         deploy_free(d);
         return reply_err(c, 503, "unavailable", err);
     }
+    if (l->tcp && d->image) {
+        /* remembered only once queued: a refused trigger does not block a corrected one */
+        const char *delivery = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_DELIVERY);
+        pthread_mutex_lock(&dm->ctx.mu);
+        int x = trigger_seen_body_add(dm->seen, d->image, d->revision, delivery, ctl_now_ms() / 1000, err);
+        pthread_mutex_unlock(&dm->ctx.mu);
+        if (x < 0) { /* the deploy is queued already; say why a replay of it may pass */
+            json_t *j = json_pack("{s:s,s:s}", "kind", "control.replay_guard_error", "message", err);
+            char *t = json_dumps(j, JSON_COMPACT);
+            fprintf(stdout, "%s\n", t);
+            fflush(stdout);
+            free(t);
+            json_decref(j);
+        }
+    }
     char loc[128];
     snprintf(loc, sizeof loc, "/v1/deploys/%s", d->id);
     rc = reply(c, 202, json_pack("{s:s,s:s,s:s}", "id", d->id, "status", "queued", "url", loc));
     return rc;
+}
+
+/* Image and revision of a trigger body (borrowed from *doc, which the caller frees). */
+static void body_image_revision(const struct req *r, json_t **doc, const char **image, const char **revision)
+{
+    *doc = r->len ? json_loadb(r->body, r->len, 0, NULL) : NULL;
+    *image = json_string_value(json_object_get(*doc, "image"));
+    *revision = json_string_value(json_object_get(*doc, "revision"));
+}
+
+/* Was this image + revision deployed from another delivery within the replay window? */
+static bool replayed_body(struct daemon *dm, const struct req *r, int64_t now, char *err)
+{
+    json_t *doc;
+    const char *image, *revision;
+    body_image_revision(r, &doc, &image, &revision);
+    pthread_mutex_lock(&dm->ctx.mu);
+    int x = image ? trigger_seen_body_check(dm->seen, image, revision, now, dm->ctx.cfg->trigger_replay_window_s, err)
+                  : 0;
+    pthread_mutex_unlock(&dm->ctx.mu);
+    json_decref(doc);
+    return x < 0;
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -352,17 +389,20 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         char err[CTL_ERR_LEN];
         const char *ts = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_TS);
         const char *sig = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_SIG);
-        int64_t now = ctl_now_ms() / 1000;
-        if (trigger_verify(dm->secret, dm->secret_len, ts, sig, r->body ? r->body : "", r->len, now,
-                           dm->ctx.cfg->trigger_replay_window_s, err) < 0)
+        const char *del = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_DELIVERY);
+        int64_t now = ctl_now_ms() / 1000, window = dm->ctx.cfg->trigger_replay_window_s;
+        const struct trigger_req tr = {.method = method, .path = url, .timestamp = ts, .delivery = del,
+                                       .body = r->body ? r->body : "", .body_len = r->len};
+        if (trigger_verify(dm->secret, dm->secret_len, &tr, sig, now, window, err) < 0)
             return reply_err(c, 401, "unauthorized", err);
         if (post) {
-            const char *del = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_DELIVERY);
             pthread_mutex_lock(&dm->ctx.mu);
-            int x = trigger_seen_check_add(dm->seen, del, now, dm->ctx.cfg->trigger_replay_window_s, err);
+            int x = trigger_seen_check_add(dm->seen, del, now, window, err);
             pthread_mutex_unlock(&dm->ctx.mu);
             if (x < 0)
                 return reply_err(c, 401, "unauthorized", err);
+            if (replayed_body(dm, r, now, err))
+                return reply_err(c, 409, "replayed_trigger", err);
         }
     }
     if (get && !strcmp(url, "/v1/status"))

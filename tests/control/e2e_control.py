@@ -196,7 +196,7 @@ manifests: {{dir: {manifests}, root: {tmp}}}
 
     def signed(self, method, path, body=b"", ts=None, delivery=None, secret=SECRET):
         ts = str(int(time.time())) if ts is None else str(ts)
-        sig = "sha256=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        sig = sign(secret, method, path.split("?")[0], ts, delivery, body if method == "POST" else b"")
         h = {"X-Beava-Timestamp": ts, "X-Beava-Signature-256": sig, "Content-Type": "application/json"}
         if delivery:
             h["X-Beava-Delivery"] = delivery
@@ -252,6 +252,13 @@ manifests: {{dir: {manifests}, root: {tmp}}}
                     os.kill(inst[k], signal.SIGKILL)
                 except Exception:
                     pass
+
+
+def sign(secret, method, path, ts, delivery, body):
+    """The daemon's signing string (control/README.md): method, path, timestamp, delivery, each
+    followed by a newline, then the raw body."""
+    msg = f"{method}\n{path}\n{ts}\n{delivery or ''}\n".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
 
 
 def steps_of(d):
