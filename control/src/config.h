@@ -24,6 +24,9 @@ struct ctl_config {
     char *trigger_secret_file;
     int64_t trigger_replay_window_s;
     int64_t trigger_max_body;
+    int64_t trigger_request_deadline_s;    /* control port: time to send one whole request */
+    int64_t trigger_max_connections;       /* control port: connections in all */
+    int64_t trigger_max_connections_per_ip; /* control port: connections per source address */
     char *registry_repository;     /* host[:port]/path every deployed image must be in */
     char *registry_username;
     char *registry_password_file;

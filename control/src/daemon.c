@@ -5,6 +5,7 @@
 #include "deploy.h"
 #include "journal.h"
 #include "oci.h"
+#include "port_guard.h"
 #include "runtime.h"
 #include "state.h"
 #include "trigger.h"
@@ -382,6 +383,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         *upload_size = 0;
         return MHD_YES;
     }
+    if (l->tcp)
+        port_guard_request_read(c);
     if (r->too_big)
         return reply_err(c, 413, "body_too_large", "request body over the limit");
     bool post = !strcmp(method, "POST"), get = !strcmp(method, "GET");
@@ -424,9 +427,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t)
 {
-    (void)cls;
-    (void)c;
     (void)t;
+    if (cls) /* the control port: the next request on this connection gets a fresh deadline */
+        port_guard_request_done(c);
     struct req *r = *con_cls;
     if (r) {
         free(r->body);
@@ -492,6 +495,7 @@ int daemon_serve(struct ctl_config *cfg, char *err)
     struct daemon *dm = ctl_calloc(1, sizeof *dm);
     struct listener lu = {.dm = dm, .tcp = false}, lt = {.dm = dm, .tcp = true};
     struct MHD_Daemon *mu = NULL, *mt = NULL;
+    struct port_guard *guard = NULL;
     int lockfd = -1, ufd = -1, rc = -1;
     pthread_t wt;
     bool worker_started = false;
@@ -562,10 +566,20 @@ int daemon_serve(struct ctl_config *cfg, char *err)
         struct sockaddr_in sa;
         if (parse_addr(cfg->listen_addr, &sa, err) < 0)
             goto out;
-        mt = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, handler, &lt,
+        /* A request must be read within trigger.request_deadline_s (port_guard), no
+         * address may hold more than trigger.max_connections_per_ip, so a flood of
+         * half-sent requests from one address cannot keep a signed trigger out. */
+        if (!(guard = port_guard_new(cfg->trigger_request_deadline_s * 1000))) {
+            ctl_errf(err, "cannot start the control port's deadline thread");
+            goto out;
+        }
+        mt = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD, 0, NULL, NULL, handler, &lt,
                               MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
-                              completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-                              MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64, MHD_OPTION_END);
+                              completed, guard, MHD_OPTION_NOTIFY_CONNECTION, port_guard_notify, guard,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->trigger_request_deadline_s,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->trigger_max_connections,
+                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->trigger_max_connections_per_ip,
+                              MHD_OPTION_END);
         if (!mt) {
             ctl_errf(err, "cannot listen on %s (in use?)", cfg->listen_addr);
             goto out;
@@ -587,6 +601,7 @@ int daemon_serve(struct ctl_config *cfg, char *err)
 out:
     if (mt)
         MHD_stop_daemon(mt);
+    port_guard_free(guard);
     if (mu)
         MHD_stop_daemon(mu);
     if (ufd >= 0)
