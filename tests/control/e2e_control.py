@@ -779,6 +779,11 @@ def phase_systemd(ctx):
               and "PATH=/usr/bin:/bin" in env, "Environment= the listen addresses and the image's PATH", env)
         check(pb.get("User") == "65532" and pb.get("Group") == "65532", "User=/Group= the image's user, numeric",
               (pb.get("User"), pb.get("Group")))
+        import resource
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        check(pb.get("LimitNOFILE") == hard and pb.get("LimitNOFILESoft") == hard,
+              "LimitNOFILE=/LimitNOFILESoft= the daemon's hard descriptor limit", (pb.get("LimitNOFILE"),
+                                                                                    pb.get("LimitNOFILESoft")))
         check(pb.get("Type") == "exec" and pb.get("ProtectSystem") == "strict" and
               pb.get("StandardOutputFileToAppend", "").startswith(f"{c.state}/logs/"),
               "Type=exec, read-only image, log appended under state_dir/logs", pb)
