@@ -128,7 +128,19 @@ typedef struct wal_options {
     void *io_ctx;
     wal_notify_fn notify;       /* optional */
     void *notify_ctx;
+    uint64_t known_lsn;         /* the highest LSN another file (a snapshot's name) says
+                                 * existed; recovery counts LSNs up to it as missing when no
+                                 * record reaches it. 0 = none */
+    bool accept_gaps;           /* recover past LSN gaps instead of refusing (see wal_recover) */
 } wal_options;
+
+/* LSNs that should be on disk and that no file holds at all (see wal_recover). */
+#define WAL_GAPS_KEPT 8
+typedef struct wal_gap {
+    uint64_t lo, hi;            /* the missing LSNs */
+    uint64_t after_seg;         /* start LSN of the segment before the hole, 0 = none */
+    uint64_t before_seg;        /* start LSN of the segment after it, 0 = none (the end) */
+} wal_gap;
 
 /* What recovery found. "Lost" numbers mean data that was durable and is gone (corruption);
  * "void" numbers are records that were reported failed at run time (expected after a
@@ -141,7 +153,11 @@ typedef struct wal_recovery_stats {
     uint64_t truncated_bytes;       /* torn tail cut off the newest segment */
     uint64_t quarantined_regions;   /* corrupt spans skipped (each one quarantine file) */
     uint64_t quarantined_bytes;     /* bytes in those spans */
-    uint64_t lost_lsns;             /* LSNs that should be on disk and are not */
+    uint64_t lost_lsns;             /* LSNs above from_lsn that should be on disk and are not
+                                     * (gaps included) */
+    uint64_t gap_lsns;              /* of those, LSNs no file holds (no quarantined bytes) */
+    uint32_t ngaps;                 /* gap ranges found; the first WAL_GAPS_KEPT are in gaps[] */
+    wal_gap gaps[WAL_GAPS_KEPT];
     uint64_t void_lsns;             /* LSNs recorded as never written (failures, LSN floor) */
     uint64_t void_records;          /* records present but recorded as failed: skipped */
     uint32_t torn_segments;         /* segment files removed: torn inside their header */
@@ -192,9 +208,17 @@ int wal_open(const wal_options *opt, wal **out, bv_err *err);
  * corrupt span elsewhere is copied to quarantine/ and skipped (replay resumes at the next
  * valid record); a segment file of ours too short to hold its header (a creation cut
  * short: it holds no records) is copied and removed.
+ * GAPS: LSNs above from_lsn that were on disk once (a segment header's prev LSN, or
+ * opt->known_lsn, says so) and that no file holds, not even as quarantined bytes: the
+ * segment that held them was deleted or cut, and no snapshot covers them. Unless
+ * opt->accept_gaps, wal_recover then fails with code "wal_gap", a reason naming the
+ * missing ranges and the segment files expected to hold them, and the gaps in stats,
+ * before it deletes, truncates or creates any segment (records were already handed to
+ * cb; quarantine copies of corrupt spans may have been written). With accept_gaps it
+ * goes on (they count in lost_lsns and gap_lsns).
  * stats (may be NULL) is filled even on failure with what was done so far.
  * Returns 0, or -1 with err (I/O error, quarantine could not be written, callback
- * failure); after a failure the handle can only be closed. */
+ * failure, gap); after a failure the handle can only be closed. */
 int wal_recover(wal *w, uint64_t from_lsn, wal_replay_fn cb, void *ctx, wal_recovery_stats *stats,
                 bv_err *err);
 
