@@ -162,6 +162,9 @@ persist *persist_open(const bv_config *cfg, const bv_log *log, char *err, size_t
         /* a snapshot file, usable or not, proves its LSNs existed */
         .known_lsn = snapshot_lsn_bound(p->snap_dir, false),
         .accept_gaps = cfg->accept_data_loss,
+        /* batch mode applies and acknowledges before the write: a failed write must be
+         * retried, never voided */
+        .keep_failed = cfg->durability == DURABILITY_BATCH,
     };
     bv_err e;
     bv_err_clear(&e);
@@ -653,6 +656,8 @@ void persist_metrics(persist *p, bv_buf *out) {
         "# TYPE beava_wal_segments gauge\nbeava_wal_segments %" PRIu64 "\n"
         "# HELP beava_wal_degraded 1 while WAL writes fail.\n"
         "# TYPE beava_wal_degraded gauge\nbeava_wal_degraded %d\n"
+        "# HELP beava_wal_retained_records Acknowledged records whose write failed, held to be written again.\n"
+        "# TYPE beava_wal_retained_records gauge\nbeava_wal_retained_records %" PRIu64 "\n"
         "# HELP beava_recovery_truncated_bytes Torn-tail bytes cut at the last recovery.\n"
         "# TYPE beava_recovery_truncated_bytes gauge\nbeava_recovery_truncated_bytes %" PRIu64 "\n"
         "# HELP beava_recovery_quarantined_records Corrupt WAL regions quarantined at the last recovery.\n"
@@ -668,7 +673,7 @@ void persist_metrics(persist *p, bv_buf *out) {
         "# HELP beava_recovery_accepted_data_loss 1 when the last recovery started past missing LSNs (--accept-data-loss).\n"
         "# TYPE beava_recovery_accepted_data_loss gauge\nbeava_recovery_accepted_data_loss %d\n",
         ws.durable_lsn, ws.fsyncs, ws.appended_records, ws.failed_records, ws.segments, ws.degraded ? 1 : 0,
-        p->rec.truncated_bytes, p->rec.quarantined_regions, p->rec.replayed, p->replay_errors, p->snap_load.rejected,
+        ws.retained_records, p->rec.truncated_bytes, p->rec.quarantined_regions, p->rec.replayed, p->replay_errors, p->snap_load.rejected,
         p->rec.lost_lsns, p->accepted_data_loss ? 1 : 0);
 }
 

@@ -159,6 +159,10 @@ struct wal {
     lsn_range voids[VOID_SLOTS];
     unsigned nvoid, void_next;
     bool unsettled;            /* a failed batch is not yet truncated away durably */
+    bool keep_failed;          /* wal_options.keep_failed (cleared only for one OOM fallback) */
+    bool retained;             /* keep_failed: pend holds the failed records, from
+                                * pend_first on, to be written again */
+    bool final_tried;          /* closing: the last write of the retained records was tried */
     uint64_t fail_lo, fail_hi;
     unsigned retry_delay;
     struct timespec next_retry, probe_at, next_rotate;
@@ -595,6 +599,7 @@ int wal_open(const wal_options *opt, wal **out, bv_err *err) {
     w->retry_delay = w->retry_ms;
     w->registry_version = opt->registry_version;
     w->known_lsn = opt->known_lsn;
+    w->keep_failed = opt->keep_failed;
     w->accept_gaps = opt->accept_gaps;
     w->io = opt->io_hook;
     w->io_ctx = opt->io_ctx;
@@ -1099,14 +1104,39 @@ static int lsn_state_locked(wal *w, uint64_t lsn) {
     return WAL_LSN_DURABLE;
 }
 
-/* mu held. The batch starting at `first` failed: fail it and everything queued after. */
+/* mu held; keep_failed. The batch in `inflight` failed: put its bytes back in front of
+ * whatever was appended meanwhile, so pend holds every unwritten record from `first` on.
+ * Returns -1 (nothing changed) when the memory for that cannot be had. */
+static int keep_batch(wal *w, uint64_t first) {
+    if (w->inflight.len) {
+        size_t need = w->inflight.len + w->pend.len;
+        if (w->inflight.cap < need) {
+            unsigned char *p = realloc(w->inflight.data, need);
+            if (!p) return -1;
+            w->inflight.data = p;
+            w->inflight.cap = need;
+        }
+        if (w->pend.len) memcpy(w->inflight.data + w->inflight.len, w->pend.data, w->pend.len);
+        w->inflight.len = need;
+        wbuf t = w->pend;
+        w->pend = w->inflight;
+        w->inflight = t;
+        w->inflight.len = 0;
+    }
+    w->pend_first = first;
+    return 0;
+}
+
+/* mu held. The batch starting at `first` failed: fail it and everything queued after,
+ * or, with keep_failed, keep all of it (already in pend) to be written again. */
 static void enter_degraded(wal *w, const char *what, int e, uint64_t first) {
+    if (w->state != ST_DEGRADED) w->st.failures++;
     w->state = ST_DEGRADED;
     w->unsettled = true;
     w->fail_lo = first;
     w->fail_hi = w->next_lsn - 1;
-    w->st.failures++;
-    w->st.failed_records += w->fail_hi - w->fail_lo + 1;
+    if (!w->keep_failed) w->st.failed_records += w->fail_hi - w->fail_lo + 1;
+    w->retained = w->keep_failed;
     msgf(w->st.last_error, sizeof w->st.last_error,
              "%s of WAL segment %016" PRIx64 ".seg at offset %" PRIu64 " failed: %s", what, w->seg_start, w->seg_off,
              strerror(e));
@@ -1115,7 +1145,7 @@ static void enter_degraded(wal *w, const char *what, int e, uint64_t first) {
         msgf(w->close_error, sizeof w->close_error, "final WAL flush failed (LSNs %" PRIu64 "..%" PRIu64 "): %s",
                  w->fail_lo, w->fail_hi, w->st.last_error);
     }
-    w->pend.len = 0;
+    if (!w->keep_failed) w->pend.len = 0;
     struct timespec now = mono_now();
     w->next_retry = now;
     w->probe_at = ts_add_ms(now, w->retry_delay);
@@ -1187,8 +1217,21 @@ static void flush_batch(wal *w) {
     }
 
     pthread_mutex_lock(&w->mu);
-    w->inflight.len = 0;
     w->inflight_bytes = 0;
+    if (what && w->keep_failed && keep_batch(w, first) == 0) {
+        enter_degraded(w, what, e, first);
+        return;
+    }
+    if (what && w->keep_failed) {
+        /* no memory to keep the batch: it is voided like without keep_failed */
+        w->keep_failed = false;
+        enter_degraded(w, what, e, first);
+        w->keep_failed = true;
+        w->retained = false;
+        w->inflight.len = 0;
+        return;
+    }
+    w->inflight.len = 0;
     if (w->inflight.cap > 2 * w->batch_bytes + WAL_MAX_PAYLOAD) {
         /* After a burst: give the memory back instead of keeping the high-water mark. */
         free(w->inflight.data);
@@ -1205,6 +1248,11 @@ static void flush_batch(wal *w) {
     w->st.batches++;
     w->st.fsyncs++;
     w->retry_delay = w->retry_ms;
+    if (w->state == ST_DEGRADED) {
+        /* the kept records are on disk at last (see degraded_step) */
+        w->state = ST_OK;
+        w->retained = false;
+    }
     pthread_cond_broadcast(&w->cv_durable);
     pthread_cond_broadcast(&w->cv_space);
     maybe_rotate(w, false);
@@ -1229,7 +1277,9 @@ static bool degraded_step(wal *w, bool *progressed) {
         if (rc == 0) rc = io_sync(w, fd, false);
         int e = errno;
         pthread_mutex_lock(&w->mu);
-        if (rc == 0) {
+        if (rc == 0 && w->retained) {
+            w->unsettled = false;          /* the kept records are written again below */
+        } else if (rc == 0) {
             void_add(w, w->fail_lo, w->fail_hi);
             w->unsettled = false;
             w->settled_lsn = w->fail_hi;
@@ -1243,8 +1293,19 @@ static bool degraded_step(wal *w, bool *progressed) {
             if (!w->closing) w->next_retry = ts_add_ms(mono_now(), w->retry_ms);
         }
     }
+    if (w->closing && w->retained && !w->unsettled && !w->final_tried) {
+        w->final_tried = true;      /* one last write of the kept records */
+        flush_batch(w);
+        *progressed = true;
+        return false;
+    }
     if (w->closing) {
-        if (w->unsettled) {
+        if (w->retained) {
+            w->close_failed = true;
+            msgf(w->close_error, sizeof w->close_error,
+                 "WAL closed while LSNs %" PRIu64 "..%" PRIu64 " could not be written: %s", w->fail_lo, w->fail_hi,
+                 w->st.last_error);
+        } else if (w->unsettled) {
             w->close_failed = true;
             msgf(w->close_error, sizeof w->close_error,
                      "WAL closed while LSNs %" PRIu64 "..%" PRIu64 " could not be settled (outcome unknown): %s",
@@ -1256,6 +1317,13 @@ static bool degraded_step(wal *w, bool *progressed) {
     now = mono_now();
     if (ts_before(now, w->probe_at)) {
         w->next_retry = w->probe_at;
+        return false;
+    }
+    if (w->retained) {
+        /* Write the kept records again where they failed (same LSNs, so no void range
+         * and no new segment): healthy again once they are on disk, else back off. */
+        flush_batch(w);
+        *progressed = true;
         return false;
     }
     uint64_t start = w->fail_hi + 1, prev = w->disk_lsn, rv = w->registry_version;
@@ -1520,6 +1588,7 @@ void wal_get_stats(wal *w, wal_stats *st) {
     st->durable_lsn = w->settled_lsn;
     st->pending_bytes = w->pend.len + w->inflight_bytes;
     st->degraded = w->state == ST_DEGRADED;
+    st->retained_records = w->retained ? w->next_lsn - 1 - w->settled_lsn : 0;
     pthread_mutex_unlock(&w->mu);
     pthread_mutex_lock(&w->seg_mu);
     st->segments = w->nsegs;

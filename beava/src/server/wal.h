@@ -41,6 +41,15 @@
  *    known (wal_append succeeded, durability was not awaited) are not on disk; they count
  *    in wal_stats.failed_records. Callers that must never apply a non-durable record wait
  *    with wal_wait_durable() before applying.
+ *  - With wal_options.keep_failed (batch mode: records are applied before they are
+ *    durable), no record is ever voided: the failed batch and every record appended
+ *    after it stay in memory (wal_stats.retained_records) and, once the settling
+ *    truncation is durable, the writer writes them again at the same offset with the
+ *    same LSNs, at the probe intervals above, until they are on disk; then the WAL is
+ *    healthy again. Meanwhile wal_append() fails with "wal_unavailable" as above, and
+ *    their waiters stay PENDING (wal_wait_durable() blocks) instead of failing. Only if
+ *    wal_close() comes first (one last write is tried) are they lost, and wal_close()
+ *    says so.
  *  - A record acknowledged as durable (wal_wait_durable() == WAL_OK, or an LSN at or
  *    below wal_durable_lsn() that is not void) is on disk.
  *  - Rotation failure (cannot create the next segment) is not a record failure: the writer
@@ -132,6 +141,9 @@ typedef struct wal_options {
                                  * existed; recovery counts LSNs up to it as missing when no
                                  * record reaches it. 0 = none */
     bool accept_gaps;           /* recover past LSN gaps instead of refusing (see wal_recover) */
+    bool keep_failed;           /* keep records whose write failed and write them again
+                                 * (see FAILURE SEMANTICS); for callers that apply records
+                                 * before they are durable */
 } wal_options;
 
 /* LSNs that should be on disk and that no file holds at all (see wal_recover). */
@@ -178,6 +190,7 @@ typedef struct wal_stats {
     uint64_t segments;              /* segment files on disk */
     size_t pending_bytes;           /* appended, not yet durable */
     bool degraded;                  /* wal_append() currently fails */
+    uint64_t retained_records;      /* keep_failed: failed records held to be written again */
     char last_error[256];           /* most recent I/O failure, "" if none */
 } wal_stats;
 
