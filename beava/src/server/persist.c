@@ -200,7 +200,7 @@ static int snapshot_locked(persist *p, bool in_process, uint64_t *lsn_out, char 
 /* The missing LSNs as text and as JSON members, from what wal_recover found. */
 static void gap_describe(persist *p, bv_buf *msg, bv_buf *json) {
     const wal_recovery_stats *r = &p->rec;
-    bv_buf_printf(msg, "%" PRIu64 " acknowledged LSNs are missing: ", r->gap_lsns);
+    bv_buf_printf(msg, "%" PRIu64 " LSNs that were on disk are missing: ", r->gap_lsns);
     bv_buf_puts(json, "\"missing\":[");
     for (uint32_t i = 0; i < r->ngaps && i < WAL_GAPS_KEPT; i++) {
         const wal_gap *g = &r->gaps[i];

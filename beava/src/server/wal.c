@@ -58,6 +58,10 @@
  * the rest of the file is a torn tail (newest segment: quarantined and truncated) or a
  * corrupt end (older segment: quarantined, left in place). Between segments, prev and
  * start tell lost LSNs (prev above what was found) from void ones (prev+1 .. start-1).
+ * Lost LSNs whose bytes went to quarantine/ are corruption; lost LSNs no file holds at
+ * all (before the first segment, between segments, or up to the LSN a snapshot file
+ * names) are a gap, which refuses recovery before any repair unless accept_gaps: repairs
+ * that delete or cut (a torn tail, a header-torn segment) wait until the scan is over.
  * Valid LSNs are 1..2^62, so no arithmetic on them can overflow.
  *
  * Known imperfections: a corrupt span in an older segment is found again, and counted
