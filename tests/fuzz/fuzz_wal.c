@@ -40,7 +40,7 @@
 #include "crc32c.h"
 #include "wal.h"
 
-#define MAX_INPUT (256 * 1024)
+#define FUZZ_MAX_INPUT (256 * 1024)
 
 static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb, (void)flag, (void)ftw;
@@ -196,7 +196,7 @@ static uint32_t dir_fingerprint(const char *dir) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (size < 1 || size > MAX_INPUT) return 0;
+    if (size < 1 || size > FUZZ_MAX_INPUT) return 0;
     unsigned mode = data[0] % 4;
     bool accept_gaps = (data[0] & 0x80) != 0;
     data++;
