@@ -33,6 +33,7 @@
 
 #define PERSIST_COPY_CHUNK (64 * 1024)   /* bytes per read when copying a file aside */
 #define PERSIST_ASIDE_TRIES 100          /* data-loss-<time>[-N] names tried */
+#define PERSIST_REPLAY_ERRORS_LOGGED 10  /* storage.replay_error lines per recovery */
 
 /* snprintf into a path buffer; false when the result did not fit. */
 static bool pathf(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -188,7 +189,10 @@ static int replay_cb(void *ctx, uint8_t kind, uint64_t lsn, const void *payload,
     if (engine_replay(p->eng, kind, lsn, payload, len, reason, sizeof reason) != 0) {
         /* a record that verified by CRC but does not apply: count it loudly, keep going */
         p->replay_errors++;
-        bv_log_msg(p->log, LOG_ERROR, "storage.replay_error", "%s", reason);
+        if (p->replay_errors <= PERSIST_REPLAY_ERRORS_LOGGED)
+            bv_log_msg(p->log, LOG_ERROR, "storage.replay_error", "%s%s", reason,
+                       p->replay_errors == PERSIST_REPLAY_ERRORS_LOGGED
+                           ? " (further replay errors are only counted: replay_errors in storage.recovered)" : "");
     }
     (void)err;
     return 0;
