@@ -117,6 +117,12 @@ class RecoveryGap(unittest.TestCase):
         self.assertEqual(accepted[0]["level"], "warn")
         self.assertEqual(accepted[0]["gap_lsns"], lost)
         self.assertIn("beava_recovery_accepted_data_loss 1", metrics)
+        # the records after the gap no longer apply (their registration is gone): counted,
+        # not logged one line each
+        self.assertLessEqual(out.count('"storage.replay_error"'), 10)
+        recovered = [json.loads(l) for l in out.splitlines() if '"storage.recovered"' in l][0]
+        self.assertEqual(recovered["lost_lsns"], lost)
+        self.assertTrue(recovered["accepted_data_loss"])
         self.assertIn("beava_recovery_lost_lsns %d" % lost, metrics)
         # every old file is still there, in place or in the aside directory, unchanged
         aside = glob.glob(os.path.join(self.d, "data-loss-*"))
