@@ -166,7 +166,7 @@ class RecoveryGap(unittest.TestCase):
             with open(s, "r+b") as f:
                 f.seek(os.path.getsize(s) - 8)
                 f.write(b"\xde\xad\xbe\xef")
-        before = self.assert_refused(1, first - 1, ["0000000000000001.seg", os.path.basename(snaps[0])[:9]])
+        before = self.assert_refused(1, first - 1, ["0000000000000001.seg"] + [os.path.basename(p) for p in snaps])
         self.assert_accepts(before, first - 1, snaps)
 
     def test_both_snapshots_deleted_refused(self):

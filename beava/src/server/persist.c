@@ -233,6 +233,20 @@ static void gap_describe(persist *p, bv_buf *msg, bv_buf *json) {
         bv_buf_printf(msg, ". No usable snapshot in %s", p->snap_dir);
     if (p->snap_load.rejected)
         bv_buf_printf(msg, " (%u rejected: %s)", p->snap_load.rejected, p->snap_load.first_error);
+    /* every snapshot file there is, usable or not */
+    bv_buf_puts(json, ",\"snapshot_files\":[");
+    DIR *d = opendir(p->snap_dir);
+    struct dirent *de;
+    unsigned nfiles = 0;
+    while (d && (de = readdir(d)) != NULL) {
+        uint64_t lsn;
+        if (!snapshot_name_lsn(de->d_name, &lsn)) continue;
+        bv_buf_printf(msg, "%s%s", nfiles ? ", " : "; snapshot files present: ", de->d_name);
+        if (nfiles++) bv_buf_putc(json, ',');
+        bv_buf_json_str(json, de->d_name, strlen(de->d_name));
+    }
+    if (d) closedir(d);
+    bv_buf_putc(json, ']');
     bv_buf_printf(json, ",\"gap_lsns\":%" PRIu64 ",\"lost_lsns\":%" PRIu64 ",\"snapshot_lsn\":%" PRIu64
                   ",\"snapshots_rejected\":%u,\"wal_records\":%" PRIu64 ",\"wal_first_lsn\":%" PRIu64
                   ",\"wal_last_lsn\":%" PRIu64 ",\"wal_dir\":",
