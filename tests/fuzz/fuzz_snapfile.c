@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 #include "server/crc32c.h"
-#include "server/engine.h"
+#include "engine.h"
 #include "server/snapfile.h"
 
 #define SNAP_FILES 3
