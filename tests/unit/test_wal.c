@@ -1639,6 +1639,32 @@ static void test_kept_records_at_close(void **state) {
     assert_non_null(strstr(e.reason, "4..4"));
 }
 
+/* keep_failed and one failed fdatasync (EIO) just as the WAL closes: the kept record is
+ * written again by the close, which then reports success. */
+static void test_kept_fsync_failure_at_close(void **state) {
+    fx *f = *state;
+    hook h = {0};
+    wal_options o = opts(f->dir);
+    o.io_hook = hook_io;
+    o.io_ctx = &h;
+    o.keep_failed = true;
+    wal *w = open_recover(&o, 0, NULL, NULL);
+    write_range(w, 1, 3, 0);
+    atomic_store(&h.sync_budget, 1);
+    atomic_store(&h.fail_sync, EIO);
+    append_gen(w, 4);
+    close_ok(w);
+    assert_int_equal(atomic_load(&h.sync_budget), 0);   /* the failure did happen */
+    recs r = {0};
+    wal_recovery_stats st;
+    o.io_hook = NULL;
+    w = open_recover(&o, 0, &r, &st);
+    assert_int_equal(r.n, 4);
+    check_recs_genuine(&r);
+    recs_free(&r);
+    close_ok(w);
+}
+
 /* Recovery refuses LSNs no file holds (a deleted first or middle segment, or a snapshot
  * file naming an LSN the WAL never reaches) and changes nothing; accept_gaps goes on. */
 static void test_gap_refused_then_accepted(void **state) {
@@ -1732,6 +1758,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_write_failure_enospc, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kept_records_at_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kept_fsync_failure_at_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gap_refused_then_accepted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fsync_failure_eio, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failure_unsettled, setup, teardown),

@@ -1253,9 +1253,11 @@ static void flush_batch(wal *w) {
     w->st.fsyncs++;
     w->retry_delay = w->retry_ms;
     if (w->state == ST_DEGRADED) {
-        /* the kept records are on disk at last (see degraded_step) */
+        /* the kept records are on disk at last (see degraded_step), even if a first try
+         * while closing had failed */
         w->state = ST_OK;
         w->retained = false;
+        w->close_failed = false;
     }
     pthread_cond_broadcast(&w->cv_durable);
     pthread_cond_broadcast(&w->cv_space);
