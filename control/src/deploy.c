@@ -242,6 +242,14 @@ static int probe(struct ctl_ctx *ctx, json_t **detail, char *err)
         *detail = json_pack("{s:s,s:f,s:I}", "log_tail", tail, "deadline_s", deadline_s,
                             "data_bytes", (json_int_t)bytes);
         free(tail);
+        /* the server's own words, verbatim, into the step, the history and the CLI */
+        char *said = log ? runtime_log_last_error(log, json_integer_value(json_object_get(inst, "log_offset"))) : NULL;
+        if (said) {
+            size_t n = strlen(err);
+            snprintf(err + n, CTL_ERR_LEN - n, "; the server said: %s", said);
+            json_object_set_new(*detail, "server_error", json_string(said));
+            free(said);
+        }
     }
     json_decref(inst);
     return rc;
@@ -727,7 +735,8 @@ static int fetch_release(struct ctl_ctx *ctx, struct deploy *d, char *digest, ch
     }
     if (!cached) {
         t0 = ctl_mono_ms();
-        if (ctl_mkdirs(dir, 0755, err) < 0 || unpack_image(cfg->state_dir, img.layers, rootfs, err) < 0) {
+        const struct unpack_limits lim = {(uint64_t)cfg->unpack_max_layer_bytes, (uint64_t)cfg->unpack_max_image_bytes};
+        if (ctl_mkdirs(dir, 0755, err) < 0 || unpack_image(cfg->state_dir, img.layers, rootfs, &lim, err) < 0) {
             step_done(ctx, d, "unpack", t0, false, err, NULL);
             goto out;
         }
