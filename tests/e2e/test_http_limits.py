@@ -7,7 +7,8 @@ over loopback, driven with raw sockets.
   and count them in admin /metrics;
 - the header, body and idle deadlines close connections that miss them;
 - limits.partial_body_budget_bytes bounds the memory of bodies being received: past it
-  503 overloaded (or the body is dropped), never unbounded growth;
+  503 overloaded (or the body is dropped), never unbounded growth; TCP's partial frames
+  take from the same budget;
 - ambiguous framing (two Content-Length, Content-Length with Transfer-Encoding) is
   answered 400 http_protocol_error and the connection closes, nothing applied.
 """
@@ -15,11 +16,13 @@ import json
 import os
 import resource
 import socket
+import struct
 import threading
 import time
 import unittest
 
 from harness import Beava, main
+from test_tcp import Conn
 
 PIPE = {"nodes": [
     {"kind": "event", "name": "E", "schema": {"fields": {"k": "str", "v": "i64"}}},
@@ -341,6 +344,30 @@ class HttpLimits(unittest.TestCase):
                     s.close()
             # every stalled body gave its bytes back when its connection closed
             self.assertEqual(wait_metric(b, "beava_body_budget_used_bytes", lambda v: v == 0), 0)
+
+    def test_body_budget_is_shared_with_tcp_frames(self):
+        budget = 5 << 19                                  # 2.5 MiB for both listeners
+        with Beava(env={"BEAVA_PARTIAL_BODY_BUDGET_BYTES": str(budget)}) as b:
+            # an HTTP body stalls after 1.5 MiB of 2: its buffer holds about 2 MiB of the budget
+            h = connect(b)
+            h.sendall(b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 << 20))
+            h.sendall(b"x" * (3 << 19))
+            used = wait_metric(b, "beava_body_budget_used_bytes", lambda v: v >= 1 << 20)
+            self.assertGreaterEqual(used, 1 << 20)
+            # a TCP frame of 1 MiB no longer fits in what is left
+            t = Conn(b.bound["server.tcp_bound"])
+            t.send(struct.pack(">IHB", (1 << 20) + 3, 0x0010, 1) + b" " * (64 << 10))
+            op, _, body = t.recv_frame()
+            self.assertEqual((op, body["error"]["code"]), (0xFFFF, "overloaded"))
+            self.assertTrue(t.closed())
+            t.close()
+            # the HTTP body's bytes come back when its connection goes, and TCP fits again
+            h.close()
+            self.assertEqual(wait_metric(b, "beava_body_budget_used_bytes", lambda v: v == 0), 0)
+            t = Conn(b.bound["server.tcp_bound"])
+            t.send(struct.pack(">IHB", (1 << 20) + 3, 0x0010, 1) + b" " * (64 << 10))
+            self.assertGreaterEqual(wait_metric(b, "beava_body_budget_used_bytes", lambda v: v >= 1 << 20), 1 << 20)
+            t.close()
 
     def _framing_case(self, b, head, body):
         s = connect(b)

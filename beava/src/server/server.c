@@ -200,7 +200,8 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         /* acks are asynchronous: one I/O thread per core serves any number of connections */
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
         int tcp_threads = cfg->io_threads > 0 ? cfg->io_threads : (ncpu > 0 ? (int)ncpu : 2);
-        s->tcp = tcp_start(addr, s->eng, cfg, log, s->admin_token, tcp_threads, s->tcp_bound, sizeof s->tcp_bound, err, errlen);
+        s->tcp = tcp_start(addr, s->eng, cfg, log, s->admin_token, &s->body_budget, tcp_threads, s->tcp_bound,
+                           sizeof s->tcp_bound, err, errlen);
         if (!s->tcp) goto fail;
         log_bound(log, "server.tcp_bound", s->tcp_bound);
     }

@@ -22,9 +22,10 @@
  * and is still incomplete closes the connection; a connection whose write buffer
  * exceeds TCP_WBUF_HIGH stops being read until the peer drains it, so a client that
  * pipelines without reading cannot grow server memory without bound; the bytes held by
- * partially received frames count against one budget for all connections
- * (limits.partial_body_budget_bytes): a frame that would exceed it is refused with an `overloaded`
- * error frame and the connection is closed.
+ * partially received frames count against one budget for all connections of both
+ * listeners (limits.partial_body_budget_bytes, membudget.h, shared with HTTP bodies): a
+ * frame that would exceed it is refused with an `overloaded` error frame and the
+ * connection is closed.
  *
  * With security.admin_token_file set, OP_REGISTER and OP_RESET need the connection to
  * have presented the token first with OP_AUTH (0x0050, JSON {"token":"..."}); without it
@@ -121,6 +122,8 @@ struct tcp_server {
     int nworkers;
     tcp_worker *workers;
     _Atomic uint64_t open_conns, refused_conns, timed_out, partial_bytes;
+    membudget own_budget;  /* when tcp_start got none */
+    membudget *budget;     /* partial frames take their bytes from here (shared with HTTP) */
 };
 
 static int64_t mono_ms(void) {
@@ -508,6 +511,7 @@ bool tcp_handle_frame(engine *eng, const bv_config *cfg, const char *admin_token
 static void conn_free(tcp_server *s, tcp_conn *c) {
     close(c->fd);
     atomic_fetch_sub(&s->partial_bytes, c->partial_charged);
+    membudget_give(s->budget, c->partial_charged);
     atomic_fetch_sub(&s->open_conns, 1);
     bv_buf_free(&c->rbuf);
     bv_buf_free(&c->wbuf);
@@ -604,9 +608,11 @@ static bool charge_partial(tcp_server *s, tcp_conn *c, uint32_t len) {
     size_t want = len > TCP_PARTIAL_FREE ? (size_t)len : 0;
     if (want <= c->partial_charged) return true;
     uint64_t extra = want - c->partial_charged;
-    uint64_t now = atomic_fetch_add(&s->partial_bytes, extra) + extra;
-    c->partial_charged = want;
-    if (now <= s->cfg->partial_body_budget_bytes) return true;
+    if (membudget_take(s->budget, extra)) {
+        atomic_fetch_add(&s->partial_bytes, extra);
+        c->partial_charged = want;
+        return true;
+    }
     put_error(&c->wbuf, "overloaded", "too many partially received frames on this server; retry shortly", NULL, 0);
     c->close_after_write = true;
     return false;
@@ -615,6 +621,7 @@ static bool charge_partial(tcp_server *s, tcp_conn *c, uint32_t len) {
 static void release_partial(tcp_server *s, tcp_conn *c) {
     if (!c->partial_charged) return;
     atomic_fetch_sub(&s->partial_bytes, c->partial_charged);
+    membudget_give(s->budget, c->partial_charged);
     c->partial_charged = 0;
 }
 
@@ -881,7 +888,7 @@ void tcp_counters(tcp_server *s, tcp_stats *out) {
 }
 
 tcp_server *tcp_start(const char *addr, engine *eng, const bv_config *cfg, const bv_log *log, const char *admin_token,
-                      int threads, char *bound, size_t boundlen, char *err, size_t errlen) {
+                      membudget *budget, int threads, char *bound, size_t boundlen, char *err, size_t errlen) {
     tcp_server *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(err, errlen, "out of memory");
@@ -891,6 +898,8 @@ tcp_server *tcp_start(const char *addr, engine *eng, const bv_config *cfg, const
     s->cfg = cfg;
     s->log = log;
     s->admin_token = admin_token;
+    membudget_init(&s->own_budget, cfg->partial_body_budget_bytes);
+    s->budget = budget ? budget : &s->own_budget;
     s->stop_fd = -1;
     s->listen_fd = http_bind_listen(addr, bound, boundlen, err, errlen);
     if (s->listen_fd < 0) goto fail;

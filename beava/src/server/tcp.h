@@ -23,6 +23,7 @@
 #include "config.h"
 #include "engine.h"
 #include "log.h"
+#include "membudget.h"
 
 #define TCP_OP_PING 0x0000
 #define TCP_OP_REGISTER 0x0001
@@ -43,9 +44,11 @@
 
 typedef struct tcp_server tcp_server;
 
-/* admin_token: NULL = no token required (it must outlive the server). */
+/* admin_token: NULL = no token required (it must outlive the server). budget: the
+ * receive budget shared with the HTTP listener (membudget.h; it must outlive the server),
+ * NULL = a private one of limits.partial_body_budget_bytes. */
 tcp_server *tcp_start(const char *addr, engine *eng, const bv_config *cfg, const bv_log *log, const char *admin_token,
-                      int threads, char *bound, size_t boundlen, char *err, size_t errlen);
+                      membudget *budget, int threads, char *bound, size_t boundlen, char *err, size_t errlen);
 
 /* Connection counters for /metrics. */
 typedef struct tcp_stats {
