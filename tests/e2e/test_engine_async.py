@@ -139,7 +139,7 @@ class Limits(unittest.TestCase):
             self.assertIn("beava_tcp_connections_refused_total 1", text.decode())
 
     def test_idle_timeout_and_frame_deadline(self):
-        with Beava(env={"BEAVA_TCP_IDLE_TIMEOUT_S": "1", "BEAVA_TCP_FRAME_TIMEOUT_MS": "500"}) as b:
+        with Beava(env={"BEAVA_TCP_IDLE_TIMEOUT_S": "2", "BEAVA_TCP_FRAME_TIMEOUT_MS": "500"}) as b:
             addr = tcp_addr(b)
             idle = Conn(addr)
             self.assertEqual(idle.call(0x0000, {})[0], 0x0000)
@@ -150,8 +150,8 @@ class Limits(unittest.TestCase):
             self.assertTrue(slow.closed())
             self.assertTrue(idle.closed())
             busy = Conn(addr)
-            for _ in range(4):           # a connection in use is not idle
-                time.sleep(0.4)
+            for _ in range(8):           # a connection in use is not idle
+                time.sleep(0.3)
                 self.assertEqual(busy.call(0x0000, {})[0], 0x0000)
 
     def test_partial_frame_budget(self):
