@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops/feature.h"
-#include "ops/op.h"
+#include "feature.h"
+#include "op.h"
 
 /* One compiled feature per implemented kind and shape: lifetime, plus windowed for
  * windowable kinds, with params that satisfy every kind's register-time checks. Built

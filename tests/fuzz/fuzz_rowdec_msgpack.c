@@ -18,7 +18,7 @@
 #include <stdlib.h>
 
 #include "rowdec_check.h"
-#include "server/mpjson.h"
+#include "mpjson.h"
 
 #define FZ_BATCH_CAP 8
 

@@ -30,9 +30,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "server/crc32c.h"
+#include "crc32c.h"
 #include "engine.h"
-#include "server/snapfile.h"
+#include "snapfile.h"
 
 #define SNAP_FILES 3
 #define READ_PIECE 7            /* bytes per snapfile_read in the piecewise read */

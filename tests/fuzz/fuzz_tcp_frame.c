@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/config.h"
+#include "config.h"
 #include "engine.h"
-#include "server/tcp.h"
+#include "tcp.h"
 
 static const char pipeline[] =
     "{\"nodes\":[{\"kind\":\"event\",\"name\":\"E\",\"schema\":{\"fields\":{\"k\":\"str\",\"v\":\"f64\"},"

@@ -13,7 +13,7 @@
 
 #include <string.h>
 
-#include "server/rowdec.h"
+#include "rowdec.h"
 
 #define CHECK(cond) do { if (!(cond)) __builtin_trap(); } while (0)
 

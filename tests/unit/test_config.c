@@ -9,7 +9,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "server/config.h"
+#include "config.h"
 
 static int apply(bv_config *c, const char *yaml, char *err) {
     return config_apply_yaml(c, yaml, strlen(yaml), "t.yaml", err, 512);

@@ -20,8 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/membudget.h"
-#include "server/workpool.h"
+#include "membudget.h"
+#include "workpool.h"
 
 static void budget_limits(void **state) {
     (void)state;

@@ -27,9 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops/feature.h"
-#include "ops/op.h"
-#include "ops/window.h"
+#include "feature.h"
+#include "op.h"
+#include "window.h"
 
 #define PATH "nodes[1].T.ops[0].agg.feat"
 #define T0 1700000000000LL

@@ -24,8 +24,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "ops/feature.h"
-#include "ops/op.h"
+#include "feature.h"
+#include "op.h"
 
 #define PATH "nodes[1].T.ops[0].agg.feat"
 

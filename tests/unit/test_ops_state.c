@@ -20,8 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops/feature.h"
-#include "ops/op.h"
+#include "feature.h"
+#include "op.h"
 
 #define PATH "p"
 #define MAX_FEATURES 160

@@ -16,8 +16,8 @@
 #include <math.h>
 
 #include "jsonw.h"
-#include "server/mpjson.h"
-#include "server/rowdec.h"
+#include "mpjson.h"
+#include "rowdec.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 

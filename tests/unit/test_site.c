@@ -23,7 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "server/site.h"
+#include "site.h"
 
 typedef struct fixture {
     char tmp[64];

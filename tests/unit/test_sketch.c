@@ -14,14 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops/opval.h"
-#include "sketch/cms.h"
-#include "sketch/distinct.h"
-#include "sketch/hll.h"
-#include "sketch/quantile.h"
-#include "sketch/topk.h"
-#include "sketch/udd.h"
-#include "sketch/valmap.h"
+#include "opval.h"
+#include "cms.h"
+#include "distinct.h"
+#include "hll.h"
+#include "quantile.h"
+#include "topk.h"
+#include "udd.h"
+#include "valmap.h"
 
 static uint64_t rng_next(uint64_t *s) {
     uint64_t x = *s;

@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops/feature.h"
-#include "ops/op.h"
-#include "ops/window.h"
+#include "feature.h"
+#include "op.h"
+#include "window.h"
 
 #define PATH "p"
 

@@ -34,7 +34,7 @@
 #include <stdint.h>
 
 #include "expr.h"
-#include "ops/feature.h"
+#include "feature.h"
 
 #define SHARD_MAX 256          /* upper bound of --shards (config refuses more) */
 #define SHARD_RUN_MAX 64       /* tasks a shard thread runs per state-lock hold */

@@ -18,10 +18,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include "../err.h"
-#include "../expr.h"
-#include "../jsonw.h"
-#include "../value.h"
+#include "err.h"
+#include "expr.h"
+#include "jsonw.h"
+#include "value.h"
 
 struct op_vtable;
 

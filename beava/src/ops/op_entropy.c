@@ -13,7 +13,7 @@
 #include "op.h"
 #include "opval.h"
 #include "codec.h"
-#include "../sketch/valmap.h"
+#include "valmap.h"
 
 #define ENTROPY_MAX_CATEGORIES 1024
 

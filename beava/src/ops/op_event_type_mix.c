@@ -22,7 +22,7 @@
 #include "opval.h"
 #include "param.h"
 #include "codec.h"
-#include "../sketch/valmap.h"
+#include "valmap.h"
 
 #define ETM_DEFAULT_MAX 256
 

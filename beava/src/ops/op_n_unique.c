@@ -7,7 +7,7 @@
  */
 #include "op.h"
 #include "opval.h"
-#include "../sketch/distinct.h"
+#include "distinct.h"
 
 static void nu_update(const feature *f, void *st, const op_input *in) {
     (void)f;

@@ -7,7 +7,7 @@
  */
 #include "op.h"
 #include "param.h"
-#include "../sketch/quantile.h"
+#include "quantile.h"
 
 static int quantile_parse(feature *f, const json_t *params, const char *path, bv_err *err) {
     double q;

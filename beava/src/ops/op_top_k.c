@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include "op.h"
 #include "param.h"
-#include "../sketch/topk.h"
+#include "topk.h"
 
 static int topk_parse(feature *f, const json_t *params, const char *path, bv_err *err) {
     int64_t k;

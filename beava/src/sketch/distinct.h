@@ -12,7 +12,7 @@
 #define BEAVA_SKETCH_DISTINCT_H
 
 #include <stdint.h>
-#include "../jsonw.h"
+#include "jsonw.h"
 
 #define DISTINCT_EXACT_MAX 1024
 #define DISTINCT_HLL UINT32_MAX

@@ -13,7 +13,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
-#include "../jsonw.h"
+#include "jsonw.h"
 
 #define QS_EXACT_MAX 256
 #define QS_SKETCH UINT32_MAX

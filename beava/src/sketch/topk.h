@@ -19,7 +19,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "../jsonw.h"
+#include "jsonw.h"
 #include "valmap.h"
 
 #define TOPK_EXACT_MAX 1024

@@ -20,7 +20,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
-#include "../jsonw.h"
+#include "jsonw.h"
 
 #define UDD_ALPHA0 0.01
 #define UDD_MAX_BUCKETS 2048

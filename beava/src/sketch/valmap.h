@@ -11,7 +11,7 @@
 #define BEAVA_SKETCH_VALMAP_H
 
 #include <stdint.h>
-#include "../ops/opval.h"
+#include "opval.h"
 
 #define VM_LINEAR 8
 

@@ -8,10 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/config.h"
-#include "server/httpc.h"
-#include "server/log.h"
-#include "server/server.h"
+#include "config.h"
+#include "httpc.h"
+#include "log.h"
+#include "server.h"
 #include "version.h"
 
 /* "mode":"merge" adds PageView and SiteMetrics next to whatever the server holds (the

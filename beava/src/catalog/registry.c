@@ -75,7 +75,7 @@
 #include <string.h>
 
 #include "diff.h"
-#include "ops/op.h"
+#include "op.h"
 
 #define REG_MAX_DEPTH 32                /* nesting of the whole request body */
 #define REG_MAX_FIELDS 1024             /* fields (and optional fields) per schema */

@@ -31,7 +31,7 @@
 #include "chain.h"
 #include "err.h"
 #include "jsonw.h"
-#include "ops/feature.h"
+#include "feature.h"
 #include "value.h"
 
 #define REGISTRY_MAX_NODES 4096          /* nodes per register payload */

@@ -12,8 +12,8 @@
 
 #include <stdbool.h>
 #include <stdint.h>
-#include "../jsonw.h"
-#include "../value.h"
+#include "jsonw.h"
+#include "value.h"
 
 typedef struct op_val {
     uint8_t kind;             /* bv_kind */
