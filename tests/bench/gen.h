@@ -1,5 +1,5 @@
 /*
- * gen.h - the generated event stream (reference-pipelines.md §6).
+ * gen.h - the generated event stream of the benchmark pipelines.
  *
  * An event of a pipeline is {<key_field>: "k%08u", "event_time": <i64 counter>,
  * <each extra field>: f64 uniform [0,1000) | i64 uniform [0,1e6) | str "s0".."s999"}.

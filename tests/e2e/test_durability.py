@@ -1,4 +1,4 @@
-"""Durability of the real binary (DECISIONS §5, issue 4): kill -9 crash cycles in sync and
+"""Durability of the real binary (README "Durability"): kill -9 crash cycles in sync and
 batch mode with every acknowledged event accounted for, torn tails and bit flips in the
 WAL, a foreign segment refused untouched, a corrupt newest snapshot falling back to the
 previous one, a full disk answered with 503 wal_unavailable and recovered from (in batch

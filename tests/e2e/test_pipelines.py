@@ -1,13 +1,13 @@
 """Whole pipelines against the real binary, checked against brute force computed in Python
 from the events this test sent.
 
-1. Derivation chains at push time (DECISIONS §4): a table over an event derivation over
+1. Derivation chains at push time (the reference never ran them): a table over an event derivation over
    an event derivation over a pushed event is fed by pushes of the root event through
    the composed chain (filter, with_columns creating the key); filtered rows are not
    counted; pushing to a derivation name is event_not_found; changing a derivation in
    the chain replaces the table (force), widening the root event keeps its state.
 2. fraud-team.json (shared/data/bench): registers, takes a replay of 100,000 generated
-   Txn events (reference-pipelines.md §6: user key "k%08u" over 2,000 keys, event_time
+   Txn events (tests/bench/gen.h: user key "k%08u" over 2,000 keys, event_time
    counter, extra fields by type) over TCP PUSH_MANY, and every exactly computable
    feature of its five Txn tables equals brute force for a sample of keys; approximate
    and arrival-time features are checked for type and plausibility (closed forms within
@@ -47,7 +47,7 @@ def log(msg):
     print("  [pipelines] " + msg, flush=True)
 
 
-# -- TCP framing (reference-wire-api.md §7; see test_tcp.py) -------------------------
+# -- TCP framing (see test_tcp.py) -----------------------------------------------------
 class Tcp:
     def __init__(self, addr):
         host, port = addr.rsplit(":", 1)
@@ -189,7 +189,7 @@ def outliers(xs, sigma=3.0):
 
 
 def reservoir(xs, k):
-    """reference-pipelines.md §2.4: deterministic reservoir (xorshift64 on the count)."""
+    """ops/op_reservoir_sample.c: deterministic reservoir (xorshift64 on the count)."""
     m = (1 << 64) - 1
     res, seen = [], 0
     for x in xs:
@@ -408,7 +408,7 @@ N_STR = 1000
 
 
 def gen_fraud_events(cfg, seed=20260607):
-    """reference-pipelines.md §6: key "k%08u", event_time counter, extras by type."""
+    """tests/bench/gen.h: key "k%08u", event_time counter, extras by type."""
     rng = random.Random(seed)
     extras = list(cfg["extra_fields"].items())
     out = []
@@ -557,7 +557,7 @@ class FraudTeamReplay(unittest.TestCase):
                     c.holds(feat, lambda v: isinstance(v, int) and 0 <= v < n, "0..n-1")
                 else:
                     c.eq(feat, changes(vals))
-            elif op == "bloom_member":     # DECISIONS §4: latest value seen before
+            elif op == "bloom_member":     # latest value seen before (op_bloom_member.c)
                 c.eq(feat, vals[-1] in vals[:-1])
             elif op == "negative_streak":  # field ignored, no where: every event matches
                 c.eq(feat, 0)
@@ -880,7 +880,7 @@ class DemoManifests(unittest.TestCase):
 
 
 class ExprParam(unittest.TestCase):
-    """DECISIONS §4: an `expr` param the reference ignored is evaluated (here as the value
+    """An `expr` param the reference ignored is evaluated (here as the value
     of n_unique/entropy/sum when no `field` is given)."""
 
     def test_expr_is_evaluated(self):

@@ -2,7 +2,7 @@
 force=true with only a new field on an existing event is 200 and replaces (fresh state);
 the same without force is 200, widens the event in place and keeps the state of the
 untouched aggregations; a new feature on a live table starts empty while its siblings
-keep their rows; dry_run reports the diff and changes nothing (DECISIONS §3)."""
+keep their rows; dry_run reports the diff and changes nothing (README "Registering pipelines")."""
 import copy
 import unittest
 

@@ -1,4 +1,4 @@
-"""Apply shards of the real binary (DECISIONS §6, issue 5): entities are partitioned by
+"""Apply shards of the real binary (README "The engine: shards, sequencing, asynchronous acks"): entities are partitioned by
 hash(table, key) mod N, a key always lands on the same shard, a global table lives on
 one shard, reads see every acknowledged write from any connection, and a stalled shard
 turns into 503 overloaded (bounded queues) instead of unbounded memory, with nothing

@@ -1,4 +1,4 @@
-"""The framed TCP listener of the real binary (reference-wire-api.md §7): frame layout,
+"""The framed TCP listener of the real binary (README "The framed TCP listener"): frame layout,
 opcodes and reply opcodes, JSON/msgpack equivalence, partial frames, many frames per
 write (FIFO pipelining), the frame-size cap, unknown opcodes, content-type rules, and
 read-your-writes across connections."""

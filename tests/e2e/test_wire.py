@@ -1,6 +1,6 @@
 """Wire compatibility of the HTTP data plane against the real beava binary:
-the cross-SDK conformance scenario, the PageView/SiteMetrics/PathStats example of
-reference-wire-api.md §4.7 byte for byte, every error code of §6.2 that the data plane
+the cross-SDK conformance scenario, the PageView/SiteMetrics/PathStats example
+byte for byte, every wire error code that the data plane
 can produce, routing rules, and the admin sidecar."""
 import json
 import os
@@ -196,7 +196,7 @@ class Reset(unittest.TestCase):
 
 
 class Errors(unittest.TestCase):
-    """Every §6.2 code the HTTP data plane can produce, provoked once, status and body checked;
+    """Every wire error code the HTTP data plane can produce, provoked once, status and body checked;
     and no state change after each."""
 
     @classmethod

@@ -692,9 +692,9 @@ static void test_known_ops(void **state) {
     assert_false(feature_op_known(""));
     assert_false(feature_op_known(NULL));
     assert_false(feature_op_known("COUNT"));
-    /* the 12 sliding-window kinds of §2.3 are windowable (kinds whose window the
-     * reference ignored may be too, DECISIONS §4); the lifetime-only kinds of §1.6
-     * step 8 never are */
+    /* the 12 sliding-window kinds are windowable (kinds whose window the reference
+     * ignored may be too: we honour it); the lifetime-only kinds (feature_compile
+     * step 8) never are */
     static const char *const wk[] = { "count", "sum", "mean", "min", "max", "var", "std",
                                       "ratio", "n_unique", "quantile", "top_k", "entropy" };
     for (size_t i = 0; i < 12; i++) assert_true(op_lookup(wk[i])->flags & OPF_WINDOWABLE);
@@ -714,7 +714,7 @@ static void test_known_ops(void **state) {
     assert_true(op_lookup("first_seen_in_window")->flags & OPF_WINDOW_PARAM);
 }
 
-/* Every one of the 55 op strings, given params that satisfy all of §1.6: an
+/* Every one of the 55 op strings, given params that satisfy every check of feature_compile: an
  * implemented kind compiles and its state survives updates, reads and a snapshot round
  * trip; a kind not implemented yet is refused with aggregation_unknown_op naming the op
  * as sent. */

@@ -1,6 +1,6 @@
 /*
  * test_ops_decay.c - the decay, velocity/statistics and geo operator kinds
- * (reference-pipelines.md §2.3 rows 29-43 and 51-54, §2.4; DECISIONS §4):
+ * (ops/op_<kind>.c):
  * ewma/ema, ewvar, ew_zscore, decayed_sum, decayed_count, twa, rate_of_change,
  * inter_arrival_stats, burst_count, delta_from_prev, trend, trend_residual,
  * outlier_count, value_change_count, z_score, geo_velocity, geo_distance, geo_spread,
@@ -187,7 +187,7 @@ static size_t b_series(const bctx *c, double *x, int64_t *t) {
 
 static double lambda_of(const bctx *c) { return M_LN2 / (double)c->half_life; }
 
-/* Replay of the EW mean recurrence of §2.4. */
+/* Replay of the EW mean recurrence (ops/op_ewma.c). */
 static void b_ewma(const bctx *c, jsonw *w) {
     SERIES(c);
     double v = 0, lam = lambda_of(c);

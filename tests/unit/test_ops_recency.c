@@ -1,7 +1,6 @@
 /*
  * test_ops_recency.c - the buffer, recency, streak, histogram and categorical operator
- * kinds and bloom_member (ops/op_<kind>.c, reference-pipelines.md §2.3 rows 12, 16-28,
- * 44-50; DECISIONS §4).
+ * kinds and bloom_member (ops/op_<kind>.c).
  *
  * Every kind is driven through the public feature API (feature_compile, feature_update,
  * feature_read) with random event streams and compared, as JSON text, against a
@@ -185,7 +184,7 @@ static void b_lag(const bctx *c, int64_t q, jsonw *w) {
     free(v);
 }
 
-/* Algorithm R exactly as §2.4 words it. */
+/* Algorithm R exactly as ops/op_reservoir_sample.c words it. */
 static void b_reservoir(const bctx *c, int64_t q, jsonw *w) {
     (void)q;
     bv_value *v = vbuf(c), *res = vbuf(c);
@@ -1049,7 +1048,7 @@ static void test_bad_params(void **state) {
         "{\"op\":\"lag\",\"params\":{\"field\":\"any\",\"n\":1024}}",
         "{\"op\":\"time_since_last_n\",\"params\":{\"n\":1024}}",
         "{\"op\":\"streak\",\"params\":{\"window\":null}}",
-        /* not checked at register time (§1.6 step 6): an unknown field never matches */
+        /* not checked at register time (feature_compile step 6): an unknown field never matches */
         "{\"op\":\"histogram\",\"params\":{\"field\":\"nope\",\"buckets\":[1]}}",
         "{\"op\":\"seasonal_deviation\",\"params\":{\"field\":\"nope\"}}",
         "{\"op\":\"event_type_mix\",\"params\":{\"field\":\"nope\"}}",

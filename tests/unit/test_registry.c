@@ -467,7 +467,7 @@ static void test_scenario_table_form(void **state) {
     assert_int_equal(tot->nkeys, 0);
     assert_string_equal(tot->features[0].name, "total");
     assert_int_equal(tot->features[0].window_ms, 0);
-    /* The live-shape translation of reference-wire-api.md §11 is the same registry. */
+    /* The documented table form ({"kind":"table",...}) translates to the same registry. */
     assert_int_equal(reg(&t, "{'nodes':["
         "{'kind':'event','name':'Click','schema':{'fields':{'user_id':'str','page':'str'},'optional_fields':[]}},"
         "{'kind':'derivation','name':'ClicksPerUser','output_kind':'table','upstreams':['Click'],"
@@ -762,7 +762,7 @@ static void test_validation_errors(void **state) {
     t_fini(&t);
 }
 
-/* The scans of §5.3 step 2 run before the strict parse, in their order. */
+/* The four scans (registry.c stage 3) run before the strict parse, in their order. */
 static void test_prechecks(void **state) {
     (void)state;
     T t;
@@ -1073,7 +1073,7 @@ static void test_error_text_is_utf8(void **state) {
     t_fini(&t);
 }
 
-/* ---- derivation chains at push time (DECISIONS §4) ---- */
+/* ---- derivation chains at push time (registry.c, compose_through_derivations) ---- */
 
 #define DER(name, up, ops)                                                                \
     "{'kind':'derivation','name':'" name "','output_kind':'event','upstreams':['" up "']," \

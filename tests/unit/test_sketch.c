@@ -1,6 +1,6 @@
 /*
  * test_sketch.c - sketch internals and their accuracy promises
- * (reference-pipelines.md §2.5) over seeded random streams: HLL++ / distinct,
+ * over seeded random streams: HLL++ / distinct,
  * UDDSketch / quantile store, Count-Min + heap / top_k, the value map.
  */
 #include <stdarg.h>

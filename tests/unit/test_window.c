@@ -1,7 +1,7 @@
 /*
- * test_window.c - the 64-sub-bucket sliding window (ops/window.h,
- * reference-pipelines.md §3.3): epochs, the active rule at its edges, eviction of the
- * smallest epoch at the 65th, merge order, bucket creation, sketch merges across buckets.
+ * test_window.c - the 64-sub-bucket sliding window (ops/window.h): epochs, the active
+ * rule at its edges, eviction of the smallest epoch at the 65th, merge order, bucket
+ * creation, sketch merges across buckets.
  */
 #include <stdarg.h>
 #include <stddef.h>

@@ -5,7 +5,7 @@
  * variable, its CLI flag, its type and where it lives in bv_config. The YAML walker,
  * the environment pass and the flag parser all go through config_set(), so a value is
  * validated the same way whichever layer supplies it. The YAML `durability` key is
- * both the ack mode (a scalar: batch|sync, DECISIONS §5) and, as in the reference, a
+ * both the ack mode (a scalar: batch|sync) and, as in the reference, a
  * mapping of storage knobs; both forms are accepted.
  */
 #include "config.h"

@@ -1,7 +1,7 @@
 /*
  * config.h - the server's configuration and how it is resolved.
  *
- * Precedence (DECISIONS §10, reference-storage.md §5): CLI flags > BEAVA_* environment >
+ * Precedence (README "Configuration"): CLI flags > BEAVA_* environment >
  * YAML (only with -c/--config) > built-in defaults. config_load() applies the layers in
  * reverse order onto a bv_config, validating each value where it is read; any bad value
  * or unknown YAML key is an error naming the key (YAML keys by their dotted path, env

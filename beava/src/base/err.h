@@ -1,7 +1,7 @@
 /*
  * err.h - the one error record passed out of every fallible beava function.
  *
- * A bv_err carries a wire error code (exactly the strings of reference-wire-api.md §6.2,
+ * A bv_err carries a wire error code (the wire's snake_case strings,
  * e.g. "invalid_registration"), a path naming where in the input the problem is
  * (e.g. "nodes[2].upstreams[0]", may be empty) and a human reason. Functions that fail
  * fill it with bv_err_set() and return a negative value; callers own the struct

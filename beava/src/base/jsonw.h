@@ -4,7 +4,7 @@
  * Every JSON body beava emits goes through here so that numbers are formatted one way:
  * integers in decimal, f64 in the shortest form that reads back to the same double with
  * ".0" kept on integral values and ryu's exponent rules (1e16, 1.5e-7), NaN/Inf as null
- * (reference-wire-api.md §0). The writer does not sort keys itself: callers emit keys in
+ * (the wire contract). The writer does not sort keys itself: callers emit keys in
  * ascending byte order (the wire contract), which jsonw_json() does for jansson values.
  *
  * Ownership: a bv_buf owns its bytes; bv_buf_free() releases them, bv_buf_steal() hands

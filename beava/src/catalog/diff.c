@@ -2,12 +2,12 @@
  * diff.c - the one registry diff classifier (see diff.h for the classes and the order).
  *
  * Shape of the work: index both sides by name (sorted arrays, binary search), pair
- * removals with additions (rename heuristic, removed names in sorted order), then
- * compare every payload node whose name is registered. Each comparison emits the
- * specific entries the reference emits and then compares a "residual": the normal-form
- * node with every part those entries cover taken out. A residual that differs yields
- * one descriptor_change, so no change to a descriptor can go unreported (the reference
- * ignores what it does not look at; that silent acceptance is the bug DECISIONS §3
+ * removals with additions (rename heuristic, removed names in sorted order), then compare
+ * every payload node whose name is registered. Each comparison emits the specific entries
+ * the reference emits and then compares a "residual": the normal-form node with every
+ * part those entries cover taken out. A residual that differs yields one
+ * descriptor_change, so no change to a descriptor can go unreported (the reference
+ * ignores what it does not look at; that silent acceptance is the bug this classifier
  * fixes). Finally both lists are sorted by (class, primary, secondary, creation order),
  * which makes the output a pure function of its inputs.
  *

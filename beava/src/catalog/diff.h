@@ -1,5 +1,5 @@
 /*
- * diff.h - the one registry diff classifier (DECISIONS §3, reference-wire-api.md §5.2).
+ * diff.h - the one registry diff classifier (README "Registering pipelines").
  *
  * diff_classify() compares the registered descriptors with a register payload and
  * produces the categorised diff that dry_run reports, that the force gate (409) tests,
@@ -119,7 +119,7 @@ void diff_write_json(const reg_diff *d, jsonw *w);
 bool diff_entry_against_existing(const diff_entry *e);
 
 /*
- * The force removal set (reference-wire-api.md §5.3 step 8): owners of destructive
+ * The force removal set (what force=true replaces, registry_prepare): owners of destructive
  * entries, plus (include_additive) owners of new_field / new_agg entries, plus every
  * registered derivation in `cur` whose upstreams contain a removed name, transitively.
  * Returns the count and a sorted array of distinct names in *out (caller frees each

@@ -1,6 +1,6 @@
 /*
  * registry.c - descriptors, the register request pipeline and the apply step
- * (registry.h; reference-wire-api.md §4-§5 as amended by DECISIONS §3).
+ * (registry.h; README "Registering pipelines").
  *
  * registry_prepare() runs a request through these stages, stopping at the first that
  * answers:
@@ -10,7 +10,7 @@
  *               becomes a derivation with a group_by op; an event `schema` given as a
  *               flat name->type map becomes {"fields":{..}}
  *   3. scans    join/union, event_time_field/tolerate_delay_ms, unsupported kind,
- *               memory governance (feature_precheck_unbounded) - in that order (§5.3.2)
+ *               memory governance (feature_precheck_unbounded) - in that order
  *   4. parse    strict shape check of every node into a pnode plus its normal form (a
  *               JSON node with every default explicit and unknown keys dropped: the
  *               thing the diff compares and the registry stores)
@@ -44,8 +44,8 @@
  *
  * Choices where the reference is silent or accidental (documented for the API docs):
  *   - A derivation may hold at most one group_by op (400 invalid_registration).
- *   - Event derivations run at push time (DECISIONS §4): a table over an event
- *     derivation is fed by the root event with the composed chain (see
+ *   - Event derivations run at push time (the reference never runs them): a table
+ *     over an event derivation is fed by the root event with the composed chain (see
  *     compose_through_derivations). Pushing to a derivation name stays event_not_found.
  *   - Group keys and features are checked against the schema after ALL of the
  *     derivation's non-group_by ops (what the engine runs before aggregating), not the
@@ -243,7 +243,7 @@ struct registry {
 };
 
 /* ------------------------------------------------------------------------------------
- * Name rules (§4.6)
+ * Name rules
  * ---------------------------------------------------------------------------------- */
 
 typedef enum name_problem { NAME_OK, NAME_EMPTY, NAME_TOO_LONG, NAME_PATTERN, NAME_RESERVED } name_problem;
@@ -476,7 +476,7 @@ static json_t *rewrite_nodes(const json_t *nodes, bv_err *terr, size_t *terr_ind
 }
 
 /* ------------------------------------------------------------------------------------
- * Stage 3: the four scans of §5.3 step 2
+ * Stage 3: the four scans that run before the strict parse
  * ---------------------------------------------------------------------------------- */
 
 /* "nodes[i].<name>" or "nodes[i]" when the node has no usable name. */
@@ -1027,7 +1027,7 @@ static int parse_payload(const json_t *root, const json_t *nodes, const bv_err *
 }
 
 /* ------------------------------------------------------------------------------------
- * Stage 10: validation (reference-wire-api.md §4.5, reference-pipelines.md §1.6)
+ * Stage 10: validation (Rules 1-9 below; per-feature checks in feature_compile)
  * ---------------------------------------------------------------------------------- */
 
 static ev_desc *find_event(const registry *r, const char *name);
@@ -1535,7 +1535,7 @@ static void feature_err_member(bv_err *err, const json_t *spec, const bv_schema 
 }
 
 /*
- * Derivation chains at push time (DECISIONS §4). The reference never executes event
+ * Derivation chains at push time. The reference never executes event
  * derivations, so a table over one never fires. Here a table whose upstreams[0] is an
  * event derivation D (possibly D -> D2 -> ... -> root event E, always following
  * upstreams[0]) is fed by pushes of E: its prefix chain becomes D_n.ops ++ ... ++
@@ -1650,7 +1650,7 @@ out:
     return rc;
 }
 
-/* Rule 9 for one derivation with a group_by (reference-pipelines.md §1.6 steps 1-12). */
+/* Rule 9 for one derivation with a group_by: group keys, then feature_compile's steps 2-12. */
 static int check_aggregation(vctx *v, size_t i, bv_err *err) {
     char path[512];
     pnode *p = &v->pl->v[i];
@@ -1789,7 +1789,7 @@ static int check_feature_names(const vctx *v, bv_err *err) {
     return rc;
 }
 
-/* The whole of §4.5, first error wins. On success every derivation has its chain, its
+/* Rules 1-9, first error wins. On success every derivation has its chain, its
  * propagated schema and (tables) its compiled features. */
 static int validate(const registry *r, payload *pl, char *const *removal, size_t nremoval,
                     bv_err *err) {
@@ -2120,7 +2120,7 @@ static bool update_kept_deriv(deriv_desc *d, pnode *p, const reg_diff *diff, siz
 }
 
 /* ------------------------------------------------------------------------------------
- * Response bodies (keys in ascending byte order, reference-wire-api.md §5.3/§5.4/§6.1)
+ * Response bodies (keys in ascending byte order, the wire contract)
  * ---------------------------------------------------------------------------------- */
 
 /* Length of the well-formed UTF-8 sequence at s, or 0 (RFC 3629 table). */

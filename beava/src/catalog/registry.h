@@ -1,6 +1,6 @@
 /*
  * registry.h - the registry of event and derivation descriptors, and the one diff
- * classifier (DECISIONS §3, reference-wire-api.md §4-§5).
+ * classifier (README "Registering pipelines").
  *
  * A register request goes through two steps so that the engine can log before it
  * applies (the WAL seam):
@@ -112,7 +112,7 @@ size_t registry_tables(const registry *r, agg_table *const **out);
 agg_table *registry_feature_owner(const registry *r, const char *name, size_t *slot);
 
 /*
- * Steps 1-12 of reference-wire-api.md §5.3 as amended by DECISIONS §3, for a body that
+ * The register request pipeline (the stages listed at the top of registry.c), for a body that
  * already passed the transport checks (method, content type). Writes the response body
  * into `resp` and returns the HTTP status. When the registry must change, returns 200
  * with an empty `resp` and sets *plan (caller: log, then registry_apply). Otherwise
@@ -132,7 +132,7 @@ void registry_reset(registry *r, const reg_hooks *hooks);
 /* {"version":V,"events":{...},"tables":{},"derivations":{...}} for debugging/admin. */
 void registry_dump(const registry *r, jsonw *w);
 
-/* Name rule of §4.6: non-empty, <= 128 bytes, [A-Za-z_][A-Za-z0-9_]*, no "_beava_" prefix. */
+/* The name rule: non-empty, <= 128 bytes, [A-Za-z_][A-Za-z0-9_]*, no "_beava_" prefix. */
 bool registry_name_valid(const char *name);
 
 #endif

@@ -1,9 +1,9 @@
 /*
- * chain.c - the stateless chain ops of a derivation (reference-pipelines.md §1.4): filter,
+ * chain.c - the stateless chain ops of a derivation: filter,
  * select, drop, rename, with_columns / map, cast, fillna.
  *
  * chain_compile() walks the JSON `ops` array once, checks each op against the schema of
- * the rows reaching it (schema propagation, §1.4 and §4.4) and turns it into a step: the
+ * the rows reaching it (schema propagation, below) and turns it into a step: the
  * parsed expressions and the names it needs, owned by the chain. Map-valued ops (rename,
  * with_columns, cast, fillna) store their entries sorted by key, byte order, because the
  * reference applies them in that order. `group_by` entries are skipped (the registry owns
@@ -19,7 +19,7 @@
  *
  * cast steps reuse the expression evaluator instead of a second copy of the cast rules:
  * each entry holds the compiled program `cast(v, <target>)`, run against a one-field row
- * {v: value}. That keeps one definition of §4.6 for expressions and for the cast op.
+ * {v: value}. That keeps one definition of the cast rules for expressions and for the cast op.
  *
  * Schema propagation follows the reference: with_columns sets the column to the inferred
  * type (a bare null -> str) and clears its optional mark when the type is known; fillna

@@ -1,6 +1,6 @@
 /*
  * chain.h - stateless chain ops of a derivation: filter, select, drop, rename,
- * with_columns, map, cast, fillna (reference-pipelines.md §1.4).
+ * with_columns, map, cast, fillna.
  *
  * chain_compile() checks an `ops` array (group_by entries are skipped: the registry
  * handles them) against the schema of the rows entering it and produces the schema of

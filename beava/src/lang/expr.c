@@ -1,6 +1,6 @@
 /*
  * expr.c - the expression language: lexer, recursive-descent parser, register-time type
- * inference and the per-row evaluator (reference-pipelines.md §4, DECISIONS §2).
+ * inference and the per-row evaluator.
  *
  * Shape of a compiled expression: one flat array of nodes, linked by index. A node's
  * children are a singly linked list (first -> next -> ...), so the parser never needs a
@@ -30,7 +30,7 @@
  *
  * Differences from the reference, all additive: unparenthesised binary operators, `not`
  * anywhere, string literal bytes kept verbatim (no Latin-1 mangling), double-quoted string
- * literals accepted as well as single-quoted ones (DECISIONS §2 writes `country == "US"`).
+ * literals accepted as well as single-quoted ones (`country == "US"`).
  *
  * Post-parse rewrites as in the reference: the second argument of cast() given as a bare
  * identifier or a string literal becomes a type; `e == null` / `null == e` become
@@ -715,7 +715,7 @@ bool expr_foreach_field(const expr *e, bool (*cb)(void *ctx, const char *field),
 }
 
 /* ------------------------------------------------------------------------------------ */
-/* Type inference (§4.4)                                                                  */
+/* Type inference                                                                       */
 
 static const char *tname(int t) {
     return t == EXPR_TYPE_NULL ? "null" : bv_wtype_name((bv_wtype)t);
@@ -865,7 +865,7 @@ int expr_typecheck(const expr *e, const bv_schema *schema, int *out, bv_err *err
 }
 
 /* ------------------------------------------------------------------------------------ */
-/* Evaluation (§4.5, §4.6)                                                                */
+/* Evaluation                                                                           */
 
 /* Rust's `f64 as i64`: truncate, saturate at the ends, NaN -> 0. */
 static int64_t f64_to_i64(double d) {

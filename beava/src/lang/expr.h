@@ -1,7 +1,7 @@
 /*
  * expr.h - the expression language of `where`, `filter` and `with_columns`
- * (reference-pipelines.md §4, plus unparenthesised binary operators with the usual
- * precedence, DECISIONS §2).
+ * (the reference's grammar, plus unparenthesised binary operators with the usual
+ * precedence; expr.c lists the differences).
  *
  * expr_parse() compiles a source string into an immutable tree that is safe to evaluate
  * from many threads at once. Evaluation never fails: it follows SQL three-valued logic
@@ -39,7 +39,7 @@ void expr_free(expr *e);
  * expr_foreach_field then returns false). */
 bool expr_foreach_field(const expr *e, bool (*cb)(void *ctx, const char *field), void *ctx);
 
-/* Register-time type inference against a schema (§4.4). The null literal's type is
+/* Register-time type inference against a schema. The null literal's type is
  * reported as EXPR_TYPE_NULL. Returns 0 and sets *out, or -1 with err set
  * (code "invalid_expression"). */
 #define EXPR_TYPE_NULL ((int)WT__COUNT)

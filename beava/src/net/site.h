@@ -19,7 +19,7 @@
 
 #define BV_SITE_MAX_PATH 1024 /* bytes of the request path (query excluded); longer => 414 */
 #define BV_SITE_ETAG_MAX 64   /* room for the quoted ETag and its NUL */
-#define BV_SITE_MAX_NAME 128  /* longest event name the /api/push alias accepts (§4.6) */
+#define BV_SITE_MAX_NAME 128  /* longest event name the /api/push alias accepts (the name rule) */
 
 /* Headers the HTTP layer should add to every static-file response (the site needs nothing
  * from outside the server: no inline script, no CDN, no external font). */
@@ -79,7 +79,7 @@ int bv_site_resolve(const bv_site *s, const char *target, bv_site_file *out);
  * weakly as RFC 9110 §13.1.2 requires for If-None-Match. */
 bool bv_site_not_modified(const char *if_none_match, const char *etag);
 
-/* ---- /api aliases (DECISIONS §2) ---------------------------------------------------- */
+/* ---- /api aliases (README "The website") ---------------------------------------------------- */
 
 /* The config lists site.public_tables / site.public_events. Borrowed pointers: the
  * struct and the strings must outlive every call. An empty list allows nothing. */

@@ -1,5 +1,5 @@
 /*
- * tcp.h - the framed TCP listener (port 8081), reference-wire-api.md §7.
+ * tcp.h - the framed TCP listener (port 8081; README "The framed TCP listener").
  *
  * Frame: [u32 length BE][u16 op BE][u8 content_type][payload], length counting op +
  * content_type + payload. Content types 0x01 JSON and 0x02 MessagePack. Responses on a
@@ -8,7 +8,7 @@
  * from the shared listening socket (EPOLLEXCLUSIVE).
  *
  * Opcodes beyond the reference: 0x0011 PUSH_SYNC really waits until the event is on
- * disk (DECISIONS §2); 0x0012 PUSH_MANY takes {"events":[{"event","body"},...]} (at most
+ * disk; 0x0012 PUSH_MANY takes {"events":[{"event","body"},...]} (at most
  * TCP_PUSH_MANY_MAX) and answers op 0x0012 {"acks":[ack-or-error, ...]} in order;
  * 0x0050 AUTH takes {"token":"..."} and, when security.admin_token_file is set, is what
  * lets a connection send OP_REGISTER and OP_RESET (answered {"authenticated":true}, or an

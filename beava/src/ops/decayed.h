@@ -1,7 +1,7 @@
 /*
  * decayed.h - the exponentially decayed total shared by `decayed_sum` and
- * `decayed_count` (reference-pipelines.md §2.4; DECISIONS §4 "decay applied at read
- * time").
+ * `decayed_count`, with the decay applied at read time too (a read reports the total
+ * decayed to the query time).
  *
  * lambda = ln2 / half_life_ms. The first contribution seeds total = x, last_t = now;
  * later total = total * e^(-lambda * max(now - last_t, 0)) + x and last_t = max(last_t,

@@ -1,6 +1,6 @@
 /*
  * ewstat.h - exponentially weighted mean / variance state shared by `ewvar` and
- * `ew_zscore` (reference-pipelines.md §2.4): both keep {EW mean, m2, last value,
+ * `ew_zscore`: both keep {EW mean, m2, last value,
  * last_t} with one update rule and differ only in what they read.
  *
  * lambda = ln2 / half_life_ms. The first value seeds mean = x, m2 = 0, last_t = now.

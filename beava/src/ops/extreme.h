@@ -1,5 +1,5 @@
 /*
- * extreme.h - the comparison rule of min and max (reference-pipelines.md §2.1): a
+ * extreme.h - the comparison rule of min and max: a
  * candidate replaces the held value only when both have the same kind and the
  * candidate is strictly better (first observed wins ties). Ordered kinds are I64, F64
  * and Str (bytewise); Bool and lists/maps never replace; an empty slot takes anything.

@@ -1,15 +1,16 @@
 /*
  * feature.c - compile an agg spec into a feature and drive its per-entity state
  * (feature.h). The per-kind behaviour lives in the op vtables (op.h); windows in
- * window.c. This file owns the register-time checks of reference-pipelines.md §1.6
- * (steps 2 and 4-12, in that order; the kind's own param checks run at step 10), the
- * memory-governance pre-check (§2.2.4), the duration syntax (§3.1) and the event path:
- * where (once, Bool(true) only) -> field (null/missing skipped) -> coercion -> update.
+ * window.c. This file owns the per-feature register-time checks (feature_compile, steps 2
+ * and 4-12 as numbered there, in that order; the kind's own param checks run at step 10),
+ * the memory-governance pre-check, the duration syntax and the event path: where (once,
+ * Bool(true) only) -> field (null/missing skipped) -> coercion -> update.
  *
- * Numeric coercion (DECISIONS §4): struct feature has no slot for the field's declared
- * type, so for OPF_COERCE kinds compile swaps f->vt for the kind's as_f64 / as_i64
- * variant when the field is declared f64 / i64 (same name and behaviour, plus the
- * conversion). Code comparing kinds should compare op names, not vtable pointers.
+ * Numeric coercion (before min/max/first/last and the value-keeping kinds): struct
+ * feature has no slot for the field's declared type, so for OPF_COERCE kinds compile
+ * swaps f->vt for the kind's as_f64 / as_i64 variant when the field is declared f64 / i64
+ * (same name and behaviour, plus the conversion). Code comparing kinds should compare op
+ * names, not vtable pointers.
  *
  * Choices where the spec is silent: a non-object `params` is invalid_registration; a
  * non-string `window` / `where` is aggregation_invalid_window / aggregation_invalid_where;
@@ -25,7 +26,7 @@
 #include "param.h"
 #include "window.h"
 
-/* ---- durations (§3.1) ---- */
+/* ---- durations: <digits><unit>, unit ms|s|m|h|d, or "forever" (bv_parse_duration) ---- */
 
 int bv_parse_duration(const char *s, int64_t *ms) {
     if (!s) return -1;
@@ -51,7 +52,7 @@ int bv_parse_duration(const char *s, int64_t *ms) {
 
 bool feature_op_known(const char *op_name) { return op_name && op_lookup(op_name) != NULL; }
 
-/* ---- memory-governance pre-check (§2.2.4) ---- */
+/* ---- memory-governance pre-check ---- */
 
 static bool positive_int(const json_t *params, const char *key) {
     int64_t v;
@@ -89,7 +90,7 @@ int feature_precheck_unbounded(const json_t *agg_spec, const char *path, bv_err 
     return 0;
 }
 
-/* ---- compile (§1.6) ---- */
+/* ---- compile ---- */
 
 static char *xstrdup(const char *s) {
     char *p = strdup(s);
@@ -308,7 +309,7 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         goto fail;
     }
 
-    /* Numeric coercion variant from the field's declared type (DECISIONS §4). */
+    /* Numeric coercion variant from the field's declared type (opval_coerce). */
     if ((fl & OPF_COERCE) && f->field) {
         bv_wtype t = WT__COUNT;
         bv_schema_find(schema, f->field, &t);

@@ -4,7 +4,7 @@
  *
  * A feature couples an operator kind (ops/op.h), its parsed params, the `field` it reads,
  * an optional `where` predicate and an optional sliding window (64 sub-buckets,
- * reference-pipelines.md §3). The engine stores each entity's feature states back to
+ * window.h). The engine stores each entity's feature states back to
  * back in one row buffer: feature_state_size() bytes at an offset the table assigns.
  * Variable-size state (buckets, sketches) hangs off pointers inside that fixed part and
  * is released by feature_state_destroy().
@@ -59,7 +59,7 @@ typedef struct feature {
     char *window_src;         /* as sent, NULL if absent ("forever" kept) */
     int64_t window_ms;        /* 0 = lifetime */
     int64_t bucket_ms;        /* ceil(window/64) when windowed */
-    expr *value_expr;         /* `expr` param: the value, when no `field` is given (DECISIONS §4) */
+    expr *value_expr;         /* `expr` param: the value, when no `field` is given */
     expr *where;              /* NULL = always matched */
     char *where_src;
     json_t *spec;             /* the original {"op":..,"params":{..}} (owned ref) */
@@ -67,15 +67,16 @@ typedef struct feature {
 } feature;
 
 /*
- * Memory-governance pre-check on the raw agg spec (reference-pipelines.md §2.2.4), run
- * before strict parsing. Returns 0, or -1 with err = unbounded_op_in_lifetime_mode.
+ * Memory-governance pre-check on the raw agg spec (a window-less unbounded kind is
+ * refused), run before strict parsing. Returns 0, or -1 with err =
+ * unbounded_op_in_lifetime_mode.
  */
 int feature_precheck_unbounded(const json_t *agg_spec, const char *path, bv_err *err);
 
 /*
  * Compile `spec` ({"op":NAME,"params":{...}}) for feature `name` reading rows of
- * `schema` (the upstream schema after prefix ops). Runs the per-feature checks of
- * reference-pipelines.md §1.6 steps 2 and 4-12 (group-key checks and cross-table
+ * `schema` (the upstream schema after prefix ops). Runs the per-feature checks
+ * (steps 2 and 4-12, numbered in feature.c) (group-key checks and cross-table
  * uniqueness are the registry's). On failure returns -1, sets err (code, path = `path`,
  * reason) and leaves *f empty. On success the caller owns *f (feature_release).
  */

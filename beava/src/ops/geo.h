@@ -1,6 +1,6 @@
 /*
  * geo.h - what the four geo kinds (geo_velocity, geo_distance, geo_spread,
- * distance_from_home) share (reference-pipelines.md §2.2, §2.4 "Geo"): the
+ * distance_from_home) share: the
  * `lat_field`/`lon_field` params, reading a point from the row, and the haversine
  * distance.
  *

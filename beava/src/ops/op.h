@@ -1,10 +1,10 @@
 /*
  * op.h - the operator module interface: one `struct op_vtable` per operator kind, each
  * defined in its own ops/op_<name>.c and registered in the one const table of
- * op_table.c (reference-pipelines.md §2.3).
+ * op_table.c.
  *
  * Lifecycle of a kind (nginx-style, same shape for every kind):
- *   register time  flags drive the common checks of feature_compile (§1.6); `parse`
+ *   register time  flags drive the common checks of feature_compile; `parse`
  *                  reads and validates the kind's own params into feature->p.
  *   per entity     init -> update* -> read* -> destroy, with encode/decode for
  *                  snapshots. Windowable kinds also provide `merge`, used by window.c
@@ -60,7 +60,7 @@ struct op_vtable {
     const char *name;
     unsigned flags;
     size_t state_size;
-    /* Kind-specific params (§2.2) into f->p, after the common checks of §1.6 steps 4-9.
+    /* Kind-specific params into f->p, after feature_compile's common checks (steps 4-9).
      * Returns 0 or -1 with err set (code, path, reason). NULL: no params. */
     int (*parse)(feature *f, const json_t *params, const char *path, bv_err *err);
     void (*init)(const feature *f, void *st);                 /* NULL: all-zero is empty */

@@ -1,6 +1,6 @@
 /*
  * op_age.c - `age`: max(0, query time - arrival time of the first matched event) in ms,
- * computed at read time, saturating (reference-pipelines.md §2.3 row 21, §2.4).
+ * computed at read time, saturating.
  * Lifetime only; no field. State: recency (16 bytes). Empty: null.
  */
 #include "recency.h"

@@ -1,9 +1,9 @@
 /*
- * op_bloom_member.c - `bloom_member`: a real Bloom filter over the values of `field`;
- * GET answers whether the entity's latest accepted value had already been seen (was
- * present in the filter) before that event (DECISIONS §4; reference-pipelines.md §2.3
- * row 12, §2.5). The reference only answered "at least one value was ever inserted";
- * a client reading `true` after the second distinct value will now read `false`.
+ * op_bloom_member.c - `bloom_member`: a real Bloom filter over the values of `field`; GET
+ * answers whether the entity's latest accepted value had already been seen (was present
+ * in the filter) before that event. The reference only answered "at least one value was
+ * ever inserted"; a client reading `true` after the second distinct value will now read
+ * `false`.
  *
  * Params: expected_n (alias capacity, default 1024, values < 1 mean 1024), target_fpr
  * (alias fpr, default 0.01, must be in (0, 1): invalid_bloom_fpr). Any `window`, even

@@ -1,6 +1,6 @@
 /*
  * op_burst_count.c - `burst_count(sub_window=S)`: the most matched events seen in one
- * sub-window of S ms (reference-pipelines.md §2.3 row 37, §2.4). No field; `sub_window`
+ * sub-window of S ms. No field; `sub_window`
  * required (> 0, not forever: invalid_registration, checked by feature_compile). i64;
  * empty 0.
  *
@@ -9,13 +9,13 @@
  * count + 1; max = max(max, count). Without `window` the output is that max over the
  * entity's whole life, as in the reference.
  *
- * Window (DECISIONS §4; the reference ignored it): with `window` W the output is the
- * largest count among the sub-windows still in the ring that overlap the window
- * (q - W, q], i.e. e <= q and e + S > q - W. A sub-window that straddles the window's
- * start counts whole (we do not know where in it its events fell); overlap rather than
- * "starts inside" keeps the current sub-window when S >= W. The ring remembers 64
- * sub-windows, so the windowed answer is exact while W <= 63*S; beyond that, older
- * sub-windows inside the window may have been recycled and are missed. The window
+ * Window (the reference accepted it and ignored it; we honour it): with `window` W the
+ * output is the largest count among the sub-windows still in the ring that overlap the
+ * window (q - W, q], i.e. e <= q and e + S > q - W. A sub-window that straddles the
+ * window's start counts whole (we do not know where in it its events fell); overlap
+ * rather than "starts inside" keeps the current sub-window when S >= W. The ring
+ * remembers 64 sub-windows, so the windowed answer is exact while W <= 63*S; beyond that,
+ * older sub-windows inside the window may have been recycled and are missed. The window
  * length lives in p.param_window_ms (feature_compile fills window_ms only for
  * OPF_WINDOWABLE kinds).
  *

@@ -1,5 +1,5 @@
 /*
- * op_count.c - `count`: +1 per matched event (reference-pipelines.md §2.4).
+ * op_count.c - `count`: +1 per matched event.
  * Windowable. State: int64 (8 bytes). Empty: 0.
  */
 #include "counter.h"

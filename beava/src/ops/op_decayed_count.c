@@ -1,8 +1,7 @@
 /*
- * op_decayed_count.c - `decayed_count`: exponentially decayed count of matched events
- * (reference-pipelines.md §2.3 row 33, §2.4): decayed_sum with x = 1 (the first event
- * gives 1.0). `half_life` required; no field. Decayed at read time (decayed.h,
- * DECISIONS §4). f64; empty null. `window` is accepted and ignored.
+ * op_decayed_count.c - `decayed_count`: exponentially decayed count of matched events:
+ * decayed_sum with x = 1 (the first event gives 1.0). `half_life` required; no field.
+ * Decayed at read time (decayed.h). f64; empty null. `window` is accepted and ignored.
  *
  * State: decayed (24 bytes).
  */

@@ -1,7 +1,7 @@
 /*
  * op_decayed_sum.c - `decayed_sum`: exponentially decayed sum of the numeric values of
- * `field` (reference-pipelines.md §2.3 row 32, §2.4). `half_life` required. Decayed at
- * read time too (decayed.h, DECISIONS §4): a read at q reports the total decayed to q.
+ * `field`. `half_life` required. Decayed at
+ * read time too (decayed.h): a read at q reports the total decayed to q.
  * f64; empty null. `window` is accepted and ignored (the half-life is the recency
  * control, as in the reference).
  *

@@ -1,11 +1,11 @@
 /*
  * op_delta_from_prev.c - `delta_from_prev`: the latest numeric value of `field` minus
- * the one before it (reference-pipelines.md §2.3 row 38, §2.4). Output f64 (the docs
+ * the one before it. Output f64 (the docs
  * say "type of field"; the reference's value is always f64); null until two values.
  *
- * Window (DECISIONS §4; the reference ignored it): a real sliding window over the
- * framework's 64 sub-buckets. A bucket keeps its first and last value and its own
- * latest delta; merging oldest first takes the step between buckets into account, so
+ * Window (the reference accepted it and ignored it; we honour it): a real sliding window
+ * over the framework's 64 sub-buckets. A bucket keeps its first and last value and its
+ * own latest delta; merging oldest first takes the step between buckets into account, so
  * the windowed value is the difference of the last two values in the window, null when
  * the window holds fewer than two.
  *

@@ -1,7 +1,7 @@
 /*
  * op_distance_from_home.c - `distance_from_home(samples=S)`: great-circle distance in km
  * from the entity's latest point to the centroid (mean latitude, mean longitude) of its
- * last S points, the latest included (reference-pipelines.md §2.3 row 54, §2.4).
+ * last S points, the latest included.
  * Lifetime only; `samples` default 100, at least 1 (not validated: smaller values are
  * raised to 1, a non-integer means the default); params and point reading in geo.h.
  * Null before the first point.

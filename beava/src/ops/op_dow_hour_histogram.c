@@ -1,11 +1,10 @@
 /*
  * op_dow_hour_histogram.c - `dow_hour_histogram`: matched events per (UTC day of week,
- * hour) of arrival, as an object of all 168 keys "Mon-00" .. "Sun-23"
- * (reference-pipelines.md §2.3 row 46, §2.4). day = floor(now_ms / 86,400,000),
- * dow = (day + 3) mod 7 with Mon = 0 (1970-01-01 was a Thursday), hour =
+ * hour) of arrival, as an object of all 168 keys "Mon-00" .. "Sun-23". day = floor(now_ms
+ * / 86,400,000), dow = (day + 3) mod 7 with Mon = 0 (1970-01-01 was a Thursday), hour =
  * floor(now_ms / 3,600,000) mod 24, floor division throughout. Keys are emitted in
- * ascending byte order (Fri, Mon, Sat, Sun, Thu, Tue, Wed; hours ascending).
- * Lifetime only; no field.
+ * ascending byte order (Fri, Mon, Sat, Sun, Thu, Tue, Wed; hours ascending). Lifetime
+ * only; no field.
  *
  * State: pointer to 168 u64 counts, allocated on the first event (8 bytes).
  * Snapshot form: u8 present, then 168 counts if present. Empty: all 168 keys with 0.

@@ -1,6 +1,6 @@
 /*
  * op_entropy.c - `entropy`: Shannon entropy in bits, H = -sum p log2 p, of the
- * categories of `field` (reference-pipelines.md §2.5). Values are stringified (Str as
+ * categories of `field`. Values are stringified (Str as
  * is, I64 decimal, F64 shortest form with ".0", Bool true/false; lists/maps ignored), so
  * 1 and "1" are one category. Exact counts of at most 1024 categories: a new category
  * beyond that is dropped, not counted in the total, and counted in

@@ -1,7 +1,7 @@
 /*
  * op_event_type_mix.c - `event_type_mix`: the share of each category of `field` among
- * the accepted values, as {category: count / total} (reference-pipelines.md §2.3
- * row 48, §2.4). Lifetime only; `field` neither required nor checked at register time.
+ * the accepted values, as {category: count / total}.
+ * Lifetime only; `field` neither required nor checked at register time.
  *
  * Categories: Str as is, I64 in decimal, Bool "true"/"false" (so 5 and "5" are one
  * category); F64, lists and maps are ignored. Every accepted value adds 1 to total;

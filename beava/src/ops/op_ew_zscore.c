@@ -1,6 +1,6 @@
 /*
  * op_ew_zscore.c - `ew_zscore`: z-score of the latest value against the exponentially
- * weighted mean and variance (reference-pipelines.md §2.3 row 31, §2.4). `half_life`
+ * weighted mean and variance. `half_life`
  * required. Update rule and state in ewstat.h (shared with ewvar).
  * Output (last_value - mean) / sqrt(m2); null when empty or m2 <= 0.
  *

@@ -1,13 +1,13 @@
 /*
  * op_ewma.c - `ewma` (alias `ema`): exponentially weighted moving average of the numeric
- * values of `field` (reference-pipelines.md §2.3 row 29, §2.4). `half_life` required.
+ * values of `field`. `half_life` required.
  *
  * lambda = ln2 / half_life_ms. The first value seeds v and last_t. Later, with
  * dt = now - last_t: dt > 0 -> alpha = 1 - e^(-lambda*dt), v = alpha*x + (1-alpha)*v,
  * last_t = now; dt <= 0 (same ms or clock regression) -> v = 0.5*x + 0.5*v, last_t
  * unchanged. Output f64; empty (no value yet) null.
  *
- * Read time (DECISIONS §4 "decay applied at read time"): the decayed amounts
+ * Read time (the decayed ops apply their decay at read time, decayed.h): the decayed amounts
  * (decayed_sum, decayed_count) shrink towards 0 between events, because "how much,
  * recently" genuinely fades. An average does not: with no new observation the best
  * estimate of the level is still the last EW mean, and decaying it towards 0 would

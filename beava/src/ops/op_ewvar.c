@@ -1,6 +1,6 @@
 /*
  * op_ewvar.c - `ewvar`: exponentially weighted variance of the numeric values of
- * `field` (reference-pipelines.md §2.3 row 30, §2.4). `half_life` required. Update
+ * `field`. `half_life` required. Update
  * rule and state in ewstat.h (shared with ew_zscore). Output max(m2, 0); empty null
  * (0.0 after the first value).
  *

@@ -1,8 +1,7 @@
 /*
- * op_first.c - `first`: the first non-null matched value of `field`, then frozen
- * (reference-pipelines.md §2.4). Lifetime only; `field` required. Numeric values are
- * coerced to the declared field type (DECISIONS §4). State: op_val (16 bytes).
- * Empty: null.
+ * op_first.c - `first`: the first non-null matched value of `field`, then frozen.
+ * Lifetime only; `field` required. Numeric values are coerced to the declared field type
+ * (opval_coerce, sketch/opval.h). State: op_val (16 bytes). Empty: null.
  */
 #include "valstate.h"
 

@@ -1,8 +1,8 @@
 /*
  * op_first_n.c - `first_n(n)`: the first n non-null matched values of `field`, in
- * arrival order, then frozen (reference-pipelines.md §2.3 row 16, §2.4). Lifetime only;
+ * arrival order, then frozen. Lifetime only;
  * `field` and `n` (1..1024) required. Values are kept as sent (owned copies; lists and
- * maps as JSON), numerics coerced to the declared field type (DECISIONS §4).
+ * maps as JSON), numerics coerced to the declared field type (opval_coerce, sketch/opval.h).
  * State: valring (24 bytes, storage grown as values arrive). Empty: [].
  */
 #include "valring.h"

@@ -1,6 +1,6 @@
 /*
  * op_first_seen.c - `first_seen`: the arrival time (now_ms) of the first matched event,
- * as integer ms (a datetime on the wire) (reference-pipelines.md §2.3 row 19, §2.4).
+ * as integer ms (a datetime on the wire).
  * Lifetime only; no field. State: recency (16 bytes). Empty: null.
  */
 #include "recency.h"

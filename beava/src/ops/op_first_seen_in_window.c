@@ -1,9 +1,8 @@
 /*
  * op_first_seen_in_window.c - `first_seen_in_window(window=W)`: true iff the latest
- * matched event arrived within W of the query time, 0 <= q - last < W
- * (reference-pipelines.md §2.3 row 28, §2.4). `window` is a required parameter
- * (aggregation_invalid_window when absent or "forever"), not a sliding window: the
- * state is lifetime. State: recency (16 bytes, latest match). Empty: false.
+ * matched event arrived within W of the query time, 0 <= q - last < W. `window` is a
+ * required parameter (aggregation_invalid_window when absent or "forever"), not a sliding
+ * window: the state is lifetime. State: recency (16 bytes, latest match). Empty: false.
  */
 #include "recency.h"
 

@@ -1,6 +1,6 @@
 /*
  * op_geo_distance.c - `geo_distance`: cumulative great-circle distance in km between
- * consecutive points of the entity (reference-pipelines.md §2.3 row 52, §2.4). Lifetime
+ * consecutive points of the entity. Lifetime
  * only; params and point reading in geo.h. Empty 0.0 (also after a single point). A NaN
  * step (non-finite or out-of-range coordinates) makes the total NaN, read as null, as
  * in the reference.

@@ -1,7 +1,6 @@
 /*
- * op_geo_spread.c - `geo_spread`: spatial spread of the entity's points in km
- * (reference-pipelines.md §2.3 row 53, §2.4). Lifetime only; params and point reading
- * in geo.h.
+ * op_geo_spread.c - `geo_spread`: spatial spread of the entity's points in km. Lifetime
+ * only; params and point reading in geo.h.
  *
  * Welford summaries of latitude and longitude separately; with population variances
  * m2/n: sqrt(var_lat*111.32^2 + var_lon*(111.32*cos(mean_lat))^2) (mean_lat in degrees,

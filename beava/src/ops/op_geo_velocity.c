@@ -1,6 +1,6 @@
 /*
  * op_geo_velocity.c - `geo_velocity`: the highest speed in km/h between consecutive
- * points of the entity (reference-pipelines.md §2.3 row 51, §2.4). Lifetime only;
+ * points of the entity. Lifetime only;
  * params and point reading in geo.h.
  *
  * With a previous point and dt = now - prev_t > 0: kmh = d / (dt / 3,600,000); max

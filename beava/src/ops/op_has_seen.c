@@ -1,6 +1,6 @@
 /*
- * op_has_seen.c - `has_seen`: whether any event ever matched (reference-pipelines.md
- * §2.3 row 22, §2.4). Lifetime only; no field. State: recency (16 bytes; the first
+ * op_has_seen.c - `has_seen`: whether any event ever matched.
+ * Lifetime only; no field. State: recency (16 bytes; the first
  * match time is kept like first_seen's). Empty: false.
  */
 #include "recency.h"

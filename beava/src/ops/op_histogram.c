@@ -1,6 +1,6 @@
 /*
  * op_histogram.c - `histogram(buckets=[b0, b1, ...])`: counts of the numeric values of
- * `field` per cell, as {label: count} (reference-pipelines.md §2.3 row 44, §2.4).
+ * `field` per cell, as {label: count}.
  * Lifetime only; `field` neither required nor checked at register time; I64 and F64
  * values count, everything else is ignored.
  *

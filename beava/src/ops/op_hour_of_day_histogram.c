@@ -1,8 +1,8 @@
 /*
  * op_hour_of_day_histogram.c - `hour_of_day_histogram`: matched events per UTC hour of
  * arrival, hour = floor(now_ms / 3,600,000) mod 24 (floor division, so times before
- * 1970 map to valid hours), as a JSON array of 24 counts (reference-pipelines.md §2.3
- * row 45, §2.4). Lifetime only; no field. State: 24 u64 counts inline (192 bytes).
+ * 1970 map to valid hours), as a JSON array of 24 counts.
+ * Lifetime only; no field. State: 24 u64 counts inline (192 bytes).
  * Snapshot form: the 24 counts. Empty: 24 zeros.
  */
 #include "op.h"

@@ -1,16 +1,16 @@
 /*
  * op_inter_arrival_stats.c - `inter_arrival_stats`: mean gap in ms between consecutive
- * matched events (reference-pipelines.md §2.3 row 36, §2.4). No field.
+ * matched events. No field.
  *
  * The first matched event only sets last_t; each later one adds
  * gap = max(0, now - last_t) to a Welford summary of gaps and sets last_t = now.
  * Output the mean gap (f64 ms); null until two events.
  *
- * Window (DECISIONS §4; the reference ignored it): a real sliding window over the
- * framework's 64 sub-buckets. A bucket keeps its first and last arrival besides its
- * gap summary; merging oldest first adds the gap from one bucket's last arrival to the
- * next bucket's first (Chan merge of the summaries), so the windowed value is the mean
- * gap between consecutive events of the active buckets.
+ * Window (the reference accepted it and ignored it; we honour it): a real sliding window
+ * over the framework's 64 sub-buckets. A bucket keeps its first and last arrival besides
+ * its gap summary; merging oldest first adds the gap from one bucket's last arrival to
+ * the next bucket's first (Chan merge of the summaries), so the windowed value is the
+ * mean gap between consecutive events of the active buckets.
  *
  * State: 48 bytes, all-zero = empty (n == 0).
  */

@@ -1,8 +1,8 @@
 /*
  * op_lag.c - `lag(n)`: the value of `field` exactly n matched non-null events before
- * the latest one (n = 1: the previous value) (reference-pipelines.md §2.3 row 18,
- * §2.4). Lifetime only; `field` and `n` (1..1024) required. Values are kept as sent
- * (owned copies), numerics coerced to the declared field type (DECISIONS §4).
+ * the latest one (n = 1: the previous value).
+ * Lifetime only; `field` and `n` (1..1024) required. Values are kept as sent
+ * (owned copies), numerics coerced to the declared field type (opval_coerce, sketch/opval.h).
  * State: valring of capacity n + 1; the answer is its oldest value once it is full.
  * Empty (fewer than n + 1 values): null.
  */

@@ -1,8 +1,8 @@
 /*
  * op_last_n.c - `last_n(n)`: the latest n non-null matched values of `field`, output
- * oldest -> newest (reference-pipelines.md §2.3 row 17, §2.4). Lifetime only; `field`
+ * oldest -> newest. Lifetime only; `field`
  * and `n` (1..1024) required. Values are kept as sent (owned copies; lists and maps as
- * JSON), numerics coerced to the declared field type (DECISIONS §4).
+ * JSON), numerics coerced to the declared field type (opval_coerce, sketch/opval.h).
  * State: valring of capacity n (24 bytes, storage grown as values arrive). Empty: [].
  */
 #include "valring.h"

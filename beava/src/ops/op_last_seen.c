@@ -1,6 +1,6 @@
 /*
  * op_last_seen.c - `last_seen`: the arrival time (now_ms) of the latest matched event,
- * as integer ms (a datetime on the wire) (reference-pipelines.md §2.3 row 20, §2.4).
+ * as integer ms (a datetime on the wire).
  * Lifetime only; no field. State: recency (16 bytes). Empty: null.
  */
 #include "recency.h"

@@ -1,10 +1,8 @@
 /*
  * op_max_streak.c - `max_streak`: the longest run of consecutive matched events ever
- * seen; an event whose `where` is not exactly true ends the current run
- * (reference-pipelines.md §2.3 row 26, §2.4). Sees unmatched events. Without `where`
- * it is the number of events. Lifetime only; no field.
- * State: current and best run (16 bytes). Snapshot form: i64 current, i64 best.
- * Empty: 0.
+ * seen; an event whose `where` is not exactly true ends the current run. Sees unmatched
+ * events. Without `where` it is the number of events. Lifetime only; no field. State:
+ * current and best run (16 bytes). Snapshot form: i64 current, i64 best. Empty: 0.
  */
 #include "op.h"
 #include "codec.h"

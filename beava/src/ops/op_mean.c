@@ -1,6 +1,6 @@
 /*
- * op_mean.c - `mean`: sum / n over the numeric values of `field`
- * (reference-pipelines.md §2.4). Windowable. State: sumn (16 bytes). Empty: null.
+ * op_mean.c - `mean`: sum / n over the numeric values of `field`. Windowable. State: sumn
+ * (16 bytes). Empty: null.
  */
 #include "sumn.h"
 

@@ -1,8 +1,8 @@
 /*
  * op_min.c - `min`: smallest value of `field` by the rule of extreme.h (same-kind
- * comparison, first observed wins ties), output in the value's own type
- * (reference-pipelines.md §2.1, §2.4). Numeric values are coerced to the declared field
- * type first (DECISIONS §4). Windowable. State: op_val (16 bytes). Empty: null.
+ * comparison, first observed wins ties), output in the value's own type. Numeric values
+ * are coerced to the declared field type first (opval_coerce, sketch/opval.h).
+ * Windowable. State: op_val (16 bytes). Empty: null.
  */
 #include "extreme.h"
 #include "valstate.h"

@@ -1,12 +1,12 @@
 /*
  * op_most_recent_n.c - `most_recent_n(n)`: the latest n non-null matched values of
  * `field`, output oldest -> newest (the reference's docs say newest-first; its code,
- * which we follow, is oldest-first) (reference-pipelines.md §2.3 row 49, §2.4).
+ * which we follow, is oldest-first).
  * Lifetime only. `field` is neither required nor checked at register time (an unknown
  * name simply never matches). `n` defaults to 10 and is not validated by the reference
  * (values below 1 mean 1); we also clamp it to MRN_MAX_N so a huge n cannot grow one
  * entity without bound. Values are kept as sent (owned copies; lists and maps as
- * JSON), numerics coerced to the declared field type (DECISIONS §4).
+ * JSON), numerics coerced to the declared field type (opval_coerce, sketch/opval.h).
  * State: valring of capacity n (24 bytes, storage grown as values arrive). Empty: [].
  */
 #include "param.h"

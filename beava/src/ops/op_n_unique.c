@@ -1,7 +1,7 @@
 /*
  * op_n_unique.c - `n_unique`: number of distinct non-null values of `field`, exact up to
  * 1024 distinct 64-bit typed hashes (I64 5 and F64 5.0 differ), then HLL++ p=12
- * (reference-pipelines.md §2.5; sketch/distinct.h). i64 output. Windowable (windows
+ * (sketch/distinct.h). i64 output. Windowable (windows
  * union the buckets' sets). State: distinct (16 bytes, storage allocated on first
  * value). Empty: 0.
  */

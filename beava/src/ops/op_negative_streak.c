@@ -1,9 +1,8 @@
 /*
  * op_negative_streak.c - `negative_streak`: the current run of consecutive events whose
- * `where` is not exactly true (false, null, non-bool); a matched event resets it to 0
- * (reference-pipelines.md §2.3 row 27, §2.4). Sees unmatched events. Without `where`
- * every event matches, so it stays 0. Lifetime only; no field. State: int64 (8 bytes).
- * Empty: 0.
+ * `where` is not exactly true (false, null, non-bool); a matched event resets it to 0.
+ * Sees unmatched events. Without `where` every event matches, so it stays 0. Lifetime
+ * only; no field. State: int64 (8 bytes). Empty: 0.
  */
 #include "op.h"
 #include "codec.h"

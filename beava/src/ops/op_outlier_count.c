@@ -1,22 +1,22 @@
 /*
  * op_outlier_count.c - `outlier_count`: how many numeric values of `field` lay more than
  * `sigma` (default 3.0, not validated) sample standard deviations from the mean of the
- * values before them (reference-pipelines.md §2.3 row 41, §2.4). i64; empty 0.
+ * values before them. i64; empty 0.
  *
  * Rule per value x, judged before x is added: n >= 5 and sample variance > 0 and
  * |x - mean| > sigma * std -> outliers + 1; then Welford-add x.
  *
- * Window (DECISIONS §4; the reference ignored it). The baseline an outlier is judged
- * against must itself be the window, so the framework's window.c (which updates one
- * bucket without seeing the others) does not fit; this file keeps its own 64 buckets
- * with the same geometry (width ceil(W/64), epoch floor(now/b)*b, active iff
- * 0 <= q - e < W, a new epoch beyond 64 recycles the smallest). Each bucket holds the
- * Welford summary of its values and the outliers flagged on arrival. A value arriving
- * at now is judged against the Chan merge of the buckets active at now (the window
- * ending at its arrival, including earlier values of its own bucket); a read at q sums
- * the flags of the buckets active at q. Without `window` (or "forever") it is the
- * reference's lifetime op. feature_compile fills window_ms only for OPF_WINDOWABLE
- * kinds, so the parse hook keeps the window length in p.param_window_ms.
+ * Window (the reference accepted it and ignored it; we honour it). The baseline an
+ * outlier is judged against must itself be the window, so the framework's window.c (which
+ * updates one bucket without seeing the others) does not fit; this file keeps its own 64
+ * buckets with the same geometry (width ceil(W/64), epoch floor(now/b)*b, active iff 0 <=
+ * q - e < W, a new epoch beyond 64 recycles the smallest). Each bucket holds the Welford
+ * summary of its values and the outliers flagged on arrival. A value arriving at now is
+ * judged against the Chan merge of the buckets active at now (the window ending at its
+ * arrival, including earlier values of its own bucket); a read at q sums the flags of the
+ * buckets active at q. Without `window` (or "forever") it is the reference's lifetime op.
+ * feature_compile fills window_ms only for OPF_WINDOWABLE kinds, so the parse hook keeps
+ * the window length in p.param_window_ms.
  *
  * State: 40 bytes {lifetime welford, lifetime outliers, bucket list pointer}; the
  * bucket list (8 + 40 bytes per bucket, grown by doubling to 64) is allocated on the

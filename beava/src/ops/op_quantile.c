@@ -1,7 +1,7 @@
 /*
  * op_quantile.c - `quantile(q)`: the q-quantile (default 0.5, q in (0,1)) of the
  * numeric values of `field`: exact with linear interpolation at q*(n-1) up to 256
- * values, then UDDSketch alpha = 1% (reference-pipelines.md §2.5; sketch/quantile.h).
+ * values, then UDDSketch alpha = 1% (sketch/quantile.h).
  * f64 output. Windowable. State: qstore (16 bytes, storage allocated on first value).
  * Empty: null.
  */

@@ -1,17 +1,17 @@
 /*
  * op_rate_of_change.c - `rate_of_change`: change of the numeric value of `field` per ms
- * between the last two values (reference-pipelines.md §2.3 row 35, §2.4).
+ * between the last two values.
  *
  * Each value after the first: if dt = now - last_t > 0, rate = (x - last_x) / dt;
  * always (last_x, last_t) = (x, now). Output the latest rate (f64, units per ms); null
  * until one has been computed.
  *
- * Window (DECISIONS §4; the reference ignored it): a real sliding window over the
- * framework's 64 sub-buckets. A bucket keeps its first and last point and its own
- * latest rate; merging oldest first replays the step from one bucket's last point to the
- * next bucket's first, so the windowed value is the lifetime rule over the events of
- * the active buckets: the rate between the last two of them, null if fewer than two
- * (or only same-ms pairs) are in the window.
+ * Window (the reference accepted it and ignored it; we honour it): a real sliding window
+ * over the framework's 64 sub-buckets. A bucket keeps its first and last point and its
+ * own latest rate; merging oldest first replays the step from one bucket's last point to
+ * the next bucket's first, so the windowed value is the lifetime rule over the events of
+ * the active buckets: the rate between the last two of them, null if fewer than two (or
+ * only same-ms pairs) are in the window.
  *
  * State: 56 bytes, all-zero = empty (n == 0).
  */

@@ -1,6 +1,6 @@
 /*
  * op_ratio.c - `ratio`: matched / total, where every event reaching the feature counts
- * in total and the where-matched ones in matched (reference-pipelines.md §2.4). It is
+ * in total and the where-matched ones in matched. It is
  * the one kind updated when `where` is false; without `where` it is 1.0.
  * Windowable. State: two int64 (16 bytes). Empty: null (total = 0).
  */

@@ -1,7 +1,7 @@
 /*
  * op_reservoir_sample.c - `reservoir_sample(samples)`: a uniform sample of K non-null
- * matched values of `field` by Algorithm R, deterministic (reference-pipelines.md §2.3
- * row 50, §2.4). Lifetime only; `field` neither required nor checked at register time.
+ * matched values of `field` by Algorithm R, deterministic.
+ * Lifetime only; `field` neither required nor checked at register time.
  *
  * K = `samples`, else `k`, else 10; values below 1 mean 1, and we clamp K to
  * RS_MAX_SAMPLES so one entity cannot grow without bound. Per value: items_seen += 1;
@@ -10,7 +10,7 @@
  * 0xD2B74E4572D7C2B0 if that is zero), j = r mod items_seen, and slot j is replaced if
  * j < K. The same event sequence always gives the same sample, as in the reference.
  * Values are kept as sent (owned copies), numerics coerced to the declared field type
- * (DECISIONS §4). Output: the kept values in slot order.
+ * (opval_coerce, sketch/opval.h). Output: the kept values in slot order.
  *
  * State: valring (slots in v[0..len), head unused) + items_seen (32 bytes). Snapshot
  * form: u64 items_seen, then the valring form. Empty: [].

@@ -1,12 +1,11 @@
 /*
- * op_seasonal_deviation.c - `seasonal_deviation`: the z-score of the latest numeric
- * value of `field` against the running baseline of its UTC hour of arrival
- * (reference-pipelines.md §2.3 row 47, §2.4). Per hour h = floor(now_ms / 3,600,000)
- * mod 24 it keeps (n, sum, sum of squares) of I64/F64 values (others ignored) and
- * remembers the latest (value, hour). Read: (v - mean_h) / sqrt(var_h) with the
- * textbook sample variance var_h = (sumsq - sum*sum/n) / (n - 1), as the reference
- * computes it (not Welford); null when n_h < 2 or var_h <= 0. Lifetime only; `field`
- * neither required nor checked at register time.
+ * op_seasonal_deviation.c - `seasonal_deviation`: the z-score of the latest numeric value
+ * of `field` against the running baseline of its UTC hour of arrival. Per hour h =
+ * floor(now_ms / 3,600,000) mod 24 it keeps (n, sum, sum of squares) of I64/F64 values
+ * (others ignored) and remembers the latest (value, hour). Read: (v - mean_h) /
+ * sqrt(var_h) with the textbook sample variance var_h = (sumsq - sum*sum/n) / (n - 1), as
+ * the reference computes it (not Welford); null when n_h < 2 or var_h <= 0. Lifetime
+ * only; `field` neither required nor checked at register time.
  *
  * State: pointer to the 24 hour sums (allocated on the first value), last value, last
  * hour, has-last flag (24 bytes). Snapshot form: u8 has; if has: f64 v, u8 hour, then

@@ -1,6 +1,6 @@
 /*
  * op_std.c - `std`: square root of the sample (n-1) variance of the numeric values of
- * `field`, Welford update, Chan merge for windows (reference-pipelines.md §2.4).
+ * `field`, Welford update, Chan merge for windows.
  * Windowable. State: welford (24 bytes). Empty: null (n < 2).
  */
 #include <math.h>

@@ -1,9 +1,8 @@
 /*
  * op_streak.c - `streak`: the current run of consecutive matched events; an event whose
- * `where` is not exactly true (false, null, non-bool) ends the run
- * (reference-pipelines.md §2.3 row 25, §2.4). Sees unmatched events. Without `where`
- * every event matches, so the streak is the number of events. Lifetime only; no field.
- * State: int64 (8 bytes). Empty: 0.
+ * `where` is not exactly true (false, null, non-bool) ends the run. Sees unmatched
+ * events. Without `where` every event matches, so the streak is the number of events.
+ * Lifetime only; no field. State: int64 (8 bytes). Empty: 0.
  */
 #include "op.h"
 #include "codec.h"

@@ -1,6 +1,6 @@
 /*
  * op_sum.c - `sum`: sum of the numeric values of `field` (I64 converted to f64), f64
- * output (reference-pipelines.md §2.4). Windowable. State: sumn (16 bytes).
+ * output. Windowable. State: sumn (16 bytes).
  * Empty: null (no value contributed).
  */
 #include "sumn.h"

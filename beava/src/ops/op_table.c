@@ -1,5 +1,5 @@
 /*
- * op_table.c - the one registry of operator kinds (reference-pipelines.md §2.3).
+ * op_table.c - the one registry of operator kinds.
  *
  * Adding a kind: write ops/op_<name>.c defining `const struct op_vtable op_<name>`,
  * then add X(<name>) below. The table is const and searched linearly (55 names, only

@@ -1,7 +1,7 @@
 /*
  * op_time_since.c - `time_since`: max(0, query time - arrival time of the latest matched
- * event) in ms, computed at read time, saturating (reference-pipelines.md §2.3 row 23,
- * §2.4). Lifetime only; no field. State: recency (16 bytes). Empty: null.
+ * event) in ms, computed at read time, saturating.
+ * Lifetime only; no field. State: recency (16 bytes). Empty: null.
  */
 #include "recency.h"
 

@@ -1,7 +1,7 @@
 /*
  * op_time_since_last_n.c - `time_since_last_n(n)`: max(0, query time - arrival time of
  * the n-th most recent matched event) in ms, computed at read time; null until n events
- * matched (reference-pipelines.md §2.3 row 24, §2.4). Lifetime only; no field; `n`
+ * matched. Lifetime only; no field; `n`
  * (1..1024) required.
  *
  * State: a ring of the last n match times (24 bytes; storage grown as events arrive):

@@ -2,7 +2,7 @@
  * op_top_k.c - `top_k(k)`: the k (default 10, 1..1024) most frequent values of `field`
  * as [{"count":c,"value":v}], count desc then value asc (strings < ints < floats <
  * bools); exact up to 1024 distinct values, then CMS 2048x4 + k-heap
- * (reference-pipelines.md §2.5; sketch/topk.h). Accepts Str, I64, F64, Bool values.
+ * (sketch/topk.h). Accepts Str, I64, F64, Bool values.
  * Windowable. State: topk (32 bytes, storage allocated on first value). Empty: [].
  */
 #include <stdlib.h>

@@ -1,11 +1,11 @@
 /*
  * op_trend.c - `trend`: least-squares slope of the numeric values of `field` over
- * arrival time, per ms (reference-pipelines.md §2.3 row 39, §2.4). f64; null when
+ * arrival time, per ms. f64; null when
  * n < 2 or all arrivals share one ms. The summary and why it is centred: trendstat.h.
  *
- * Window (DECISIONS §4; the reference ignored it): a real sliding window over the
- * framework's 64 sub-buckets; buckets merge exactly (Chan), so the windowed slope is
- * the OLS slope of the events of the active buckets.
+ * Window (the reference accepted it and ignored it; we honour it): a real sliding window
+ * over the framework's 64 sub-buckets; buckets merge exactly (Chan), so the windowed
+ * slope is the OLS slope of the events of the active buckets.
  *
  * State: trendstat (48 bytes).
  */

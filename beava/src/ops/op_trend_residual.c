@@ -1,13 +1,12 @@
 /*
  * op_trend_residual.c - `trend_residual`: the latest value of `field` minus the
- * least-squares line (over arrival time, trendstat.h) evaluated at its arrival
- * (reference-pipelines.md §2.3 row 40, §2.4): last_y - (slope*last_t + intercept),
- * intercept = (Sy - slope*Sx)/n. f64; null whenever the slope is (n < 2 or all arrivals
- * in one ms).
+ * least-squares line (over arrival time, trendstat.h) evaluated at its arrival: last_y -
+ * (slope*last_t + intercept), intercept = (Sy - slope*Sx)/n. f64; null whenever the slope
+ * is (n < 2 or all arrivals in one ms).
  *
- * Window (DECISIONS §4; the reference ignored it): a real sliding window over the
- * framework's 64 sub-buckets; the line is fitted to the active buckets' events and the
- * latest point is the newest bucket's (buckets merge oldest first).
+ * Window (the reference accepted it and ignored it; we honour it): a real sliding window
+ * over the framework's 64 sub-buckets; the line is fitted to the active buckets' events
+ * and the latest point is the newest bucket's (buckets merge oldest first).
  *
  * State: 64 bytes (trendstat + latest point), all-zero = empty.
  */

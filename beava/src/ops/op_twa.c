@@ -1,14 +1,13 @@
 /*
- * op_twa.c - `twa`: time-weighted average of the numeric values of `field`
- * (reference-pipelines.md §2.3 row 34, §2.4): each value holds until the next one
- * arrives, weighted by how long it held.
+ * op_twa.c - `twa`: time-weighted average of the numeric values of `field`: each value
+ * holds until the next one arrives, weighted by how long it held.
  *
  * The first value seeds (last_v, last_t). Each later value at now: if dt = now - last_t
  * > 0, sum_vdt += last_v*dt and sum_dt += dt; then (last_v, last_t) = (x, now). Output
  * sum_vdt / sum_dt, or last_v while sum_dt = 0; empty null. As in the reference, the
  * latest value carries no weight until the next one arrives.
  *
- * Window (DECISIONS §4: the reference accepted `window` and ignored it; we honour it):
+ * Window (the reference accepted `window` and ignored it; we honour it):
  * a real sliding window over the framework's 64 sub-buckets (window.c). A bucket keeps
  * its own first and last point besides the sums, and merging buckets oldest first adds
  * the interval between one bucket's last point and the next bucket's first, so a

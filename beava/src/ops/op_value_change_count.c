@@ -1,20 +1,20 @@
 /*
  * op_value_change_count.c - `value_change_count`: how many times the non-null value of
- * `field` differed from the previous one (reference-pipelines.md §2.3 row 42, §2.4).
+ * `field` differed from the previous one.
  * Equality is strict: same kind and value, strings bytewise, NaN never equal, lists and
  * maps by their canonical JSON text (sorted keys). i64; empty 0.
  *
- * Numeric values are first coerced to the field's declared type (DECISIONS §4, as for
+ * Numeric values are first coerced to the field's declared type (opval_coerce, as for
  * min/max/first/last): on an f64 field `10` then `10.0` is no change, where the
  * reference, comparing JSON token types, counted one.
  *
- * Window (DECISIONS §4; the reference ignored it): a real sliding window over the
- * framework's 64 sub-buckets. A bucket keeps its first and last value and the changes
- * inside it; merging oldest first adds one change when a bucket's first value differs
- * from the previous bucket's last. So a windowed count is the changes between
- * consecutive events that are both in the window: the step from the last value before
- * the window into its first event is not counted (that "previous" value is no longer
- * in the window; counting it would need state outside the buckets).
+ * Window (the reference accepted it and ignored it; we honour it): a real sliding window
+ * over the framework's 64 sub-buckets. A bucket keeps its first and last value and the
+ * changes inside it; merging oldest first adds one change when a bucket's first value
+ * differs from the previous bucket's last. So a windowed count is the changes between
+ * consecutive events that are both in the window: the step from the last value before the
+ * window into its first event is not counted (that "previous" value is no longer in the
+ * window; counting it would need state outside the buckets).
  *
  * State: 48 bytes (two op_val + counters), all-zero = empty; strings are owned copies.
  */

@@ -1,6 +1,6 @@
 /*
  * op_var.c - `var`: sample (n-1) variance of the numeric values of `field`, Welford
- * update, Chan merge for windows (reference-pipelines.md §2.4). Windowable.
+ * update, Chan merge for windows. Windowable.
  * State: welford (24 bytes). Empty: null (n < 2).
  */
 #include "op.h"

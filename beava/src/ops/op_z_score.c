@@ -1,10 +1,9 @@
 /*
  * op_z_score.c - `z_score`: how many sample standard deviations the latest numeric value
- * of `field` lies from the mean of all values including itself
- * (reference-pipelines.md §2.3 row 43, §2.4): (last - mean) / sqrt(m2/(n-1)). f64; null
- * when n < 2 or the variance is 0.
+ * of `field` lies from the mean of all values including itself: (last - mean) /
+ * sqrt(m2/(n-1)). f64; null when n < 2 or the variance is 0.
  *
- * Window (DECISIONS §4; the reference ignored `window`/`baseline_window`): `window` is
+ * Window (the reference accepted `window`/`baseline_window` and ignored them): `window` is
  * a real sliding window over the framework's 64 sub-buckets (Welford summaries merge
  * exactly by Chan's formulas; the latest value is the newest bucket's), i.e. the latest
  * value scored against the events of the window. `baseline_window` stays unused.

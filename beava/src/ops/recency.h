@@ -1,8 +1,7 @@
 /*
  * recency.h - the state shared by the recency kinds that remember one arrival time:
  * first_seen, age and has_seen keep the first matched event's now_ms; last_seen,
- * time_since and first_seen_in_window keep the latest one (reference-pipelines.md
- * §2.4 "Recency"). 16 bytes, all-zero = never matched.
+ * time_since and first_seen_in_window keep the latest one. 16 bytes, all-zero = never matched.
  *
  * Snapshot form: u8 has (0/1), i64 t. Decode rejects has > 1 and a time without has.
  * Query-time differences saturate instead of overflowing (recency_since).

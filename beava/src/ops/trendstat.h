@@ -1,6 +1,6 @@
 /*
  * trendstat.h - the least-squares line of value over arrival time shared by `trend`
- * and `trend_residual` (reference-pipelines.md §2.4).
+ * and `trend_residual`.
  *
  * The reference keeps raw sums (n, Sx, Sy, Sxx, Sxy) over x = now_ms and computes
  * slope = (n*Sxy - Sx*Sy) / (n*Sxx - Sx^2), which cancels catastrophically with epoch-ms
@@ -14,7 +14,7 @@
  * change them: residual = y - (mean_y + slope * (x - mean_x)).
  *
  * Two summaries merge with the Chan formulas after moving one to the other's origin,
- * which lets both kinds use the framework's 64-sub-bucket windows (DECISIONS §4: the
+ * which lets both kinds use the framework's 64-sub-bucket windows (the
  * reference accepted `window` and ignored it; we honour it).
  *
  * 48 bytes, all-zero = empty (n == 0).

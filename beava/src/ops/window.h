@@ -1,6 +1,6 @@
 /*
  * window.h - the sliding window of the windowable ("B") kinds: 64 sub-buckets
- * (reference-pipelines.md §3.3).
+ * (window.c).
  *
  * A windowed feature's fixed state is one pointer (NULL = no bucket yet) to a lazily
  * grown list of at most WINDOW_MAX_BUCKETS (epoch, inner state) entries. Bucket width

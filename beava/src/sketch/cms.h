@@ -1,6 +1,6 @@
 /*
  * cms.h - Count-Min Sketch, width 2048 x depth 4, u64 cells (64 KB), used by top_k past
- * 1024 distinct values (reference-pipelines.md §2.5).
+ * 1024 distinct values.
  *
  * Row r of a 64-bit value hash h uses cell (h1 + r*h2) mod 2048 (Kirsch-Mitzenmacher
  * double hashing, h1/h2 = low/high 32 bits of h, h2 forced odd). The estimate is the row

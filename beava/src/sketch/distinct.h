@@ -1,6 +1,6 @@
 /*
  * distinct.h - the n_unique counter: exact set of 64-bit value hashes up to 1024
- * distinct, then HyperLogLog++ p=12 (reference-pipelines.md §2.5).
+ * distinct, then HyperLogLog++ p=12.
  *
  * Layout: 16 bytes, all-zero = empty. Exact mode keeps the hashes in one sorted array
  * (binary search; insertion moves at most 8 KB), grown by doubling. On the 1025th

@@ -1,7 +1,6 @@
 /*
  * hll.h - HyperLogLog++ registers, precision p = 12 (4096 one-byte registers, ~4 KB,
- * standard error ~1.6%), as used by n_unique past its exact phase
- * (reference-pipelines.md §2.5).
+ * standard error ~1.6%), as used by n_unique past its exact phase.
  *
  * The caller owns the register array (HLL_M bytes, zeroed = empty). Input hashes are
  * 64-bit; they are re-mixed with the SplitMix64 finaliser, the top 12 bits pick the

@@ -42,7 +42,8 @@ bool opval_same_key(const op_val *a, const bv_value *b);
  * bytewise, numbers ascending (NaN last), false < true. */
 int opval_order(const op_val *a, const op_val *b);
 
-/* Numeric coercion to a declared field type (DECISIONS §4): WT_F64 turns I64 into F64;
+/* Numeric coercion to a declared field type (used before min/max/first/last and the
+ * value-keeping ops compare or store a value): WT_F64 turns I64 into F64;
  * WT_I64 turns an integral, in-range F64 into I64. Anything else is returned as is. */
 bv_value opval_coerce(const bv_value *v, int wtype);
 

@@ -1,6 +1,6 @@
 /*
  * quantile.h - the quantile op's value store: exact sorted list of up to 256 values,
- * then a UDDSketch with alpha = 1% (reference-pipelines.md §2.5).
+ * then a UDDSketch with alpha = 1%.
  *
  * Layout: 16 bytes, all-zero = empty. Exact mode answers by linear interpolation at
  * position q*(n-1) of the sorted values. On the 257th value the list is folded into a

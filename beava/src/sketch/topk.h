@@ -1,7 +1,7 @@
 /*
  * topk.h - the top_k op's store: exact value -> count map while at most 1024 distinct
  * values were seen, then Count-Min Sketch 2048x4 plus a size-k min-heap of candidates
- * keyed by their CMS estimate (reference-pipelines.md §2.5).
+ * keyed by their CMS estimate.
  *
  * Layout: 32 bytes, all-zero = empty. Values are Str, I64, F64 or Bool (the op filters).
  * Promotion (the 1025th distinct value) folds the exact counts into a fresh CMS and

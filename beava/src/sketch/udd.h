@@ -1,7 +1,6 @@
 /*
  * udd.h - UDDSketch: relative-error quantile sketch with uniform collapses
- * (Epicoco et al. 2020), as the quantile op uses it past 256 values
- * (reference-pipelines.md §2.5).
+ * (Epicoco et al. 2020), as the quantile op uses it past 256 values.
  *
  * At collapse level c the accuracy is alpha_c (alpha_0 = 1%, alpha_{c+1} =
  * 2 alpha_c / (1 + alpha_c^2)) and gamma_c = (1 + alpha_c) / (1 - alpha_c) =
