@@ -3,6 +3,7 @@
  */
 #include "value.h"
 #include "jsonw.h"
+#include "xalloc.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -89,12 +90,6 @@ int bv_key_text(const bv_value *v, char *buf, size_t cap) {
 
 #include <stdlib.h>
 
-static char *xstrdup(const char *s) {
-    char *p = strdup(s);
-    if (!p) abort();
-    return p;
-}
-
 void bv_schema_init(bv_schema *s) { memset(s, 0, sizeof *s); }
 
 void bv_schema_free(bv_schema *s) {
@@ -124,7 +119,7 @@ void bv_schema_set(bv_schema *s, const char *name, bv_wtype t) {
         s->types = realloc(s->types, s->cap * sizeof *s->types);
         if (!s->names || !s->types) abort();
     }
-    s->names[s->n] = xstrdup(name);
+    s->names[s->n] = bv_xstrdup(name);
     s->types[s->n] = t;
     s->n++;
 }
@@ -149,7 +144,7 @@ void bv_schema_add_optional(bv_schema *s, const char *name) {
     if (bv_schema_is_optional(s, name)) return;
     s->optional = realloc(s->optional, (s->nopt + 1) * sizeof *s->optional);
     if (!s->optional) abort();
-    s->optional[s->nopt++] = xstrdup(name);
+    s->optional[s->nopt++] = bv_xstrdup(name);
 }
 
 void bv_schema_copy(bv_schema *dst, const bv_schema *src) {

@@ -15,6 +15,7 @@
  * bounded by REGISTRY_MAX_NODES squared in the worst case (16 M cheap steps).
  */
 #include "diff.h"
+#include "xalloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,22 +36,9 @@ typedef struct name_idx {
     size_t i;
 } name_idx;
 
-static void *xrealloc(void *p, size_t n) {
-    void *q = realloc(p, n ? n : 1);
-    if (!q) abort();
-    return q;
-}
-
-static char *xstrdup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = xrealloc(NULL, n);
-    memcpy(d, s, n);
-    return d;
-}
-
 static char *xstrcat3(const char *a, const char *b, const char *c) {
     size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
-    char *d = xrealloc(NULL, la + lb + lc + 1);
+    char *d = bv_xrealloc(NULL, la + lb + lc + 1);
     memcpy(d, a, la);
     memcpy(d + la, b, lb);
     memcpy(d + la + lb, c, lc + 1);
@@ -60,9 +48,9 @@ static char *xstrcat3(const char *a, const char *b, const char *c) {
 static void strvec_push(str_vec *sv, const char *s) {
     if (sv->n == sv->cap) {
         sv->cap = sv->cap ? sv->cap * 2 : 8;
-        sv->v = xrealloc(sv->v, sv->cap * sizeof *sv->v);
+        sv->v = bv_xrealloc(sv->v, sv->cap * sizeof *sv->v);
     }
-    sv->v[sv->n++] = xstrdup(s);
+    sv->v[sv->n++] = bv_xstrdup(s);
 }
 
 static int cmp_name_idx(const void *a, const void *b) {
@@ -78,7 +66,7 @@ static int cmp_str(const void *a, const void *b) {
 
 /* Sorted (name, index) array of a descriptor list. */
 static name_idx *index_descs(const diff_desc *d, size_t n) {
-    name_idx *ix = xrealloc(NULL, n * sizeof *ix);
+    name_idx *ix = bv_xrealloc(NULL, n * sizeof *ix);
     for (size_t i = 0; i < n; i++) {
         ix[i].name = d[i].name;
         ix[i].i = i;
@@ -115,7 +103,7 @@ static diff_entry *push_entry(classifier *cl, diff_class cls) {
     entry_vec *ev = class_is_additive(cls) ? &cl->additive : &cl->destructive;
     if (ev->n == ev->cap) {
         ev->cap = ev->cap ? ev->cap * 2 : 8;
-        ev->v = xrealloc(ev->v, ev->cap * sizeof *ev->v);
+        ev->v = bv_xrealloc(ev->v, ev->cap * sizeof *ev->v);
     }
     diff_entry *e = &ev->v[ev->n++];
     memset(e, 0, sizeof *e);
@@ -128,7 +116,7 @@ static diff_entry *push_entry(classifier *cl, diff_class cls) {
 static char *owner_of_dotted(const char *s) {
     const char *dot = strchr(s, '.');
     size_t n = dot ? (size_t)(dot - s) : strlen(s);
-    char *d = xrealloc(NULL, n + 1);
+    char *d = bv_xrealloc(NULL, n + 1);
     memcpy(d, s, n);
     d[n] = 0;
     return d;
@@ -136,19 +124,19 @@ static char *owner_of_dotted(const char *s) {
 
 static void add2(classifier *cl, diff_class cls, const char *a, const char *b) {
     diff_entry *e = push_entry(cl, cls);
-    e->s1 = xstrdup(a);
-    e->s2 = xstrdup(b);
-    e->sort2 = xstrdup(b);
+    e->s1 = bv_xstrdup(a);
+    e->s2 = bv_xstrdup(b);
+    e->sort2 = bv_xstrdup(b);
     if (cls == DIFF_RENAME || cls == DIFF_OP_REMOVAL || cls == DIFF_AGG_REMOVAL ||
         cls == DIFF_AGG_CHANGE)
-        e->owner = xstrdup(a);
+        e->owner = bv_xstrdup(a);
 }
 
 static void add3(classifier *cl, diff_class cls, const char *a, const char *b, const char *c) {
     diff_entry *e = push_entry(cl, cls);
-    e->s1 = xstrdup(a);
-    e->s2 = xstrdup(b);
-    e->s3 = xstrdup(c);
+    e->s1 = bv_xstrdup(a);
+    e->s2 = bv_xstrdup(b);
+    e->s3 = bv_xstrdup(c);
     switch (cls) {
     case DIFF_TYPE_CHANGE:
     case DIFF_WINDOW_CHANGE:
@@ -157,11 +145,11 @@ static void add3(classifier *cl, diff_class cls, const char *a, const char *b, c
         break;
     case DIFF_NEW_AGG:
         e->sort2 = xstrcat3(b, "@", c);
-        e->owner = xstrdup(a);
+        e->owner = bv_xstrdup(a);
         break;
     default: /* DIFF_NEW_FIELD */
         e->sort2 = xstrcat3(b, ":", c);
-        e->owner = xstrdup(a);
+        e->owner = bv_xstrdup(a);
         break;
     }
 }
@@ -182,8 +170,8 @@ static void debug_list(const json_t *arr, bv_buf *b) {
 
 static void add_key_cols(classifier *cl, const char *table, const json_t *from, const json_t *to) {
     diff_entry *e = push_entry(cl, DIFF_KEY_COLS_CHANGE);
-    e->s1 = xstrdup(table);
-    e->owner = xstrdup(table);
+    e->s1 = bv_xstrdup(table);
+    e->owner = bv_xstrdup(table);
     e->from_keys = json_deep_copy(from);
     e->to_keys = json_deep_copy(to);
     if (!e->from_keys || !e->to_keys) abort();
@@ -197,9 +185,9 @@ static void add_key_cols(classifier *cl, const char *table, const json_t *from, 
 
 static void add_descriptor_change(classifier *cl, const char *name) {
     diff_entry *e = push_entry(cl, DIFF_DESCRIPTOR_CHANGE);
-    e->s1 = xstrdup(name);
-    e->owner = xstrdup(name);
-    e->sort2 = xstrdup("");
+    e->s1 = bv_xstrdup(name);
+    e->owner = bv_xstrdup(name);
+    e->sort2 = bv_xstrdup("");
 }
 
 /* ---- per-descriptor comparison ---- */
@@ -395,9 +383,9 @@ void diff_classify(const diff_desc *cur, size_t ncur, const diff_desc *pay, size
         if (ci == (size_t)-1) {
             if (paired[i]) continue;
             diff_entry *e = push_entry(&cl, DIFF_NEW_DESCRIPTOR);
-            e->s1 = xstrdup(pd->is_event ? "event" : "derivation");
-            e->s2 = xstrdup(pd->name);
-            e->sort2 = xstrdup(pd->name);
+            e->s1 = bv_xstrdup(pd->is_event ? "event" : "derivation");
+            e->s2 = bv_xstrdup(pd->name);
+            e->sort2 = bv_xstrdup(pd->name);
             continue;
         }
         const diff_desc *cd = &cur[ci];

@@ -75,7 +75,9 @@
 #include <string.h>
 
 #include "diff.h"
+#include "names.h"
 #include "op.h"
+#include "xalloc.h"
 
 #define REG_MAX_DEPTH 32                /* nesting of the whole request body */
 #define REG_MAX_FIELDS 1024             /* fields (and optional fields) per schema */
@@ -91,31 +93,6 @@
 /* ------------------------------------------------------------------------------------
  * Small helpers
  * ---------------------------------------------------------------------------------- */
-
-static void *xrealloc(void *p, size_t n) {
-    void *q = realloc(p, n ? n : 1);
-    if (!q) {
-        fputs("beava: out of memory\n", stderr);
-        abort();
-    }
-    return q;
-}
-
-static void *xcalloc(size_t n, size_t sz) {
-    void *p = calloc(n ? n : 1, sz ? sz : 1);
-    if (!p) {
-        fputs("beava: out of memory\n", stderr);
-        abort();
-    }
-    return p;
-}
-
-static char *xstrdup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = xrealloc(NULL, n);
-    memcpy(d, s, n);
-    return d;
-}
 
 static json_t *jnew(json_t *j) {
     if (!j) abort();
@@ -243,26 +220,10 @@ struct registry {
 };
 
 /* ------------------------------------------------------------------------------------
- * Name rules
+ * Name rules (the one rule is base/names.c's, shared with the control daemon)
  * ---------------------------------------------------------------------------------- */
 
-typedef enum name_problem { NAME_OK, NAME_EMPTY, NAME_TOO_LONG, NAME_PATTERN, NAME_RESERVED } name_problem;
-
-static name_problem name_check(const char *s) {
-    size_t n = strlen(s);
-    if (n == 0) return NAME_EMPTY;
-    if (n > REGISTRY_NAME_MAX) return NAME_TOO_LONG;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        bool alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
-        bool digit = c >= '0' && c <= '9';
-        if (!(alpha || (i > 0 && digit))) return NAME_PATTERN;
-    }
-    if (strncmp(s, "_beava_", 7) == 0) return NAME_RESERVED;
-    return NAME_OK;
-}
-
-bool registry_name_valid(const char *name) { return name && name_check(name) == NAME_OK; }
+bool registry_name_valid(const char *name) { return bv_name_valid(name); }
 
 /* ------------------------------------------------------------------------------------
  * Stage 1: load
@@ -569,7 +530,7 @@ static int scan_memory(const json_t *nodes, bv_err *err) {
             const json_t *agg = json_object_get(json_array_get(ops, j), "agg");
             if (!json_is_object(agg)) continue;
             size_t nf = json_object_size(agg), k = 0;
-            const char **names = xcalloc(nf, sizeof *names);
+            const char **names = bv_xcalloc(nf, sizeof *names);
             const char *f;
             json_t *spec;
             json_object_foreach((json_t *)agg, f, spec) names[k++] = f;
@@ -683,10 +644,10 @@ static int opt_u64(const json_t *obj, const char *key, const char *where, int64_
 static void schema_append(bv_schema *s, const char *name, bv_wtype t) {
     if (s->n == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 8;
-        s->names = xrealloc(s->names, s->cap * sizeof *s->names);
-        s->types = xrealloc(s->types, s->cap * sizeof *s->types);
+        s->names = bv_xrealloc(s->names, s->cap * sizeof *s->names);
+        s->types = bv_xrealloc(s->types, s->cap * sizeof *s->types);
     }
-    s->names[s->n] = xstrdup(name);
+    s->names[s->n] = bv_xstrdup(name);
     s->types[s->n] = t;
     s->n++;
 }
@@ -731,7 +692,7 @@ static int parse_schema(const json_t *schema, const char *where, bv_schema *s, j
     }
     /* Normal form: sorted, distinct. The schema keeps the order given. */
     size_t no = json_array_size(nopt);
-    const char **names = xcalloc(no, sizeof *names);
+    const char **names = bv_xcalloc(no, sizeof *names);
     for (size_t i = 0; i < no; i++) {
         names[i] = json_string_value(json_array_get(nopt, i));
         bv_schema_add_optional(s, names[i]);
@@ -956,7 +917,7 @@ static int parse_derivation(const json_t *in, size_t i, pnode *p, bv_err *err) {
     p->output_table = strcmp(okind, "table") == 0;
     const json_t *nu = json_object_get(out, "upstreams");
     p->nup = json_array_size(nu);
-    p->up = xcalloc(p->nup, sizeof *p->up);
+    p->up = bv_xcalloc(p->nup, sizeof *p->up);
     for (size_t j = 0; j < p->nup; j++) p->up[j] = json_string_value(json_array_get(nu, j));
     p->nops = json_array_size(json_object_get(out, "ops"));
     return 0;
@@ -991,7 +952,7 @@ static int parse_payload(const json_t *root, const json_t *nodes, const bv_err *
     if (!json_is_array(raw))
         return shape_err(err, "nodes: invalid type: %s, expected a sequence", jtype_name(raw));
     size_t n = json_array_size(nodes);
-    pl->v = xcalloc(n, sizeof *pl->v);
+    pl->v = bv_xcalloc(n, sizeof *pl->v);
     for (size_t i = 0; i < n; i++) {
         pl->n = i + 1;
         pnode *p = &pl->v[i];
@@ -1067,7 +1028,7 @@ static int cmp_name_pos(const void *a, const void *b) {
 }
 
 static name_pos *index_payload(const payload *pl) {
-    name_pos *ix = xcalloc(pl->n, sizeof *ix);
+    name_pos *ix = bv_xcalloc(pl->n, sizeof *ix);
     for (size_t i = 0; i < pl->n; i++) {
         ix[i].name = pl->v[i].name;
         ix[i].i = i;
@@ -1142,19 +1103,19 @@ static int check_nodes(const vctx *v, bv_err *err) {
     for (size_t i = 0; i < pl->n; i++) {
         const pnode *p = &pl->v[i];
         snprintf(path, sizeof path, "nodes[%zu].name", i);
-        switch (name_check(p->name)) {
-        case NAME_OK: break;
-        case NAME_EMPTY:
+        switch (bv_name_check(p->name)) {
+        case BV_NAME_OK: break;
+        case BV_NAME_EMPTY:
             return fail(err, "invalid_registration", path, "descriptor name must not be empty");
-        case NAME_TOO_LONG:
+        case BV_NAME_TOO_LONG:
             return fail(err, "invalid_registration", path,
                         "descriptor name is %zu chars; maximum is %d", strlen(p->name),
                         REGISTRY_NAME_MAX);
-        case NAME_PATTERN:
+        case BV_NAME_PATTERN:
             return fail(err, "invalid_registration", path,
                         "descriptor name '%s' must match [A-Za-z_][A-Za-z0-9_]* (no hyphens "
                         "or leading digits)", p->name);
-        case NAME_RESERVED:
+        case BV_NAME_RESERVED:
             return fail(err, "invalid_registration", path,
                         "descriptor name '%s' uses reserved prefix '_beava_'", p->name);
         }
@@ -1287,7 +1248,7 @@ static int check_cycles(const vctx *v, bv_err *err) {
     const registry *r = v->r;
     cyc_ctx c;
     memset(&c, 0, sizeof c);
-    c.vx = xcalloc(pl->n + r->nderivs, sizeof *c.vx);
+    c.vx = bv_xcalloc(pl->n + r->nderivs, sizeof *c.vx);
     for (size_t i = 0; i < pl->n; i++) {
         if (pl->v[i].is_event || pay_find(v, pl->v[i].name) != i) continue;
         c.vx[c.n++] = (cyc_vertex){pl->v[i].name, i, pl->v[i].nup, pl->v[i].up};
@@ -1298,11 +1259,11 @@ static int check_cycles(const vctx *v, bv_err *err) {
         c.vx[c.n++] = (cyc_vertex){d->name, REG_NONE, d->nupstreams,
                                    (const char *const *)d->upstreams};
     }
-    c.ix = xcalloc(c.n, sizeof *c.ix);
+    c.ix = bv_xcalloc(c.n, sizeof *c.ix);
     for (size_t i = 0; i < c.n; i++) c.ix[i] = (name_pos){c.vx[i].name, i};
     qsort(c.ix, c.n, sizeof *c.ix, cmp_name_pos);
-    c.color = xcalloc(c.n, 1);
-    c.stack = xcalloc(c.n, sizeof *c.stack);
+    c.color = bv_xcalloc(c.n, 1);
+    c.stack = bv_xcalloc(c.n, sizeof *c.stack);
     int rc = 0;
     for (size_t s = 0; s < c.n && rc == 0; s++) {
         if (c.color[s]) continue;
@@ -1337,17 +1298,17 @@ static int check_cycles(const vctx *v, bv_err *err) {
 static void schema_copy_fast(bv_schema *dst, const bv_schema *src) {
     bv_schema_init(dst);
     if (src->n) {
-        dst->names = xcalloc(src->n, sizeof *dst->names);
-        dst->types = xcalloc(src->n, sizeof *dst->types);
+        dst->names = bv_xcalloc(src->n, sizeof *dst->names);
+        dst->types = bv_xcalloc(src->n, sizeof *dst->types);
         for (size_t i = 0; i < src->n; i++) {
-            dst->names[i] = xstrdup(src->names[i]);
+            dst->names[i] = bv_xstrdup(src->names[i]);
             dst->types[i] = src->types[i];
         }
         dst->n = dst->cap = src->n;
     }
     if (src->nopt) {
-        dst->optional = xcalloc(src->nopt, sizeof *dst->optional);
-        for (size_t i = 0; i < src->nopt; i++) dst->optional[i] = xstrdup(src->optional[i]);
+        dst->optional = bv_xcalloc(src->nopt, sizeof *dst->optional);
+        for (size_t i = 0; i < src->nopt; i++) dst->optional[i] = bv_xstrdup(src->optional[i]);
         dst->nopt = src->nopt;
     }
 }
@@ -1378,7 +1339,7 @@ static void schema_union(bv_schema *dst, const bv_schema *const *src, size_t k) 
         total += src[i]->n;
         nopt += src[i]->nopt;
     }
-    field_pos *f = xcalloc(total, sizeof *f);
+    field_pos *f = bv_xcalloc(total, sizeof *f);
     for (size_t i = 0; i < k; i++)
         for (size_t j = 0; j < src[i]->n; j++, n++) f[n] = (field_pos){src[i]->names[j], src[i]->types[j], n};
     qsort(f, n, sizeof *f, cmp_field_pos);
@@ -1391,21 +1352,21 @@ static void schema_union(bv_schema *dst, const bv_schema *const *src, size_t k) 
     }
     qsort(f, m, sizeof *f, cmp_field_order);
     bv_schema_init(dst);
-    dst->names = xcalloc(m, sizeof *dst->names);
-    dst->types = xcalloc(m, sizeof *dst->types);
+    dst->names = bv_xcalloc(m, sizeof *dst->names);
+    dst->types = bv_xcalloc(m, sizeof *dst->types);
     for (size_t i = 0; i < m; i++) {
-        dst->names[i] = xstrdup(f[i].name);
+        dst->names[i] = bv_xstrdup(f[i].name);
         dst->types[i] = f[i].type;
     }
     dst->n = dst->cap = m;
-    const char **o = xcalloc(nopt, sizeof *o);
+    const char **o = bv_xcalloc(nopt, sizeof *o);
     n = 0;
     for (size_t i = 0; i < k; i++)
         for (size_t j = 0; j < src[i]->nopt; j++) o[n++] = src[i]->optional[j];
     qsort(o, n, sizeof *o, cmp_cstr);
-    dst->optional = xcalloc(n, sizeof *dst->optional);
+    dst->optional = bv_xcalloc(n, sizeof *dst->optional);
     for (size_t i = 0; i < n; i++)
-        if (i == 0 || strcmp(o[i], o[i - 1]) != 0) dst->optional[dst->nopt++] = xstrdup(o[i]);
+        if (i == 0 || strcmp(o[i], o[i - 1]) != 0) dst->optional[dst->nopt++] = bv_xstrdup(o[i]);
     free(o);
     free(f);
 }
@@ -1432,8 +1393,8 @@ static int check_chains(vctx *v, bv_err *err) {
     /* Compile in dependency order so a derivation reads its upstreams' compiled output
      * schema. With the order rule (replace mode) this is payload order; in merge mode
      * kept descriptors and named ones may interleave. */
-    bool *seen = xcalloc(pl->n ? pl->n : 1, sizeof *seen);
-    size_t *order = xcalloc(pl->n ? pl->n : 1, sizeof *order);
+    bool *seen = bv_xcalloc(pl->n ? pl->n : 1, sizeof *seen);
+    size_t *order = bv_xcalloc(pl->n ? pl->n : 1, sizeof *order);
     size_t norder = 0;
     for (size_t i = 0; i < pl->n; i++)
         if (!seen[i]) chain_visit(v, i, seen, order, &norder);
@@ -1449,7 +1410,7 @@ static int check_chains_in(vctx *v, const size_t *order, bv_err *err) {
         size_t i = order[oi];
         pnode *p = &pl->v[i];
         if (p->is_event) continue;
-        const bv_schema **ups = xcalloc(p->nup, sizeof *ups);
+        const bv_schema **ups = bv_xcalloc(p->nup, sizeof *ups);
         size_t k = 0;
         for (size_t j = 0; j < p->nup; j++) {
             const bv_schema *s = upstream_schema(v, p->up[j]);
@@ -1596,7 +1557,7 @@ static int compose_through_derivations(vctx *v, size_t i, bv_err *err) {
             rc = fail(err, "invalid_registration", path, "cycle detected through '%s'", u);
             goto out;
         }
-        hops = xrealloc(hops, (nhops + 1) * sizeof *hops);
+        hops = bv_xrealloc(hops, (nhops + 1) * sizeof *hops);
         hops[nhops] = json_object_get(q ? q->node : d->node, "ops");
         nops += json_array_size(hops[nhops]);
         nhops++;
@@ -1643,7 +1604,7 @@ static int compose_through_derivations(vctx *v, size_t i, bv_err *err) {
     bv_schema_free(&p->chain_out);
     p->chain_out = out;
     free(p->root);
-    p->root = xstrdup(root);
+    p->root = bv_xstrdup(root);
 out:
     json_decref(arr);
     free(hops);
@@ -1683,13 +1644,13 @@ static int check_aggregation(vctx *v, size_t i, bv_err *err) {
                         key);
     }
     size_t nf = json_object_size(agg), k = 0;
-    const char **names = xcalloc(nf, sizeof *names);
+    const char **names = bv_xcalloc(nf, sizeof *names);
     const char *f;
     json_t *spec;
     json_object_foreach((json_t *)agg, f, spec) names[k++] = f;
     qsort(names, nf, sizeof *names, cmp_cstr);
-    p->feats = xcalloc(nf, sizeof *p->feats);
-    p->feat_moved = xcalloc(nf, sizeof *p->feat_moved);
+    p->feats = bv_xcalloc(nf, sizeof *p->feats);
+    p->feat_moved = bv_xcalloc(nf, sizeof *p->feat_moved);
     int rc = 0;
     for (k = 0; k < nf && rc == 0; k++) {
         spec = json_object_get(agg, names[k]);
@@ -1743,7 +1704,7 @@ static int check_feature_names(const vctx *v, bv_err *err) {
     const payload *pl = v->pl;
     size_t total = 0, n = 0;
     for (size_t i = 0; i < pl->n; i++) total += pl->v[i].nfeat;
-    feat_use *u = xcalloc(total, sizeof *u);
+    feat_use *u = bv_xcalloc(total, sizeof *u);
     for (size_t i = 0; i < pl->n; i++)
         for (size_t k = 0; k < pl->v[i].nfeat; k++, n++)
             u[n] = (feat_use){pl->v[i].feats[k].name, pl->v[i].name, n};
@@ -1865,16 +1826,16 @@ static void reindex(registry *r) {
     free(r->src_tables);
     free(r->srcs);
     free(r->feats);
-    r->ev_sorted = xcalloc(r->nevents, sizeof *r->ev_sorted);
+    r->ev_sorted = bv_xcalloc(r->nevents, sizeof *r->ev_sorted);
     if (r->nevents) memcpy(r->ev_sorted, r->events, r->nevents * sizeof *r->ev_sorted);
     qsort(r->ev_sorted, r->nevents, sizeof *r->ev_sorted, cmp_ev_name);
-    r->der_sorted = xcalloc(r->nderivs, sizeof *r->der_sorted);
+    r->der_sorted = bv_xcalloc(r->nderivs, sizeof *r->der_sorted);
     if (r->nderivs) memcpy(r->der_sorted, r->derivs, r->nderivs * sizeof *r->der_sorted);
     qsort(r->der_sorted, r->nderivs, sizeof *r->der_sorted, cmp_der_name);
     r->nev_sorted = r->nevents;
     r->nder_sorted = r->nderivs;
 
-    r->tables = xcalloc(r->nderivs, sizeof *r->tables);
+    r->tables = bv_xcalloc(r->nderivs, sizeof *r->tables);
     r->ntables = 0;
     r->nfeats = 0;
     for (size_t i = 0; i < r->nderivs; i++)
@@ -1883,11 +1844,11 @@ static void reindex(registry *r) {
             r->nfeats += r->derivs[i]->table->nfeatures;
         }
 
-    src_pos *sp = xcalloc(r->ntables, sizeof *sp);
+    src_pos *sp = bv_xcalloc(r->ntables, sizeof *sp);
     for (size_t i = 0; i < r->ntables; i++) sp[i] = (src_pos){r->tables[i], i};
     qsort(sp, r->ntables, sizeof *sp, cmp_src_pos);
-    r->src_tables = xcalloc(r->ntables, sizeof *r->src_tables);
-    r->srcs = xcalloc(r->ntables, sizeof *r->srcs);
+    r->src_tables = bv_xcalloc(r->ntables, sizeof *r->src_tables);
+    r->srcs = bv_xcalloc(r->ntables, sizeof *r->srcs);
     r->nsrcs = 0;
     for (size_t i = 0; i < r->ntables; i++) {
         r->src_tables[i] = sp[i].t;
@@ -1897,7 +1858,7 @@ static void reindex(registry *r) {
     }
     free(sp);
 
-    r->feats = xcalloc(r->nfeats, sizeof *r->feats);
+    r->feats = bv_xcalloc(r->nfeats, sizeof *r->feats);
     size_t k = 0;
     for (size_t i = 0; i < r->ntables; i++)
         for (size_t s = 0; s < r->tables[i]->nfeatures; s++)
@@ -1905,12 +1866,11 @@ static void reindex(registry *r) {
     qsort(r->feats, r->nfeats, sizeof *r->feats, cmp_feat_ref);
 }
 
-
 /* Offsets in slot order (each aligned to 8, so appending slots never moves the
  * existing ones), the row size and the by-name output order. */
 static void table_layout(agg_table *t) {
-    t->offsets = xrealloc(t->offsets, (t->nfeatures ? t->nfeatures : 1) * sizeof *t->offsets);
-    t->by_name = xrealloc(t->by_name, (t->nfeatures ? t->nfeatures : 1) * sizeof *t->by_name);
+    t->offsets = bv_xrealloc(t->offsets, (t->nfeatures ? t->nfeatures : 1) * sizeof *t->offsets);
+    t->by_name = bv_xrealloc(t->by_name, (t->nfeatures ? t->nfeatures : 1) * sizeof *t->by_name);
     size_t off = 0;
     for (size_t i = 0; i < t->nfeatures; i++) {
         off = align8(off);
@@ -1918,7 +1878,7 @@ static void table_layout(agg_table *t) {
         off += t->features[i].state_size;
     }
     t->row_size = align8(off);
-    name_pos *np = xcalloc(t->nfeatures, sizeof *np);
+    name_pos *np = bv_xcalloc(t->nfeatures, sizeof *np);
     for (size_t i = 0; i < t->nfeatures; i++) np[i] = (name_pos){t->features[i].name, i};
     qsort(np, t->nfeatures, sizeof *np, cmp_name_pos);
     for (size_t i = 0; i < t->nfeatures; i++) t->by_name[i] = np[i].i;
@@ -1972,7 +1932,7 @@ static void hook_widened(const reg_hooks *h, agg_table *t, size_t old_n) {
 static void push_event(registry *r, ev_desc *e) {
     if (r->nevents == r->cap_events) {
         r->cap_events = r->cap_events ? r->cap_events * 2 : 16;
-        r->events = xrealloc(r->events, r->cap_events * sizeof *r->events);
+        r->events = bv_xrealloc(r->events, r->cap_events * sizeof *r->events);
     }
     r->events[r->nevents++] = e;
 }
@@ -1980,7 +1940,7 @@ static void push_event(registry *r, ev_desc *e) {
 static void push_deriv(registry *r, deriv_desc *d) {
     if (r->nderivs == r->cap_derivs) {
         r->cap_derivs = r->cap_derivs ? r->cap_derivs * 2 : 16;
-        r->derivs = xrealloc(r->derivs, r->cap_derivs * sizeof *r->derivs);
+        r->derivs = bv_xrealloc(r->derivs, r->cap_derivs * sizeof *r->derivs);
     }
     r->derivs[r->nderivs++] = d;
 }
@@ -2011,11 +1971,11 @@ static void remove_names(registry *r, char *const *names, size_t n, const reg_ho
 }
 
 static ev_desc *event_from(pnode *p, uint64_t version) {
-    ev_desc *e = xcalloc(1, sizeof *e);
-    e->name = xstrdup(p->name);
+    ev_desc *e = bv_xcalloc(1, sizeof *e);
+    e->name = bv_xstrdup(p->name);
     e->schema = p->schema;
     bv_schema_init(&p->schema);
-    e->dedupe_key = p->dedupe_key ? xstrdup(p->dedupe_key) : NULL;
+    e->dedupe_key = p->dedupe_key ? bv_xstrdup(p->dedupe_key) : NULL;
     e->dedupe_window_ms = p->dedupe_window_ms;
     e->keep_events_for_ms = p->keep_ms;
     e->cold_after_ms = p->cold_ms;
@@ -2025,17 +1985,17 @@ static ev_desc *event_from(pnode *p, uint64_t version) {
 }
 
 static agg_table *table_from(registry *r, pnode *p) {
-    agg_table *t = xcalloc(1, sizeof *t);
+    agg_table *t = bv_xcalloc(1, sizeof *t);
     t->id = r->next_table_id++;
-    t->name = xstrdup(p->name);
-    t->source = xstrdup(p->root ? p->root : p->up[0]);
+    t->name = bv_xstrdup(p->name);
+    t->source = bv_xstrdup(p->root ? p->root : p->up[0]);
     const json_t *keys = json_object_get(json_array_get(json_object_get(p->node, "ops"), p->gb), "keys");
     t->nkeys = json_array_size(keys);
-    t->keys = xcalloc(t->nkeys, sizeof *t->keys);
-    for (size_t k = 0; k < t->nkeys; k++) t->keys[k] = xstrdup(json_string_value(json_array_get(keys, k)));
+    t->keys = bv_xcalloc(t->nkeys, sizeof *t->keys);
+    for (size_t k = 0; k < t->nkeys; k++) t->keys[k] = bv_xstrdup(json_string_value(json_array_get(keys, k)));
     t->prefix = p->prefix;
     p->prefix = NULL;
-    t->features = p->feats ? p->feats : xcalloc(1, sizeof *t->features);
+    t->features = p->feats ? p->feats : bv_xcalloc(1, sizeof *t->features);
     t->nfeatures = p->nfeat;
     p->feats = NULL;
     p->nfeat = 0;
@@ -2046,12 +2006,12 @@ static agg_table *table_from(registry *r, pnode *p) {
 }
 
 static deriv_desc *deriv_from(registry *r, pnode *p, uint64_t version) {
-    deriv_desc *d = xcalloc(1, sizeof *d);
-    d->name = xstrdup(p->name);
+    deriv_desc *d = bv_xcalloc(1, sizeof *d);
+    d->name = bv_xstrdup(p->name);
     d->output_table = p->output_table;
     d->nupstreams = p->nup;
-    d->upstreams = xcalloc(p->nup, sizeof *d->upstreams);
-    for (size_t i = 0; i < p->nup; i++) d->upstreams[i] = xstrdup(p->up[i]);
+    d->upstreams = bv_xcalloc(p->nup, sizeof *d->upstreams);
+    for (size_t i = 0; i < p->nup; i++) d->upstreams[i] = bv_xstrdup(p->up[i]);
     schema_copy_fast(&d->schema, pnode_exposed(p));
     if (p->gb != REG_NONE) d->table = table_from(r, p);
     d->registered_at_version = version;
@@ -2100,7 +2060,7 @@ static bool update_kept_deriv(deriv_desc *d, pnode *p, const reg_diff *diff, siz
     const char *root = p->root ? p->root : p->up[0];
     if (strcmp(t->source, root) != 0) {
         free(t->source);
-        t->source = xstrdup(root);
+        t->source = bv_xstrdup(root);
     }
     *old_n = t->nfeatures;
     for (size_t i = 0; i < diff->nadditive; i++) {
@@ -2109,7 +2069,7 @@ static bool update_kept_deriv(deriv_desc *d, pnode *p, const reg_diff *diff, siz
         feature *f = p->nfeat ? bsearch(x->s2, p->feats, p->nfeat, sizeof *p->feats, cmp_feature_key) : NULL;
         if (!f) abort();      /* validation compiled every payload feature */
         size_t k = (size_t)(f - p->feats);
-        t->features = xrealloc(t->features, (t->nfeatures + 1) * sizeof *t->features);
+        t->features = bv_xrealloc(t->features, (t->nfeatures + 1) * sizeof *t->features);
         t->features[t->nfeatures++] = *f;
         p->feat_moved[k] = true;
     }
@@ -2279,7 +2239,7 @@ static size_t compute_added(const registry *r, const payload *pl, const reg_diff
                             char *const *removal, size_t nremoval, char ***out) {
     char **v;
     size_t n = 0;
-    kind_name *kn = xcalloc(d->nadditive, sizeof *kn);
+    kind_name *kn = bv_xcalloc(d->nadditive, sizeof *kn);
     for (size_t i = 0; i < d->nadditive; i++) {
         const diff_entry *e = &d->additive[i];
         if (e->cls == DIFF_NEW_DESCRIPTOR) kn[n++] = (kind_name){e->s1, e->s2};
@@ -2288,7 +2248,7 @@ static size_t compute_added(const registry *r, const payload *pl, const reg_diff
     }
     qsort(kn, n, sizeof *kn, cmp_kind_name);
     if (nremoval) {
-        v = xcalloc(pl->n, sizeof *v);
+        v = bv_xcalloc(pl->n, sizeof *v);
         size_t m = 0;
         for (size_t i = 0; i < pl->n; i++) {
             const pnode *p = &pl->v[i];
@@ -2296,16 +2256,16 @@ static size_t compute_added(const registry *r, const payload *pl, const reg_diff
             bool registered = find_event(r, p->name) || find_deriv(r, p->name);
             if (!registered || name_listed(removal, nremoval, p->name) ||
                 bsearch(&key, kn, n, sizeof *kn, cmp_kind_name))
-                v[m++] = xstrdup(p->name);
+                v[m++] = bv_xstrdup(p->name);
         }
         free(kn);
         *out = v;
         return m;
     }
-    v = xcalloc(n, sizeof *v);
+    v = bv_xcalloc(n, sizeof *v);
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
-        if (i == 0 || cmp_kind_name(&kn[i], &kn[i - 1]) != 0) v[m++] = xstrdup(kn[i].name);
+        if (i == 0 || cmp_kind_name(&kn[i], &kn[i - 1]) != 0) v[m++] = bv_xstrdup(kn[i].name);
     free(kn);
     *out = v;
     return m;
@@ -2318,7 +2278,7 @@ static void free_strs(char **v, size_t n) {
 
 /* The registry as the diff sees it, registration order (borrowed pointers). */
 static diff_desc *registry_descs(const registry *r, size_t *n) {
-    diff_desc *d = xcalloc(r->nevents + r->nderivs, sizeof *d);
+    diff_desc *d = bv_xcalloc(r->nevents + r->nderivs, sizeof *d);
     size_t k = 0;
     for (size_t i = 0; i < r->nevents; i++)
         d[k++] = (diff_desc){r->events[i]->name, true, r->events[i]->node};
@@ -2333,11 +2293,11 @@ static diff_desc *registry_descs(const registry *r, size_t *n) {
  * form. From here on the request is the complete registry it describes, and the rest of
  * the pipeline is exactly the replace pipeline. */
 static int merge_kept(const registry *r, payload *pl, bv_err *err) {
-    char **named = xcalloc(pl->nnamed ? pl->nnamed : 1, sizeof *named);
+    char **named = bv_xcalloc(pl->nnamed ? pl->nnamed : 1, sizeof *named);
     for (size_t i = 0; i < pl->nnamed; i++) named[i] = (char *)pl->v[i].name;
     qsort(named, pl->nnamed, sizeof *named, cmp_cstr);
     size_t total = pl->nnamed + r->nevents + r->nderivs;
-    pl->v = xrealloc(pl->v, (total ? total : 1) * sizeof *pl->v);
+    pl->v = bv_xrealloc(pl->v, (total ? total : 1) * sizeof *pl->v);
     int rc = 0;
     for (size_t k = 0; k < r->nevents + r->nderivs && rc == 0; k++) {
         bool ev = k < r->nevents;
@@ -2371,7 +2331,7 @@ static void kept_error_path(const payload *pl, bv_err *err) {
 
 /* Merge mode: already_present names only descriptors the request named. */
 static void present_only_named(reg_diff *d, const payload *pl) {
-    char **named = xcalloc(pl->nnamed ? pl->nnamed : 1, sizeof *named);
+    char **named = bv_xcalloc(pl->nnamed ? pl->nnamed : 1, sizeof *named);
     for (size_t i = 0; i < pl->nnamed; i++) named[i] = (char *)pl->v[i].name;
     qsort(named, pl->nnamed, sizeof *named, cmp_cstr);
     size_t m = 0;
@@ -2425,7 +2385,7 @@ int registry_prepare(const registry *r, const char *body, size_t len, bv_buf *re
     if (invalid && !pl.dry_run) goto bad;
 
     cur = registry_descs(r, &ncur);
-    pay = xcalloc(pl.n ? pl.n : 1, sizeof *pay);
+    pay = bv_xcalloc(pl.n ? pl.n : 1, sizeof *pay);
     for (size_t i = 0; i < pl.n; i++) pay[i] = (diff_desc){pl.v[i].name, pl.v[i].is_event, pl.v[i].node};
     diff_classify(cur, ncur, pay, pl.n, &diff);
     if (pl.merge) present_only_named(&diff, &pl);
@@ -2449,7 +2409,7 @@ int registry_prepare(const registry *r, const char *body, size_t len, bv_buf *re
         body_ok(resp, NULL, 0, &diff, &pl, r->version);
         goto done;
     }
-    reg_plan *p = xcalloc(1, sizeof *p);
+    reg_plan *p = bv_xcalloc(1, sizeof *p);
     p->base_version = r->version;
     p->pl = pl;
     p->diff = diff;
@@ -2505,7 +2465,7 @@ void registry_apply(registry *r, reg_plan *p, const reg_hooks *hooks, bv_buf *re
         remove_names(r, p->removal, p->nremoval, hooks);
         reindex(r);
     }
-    table_event *ev = xcalloc(p->pl.n, sizeof *ev);
+    table_event *ev = bv_xcalloc(p->pl.n, sizeof *ev);
     size_t nev = 0;
     /* The sorted indexes still describe the registry before this loop; payload names are
      * distinct (validated), so a lookup never meets a descriptor inserted here. */
@@ -2545,7 +2505,7 @@ void registry_apply(registry *r, reg_plan *p, const reg_hooks *hooks, bv_buf *re
  * ---------------------------------------------------------------------------------- */
 
 registry *registry_new(const registry_options *opts) {
-    registry *r = xcalloc(1, sizeof *r);
+    registry *r = bv_xcalloc(1, sizeof *r);
     r->opts.memory_gov_enforce = opts ? opts->memory_gov_enforce : true;
     r->next_table_id = 1;
     reindex(r);

@@ -32,10 +32,11 @@
 #include "err.h"
 #include "jsonw.h"
 #include "feature.h"
+#include "names.h"
 #include "value.h"
 
 #define REGISTRY_MAX_NODES 4096          /* nodes per register payload */
-#define REGISTRY_NAME_MAX 128
+#define REGISTRY_NAME_MAX BV_NAME_MAX      /* bytes of a descriptor name (base/names.h) */
 
 typedef struct ev_desc {
     char *name;
@@ -132,7 +133,8 @@ void registry_reset(registry *r, const reg_hooks *hooks);
 /* {"version":V,"events":{...},"tables":{},"derivations":{...}} for debugging/admin. */
 void registry_dump(const registry *r, jsonw *w);
 
-/* The name rule: non-empty, <= 128 bytes, [A-Za-z_][A-Za-z0-9_]*, no "_beava_" prefix. */
+/* The name rule (bv_name_check): non-empty, <= 128 bytes, [A-Za-z_][A-Za-z0-9_]*, no
+ * "_beava_" prefix. */
 bool registry_name_valid(const char *name);
 
 #endif

@@ -29,6 +29,7 @@
  * request caps).
  */
 #include "chain.h"
+#include "xalloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,18 +57,6 @@ struct chain {
     size_t n, cap;
     step *steps;
 };
-
-static void *xcalloc(size_t n, size_t sz) {
-    void *p = calloc(n ? n : 1, sz);
-    if (!p) { fputs("beava: out of memory\n", stderr); abort(); }
-    return p;
-}
-
-static char *xstrdup(const char *s) {
-    char *p = strdup(s);
-    if (!p) { fputs("beava: out of memory\n", stderr); abort(); }
-    return p;
-}
 
 static void step_free(step *s) {
     expr_free(s->filter);
@@ -99,7 +88,7 @@ static int cmp_str(const void *a, const void *b) {
 /* The keys of a JSON object in ascending byte order (caller frees the array only). */
 static const char **sorted_keys(const json_t *obj, size_t *n) {
     *n = json_object_size(obj);
-    const char **keys = xcalloc(*n, sizeof *keys);
+    const char **keys = bv_xcalloc(*n, sizeof *keys);
     size_t i = 0;
     const char *k;
     json_t *v;
@@ -123,7 +112,7 @@ static void schema_unset_optional(bv_schema *s, const char *name) {
 }
 
 static void set_name(entry *en, const char *name) {
-    en->name = xstrdup(name);
+    en->name = bv_xstrdup(name);
     en->len = strlen(name);
 }
 
@@ -162,7 +151,7 @@ static int compile_fields(const json_t *op, bv_schema *cur, step *st, const char
         return -1;
     }
     size_t n = json_array_size(arr);
-    st->e = xcalloc(n, sizeof *st->e);
+    st->e = bv_xcalloc(n, sizeof *st->e);
     for (size_t i = 0; i < n; i++) {
         const char *f = json_string_value(json_array_get(arr, i));
         if (!f) {
@@ -210,9 +199,9 @@ static int compile_rename(const json_t *op, bv_schema *cur, step *st, const char
     size_t n;
     const char **keys = sorted_keys(map, &n);
     int rc = -1;
-    bv_wtype *types = xcalloc(n, sizeof *types);
-    bool *opt = xcalloc(n, sizeof *opt);
-    st->e = xcalloc(n, sizeof *st->e);
+    bv_wtype *types = bv_xcalloc(n, sizeof *types);
+    bool *opt = bv_xcalloc(n, sizeof *opt);
+    st->e = bv_xcalloc(n, sizeof *st->e);
     for (size_t i = 0; i < n; i++) {
         const char *to = json_string_value(json_object_get(map, keys[i]));
         if (!to) {
@@ -237,7 +226,7 @@ static int compile_rename(const json_t *op, bv_schema *cur, step *st, const char
         }
         entry *en = &st->e[st->n++];
         set_name(en, keys[i]);
-        en->to = xstrdup(to);
+        en->to = bv_xstrdup(to);
         en->to_len = strlen(to);
         opt[i] = bv_schema_is_optional(cur, keys[i]);
     }
@@ -267,7 +256,7 @@ static int compile_with(const json_t *op, bv_schema *cur, step *st, const char *
     size_t n;
     const char **keys = sorted_keys(map, &n);
     int rc = -1;
-    st->e = xcalloc(n, sizeof *st->e);
+    st->e = bv_xcalloc(n, sizeof *st->e);
     for (size_t i = 0; i < n; i++) {
         const char *src = json_string_value(json_object_get(map, keys[i]));
         char what[200];
@@ -308,7 +297,7 @@ static int compile_cast(const json_t *op, bv_schema *cur, step *st, const char *
     size_t n;
     const char **keys = sorted_keys(map, &n);
     int rc = -1;
-    st->e = xcalloc(n, sizeof *st->e);
+    st->e = bv_xcalloc(n, sizeof *st->e);
     for (size_t i = 0; i < n; i++) {
         const json_t *tj = json_object_get(map, keys[i]);
         bv_wtype src;
@@ -357,7 +346,7 @@ static int compile_fillna(const json_t *op, bv_schema *cur, step *st, const char
     size_t n;
     const char **keys = sorted_keys(map, &n);
     int rc = -1;
-    st->e = xcalloc(n, sizeof *st->e);
+    st->e = bv_xcalloc(n, sizeof *st->e);
     for (size_t i = 0; i < n; i++) {
         if (bv_schema_find(cur, keys[i], NULL) < 0) {
             bv_err_set(err, "invalid_expression", path, "field '%s' not found", keys[i]);
@@ -379,7 +368,7 @@ out:
 
 int chain_compile(const json_t *ops, const bv_schema *in, const char *path_prefix,
                   chain **out, bv_schema *out_schema, bv_err *err) {
-    chain *c = xcalloc(1, sizeof *c);
+    chain *c = bv_xcalloc(1, sizeof *c);
     bv_schema cur;
     bv_schema_copy(&cur, in);
     char path[256];

@@ -16,10 +16,11 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "names.h"
 
 #define BV_SITE_MAX_PATH 1024 /* bytes of the request path (query excluded); longer => 414 */
 #define BV_SITE_ETAG_MAX 64   /* room for the quoted ETag and its NUL */
-#define BV_SITE_MAX_NAME 128  /* longest event name the /api/push alias accepts (the name rule) */
+#define BV_SITE_MAX_NAME BV_NAME_MAX /* longest event name the /api/push alias accepts */
 
 /* Headers the HTTP layer should add to every static-file response (the site needs nothing
  * from outside the server: no inline script, no CDN, no external font). */

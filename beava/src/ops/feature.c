@@ -3,7 +3,7 @@
  * (feature.h). The per-kind behaviour lives in the op vtables (op.h); windows in
  * window.c. This file owns the per-feature register-time checks (feature_compile, steps 2
  * and 4-12 as numbered there, in that order; the kind's own param checks run at step 10),
- * the memory-governance pre-check, the duration syntax and the event path: where (once,
+ * the memory-governance pre-check and the event path: where (once,
  * Bool(true) only) -> field (null/missing skipped) -> coercion -> update.
  *
  * Numeric coercion (before min/max/first/last and the value-keeping kinds): struct
@@ -25,30 +25,7 @@
 #include "opval.h"
 #include "param.h"
 #include "window.h"
-
-/* ---- durations: <digits><unit>, unit ms|s|m|h|d, or "forever" (bv_parse_duration) ---- */
-
-int bv_parse_duration(const char *s, int64_t *ms) {
-    if (!s) return -1;
-    if (strcmp(s, "forever") == 0) { *ms = 0; return 0; }
-    const char *p = s;
-    int64_t v = 0;
-    if (*p < '0' || *p > '9') return -1;
-    while (*p >= '0' && *p <= '9') {
-        if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, *p - '0', &v)) return -1;
-        p++;
-    }
-    int64_t unit;
-    if (strcmp(p, "ms") == 0) unit = 1;
-    else if (strcmp(p, "s") == 0) unit = 1000;
-    else if (strcmp(p, "m") == 0) unit = 60000;
-    else if (strcmp(p, "h") == 0) unit = 3600000;
-    else if (strcmp(p, "d") == 0) unit = 86400000;
-    else return -1;
-    if (v <= 0 || __builtin_mul_overflow(v, unit, &v)) return -1;
-    *ms = v;
-    return 0;
-}
+#include "xalloc.h"
 
 bool feature_op_known(const char *op_name) { return op_name && op_lookup(op_name) != NULL; }
 
@@ -91,12 +68,6 @@ int feature_precheck_unbounded(const json_t *agg_spec, const char *path, bv_err 
 }
 
 /* ---- compile ---- */
-
-static char *xstrdup(const char *s) {
-    char *p = strdup(s);
-    if (!p) abort();
-    return p;
-}
 
 void feature_release(feature *f) {
     if (!f) return;
@@ -166,8 +137,8 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         return -1;
     }
     fl = vt->flags;
-    f->name = xstrdup(name);
-    f->op_name = xstrdup(op);
+    f->name = bv_xstrdup(name);
+    f->op_name = bv_xstrdup(op);
     f->vt = vt;
     f->spec = json_deep_copy(spec);
     f->p.q = 0.5;
@@ -191,7 +162,7 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
                    "field '%s' of operator '%s' is not in the upstream schema", field, op);
         goto fail;
     }
-    if (field) f->field = xstrdup(field);
+    if (field) f->field = bv_xstrdup(field);
 
     /* step 7: n */
     if (fl & OPF_N_REQUIRED) {
@@ -236,7 +207,7 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
             bv_err_set(err, "aggregation_invalid_window", path, "operator '%s' needs a finite window", op);
             goto fail;
         }
-        f->window_src = xstrdup(wsrc);
+        f->window_src = bv_xstrdup(wsrc);
         if (fl & OPF_WINDOWABLE) {
             f->window_ms = w;
             f->bucket_ms = w ? (w + 63) / 64 : 0;
@@ -273,7 +244,7 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
                            wc.missing ? wc.missing : "?");
                 goto fail;
             }
-            f->where_src = xstrdup(where);
+            f->where_src = bv_xstrdup(where);
         }
     }
 

@@ -21,6 +21,7 @@
 #include "err.h"
 #include "expr.h"
 #include "jsonw.h"
+#include "names.h"
 #include "value.h"
 
 struct op_vtable;
@@ -101,9 +102,5 @@ void feature_read(const feature *f, const void *st, int64_t query_ms, jsonw *w);
 /* Serialise / restore a state (snapshots). decode expects an initialised state. */
 void feature_encode(const feature *f, const void *st, bv_buf *out);
 int feature_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end);
-
-/* Duration strings: "<digits>(ms|s|m|h|d)" > 0, or "forever" (-> *ms = 0).
- * Returns 0 or -1. */
-int bv_parse_duration(const char *s, int64_t *ms);
 
 #endif

@@ -7,12 +7,7 @@
 #include <string.h>
 #include "codec.h"
 #include "hll.h"
-
-static void *xrealloc(void *p, size_t n) {
-    p = realloc(p, n);
-    if (!p) abort();
-    return p;
-}
+#include "xalloc.h"
 
 /* First index whose hash is >= h. */
 static uint32_t lower_bound(const uint64_t *a, uint32_t n, uint64_t h) {
@@ -47,7 +42,7 @@ void distinct_add(distinct *d, uint64_t hash) {
     }
     if (d->n == d->cap) {
         d->cap = d->cap ? d->cap * 2 : 4;
-        d->p = a = xrealloc(a, (size_t)d->cap * sizeof *a);
+        d->p = a = bv_xrealloc(a, (size_t)d->cap * sizeof *a);
     }
     memmove(&a[i + 1], &a[i], (size_t)(d->n - i) * sizeof *a);
     a[i] = hash;
@@ -79,7 +74,7 @@ void distinct_merge(distinct *dst, const distinct *src) {
     /* Both exact: sorted union into a new array. */
     const uint64_t *a = dst->p;
     uint32_t na = dst->n, nb = src->n, i = 0, j = 0, n = 0;
-    uint64_t *out = xrealloc(NULL, ((size_t)na + nb) * sizeof *out);
+    uint64_t *out = bv_xrealloc(NULL, ((size_t)na + nb) * sizeof *out);
     while (i < na || j < nb) {
         if (j == nb || (i < na && a[i] < b[j])) out[n++] = a[i++];
         else if (i == na || b[j] < a[i]) out[n++] = b[j++];
@@ -114,7 +109,7 @@ int distinct_decode(const uint8_t **p, const uint8_t *end, distinct *d) {
         if (cod_get_bytes(&q, end, HLL_M, &reg) < 0) return -1;
         for (uint32_t i = 0; i < HLL_M; i++)
             if (reg[i] > HLL_MAX_RANK) return -1;
-        d->p = xrealloc(NULL, HLL_M);
+        d->p = bv_xrealloc(NULL, HLL_M);
         memcpy(d->p, reg, HLL_M);
         d->n = DISTINCT_HLL;
         *p = q;
@@ -124,7 +119,7 @@ int distinct_decode(const uint8_t **p, const uint8_t *end, distinct *d) {
     if (mode != 0 || cod_get_u32(&q, end, &n) < 0 || n > DISTINCT_EXACT_MAX) return -1;
     if ((size_t)(end - q) < (size_t)n * 8) return -1;
     if (n == 0) { *p = q; return 0; }
-    uint64_t *a = xrealloc(NULL, (size_t)n * sizeof *a);
+    uint64_t *a = bv_xrealloc(NULL, (size_t)n * sizeof *a);
     for (uint32_t i = 0; i < n; i++) {
         cod_get_u64(&q, end, &a[i]);
         if (i && a[i] <= a[i - 1]) { free(a); return -1; }
