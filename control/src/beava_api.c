@@ -21,18 +21,30 @@ static void auth_headers(const struct beava_ep *ep, char *buf, size_t len, const
 
 int beava_ready(const struct beava_ep *ep, char *why, size_t whylen)
 {
+    return beava_ready_progress(ep, why, whylen, NULL);
+}
+
+int beava_ready_progress(const struct beava_ep *ep, char *why, size_t whylen, json_t **progress)
+{
     char url[300], err[CTL_ERR_LEN];
     snprintf(url, sizeof url, "http://%s/ready", ep->admin_addr);
     struct http_req req = {.url = url, .timeout_ms = 2000, .max_body = 65536};
     struct http_resp resp;
     int rc = http_do(&req, &resp, err);
     int ready = 0;
-    if (rc < 0)
+    if (progress)
+        *progress = NULL;
+    if (rc < 0) {
         snprintf(why, whylen, "admin /ready: %s", err);
-    else if (resp.status != 200)
+    } else if (resp.status != 200) {
         snprintf(why, whylen, "admin /ready: %ld %.200s", resp.status, resp.body ? resp.body : "");
-    else
+        json_t *b = resp.body ? json_loads(resp.body, 0, NULL) : NULL;
+        if (progress && json_is_object(json_object_get(b, "progress")))
+            *progress = json_incref(json_object_get(b, "progress"));
+        json_decref(b);
+    } else {
         ready = 1;
+    }
     http_resp_free(&resp);
     return ready;
 }

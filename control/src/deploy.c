@@ -8,8 +8,10 @@
  */
 #include "deploy.h"
 #include "beava_api.h"
+#include "dlog.h"
 #include "manifest.h"
 #include "oci.h"
+#include "releases.h"
 #include "runtime.h"
 #include "state.h"
 #include "unpack.h"
@@ -98,6 +100,10 @@ static void step_done(struct ctl_ctx *ctx, struct deploy *d, const char *name, i
     json_object_set_new(j, "deploy", json_string(d->id));
     journal_rec(ctx, j);
     json_decref(j);
+    json_t *l = json_deep_copy(s);
+    json_object_del(json_object_get(l, "detail"), "log_tail");
+    json_object_set_new(l, "deploy", json_string(d->id));
+    dlog("deploy.step", l);
     json_decref(s);
 }
 
@@ -118,6 +124,11 @@ static void deploy_end(struct ctl_ctx *ctx, struct deploy *d, const char *status
     if (extra)
         json_object_update(j, extra);
     journal_rec(ctx, j);
+    json_t *l = json_deep_copy(j);
+    json_object_del(l, "event");
+    json_object_set_new(l, "deploy_kind", json_string(d->kind));
+    json_object_set_new(l, "source", json_string(d->source));
+    dlog("deploy.end", l);
     json_decref(j);
     json_decref(extra);
 }
@@ -137,8 +148,29 @@ static char *image_dir(struct ctl_ctx *ctx, const char *digest)
     return ctl_asprintf("%s/images/%s", ctx->cfg->state_dir, digest + 7);
 }
 
-/* Start the release `digest` with the configured runtime; saves instance.json. */
-static int start_release(struct ctl_ctx *ctx, const char *digest, const char *deploy_id, char *err)
+/* The image's version and revision labels, for the journal (NULL when unknown). */
+static json_t *release_labels(struct ctl_ctx *ctx, const char *digest)
+{
+    char *dir = image_dir(ctx, digest);
+    json_t *img = state_load(dir, "image");
+    free(dir);
+    json_t *lb = json_object_get(json_object_get(json_object_get(img, "config"), "config"), "Labels");
+    json_t *out = NULL;
+    if (json_is_object(lb)) {
+        out = json_object();
+        const char *keys[] = {"org.opencontainers.image.version", "org.opencontainers.image.revision", NULL};
+        for (int i = 0; keys[i]; i++)
+            if (json_is_string(json_object_get(lb, keys[i])))
+                json_object_set(out, keys[i], json_object_get(lb, keys[i]));
+    }
+    json_decref(img);
+    return out;
+}
+
+/* Start the release `digest` with the configured runtime; saves instance.json. *detail
+ * (optional, caller owns) gets {pid, log, env_overrides}; each override is logged. */
+static int start_release(struct ctl_ctx *ctx, const char *digest, const char *deploy_id, json_t **detail,
+                         char *err)
 {
     struct ctl_config *cfg = ctx->cfg;
     char *dir = image_dir(ctx, digest);
@@ -178,6 +210,17 @@ static int start_release(struct ctl_ctx *ctx, const char *digest, const char *de
     if (runtime_start(cfg, &s, &inst, err) < 0)
         goto out;
     json_object_set_new(inst, "deploy", json_string(deploy_id));
+    size_t i;
+    json_t *o;
+    json_array_foreach(json_object_get(inst, "env_overrides"), i, o) {
+        json_t *l = json_deep_copy(o);
+        json_object_set_new(l, "deploy", json_string(deploy_id));
+        json_object_set_new(l, "digest", json_string(digest));
+        dlog("server.env_override", l);
+    }
+    if (detail)
+        *detail = json_pack("{s:O?,s:O?,s:O?}", "pid", json_object_get(inst, "pid"), "log", json_object_get(inst, "log"),
+                            "env_overrides", json_object_get(inst, "env_overrides"));
     rc = state_save(cfg->state_dir, "instance", inst, err);
     json_decref(inst);
 out:
@@ -203,46 +246,90 @@ static int stop_instance(struct ctl_ctx *ctx, json_t **how, char *err)
     return rc;
 }
 
-/* Wait for admin /ready 200 and data-plane /ping; deadline grows with the data size. */
+static char *progress_text(json_t *p)
+{
+    if (!p)
+        return ctl_strdup("the server reports no recovery progress");
+    return ctl_asprintf("phase %s, %lld records and %.1f MiB replayed of a %.1f MiB WAL",
+                        json_string_value(json_object_get(p, "phase")) ? json_string_value(json_object_get(p, "phase")) : "?",
+                        (long long)json_integer_value(json_object_get(p, "records")),
+                        (double)json_integer_value(json_object_get(p, "bytes")) / (1024.0 * 1024.0),
+                        (double)json_integer_value(json_object_get(p, "wal_bytes_total")) / (1024.0 * 1024.0));
+}
+
+/* The readiness gate: admin /ready 200 and data-plane /ping. It fails, saying which, when
+ *  - the server exits ("exited", quoting the server's last error line),
+ *  - recovery shows no progress (the "progress" of admin /ready's 503 answer) for
+ *    runtime.ready_stall_s, plus ready_s_per_gib per GiB while a snapshot loads ("stalled"),
+ *  - the ceiling ready_timeout_s + ready_s_per_gib x data GiB passes ("ceiling"). */
 static int probe(struct ctl_ctx *ctx, json_t **detail, char *err)
 {
     struct ctl_config *cfg = ctx->cfg;
     struct beava_ep ep = endpoint(ctx);
     uint64_t bytes = ctl_tree_bytes(cfg->runtime_data_dir);
     double deadline_s = (double)cfg->ready_timeout_s + (double)cfg->ready_s_per_gib * (double)bytes / GIB;
-    int64_t t0 = ctl_mono_ms(), end = t0 + (int64_t)(deadline_s * 1000);
+    int64_t t0 = ctl_mono_ms(), end = t0 + (int64_t)(deadline_s * 1000), last_change = t0;
     char why[CTL_ERR_LEN] = "no answer yet";
     json_t *inst = state_load(cfg->state_dir, "instance");
+    const char *log = json_string_value(json_object_get(inst, "log"));
+    json_t *last = NULL;
+    const char *reason = NULL;
+    double stall_s = (double)cfg->ready_stall_s;
     int rc = -1;
     for (;;) {
         if (inst && !runtime_alive(cfg, inst)) {
-            ctl_errf(err, "the server exited during startup (%s)", why);
+            char *last_err = log ? runtime_log_last_error(log) : NULL;
+            ctl_errf(err, "the server exited during startup: %s", last_err ? last_err : why);
+            free(last_err);
+            reason = "exited";
             break;
         }
-        if (beava_ready(&ep, why, sizeof why)) {
+        json_t *prog = NULL;
+        int64_t now = ctl_mono_ms();
+        if (beava_ready_progress(&ep, why, sizeof why, &prog)) {
             int64_t v = 0;
             if (beava_ping(&ep, &v, why) == 0) {
-                *detail = json_pack("{s:I,s:f,s:I,s:I}", "ms", (json_int_t)(ctl_mono_ms() - t0),
-                                    "deadline_s", deadline_s, "data_bytes", (json_int_t)bytes,
-                                    "registry_version", (json_int_t)v);
+                *detail = json_pack("{s:I,s:f,s:I,s:I,s:O?}", "ms", (json_int_t)(ctl_mono_ms() - t0), "deadline_s",
+                                    deadline_s, "data_bytes", (json_int_t)bytes, "registry_version", (json_int_t)v,
+                                    "progress", last);
                 rc = 0;
                 break;
             }
+            last_change = now;
+        } else if (prog && !json_equal(prog, last)) {
+            json_decref(last);
+            last = json_incref(prog);
+            last_change = now;
         }
-        if (ctl_mono_ms() >= end) {
-            ctl_errf(err, "not ready within %.0fs (data dir %.1f MiB): %s", deadline_s,
-                     (double)bytes / (1024.0 * 1024.0), why);
+        json_decref(prog);
+        const char *phase = json_string_value(json_object_get(last, "phase"));
+        double allow = stall_s;
+        if (phase && !strcmp(phase, "snapshot"))
+            allow += (double)cfg->ready_s_per_gib * (double)json_integer_value(json_object_get(last, "snapshot_bytes")) / GIB;
+        if (now - last_change >= (int64_t)(allow * 1000)) {
+            char *pt = progress_text(last);
+            ctl_errf(err, "recovery stalled: no progress for %.0fs (runtime.ready_stall_s; %s): %s", allow, pt, why);
+            free(pt);
+            reason = "stalled";
+            break;
+        }
+        if (now >= end) {
+            char *pt = progress_text(last);
+            ctl_errf(err, "not ready within %.0fs (the ceiling for a data dir of %.1f MiB; %s): %s", deadline_s,
+                     (double)bytes / (1024.0 * 1024.0), pt, why);
+            free(pt);
+            reason = "ceiling";
             break;
         }
         usleep(200000);
     }
     if (rc < 0) {
-        const char *log = json_string_value(json_object_get(inst, "log"));
         char *tail = log ? runtime_log_tail(log, 40) : ctl_strdup("");
-        *detail = json_pack("{s:s,s:f,s:I}", "log_tail", tail, "deadline_s", deadline_s,
-                            "data_bytes", (json_int_t)bytes);
+        *detail = json_pack("{s:s,s:s,s:f,s:I,s:f,s:O?}", "log_tail", tail, "reason", reason, "deadline_s", deadline_s,
+                            "data_bytes", (json_int_t)bytes, "stall_s", stall_s, "progress", last);
         free(tail);
     }
+    json_decref(last);
     json_decref(inst);
     return rc;
 }
@@ -309,9 +396,24 @@ static int snapshot_backup(struct ctl_ctx *ctx, struct deploy *d, json_t **detai
     int rc = ctl_mkdirs(dir, 0750, err);
     if (rc == 0)
         rc = ctl_copytree(host, dst, err);
-    if (rc == 0)
-        *detail = json_pack("{s:O,s:s,s:s,s:I}", "lsn", json_object_get(snap, "lsn"), "snapshot", host,
-                            "backup", dst, "bytes", (json_int_t)ctl_tree_bytes(dst));
+    if (rc == 0) {
+        json_t *cur = state_load(ctx->cfg->state_dir, "current");
+        *detail = json_pack("{s:O,s:s,s:s,s:I,s:O?}", "lsn", json_object_get(snap, "lsn"), "snapshot", host,
+                            "backup", dst, "bytes", (json_int_t)ctl_tree_bytes(dst), "release",
+                            json_object_get(cur, "digest"));
+        json_decref(cur);
+        /* the manifest carry as it was, so a restore of this snapshot restores it too */
+        char *src = ctl_asprintf("%s/registry.json", ctx->cfg->state_dir);
+        char *rj = ctl_asprintf("%s/registry.json", dir);
+        char *text = NULL;
+        size_t len;
+        char e2[CTL_ERR_LEN];
+        if (ctl_read_file(src, 64u << 20, &text, &len, e2) == 0 && access(rj, F_OK) != 0)
+            ctl_write_file_atomic(rj, text, len, 0640, e2);
+        free(text);
+        free(rj);
+        free(src);
+    }
     free(dir);
     free(dst);
     free(host);
@@ -544,14 +646,15 @@ static void rollback(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const c
         return;
     }
     t0 = ctl_mono_ms();
-    if (start_release(ctx, digest, d->id, err) < 0) {
+    json_t *sd = NULL;
+    if (start_release(ctx, digest, d->id, &sd, err) < 0) {
         step_done(ctx, d, "rollback.start", t0, false, err, NULL);
         char *m = ctl_asprintf("%s; rollback to %s failed: %s", reason, digest, err);
         deploy_end(ctx, d, "failed", m, NULL);
         free(m);
         return;
     }
-    step_done(ctx, d, "rollback.start", t0, true, digest, NULL);
+    step_done(ctx, d, "rollback.start", t0, true, digest, sd);
     t0 = ctl_mono_ms();
     json_t *detail = NULL;
     int x = probe(ctx, &detail, err);
@@ -628,6 +731,9 @@ static void housekeeping(struct ctl_ctx *ctx, json_t *cur)
     dir = ctl_asprintf("%s/backups", ctx->cfg->state_dir);
     gc_dir(dir, ctx->cfg->keep_backups, none);
     free(dir);
+    int n = releases_gc_blobs(ctx->cfg->state_dir);
+    if (n > 0)
+        dlog("store.gc", json_pack("{s:i,s:I}", "blobs_removed", n, "keep_images", (json_int_t)ctx->cfg->keep_images));
 }
 
 /* ---- the pipeline ------------------------------------------------------------------------ */
@@ -731,8 +837,13 @@ static int fetch_release(struct ctl_ctx *ctx, struct deploy *d, char *digest, ch
             step_done(ctx, d, "unpack", t0, false, err, NULL);
             goto out;
         }
-        json_t *meta = json_pack("{s:s,s:s,s:s,s:O}", "image", d->image, "digest", digest, "manifest",
-                                 img.manifest_digest, "config", img.config);
+        json_t *blobs = json_array();
+        json_array_append_new(blobs, json_string(img.config_digest));
+        size_t li;
+        json_t *lay;
+        json_array_foreach(img.layers, li, lay) json_array_append(blobs, json_object_get(lay, "digest"));
+        json_t *meta = json_pack("{s:s,s:s,s:s,s:O,s:o}", "image", d->image, "digest", digest, "manifest",
+                                 img.manifest_digest, "config", img.config, "blobs", blobs);
         state_save(dir, "image", meta, err);
         json_decref(meta);
         step_done(ctx, d, "unpack", t0, true, rootfs, NULL);
@@ -884,7 +995,8 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
                 free(rj);
             }
             step_done(ctx, d, "backup", t0, x == 0, x ? err : dst,
-                      x ? NULL : json_pack("{s:I}", "bytes", (json_int_t)ctl_tree_bytes(dst)));
+                      x ? NULL : json_pack("{s:s,s:I,s:s?}", "path", dst, "bytes", (json_int_t)ctl_tree_bytes(dst),
+                                           "release", cur_digest));
             free(dir);
             free(dst);
             if (x < 0) {
@@ -894,14 +1006,15 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
         }
         /* 5. start new */
         t0 = ctl_mono_ms();
-        if (start_release(ctx, digest, d->id, err) < 0) {
+        json_t *sd = NULL;
+        if (start_release(ctx, digest, d->id, &sd, err) < 0) {
             step_done(ctx, d, "start", t0, false, err, NULL);
             char *r = ctl_asprintf("the new server did not start: %s", err);
             rollback(ctx, d, cur, r, cfg->backup_data_on_deploy);
             free(r);
             goto out;
         }
-        step_done(ctx, d, "start", t0, true, digest, NULL);
+        step_done(ctx, d, "start", t0, true, digest, sd);
         /* 6. probe */
         t0 = ctl_mono_ms();
         json_t *detail = NULL;
@@ -949,7 +1062,8 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
     commit(ctx, d, cur, digest, d->image, d->revision, set->hash, mdir, restarted);
     char *m = restarted ? ctl_asprintf("running %s, ready, manifests applied", digest)
                         : ctl_asprintf("%s was already running; manifests applied", digest);
-    deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:s}", "digest", digest, "manifests_hash", set->hash));
+    deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:s,s:o?}", "digest", digest, "manifests_hash", set->hash,
+                                                 "labels", release_labels(ctx, digest)));
     free(m);
 out:
     manifest_set_free(set);
@@ -1029,8 +1143,9 @@ static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
     step_done(ctx, d, "stop", t0, true, NULL, how);
     t0 = ctl_mono_ms();
     json_t *detail = NULL;
-    int x = start_release(ctx, target, d->id, err);
-    step_done(ctx, d, "start", t0, x == 0, x ? err : target, NULL);
+    json_t *sd = NULL;
+    int x = start_release(ctx, target, d->id, &sd, err);
+    step_done(ctx, d, "start", t0, x == 0, x ? err : target, sd);
     if (x == 0) {
         t0 = ctl_mono_ms();
         x = probe(ctx, &detail, err);
@@ -1053,7 +1168,7 @@ static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
     state_save(ctx->cfg->state_dir, "current", next, err);
     json_decref(next);
     char *m = ctl_asprintf("rolled back to %s", target);
-    deploy_end(ctx, d, "succeeded", m, json_pack("{s:s}", "digest", target));
+    deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:o?}", "digest", target, "labels", release_labels(ctx, target)));
     free(m);
     json_decref(cur);
 }
@@ -1202,7 +1317,7 @@ void deploy_supervise(struct ctl_ctx *ctx, json_t *state)
     char *tail = log ? runtime_log_tail(log, 20) : ctl_strdup("");
     char id[64];
     snprintf(id, sizeof id, "supervisor-%lld", (long long)ctl_now_ms());
-    int rc = start_release(ctx, digest, id, err);
+    int rc = start_release(ctx, digest, id, NULL, err);
     json_t *rec = json_pack("{s:s,s:s,s:s,s:b,s:I,s:s}", "event", "supervisor.restart", "deploy", id, "digest",
                             digest, "ok", rc == 0, "restarts", restarts + 1, "log_tail", tail);
     if (rc < 0)

@@ -123,6 +123,36 @@ char *runtime_log_tail(const char *path, int lines)
     return out;
 }
 
+char *runtime_log_last_error(const char *path)
+{
+    char *tail = runtime_log_tail(path, 60);
+    char *found = NULL, *last = NULL;
+    char *save = NULL;
+    for (char *line = strtok_r(tail, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (!*line)
+            continue;
+        free(last);
+        last = ctl_strdup(line);
+        json_t *j = line[0] == '{' ? json_loads(line, 0, NULL) : NULL;
+        const char *lvl = json_string_value(json_object_get(j, "level"));
+        const char *msg = json_string_value(json_object_get(j, "msg"));
+        if (lvl && msg && (!strcmp(lvl, "error") || !strcmp(lvl, "fatal"))) {
+            free(found);
+            found = ctl_strdup(msg);
+        } else if (!j && (!strncmp(line, "beava: ", 7) || strstr(line, "error") || strstr(line, "Error"))) {
+            free(found);
+            found = ctl_strdup(!strncmp(line, "beava: ", 7) ? line + 7 : line);
+        }
+        json_decref(j);
+    }
+    free(tail);
+    if (found) {
+        free(last);
+        return found;
+    }
+    return last;
+}
+
 /* Resolve the image's User ("uid[:gid]" or a name in the rootfs's /etc/passwd). */
 static int image_user(const char *rootfs, json_t *image_config, uid_t *uid, gid_t *gid)
 {
@@ -188,29 +218,109 @@ static void chown_tree(const char *path, uid_t uid, gid_t gid)
     closedir(d);
 }
 
-static void build_env(const struct ctl_config *cfg, json_t *image_config, struct strv *env)
+/* Keys the daemon owns: the listen addresses, the data dir and the inherited sockets. An
+ * image (or runtime.env) setting one of them is overridden, and the override reported. */
+static const char *const DAEMON_KEYS[] = {"BEAVA_LISTEN_ADDR", "BEAVA_ADMIN_ADDR", "BEAVA_TCP_PORT",
+                                          "BEAVA_DATA_DIR",    "LISTEN_FDS",       "LISTEN_PID",
+                                          "LISTEN_FDNAMES",    NULL};
+
+static bool daemon_key(const char *kv)
+{
+    size_t n = strcspn(kv, "=");
+    for (int i = 0; DAEMON_KEYS[i]; i++)
+        if (strlen(DAEMON_KEYS[i]) == n && !strncmp(kv, DAEMON_KEYS[i], n))
+            return true;
+    return false;
+}
+
+/* Index of the entry of env whose name is kv's name, or -1. */
+static long env_find(const struct strv *env, const char *kv)
+{
+    size_t n = strcspn(kv, "=");
+    for (size_t i = 0; i < env->n; i++)
+        if (!strncmp(env->v[i], kv, n) && env->v[i][n] == '=')
+            return (long)i;
+    return -1;
+}
+
+static void note_override(json_t *overrides, const char *kv, const char *by, const char *used)
+{
+    size_t n = strcspn(kv, "=");
+    char *key = ctl_asprintf("%.*s", (int)n, kv);
+    json_array_append_new(overrides, json_pack("{s:s,s:s,s:s,s:s}", "key", key, "image_value", kv[n] ? kv + n + 1 : "",
+                                               "by", by, "value", used));
+    free(key);
+}
+
+/* Set kv (replacing an entry of the same name). */
+static void env_set(struct strv *env, const char *kv)
+{
+    long i = env_find(env, kv);
+    if (i < 0) {
+        sv_add(env, kv);
+        return;
+    }
+    free(env->v[i]);
+    env->v[i] = ctl_strdup(kv);
+}
+
+/* The server's environment: the image's Env (BEAVA_* included), then runtime.env, then
+ * the daemon's own keys. Every image entry replaced on the way is listed in overrides. */
+static void build_env(const struct ctl_config *cfg, json_t *image_config, struct strv *env, json_t *overrides)
 {
     size_t i;
     json_t *v;
-    /* image Env first (PATH etc.), then ours, which win */
     json_array_foreach(json_object_get(image_config, "Env"), i, v) {
-        if (json_is_string(v) && strncmp(json_string_value(v), "BEAVA_", 6))
-            sv_add(env, json_string_value(v));
+        if (json_is_string(v) && strchr(json_string_value(v), '='))
+            env_set(env, json_string_value(v));
     }
-    if (!json_object_get(image_config, "Env"))
+    if (env_find(env, "PATH=") < 0)
         sv_add(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    char buf[512];
-    snprintf(buf, sizeof buf, "BEAVA_LISTEN_ADDR=%s", cfg->runtime_http_addr);
-    sv_add(env, buf);
-    snprintf(buf, sizeof buf, "BEAVA_ADMIN_ADDR=%s", cfg->runtime_admin_addr);
-    sv_add(env, buf);
-    snprintf(buf, sizeof buf, "BEAVA_TCP_PORT=%lld", (long long)cfg->runtime_tcp_port);
-    sv_add(env, buf);
+    size_t from_image = env->n;
     const char *k;
     json_object_foreach(cfg->runtime_env, k, v) {
         char *kv = ctl_asprintf("%s=%s", k, json_string_value(v));
-        sv_add(env, kv);
+        long at = env_find(env, kv);
+        if (daemon_key(kv)) {
+            free(kv);
+            continue; /* refused by config validation too; the daemon's value wins */
+        }
+        if (at >= 0 && (size_t)at < from_image && strcmp(env->v[at], kv))
+            note_override(overrides, env->v[at], "runtime.env", json_string_value(v));
+        env_set(env, kv);
         free(kv);
+    }
+    /* The data dir is passed as --data-dir (flags win over the environment). */
+    long dd = env_find(env, "BEAVA_DATA_DIR=");
+    if (dd >= 0) {
+        note_override(overrides, env->v[dd], "daemon (--data-dir)", "");
+        free(env->v[dd]);
+        memmove(env->v + dd, env->v + dd + 1, (env->n - (size_t)dd) * sizeof *env->v);
+        env->n--;
+    }
+    char buf[512];
+    const char *owned[3][2] = {{"BEAVA_LISTEN_ADDR", cfg->runtime_http_addr},
+                               {"BEAVA_ADMIN_ADDR", cfg->runtime_admin_addr},
+                               {"BEAVA_TCP_PORT", NULL}};
+    char port[24];
+    snprintf(port, sizeof port, "%lld", (long long)cfg->runtime_tcp_port);
+    owned[2][1] = port;
+    for (int o = 0; o < 3; o++) {
+        snprintf(buf, sizeof buf, "%s=%s", owned[o][0], owned[o][1]);
+        long at = env_find(env, buf);
+        if (at >= 0 && strcmp(env->v[at], buf))
+            note_override(overrides, env->v[at], "daemon", owned[o][1]);
+        env_set(env, buf);
+    }
+    /* Inherited-socket variables of the image never reach the server: only the daemon's. */
+    for (const char *const *ls = (const char *const[]){"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", NULL}; *ls; ls++) {
+        long at = env_find(env, *ls);
+        if (at >= 0) {
+            note_override(overrides, env->v[at], "daemon (inherited sockets)", "");
+            free(env->v[at]);
+            memmove(env->v + at, env->v + at + 1, (env->n - (size_t)at) * sizeof *env->v);
+            env->n--;
+        }
     }
 }
 
@@ -224,6 +334,7 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
     bool systemd = !strcmp(kind, "systemd");
     uid_t uid = 0;
     gid_t gid = 0;
+    json_t *overrides = NULL;
     *instance = NULL;
     if ((bwrap || systemd) && !s->rootfs)
         return ctl_errf(err, "runtime %s needs an image rootfs", kind);
@@ -269,7 +380,8 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         uid = 0, gid = 0; /* cannot switch users: run as ourselves */
     if (uid != 0)
         chown_tree(cfg->runtime_data_dir, uid, gid);
-    build_env(cfg, s->image_config, &env);
+    overrides = json_array();
+    build_env(cfg, s->image_config, &env, overrides);
 
     const char *data_arg = s->rootfs ? "/data" : cfg->runtime_data_dir;
     const char *conf_arg = *cfg->runtime_config ? (s->rootfs ? "/etc/beava/beava.yaml" : cfg->runtime_config) : NULL;
@@ -385,6 +497,9 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
                           (json_int_t)monitor, "log", s->log_path, "started", ts);
     rc = 0;
 out:
+    if (*instance && overrides)
+        json_object_set(*instance, "env_overrides", overrides);
+    json_decref(overrides);
     if (info[0] >= 0)
         close(info[0]);
     if (info[1] >= 0)

@@ -47,6 +47,11 @@ void runtime_reap(void);
 /* The last `lines` lines of a log file (caller frees). */
 char *runtime_log_tail(const char *path, int lines);
 
+/* The server's own last error from its log: the message of the last error-level JSON
+ * line, or the last "beava: ..." line (configuration refused), else the last line; NULL
+ * for an empty log. Caller frees. */
+char *runtime_log_last_error(const char *path);
+
 /* systemd runtime (runtime_systemd.c). */
 /* uid/gid: the image's user as numbers, -1 for none (the unit runs as root). */
 int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, char *const *argv,

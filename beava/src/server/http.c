@@ -500,7 +500,9 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
     }
     if (strcmp(path, "/ready") == 0) {
         bool ready = s->deps.ready ? atomic_load(s->deps.ready) : true;
-        bv_buf_puts(&out, ready ? "{\"status\":\"ready\"}" : "{\"status\":\"recovering\"}");
+        bv_buf_puts(&out, ready ? "{\"status\":\"ready\"" : "{\"status\":\"recovering\"");
+        if (!ready && s->deps.progress) s->deps.progress(s->deps.ctx, &out);
+        bv_buf_putc(&out, '}');
         return send_buf(c, ready ? 200 : 503, "application/json", &out, "beava-admin", false);
     }
     bool ready = s->deps.ready ? atomic_load(s->deps.ready) : true;

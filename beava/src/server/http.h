@@ -22,6 +22,8 @@ typedef struct http_server http_server;
 
 /* Extra lines for admin /metrics from the process (WAL, snapshots); may be NULL. */
 typedef void (*http_metrics_fn)(void *ctx, bv_buf *out);
+/* Admin /ready while not ready: extra JSON members (",\"progress\":{...}") after "status". */
+typedef void (*http_progress_fn)(void *ctx, bv_buf *out);
 /* Admin POST /snapshot: take a snapshot now; writes the body, returns the status. */
 typedef int (*http_snapshot_fn)(void *ctx, bv_buf *out);
 
@@ -33,6 +35,7 @@ typedef struct http_deps {
     const char *admin_token;           /* NULL = no token required */
     http_metrics_fn extra_metrics;
     http_snapshot_fn snapshot;
+    http_progress_fn progress;         /* may be NULL */
     void *ctx;
 } http_deps;
 

@@ -80,6 +80,11 @@ static void server_metrics(void *ctx, bv_buf *out) {
     persist_metrics(s->persist, out);
 }
 
+static void server_progress(void *ctx, bv_buf *out) {
+    beava_server *s = ctx;
+    persist_progress(s->persist, out);
+}
+
 static int server_snapshot(void *ctx, bv_buf *out) {
     beava_server *s = ctx;
     return persist_snapshot_now(s->persist, out);
@@ -150,6 +155,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         .eng = s->eng, .cfg = cfg, .log = log, .ready = &s->ready, .admin_token = s->admin_token, .ctx = s,
         .extra_metrics = s->persist ? server_metrics : NULL,
         .snapshot = s->persist ? server_snapshot : NULL,
+        .progress = s->persist ? server_progress : NULL,
     };
     s->admin = http_start(HTTP_ADMIN, cfg->admin_addr, &deps, 1, s->admin_bound, sizeof s->admin_bound, err, errlen);
     if (!s->admin) goto fail;
