@@ -72,6 +72,7 @@ void deploy_free(struct deploy *d)
     free(d->revision);
     free(d->manifests);
     free(d->source);
+    free(d->target);
     json_decref(d->rec);
     free(d);
 }
@@ -1121,17 +1122,64 @@ out:
     json_decref(inst);
 }
 
+/* What current.json says about `digest` once it runs again: the previous release's
+ * record, or one rebuilt from the releases the journal knows. */
+static json_t *release_record(struct ctl_ctx *ctx, json_t *cur, const char *digest)
+{
+    json_t *prev = json_object_get(cur, "previous");
+    const char *pd = json_string_value(json_object_get(prev, "digest"));
+    if (pd && !strcmp(pd, digest))
+        return json_deep_copy(prev);
+    json_t *rec = json_pack("{s:s,s:s}", "digest", digest, "runtime", ctx->cfg->runtime_kind);
+    json_t *all = releases_list(ctx->cfg->state_dir);
+    size_t i;
+    json_t *e;
+    json_array_foreach(all, i, e) {
+        if (strcmp(json_string_value(json_object_get(e, "digest")), digest))
+            continue;
+        if (json_is_string(json_object_get(e, "image")))
+            json_object_set(rec, "image", json_object_get(e, "image"));
+        if (json_is_string(json_object_get(e, "revision")))
+            json_object_set(rec, "revision", json_object_get(e, "revision"));
+    }
+    json_decref(all);
+    /* the registry is not changed by a rollback: the manifest set stays */
+    if (json_object_get(cur, "manifests_hash"))
+        json_object_set(rec, "manifests_hash", json_object_get(cur, "manifests_hash"));
+    if (json_object_get(cur, "manifests"))
+        json_object_set(rec, "manifests", json_object_get(cur, "manifests"));
+    return rec;
+}
+
 static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
 {
     char err[CTL_ERR_LEN];
     json_t *cur = state_load(ctx->cfg->state_dir, "current");
     json_t *prev = json_object_get(cur, "previous");
-    const char *target = json_string_value(json_object_get(prev, "digest"));
+    const char *target = d->target ? d->target : json_string_value(json_object_get(prev, "digest"));
     int64_t t0 = ctl_mono_ms();
     if (!target) {
         deploy_end(ctx, d, "failed", "no previous release recorded: nothing to roll back to", NULL);
         json_decref(cur);
         return;
+    }
+    {
+        char *dir = image_dir(ctx, target);
+        struct stat st;
+        bool have = stat(dir, &st) == 0;
+        free(dir);
+        step_done(ctx, d, "release", t0, have, have ? target : "not in the image store",
+                  json_pack("{s:s,s:b}", "digest", target, "in_store", have));
+        if (!have) {
+            char *m = ctl_asprintf("release %s is no longer in the image store (deploy.keep_images); deploy it "
+                                   "again by digest (beava-control deploy REPOSITORY@%s); nothing changed",
+                                   target, target);
+            deploy_end(ctx, d, "failed", m, NULL);
+            free(m);
+            json_decref(cur);
+            return;
+        }
+        t0 = ctl_mono_ms();
     }
     json_t *how = NULL;
     if (stop_instance(ctx, &how, err) < 0) {
@@ -1159,7 +1207,7 @@ static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
     }
     char ts[40];
     ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
-    json_t *next = json_deep_copy(prev);
+    json_t *next = release_record(ctx, cur, target);
     json_t *old = json_deep_copy(cur);
     json_object_del(old, "previous");
     json_object_set_new(next, "previous", old);
@@ -1171,6 +1219,194 @@ static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
     deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:o?}", "digest", target, "labels", release_labels(ctx, target)));
     free(m);
     json_decref(cur);
+}
+
+/* ---- restore ---------------------------------------------------------------------------- */
+
+/* Install backup b into an empty data dir: a data dir copy is copied whole; a snapshot
+ * goes into <data>/snapshots/ (the server recovers from it, with an empty WAL). */
+static int install_backup(struct ctl_ctx *ctx, json_t *b, char *err)
+{
+    const char *data = ctx->cfg->runtime_data_dir;
+    const char *path = json_string_value(json_object_get(b, "path"));
+    const char *kind = json_string_value(json_object_get(b, "kind"));
+    if (!strcmp(kind, "data"))
+        return ctl_copytree(path, data, err);
+    char *snapdir = ctl_asprintf("%s/snapshots", data);
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    char *dst = ctl_asprintf("%s/%s", snapdir, base);
+    int rc = ctl_mkdirs(snapdir, 0750, err);
+    if (rc == 0)
+        rc = ctl_copytree(path, dst, err);
+    free(dst);
+    free(snapdir);
+    return rc;
+}
+
+/* The backup's registry.json (the manifest carry as it was), or NULL. */
+static char *backup_registry(struct ctl_ctx *ctx, const char *id, size_t *len)
+{
+    char *p = ctl_asprintf("%s/backups/%s/registry.json", ctx->cfg->state_dir, id);
+    char *text = NULL, e2[CTL_ERR_LEN];
+    if (ctl_read_file(p, 64u << 20, &text, len, e2) < 0)
+        text = NULL;
+    free(p);
+    return text;
+}
+
+/* Stop, move the data dir aside (never deleted), install the backup, start the running
+ * release, gate, verify the registry against the restored manifest carry. A failure puts
+ * the moved data dir back and starts the release on it again. */
+static void run_restore(struct ctl_ctx *ctx, struct deploy *d)
+{
+    struct ctl_config *cfg = ctx->cfg;
+    char err[CTL_ERR_LEN];
+    json_t *cur = state_load(cfg->state_dir, "current");
+    const char *digest = json_string_value(json_object_get(cur, "digest"));
+    json_t *all = backups_list(cfg->state_dir), *b = NULL;
+    size_t i;
+    json_t *e;
+    json_array_foreach(all, i, e) {
+        if (!b && !strcmp(json_string_value(json_object_get(e, "id")), d->target) && json_is_true(json_object_get(e, "exists")))
+            b = json_incref(e);
+    }
+    json_decref(all);
+    int64_t t0 = ctl_mono_ms();
+    char *aside = ctl_asprintf("%s.before-restore-%s", cfg->runtime_data_dir, d->id);
+    char *failed = ctl_asprintf("%s.failed-restore-%s", cfg->runtime_data_dir, d->id);
+    char *reg_aside = ctl_asprintf("%s/backups/%s/registry.json", cfg->state_dir, d->id);
+    char *bdir = ctl_asprintf("%s/backups/%s", cfg->state_dir, d->id);
+    char *reg_now = NULL;
+    size_t reg_now_len = 0;
+    bool moved = false;
+    if (!b || !digest) {
+        char *m = !b ? ctl_asprintf("no backup '%s' on disk (see `beava-control backups`); nothing changed", d->target)
+                     : ctl_strdup("no release is running to restore under; deploy one first; nothing changed");
+        deploy_end(ctx, d, "failed", m, NULL);
+        free(m);
+        goto out;
+    }
+    step_done(ctx, d, "restore.select", t0, true, json_string_value(json_object_get(b, "path")), json_incref(b));
+    /* 1. stop */
+    t0 = ctl_mono_ms();
+    json_t *how = NULL;
+    if (stop_instance(ctx, &how, err) < 0) {
+        step_done(ctx, d, "stop", t0, false, err, how);
+        char *m = ctl_asprintf("cannot stop the server: %s; nothing changed", err);
+        deploy_end(ctx, d, "failed", m, NULL);
+        free(m);
+        goto out;
+    }
+    step_done(ctx, d, "stop", t0, true, NULL, how);
+    /* 2. move the data dir aside, with the manifest carry */
+    t0 = ctl_mono_ms();
+    {
+        char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
+        char e2[CTL_ERR_LEN];
+        if (ctl_read_file(rp, 64u << 20, &reg_now, &reg_now_len, e2) < 0)
+            reg_now = NULL;
+        free(rp);
+    }
+    int x = ctl_mkdirs(bdir, 0750, err);
+    if (x == 0 && reg_now)
+        x = ctl_write_file_atomic(reg_aside, reg_now, reg_now_len, 0640, err);
+    if (x == 0 && rename(cfg->runtime_data_dir, aside) < 0 && errno != ENOENT)
+        x = ctl_errf(err, "rename %s -> %s: %s", cfg->runtime_data_dir, aside, strerror(errno));
+    moved = x == 0;
+    step_done(ctx, d, "restore.backup", t0, x == 0, x ? err : aside,
+              x ? NULL : json_pack("{s:s,s:I,s:s}", "path", aside, "bytes", (json_int_t)ctl_tree_bytes(aside), "release", digest));
+    if (x < 0)
+        goto fail;
+    /* 3. install */
+    t0 = ctl_mono_ms();
+    x = install_backup(ctx, b, err);
+    size_t rl = 0;
+    char *reg = x == 0 ? backup_registry(ctx, d->target, &rl) : NULL;
+    if (x == 0) {
+        char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
+        if (reg)
+            x = ctl_write_file_atomic(rp, reg, rl, 0640, err);
+        free(rp);
+    }
+    step_done(ctx, d, "restore.install", t0, x == 0, x ? err : cfg->runtime_data_dir,
+              x ? NULL : json_pack("{s:s,s:I,s:b}", "kind", json_string_value(json_object_get(b, "kind")), "bytes",
+                                   (json_int_t)ctl_tree_bytes(cfg->runtime_data_dir), "registry_restored", reg != NULL));
+    free(reg);
+    if (x < 0)
+        goto fail;
+    /* 4. start, gate, verify */
+    t0 = ctl_mono_ms();
+    json_t *sd = NULL;
+    x = start_release(ctx, digest, d->id, &sd, err);
+    step_done(ctx, d, "start", t0, x == 0, x ? err : digest, sd);
+    if (x < 0)
+        goto fail;
+    t0 = ctl_mono_ms();
+    json_t *detail = NULL;
+    x = probe(ctx, &detail, err);
+    step_done(ctx, d, "probe", t0, x == 0, x ? err : "admin /ready 200 and data-plane /ping", detail);
+    if (x < 0)
+        goto fail;
+    t0 = ctl_mono_ms();
+    json_t *regj = state_load(cfg->state_dir, "registry");
+    json_t *vd = NULL;
+    x = verify(ctx, json_object_get(regj, "nodes"), -1, &vd, err);
+    json_decref(regj);
+    step_done(ctx, d, "verify", t0, x == 0, x ? err : NULL, vd);
+    if (x < 0)
+        goto fail;
+    {
+        char *m = ctl_asprintf("restored backup %s (%s) under %s; the data dir before is kept at %s", d->target,
+                               json_string_value(json_object_get(b, "kind")), digest, aside);
+        deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:s,s:s}", "digest", digest, "restored", d->target, "kept", aside));
+        free(m);
+    }
+    goto out;
+fail: {
+        char *why = ctl_strdup(err);
+        char e2[CTL_ERR_LEN] = "";
+        int64_t tp = ctl_mono_ms();
+        int y = stop_instance(ctx, NULL, e2);
+        if (y == 0 && moved) {
+            struct stat st;
+            if (stat(cfg->runtime_data_dir, &st) == 0 && rename(cfg->runtime_data_dir, failed) < 0)
+                y = ctl_errf(e2, "rename %s: %s", cfg->runtime_data_dir, strerror(errno));
+            if (y == 0 && stat(aside, &st) == 0 && rename(aside, cfg->runtime_data_dir) < 0)
+                y = ctl_errf(e2, "rename %s back: %s", aside, strerror(errno));
+            char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
+            if (y == 0 && reg_now)
+                y = ctl_write_file_atomic(rp, reg_now, reg_now_len, 0640, e2);
+            free(rp);
+        }
+        step_done(ctx, d, "restore.put-back", tp, y == 0, y ? e2 : "the data dir is back as it was",
+                  y ? NULL : json_pack("{s:s,s:s}", "data_dir", cfg->runtime_data_dir, "failed_copy", failed));
+        int z = -1;
+        if (y == 0) {
+            tp = ctl_mono_ms();
+            json_t *sd2 = NULL, *pd = NULL;
+            z = start_release(ctx, digest, d->id, &sd2, e2);
+            step_done(ctx, d, "rollback.start", tp, z == 0, z ? e2 : digest, sd2);
+            if (z == 0) {
+                tp = ctl_mono_ms();
+                z = probe(ctx, &pd, e2);
+                step_done(ctx, d, "rollback.probe", tp, z == 0, z ? e2 : NULL, pd);
+            }
+        }
+        char *m = z == 0 ? ctl_asprintf("restore failed: %s; the data dir was put back and %s runs on it", why, digest)
+                         : ctl_asprintf("restore failed: %s; putting the data back failed too: %s (moved data: %s)", why,
+                                        e2, aside);
+        deploy_end(ctx, d, z == 0 ? "rolled_back" : "failed", m, json_pack("{s:s}", "rolled_back_to", digest));
+        free(m);
+        free(why);
+    }
+out:
+    json_decref(b);
+    json_decref(cur);
+    free(reg_now);
+    free(bdir);
+    free(reg_aside);
+    free(failed);
+    free(aside);
 }
 
 void deploy_run(struct ctl_ctx *ctx, struct deploy *d)
@@ -1189,12 +1425,17 @@ void deploy_run(struct ctl_ctx *ctx, struct deploy *d)
         json_object_set_new(j, "revision", json_string(d->revision));
     if (d->manifests)
         json_object_set_new(j, "manifests", json_string(d->manifests));
+    if (d->target)
+        json_object_set_new(j, "target", json_string(d->target));
     journal_rec(ctx, j);
+    dlog("deploy.start", json_deep_copy(j));
     json_decref(j);
     if (!strcmp(d->kind, "apply"))
         run_apply(ctx, d);
     else if (!strcmp(d->kind, "rollback"))
         run_rollback(ctx, d);
+    else if (!strcmp(d->kind, "restore"))
+        run_restore(ctx, d);
     else
         run_deploy(ctx, d);
 }
@@ -1287,7 +1528,34 @@ void deploy_recover(struct ctl_ctx *ctx)
     (void)err;
 }
 
-void deploy_supervise(struct ctl_ctx *ctx, json_t *state)
+/* The exit status of a dead instance: reaped already into exits, or reaped here (the
+ * server, or bwrap's monitor which exits with its child's status). NULL when unknown (a
+ * server started by an earlier daemon is not our child). */
+static char *instance_exit(json_t *inst, json_t *exits)
+{
+    const char *keys[] = {"monitor_pid", "pid"};
+    for (int round = 0; round < 10; round++) {
+        for (int k = 0; k < 2; k++) {
+            json_int_t pid = json_integer_value(json_object_get(inst, keys[k]));
+            if (pid <= 0)
+                continue;
+            char key[24];
+            snprintf(key, sizeof key, "%lld", (long long)pid);
+            json_t *st = json_object_get(exits, key);
+            if (st) {
+                char *t = runtime_exit_text((int)json_integer_value(st));
+                json_object_del(exits, key);
+                return t;
+            }
+        }
+        runtime_reap(exits);
+        if (round < 9)
+            usleep(100000);
+    }
+    return NULL;
+}
+
+void deploy_supervise(struct ctl_ctx *ctx, json_t *state, json_t *exits)
 {
     json_t *cur = state_load(ctx->cfg->state_dir, "current");
     const char *digest = json_string_value(json_object_get(cur, "digest"));
@@ -1315,15 +1583,31 @@ void deploy_supervise(struct ctl_ctx *ctx, json_t *state)
     char err[CTL_ERR_LEN];
     const char *log = json_string_value(json_object_get(inst, "log"));
     char *tail = log ? runtime_log_tail(log, 20) : ctl_strdup("");
-    char id[64];
-    snprintf(id, sizeof id, "supervisor-%lld", (long long)ctl_now_ms());
-    int rc = start_release(ctx, digest, id, NULL, err);
-    json_t *rec = json_pack("{s:s,s:s,s:s,s:b,s:I,s:s}", "event", "supervisor.restart", "deploy", id, "digest",
-                            digest, "ok", rc == 0, "restarts", restarts + 1, "log_tail", tail);
+    char *exit_text = inst ? instance_exit(inst, exits) : NULL;
+    char id[64], ts[40];
+    ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
+    /* r-20250101T120000-<ms>: the restart's own history entry */
+    snprintf(id, sizeof id, "r-%.4s%.2s%.2sT%.2s%.2s%.2s-%03lld", ts, ts + 5, ts + 8, ts + 11, ts + 14, ts + 17,
+             (long long)(ctl_now_ms() % 1000));
+    int64_t t0 = ctl_mono_ms();
+    json_t *sd = NULL;
+    int rc = start_release(ctx, digest, id, &sd, err);
+    json_t *rec = json_pack("{s:s,s:s,s:s,s:b,s:I,s:s,s:s,s:I,s:I?,s:O?}", "event", "supervisor.restart", "deploy", id,
+                            "digest", digest, "ok", rc == 0, "restarts", restarts + 1, "log_tail", tail, "exit",
+                            exit_text ? exit_text : "unknown (not a child of this daemon)", "ms",
+                            (json_int_t)(ctl_mono_ms() - t0), "old_pid", json_object_get(inst, "pid"),
+                            "new_pid", json_object_get(sd, "pid"));
+    if (json_object_get(cur, "image"))
+        json_object_set(rec, "image", json_object_get(cur, "image"));
     if (rc < 0)
         json_object_set_new(rec, "message", json_string(err));
     journal_rec(ctx, rec);
+    json_t *l = json_deep_copy(rec);
+    json_object_del(l, "event");
+    dlog("supervisor.restart", l);
     json_decref(rec);
+    json_decref(sd);
+    free(exit_text);
     free(tail);
     json_object_set_new(state, "restarts", json_integer(restarts + 1));
     json_object_set_new(state, "last", json_integer(now));

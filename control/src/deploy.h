@@ -10,7 +10,8 @@
  * change was applied) and says so in the journal.
  *
  * Kinds: "deploy" (image [+ manifests]), "apply" (manifests only, no restart), "rollback"
- * (to the previous release recorded in current.json).
+ * (to the previous release recorded in current.json, or to any release still in the image
+ * store: `target`), "restore" (a backup into the data dir: `target` is its id).
  *
  * Threading: deploy_run runs on the daemon's single worker thread (deploys are serialised
  * there); readers look at d->rec only under ctx->mu.
@@ -37,6 +38,7 @@ struct deploy {
     char *revision;       /* optional git sha the image must carry */
     char *manifests;      /* manifest dir/file (host path) or NULL for the configured default */
     char *source;         /* "cli", "trigger:<delivery>", "recovery" */
+    char *target;         /* rollback: the release digest (NULL = previous); restore: backup id */
     json_t *rec;          /* live record: {id, kind, image, status, message, steps[]} */
 };
 
@@ -53,8 +55,9 @@ void deploy_run(struct ctl_ctx *ctx, struct deploy *d);
 void deploy_recover(struct ctl_ctx *ctx);
 
 /* Keep the current release running: restart it when its process is gone (bounded
- * backoff kept in *state, an object the caller owns). Called by the idle worker. */
-void deploy_supervise(struct ctl_ctx *ctx, json_t *state);
+ * backoff kept in *state, an object the caller owns). Called by the idle worker. exits:
+ * the caller's reaped wait statuses (runtime_reap), for the restart's history entry. */
+void deploy_supervise(struct ctl_ctx *ctx, json_t *state, json_t *exits);
 
 /* Current status document for `status` / GET /v1/status. */
 json_t *deploy_status(struct ctl_ctx *ctx);

@@ -88,11 +88,26 @@ static bool pid_alive(pid_t pid, long long start)
     return start <= 0 || s == start;
 }
 
-void runtime_reap(void)
+void runtime_reap(json_t *exits)
 {
     int status;
-    while (waitpid(-1, &status, WNOHANG) > 0) {
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (!exits)
+            continue;
+        char key[24];
+        snprintf(key, sizeof key, "%d", (int)pid);
+        json_object_set_new(exits, key, json_integer(status));
     }
+}
+
+char *runtime_exit_text(int status)
+{
+    if (WIFEXITED(status))
+        return ctl_asprintf("exited with status %d", WEXITSTATUS(status));
+    if (WIFSIGNALED(status))
+        return ctl_asprintf("killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+    return ctl_asprintf("ended (wait status %d)", status);
 }
 
 char *runtime_log_tail(const char *path, int lines)
@@ -516,7 +531,7 @@ bool runtime_alive(const struct ctl_config *cfg, json_t *instance)
         return false;
     if (!strcmp(kind, "systemd"))
         return rt_systemd_alive(cfg, instance);
-    runtime_reap();
+    /* a zombie counts as gone; its status is left for the daemon's reaper */
     return pid_alive((pid_t)json_integer_value(json_object_get(instance, "pid")),
                      json_integer_value(json_object_get(instance, "pid_start")));
 }
@@ -544,7 +559,7 @@ int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, c
         kill(pid, SIGTERM);
         int64_t deadline = ctl_mono_ms() + cfg->stop_grace_s * 1000;
         while (pid_alive(pid, start) && ctl_mono_ms() < deadline) {
-            runtime_reap();
+            runtime_reap(NULL);
             usleep(50000);
         }
         if (pid_alive(pid, start)) {
@@ -552,7 +567,7 @@ int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, c
             killed = true;
             deadline = ctl_mono_ms() + 10000;
             while (pid_alive(pid, start) && ctl_mono_ms() < deadline) {
-                runtime_reap();
+                runtime_reap(NULL);
                 usleep(20000);
             }
         }
@@ -561,13 +576,13 @@ int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, c
     if (monitor > 0) {
         int64_t deadline = ctl_mono_ms() + 2000;
         while (pid_alive(monitor, 0) && ctl_mono_ms() < deadline) {
-            runtime_reap();
+            runtime_reap(NULL);
             usleep(20000);
         }
         if (pid_alive(monitor, 0))
             kill(monitor, SIGKILL);
     }
-    runtime_reap();
+    runtime_reap(NULL);
     if (pid_alive(pid, start))
         return ctl_errf(err, "pid %d survived SIGKILL", (int)pid);
     if (how)
