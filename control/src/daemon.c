@@ -200,6 +200,18 @@ static enum MHD_Result route_status(struct daemon *dm, struct req *r, struct MHD
     json_t *s = deploy_status(&dm->ctx);
     pthread_mutex_lock(&dm->ctx.mu);
     json_object_set_new(s, "deploying", dm->running ? json_string(dm->running->id) : json_null());
+    if (dm->running) {
+        json_t *rec = dm->running->rec;
+        json_t *steps = json_object_get(rec, "steps");
+        json_t *last = json_array_get(steps, json_array_size(steps) - 1);
+        json_t *prog = json_pack("{s:O,s:O,s:O?,s:O?,s:O?,s:O?,s:I}", "id", json_object_get(rec, "id"), "kind",
+                                 json_object_get(rec, "kind"), "image", json_object_get(rec, "image"), "started",
+                                 json_object_get(rec, "started"), "last_step", json_object_get(last, "step"), "source",
+                                 json_object_get(rec, "source"), "steps_done", (json_int_t)json_array_size(steps));
+        json_int_t started = json_integer_value(json_object_get(rec, "started_ms"));
+        json_object_set_new(prog, "elapsed_ms", json_integer(started ? ctl_now_ms() - started : 0));
+        json_object_set_new(s, "deploy_in_progress", prog);
+    }
     json_t *q = json_array();
     for (size_t i = 0; i < dm->qlen; i++)
         json_array_append_new(q, json_string(dm->queue[(dm->qhead + i) % 256]->id));

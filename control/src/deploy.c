@@ -1416,6 +1416,7 @@ void deploy_run(struct ctl_ctx *ctx, struct deploy *d)
     pthread_mutex_lock(&ctx->mu);
     json_object_set_new(d->rec, "status", json_string("running"));
     json_object_set_new(d->rec, "started", json_string(ts));
+    json_object_set_new(d->rec, "started_ms", json_integer(ctl_now_ms()));
     pthread_mutex_unlock(&ctx->mu);
     json_t *j = json_pack("{s:s,s:s,s:s,s:s}", "event", "deploy.start", "deploy", d->id, "kind", d->kind,
                           "source", d->source);
@@ -1632,6 +1633,18 @@ json_t *deploy_status(struct ctl_ctx *ctx)
         if (!ready && *why)
             json_object_set_new(inst, "not_ready", json_string(why));
     }
+    const char *cd = json_string_value(json_object_get(cur, "digest"));
+    const char *id = json_string_value(json_object_get(inst, "digest"));
+    if (cd) {
+        json_t *lb = release_labels(ctx, cd);
+        json_object_set_new(out, "labels", lb ? lb : json_object());
+        const char *rev = json_string_value(json_object_get(lb, "org.opencontainers.image.revision"));
+        if (rev && !json_object_get(cur, "revision"))
+            json_object_set_new(cur, "revision", json_string(rev));
+    }
+    /* During a deploy the instance may be the new release's: say so instead of mixing it
+     * with the current release. */
+    json_object_set_new(out, "instance_is_current", json_boolean(inst && cd && id && !strcmp(cd, id)));
     json_object_set_new(out, "instance", inst ? inst : json_null());
     json_object_set_new(out, "runtime", json_string(ctx->cfg->runtime_kind));
     json_object_set_new(out, "state", json_string(!cur ? "empty" : ready ? "running" : alive ? "starting" : "down"));
