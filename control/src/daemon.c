@@ -577,8 +577,7 @@ int daemon_serve(struct ctl_config *cfg, char *err)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    fprintf(stdout, "{\"kind\":\"control.recovering\"}\n");
-    fflush(stdout);
+    dlog("control.recovering", NULL);
     deploy_recover(&dm->ctx);
 
     if (unix_listener(cfg, &ufd, err) < 0)
@@ -609,13 +608,11 @@ int daemon_serve(struct ctl_config *cfg, char *err)
         goto out;
     }
     worker_started = true;
-    fprintf(stdout, "{\"kind\":\"control.ready\",\"socket\":\"%s\",\"listen_addr\":\"%s\",\"runtime\":\"%s\"}\n",
-            config_socket(cfg), cfg->listen_addr, cfg->runtime_kind);
-    fflush(stdout);
+    dlog("control.ready", json_pack("{s:s,s:s,s:s}", "socket", config_socket(cfg), "listen_addr", cfg->listen_addr,
+                                    "runtime", cfg->runtime_kind));
     int sig = 0;
     sigwait(&set, &sig);
-    fprintf(stdout, "{\"kind\":\"control.stopping\",\"signal\":%d}\n", sig);
-    fflush(stdout);
+    dlog("control.stopping", json_pack("{s:i}", "signal", sig));
     rc = 0;
 out:
     if (mt)

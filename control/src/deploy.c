@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
@@ -1544,7 +1545,11 @@ static char *instance_exit(json_t *inst, json_t *exits)
             snprintf(key, sizeof key, "%lld", (long long)pid);
             json_t *st = json_object_get(exits, key);
             if (st) {
-                char *t = runtime_exit_text((int)json_integer_value(st));
+                int ws = (int)json_integer_value(st);
+                /* bwrap's monitor exits with 128 + N when its child was killed by signal N */
+                char *t = k == 0 && WIFEXITED(ws) && WEXITSTATUS(ws) > 128
+                              ? ctl_asprintf("killed by signal %d (%s)", WEXITSTATUS(ws) - 128, strsignal(WEXITSTATUS(ws) - 128))
+                              : runtime_exit_text(ws);
                 json_object_del(exits, key);
                 return t;
             }
@@ -1593,7 +1598,7 @@ void deploy_supervise(struct ctl_ctx *ctx, json_t *state, json_t *exits)
     int64_t t0 = ctl_mono_ms();
     json_t *sd = NULL;
     int rc = start_release(ctx, digest, id, &sd, err);
-    json_t *rec = json_pack("{s:s,s:s,s:s,s:b,s:I,s:s,s:s,s:I,s:I?,s:O?}", "event", "supervisor.restart", "deploy", id,
+    json_t *rec = json_pack("{s:s,s:s,s:s,s:b,s:I,s:s,s:s,s:I,s:O?,s:O?}", "event", "supervisor.restart", "deploy", id,
                             "digest", digest, "ok", rc == 0, "restarts", restarts + 1, "log_tail", tail, "exit",
                             exit_text ? exit_text : "unknown (not a child of this daemon)", "ms",
                             (json_int_t)(ctl_mono_ms() - t0), "old_pid", json_object_get(inst, "pid"),
