@@ -37,6 +37,9 @@ static const struct cfg_entry ENTRIES[] = {
     {"trigger.secret_file", T_STR, S(trigger_secret_file), "/etc/beava/control.secret", "HMAC secret for triggers"},
     {"trigger.replay_window_s", T_INT, S(trigger_replay_window_s), "300", "max age/skew of a trigger timestamp"},
     {"trigger.max_body", T_INT, S(trigger_max_body), "65536", "max trigger body bytes"},
+    {"trigger.request_deadline_s", T_INT, S(trigger_request_deadline_s), "10", "control port: seconds to send a whole request"},
+    {"trigger.max_connections", T_INT, S(trigger_max_connections), "256", "control port: open connections in all"},
+    {"trigger.max_connections_per_ip", T_INT, S(trigger_max_connections_per_ip), "8", "control port: open connections per source address"},
     {"registry.repository", T_STR, S(registry_repository), "", "HOST[:PORT]/NAME; images elsewhere are refused"},
     {"registry.username", T_STR, S(registry_username), "", "registry user (basic or token auth)"},
     {"registry.password_file", T_STR, S(registry_password_file), "", "file holding the registry password"},
@@ -62,6 +65,9 @@ static const struct cfg_entry ENTRIES[] = {
     {"systemd.bus", T_STR, S(systemd_bus), "", "D-Bus address; empty = the system bus"},
     {"manifests.dir", T_STR, S(manifests_dir), "/etc/beava/manifests", "manifests applied on deploy"},
     {"manifests.root", T_STR, S(manifests_root), "/etc/beava/manifests", "triggers may name dirs below this"},
+    /* the unpack limits' defaults are UNPACK_DEFAULT_MAX_*_BYTES in unpack.h (2 GiB, 4 GiB) */
+    {"unpack.max_layer_bytes", T_INT, S(unpack_max_layer_bytes), "2147483648", "max uncompressed size of one image layer"},
+    {"unpack.max_image_bytes", T_INT, S(unpack_max_image_bytes), "4294967296", "max uncompressed size of all an image's layers"},
     {"deploy.keep_images", T_INT, S(keep_images), "3", "unpacked images kept (current, previous, ...)"},
     {"deploy.keep_backups", T_INT, S(keep_backups), "5", "backups kept in state_dir/backups"},
     {"notify.url", T_STR, S(notify_url), "", "webhook called on deploy success, failure, rollback"},
@@ -233,6 +239,12 @@ static int validate(struct ctl_config *c, char *err)
         return ctl_errf(err, "runtime.data_dir: must be an absolute path, got '%s'", c->runtime_data_dir);
     if (c->trigger_replay_window_s < 1)
         return ctl_errf(err, "trigger.replay_window_s: must be at least 1");
+    if (c->trigger_request_deadline_s < 1 || c->trigger_request_deadline_s > 3600)
+        return ctl_errf(err, "trigger.request_deadline_s: must be 1..3600");
+    if (c->trigger_max_connections < 2 || c->trigger_max_connections > 65536)
+        return ctl_errf(err, "trigger.max_connections: must be 2..65536");
+    if (c->trigger_max_connections_per_ip < 1 || c->trigger_max_connections_per_ip >= c->trigger_max_connections)
+        return ctl_errf(err, "trigger.max_connections_per_ip: must be at least 1 and below trigger.max_connections");
     size_t ul = strlen(c->systemd_unit);
     if (!strcmp(c->runtime_kind, "systemd") &&
         (ul < 9 || strcmp(c->systemd_unit + ul - 8, ".service") || strchr(c->systemd_unit, '/')))
@@ -251,6 +263,8 @@ static int validate(struct ctl_config *c, char *err)
         return ctl_errf(err, "runtime.ready_stall_s: must be at least 1");
     if (*c->notify_url && strncmp(c->notify_url, "http://", 7) && strncmp(c->notify_url, "https://", 8))
         return ctl_errf(err, "notify.url: '%s' is not an http:// or https:// URL", c->notify_url);
+    if (c->unpack_max_layer_bytes < 1 || c->unpack_max_image_bytes < 1)
+        return ctl_errf(err, "unpack.max_layer_bytes and unpack.max_image_bytes: must be at least 1");
     if (c->keep_images < 2)
         return ctl_errf(err, "deploy.keep_images: must be at least 2 (current and previous)");
     return 0;

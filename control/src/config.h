@@ -24,6 +24,9 @@ struct ctl_config {
     char *trigger_secret_file;
     int64_t trigger_replay_window_s;
     int64_t trigger_max_body;
+    int64_t trigger_request_deadline_s;    /* control port: time to send one whole request */
+    int64_t trigger_max_connections;       /* control port: connections in all */
+    int64_t trigger_max_connections_per_ip; /* control port: connections per source address */
     char *registry_repository;     /* host[:port]/path every deployed image must be in */
     char *registry_username;
     char *registry_password_file;
@@ -51,6 +54,8 @@ struct ctl_config {
     char *manifests_root;          /* triggers may name a manifest dir below this */
     char *notify_url;              /* webhook; "" = off */
     char *notify_secret_file;
+    int64_t unpack_max_layer_bytes; /* uncompressed size of one layer */
+    int64_t unpack_max_image_bytes; /* uncompressed size of all the layers of an image */
     int64_t keep_images;
     int64_t keep_backups;
     bool backup_data_on_deploy;

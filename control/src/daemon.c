@@ -7,6 +7,7 @@
 #include "releases.h"
 #include "journal.h"
 #include "oci.h"
+#include "port_guard.h"
 #include "runtime.h"
 #include "state.h"
 #include "trigger.h"
@@ -361,10 +362,47 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
         deploy_free(d);
         return reply_err(r, c, 503, "unavailable", err);
     }
+    if (l->tcp && d->image) {
+        /* remembered only once queued: a refused trigger does not block a corrected one */
+        const char *delivery = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_DELIVERY);
+        pthread_mutex_lock(&dm->ctx.mu);
+        int x = trigger_seen_body_add(dm->seen, d->image, d->revision, delivery, ctl_now_ms() / 1000, err);
+        pthread_mutex_unlock(&dm->ctx.mu);
+        if (x < 0) { /* the deploy is queued already; say why a replay of it may pass */
+            json_t *j = json_pack("{s:s,s:s}", "kind", "control.replay_guard_error", "message", err);
+            char *t = json_dumps(j, JSON_COMPACT);
+            fprintf(stdout, "%s\n", t);
+            fflush(stdout);
+            free(t);
+            json_decref(j);
+        }
+    }
     char loc[128];
     snprintf(loc, sizeof loc, "/v1/deploys/%s", d->id);
     rc = reply(r, c, 202, json_pack("{s:s,s:s,s:s}", "id", d->id, "status", "queued", "url", loc));
     return rc;
+}
+
+/* Image and revision of a trigger body (borrowed from *doc, which the caller frees). */
+static void body_image_revision(const struct req *r, json_t **doc, const char **image, const char **revision)
+{
+    *doc = r->len ? json_loadb(r->body, r->len, 0, NULL) : NULL;
+    *image = json_string_value(json_object_get(*doc, "image"));
+    *revision = json_string_value(json_object_get(*doc, "revision"));
+}
+
+/* Was this image + revision deployed from another delivery within the replay window? */
+static bool replayed_body(struct daemon *dm, const struct req *r, int64_t now, char *err)
+{
+    json_t *doc;
+    const char *image, *revision;
+    body_image_revision(r, &doc, &image, &revision);
+    pthread_mutex_lock(&dm->ctx.mu);
+    int x = image ? trigger_seen_body_check(dm->seen, image, revision, now, dm->ctx.cfg->trigger_replay_window_s, err)
+                  : 0;
+    pthread_mutex_unlock(&dm->ctx.mu);
+    json_decref(doc);
+    return x < 0;
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -394,6 +432,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         *upload_size = 0;
         return MHD_YES;
     }
+    if (l->tcp)
+        port_guard_request_read(c);
     if (r->too_big)
         return reply_err(r, c, 413, "body_too_large", "request body over the limit");
     bool post = !strcmp(method, "POST"), get = !strcmp(method, "GET");
@@ -401,17 +441,20 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         char err[CTL_ERR_LEN];
         const char *ts = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_TS);
         const char *sig = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_SIG);
-        int64_t now = ctl_now_ms() / 1000;
-        if (trigger_verify(dm->secret, dm->secret_len, ts, sig, r->body ? r->body : "", r->len, now,
-                           dm->ctx.cfg->trigger_replay_window_s, err) < 0)
+        const char *del = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_DELIVERY);
+        int64_t now = ctl_now_ms() / 1000, window = dm->ctx.cfg->trigger_replay_window_s;
+        const struct trigger_req tr = {.method = method, .path = url, .timestamp = ts, .delivery = del,
+                                       .body = r->body ? r->body : "", .body_len = r->len};
+        if (trigger_verify(dm->secret, dm->secret_len, &tr, sig, now, window, err) < 0)
             return reply_err(r, c, 401, "unauthorized", err);
         if (post) {
-            const char *del = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_DELIVERY);
             pthread_mutex_lock(&dm->ctx.mu);
-            int x = trigger_seen_check_add(dm->seen, del, now, dm->ctx.cfg->trigger_replay_window_s, err);
+            int x = trigger_seen_check_add(dm->seen, del, now, window, err);
             pthread_mutex_unlock(&dm->ctx.mu);
             if (x < 0)
                 return reply_err(r, c, 401, "unauthorized", err);
+            if (replayed_body(dm, r, now, err))
+                return reply_err(r, c, 409, "replayed_trigger", err);
         }
     }
     if (get && !strcmp(url, "/v1/status"))
@@ -455,10 +498,11 @@ static void audit(struct MHD_Connection *c, const struct req *r)
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t)
 {
-    struct listener *l = cls;
     (void)t;
+    if (cls) /* the control port: the next request on this connection gets a fresh deadline */
+        port_guard_request_done(c);
     struct req *r = *con_cls;
-    if (r && l && l->tcp && r->status)
+    if (cls && r && r->status) /* only the control port has a guard: the CI trigger audit */
         audit(c, r);
     if (r) {
         free(r->body);
@@ -524,6 +568,7 @@ int daemon_serve(struct ctl_config *cfg, char *err)
     struct daemon *dm = ctl_calloc(1, sizeof *dm);
     struct listener lu = {.dm = dm, .tcp = false}, lt = {.dm = dm, .tcp = true};
     struct MHD_Daemon *mu = NULL, *mt = NULL;
+    struct port_guard *guard = NULL;
     int lockfd = -1, ufd = -1, rc = -1;
     pthread_t wt;
     bool worker_started = false;
@@ -594,10 +639,20 @@ int daemon_serve(struct ctl_config *cfg, char *err)
         struct sockaddr_in sa;
         if (parse_addr(cfg->listen_addr, &sa, err) < 0)
             goto out;
-        mt = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, handler, &lt,
+        /* A request must be read within trigger.request_deadline_s (port_guard), no
+         * address may hold more than trigger.max_connections_per_ip, so a flood of
+         * half-sent requests from one address cannot keep a signed trigger out. */
+        if (!(guard = port_guard_new(cfg->trigger_request_deadline_s * 1000))) {
+            ctl_errf(err, "cannot start the control port's deadline thread");
+            goto out;
+        }
+        mt = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD, 0, NULL, NULL, handler, &lt,
                               MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
-                              completed, &lt, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-                              MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64, MHD_OPTION_END);
+                              completed, guard, MHD_OPTION_NOTIFY_CONNECTION, port_guard_notify, guard,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->trigger_request_deadline_s,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->trigger_max_connections,
+                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->trigger_max_connections_per_ip,
+                              MHD_OPTION_END);
         if (!mt) {
             ctl_errf(err, "cannot listen on %s (in use?)", cfg->listen_addr);
             goto out;
@@ -617,6 +672,7 @@ int daemon_serve(struct ctl_config *cfg, char *err)
 out:
     if (mt)
         MHD_stop_daemon(mt);
+    port_guard_free(guard);
     if (mu)
         MHD_stop_daemon(mu);
     if (ufd >= 0)

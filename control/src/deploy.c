@@ -280,9 +280,7 @@ static int probe(struct ctl_ctx *ctx, json_t **detail, char *err)
     int rc = -1;
     for (;;) {
         if (inst && !runtime_alive(cfg, inst)) {
-            char *last_err = log ? runtime_log_last_error(log) : NULL;
-            ctl_errf(err, "the server exited during startup: %s", last_err ? last_err : why);
-            free(last_err);
+            ctl_errf(err, "the server exited during startup (%s)", why);
             reason = "exited";
             break;
         }
@@ -330,6 +328,14 @@ static int probe(struct ctl_ctx *ctx, json_t **detail, char *err)
         *detail = json_pack("{s:s,s:s,s:f,s:I,s:f,s:O?}", "log_tail", tail, "reason", reason, "deadline_s", deadline_s,
                             "data_bytes", (json_int_t)bytes, "stall_s", stall_s, "progress", last);
         free(tail);
+        /* the server's own words, verbatim, into the step, the history and the CLI */
+        char *said = log ? runtime_log_last_error(log, json_integer_value(json_object_get(inst, "log_offset"))) : NULL;
+        if (said) {
+            size_t n = strlen(err);
+            snprintf(err + n, CTL_ERR_LEN - n, "; the server said: %s", said);
+            json_object_set_new(*detail, "server_error", json_string(said));
+            free(said);
+        }
     }
     json_decref(last);
     json_decref(inst);
@@ -835,7 +841,10 @@ static int fetch_release(struct ctl_ctx *ctx, struct deploy *d, char *digest, ch
     }
     if (!cached) {
         t0 = ctl_mono_ms();
-        if (ctl_mkdirs(dir, 0755, err) < 0 || unpack_image(cfg->state_dir, img.layers, rootfs, err) < 0) {
+        if (ctl_mkdirs(dir, 0755, err) < 0 || unpack_image(cfg->state_dir, img.layers, rootfs,
+                                                          &(struct unpack_limits){(uint64_t)cfg->unpack_max_layer_bytes,
+                                                                                  (uint64_t)cfg->unpack_max_image_bytes},
+                                                          err) < 0) {
             step_done(ctx, d, "unpack", t0, false, err, NULL);
             goto out;
         }

@@ -45,7 +45,7 @@ static void usage(FILE *f)
             "  manifests render PATH                   print the register payload of a manifest set\n"
             "  manifests check PATH                    validate a manifest set (conflicts included)\n"
             "  config                                  print the effective configuration\n"
-            "  sign --secret-file F [--timestamp T] BODY\n"
+            "  sign --secret-file F --delivery ID [--timestamp T] [--method M] [--path P] BODY\n"
             "                                          print trigger headers for BODY (for scripts)\n"
             "  version\n"
             "\n"
@@ -457,23 +457,34 @@ static int cmd_manifests(const char *what, const char *path)
     return 0;
 }
 
+/* Headers of a signed trigger (the signing string is in trigger.h and control/README.md). */
 static int cmd_sign(int argc, char **argv)
 {
-    const char *secret_file = NULL, *ts = NULL;
+    const char *secret_file = NULL, *ts = NULL, *delivery = NULL, *method = "POST", *path = "/v1/deploys";
     static const struct option opts[] = {{"secret-file", required_argument, 0, 's'},
-                                         {"timestamp", required_argument, 0, 't'}, {0, 0, 0, 0}};
+                                         {"timestamp", required_argument, 0, 't'},
+                                         {"delivery", required_argument, 0, 'd'},
+                                         {"method", required_argument, 0, 'm'},
+                                         {"path", required_argument, 0, 'p'}, {0, 0, 0, 0}};
     int c;
     optind = 0;
-    while ((c = getopt_long(argc, argv, "+s:t:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+s:t:d:m:p:", opts, NULL)) != -1) {
         if (c == 's')
             secret_file = optarg;
         else if (c == 't')
             ts = optarg;
+        else if (c == 'd')
+            delivery = optarg;
+        else if (c == 'm')
+            method = optarg;
+        else if (c == 'p')
+            path = optarg;
         else
             return 2;
     }
-    if (!secret_file || optind != argc - 1) {
-        fprintf(stderr, "usage: beava-control sign --secret-file F [--timestamp T] BODY\n");
+    if (!secret_file || optind != argc - 1 || (!strcmp(method, "POST") && !delivery)) {
+        fprintf(stderr, "usage: beava-control sign --secret-file F --delivery ID [--timestamp T] [--method M] "
+                        "[--path P] BODY\n       (--delivery is required for POST, the default method)\n");
         return 2;
     }
     char err[CTL_ERR_LEN], tsbuf[32], sig[80];
@@ -489,8 +500,12 @@ static int cmd_sign(int argc, char **argv)
         snprintf(tsbuf, sizeof tsbuf, "%lld", (long long)(ctl_now_ms() / 1000));
         ts = tsbuf;
     }
-    trigger_sign(secret, len, ts, argv[optind], strlen(argv[optind]), sig);
+    const struct trigger_req r = {.method = method, .path = path, .timestamp = ts, .delivery = delivery,
+                                  .body = argv[optind], .body_len = strlen(argv[optind])};
+    trigger_sign(secret, len, &r, sig);
     printf("%s: %s\n%s: %s\n", TRIGGER_HDR_TS, ts, TRIGGER_HDR_SIG, sig);
+    if (delivery)
+        printf("%s: %s\n", TRIGGER_HDR_DELIVERY, delivery);
     free(secret);
     return 0;
 }

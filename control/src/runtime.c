@@ -6,6 +6,11 @@
  * fork from a multi-threaded daemon must. bwrap reports the sandboxed process's pid on
  * --info-fd; that pid (not bwrap's monitor) is what gets the signals, because bwrap does
  * not forward them.
+ *
+ * Descriptors: the server gets the soft RLIMIT_NOFILE raised to the hard limit (the default
+ * soft limit of 1024 is far below what a server holding client connections needs; the
+ * packaging units set LimitNOFILE= for the hard one), and inherits no descriptor of ours
+ * beyond 0-2 (and bwrap's info pipe).
  */
 #include "runtime.h"
 #include "util.h"
@@ -20,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -138,34 +144,53 @@ char *runtime_log_tail(const char *path, int lines)
     return out;
 }
 
-char *runtime_log_last_error(const char *path)
+/* Bytes of the log read when looking for the server's last error. */
+#define RUNTIME_LAST_ERROR_SCAN (64 * 1024)
+
+static bool is_error_line(const char *line, size_t len)
 {
-    char *tail = runtime_log_tail(path, 60);
+    if (!len || line[0] != '{')
+        return false;
+    json_t *j = json_loadb(line, len, 0, NULL);
+    const char *lv = json_string_value(json_object_get(j, "level"));
+    bool yes = lv && (!strcmp(lv, "error") || !strcmp(lv, "fatal"));
+    json_decref(j);
+    return yes;
+}
+
+char *runtime_log_last_error(const char *path, long long from)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    off_t end = lseek(fd, 0, SEEK_END);
+    off_t start = from > 0 && from <= end ? (off_t)from : 0;
+    if (end - start > RUNTIME_LAST_ERROR_SCAN)
+        start = end - RUNTIME_LAST_ERROR_SCAN;
+    size_t len = (size_t)(end - start);
+    char *buf = ctl_calloc(len + 1, 1);
+    ssize_t n = pread(fd, buf, len, start);
+    close(fd);
     char *found = NULL, *last = NULL;
-    char *save = NULL;
-    for (char *line = strtok_r(tail, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        if (!*line)
+    size_t found_len = 0, last_len = 0;
+    for (char *p = buf, *e; n > 0 && p < buf + n; p = e + 1) {
+        e = memchr(p, '\n', (size_t)(buf + n - p));
+        if (!e)
+            e = buf + n;
+        size_t l = (size_t)(e - p);
+        while (l && (p[l - 1] == '\r' || p[l - 1] == ' '))
+            l--;
+        if (!l)
             continue;
-        free(last);
-        last = ctl_strdup(line);
-        json_t *j = line[0] == '{' ? json_loads(line, 0, NULL) : NULL;
-        const char *lvl = json_string_value(json_object_get(j, "level"));
-        const char *msg = json_string_value(json_object_get(j, "msg"));
-        if (lvl && msg && (!strcmp(lvl, "error") || !strcmp(lvl, "fatal"))) {
-            free(found);
-            found = ctl_strdup(msg);
-        } else if (!j && (!strncmp(line, "beava: ", 7) || strstr(line, "error") || strstr(line, "Error"))) {
-            free(found);
-            found = ctl_strdup(!strncmp(line, "beava: ", 7) ? line + 7 : line);
-        }
-        json_decref(j);
+        last = p, last_len = l;
+        if (is_error_line(p, l))
+            found = p, found_len = l;
     }
-    free(tail);
-    if (found) {
-        free(last);
-        return found;
-    }
-    return last;
+    char *out = NULL;
+    if (found || last)
+        out = found ? ctl_asprintf("%.*s", (int)found_len, found) : ctl_asprintf("%.*s", (int)last_len, last);
+    free(buf);
+    return out;
 }
 
 /* Resolve the image's User ("uid[:gid]" or a name in the rootfs's /etc/passwd). */
@@ -397,6 +422,8 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         chown_tree(cfg->runtime_data_dir, uid, gid);
     overrides = json_array();
     build_env(cfg, s->image_config, &env, overrides);
+    struct stat lst;
+    long long log_offset = s->log_path && stat(s->log_path, &lst) == 0 ? (long long)lst.st_size : 0;
 
     const char *data_arg = s->rootfs ? "/data" : cfg->runtime_data_dir;
     const char *conf_arg = *cfg->runtime_config ? (s->rootfs ? "/etc/beava/beava.yaml" : cfg->runtime_config) : NULL;
@@ -426,6 +453,8 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
     }
     if (systemd) {
         rc = rt_systemd_start(cfg, s, argv.v, env.v, unit_uid, unit_gid, instance, err);
+        if (rc == 0)
+            json_object_set_new(*instance, "log_offset", json_integer(log_offset));
         goto out;
     }
 
@@ -439,6 +468,9 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         ctl_errf(err, "pipe: %s", strerror(errno));
         goto out;
     }
+    struct rlimit nofile;
+    bool raise_nofile = getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max;
+    nofile.rlim_cur = nofile.rlim_max;
     const char *exe = bwrap ? "/usr/bin/bwrap" : s->binary;
     if (bwrap && access(exe, X_OK) != 0)
         exe = "/usr/local/bin/bwrap";
@@ -456,8 +488,9 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         dup2(logfd, 2);
         if (bwrap)
             dup2(info[1], 3);
-        for (int fd = bwrap ? 4 : 3; fd < 1024; fd++)
-            close(fd);
+        close_range(bwrap ? 4 : 3, ~0U, 0);
+        if (raise_nofile)
+            (void)setrlimit(RLIMIT_NOFILE, &nofile); /* bwrap passes it on to the server */
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -510,6 +543,7 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
                           s->digest ? s->digest : "", "pid", (json_int_t)server, "pid_start",
                           (json_int_t)proc_starttime(server, NULL), "monitor_pid",
                           (json_int_t)monitor, "log", s->log_path, "started", ts);
+    json_object_set_new(*instance, "log_offset", json_integer(log_offset));
     rc = 0;
 out:
     if (*instance && overrides)

@@ -4,7 +4,8 @@
  * A running server is described by an "instance" JSON object, persisted by the caller in
  * state_dir/instance.json so a restarted daemon can find, probe and stop it:
  *   {"runtime","digest","pid","pid_start","monitor_pid","log","started","unit"}
- * pid_start (the kernel start time of pid) guards against pid reuse.
+ * pid_start (the kernel start time of pid) guards against pid reuse; log_offset is the size
+ * of the log before this server was started (what it wrote comes after).
  *
  * Servers are not children that die with the daemon: they run in their own session and
  * write their logs to a file, so restarting beava-control never interrupts the service.
@@ -49,11 +50,10 @@ char *runtime_exit_text(int status);
 
 /* The last `lines` lines of a log file (caller frees). */
 char *runtime_log_tail(const char *path, int lines);
-
-/* The server's own last error from its log: the message of the last error-level JSON
- * line, or the last "beava: ..." line (configuration refused), else the last line; NULL
- * for an empty log. Caller frees. */
-char *runtime_log_last_error(const char *path);
+/* What the server said last about a failure, verbatim: the last JSON log line at level
+ * "error" or "fatal" written after byte `from` of the log, else its last non-empty line;
+ * NULL when it wrote nothing. Caller frees. */
+char *runtime_log_last_error(const char *path, long long from);
 
 /* systemd runtime (runtime_systemd.c). */
 /* uid/gid: the image's user as numbers, -1 for none (the unit runs as root). */

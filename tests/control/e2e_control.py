@@ -19,6 +19,13 @@ data dir and ports:
            deploy A, then B on the same data; the recorded unit properties are checked.
   process  the process runtime: deploy `local`, redeploy an upgraded binary, data intact,
            rollback to the previous binary copy.
+  security issue 12's control-side holes: the readiness gate quotes the server's own error;
+           the server gets soft NOFILE = hard; a signed trigger replayed under new delivery
+           ids (and its body under a fresh signature) refused; a half-open flood of the control
+           port during which a signed trigger is accepted, and a slow drip cut at the
+           deadline; images built with build-image plus a crafted layer added with `umoci raw
+           add-layer` (each escape of the issue, a device node) and a gzip bomb, refused with
+           the victims next to the rootfs untouched.
 
 Skips (exit 0, a SKIP line) only when the beava server binary does not exist yet. Any other
 missing piece is a failure. BEAVA_BIN, BEAVA_CONTROL_BIN, BEAVA_SOURCE_DIR, FAKE_BEAVA_BIN
@@ -169,12 +176,12 @@ manifests: {{dir: {manifests}, root: {tmp}}}
         self.daemon = None
         controls.append(self)
 
-    def start(self, *sets):
+    def start(self, *sets, preexec_fn=None):
         dlog = open(self.log, "a")
         args = [CTL, "--config", self.cfg]
         for s in sets:
             args += ["--set", s]
-        self.daemon = subprocess.Popen(args + ["serve"], stdout=dlog, stderr=dlog, env=self.env)
+        self.daemon = subprocess.Popen(args + ["serve"], stdout=dlog, stderr=dlog, env=self.env, preexec_fn=preexec_fn)
         procs.append(self.daemon)
         for _ in range(200):
             if os.path.exists(f"{self.state}/control.sock") and \
@@ -196,7 +203,7 @@ manifests: {{dir: {manifests}, root: {tmp}}}
 
     def signed(self, method, path, body=b"", ts=None, delivery=None, secret=SECRET):
         ts = str(int(time.time())) if ts is None else str(ts)
-        sig = "sha256=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        sig = sign(secret, method, path.split("?")[0], ts, delivery, body if method == "POST" else b"")
         h = {"X-Beava-Timestamp": ts, "X-Beava-Signature-256": sig, "Content-Type": "application/json"}
         if delivery:
             h["X-Beava-Delivery"] = delivery
@@ -252,6 +259,13 @@ manifests: {{dir: {manifests}, root: {tmp}}}
                     os.kill(inst[k], signal.SIGKILL)
                 except Exception:
                     pass
+
+
+def sign(secret, method, path, ts, delivery, body):
+    """The daemon's signing string (control/README.md): method, path, timestamp, delivery, each
+    followed by a newline, then the raw body."""
+    msg = f"{method}\n{path}\n{ts}\n{delivery or ''}\n".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
 
 
 def steps_of(d):
@@ -324,7 +338,8 @@ def scenario(tmp):
     check(imgs["a"].startswith("sha256:") and imgs["a"] != imgs["b"], "two revisions built with build-image and pushed",
           imgs["a"])
     ctx = {"tmp": tmp, "reg": reg, "repo": repo, "mdir": mdir, "imgs": imgs, "build_push": build_push}
-    phases = [("main", phase_main), ("token", phase_token), ("systemd", phase_systemd), ("process", phase_process)]
+    phases = [("main", phase_main), ("token", phase_token), ("systemd", phase_systemd), ("process", phase_process),
+              ("security", phase_security)]
     only = [p for p in os.environ.get("E2E_PHASES", "").split(",") if p]
     for name, fn in phases:
         if only and name not in only:
@@ -824,6 +839,279 @@ def phase_process(ctx):
     check(os.readlink(f"/proc/{c.server_pid()}/exe") == f"{c.state}/images/{d1[7:]}/beava",
           "rolled back to the kept copy of the previous binary (the installed one is newer)")
     check(c.views() == 2, "data intact after the rollback", c.row())
+    c.stop()
+    c.kill_server()
+
+
+# ---- security: issue 12's control-side holes ---------------------------------------------------
+
+def tar_bytes(members):
+    """An uncompressed tar of (name, kind, data) members: d dir, f file, l symlink, c char device."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, kind, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.mode = 0o755 if kind == "d" else 0o644
+            if kind == "d":
+                ti.type = tarfile.DIRTYPE
+                t.addfile(ti)
+            elif kind == "l":
+                ti.type = tarfile.SYMTYPE
+                ti.linkname = data
+                t.addfile(ti)
+            elif kind == "c":
+                ti.type = tarfile.CHRTYPE
+                ti.devmajor, ti.devminor = 1, 3
+                t.addfile(ti)
+            else:
+                raw = data.encode()
+                ti.size = len(raw)
+                t.addfile(ti, io.BytesIO(raw))
+    return buf.getvalue()
+
+
+class Zeros(io.RawIOBase):
+    def __init__(self, n):
+        self.left = n
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n = min(len(b), self.left)
+        b[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def add_layer_and_push(tmp, base_layout, name, layer_tar, repo):
+    """The build-image layout of A plus one crafted layer (umoci raw add-layer), pushed with
+    skopeo; returns the pushed manifest digest (the release digest)."""
+    lay = f"{tmp}/layout-evil-{name}"
+    shutil.copytree(base_layout, lay)
+    tarp = f"{tmp}/evil-{name}.tar"
+    with open(tarp, "wb") as f:
+        f.write(layer_tar)
+    tag = json.load(open(f"{lay}/index.json"))["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+    run("umoci", "raw", "add-layer", "--image", f"{lay}:{tag}", "--tag", "evil", tarp)
+    dfile = f"{tmp}/evil-{name}.digest"
+    run("skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", CREDS, "--digestfile", dfile,
+        f"oci:{lay}:evil", f"docker://{repo}:evil-{name}")
+    return open(dfile).read().strip()
+
+
+def gzip_bomb_layout(path, nbytes):
+    """A layout whose only layer is one file of nbytes zeros, gzip'd (a few hundred KiB)."""
+    os.makedirs(f"{path}/blobs/sha256")
+
+    def put(data):
+        h = hashlib.sha256(data).hexdigest()
+        open(f"{path}/blobs/sha256/{h}", "wb").write(data)
+        return "sha256:" + h, len(data)
+
+    raw, gz = io.BytesIO(), io.BytesIO()
+    import gzip
+    with gzip.GzipFile(fileobj=gz, mode="wb", compresslevel=9, mtime=0) as g:
+        with tarfile.open(fileobj=g, mode="w|") as t:
+            for d in ("data", "usr"):
+                ti = tarfile.TarInfo(d)
+                ti.type = tarfile.DIRTYPE
+                t.addfile(ti)
+            ti = tarfile.TarInfo("usr/zeros")
+            ti.size = nbytes
+            t.addfile(ti, io.BufferedReader(Zeros(nbytes), 1 << 20))
+    del raw
+    layer, lsize = put(gz.getvalue())
+    cfg = json.dumps({"architecture": HOST_ARCH, "os": "linux", "config": {"Entrypoint": ["/usr/bin/beava"]},
+                      "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    cd, cs = put(cfg)
+    man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+                      "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer,
+                                  "size": lsize}]}).encode()
+    md, ms = put(man)
+    json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
+               "size": ms, "annotations": {"org.opencontainers.image.ref.name": "bomb"}}]}, open(f"{path}/index.json", "w"))
+    json.dump({"imageLayoutVersion": "1.0.0"}, open(f"{path}/oci-layout", "w"))
+    return lsize
+
+
+def largest_layer_bytes(layout):
+    """Uncompressed size of the biggest layer of a build-image layout."""
+    import gzip
+    idx = json.load(open(f"{layout}/index.json"))["manifests"][0]["digest"]
+    man = json.load(open(f"{layout}/blobs/sha256/{idx[7:]}"))
+    sizes = []
+    for l in man["layers"]:
+        with gzip.open(f"{layout}/blobs/sha256/{l['digest'][7:]}") as g:
+            n = 0
+            while True:
+                b = g.read(1 << 20)
+                if not b:
+                    break
+                n += len(b)
+        sizes.append(n)
+    return max(sizes)
+
+
+def half_open(src_ip, port, first=b"POST /v1/deploys HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"):
+    s = socket.socket()
+    s.bind((src_ip, 0))
+    s.settimeout(5)
+    try:
+        s.connect(("127.0.0.1", port))
+        s.sendall(first)
+    except OSError:
+        pass
+    return s
+
+
+def closed_by_server(s, timeout):
+    """True when the server ends the connection (EOF or reset) within timeout seconds."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except OSError:
+        return False
+
+
+def phase_security(ctx):
+    import resource
+    tmp, repo, mdir, imgs = ctx["tmp"], ctx["repo"], ctx["mdir"], ctx["imgs"]
+    fake = os.path.realpath(BEAVA) == os.path.realpath(FAKE_BEAVA)
+    base_layout = f"{tmp}/layout-sha-a"
+    biggest = largest_layer_bytes(base_layout)
+    max_layer = max(2 * biggest, 64 << 20)
+    c = Control(tmp, "security", repo, manifests=mdir,
+                extra_yaml=f"unpack: {{max_layer_bytes: {max_layer}, max_image_bytes: {4 * max_layer}}}\n")
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = min(512, hard)
+    c.start(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    check(open(f"/proc/{c.daemon.pid}/limits").read().count(f"Max open files            {soft}") == 1,
+          f"the daemon runs with a soft descriptor limit of {soft} (hard {hard})")
+
+    # -- item 3: the gate quotes the server's own last error, verbatim
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", c.http_port))
+    blocker.listen(1)
+    p = c.cli("deploy", f"{repo}:sha-a", "--revision", imgs["rev_a"], "--wait")
+    blocker.close()
+    d = c.last(1)[0]
+    logs = sorted(glob.glob(f"{c.state}/logs/*"), key=os.path.getmtime)
+    said = None
+    for line in (open(logs[-1]).read().splitlines() if logs else []):
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(j, dict) and j.get("level") == "error":
+            said = line.rstrip()
+    check(said is not None, "the server logged an error when its port was taken", logs and open(logs[-1]).read()[-2000:])
+    pr = step(d, "probe")
+    check(p.returncode != 0 and d["status"] == "failed" and said and pr and said in pr.get("message", ""),
+          "the gate's failure quotes the server's last error line verbatim (journal step)", pr)
+    check(said and said in (d.get("message") or ""), "... in the deploy's history message", d.get("message"))
+    check(said and said in p.stdout, "... and in the CLI output", p.stdout)
+    jl = open(f"{c.state}/journal").read()
+    check(said and json.dumps(said)[1:-1] in jl, "... and in the journal file")
+
+    # -- item 4: trigger replay. A real signed trigger deploys A.
+    body = json.dumps({"image": f"{repo}:sha-a", "revision": imgs["rev_a"]}).encode()
+    ts = str(int(time.time()))
+    sig = sign(SECRET, "POST", "/v1/deploys", ts, "run-1", body)
+    hdr = {"X-Beava-Timestamp": ts, "X-Beava-Signature-256": sig, "Content-Type": "application/json"}
+    url = f"http://127.0.0.1:{c.cport}/v1/deploys"
+    st, r = http("POST", url, body, dict(hdr, **{"X-Beava-Delivery": "run-1"}))
+    check(st == 202, "signed trigger (signature over method, path, timestamp, delivery, body) accepted", f"{st} {r}")
+    d = c.follow(r["id"]) if st == 202 else None
+    check(d and d["status"] == "succeeded", "A deployed by the trigger", d and d.get("message"))
+    n_hist = len(c.last(1000))
+    for other in ("RUN-1", "run-2", "run-1x"):
+        st, r = http("POST", url, body, dict(hdr, **{"X-Beava-Delivery": other}))
+        check(st == 401 and "bad signature" in json.dumps(r), f"the captured request replayed with delivery '{other}': 401",
+              f"{st} {r}")
+    st, r = http("POST", url, body, dict(hdr, **{"X-Beava-Delivery": "run-1"}))
+    check(st == 401 and "replayed" in json.dumps(r), "the captured request replayed as is: 401", f"{st} {r}")
+    st, r = http("POST", f"http://127.0.0.1:{c.cport}/v1/apply", body, dict(hdr, **{"X-Beava-Delivery": "run-1"}))
+    check(st == 401, "the captured signature on another path: 401", f"{st} {r}")
+    st, r = c.signed("POST", "/v1/deploys", body, delivery="run-3")
+    check(st == 409 and "run-1" in json.dumps(r), "the same image + revision under a new, validly signed delivery "
+          "within the window: 409 naming the first delivery", f"{st} {r}")
+    check(len(c.last(1000)) == n_hist and c.status()["current"]["digest"] == imgs["a"],
+          "nothing was queued by the replays")
+
+    # -- item 11: the server got soft NOFILE = hard; the real server logs its limit
+    pid = c.server_pid()
+    lim = [l for l in open(f"/proc/{pid}/limits").read().splitlines() if l.startswith("Max open files")]
+    fields = lim[0].split() if lim else []
+    check(fields[3:5] == [str(hard), str(hard)], f"the server runs with soft = hard = {hard} open files", lim)
+    if not fake:
+        slog = open(json.load(open(f"{c.state}/instance.json"))["log"]).read()
+        check(f'"nofile_limit":{hard}' in slog, "the server logs its descriptor limit at start", slog[-1500:])
+
+    # -- item 9: a half-open flood of the control port; a signed trigger still gets through
+    flood = [half_open("127.0.0.2", c.cport) for _ in range(100)]
+    body_b = json.dumps({"image": f"{repo}:sha-b", "revision": imgs["rev_b"]}).encode()
+    st, r = c.signed("POST", "/v1/deploys", body_b, delivery="flood-1")
+    check(st == 202, "during a flood of 100 half-sent requests a signed trigger is accepted", f"{st} {r}")
+    st2, _ = c.signed("GET", "/v1/status")
+    check(st2 == 200, "... and a signed GET answered")
+    d = c.follow(r["id"]) if st == 202 else None
+    check(d and d["status"] == "succeeded", "the flood-time trigger deployed B", d and d.get("message"))
+    drip = half_open("127.0.0.3", c.cport, b"G")
+    cut = False
+    end = time.time() + 40
+    while time.time() < end:  # one byte every half second: never idle, never complete
+        try:
+            drip.sendall(b"E")
+        except OSError:
+            cut = True
+            break
+        if closed_by_server(drip, 0.5):
+            cut = True
+            break
+    check(cut, "a request dripped one byte at a time is cut at the request deadline")
+    check(all(closed_by_server(s, 20) for s in flood), "every half-open flood connection was closed by the server")
+    for s in flood + [drip]:
+        s.close()
+
+    # -- item 2: crafted layers on top of A's build-image layout, and a gzip bomb
+    cases = [
+        ("chain", [("a", "d", ""), ("a/b", "l", ".."), ("up", "l", "a/b/.."), ("up/.wh.victim", "f", "")],
+         "'up' -> 'a/b/..' points outside the rootfs"),
+        ("opaque", [("a", "d", ""), ("a/b", "l", ".."), ("vd", "l", "a/b/../victim-dir"),
+                    ("vd/.wh..wh..opq", "f", "")], "'vd' -> 'a/b/../victim-dir' points outside the rootfs"),
+        ("mismatch", [("a", "d", ""), ("a/b", "l", ".."), ("up", "l", "a/b/.."), ("up/x", "f", "not a dir")],
+         "points outside the rootfs"),
+        ("link", [("a", "d", ""), ("a/b", "l", ".."), ("up", "l", "a/b/..")], "points outside the rootfs"),
+        ("device", [("dev", "d", ""), ("dev/mem", "c", "")], "device node"),
+    ]
+    for name, members, want in cases:
+        dig = add_layer_and_push(tmp, base_layout, name, tar_bytes(members), repo)
+        outside = f"{c.state}/images/{dig[7:]}"  # the rootfs's parent: where the escapes lead
+        os.makedirs(f"{outside}/victim-dir", exist_ok=True)
+        os.makedirs(f"{outside}/x", exist_ok=True)
+        for f in ("victim", "victim-dir/keep", "x/keep"):
+            with open(f"{outside}/{f}", "w") as fh:
+                fh.write("host\n")
+        p = c.cli("deploy", f"{repo}:evil-{name}", "--wait")
+        check(p.returncode != 0 and want in p.stdout, f"crafted layer '{name}' refused ({want})", p.stdout[-1500:])
+        check(all(os.path.isfile(f"{outside}/{f}") for f in ("victim", "victim-dir/keep", "x/keep")) and
+              os.path.isdir(f"{outside}/x") and not os.path.exists(f"{outside}/rootfs"),
+              f"'{name}': the host files next to the rootfs are untouched, no rootfs kept", os.listdir(outside))
+    lay = f"{tmp}/layout-bomb"
+    gz = gzip_bomb_layout(lay, max_layer + (64 << 20))
+    run("skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", CREDS, f"oci:{lay}:bomb",
+        f"docker://{repo}:bomb")
+    p = c.cli("deploy", f"{repo}:bomb", "--wait")
+    check(p.returncode != 0 and "unpack.max_layer_bytes" in p.stdout and str(max_layer) in p.stdout,
+          f"a {gz // 1024} KiB gzip layer expanding past unpack.max_layer_bytes refused, naming the limit", p.stdout[-1500:])
+    check(not glob.glob(f"{c.state}/images/*/rootfs.tmp.*"), "no partial rootfs left behind")
+    s = c.status()
+    check(s["current"]["digest"] == imgs["b"] and s["instance"]["ready"], "B keeps running after the refused images")
     c.stop()
     c.kill_server()
 

@@ -254,6 +254,9 @@ int main(int argc, char **argv)
     signal(SIGINT, on_term);
     struct MHD_Daemon *d = listen_on(la, NULL), *a = listen_on(aa, (void *)1);
     if (!d || !a) {
+        /* the server's shape of a start failure: a JSON line at level error, then stderr */
+        printf("{\"kind\":\"server.start_failed\",\"level\":\"error\",\"msg\":\"cannot listen on %s / %s\"}\n", la, aa);
+        fflush(stdout);
         fprintf(stderr, "fake-beava: cannot listen on %s / %s\n", la, aa);
         return 1;
     }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
@@ -118,6 +119,11 @@ static void log_config(const bv_config *c, const bv_log *log) {
     bv_buf_printf(&f, ",\"durability\":\"%s\",\"memory_only\":%s,\"test_mode\":%s",
                   c->durability == DURABILITY_SYNC ? "sync" : "batch", c->memory_only ? "true" : "false",
                   c->test_mode ? "true" : "false");
+    /* the descriptor limit bounds the connections the server can hold: say it at start */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0)
+        bv_buf_printf(&f, ",\"nofile_limit\":%llu,\"nofile_hard_limit\":%llu", (unsigned long long)nofile.rlim_cur,
+                      (unsigned long long)nofile.rlim_max);
     bv_log_emit(log, LOG_INFO, "server.config", f.data);
     bv_buf_free(&f);
 }
