@@ -461,6 +461,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return route_status(dm, r, c);
     if (get && !strcmp(url, "/v1/history"))
         return route_history(dm, r, c);
+    if (post && !l->tcp && !strcmp(url, "/v1/manifests/diff")) {
+        char err[CTL_ERR_LEN];
+        json_t *body = r->len ? json_loadb(r->body, r->len, 0, NULL) : NULL;
+        const char *dir = json_string_value(json_object_get(body, "manifests"));
+        json_t *out = dir && dir[0] == '/' ? deploy_manifests_diff(&dm->ctx, dir, err) : NULL;
+        if (!dir || dir[0] != '/')
+            snprintf(err, sizeof err, "manifests (an absolute path) is required");
+        json_decref(body);
+        return out ? reply(r, c, 200, out) : reply_err(r, c, 400, "diff_failed", err);
+    }
     if (get && !l->tcp && !strcmp(url, "/v1/releases"))
         return reply(r, c, 200, json_pack("{s:o}", "releases", releases_list(dm->ctx.cfg->state_dir)));
     if (get && !l->tcp && !strcmp(url, "/v1/backups"))

@@ -872,9 +872,29 @@ out:
 static struct manifest_set *load_manifests(struct ctl_ctx *ctx, struct deploy *d, char *err)
 {
     int64_t t0 = ctl_mono_ms();
-    const char *dir = d->manifests ? d->manifests : ctx->cfg->manifests_dir;
     struct manifest_set *set = NULL;
     struct stat st;
+    const char *origin = "given";
+    if (!d->manifests && !strcmp(d->kind, "deploy")) {
+        /* No --manifests: the set applied last, not the configured default, so a redeploy
+         * never swaps the pipeline behind the operator's back. */
+        json_t *cur = state_load(ctx->cfg->state_dir, "current");
+        const char *last = json_string_value(json_object_get(cur, "manifests"));
+        if (last && *last && stat(last, &st) == 0) {
+            d->manifests = ctl_strdup(last);
+            origin = "the set applied last";
+        } else if (*ctx->cfg->manifests_dir && stat(ctx->cfg->manifests_dir, &st) == 0) {
+            d->manifests = ctl_strdup(ctx->cfg->manifests_dir);
+            origin = "manifests.dir (no set applied yet)";
+        }
+        json_decref(cur);
+        if (d->manifests) {
+            pthread_mutex_lock(&ctx->mu);
+            json_object_set_new(d->rec, "manifests", json_string(d->manifests));
+            pthread_mutex_unlock(&ctx->mu);
+        }
+    }
+    const char *dir = d->manifests ? d->manifests : ctx->cfg->manifests_dir;
     if (!d->manifests && (!*dir || stat(dir, &st) != 0)) {
         set = manifest_set_new();
         manifest_set_finish(set, err);
@@ -889,9 +909,11 @@ static struct manifest_set *load_manifests(struct ctl_ctx *ctx, struct deploy *d
     json_t *ids = json_array();
     for (size_t i = 0; i < set->n; i++)
         json_array_append_new(ids, json_string(set->m[i].id));
-    step_done(ctx, d, "manifests", t0, true, set->hash,
-              json_pack("{s:s,s:s,s:o,s:I}", "dir", dir, "hash", set->hash, "order", ids, "nodes",
-                        (json_int_t)json_array_size(set->all_nodes)));
+    char *msg = ctl_asprintf("%s (%s)", dir, origin);
+    step_done(ctx, d, "manifests", t0, true, msg,
+              json_pack("{s:s,s:s,s:o,s:I,s:s}", "dir", dir, "hash", set->hash, "order", ids, "nodes",
+                        (json_int_t)json_array_size(set->all_nodes), "origin", origin));
+    free(msg);
     pthread_mutex_lock(&ctx->mu);
     json_object_set_new(d->rec, "manifests_hash", json_string(set->hash));
     pthread_mutex_unlock(&ctx->mu);
@@ -958,7 +980,7 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
         free(m);
         goto out;
     }
-    const char *mdir = d->manifests ? d->manifests : cfg->manifests_dir;
+    const char *mdir = d->manifests;
     /* 2. same release already running and ready: nothing to do */
     bool same_digest = cur_digest && !strcmp(cur_digest, digest);
     bool running = same_digest && instance_ready(ctx, inst);
@@ -1229,6 +1251,60 @@ static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
     deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:o?}", "digest", target, "labels", release_labels(ctx, target)));
     free(m);
     json_decref(cur);
+}
+
+/* ---- manifests diff (dry run) ------------------------------------------------------------ */
+
+json_t *deploy_manifests_diff(struct ctl_ctx *ctx, const char *dir, char *err)
+{
+    struct manifest_set *set = NULL;
+    if (manifest_load(dir, &set, err) < 0)
+        return NULL;
+    json_t *reg = state_load(ctx->cfg->state_dir, "registry");
+    json_t *full = manifest_step_nodes(set, set->n ? set->n - 1 : 0, json_object_get(reg, "nodes"));
+    json_t *diff = NULL, *out = NULL;
+    if (dry_run(ctx, full, &diff, err) == 0) {
+        char why[CTL_ERR_LEN] = "";
+        bool refused = set->n && manifest_check_destructive(set, set->n - 1, json_object_get(diff, "destructive"), why) < 0;
+        /* tables a forced register would reset: every table a destructive entry is about */
+        json_t *resets = json_array(), *tables = manifest_tables(full);
+        size_t i, j;
+        json_t *e, *t;
+        json_array_foreach(json_object_get(diff, "destructive"), i, e) {
+            char owner[256];
+            manifest_entry_owner(e, owner, sizeof owner);
+            json_array_foreach(tables, j, t) {
+                if (strcmp(json_string_value(json_object_get(t, "table")), owner))
+                    continue;
+                size_t nf = 0, k;
+                json_t *n;
+                json_array_foreach(full, k, n) {
+                    if (!strcmp(json_string_value(json_object_get(n, "name")) ?: "", owner)) {
+                        json_t *ops = json_object_get(n, "ops"), *op;
+                        size_t q;
+                        json_array_foreach(ops, q, op) nf += json_object_size(json_object_get(op, "agg"));
+                    }
+                }
+                bool dup = false;
+                json_t *r;
+                json_array_foreach(resets, k, r) dup = dup || !strcmp(json_string_value(json_object_get(r, "table")), owner);
+                if (!dup)
+                    json_array_append_new(resets, json_pack("{s:s,s:I}", "table", owner, "features", (json_int_t)nf));
+            }
+        }
+        json_decref(tables);
+        json_t *ids = json_array();
+        for (size_t k = 0; k < set->n; k++)
+            json_array_append_new(ids, json_string(set->m[k].id));
+        out = json_pack("{s:s,s:s,s:o,s:I,s:O,s:o,s:b,s:s?}", "dir", dir, "hash", set->hash, "manifests", ids, "nodes",
+                        (json_int_t)json_array_size(full), "diff", diff, "resets", resets, "would_apply", !refused,
+                        "refusal", refused ? why : NULL);
+    }
+    json_decref(diff);
+    json_decref(full);
+    json_decref(reg);
+    manifest_set_free(set);
+    return out;
 }
 
 /* ---- restore ---------------------------------------------------------------------------- */

@@ -59,6 +59,11 @@ void deploy_recover(struct ctl_ctx *ctx);
  * the caller's reaped wait statuses (runtime_reap), for the restart's history entry. */
 void deploy_supervise(struct ctl_ctx *ctx, json_t *state, json_t *exits);
 
+/* Dry run of the manifest set at dir against the live server (nothing changes):
+ * {"dir","hash","manifests","nodes","diff":{additive,destructive,already_present},
+ *  "resets":[{"table","features"}],"would_apply","refusal"}. NULL with err on failure. */
+json_t *deploy_manifests_diff(struct ctl_ctx *ctx, const char *dir, char *err);
+
 /* Current status document for `status` / GET /v1/status. */
 json_t *deploy_status(struct ctl_ctx *ctx);
 

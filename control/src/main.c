@@ -44,6 +44,7 @@ static void usage(FILE *f)
             "  wait ID                                 follow a deploy to its end\n"
             "  manifests render PATH                   print the register payload of a manifest set\n"
             "  manifests check PATH                    validate a manifest set (conflicts included)\n"
+            "  manifests diff PATH                     what applying it would change (dry run on the server)\n"
             "  config                                  print the effective configuration\n"
             "  sign --secret-file F --delivery ID [--timestamp T] [--method M] [--path P] BODY\n"
             "                                          print trigger headers for BODY (for scripts)\n"
@@ -458,6 +459,48 @@ static int cmd_manifests(const char *what, const char *path)
 }
 
 /* Headers of a signed trigger (the signing string is in trigger.h and control/README.md). */
+static int cmd_manifests_diff(struct cli *cl, const char *dir)
+{
+    char *p = abspath(dir);
+    json_t *out = NULL;
+    long st = call(cl, "POST", "/v1/manifests/diff", json_pack("{s:s}", "manifests", p), &out);
+    free(p);
+    if (st < 0)
+        return 3;
+    if (st != 200) {
+        fprintf(stderr, "beava-control: %s\n", jstr(json_object_get(out, "error"), "message"));
+        json_decref(out);
+        return 1;
+    }
+    json_t *diff = json_object_get(out, "diff");
+    printf("manifests %s: %zu file(s), %lld descriptor(s) after apply (hash %.19s)\n", jstr(out, "dir"),
+           json_array_size(json_object_get(out, "manifests")), (long long)json_integer_value(json_object_get(out, "nodes")),
+           jstr(out, "hash"));
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(diff, "additive"), i, e)
+        printf("  + add      %s %s\n", jstr(e, "descriptor_kind"), jstr(e, "name"));
+    json_array_foreach(json_object_get(diff, "destructive"), i, e) {
+        char *t = json_dumps(e, JSON_COMPACT | JSON_SORT_KEYS);
+        printf("  ! change   %s\n", t);
+        free(t);
+    }
+    printf("  = keep     %zu descriptor(s) unchanged\n", json_array_size(json_object_get(diff, "already_present")));
+    json_array_foreach(json_object_get(out, "resets"), i, e)
+        printf("  force will reset table %s: %lld features, all of its entities (their state starts empty)\n",
+               jstr(e, "table"), (long long)json_integer_value(json_object_get(e, "features")));
+    int rc = 0;
+    if (json_is_true(json_object_get(out, "would_apply"))) {
+        printf("apply would %s\n", json_array_size(json_object_get(diff, "additive")) ||
+                                         json_array_size(json_object_get(diff, "destructive")) ? "succeed" : "change nothing");
+    } else {
+        printf("apply would be REFUSED: %s\n", jstr(out, "refusal"));
+        rc = 1;
+    }
+    json_decref(out);
+    return rc;
+}
+
 static int cmd_sign(int argc, char **argv)
 {
     const char *secret_file = NULL, *ts = NULL, *delivery = NULL, *method = "POST", *path = "/v1/deploys";
@@ -544,6 +587,8 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "version")) {
         printf("beava-control %s\n", BEAVA_CONTROL_VERSION);
         rc = 0;
+    } else if (!strcmp(cmd, "manifests") && sargc == 3 && !strcmp(sargv[1], "diff")) {
+        rc = load_cfg(&cl) < 0 ? 2 : cmd_manifests_diff(&cl, sargv[2]);
     } else if (!strcmp(cmd, "manifests")) {
         if (sargc != 3 || (strcmp(sargv[1], "render") && strcmp(sargv[1], "check"))) {
             fprintf(stderr, "usage: beava-control manifests render|check PATH\n");

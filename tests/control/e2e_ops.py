@@ -341,8 +341,63 @@ def phase_history(ctx):
     c.kill_server()
 
 
+def phase_manifests(ctx):
+    tmp, repo, mdir, imgs = (ctx[k] for k in ("tmp", "repo", "mdir", "imgs"))
+    only_site = f"{tmp}/m-site-only"
+    os.makedirs(only_site)
+    shutil.copy(f"{mdir}/10-sitemetrics.yaml", only_site)
+    c = Control(tmp, "mset", repo, manifests=mdir)
+    c.start()
+    check(c.cli("deploy", f"{repo}:sha-a", "--manifests", only_site, "--wait").returncode == 0,
+          "deploy A with a set of one manifest")
+    c.push_views(2)
+    p = c.cli("deploy", f"{repo}:sha-b", "--wait")
+    d = c.last(1)[0]
+    ms = step(d, "manifests") or {}
+    check(p.returncode == 0 and ms.get("detail", {}).get("dir") == only_site and "the set applied last" in ms.get("message", ""),
+          "deploy without --manifests reapplies the set applied last, and says so", ms)
+    check("the set applied last" in p.stdout, "the CLI output says which set", p.stdout)
+    text = open(f"{only_site}/10-sitemetrics.yaml").read()
+    des = f"{tmp}/m-des-ops"
+    os.makedirs(des)
+    with open(f"{des}/10-sitemetrics.yaml", "w") as f:
+        f.write(text.replace("{op: count, window: 24h}", "{op: count, window: 12h}"))
+    v0 = c.registry_version()
+    p = c.cli("manifests", "diff", des)
+    check(p.returncode == 1 and "! change" in p.stdout and "force will reset table SiteMetrics: 3 features" in p.stdout
+          and "REFUSED" in p.stdout and "allow_destructive" in p.stdout,
+          "manifests diff: destructive change, the table it resets, refused without allow_destructive", p.stdout)
+    with open(f"{des}/10-sitemetrics.yaml", "w") as f:
+        f.write(text.replace("{op: count, window: 24h}", "{op: count, window: 12h}")
+                .replace("allow_destructive: false", "allow_destructive: true"))
+    p = c.cli("manifests", "diff", des)
+    check(p.returncode == 0 and "force will reset table SiteMetrics" in p.stdout and "apply would succeed" in p.stdout,
+          "manifests diff with allow_destructive: would succeed", p.stdout)
+    p = c.cli("manifests", "diff", mdir)
+    check(p.returncode == 0 and "+ add" in p.stdout and "force will reset" not in p.stdout,
+          "manifests diff of an additive set", p.stdout)
+    check(c.registry_version() == v0 and c.views() == 2, "the dry runs changed nothing")
+    c.stop()
+    c.kill_server()
+    # taking over a server whose registry was filled by hand
+    empty = f"{tmp}/m-empty"
+    os.makedirs(empty)
+    h = Control(tmp, "takeover", repo, manifests=empty)
+    h.start()
+    check(h.cli("deploy", f"{repo}:sha-a", "--wait").returncode == 0, "takeover: a server with no manifests")
+    st, _ = http("POST", f"http://127.0.0.1:{h.http_port}/register", {"nodes": [
+        {"kind": "event", "name": "HandMade", "schema": {"fields": {"x": "str"}, "optional_fields": []}}]})
+    check(st == 200, "a descriptor registered by hand", st)
+    p = h.cli("apply", only_site)
+    check(p.returncode != 0 and "no manifest declares" in p.stdout and "HandMade" in p.stdout and
+          "taking over refused" in p.stdout and "Adopt them" in p.stdout,
+          "taking over a hand-filled registry: refused, naming the descriptors and how to adopt them", p.stdout)
+    h.stop()
+    h.kill_server()
+
+
 PHASES = [("env", phase_env), ("ready", phase_ready), ("releases", phase_releases), ("backups", phase_backups),
-          ("history", phase_history)]
+          ("history", phase_history), ("manifests", phase_manifests)]
 
 
 def scenario(tmp):
