@@ -583,6 +583,7 @@ int daemon_serve(struct ctl_config *cfg, char *err)
     pthread_t wt;
     bool worker_started = false;
     dm->ctx.cfg = cfg;
+    listeners_init(&dm->ctx.listeners);
     dm->supervisor = json_object();
     dm->exits = json_object();
     pthread_mutex_init(&dm->ctx.mu, NULL);
@@ -633,6 +634,7 @@ int daemon_serve(struct ctl_config *cfg, char *err)
     signal(SIGPIPE, SIG_IGN);
 
     dlog("control.recovering", NULL);
+    deploy_hold_listeners(&dm->ctx);
     deploy_recover(&dm->ctx);
 
     if (unix_listener(cfg, &ufd, err) < 0)
@@ -701,6 +703,7 @@ out:
     trigger_seen_close(dm->seen);
     json_decref(dm->supervisor);
     json_decref(dm->exits);
+    listeners_close(&dm->ctx.listeners);
     free(dm->secret);
     free(dm->ctx.token);
     if (lockfd >= 0)

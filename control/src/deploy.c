@@ -150,6 +150,22 @@ static char *image_dir(struct ctl_ctx *ctx, const char *digest)
     return ctl_asprintf("%s/images/%s", ctx->cfg->state_dir, digest + 7);
 }
 
+void deploy_hold_listeners(struct ctl_ctx *ctx)
+{
+    struct ctl_config *cfg = ctx->cfg;
+    if (!cfg->hold_sockets || !strcmp(cfg->runtime_kind, "systemd"))
+        return;
+    bool all = true;
+    for (int i = 0; i < LISTENERS_N; i++)
+        all = all && ctx->listeners.fd[i] >= 0;
+    if (all)
+        return;
+    json_t *inst = state_load(cfg->state_dir, "instance");
+    json_t *report = listeners_acquire(&ctx->listeners, cfg, inst);
+    dlog("server.listeners", report);
+    json_decref(inst);
+}
+
 /* The image's version and revision labels, for the journal (NULL when unknown). */
 static json_t *release_labels(struct ctl_ctx *ctx, const char *digest)
 {
@@ -206,8 +222,18 @@ static int start_release(struct ctl_ctx *ctx, const char *digest, const char *de
         binary = ctl_strdup(e0 && e0[0] == '/' ? e0 : cfg->runtime_image_binary);
     }
     json_t *icfg = json_object_get(json_object_get(imgjs, "config"), "config");
+    deploy_hold_listeners(ctx);
+    int fds[LISTENERS_N];
+    const char *names[LISTENERS_N];
+    int nl = 0;
+    for (int i = 0; i < LISTENERS_N; i++) {
+        if (ctx->listeners.fd[i] >= 0) {
+            fds[nl] = ctx->listeners.fd[i];
+            names[nl++] = LISTENER_NAMES[i];
+        }
+    }
     struct rt_start s = {.digest = digest, .rootfs = rootfs, .binary = binary, .image_config = icfg,
-                         .log_path = log};
+                         .log_path = log, .listen_fds = fds, .listen_names = names, .n_listen = nl};
     json_t *inst = NULL;
     if (runtime_start(cfg, &s, &inst, err) < 0)
         goto out;

@@ -21,6 +21,7 @@
 
 #include "config.h"
 #include "journal.h"
+#include "listeners.h"
 #include <jansson.h>
 #include <pthread.h>
 
@@ -29,6 +30,7 @@ struct ctl_ctx {
     struct journal *journal;
     char *token;          /* admin bearer token, or NULL */
     pthread_mutex_t mu;   /* guards every struct deploy's rec */
+    struct ctl_listeners listeners; /* the server's sockets, held across restarts (worker) */
 };
 
 struct deploy {
@@ -63,6 +65,10 @@ void deploy_supervise(struct ctl_ctx *ctx, json_t *state, json_t *exits);
  * {"dir","hash","manifests","nodes","diff":{additive,destructive,already_present},
  *  "resets":[{"table","features"}],"would_apply","refusal"}. NULL with err on failure. */
 json_t *deploy_manifests_diff(struct ctl_ctx *ctx, const char *dir, char *err);
+
+/* Hold the server's listening sockets (runtime.hold_sockets, process and bwrap): bind
+ * them, or take them back from the running instance. Logs what it did. */
+void deploy_hold_listeners(struct ctl_ctx *ctx);
 
 /* Current status document for `status` / GET /v1/status. */
 json_t *deploy_status(struct ctl_ctx *ctx);

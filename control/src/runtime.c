@@ -30,6 +30,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define RT_FD_PARK 64   /* fds passed to the server are parked above this before dup2 */
+
 struct strv {
     char **v;
     size_t n, cap;
@@ -427,6 +429,23 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
 
     const char *data_arg = s->rootfs ? "/data" : cfg->runtime_data_dir;
     const char *conf_arg = *cfg->runtime_config ? (s->rootfs ? "/etc/beava/beava.yaml" : cfg->runtime_config) : NULL;
+    /* Inherited listeners (listeners.h): fds 3.. in the server, named by LISTEN_FDNAMES.
+     * LISTEN_PID must be the server's pid: under bwrap the server is pid 1 of its own pid
+     * namespace; a plain process writes its pid into the reserved entry after fork. */
+    int nl = systemd ? 0 : s->n_listen;
+    char *listen_pid_digits = NULL;
+    if (nl > 0) {
+        char buf[160] = "LISTEN_FDNAMES=";
+        for (int i = 0; i < nl; i++)
+            snprintf(buf + strlen(buf), sizeof buf - strlen(buf), "%s%s", i ? ":" : "", s->listen_names[i]);
+        sv_add(&env, buf);
+        snprintf(buf, sizeof buf, "LISTEN_FDS=%d", nl);
+        sv_add(&env, buf);
+        sv_add(&env, bwrap ? "LISTEN_PID=1" : "LISTEN_PID=0000000000");
+        listen_pid_digits = env.v[env.n - 1] + strlen("LISTEN_PID=");
+    }
+    char info_fd[16];
+    snprintf(info_fd, sizeof info_fd, "%d", 3 + nl);
     if (bwrap) {
         sv_add(&argv, "bwrap");
         sv_add(&argv, "--ro-bind"); sv_add(&argv, s->rootfs); sv_add(&argv, "/");
@@ -440,8 +459,12 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         sv_add(&argv, "--unshare-ipc");
         sv_add(&argv, "--unshare-uts");
         sv_add(&argv, "--new-session");
+        if (nl > 0) {
+            sv_add(&argv, "--unshare-pid");
+            sv_add(&argv, "--as-pid-1");
+        }
         sv_add(&argv, "--chdir"); sv_add(&argv, "/data");
-        sv_add(&argv, "--info-fd"); sv_add(&argv, "3");
+        sv_add(&argv, "--info-fd"); sv_add(&argv, info_fd);
         sv_add(&argv, "--");
     }
     sv_add(&argv, s->binary);
@@ -486,9 +509,30 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         dup2(devnull, 0);
         dup2(logfd, 1);
         dup2(logfd, 2);
+        /* move every fd to pass above the targets first: dup2 onto itself would keep
+         * close-on-exec set */
+        int hi[RT_MAX_LISTEN + 1];
+        for (int i = 0; i < nl; i++)
+            hi[i] = fcntl(s->listen_fds[i], F_DUPFD_CLOEXEC, RT_FD_PARK);
         if (bwrap)
-            dup2(info[1], 3);
-        close_range(bwrap ? 4 : 3, ~0U, 0);
+            hi[nl] = fcntl(info[1], F_DUPFD_CLOEXEC, RT_FD_PARK);
+        for (int i = 0; i < nl; i++)
+            dup2(hi[i], 3 + i);
+        if (bwrap)
+            dup2(hi[nl], 3 + nl);
+        close_range((unsigned)(3 + nl + (bwrap ? 1 : 0)), ~0U, 0);
+        if (listen_pid_digits) {
+            if (!bwrap) { /* async-signal-safe formatting of getpid() */
+                char d[12];
+                int k = 0;
+                for (long v = (long)getpid(); v > 0 && k < 11; v /= 10)
+                    d[k++] = (char)('0' + v % 10);
+                int j = 0;
+                while (k > 0)
+                    listen_pid_digits[j++] = d[--k];
+                listen_pid_digits[j] = 0;
+            }
+        }
         if (raise_nofile)
             (void)setrlimit(RLIMIT_NOFILE, &nofile); /* bwrap passes it on to the server */
         sigset_t none;
@@ -544,6 +588,12 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
                           (json_int_t)proc_starttime(server, NULL), "monitor_pid",
                           (json_int_t)monitor, "log", s->log_path, "started", ts);
     json_object_set_new(*instance, "log_offset", json_integer(log_offset));
+    if (nl > 0) {
+        json_t *names = json_array();
+        for (int i = 0; i < nl; i++)
+            json_array_append_new(names, json_string(s->listen_names[i]));
+        json_object_set_new(*instance, "listen_fds", names);
+    }
     rc = 0;
 out:
     if (*instance && overrides)

@@ -33,7 +33,13 @@ struct rt_start {
     const char *binary;     /* host path (process) or path inside the rootfs */
     json_t *image_config;   /* the OCI image config's "config" object, may be NULL */
     const char *log_path;   /* stdout+stderr are appended here */
+    /* listening sockets to pass (process, bwrap): fds 3.. in the server, LISTEN_FDNAMES */
+    const int *listen_fds;
+    const char *const *listen_names;
+    int n_listen;           /* <= RT_MAX_LISTEN */
 };
+
+#define RT_MAX_LISTEN 8
 
 /* Start a server. *instance is a new object (caller owns) describing it. */
 int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t **instance, char *err);

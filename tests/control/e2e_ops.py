@@ -147,18 +147,20 @@ def phase_ready(ctx):
     down = sum(s["ms"] for s in d["steps"] if s["step"] in ("stop", "backup", "start", "probe") or
                s["step"].startswith("rollback."))
     check(p.returncode != 0 and d["status"] == "rolled_back" and pr.get("detail", {}).get("reason") == "stalled",
-          "never-ready server: the gate fails on stalled recovery", pr.get("message"))
+          "never-ready server: the gate fails on stalled recovery",
+          [(x["id"], x.get("kind"), x.get("status"), x.get("message")) for x in c.last(3)])
     check("no progress for 10s" in pr.get("message", ""), "the failure says which limit (stall, 10 s)", pr.get("message"))
     check(down <= 15000, f"rolled back within 15 s with the defaults ({down / 1000:.1f}s down, CLI {took:.1f}s)", down)
     check(c.status()["current"]["digest"] == imgs["a"] and c.views() == 3, "A runs again with its data")
     c.stop()
     # a slow but progressing recovery: a large WAL, the server SIGKILLed (no final snapshot)
-    c.start("runtime.ready_stall_s=1", "runtime.stop_grace_s=0")
+    c.start("runtime.ready_stall_s=1", "runtime.stop_grace_s=0", "runtime.env.BEAVA_SNAPSHOT_INTERVAL_S=86400")
+    check(c.cli("deploy", f"{repo}:sha-b", "--wait").returncode == 0, "B runs with no periodic snapshot")
     n = 300000
     acks = tcp_push(c.tcp_port, n)
     check(acks == n, f"{n} events pushed over TCP and acknowledged", acks)
     time.sleep(0.5)
-    p = c.cli("deploy", f"{repo}:sha-b", "--wait")
+    p = c.cli("deploy", f"{repo}:sha-a", "--wait")
     d = c.last(1)[0]
     pr = step(d, "probe") or {}
     prog = pr.get("detail", {}).get("progress") or {}

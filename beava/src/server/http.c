@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
+#include <stdatomic.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -23,7 +24,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "listenfd.h"
 #include "site.h"
+
+/* On stop, in-flight requests get this long to finish (answers say Connection: close). */
+#define HTTP_DRAIN_MS 3000
 
 struct http_server {
     struct MHD_Daemon *daemon;
@@ -32,6 +37,7 @@ struct http_server {
     int fd;
     bv_site *site;
     bv_site_allow allow;
+    atomic_bool draining;   /* http_stop: no new connections, answers close theirs */
 };
 
 typedef struct req_ctx {
@@ -44,6 +50,7 @@ typedef struct req_ctx {
 /* ---- sockets ------------------------------------------------------------------------ */
 
 int http_bind_listen(const char *addr, char *bound, size_t boundlen, char *err, size_t errlen) {
+    if (listenfd_is_addr(addr)) return listenfd_adopt(addr, bound, boundlen, err, errlen);
     char host[CONFIG_ADDR_MAX];
     int port;
     if (config_split_addr(addr, host, sizeof host, &port) != 0) {
@@ -110,6 +117,9 @@ static enum MHD_Result send_buf(struct MHD_Connection *c, int status, const char
     if (ctype) MHD_add_response_header(r, "Content-Type", ctype);
     if (runtime) MHD_add_response_header(r, "X-Runtime", runtime);
     if (replay) MHD_add_response_header(r, "X-Beava-Idempotent-Replay", "1");
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    const http_server *srv = ci ? ci->socket_context : NULL;
+    if (srv && atomic_load(&srv->draining)) MHD_add_response_header(r, "Connection", "close");
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
     return ret;
@@ -586,6 +596,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return s->role == HTTP_DATA ? route_data(s, c, rc, method) : route_admin(s, c, rc, method);
 }
 
+/* Every connection knows its server (send_buf reads the draining flag). */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    (void)c;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) *socket_context = cls;
+}
+
 http_server *http_start(http_role role, const char *addr, const http_deps *deps, int threads, char *bound,
                         size_t boundlen, char *err, size_t errlen) {
     http_server *s = calloc(1, sizeof *s);
@@ -611,7 +628,7 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
     /* The data plane runs one thread per connection: a push may wait for its shards and,
      * in sync mode, for the group-commit fsync, and such waits must not stall other
      * clients (many waiters share one fsync). The admin sidecar uses a small pool. */
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_SUPPRESS_DATE_NO_CLOCK;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_SUPPRESS_DATE_NO_CLOCK | MHD_USE_ITC;
     if (threads < 1) threads = 1;
     if (role == HTTP_DATA) flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
     else flags |= MHD_USE_EPOLL_LINUX_ONLY;
@@ -621,6 +638,7 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
                                  MHD_OPTION_URI_LOG_CALLBACK, uri_log, NULL,
                                  MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
                                  MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
+                                 MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
@@ -640,7 +658,18 @@ fail:
 
 void http_stop(http_server *s) {
     if (!s) return;
-    if (s->daemon) MHD_stop_daemon(s->daemon);
+    if (s->daemon) {
+        /* Stop accepting (the listening socket may be shared with the next server), let the
+         * requests in flight answer, then stop. */
+        atomic_store(&s->draining, true);
+        MHD_quiesce_daemon(s->daemon);
+        for (int waited = 0; waited < HTTP_DRAIN_MS; waited += 10) {
+            const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+            if (!di || di->num_connections == 0) break;
+            usleep(10000);
+        }
+        MHD_stop_daemon(s->daemon);
+    }
     if (s->fd >= 0) close(s->fd);
     bv_site_close(s->site);
     free(s);

@@ -17,6 +17,7 @@
 
 #include "engine.h"
 #include "http.h"
+#include "listenfd.h"
 #include "persist.h"
 #include "tcp.h"
 
@@ -35,6 +36,7 @@ struct beava_server {
     bool stopping;
     atomic_bool ready;
     char *admin_token;
+    listenfd_set inherited;     /* sockets passed by beava-control or beava.socket */
     char http_bound[CONFIG_ADDR_MAX];
     char admin_bound[CONFIG_ADDR_MAX];
     char tcp_bound[CONFIG_ADDR_MAX];
@@ -157,13 +159,17 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         snprintf(err, errlen, "cannot create the engine");
         goto fail;
     }
+    listenfd_init(&s->inherited, log);
+    const char *admin_fd = listenfd_addr(&s->inherited, "admin"), *http_fd = listenfd_addr(&s->inherited, "http");
+    const char *tcp_fd = listenfd_addr(&s->inherited, "tcp");
+    listenfd_close_unused(&s->inherited, log);
     http_deps deps = {
         .eng = s->eng, .cfg = cfg, .log = log, .ready = &s->ready, .admin_token = s->admin_token, .ctx = s,
         .extra_metrics = s->persist ? server_metrics : NULL,
         .snapshot = s->persist ? server_snapshot : NULL,
         .progress = s->persist ? server_progress : NULL,
     };
-    s->admin = http_start(HTTP_ADMIN, cfg->admin_addr, &deps, 1, s->admin_bound, sizeof s->admin_bound, err, errlen);
+    s->admin = http_start(HTTP_ADMIN, admin_fd ? admin_fd : cfg->admin_addr, &deps, 1, s->admin_bound, sizeof s->admin_bound, err, errlen);
     if (!s->admin) goto fail;
     log_bound(log, "server.admin_bound", s->admin_bound);
 
@@ -175,7 +181,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
     }
 
     int io = cfg->io_threads > 0 ? cfg->io_threads : 2;
-    s->data = http_start(HTTP_DATA, cfg->http_addr, &deps, io, s->http_bound, sizeof s->http_bound, err, errlen);
+    s->data = http_start(HTTP_DATA, http_fd ? http_fd : cfg->http_addr, &deps, io, s->http_bound, sizeof s->http_bound, err, errlen);
     if (!s->data) goto fail;
     log_bound(log, "server.http_bound", s->http_bound);
     if (cfg->tcp_enabled) {
@@ -185,7 +191,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         /* A TCP worker waits out the group commit of its connection's pushes in sync mode:
          * more workers keep more connections' batches in each fsync. */
         int tcp_threads = cfg->io_threads > 0 ? cfg->io_threads : (cfg->durability == DURABILITY_SYNC ? 16 : 2);
-        s->tcp = tcp_start(addr, s->eng, cfg, log, tcp_threads, s->tcp_bound, sizeof s->tcp_bound, err, errlen);
+        s->tcp = tcp_start(tcp_fd ? tcp_fd : addr, s->eng, cfg, log, tcp_threads, s->tcp_bound, sizeof s->tcp_bound, err, errlen);
         if (!s->tcp) goto fail;
         log_bound(log, "server.tcp_bound", s->tcp_bound);
     }
