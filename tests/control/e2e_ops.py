@@ -14,6 +14,11 @@ with its own daemon:
             retention removes old rootfs and blobs but never the running or previous release.
   backups   `backups` lists the data copies and snapshots; `restore` moves the data dir aside and
             installs the backup; a restore that fails puts the data back.
+  manifests deploy without --manifests reapplies the set applied last; `manifests diff` (dry
+            run, the tables a force would reset); taking over a hand-filled registry refused.
+  nodrop    a client pushing (sync durability; new connections and keep-alive) through 20
+            deploys and a rollback: zero connection errors, zero non-2xx, every ack counted;
+            the listeners outlive every server (held by the daemon, taken back after its restart).
   history   a crashed server restarted by the supervisor is its own history entry (exit status,
             log tail, no phantom "queued" entry); status during a deploy; the daemon's JSON log
             (deploy steps, rejected triggers with remote address and delivery id, restarts);
@@ -398,8 +403,103 @@ def phase_manifests(ctx):
     h.kill_server()
 
 
+class PushClient(threading.Thread):
+    """Pushes PageView events to the data port until stopped: keepalive=False opens a new
+    connection per push, True reuses one (reconnecting when an answer says Connection:
+    close). Every exception and every non-2xx answer is an error; acks are counted."""
+
+    def __init__(self, port, name, keepalive):
+        super().__init__(daemon=True)
+        self.port, self.name, self.keepalive = port, name, keepalive
+        self.acks, self.errors, self.lat, self.stop = 0, [], [], False
+
+    def run(self):
+        import http.client
+        conn = None
+        i = 0
+        while not self.stop:
+            body = json.dumps({"session_id": f"{self.name}{i}", "path": "/", "dwell_ms": i})
+            t0 = time.time()
+            try:
+                if conn is None or not self.keepalive:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                conn.request("POST", "/push/PageView", body, {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                if 200 <= r.status < 300:
+                    self.acks += 1
+                else:
+                    self.errors.append(f"status {r.status}")
+                if not self.keepalive or r.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except Exception as e:  # a refused or reset connection: exactly what must not happen
+                self.errors.append(repr(e))
+                conn = None
+            self.lat.append(time.time() - t0)
+            i += 1
+
+
+def phase_nodrop(ctx):
+    tmp, repo, mdir, imgs = (ctx[k] for k in ("tmp", "repo", "mdir", "imgs"))
+    c = Control(tmp, "nodrop", repo, manifests=mdir)
+    c.start("runtime.env.BEAVA_DURABILITY=sync", "deploy.keep_backups=2")
+    check(c.cli("deploy", f"{repo}:sha-a", "--wait").returncode == 0, "nodrop: deploy A (sync durability)")
+    rep = [x for x in daemon_log(c) if x.get("kind") == "server.listeners"]
+    check(rep and all(str(rep[0].get(n, "")).startswith("bound") for n in ("http", "admin", "tcp")),
+          "the daemon holds the three listeners", rep)
+    inst = json.load(open(f"{c.state}/instance.json"))
+    check(inst.get("listen_fds") == ["http", "admin", "tcp"], "the server got them as fds 3.. by name", inst)
+    slog = server_log_text(c)
+    check("inherited listening socket 'http'" in slog and "inherited listening socket 'admin'" in slog,
+          "beava took the inherited listeners (its log says so)")
+    clients = [PushClient(c.http_port, "new", False), PushClient(c.http_port, "keep", True)]
+    for t in clients:
+        t.start()
+    time.sleep(1)
+    ok = 0
+    n_deploys = 20
+    for k in range(n_deploys):
+        tag = "sha-b" if k % 2 == 0 else "sha-a"
+        p = c.cli("deploy", f"{repo}:{tag}", "--wait")
+        ok += p.returncode == 0
+    p = c.cli("rollback")
+    ok += p.returncode == 0
+    time.sleep(1)
+    for t in clients:
+        t.stop = True
+    for t in clients:
+        t.join(timeout=90)
+    check(ok == n_deploys + 1, f"{n_deploys} deploys and a rollback succeeded under load", ok)
+    for t in clients:
+        lat = sorted(t.lat)
+        p99 = lat[int(len(lat) * 0.99)] if lat else 0
+        log(f"# client '{t.name}': {t.acks} acked pushes, {len(t.errors)} errors, latency max {lat[-1] if lat else 0:.3f}s "
+            f"p99 {p99:.3f}s")
+        check(t.acks > n_deploys and not t.errors, f"client '{t.name}': zero connection errors, zero non-2xx",
+              t.errors[:5])
+    acked = sum(t.acks for t in clients)
+    check(c.views() == acked, "every acknowledged push is counted after the deploys", (c.views(), acked))
+    # a restarted daemon takes the listeners back from the running server
+    c.stop()
+    c.start("runtime.env.BEAVA_DURABILITY=sync")
+    rep = [x for x in daemon_log(c) if x.get("kind") == "server.listeners"][-1]
+    check(all(str(rep.get(n, "")).startswith("taken back from pid") for n in ("http", "admin", "tcp")),
+          "a restarted daemon took the listeners back from the running server (pidfd_getfd)", rep)
+    t = PushClient(c.http_port, "after", False)
+    t.start()
+    p = c.cli("deploy", f"{repo}:sha-b", "--wait")
+    time.sleep(0.5)
+    t.stop = True
+    t.join(timeout=90)
+    check(p.returncode == 0 and not t.errors and t.acks > 0, "and the next deploy drops nothing either", t.errors[:5])
+    check(c.views() == acked + t.acks, "every push counted", (c.views(), acked + t.acks))
+    c.stop()
+    c.kill_server()
+
+
 PHASES = [("env", phase_env), ("ready", phase_ready), ("releases", phase_releases), ("backups", phase_backups),
-          ("history", phase_history), ("manifests", phase_manifests)]
+          ("history", phase_history), ("manifests", phase_manifests), ("nodrop", phase_nodrop)]
 
 
 def scenario(tmp):
