@@ -633,6 +633,8 @@ int daemon_serve(struct ctl_config *cfg, char *err)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    if (notify_start(cfg, &dm->ctx.notifier, err) < 0)
+        goto out;
     dlog("control.recovering", NULL);
     deploy_hold_listeners(&dm->ctx);
     deploy_recover(&dm->ctx);
@@ -704,6 +706,7 @@ out:
     json_decref(dm->supervisor);
     json_decref(dm->exits);
     listeners_close(&dm->ctx.listeners);
+    notify_stop(dm->ctx.notifier);
     free(dm->secret);
     free(dm->ctx.token);
     if (lockfd >= 0)

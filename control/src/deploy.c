@@ -120,6 +120,7 @@ static void deploy_end(struct ctl_ctx *ctx, struct deploy *d, const char *status
     json_object_set_new(d->rec, "ended", json_string(ts));
     if (extra)
         json_object_update(d->rec, extra);
+    notify_deploy(ctx->notifier, d->rec);
     pthread_mutex_unlock(&ctx->mu);
     json_t *j = json_pack("{s:s,s:s,s:s,s:s}", "event", "deploy.end", "deploy", d->id, "status", status,
                           "message", msg);

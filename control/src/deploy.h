@@ -22,6 +22,7 @@
 #include "config.h"
 #include "journal.h"
 #include "listeners.h"
+#include "notify.h"
 #include <jansson.h>
 #include <pthread.h>
 
@@ -31,6 +32,7 @@ struct ctl_ctx {
     char *token;          /* admin bearer token, or NULL */
     pthread_mutex_t mu;   /* guards every struct deploy's rec */
     struct ctl_listeners listeners; /* the server's sockets, held across restarts (worker) */
+    struct notifier *notifier;      /* the deploy webhook, or NULL */
 };
 
 struct deploy {

@@ -498,8 +498,85 @@ def phase_nodrop(ctx):
     c.kill_server()
 
 
+def phase_notify(ctx):
+    import hashlib, hmac
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    tmp, repo, mdir, imgs, build_push = (ctx[k] for k in ("tmp", "repo", "mdir", "imgs", "build_push"))
+    if not ctx.get("badenv"):
+        ctx["badenv"] = build_push("sha-badenv", "6" * 40, env=["BEAVA_DURABILITY=bogus"])
+    secret = "notify-secret-0123456789"
+    got, state = [], {"calls": 0, "slow": 0.0}
+
+    class H(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            state["calls"] += 1
+            time.sleep(state["slow"])
+            if state["calls"] == 1:  # the first call fails: the sender must retry
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            got.append({"headers": dict(self.headers), "body": body, "at": time.time()})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    with open(f"{tmp}/notify-secret", "w") as f:
+        f.write(secret + "\n")
+    c = Control(tmp, "notify", repo, manifests=mdir, extra_yaml=f"notify: {{url: 'http://127.0.0.1:{srv.server_address[1]}/hook', "
+                                                           f"secret_file: {tmp}/notify-secret}}\n")
+    try:
+        c.start()
+        p = c.cli("deploy", f"{repo}:sha-a", "--wait")
+        dep = c.last(1)[0]["id"]
+        for _ in range(100):
+            if got:
+                break
+            time.sleep(0.1)
+        check(p.returncode == 0 and got, "a successful deploy is notified (after a failed first call: retried)",
+              state)
+        if got:
+            h, body = got[0]["headers"], got[0]["body"]
+            want = "sha256=" + hmac.new(secret.encode(), h.get("X-Beava-Timestamp", "").encode() + b"." + body,
+                                        hashlib.sha256).hexdigest()
+            j = json.loads(body)
+            check(h.get("X-Beava-Signature-256") == want, "the body is signed (HMAC-SHA256 over timestamp.body)", h)
+            check(j.get("event") == "deploy.succeeded" and j.get("deploy") == dep and j.get("digest") == imgs["a"] and
+                  h.get("X-Beava-Delivery") == f"{dep}.succeeded", "with the deploy id, digest and a delivery id", j)
+        lines = daemon_log(c)
+        check(any(x.get("kind") == "notify.sent" and x.get("attempts") == 2 for x in lines),
+              "the daemon log says it was sent on the second attempt")
+        # a slow webhook never blocks a deploy; a rollback is notified too
+        state["slow"] = 6.0
+        t0 = time.time()
+        p = c.cli("deploy", f"{repo}:sha-badenv", "--wait")
+        took = time.time() - t0
+        check(p.returncode != 0 and "rolled_back" in p.stdout, "the bad image is rolled back", p.stdout[-500:])
+        t_end = time.time()
+        for _ in range(150):
+            if len(got) >= 2:
+                break
+            time.sleep(0.1)
+        check(len(got) >= 2 and got[1]["at"] > t_end,
+              "the deploy ended before the slow webhook (6 s) had answered: it never waits for it",
+              (took, got[1]["at"] - t_end if len(got) >= 2 else None))
+        j = json.loads(got[1]["body"]) if len(got) >= 2 else {}
+        check(j.get("event") == "deploy.rolled_back" and j.get("rolled_back_to") == imgs["a"],
+              "the rollback is notified", j)
+    finally:
+        c.stop()
+        c.kill_server()
+        srv.shutdown()
+
+
 PHASES = [("env", phase_env), ("ready", phase_ready), ("releases", phase_releases), ("backups", phase_backups),
-          ("history", phase_history), ("manifests", phase_manifests), ("nodrop", phase_nodrop)]
+          ("history", phase_history), ("manifests", phase_manifests), ("nodrop", phase_nodrop),
+          ("notify", phase_notify)]
 
 
 def scenario(tmp):
