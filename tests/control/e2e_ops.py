@@ -19,6 +19,8 @@ with its own daemon:
   nodrop    a client pushing (sync durability; new connections and keep-alive) through 20
             deploys and a rollback: zero connection errors, zero non-2xx, every ack counted;
             the listeners outlive every server (held by the daemon, taken back after its restart).
+  notify    the deploy webhook: signed, retried, never blocking a deploy, rollbacks too.
+  walkthrough  every `sh` block of control/README.md's operator walkthrough, run in order.
   history   a crashed server restarted by the supervisor is its own history entry (exit status,
             log tail, no phantom "queued" entry); status during a deploy; the daemon's JSON log
             (deploy steps, rejected triggers with remote address and delivery id, restarts);
@@ -574,9 +576,71 @@ def phase_notify(ctx):
         srv.shutdown()
 
 
+def walkthrough_blocks(readme):
+    """The `sh` code blocks of control/README.md's operator walkthrough, in order."""
+    text = open(readme).read()
+    start = text.index("## Operator walkthrough")
+    end = text.index("\n## ", start + 10)
+    blocks, cur = [], None
+    for line in text[start:end].splitlines():
+        if cur is None and line.strip() == "```sh":
+            cur = []
+        elif cur is not None and line.strip() == "```":
+            blocks.append("\n".join(cur))
+            cur = None
+        elif cur is not None:
+            cur.append(line)
+    return blocks
+
+
+def phase_walkthrough(ctx):
+    tmp, reg, repo, mdir, imgs = (ctx[k] for k in ("tmp", "reg", "repo", "mdir", "imgs"))
+    blocks = walkthrough_blocks(os.path.join(E.SRC, "control", "README.md"))
+    check(len(blocks) >= 9, "the walkthrough has its shell blocks", len(blocks))
+    E.skopeo_copy(f"docker://{repo}:sha-a", f"docker://{repo}:v1")
+    E.skopeo_copy(f"docker://{repo}:sha-b", f"docker://{repo}:v2")
+    w = f"{tmp}/walk"
+    os.makedirs(w)
+    os.chmod(w, 0o711)
+    env = E.clean_env()
+    env.update(ETC=f"{w}/etc", STATE=f"{w}/state", DATA=f"{w}/data", MANIFESTS=mdir, REPO=repo,
+               REGISTRY_USER="ci", REGISTRY_PASSWORD="ci-password",
+               HTTP_ADDR=f"127.0.0.1:{E.free_port()}", ADMIN_ADDR=f"127.0.0.1:{E.free_port()}",
+               TCP_PORT=str(E.free_port()), CONTROL_ADDR=f"127.0.0.1:{E.free_port()}",
+               PATH=os.path.dirname(os.path.abspath(E.CTL)) + ":" + env.get("PATH", ""))
+    script = "set -euo pipefail\n" + "\n".join(f"echo '### block {i + 1}'\n{b}" for i, b in enumerate(blocks))
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=900)
+    out = p.stdout + p.stderr
+    try:
+        check(p.returncode == 0, "every command of the walkthrough ran (install to restore)", out[-3000:])
+        check(f"{repo}:v1" in out and "succeeded" in out, "the first deploy succeeded", out[-2000:])
+        check("rolled back to" in out and "restored backup" in out, "rollback and restore did what the text says",
+              out[-2000:])
+        check(glob_one(f"{w}/data.before-restore-*"), "the data dir before the restore is kept")
+    finally:
+        try:
+            pid = int(open(f"{w}/state/lock").read().strip())
+            os.kill(pid, signal.SIGTERM)
+            time.sleep(1)
+        except (OSError, ValueError):
+            pass
+        try:
+            inst = json.load(open(f"{w}/state/instance.json"))
+            for k in ("pid", "monitor_pid"):
+                if inst.get(k):
+                    os.kill(inst[k], signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def glob_one(pattern):
+    import glob
+    return bool(glob.glob(pattern))
+
+
 PHASES = [("env", phase_env), ("ready", phase_ready), ("releases", phase_releases), ("backups", phase_backups),
           ("history", phase_history), ("manifests", phase_manifests), ("nodrop", phase_nodrop),
-          ("notify", phase_notify)]
+          ("notify", phase_notify), ("walkthrough", phase_walkthrough)]
 
 
 def scenario(tmp):
