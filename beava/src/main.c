@@ -14,8 +14,10 @@
 #include "server/server.h"
 #include "version.h"
 
+/* "mode":"merge" adds PageView and SiteMetrics next to whatever the server holds (the
+ * pipelines ./run registers included) instead of replacing the whole registry. */
 static const char quickstart_pipeline[] =
-    "{\"nodes\":["
+    "{\"mode\":\"merge\",\"nodes\":["
     "{\"kind\":\"event\",\"name\":\"PageView\",\"schema\":{\"fields\":{\"session_id\":\"str\",\"path\":\"str\","
     "\"dwell_ms\":\"i64\"},\"optional_fields\":[]}},"
     "{\"kind\":\"derivation\",\"name\":\"SiteMetrics\",\"output_kind\":\"table\",\"upstreams\":[\"PageView\"],"
@@ -59,6 +61,7 @@ static void curl_lines(FILE *f, const char *addr) {
 static int run_quickstart(bv_config *cfg, const bv_cli *cli, const bv_log *log) {
     snprintf(cfg->http_addr, sizeof cfg->http_addr, "127.0.0.1:0");
     snprintf(cfg->admin_addr, sizeof cfg->admin_addr, "127.0.0.1:0");
+    cfg->tcp_port = 0;                   /* every listener ephemeral: runs next to ./run */
     cfg->memory_only = true;
     cfg->site_dir[0] = 0;
     bv_log quiet = *log;
@@ -132,7 +135,7 @@ int main(int argc, char **argv) {
     bv_log_init(&log, (bv_log_level)bv_log_level_parse(cfg.log_level));
     switch (cli.command) {
     case CMD_HELP:
-        fputs(config_usage(), stdout);
+        config_usage(stdout);
         break;
     case CMD_VERSION:
         printf("beava %s (revision %s)\n", BEAVA_VERSION, BEAVA_REVISION);

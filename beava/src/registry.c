@@ -14,20 +14,24 @@
  *   4. parse    strict shape check of every node into a pnode plus its normal form (a
  *               JSON node with every default explicit and unknown keys dropped: the
  *               thing the diff compares and the registry stores)
- *   5. diff     diff_classify() (diff.c), the only comparison of old and new
- *   6. dry_run  200 {"diff","would_apply":false}; unlike the reference it also runs
- *               validation and adds "error":{code,path,reason} when the payload would
- *               be rejected. Validation then assumes the removal set the request would
- *               get with force=true whenever force is set or the diff is destructive.
- *   7. gate     destructive without force: 409 force_required
- *   8. removal  force: owners of destructive and additive-against-existing entries,
+ *   5. merge    `"mode":"merge"` only: every registered descriptor the request does not
+ *               name is appended, parsed back from its stored normal form; from here on
+ *               the request is the complete registry it describes (README "Registering pipelines")
+ *   6. validate the rules in their documented order, first error wins, on that complete set
+ *               alone, as on a fresh server: a typo is a 400 naming its code and path
+ *               whatever the registry holds, never a diff entry. Compiles every chain
+ *               and feature. (Equivalent to validating against the registry minus the
+ *               force removal set: every registered name the request does not carry is
+ *               in that set.)
+ *   7. diff     diff_classify() (diff.c), the only comparison of old and new
+ *   8. dry_run  200 {"diff","would_apply":false}, plus "error":{code,path,reason} when
+ *               stage 6 failed (a dry run is a preview: it shows both)
+ *   9. gate     destructive without force: 409 force_required
+ *  10. removal  force: owners of destructive and additive-against-existing entries,
  *               plus the cascade (diff_removal_set)
- *   9. empty    `nodes: []` that got this far: 200 no-op (also with force, as the
+ *  11. empty    `nodes: []` that got this far: 200 no-op (also with force, as the
  *               reference)
- *  10. validate §4.5 in the reference's order, first error wins, against the payload
- *               plus the registry minus the removal set (so a forced rename of a table
- *               keeping its feature names works). Compiles every chain and feature.
- *  11. plan     or a 200 no-op when nothing would change.
+ *  12. plan     or a 200 no-op when nothing would change.
  * registry_apply() then removes the removal set, widens in place what the diff lists as
  * additive against existing descriptors (new fields; new features appended to a
  * table's slots, other slots untouched), inserts new descriptors, bumps the version
@@ -165,6 +169,7 @@ static const char *jtype_name(const json_t *j) {
 /* One payload node after the strict parse, plus what validation compiled for it. */
 typedef struct pnode {
     bool is_event;
+    bool kept;                   /* merge: a registered descriptor the request did not name */
     const char *name;            /* inside `node` */
     json_t *node;                /* normal form (owned) */
     /* event */
@@ -190,8 +195,9 @@ typedef struct pnode {
 
 typedef struct payload {
     pnode *v;
-    size_t n;
-    bool force, dry_run;
+    size_t n;                    /* nodes: the request's, then (merge) the kept ones */
+    size_t nnamed;               /* the request's own nodes: v[0 .. nnamed-1] */
+    bool force, dry_run, merge;
 } payload;
 
 struct reg_plan {
@@ -969,6 +975,17 @@ static int parse_payload(const json_t *root, const json_t *nodes, const bv_err *
     if (!json_is_object(root))
         return shape_err(err, "invalid type: %s, expected a map with a `nodes` sequence",
                          jtype_name(root));
+    const json_t *mode = json_object_get(root, "mode");
+    if (mode && !json_is_null(mode)) {
+        const char *m = json_string_value(mode);
+        if (!m || (strcmp(m, "replace") != 0 && strcmp(m, "merge") != 0)) {
+            bv_err_set(err, "invalid_registration", "mode",
+                       "mode must be \"replace\" (the payload is the whole registry) or \"merge\" "
+                       "(descriptors not named are kept)");
+            return -1;
+        }
+        pl->merge = strcmp(m, "merge") == 0;
+    }
     const json_t *raw = json_object_get(root, "nodes");
     if (!raw) return shape_err(err, "missing field `nodes`");
     if (!json_is_array(raw))
@@ -1003,7 +1020,7 @@ static int parse_payload(const json_t *root, const json_t *nodes, const bv_err *
                             where, k);
         if (rc < 0) return -1;
     }
-    pl->n = n;
+    pl->n = pl->nnamed = n;
     pl->force = json_is_true(json_object_get(root, "force"));
     pl->dry_run = json_is_true(json_object_get(root, "dry_run"));
     return 0;
@@ -1198,7 +1215,9 @@ static int check_upstreams(const vctx *v, bv_err *err) {
         const pnode *p = &pl->v[i];
         for (size_t j = 0; j < p->nup; j++) {
             size_t k = pay_find(v, p->up[j]);
-            if (k != REG_NONE && k > i) {
+            /* the order rule binds the request's own nodes; kept ones are ordered by
+             * the registry already, and chains compile in dependency order */
+            if (k != REG_NONE && k > i && !p->kept && !pl->v[k].kept) {
                 snprintf(path, sizeof path, "nodes[%zu].upstreams[%zu]", i, j);
                 return fail(err, "invalid_registration", path,
                             "upstream '%s' appears later in payload at nodes[%zu]", p->up[j], k);
@@ -1395,9 +1414,39 @@ static void schema_union(bv_schema *dst, const bv_schema *const *src, size_t k) 
  * The input of one chain is capped at REG_MAX_FIELDS and the total number of fields
  * entering chains at REG_MAX_CHAIN_INPUT, so that a small body cannot buy minutes of
  * schema propagation (schema copies through value.c are quadratic in the field count). */
+static int check_chains_in(vctx *v, const size_t *order, bv_err *err);
+
+/* Depth-first: payload upstreams of node i before i. Cycles were rejected before. */
+static void chain_visit(const vctx *v, size_t i, bool *seen, size_t *order, size_t *n) {
+    seen[i] = true;
+    const pnode *p = &v->pl->v[i];
+    for (size_t j = 0; j < p->nup; j++) {
+        size_t k = pay_find(v, p->up[j]);
+        if (k != REG_NONE && !seen[k]) chain_visit(v, k, seen, order, n);
+    }
+    order[(*n)++] = i;
+}
+
 static int check_chains(vctx *v, bv_err *err) {
     payload *pl = v->pl;
-    for (size_t i = 0; i < pl->n; i++) {
+    /* Compile in dependency order so a derivation reads its upstreams' compiled output
+     * schema. With the order rule (replace mode) this is payload order; in merge mode
+     * kept descriptors and named ones may interleave. */
+    bool *seen = xcalloc(pl->n ? pl->n : 1, sizeof *seen);
+    size_t *order = xcalloc(pl->n ? pl->n : 1, sizeof *order);
+    size_t norder = 0;
+    for (size_t i = 0; i < pl->n; i++)
+        if (!seen[i]) chain_visit(v, i, seen, order, &norder);
+    free(seen);
+    int rc = check_chains_in(v, order, err);
+    free(order);
+    return rc;
+}
+
+static int check_chains_in(vctx *v, const size_t *order, bv_err *err) {
+    payload *pl = v->pl;
+    for (size_t oi = 0; oi < pl->n; oi++) {
+        size_t i = order[oi];
         pnode *p = &pl->v[i];
         if (p->is_event) continue;
         const bv_schema **ups = xcalloc(p->nup, sizeof *ups);
@@ -2184,7 +2233,11 @@ static void body_ok(bv_buf *out, char *const *added, size_t nadded, const reg_di
     jsonw_arr_end(&w);
     jsonw_key(&w, "already_present");
     jsonw_arr_begin(&w);
-    for (size_t i = 0; i < d->npresent; i++) jsonw_str(&w, d->already_present[i]);
+    for (size_t i = 0; i < d->npresent; i++) {
+        bool re_added = false;           /* force re-created it: listed under added only */
+        for (size_t k = 0; k < nadded && !re_added; k++) re_added = !strcmp(added[k], d->already_present[i]);
+        if (!re_added) jsonw_str(&w, d->already_present[i]);
+    }
     jsonw_arr_end(&w);
     jsonw_key(&w, "registered_descriptors");
     jsonw_arr_begin(&w);
@@ -2211,18 +2264,21 @@ static int cmp_kind_name(const void *a, const void *b) {
     return c ? c : strcmp(x->name, y->name);
 }
 
-/* `added` of the response (§5.3 step 11 plus DECISIONS §3): with removals every payload
- * name in payload order; otherwise the new descriptors and the descriptors widened in
- * place, sorted by descriptor kind then name. */
-static size_t compute_added(const payload *pl, const reg_diff *d, size_t nremoval, char ***out) {
+static bool name_listed(char *const *sorted, size_t n, const char *name) {
+    return n && bsearch(&name, sorted, n, sizeof *sorted, cmp_cstr) != NULL;
+}
+
+/* `added` of the response. Without removals: the new descriptors and the descriptors
+ * widened in place, sorted by descriptor kind then name. With removals (force): in
+ * payload order, every payload name that is new, widened or in the removal set (dropped
+ * and re-created with fresh state, or the new name of a rename); a payload descriptor
+ * that force left untouched is
+ * not "added" (the reference lists every payload name, so a name could be both added
+ * and already_present). */
+static size_t compute_added(const registry *r, const payload *pl, const reg_diff *d,
+                            char *const *removal, size_t nremoval, char ***out) {
     char **v;
     size_t n = 0;
-    if (nremoval) {
-        v = xcalloc(pl->n, sizeof *v);
-        for (size_t i = 0; i < pl->n; i++) v[n++] = xstrdup(pl->v[i].name);
-        *out = v;
-        return n;
-    }
     kind_name *kn = xcalloc(d->nadditive, sizeof *kn);
     for (size_t i = 0; i < d->nadditive; i++) {
         const diff_entry *e = &d->additive[i];
@@ -2231,6 +2287,21 @@ static size_t compute_added(const payload *pl, const reg_diff *d, size_t nremova
         else if (e->cls == DIFF_NEW_AGG) kn[n++] = (kind_name){"derivation", e->s1};
     }
     qsort(kn, n, sizeof *kn, cmp_kind_name);
+    if (nremoval) {
+        v = xcalloc(pl->n, sizeof *v);
+        size_t m = 0;
+        for (size_t i = 0; i < pl->n; i++) {
+            const pnode *p = &pl->v[i];
+            kind_name key = {p->is_event ? "event" : "derivation", p->name};
+            bool registered = find_event(r, p->name) || find_deriv(r, p->name);
+            if (!registered || name_listed(removal, nremoval, p->name) ||
+                bsearch(&key, kn, n, sizeof *kn, cmp_kind_name))
+                v[m++] = xstrdup(p->name);
+        }
+        free(kn);
+        *out = v;
+        return m;
+    }
     v = xcalloc(n, sizeof *v);
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
@@ -2255,6 +2326,61 @@ static diff_desc *registry_descs(const registry *r, size_t *n) {
         d[k++] = (diff_desc){r->derivs[i]->name, false, r->derivs[i]->node};
     *n = k;
     return d;
+}
+
+/* Merge mode: append every registered descriptor the request does not name, in
+ * registration order (events, then derivations), parsed back from its stored normal
+ * form. From here on the request is the complete registry it describes, and the rest of
+ * the pipeline is exactly the replace pipeline. */
+static int merge_kept(const registry *r, payload *pl, bv_err *err) {
+    char **named = xcalloc(pl->nnamed ? pl->nnamed : 1, sizeof *named);
+    for (size_t i = 0; i < pl->nnamed; i++) named[i] = (char *)pl->v[i].name;
+    qsort(named, pl->nnamed, sizeof *named, cmp_cstr);
+    size_t total = pl->nnamed + r->nevents + r->nderivs;
+    pl->v = xrealloc(pl->v, (total ? total : 1) * sizeof *pl->v);
+    int rc = 0;
+    for (size_t k = 0; k < r->nevents + r->nderivs && rc == 0; k++) {
+        bool ev = k < r->nevents;
+        const char *name = ev ? r->events[k]->name : r->derivs[k - r->nevents]->name;
+        const json_t *node = ev ? r->events[k]->node : r->derivs[k - r->nevents]->node;
+        if (name_listed(named, pl->nnamed, name)) continue;
+        pnode *p = &pl->v[pl->n];
+        memset(p, 0, sizeof *p);
+        bv_schema_init(&p->schema);
+        bv_schema_init(&p->chain_out);
+        pl->n++;
+        rc = ev ? parse_event(node, pl->n - 1, p, err) : parse_derivation(node, pl->n - 1, p, err);
+        p->kept = true;
+    }
+    free(named);
+    return rc;
+}
+
+/* Merge mode: an error inside a kept descriptor has the path "nodes[K]..." with K past the
+ * request's own nodes; it becomes "registry.<Name>..." (the client never sent node K). */
+static void kept_error_path(const payload *pl, bv_err *err) {
+    size_t k = 0, at = 6;
+    if (strncmp(err->path, "nodes[", 6) != 0) return;
+    while (err->path[at] >= '0' && err->path[at] <= '9') k = k * 10 + (size_t)(err->path[at++] - '0');
+    if (err->path[at] != ']' || k < pl->nnamed || k >= pl->n) return;
+    char rest[sizeof err->path];
+    snprintf(rest, sizeof rest, "%s", err->path + at + 1);
+    snprintf(err->path, sizeof err->path, "registry.%.*s%.*s", REGISTRY_NAME_MAX, pl->v[k].name,
+             (int)(sizeof err->path - REGISTRY_NAME_MAX - 16), rest);
+}
+
+/* Merge mode: already_present names only descriptors the request named. */
+static void present_only_named(reg_diff *d, const payload *pl) {
+    char **named = xcalloc(pl->nnamed ? pl->nnamed : 1, sizeof *named);
+    for (size_t i = 0; i < pl->nnamed; i++) named[i] = (char *)pl->v[i].name;
+    qsort(named, pl->nnamed, sizeof *named, cmp_cstr);
+    size_t m = 0;
+    for (size_t i = 0; i < d->npresent; i++) {
+        if (name_listed(named, pl->nnamed, d->already_present[i])) d->already_present[m++] = d->already_present[i];
+        else free(d->already_present[i]);
+    }
+    d->npresent = m;
+    free(named);
 }
 
 int registry_prepare(const registry *r, const char *body, size_t len, bv_buf *resp,
@@ -2283,21 +2409,29 @@ int registry_prepare(const registry *r, const char *body, size_t len, bv_buf *re
         (r->opts.memory_gov_enforce && scan_memory(nodes, &err) < 0))
         goto bad;
     if (parse_payload(root, nodes, &terr, terr_index, &pl, &err) < 0) goto bad;
+    if (pl.merge && merge_kept(r, &pl, &err) < 0) goto bad;
+
+    /* Validation before the diff: the complete registry the request describes must be
+     * valid on its own, as on a fresh server, whatever the registry holds now, so a typo
+     * is a 400 naming it, never a "destructive change" to force. This is the one
+     * validation: against the current registry minus the force removal set it would
+     * see the same descriptors, because every registered name the request does not
+     * carry is in that removal set (replace) or carried by the request (merge). */
+    registry fresh;
+    memset(&fresh, 0, sizeof fresh);
+    fresh.opts = r->opts;
+    bool invalid = pl.n && validate(&fresh, &pl, NULL, 0, &err) < 0;
+    if (invalid && pl.merge) kept_error_path(&pl, &err);
+    if (invalid && !pl.dry_run) goto bad;
 
     cur = registry_descs(r, &ncur);
-    pay = xcalloc(pl.n, sizeof *pay);
+    pay = xcalloc(pl.n ? pl.n : 1, sizeof *pay);
     for (size_t i = 0; i < pl.n; i++) pay[i] = (diff_desc){pl.v[i].name, pl.v[i].is_event, pl.v[i].node};
     diff_classify(cur, ncur, pay, pl.n, &diff);
+    if (pl.merge) present_only_named(&diff, &pl);
 
-    if (pl.dry_run) {
-        /* Validate as the request would be validated once it is allowed to apply: with
-         * the force removal set whenever force is set or needed. */
-        if (pl.force || diff.ndestructive)
-            nremoval = diff_removal_set(&diff, true, cur, ncur, &removal);
-        bv_err verr;
-        bv_err_clear(&verr);
-        int vr = validate(r, &pl, removal, nremoval, &verr);
-        body_dry_run(resp, &diff, vr < 0 ? &verr : NULL);
+    if (pl.dry_run) {                    /* the preview: the diff, and the error if any */
+        body_dry_run(resp, &diff, invalid ? &err : NULL);
         goto done;
     }
     if (diff.ndestructive && !pl.force) {
@@ -2310,8 +2444,7 @@ int registry_prepare(const registry *r, const char *body, size_t len, bv_buf *re
         body_ok(resp, NULL, 0, &diff, &pl, r->version);
         goto done;
     }
-    if (validate(r, &pl, removal, nremoval, &err) < 0) goto bad;
-    nadded = compute_added(&pl, &diff, nremoval, &added);
+    nadded = compute_added(r, &pl, &diff, removal, nremoval, &added);
     if (nremoval == 0 && nadded == 0) {
         body_ok(resp, NULL, 0, &diff, &pl, r->version);
         goto done;

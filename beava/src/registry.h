@@ -4,9 +4,12 @@
  *
  * A register request goes through two steps so that the engine can log before it
  * applies (the WAL seam):
- *   registry_prepare()  parse + pre-checks + diff + dry_run + force gate + validation.
- *                        It never mutates the registry. It always produces a status and
- *                        a body; when the registry must change it also returns a plan.
+ *   registry_prepare()  parse + pre-checks + (mode "merge": the kept descriptors) +
+ *                        validation + diff + dry_run + force gate. It never mutates the
+ *                        registry. It always produces a status and a body; when the
+ *                        registry must change it also returns a plan. The body alone
+ *                        decides the outcome against a given registry (mode included),
+ *                        which is why the WAL logs it verbatim.
  *   registry_apply()    applies a plan: removals (force set + cascade), in-place
  *                        additive changes, inserts; bumps the version by exactly 1;
  *                        calls the hooks so the engine can create/drop/widen state

@@ -275,7 +275,23 @@ class Tcp(unittest.TestCase):
         self.assertTrue(c.closed())
         c2 = self.conn()
         c2.send(struct.pack(">I", 2) + b"\x00\x00")
+        op, ct, body = c2.recv_frame()
+        self.assertEqual((op, body["error"]["code"]), (0xFFFF, "malformed_frame"))
         self.assertTrue(c2.closed())
+
+    def test_short_frame_after_pushes_answers_them_first(self):
+        # replies to every complete frame before a malformed one come before the error
+        c = self.conn()
+        frames = b"".join(frame(0x0010, 1, json.dumps({"event": "Click", "body": {"user": "short", "n": i}}).encode())
+                          for i in range(3))
+        c.send(frames + struct.pack(">I", 1) + b"\x00")
+        for i in range(3):
+            op, ct, ack = c.recv_frame()
+            self.assertEqual(op, 0x0010)
+            self.assertIn("ack_lsn", ack)
+        op, ct, body = c.recv_frame()
+        self.assertEqual((op, body["error"]["code"]), (0xFFFF, "malformed_frame"))
+        self.assertTrue(c.closed())
 
     def test_reset_needs_test_mode_and_works(self):
         c = self.conn()

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "server/config.h"
-#include "server/engine.h"
+#include "engine.h"
 #include "server/tcp.h"
 
 static const char pipeline[] =
@@ -36,7 +36,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         uint16_t op = (uint16_t)(data[off + 4] << 8 | data[off + 5]);
         uint8_t ct = data[off + 6];
         out.len = 0;
-        tcp_handle_frame(eng, &cfg, op, ct, (const char *)data + off + 7, len - 3, &out);
+        bool authed = false;
+        tcp_handle_frame(eng, &cfg, NULL, &authed, op, ct, (const char *)data + off + 7, len - 3, &out);
         off += 4 + (size_t)len;
     }
     bv_buf_free(&out);

@@ -9,6 +9,7 @@
 #ifndef BEAVA_TEST_FEATURE_HARNESS_H
 #define BEAVA_TEST_FEATURE_HARNESS_H
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,12 +70,10 @@ static inline char *read_json(const feature *f, const void *st, int64_t q) {
 
 static inline void assert_read(const feature *f, const void *st, int64_t q, const char *want) {
     char *got = read_json(f, st, q);
-    if (strcmp(got, want) != 0) {
-        fprintf(stderr, "op %s at q=%lld: got %s want %s\n", f->op_name, (long long)q, got, want);
-        free(got);
-        fail();
-    }
+    bool same = strcmp(got, want) == 0;
+    if (!same) fprintf(stderr, "op %s at q=%lld: got %s want %s\n", f->op_name, (long long)q, got, want);
     free(got);
+    if (!same) fail();
 }
 
 #endif

@@ -107,6 +107,90 @@ static void test_precedence(void **state) {
     unlink(path);
 }
 
+/* The embed rule: no data dir named, a WAL or snapshot dir named -> the data dir is the
+ * WAL dir (else the snapshot dir); a data dir named by any layer wins. */
+static void test_data_dir_follows_the_wal(void **state) {
+    (void)state;
+    bv_config c;
+    bv_cli cli;
+    char err[512], wal[PATH_MAX], snap[PATH_MAX];
+    char *argv[] = { "beava", "--config", "/dev/null", NULL };
+    setenv("BEAVA_WAL_DIR", "/tmp/e/wal", 1);
+    setenv("BEAVA_SNAPSHOT_DIR", "/tmp/e/snapshots", 1);
+    assert_int_equal(config_load(&c, &cli, 3, argv, err, sizeof err), 0);
+    assert_string_equal(c.data_dir, "/tmp/e/wal");
+    config_wal_dir(&c, wal, sizeof wal);
+    config_snapshot_dir(&c, snap, sizeof snap);
+    assert_string_equal(wal, "/tmp/e/wal");
+    assert_string_equal(snap, "/tmp/e/snapshots");
+    config_free(&c);
+    unsetenv("BEAVA_WAL_DIR");
+    assert_int_equal(config_load(&c, &cli, 3, argv, err, sizeof err), 0);
+    assert_string_equal(c.data_dir, "/tmp/e/snapshots");
+    config_wal_dir(&c, wal, sizeof wal);
+    assert_string_equal(wal, "/tmp/e/snapshots/wal");
+    config_free(&c);
+    char *argv2[] = { "beava", "--data-dir", "/tmp/d", NULL };
+    assert_int_equal(config_load(&c, &cli, 3, argv2, err, sizeof err), 0);
+    assert_string_equal(c.data_dir, "/tmp/d");
+    config_free(&c);
+    setenv("BEAVA_DATA_DIR", "/tmp/envd", 1);
+    assert_int_equal(config_load(&c, &cli, 3, argv, err, sizeof err), 0);
+    assert_string_equal(c.data_dir, "/tmp/envd");
+    config_free(&c);
+    unsetenv("BEAVA_DATA_DIR");
+    unsetenv("BEAVA_SNAPSHOT_DIR");
+    assert_int_equal(config_load(&c, &cli, 3, argv, err, sizeof err), 0);
+    assert_string_equal(c.data_dir, "./.beava");
+    config_free(&c);
+}
+
+/* The reference's variables: sync mode maps to durability (BEAVA_DURABILITY wins); the
+ * no-effect integers are validated; the others accept anything. */
+static void test_reference_variables(void **state) {
+    (void)state;
+    bv_config c;
+    bv_cli cli;
+    char err[512];
+    char *argv[] = { "beava", NULL };
+    setenv("BEAVA_WAL_SYNC_MODE", "per-event", 1);
+    assert_int_equal(config_load(&c, &cli, 1, argv, err, sizeof err), 0);
+    assert_int_equal(c.durability, DURABILITY_SYNC);
+    config_free(&c);
+    setenv("BEAVA_DURABILITY", "batch", 1);
+    assert_int_equal(config_load(&c, &cli, 1, argv, err, sizeof err), 0);
+    assert_int_equal(c.durability, DURABILITY_BATCH);
+    config_free(&c);
+    unsetenv("BEAVA_DURABILITY");
+    setenv("BEAVA_WAL_SYNC_MODE", "always", 1);
+    assert_int_equal(config_load(&c, &cli, 1, argv, err, sizeof err), -1);
+    assert_non_null(strstr(err, "BEAVA_WAL_SYNC_MODE"));
+    config_free(&c);
+    unsetenv("BEAVA_WAL_SYNC_MODE");
+    setenv("BEAVA_WAL_FSYNC_BYTES", "1MB", 1);
+    assert_int_equal(config_load(&c, &cli, 1, argv, err, sizeof err), -1);
+    assert_non_null(strstr(err, "BEAVA_WAL_FSYNC_BYTES"));
+    config_free(&c);
+    setenv("BEAVA_WAL_FSYNC_BYTES", "65536", 1);
+    setenv("BEAVA_IO_BACKEND", "anything", 1);
+    assert_int_equal(config_load(&c, &cli, 1, argv, err, sizeof err), 0);
+    assert_int_equal(c.wal_fsync_bytes, 65536);
+    config_free(&c);
+    setenv("BEAVA_DEDUPE_SWEEP_SECS", "often", 1);
+    assert_int_equal(config_load(&c, &cli, 1, argv, err, sizeof err), -1);
+    assert_non_null(strstr(err, "BEAVA_DEDUPE_SWEEP_SECS"));
+    config_free(&c);
+    unsetenv("BEAVA_DEDUPE_SWEEP_SECS");
+    unsetenv("BEAVA_WAL_FSYNC_BYTES");
+    unsetenv("BEAVA_IO_BACKEND");
+    const char *yaml = "durability: {wal_sync_mode: per_event, wal_fsync_bytes: 7}\n";
+    config_defaults(&c);
+    assert_int_equal(config_apply_yaml(&c, yaml, strlen(yaml), "t.yaml", err, sizeof err), 0);
+    assert_int_equal(c.durability, DURABILITY_SYNC);
+    assert_int_equal(c.wal_fsync_bytes, 7);
+    config_free(&c);
+}
+
 static void test_split_addr(void **state) {
     (void)state;
     char host[64];
@@ -128,6 +212,8 @@ int main(void) {
         cmocka_unit_test(test_yaml_errors_name_the_key),
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_split_addr),
+        cmocka_unit_test(test_data_dir_follows_the_wal),
+        cmocka_unit_test(test_reference_variables),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -147,6 +147,96 @@ static void expect_error(T *t, const char *body, const char *code, const char *p
 
 /* ---- tests ---- */
 
+/* mode:"merge": descriptors not named are kept; named ones go through the same diff,
+ * force and dry_run rules; already_present lists only named descriptors. */
+static void test_merge_keeps_unnamed(void **state) {
+    (void)state;
+    T t;
+    t_init(&t, true);
+    assert_int_equal(reg(&t, "{'nodes':[" PAGEVIEW "," SITEMETRICS "]}"), 200);
+    agg_table *sm = registry_table(t.r, "SiteMetrics");
+    log_clear(&t);
+    /* add PathStats alone: SiteMetrics and PageView stay, untouched */
+    assert_int_equal(reg(&t, "{'mode':'merge','nodes':[" PATHSTATS "]}"), 200);
+    expect_body(&t, "{'added':['PathStats'],'already_present':[],"
+                    "'registered_descriptors':['PathStats','PageView','SiteMetrics'],"
+                    "'registry_version':2,'status':'ok'}");
+    assert_string_equal(log_str(&t), "+PathStats#2 ");
+    assert_ptr_equal(registry_table(t.r, "SiteMetrics"), sm);
+    assert_int_equal(registry_node_count(t.r), 3);
+    /* the same again: a no-op naming only PathStats as present */
+    assert_int_equal(reg(&t, "{'mode':'merge','nodes':[" PATHSTATS "]}"), 200);
+    assert_false(t.applied);
+    expect_body(&t, "{'added':[],'already_present':['PathStats'],"
+                    "'registered_descriptors':['PathStats','PageView','SiteMetrics'],"
+                    "'registry_version':2,'status':'ok'}");
+    /* an empty merge changes nothing (a replace with no nodes would be a 409) */
+    assert_int_equal(reg(&t, "{'mode':'merge','nodes':[]}"), 200);
+    assert_false(t.applied);
+    /* additive in place: a new feature on SiteMetrics widens it, state kept */
+    log_clear(&t);
+    assert_int_equal(reg(&t, "{'mode':'merge','nodes':[" SITEMETRICS_PLUS "]}"), 200);
+    assert_true(t.applied);
+    assert_string_equal(log_str(&t), "~SiteMetrics:3>4 ");
+    assert_ptr_equal(registry_table(t.r, "SiteMetrics"), sm);
+    /* destructive: needs force, then replaces SiteMetrics only */
+    log_clear(&t);
+    assert_int_equal(reg(&t, "{'mode':'merge','nodes':[" SITEMETRICS "]}"), 409);
+    assert_false(t.applied);
+    assert_non_null(strstr(out(&t), "'kind':'agg_removal'") ? out(&t) : strstr(out(&t), "\"kind\":\"agg_removal\""));
+    assert_int_equal(reg(&t, "{'mode':'merge','dry_run':true,'nodes':[" SITEMETRICS "]}"), 200);
+    assert_false(t.applied);
+    assert_non_null(strstr(out(&t), "\"would_apply\":false"));
+    assert_int_equal(registry_version(t.r), 3);
+    assert_int_equal(reg(&t, "{'mode':'merge','force':true,'nodes':[" SITEMETRICS "]}"), 200);
+    assert_true(t.applied);
+    assert_string_equal(log_str(&t), "-SiteMetrics#1 +SiteMetrics#3 ");
+    assert_non_null(registry_table(t.r, "PathStats"));
+    assert_int_equal(registry_table(t.r, "PathStats")->id, 2);
+    assert_int_equal(registry_version(t.r), 4);
+    /* a bad mode names the member */
+    expect_error(&t, "{'mode':'append','nodes':[]}", "invalid_registration", "mode");
+    expect_error(&t, "{'mode':1,'nodes':[]}", "invalid_registration", "mode");
+    t_fini(&t);
+}
+
+/* A merge naming an event that live tables read: the kept tables validate against the
+ * new event (a removed field they read is a 400, not a silent break). */
+static void test_merge_validates_kept(void **state) {
+    (void)state;
+    T t;
+    t_init(&t, true);
+    assert_int_equal(reg(&t, "{'nodes':[" PAGEVIEW "," SITEMETRICS "]}"), 200);
+    expect_error(&t, "{'mode':'merge','force':true,'nodes':["
+                     "{'kind':'event','name':'PageView','schema':{'fields':{'path':'str'}}}]}",
+                 "aggregation_unknown_field", "registry.SiteMetrics.ops[0].agg.median_dwell_1h.params.field");
+    t_fini(&t);
+}
+
+/* Validation before the diff: typos in a change to a live table are 400s with the
+ * validation code and path, never a destructive diff to force. */
+static void test_typos_on_live_table(void **state) {
+    (void)state;
+    T t;
+    t_init(&t, true);
+    assert_int_equal(reg(&t, "{'nodes':[" EV_E "," TABLE("T", "['u']", "'c':{'op':'count','params':{'window':'1h'}}") "]}"), 200);
+    const char *mode[] = {"", "'mode':'merge',", "'force':true,"};
+    for (size_t m = 0; m < 3; m++) {
+        char body[2048];
+#define TYPO(aggs, code, path)                                                                         \
+        snprintf(body, sizeof body, "{%s'nodes':[" EV_E "," TABLE("T", "['u']", aggs) "]}", mode[m]); \
+        expect_error(&t, body, code, path)
+        TYPO("'c':{'op':'cuont','params':{'window':'1h'}}", "aggregation_unknown_op", "nodes[1].ops[0].agg.c.op");
+        TYPO("'c':{'op':'count','params':{'window':'1hr'}}", "aggregation_invalid_window", "nodes[1].ops[0].agg.c.params.window");
+        TYPO("'c':{'op':'sum','params':{'field':'nope','window':'1h'}}", "aggregation_unknown_field", "nodes[1].ops[0].agg.c.params.field");
+        TYPO("'c':{'op':'count','params':{'window':'1h','where':'u ==== 1'}}", "aggregation_invalid_where", "nodes[1].ops[0].agg.c.params.where");
+        TYPO("'c':{'op':'quantile','params':{'field':'x','q':50,'window':'1h'}}", "invalid_percentile_q", "nodes[1].ops[0].agg.c.params.q");
+#undef TYPO
+    }
+    assert_int_equal(registry_version(t.r), 1);
+    t_fini(&t);
+}
+
 static void test_fresh_register_example(void **state) {
     (void)state;
     T t;
@@ -237,7 +327,8 @@ static void test_regression_force_additive_replaces(void **state) {
     log_clear(&t);
     assert_int_equal(reg(&t, "{'nodes':[" PAGEVIEW_SID "," SITEMETRICS "],'force':true}"), 200);
     assert_true(t.applied);
-    expect_body(&t, "{'added':['PageView','SiteMetrics'],'already_present':['SiteMetrics'],"
+    /* SiteMetrics is re-created by the cascade: listed under added only */
+    expect_body(&t, "{'added':['PageView','SiteMetrics'],'already_present':[],"
                     "'registered_descriptors':['PageView','SiteMetrics'],'registry_version':2,"
                     "'status':'ok'}");
     assert_string_equal(log_str(&t), "-SiteMetrics#1 +SiteMetrics#2 ");
@@ -442,7 +533,8 @@ static void test_force_rename_keeps_feature_names(void **state) {
                     "'reason':'Destructive registry change requires force=true. See diff for details.'},"
                     "'registry_version':1}");
     assert_int_equal(reg(&t, "{'force':true,'nodes':[" EV_E "," TABLE("T2", "['u']", "'cnt':{'op':'count','params':{}}") "]}"), 200);
-    expect_body(&t, "{'added':['E','T2'],'already_present':['E'],'registered_descriptors':['E','T2'],"
+    /* E is untouched by the forced rename: already_present, not added */
+    expect_body(&t, "{'added':['T2'],'already_present':['E'],'registered_descriptors':['E','T2'],"
                     "'registry_version':2,'status':'ok'}");
     assert_string_equal(log_str(&t), "-T1#1 +T2#2 ");
     assert_null(registry_table(t.r, "T1"));
@@ -472,7 +564,7 @@ static void test_cascade_through_derivations(void **state) {
              "{'force':true,'nodes':[{'kind':'event','name':'E','schema':{'fields':{'u':'str','x':'i64','n':'i64'}}},%s,%s,%s]}",
              d1, tb, other);
     assert_int_equal(reg(&t, body), 200);
-    expect_body(&t, "{'added':['E','Big','BigStats','Other'],'already_present':['Big','BigStats','Other'],"
+    expect_body(&t, "{'added':['E','Big','BigStats','Other'],'already_present':[],"
                     "'registered_descriptors':['E','Big','BigStats','Other'],'registry_version':2,'status':'ok'}");
     assert_string_equal(log_str(&t), "-BigStats#1 -Other#2 +BigStats#3 +Other#4 ");
     /* a change on Big alone takes BigStats but not Other */
@@ -934,8 +1026,9 @@ static void test_cycle_with_registry(void **state) {
     char body[2048];
     snprintf(body, sizeof body, "{'nodes':[%s,%s]}", EV_E, d_ok);
     assert_int_equal(reg(&t, body), 200);
+    /* validation comes before the diff: a cycle is a 400 with or without force */
     snprintf(body, sizeof body, "{'nodes':[%s,%s]}", EV_E, d_loop);
-    assert_int_equal(reg(&t, body), 409);
+    expect_error(&t, body, "invalid_registration", "nodes[1]");
     snprintf(body, sizeof body, "{'force':true,'nodes':[%s,%s]}", EV_E, d_loop);
     expect_error(&t, body, "invalid_registration", "nodes[1]");
     expect_body(&t, "{'error':{'code':'invalid_registration','path':'nodes[1]',"
@@ -1181,6 +1274,9 @@ int main(void) {
         cmocka_unit_test(test_derivation_chain_feeds_table),
         cmocka_unit_test(test_derivation_chain_cascade),
         cmocka_unit_test(test_derivation_chain_validation),
+        cmocka_unit_test(test_merge_keeps_unnamed),
+        cmocka_unit_test(test_merge_validates_kept),
+        cmocka_unit_test(test_typos_on_live_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,7 +23,9 @@
 
 typedef enum key_type {
     KT_ADDR, KT_HOST, KT_PATH, KT_BOOL, KT_U32, KT_U64, KT_PORT, KT_LEVEL, KT_DURABILITY,
-    KT_STRLIST, KT_ENV_BOOL_STRICT1, KT_ENV_GOV, KT_MS_TO_S,
+    KT_STRLIST, KT_ENV_BOOL_STRICT1, KT_ENV_GOV, KT_MS_TO_S, KT_SYNC_MODE,
+    KT_NOEFFECT_U64,         /* the reference's knob: must be an integer, has no effect here */
+    KT_NOEFFECT,             /* the reference's knob: any value, has no effect here */
 } key_type;
 
 typedef struct config_key {
@@ -55,6 +57,14 @@ static const config_key config_keys[] = {
       "framed TCP port (default 8081)" },
     { "tcp.max_frame_bytes", "BEAVA_TCP_MAX_FRAME_BYTES", NULL, KT_U32, OFF(tcp_max_frame_bytes), 0, 1, 64u << 20,
       "largest TCP frame payload (default 4194304)" },
+    { "tcp.max_connections", "BEAVA_TCP_MAX_CONNECTIONS", NULL, KT_U32, OFF(tcp_max_connections), 0, 1, 1000000,
+      "open TCP connections at most; more are closed at once and counted" },
+    { "tcp.idle_timeout_s", "BEAVA_TCP_IDLE_TIMEOUT_S", NULL, KT_U32, OFF(tcp_idle_timeout_s), 0, 0, 86400,
+      "close a TCP connection idle this long (0 = never)" },
+    { "tcp.frame_timeout_ms", "BEAVA_TCP_FRAME_TIMEOUT_MS", NULL, KT_U32, OFF(tcp_frame_timeout_ms), 0, 100, 3600000,
+      "a started TCP frame must arrive whole within this" },
+    { "limits.partial_body_budget_bytes", "BEAVA_PARTIAL_BODY_BUDGET_BYTES", NULL, KT_U64, OFF(partial_body_budget_bytes),
+      0, 1u << 20, 1ull << 40, "bytes of partially received bodies and frames held at once, all connections" },
     { "data_dir", "BEAVA_DATA_DIR", "--data-dir", KT_PATH, OFF(data_dir), SZ(data_dir), 0, 0,
       "data directory: WAL in <dir>/wal, snapshots in <dir>/snapshots (default ./.beava)" },
     { "wal.dir", "BEAVA_WAL_DIR", NULL, KT_PATH, OFF(wal_dir), SZ(wal_dir), 0, 0,
@@ -73,10 +83,14 @@ static const config_key config_keys[] = {
       "tasks queued per shard before pushes get 503 overloaded (default 4096)" },
     { "io_threads", "BEAVA_IO_THREADS", "--io-threads", KT_U32, OFF(io_threads), 0, 0, 256,
       "I/O threads (default 0 = automatic)" },
+    { "durability.wal_sync_mode", "BEAVA_WAL_SYNC_MODE", NULL, KT_SYNC_MODE, OFF(durability), 0, 0, 0,
+      "periodic (= durability batch) | per-event (= durability sync); BEAVA_DURABILITY wins" },
     { "durability.mode", "BEAVA_DURABILITY", "--durability", KT_DURABILITY, OFF(durability), 0, 0, 0,
       "batch (ack after apply, on disk within one tick) | sync (ack after fsync)" },
     { "wal.tick_ms", "BEAVA_WAL_TICK_MS", NULL, KT_U32, OFF(wal_tick_ms), 0, 1, 1000,
       "WAL group-commit interval in ms (default 2)" },
+    { "wal.fsync_bytes", "BEAVA_WAL_FSYNC_BYTES", NULL, KT_U64, OFF(wal_fsync_bytes), 0, 0, 1ull << 30,
+      "write and fsync a WAL batch before its tick once it holds this many bytes (default 1048576, 0 = default)" },
     { "wal.segment_bytes", "BEAVA_WAL_SEGMENT_BYTES", NULL, KT_U64, OFF(wal_segment_bytes), 0, 1u << 20, 1ull << 40,
       "WAL segment size before rotation (default 67108864)" },
     { "snapshot.interval_s", "BEAVA_SNAPSHOT_INTERVAL_S", NULL, KT_U32, OFF(snapshot_interval_s), 0, 1, 86400,
@@ -93,13 +107,41 @@ static const config_key config_keys[] = {
       "events accepted through POST /api/push/<event>" },
     { "security.admin_token_file", "BEAVA_ADMIN_TOKEN_FILE", NULL, KT_PATH, OFF(admin_token_file), SZ(admin_token_file), 0, 0,
       "file holding a bearer token required by /register, /reset and admin /snapshot" },
-    /* Reference-compatible keys of the `durability:` mapping (reference-storage.md §5.3). */
+    /* Reference-compatible keys of the `durability:` mapping: the same settings as above
+     * under the reference's names (help NULL: listed once, under their own names). */
     { "durability.wal_dir", NULL, NULL, KT_PATH, OFF(wal_dir), SZ(wal_dir), 0, 0, NULL },
     { "durability.snapshot_dir", NULL, NULL, KT_PATH, OFF(snapshot_dir), SZ(snapshot_dir), 0, 0, NULL },
-    { "durability.wal_fsync_interval_ms", "BEAVA_WAL_FSYNC_INTERVAL_MS", NULL, KT_U32, OFF(wal_tick_ms), 0, 1, 1000, NULL },
+    { "durability.wal_fsync_interval_ms", "BEAVA_WAL_FSYNC_INTERVAL_MS", NULL, KT_U32, OFF(wal_tick_ms), 0, 1, 1000,
+      "same as BEAVA_WAL_TICK_MS (the reference's name)" },
+    { "durability.wal_fsync_bytes", NULL, NULL, KT_U64, OFF(wal_fsync_bytes), 0, 0, 1ull << 30, NULL },
     { "durability.wal_segment_bytes", NULL, NULL, KT_U64, OFF(wal_segment_bytes), 0, 1u << 20, 1ull << 40, NULL },
-    { "durability.snapshot_interval_ms", "BEAVA_SNAPSHOT_INTERVAL_MS", NULL, KT_MS_TO_S, OFF(snapshot_interval_s), 0, 1000, 86400000, NULL },
+    { "durability.snapshot_interval_ms", "BEAVA_SNAPSHOT_INTERVAL_MS", NULL, KT_MS_TO_S, OFF(snapshot_interval_s), 0, 1000, 86400000,
+      "snapshot interval in ms, rounded up to whole seconds (the reference's name)" },
     { "durability.snapshot_retain_count", NULL, NULL, KT_U32, OFF(snapshot_retain), 0, 1, 1000, NULL },
+    /* The reference's knobs for machinery beava does not have. Each is accepted (the
+     * integer ones validated as the reference validates them, so a configuration that
+     * the reference refuses is refused here too) and changes nothing; README
+     * "Configuration" says why for each. */
+    { "durability.dedupe_sweep_interval_secs", "BEAVA_DEDUPE_SWEEP_SECS", NULL, KT_NOEFFECT_U64, 0, 0, 0, UINT64_MAX,
+      "no effect: expired dedupe entries are purged whenever the dedupe cache doubles" },
+    { NULL, "BEAVA_WAL_BUFFERS", NULL, KT_NOEFFECT, 0, 0, 0, 0,
+      "no effect: the WAL writer double-buffers" },
+    { NULL, "BEAVA_WAL_BUFFER_SIZE_MB", NULL, KT_NOEFFECT, 0, 0, 0, 0,
+      "no effect: WAL buffers grow as needed" },
+    { NULL, "BEAVA_SNAPSHOT_MIN_EVENTS", NULL, KT_NOEFFECT, 0, 0, 0, 0,
+      "no effect: a snapshot is taken every interval when anything was applied since the last" },
+    { NULL, "BEAVA_SNAPSHOT_FORK", NULL, KT_NOEFFECT, 0, 0, 0, 0,
+      "no effect: periodic snapshots are always written by a forked child" },
+    { NULL, "BEAVA_SNAPSHOT_FORK_WAIT_TIMEOUT_SECS", NULL, KT_NOEFFECT_U64, 0, 0, 1, UINT64_MAX,
+      "no effect: the server waits for its snapshot child until it exits" },
+    { NULL, "BEAVA_TRACE_APPLY_TIMING", NULL, KT_NOEFFECT, 0, 0, 0, 0,
+      "no effect: there is no per-stage timing trace (snapshot timings are in /metrics)" },
+    { NULL, "BEAVA_TRACE_AGG_TIMING", NULL, KT_NOEFFECT, 0, 0, 0, 0,
+      "no effect: there is no per-stage timing trace" },
+    { NULL, "BEAVA_CRASH_AT", NULL, KT_NOEFFECT, 0, 0, 0, 0,
+      "no effect: crash points are injected by the tests with signals and fault hooks" },
+    { NULL, "BEAVA_IO_BACKEND", NULL, KT_NOEFFECT, 0, 0, 0, 0,
+      "no effect: one I/O backend" },
 };
 
 #define NKEYS (sizeof config_keys / sizeof config_keys[0])
@@ -121,12 +163,17 @@ void config_defaults(bv_config *c) {
     snprintf(c->tcp_host, sizeof c->tcp_host, "127.0.0.1");
     c->tcp_port = 8081;
     c->tcp_max_frame_bytes = 4u << 20;
+    c->tcp_max_connections = 10000;
+    c->tcp_idle_timeout_s = 300;
+    c->tcp_frame_timeout_ms = 30000;
+    c->partial_body_budget_bytes = 512ull << 20;
     snprintf(c->log_level, sizeof c->log_level, "info");
     snprintf(c->data_dir, sizeof c->data_dir, "./.beava");
     c->memory_gov_enforce = true;
     c->durability = DURABILITY_BATCH;
     c->wal_tick_ms = 2;
     c->wal_segment_bytes = 64ull << 20;
+    c->wal_fsync_bytes = 1u << 20;
     c->snapshot_interval_s = 60;
     c->snapshot_retain = 2;
     c->max_body_bytes = 4u << 20;
@@ -214,6 +261,7 @@ static int config_set(bv_config *c, const config_key *k, const char *value, bool
         if (k->type == KT_HOST && !*value)
             return fail(err, errlen, "%s: empty host", where);
         snprintf(base + k->offset, k->size, "%s", value);
+        if (k->offset == OFF(data_dir)) c->data_dir_set = true;
         return 0;
     case KT_LEVEL:
         if (bv_log_level_parse(value) < 0)
@@ -271,6 +319,20 @@ static int config_set(bv_config *c, const config_key *k, const char *value, bool
         }
         return 0;
     }
+    case KT_SYNC_MODE:
+        if (strcmp(value, "periodic") == 0) c->durability = DURABILITY_BATCH;
+        else if (strcmp(value, "per-event") == 0 || strcmp(value, "perevent") == 0 || strcmp(value, "per_event") == 0)
+            c->durability = DURABILITY_SYNC;
+        else return fail(err, errlen, "%s: '%s' is not one of periodic, per-event", where, value);
+        return 0;
+    case KT_NOEFFECT_U64: {
+        uint64_t v;
+        if (parse_u64(value, &v) != 0 || v < k->min)
+            return fail(err, errlen, "%s: '%s' is not an integer >= %llu", where, value, (unsigned long long)k->min);
+        return 0;
+    }
+    case KT_NOEFFECT:
+        return 0;
     case KT_DURABILITY:
         if (strcmp(value, "batch") == 0) c->durability = DURABILITY_BATCH;
         else if (strcmp(value, "sync") == 0) c->durability = DURABILITY_SYNC;
@@ -356,15 +418,7 @@ static int walk_mapping(bv_config *c, yaml_document_t *doc, yaml_node_t *map, co
             if (walk_mapping(c, doc, vn, path, source, depth + 1, err, errlen) != 0) return -1;
             continue;
         }
-        if (!k) {
-            if (strcmp(path, "durability.wal_fsync_bytes") == 0 || strcmp(path, "durability.wal_sync_mode") == 0 ||
-                strcmp(path, "durability.dedupe_sweep_interval_secs") == 0) {
-                /* reference keys the original parsed but ignored; accepted for compatibility */
-                bv_log_msg(NULL, LOG_WARN, "config.ignored_key", "%s: key '%s' is accepted but has no effect", source, path);
-                continue;
-            }
-            return fail(err, errlen, "%s: unknown key '%s'", source, path);
-        }
+        if (!k) return fail(err, errlen, "%s: unknown key '%s'", source, path);
         if (k->type == KT_STRLIST) {
             if (set_list(c, k, doc, vn, source, path, err, errlen) != 0) return -1;
             continue;
@@ -448,41 +502,49 @@ static int apply_env(bv_config *c, char *err, size_t errlen) {
     return 0;
 }
 
-const char *config_usage(void) {
-    return
-        "usage: beava [OPTIONS] [COMMAND]\n"
-        "\n"
-        "Real-time feature server: push events, read fresh per-entity features.\n"
-        "\n"
-        "Commands:\n"
-        "  (none)                 run the server\n"
-        "  probe [--admin-addr A] exit 0 iff the admin /ready answers 200 (healthcheck)\n"
-        "  quickstart [--no-file] start an in-process server on an ephemeral port, register\n"
-        "                         PageView/SiteMetrics, push 5 events, print the row and the\n"
-        "                         curl commands to do the same by hand\n"
-        "\n"
-        "Options (flags > BEAVA_* environment > YAML > defaults):\n"
-        "  -c, --config PATH      YAML configuration file (unknown keys are errors)\n"
-        "  --http-addr ADDR       HTTP data plane (env BEAVA_LISTEN_ADDR, default 127.0.0.1:8080)\n"
-        "  --tcp-addr ADDR        framed TCP listener (env BEAVA_TCP_HOST/BEAVA_TCP_PORT, default 127.0.0.1:8081)\n"
-        "  --admin-addr ADDR      admin sidecar (env BEAVA_ADMIN_ADDR, default 127.0.0.1:8090)\n"
-        "  --data-dir PATH        data directory (env BEAVA_DATA_DIR, default ./.beava)\n"
-        "  --memory-only          no WAL, no snapshots\n"
-        "  --test-mode            enable POST /reset (env BEAVA_TEST_MODE=1)\n"
-        "  --durability MODE      batch|sync (env BEAVA_DURABILITY, default batch)\n"
-        "  --shards N             apply shards (env BEAVA_SHARDS, default: cores)\n"
-        "  --io-threads N         I/O threads (env BEAVA_IO_THREADS)\n"
-        "  --log-level LEVEL      trace|debug|info|warn|error (env BEAVA_LOG_LEVEL)\n"
-        "  --site-dir PATH        serve a static site at / (env BEAVA_SITE_DIR)\n"
-        "  -h, --help             this text\n"
-        "  -V, --version          version and build revision\n"
-        "\n"
-        "Other environment: BEAVA_TCP_MAX_FRAME_BYTES, BEAVA_TCP_ENABLED, BEAVA_WAL_DIR,\n"
-        "BEAVA_SNAPSHOT_DIR, BEAVA_WAL_TICK_MS, BEAVA_WAL_SEGMENT_BYTES,\n"
-        "BEAVA_SNAPSHOT_INTERVAL_S, BEAVA_SNAPSHOT_RETAIN_COUNT, BEAVA_MEMORY_GOV_ENFORCE,\n"
-        "BEAVA_ADMIN_TOKEN_FILE.\n"
-        "Port 0 in any address means OS-assigned; the bound addresses are logged as JSON\n"
-        "lines server.http_bound, server.tcp_bound and server.admin_bound on stdout.\n";
+void config_usage(FILE *out) {
+    fputs("usage: beava [OPTIONS] [COMMAND]\n"
+          "\n"
+          "Real-time feature server: push events, read fresh per-entity features.\n"
+          "\n"
+          "Commands:\n"
+          "  (none)                 run the server\n"
+          "  probe [--admin-addr A] exit 0 iff the admin /ready answers 200 (healthcheck)\n"
+          "  quickstart [--no-file] start an in-process server on ephemeral ports, register\n"
+          "                         PageView/SiteMetrics, push 5 events, print the row and the\n"
+          "                         curl commands to do the same by hand\n"
+          "\n"
+          "Options (flags > BEAVA_* environment > YAML > defaults):\n"
+          "  -c, --config PATH      YAML configuration file (unknown keys are errors)\n"
+          "  --http-addr ADDR       HTTP data plane (env BEAVA_LISTEN_ADDR, default 127.0.0.1:8080)\n"
+          "  --tcp-addr ADDR        framed TCP listener (env BEAVA_TCP_HOST/BEAVA_TCP_PORT, default 127.0.0.1:8081)\n"
+          "  --admin-addr ADDR      admin sidecar (env BEAVA_ADMIN_ADDR, default 127.0.0.1:8090)\n"
+          "  --data-dir PATH        data directory (env BEAVA_DATA_DIR, default ./.beava)\n"
+          "  --memory-only          no WAL, no snapshots\n"
+          "  --test-mode            enable POST /reset (env BEAVA_TEST_MODE=1)\n"
+          "  --durability MODE      batch|sync (env BEAVA_DURABILITY, default batch)\n"
+          "  --shards N             apply shards (env BEAVA_SHARDS, default: cores)\n"
+          "  --io-threads N         I/O threads (env BEAVA_IO_THREADS)\n"
+          "  --log-level LEVEL      trace|debug|info|warn|error (env BEAVA_LOG_LEVEL)\n"
+          "  --site-dir PATH        serve a static site at / (env BEAVA_SITE_DIR)\n"
+          "  -h, --help             this text\n"
+          "  -V, --version          version and build revision\n"
+          "\n"
+          "Files: the data dir holds LOCK and quarantine/; the WAL and snapshots default to\n"
+          "<data dir>/wal and <data dir>/snapshots. When no data dir is given but a WAL or\n"
+          "snapshot directory is (BEAVA_WAL_DIR / BEAVA_SNAPSHOT_DIR, wal.dir / snapshot.dir),\n"
+          "the data dir is the WAL directory (else the snapshot directory): nothing is\n"
+          "created in the current directory.\n"
+          "\n"
+          "Environment (each also a YAML key where one is shown):\n", out);
+    for (size_t i = 0; i < NKEYS; i++) {
+        const config_key *k = &config_keys[i];
+        if (!k->env || !k->help) continue;
+        if (k->yaml) fprintf(out, "  %s (%s)\n      %s\n", k->env, k->yaml, k->help);
+        else fprintf(out, "  %s\n      %s\n", k->env, k->help);
+    }
+    fputs("\nPort 0 in any address means OS-assigned; the bound addresses are logged as JSON\n"
+          "lines server.http_bound, server.tcp_bound and server.admin_bound on stdout.\n", out);
 }
 
 static const config_key *key_by_flag(const char *flag) {
@@ -567,6 +629,9 @@ int config_load(bv_config *c, bv_cli *cli, int argc, char **argv, char *err, siz
             snprintf(cli->probe_addr, sizeof cli->probe_addr, "%s", value);
         if (config_set(c, k, value, false, flag, err, errlen) != 0) return -1;
     }
+    /* Embed rule (config.h): no data dir named, a WAL or snapshot dir named. */
+    if (!c->data_dir_set && (c->wal_dir[0] || c->snapshot_dir[0]))
+        snprintf(c->data_dir, sizeof c->data_dir, "%s", c->wal_dir[0] ? c->wal_dir : c->snapshot_dir);
     return 0;
 }
 

@@ -7,6 +7,12 @@
  * or unknown YAML key is an error naming the key (YAML keys by their dotted path, env
  * vars and flags by name) and nothing is started.
  *
+ * Where the files go (README "Configuration"): the data dir holds LOCK and quarantine/, and
+ * the WAL and snapshot directories default to <data_dir>/wal and <data_dir>/snapshots.
+ * When no layer names a data dir but one names a WAL or snapshot directory (the SDK's
+ * embed mode), the data dir is the WAL directory if given, else the snapshot directory:
+ * nothing is created or locked in the current directory.
+ *
  * Ownership: a bv_config owns its string lists; config_free() releases them.
  */
 #ifndef BEAVA_CONFIG_H
@@ -16,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define CONFIG_ADDR_MAX 128
 
@@ -28,8 +35,13 @@ typedef struct bv_config {
     char tcp_host[CONFIG_ADDR_MAX];      /* "127.0.0.1" */
     int tcp_port;                        /* 8081; 0 = OS-assigned */
     uint32_t tcp_max_frame_bytes;        /* 4 MiB */
+    uint32_t tcp_max_connections;        /* 10000; past it new connections are closed at once */
+    uint32_t tcp_idle_timeout_s;         /* 300; 0 = never */
+    uint32_t tcp_frame_timeout_ms;       /* 30000: a started frame must be complete within this */
+    uint64_t partial_body_budget_bytes;  /* 512 MiB: partially received bodies and frames, all connections */
     char log_level[16];                  /* "info" */
-    char data_dir[PATH_MAX];             /* "./.beava" */
+    char data_dir[PATH_MAX];             /* "./.beava"; see config_load for the embed rule */
+    bool data_dir_set;                   /* some layer named the data dir */
     char wal_dir[PATH_MAX];              /* "" = <data_dir>/wal */
     char snapshot_dir[PATH_MAX];         /* "" = <data_dir>/snapshots */
     bool memory_only;
@@ -41,6 +53,7 @@ typedef struct bv_config {
     bv_durability durability;
     uint32_t wal_tick_ms;                /* 2 */
     uint64_t wal_segment_bytes;          /* 64 MiB */
+    uint64_t wal_fsync_bytes;            /* 1 MiB: a batch this large is written before its tick */
     uint32_t snapshot_interval_s;        /* 60 */
     uint32_t snapshot_retain;            /* 2 */
     uint64_t max_body_bytes;             /* 4 MiB */
@@ -79,7 +92,8 @@ int config_split_addr(const char *addr, char *host, size_t hostlen, int *port);
 void config_wal_dir(const bv_config *c, char *out, size_t len);
 void config_snapshot_dir(const bv_config *c, char *out, size_t len);
 
-/* The --help text. */
-const char *config_usage(void);
+/* Print the --help text: the options, the file rule and every environment variable
+ * of the key table with its meaning (or why it has no effect). */
+void config_usage(FILE *out);
 
 #endif

@@ -217,7 +217,7 @@ static enum MHD_Result do_register(http_server *s, struct MHD_Connection *c, req
         jsonw_str(&w, "expected application/json");
         jsonw_obj_end(&w);
         jsonw_key(&w, "registry_version");
-        jsonw_u64(&w, 0);
+        jsonw_u64(&w, engine_registry_version(s->deps.eng));
         jsonw_obj_end(&w);
         return send_json(c, 415, &b);
     }

@@ -107,14 +107,12 @@ persist *persist_open(const bv_config *cfg, const bv_log *log, char *err, size_t
     pthread_cond_init(&p->cv, NULL);
     config_wal_dir(cfg, p->wal_dir, sizeof p->wal_dir);
     config_snapshot_dir(cfg, p->snap_dir, sizeof p->snap_dir);
-    if (mkdir(cfg->data_dir, 0750) != 0 && errno != EEXIST) {
-        snprintf(err, errlen, "cannot create data dir %s: %s", cfg->data_dir, strerror(errno));
-        goto fail;
-    }
+    /* wal_open creates the data dir (and its parents) and the WAL dir. */
     wal_options wo = {
         .dir = cfg->data_dir,
         .wal_dir = p->wal_dir,
         .segment_bytes = cfg->wal_segment_bytes,
+        .batch_bytes = (size_t)cfg->wal_fsync_bytes,
         .tick_ms = cfg->wal_tick_ms,
     };
     bv_err e;

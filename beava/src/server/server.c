@@ -80,7 +80,22 @@ static void *sweeper_main(void *arg) {
 
 static void server_metrics(void *ctx, bv_buf *out) {
     beava_server *s = ctx;
-    persist_metrics(s->persist, out);
+    if (s->persist) persist_metrics(s->persist, out);
+    if (s->tcp) {
+        tcp_stats t;
+        tcp_counters(s->tcp, &t);
+        bv_buf_printf(out,
+                      "# HELP beava_tcp_connections_open Open framed-TCP connections.\n"
+                      "# TYPE beava_tcp_connections_open gauge\nbeava_tcp_connections_open %llu\n"
+                      "# HELP beava_tcp_connections_refused_total Connections closed at once: tcp.max_connections reached.\n"
+                      "# TYPE beava_tcp_connections_refused_total counter\nbeava_tcp_connections_refused_total %llu\n"
+                      "# HELP beava_tcp_connections_timed_out_total Connections closed by the idle or frame deadline.\n"
+                      "# TYPE beava_tcp_connections_timed_out_total counter\nbeava_tcp_connections_timed_out_total %llu\n"
+                      "# HELP beava_tcp_partial_frame_bytes Bytes of partially received frames held (budgeted).\n"
+                      "# TYPE beava_tcp_partial_frame_bytes gauge\nbeava_tcp_partial_frame_bytes %llu\n",
+                      (unsigned long long)t.open_connections, (unsigned long long)t.refused_connections,
+                      (unsigned long long)t.timed_out_connections, (unsigned long long)t.partial_frame_bytes);
+    }
 }
 
 static void server_progress(void *ctx, bv_buf *out) {
@@ -146,7 +161,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
     engine_options eo = {
         .test_mode = cfg->test_mode,
         .memory_gov_enforce = cfg->memory_gov_enforce,
-        .log = log,
+        .queue_capacity = cfg->shard_queue,
         .shards = cfg->shards > 0 ? (unsigned)cfg->shards : (unsigned)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1),
     };
     if (!cfg->memory_only) {
@@ -165,7 +180,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
     listenfd_close_unused(&s->inherited, log);
     http_deps deps = {
         .eng = s->eng, .cfg = cfg, .log = log, .ready = &s->ready, .admin_token = s->admin_token, .ctx = s,
-        .extra_metrics = s->persist ? server_metrics : NULL,
+        .extra_metrics = server_metrics,
         .snapshot = s->persist ? server_snapshot : NULL,
         .progress = s->persist ? server_progress : NULL,
     };
@@ -175,7 +190,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
 
     /* recovery: newest snapshot + WAL tail; admin /ready says 503 meanwhile */
     if (s->persist && persist_recover(s->persist, s->eng, err, errlen) != 0) goto fail;
-    if (engine_start_shards(s->eng, cfg->shard_queue) != 0) {
+    if (engine_start_shards(s->eng) != 0) {
         snprintf(err, errlen, "cannot start the apply shards");
         goto fail;
     }
@@ -190,8 +205,10 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         snprintf(addr, sizeof addr, v6 ? "[%s]:%d" : "%s:%d", cfg->tcp_host, cfg->tcp_port);
         /* A TCP worker waits out the group commit of its connection's pushes in sync mode:
          * more workers keep more connections' batches in each fsync. */
-        int tcp_threads = cfg->io_threads > 0 ? cfg->io_threads : (cfg->durability == DURABILITY_SYNC ? 16 : 2);
-        s->tcp = tcp_start(tcp_fd ? tcp_fd : addr, s->eng, cfg, log, tcp_threads, s->tcp_bound, sizeof s->tcp_bound, err, errlen);
+        /* acks are asynchronous: one I/O thread per core serves any number of connections */
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        int tcp_threads = cfg->io_threads > 0 ? cfg->io_threads : (ncpu > 0 ? (int)ncpu : 2);
+        s->tcp = tcp_start(tcp_fd ? tcp_fd : addr, s->eng, cfg, log, s->admin_token, tcp_threads, s->tcp_bound, sizeof s->tcp_bound, err, errlen);
         if (!s->tcp) goto fail;
         log_bound(log, "server.tcp_bound", s->tcp_bound);
     }

@@ -1,10 +1,35 @@
 /*
  * tcp.c - framed TCP listener (see tcp.h).
  *
- * Each connection owns a read buffer (at most one frame beyond what it has parsed:
- * frames are handled as soon as they are complete) and a write buffer. A connection
- * whose write buffer exceeds TCP_WBUF_HIGH stops being read until the peer drains it,
- * so a client that pipelines without reading cannot grow server memory without bound.
+ * N I/O threads each run an epoll loop over their own connections. A connection owns a
+ * read buffer and a write buffer and answers its frames strictly in order:
+ *
+ *   - a run of consecutive OP_PUSH / OP_PUSH_SYNC frames (or one OP_PUSH_MANY) becomes
+ *     one engine batch: decoded into rows, submitted with engine_push_submit(). When the
+ *     engine completes it at once, the replies are written and parsing goes on. When it
+ *     completes later (a shard was busy, or a sync push waits for its fsync), the
+ *     connection stops reading and parsing until the engine's done callback hands it
+ *     back to its I/O thread (a completion list and an eventfd), which writes the replies
+ *     and resumes. The I/O thread serves its other connections meanwhile: it never waits
+ *     for a shard or the disk. Frames after the batch wait their turn, which is exactly
+ *     FIFO pipelining.
+ *   - every other frame is answered on the spot (reads run under the owning shard's
+ *     state lock; register and reset wait for the engine's barrier).
+ *
+ * Limits: at most tcp.max_connections open connections (more are closed at once and
+ * counted); a connection idle (nothing received, nothing in flight) for
+ * tcp.idle_timeout_s is closed; a frame whose first byte arrived tcp.frame_timeout_ms ago
+ * and is still incomplete closes the connection; a connection whose write buffer
+ * exceeds TCP_WBUF_HIGH stops being read until the peer drains it, so a client that
+ * pipelines without reading cannot grow server memory without bound; the bytes held by
+ * partially received frames count against one budget for all connections
+ * (limits.partial_body_budget_bytes): a frame that would exceed it is refused with an `overloaded`
+ * error frame and the connection is closed.
+ *
+ * With security.admin_token_file set, OP_REGISTER and OP_RESET need the connection to
+ * have presented the token first with OP_AUTH (0x0050, JSON {"token":"..."}); without it
+ * they are refused with an `unauthorized` error frame and nothing changes. Pushes and
+ * reads stay open, as on HTTP.
  */
 #include "tcp.h"
 
@@ -13,12 +38,14 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "http.h"
@@ -26,34 +53,74 @@
 
 #define TCP_WBUF_HIGH (16u << 20)
 #define TCP_READ_CHUNK 65536
+#define TCP_PUSH_RUN_MAX 1024                 /* push frames folded into one batch */
+#define TCP_PARTIAL_FREE (64u << 10)          /* a partial frame this small is not counted */
+#define TCP_TOKEN_MAX 4096
+
+/* The pushes of one batch: items, their rows and the decoded envelopes the rows borrow
+ * from, and how each is answered. Reused batch after batch. */
+typedef struct tcp_pushes {
+    engine_batch batch;
+    engine_push_item *items;
+    bv_row *rows;
+    uint16_t *ops;             /* reply op per item (push runs) */
+    json_t **docs;             /* decoded frames (owned) */
+    size_t n, cap, ndocs, docs_cap;
+    bool many;                 /* one OP_PUSH_MANY frame */
+} tcp_pushes;
+
+typedef struct tcp_worker tcp_worker;
 
 typedef struct tcp_conn {
     int fd;
+    tcp_worker *w;
     bv_buf rbuf;
     size_t rpos;           /* parsed up to here */
     bv_buf wbuf;
     size_t wpos;           /* written up to here */
     bool close_after_write;
     bool reading;          /* EPOLLIN armed */
-    bool listed;           /* in the worker's connection list */
+    bool busy;             /* a batch is with the engine */
+    bool dead;             /* closed by the peer while busy: free on completion */
+    bool authed;           /* presented the admin token */
+    size_t batch_bytes;    /* rbuf bytes the batch in flight consumed */
+    size_t partial_charged;/* bytes charged to the partial-frame budget */
+    int64_t last_ms;       /* last byte received or reply sent */
+    int64_t frame_ms;      /* first byte of the incomplete frame at rpos (0 = none) */
+    tcp_pushes pushes;
+    struct tcp_conn *prev, *next;   /* the worker's connections */
+    struct tcp_conn *done_next;     /* completion list */
 } tcp_conn;
 
-typedef struct tcp_worker {
+struct tcp_worker {
     tcp_server *srv;
     pthread_t thread;
     int epfd;
+    int done_fd;               /* eventfd: batches completed */
     bool started;
-} tcp_worker;
+    pthread_mutex_t done_mu;
+    tcp_conn *done_head;
+    tcp_conn *conns;           /* list of open connections */
+    size_t busy;               /* connections with a batch in flight */
+};
 
 struct tcp_server {
     engine *eng;
     const bv_config *cfg;
     const bv_log *log;
+    const char *admin_token;
     int listen_fd;
     int stop_fd;           /* eventfd */
     int nworkers;
     tcp_worker *workers;
+    _Atomic uint64_t open_conns, refused_conns, timed_out, partial_bytes;
 };
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* ---- frames ------------------------------------------------------------------------- */
 
@@ -121,7 +188,7 @@ static json_t *decode_payload(uint8_t ct, const char *p, size_t n, char *err, si
     if (ct == TCP_CT_MSGPACK) return mpjson_decode(p, n, err, errlen);
     json_error_t je;
     json_t *j = json_loadb(p, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
-    if (!j) snprintf(err, errlen, "%s at line %d column %d", je.text, je.line, je.column);
+    if (!j) snprintf(err, errlen, "%.96s at line %d column %d", je.text, je.line, je.column);
     return j;
 }
 
@@ -136,86 +203,197 @@ static bool push_envelope(uint8_t ct, const json_t *env, const json_t **event, c
     return true;
 }
 
-static void do_push(engine *eng, const bv_config *cfg, uint16_t op, uint8_t ct, const char *p, size_t n, bv_buf *out) {
-    if (ct != TCP_CT_JSON && ct != TCP_CT_MSGPACK) {
-        char msg[64];
-        snprintf(msg, sizeof msg, "unsupported content_type: 0x%02x", ct);
-        put_error(out, "unsupported_content_type", msg, NULL, 0);
-        return;
-    }
-    char err[256];
-    json_t *env = decode_payload(ct, p, n, err, sizeof err);
-    const json_t *event, *body;
-    if (!env || !push_envelope(ct, env, &event, &body)) {
-        json_decref(env);
-        put_unsupported(out);
-        return;
-    }
-    push_result res;
-    bool sync = op == TCP_OP_PUSH_SYNC || cfg->durability == DURABILITY_SYNC;
-    engine_push(eng, json_string_value(event), json_string_length(event), body, sync, &res);
-    bv_buf b;
-    bv_buf_init(&b);
-    int st = engine_push_body(&res, TRANSPORT_TCP, &b);
-    put_json_frame(out, st == 200 ? op : TCP_OP_ERROR, &b);
-    bv_buf_free(&b);
-    json_decref(env);
+
+/* ---- pushes ---------------------------------------------------------------------------- */
+
+static void pushes_reset(tcp_pushes *tp) {
+    for (size_t i = 0; i < tp->n; i++) free(tp->rows[i].fields);
+    for (size_t i = 0; i < tp->ndocs; i++) json_decref(tp->docs[i]);
+    tp->n = 0;
+    tp->ndocs = 0;
+    tp->many = false;
 }
 
-static void do_push_many(engine *eng, const bv_config *cfg, uint8_t ct, const char *p, size_t plen, bv_buf *out) {
-    if (ct != TCP_CT_JSON && ct != TCP_CT_MSGPACK) {
-        char msg[64];
-        snprintf(msg, sizeof msg, "unsupported content_type: 0x%02x", ct);
-        put_error(out, "unsupported_content_type", msg, NULL, 0);
-        return;
+static void pushes_free(tcp_pushes *tp) {
+    pushes_reset(tp);
+    engine_batch_free(&tp->batch);
+    free(tp->items);
+    free(tp->rows);
+    free(tp->ops);
+    free(tp->docs);
+}
+
+static void keep_doc(tcp_pushes *tp, json_t *doc) {
+    if (tp->ndocs == tp->docs_cap) {
+        size_t cap = tp->docs_cap ? tp->docs_cap * 2 : 64;
+        json_t **d = realloc(tp->docs, cap * sizeof *d);
+        if (!d) abort();
+        tp->docs = d;
+        tp->docs_cap = cap;
     }
+    tp->docs[tp->ndocs++] = doc;
+}
+
+static engine_push_item *new_item(tcp_pushes *tp, uint16_t op) {
+    if (tp->n == tp->cap) {
+        size_t cap = tp->cap ? tp->cap * 2 : 64;
+        engine_push_item *it = realloc(tp->items, cap * sizeof *it);
+        bv_row *rows = realloc(tp->rows, cap * sizeof *rows);
+        uint16_t *ops = realloc(tp->ops, cap * sizeof *ops);
+        if (!it || !rows || !ops) abort();
+        tp->items = it;
+        tp->rows = rows;
+        tp->ops = ops;
+        tp->cap = cap;
+    }
+    size_t i = tp->n++;
+    memset(&tp->rows[i], 0, sizeof tp->rows[i]);
+    memset(&tp->items[i], 0, sizeof tp->items[i]);
+    tp->ops[i] = op;
+    return &tp->items[i];
+}
+
+/* Add one push envelope (already decoded) as an item. */
+static void add_envelope(tcp_pushes *tp, uint16_t op, uint8_t ct, const json_t *env, bool sync) {
+    const json_t *event, *body;
+    size_t i = tp->n;
+    engine_push_item *it = new_item(tp, op);
+    if (!env || !push_envelope(ct, env, &event, &body)) return;     /* event NULL: unsupported */
+    engine_item_from_json(it, &tp->rows[i], json_string_value(event), json_string_length(event), body);
+    it->sync = sync;
+}
+
+/* Decode one OP_PUSH / OP_PUSH_SYNC frame into the next item. */
+static void add_push_frame(tcp_pushes *tp, const bv_config *cfg, uint16_t op, uint8_t ct, const char *p, size_t n) {
+    char err[128];
+    json_t *env = decode_payload(ct, p, n, err, sizeof err);
+    if (env) keep_doc(tp, env);
+    add_envelope(tp, op, ct, env, op == TCP_OP_PUSH_SYNC || cfg->durability == DURABILITY_SYNC);
+}
+
+/* Decode an OP_PUSH_MANY frame. False: the frame as a whole is refused (error written). */
+static bool add_many_frame(tcp_pushes *tp, const bv_config *cfg, uint8_t ct, const char *p, size_t n, bv_buf *out) {
     char err[256];
-    json_t *root = decode_payload(ct, p, plen, err, sizeof err);
+    json_t *root = decode_payload(ct, p, n, err, sizeof err);
     json_t *events = json_is_object(root) ? json_object_get(root, "events") : NULL;
     if (!json_is_array(events)) {
         json_decref(root);
         put_unsupported(out);
-        return;
+        return false;
     }
     if (json_array_size(events) > TCP_PUSH_MANY_MAX) {
         json_decref(root);
         put_error(out, "batch_too_large", "OP_PUSH_MANY takes at most 10000 events", "limit", TCP_PUSH_MANY_MAX);
-        return;
+        return false;
     }
-    size_t n = json_array_size(events);
-    const char **names = calloc(n ? n : 1, sizeof *names);
-    size_t *lens = calloc(n ? n : 1, sizeof *lens);
-    const json_t **bodies = calloc(n ? n : 1, sizeof *bodies);
-    push_result *res = calloc(n ? n : 1, sizeof *res);
-    if (!names || !lens || !bodies || !res) abort();
-    for (size_t i = 0; i < n; i++) {
-        const json_t *event, *body;
-        if (!push_envelope(TCP_CT_JSON, json_array_get(events, i), &event, &body)) continue;
-        names[i] = json_string_value(event);
-        lens[i] = json_string_length(event);
-        bodies[i] = body;
-    }
-    engine_push_batch(eng, n, names, lens, bodies, cfg->durability == DURABILITY_SYNC, res);
-    bv_buf b;
-    bv_buf_init(&b);
-    bv_buf_puts(&b, "{\"acks\":[");
-    for (size_t i = 0; i < n; i++) {
-        if (i) bv_buf_putc(&b, ',');
-        if (!names[i]) bv_buf_puts(&b, "{\"code\":\"unsupported\"}");
-        else engine_push_body(&res[i], TRANSPORT_TCP, &b);
-    }
-    free(names);
-    free(lens);
-    free(bodies);
-    free(res);
-    bv_buf_puts(&b, "]}");
-    put_json_frame(out, TCP_OP_PUSH_MANY, &b);
-    bv_buf_free(&b);
-    json_decref(root);
+    keep_doc(tp, root);
+    tp->many = true;
+    for (size_t i = 0; i < json_array_size(events); i++)
+        add_envelope(tp, TCP_OP_PUSH_MANY, TCP_CT_JSON, json_array_get(events, i), cfg->durability == DURABILITY_SYNC);
+    return true;
 }
 
-bool tcp_handle_frame(engine *eng, const bv_config *cfg, uint16_t op, uint8_t ct, const char *p, size_t n,
-                      bv_buf *out) {
+/* Point every item at its row (the arrays may have moved while they grew). */
+static void pushes_seal(tcp_pushes *tp) {
+    for (size_t i = 0; i < tp->n; i++) tp->items[i].row = &tp->rows[i];
+    tp->batch.items = tp->items;
+    tp->batch.n = tp->n;
+}
+
+static bool is_push_op(uint16_t op) { return op == TCP_OP_PUSH || op == TCP_OP_PUSH_SYNC; }
+static bool is_content_type(uint8_t ct) { return ct == TCP_CT_JSON || ct == TCP_CT_MSGPACK; }
+
+/* Write the replies of a completed batch. */
+static void pushes_render(tcp_pushes *tp, bv_buf *out) {
+    bv_buf b;
+    bv_buf_init(&b);
+    if (tp->many) bv_buf_puts(&b, "{\"acks\":[");
+    for (size_t i = 0; i < tp->n; i++) {
+        engine_push_item *it = &tp->items[i];
+        if (tp->many) {
+            if (i) bv_buf_putc(&b, ',');
+            if (!it->event) bv_buf_puts(&b, "{\"code\":\"unsupported\"}");
+            else engine_push_body(&it->res, TRANSPORT_TCP, &b);
+            continue;
+        }
+        if (!it->event) {
+            put_unsupported(out);
+            continue;
+        }
+        b.len = 0;
+        int st = engine_push_body(&it->res, TRANSPORT_TCP, &b);
+        put_json_frame(out, st == 200 ? tp->ops[i] : TCP_OP_ERROR, &b);
+    }
+    if (tp->many) {
+        bv_buf_puts(&b, "]}");
+        put_json_frame(out, TCP_OP_PUSH_MANY, &b);
+    }
+    bv_buf_free(&b);
+}
+
+typedef struct push_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+} push_wait;
+
+static void wait_done(engine_batch *b) {
+    push_wait *w = b->owner;
+    pthread_mutex_lock(&w->mu);
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Submit and wait (the frame-at-a-time entry point below). */
+static void pushes_run_blocking(engine *eng, tcp_pushes *tp, bv_buf *out) {
+    push_wait w = { .done = false };
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    pushes_seal(tp);
+    tp->batch.done = wait_done;
+    tp->batch.owner = &w;
+    if (!engine_push_submit(eng, &tp->batch)) {
+        pthread_mutex_lock(&w.mu);
+        while (!w.done) pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
+    }
+    pushes_render(tp, out);
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+}
+
+static bool token_matches(const char *want, const char *got, size_t gl) {
+    size_t wl = strlen(want);
+    unsigned char diff = (unsigned char)(wl != gl);
+    for (size_t i = 0; i < wl; i++) diff |= (unsigned char)(want[i] ^ (i < gl ? got[i] : 0));
+    return diff == 0;
+}
+
+/* OP_AUTH {"token":"..."}: remembers the result for the connection. */
+static void do_auth(const char *admin_token, bool *authed, uint8_t ct, const char *p, size_t n, bv_buf *out) {
+    char err[128];
+    json_t *req = ct == TCP_CT_JSON && n <= TCP_TOKEN_MAX ? decode_payload(ct, p, n, err, sizeof err) : NULL;
+    json_t *tok = json_is_object(req) ? json_object_get(req, "token") : NULL;
+    if (!json_is_string(tok)) {
+        json_decref(req);
+        put_error(out, "invalid_auth", "OP_AUTH takes a JSON payload {\"token\":\"...\"}", NULL, 0);
+        return;
+    }
+    bool ok = !admin_token || token_matches(admin_token, json_string_value(tok), json_string_length(tok));
+    json_decref(req);
+    if (!ok) {
+        *authed = false;
+        put_error(out, "unauthorized", "the token does not match security.admin_token_file", NULL, 0);
+        return;
+    }
+    *authed = true;
+    static const char body[] = "{\"authenticated\":true}";
+    put_frame(out, TCP_OP_AUTH, TCP_CT_JSON, body, sizeof body - 1);
+}
+
+bool tcp_handle_frame(engine *eng, const bv_config *cfg, const char *admin_token, bool *authed, uint16_t op,
+                      uint8_t ct, const char *p, size_t n, bv_buf *out) {
     bv_buf b;
     bv_buf_init(&b);
     char err[256], msg[128];
@@ -225,7 +403,14 @@ bool tcp_handle_frame(engine *eng, const bv_config *cfg, uint16_t op, uint8_t ct
                       (unsigned long long)engine_registry_version(eng));
         put_json_frame(out, TCP_OP_PING, &b);
         break;
+    case TCP_OP_AUTH:
+        do_auth(admin_token, authed, ct, p, n, out);
+        break;
     case TCP_OP_REGISTER: {
+        if (admin_token && !*authed) {
+            put_error(out, "unauthorized", "OP_REGISTER needs OP_AUTH with the admin token first", NULL, 0);
+            break;
+        }
         if (ct != TCP_CT_JSON) {
             snprintf(msg, sizeof msg, "unsupported content_type for register: 0x%02x", ct);
             put_error(out, "unsupported_content_type", msg, NULL, 0);
@@ -237,11 +422,22 @@ bool tcp_handle_frame(engine *eng, const bv_config *cfg, uint16_t op, uint8_t ct
     }
     case TCP_OP_PUSH:
     case TCP_OP_PUSH_SYNC:
-        do_push(eng, cfg, op, ct, p, n, out);
+    case TCP_OP_PUSH_MANY: {
+        if (!is_content_type(ct)) {
+            snprintf(msg, sizeof msg, "unsupported content_type: 0x%02x", ct);
+            put_error(out, "unsupported_content_type", msg, NULL, 0);
+            break;
+        }
+        tcp_pushes tp;
+        memset(&tp, 0, sizeof tp);
+        engine_batch_init(&tp.batch);
+        bool ok = true;
+        if (op == TCP_OP_PUSH_MANY) ok = add_many_frame(&tp, cfg, ct, p, n, out);
+        else add_push_frame(&tp, cfg, op, ct, p, n);
+        if (ok) pushes_run_blocking(eng, &tp, out);
+        pushes_free(&tp);
         break;
-    case TCP_OP_PUSH_MANY:
-        do_push_many(eng, cfg, ct, p, n, out);
-        break;
+    }
     case TCP_OP_GET:
     case TCP_OP_MGET:
     case TCP_OP_GET_MULTI:
@@ -253,6 +449,10 @@ bool tcp_handle_frame(engine *eng, const bv_config *cfg, uint16_t op, uint8_t ct
             break;
         }
         int st;
+        if (op == TCP_OP_RESET && admin_token && !*authed) {
+            put_error(out, "unauthorized", "OP_RESET needs OP_AUTH with the admin token first", NULL, 0);
+            break;
+        }
         if (op == TCP_OP_RESET) {
             st = engine_reset(eng, &b);
             put_json_frame(out, st == 200 ? TCP_OP_GET_RESPONSE : TCP_OP_ERROR, &b);
@@ -277,75 +477,129 @@ bool tcp_handle_frame(engine *eng, const bv_config *cfg, uint16_t op, uint8_t ct
     return true;
 }
 
+
 /* ---- connections -------------------------------------------------------------------- */
 
-static void conn_free(tcp_conn *c) {
+static void conn_free(tcp_server *s, tcp_conn *c) {
     close(c->fd);
+    atomic_fetch_sub(&s->partial_bytes, c->partial_charged);
+    atomic_fetch_sub(&s->open_conns, 1);
     bv_buf_free(&c->rbuf);
     bv_buf_free(&c->wbuf);
+    pushes_free(&c->pushes);
     free(c);
 }
 
-#define TCP_PUSH_RUN_MAX 1024
-
-/* A pipelined client sends many OP_PUSH frames back to back: take the run of complete
- * push frames at the read position (up to TCP_PUSH_RUN_MAX) and hand them to the engine
- * as one batch (one lock hold, one shard wake-up), then answer each frame in order
- * exactly as if it had been handled alone. Returns the number of frames consumed. */
-static size_t push_run(tcp_server *s, tcp_conn *c, uint32_t maxlen) {
-    json_t *envs[TCP_PUSH_RUN_MAX];
-    const char *names[TCP_PUSH_RUN_MAX];
-    size_t lens[TCP_PUSH_RUN_MAX];
-    const json_t *bodies[TCP_PUSH_RUN_MAX];
-    size_t n = 0, pos = c->rpos;
-    while (n < TCP_PUSH_RUN_MAX && c->rbuf.len - pos >= 7) {
-        const unsigned char *h = (const unsigned char *)c->rbuf.data + pos;
-        uint32_t len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
-        if (len > maxlen || len < 3 || c->rbuf.len - pos < 4 + (size_t)len) break;
-        uint16_t op = (uint16_t)(h[4] << 8 | h[5]);
-        uint8_t ct = h[6];
-        if (op != TCP_OP_PUSH || (ct != TCP_CT_JSON && ct != TCP_CT_MSGPACK)) break;
-        char err[128];
-        json_t *env = decode_payload(ct, (const char *)h + 7, len - 3, err, sizeof err);
-        const json_t *event, *body;
-        envs[n] = env;
-        names[n] = NULL;
-        if (env && push_envelope(ct, env, &event, &body)) {
-            names[n] = json_string_value(event);
-            lens[n] = json_string_length(event);
-            bodies[n] = body;
-        }
-        n++;
-        pos += 4 + (size_t)len;
-    }
-    if (n == 0) return 0;
-    push_result *res = calloc(n, sizeof *res);
-    if (!res) abort();
-    engine_push_batch(s->eng, n, names, lens, bodies, s->cfg->durability == DURABILITY_SYNC, res);
-    bv_buf b;
-    bv_buf_init(&b);
-    for (size_t i = 0; i < n; i++) {
-        if (!names[i]) {
-            put_unsupported(&c->wbuf);
-        } else {
-            b.len = 0;
-            int st = engine_push_body(&res[i], TRANSPORT_TCP, &b);
-            put_json_frame(&c->wbuf, st == 200 ? TCP_OP_PUSH : TCP_OP_ERROR, &b);
-        }
-        json_decref(envs[i]);
-    }
-    bv_buf_free(&b);
-    free(res);
-    c->rpos = pos;
-    return n;
+static void conn_unlink(tcp_worker *w, tcp_conn *c) {
+    if (c->prev) c->prev->next = c->next;
+    else w->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
 }
 
-/* Parse and answer every complete frame. Returns false to close now. */
+static void conn_close(tcp_worker *w, tcp_conn *c) {
+    epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    conn_unlink(w, c);
+    if (c->busy) {                       /* the engine still holds its batch: free on completion */
+        c->dead = true;
+        return;
+    }
+    conn_free(w->srv, c);
+}
+
+/* The engine finished a batch (any thread): hand the connection back to its worker. */
+static void batch_done(engine_batch *b) {
+    tcp_conn *c = b->owner;
+    tcp_worker *w = c->w;
+    pthread_mutex_lock(&w->done_mu);
+    bool was_empty = w->done_head == NULL;
+    c->done_next = w->done_head;
+    w->done_head = c;
+    pthread_mutex_unlock(&w->done_mu);
+    if (was_empty) {
+        uint64_t one = 1;
+        ssize_t wr = write(w->done_fd, &one, sizeof one);
+        (void)wr;
+    }
+}
+
+/* Submit the batch in c->pushes (its frames span `bytes` from rpos). True when it
+ * completed at once (replies written, rpos advanced). */
+static bool conn_submit(tcp_server *s, tcp_conn *c, size_t bytes) {
+    tcp_pushes *tp = &c->pushes;
+    pushes_seal(tp);
+    tp->batch.done = batch_done;
+    tp->batch.owner = c;
+    c->batch_bytes = bytes;
+    c->busy = true;
+    if (!engine_push_submit(s->eng, &tp->batch)) {
+        c->w->busy++;
+        return false;
+    }
+    c->busy = false;
+    pushes_render(tp, &c->wbuf);
+    pushes_reset(tp);
+    c->rpos += bytes;
+    return true;
+}
+
+static void conn_finish_batch(tcp_conn *c) {
+    pushes_render(&c->pushes, &c->wbuf);
+    pushes_reset(&c->pushes);
+    c->rpos += c->batch_bytes;
+    c->batch_bytes = 0;
+    c->busy = false;
+}
+
+static uint32_t frame_len(const tcp_conn *c, size_t pos) {
+    const unsigned char *h = (const unsigned char *)c->rbuf.data + pos;
+    return (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+}
+
+/* Collect the run of complete push frames at rpos (at most TCP_PUSH_RUN_MAX) into
+ * c->pushes. Returns the bytes they span (0: none). */
+static size_t collect_push_run(tcp_server *s, tcp_conn *c, uint32_t maxlen) {
+    size_t pos = c->rpos;
+    while (c->pushes.n < TCP_PUSH_RUN_MAX && c->rbuf.len - pos >= 7) {
+        uint32_t len = frame_len(c, pos);
+        if (len > maxlen || len < 3 || c->rbuf.len - pos < 4 + (size_t)len) break;
+        const unsigned char *h = (const unsigned char *)c->rbuf.data + pos;
+        uint16_t op = (uint16_t)(h[4] << 8 | h[5]);
+        uint8_t ct = h[6];
+        if (!is_push_op(op) || !is_content_type(ct)) break;
+        add_push_frame(&c->pushes, s->cfg, op, ct, (const char *)h + 7, len - 3);
+        pos += 4 + (size_t)len;
+    }
+    return pos - c->rpos;
+}
+
+/* The partial frame at rpos (if any): charge its declared size to the budget once.
+ * False: over budget (error frame written, connection to close). */
+static bool charge_partial(tcp_server *s, tcp_conn *c, uint32_t len) {
+    size_t want = len > TCP_PARTIAL_FREE ? (size_t)len : 0;
+    if (want <= c->partial_charged) return true;
+    uint64_t extra = want - c->partial_charged;
+    uint64_t now = atomic_fetch_add(&s->partial_bytes, extra) + extra;
+    c->partial_charged = want;
+    if (now <= s->cfg->partial_body_budget_bytes) return true;
+    put_error(&c->wbuf, "overloaded", "too many partially received frames on this server; retry shortly", NULL, 0);
+    c->close_after_write = true;
+    return false;
+}
+
+static void release_partial(tcp_server *s, tcp_conn *c) {
+    if (!c->partial_charged) return;
+    atomic_fetch_sub(&s->partial_bytes, c->partial_charged);
+    c->partial_charged = 0;
+}
+
+/* Parse and answer complete frames until a batch goes asynchronous or input runs out.
+ * Returns false to close now. */
 static bool conn_process(tcp_server *s, tcp_conn *c) {
     uint32_t maxlen = s->cfg->tcp_max_frame_bytes + 3u;
-    while (!c->close_after_write && c->rbuf.len - c->rpos >= 4) {
+    while (!c->busy && !c->close_after_write && c->rbuf.len - c->rpos >= 4) {
         const unsigned char *h = (const unsigned char *)c->rbuf.data + c->rpos;
-        uint32_t len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+        uint32_t len = frame_len(c, c->rpos);
         if (len > maxlen) {
             char msg[128];
             snprintf(msg, sizeof msg, "declared frame length %u exceeds limit %u", len, maxlen);
@@ -358,17 +612,40 @@ static bool conn_process(tcp_server *s, tcp_conn *c) {
             c->close_after_write = true;
             break;
         }
-        if (len < 3) return false;
-        if (c->rbuf.len - c->rpos < 4 + (size_t)len) break;
+        if (len < 3) {
+            /* every reply to the frames before it is already in wbuf, ahead of this */
+            char msg[96];
+            snprintf(msg, sizeof msg, "declared frame length %u is shorter than the 3-byte op and content type", len);
+            put_error(&c->wbuf, "malformed_frame", msg, NULL, 0);
+            c->close_after_write = true;
+            break;
+        }
+        if (c->rbuf.len - c->rpos < 4 + (size_t)len) {
+            if (!charge_partial(s, c, len)) break;
+            if (!c->frame_ms) c->frame_ms = mono_ms();
+            break;
+        }
+        release_partial(s, c);
+        c->frame_ms = 0;
         uint16_t op = (uint16_t)(h[4] << 8 | h[5]);
         uint8_t ct = h[6];
-        if (op == TCP_OP_PUSH && (ct == TCP_CT_JSON || ct == TCP_CT_MSGPACK)) {
-            size_t used = push_run(s, c, maxlen);
-            if (used) continue;
+        if (is_push_op(op) && is_content_type(ct)) {
+            size_t bytes = collect_push_run(s, c, maxlen);
+            if (!conn_submit(s, c, bytes)) return true;       /* answered later */
+            continue;
         }
-        tcp_handle_frame(s->eng, s->cfg, op, ct, (const char *)h + 7, len - 3, &c->wbuf);
+        if (op == TCP_OP_PUSH_MANY && is_content_type(ct)) {
+            if (add_many_frame(&c->pushes, s->cfg, ct, (const char *)h + 7, len - 3, &c->wbuf)) {
+                if (!conn_submit(s, c, 4 + (size_t)len)) return true;
+            } else {
+                c->rpos += 4 + (size_t)len;
+            }
+            continue;
+        }
+        tcp_handle_frame(s->eng, s->cfg, s->admin_token, &c->authed, op, ct, (const char *)h + 7, len - 3, &c->wbuf);
         c->rpos += 4 + (size_t)len;
     }
+    if (c->busy) return true;
     if (c->rpos == c->rbuf.len) {
         c->rbuf.len = 0;
         c->rpos = 0;
@@ -398,10 +675,25 @@ static bool conn_flush(tcp_conn *c) {
 
 static void conn_rearm(tcp_worker *w, tcp_conn *c) {
     bool want_write = c->wpos < c->wbuf.len;
-    c->reading = !c->close_after_write && c->wbuf.len - c->wpos < TCP_WBUF_HIGH;
+    /* no reading while a batch is in flight: its rows point into rbuf */
+    c->reading = !c->busy && !c->close_after_write && c->wbuf.len - c->wpos < TCP_WBUF_HIGH;
     struct epoll_event ev = { .events = (c->reading ? EPOLLIN : 0) | (want_write ? EPOLLOUT : 0) | EPOLLRDHUP,
                               .data.ptr = c };
     epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/* Flush, then decide: close, keep going, re-arm. Returns false when finished. */
+static bool conn_settle(tcp_worker *w, tcp_conn *c) {
+    if (!conn_flush(c)) return false;
+    if (c->close_after_write && c->wpos == c->wbuf.len && !c->busy) return false;
+    /* frames left unprocessed while we were throttled or busy */
+    if (!c->busy && c->wbuf.len == 0 && c->rbuf.len > c->rpos) {
+        if (!conn_process(w->srv, c)) return false;
+        if (!conn_flush(c)) return false;
+        if (c->close_after_write && c->wpos == c->wbuf.len && !c->busy) return false;
+    }
+    conn_rearm(w, c);
+    return true;
 }
 
 /* Returns false when the connection is finished. */
@@ -414,8 +706,9 @@ static bool conn_event(tcp_worker *w, tcp_conn *c, uint32_t events) {
             ssize_t n = recv(c->fd, c->rbuf.data + c->rbuf.len, TCP_READ_CHUNK, 0);
             if (n > 0) {
                 c->rbuf.len += (size_t)n;
+                c->last_ms = mono_ms();
                 if (!conn_process(s, c)) return false;
-                if (c->close_after_write || c->wbuf.len - c->wpos >= TCP_WBUF_HIGH) break;
+                if (c->busy || c->close_after_write || c->wbuf.len - c->wpos >= TCP_WBUF_HIGH) break;
                 continue;
             }
             if (n == 0) {
@@ -427,12 +720,7 @@ static bool conn_event(tcp_worker *w, tcp_conn *c, uint32_t events) {
             return false;
         }
     }
-    if (!conn_flush(c)) return false;
-    if (c->close_after_write && c->wpos == c->wbuf.len) return false;
-    /* frames left unprocessed while we were throttled */
-    if (c->wbuf.len == 0 && c->rbuf.len > c->rpos && !conn_process(s, c)) return false;
-    conn_rearm(w, c);
-    return true;
+    return conn_settle(w, c);
 }
 
 static void accept_all(tcp_worker *w) {
@@ -440,6 +728,11 @@ static void accept_all(tcp_worker *w) {
     for (;;) {
         int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return;
+        if (atomic_load(&s->open_conns) >= s->cfg->tcp_max_connections) {
+            atomic_fetch_add(&s->refused_conns, 1);
+            close(fd);
+            continue;
+        }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         tcp_conn *c = calloc(1, sizeof *c);
@@ -447,65 +740,118 @@ static void accept_all(tcp_worker *w) {
             close(fd);
             continue;
         }
+        atomic_fetch_add(&s->open_conns, 1);
         c->fd = fd;
+        c->w = w;
         c->reading = true;
+        c->last_ms = mono_ms();
         bv_buf_init(&c->rbuf);
         bv_buf_init(&c->wbuf);
+        engine_batch_init(&c->pushes.batch);
+        c->next = w->conns;
+        if (w->conns) w->conns->prev = c;
+        w->conns = c;
         struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c };
-        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) conn_free(c);
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) conn_close(w, c);
     }
 }
 
-typedef struct conn_list {
-    tcp_conn **v;
-    size_t n, cap;
-} conn_list;
+/* Batches the engine completed: write their replies and resume their connections. */
+static void drain_done(tcp_worker *w) {
+    uint64_t v;
+    ssize_t rd = read(w->done_fd, &v, sizeof v);
+    (void)rd;
+    pthread_mutex_lock(&w->done_mu);
+    tcp_conn *list = w->done_head;
+    w->done_head = NULL;
+    pthread_mutex_unlock(&w->done_mu);
+    while (list) {
+        tcp_conn *c = list;
+        list = c->done_next;
+        w->busy--;
+        conn_finish_batch(c);
+        if (c->dead) {
+            conn_free(w->srv, c);
+            continue;
+        }
+        c->last_ms = mono_ms();
+        if (!conn_settle(w, c)) conn_close(w, c);
+    }
+}
+
+/* Once a second: idle connections and frames that take too long. */
+static void sweep_timeouts(tcp_worker *w) {
+    tcp_server *s = w->srv;
+    int64_t now = mono_ms();
+    uint64_t idle_ms = (uint64_t)s->cfg->tcp_idle_timeout_s * 1000u;
+    for (tcp_conn *c = w->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->busy) continue;
+        bool slow_frame = c->frame_ms && now - c->frame_ms > (int64_t)s->cfg->tcp_frame_timeout_ms;
+        bool idle = idle_ms && c->wpos == c->wbuf.len && now - c->last_ms > (int64_t)idle_ms;
+        if (!slow_frame && !idle) continue;
+        atomic_fetch_add(&s->timed_out, 1);
+        if (slow_frame) {
+            put_error(&c->wbuf, "frame_timeout", "the frame did not arrive whole within tcp.frame_timeout_ms", NULL, 0);
+            conn_flush(c);
+        }
+        conn_close(w, c);
+    }
+}
 
 static void *worker_main(void *arg) {
     tcp_worker *w = arg;
     tcp_server *s = w->srv;
     struct epoll_event evs[128];
-    conn_list all = { 0 };
+    int64_t last_sweep = mono_ms();
+    bool stopping = false;
     for (;;) {
         int n = epoll_wait(w->epfd, evs, 128, 1000);
         if (n < 0 && errno != EINTR) break;
-        bool stop = false;
         for (int i = 0; i < n; i++) {
             void *ptr = evs[i].data.ptr;
             if (ptr == &s->listen_fd) {
-                accept_all(w);
+                if (!stopping) accept_all(w);
             } else if (ptr == &s->stop_fd) {
-                stop = true;
+                stopping = true;
+            } else if (ptr == &w->done_fd) {
+                drain_done(w);
             } else {
                 tcp_conn *c = ptr;
-                if (!conn_event(w, c, evs[i].events)) {
-                    epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-                    for (size_t k = 0; k < all.n; k++)
-                        if (all.v[k] == c) { all.v[k] = all.v[--all.n]; break; }
-                    conn_free(c);
-                    continue;
-                }
-                if (!c->listed) {
-                    c->listed = true;
-                    if (all.n == all.cap) {
-                        all.cap = all.cap ? all.cap * 2 : 64;
-                        tcp_conn **v = realloc(all.v, all.cap * sizeof *v);
-                        if (!v) abort();
-                        all.v = v;
-                    }
-                    all.v[all.n++] = c;
-                }
+                if (!conn_event(w, c, evs[i].events)) conn_close(w, c);
             }
         }
-        if (stop) break;
+        if (stopping) {
+            /* close what is idle; wait for the engine to hand back batches in flight */
+            for (tcp_conn *c = w->conns, *next; c; c = next) {
+                next = c->next;
+                conn_close(w, c);
+            }
+            if (w->busy == 0) break;
+        }
+        int64_t now = mono_ms();
+        if (now - last_sweep >= 1000) {
+            last_sweep = now;
+            sweep_timeouts(w);
+        }
     }
-    for (size_t k = 0; k < all.n; k++) conn_free(all.v[k]);
-    free(all.v);
+    for (tcp_conn *c = w->conns, *next; c; c = next) {
+        next = c->next;
+        conn_free(s, c);
+    }
+    w->conns = NULL;
     return NULL;
 }
 
-tcp_server *tcp_start(const char *addr, engine *eng, const bv_config *cfg, const bv_log *log, int threads,
-                      char *bound, size_t boundlen, char *err, size_t errlen) {
+void tcp_counters(tcp_server *s, tcp_stats *out) {
+    out->open_connections = atomic_load(&s->open_conns);
+    out->refused_connections = atomic_load(&s->refused_conns);
+    out->timed_out_connections = atomic_load(&s->timed_out);
+    out->partial_frame_bytes = atomic_load(&s->partial_bytes);
+}
+
+tcp_server *tcp_start(const char *addr, engine *eng, const bv_config *cfg, const bv_log *log, const char *admin_token,
+                      int threads, char *bound, size_t boundlen, char *err, size_t errlen) {
     tcp_server *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(err, errlen, "out of memory");
@@ -514,6 +860,7 @@ tcp_server *tcp_start(const char *addr, engine *eng, const bv_config *cfg, const
     s->eng = eng;
     s->cfg = cfg;
     s->log = log;
+    s->admin_token = admin_token;
     s->stop_fd = -1;
     s->listen_fd = http_bind_listen(addr, bound, boundlen, err, errlen);
     if (s->listen_fd < 0) goto fail;
@@ -533,11 +880,20 @@ tcp_server *tcp_start(const char *addr, engine *eng, const bv_config *cfg, const
     for (int i = 0; i < s->nworkers; i++) {
         tcp_worker *w = &s->workers[i];
         w->srv = s;
+        w->epfd = -1;
+        w->done_fd = -1;
+        pthread_mutex_init(&w->done_mu, NULL);
+    }
+    for (int i = 0; i < s->nworkers; i++) {
+        tcp_worker *w = &s->workers[i];
         w->epfd = epoll_create1(EPOLL_CLOEXEC);
+        w->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         struct epoll_event lev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &s->listen_fd };
         struct epoll_event sev = { .events = EPOLLIN, .data.ptr = &s->stop_fd };
-        if (w->epfd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, s->listen_fd, &lev) != 0 ||
-            epoll_ctl(w->epfd, EPOLL_CTL_ADD, s->stop_fd, &sev) != 0) {
+        struct epoll_event dev = { .events = EPOLLIN, .data.ptr = &w->done_fd };
+        if (w->epfd < 0 || w->done_fd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, s->listen_fd, &lev) != 0 ||
+            epoll_ctl(w->epfd, EPOLL_CTL_ADD, s->stop_fd, &sev) != 0 ||
+            epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->done_fd, &dev) != 0) {
             snprintf(err, errlen, "epoll: %s", strerror(errno));
             goto fail;
         }
@@ -561,8 +917,11 @@ void tcp_stop(tcp_server *s) {
         (void)wr;
     }
     for (int i = 0; s->workers && i < s->nworkers; i++) {
-        if (s->workers[i].started) pthread_join(s->workers[i].thread, NULL);
-        if (s->workers[i].epfd > 0) close(s->workers[i].epfd);
+        tcp_worker *w = &s->workers[i];
+        if (w->started) pthread_join(w->thread, NULL);
+        if (w->epfd >= 0) close(w->epfd);
+        if (w->done_fd >= 0) close(w->done_fd);
+        pthread_mutex_destroy(&w->done_mu);
     }
     free(s->workers);
     if (s->listen_fd >= 0) close(s->listen_fd);

@@ -9,12 +9,17 @@
  *
  * Opcodes beyond the reference: 0x0011 PUSH_SYNC really waits until the event is on
  * disk (DECISIONS §2); 0x0012 PUSH_MANY takes {"events":[{"event","body"},...]} (at most
- * TCP_PUSH_MANY_MAX) and answers op 0x0012 {"acks":[ack-or-error, ...]} in order.
+ * TCP_PUSH_MANY_MAX) and answers op 0x0012 {"acks":[ack-or-error, ...]} in order;
+ * 0x0050 AUTH takes {"token":"..."} and, when security.admin_token_file is set, is what
+ * lets a connection send OP_REGISTER and OP_RESET (answered {"authenticated":true}, or an
+ * `unauthorized` error frame).
  */
 #ifndef BEAVA_TCP_H
 #define BEAVA_TCP_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include "config.h"
 #include "engine.h"
 #include "log.h"
@@ -30,6 +35,7 @@
 #define TCP_OP_GET_RESPONSE 0x0023
 #define TCP_OP_BATCH_GET 0x0024
 #define TCP_OP_RESET 0x0040
+#define TCP_OP_AUTH 0x0050              /* ours: {"token":T} once per connection */
 #define TCP_OP_ERROR 0xFFFF
 #define TCP_CT_JSON 0x01
 #define TCP_CT_MSGPACK 0x02
@@ -37,15 +43,22 @@
 
 typedef struct tcp_server tcp_server;
 
-tcp_server *tcp_start(const char *addr, engine *eng, const bv_config *cfg, const bv_log *log, int threads,
-                      char *bound, size_t boundlen, char *err, size_t errlen);
+/* admin_token: NULL = no token required (it must outlive the server). */
+tcp_server *tcp_start(const char *addr, engine *eng, const bv_config *cfg, const bv_log *log, const char *admin_token,
+                      int threads, char *bound, size_t boundlen, char *err, size_t errlen);
+
+/* Connection counters for /metrics. */
+typedef struct tcp_stats {
+    uint64_t open_connections, refused_connections, timed_out_connections, partial_frame_bytes;
+} tcp_stats;
+void tcp_counters(tcp_server *s, tcp_stats *out);
 
 /* Stop accepting and reading, close every connection, join the threads, free. */
 void tcp_stop(tcp_server *s);
 
 /* Handle one complete frame (exposed for tests and the fuzzer): appends the response
  * frame(s) to out. Returns false when the connection must be closed after writing. */
-bool tcp_handle_frame(engine *eng, const bv_config *cfg, uint16_t op, uint8_t ct, const char *payload,
-                      size_t len, bv_buf *out);
+bool tcp_handle_frame(engine *eng, const bv_config *cfg, const char *admin_token, bool *authed, uint16_t op,
+                      uint8_t ct, const char *payload, size_t len, bv_buf *out);
 
 #endif

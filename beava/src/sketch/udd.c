@@ -164,8 +164,7 @@ static int store_decode(const uint8_t **p, const uint8_t *end, udd_store *s, uin
     for (uint32_t i = 0; i < n; i++) {
         uint32_t k;
         uint64_t c;
-        cod_get_u32(p, end, &k);
-        cod_get_u64(p, end, &c);
+        if (cod_get_u32(p, end, &k) < 0 || cod_get_u64(p, end, &c) < 0) return -1;
         if (c == 0 || (i && (int32_t)k <= s->b[i - 1].k)) return -1;
         if (__builtin_add_overflow(*sum, c, sum)) return -1;
         s->b[i].k = (int32_t)k;

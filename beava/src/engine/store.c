@@ -18,8 +18,8 @@ void store_free(entity_store *s) {
     store_init(s);
 }
 
-static bool key_eq(const entity *e, const char *key, size_t len, uint64_t hash) {
-    return e->hash == hash && e->key_len == len && memcmp(entity_key(e), key, len) == 0;
+static bool key_eq(const entity *e, const char *key, size_t len) {
+    return e->key_len == len && memcmp(entity_key(e), key, len) == 0;
 }
 
 entity *store_find(const entity_store *s, const char *key, size_t len, uint64_t hash) {
@@ -28,7 +28,7 @@ entity *store_find(const entity_store *s, const char *key, size_t len, uint64_t 
     for (size_t i = hash & mask;; i = (i + 1) & mask) {
         const store_slot *sl = &s->slots[i];
         if (!sl->e) return NULL;
-        if (sl->hash == hash && key_eq(sl->e, key, len, hash)) return sl->e;
+        if (sl->hash == hash && key_eq(sl->e, key, len)) return sl->e;
     }
 }
 
@@ -55,7 +55,6 @@ entity *store_insert(entity_store *s, const char *key, size_t len, uint64_t hash
     size_t sz = entity_alloc_size((uint32_t)len, row_size);
     entity *e = calloc(1, sz);
     if (!e) return NULL;
-    e->hash = hash;
     e->key_len = (uint32_t)len;
     memcpy((char *)(e + 1), key, len);
     size_t mask = s->cap - 1;
@@ -70,7 +69,7 @@ entity *store_insert(entity_store *s, const char *key, size_t len, uint64_t hash
 
 static size_t slot_of(const entity_store *s, const entity *e) {
     size_t mask = s->cap - 1;
-    size_t i = e->hash & mask;
+    size_t i = store_hash(entity_key(e), e->key_len) & mask;   /* cold paths only */
     while (s->slots[i].e != e) i = (i + 1) & mask;
     return i;
 }

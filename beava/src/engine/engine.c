@@ -1,0 +1,466 @@
+/*
+ * engine.c - the engine's lifecycle, the registry hooks that give every table its
+ * per-shard entity stores, registry changes, reset, ping, info and metrics (see
+ * engine.h for the whole picture and engine_int.h for the locks).
+ *
+ * Entity rows widen lazily: when the registry appends features to a live table
+ * (additive change without force), rows created before keep their bytes and get the
+ * new slots initialised on their next access (entity.nfeat < table.nfeatures).
+ */
+#include "engine_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec.h"
+
+int64_t engine_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- entity rows -------------------------------------------------------------------- */
+
+size_t entity_row_size(const agg_table *t, const entity *en) {
+    return en->nfeat < t->nfeatures ? t->offsets[en->nfeat] : t->row_size;
+}
+
+void entity_destroy_states(const agg_table *t, entity *en) {
+    char *row = entity_row(en);
+    for (size_t i = 0; i < en->nfeat && i < t->nfeatures; i++)
+        feature_state_destroy(&t->features[i], row + t->offsets[i]);
+}
+
+void entity_init_states(const agg_table *t, entity *en, size_t from) {
+    char *row = entity_row(en);
+    for (size_t i = from; i < t->nfeatures; i++)
+        feature_state_init(&t->features[i], row + t->offsets[i]);
+    en->nfeat = (uint32_t)t->nfeatures;
+}
+
+/* Widen a row created before features were appended to its table. */
+entity *entity_ensure(agg_table *t, entity_store *s, entity *en) {
+    if (en->nfeat >= t->nfeatures) return en;
+    size_t from = en->nfeat;
+    entity *n = store_grow(s, en, entity_row_size(t, en), t->row_size);
+    if (!n) abort();
+    entity_init_states(t, n, from);
+    return n;
+}
+
+/* A table's entities are split over nshards stores, one per shard: shard = hash(table,
+ * key) mod N. Only a holder of that shard's state lock touches a store. */
+entity_store *table_store(const agg_table *t, unsigned shard) {
+    return &((entity_store *)t->store)[shard];
+}
+
+unsigned engine_shard_for(const engine *e, const agg_table *t, uint64_t key_hash) {
+    if (e->nshards <= 1) return 0;
+    uint64_t x = key_hash ^ (t->id * 0x9E3779B97F4A7C15ull);
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (unsigned)(x % e->nshards);
+}
+
+typedef struct destroy_ctx { const agg_table *t; } destroy_ctx;
+
+static void destroy_cb(void *ctx, entity *en) {
+    destroy_ctx *d = ctx;
+    entity_destroy_states(d->t, en);
+}
+
+/* Registry hooks: called with the barrier held (no shard runs). */
+static void hook_table_added(void *ctx, agg_table *t) {
+    engine *e = ctx;
+    entity_store *s = calloc(e->nshards, sizeof *s);
+    if (!s) abort();
+    for (unsigned i = 0; i < e->nshards; i++) store_init(&s[i]);
+    t->store = s;
+}
+
+static void hook_table_removed(void *ctx, agg_table *t) {
+    engine *e = ctx;
+    if (!t->store) return;
+    destroy_ctx d = { t };
+    for (unsigned i = 0; i < e->nshards; i++) {
+        store_foreach(table_store(t, i), destroy_cb, &d);
+        store_free(table_store(t, i));
+    }
+    free(t->store);
+    t->store = NULL;
+}
+
+static void hook_table_widened(void *ctx, agg_table *t, size_t old_nfeatures) {
+    (void)ctx;
+    (void)t;
+    (void)old_nfeatures;          /* rows widen lazily (entity_ensure) */
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------- */
+
+engine *engine_new(const engine_options *opts) {
+    engine *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->opt = *opts;
+    e->nshards = opts->shards ? opts->shards : 1;
+    if (e->nshards > SHARD_MAX) e->nshards = SHARD_MAX;
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    /* a registry change must not starve behind a stream of pushes */
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&e->reg_lock, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    pthread_mutex_init(&e->seq_mu, NULL);
+    pthread_mutex_init(&e->sweep_mu, NULL);
+    pthread_cond_init(&e->park_cv, NULL);
+    bv_buf_init(&e->history);
+    store_init(&e->dedupe);
+    e->dedupe_purge_at = DEDUPE_PURGE_MIN;
+    registry_options ro = { .memory_gov_enforce = opts->memory_gov_enforce };
+    e->reg = registry_new(&ro);
+    e->pool = shard_pool_new(e->nshards, opts->queue_capacity ? opts->queue_capacity : 4096);
+    if (!e->reg || !e->pool) {
+        engine_free(e);
+        return NULL;
+    }
+    e->hooks.ctx = e;
+    e->hooks.table_added = hook_table_added;
+    e->hooks.table_removed = hook_table_removed;
+    e->hooks.table_widened = hook_table_widened;
+    return e;
+}
+
+void engine_free(engine *e) {
+    if (!e) return;
+    push_durability_stop(e);
+    push_replay_done(e);
+    shard_pool_free(e->pool);                 /* runs what is queued, joins */
+    if (e->reg) registry_free(e->reg, &e->hooks);
+    store_free(&e->dedupe);
+    bv_buf_free(&e->history);
+    pthread_cond_destroy(&e->park_cv);
+    pthread_mutex_destroy(&e->sweep_mu);
+    pthread_mutex_destroy(&e->seq_mu);
+    pthread_rwlock_destroy(&e->reg_lock);
+    free(e);
+}
+
+int engine_start_shards(engine *e) {
+    push_replay_done(e);
+    if (shard_pool_run(e->pool) != 0) return -1;
+    return push_durability_start(e);
+}
+
+/* ---- the barrier -------------------------------------------------------------------- */
+
+void engine_barrier_enter(engine *e) {
+    pthread_rwlock_wrlock(&e->reg_lock);          /* no push or read is past validation now */
+    pthread_mutex_lock(&e->seq_mu);
+    while (e->park_head) pthread_cond_wait(&e->park_cv, &e->seq_mu);   /* durability thread drains it */
+    pthread_mutex_unlock(&e->seq_mu);
+    shard_pool_quiesce(e->pool);
+}
+
+void engine_barrier_leave(engine *e) {
+    pthread_rwlock_unlock(&e->reg_lock);
+}
+
+void engine_history_add(engine *e, int kind, const void *p, size_t n) {
+    unsigned char h[5];
+    h[0] = (unsigned char)kind;
+    codec_put32(h + 1, (uint32_t)n);
+    bv_buf_put(&e->history, h, 5);
+    bv_buf_put(&e->history, p, n);
+}
+
+void engine_reset_state(engine *e) {
+    registry_reset(e->reg, &e->hooks);
+    dedupe_clear(e);
+    atomic_store(&e->watermark_ms, 0);
+}
+
+/* ---- the log seam ------------------------------------------------------------------- */
+
+int engine_log_append(engine *e, int kind, const void *payload, size_t len, uint64_t *lsn, char *reason,
+                      size_t rlen) {
+    if (!e->opt.wal.append) {
+        *lsn = ++e->last_lsn;
+        return 0;
+    }
+    if (e->opt.wal.append(e->opt.wal.ctx, kind, payload, len, lsn, reason, rlen) != 0) {
+        atomic_fetch_add_explicit(&e->wal_failures, 1, memory_order_relaxed);
+        return -1;
+    }
+    e->last_lsn = *lsn;
+    return 0;
+}
+
+int engine_log_wait(engine *e, uint64_t lsn, char *reason, size_t rlen) {
+    if (!e->opt.wal.append) return 0;
+    int rc = e->opt.wal.wait(e->opt.wal.ctx, lsn, reason, rlen);
+    if (rc != 0) atomic_fetch_add_explicit(&e->wal_failures, 1, memory_order_relaxed);
+    return rc;
+}
+
+/* Append a registry/reset record and wait until it is durable (barrier held). */
+static int log_durably(engine *e, int kind, const void *payload, size_t len, char *reason, size_t rlen) {
+    uint64_t lsn;
+    pthread_mutex_lock(&e->seq_mu);
+    int rc = engine_log_append(e, kind, payload, len, &lsn, reason, rlen);
+    pthread_mutex_unlock(&e->seq_mu);
+    if (rc == 0) rc = engine_log_wait(e, lsn, reason, rlen);
+    return rc;
+}
+
+/* ---- the error envelope ------------------------------------------------------------- */
+
+void engine_error_body(bv_buf *out, const char *code, const char *reason_key, const char *reason, bool with_version,
+                       uint64_t version) {
+    jsonw w;
+    jsonw_init(&w, out);
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "error");
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "code");
+    jsonw_str(&w, code);
+    if (reason_key && reason) {
+        jsonw_key(&w, reason_key);
+        jsonw_str(&w, reason);
+    }
+    jsonw_obj_end(&w);
+    if (with_version) {
+        jsonw_key(&w, "registry_version");
+        jsonw_u64(&w, version);
+    }
+    jsonw_obj_end(&w);
+}
+
+/* ---- register / reset --------------------------------------------------------------- */
+
+int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
+    engine_barrier_enter(e);
+    reg_plan *plan = NULL;
+    int status = registry_prepare(e->reg, body, len, out, &plan);
+    if (plan) {
+        char reason[256];
+        if (log_durably(e, REC_REGISTER, body, len, reason, sizeof reason) != 0) {
+            reg_plan_free(plan);
+            out->len = 0;
+            char msg[400];
+            snprintf(msg, sizeof msg, "WAL append for registry bump failed; registry not mutated (%s)", reason);
+            engine_error_body(out, "wal_unavailable", "reason", msg, true, registry_version(e->reg));
+            engine_barrier_leave(e);
+            return 503;
+        }
+        out->len = 0;
+        registry_apply(e->reg, plan, &e->hooks, out);
+        engine_history_add(e, REC_REGISTER, body, len);
+        atomic_fetch_add_explicit(&e->registers_applied, 1, memory_order_relaxed);
+        status = 200;
+    }
+    engine_barrier_leave(e);
+    return status;
+}
+
+int engine_reset(engine *e, bv_buf *out) {
+    if (!e->opt.test_mode) {
+        engine_error_body(out, "reset_disabled_in_production", "reason",
+                          "OP_RESET requires server test_mode (set BEAVA_TEST_MODE=1 or pass Config { test_mode: true } "
+                          "at server construction). See docs/error-codes.md.",
+                          false, 0);
+        return 403;
+    }
+    engine_barrier_enter(e);
+    char reason[256];
+    if (log_durably(e, REC_RESET, "", 0, reason, sizeof reason) != 0) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "WAL append for reset failed; nothing was reset (%s)", reason);
+        engine_error_body(out, "wal_unavailable", "reason", msg, true, registry_version(e->reg));
+        engine_barrier_leave(e);
+        return 503;
+    }
+    engine_reset_state(e);
+    engine_history_add(e, REC_RESET, "", 0);
+    jsonw w;
+    jsonw_init(&w, out);
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "registry_version");
+    jsonw_u64(&w, registry_version(e->reg));
+    jsonw_key(&w, "reset");
+    jsonw_bool(&w, true);
+    jsonw_obj_end(&w);
+    engine_barrier_leave(e);
+    return 200;
+}
+
+/* ---- small reads of the registry ------------------------------------------------------ */
+
+uint64_t engine_registry_version(engine *e) {
+    pthread_rwlock_rdlock(&e->reg_lock);
+    uint64_t v = registry_version(e->reg);
+    pthread_rwlock_unlock(&e->reg_lock);
+    return v;
+}
+
+int engine_ping(engine *e, bv_buf *out) {
+    jsonw w;
+    jsonw_init(&w, out);
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "pong");
+    jsonw_bool(&w, true);
+    jsonw_key(&w, "registry_version");
+    jsonw_u64(&w, engine_registry_version(e));
+    jsonw_obj_end(&w);
+    return 200;
+}
+
+void engine_registry_info(engine *e, bv_buf *out) {
+    pthread_rwlock_rdlock(&e->reg_lock);
+    uint64_t v = registry_version(e->reg);
+    size_t n = registry_node_count(e->reg);
+    pthread_rwlock_unlock(&e->reg_lock);
+    bv_buf_printf(out, "{\"node_count\":%zu,\"version\":%llu}", n, (unsigned long long)v);
+}
+
+bool engine_has_table(engine *e, const char *table) {
+    pthread_rwlock_rdlock(&e->reg_lock);
+    bool ok = registry_table(e->reg, table) != NULL;
+    pthread_rwlock_unlock(&e->reg_lock);
+    return ok;
+}
+
+uint64_t engine_applied_lsn(engine *e) {
+    pthread_mutex_lock(&e->seq_mu);
+    uint64_t v = e->last_lsn;
+    pthread_mutex_unlock(&e->seq_mu);
+    return v;
+}
+
+void engine_pause_shard(engine *e, unsigned shard, bool paused) {
+    shard_pause(e->pool, shard, paused);
+}
+
+/* Parse a get key ("a|b") into the internal form (0x1f-joined). Returns length, or -1
+ * on arity mismatch. Shared with read.c through engine_parse_key. */
+int engine_parse_key(const agg_table *t, const char *key, size_t klen, char *buf, size_t cap) {
+    if (t->nkeys == 0) return klen == 0 ? 0 : -1;
+    size_t segs = 1;
+    for (size_t i = 0; i < klen; i++)
+        if (key[i] == '|') segs++;
+    if (segs != t->nkeys || klen >= cap) return -1;
+    for (size_t i = 0; i < klen; i++) buf[i] = key[i] == '|' ? STORE_KEY_SEP : key[i];
+    return (int)klen;
+}
+
+unsigned engine_shard_of(engine *e, const char *table, const char *key) {
+    pthread_rwlock_rdlock(&e->reg_lock);
+    agg_table *t = registry_table(e->reg, table);
+    char kbuf[STORE_MAX_KEY + 1];
+    int kl = t ? engine_parse_key(t, key, strlen(key), kbuf, sizeof kbuf) : -1;
+    unsigned sh = kl < 0 ? UINT32_MAX : engine_shard_for(e, t, store_hash(kbuf, (size_t)kl));
+    pthread_rwlock_unlock(&e->reg_lock);
+    return sh;
+}
+
+/* ---- metrics ------------------------------------------------------------------------ */
+
+static void metric(bv_buf *out, const char *name, const char *type, const char *help, const char *value) {
+    bv_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s %s\n", name, help, name, type, name, value);
+}
+
+static void metric_u64(bv_buf *out, const char *name, const char *type, const char *help, uint64_t v) {
+    char tmp[32];
+    snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
+    metric(out, name, type, help, tmp);
+}
+
+#define METRICS_SIZE_SAMPLE 200000    /* entities sampled for the size histogram */
+
+typedef struct size_hist {
+    uint64_t buckets[64];          /* power-of-two size classes */
+    uint64_t total;
+    const agg_table *t;
+} size_hist;
+
+static void size_cb(void *ctx, entity *en) {
+    size_hist *h = ctx;
+    size_t sz = entity_alloc_size(en->key_len, entity_row_size(h->t, en));
+    int b = 0;
+    while (b < 63 && ((size_t)1 << b) < sz) b++;
+    h->buckets[b]++;
+    h->total++;
+}
+
+static uint64_t relaxed(_Atomic uint64_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
+
+void engine_metrics(engine *e, bv_buf *out) {
+    pthread_rwlock_rdlock(&e->reg_lock);
+    agg_table *const *tables;
+    size_t nt = registry_tables(e->reg, &tables);
+    uint64_t resident = 0, bytes = 0;
+    size_hist hist;
+    memset(&hist, 0, sizeof hist);
+    for (unsigned sh = 0; sh < e->nshards; sh++) {       /* one shard's state lock at a time */
+        shard_lock(e->pool, sh);
+        for (size_t i = 0; i < nt; i++) {
+            entity_store *s = table_store(tables[i], sh);
+            resident += s->count;
+            bytes += s->bytes;
+            hist.t = tables[i];
+            if (hist.total < METRICS_SIZE_SAMPLE) store_foreach(s, size_cb, &hist);
+        }
+        shard_unlock(e->pool, sh);
+    }
+    op_stats st;
+    shard_pool_stats(e->pool, &st);
+    st.cold_evictions += relaxed(&e->swept_evictions);
+    uint64_t p99 = 0;
+    if (hist.total) {
+        uint64_t want = (hist.total * 99 + 99) / 100, seen = 0;
+        for (int b = 0; b < 64; b++) {
+            seen += hist.buckets[b];
+            if (seen >= want) { p99 = (uint64_t)1 << b; break; }
+        }
+    }
+    pthread_mutex_lock(&e->seq_mu);
+    uint64_t dedupe_entries = e->dedupe.count;
+    pthread_mutex_unlock(&e->seq_mu);
+    metric_u64(out, "beava_registry_version", "gauge", "Current registry version.", registry_version(e->reg));
+    metric_u64(out, "beava_node_count", "gauge", "Registered descriptors (events + derivations).",
+               registry_node_count(e->reg));
+    bv_buf_puts(out, "# HELP beava_runtime_kind Data-plane runtime.\n# TYPE beava_runtime_kind gauge\n"
+                     "beava_runtime_kind{runtime=\"libmicrohttpd\"} 1\n");
+    metric_u64(out, "beava_entropy_categories_capped_total", "counter",
+               "Entropy categories dropped beyond the 1024-category cap.", st.entropy_categories_capped);
+    metric_u64(out, "beava_cold_entity_evictions_total", "counter",
+               "Entity rows discarded by the cold_after_ms idle TTL.", st.cold_evictions);
+    metric_u64(out, "beava_lifetime_op_cap_hit_total", "counter",
+               "Lifetime operator caps hit (entropy category cap).", st.entropy_categories_capped);
+    metric_u64(out, "beava_entity_count_resident", "gauge", "Entity rows resident in memory.", resident);
+    metric_u64(out, "beava_bucket_reclaim_total", "counter", "Window buckets evicted by the 64-bucket cap.",
+               st.bucket_reclaim);
+    metric_u64(out, "beava_bytes_per_entity_p99", "gauge",
+               "99th percentile of entity row allocation size (power-of-two class, fixed part).", p99);
+    metric_u64(out, "beava_entity_bytes", "gauge", "Bytes held by entity rows (fixed part).", bytes);
+    metric_u64(out, "beava_events_applied_total", "counter", "Events accepted and applied.",
+               relaxed(&e->events_applied));
+    metric_u64(out, "beava_events_rejected_total", "counter", "Events rejected by validation.",
+               relaxed(&e->events_rejected));
+    metric_u64(out, "beava_events_replayed_total", "counter", "Pushes answered from the dedupe cache.",
+               relaxed(&e->events_replayed));
+    metric_u64(out, "beava_dedupe_entries", "gauge", "Entries in the dedupe cache.", dedupe_entries);
+    metric_u64(out, "beava_wal_append_failures_total", "counter", "Records the WAL refused.",
+               relaxed(&e->wal_failures));
+    metric_u64(out, "beava_registry_changes_total", "counter", "Register calls that changed the registry.",
+               relaxed(&e->registers_applied));
+    metric_u64(out, "beava_overloaded_total", "counter", "Requests refused with 503 overloaded (shard queues full).",
+               relaxed(&e->overloaded));
+    metric_u64(out, "beava_shards", "gauge", "Apply shards.", e->nshards);
+    metric_u64(out, "beava_entity_keys_too_long_total", "counter",
+               "Entity keys longer than the cap (event skipped for that table).", relaxed(&e->keys_too_long));
+    pthread_rwlock_unlock(&e->reg_lock);
+}

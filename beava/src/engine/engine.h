@@ -1,0 +1,198 @@
+/*
+ * engine.h - the data plane's operations, transport-independent: register, push, get,
+ * batch_get, the legacy GET, reset, ping, metrics, recovery and snapshots.
+ *
+ * Push path, in the order one event travels (push.c holds the design in full):
+ *   a listener decodes the body straight into a bv_row (rowdec.c) and hands a batch of
+ *   rows to engine_push_submit() on its I/O thread -> validation, dedupe, prefix chains
+ *   and entity keys, still on that thread, against the registry under its read lock ->
+ *   the sequencer (one short critical section per batch) gives each event its LSN,
+ *   appends its WAL record and routes each table's part to the shard owning
+ *   hash(table, key): applied inline when that shard is idle, else queued to its thread
+ *   -> the batch completes when every part is applied (and, for sync pushes, durable);
+ *   a batch that cannot complete at once is answered later through its done callback,
+ *   so an I/O thread never waits for a shard or an fsync.
+ *
+ * Registry changes, reset and snapshots take the registry lock as writers, wait until
+ * every sequenced record is applied, then act: they are exactly ordered with the pushes
+ * around them, and replay (records in LSN order) reproduces the same state.
+ *
+ * Reads run on the calling thread under the owning shard's state lock: a get issued
+ * after a push's ack sees it (the ack is sent after the apply).
+ */
+#ifndef BEAVA_ENGINE_H
+#define BEAVA_ENGINE_H
+
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "jsonw.h"
+#include "log.h"
+#include "value.h"
+
+typedef struct engine engine;
+
+/* WAL record kinds (one LSN space). */
+enum { REC_EVENT = 1, REC_REGISTER = 3, REC_RESET = 5 };
+
+/* The log seam (the WAL). append queues a record and returns its LSN at once; wait
+ * blocks until that LSN is durable (0) or known failed (-1). Both fill reason on error.
+ * NULL append = memory only: LSNs come from a counter and nothing is waited for. */
+typedef struct engine_wal_ops {
+    int (*append)(void *ctx, int kind, const void *payload, size_t len, uint64_t *lsn, char *reason, size_t rlen);
+    int (*wait)(void *ctx, uint64_t lsn, char *reason, size_t rlen);
+    void *ctx;
+} engine_wal_ops;
+
+typedef struct engine_options {
+    bool test_mode;
+    bool memory_gov_enforce;
+    engine_wal_ops wal;
+    unsigned shards;              /* entity partitions (0 = 1, at most SHARD_MAX) */
+    size_t queue_capacity;        /* tasks per shard ring (0 = 4096) */
+} engine_options;
+
+typedef enum engine_transport { TRANSPORT_HTTP = 0, TRANSPORT_TCP = 1 } engine_transport;
+
+engine *engine_new(const engine_options *opts);
+void engine_free(engine *e);
+
+/* POST /register body (transport checks done). Returns the HTTP status. Blocks until
+ * every earlier push is applied and the record is durable. */
+int engine_register(engine *e, const char *body, size_t len, bv_buf *out);
+
+/* ---- push ------------------------------------------------------------------------- */
+
+/* Push outcome, for the transport to render. */
+typedef struct push_result {
+    int status;                  /* 200, 400, 404, 503 */
+    char code[64];               /* error code when status != 200 */
+    char reason[256];            /* human detail for errors */
+    uint64_t ack_lsn;
+    uint64_t registry_version;
+    bool replay;                 /* dedupe replay: ack_lsn/registry_version are the original's */
+    uint64_t current_version;    /* version now (TCP replay body) */
+} push_result;
+
+/* One event to push, as decoded by a listener. */
+typedef struct engine_push_item {
+    const char *event;           /* NULL: not a push envelope (res = 400 unsupported) */
+    size_t event_len;
+    bv_row *row;                 /* the event's fields; ignored when !data_is_object. The
+                                  * engine normalises values in place (3.0 in an i64 field
+                                  * becomes 3) */
+    bool data_is_object;         /* false: data_kind names what was sent instead */
+    const char *data_kind;
+    bool has_control_char;       /* a control character in the name, a field name or a string */
+    bool sync;                   /* acknowledge only once durable */
+    push_result res;             /* out */
+} engine_push_item;
+
+typedef struct engine_batch engine_batch;
+typedef void (*engine_done_fn)(engine_batch *b);
+typedef struct push_batch_state push_batch_state;   /* engine-private, reused */
+
+/* A batch of pushes. The caller owns it (and may reuse it for batch after batch: the
+ * engine keeps its scratch in `priv` until engine_batch_free). */
+struct engine_batch {
+    engine_push_item *items;
+    size_t n;
+    engine_done_fn done;         /* asynchronous completion, see engine_push_submit */
+    void *owner;                 /* the caller's */
+    push_batch_state *priv;
+};
+
+void engine_batch_init(engine_batch *b);
+void engine_batch_free(engine_batch *b);
+
+/* Validate, log and apply b's items in order. Never waits for a shard or the disk (it
+ * may wait briefly behind a registry change). Returns true when every item has its
+ * result (done is NOT called); false when some results come later: then b->done(b) is
+ * called exactly once, from another thread, and until then the caller must not touch b,
+ * its items or the memory their rows point into. */
+bool engine_push_submit(engine *e, engine_batch *b);
+
+/* Blocking conveniences over engine_push_submit for callers that have no event loop
+ * (tests, the fuzzer). `data` is the event body as JSON. */
+void engine_push(engine *e, const char *event, size_t event_len, const json_t *data, bool sync, push_result *res);
+
+/* Fill `item` (and `row`, whose fields it mallocs: free(row->fields)) from a JSON event
+ * body; values borrow from `data`. For JSON-tree callers (cold paths, tests). */
+void engine_item_from_json(engine_push_item *item, bv_row *row, const char *event, size_t event_len,
+                           const json_t *data);
+
+/* Render a push result the way HTTP (t=HTTP) or TCP answers it. Returns the status. */
+int engine_push_body(const push_result *res, engine_transport t, bv_buf *out);
+
+/* ---- reads -------------------------------------------------------------------------- */
+
+/* POST /get and OP_GET. `req` is the parsed body or NULL with parse_error set. */
+int engine_get(engine *e, engine_transport t, const json_t *req, const char *parse_error, bv_buf *out);
+
+/* POST /batch_get and OP_BATCH_GET. */
+int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_buf *out);
+
+/* Legacy TCP OP_MGET {"feature":F,"keys":[..]} (features = [F]) and OP_GET_MULTI
+ * {"keys":[..],"features":[..]}: {entity:{feature:value}} for entities that exist;
+ * features resolve through the global feature index; keys whose arity does not match a
+ * feature's table are skipped; more than 10,000 cells is internal_error. */
+int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *out);
+
+/* Legacy GET /get/<name>/<key> (rest = "<name>/<key>"). */
+int engine_get_legacy(engine *e, const char *rest, bv_buf *out);
+
+/* POST /reset, OP_RESET. */
+int engine_reset(engine *e, bv_buf *out);
+
+/* POST /ping body. */
+int engine_ping(engine *e, bv_buf *out);
+
+uint64_t engine_registry_version(engine *e);
+
+/* Admin /registry body {"version":V,"node_count":C}. */
+void engine_registry_info(engine *e, bv_buf *out);
+
+/* Prometheus text exposition of every engine metric. */
+void engine_metrics(engine *e, bv_buf *out);
+
+/* ---- recovery and snapshots --------------------------------------------------------- */
+
+/* Re-apply one WAL record during recovery (no logging, no waiting). Returns 0, or -1
+ * with a reason when the record cannot be decoded (the caller logs and counts it). */
+int engine_replay(engine *e, int kind, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen);
+
+/* The highest LSN sequenced (every record up to it is applied once the engine is idle). */
+uint64_t engine_applied_lsn(engine *e);
+
+/* Serialise the whole state (registry history, dedupe cache, every entity row) through
+ * write(ctx, bytes, n) (returns 0 or -1). The caller must hold the engine quiesced:
+ * either inside engine_quiesce's callback or in a fork()ed child of it. */
+typedef int (*engine_write_fn)(void *ctx, const void *p, size_t n);
+int engine_serialize(engine *e, engine_write_fn write, void *ctx);
+
+/* Run fn(ctx, applied_lsn, registry_version) with every sequenced record applied and
+ * nothing new admitted (used to fork a snapshot child). Returns fn's result. */
+int engine_quiesce(engine *e, int (*fn)(void *ctx, uint64_t lsn, uint64_t version), void *ctx);
+
+/* Restore a state written by engine_serialize into a fresh engine. Returns 0, or -1 with
+ * a reason (the engine must then be discarded). */
+int engine_deserialize(engine *e, const void *body, size_t len, char *reason, size_t rlen);
+
+/* Entity lifecycle: evict entities idle longer than their event's cold_after_ms.
+ * Scans at most `budget` index slots per call, resuming where the last call stopped, one
+ * shard at a time (only that shard's state lock is held). Returns the number evicted. */
+size_t engine_sweep_cold(engine *e, size_t budget);
+
+/* Start the shard threads (after recovery; before, work is applied inline). 0 or -1. */
+int engine_start_shards(engine *e);
+
+/* Test hooks: pause a shard (its queue fills up: overload); which shard owns a key. */
+void engine_pause_shard(engine *e, unsigned shard, bool paused);
+unsigned engine_shard_of(engine *e, const char *table, const char *key);
+
+/* Is `table` a registered aggregation (site allow-lists). */
+bool engine_has_table(engine *e, const char *table);
+
+#endif

@@ -1,0 +1,807 @@
+/*
+ * push.c - the push path: validation, the sequencer, inline or queued application, and
+ * asynchronous completion (see engine.h for the flow, engine_int.h for the locks).
+ *
+ * One batch (the frames of one read on a TCP connection, or one HTTP request) goes:
+ *
+ *  1. Prepare (registry read lock held, no other lock): for every item, in order,
+ *     validate the row against its event schema (first failure wins: not an object,
+ *     control character, unknown event, undeclared field, missing/null required field,
+ *     type, key length), then for every table the event feeds run the table's prefix
+ *     chain and build the entity key: one `part` per (item, table), with the shard that
+ *     owns hash(table, key). All scratch comes from the batch's arena.
+ *  2. Sequence (seq_mu held, once per batch): per item, the dedupe check, room on the
+ *     shards its parts are queued to (else 503 overloaded for that item alone), the WAL
+ *     append that gives it its LSN (else 503 wal_unavailable), and the routing of each
+ *     part: a shard the batch could take inline (shard_try_inline: idle, empty ring) is
+ *     applied by this thread after the lock is dropped; any other gets the part on its
+ *     ring. Because every producer goes through seq_mu, every shard sees its parts in
+ *     LSN order (shard.h explains why inline application keeps that order).
+ *     Sync durability: a batch with a sync item (or arriving while others wait) is not
+ *     routed at all: it joins the park list, in LSN order, and the durability thread
+ *     routes it once its records are on disk (one fsync releases every batch it covers),
+ *     so a sync push is applied only once durable, and a failed write voids it with
+ *     nothing applied.
+ *  3. Apply inline parts, release the shards, drop the registry lock.
+ *  4. Completion: `pending` counts the queued parts plus one guard held by the submitter
+ *     (and one park token while parked). Whoever brings it to zero completes the batch:
+ *     the submitter (engine_push_submit returns true, no callback) or the shard /
+ *     durability thread that finishes last (b->done(b)).
+ */
+#include "engine_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "chain.h"
+#include "evrec.h"
+
+typedef struct push_part {
+    push_batch_state *st;
+    agg_table *t;
+    const bv_row *row;            /* the item's row (the caller's) */
+    bv_row chained;               /* chain output (fields malloc'd by chain_apply) */
+    bool has_chain;               /* features read `chained`, not `row` (parts move while
+                                   * the array grows, so no pointer to it is kept) */
+    const char *key;
+    size_t klen;
+    uint64_t hash;
+    unsigned shard;
+    bool inline_apply;
+    int64_t now, cold_after_ms;
+} push_part;
+
+typedef struct item_state {
+    const ev_desc *ev;
+    size_t first_part, nparts;
+    bool valid;                   /* passed validation (res not yet final) */
+    bool logged;                  /* has an LSN */
+    int64_t now;
+    char *dk;                     /* dedupe key (arena), NULL if none */
+    size_t dkl;
+    uint64_t dh;
+} item_state;
+
+struct push_batch_state {
+    engine_batch *b;
+    engine *e;
+    arena ar;
+    push_part *parts;
+    size_t nparts, parts_cap;
+    item_state *items;            /* arena */
+    bool *held;                   /* per shard: taken inline by this batch */
+    bool *decided;                /* per shard: inline decision made */
+    size_t *queued;               /* per shard: parts queued by this batch */
+    size_t *need;                 /* per shard: scratch for one item's room check */
+    _Atomic unsigned pending;
+    uint64_t max_lsn;
+    bool parked;
+    push_batch_state *park_next;
+    bv_buf rec;                   /* WAL record scratch */
+};
+
+/* ---- batch lifecycle ------------------------------------------------------------------ */
+
+void engine_batch_init(engine_batch *b) {
+    memset(b, 0, sizeof *b);
+}
+
+static void state_clear_parts(push_batch_state *st) {
+    for (size_t i = 0; i < st->nparts; i++) free(st->parts[i].chained.fields);
+    st->nparts = 0;
+}
+
+void engine_batch_free(engine_batch *b) {
+    push_batch_state *st = b->priv;
+    if (!st) return;
+    state_clear_parts(st);
+    free(st->parts);
+    arena_free(&st->ar);
+    bv_buf_free(&st->rec);
+    free(st);
+    b->priv = NULL;
+}
+
+static push_batch_state *state_for(engine *e, engine_batch *b) {
+    push_batch_state *st = b->priv;
+    if (!st) {
+        st = calloc(1, sizeof *st);
+        if (!st) abort();
+        arena_init(&st->ar);
+        bv_buf_init(&st->rec);
+        b->priv = st;
+    }
+    state_clear_parts(st);
+    arena_reset(&st->ar);
+    st->b = b;
+    st->e = e;
+    st->items = arena_calloc(&st->ar, (b->n ? b->n : 1) * sizeof *st->items);
+    size_t ns = e->nshards;
+    st->held = arena_calloc(&st->ar, ns * sizeof *st->held);
+    st->decided = arena_calloc(&st->ar, ns * sizeof *st->decided);
+    st->queued = arena_calloc(&st->ar, ns * sizeof *st->queued);
+    st->need = arena_calloc(&st->ar, ns * sizeof *st->need);
+    atomic_store(&st->pending, 1);              /* the submitter's guard */
+    st->max_lsn = 0;
+    st->parked = false;
+    st->park_next = NULL;
+    return st;
+}
+
+static push_part *part_new(push_batch_state *st) {
+    if (st->nparts == st->parts_cap) {
+        size_t cap = st->parts_cap ? st->parts_cap * 2 : 64;
+        push_part *p = realloc(st->parts, cap * sizeof *p);
+        if (!p) abort();
+        st->parts = p;
+        st->parts_cap = cap;
+    }
+    push_part *p = &st->parts[st->nparts++];
+    memset(p, 0, sizeof *p);
+    p->st = st;
+    return p;
+}
+
+/* ---- validation (the reference's push checks, in order) ------------------------------- */
+
+static void push_fail(push_result *res, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void push_fail(push_result *res, int status, const char *code, const char *fmt, ...) {
+    res->status = status;
+    snprintf(res->code, sizeof res->code, "%s", code);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(res->reason, sizeof res->reason, fmt, ap);
+    va_end(ap);
+}
+
+static const char *value_kind_name(const bv_value *v) {
+    switch (v->kind) {
+    case BV_NULL: return "null";
+    case BV_BOOL: return "boolean";
+    case BV_I64: return "integer";
+    case BV_F64: return "number";
+    case BV_STR: return "string";
+    case BV_JSON: return json_is_array(v->u.j) ? "array" : "object";
+    }
+    return "?";
+}
+
+static bool type_compatible(bv_wtype t, const bv_value *v) {
+    switch (t) {
+    case WT_I64:
+    case WT_F64: return v->kind == BV_I64 || v->kind == BV_F64;
+    case WT_STR: return v->kind == BV_STR;
+    case WT_BOOL: return v->kind == BV_BOOL;
+    default: return v->kind != BV_NULL;
+    }
+}
+
+static bool name_in(char *const *names, size_t n, const char *name, size_t len) {
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(names[i], name, len) == 0 && names[i][len] == 0) return true;
+    return false;
+}
+
+/* The declared type of a field named (name, len), or -1. */
+static int declared_type(const ev_desc *ev, const char *name, size_t len) {
+    for (size_t i = 0; i < ev->schema.n; i++)
+        if (strncmp(ev->schema.names[i], name, len) == 0 && ev->schema.names[i][len] == 0) return (int)ev->schema.types[i];
+    return -1;
+}
+
+/* An integral double within i64 range (3.0; not 1.5, not 1e300). */
+static bool integral_f64(double d) {
+    return d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == (double)(int64_t)d;
+}
+
+/* Validate item `it` (registry read lock held). Returns its event or NULL (res says why). */
+static const ev_desc *validate(engine *e, const engine_push_item *it, push_result *res) {
+    if (!it->event) {
+        push_fail(res, 400, "unsupported", "not a push envelope");
+        return NULL;
+    }
+    if (!it->data_is_object) {
+        push_fail(res, 400, "invalid_event", "event data must be a JSON object, got %s",
+                  it->data_kind ? it->data_kind : "?");
+        return NULL;
+    }
+    if (it->has_control_char) {
+        push_fail(res, 400, "control_character_in_string",
+                  "a control character appears in the event name, a field name or a string value");
+        return NULL;
+    }
+    char name[REGISTRY_NAME_MAX + 1];
+    const ev_desc *ev = NULL;
+    if (it->event_len <= REGISTRY_NAME_MAX) {
+        memcpy(name, it->event, it->event_len);
+        name[it->event_len] = 0;
+        ev = registry_event(e->reg, name);
+    }
+    if (!ev) {
+        push_fail(res, 404, "event_not_found", "event '%.*s' is not registered",
+                  (int)(it->event_len > 128 ? 128 : it->event_len), it->event);
+        return NULL;
+    }
+    bv_row *row = it->row;
+    for (size_t i = 0; i < row->n; i++) {
+        const bv_field *f = &row->fields[i];
+        if (!name_in(ev->schema.names, ev->schema.n, f->name, f->name_len) &&
+            !name_in(ev->schema.optional, ev->schema.nopt, f->name, f->name_len)) {
+            bool et = (f->name_len == 10 && memcmp(f->name, "event_time", 10) == 0) ||
+                      (f->name_len == 13 && memcmp(f->name, "event_time_ms", 13) == 0);
+            push_fail(res, 400, et ? "unknown_field_event_time_v0" : "unknown_field_v0",
+                      "field '%.*s' is not declared by event '%s'", (int)(f->name_len > 64 ? 64 : f->name_len),
+                      f->name, ev->name);
+            return NULL;
+        }
+    }
+    for (size_t i = 0; i < ev->schema.n; i++) {
+        const char *fname = ev->schema.names[i];
+        if (bv_schema_is_optional(&ev->schema, fname)) continue;
+        const bv_value *fv = bv_row_get(row, fname);
+        if (!fv || fv->kind == BV_NULL) {
+            push_fail(res, 400, "invalid_event", "required field '%.64s' of event '%s' is missing or null", fname,
+                      ev->name);
+            return NULL;
+        }
+        if (!type_compatible(ev->schema.types[i], fv)) {
+            push_fail(res, 400, "invalid_event", "field '%.64s' of event '%s' must be %s, got %s", fname, ev->name,
+                      bv_wtype_name(ev->schema.types[i]), value_kind_name(fv));
+            return NULL;
+        }
+    }
+    /* i64 fields keep their type: 3.0 is stored as 3; a fraction (in a required or an
+     * optional i64 field) is refused (README "Wire protocol") */
+    for (size_t i = 0; i < row->n; i++) {
+        bv_field *f = &row->fields[i];
+        if (f->value.kind != BV_F64 || declared_type(ev, f->name, f->name_len) != WT_I64) continue;
+        if (!integral_f64(f->value.u.f)) {
+            push_fail(res, 400, "invalid_event", "field '%.*s' of event '%s' must be i64 (an integer), got %.17g",
+                      (int)(f->name_len > 64 ? 64 : f->name_len), f->name, ev->name, f->value.u.f);
+            return NULL;
+        }
+        f->value = bv_i64((int64_t)f->value.u.f);
+    }
+    /* cap on entity keys read straight from the pushed row */
+    agg_table *const *tables;
+    size_t nt = registry_tables_for_event(e->reg, ev->name, &tables);
+    for (size_t t = 0; t < nt; t++)
+        for (size_t k = 0; k < tables[t]->nkeys; k++) {
+            const bv_value *kv = bv_row_get(row, tables[t]->keys[k]);
+            if (kv && kv->kind == BV_STR && kv->u.s.len > STORE_MAX_KEY) {
+                push_fail(res, 400, "invalid_event", "key field '%.64s' is %zu bytes long (max %d)",
+                          tables[t]->keys[k], kv->u.s.len, STORE_MAX_KEY);
+                return NULL;
+            }
+        }
+    return ev;
+}
+
+/* Build the entity key of `t` from row r into buf. Returns length or -1 (skip). */
+static int build_key(const agg_table *t, const bv_row *r, char *buf, size_t cap) {
+    size_t len = 0;
+    for (size_t i = 0; i < t->nkeys; i++) {
+        const bv_value *v = bv_row_get(r, t->keys[i]);
+        if (!v) return -1;
+        if (i > 0) {
+            if (len + 1 >= cap) return -1;
+            buf[len++] = STORE_KEY_SEP;
+        }
+        int n = bv_key_text(v, buf + len, cap - len);
+        if (n < 0) return -1;
+        len += (size_t)n;
+    }
+    return (int)len;
+}
+
+/* One part per table fed by the event: chain, key, shard (registry read lock held). */
+static void build_parts(engine *e, push_batch_state *st, item_state *is, const bv_row *row, int64_t now) {
+    agg_table *const *tables;
+    size_t nt = registry_tables_for_event(e->reg, is->ev->name, &tables);
+    is->first_part = st->nparts;
+    char key[STORE_MAX_KEY + 64];
+    for (size_t ti = 0; ti < nt; ti++) {
+        agg_table *t = tables[ti];
+        push_part *pp = part_new(st);
+        pp->row = row;
+        const bv_row *in = row;
+        if (!chain_is_empty(t->prefix)) {
+            expr_arena *xa = arena_alloc(&st->ar, sizeof *xa);
+            expr_arena_reset(xa);
+            if (!chain_apply(t->prefix, row, &pp->chained, xa)) {   /* filtered out */
+                free(pp->chained.fields);
+                st->nparts--;
+                continue;
+            }
+            pp->has_chain = true;
+            in = &pp->chained;
+        }
+        int klen = build_key(t, in, key, sizeof key);
+        if (klen < 0 || (size_t)klen > STORE_MAX_KEY) {     /* missing/null key: skipped by design */
+            if (klen > 0) atomic_fetch_add_explicit(&e->keys_too_long, 1, memory_order_relaxed);
+            free(pp->chained.fields);
+            st->nparts--;
+            continue;
+        }
+        pp->t = t;
+        pp->key = arena_dup(&st->ar, key, (size_t)klen);
+        pp->klen = (size_t)klen;
+        pp->hash = store_hash(key, (size_t)klen);
+        pp->shard = engine_shard_for(e, t, pp->hash);
+        pp->now = now;
+        pp->cold_after_ms = is->ev->cold_after_ms;
+    }
+    is->nparts = st->nparts - is->first_part;
+}
+
+/* ---- applying a part ------------------------------------------------------------------ */
+
+/* One table's update for one event, with the owning shard's state lock held. */
+static void apply_part(shard_ctx *ctx, void *arg) {
+    push_part *pp = arg;
+    agg_table *t = pp->t;
+    entity_store *s = table_store(t, pp->shard);
+    entity *en = store_find(s, pp->key, pp->klen, pp->hash);
+    if (en && pp->cold_after_ms > 0 && en->last_seen_ms > 0 && pp->now - en->last_seen_ms > pp->cold_after_ms) {
+        entity_destroy_states(t, en);
+        en = entity_ensure(t, s, en);     /* full size before reinitialising */
+        memset(entity_row(en), 0, t->row_size);
+        entity_init_states(t, en, 0);
+        ctx->stats.cold_evictions++;
+    }
+    if (!en) {
+        en = store_insert(s, pp->key, pp->klen, pp->hash, t->row_size);
+        if (!en) abort();
+        entity_init_states(t, en, 0);
+    } else {
+        en = entity_ensure(t, s, en);
+    }
+    char *row = entity_row(en);
+    const bv_row *in = pp->has_chain ? &pp->chained : pp->row;
+    for (size_t i = 0; i < t->nfeatures; i++) {
+        expr_arena_reset(&ctx->arena);
+        feature_update(&t->features[i], row + t->offsets[i], in, pp->now, &ctx->arena, &ctx->stats);
+    }
+    if (pp->cold_after_ms > 0) en->last_seen_ms = pp->now;
+}
+
+static void batch_release(push_batch_state *st) {
+    if (atomic_fetch_sub_explicit(&st->pending, 1, memory_order_acq_rel) == 1) st->b->done(st->b);
+}
+
+/* After a queued part is applied (shard thread, no lock held). */
+static void part_post(shard_ctx *ctx, void *arg) {
+    (void)ctx;
+    batch_release(((push_part *)arg)->st);
+}
+
+/* Queue every part of st's logged items (the caller is the only producer: seq_mu held,
+ * or the durability thread with the park list non-empty). wait_room: block for room
+ * (the durability thread) instead of assuming it was checked. */
+static void queue_parts(engine *e, push_batch_state *st, bool wait_room) {
+    for (size_t i = 0; i < st->b->n; i++) {
+        item_state *is = &st->items[i];
+        if (!is->logged) continue;
+        for (size_t k = 0; k < is->nparts; k++) {
+            push_part *pp = &st->parts[is->first_part + k];
+            if (pp->inline_apply) continue;
+            if (wait_room && !shard_has_room(e->pool, pp->shard, 1)) {
+                shard_pool_kick(e->pool);
+                shard_wait_room(e->pool, pp->shard, 1);
+            }
+            atomic_fetch_add_explicit(&st->pending, 1, memory_order_relaxed);
+            shard_push(e->pool, pp->shard, apply_part, part_post, pp);
+        }
+    }
+    shard_pool_kick(e->pool);
+}
+
+/* ---- sequencing ----------------------------------------------------------------------- */
+
+/* Decide, for one item, where each of its parts goes and whether the queued ones fit
+ * (seq_mu held). Takes shards inline on first contact. False: no room (overloaded). */
+static bool route_item(engine *e, push_batch_state *st, item_state *is) {
+    bool room = true;
+    for (size_t k = 0; k < is->nparts; k++) {
+        push_part *pp = &st->parts[is->first_part + k];
+        unsigned s = pp->shard;
+        if (!st->decided[s]) {
+            st->decided[s] = true;
+            st->held[s] = shard_try_inline(e->pool, s);
+        }
+        pp->inline_apply = st->held[s];
+        if (!pp->inline_apply) st->need[s]++;
+    }
+    for (size_t k = 0; k < is->nparts; k++) {
+        unsigned s = st->parts[is->first_part + k].shard;
+        if (st->need[s] && !shard_has_room(e->pool, s, st->queued[s] + st->need[s])) room = false;
+    }
+    for (size_t k = 0; k < is->nparts; k++) {
+        unsigned s = st->parts[is->first_part + k].shard;
+        if (room) st->queued[s] += st->need[s];
+        st->need[s] = 0;
+    }
+    return room;
+}
+
+static void sequence_item(engine *e, push_batch_state *st, size_t i, bool park, uint64_t version) {
+    engine_push_item *it = &st->b->items[i];
+    item_state *is = &st->items[i];
+    push_result *res = &it->res;
+    if (is->dk) {
+        entity *d = dedupe_find(e, is->dk, is->dkl, is->dh);
+        if (d) {
+            dedupe_row *dr = entity_row(d);
+            if (dr->expiry_ms > is->now) {
+                res->status = 200;
+                res->replay = true;
+                res->ack_lsn = dr->ack_lsn;
+                res->registry_version = dr->registry_version;
+                atomic_fetch_add_explicit(&e->events_replayed, 1, memory_order_relaxed);
+                return;
+            }
+            dedupe_forget(e, is->dk, is->dkl, is->dh);
+        }
+    }
+    if (!park && !route_item(e, st, is)) {
+        atomic_fetch_add_explicit(&e->overloaded, 1, memory_order_relaxed);
+        push_fail(res, 503, "overloaded", "the apply shards are behind; retry shortly (nothing was applied)");
+        return;
+    }
+    uint64_t lsn = 0;
+    char reason[200];
+    st->rec.len = 0;
+    if (e->opt.wal.append) evrec_encode(is->now, is->ev->name, strlen(is->ev->name), it->row, &st->rec);
+    if (engine_log_append(e, REC_EVENT, st->rec.data, st->rec.len, &lsn, reason, sizeof reason) != 0) {
+        /* parts already counted as queued for this item are simply not pushed */
+        push_fail(res, 503, "wal_unavailable", "the write-ahead log refused the event, nothing was applied: %s",
+                  reason);
+        return;
+    }
+    if (is->dk) dedupe_remember(e, is->dk, is->dkl, is->dh, is->now + is->ev->dedupe_window_ms, lsn, version, is->now);
+    is->logged = true;
+    st->max_lsn = lsn;
+    res->status = 200;
+    res->ack_lsn = lsn;
+    res->registry_version = version;
+    atomic_fetch_add_explicit(&e->events_applied, 1, memory_order_relaxed);
+}
+
+/* ---- submit --------------------------------------------------------------------------- */
+
+static void note_watermark(engine *e, int64_t now) {
+    int64_t w = atomic_load_explicit(&e->watermark_ms, memory_order_relaxed);
+    while (now > w && !atomic_compare_exchange_weak(&e->watermark_ms, &w, now)) {}
+}
+
+bool engine_push_submit(engine *e, engine_batch *b) {
+    push_batch_state *st = state_for(e, b);
+    int64_t now = engine_wall_ms();
+    bool any_valid = false, any_sync = false;
+
+    pthread_rwlock_rdlock(&e->reg_lock);
+    uint64_t version = registry_version(e->reg);
+    for (size_t i = 0; i < b->n; i++) {
+        engine_push_item *it = &b->items[i];
+        item_state *is = &st->items[i];
+        memset(&it->res, 0, sizeof it->res);
+        it->res.current_version = version;
+        is->ev = validate(e, it, &it->res);
+        if (!is->ev) {
+            if (it->event) atomic_fetch_add_explicit(&e->events_rejected, 1, memory_order_relaxed);
+            continue;
+        }
+        is->valid = true;
+        is->now = now;
+        char dk[STORE_MAX_KEY + REGISTRY_NAME_MAX + 8];
+        int dkl = dedupe_key(is->ev, it->row, dk, sizeof dk);
+        if (dkl >= 0) {
+            is->dk = arena_dup(&st->ar, dk, (size_t)dkl);
+            is->dkl = (size_t)dkl;
+            is->dh = store_hash(dk, (size_t)dkl);
+        }
+        build_parts(e, st, is, it->row, now);
+        any_valid = true;
+        any_sync |= it->sync;
+    }
+    if (any_valid) {
+        note_watermark(e, now);
+        pthread_mutex_lock(&e->seq_mu);
+        bool park = e->park_head != NULL || (any_sync && e->opt.wal.append);
+        for (size_t i = 0; i < b->n; i++)
+            if (st->items[i].valid) sequence_item(e, st, i, park, version);
+        if (park && st->max_lsn) {
+            st->parked = true;
+            atomic_fetch_add_explicit(&st->pending, 1, memory_order_relaxed);   /* the park token */
+            if (e->park_tail) e->park_tail->park_next = st;
+            else e->park_head = st;
+            e->park_tail = st;
+            pthread_cond_broadcast(&e->park_cv);
+        } else if (!park) {
+            queue_parts(e, st, false);
+        }
+        pthread_mutex_unlock(&e->seq_mu);
+        /* inline parts, in item order, on the shards this batch holds */
+        for (size_t i = 0; i < b->n; i++) {
+            item_state *is = &st->items[i];
+            if (!is->logged || st->parked) continue;
+            for (size_t k = 0; k < is->nparts; k++) {
+                push_part *pp = &st->parts[is->first_part + k];
+                if (!pp->inline_apply) continue;
+                shard_ctx *ctx = shard_inline_ctx(e->pool, pp->shard);
+                apply_part(ctx, pp);
+            }
+        }
+        for (unsigned s = 0; s < e->nshards; s++)
+            if (st->held[s]) shard_inline_end(e->pool, s);
+    }
+    pthread_rwlock_unlock(&e->reg_lock);
+    return atomic_fetch_sub_explicit(&st->pending, 1, memory_order_acq_rel) == 1;
+}
+
+/* ---- durability: the park list ---------------------------------------------------------- */
+
+/* Route the head of the park list once its records are durable (or void it). Runs on
+ * the durability thread; while the head is here the park list is non-empty, so no
+ * submitter queues anything: this thread is the only producer. */
+static void *durable_main(void *arg) {
+    engine *e = arg;
+    pthread_mutex_lock(&e->seq_mu);
+    for (;;) {
+        while (!e->stopping && !e->park_head) pthread_cond_wait(&e->park_cv, &e->seq_mu);
+        if (!e->park_head) break;                                  /* stopping, drained */
+        push_batch_state *st = e->park_head;
+        pthread_mutex_unlock(&e->seq_mu);
+        char reason[200] = "";
+        int rc = engine_log_wait(e, st->max_lsn, reason, sizeof reason);
+        if (rc == 0) {
+            queue_parts(e, st, true);
+        } else {
+            pthread_mutex_lock(&e->seq_mu);
+            for (size_t i = 0; i < st->b->n; i++) {
+                item_state *is = &st->items[i];
+                if (!is->logged) continue;
+                is->logged = false;
+                if (is->dk) dedupe_forget(e, is->dk, is->dkl, is->dh);
+                push_result *res = &st->b->items[i].res;
+                uint64_t cv = res->current_version;
+                memset(res, 0, sizeof *res);
+                res->current_version = cv;
+                push_fail(res, 503, "wal_unavailable", "the event could not be made durable, nothing was applied: %s",
+                          reason);
+                atomic_fetch_sub_explicit(&e->events_applied, 1, memory_order_relaxed);
+            }
+            pthread_mutex_unlock(&e->seq_mu);
+        }
+        pthread_mutex_lock(&e->seq_mu);
+        e->park_head = st->park_next;
+        if (!e->park_head) e->park_tail = NULL;
+        pthread_cond_broadcast(&e->park_cv);                       /* a barrier may wait for the list to empty */
+        pthread_mutex_unlock(&e->seq_mu);
+        batch_release(st);                                         /* the park token */
+        pthread_mutex_lock(&e->seq_mu);
+    }
+    pthread_mutex_unlock(&e->seq_mu);
+    return NULL;
+}
+
+int push_durability_start(engine *e) {
+    if (e->durable_running) return 0;
+    if (pthread_create(&e->durable_thread, NULL, durable_main, e) != 0) return -1;
+    e->durable_running = true;
+    return 0;
+}
+
+void push_durability_stop(engine *e) {
+    if (!e->durable_running) return;
+    pthread_mutex_lock(&e->seq_mu);
+    e->stopping = true;
+    pthread_cond_broadcast(&e->park_cv);
+    pthread_mutex_unlock(&e->seq_mu);
+    pthread_join(e->durable_thread, NULL);
+    e->durable_running = false;
+}
+
+/* ---- replay ------------------------------------------------------------------------------ */
+
+/* Re-apply one logged event during recovery: the same validation and parts as a live
+ * push, its original arrival time, applied inline (no shard thread runs yet). */
+int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen) {
+    /* one batch and one arena, reused record after record (recovery is single-threaded) */
+    if (!e->replay) {
+        e->replay = calloc(1, sizeof *e->replay);
+        if (!e->replay) abort();
+        engine_batch_init(&e->replay->batch);
+        arena_init(&e->replay->arena);
+    }
+    engine_replay_ctx *rc_ = e->replay;
+    arena_reset(&rc_->arena);
+    evrec rec;
+    char why[200];
+    if (evrec_decode(payload, len, &rc_->arena, &rec, why, sizeof why) != 0) {
+        snprintf(reason, rlen, "event record at LSN %llu: %s", (unsigned long long)lsn, why);
+        return -1;
+    }
+    engine_push_item item = { .event = rec.event, .event_len = rec.event_len, .row = &rec.row,
+                              .data_is_object = true };
+    engine_batch *b = &rc_->batch;
+    b->items = &item;
+    b->n = 1;
+    int rc = 0;
+    pthread_rwlock_rdlock(&e->reg_lock);
+    push_batch_state *st = state_for(e, b);
+    item_state *is = &st->items[0];
+    is->ev = validate(e, &item, &item.res);
+    if (!is->ev) {
+        /* valid when logged: the registry history says otherwise, which is corruption */
+        snprintf(reason, rlen, "event record at LSN %llu no longer validates: %s %s", (unsigned long long)lsn,
+                 item.res.code, item.res.reason);
+        rc = -1;
+    } else {
+        build_parts(e, st, is, &rec.row, rec.now);
+        for (size_t k = 0; k < is->nparts; k++) {
+            push_part *pp = &st->parts[k];
+            apply_part(shard_lock(e->pool, pp->shard), pp);
+            shard_unlock(e->pool, pp->shard);
+        }
+        note_watermark(e, rec.now);
+        atomic_fetch_add_explicit(&e->events_applied, 1, memory_order_relaxed);
+        char dk[STORE_MAX_KEY + REGISTRY_NAME_MAX + 8];
+        int dkl = dedupe_key(is->ev, &rec.row, dk, sizeof dk);
+        if (dkl >= 0 && rec.now + is->ev->dedupe_window_ms > engine_wall_ms()) {
+            pthread_mutex_lock(&e->seq_mu);
+            dedupe_remember(e, dk, (size_t)dkl, store_hash(dk, (size_t)dkl), rec.now + is->ev->dedupe_window_ms, lsn,
+                            registry_version(e->reg), rec.now);
+            pthread_mutex_unlock(&e->seq_mu);
+        }
+    }
+    pthread_mutex_lock(&e->seq_mu);
+    if (lsn > e->last_lsn) e->last_lsn = lsn;
+    pthread_mutex_unlock(&e->seq_mu);
+    pthread_rwlock_unlock(&e->reg_lock);
+    evrec_release(&rec);
+    return rc;
+}
+
+void push_replay_done(engine *e) {
+    if (!e->replay) return;
+    engine_batch_free(&e->replay->batch);
+    arena_free(&e->replay->arena);
+    free(e->replay);
+    e->replay = NULL;
+}
+
+/* ---- blocking convenience (JSON in) -------------------------------------------------------- */
+
+/* Unicode Cc: U+0000-001F, U+007F, U+0080-009F (UTF-8 C2 80..C2 9F). */
+static bool has_control_char(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f) return true;
+        if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 && (unsigned char)s[i + 1] <= 0x9f)
+            return true;
+    }
+    return false;
+}
+
+static bool json_has_control_char(const json_t *j, int depth) {
+    if (depth > 256) return false;      /* jansson already bounds nesting */
+    switch (json_typeof(j)) {
+    case JSON_STRING: return has_control_char(json_string_value(j), json_string_length(j));
+    case JSON_ARRAY:
+        for (size_t i = 0; i < json_array_size(j); i++)
+            if (json_has_control_char(json_array_get(j, i), depth + 1)) return true;
+        return false;
+    case JSON_OBJECT: {
+        const char *k;
+        json_t *v;
+        json_object_foreach((json_t *)j, k, v) {
+            if (has_control_char(k, strlen(k))) return true;
+            if (json_has_control_char(v, depth + 1)) return true;
+        }
+        return false;
+    }
+    default: return false;
+    }
+}
+
+static const char *json_kind_name(const json_t *v) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "object";
+    case JSON_ARRAY: return "array";
+    case JSON_STRING: return "string";
+    case JSON_INTEGER: return "integer";
+    case JSON_REAL: return "number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "boolean";
+    case JSON_NULL: return "null";
+    }
+    return "?";
+}
+
+typedef struct push_waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+} push_waiter;
+
+static void waiter_done(engine_batch *b) {
+    push_waiter *w = b->owner;
+    pthread_mutex_lock(&w->mu);
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void engine_item_from_json(engine_push_item *item, bv_row *row, const char *event, size_t event_len,
+                           const json_t *data) {
+    memset(row, 0, sizeof *row);
+    memset(item, 0, sizeof *item);
+    item->event = event;
+    item->event_len = event_len;
+    item->row = row;
+    item->data_is_object = json_is_object(data);
+    item->data_kind = json_kind_name(data);
+    item->has_control_char = has_control_char(event, event_len) || json_has_control_char(data, 0);
+    if (!item->data_is_object) return;
+    row->fields = calloc(json_object_size(data) + 1, sizeof *row->fields);
+    if (!row->fields) abort();
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)data, k, v) {
+        bv_field *f = &row->fields[row->n++];
+        f->name = k;
+        f->name_len = strlen(k);
+        f->value = bv_from_json(v);
+    }
+}
+
+void engine_push(engine *e, const char *event, size_t event_len, const json_t *data, bool sync, push_result *res) {
+    bv_row row;
+    engine_push_item item;
+    engine_item_from_json(&item, &row, event, event_len, data);
+    item.sync = sync;
+    push_waiter w = { .done = false };
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    engine_batch b;
+    engine_batch_init(&b);
+    b.items = &item;
+    b.n = 1;
+    b.done = waiter_done;
+    b.owner = &w;
+    if (!engine_push_submit(e, &b)) {
+        pthread_mutex_lock(&w.mu);
+        while (!w.done) pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
+    }
+    *res = item.res;
+    engine_batch_free(&b);
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+    free(row.fields);
+}
+
+int engine_push_body(const push_result *res, engine_transport t, bv_buf *out) {
+    jsonw w;
+    if (res->status != 200) {
+        engine_error_body(out, res->code, res->reason[0] ? "reason" : NULL, res->reason, t == TRANSPORT_TCP,
+                          res->current_version);
+        return res->status;
+    }
+    jsonw_init(&w, out);
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "ack_lsn");
+    jsonw_u64(&w, res->ack_lsn);
+    jsonw_key(&w, "idempotent_replay");
+    jsonw_bool(&w, res->replay && t == TRANSPORT_TCP);
+    jsonw_key(&w, "registry_version");
+    jsonw_u64(&w, res->replay && t == TRANSPORT_TCP ? res->current_version : res->registry_version);
+    jsonw_obj_end(&w);
+    return 200;
+}

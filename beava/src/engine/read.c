@@ -1,0 +1,398 @@
+/*
+ * read.c - get, batch_get, the legacy GET and the legacy multi-gets.
+ *
+ * Reads run on the caller's thread: the registry read lock keeps the tables stable, and
+ * each entity is read under the state lock of the shard that owns it (one at a time),
+ * so a read never waits behind a shard's queue and a get issued after a push's ack sees
+ * it (the ack is sent after the apply). Rows are written as JSON with the feature names
+ * in ascending order.
+ */
+#include "engine_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int64_t query_time(engine *e) {
+    int64_t now = engine_wall_ms();
+    int64_t w = atomic_load_explicit(&e->watermark_ms, memory_order_relaxed);
+    return now > w ? now : w;
+}
+
+/* Lock the shard owning (t, k) and find the entity (widened). The caller reads it and
+ * then calls shard_unlock(e->pool, *shard). */
+static entity *lookup_locked(engine *e, agg_table *t, const char *k, size_t kl, unsigned *shard) {
+    uint64_t h = store_hash(k, kl);
+    *shard = engine_shard_for(e, t, h);
+    shard_lock(e->pool, *shard);
+    entity_store *s = table_store(t, *shard);
+    entity *en = store_find(s, k, kl, h);
+    return en ? entity_ensure(t, s, en) : NULL;
+}
+
+static bool feature_selected(const agg_table *t, size_t slot, const json_t *features) {
+    if (!features || json_is_null(features)) return true;
+    const char *name = t->features[slot].name;
+    for (size_t i = 0; i < json_array_size(features); i++) {
+        const json_t *f = json_array_get(features, i);
+        if (json_is_string(f) && strcmp(json_string_value(f), name) == 0) return true;
+    }
+    return false;
+}
+
+static void write_row(agg_table *t, entity *en, const json_t *features, int64_t q, jsonw *w) {
+    jsonw_obj_begin(w);
+    if (en) {
+        const char *row = entity_row_const(en);
+        for (size_t i = 0; i < t->nfeatures; i++) {
+            size_t slot = t->by_name[i];
+            if (!feature_selected(t, slot, features)) continue;
+            jsonw_key(w, t->features[slot].name);
+            feature_read(&t->features[slot], row + t->offsets[slot], q, w);
+        }
+    }
+    jsonw_obj_end(w);
+}
+
+/* Names in `features` that the table does not have, as `["a", "b"]`; false if none. */
+static bool missing_features(const agg_table *t, const json_t *features, bv_buf *missing) {
+    if (!features || json_is_null(features)) return false;
+    bool any = false;
+    bv_buf_putc(missing, '[');
+    for (size_t i = 0; i < json_array_size(features); i++) {
+        const char *f = json_string_value(json_array_get(features, i));
+        bool found = false;
+        for (size_t s = 0; f && s < t->nfeatures; s++)
+            if (strcmp(t->features[s].name, f) == 0) found = true;
+        if (found) continue;
+        if (any) bv_buf_puts(missing, ", ");
+        bv_buf_json_str(missing, f ? f : "", f ? strlen(f) : 0);
+        any = true;
+    }
+    bv_buf_putc(missing, ']');
+    return any;
+}
+
+static bool valid_features_field(const json_t *f) {
+    if (!f || json_is_null(f)) return true;
+    if (!json_is_array(f)) return false;
+    for (size_t i = 0; i < json_array_size(f); i++)
+        if (!json_is_string(json_array_get(f, i))) return false;
+    return true;
+}
+
+static const char *get_shape_error(const json_t *req) {
+    if (!json_is_object(req)) return "invalid type: expected a JSON object {table, key, features?}";
+    json_t *t = json_object_get(req, "table"), *k = json_object_get(req, "key");
+    if (!t) return "missing field `table`";
+    if (!json_is_string(t)) return "invalid type for `table`: expected a string";
+    if (!k) return "missing field `key`";
+    if (!json_is_string(k)) return "invalid type for `key`: expected a string";
+    if (!valid_features_field(json_object_get(req, "features")))
+        return "invalid type for `features`: expected an array of strings or null";
+    return NULL;
+}
+
+static bool legacy_get_shape(const json_t *req) {
+    if (!json_is_object(req)) return false;
+    json_t *keys = json_object_get(req, "keys"), *features = json_object_get(req, "features");
+    json_t *feature = json_object_get(req, "feature"), *key = json_object_get(req, "key");
+    return (json_is_array(keys) && json_is_array(features)) || (json_is_string(feature) && json_is_string(key));
+}
+
+int engine_get(engine *e, engine_transport t, const json_t *req, const char *parse_error, bv_buf *out) {
+    const char *shape = req ? get_shape_error(req) : parse_error;
+    if (shape) {
+        if (req && legacy_get_shape(req)) {
+            jsonw w;
+            jsonw_init(&w, out);
+            jsonw_obj_begin(&w);
+            jsonw_key(&w, "error");
+            jsonw_obj_begin(&w);
+            jsonw_key(&w, "code");
+            jsonw_str(&w, "unsupported_request_shape");
+            jsonw_key(&w, "message");
+            jsonw_str(&w, t == TRANSPORT_HTTP
+                ? "POST /get expects {table, key, features?}; received legacy {keys, features} shape — see docs/http-api.md#post-get"
+                : "OP_GET expects {table, key, features?}; received legacy {keys, features} or {feature, key} shape — see docs/wire-spec.md#op_get-0x0020");
+            jsonw_obj_end(&w);
+            jsonw_obj_end(&w);
+            return 400;
+        }
+        engine_error_body(out, "internal_error", "reason", shape ? shape : "empty body", false, 0);
+        return 500;
+    }
+    const char *table = json_string_value(json_object_get(req, "table"));
+    json_t *key = json_object_get(req, "key");
+    json_t *features = json_object_get(req, "features");
+    pthread_rwlock_rdlock(&e->reg_lock);
+    agg_table *tab = registry_table(e->reg, table);
+    if (!tab) {
+        pthread_rwlock_unlock(&e->reg_lock);
+        engine_error_body(out, "unknown_table", NULL, NULL, false, 0);
+        return 404;
+    }
+    bv_buf missing;
+    bv_buf_init(&missing);
+    if (missing_features(tab, features, &missing)) {
+        char reason[1024];
+        snprintf(reason, sizeof reason, "feature_not_found: missing=%s table=%s", missing.data, table);
+        bv_buf_free(&missing);
+        pthread_rwlock_unlock(&e->reg_lock);
+        engine_error_body(out, "internal_error", "reason", reason, false, 0);
+        return 500;
+    }
+    bv_buf_free(&missing);
+    char kbuf[STORE_MAX_KEY + 1];
+    int kl = engine_parse_key(tab, json_string_value(key), json_string_length(key), kbuf, sizeof kbuf);
+    if (kl < 0) {
+        pthread_rwlock_unlock(&e->reg_lock);
+        engine_error_body(out, "key_parse_failure", NULL, NULL, false, 0);
+        return 404;
+    }
+    unsigned sh;
+    entity *en = lookup_locked(e, tab, kbuf, (size_t)kl, &sh);
+    jsonw w;
+    jsonw_init(&w, out);
+    write_row(tab, en, features, query_time(e), &w);
+    shard_unlock(e->pool, sh);
+    pthread_rwlock_unlock(&e->reg_lock);
+    return 200;
+}
+
+static const char *batch_entry_error(const json_t *entry) {
+    if (!json_is_object(entry)) return "invalid type: each request must be an object {table, key, features?}";
+    json_t *t = json_object_get(entry, "table");
+    json_t *k = json_object_get(entry, "key"), *id = json_object_get(entry, "entity_id");
+    if (!t) return "missing field `table`";
+    if (!json_is_string(t)) return "invalid type for `table`: expected a string";
+    if (k && id) return "duplicate field: give `key` or its deprecated alias `entity_id`, not both";
+    if (!k && !id) return "missing field `key`";
+    if (!json_is_string(k ? k : id)) return "invalid type for `key`: expected a string";
+    if (!valid_features_field(json_object_get(entry, "features")))
+        return "invalid type for `features`: expected an array of strings or null";
+    return NULL;
+}
+
+#define BATCH_GET_MAX 10000
+
+static int cmp_cstr(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_buf *out) {
+    const char *err = parse_error;
+    json_t *reqs = NULL;
+    if (!err) {
+        if (!json_is_object(req)) err = "invalid type: expected a JSON object {requests: [...]}";
+        else if (!(reqs = json_object_get(req, "requests"))) err = "missing field `requests`";
+        else if (!json_is_array(reqs)) err = "invalid type for `requests`: expected an array";
+        else if (json_array_size(reqs) > BATCH_GET_MAX) err = "batch_too_large: more than 10000 requests";
+    }
+    for (size_t i = 0; !err && i < json_array_size(reqs); i++) err = batch_entry_error(json_array_get(reqs, i));
+    if (err) {
+        engine_error_body(out, "internal_error", "reason", err ? err : "empty body", false, 0);
+        return 500;
+    }
+    pthread_rwlock_rdlock(&e->reg_lock);
+    /* pre-pass: unknown features in a filter fail the whole call */
+    for (size_t i = 0; i < json_array_size(reqs); i++) {
+        json_t *entry = json_array_get(reqs, i);
+        const char *table = json_string_value(json_object_get(entry, "table"));
+        agg_table *tab = registry_table(e->reg, table);
+        if (!tab) continue;
+        bv_buf missing;
+        bv_buf_init(&missing);
+        if (missing_features(tab, json_object_get(entry, "features"), &missing)) {
+            char reason[1024];
+            snprintf(reason, sizeof reason, "feature_not_found: missing=%s table=%s", missing.data, table);
+            bv_buf_free(&missing);
+            pthread_rwlock_unlock(&e->reg_lock);
+            engine_error_body(out, "internal_error", "reason", reason, false, 0);
+            return 500;
+        }
+        bv_buf_free(&missing);
+    }
+    int64_t q = query_time(e);
+    size_t n = json_array_size(reqs);
+    bv_buf_puts(out, "{\"results\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i) bv_buf_putc(out, ',');
+        json_t *entry = json_array_get(reqs, i);
+        const char *table = json_string_value(json_object_get(entry, "table"));
+        json_t *key = json_object_get(entry, "key");
+        if (!key) key = json_object_get(entry, "entity_id");
+        agg_table *tab = registry_table(e->reg, table);
+        char msg[512];
+        const char *code = NULL;
+        char kbuf[STORE_MAX_KEY + 1];
+        int kl = -1;
+        if (!tab) {
+            snprintf(msg, sizeof msg, "table '%.200s' is not a registered aggregation", table);
+            code = "unknown_table";
+        } else if ((kl = engine_parse_key(tab, json_string_value(key), json_string_length(key), kbuf, sizeof kbuf)) < 0) {
+            snprintf(msg, sizeof msg, "key '%.200s' does not match table '%.200s' group_keys arity (%zu)",
+                     json_string_value(key), table, tab->nkeys);
+            code = "key_parse_failure";
+        }
+        jsonw w;
+        jsonw_init(&w, out);
+        if (code) {
+            jsonw_obj_begin(&w);
+            jsonw_key(&w, "error");
+            jsonw_obj_begin(&w);
+            jsonw_key(&w, "code");
+            jsonw_str(&w, code);
+            jsonw_key(&w, "message");
+            jsonw_str(&w, msg);
+            jsonw_obj_end(&w);
+            jsonw_obj_end(&w);
+            continue;
+        }
+        unsigned sh;
+        entity *en = lookup_locked(e, tab, kbuf, (size_t)kl, &sh);
+        write_row(tab, en, json_object_get(entry, "features"), q, &w);
+        shard_unlock(e->pool, sh);
+    }
+    bv_buf_puts(out, "]}");
+    pthread_rwlock_unlock(&e->reg_lock);
+    return 200;
+}
+
+int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
+    const char *slash = strchr(rest, '/');
+    if (!slash || slash == rest) {
+        engine_error_body(out, "feature_not_found", NULL, NULL, false, 0);
+        return 404;
+    }
+    char name[REGISTRY_NAME_MAX * 2 + 1];
+    size_t nl = (size_t)(slash - rest);
+    if (nl >= sizeof name) {
+        engine_error_body(out, "feature_not_found", NULL, NULL, false, 0);
+        return 404;
+    }
+    memcpy(name, rest, nl);
+    name[nl] = 0;
+    const char *key = slash + 1;
+    pthread_rwlock_rdlock(&e->reg_lock);
+    int64_t q = query_time(e);
+    size_t slot = 0;
+    agg_table *tab = registry_feature_owner(e->reg, name, &slot);
+    char kbuf[STORE_MAX_KEY + 1];
+    jsonw w;
+    jsonw_init(&w, out);
+    int status;
+    if (tab) {
+        int kl = engine_parse_key(tab, key, strlen(key), kbuf, sizeof kbuf);
+        unsigned sh = 0;
+        entity *en = kl < 0 ? NULL : lookup_locked(e, tab, kbuf, (size_t)kl, &sh);
+        if (kl < 0) {
+            engine_error_body(out, "key_parse_failure", NULL, NULL, false, 0);
+            status = 404;
+        } else if (!en) {
+            engine_error_body(out, "key_not_found", NULL, NULL, false, 0);
+            status = 404;
+        } else {
+            jsonw_obj_begin(&w);
+            jsonw_key(&w, "value");
+            feature_read(&tab->features[slot], (const char *)entity_row_const(en) + tab->offsets[slot], q, &w);
+            jsonw_obj_end(&w);
+            status = 200;
+        }
+        if (kl >= 0) shard_unlock(e->pool, sh);
+    } else if ((tab = registry_table(e->reg, name)) != NULL) {
+        int kl = engine_parse_key(tab, key, strlen(key), kbuf, sizeof kbuf);
+        unsigned sh = 0;
+        entity *en = kl < 0 ? NULL : lookup_locked(e, tab, kbuf, (size_t)kl, &sh);
+        if (!en) {
+            engine_error_body(out, "key_not_found", NULL, NULL, false, 0);
+            status = 404;
+        } else {
+            write_row(tab, en, NULL, q, &w);
+            status = 200;
+        }
+        if (kl >= 0) shard_unlock(e->pool, sh);
+    } else {
+        engine_error_body(out, "feature_not_found", NULL, NULL, false, 0);
+        status = 404;
+    }
+    pthread_rwlock_unlock(&e->reg_lock);
+    return status;
+}
+
+int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *out) {
+    json_t *keys = json_is_object(req) ? json_object_get(req, "keys") : NULL;
+    json_t *features = NULL, *one = NULL;
+    if (json_is_object(req)) {
+        if (single_feature) {
+            json_t *f = json_object_get(req, "feature");
+            if (json_is_string(f)) features = one = json_pack("[O]", f);
+        } else {
+            features = json_object_get(req, "features");
+        }
+    }
+    if (!json_is_array(keys) || !json_is_array(features)) {
+        json_decref(one);
+        engine_error_body(out, "internal_error", "reason",
+                   single_feature ? "OP_MGET expects {feature, keys}" : "OP_GET_MULTI expects {keys, features}", false, 0);
+        return 500;
+    }
+    for (size_t i = 0; i < json_array_size(keys); i++)
+        if (!json_is_string(json_array_get(keys, i))) {
+            json_decref(one);
+            engine_error_body(out, "internal_error", "reason", "every key must be a string", false, 0);
+            return 500;
+        }
+    size_t cells = json_array_size(keys) * json_array_size(features);
+    if (cells > BATCH_GET_MAX) {
+        char reason[96];
+        snprintf(reason, sizeof reason, "batch_too_large: cells=%zu cap=%d", cells, BATCH_GET_MAX);
+        json_decref(one);
+        engine_error_body(out, "internal_error", "reason", reason, false, 0);
+        return 500;
+    }
+    pthread_rwlock_rdlock(&e->reg_lock);
+    int64_t q = query_time(e);
+    jsonw w;
+    jsonw_init(&w, out);
+    jsonw_obj_begin(&w);
+    /* keys in ascending order, as every object on the wire */
+    size_t nk = json_array_size(keys);
+    const char **sorted = nk ? malloc(nk * sizeof *sorted) : NULL;
+    for (size_t i = 0; i < nk; i++) sorted[i] = json_string_value(json_array_get(keys, i));
+    if (nk) qsort(sorted, nk, sizeof *sorted, cmp_cstr);
+    for (size_t i = 0; i < nk; i++) {
+        if (i > 0 && strcmp(sorted[i], sorted[i - 1]) == 0) continue;
+        bool opened = false;
+        for (size_t f = 0; f < json_array_size(features); f++) {
+            const char *fname = json_string_value(json_array_get(features, f));
+            size_t slot;
+            agg_table *tab = fname ? registry_feature_owner(e->reg, fname, &slot) : NULL;
+            if (!tab) continue;
+            char kbuf[STORE_MAX_KEY + 1];
+            int kl = engine_parse_key(tab, sorted[i], strlen(sorted[i]), kbuf, sizeof kbuf);
+            if (kl < 0) continue;
+            unsigned sh;
+            entity *en = lookup_locked(e, tab, kbuf, (size_t)kl, &sh);
+            if (!en) {
+                shard_unlock(e->pool, sh);
+                continue;
+            }
+            if (!opened) {
+                jsonw_key(&w, sorted[i]);
+                jsonw_obj_begin(&w);
+                opened = true;
+            }
+            jsonw_key(&w, fname);
+            feature_read(&tab->features[slot], (const char *)entity_row_const(en) + tab->offsets[slot], q, &w);
+            shard_unlock(e->pool, sh);
+        }
+        if (opened) jsonw_obj_end(&w);
+    }
+    jsonw_obj_end(&w);
+    free(sorted);
+    pthread_rwlock_unlock(&e->reg_lock);
+    json_decref(one);
+    return 200;
+}
+

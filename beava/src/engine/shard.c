@@ -1,0 +1,227 @@
+/*
+ * shard.c - shard threads, their bounded task rings and state locks (see shard.h).
+ *
+ * The thread sleeps on a condition of the queue lock when its ring is empty (or it is
+ * paused); producers wake it through shard_pool_kick() only when it sleeps, so a busy
+ * shard costs its producers no system call.
+ */
+#include "shard.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct shard_task {
+    shard_fn apply, post;
+    void *arg;
+} shard_task;
+
+typedef struct shard {
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t qmu;         /* ring, flags */
+    pthread_cond_t cv;           /* work arrived / pause lifted / stop */
+    pthread_cond_t idle_cv;      /* ring drained, or room made */
+    shard_task *ring;
+    size_t capacity, head, count;
+    bool inflight, paused, stopping, waiting;
+    pthread_mutex_t smu;         /* state: stores and ctx */
+    shard_ctx ctx;
+} shard;
+
+struct shard_pool {
+    unsigned n;
+    bool running;
+    shard *shards;
+};
+
+static void *shard_main(void *arg) {
+    shard *s = arg;
+    shard_task run[SHARD_RUN_MAX];
+    pthread_mutex_lock(&s->qmu);
+    for (;;) {
+        while (!s->stopping && (s->count == 0 || s->paused)) {
+            pthread_cond_broadcast(&s->idle_cv);
+            s->waiting = true;
+            pthread_cond_wait(&s->cv, &s->qmu);
+            s->waiting = false;
+        }
+        if (s->count == 0) break;                      /* stopping, drained */
+        size_t n = 0;
+        while (n < SHARD_RUN_MAX && n < s->count) {
+            run[n++] = s->ring[s->head];
+            s->head = (s->head + 1) % s->capacity;
+        }
+        s->count -= n;
+        s->inflight = true;
+        pthread_cond_broadcast(&s->idle_cv);           /* room was made */
+        pthread_mutex_unlock(&s->qmu);
+        pthread_mutex_lock(&s->smu);
+        for (size_t i = 0; i < n; i++) run[i].apply(&s->ctx, run[i].arg);
+        pthread_mutex_unlock(&s->smu);
+        for (size_t i = 0; i < n; i++)
+            if (run[i].post) run[i].post(&s->ctx, run[i].arg);
+        pthread_mutex_lock(&s->qmu);
+        s->inflight = false;
+    }
+    pthread_cond_broadcast(&s->idle_cv);
+    pthread_mutex_unlock(&s->qmu);
+    return NULL;
+}
+
+shard_pool *shard_pool_new(unsigned n, size_t capacity) {
+    if (n == 0 || n > SHARD_MAX || capacity == 0) return NULL;
+    shard_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n = n;
+    p->shards = calloc(n, sizeof *p->shards);
+    if (!p->shards) {
+        free(p);
+        return NULL;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        shard *s = &p->shards[i];
+        pthread_mutex_init(&s->qmu, NULL);
+        pthread_mutex_init(&s->smu, NULL);
+        pthread_cond_init(&s->cv, NULL);
+        pthread_cond_init(&s->idle_cv, NULL);
+        s->ctx.index = i;
+        s->capacity = capacity;
+        s->ring = calloc(capacity, sizeof *s->ring);
+        if (!s->ring) {
+            shard_pool_free(p);
+            return NULL;
+        }
+    }
+    return p;
+}
+
+int shard_pool_run(shard_pool *p) {
+    if (p->running) return 0;
+    for (unsigned i = 0; i < p->n; i++) {
+        shard *s = &p->shards[i];
+        if (pthread_create(&s->thread, NULL, shard_main, s) != 0) return -1;
+        s->started = true;
+    }
+    p->running = true;
+    return 0;
+}
+
+void shard_pool_free(shard_pool *p) {
+    if (!p) return;
+    for (unsigned i = 0; i < p->n; i++) {
+        shard *s = &p->shards[i];
+        if (!s->started) continue;
+        pthread_mutex_lock(&s->qmu);
+        s->stopping = true;
+        s->paused = false;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->qmu);
+        pthread_join(s->thread, NULL);
+    }
+    for (unsigned i = 0; i < p->n; i++) {
+        shard *s = &p->shards[i];
+        free(s->ring);
+        pthread_cond_destroy(&s->cv);
+        pthread_cond_destroy(&s->idle_cv);
+        pthread_mutex_destroy(&s->qmu);
+        pthread_mutex_destroy(&s->smu);
+    }
+    free(p->shards);
+    free(p);
+}
+
+unsigned shard_pool_size(const shard_pool *p) { return p->n; }
+
+bool shard_has_room(shard_pool *p, unsigned i, size_t n) {
+    shard *s = &p->shards[i];
+    pthread_mutex_lock(&s->qmu);
+    bool ok = s->count + n <= s->capacity;
+    pthread_mutex_unlock(&s->qmu);
+    return ok;
+}
+
+void shard_push(shard_pool *p, unsigned i, shard_fn apply, shard_fn post, void *arg) {
+    shard *s = &p->shards[i];
+    pthread_mutex_lock(&s->qmu);
+    if (s->count == s->capacity) {
+        fputs("beava: shard ring overflow (the producer did not check for room)\n", stderr);
+        abort();
+    }
+    s->ring[(s->head + s->count) % s->capacity] = (shard_task){ apply, post, arg };
+    s->count++;
+    pthread_mutex_unlock(&s->qmu);
+}
+
+void shard_pool_kick(shard_pool *p) {
+    for (unsigned i = 0; i < p->n; i++) {
+        shard *s = &p->shards[i];
+        pthread_mutex_lock(&s->qmu);
+        if (s->waiting && s->count > 0 && !s->paused) pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->qmu);
+    }
+}
+
+bool shard_try_inline(shard_pool *p, unsigned i) {
+    shard *s = &p->shards[i];
+    pthread_mutex_lock(&s->qmu);
+    bool ok = s->count == 0 && !s->inflight && !s->paused && pthread_mutex_trylock(&s->smu) == 0;
+    pthread_mutex_unlock(&s->qmu);
+    return ok;
+}
+
+void shard_inline_end(shard_pool *p, unsigned i) {
+    pthread_mutex_unlock(&p->shards[i].smu);
+}
+
+shard_ctx *shard_inline_ctx(shard_pool *p, unsigned i) {
+    return &p->shards[i].ctx;
+}
+
+void shard_wait_room(shard_pool *p, unsigned i, size_t n) {
+    shard *s = &p->shards[i];
+    pthread_mutex_lock(&s->qmu);
+    while (!s->stopping && s->count + n > s->capacity) pthread_cond_wait(&s->idle_cv, &s->qmu);
+    pthread_mutex_unlock(&s->qmu);
+}
+
+shard_ctx *shard_lock(shard_pool *p, unsigned i) {
+    pthread_mutex_lock(&p->shards[i].smu);
+    return &p->shards[i].ctx;
+}
+
+void shard_unlock(shard_pool *p, unsigned i) {
+    pthread_mutex_unlock(&p->shards[i].smu);
+}
+
+void shard_pool_quiesce(shard_pool *p) {
+    for (unsigned i = 0; i < p->n; i++) {
+        shard *s = &p->shards[i];
+        pthread_mutex_lock(&s->qmu);
+        if (s->started) {
+            if (s->count > 0 && s->waiting) pthread_cond_signal(&s->cv);
+            while (s->count > 0 || s->inflight) pthread_cond_wait(&s->idle_cv, &s->qmu);
+        }
+        pthread_mutex_unlock(&s->qmu);
+    }
+}
+
+void shard_pause(shard_pool *p, unsigned i, bool paused) {
+    if (i >= p->n) return;
+    shard *s = &p->shards[i];
+    pthread_mutex_lock(&s->qmu);
+    s->paused = paused;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->qmu);
+}
+
+void shard_pool_stats(shard_pool *p, op_stats *out) {
+    memset(out, 0, sizeof *out);
+    for (unsigned i = 0; i < p->n; i++) {
+        shard_ctx *c = shard_lock(p, i);
+        out->entropy_categories_capped += c->stats.entropy_categories_capped;
+        out->bucket_reclaim += c->stats.bucket_reclaim;
+        out->cold_evictions += c->stats.cold_evictions;
+        shard_unlock(p, i);
+    }
+}

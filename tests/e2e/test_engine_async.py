@@ -1,0 +1,239 @@
+"""The rebuilt engine through the real binary: asynchronous acks on the TCP listener.
+
+- a paused shard (test-mode hook) delays neither pings, gets nor pushes for other shards
+  on the same I/O thread, and its own keys get `overloaded` at once once its ring is full;
+- FIFO reply order with pipelined frames spread over every shard, gets interleaved;
+- the listener's limits: connection cap, idle timeout, frame deadline, partial-frame budget;
+- the admin token guards OP_REGISTER / OP_RESET on TCP as on HTTP (OP_AUTH);
+- a WAL written by the new engine replays to exactly the live state.
+"""
+import json
+import os
+import socket
+import struct
+import tempfile
+import time
+import unittest
+
+from harness import Beava, main
+from test_tcp import PIPE, Conn, frame, mp_pack
+
+
+def shard_of(b, table, key):
+    st, _, body = b.raw("POST", "/debug/shard-of", {"table": table, "key": key}, which="admin")
+    assert st == 200, body
+    return json.loads(body)["shard"]
+
+
+def keys_on(b, shard, n, prefix="k"):
+    out, i = [], 0
+    while len(out) < n:
+        k = "%s%d" % (prefix, i)
+        if shard_of(b, "PerUser", k) == shard:
+            out.append(k)
+        i += 1
+    return out
+
+
+def push_frame(user, n=1, op=0x0010):
+    return frame(op, 1, json.dumps({"event": "Click", "body": {"user": user, "n": n}}).encode())
+
+
+class PausedShard(unittest.TestCase):
+    def test_other_shards_unaffected_and_overload_is_prompt(self):
+        # one I/O thread, so every connection below shares it; a small ring
+        with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"],
+                   env={"BEAVA_SHARD_QUEUE": "16"}) as b:
+            self.assertEqual(b.register(PIPE)[0], 200)
+            k0 = keys_on(b, 0, 1, "a")[0]
+            k1 = keys_on(b, 1, 1, "b")[0]
+            st, _, _ = b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": True}, which="admin")
+            self.assertEqual(st, 200)
+            try:
+                addr = b.bound["server.tcp_bound"]
+                stuck = Conn(addr)
+                stuck.send(b"".join(push_frame(k0, i) for i in range(40)))   # 16 fit, 24 overloaded
+                time.sleep(0.3)
+                other = Conn(addr)
+                t0 = time.monotonic()
+                self.assertEqual(other.call(0x0000, {})[0], 0x0000)
+                op, _, ack = other.call(0x0010, {"event": "Click", "body": {"user": k1, "n": 5}})
+                self.assertEqual(op, 0x0010, ack)
+                op, _, row = other.call(0x0020, {"table": "PerUser", "key": k1})
+                self.assertEqual((op, row["clicks"]), (0x0023, 1))
+                # the paused shard's own keys: its ring is full, so overloaded at once
+                op, _, err = other.call(0x0010, {"event": "Click", "body": {"user": k0, "n": 1}})
+                self.assertEqual((op, err["error"]["code"]), (0xFFFF, "overloaded"))
+                self.assertLess(time.monotonic() - t0, 5.0)     # generous: not a timing claim, a liveness one
+                # the stuck connection has had no answer yet
+                stuck.s.settimeout(0.2)
+                with self.assertRaises(socket.timeout):
+                    stuck.s.recv(1)
+                stuck.s.settimeout(10)
+            finally:
+                b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": False}, which="admin")
+            codes = []
+            for i in range(40):
+                op, _, body = stuck.recv_frame()
+                codes.append("ack" if op == 0x0010 else body["error"]["code"])
+            self.assertEqual(codes, ["ack"] * 16 + ["overloaded"] * 24)
+            self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 16)
+
+
+class Fifo(unittest.TestCase):
+    def test_pipelined_frames_over_all_shards_answer_in_order(self):
+        with Beava(test_mode=True, args=["--shards", "2"]) as b:
+            self.assertEqual(b.register(PIPE)[0], 200)
+            c = Conn(b.bound["server.tcp_bound"])
+            users = ["u%d" % i for i in range(37)]
+            seq, expect, counts = [], [], {}
+            for i in range(1500):
+                u = users[(i * 7) % len(users)]
+                if i % 5 == 4:
+                    seq.append(frame(0x0020, 1, json.dumps({"table": "PerUser", "key": u}).encode()))
+                    expect.append(("get", u, counts.get(u, 0)))
+                else:
+                    seq.append(push_frame(u, i, 0x0011 if i % 50 == 0 else 0x0010))
+                    counts[u] = counts.get(u, 0) + 1
+                    expect.append(("push", u, 0x0011 if i % 50 == 0 else 0x0010))
+            c.send(b"".join(seq))
+            last = 0
+            for kind, u, want in expect:
+                op, _, body = c.recv_frame()
+                if kind == "get":
+                    self.assertEqual(op, 0x0023)
+                    self.assertEqual(body.get("clicks", 0), want, (u, body))
+                else:
+                    self.assertEqual(op, want, body)
+                    self.assertGreater(body["ack_lsn"], last)
+                    last = body["ack_lsn"]
+            # read-your-writes from another connection
+            c2 = Conn(b.bound["server.tcp_bound"])
+            for u in users:
+                op, _, row = c2.call(0x0020, {"table": "PerUser", "key": u})
+                self.assertEqual(row.get("clicks", 0), counts.get(u, 0))
+
+
+class Limits(unittest.TestCase):
+    def test_connection_cap(self):
+        with Beava(env={"BEAVA_TCP_MAX_CONNECTIONS": "4"}) as b:
+            addr = b.bound["server.tcp_bound"]
+            held = [Conn(addr) for _ in range(4)]
+            for c in held:
+                self.assertEqual(c.call(0x0000, {})[0], 0x0000)
+            extra = Conn(addr)
+            self.assertTrue(extra.closed())
+            held[0].close()
+            time.sleep(0.3)
+            again = Conn(addr)
+            self.assertEqual(again.call(0x0000, {})[0], 0x0000)
+            st, _, text = b.raw("GET", "/metrics", which="admin")
+            self.assertIn("beava_tcp_connections_refused_total 1", text.decode())
+
+    def test_idle_timeout_and_frame_deadline(self):
+        with Beava(env={"BEAVA_TCP_IDLE_TIMEOUT_S": "1", "BEAVA_TCP_FRAME_TIMEOUT_MS": "500"}) as b:
+            addr = b.bound["server.tcp_bound"]
+            idle = Conn(addr)
+            self.assertEqual(idle.call(0x0000, {})[0], 0x0000)
+            slow = Conn(addr)
+            slow.send(struct.pack(">IHB", 100, 0x0000, 1) + b"{")     # 97 more bytes never come
+            op, _, body = slow.recv_frame()
+            self.assertEqual((op, body["error"]["code"]), (0xFFFF, "frame_timeout"))
+            self.assertTrue(slow.closed())
+            self.assertTrue(idle.closed())
+            busy = Conn(addr)
+            for _ in range(4):           # a connection in use is not idle
+                time.sleep(0.4)
+                self.assertEqual(busy.call(0x0000, {})[0], 0x0000)
+
+    def test_partial_frame_budget(self):
+        with Beava(env={"BEAVA_PARTIAL_BODY_BUDGET_BYTES": str(7 << 19), "BEAVA_TCP_MAX_FRAME_BYTES": str(4 << 20)}) as b:
+            addr = b.bound["server.tcp_bound"]
+            conns = []
+            refused = 0
+            for i in range(4):
+                c = Conn(addr)
+                conns.append(c)
+                c.send(struct.pack(">IHB", (1 << 20) + 3, 0x0010, 1) + b" " * (64 << 10))
+                time.sleep(0.2)
+            for c in conns[3:]:
+                op, _, body = c.recv_frame()
+                self.assertEqual((op, body["error"]["code"]), (0xFFFF, "overloaded"))
+                self.assertTrue(c.closed())
+                refused += 1
+            self.assertEqual(refused, 1)
+            # the held budget comes back when those connections go
+            for c in conns[:3]:
+                c.close()
+            time.sleep(0.5)
+            fresh = Conn(addr)
+            fresh.send(struct.pack(">IHB", (1 << 20) + 3, 0x0010, 1) + b" " * (64 << 10))
+            fresh.s.settimeout(0.5)
+            with self.assertRaises(socket.timeout):
+                fresh.s.recv(1)
+
+
+class Auth(unittest.TestCase):
+    def test_register_and_reset_need_the_token_on_tcp(self):
+        with tempfile.TemporaryDirectory() as d:
+            tok = os.path.join(d, "token")
+            with open(tok, "w") as f:
+                f.write("s3cret-token-0123456789\n")
+            with Beava(test_mode=True, env={"BEAVA_ADMIN_TOKEN_FILE": tok}) as b:
+                c = Conn(b.bound["server.tcp_bound"])
+                evil = {"nodes": [{"kind": "event", "name": "Evil", "schema": {"fields": {"a": "str"}}}], "force": True}
+                op, _, body = c.call(0x0001, evil)
+                self.assertEqual((op, body["error"]["code"]), (0xFFFF, "unauthorized"))
+                op, _, body = c.call(0x0040, {})
+                self.assertEqual((op, body["error"]["code"]), (0xFFFF, "unauthorized"))
+                self.assertEqual(c.call(0x0000, {})[2]["registry_version"], 0)
+                op, _, body = c.call(0x0050, {"token": "wrong-token-000000000"})
+                self.assertEqual((op, body["error"]["code"]), (0xFFFF, "unauthorized"))
+                op, _, body = c.call(0x0001, evil)
+                self.assertEqual(body["error"]["code"], "unauthorized")
+                op, _, body = c.call(0x0050, {"token": "s3cret-token-0123456789"})
+                self.assertEqual((op, body), (0x0050, {"authenticated": True}))
+                op, _, body = c.call(0x0001, PIPE)
+                self.assertEqual((op, body["registry_version"]), (0x0001, 1))
+                # another connection has not authenticated
+                c2 = Conn(b.bound["server.tcp_bound"])
+                self.assertEqual(c2.call(0x0040, {})[2]["error"]["code"], "unauthorized")
+                # pushes and reads stay open
+                self.assertEqual(c2.call(0x0010, {"event": "Click", "body": {"user": "x", "n": 1}})[0], 0x0010)
+
+
+class Replay(unittest.TestCase):
+    def test_wal_of_the_new_engine_replays_to_the_live_state(self):
+        with tempfile.TemporaryDirectory() as d:
+            env = {"BEAVA_WAL_DIR": os.path.join(d, "wal"), "BEAVA_SNAPSHOT_DIR": os.path.join(d, "snapshots")}
+            b = Beava(memory_only=False, data_dir=d, test_mode=True, env=env).start()
+            try:
+                self.assertEqual(b.register(PIPE)[0], 200)
+                c = Conn(b.bound["server.tcp_bound"])
+                c.send(b"".join(push_frame("r%d" % (i % 53), i) for i in range(3000)))
+                for _ in range(3000):
+                    self.assertEqual(c.recv_frame()[0], 0x0010)
+                for i in range(200):
+                    self.assertEqual(b.push("Click", {"user": "h%d" % (i % 7), "n": i})[0], 200)
+                many = {"events": [{"event": "Click", "body": {"user": "m%d" % (i % 11), "n": i}} for i in range(500)]}
+                op, _, body = c.call(0x0012, many, ct=2)
+                self.assertEqual(len(body["acks"]), 500)
+                users = ["r%d" % i for i in range(53)] + ["h%d" % i for i in range(7)] + ["m%d" % i for i in range(11)]
+                live = {u: b.get("PerUser", u)[1] for u in users}
+                version = c.call(0x0000, {})[2]["registry_version"]
+                b.stop(sig=9)
+            finally:
+                if b.proc and b.proc.poll() is None:
+                    b.stop()
+            b2 = Beava(memory_only=False, data_dir=d, test_mode=True, env=env).start()
+            try:
+                again = {u: b2.get("PerUser", u)[1] for u in users}
+                self.assertEqual(again, live)
+                c = Conn(b2.bound["server.tcp_bound"])
+                self.assertEqual(c.call(0x0000, {})[2]["registry_version"], version)
+            finally:
+                b2.stop()
+
+
+if __name__ == "__main__":
+    main()
