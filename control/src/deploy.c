@@ -868,10 +868,8 @@ static int fetch_release(struct ctl_ctx *ctx, struct deploy *d, char *digest, ch
     }
     if (!cached) {
         t0 = ctl_mono_ms();
-        if (ctl_mkdirs(dir, 0755, err) < 0 || unpack_image(cfg->state_dir, img.layers, rootfs,
-                                                          &(struct unpack_limits){(uint64_t)cfg->unpack_max_layer_bytes,
-                                                                                  (uint64_t)cfg->unpack_max_image_bytes},
-                                                          err) < 0) {
+        const struct unpack_limits lim = {(uint64_t)cfg->unpack_max_layer_bytes, (uint64_t)cfg->unpack_max_image_bytes};
+        if (ctl_mkdirs(dir, 0755, err) < 0 || unpack_image(cfg->state_dir, img.layers, rootfs, &lim, err) < 0) {
             step_done(ctx, d, "unpack", t0, false, err, NULL);
             goto out;
         }

@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <systemd/sd-bus.h>
 #include <unistd.h>
 
@@ -266,6 +267,14 @@ int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, cha
         r = sd_bus_message_append(m, "(sv)", "KillSignal", "i", SIGTERM);
     if (r >= 0)
         r = sd_bus_message_append(m, "(sv)", "TimeoutStopUSec", "t", (uint64_t)cfg->stop_grace_s * 1000000u);
+    /* as with the other runtimes, the server's soft descriptor limit is our hard one (a
+     * transient unit would otherwise get systemd's default soft limit of 1024) */
+    struct rlimit nofile;
+    if (r >= 0 && getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_max != RLIM_INFINITY) {
+        r = sd_bus_message_append(m, "(sv)", "LimitNOFILE", "t", (uint64_t)nofile.rlim_max);
+        if (r >= 0)
+            r = sd_bus_message_append(m, "(sv)", "LimitNOFILESoft", "t", (uint64_t)nofile.rlim_max);
+    }
     if (r >= 0 && s->log_path) {
         r = sd_bus_message_append(m, "(sv)", "StandardOutputFileToAppend", "s", s->log_path);
         if (r >= 0)

@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
@@ -206,6 +207,7 @@ static const struct {
     {"Group", "s"}, {"Environment", "as"}, {"ExecStart", "a(sasb)"}, {"Restart", "s"},
     {"CollectMode", "s"}, {"RemainAfterExit", "b"}, {"NoNewPrivileges", "b"}, {"ReadWritePaths", "as"},
     {"ReadOnlyPaths", "as"}, {"PrivateDevices", "b"}, {"ProtectHome", "s"}, {"UMask", "u"},
+    {"LimitNOFILE", "t"}, {"LimitNOFILESoft", "t"},
 };
 
 static const char *known_sig(const char *name)
@@ -294,6 +296,9 @@ static int check_props(json_t *props, sd_bus_error *error)
             }
         }
     }
+    json_t *soft = json_object_get(props, "LimitNOFILESoft"), *hard = json_object_get(props, "LimitNOFILE");
+    if (soft && hard && json_integer_value(soft) > json_integer_value(hard))
+        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "LimitNOFILESoft= is above LimitNOFILE=");
     if (!json_object_get(props, "ExecStart"))
         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Service has no ExecStart= setting");
     return 0;
@@ -375,6 +380,13 @@ static int spawn(struct unit *u, char *why, size_t wl)
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        if (json_object_get(u->props, "LimitNOFILE")) { /* systemd applies Limit*= before exec */
+            json_t *soft = json_object_get(u->props, "LimitNOFILESoft");
+            struct rlimit rl = {.rlim_max = (rlim_t)json_integer_value(json_object_get(u->props, "LimitNOFILE"))};
+            rl.rlim_cur = soft ? (rlim_t)json_integer_value(soft) : rl.rlim_max;
+            if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                _exit(205); /* EXIT_LIMITS */
+        }
         if (gid >= 0 && (setgroups(0, NULL) < 0 || setgid((gid_t)gid) < 0))
             _exit(216); /* systemd's EXIT_GROUP */
         if (uid >= 0 && setuid((uid_t)uid) < 0)

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <systemd/sd-bus.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -297,6 +298,13 @@ static void test_start_properties_and_job(void **st)
     assert_string_equal(json_string_value(json_object_get(p, "WorkingDirectory")), "/data");
     assert_int_equal(json_integer_value(json_object_get(p, "KillSignal")), SIGTERM);
     assert_int_equal(json_integer_value(json_object_get(p, "TimeoutStopUSec")), 1000000);
+    /* the server's descriptor limit: soft = hard = ours (systemd's default soft one is 1024) */
+    struct rlimit nofile;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &nofile), 0);
+    if (nofile.rlim_max != RLIM_INFINITY) {
+        assert_int_equal(json_integer_value(json_object_get(p, "LimitNOFILE")), (json_int_t)nofile.rlim_max);
+        assert_int_equal(json_integer_value(json_object_get(p, "LimitNOFILESoft")), (json_int_t)nofile.rlim_max);
+    }
     assert_string_equal(json_string_value(json_object_get(p, "StandardOutputFileToAppend")), logpath);
     assert_string_equal(json_string_value(json_object_get(p, "StandardErrorFileToAppend")), logpath);
     assert_true(strstr(json_string_value(json_object_get(p, "Description")), "sha256:0123") != NULL);
