@@ -1554,6 +1554,53 @@ void deploy_run(struct ctl_ctx *ctx, struct deploy *d)
 
 /* ---- recovery and supervision -------------------------------------------------------------- */
 
+/* A restore the daemon did not finish: put the moved data dir (and the manifest carry) back
+ * and start the current release on it. */
+static void recover_restore(struct ctl_ctx *ctx, struct deploy *d, json_t *steps, json_t *cur)
+{
+    struct ctl_config *cfg = ctx->cfg;
+    char err[CTL_ERR_LEN] = "";
+    const char *aside = NULL;
+    size_t k;
+    json_t *st;
+    json_array_foreach(steps, k, st) {
+        const char *n = json_string_value(json_object_get(st, "step"));
+        if (n && !strcmp(n, "restore.backup") && json_is_true(json_object_get(st, "ok")))
+            aside = json_string_value(json_object_get(json_object_get(st, "detail"), "path"));
+    }
+    struct stat sb;
+    if (!aside || stat(aside, &sb) != 0) {
+        rollback(ctx, d, cur, "the daemon restarted during a restore, before the data dir was moved", false);
+        return;
+    }
+    int64_t t0 = ctl_mono_ms();
+    int x = stop_instance(ctx, NULL, err);
+    char *failed = ctl_asprintf("%s.failed-restore-%s", cfg->runtime_data_dir, d->id);
+    if (x == 0 && stat(cfg->runtime_data_dir, &sb) == 0 && rename(cfg->runtime_data_dir, failed) < 0)
+        x = ctl_errf(err, "rename %s: %s", cfg->runtime_data_dir, strerror(errno));
+    if (x == 0 && rename(aside, cfg->runtime_data_dir) < 0)
+        x = ctl_errf(err, "rename %s back: %s", aside, strerror(errno));
+    size_t rl = 0;
+    char *reg = x == 0 ? backup_registry(ctx, d->id, &rl) : NULL;
+    if (reg) {
+        char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
+        x = ctl_write_file_atomic(rp, reg, rl, 0640, err);
+        free(rp);
+        free(reg);
+    }
+    step_done(ctx, d, "restore.put-back", t0, x == 0, x ? err : "the data dir is back as it was",
+              json_pack("{s:s,s:s}", "data_dir", cfg->runtime_data_dir, "failed_copy", failed));
+    free(failed);
+    if (x < 0) {
+        char *m = ctl_asprintf("the daemon restarted during a restore and could not put the data back: %s (moved "
+                               "data: %s)", err, aside);
+        deploy_end(ctx, d, "failed", m, NULL);
+        free(m);
+        return;
+    }
+    rollback(ctx, d, cur, "the daemon restarted during a restore; the data dir was put back", false);
+}
+
 void deploy_recover(struct ctl_ctx *ctx)
 {
     char path[4096], err[CTL_ERR_LEN];
@@ -1614,6 +1661,8 @@ void deploy_recover(struct ctl_ctx *ctx)
                              strcmp(json_string_value(json_object_get(cur, "digest")), digest) != 0;
             commit(ctx, d, cur, digest, d->image, NULL, mhash, NULL, restarted);
             deploy_end(ctx, d, "succeeded", "the daemon restarted after verification; finished", NULL);
+        } else if (!strcmp(d->kind, "restore")) {
+            recover_restore(ctx, d, steps, cur);
         } else if (!strcmp(d->kind, "apply")) {
             deploy_end(ctx, d, "failed",
                        destructive ? "the daemon restarted during apply; a destructive step may have been applied (backup kept)"

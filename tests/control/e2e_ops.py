@@ -271,6 +271,32 @@ def phase_backups(ctx):
     check(os.path.isdir(f"{c.data}.failed-restore-{d['id']}"), "the failed copy is kept for diagnosis")
     p = c.cli("restore", "d-nonesuch")
     check(p.returncode == 2 and "no backup 'd-nonesuch'" in p.stderr, "an unknown backup: refused", p.stderr)
+    # the daemon killed in the middle of a restore: its restart puts the data back
+    first_restore = [x for x in json.loads(c.cli("backups", "--json").stdout)["backups"] if x["path"] == aside]
+    jpath = f"{c.state}/journal"
+    mark = os.path.getsize(jpath)
+    bg = subprocess.Popen([E.CTL, "--config", c.cfg, "restore", first_restore[0]["id"]], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=c.env)
+    for _ in range(500):
+        with open(jpath) as f:
+            f.seek(mark)
+            if '"restore.backup"' in f.read():
+                break
+        time.sleep(0.01)
+    c.daemon.kill()
+    c.daemon.wait()
+    bg.communicate(timeout=60)
+    ended = '"deploy.end"' in open(jpath).read()[mark:]
+    c.start()
+    d = c.last(1)[0]
+    for _ in range(100):
+        if c.status()["instance"] and c.status()["instance"]["ready"]:
+            break
+        time.sleep(0.2)
+    if not ended:
+        check(d["status"] == "rolled_back" and "restore.put-back" in steps_of(d),
+              "the daemon killed mid-restore: on restart the moved data dir is put back", (d["status"], steps_of(d)))
+    check(c.views() == (5 if ended else 3), "the server runs on the data it should", (ended, c.row()))
     c.stop()
     c.kill_server()
 
