@@ -69,11 +69,19 @@ int beava_ping(const struct beava_ep *ep, int64_t *version, char *err)
 int beava_register(const struct beava_ep *ep, json_t *nodes, bool force, bool dry_run,
                    long *status, json_t **out, char *err)
 {
+    return beava_register_mode(ep, nodes, NULL, force, dry_run, status, out, err);
+}
+
+int beava_register_mode(const struct beava_ep *ep, json_t *nodes, const char *mode, bool force, bool dry_run,
+                        long *status, json_t **out, char *err)
+{
     char url[300], auth[600];
     const char *hdrs[2];
     snprintf(url, sizeof url, "http://%s/register", ep->http_addr);
     auth_headers(ep, auth, sizeof auth, hdrs);
     json_t *body = json_pack("{s:O,s:b,s:b}", "nodes", nodes, "force", force, "dry_run", dry_run);
+    if (mode)
+        json_object_set_new(body, "mode", json_string(mode));
     int rc = http_json("POST", url, body, hdrs, 60000, NULL, status, out, err);
     json_decref(body);
     return rc;

@@ -30,6 +30,10 @@ int beava_ping(const struct beava_ep *ep, int64_t *version, char *err);
  * parsed body (caller owns; NULL if not JSON). Transport errors return -1. */
 int beava_register(const struct beava_ep *ep, json_t *nodes, bool force, bool dry_run,
                    long *status, json_t **out, char *err);
+/* The same with the envelope's "mode" ("merge": descriptors not in nodes are kept; NULL:
+ * the server's default, replace). */
+int beava_register_mode(const struct beava_ep *ep, json_t *nodes, const char *mode, bool force, bool dry_run,
+                        long *status, json_t **out, char *err);
 /* Admin GET /registry -> version and node_count. */
 int beava_registry(const struct beava_ep *ep, int64_t *version, int64_t *count, char *err);
 /* POST /get {"table","key"}: *status gets the HTTP status. */

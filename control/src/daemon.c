@@ -324,6 +324,9 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
             return reply_err(r, c, 400, "bad_request", "manifests (an absolute path) is required");
         }
         d = deploy_new("apply", NULL, NULL, mpath, "cli");
+        d->adopt = json_is_true(json_object_get(body, "adopt"));
+        if (d->adopt)
+            json_object_set_new(d->rec, "adopt", json_true());
     } else if (!l->tcp && !strcmp(url, "/v1/rollback")) {
         const char *to = json_string_value(json_object_get(body, "to"));
         char digest[80] = "";

@@ -382,13 +382,32 @@ static char *diff_summary(json_t *diff)
     return s;
 }
 
+/* Descriptors adopted from a registry filled by hand (registry.json "adopted"): while there
+ * are any, every register uses mode merge so they are kept without being declared. */
+static json_t *adopted_names(struct ctl_ctx *ctx)
+{
+    json_t *reg = state_load(ctx->cfg->state_dir, "registry");
+    json_t *a = json_object_get(reg, "adopted");
+    json_t *out = json_is_array(a) ? json_incref(a) : json_array();
+    json_decref(reg);
+    return out;
+}
+
+static const char *register_mode(struct ctl_ctx *ctx)
+{
+    json_t *a = adopted_names(ctx);
+    bool merge = json_array_size(a) > 0;
+    json_decref(a);
+    return merge ? "merge" : NULL;
+}
+
 static int dry_run(struct ctl_ctx *ctx, json_t *nodes, json_t **diff, char *err)
 {
     struct beava_ep ep = endpoint(ctx);
     long status = 0;
     json_t *out = NULL;
     *diff = NULL;
-    if (beava_register(&ep, nodes, false, true, &status, &out, err) < 0)
+    if (beava_register_mode(&ep, nodes, register_mode(ctx), false, true, &status, &out, err) < 0)
         return -1;
     if (status != 200 || !json_is_object(json_object_get(out, "diff"))) {
         char *b = out ? json_dumps(out, JSON_COMPACT) : NULL;
@@ -540,7 +559,7 @@ static int apply_manifests(struct ctl_ctx *ctx, struct deploy *d, struct manifes
         }
         long status = 0;
         json_t *out = NULL;
-        if (beava_register(&ep, nodes, force, false, &status, &out, err) < 0 || status != 200) {
+        if (beava_register_mode(&ep, nodes, register_mode(ctx), force, false, &status, &out, err) < 0 || status != 200) {
             if (status) {
                 char *b = out ? json_dumps(out, JSON_COMPACT) : NULL;
                 ctl_errf(err, "register (%s): status %ld %s", m->id, status, b ? b : "");
@@ -561,13 +580,15 @@ static int apply_manifests(struct ctl_ctx *ctx, struct deploy *d, struct manifes
         free(sum);
         json_decref(out);
         json_decref(diff);
-        json_t *r = json_pack("{s:O,s:s,s:s}", "nodes", nodes, "manifests_hash", set->hash, "deploy", d->id);
+        json_t *r = json_pack("{s:O,s:s,s:s,s:o}", "nodes", nodes, "manifests_hash", set->hash, "deploy", d->id,
+                              "adopted", adopted_names(ctx));
         state_save(cfg->state_dir, "registry", r, err);
         json_decref(r);
         json_decref(*final_nodes);
         *final_nodes = nodes;
     }
-    json_t *r = json_pack("{s:O,s:s,s:s}", "nodes", *final_nodes, "manifests_hash", set->hash, "deploy", d->id);
+    json_t *r = json_pack("{s:O,s:s,s:s,s:o}", "nodes", *final_nodes, "manifests_hash", set->hash, "deploy", d->id,
+                          "adopted", adopted_names(ctx));
     rc = state_save(cfg->state_dir, "registry", r, err);
     json_decref(r);
 out:
@@ -593,9 +614,12 @@ static int verify(struct ctl_ctx *ctx, json_t *nodes, int64_t want_version, json
     if (want_version >= 0 && v != want_version)
         return ctl_errf(err, "registry_version is %lld, the last register answered %lld", (long long)v,
                         (long long)want_version);
-    if (nodes && (int64_t)json_array_size(nodes) != count)
-        return ctl_errf(err, "the server holds %lld descriptors, the manifests declare %zu", (long long)count,
-                        json_array_size(nodes));
+    json_t *adopted = adopted_names(ctx);
+    size_t n_adopted = json_array_size(adopted);
+    json_decref(adopted);
+    if (nodes && (int64_t)(json_array_size(nodes) + n_adopted) != count)
+        return ctl_errf(err, "the server holds %lld descriptors, the manifests declare %zu (and %zu adopted)",
+                        (long long)count, json_array_size(nodes), n_adopted);
     json_t *want = manifest_tables(nodes);
     size_t i;
     json_t *t;
@@ -1131,6 +1155,56 @@ out:
     free(keep);
 }
 
+/* apply --adopt: the descriptors the server holds that neither the manifests nor the
+ * carry declare are recorded as adopted (kept as they are, registers use mode merge). */
+static int adopt_descriptors(struct ctl_ctx *ctx, struct deploy *d, struct manifest_set *set, char *err)
+{
+    int64_t t0 = ctl_mono_ms();
+    struct beava_ep ep = endpoint(ctx);
+    long status = 0;
+    json_t *out = NULL, *none = json_array();
+    /* a merge of nothing changes nothing and names every registered descriptor */
+    int x = beava_register_mode(&ep, none, "merge", false, false, &status, &out, err);
+    json_decref(none);
+    if (x == 0 && (status != 200 || !json_is_array(json_object_get(out, "registered_descriptors"))))
+        x = ctl_errf(err, "the server did not list its descriptors (status %ld); its register may predate mode merge",
+                     status);
+    if (x < 0) {
+        step_done(ctx, d, "apply.adopt", t0, false, err, NULL);
+        json_decref(out);
+        return -1;
+    }
+    json_t *reg = state_load(ctx->cfg->state_dir, "registry");
+    json_t *carry = json_object_get(reg, "nodes");
+    json_t *adopted = adopted_names(ctx);
+    size_t i, j;
+    json_t *name, *n;
+    json_array_foreach(json_object_get(out, "registered_descriptors"), i, name) {
+        const char *nm = json_string_value(name);
+        bool declared = false;
+        json_array_foreach(set->all_nodes, j, n) declared = declared || !strcmp(json_string_value(json_object_get(n, "name")) ?: "", nm);
+        json_array_foreach(carry, j, n) declared = declared || !strcmp(json_string_value(json_object_get(n, "name")) ?: "", nm);
+        json_array_foreach(adopted, j, n) declared = declared || !strcmp(json_string_value(n), nm);
+        if (!declared)
+            json_array_append(adopted, name);
+    }
+    json_t *next = json_pack("{s:O,s:O}", "nodes", carry ? carry : json_array(), "adopted", adopted);
+    if (json_object_get(reg, "manifests_hash"))
+        json_object_set(next, "manifests_hash", json_object_get(reg, "manifests_hash"));
+    x = state_save(ctx->cfg->state_dir, "registry", next, err);
+    char *names = json_dumps(adopted, JSON_COMPACT);
+    char *msg = ctl_asprintf("%zu descriptor(s) registered by hand adopted as they are: %s (registers use mode "
+                             "merge from now on; declare them in a manifest to manage them)", json_array_size(adopted), names);
+    step_done(ctx, d, "apply.adopt", t0, x == 0, x ? err : msg, json_pack("{s:O}", "adopted", adopted));
+    free(msg);
+    free(names);
+    json_decref(next);
+    json_decref(adopted);
+    json_decref(reg);
+    json_decref(out);
+    return x;
+}
+
 static void run_apply(struct ctl_ctx *ctx, struct deploy *d)
 {
     char err[CTL_ERR_LEN];
@@ -1146,6 +1220,12 @@ static void run_apply(struct ctl_ctx *ctx, struct deploy *d)
     }
     step_done(ctx, d, "probe", t0, true, json_string_value(json_object_get(cur, "digest")), NULL);
     if (!(set = load_manifests(ctx, d, err))) {
+        char *m = ctl_asprintf("%s; nothing changed", err);
+        deploy_end(ctx, d, "failed", m, NULL);
+        free(m);
+        goto out;
+    }
+    if (d->adopt && adopt_descriptors(ctx, d, set, err) < 0) {
         char *m = ctl_asprintf("%s; nothing changed", err);
         deploy_end(ctx, d, "failed", m, NULL);
         free(m);

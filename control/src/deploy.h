@@ -43,6 +43,7 @@ struct deploy {
     char *manifests;      /* manifest dir/file (host path) or NULL for the configured default */
     char *source;         /* "cli", "trigger:<delivery>", "recovery" */
     char *target;         /* rollback: the release digest (NULL = previous); restore: backup id */
+    bool adopt;           /* apply --adopt: keep descriptors registered by hand */
     json_t *rec;          /* live record: {id, kind, image, status, message, steps[]} */
 };
 

@@ -34,7 +34,8 @@ static void usage(FILE *f)
             "  deploy IMAGE [--manifests DIR] [--revision SHA] [--wait]\n"
             "                                          deploy an image (tag or digest; 'local' for the\n"
             "                                          process runtime); --wait follows it to the end\n"
-            "  apply DIR                               apply pipeline manifests to the running server\n"
+            "  apply [--adopt] DIR                     apply pipeline manifests to the running server;\n"
+            "                                          --adopt keeps descriptors registered by hand\n"
             "  rollback [--to DIGEST|TAG|DEPLOY-ID]    go back to the previous (or the named) release\n"
             "  releases [--json]                       every release the journal knows\n"
             "  backups [--json]                        data dir copies and snapshots taken\n"
@@ -647,11 +648,12 @@ int main(int argc, char **argv)
             rc = submit(&cl, "/v1/deploys", body, wait);
         }
     } else if (!strcmp(cmd, "apply")) {
-        if (sargc != 2) {
-            fprintf(stderr, "usage: beava-control apply DIR\n");
+        bool adopt = sargc == 3 && !strcmp(sargv[1], "--adopt");
+        if (sargc != 2 && !adopt) {
+            fprintf(stderr, "usage: beava-control apply [--adopt] DIR\n");
         } else {
-            char *p = abspath(sargv[1]);
-            rc = submit(&cl, "/v1/apply", json_pack("{s:s}", "manifests", p), true);
+            char *p = abspath(sargv[sargc - 1]);
+            rc = submit(&cl, "/v1/apply", json_pack("{s:s,s:b}", "manifests", p, "adopt", adopt), true);
             free(p);
         }
     } else if (!strcmp(cmd, "rollback")) {

@@ -827,8 +827,9 @@ int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *d
     }
     if (undeclared)
         return ctl_errf(err, "the server holds %zu descriptor(s) that no manifest declares (registered by hand, not by "
-                        "beava-control?): %s; taking over refused, nothing changed. Adopt them by declaring them in a "
-                        "manifest of their own, or drop them by listing them under remove: in a manifest with "
+                        "beava-control?): %s; taking over refused, nothing changed. Adopt them as they are with "
+                        "`beava-control apply --adopt DIR` (they are kept; registers use mode merge), or declare them "
+                        "in a manifest of their own, or drop them by listing them under remove: in a manifest with "
                         "allow_destructive: true", undeclared, names);
     json_array_foreach(destructive, i, entry) {
         char owner[256];

@@ -427,6 +427,16 @@ def phase_manifests(ctx):
     check(p.returncode != 0 and "no manifest declares" in p.stdout and "HandMade" in p.stdout and
           "taking over refused" in p.stdout and "Adopt them" in p.stdout,
           "taking over a hand-filled registry: refused, naming the descriptors and how to adopt them", p.stdout)
+    check("apply --adopt" in p.stdout, "the refusal names `apply --adopt`", p.stdout)
+    p = h.cli("apply", "--adopt", only_site)
+    d = h.last(1)[0]
+    ad = step(d, "apply.adopt") or {}
+    check(p.returncode == 0 and ad.get("detail", {}).get("adopted") == ["HandMade"],
+          "apply --adopt: the hand-made descriptor adopted as it is, the manifests applied", p.stdout)
+    check(h.registry_version()["node_count"] == 3 and h.row()[0] == 200, "the server holds both, SiteMetrics answers",
+          h.registry_version())
+    p = h.cli("apply", only_site)
+    check(p.returncode == 0, "a later apply keeps the adopted descriptor (mode merge)", p.stdout)
     h.stop()
     h.kill_server()
 
