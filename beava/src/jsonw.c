@@ -198,6 +198,8 @@ static void put_u64(bv_buf *b, uint64_t v, bool neg) {
     b->data[b->len] = 0;
 }
 
+void bv_buf_put_u64(bv_buf *b, uint64_t v) { put_u64(b, v, false); }
+
 void jsonw_i64(jsonw *w, int64_t v) {
     jsonw_sep(w);
     put_u64(w->out, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, v < 0);

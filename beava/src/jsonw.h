@@ -33,6 +33,7 @@ void bv_buf_puts(bv_buf *b, const char *s);
 void bv_buf_putc(bv_buf *b, char c);
 void bv_buf_printf(bv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 char *bv_buf_steal(bv_buf *b);          /* NUL-terminated; buffer is reset */
+void bv_buf_put_u64(bv_buf *b, uint64_t v);   /* decimal */
 
 /* Format a double the way the wire wants it (shortest round trip, ".0" kept, ryu exponent
  * style). Non-finite values produce "null". Returns the length written (buf >= 32 bytes). */

@@ -19,6 +19,14 @@ from harness import Beava, main
 from test_tcp import PIPE, Conn, frame, mp_pack
 
 
+def tcp_addr(b, timeout=10):
+    """The TCP listener's address (its log line may come just after the HTTP one)."""
+    deadline = time.time() + timeout
+    while "server.tcp_bound" not in b.bound and time.time() < deadline:
+        time.sleep(0.02)
+    return b.bound["server.tcp_bound"]
+
+
 def shard_of(b, table, key):
     st, _, body = b.raw("POST", "/debug/shard-of", {"table": table, "key": key}, which="admin")
     assert st == 200, body
@@ -50,7 +58,7 @@ class PausedShard(unittest.TestCase):
             st, _, _ = b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": True}, which="admin")
             self.assertEqual(st, 200)
             try:
-                addr = b.bound["server.tcp_bound"]
+                addr = tcp_addr(b)
                 stuck = Conn(addr)
                 stuck.send(b"".join(push_frame(k0, i) for i in range(40)))   # 16 fit, 24 overloaded
                 time.sleep(0.3)
@@ -84,7 +92,7 @@ class Fifo(unittest.TestCase):
     def test_pipelined_frames_over_all_shards_answer_in_order(self):
         with Beava(test_mode=True, args=["--shards", "2"]) as b:
             self.assertEqual(b.register(PIPE)[0], 200)
-            c = Conn(b.bound["server.tcp_bound"])
+            c = Conn(tcp_addr(b))
             users = ["u%d" % i for i in range(37)]
             seq, expect, counts = [], [], {}
             for i in range(1500):
@@ -108,7 +116,7 @@ class Fifo(unittest.TestCase):
                     self.assertGreater(body["ack_lsn"], last)
                     last = body["ack_lsn"]
             # read-your-writes from another connection
-            c2 = Conn(b.bound["server.tcp_bound"])
+            c2 = Conn(tcp_addr(b))
             for u in users:
                 op, _, row = c2.call(0x0020, {"table": "PerUser", "key": u})
                 self.assertEqual(row.get("clicks", 0), counts.get(u, 0))
@@ -117,7 +125,7 @@ class Fifo(unittest.TestCase):
 class Limits(unittest.TestCase):
     def test_connection_cap(self):
         with Beava(env={"BEAVA_TCP_MAX_CONNECTIONS": "4"}) as b:
-            addr = b.bound["server.tcp_bound"]
+            addr = tcp_addr(b)
             held = [Conn(addr) for _ in range(4)]
             for c in held:
                 self.assertEqual(c.call(0x0000, {})[0], 0x0000)
@@ -132,7 +140,7 @@ class Limits(unittest.TestCase):
 
     def test_idle_timeout_and_frame_deadline(self):
         with Beava(env={"BEAVA_TCP_IDLE_TIMEOUT_S": "1", "BEAVA_TCP_FRAME_TIMEOUT_MS": "500"}) as b:
-            addr = b.bound["server.tcp_bound"]
+            addr = tcp_addr(b)
             idle = Conn(addr)
             self.assertEqual(idle.call(0x0000, {})[0], 0x0000)
             slow = Conn(addr)
@@ -148,7 +156,7 @@ class Limits(unittest.TestCase):
 
     def test_partial_frame_budget(self):
         with Beava(env={"BEAVA_PARTIAL_BODY_BUDGET_BYTES": str(7 << 19), "BEAVA_TCP_MAX_FRAME_BYTES": str(4 << 20)}) as b:
-            addr = b.bound["server.tcp_bound"]
+            addr = tcp_addr(b)
             conns = []
             refused = 0
             for i in range(4):
@@ -173,6 +181,26 @@ class Limits(unittest.TestCase):
                 fresh.s.recv(1)
 
 
+class Utf8(unittest.TestCase):
+    def test_msgpack_strings_are_checked_like_json(self):
+        with Beava(test_mode=True) as b:
+            self.assertEqual(b.register(PIPE)[0], 200)
+            c = Conn(tcp_addr(b))
+            # {"event":"Click","body":{"\xff\xfe":1}} with a raw, invalid UTF-8 key
+            bad_key = b"\x82\xa5event\xa5Click\xa4body\x81\xa2\xff\xfe\x01"
+            c.send(frame(0x0010, 2, bad_key))
+            op, ct, body = c.recv_frame()           # recv_frame json-decodes: the body is valid JSON
+            self.assertEqual((op, body["error"]["code"]), (0xFFFF, "invalid_utf8"))
+            self.assertIn("body", body["error"]["message"])
+            bad_value = b"\x82\xa5event\xa5Click\xa4body\x82\xa4user\xa2\xc3\x28\xa1n\x01"
+            c.send(frame(0x0010, 2, bad_value))
+            op, ct, body = c.recv_frame()
+            self.assertEqual((op, body["error"]["code"]), (0xFFFF, "invalid_utf8"))
+            # nothing was applied, and the connection goes on
+            self.assertEqual(c.call(0x0020, {"table": "PerUser", "key": "x"})[0], 0x0023)
+            self.assertEqual(c.call(0x0000, {})[0], 0x0000)
+
+
 class Auth(unittest.TestCase):
     def test_register_and_reset_need_the_token_on_tcp(self):
         with tempfile.TemporaryDirectory() as d:
@@ -180,7 +208,7 @@ class Auth(unittest.TestCase):
             with open(tok, "w") as f:
                 f.write("s3cret-token-0123456789\n")
             with Beava(test_mode=True, env={"BEAVA_ADMIN_TOKEN_FILE": tok}) as b:
-                c = Conn(b.bound["server.tcp_bound"])
+                c = Conn(tcp_addr(b))
                 evil = {"nodes": [{"kind": "event", "name": "Evil", "schema": {"fields": {"a": "str"}}}], "force": True}
                 op, _, body = c.call(0x0001, evil)
                 self.assertEqual((op, body["error"]["code"]), (0xFFFF, "unauthorized"))
@@ -196,7 +224,7 @@ class Auth(unittest.TestCase):
                 op, _, body = c.call(0x0001, PIPE)
                 self.assertEqual((op, body["registry_version"]), (0x0001, 1))
                 # another connection has not authenticated
-                c2 = Conn(b.bound["server.tcp_bound"])
+                c2 = Conn(tcp_addr(b))
                 self.assertEqual(c2.call(0x0040, {})[2]["error"]["code"], "unauthorized")
                 # pushes and reads stay open
                 self.assertEqual(c2.call(0x0010, {"event": "Click", "body": {"user": "x", "n": 1}})[0], 0x0010)
@@ -209,7 +237,7 @@ class Replay(unittest.TestCase):
             b = Beava(memory_only=False, data_dir=d, test_mode=True, env=env).start()
             try:
                 self.assertEqual(b.register(PIPE)[0], 200)
-                c = Conn(b.bound["server.tcp_bound"])
+                c = Conn(tcp_addr(b))
                 c.send(b"".join(push_frame("r%d" % (i % 53), i) for i in range(3000)))
                 for _ in range(3000):
                     self.assertEqual(c.recv_frame()[0], 0x0010)
@@ -221,6 +249,14 @@ class Replay(unittest.TestCase):
                 users = ["r%d" % i for i in range(53)] + ["h%d" % i for i in range(7)] + ["m%d" % i for i in range(11)]
                 live = {u: b.get("PerUser", u)[1] for u in users}
                 version = c.call(0x0000, {})[2]["registry_version"]
+                # batch durability: wait until every record is on disk, then kill -9
+                deadline = time.time() + 30
+                while time.time() < deadline:
+                    text = b.raw("GET", "/metrics", which="admin")[2].decode()
+                    m = dict(l.split(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))
+                    if m.get("beava_wal_durable_lsn") == m.get("beava_wal_records_total"):
+                        break
+                    time.sleep(0.05)
                 b.stop(sig=9)
             finally:
                 if b.proc and b.proc.poll() is None:

@@ -122,7 +122,8 @@ engine *engine_new(const engine_options *opts) {
     e->dedupe_purge_at = DEDUPE_PURGE_MIN;
     registry_options ro = { .memory_gov_enforce = opts->memory_gov_enforce };
     e->reg = registry_new(&ro);
-    e->pool = shard_pool_new(e->nshards, opts->queue_capacity ? opts->queue_capacity : 4096);
+    static const shard_prefetch prefetch = { push_part_prefetch, push_part_prefetch_entity };
+    e->pool = shard_pool_new(e->nshards, opts->queue_capacity ? opts->queue_capacity : 4096, &prefetch);
     if (!e->reg || !e->pool) {
         engine_free(e);
         return NULL;

@@ -107,6 +107,9 @@ int push_durability_start(engine *e);
 void push_durability_stop(engine *e);
 /* Replay one event record (no logging; inline apply). */
 int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen);
+/* Memory hints for a queued part (shard.h's prefetch hooks). */
+void push_part_prefetch(void *arg);
+void push_part_prefetch_entity(void *arg);
 /* Recovery is over: free its scratch. */
 void push_replay_done(engine *e);
 

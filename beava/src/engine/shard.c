@@ -27,6 +27,7 @@ typedef struct shard {
     bool inflight, paused, stopping, waiting;
     pthread_mutex_t smu;         /* state: stores and ctx */
     shard_ctx ctx;
+    shard_prefetch prefetch;
 } shard;
 
 struct shard_pool {
@@ -57,7 +58,14 @@ static void *shard_main(void *arg) {
         pthread_cond_broadcast(&s->idle_cv);           /* room was made */
         pthread_mutex_unlock(&s->qmu);
         pthread_mutex_lock(&s->smu);
-        for (size_t i = 0; i < n; i++) run[i].apply(&s->ctx, run[i].arg);
+        if (s->prefetch.early)
+            for (size_t i = 0; i < n && i < 2 * SHARD_PREFETCH_STRIDE; i++) s->prefetch.early(run[i].arg);
+        for (size_t i = 0; i < n; i++) {
+            if (s->prefetch.early && i + 2 * SHARD_PREFETCH_STRIDE < n)
+                s->prefetch.early(run[i + 2 * SHARD_PREFETCH_STRIDE].arg);
+            if (s->prefetch.late && i + SHARD_PREFETCH_STRIDE < n) s->prefetch.late(run[i + SHARD_PREFETCH_STRIDE].arg);
+            run[i].apply(&s->ctx, run[i].arg);
+        }
         pthread_mutex_unlock(&s->smu);
         for (size_t i = 0; i < n; i++)
             if (run[i].post) run[i].post(&s->ctx, run[i].arg);
@@ -69,7 +77,7 @@ static void *shard_main(void *arg) {
     return NULL;
 }
 
-shard_pool *shard_pool_new(unsigned n, size_t capacity) {
+shard_pool *shard_pool_new(unsigned n, size_t capacity, const shard_prefetch *prefetch) {
     if (n == 0 || n > SHARD_MAX || capacity == 0) return NULL;
     shard_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
@@ -87,6 +95,7 @@ shard_pool *shard_pool_new(unsigned n, size_t capacity) {
         pthread_cond_init(&s->idle_cv, NULL);
         s->ctx.index = i;
         s->capacity = capacity;
+        if (prefetch) s->prefetch = *prefetch;
         s->ring = calloc(capacity, sizeof *s->ring);
         if (!s->ring) {
             shard_pool_free(p);

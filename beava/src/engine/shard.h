@@ -47,12 +47,21 @@ typedef struct shard_ctx {
 
 typedef void (*shard_fn)(shard_ctx *ctx, void *arg);
 
+/* Optional memory hints run a few tasks ahead of the one being applied (the engine
+ * prefetches the entity index slot, then the entity, of a queued part). */
+typedef struct shard_prefetch {
+    void (*early)(void *arg);    /* two strides ahead */
+    void (*late)(void *arg);     /* one stride ahead */
+} shard_prefetch;
+
+#define SHARD_PREFETCH_STRIDE 4
+
 typedef struct shard_pool shard_pool;
 
 /* Create n shards with rings of `capacity` tasks. No thread runs yet: until
  * shard_pool_run(), every try_inline succeeds (recovery applies on the caller's thread).
- * NULL on failure. */
-shard_pool *shard_pool_new(unsigned n, size_t capacity);
+ * prefetch may be NULL. NULL on failure. */
+shard_pool *shard_pool_new(unsigned n, size_t capacity, const shard_prefetch *prefetch);
 int shard_pool_run(shard_pool *p);            /* start the threads; 0 or -1 */
 void shard_pool_free(shard_pool *p);          /* runs what is queued, joins, frees */
 

@@ -53,6 +53,19 @@ static inline size_t entity_alloc_size(uint32_t key_len, size_t row_size) {
 
 uint64_t store_hash(const char *key, size_t len);
 
+/* Prefetch hints for a lookup of `hash` a little later: its home slot, then (once the
+ * slot is in cache) the entity it points to. Applying a run of events, the caller
+ * prefetches a few events ahead so the two dependent cache misses of each lookup overlap
+ * with the work on the events before it. */
+static inline void store_prefetch_slot(const entity_store *s, uint64_t hash) {
+    if (s->cap) __builtin_prefetch(&s->slots[hash & (s->cap - 1)]);
+}
+static inline void store_prefetch_entity(const entity_store *s, uint64_t hash) {
+    if (!s->cap) return;
+    const store_slot *sl = &s->slots[hash & (s->cap - 1)];
+    if (sl->e && sl->hash == hash) __builtin_prefetch(sl->e);
+}
+
 void store_init(entity_store *s);
 /* Frees the index and every entity allocation; the caller must have destroyed the
  * feature states first (store_foreach). */

@@ -42,12 +42,14 @@ static json_t *from_object(const msgpack_object *o, int depth, char *err, size_t
                 return NULL;
             }
             char key[1024];
-            if (kv->key.via.str.size >= sizeof key || memchr(kv->key.via.str.ptr, 0, kv->key.via.str.size)) {
+            /* an empty key comes with ptr == NULL: no memchr/memcpy on it (UB even for 0 bytes) */
+            size_t kn = kv->key.via.str.size;
+            if (kn >= sizeof key || (kn && memchr(kv->key.via.str.ptr, 0, kn))) {
                 snprintf(err, errlen, "msgpack map key %u is too long or contains NUL", i);
                 json_decref(m);
                 return NULL;
             }
-            memcpy(key, kv->key.via.str.ptr, kv->key.via.str.size);
+            if (kn) memcpy(key, kv->key.via.str.ptr, kn);
             key[kv->key.via.str.size] = 0;
             json_t *v = from_object(&kv->val, depth + 1, err, errlen);
             if (!v) { json_decref(m); return NULL; }

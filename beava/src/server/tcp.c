@@ -50,6 +50,7 @@
 
 #include "http.h"
 #include "mpjson.h"
+#include "rowdec.h"
 
 #define TCP_WBUF_HIGH (16u << 20)
 #define TCP_READ_CHUNK 65536
@@ -57,15 +58,21 @@
 #define TCP_PARTIAL_FREE (64u << 10)          /* a partial frame this small is not counted */
 #define TCP_TOKEN_MAX 4096
 
-/* The pushes of one batch: items, their rows and the decoded envelopes the rows borrow
- * from, and how each is answered. Reused batch after batch. */
+/* How one pushed frame is answered when the engine has not seen it. */
+typedef enum { ANSWER_ENGINE = 0, ANSWER_UNSUPPORTED, ANSWER_UTF8 } tcp_answer;
+
+/* The pushes of one batch: items, their rows (decoded by `dec` straight from the read
+ * buffer, which is not touched while the batch is in flight), and how each is answered.
+ * Reused batch after batch. */
 typedef struct tcp_pushes {
     engine_batch batch;
+    rowdec dec;
     engine_push_item *items;
-    bv_row *rows;
+    rowdec_push *rows;
     uint16_t *ops;             /* reply op per item (push runs) */
-    json_t **docs;             /* decoded frames (owned) */
-    size_t n, cap, ndocs, docs_cap;
+    uint8_t *answer;           /* tcp_answer per item */
+    char **errs;               /* ANSWER_UTF8: the decoder's message (dec's arena) */
+    size_t n, cap;
     bool many;                 /* one OP_PUSH_MANY frame */
 } tcp_pushes;
 
@@ -192,110 +199,125 @@ static json_t *decode_payload(uint8_t ct, const char *p, size_t n, char *err, si
     return j;
 }
 
-/* The push envelope: JSON object with string `event` and a `body`; msgpack: a map of
- * exactly those two keys. Returns false when unusable. */
-static bool push_envelope(uint8_t ct, const json_t *env, const json_t **event, const json_t **body) {
-    if (!json_is_object(env)) return false;
-    *event = json_object_get(env, "event");
-    *body = json_object_get(env, "body");
-    if (!json_is_string(*event) || !*body) return false;
-    if (ct == TCP_CT_MSGPACK && json_object_size(env) != 2) return false;
-    return true;
-}
 
 
 /* ---- pushes ---------------------------------------------------------------------------- */
 
+static void pushes_init(tcp_pushes *tp) {
+    memset(tp, 0, sizeof *tp);
+    engine_batch_init(&tp->batch);
+    rowdec_init(&tp->dec);
+}
+
 static void pushes_reset(tcp_pushes *tp) {
-    for (size_t i = 0; i < tp->n; i++) free(tp->rows[i].fields);
-    for (size_t i = 0; i < tp->ndocs; i++) json_decref(tp->docs[i]);
+    rowdec_reset(&tp->dec);
     tp->n = 0;
-    tp->ndocs = 0;
     tp->many = false;
 }
 
 static void pushes_free(tcp_pushes *tp) {
-    pushes_reset(tp);
     engine_batch_free(&tp->batch);
+    rowdec_free(&tp->dec);
     free(tp->items);
     free(tp->rows);
     free(tp->ops);
-    free(tp->docs);
+    free(tp->answer);
+    free(tp->errs);
 }
 
-static void keep_doc(tcp_pushes *tp, json_t *doc) {
-    if (tp->ndocs == tp->docs_cap) {
-        size_t cap = tp->docs_cap ? tp->docs_cap * 2 : 64;
-        json_t **d = realloc(tp->docs, cap * sizeof *d);
-        if (!d) abort();
-        tp->docs = d;
-        tp->docs_cap = cap;
-    }
-    tp->docs[tp->ndocs++] = doc;
-}
-
-static engine_push_item *new_item(tcp_pushes *tp, uint16_t op) {
+static size_t new_item(tcp_pushes *tp, uint16_t op) {
     if (tp->n == tp->cap) {
         size_t cap = tp->cap ? tp->cap * 2 : 64;
         engine_push_item *it = realloc(tp->items, cap * sizeof *it);
-        bv_row *rows = realloc(tp->rows, cap * sizeof *rows);
+        rowdec_push *rows = realloc(tp->rows, cap * sizeof *rows);
         uint16_t *ops = realloc(tp->ops, cap * sizeof *ops);
-        if (!it || !rows || !ops) abort();
+        uint8_t *answer = realloc(tp->answer, cap * sizeof *answer);
+        char **errs = realloc(tp->errs, cap * sizeof *errs);
+        if (!it || !rows || !ops || !answer || !errs) abort();
         tp->items = it;
         tp->rows = rows;
         tp->ops = ops;
+        tp->answer = answer;
+        tp->errs = errs;
         tp->cap = cap;
     }
     size_t i = tp->n++;
     memset(&tp->rows[i], 0, sizeof tp->rows[i]);
     memset(&tp->items[i], 0, sizeof tp->items[i]);
     tp->ops[i] = op;
-    return &tp->items[i];
+    tp->answer[i] = ANSWER_UNSUPPORTED;
+    tp->errs[i] = NULL;
+    return i;
 }
 
-/* Add one push envelope (already decoded) as an item. */
-static void add_envelope(tcp_pushes *tp, uint16_t op, uint8_t ct, const json_t *env, bool sync) {
-    const json_t *event, *body;
-    size_t i = tp->n;
-    engine_push_item *it = new_item(tp, op);
-    if (!env || !push_envelope(ct, env, &event, &body)) return;     /* event NULL: unsupported */
-    engine_item_from_json(it, &tp->rows[i], json_string_value(event), json_string_length(event), body);
+/* Item i from its decoded push (rows[i]). */
+static void item_from_row(tcp_pushes *tp, size_t i, bool sync) {
+    rowdec_push *rp = &tp->rows[i];
+    engine_push_item *it = &tp->items[i];
+    if (!rp->event) return;                                   /* unsupported */
+    it->event = rp->event;
+    it->event_len = rp->event_len;
+    it->data_is_object = rp->data_is_object;
+    it->data_kind = rp->data_kind;
+    it->has_control_char = rp->has_control_char;
     it->sync = sync;
+    tp->answer[i] = ANSWER_ENGINE;
+}
+
+/* A decode failure of item i: invalid UTF-8 is named; everything else is the
+ * reference's {"code":"unsupported"}. */
+static void item_failed(tcp_pushes *tp, size_t i, int rc, const char *err) {
+    tp->items[i].event = NULL;
+    if (rc == ROWDEC_EUTF8) {
+        tp->answer[i] = ANSWER_UTF8;
+        size_t l = strlen(err);
+        tp->errs[i] = arena_dup(&tp->dec.mem, err, l + 1);
+    }
 }
 
 /* Decode one OP_PUSH / OP_PUSH_SYNC frame into the next item. */
 static void add_push_frame(tcp_pushes *tp, const bv_config *cfg, uint16_t op, uint8_t ct, const char *p, size_t n) {
-    char err[128];
-    json_t *env = decode_payload(ct, p, n, err, sizeof err);
-    if (env) keep_doc(tp, env);
-    add_envelope(tp, op, ct, env, op == TCP_OP_PUSH_SYNC || cfg->durability == DURABILITY_SYNC);
+    char err[256];
+    size_t i = new_item(tp, op);
+    int rc = ct == TCP_CT_MSGPACK ? rowdec_msgpack_push(&tp->dec, p, n, &tp->rows[i], err, sizeof err)
+                                  : rowdec_json_push_tcp(&tp->dec, p, n, &tp->rows[i], err, sizeof err);
+    if (rc != ROWDEC_OK) {
+        item_failed(tp, i, rc, err);
+        return;
+    }
+    item_from_row(tp, i, op == TCP_OP_PUSH_SYNC || cfg->durability == DURABILITY_SYNC);
 }
 
 /* Decode an OP_PUSH_MANY frame. False: the frame as a whole is refused (error written). */
 static bool add_many_frame(tcp_pushes *tp, const bv_config *cfg, uint8_t ct, const char *p, size_t n, bv_buf *out) {
     char err[256];
-    json_t *root = decode_payload(ct, p, n, err, sizeof err);
-    json_t *events = json_is_object(root) ? json_object_get(root, "events") : NULL;
-    if (!json_is_array(events)) {
-        json_decref(root);
-        put_unsupported(out);
-        return false;
-    }
-    if (json_array_size(events) > TCP_PUSH_MANY_MAX) {
-        json_decref(root);
+    rowdec_batch rb;
+    int rc = ct == TCP_CT_MSGPACK ? rowdec_msgpack_push_many(&tp->dec, p, n, TCP_PUSH_MANY_MAX, &rb, err, sizeof err)
+                                  : rowdec_json_push_many(&tp->dec, p, n, TCP_PUSH_MANY_MAX, &rb, err, sizeof err);
+    if (rc == ROWDEC_ETOOMANY) {
         put_error(out, "batch_too_large", "OP_PUSH_MANY takes at most 10000 events", "limit", TCP_PUSH_MANY_MAX);
         return false;
     }
-    keep_doc(tp, root);
+    if (rc == ROWDEC_EUTF8) {
+        put_error(out, "invalid_utf8", err, NULL, 0);
+        return false;
+    }
+    if (rc != ROWDEC_OK) {
+        put_unsupported(out);
+        return false;
+    }
     tp->many = true;
-    for (size_t i = 0; i < json_array_size(events); i++)
-        add_envelope(tp, TCP_OP_PUSH_MANY, TCP_CT_JSON, json_array_get(events, i), cfg->durability == DURABILITY_SYNC);
+    for (size_t k = 0; k < rb.n; k++) {
+        size_t i = new_item(tp, TCP_OP_PUSH_MANY);
+        tp->rows[i] = rb.items[k];
+        item_from_row(tp, i, cfg->durability == DURABILITY_SYNC);
+    }
     return true;
 }
 
 /* Point every item at its row (the arrays may have moved while they grew). */
 static void pushes_seal(tcp_pushes *tp) {
-    for (size_t i = 0; i < tp->n; i++) tp->items[i].row = &tp->rows[i];
+    for (size_t i = 0; i < tp->n; i++) tp->items[i].row = &tp->rows[i].row;
     tp->batch.items = tp->items;
     tp->batch.n = tp->n;
 }
@@ -312,11 +334,15 @@ static void pushes_render(tcp_pushes *tp, bv_buf *out) {
         engine_push_item *it = &tp->items[i];
         if (tp->many) {
             if (i) bv_buf_putc(&b, ',');
-            if (!it->event) bv_buf_puts(&b, "{\"code\":\"unsupported\"}");
+            if (tp->answer[i] != ANSWER_ENGINE) bv_buf_puts(&b, "{\"code\":\"unsupported\"}");
             else engine_push_body(&it->res, TRANSPORT_TCP, &b);
             continue;
         }
-        if (!it->event) {
+        if (tp->answer[i] == ANSWER_UTF8) {
+            put_error(out, "invalid_utf8", tp->errs[i], NULL, 0);
+            continue;
+        }
+        if (tp->answer[i] != ANSWER_ENGINE) {
             put_unsupported(out);
             continue;
         }
@@ -429,8 +455,7 @@ bool tcp_handle_frame(engine *eng, const bv_config *cfg, const char *admin_token
             break;
         }
         tcp_pushes tp;
-        memset(&tp, 0, sizeof tp);
-        engine_batch_init(&tp.batch);
+        pushes_init(&tp);
         bool ok = true;
         if (op == TCP_OP_PUSH_MANY) ok = add_many_frame(&tp, cfg, ct, p, n, out);
         else add_push_frame(&tp, cfg, op, ct, p, n);
@@ -747,7 +772,7 @@ static void accept_all(tcp_worker *w) {
         c->last_ms = mono_ms();
         bv_buf_init(&c->rbuf);
         bv_buf_init(&c->wbuf);
-        engine_batch_init(&c->pushes.batch);
+        pushes_init(&c->pushes);
         c->next = w->conns;
         if (w->conns) w->conns->prev = c;
         w->conns = c;
@@ -787,6 +812,11 @@ static void sweep_timeouts(tcp_worker *w) {
     for (tcp_conn *c = w->conns, *next; c; c = next) {
         next = c->next;
         if (c->busy) continue;
+        if (now - c->last_ms > 1000 && c->pushes.dec.mem.head) {
+            /* a quiet connection keeps no decoder memory (10,000 idle clients x 64 KiB) */
+            rowdec_free(&c->pushes.dec);
+            rowdec_init(&c->pushes.dec);
+        }
         bool slow_frame = c->frame_ms && now - c->frame_ms > (int64_t)s->cfg->tcp_frame_timeout_ms;
         bool idle = idle_ms && c->wpos == c->wbuf.len && now - c->last_ms > (int64_t)idle_ms;
         if (!slow_frame && !idle) continue;
