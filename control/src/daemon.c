@@ -82,7 +82,7 @@ static enum MHD_Result reply(struct req *rq, struct MHD_Connection *c, unsigned 
 static enum MHD_Result reply_err(struct req *rq, struct MHD_Connection *c, unsigned int status, const char *code,
                                   const char *msg)
 {
-    snprintf(rq->reason, sizeof rq->reason, "%s: %s", code, msg);
+    snprintf(rq->reason, sizeof rq->reason, "%.40s: %.200s", code, msg); /* the log keeps the head */
     return reply(rq, c, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
 }
 

@@ -240,9 +240,9 @@ static void short_image(const char *image, const char *digest, char *out, size_t
         *at = 0;
     const char *name = strrchr(ref, '/') ? strrchr(ref, '/') + 1 : ref;
     if (digest && !strncmp(digest, "sha256:", 7))
-        snprintf(out, len, "%s%s%.19s", name, *name ? "@" : "", digest);
+        snprintf(out, len, "%.200s%s%.19s", name, *name ? "@" : "", digest);
     else
-        snprintf(out, len, "%s", *name ? name : "-");
+        snprintf(out, len, "%.200s", *name ? name : "-");
 }
 
 /* Seconds between two RFC 3339 UTC timestamps written by the daemon (-1 if unknown). */

@@ -39,7 +39,7 @@ static void sign(const struct notifier *n, const char *ts, const char *body, cha
     free(msg);
     char hex[2 * EVP_MAX_MD_SIZE + 1];
     ctl_hex(mac, len, hex);
-    snprintf(out, outlen, "X-Beava-Signature-256: sha256=%s", hex);
+    snprintf(out, outlen, "X-Beava-Signature-256: sha256=%.64s", hex); /* SHA-256: 64 hex digits */
 }
 
 /* One attempt: 0 on a 2xx answer, else -1 with why. */
