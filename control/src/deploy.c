@@ -728,16 +728,18 @@ static void rollback(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const c
 
 struct aged {
     char name[256];
-    time_t mtime;
+    long long mtime_ns;
+    bool pinned;
 };
 
 static int cmp_aged(const void *a, const void *b)
 {
     const struct aged *x = a, *y = b;
-    return x->mtime < y->mtime ? 1 : (x->mtime > y->mtime ? -1 : strcmp(x->name, y->name));
+    return x->mtime_ns < y->mtime_ns ? 1 : (x->mtime_ns > y->mtime_ns ? -1 : strcmp(x->name, y->name));
 }
 
-/* Keep the newest `keep` entries of dir plus the names in `pinned`. */
+/* Keep `keep` entries of dir: the pinned ones (names containing one of `pinned`) always,
+ * then the newest others; remove the rest. */
 static void gc_dir(const char *dir, long keep, const char *const *pinned)
 {
     DIR *dd = opendir(dir);
@@ -746,6 +748,7 @@ static void gc_dir(const char *dir, long keep, const char *const *pinned)
     struct aged *v = NULL;
     size_t n = 0;
     struct dirent *e;
+    long kept = 0;
     while ((e = readdir(dd))) {
         if (e->d_name[0] == '.' || strlen(e->d_name) >= 256)
             continue;
@@ -756,20 +759,26 @@ static void gc_dir(const char *dir, long keep, const char *const *pinned)
             if (!v)
                 abort();
             snprintf(v[n].name, sizeof v[n].name, "%s", e->d_name);
-            v[n++].mtime = st.st_mtime;
+            v[n].mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+            v[n].pinned = false;
+            for (const char *const *pp = pinned; *pp; pp++)
+                if (strstr(v[n].name, *pp))
+                    v[n].pinned = true;
+            kept += v[n].pinned;
+            n++;
         }
         free(p);
     }
     closedir(dd);
     if (n)
         qsort(v, n, sizeof *v, cmp_aged);
-    for (size_t i = (size_t)keep; i < n; i++) {
-        bool pin = false;
-        for (const char *const *p = pinned; *p; p++)
-            if (strstr(v[i].name, *p))
-                pin = true;
-        if (pin)
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].pinned)
             continue;
+        if (kept < keep) {
+            kept++;
+            continue;
+        }
         char *p = ctl_asprintf("%s/%s", dir, v[i].name);
         char err[CTL_ERR_LEN];
         ctl_rmtree(p, err);
