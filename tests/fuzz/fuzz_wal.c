@@ -6,7 +6,10 @@
  * satisfy these invariants (abort() otherwise):
  *  - replayed LSNs are strictly increasing and the stats agree with the callback;
  *  - after a successful recovery and one append, a second recovery of the same dir has
- *    nothing left to truncate and finds exactly one more record, the one appended.
+ *    nothing left to truncate and finds exactly one more record, the one appended;
+ *  - a recovery refused for a gap (missing LSNs, see wal.h) leaves the WAL directory
+ *    byte for byte as it was; with accept_gaps (top bit of the first byte) it is never
+ *    refused for one, without it a successful recovery found none.
  *
  * The first input byte picks how the rest is laid out:
  *  0  raw: the bytes are the whole segment file (exercises header parsing);
@@ -21,6 +24,7 @@
  *        -Ibeava/src -Ibeava/src/server tests/fuzz/fuzz_wal.c beava/src/server/wal.c
  *        beava/src/server/crc32c.c -lpthread
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -36,7 +40,7 @@
 #include "crc32c.h"
 #include "wal.h"
 
-#define MAX_INPUT (256 * 1024)
+#define FUZZ_MAX_INPUT (256 * 1024)
 
 static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb, (void)flag, (void)ftw;
@@ -162,9 +166,39 @@ static void structured(const uint8_t *d, size_t n, unsigned char **a, size_t *al
     *blen = len - split_off;
 }
 
+/* CRC of every file name, size and content in dir (sorted by name). */
+static int name_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static uint32_t dir_fingerprint(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) abort();
+    char *names[64];
+    size_t n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (de->d_name[0] != '.' && n < 64) names[n++] = strdup(de->d_name);
+    closedir(d);
+    qsort(names, n, sizeof *names, name_cmp);
+    uint32_t c = 0;
+    for (size_t i = 0; i < n; i++) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        c = crc32c_extend(c, names[i], strlen(names[i]));
+        FILE *f = fopen(path, "rb");
+        if (f) {
+            unsigned char buf[4096];
+            size_t k;
+            while ((k = fread(buf, 1, sizeof buf, f)) > 0) c = crc32c_extend(c, buf, k);
+            fclose(f);
+        }
+        free(names[i]);
+    }
+    return c;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (size < 1 || size > MAX_INPUT) return 0;
+    if (size < 1 || size > FUZZ_MAX_INPUT) return 0;
     unsigned mode = data[0] % 4;
+    bool accept_gaps = (data[0] & 0x80) != 0;
     data++;
     size--;
 
@@ -215,12 +249,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     o.tick_ms = 1;
     o.retry_ms = 1;
     o.io_hook = nosync_io;
+    o.accept_gaps = accept_gaps;
     wal *w = NULL;
     bv_err e;
     if (wal_open(&o, &w, &e) == 0) {
         seen s1 = {0};
         wal_recovery_stats st1;
+        uint32_t before = dir_fingerprint(wd);
         int rc = wal_recover(w, 0, on_record, &s1, &st1, &e);
+        /* a refused gap leaves every segment as it was */
+        if (rc != 0 && strcmp(e.code, "wal_gap") == 0 && (accept_gaps || dir_fingerprint(wd) != before)) abort();
+        if (rc == 0 && st1.gap_lsns && !accept_gaps) abort();
         if (rc == 0 && (st1.replayed != s1.count || st1.records != s1.count || st1.next_lsn <= s1.last)) abort();
         uint64_t lsn = 0;
         bool appended = rc == 0 && wal_append(w, 9, "fuzz", 4, &lsn, &e) == 0;

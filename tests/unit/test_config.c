@@ -206,12 +206,42 @@ static void test_split_addr(void **state) {
     assert_int_equal(config_split_addr("h:8a", host, sizeof host, &port), -1);
 }
 
+/* --accept-data-loss: flag, env and YAML; off by default. */
+static void test_accept_data_loss(void **state) {
+    (void)state;
+    bv_config c;
+    bv_cli cli;
+    char err[512];
+    char *plain[] = { "beava", NULL };
+    assert_int_equal(config_load(&c, &cli, 1, plain, err, sizeof err), 0);
+    assert_false(c.accept_data_loss);
+    config_free(&c);
+    char *flag[] = { "beava", "--accept-data-loss", NULL };
+    assert_int_equal(config_load(&c, &cli, 2, flag, err, sizeof err), 0);
+    assert_true(c.accept_data_loss);
+    config_free(&c);
+    setenv("BEAVA_ACCEPT_DATA_LOSS", "true", 1);
+    assert_int_equal(config_load(&c, &cli, 1, plain, err, sizeof err), 0);
+    assert_true(c.accept_data_loss);
+    config_free(&c);
+    setenv("BEAVA_ACCEPT_DATA_LOSS", "sometimes", 1);
+    assert_int_equal(config_load(&c, &cli, 1, plain, err, sizeof err), -1);
+    assert_non_null(strstr(err, "BEAVA_ACCEPT_DATA_LOSS"));
+    config_free(&c);
+    unsetenv("BEAVA_ACCEPT_DATA_LOSS");
+    config_defaults(&c);
+    assert_int_equal(apply(&c, "recovery: {accept_data_loss: true}\n", err), 0);
+    assert_true(c.accept_data_loss);
+    config_free(&c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_yaml_keys),
         cmocka_unit_test(test_yaml_errors_name_the_key),
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_split_addr),
+        cmocka_unit_test(test_accept_data_loss),
         cmocka_unit_test(test_data_dir_follows_the_wal),
         cmocka_unit_test(test_reference_variables),
     };

@@ -1569,6 +1569,175 @@ static void test_registry_version_in_header(void **state) {
     free(b);
 }
 
+/* keep_failed (batch mode): the failed batch and what was queued behind it are kept and
+ * written again once space returns, with the same LSNs; nothing is voided. */
+static void test_write_failure_kept(void **state) {
+    fx *f = *state;
+    hook h = {0};
+    wal_options o = opts(f->dir);
+    o.io_hook = hook_io;
+    o.io_ctx = &h;
+    o.keep_failed = true;
+    wal *w = open_recover(&o, 0, NULL, NULL);
+    write_range(w, 1, 10, 0);
+    atomic_store(&h.block, 1);
+    for (uint64_t l = 11; l <= 15; l++) append_gen(w, l);
+    while (!atomic_load(&h.blocked)) usleep(1000);
+    atomic_store(&h.partial, 1);
+    atomic_store(&h.fail_write, ENOSPC);
+    atomic_store(&h.block, 0);
+    bv_err e = {0};
+    /* not failed: still pending while the disk is full */
+    assert_int_equal(wal_wait_durable(w, 15, 100, &e), WAL_TIMEOUT);
+    assert_int_equal(wal_lsn_state(w, 11), WAL_LSN_PENDING);
+    uint64_t lsn = 0;
+    assert_int_equal(wal_append(w, 1, "x", 1, &lsn, &e), -1);
+    assert_string_equal(e.code, "wal_unavailable");
+    usleep(50000); /* retries keep failing */
+    wal_stats ws;
+    wal_get_stats(w, &ws);
+    assert_true(ws.degraded);
+    assert_int_equal(ws.failures, 1);
+    assert_int_equal(ws.failed_records, 0);
+    assert_int_equal(ws.retained_records, 5);
+    assert_true(atomic_load(&h.writes) > 2);
+    /* space comes back: 11..15 are written again, then new records follow them */
+    atomic_store(&h.fail_write, 0);
+    wait_ok(w, 15);
+    wait_healthy(w);
+    wal_get_stats(w, &ws);
+    assert_int_equal(ws.retained_records, 0);
+    write_range(w, 16, 20, 0);
+    close_ok(w);
+    recs r = {0};
+    wal_recovery_stats st;
+    o.io_hook = NULL;
+    w = open_recover(&o, 0, &r, &st);
+    assert_int_equal(r.n, 20);
+    check_recs_genuine(&r);
+    assert_int_equal(st.void_lsns + st.lost_lsns + st.truncated_bytes + st.quarantined_regions, 0);
+    recs_free(&r);
+    close_ok(w);
+}
+
+/* keep_failed and a close while the disk is still full: the kept records are lost and
+ * wal_close says which. */
+static void test_kept_records_at_close(void **state) {
+    fx *f = *state;
+    hook h = {0};
+    wal_options o = opts(f->dir);
+    o.io_hook = hook_io;
+    o.io_ctx = &h;
+    o.keep_failed = true;
+    wal *w = open_recover(&o, 0, NULL, NULL);
+    write_range(w, 1, 3, 0);
+    atomic_store(&h.fail_write, ENOSPC);
+    append_gen(w, 4);
+    bv_err e = {0};
+    assert_int_equal(wal_wait_durable(w, 4, 100, &e), WAL_TIMEOUT);
+    assert_int_equal(wal_close(w, &e), -1);
+    assert_non_null(strstr(e.reason, "4..4"));
+}
+
+/* keep_failed and one failed fdatasync (EIO) just as the WAL closes: the kept record is
+ * written again by the close, which then reports success. */
+static void test_kept_fsync_failure_at_close(void **state) {
+    fx *f = *state;
+    hook h = {0};
+    wal_options o = opts(f->dir);
+    o.io_hook = hook_io;
+    o.io_ctx = &h;
+    o.keep_failed = true;
+    wal *w = open_recover(&o, 0, NULL, NULL);
+    write_range(w, 1, 3, 0);
+    atomic_store(&h.sync_budget, 1);
+    atomic_store(&h.fail_sync, EIO);
+    append_gen(w, 4);
+    close_ok(w);
+    assert_int_equal(atomic_load(&h.sync_budget), 0);   /* the failure did happen */
+    recs r = {0};
+    wal_recovery_stats st;
+    o.io_hook = NULL;
+    w = open_recover(&o, 0, &r, &st);
+    assert_int_equal(r.n, 4);
+    check_recs_genuine(&r);
+    recs_free(&r);
+    close_ok(w);
+}
+
+/* Recovery refuses LSNs no file holds (a deleted first or middle segment, or a snapshot
+ * file naming an LSN the WAL never reaches) and changes nothing; accept_gaps goes on. */
+static void test_gap_refused_then_accepted(void **state) {
+    fx *f = *state;
+    wal_options o = opts(f->dir);
+    o.segment_bytes = 8192;
+    wal *w = open_recover(&o, 0, NULL, NULL);
+    write_range(w, 1, 600, 20);
+    close_ok(w);
+    uint64_t segs[256];
+    size_t ns = list_segs(f->dir, segs, 256);
+    assert_true(ns >= 5);
+    char p[256];
+    /* the first segment gone: 1..segs[1]-1 missing, unless a snapshot covers them */
+    seg_file(f->dir, segs[0], p, sizeof p);
+    assert_int_equal(unlink(p), 0);
+    wal_recovery_stats st;
+    bv_err e = {0};
+    char wdir[256];
+    snprintf(wdir, sizeof wdir, "%s/wal", f->dir);
+    size_t before = count_files(wdir, ".seg");
+    assert_int_equal(before, ns - 1);
+    assert_int_equal(wal_open(&o, &w, &e), 0);
+    assert_int_equal(wal_recover(w, 0, NULL, NULL, &st, &e), -1);
+    assert_string_equal(e.code, "wal_gap");
+    assert_int_equal(st.gap_lsns, segs[1] - 1);
+    assert_int_equal(st.ngaps, 1);
+    assert_int_equal(st.gaps[0].lo, 1);
+    assert_int_equal(st.gaps[0].hi, segs[1] - 1);
+    assert_int_equal(st.gaps[0].before_seg, segs[1]);
+    assert_non_null(strstr(e.reason, "0000000000000001.seg"));
+    wal_close(w, &e);
+    assert_int_equal(count_files(wdir, ".seg"), before);   /* no new segment either */
+    /* a snapshot at segs[1]-1 covers them */
+    recs r = {0};
+    w = open_recover(&o, segs[1] - 1, &r, &st);
+    assert_int_equal(st.lost_lsns + st.gap_lsns, 0);
+    assert_int_equal(r.n, 600 - (segs[1] - 1));
+    recs_free(&r);
+    close_ok(w);
+    /* a middle segment gone */
+    seg_file(f->dir, segs[2], p, sizeof p);
+    assert_int_equal(unlink(p), 0);
+    assert_int_equal(wal_open(&o, &w, &e), 0);
+    assert_int_equal(wal_recover(w, segs[1] - 1, NULL, NULL, &st, &e), -1);
+    assert_string_equal(e.code, "wal_gap");
+    assert_int_equal(st.gaps[0].lo, segs[2]);
+    assert_int_equal(st.gaps[0].hi, segs[3] - 1);
+    assert_int_equal(st.gaps[0].after_seg, segs[1]);
+    assert_int_equal(st.gaps[0].before_seg, segs[3]);
+    wal_close(w, &e);
+    /* a snapshot file names an LSN beyond the WAL's end */
+    wal_options k = o;
+    k.known_lsn = 5000;
+    assert_int_equal(wal_open(&k, &w, &e), 0);
+    assert_int_equal(wal_recover(w, segs[3] - 1, NULL, NULL, &st, &e), -1);
+    assert_string_equal(e.code, "wal_gap");
+    assert_int_equal(st.gaps[0].lo, 601);
+    assert_int_equal(st.gaps[0].hi, 5000);
+    assert_int_equal(st.gaps[0].before_seg, 0);
+    wal_close(w, &e);
+    /* accepted: replays what there is and counts the loss honestly */
+    o.accept_gaps = true;
+    w = open_recover(&o, 0, &r, &st);
+    assert_int_equal(st.gap_lsns, (segs[1] - 1) + (segs[3] - segs[2]));
+    assert_int_equal(st.lost_lsns, st.gap_lsns);
+    assert_int_equal(st.ngaps, 2);
+    assert_int_equal(r.n, 600 - st.gap_lsns);
+    check_recs_genuine(&r);
+    recs_free(&r);
+    close_ok(w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crc32c_vectors),
@@ -1587,6 +1756,10 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_lock_second_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay_callback_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure_enospc, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_failure_kept, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kept_records_at_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kept_fsync_failure_at_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gap_refused_then_accepted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fsync_failure_eio, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failure_unsettled, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failure_at_close, setup, teardown),

@@ -181,16 +181,22 @@ static bool type_compatible(bv_wtype t, const bv_value *v) {
     }
 }
 
+/* (name, len) against NUL-terminated names; the first byte is compared inline so that
+ * most mismatches cost no call (a wide event compares every field with every name). */
+static bool name_eq(const char *cname, const char *name, size_t len) {
+    return len > 0 && cname[0] == name[0] && strncmp(cname, name, len) == 0 && cname[len] == 0;
+}
+
 static bool name_in(char *const *names, size_t n, const char *name, size_t len) {
     for (size_t i = 0; i < n; i++)
-        if (strncmp(names[i], name, len) == 0 && names[i][len] == 0) return true;
+        if (name_eq(names[i], name, len)) return true;
     return false;
 }
 
 /* The declared type of a field named (name, len), or -1. */
 static int declared_type(const ev_desc *ev, const char *name, size_t len) {
     for (size_t i = 0; i < ev->schema.n; i++)
-        if (strncmp(ev->schema.names[i], name, len) == 0 && ev->schema.names[i][len] == 0) return (int)ev->schema.types[i];
+        if (name_eq(ev->schema.names[i], name, len)) return (int)ev->schema.types[i];
     return -1;
 }
 

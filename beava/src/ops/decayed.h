@@ -15,6 +15,7 @@
 #ifndef BEAVA_OPS_DECAYED_H
 #define BEAVA_OPS_DECAYED_H
 
+#include "counter.h"
 #include <math.h>
 #include "op.h"
 #include "../sketch/codec.h"
@@ -30,7 +31,7 @@ static inline double decayed_lambda(const feature *f) {
 }
 
 static inline void decayed_add(const feature *f, decayed *s, double x, int64_t now) {
-    if (s->n++ == 0) {
+    if (cnt_inc(&s->n) == 0) {
         s->total = x;
         s->last_t = now;
         return;

@@ -8,6 +8,7 @@
 #ifndef BEAVA_OPS_ENDPOINTS_H
 #define BEAVA_OPS_ENDPOINTS_H
 
+#include "counter.h"
 #include <stdbool.h>
 #include <stdint.h>
 #include "../sketch/codec.h"
@@ -21,7 +22,7 @@ typedef struct endpoints {
 /* Add (t, x). For every point but the first, returns true with the previous value and
  * the gap t - previous t; the point then becomes the last one. */
 static inline bool endpoints_add(endpoints *e, int64_t t, double x, double *prev_v, double *dt) {
-    bool had = e->n++ > 0;
+    bool had = cnt_inc(&e->n) > 0;
     if (had) {
         *prev_v = e->last_v;
         *dt = (double)t - (double)e->last_t;
@@ -44,7 +45,7 @@ static inline bool endpoints_join(endpoints *d, const endpoints *s, double *d_la
     *dt = (double)s->first_t - (double)d->last_t;
     d->last_v = s->last_v;
     d->last_t = s->last_t;
-    d->n += s->n;
+    d->n = cnt_add(d->n, s->n);
     return true;
 }
 

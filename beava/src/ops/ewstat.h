@@ -15,6 +15,7 @@
 #ifndef BEAVA_OPS_EWSTAT_H
 #define BEAVA_OPS_EWSTAT_H
 
+#include "counter.h"
 #include <math.h>
 #include "op.h"
 #include "../sketch/codec.h"
@@ -29,7 +30,7 @@ static inline void ewstat_update(const feature *f, void *st, const op_input *in)
     ewstat *s = st;
     double x;
     if (!bv_as_f64(in->v, &x)) return;
-    if (s->n++ == 0) {
+    if (cnt_inc(&s->n) == 0) {
         s->mean = x;
         s->m2 = 0;
         s->last_t = in->now_ms;

@@ -22,6 +22,7 @@
  * State: 16 bytes {max, ring pointer}; the ring (64 x 16 bytes) is allocated on the
  * first event.
  */
+#include "counter.h"
 #include <stdlib.h>
 #include "op.h"
 #include "param.h"
@@ -68,7 +69,7 @@ static void burst_update(const feature *f, void *st, const op_input *in) {
         sl->epoch = e;
         sl->count = 0;
     }
-    sl->count++;
+    cnt_inc(&sl->count);
     if (sl->count > s->max) s->max = sl->count;
 }
 

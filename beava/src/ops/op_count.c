@@ -2,17 +2,18 @@
  * op_count.c - `count`: +1 per matched event (reference-pipelines.md §2.4).
  * Windowable. State: int64 (8 bytes). Empty: 0.
  */
+#include "counter.h"
 #include "op.h"
 #include "../sketch/codec.h"
 
 static void count_update(const feature *f, void *st, const op_input *in) {
     (void)f; (void)in;
-    (*(int64_t *)st)++;
+    cnt_inc((int64_t *)st);
 }
 
 static void count_merge(const feature *f, void *dst, const void *src) {
     (void)f;
-    *(int64_t *)dst += *(const int64_t *)src;
+    *(int64_t *)dst = cnt_add(*(int64_t *)dst, *(const int64_t *)src);
 }
 
 static void count_read(const feature *f, const void *st, int64_t q, jsonw *w) {

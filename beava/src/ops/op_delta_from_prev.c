@@ -11,6 +11,7 @@
  *
  * State: 32 bytes, all-zero = empty (n == 0).
  */
+#include "counter.h"
 #include "op.h"
 #include "../sketch/codec.h"
 
@@ -25,7 +26,7 @@ static void dfp_update(const feature *f, void *st, const op_input *in) {
     dfp_st *s = st;
     double x;
     if (!bv_as_f64(in->v, &x)) return;
-    if (s->n++ == 0) s->first_v = x;
+    if (cnt_inc(&s->n) == 0) s->first_v = x;
     else s->delta = x - s->last_v;
     s->last_v = x;
 }
@@ -41,7 +42,7 @@ static void dfp_merge(const feature *f, void *dst, const void *src) {
     }
     d->delta = s->n >= 2 ? s->delta : s->first_v - d->last_v;
     d->last_v = s->last_v;
-    d->n += s->n;
+    d->n = cnt_add(d->n, s->n);
 }
 
 static void dfp_read(const feature *f, const void *st, int64_t q, jsonw *w) {

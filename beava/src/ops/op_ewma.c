@@ -22,6 +22,7 @@
  *
  * State: 24 bytes {v, last_t, n}, all-zero = empty.
  */
+#include "counter.h"
 #include <math.h>
 #include "op.h"
 #include "../sketch/codec.h"
@@ -36,7 +37,7 @@ static void ewma_update(const feature *f, void *st, const op_input *in) {
     ewma_st *s = st;
     double x;
     if (!bv_as_f64(in->v, &x)) return;
-    if (s->n++ == 0) {
+    if (cnt_inc(&s->n) == 0) {
         s->v = x;
         s->last_t = in->now_ms;
         return;

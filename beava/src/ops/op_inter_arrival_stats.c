@@ -14,6 +14,7 @@
  *
  * State: 48 bytes, all-zero = empty (n == 0).
  */
+#include "counter.h"
 #include "op.h"
 #include "welford.h"
 
@@ -26,7 +27,7 @@ typedef struct ia_st {
 static void ia_update(const feature *f, void *st, const op_input *in) {
     (void)f;
     ia_st *s = st;
-    if (s->n++ == 0) {
+    if (cnt_inc(&s->n) == 0) {
         s->first_t = in->now_ms;
     } else {
         double gap = (double)in->now_ms - (double)s->last_t;
@@ -48,7 +49,7 @@ static void ia_merge(const feature *f, void *dst, const void *src) {
     welford_add(&d->gaps, gap > 0 ? gap : 0.0);
     welford_merge(&d->gaps, &s->gaps);
     d->last_t = s->last_t;
-    d->n += s->n;
+    d->n = cnt_add(d->n, s->n);
 }
 
 static void ia_read(const feature *f, const void *st, int64_t q, jsonw *w) {

@@ -4,6 +4,7 @@
  * the one kind updated when `where` is false; without `where` it is 1.0.
  * Windowable. State: two int64 (16 bytes). Empty: null (total = 0).
  */
+#include "counter.h"
 #include "op.h"
 #include "../sketch/codec.h"
 
@@ -12,16 +13,16 @@ typedef struct ratio_st { int64_t matched, total; } ratio_st;
 static void ratio_update(const feature *f, void *st, const op_input *in) {
     (void)f;
     ratio_st *s = st;
-    s->total++;
-    if (in->matched) s->matched++;
+    cnt_inc(&s->total);
+    if (in->matched && s->matched < s->total) cnt_inc(&s->matched);
 }
 
 static void ratio_merge(const feature *f, void *dst, const void *src) {
     (void)f;
     ratio_st *d = dst;
     const ratio_st *s = src;
-    d->matched += s->matched;
-    d->total += s->total;
+    d->matched = cnt_add(d->matched, s->matched);
+    d->total = cnt_add(d->total, s->total);
 }
 
 static void ratio_read(const feature *f, const void *st, int64_t q, jsonw *w) {

@@ -18,6 +18,7 @@
  *
  * State: 48 bytes (two op_val + counters), all-zero = empty; strings are owned copies.
  */
+#include "counter.h"
 #include <string.h>
 #include "op.h"
 #include "opval.h"
@@ -64,13 +65,13 @@ static bool same_value(const op_val *a, const bv_value *v) {
 static void vcc_update(const feature *f, void *st, const op_input *in) {
     (void)f;
     vcc_st *s = st;
-    if (s->n++ == 0) {
+    if (cnt_inc(&s->n) == 0) {
         opval_set(&s->first, in->v);
         opval_set(&s->last, in->v);
         return;
     }
     if (same_value(&s->last, in->v)) return;
-    s->changes++;
+    cnt_inc(&s->changes);
     opval_set(&s->last, in->v);
 }
 
@@ -83,10 +84,10 @@ static void vcc_merge(const feature *f, void *dst, const void *src) {
         opval_copy(&d->first, &s->first);
         d->changes = s->changes;
     } else {
-        d->changes += s->changes + !same_opval(&d->last, &s->first);
+        d->changes = cnt_add(cnt_add(d->changes, s->changes), !same_opval(&d->last, &s->first));
     }
     opval_copy(&d->last, &s->last);
-    d->n += s->n;
+    d->n = cnt_add(d->n, s->n);
 }
 
 static void vcc_read(const feature *f, const void *st, int64_t q, jsonw *w) {

@@ -5,6 +5,7 @@
 #ifndef BEAVA_OPS_SUMN_H
 #define BEAVA_OPS_SUMN_H
 
+#include "counter.h"
 #include "op.h"
 #include "../sketch/codec.h"
 
@@ -16,7 +17,7 @@ static inline void sumn_update(const feature *f, void *st, const op_input *in) {
     if (!bv_as_f64(in->v, &x)) return;
     sumn *s = st;
     s->sum += x;
-    s->n++;
+    cnt_inc(&s->n);
 }
 
 static inline void sumn_merge(const feature *f, void *dst, const void *src) {
@@ -24,7 +25,7 @@ static inline void sumn_merge(const feature *f, void *dst, const void *src) {
     sumn *d = dst;
     const sumn *s = src;
     d->sum += s->sum;
-    d->n += s->n;
+    d->n = cnt_add(d->n, s->n);
 }
 
 static inline void sumn_encode(const feature *f, const void *st, bv_buf *out) {

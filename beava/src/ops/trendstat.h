@@ -22,6 +22,7 @@
 #ifndef BEAVA_OPS_TRENDSTAT_H
 #define BEAVA_OPS_TRENDSTAT_H
 
+#include "counter.h"
 #include <stdbool.h>
 #include "op.h"
 #include "../sketch/codec.h"
@@ -36,7 +37,7 @@ typedef struct trendstat {
 static inline void trendstat_add(trendstat *s, int64_t t, double y) {
     if (s->n == 0) s->t0 = t;
     double x = (double)t - (double)s->t0;
-    s->n++;
+    cnt_inc(&s->n);
     double dx = x - s->mx;
     s->mx += dx / (double)s->n;
     s->my += (y - s->my) / (double)s->n;
@@ -57,7 +58,7 @@ static inline void trendstat_merge(trendstat *a, const trendstat *b) {
     a->my += dy * nb / n;
     a->cxx += b->cxx + dx * dx * na * nb / n;
     a->cxy += b->cxy + dx * dy * na * nb / n;
-    a->n += b->n;
+    a->n = cnt_add(a->n, b->n);
 }
 
 /* OLS slope per ms; false when undefined (n < 2 or every x equal). */

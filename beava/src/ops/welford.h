@@ -6,6 +6,7 @@
 #ifndef BEAVA_OPS_WELFORD_H
 #define BEAVA_OPS_WELFORD_H
 
+#include "counter.h"
 #include <stdbool.h>
 #include <stdint.h>
 #include "../sketch/codec.h"
@@ -16,7 +17,7 @@ typedef struct welford {
 } welford;
 
 static inline void welford_add(welford *s, double x) {
-    s->n++;
+    cnt_inc(&s->n);
     double d = x - s->mean;
     s->mean += d / (double)s->n;
     s->m2 += d * (x - s->mean);
@@ -29,7 +30,7 @@ static inline void welford_merge(welford *a, const welford *b) {
     double d = b->mean - a->mean;
     a->mean += d * nb / n;
     a->m2 += b->m2 + d * d * na * nb / n;
-    a->n += b->n;
+    a->n = cnt_add(a->n, b->n);
 }
 
 /* Sample (n-1) variance; false when n < 2. */

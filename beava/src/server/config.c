@@ -73,6 +73,8 @@ static const config_key config_keys[] = {
       "snapshot directory (default <data_dir>/snapshots)" },
     { "memory_only", "BEAVA_MEMORY_ONLY", "--memory-only", KT_BOOL, OFF(memory_only), 0, 0, 0,
       "keep everything in memory: no WAL, no snapshots" },
+    { "recovery.accept_data_loss", "BEAVA_ACCEPT_DATA_LOSS", "--accept-data-loss", KT_BOOL, OFF(accept_data_loss), 0, 0, 0,
+      "start even though WAL records no snapshot covers are missing (the old files are kept aside)" },
     { "test_mode", "BEAVA_TEST_MODE", "--test-mode", KT_ENV_BOOL_STRICT1, OFF(test_mode), 0, 0, 0,
       "enable POST /reset (env: exactly \"1\")" },
     { "memory_gov_enforce", "BEAVA_MEMORY_GOV_ENFORCE", NULL, KT_ENV_GOV, OFF(memory_gov_enforce), 0, 0, 0,
@@ -521,6 +523,9 @@ void config_usage(FILE *out) {
           "  --admin-addr ADDR      admin sidecar (env BEAVA_ADMIN_ADDR, default 127.0.0.1:8090)\n"
           "  --data-dir PATH        data directory (env BEAVA_DATA_DIR, default ./.beava)\n"
           "  --memory-only          no WAL, no snapshots\n"
+          "  --accept-data-loss     start even though WAL records no snapshot covers are missing;\n"
+          "                         the old files are kept in <data_dir>/data-loss-<time>/\n"
+          "                         (env BEAVA_ACCEPT_DATA_LOSS)\n"
           "  --test-mode            enable POST /reset (env BEAVA_TEST_MODE=1)\n"
           "  --durability MODE      batch|sync (env BEAVA_DURABILITY, default batch)\n"
           "  --shards N             apply shards (env BEAVA_SHARDS, default: cores)\n"

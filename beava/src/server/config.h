@@ -45,6 +45,7 @@ typedef struct bv_config {
     char wal_dir[PATH_MAX];              /* "" = <data_dir>/wal */
     char snapshot_dir[PATH_MAX];         /* "" = <data_dir>/snapshots */
     bool memory_only;
+    bool accept_data_loss;               /* recover past missing WAL records (logged) */
     bool test_mode;
     bool memory_gov_enforce;
     int shards;                          /* 0 = number of cores */

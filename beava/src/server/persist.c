@@ -16,8 +16,10 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -30,6 +32,27 @@
 
 #include "snapfile.h"
 #include "wal.h"
+
+#define PERSIST_COPY_CHUNK (64 * 1024)   /* bytes per read when copying a file aside */
+#define PERSIST_ASIDE_TRIES 100          /* data-loss-<time>[-N] names tried */
+#define PERSIST_REPLAY_ERRORS_LOGGED 10  /* storage.replay_error lines per recovery */
+
+/* snprintf into a path buffer; false when the result did not fit. */
+static bool pathf(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static bool pathf(char *out, size_t n, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(out, n, fmt, ap);
+    va_end(ap);
+    return k >= 0 && (size_t)k < n;
+}
+
+static void fsync_dir(const char *path) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;
+    fsync(fd);
+    close(fd);
+}
 
 struct persist {
     const bv_config *cfg;
@@ -46,6 +69,7 @@ struct persist {
     atomic_int prog_phase;                  /* enum recover_phase */
     atomic_uint_fast64_t prog_records, prog_bytes;
     atomic_uint_fast64_t prog_wal_total, prog_snapshot_bytes;
+    bool accepted_data_loss;      /* this recovery went past missing LSNs (--accept-data-loss) */
     /* snapshot thread */
     pthread_t thread;
     bool thread_started;
@@ -63,6 +87,32 @@ static int64_t mono_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ---- snapshot file names ------------------------------------------------------------- */
+
+/* "snapshot-<16 hex>.bvs" -> LSN. */
+static bool snapshot_name_lsn(const char *name, uint64_t *lsn) {
+    unsigned long long v;
+    char tail[8];
+    if (strlen(name) != 29 || sscanf(name, "snapshot-%16llx.%4s", &v, tail) != 2 || strcmp(tail, "bvs") != 0)
+        return false;
+    *lsn = v;
+    return true;
+}
+
+/* The oldest (or newest) LSN a snapshot file in dir names, 0 if none. */
+static uint64_t snapshot_lsn_bound(const char *dir, bool oldest) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    uint64_t best = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        uint64_t v;
+        if (snapshot_name_lsn(de->d_name, &v) && (best == 0 || (oldest ? v < best : v > best))) best = v;
+    }
+    closedir(d);
+    return best;
 }
 
 /* ---- WAL seam ------------------------------------------------------------------------ */
@@ -114,6 +164,12 @@ persist *persist_open(const bv_config *cfg, const bv_log *log, char *err, size_t
         .segment_bytes = cfg->wal_segment_bytes,
         .batch_bytes = (size_t)cfg->wal_fsync_bytes,
         .tick_ms = cfg->wal_tick_ms,
+        /* a snapshot file, usable or not, proves its LSNs existed */
+        .known_lsn = snapshot_lsn_bound(p->snap_dir, false),
+        .accept_gaps = cfg->accept_data_loss,
+        /* batch mode applies and acknowledges before the write: a failed write must be
+         * retried, never voided */
+        .keep_failed = cfg->durability == DURABILITY_BATCH,
     };
     bv_err e;
     bv_err_clear(&e);
@@ -173,13 +229,234 @@ static int replay_cb(void *ctx, uint8_t kind, uint64_t lsn, const void *payload,
     if (engine_replay(p->eng, kind, lsn, payload, len, reason, sizeof reason) != 0) {
         /* a record that verified by CRC but does not apply: count it loudly, keep going */
         p->replay_errors++;
-        bv_log_msg(p->log, LOG_ERROR, "storage.replay_error", "%s", reason);
+        if (p->replay_errors <= PERSIST_REPLAY_ERRORS_LOGGED)
+            bv_log_msg(p->log, LOG_ERROR, "storage.replay_error", "%s%s", reason,
+                       p->replay_errors == PERSIST_REPLAY_ERRORS_LOGGED
+                           ? " (further replay errors are only counted: replay_errors in storage.recovered)" : "");
     }
     (void)err;
     return 0;
 }
 
 static void *snapshot_thread(void *arg);
+static int snapshot_locked(persist *p, bool in_process, uint64_t *lsn_out, char *err, size_t errlen);
+
+/* The missing LSNs as text and as JSON members, from what wal_recover found. */
+static void gap_describe(persist *p, bv_buf *msg, bv_buf *json) {
+    const wal_recovery_stats *r = &p->rec;
+    bv_buf_printf(msg, "%" PRIu64 " LSNs that were on disk are missing: ", r->gap_lsns);
+    bv_buf_puts(json, "\"missing\":[");
+    for (uint32_t i = 0; i < r->ngaps && i < WAL_GAPS_KEPT; i++) {
+        const wal_gap *g = &r->gaps[i];
+        char seg[PATH_MAX + 32];
+        snprintf(seg, sizeof seg, "%s/%016" PRIx64 ".seg", p->wal_dir, g->lo);
+        bv_buf_printf(msg, "%sLSN %" PRIu64 "..%" PRIu64 " (expected in %s", i ? "; " : "", g->lo, g->hi, seg);
+        if (g->after_seg && g->after_seg == g->before_seg)
+            bv_buf_printf(msg, ", records missing inside it");
+        else if (g->before_seg && g->after_seg)
+            bv_buf_printf(msg, ", between %016" PRIx64 ".seg and %016" PRIx64 ".seg which was written after LSN %" PRIu64,
+                          g->after_seg, g->before_seg, g->hi);
+        else if (g->before_seg)
+            bv_buf_printf(msg, ", before %016" PRIx64 ".seg which was written after LSN %" PRIu64, g->before_seg, g->hi);
+        else
+            bv_buf_printf(msg, ", named by a snapshot file");
+        bv_buf_printf(msg, ", or in a snapshot %s/snapshot-%016" PRIx64 ".bvs or later)", p->snap_dir, g->hi);
+        bv_buf_printf(json, "%s{\"from\":%" PRIu64 ",\"to\":%" PRIu64 ",\"expected_segment\":", i ? "," : "", g->lo, g->hi);
+        bv_buf_json_str(json, seg, strlen(seg));
+        bv_buf_putc(json, '}');
+    }
+    if (r->ngaps > WAL_GAPS_KEPT) bv_buf_printf(msg, "; and %" PRIu32 " more ranges", r->ngaps - WAL_GAPS_KEPT);
+    bv_buf_puts(json, "]");
+    if (p->snapshot_lsn_loaded)
+        bv_buf_printf(msg, ". The newest usable snapshot covers LSNs up to %" PRIu64, p->snapshot_lsn_loaded);
+    else
+        bv_buf_printf(msg, ". No usable snapshot in %s", p->snap_dir);
+    if (p->snap_load.rejected)
+        bv_buf_printf(msg, " (%u rejected: %s)", p->snap_load.rejected, p->snap_load.first_error);
+    /* every snapshot file there is, usable or not */
+    bv_buf_puts(json, ",\"snapshot_files\":[");
+    DIR *d = opendir(p->snap_dir);
+    struct dirent *de;
+    unsigned nfiles = 0;
+    while (d && (de = readdir(d)) != NULL) {
+        uint64_t lsn;
+        if (!snapshot_name_lsn(de->d_name, &lsn)) continue;
+        bv_buf_printf(msg, "%s%s", nfiles ? ", " : "; snapshot files present: ", de->d_name);
+        if (nfiles++) bv_buf_putc(json, ',');
+        bv_buf_json_str(json, de->d_name, strlen(de->d_name));
+    }
+    if (d) closedir(d);
+    bv_buf_putc(json, ']');
+    bv_buf_printf(json, ",\"gap_lsns\":%" PRIu64 ",\"lost_lsns\":%" PRIu64 ",\"snapshot_lsn\":%" PRIu64
+                  ",\"snapshots_rejected\":%u,\"wal_records\":%" PRIu64 ",\"wal_first_lsn\":%" PRIu64
+                  ",\"wal_last_lsn\":%" PRIu64 ",\"wal_dir\":",
+                  r->gap_lsns, r->lost_lsns, p->snapshot_lsn_loaded, p->snap_load.rejected, r->records, r->first_lsn,
+                  r->last_lsn);
+    bv_buf_json_str(json, p->wal_dir, strlen(p->wal_dir));
+    bv_buf_puts(json, ",\"snapshot_dir\":");
+    bv_buf_json_str(json, p->snap_dir, strlen(p->snap_dir));
+}
+
+/* Refuse to start: one error line saying what is missing and where it was expected.
+ * Nothing was deleted or modified (wal_recover stops before its repairs). */
+static void gap_refuse(persist *p, char *err, size_t errlen) {
+    bv_buf msg, json;
+    bv_buf_init(&msg);
+    bv_buf_init(&json);
+    bv_buf_puts(&msg, "recovery refused: ");
+    gap_describe(p, &msg, &json);
+    bv_buf_printf(&msg, ". No WAL segment or snapshot was deleted or modified. Restore the missing files, or start "
+                        "with --accept-data-loss (BEAVA_ACCEPT_DATA_LOSS=true) to run without these records; the "
+                        "old files are then kept in %s/data-loss-<time>/", p->cfg->data_dir);
+    bv_buf_puts(&json, ",\"msg\":");
+    bv_buf_json_str(&json, msg.data, msg.len);
+    bv_log_emit(p->log, LOG_ERROR, "storage.recovery_refused", json.data);
+    snprintf(err, errlen, "%s", msg.data);
+    bv_buf_free(&msg);
+    bv_buf_free(&json);
+}
+
+/* Copy src to dst (a new file), fsynced. For the data-loss aside copy when a hard link
+ * cannot be made (another file system). */
+static int copy_file(const char *src, const char *dst) {
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0) return -1;
+    int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    if (out < 0) {
+        close(in);
+        return -1;
+    }
+    char buf[PERSIST_COPY_CHUNK];
+    ssize_t n;
+    int rc = 0;
+    while ((n = read(in, buf, sizeof buf)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            rc = -1;
+            break;
+        }
+        for (ssize_t off = 0; off < n;) {
+            ssize_t k = write(out, buf + off, (size_t)(n - off));
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) {
+                rc = -1;
+                break;
+            }
+            off += k;
+        }
+        if (rc) break;
+    }
+    if (rc == 0 && fsync(out) != 0) rc = -1;
+    int e = errno;
+    close(in);
+    close(out);
+    if (rc) unlink(dst);
+    errno = e;
+    return rc;
+}
+
+/* Keep src at dst: a hard link (or a copy across file systems); with `move` the source
+ * name is then removed (a rename when possible). */
+static int keep_aside(const char *src, const char *dst, bool move) {
+    if (move && rename(src, dst) == 0) return 0;
+    if (link(src, dst) != 0 && copy_file(src, dst) != 0) return -1;
+    if (move && unlink(src) != 0) return -1;
+    return 0;
+}
+
+/* Started with --accept-data-loss past missing LSNs: say so loudly, keep every old file
+ * in <data_dir>/data-loss-<UTC time>/ (the WAL segments as links or copies, the
+ * snapshots newer than the one loaded moved there, none deleted), then take a snapshot
+ * at once so the next start has a baseline and does not stop at the same gap. */
+static int gap_accept(persist *p, char *err, size_t errlen) {
+    p->accepted_data_loss = true;
+    char aside[PATH_MAX], sub[PATH_MAX + 16], src[PATH_MAX + 64], dst[PATH_MAX + 96];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    int made = -1;
+    for (int i = 0; i < PERSIST_ASIDE_TRIES && made != 0; i++) {
+        bool fits = i == 0 ? pathf(aside, sizeof aside, "%s/data-loss-%s", p->cfg->data_dir, stamp)
+                           : pathf(aside, sizeof aside, "%s/data-loss-%s-%d", p->cfg->data_dir, stamp, i);
+        if (!fits) {
+            errno = ENAMETOOLONG;
+            break;
+        }
+        made = mkdir(aside, 0750);
+        if (made != 0 && errno != EEXIST) break;
+    }
+    if (made != 0) {
+        snprintf(err, errlen, "--accept-data-loss: cannot create %s to keep the old files: %s", aside, strerror(errno));
+        return -1;
+    }
+    unsigned kept_segments = 0, kept_snapshots = 0;
+    const char *what = NULL;
+    pathf(sub, sizeof sub, "%s/wal", aside);
+    DIR *d = mkdir(sub, 0750) == 0 ? opendir(p->wal_dir) : NULL;
+    if (!d) what = sub;
+    struct dirent *de;
+    while (d && !what && (de = readdir(d)) != NULL) {
+        unsigned long long start;
+        char tail[8];
+        /* every closed segment; the active one (start >= next LSN) is written from now on */
+        if (strlen(de->d_name) != 20 || sscanf(de->d_name, "%16llx.%3s", &start, tail) != 2 || strcmp(tail, "seg") != 0 ||
+            start >= p->rec.next_lsn)
+            continue;
+        if (!pathf(src, sizeof src, "%s/%s", p->wal_dir, de->d_name) || !pathf(dst, sizeof dst, "%s/%s", sub, de->d_name) ||
+            keep_aside(src, dst, false) != 0)
+            what = src;
+        else kept_segments++;
+    }
+    if (d) closedir(d);
+    pathf(sub, sizeof sub, "%s/snapshots", aside);
+    d = !what && mkdir(sub, 0750) == 0 ? opendir(p->snap_dir) : NULL;
+    if (!d && !what && errno != ENOENT) what = sub;
+    while (d && !what && (de = readdir(d)) != NULL) {
+        uint64_t lsn;
+        if (!snapshot_name_lsn(de->d_name, &lsn) || lsn <= p->snapshot_lsn_loaded) continue;
+        if (!pathf(src, sizeof src, "%s/%s", p->snap_dir, de->d_name) || !pathf(dst, sizeof dst, "%s/%s", sub, de->d_name) ||
+            keep_aside(src, dst, true) != 0)
+            what = src;
+        else kept_snapshots++;
+    }
+    if (d) closedir(d);
+    if (what) {
+        snprintf(err, errlen, "--accept-data-loss: cannot keep %s aside in %s: %s", what, aside, strerror(errno));
+        return -1;
+    }
+    bv_buf msg, json;
+    bv_buf_init(&msg);
+    bv_buf_init(&json);
+    bv_buf_puts(&msg, "started with --accept-data-loss: ");
+    gap_describe(p, &msg, &json);
+    bv_buf_printf(&msg, ". The old files are kept in %s (%u WAL segments, %u snapshots)", aside, kept_segments, kept_snapshots);
+    FILE *f = pathf(src, sizeof src, "%s/REASON", aside) ? fopen(src, "w") : NULL;
+    if (f) {
+        fprintf(f, "%s\n", msg.data);
+        fclose(f);
+    }
+    fsync_dir(aside);
+    fsync_dir(p->cfg->data_dir);
+    fsync_dir(p->snap_dir);
+    bv_buf_puts(&json, ",\"aside_dir\":");
+    bv_buf_json_str(&json, aside, strlen(aside));
+    bv_buf_puts(&json, ",\"msg\":");
+    bv_buf_json_str(&json, msg.data, msg.len);
+    bv_log_emit(p->log, LOG_WARN, "storage.data_loss_accepted", json.data);
+    bv_buf_free(&msg);
+    bv_buf_free(&json);
+    /* the new baseline: without it the next start would find the same gap */
+    char serr[256];
+    pthread_mutex_lock(&p->mu);
+    int rc = snapshot_locked(p, true, NULL, serr, sizeof serr);
+    pthread_mutex_unlock(&p->mu);
+    if (rc != 0)
+        bv_log_msg(p->log, LOG_ERROR, "storage.data_loss_baseline_failed",
+                   "the snapshot after --accept-data-loss failed (%s); the next start will stop at the same gap", serr);
+    return 0;
+}
 
 int persist_recover(persist *p, engine *eng, char *err, size_t errlen) {
     p->eng = eng;
@@ -226,9 +503,14 @@ int persist_recover(persist *p, engine *eng, char *err, size_t errlen) {
     t_snap = t_snap > t0 ? t_snap : mono_ns();
     atomic_store(&p->prog_phase, PHASE_WAL);
     if (wal_recover(p->w, p->snapshot_lsn_loaded, replay_cb, p, &p->rec, &e) != 0) {
+        if (strcmp(e.code, "wal_gap") == 0) {
+            gap_refuse(p, err, errlen);
+            return -1;
+        }
         snprintf(err, errlen, "WAL recovery: %s: %s", e.code, e.reason);
         return -1;
     }
+    if (p->rec.gap_lsns && gap_accept(p, err, errlen) != 0) return -1;
     wal_set_registry_version(p->w, engine_registry_version(eng));
     atomic_store(&p->prog_phase, PHASE_STARTING);
     int64_t t_end = mono_ns();
@@ -237,11 +519,13 @@ int persist_recover(persist *p, engine *eng, char *err, size_t errlen) {
              "\"snapshot_load_ms\":%.3f,\"wal_replay_ms\":%.3f,\"snapshot_lsn\":%" PRIu64 ",\"snapshots_rejected\":%u,\"wal_segments\":%u,\"wal_records\":%" PRIu64
              ",\"replayed\":%" PRIu64 ",\"truncated_bytes\":%" PRIu64 ",\"quarantined_regions\":%" PRIu64
              ",\"quarantined_bytes\":%" PRIu64 ",\"lost_lsns\":%" PRIu64 ",\"void_lsns\":%" PRIu64
+             ",\"gap_lsns\":%" PRIu64 ",\"accepted_data_loss\":%s"
              ",\"replay_errors\":%" PRIu64 ",\"orphan_reused\":%s,\"next_lsn\":%" PRIu64,
              (double)(t_snap - t0) / 1e6, (double)(t_end - t_snap) / 1e6,
              p->snapshot_lsn_loaded, p->snap_load.rejected, p->rec.segments, p->rec.records, p->rec.replayed,
              p->rec.truncated_bytes, p->rec.quarantined_regions, p->rec.quarantined_bytes, p->rec.lost_lsns,
-             p->rec.void_lsns, p->replay_errors, p->rec.orphan_reused ? "true" : "false", p->rec.next_lsn);
+             p->rec.void_lsns, p->rec.gap_lsns, p->accepted_data_loss ? "true" : "false", p->replay_errors,
+             p->rec.orphan_reused ? "true" : "false", p->rec.next_lsn);
     bv_log_emit(p->log, p->rec.quarantined_regions || p->rec.lost_lsns || p->replay_errors ? LOG_WARN : LOG_INFO,
                 "storage.recovered", fields);
     if (pthread_create(&p->thread, NULL, snapshot_thread, p) != 0) {
@@ -314,22 +598,6 @@ static int fork_cb(void *ctx, uint64_t lsn, uint64_t version) {
     return 0;
 }
 
-/* Oldest retained snapshot LSN (0 if none). */
-static uint64_t oldest_snapshot_lsn(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    uint64_t oldest = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        unsigned long long v;
-        char tail[8];
-        if (sscanf(de->d_name, "snapshot-%16llx.%4s", &v, tail) == 2 && strcmp(tail, "bvs") == 0)
-            if (oldest == 0 || v < oldest) oldest = v;
-    }
-    closedir(d);
-    return oldest;
-}
-
 /* Take one snapshot; p->mu must be held (serialises snapshots). */
 static int snapshot_locked(persist *p, bool in_process, uint64_t *lsn_out, char *err, size_t errlen) {
     snap_job j = { .p = p, .child = -1, .in_process = in_process };
@@ -359,7 +627,7 @@ static int snapshot_locked(persist *p, bool in_process, uint64_t *lsn_out, char 
     struct stat st;
     p->last_bytes = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
     /* WAL segments covered by the oldest retained snapshot are redundant */
-    uint64_t oldest = oldest_snapshot_lsn(p->snap_dir);
+    uint64_t oldest = snapshot_lsn_bound(p->snap_dir, true);
     unsigned removed = 0;
     bv_err e;
     if (oldest && wal_truncate_before(p->w, oldest, &removed, &e) == 0) p->segments_removed += removed;
@@ -453,6 +721,8 @@ void persist_metrics(persist *p, bv_buf *out) {
         "# TYPE beava_wal_segments gauge\nbeava_wal_segments %" PRIu64 "\n"
         "# HELP beava_wal_degraded 1 while WAL writes fail.\n"
         "# TYPE beava_wal_degraded gauge\nbeava_wal_degraded %d\n"
+        "# HELP beava_wal_retained_records Acknowledged records whose write failed, held to be written again.\n"
+        "# TYPE beava_wal_retained_records gauge\nbeava_wal_retained_records %" PRIu64 "\n"
         "# HELP beava_recovery_truncated_bytes Torn-tail bytes cut at the last recovery.\n"
         "# TYPE beava_recovery_truncated_bytes gauge\nbeava_recovery_truncated_bytes %" PRIu64 "\n"
         "# HELP beava_recovery_quarantined_records Corrupt WAL regions quarantined at the last recovery.\n"
@@ -462,9 +732,14 @@ void persist_metrics(persist *p, bv_buf *out) {
         "# HELP beava_recovery_replay_errors Records that verified but did not apply at the last recovery.\n"
         "# TYPE beava_recovery_replay_errors gauge\nbeava_recovery_replay_errors %" PRIu64 "\n"
         "# HELP beava_recovery_snapshots_rejected Newer snapshots rejected at the last recovery.\n"
-        "# TYPE beava_recovery_snapshots_rejected gauge\nbeava_recovery_snapshots_rejected %u\n",
+        "# TYPE beava_recovery_snapshots_rejected gauge\nbeava_recovery_snapshots_rejected %u\n"
+        "# HELP beava_recovery_lost_lsns LSNs above the loaded snapshot that were missing or corrupt at the last recovery.\n"
+        "# TYPE beava_recovery_lost_lsns gauge\nbeava_recovery_lost_lsns %" PRIu64 "\n"
+        "# HELP beava_recovery_accepted_data_loss 1 when the last recovery started past missing LSNs (--accept-data-loss).\n"
+        "# TYPE beava_recovery_accepted_data_loss gauge\nbeava_recovery_accepted_data_loss %d\n",
         ws.durable_lsn, ws.fsyncs, ws.appended_records, ws.failed_records, ws.segments, ws.degraded ? 1 : 0,
-        p->rec.truncated_bytes, p->rec.quarantined_regions, p->rec.replayed, p->replay_errors, p->snap_load.rejected);
+        ws.retained_records, p->rec.truncated_bytes, p->rec.quarantined_regions, p->rec.replayed, p->replay_errors, p->snap_load.rejected,
+        p->rec.lost_lsns, p->accepted_data_loss ? 1 : 0);
 }
 
 void persist_close(persist *p) {

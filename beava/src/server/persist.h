@@ -1,6 +1,6 @@
 /*
  * persist.h - durability for one engine: the WAL, snapshots and crash recovery
- * (DECISIONS §5).
+ * (README, Durability).
  *
  * persist_open() takes the data-dir lock (through the WAL), loads the newest snapshot
  * whose body decodes (stepping back to older ones when it does not), replays the WAL
@@ -9,6 +9,13 @@
  * of a fork(), the child writes the snapshot (copy-on-write memory, so pushes do not
  * stop), the parent reaps it and deletes the WAL segments covered by the oldest
  * snapshot still retained. persist_close() writes a final snapshot and closes the WAL.
+ *
+ * Missing records: when LSNs that were on disk are held by no file and no usable
+ * snapshot covers them, recovery fails with one storage.recovery_refused line naming
+ * the range and the files expected, having deleted or modified nothing. With
+ * accept_data_loss it goes on: logged (storage.data_loss_accepted), in /metrics, the old
+ * files kept in <data_dir>/data-loss-<UTC time>/, and a snapshot taken at once. In batch
+ * mode the WAL keeps records whose write failed and writes them again (keep_failed).
  */
 #ifndef BEAVA_PERSIST_H
 #define BEAVA_PERSIST_H

@@ -58,6 +58,10 @@
  * the rest of the file is a torn tail (newest segment: quarantined and truncated) or a
  * corrupt end (older segment: quarantined, left in place). Between segments, prev and
  * start tell lost LSNs (prev above what was found) from void ones (prev+1 .. start-1).
+ * Lost LSNs whose bytes went to quarantine/ are corruption; lost LSNs no file holds at
+ * all (before the first segment, between segments, or up to the LSN a snapshot file
+ * names) are a gap, which refuses recovery before any repair unless accept_gaps: repairs
+ * that delete or cut (a torn tail, a header-torn segment) wait until the scan is over.
  * Valid LSNs are 1..2^62, so no arithmetic on them can overflow.
  *
  * Known imperfections: a corrupt span in an older segment is found again, and counted
@@ -132,6 +136,8 @@ struct wal {
     wal_notify_fn notify;
     void *notify_ctx;
     int lock_fd, dir_fd;
+    uint64_t known_lsn;        /* an LSN a snapshot file names (wal_options.known_lsn) */
+    bool accept_gaps;
 
     /* the segment list: written by wal_open/wal_recover, then by the writer (rotation,
      * probe) and wal_truncate_before, all under seg_mu */
@@ -157,6 +163,10 @@ struct wal {
     lsn_range voids[VOID_SLOTS];
     unsigned nvoid, void_next;
     bool unsettled;            /* a failed batch is not yet truncated away durably */
+    bool keep_failed;          /* wal_options.keep_failed (cleared only for one OOM fallback) */
+    bool retained;             /* keep_failed: pend holds the failed records, from
+                                * pend_first on, to be written again */
+    bool final_tried;          /* closing: the last write of the retained records was tried */
     uint64_t fail_lo, fail_hi;
     unsigned retry_delay;
     struct timespec next_retry, probe_at, next_rotate;
@@ -592,6 +602,9 @@ int wal_open(const wal_options *opt, wal **out, bv_err *err) {
     w->retry_ms = opt->retry_ms ? opt->retry_ms : DEFAULT_RETRY_MS;
     w->retry_delay = w->retry_ms;
     w->registry_version = opt->registry_version;
+    w->known_lsn = opt->known_lsn;
+    w->keep_failed = opt->keep_failed;
+    w->accept_gaps = opt->accept_gaps;
     w->io = opt->io_hook;
     w->io_ctx = opt->io_ctx;
     w->notify = opt->notify;
@@ -759,14 +772,34 @@ typedef struct scan_ctx {
     uint64_t from_lsn;
     wal_replay_fn cb;
     void *ctx;
+    bool skipped;  /* bytes were quarantined since the last accepted record */
+    seg *tail;     /* the newest segment has a torn tail from tail_pos on */
+    size_t tail_pos;
     uint64_t last; /* last LSN accepted in the current segment, 0 if none */
 } scan_ctx;
+
+/* LSNs lo..hi should be on disk and are not. Only those above the snapshot floor are
+ * lost (the snapshot holds the others). When the bytes where they were are in
+ * quarantine/ it is corruption; when nothing at all holds them (a missing or cut segment
+ * file, no snapshot covering them) it is a gap, which wal_recover refuses unless told
+ * otherwise. after/before: start LSNs of the segments around the hole (0 = none). */
+static void note_lost(scan_ctx *sc, uint64_t lo, uint64_t hi, uint64_t after, uint64_t before) {
+    if (lo <= sc->from_lsn) lo = sc->from_lsn + 1;
+    if (lo > hi) return;
+    wal_recovery_stats *st = sc->st;
+    st->lost_lsns += hi - lo + 1;
+    if (sc->skipped) return;
+    st->gap_lsns += hi - lo + 1;
+    if (st->ngaps < WAL_GAPS_KEPT) st->gaps[st->ngaps] = (wal_gap){.lo = lo, .hi = hi, .after_seg = after, .before_seg = before};
+    st->ngaps++;
+}
 
 static int emit(scan_ctx *sc, const rec_view *r, bv_err *err) {
     sc->st->records++;
     if (!sc->st->first_lsn) sc->st->first_lsn = r->lsn;
     sc->st->last_lsn = r->lsn;
     sc->last = r->lsn;
+    sc->skipped = false;
     if (!sc->cb || r->lsn <= sc->from_lsn) return 0;
     sc->st->replayed++;
     bv_err e;
@@ -784,7 +817,7 @@ static int scan_segment(wal *w, seg *s, bool newest, uint64_t upper, uint64_t vo
                         bv_err *err) {
     char path[PATH_MAX + 32];
     seg_path(w, s->start, path, sizeof path);
-    int fd = open(path, (newest ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) != 0) {
         bv_err_set(err, "wal_io", path, "cannot open WAL segment %s: %s", path, strerror(errno));
@@ -811,7 +844,7 @@ static int scan_segment(wal *w, seg *s, bool newest, uint64_t upper, uint64_t vo
     while (pos < size) {
         rec_view r;
         if (rec_parse(m, size, pos, expected, hi, &r)) {
-            if (r.lsn > expected) st->lost_lsns += r.lsn - expected;
+            if (r.lsn > expected) note_lost(sc, expected, r.lsn - 1, s->start, s->start);
             if (r.lsn > void_above) {
                 /* Reported failed at run time, yet still here (the truncation after the
                  * failure did not reach the disk): must not be replayed. */
@@ -825,6 +858,7 @@ static int scan_segment(wal *w, seg *s, bool newest, uint64_t upper, uint64_t vo
             continue;
         }
         size_t q = resync(m, size, pos, expected, hi, &r);
+        sc->skipped = true;
         if (q) {
             if (quarantine(w, s->start, pos, "corrupt", m + pos, q - pos, err) != 0) goto out;
             st->quarantined_regions++;
@@ -838,20 +872,117 @@ static int scan_segment(wal *w, seg *s, bool newest, uint64_t upper, uint64_t vo
             st->quarantined_bytes += size - pos;
             break;
         }
-        if (quarantine(w, s->start, pos, "torn", m + pos, size - pos, err) != 0) goto out;
-        munmap(m, size);
-        m = NULL;
-        if (ftruncate(fd, (off_t)pos) != 0 || fdatasync(fd) != 0) {
-            bv_err_set(err, "wal_io", path, "cannot truncate torn tail of %s at %zu: %s", path, pos, strerror(errno));
-            goto out;
-        }
+        /* A torn tail: cut once recovery is sure to go on (cut_torn_tail). */
         st->truncated_bytes += size - pos;
-        s->size = pos;
+        sc->tail = s;
+        sc->tail_pos = pos;
         break;
     }
     rc = 0;
 out:
     if (m) munmap(m, size);
+    close(fd);
+    return rc;
+}
+
+/* Scan every segment in LSN order (see the RECOVERY notes at the top). On return *F:
+ * every LSN <= F is accounted for (found, lost or void); *D: the highest LSN that was
+ * ever on disk as far as the files tell (records found, prev claims). */
+static int scan_all(wal *w, scan_ctx *sc, uint64_t *Fp, uint64_t *Dp, bv_err *err) {
+    wal_recovery_stats *st = sc->st;
+    uint64_t F = 0, D = 0, prev_start = 0;
+    for (size_t k = 0; k < w->nsegs; k++) {
+        seg *s = &w->segs[k];
+        if (s->torn) continue;   /* no records; removed after the scan */
+        /* LSNs up to prev were on disk before this segment was created: an earlier
+         * segment (or a snapshot) must hold them. Before the first segment nothing does. */
+        if (s->prev > F) {
+            note_lost(sc, F + 1, s->prev, prev_start, s->start);
+            F = s->prev;
+        }
+        if (s->start - 1 > F) {
+            if (prev_start) st->void_lsns += s->start - 1 - F;
+            F = s->start - 1;
+        }
+        if (s->prev > D) D = s->prev;
+        size_t nx = k + 1;
+        while (nx < w->nsegs && w->segs[nx].torn) nx++;
+        bool newest = nx == w->nsegs;
+        uint64_t upper = newest ? MAX_LSN + 1 : w->segs[nx].start;
+        uint64_t void_above = newest ? UINT64_MAX : w->segs[nx].prev;
+        sc->last = 0;
+        st->segments++;
+        if (scan_segment(w, s, newest, upper, void_above, sc, err) != 0) return -1;
+        if (sc->last) {
+            F = sc->last;
+            if (sc->last > D) D = sc->last;
+        }
+        prev_start = s->start;
+    }
+    /* A snapshot file names an LSN the WAL no longer reaches (the snapshot itself is
+     * unusable, or the caller would have passed its LSN as the floor). */
+    if (w->known_lsn > F && w->known_lsn <= MAX_LSN) note_lost(sc, F + 1, w->known_lsn, prev_start, 0);
+    *Fp = F;
+    *Dp = D;
+    return 0;
+}
+
+static void gap_error(const wal *w, const wal_recovery_stats *st, bv_err *err) {
+    char ranges[768];
+    size_t n = 0;
+    ranges[0] = 0;
+    for (uint32_t i = 0; i < st->ngaps && i < WAL_GAPS_KEPT && n + 1 < sizeof ranges; i++) {
+        const wal_gap *g = &st->gaps[i];
+        char where[160];
+        if (g->after_seg && g->after_seg == g->before_seg)
+            msgf(where, sizeof where, "missing inside %016" PRIx64 ".seg", g->after_seg);
+        else if (g->before_seg && !g->after_seg)
+            msgf(where, sizeof where, "expected in segment files before %016" PRIx64 ".seg, starting with %016" PRIx64 ".seg",
+                 g->before_seg, g->lo);
+        else if (g->before_seg)
+            msgf(where, sizeof where, "expected in a segment file %016" PRIx64 ".seg between %016" PRIx64 ".seg and %016" PRIx64 ".seg",
+                 g->lo, g->after_seg, g->before_seg);
+        else if (g->after_seg)
+            msgf(where, sizeof where, "named by a snapshot file; the WAL ends in %016" PRIx64 ".seg", g->after_seg);
+        else
+            msgf(where, sizeof where, "named by a snapshot file; expected in segment files starting with %016" PRIx64 ".seg",
+                 g->lo);
+        int k = snprintf(ranges + n, sizeof ranges - n, "%sLSN %" PRIu64 "..%" PRIu64 " (%s)", i ? ", " : "", g->lo, g->hi,
+                         where);
+        if (k < 0) break;
+        n += (size_t)k < sizeof ranges - n ? (size_t)k : sizeof ranges - n - 1;
+    }
+    bv_err_set(err, "wal_gap", w->wal_dir, "%" PRIu64 " LSNs are missing from the WAL in %s: %s%s", st->gap_lsns,
+               w->wal_dir, ranges, st->ngaps > WAL_GAPS_KEPT ? ", ..." : "");
+}
+
+/* Quarantine the torn tail of segment s (bytes from pos on), then truncate it there. */
+static int cut_torn_tail(wal *w, seg *s, size_t pos, bv_err *err) {
+    char path[PATH_MAX + 32];
+    seg_path(w, s->start, path, sizeof path);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < pos) {
+        bv_err_set(err, "wal_io", path, "cannot reopen WAL segment %s: %s", path, fd < 0 ? strerror(errno) : "changed size");
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    size_t len = (size_t)sb.st_size - pos;
+    unsigned char *b = malloc(len ? len : 1);
+    int rc = -1;
+    if (!b || pread(fd, b, len, (off_t)pos) != (ssize_t)len) {
+        bv_err_set(err, "wal_io", path, "cannot read the torn tail of %s: %s", path, b ? strerror(errno) : "out of memory");
+        goto out;
+    }
+    if (quarantine(w, s->start, pos, "torn", b, len, err) != 0) goto out;
+    if (ftruncate(fd, (off_t)pos) != 0 || fdatasync(fd) != 0) {
+        bv_err_set(err, "wal_io", path, "cannot truncate torn tail of %s at %zu: %s", path, pos, strerror(errno));
+        goto out;
+    }
+    s->size = pos;
+    rc = 0;
+out:
+    free(b);
     close(fd);
     return rc;
 }
@@ -874,6 +1005,16 @@ int wal_recover(wal *w, uint64_t from_lsn, wal_replay_fn cb, void *ctx, wal_reco
     w->state = ST_BROKEN; /* until we get to the end */
     char path[PATH_MAX + 32], why[256];
 
+    uint64_t F = 0, D = 0;
+    scan_ctx sc = {.st = st, .from_lsn = from_lsn, .cb = cb, .ctx = ctx};
+    if (scan_all(w, &sc, &F, &D, err) != 0) return -1;
+    if (st->gap_lsns && !w->accept_gaps) {
+        gap_error(w, st, err);
+        return -1;
+    }
+    /* Past the point of refusal: the repairs the scan left for now. */
+    if (sc.tail && cut_torn_tail(w, sc.tail, sc.tail_pos, err) != 0) return -1;
+
     /* A segment torn inside its header holds no records: keep its bytes, drop it. */
     for (size_t i = w->nsegs; i-- > 0;) {
         seg *s = &w->segs[i];
@@ -894,37 +1035,6 @@ int wal_recover(wal *w, uint64_t from_lsn, wal_replay_fn cb, void *ctx, wal_reco
         }
         st->torn_segments++;
         segs_remove(w, s->start);
-    }
-
-    /* F: every LSN <= F is accounted for (found, lost or void). D: the highest LSN that
-     * was ever on disk as far as the files tell (records found, prev claims). */
-    uint64_t F = 0, D = 0;
-    scan_ctx sc = {.st = st, .from_lsn = from_lsn, .cb = cb, .ctx = ctx};
-    for (size_t k = 0; k < w->nsegs; k++) {
-        seg *s = &w->segs[k];
-        if (k == 0) {
-            F = s->start - 1;
-        } else {
-            if (s->prev > F) {
-                st->lost_lsns += s->prev - F;
-                F = s->prev;
-            }
-            if (s->start - 1 > F) {
-                st->void_lsns += s->start - 1 - F;
-                F = s->start - 1;
-            }
-        }
-        if (s->prev > D) D = s->prev;
-        bool newest = k + 1 == w->nsegs;
-        uint64_t upper = newest ? MAX_LSN + 1 : w->segs[k + 1].start;
-        uint64_t void_above = newest ? UINT64_MAX : w->segs[k + 1].prev;
-        sc.last = 0;
-        st->segments++;
-        if (scan_segment(w, s, newest, upper, void_above, &sc, err) != 0) return -1;
-        if (sc.last) {
-            F = sc.last;
-            if (sc.last > D) D = sc.last;
-        }
     }
 
     uint64_t next = F + 1;
@@ -998,14 +1108,39 @@ static int lsn_state_locked(wal *w, uint64_t lsn) {
     return WAL_LSN_DURABLE;
 }
 
-/* mu held. The batch starting at `first` failed: fail it and everything queued after. */
+/* mu held; keep_failed. The batch in `inflight` failed: put its bytes back in front of
+ * whatever was appended meanwhile, so pend holds every unwritten record from `first` on.
+ * Returns -1 (nothing changed) when the memory for that cannot be had. */
+static int keep_batch(wal *w, uint64_t first) {
+    if (w->inflight.len) {
+        size_t need = w->inflight.len + w->pend.len;
+        if (w->inflight.cap < need) {
+            unsigned char *p = realloc(w->inflight.data, need);
+            if (!p) return -1;
+            w->inflight.data = p;
+            w->inflight.cap = need;
+        }
+        if (w->pend.len) memcpy(w->inflight.data + w->inflight.len, w->pend.data, w->pend.len);
+        w->inflight.len = need;
+        wbuf t = w->pend;
+        w->pend = w->inflight;
+        w->inflight = t;
+        w->inflight.len = 0;
+    }
+    w->pend_first = first;
+    return 0;
+}
+
+/* mu held. The batch starting at `first` failed: fail it and everything queued after,
+ * or, with keep_failed, keep all of it (already in pend) to be written again. */
 static void enter_degraded(wal *w, const char *what, int e, uint64_t first) {
+    if (w->state != ST_DEGRADED) w->st.failures++;
     w->state = ST_DEGRADED;
     w->unsettled = true;
     w->fail_lo = first;
     w->fail_hi = w->next_lsn - 1;
-    w->st.failures++;
-    w->st.failed_records += w->fail_hi - w->fail_lo + 1;
+    if (!w->keep_failed) w->st.failed_records += w->fail_hi - w->fail_lo + 1;
+    w->retained = w->keep_failed;
     msgf(w->st.last_error, sizeof w->st.last_error,
              "%s of WAL segment %016" PRIx64 ".seg at offset %" PRIu64 " failed: %s", what, w->seg_start, w->seg_off,
              strerror(e));
@@ -1014,7 +1149,7 @@ static void enter_degraded(wal *w, const char *what, int e, uint64_t first) {
         msgf(w->close_error, sizeof w->close_error, "final WAL flush failed (LSNs %" PRIu64 "..%" PRIu64 "): %s",
                  w->fail_lo, w->fail_hi, w->st.last_error);
     }
-    w->pend.len = 0;
+    if (!w->keep_failed) w->pend.len = 0;
     struct timespec now = mono_now();
     w->next_retry = now;
     w->probe_at = ts_add_ms(now, w->retry_delay);
@@ -1086,8 +1221,21 @@ static void flush_batch(wal *w) {
     }
 
     pthread_mutex_lock(&w->mu);
-    w->inflight.len = 0;
     w->inflight_bytes = 0;
+    if (what && w->keep_failed && keep_batch(w, first) == 0) {
+        enter_degraded(w, what, e, first);
+        return;
+    }
+    if (what && w->keep_failed) {
+        /* no memory to keep the batch: it is voided like without keep_failed */
+        w->keep_failed = false;
+        enter_degraded(w, what, e, first);
+        w->keep_failed = true;
+        w->retained = false;
+        w->inflight.len = 0;
+        return;
+    }
+    w->inflight.len = 0;
     if (w->inflight.cap > 2 * w->batch_bytes + WAL_MAX_PAYLOAD) {
         /* After a burst: give the memory back instead of keeping the high-water mark. */
         free(w->inflight.data);
@@ -1104,6 +1252,13 @@ static void flush_batch(wal *w) {
     w->st.batches++;
     w->st.fsyncs++;
     w->retry_delay = w->retry_ms;
+    if (w->state == ST_DEGRADED) {
+        /* the kept records are on disk at last (see degraded_step), even if a first try
+         * while closing had failed */
+        w->state = ST_OK;
+        w->retained = false;
+        w->close_failed = false;
+    }
     pthread_cond_broadcast(&w->cv_durable);
     pthread_cond_broadcast(&w->cv_space);
     maybe_rotate(w, false);
@@ -1128,7 +1283,9 @@ static bool degraded_step(wal *w, bool *progressed) {
         if (rc == 0) rc = io_sync(w, fd, false);
         int e = errno;
         pthread_mutex_lock(&w->mu);
-        if (rc == 0) {
+        if (rc == 0 && w->retained) {
+            w->unsettled = false;          /* the kept records are written again below */
+        } else if (rc == 0) {
             void_add(w, w->fail_lo, w->fail_hi);
             w->unsettled = false;
             w->settled_lsn = w->fail_hi;
@@ -1142,8 +1299,19 @@ static bool degraded_step(wal *w, bool *progressed) {
             if (!w->closing) w->next_retry = ts_add_ms(mono_now(), w->retry_ms);
         }
     }
+    if (w->closing && w->retained && !w->unsettled && !w->final_tried) {
+        w->final_tried = true;      /* one last write of the kept records */
+        flush_batch(w);
+        *progressed = true;
+        return false;
+    }
     if (w->closing) {
-        if (w->unsettled) {
+        if (w->retained) {
+            w->close_failed = true;
+            msgf(w->close_error, sizeof w->close_error,
+                 "WAL closed while LSNs %" PRIu64 "..%" PRIu64 " could not be written: %s", w->fail_lo, w->fail_hi,
+                 w->st.last_error);
+        } else if (w->unsettled) {
             w->close_failed = true;
             msgf(w->close_error, sizeof w->close_error,
                      "WAL closed while LSNs %" PRIu64 "..%" PRIu64 " could not be settled (outcome unknown): %s",
@@ -1155,6 +1323,13 @@ static bool degraded_step(wal *w, bool *progressed) {
     now = mono_now();
     if (ts_before(now, w->probe_at)) {
         w->next_retry = w->probe_at;
+        return false;
+    }
+    if (w->retained) {
+        /* Write the kept records again where they failed (same LSNs, so no void range
+         * and no new segment): healthy again once they are on disk, else back off. */
+        flush_batch(w);
+        *progressed = true;
         return false;
     }
     uint64_t start = w->fail_hi + 1, prev = w->disk_lsn, rv = w->registry_version;
@@ -1419,6 +1594,7 @@ void wal_get_stats(wal *w, wal_stats *st) {
     st->durable_lsn = w->settled_lsn;
     st->pending_bytes = w->pend.len + w->inflight_bytes;
     st->degraded = w->state == ST_DEGRADED;
+    st->retained_records = w->retained ? w->next_lsn - 1 - w->settled_lsn : 0;
     pthread_mutex_unlock(&w->mu);
     pthread_mutex_lock(&w->seg_mu);
     st->segments = w->nsegs;

@@ -41,6 +41,15 @@
  *    known (wal_append succeeded, durability was not awaited) are not on disk; they count
  *    in wal_stats.failed_records. Callers that must never apply a non-durable record wait
  *    with wal_wait_durable() before applying.
+ *  - With wal_options.keep_failed (batch mode: records are applied before they are
+ *    durable), no record is ever voided: the failed batch and every record appended
+ *    after it stay in memory (wal_stats.retained_records) and, once the settling
+ *    truncation is durable, the writer writes them again at the same offset with the
+ *    same LSNs, at the probe intervals above, until they are on disk; then the WAL is
+ *    healthy again. Meanwhile wal_append() fails with "wal_unavailable" as above, and
+ *    their waiters stay PENDING (wal_wait_durable() blocks) instead of failing. Only if
+ *    wal_close() comes first (one last write is tried) are they lost, and wal_close()
+ *    says so.
  *  - A record acknowledged as durable (wal_wait_durable() == WAL_OK, or an LSN at or
  *    below wal_durable_lsn() that is not void) is on disk.
  *  - Rotation failure (cannot create the next segment) is not a record failure: the writer
@@ -128,7 +137,22 @@ typedef struct wal_options {
     void *io_ctx;
     wal_notify_fn notify;       /* optional */
     void *notify_ctx;
+    uint64_t known_lsn;         /* the highest LSN another file (a snapshot's name) says
+                                 * existed; recovery counts LSNs up to it as missing when no
+                                 * record reaches it. 0 = none */
+    bool accept_gaps;           /* recover past LSN gaps instead of refusing (see wal_recover) */
+    bool keep_failed;           /* keep records whose write failed and write them again
+                                 * (see FAILURE SEMANTICS); for callers that apply records
+                                 * before they are durable */
 } wal_options;
+
+/* LSNs that should be on disk and that no file holds at all (see wal_recover). */
+#define WAL_GAPS_KEPT 8
+typedef struct wal_gap {
+    uint64_t lo, hi;            /* the missing LSNs */
+    uint64_t after_seg;         /* start LSN of the segment before the hole, 0 = none */
+    uint64_t before_seg;        /* start LSN of the segment after it, 0 = none (the end) */
+} wal_gap;
 
 /* What recovery found. "Lost" numbers mean data that was durable and is gone (corruption);
  * "void" numbers are records that were reported failed at run time (expected after a
@@ -141,7 +165,11 @@ typedef struct wal_recovery_stats {
     uint64_t truncated_bytes;       /* torn tail cut off the newest segment */
     uint64_t quarantined_regions;   /* corrupt spans skipped (each one quarantine file) */
     uint64_t quarantined_bytes;     /* bytes in those spans */
-    uint64_t lost_lsns;             /* LSNs that should be on disk and are not */
+    uint64_t lost_lsns;             /* LSNs above from_lsn that should be on disk and are not
+                                     * (gaps included) */
+    uint64_t gap_lsns;              /* of those, LSNs no file holds (no quarantined bytes) */
+    uint32_t ngaps;                 /* gap ranges found; the first WAL_GAPS_KEPT are in gaps[] */
+    wal_gap gaps[WAL_GAPS_KEPT];
     uint64_t void_lsns;             /* LSNs recorded as never written (failures, LSN floor) */
     uint64_t void_records;          /* records present but recorded as failed: skipped */
     uint32_t torn_segments;         /* segment files removed: torn inside their header */
@@ -162,6 +190,7 @@ typedef struct wal_stats {
     uint64_t segments;              /* segment files on disk */
     size_t pending_bytes;           /* appended, not yet durable */
     bool degraded;                  /* wal_append() currently fails */
+    uint64_t retained_records;      /* keep_failed: failed records held to be written again */
     char last_error[256];           /* most recent I/O failure, "" if none */
 } wal_stats;
 
@@ -192,9 +221,17 @@ int wal_open(const wal_options *opt, wal **out, bv_err *err);
  * corrupt span elsewhere is copied to quarantine/ and skipped (replay resumes at the next
  * valid record); a segment file of ours too short to hold its header (a creation cut
  * short: it holds no records) is copied and removed.
+ * GAPS: LSNs above from_lsn that were on disk once (a segment header's prev LSN, or
+ * opt->known_lsn, says so) and that no file holds, not even as quarantined bytes: the
+ * segment that held them was deleted or cut, and no snapshot covers them. Unless
+ * opt->accept_gaps, wal_recover then fails with code "wal_gap", a reason naming the
+ * missing ranges and the segment files expected to hold them, and the gaps in stats,
+ * before it deletes, truncates or creates any segment (records were already handed to
+ * cb; quarantine copies of corrupt spans may have been written). With accept_gaps it
+ * goes on (they count in lost_lsns and gap_lsns).
  * stats (may be NULL) is filled even on failure with what was done so far.
  * Returns 0, or -1 with err (I/O error, quarantine could not be written, callback
- * failure); after a failure the handle can only be closed. */
+ * failure, gap); after a failure the handle can only be closed. */
 int wal_recover(wal *w, uint64_t from_lsn, wal_replay_fn cb, void *ctx, wal_recovery_stats *stats,
                 bv_err *err);
 
