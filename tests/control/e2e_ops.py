@@ -163,7 +163,7 @@ def phase_ready(ctx):
     # a slow but progressing recovery: a large WAL, the server SIGKILLed (no final snapshot)
     c.start("runtime.ready_stall_s=1", "runtime.stop_grace_s=0", "runtime.env.BEAVA_SNAPSHOT_INTERVAL_S=86400")
     check(c.cli("deploy", f"{repo}:sha-b", "--wait").returncode == 0, "B runs with no periodic snapshot")
-    n = 300000
+    n = 600000
     acks = tcp_push(c.tcp_port, n)
     check(acks == n, f"{n} events pushed over TCP and acknowledged", acks)
     time.sleep(0.5)
@@ -174,7 +174,7 @@ def phase_ready(ctx):
     check(p.returncode == 0 and d["status"] == "succeeded", "slow recovery with a 1 s stall limit: not killed", p.stdout)
     check(prog.get("phase") == "wal" and prog.get("records", 0) > 0 and prog.get("wal_bytes_total", 0) > 0,
           "/ready reported WAL replay progress (records, bytes of the total)", prog)
-    check(pr.get("ms", 0) > 2000, "recovery took longer than the stall limit (it was progressing)", pr.get("ms"))
+    check(pr.get("ms", 0) > 2000, "recovery took more than twice the stall limit (it kept progressing)", pr.get("ms"))
     check(c.views() == 3 + n, "every acknowledged event recovered from the WAL", c.views())
     c.stop()
     c.kill_server()
