@@ -159,6 +159,7 @@ int engine_start_shards(engine *e) {
 /* ---- the barrier -------------------------------------------------------------------- */
 
 void engine_barrier_enter(engine *e) {
+    push_replay_flush(e);                         /* recovery: gathered events apply first */
     pthread_rwlock_wrlock(&e->reg_lock);          /* no push or read is past validation now */
     pthread_mutex_lock(&e->seq_mu);
     while (e->park_head) pthread_cond_wait(&e->park_cv, &e->seq_mu);   /* durability thread drains it */

@@ -32,9 +32,15 @@ typedef struct dedupe_row {
 } dedupe_row;
 
 /* Recovery's scratch, reused record after record (push.c). */
+#define REPLAY_BATCH_MAX 256    /* event records applied together (prefetching) */
+
 typedef struct engine_replay_ctx {
     engine_batch batch;
-    arena arena;
+    engine_push_item items[REPLAY_BATCH_MAX];
+    uint64_t lsns[REPLAY_BATCH_MAX];
+    arena arena;                  /* payload copies, decoded rows */
+    struct evrec *recs;           /* REPLAY_BATCH_MAX decoded records */
+    size_t n;                     /* records waiting to be applied */
 } engine_replay_ctx;
 
 struct engine {
@@ -110,7 +116,9 @@ int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, 
 /* Memory hints for a queued part (shard.h's prefetch hooks). */
 void push_part_prefetch(void *arg);
 void push_part_prefetch_entity(void *arg);
-/* Recovery is over: free its scratch. */
+/* Apply the event records replay has gathered (before anything else touches state). */
+void push_replay_flush(engine *e);
+/* Recovery is over: flush, free its scratch. */
 void push_replay_done(engine *e);
 
 #endif

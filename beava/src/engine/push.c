@@ -81,6 +81,8 @@ struct push_batch_state {
     bool parked;
     push_batch_state *park_next;
     bv_buf rec;                   /* WAL record scratch */
+    const ev_desc *last_ev;       /* find_event_cached */
+    size_t last_ev_len;
 };
 
 /* ---- batch lifecycle ------------------------------------------------------------------ */
@@ -128,6 +130,7 @@ static push_batch_state *state_for(engine *e, engine_batch *b) {
     st->max_lsn = 0;
     st->parked = false;
     st->park_next = NULL;
+    st->last_ev = NULL;
     return st;
 }
 
@@ -205,8 +208,25 @@ static bool integral_f64(double d) {
     return d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == (double)(int64_t)d;
 }
 
+/* The event named (name, len), remembering the last one found: a batch (or a stretch of
+ * the WAL) is nearly always one event type. Valid while the registry read lock is held
+ * (the cache is reset with the batch state). */
+static const ev_desc *find_event_cached(engine *e, push_batch_state *st, const char *name, size_t len) {
+    if (st->last_ev && st->last_ev_len == len && memcmp(st->last_ev->name, name, len) == 0) return st->last_ev;
+    char buf[REGISTRY_NAME_MAX + 1];
+    if (len > REGISTRY_NAME_MAX) return NULL;
+    memcpy(buf, name, len);
+    buf[len] = 0;
+    const ev_desc *ev = registry_event(e->reg, buf);
+    if (ev) {
+        st->last_ev = ev;
+        st->last_ev_len = len;
+    }
+    return ev;
+}
+
 /* Validate item `it` (registry read lock held). Returns its event or NULL (res says why). */
-static const ev_desc *validate(engine *e, const engine_push_item *it, push_result *res) {
+static const ev_desc *validate(engine *e, push_batch_state *st, const engine_push_item *it, push_result *res) {
     if (!it->event) {
         push_fail(res, 400, "unsupported", "not a push envelope");
         return NULL;
@@ -221,13 +241,7 @@ static const ev_desc *validate(engine *e, const engine_push_item *it, push_resul
                   "a control character appears in the event name, a field name or a string value");
         return NULL;
     }
-    char name[REGISTRY_NAME_MAX + 1];
-    const ev_desc *ev = NULL;
-    if (it->event_len <= REGISTRY_NAME_MAX) {
-        memcpy(name, it->event, it->event_len);
-        name[it->event_len] = 0;
-        ev = registry_event(e->reg, name);
-    }
+    const ev_desc *ev = find_event_cached(e, st, it->event, it->event_len);
     if (!ev) {
         push_fail(res, 404, "event_not_found", "event '%.*s' is not registered",
                   (int)(it->event_len > 128 ? 128 : it->event_len), it->event);
@@ -528,7 +542,7 @@ bool engine_push_submit(engine *e, engine_batch *b) {
         item_state *is = &st->items[i];
         memset(&it->res, 0, sizeof it->res);
         it->res.current_version = version;
-        is->ev = validate(e, it, &it->res);
+        is->ev = validate(e, st, it, &it->res);
         if (!is->ev) {
             if (it->event) atomic_fetch_add_explicit(&e->events_rejected, 1, memory_order_relaxed);
             continue;
@@ -639,67 +653,115 @@ void push_durability_stop(engine *e) {
 
 /* Re-apply one logged event during recovery: the same validation and parts as a live
  * push, its original arrival time, applied inline (no shard thread runs yet). */
-int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen) {
-    /* one batch and one arena, reused record after record (recovery is single-threaded) */
+/* Replay gathers up to REPLAY_BATCH_MAX event records (their payloads copied, decoded,
+ * validated and turned into parts as they arrive) and applies them together, in LSN
+ * order, with the same prefetching as a live batch: a record's lookups then overlap with
+ * the work on the records before it. A registry or reset record, a snapshot, the start
+ * of the shards and the end of recovery flush what is gathered first. */
+static engine_replay_ctx *replay_ctx(engine *e) {
     if (!e->replay) {
-        e->replay = calloc(1, sizeof *e->replay);
-        if (!e->replay) abort();
-        engine_batch_init(&e->replay->batch);
-        arena_init(&e->replay->arena);
+        engine_replay_ctx *r = calloc(1, sizeof *r);
+        if (!r) abort();
+        engine_batch_init(&r->batch);
+        arena_init(&r->arena);
+        r->recs = calloc(REPLAY_BATCH_MAX, sizeof *r->recs);
+        if (!r->recs) abort();
+        r->batch.items = r->items;
+        e->replay = r;
     }
-    engine_replay_ctx *rc_ = e->replay;
-    arena_reset(&rc_->arena);
-    evrec rec;
+    return e->replay;
+}
+
+void push_replay_flush(engine *e) {
+    engine_replay_ctx *r = e->replay;
+    if (!r || r->n == 0) return;
+    push_batch_state *st = r->batch.priv;
+    for (unsigned s = 0; s < e->nshards; s++) shard_lock(e->pool, s);
+    size_t n = st->nparts;
+    for (size_t i = 0; i < n && i < 2 * PREFETCH_AHEAD; i++) push_part_prefetch(&st->parts[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (i + 2 * PREFETCH_AHEAD < n) push_part_prefetch(&st->parts[i + 2 * PREFETCH_AHEAD]);
+        if (i + PREFETCH_AHEAD < n) push_part_prefetch_entity(&st->parts[i + PREFETCH_AHEAD]);
+        apply_part(shard_inline_ctx(e->pool, st->parts[i].shard), &st->parts[i]);
+    }
+    for (unsigned s = 0; s < e->nshards; s++) shard_unlock(e->pool, s);
+    pthread_rwlock_rdlock(&e->reg_lock);
+    pthread_mutex_lock(&e->seq_mu);
+    int64_t wall = engine_wall_ms();
+    for (size_t k = 0; k < r->n; k++) {
+        item_state *is = &st->items[k];
+        if (!is->ev) continue;
+        if (is->dk && is->now + is->ev->dedupe_window_ms > wall)
+            dedupe_remember(e, is->dk, is->dkl, is->dh, is->now + is->ev->dedupe_window_ms, r->lsns[k],
+                            registry_version(e->reg), is->now);
+    }
+    pthread_mutex_unlock(&e->seq_mu);
+    pthread_rwlock_unlock(&e->reg_lock);
+    for (size_t k = 0; k < r->n; k++) evrec_release(&r->recs[k]);
+    r->n = 0;
+}
+
+int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen) {
+    engine_replay_ctx *r = replay_ctx(e);
+    if (r->n == REPLAY_BATCH_MAX) push_replay_flush(e);
+    if (r->n == 0) {
+        arena_reset(&r->arena);
+        r->batch.n = REPLAY_BATCH_MAX;
+        state_for(e, &r->batch);          /* resets the arena-held batch state too */
+    }
+    push_batch_state *st = r->batch.priv;
+    size_t k = r->n;
+    evrec *rec = &r->recs[k];
     char why[200];
-    if (evrec_decode(payload, len, &rc_->arena, &rec, why, sizeof why) != 0) {
+    const void *copy = arena_dup(&r->arena, payload, len);    /* the WAL reader reuses its buffer */
+    if (evrec_decode(copy, len, &r->arena, rec, why, sizeof why) != 0) {
         snprintf(reason, rlen, "event record at LSN %llu: %s", (unsigned long long)lsn, why);
         return -1;
     }
-    engine_push_item item = { .event = rec.event, .event_len = rec.event_len, .row = &rec.row,
-                              .data_is_object = true };
-    engine_batch *b = &rc_->batch;
-    b->items = &item;
-    b->n = 1;
+    engine_push_item *item = &r->items[k];
+    memset(item, 0, sizeof *item);
+    item->event = rec->event;
+    item->event_len = rec->event_len;
+    item->row = &rec->row;
+    item->data_is_object = true;
+    item_state *is = &st->items[k];
+    memset(is, 0, sizeof *is);
     int rc = 0;
     pthread_rwlock_rdlock(&e->reg_lock);
-    push_batch_state *st = state_for(e, b);
-    item_state *is = &st->items[0];
-    is->ev = validate(e, &item, &item.res);
+    is->ev = validate(e, st, item, &item->res);
     if (!is->ev) {
         /* valid when logged: the registry history says otherwise, which is corruption */
         snprintf(reason, rlen, "event record at LSN %llu no longer validates: %s %s", (unsigned long long)lsn,
-                 item.res.code, item.res.reason);
+                 item->res.code, item->res.reason);
         rc = -1;
     } else {
-        build_parts(e, st, is, &rec.row, rec.now);
-        for (size_t k = 0; k < is->nparts; k++) {
-            push_part *pp = &st->parts[k];
-            apply_part(shard_lock(e->pool, pp->shard), pp);
-            shard_unlock(e->pool, pp->shard);
-        }
-        note_watermark(e, rec.now);
-        atomic_fetch_add_explicit(&e->events_applied, 1, memory_order_relaxed);
+        is->now = rec->now;
         char dk[STORE_MAX_KEY + REGISTRY_NAME_MAX + 8];
-        int dkl = dedupe_key(is->ev, &rec.row, dk, sizeof dk);
-        if (dkl >= 0 && rec.now + is->ev->dedupe_window_ms > engine_wall_ms()) {
-            pthread_mutex_lock(&e->seq_mu);
-            dedupe_remember(e, dk, (size_t)dkl, store_hash(dk, (size_t)dkl), rec.now + is->ev->dedupe_window_ms, lsn,
-                            registry_version(e->reg), rec.now);
-            pthread_mutex_unlock(&e->seq_mu);
+        int dkl = dedupe_key(is->ev, &rec->row, dk, sizeof dk);
+        if (dkl >= 0) {
+            is->dk = arena_dup(&r->arena, dk, (size_t)dkl);
+            is->dkl = (size_t)dkl;
+            is->dh = store_hash(dk, (size_t)dkl);
         }
+        build_parts(e, st, is, &rec->row, rec->now);
+        note_watermark(e, rec->now);
+        atomic_fetch_add_explicit(&e->events_applied, 1, memory_order_relaxed);
     }
+    pthread_rwlock_unlock(&e->reg_lock);
+    r->lsns[k] = lsn;
+    r->n++;
     pthread_mutex_lock(&e->seq_mu);
     if (lsn > e->last_lsn) e->last_lsn = lsn;
     pthread_mutex_unlock(&e->seq_mu);
-    pthread_rwlock_unlock(&e->reg_lock);
-    evrec_release(&rec);
     return rc;
 }
 
 void push_replay_done(engine *e) {
     if (!e->replay) return;
+    push_replay_flush(e);
     engine_batch_free(&e->replay->batch);
     arena_free(&e->replay->arena);
+    free(e->replay->recs);
     free(e->replay);
     e->replay = NULL;
 }

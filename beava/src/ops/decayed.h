@@ -18,7 +18,7 @@
 #include "counter.h"
 #include <math.h>
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct decayed {
     double total;

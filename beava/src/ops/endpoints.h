@@ -11,7 +11,7 @@
 #include "counter.h"
 #include <stdbool.h>
 #include <stdint.h>
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct endpoints {
     int64_t n;                /* values seen */

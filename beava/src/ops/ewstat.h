@@ -18,7 +18,7 @@
 #include "counter.h"
 #include <math.h>
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct ewstat {
     double mean, m2, last_value;

@@ -31,7 +31,7 @@
 #include "opval.h"
 #include "param.h"
 #include "valring.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 #define BLOOM_MAX_BITS (1u << 23)
 #define BLOOM_MIN_FPR 1e-9

@@ -27,7 +27,7 @@
 #include "op.h"
 #include "param.h"
 #include "window.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 #define BURST_SLOTS 64
 

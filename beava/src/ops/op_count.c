@@ -4,7 +4,7 @@
  */
 #include "counter.h"
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 static void count_update(const feature *f, void *st, const op_input *in) {
     (void)f; (void)in;

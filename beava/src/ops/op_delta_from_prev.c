@@ -13,7 +13,7 @@
  */
 #include "counter.h"
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct dfp_st {
     int64_t n;                /* values seen */

@@ -15,7 +15,7 @@
  * State: 32 bytes {points pointer, cap, count, head}.
  */
 #include "geo.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct dfh_st {
     double *pts;              /* cap pairs (lat, lon) */

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 #define DOW_CELLS 168
 

@@ -12,7 +12,7 @@
 #include <string.h>
 #include "op.h"
 #include "opval.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 #include "../sketch/valmap.h"
 
 #define ENTROPY_MAX_CATEGORIES 1024

@@ -21,7 +21,7 @@
 #include "op.h"
 #include "opval.h"
 #include "param.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 #include "../sketch/valmap.h"
 
 #define ETM_DEFAULT_MAX 256

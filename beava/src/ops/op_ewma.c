@@ -25,7 +25,7 @@
 #include "counter.h"
 #include <math.h>
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct ewma_st {
     double v;

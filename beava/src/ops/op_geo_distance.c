@@ -8,7 +8,7 @@
  * State: 32 bytes, all-zero = empty.
  */
 #include "geo.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct gd_st {
     int64_t has_prev;         /* 0/1 */

@@ -10,7 +10,7 @@
  * State: 40 bytes, all-zero = empty.
  */
 #include "geo.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct gv_st {
     int64_t has_prev;         /* 0/1 */

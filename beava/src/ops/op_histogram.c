@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct hist_st { uint64_t *counts; } hist_st;
 

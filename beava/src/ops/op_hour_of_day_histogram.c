@@ -6,7 +6,7 @@
  * Snapshot form: the 24 counts. Empty: 24 zeros.
  */
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct hod_st { uint64_t c[24]; } hod_st;
 

@@ -7,7 +7,7 @@
  * Empty: 0.
  */
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct max_streak_st { int64_t cur, best; } max_streak_st;
 

@@ -6,7 +6,7 @@
  * Empty: 0.
  */
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 static void negative_streak_update(const feature *f, void *st, const op_input *in) {
     (void)f;

@@ -17,7 +17,7 @@
  */
 #include "op.h"
 #include "endpoints.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct roc_st {
     endpoints e;

@@ -6,7 +6,7 @@
  */
 #include "counter.h"
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct ratio_st { int64_t matched, total; } ratio_st;
 

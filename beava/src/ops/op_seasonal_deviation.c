@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct sd_hour { uint64_t n; double sum, sumsq; } sd_hour;
 

@@ -6,7 +6,7 @@
  * State: int64 (8 bytes). Empty: 0.
  */
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 static void streak_update(const feature *f, void *st, const op_input *in) {
     (void)f;

@@ -22,7 +22,7 @@
 #include <string.h>
 #include "op.h"
 #include "opval.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct vcc_st {
     op_val first, last;

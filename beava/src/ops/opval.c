@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
-#include "../sketch/codec.h"
+#include "codec.h"
 
 #define OPVAL_MAX_LEN UINT32_MAX
 

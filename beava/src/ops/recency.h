@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct recency {
     int64_t t;                /* now_ms of the first / latest matched event */

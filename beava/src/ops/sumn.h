@@ -7,7 +7,7 @@
 
 #include "counter.h"
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct sumn { double sum; int64_t n; } sumn;
 

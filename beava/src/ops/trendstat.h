@@ -25,7 +25,7 @@
 #include "counter.h"
 #include <stdbool.h>
 #include "op.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct trendstat {
     int64_t n;

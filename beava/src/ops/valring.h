@@ -21,7 +21,7 @@
 #include <string.h>
 #include "op.h"
 #include "opval.h"
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct valring {
     op_val *v;

@@ -9,7 +9,7 @@
 #include "counter.h"
 #include <stdbool.h>
 #include <stdint.h>
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct welford {
     int64_t n;

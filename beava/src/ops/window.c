@@ -10,7 +10,7 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include "../sketch/codec.h"
+#include "codec.h"
 
 typedef struct win {
     uint32_t n, cap;

@@ -16,6 +16,8 @@
  */
 #include "snapfile.h"
 
+#include "codec.h"
+
 #include "crc32c.h"
 
 #include <dirent.h>
@@ -58,22 +60,6 @@ struct snapfile_reader {
     uint32_t crc;   /* running CRC of those bytes */
 };
 
-static void put32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get32(const unsigned char *p) {
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
-    return v;
-}
-static uint64_t get64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
-    return v;
-}
 
 static void msgf(char *dst, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void msgf(char *dst, size_t n, const char *fmt, ...) {
@@ -274,13 +260,13 @@ int snapfile_commit(snapfile_writer *sw, unsigned retain, snapfile_commit_info *
     if (wflush(sw, err) != 0) goto fail;
     unsigned char h[SHDR] = {0};
     memcpy(h, SNAP_MAGIC, 8);
-    put32(h + 8, SNAPFILE_FORMAT_VERSION);
-    put64(h + 16, sw->lsn);
-    put64(h + 24, sw->registry_version);
-    put64(h + 32, sw->created_ms);
-    put64(h + 40, sw->body_len);
-    put32(h + 48, sw->crc);
-    put32(h + 60, crc32c(h, 60));
+    codec_put32(h + 8, SNAPFILE_FORMAT_VERSION);
+    codec_put64(h + 16, sw->lsn);
+    codec_put64(h + 24, sw->registry_version);
+    codec_put64(h + 32, sw->created_ms);
+    codec_put64(h + 40, sw->body_len);
+    codec_put32(h + 48, sw->crc);
+    codec_put32(h + 60, crc32c(h, 60));
     if (write_all(sw->fd, h, SHDR, 0, true) != 0 || fsync(sw->fd) != 0) {
         bv_err_set(err, "snapshot_io", sw->tmp, "write/fsync %s: %s", sw->tmp, strerror(errno));
         goto fail;
@@ -424,18 +410,18 @@ static int snap_verify(const char *path, uint64_t name_lsn, snapfile_reader **ou
         msgf(why, wn, "%s: bad magic", path);
         goto fail;
     }
-    uint32_t version = get32(h + 8);
+    uint32_t version = codec_get32(h + 8);
     if (version != SNAPFILE_FORMAT_VERSION) {
         msgf(why, wn, "%s: unsupported format version %" PRIu32 " (this build reads %d)", path, version,
              SNAPFILE_FORMAT_VERSION);
         goto fail;
     }
-    if (get32(h + 60) != crc32c(h, 60)) {
+    if (codec_get32(h + 60) != crc32c(h, 60)) {
         msgf(why, wn, "%s: header CRC mismatch", path);
         goto fail;
     }
-    snapfile_header hd = {.lsn = get64(h + 16), .registry_version = get64(h + 24), .created_ms = get64(h + 32),
-                          .body_len = get64(h + 40), .body_crc = get32(h + 48)};
+    snapfile_header hd = {.lsn = codec_get64(h + 16), .registry_version = codec_get64(h + 24), .created_ms = codec_get64(h + 32),
+                          .body_len = codec_get64(h + 40), .body_crc = codec_get32(h + 48)};
     if (hd.lsn != name_lsn) {
         msgf(why, wn, "%s: header LSN %" PRIu64 " does not match the file name", path, hd.lsn);
         goto fail;

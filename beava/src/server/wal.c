@@ -74,6 +74,8 @@
  */
 #include "wal.h"
 
+#include "codec.h"
+
 #include "crc32c.h"
 
 #include <dirent.h>
@@ -190,22 +192,6 @@ struct wal {
 
 /* ---- small helpers ------------------------------------------------------------------ */
 
-static void put32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get32(const unsigned char *p) {
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
-    return v;
-}
-static uint64_t get64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
-    return v;
-}
 
 static struct timespec mono_now(void) {
     struct timespec t;
@@ -332,13 +318,13 @@ typedef struct seg_header {
 static void hdr_encode(unsigned char b[HDR], const seg_header *h) {
     memset(b, 0, HDR);
     memcpy(b, WAL_MAGIC, 8);
-    put32(b + 8, h->version);
-    put32(b + 12, h->flags);
-    put64(b + 16, h->start);
-    put64(b + 24, h->prev);
-    put64(b + 32, h->registry_version);
-    put64(b + 40, h->created_ms);
-    put32(b + 60, crc32c(b, 60));
+    codec_put32(b + 8, h->version);
+    codec_put32(b + 12, h->flags);
+    codec_put64(b + 16, h->start);
+    codec_put64(b + 24, h->prev);
+    codec_put64(b + 32, h->registry_version);
+    codec_put64(b + 40, h->created_ms);
+    codec_put32(b + 60, crc32c(b, 60));
 }
 
 /* Validate a header read from the segment named `name_lsn`. Returns NULL or a
@@ -346,12 +332,12 @@ static void hdr_encode(unsigned char b[HDR], const seg_header *h) {
 static const char *hdr_check(const unsigned char b[HDR], uint64_t name_lsn, seg_header *h, char *why,
                              size_t n) {
     if (memcmp(b, WAL_MAGIC, 8) != 0) return "bad magic (not a beava WAL segment)";
-    h->version = get32(b + 8);
-    h->flags = get32(b + 12);
-    h->start = get64(b + 16);
-    h->prev = get64(b + 24);
-    h->registry_version = get64(b + 32);
-    h->created_ms = get64(b + 40);
+    h->version = codec_get32(b + 8);
+    h->flags = codec_get32(b + 12);
+    h->start = codec_get64(b + 16);
+    h->prev = codec_get64(b + 24);
+    h->registry_version = codec_get64(b + 32);
+    h->created_ms = codec_get64(b + 40);
     if (h->version > WAL_FORMAT_VERSION) {
         msgf(why, n, "written by a newer WAL format version %" PRIu32 " (this build reads version %d)",
                  h->version, WAL_FORMAT_VERSION);
@@ -361,7 +347,7 @@ static const char *hdr_check(const unsigned char b[HDR], uint64_t name_lsn, seg_
         msgf(why, n, "unsupported WAL format version %" PRIu32, h->version);
         return why;
     }
-    if (get32(b + 60) != crc32c(b, 60)) return "segment header CRC mismatch";
+    if (codec_get32(b + 60) != crc32c(b, 60)) return "segment header CRC mismatch";
     if (h->start != name_lsn) {
         msgf(why, n, "header start LSN %" PRIu64 " does not match the file name", h->start);
         return why;
@@ -743,12 +729,12 @@ typedef struct rec_view {
 static bool rec_parse(const unsigned char *m, size_t size, size_t pos, uint64_t lo, uint64_t hi, rec_view *r) {
     if (pos > size || size - pos < RECH) return false;
     const unsigned char *p = m + pos;
-    uint32_t len = get32(p);
+    uint32_t len = codec_get32(p);
     if (len > WAL_MAX_PAYLOAD || (size_t)len > size - pos - RECH) return false;
-    uint64_t lsn = get64(p + 8);
+    uint64_t lsn = codec_get64(p + 8);
     if (lsn < lo || lsn > hi || p[16] == 0) return false;
     uint32_t crc = crc32c_extend(crc32c(p + RECH, len), p + 8, 9);
-    if (crc != get32(p + 4)) return false;
+    if (crc != codec_get32(p + 4)) return false;
     r->lsn = lsn;
     r->kind = p[16];
     r->len = len;
@@ -1468,10 +1454,10 @@ int wal_append(wal *w, uint8_t kind, const void *payload, size_t len, uint64_t *
     }
     uint64_t l = w->next_lsn++;
     unsigned char *h = w->pend.data + w->pend.len;
-    put32(h, (uint32_t)len);
-    put64(h + 8, l);
+    codec_put32(h, (uint32_t)len);
+    codec_put64(h + 8, l);
     h[16] = kind;
-    put32(h + 4, crc32c_extend(pcrc, h + 8, 9));
+    codec_put32(h + 4, crc32c_extend(pcrc, h + 8, 9));
     if (len) memcpy(h + RECH, payload, len);
     bool was_empty = w->pend.len == 0;
     bool crossed = w->pend.len < w->batch_bytes && w->pend.len + rec >= w->batch_bytes;
