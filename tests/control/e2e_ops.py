@@ -172,7 +172,7 @@ def phase_ready(ctx):
     pr = step(d, "probe") or {}
     prog = pr.get("detail", {}).get("progress") or {}
     check(p.returncode == 0 and d["status"] == "succeeded", "slow recovery with a 1 s stall limit: not killed", p.stdout)
-    check(prog.get("phase") == "wal" and prog.get("records", 0) > 0 and prog.get("wal_bytes_total", 0) > 0,
+    check(prog.get("phase") in ("wal", "starting") and prog.get("records", 0) > 0 and prog.get("wal_bytes_total", 0) > 0,
           "/ready reported WAL replay progress (records, bytes of the total)", prog)
     check(pr.get("ms", 0) > 2000, "recovery took more than twice the stall limit (it kept progressing)", pr.get("ms"))
     check(c.views() == 3 + n, "every acknowledged event recovered from the WAL", c.views())
