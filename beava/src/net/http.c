@@ -82,6 +82,7 @@
 #include <unistd.h>
 
 #include "rowdec.h"
+#include "listenfd.h"
 #include "site.h"
 #include "workpool.h"
 
@@ -102,6 +103,9 @@
 #define HTTP_REAP_SCANS_PER_TIMEOUT 4u
 #define HTTP_REAP_TICK_MIN_MS 20u
 #define HTTP_REAP_TICK_MAX_MS 1000u
+/* On stop, requests still in progress get this long to finish. */
+#define HTTP_DRAIN_MS 3000
+#define HTTP_DRAIN_STEP_MS 10
 /* Buckets of the per-address connection table. */
 #define HTTP_IP_BUCKETS 1024u
 /* Descriptors kept for files, the WAL and other listeners when checking the cap. */
@@ -126,6 +130,7 @@ typedef struct conn_ctx {
     _Atomic uint64_t clock;            /* deadline_ms << PH_BITS | phase */
     unsigned char addr[16];
     bool addr_known;
+    const _Atomic bool *draining;      /* the listener's: answers say Connection: close */
 } conn_ctx;
 
 typedef enum req_state { REQ_RECEIVING = 0, REQ_SUBMITTED, REQ_ANSWER_READY } req_state;
@@ -233,6 +238,7 @@ static conn_ctx *conn_of(struct MHD_Connection *c) {
 /* ---- sockets ------------------------------------------------------------------------ */
 
 int http_bind_listen(const char *addr, char *bound, size_t boundlen, char *err, size_t errlen) {
+    if (listenfd_is_addr(addr)) return listenfd_adopt(addr, bound, boundlen, err, errlen);   /* inherited */
     char host[CONFIG_ADDR_MAX];
     int port;
     if (config_split_addr(addr, host, sizeof host, &port) != 0) {
@@ -371,6 +377,7 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
         if (!cc) return;                            /* served, but without deadlines */
         const union MHD_ConnectionInfo *fdi = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         cc->fd = fdi ? fdi->connect_fd : -1;
+        cc->draining = &s->draining;
         atomic_init(&cc->clock, clock_pack(now_ms(s) + s->header_ms, PH_HEADERS));
         const union MHD_ConnectionInfo *ai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         pthread_mutex_lock(&s->conns_mu);
@@ -498,6 +505,11 @@ static enum MHD_Result send_buf_opt(struct MHD_Connection *c, int status, const 
     if (ctype) MHD_add_response_header(r, "Content-Type", ctype);
     if (runtime) MHD_add_response_header(r, "X-Runtime", runtime);
     if (replay) MHD_add_response_header(r, "X-Beava-Idempotent-Replay", "1");
+    /* a server being replaced (http_stop) tells every client to reconnect: the listening
+     * socket may already belong to the next server */
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    const conn_ctx *cc = ci ? ci->socket_context : NULL;
+    if (!close && cc && cc->draining && atomic_load(cc->draining)) close = true;
     if (close) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -1063,7 +1075,9 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
     }
     if (strcmp(path, "/ready") == 0) {
         bool ready = s->deps.ready ? atomic_load(s->deps.ready) : true;
-        bv_buf_puts(&out, ready ? "{\"status\":\"ready\"}" : "{\"status\":\"recovering\"}");
+        bv_buf_puts(&out, ready ? "{\"status\":\"ready\"" : "{\"status\":\"recovering\"");
+        if (!ready && s->deps.progress) s->deps.progress(s->deps.ctx, &out);   /* ,"progress":{...} */
+        bv_buf_putc(&out, '}');
         return send_buf(c, ready ? 200 : 503, "application/json", &out, "beava-admin", false);
     }
     bool ready = s->deps.ready ? atomic_load(s->deps.ready) : true;
@@ -1369,6 +1383,14 @@ void http_stop(http_server *s) {
     pthread_mutex_lock(&s->flight_mu);
     while (atomic_load(&s->inflight) > 0) pthread_cond_wait(&s->flight_cv, &s->flight_mu);
     pthread_mutex_unlock(&s->flight_mu);
+    /* requests still being received or answered get HTTP_DRAIN_MS to finish (their answers
+     * say Connection: close), so a replaced server drops no request it has taken */
+    for (int waited = 0; s->daemon && waited < HTTP_DRAIN_MS; waited += HTTP_DRAIN_STEP_MS) {
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (!di || di->num_connections == 0) break;
+        struct timespec ts = { 0, HTTP_DRAIN_STEP_MS * 1000000L };
+        nanosleep(&ts, NULL);
+    }
     if (s->daemon) MHD_stop_daemon(s->daemon);
     workpool_free(s->jobs);
     if (s->reaper_started) {
