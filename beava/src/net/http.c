@@ -91,7 +91,7 @@
 /* First body buffer. */
 #define HTTP_BODY_INITIAL_BYTES 4096u
 /* libmicrohttpd's per-connection memory (request line, headers, read buffer). */
-#define HTTP_CONN_MEMORY_BYTES (64u * 1024)
+#define HTTP_CONN_MEMORY_BYTES (16u * 1024)
 /* I/O thread stack. */
 #define HTTP_IO_STACK_BYTES (2u << 20)
 /* Decoders + engine batches kept for reuse between pushes (more are freed after use). */
