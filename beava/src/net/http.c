@@ -105,7 +105,6 @@
 #define HTTP_REAP_TICK_MAX_MS 1000u
 /* On stop, requests still in progress get this long to finish. */
 #define HTTP_DRAIN_MS 3000
-#define HTTP_DRAIN_STEP_MS 10
 /* Buckets of the per-address connection table. */
 #define HTTP_IP_BUCKETS 1024u
 /* Descriptors kept for files, the WAL and other listeners when checking the cap. */
@@ -192,6 +191,7 @@ struct http_server {
     unsigned nfree_slots;
     _Atomic unsigned inflight;         /* pushes the engine answers later */
     _Atomic bool draining;             /* http_stop waits for inflight to reach 0 */
+    _Atomic unsigned open_here;        /* connections of this listener (stats may be shared) */
     pthread_mutex_t flight_mu;
     pthread_cond_t flight_cv;
     uint32_t max_conns, max_per_ip;
@@ -372,6 +372,7 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         atomic_fetch_add(&s->stats->open, 1);
         atomic_fetch_add(&s->stats->accepted, 1);
+        atomic_fetch_add(&s->open_here, 1);
         conn_ctx *cc = calloc(1, sizeof *cc);
         *socket_context = cc;
         if (!cc) return;                            /* served, but without deadlines */
@@ -392,6 +393,11 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
      * shuts sockets down under conns_mu) never touches a reused descriptor */
     conn_ctx *cc = *socket_context;
     atomic_fetch_sub(&s->stats->open, 1);
+    if (atomic_fetch_sub(&s->open_here, 1) == 1 && atomic_load(&s->draining)) {
+        pthread_mutex_lock(&s->flight_mu);            /* http_stop waits for the last one */
+        pthread_cond_broadcast(&s->flight_cv);
+        pthread_mutex_unlock(&s->flight_mu);
+    }
     if (!cc) return;
     pthread_mutex_lock(&s->conns_mu);
     if (cc->prev) cc->prev->next = cc->next;
@@ -1385,12 +1391,13 @@ void http_stop(http_server *s) {
     pthread_mutex_unlock(&s->flight_mu);
     /* requests still being received or answered get HTTP_DRAIN_MS to finish (their answers
      * say Connection: close), so a replaced server drops no request it has taken */
-    for (int waited = 0; s->daemon && waited < HTTP_DRAIN_MS; waited += HTTP_DRAIN_STEP_MS) {
-        const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-        if (!di || di->num_connections == 0) break;
-        struct timespec ts = { 0, HTTP_DRAIN_STEP_MS * 1000000L };
-        nanosleep(&ts, NULL);
-    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += HTTP_DRAIN_MS / 1000;
+    pthread_mutex_lock(&s->flight_mu);
+    while (s->daemon && atomic_load(&s->open_here) > 0)
+        if (pthread_cond_timedwait(&s->flight_cv, &s->flight_mu, &until) != 0) break;
+    pthread_mutex_unlock(&s->flight_mu);
     if (s->daemon) MHD_stop_daemon(s->daemon);
     workpool_free(s->jobs);
     if (s->reaper_started) {
