@@ -21,18 +21,30 @@ static void auth_headers(const struct beava_ep *ep, char *buf, size_t len, const
 
 int beava_ready(const struct beava_ep *ep, char *why, size_t whylen)
 {
+    return beava_ready_progress(ep, why, whylen, NULL);
+}
+
+int beava_ready_progress(const struct beava_ep *ep, char *why, size_t whylen, json_t **progress)
+{
     char url[300], err[CTL_ERR_LEN];
     snprintf(url, sizeof url, "http://%s/ready", ep->admin_addr);
     struct http_req req = {.url = url, .timeout_ms = 2000, .max_body = 65536};
     struct http_resp resp;
     int rc = http_do(&req, &resp, err);
     int ready = 0;
-    if (rc < 0)
+    if (progress)
+        *progress = NULL;
+    if (rc < 0) {
         snprintf(why, whylen, "admin /ready: %s", err);
-    else if (resp.status != 200)
+    } else if (resp.status != 200) {
         snprintf(why, whylen, "admin /ready: %ld %.200s", resp.status, resp.body ? resp.body : "");
-    else
+        json_t *b = resp.body ? json_loads(resp.body, 0, NULL) : NULL;
+        if (progress && json_is_object(json_object_get(b, "progress")))
+            *progress = json_incref(json_object_get(b, "progress"));
+        json_decref(b);
+    } else {
         ready = 1;
+    }
     http_resp_free(&resp);
     return ready;
 }
@@ -57,11 +69,19 @@ int beava_ping(const struct beava_ep *ep, int64_t *version, char *err)
 int beava_register(const struct beava_ep *ep, json_t *nodes, bool force, bool dry_run,
                    long *status, json_t **out, char *err)
 {
+    return beava_register_mode(ep, nodes, NULL, force, dry_run, status, out, err);
+}
+
+int beava_register_mode(const struct beava_ep *ep, json_t *nodes, const char *mode, bool force, bool dry_run,
+                        long *status, json_t **out, char *err)
+{
     char url[300], auth[600];
     const char *hdrs[2];
     snprintf(url, sizeof url, "http://%s/register", ep->http_addr);
     auth_headers(ep, auth, sizeof auth, hdrs);
     json_t *body = json_pack("{s:O,s:b,s:b}", "nodes", nodes, "force", force, "dry_run", dry_run);
+    if (mode)
+        json_object_set_new(body, "mode", json_string(mode));
     int rc = http_json("POST", url, body, hdrs, 60000, NULL, status, out, err);
     json_decref(body);
     return rc;

@@ -21,12 +21,19 @@ struct beava_ep {
 
 /* 1 when admin /ready answers 200, 0 for any other answer or no answer. */
 int beava_ready(const struct beava_ep *ep, char *why, size_t whylen);
+/* The same; while not ready, *progress (caller owns, may stay NULL) gets the answer's
+ * "progress" object: {"phase","records","bytes","wal_bytes_total","snapshot_bytes"}. */
+int beava_ready_progress(const struct beava_ep *ep, char *why, size_t whylen, json_t **progress);
 /* 0 when POST /ping answers 200 {"pong":true}; *version gets registry_version. */
 int beava_ping(const struct beava_ep *ep, int64_t *version, char *err);
 /* POST /register {"nodes","force","dry_run"}. *status gets the HTTP status and *out the
  * parsed body (caller owns; NULL if not JSON). Transport errors return -1. */
 int beava_register(const struct beava_ep *ep, json_t *nodes, bool force, bool dry_run,
                    long *status, json_t **out, char *err);
+/* The same with the envelope's "mode" ("merge": descriptors not in nodes are kept; NULL:
+ * the server's default, replace). */
+int beava_register_mode(const struct beava_ep *ep, json_t *nodes, const char *mode, bool force, bool dry_run,
+                        long *status, json_t **out, char *err);
 /* Admin GET /registry -> version and node_count. */
 int beava_registry(const struct beava_ep *ep, int64_t *version, int64_t *count, char *err);
 /* POST /get {"table","key"}: *status gets the HTTP status. */

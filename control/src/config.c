@@ -58,6 +58,8 @@ static const struct cfg_entry ENTRIES[] = {
     {"runtime.stop_grace_s", T_INT, S(stop_grace_s), "30", "SIGTERM grace before SIGKILL"},
     {"runtime.ready_timeout_s", T_INT, S(ready_timeout_s), "60", "readiness deadline (base)"},
     {"runtime.ready_s_per_gib", T_INT, S(ready_s_per_gib), "60", "extra readiness seconds per GiB of data"},
+    {"runtime.ready_stall_s", T_INT, S(ready_stall_s), "10", "gate fails when recovery shows no progress this long"},
+    {"runtime.hold_sockets", T_BOOL, S(hold_sockets), "true", "bind the listeners once, pass them to each server"},
     {"runtime.admin_token_file", T_STR, S(admin_token_file), "", "bearer token for /register and /snapshot"},
     {"systemd.unit", T_STR, S(systemd_unit), "beava-control-beava.service", "transient unit name"},
     {"systemd.bus", T_STR, S(systemd_bus), "", "D-Bus address; empty = the system bus"},
@@ -68,6 +70,8 @@ static const struct cfg_entry ENTRIES[] = {
     {"unpack.max_image_bytes", T_INT, S(unpack_max_image_bytes), "4294967296", "max uncompressed size of all an image's layers"},
     {"deploy.keep_images", T_INT, S(keep_images), "3", "unpacked images kept (current, previous, ...)"},
     {"deploy.keep_backups", T_INT, S(keep_backups), "5", "backups kept in state_dir/backups"},
+    {"notify.url", T_STR, S(notify_url), "", "webhook called on deploy success, failure, rollback"},
+    {"notify.secret_file", T_STR, S(notify_secret_file), "", "HMAC secret signing the webhook body"},
     {"deploy.backup_data", T_BOOL, S(backup_data_on_deploy), "true", "copy the data dir before a new version starts"},
 };
 #undef S
@@ -245,6 +249,20 @@ static int validate(struct ctl_config *c, char *err)
     if (!strcmp(c->runtime_kind, "systemd") &&
         (ul < 9 || strcmp(c->systemd_unit + ul - 8, ".service") || strchr(c->systemd_unit, '/')))
         return ctl_errf(err, "systemd.unit: '%s' is not a service unit name (NAME.service)", c->systemd_unit);
+    const char *k;
+    json_t *v;
+    json_object_foreach(c->runtime_env, k, v) {
+        const char *owned[] = {"BEAVA_LISTEN_ADDR", "BEAVA_ADMIN_ADDR", "BEAVA_TCP_PORT", "BEAVA_DATA_DIR",
+                               "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", NULL};
+        for (int i = 0; owned[i]; i++)
+            if (!strcmp(k, owned[i]))
+                return ctl_errf(err, "runtime.env.%s: the daemon sets this itself (runtime.http_addr, "
+                                "runtime.admin_addr, runtime.tcp_port, runtime.data_dir)", k);
+    }
+    if (c->ready_stall_s < 1)
+        return ctl_errf(err, "runtime.ready_stall_s: must be at least 1");
+    if (*c->notify_url && strncmp(c->notify_url, "http://", 7) && strncmp(c->notify_url, "https://", 8))
+        return ctl_errf(err, "notify.url: '%s' is not an http:// or https:// URL", c->notify_url);
     if (c->unpack_max_layer_bytes < 1 || c->unpack_max_image_bytes < 1)
         return ctl_errf(err, "unpack.max_layer_bytes and unpack.max_image_bytes: must be at least 1");
     if (c->keep_images < 2)

@@ -45,11 +45,15 @@ struct ctl_config {
     int64_t stop_grace_s;
     int64_t ready_timeout_s;
     int64_t ready_s_per_gib;
+    int64_t ready_stall_s;         /* readiness gate: longest time without recovery progress */
+    bool hold_sockets;             /* process/bwrap: the daemon binds the listeners, passes them */
     char *admin_token_file;
     char *systemd_unit;
     char *systemd_bus;             /* "" = system bus, else a D-Bus address */
     char *manifests_dir;           /* default manifests for a deploy */
     char *manifests_root;          /* triggers may name a manifest dir below this */
+    char *notify_url;              /* webhook; "" = off */
+    char *notify_secret_file;
     int64_t unpack_max_layer_bytes; /* uncompressed size of one layer */
     int64_t unpack_max_image_bytes; /* uncompressed size of all the layers of an image */
     int64_t keep_images;

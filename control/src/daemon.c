@@ -3,6 +3,8 @@
  */
 #include "daemon.h"
 #include "deploy.h"
+#include "dlog.h"
+#include "releases.h"
 #include "journal.h"
 #include "oci.h"
 #include "port_guard.h"
@@ -39,6 +41,7 @@ struct daemon {
     struct deploy *running;
     bool stop;
     json_t *supervisor;          /* deploy_supervise state */
+    json_t *exits;               /* reaped children's wait statuses (worker thread only) */
     unsigned char *secret;
     size_t secret_len;
     struct trigger_seen *seen;
@@ -53,12 +56,15 @@ struct req {
     char *body;
     size_t len;
     bool too_big;
+    unsigned int status;     /* the answer given, for the daemon log */
+    char reason[256];
 };
 
 /* ---- responses -------------------------------------------------------------------------- */
 
-static enum MHD_Result reply(struct MHD_Connection *c, unsigned int status, json_t *body)
+static enum MHD_Result reply(struct req *rq, struct MHD_Connection *c, unsigned int status, json_t *body)
 {
+    rq->status = status;
     char *text = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(body);
     size_t n = strlen(text);
@@ -73,9 +79,11 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned int status, json
     return rc;
 }
 
-static enum MHD_Result reply_err(struct MHD_Connection *c, unsigned int status, const char *code, const char *msg)
+static enum MHD_Result reply_err(struct req *rq, struct MHD_Connection *c, unsigned int status, const char *code,
+                                  const char *msg)
 {
-    return reply(c, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
+    snprintf(rq->reason, sizeof rq->reason, "%.40s: %.200s", code, msg); /* the log keeps the head */
+    return reply(rq, c, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
 }
 
 /* ---- queue ------------------------------------------------------------------------------- */
@@ -116,6 +124,8 @@ static int enqueue(struct daemon *dm, struct deploy *d, char *err)
         json_object_set_new(j, "revision", json_string(d->revision));
     if (d->manifests)
         json_object_set_new(j, "manifests", json_string(d->manifests));
+    if (d->target)
+        json_object_set_new(j, "target", json_string(d->target));
     pthread_cond_signal(&dm->cv);
     pthread_mutex_unlock(&dm->ctx.mu);
     char e2[CTL_ERR_LEN];
@@ -141,8 +151,10 @@ static void *worker(void *arg)
             continue;
         }
         pthread_mutex_unlock(&dm->ctx.mu);
-        deploy_supervise(&dm->ctx, dm->supervisor);
-        runtime_reap();
+        deploy_supervise(&dm->ctx, dm->supervisor, dm->exits);
+        runtime_reap(dm->exits);
+        if (json_object_size(dm->exits) > 64)
+            json_object_clear(dm->exits);
         pthread_mutex_lock(&dm->ctx.mu);
         if (dm->stop || dm->qlen)
             continue;
@@ -184,11 +196,23 @@ static json_t *find_deploy(struct daemon *dm, const char *id)
     return out;
 }
 
-static enum MHD_Result route_status(struct daemon *dm, struct MHD_Connection *c)
+static enum MHD_Result route_status(struct daemon *dm, struct req *r, struct MHD_Connection *c)
 {
     json_t *s = deploy_status(&dm->ctx);
     pthread_mutex_lock(&dm->ctx.mu);
     json_object_set_new(s, "deploying", dm->running ? json_string(dm->running->id) : json_null());
+    if (dm->running) {
+        json_t *rec = dm->running->rec;
+        json_t *steps = json_object_get(rec, "steps");
+        json_t *last = json_array_get(steps, json_array_size(steps) - 1);
+        json_t *prog = json_pack("{s:O,s:O,s:O?,s:O?,s:O?,s:O?,s:I}", "id", json_object_get(rec, "id"), "kind",
+                                 json_object_get(rec, "kind"), "image", json_object_get(rec, "image"), "started",
+                                 json_object_get(rec, "started"), "last_step", json_object_get(last, "step"), "source",
+                                 json_object_get(rec, "source"), "steps_done", (json_int_t)json_array_size(steps));
+        json_int_t started = json_integer_value(json_object_get(rec, "started_ms"));
+        json_object_set_new(prog, "elapsed_ms", json_integer(started ? ctl_now_ms() - started : 0));
+        json_object_set_new(s, "deploy_in_progress", prog);
+    }
     json_t *q = json_array();
     for (size_t i = 0; i < dm->qlen; i++)
         json_array_append_new(q, json_string(dm->queue[(dm->qhead + i) % 256]->id));
@@ -197,10 +221,10 @@ static enum MHD_Result route_status(struct daemon *dm, struct MHD_Connection *c)
         json_object_set_new(s, "state", json_string("degraded"));
     json_object_set(s, "supervisor", dm->supervisor);
     pthread_mutex_unlock(&dm->ctx.mu);
-    return reply(c, 200, s);
+    return reply(r, c, 200, s);
 }
 
-static enum MHD_Result route_history(struct daemon *dm, struct MHD_Connection *c)
+static enum MHD_Result route_history(struct daemon *dm, struct req *r, struct MHD_Connection *c)
 {
     const char *lim = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit");
     long n = lim ? strtol(lim, NULL, 10) : 20;
@@ -212,7 +236,7 @@ static enum MHD_Result route_history(struct daemon *dm, struct MHD_Connection *c
     json_t *recs = journal_read(path, &skipped);
     json_t *hist = journal_history(recs, (size_t)n);
     json_decref(recs);
-    return reply(c, 200, json_pack("{s:o,s:I}", "deploys", hist, "unreadable_lines", (json_int_t)skipped));
+    return reply(r, c, 200, json_pack("{s:o,s:I}", "deploys", hist, "unreadable_lines", (json_int_t)skipped));
 }
 
 /* Validate a manifests name from a trigger: relative, below manifests.root. */
@@ -241,7 +265,7 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
     json_t *body = r->len ? json_loadb(r->body, r->len, 0, &je) : json_object();
     if (!json_is_object(body)) {
         json_decref(body);
-        return reply_err(c, 400, "bad_json", "the body must be a JSON object");
+        return reply_err(r, c, 400, "bad_json", "the body must be a JSON object");
     }
     struct deploy *d = NULL;
     const char *image = json_string_value(json_object_get(body, "image"));
@@ -253,18 +277,18 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
     if ((mj && !json_is_string(mj) && !json_is_null(mj)) ||
         (json_object_get(body, "image") && !image) || (json_object_get(body, "revision") && !revision && !json_is_null(json_object_get(body, "revision")))) {
         json_decref(body);
-        return reply_err(c, 400, "bad_request", "image, revision and manifests must be strings");
+        return reply_err(r, c, 400, "bad_request", "image, revision and manifests must be strings");
     }
     if (manifests && *manifests) {
         if (l->tcp) {
             if (!(mpath = trigger_manifests(dm, manifests, err))) {
                 json_decref(body);
-                return reply_err(c, 400, "bad_manifests", err);
+                return reply_err(r, c, 400, "bad_manifests", err);
             }
         } else {
             if (manifests[0] != '/') {
                 json_decref(body);
-                return reply_err(c, 400, "bad_manifests", "manifests must be an absolute path");
+                return reply_err(r, c, 400, "bad_manifests", "manifests must be an absolute path");
             }
             mpath = ctl_strdup(manifests);
         }
@@ -273,21 +297,21 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
         if (!image || !*image) {
             free(mpath);
             json_decref(body);
-            return reply_err(c, 400, "bad_request", "image is required");
+            return reply_err(r, c, 400, "bad_request", "image is required");
         }
         if (strcmp(dm->ctx.cfg->runtime_kind, "process") != 0 || strcmp(image, "local") != 0) {
             struct oci_ref ref;
             if (oci_parse_ref(image, &ref, err) < 0) {
                 free(mpath);
                 json_decref(body);
-                return reply_err(c, 400, "bad_image", err);
+                return reply_err(r, c, 400, "bad_image", err);
             }
             const char *repo = dm->ctx.cfg->registry_repository;
             if ((l->tcp && !*repo) || (*repo && !oci_ref_in_repository(&ref, repo))) {
                 snprintf(err, sizeof err, "image %s is outside the configured repository '%s'; refused", image, repo);
                 free(mpath);
                 json_decref(body);
-                return reply_err(c, 403, "image_outside_repository", err);
+                return reply_err(r, c, 403, "image_outside_repository", err);
             }
         }
         char src[200];
@@ -297,21 +321,49 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
     } else if (!l->tcp && !strcmp(url, "/v1/apply")) {
         if (!mpath) {
             json_decref(body);
-            return reply_err(c, 400, "bad_request", "manifests (an absolute path) is required");
+            return reply_err(r, c, 400, "bad_request", "manifests (an absolute path) is required");
         }
         d = deploy_new("apply", NULL, NULL, mpath, "cli");
+        d->adopt = json_is_true(json_object_get(body, "adopt"));
+        if (d->adopt)
+            json_object_set_new(d->rec, "adopt", json_true());
     } else if (!l->tcp && !strcmp(url, "/v1/rollback")) {
-        d = deploy_new("rollback", NULL, NULL, NULL, "cli");
+        const char *to = json_string_value(json_object_get(body, "to"));
+        char digest[80] = "";
+        if (to && *to && releases_resolve(dm->ctx.cfg->state_dir, to, digest, err) < 0) {
+            json_decref(body);
+            return reply_err(r, c, 400, "unknown_release", err);
+        }
+        d = deploy_new("rollback", *digest ? digest : NULL, NULL, NULL, "cli");
+        if (*digest)
+            d->target = ctl_strdup(digest);
+    } else if (!l->tcp && !strcmp(url, "/v1/restore")) {
+        const char *id = json_string_value(json_object_get(body, "backup"));
+        json_t *all = backups_list(dm->ctx.cfg->state_dir);
+        bool found = false;
+        size_t i;
+        json_t *b;
+        json_array_foreach(all, i, b) found = found || (id && !strcmp(json_string_value(json_object_get(b, "id")), id) &&
+                                                         json_is_true(json_object_get(b, "exists")));
+        json_decref(all);
+        if (!found) {
+            snprintf(err, CTL_ERR_LEN, "no backup '%s' on disk (see `beava-control backups`)", id ? id : "");
+            json_decref(body);
+            return reply_err(r, c, 400, "unknown_backup", err);
+        }
+        d = deploy_new("restore", NULL, NULL, NULL, "cli");
+        d->target = ctl_strdup(id);
+        json_object_set_new(d->rec, "backup", json_string(id));
     } else {
         free(mpath);
         json_decref(body);
-        return reply_err(c, 404, "not_found", "no such route");
+        return reply_err(r, c, 404, "not_found", "no such route");
     }
     free(mpath);
     json_decref(body);
     if (enqueue(dm, d, err) < 0) {
         deploy_free(d);
-        return reply_err(c, 503, "unavailable", err);
+        return reply_err(r, c, 503, "unavailable", err);
     }
     if (l->tcp && d->image) {
         /* remembered only once queued: a refused trigger does not block a corrected one */
@@ -330,7 +382,7 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
     }
     char loc[128];
     snprintf(loc, sizeof loc, "/v1/deploys/%s", d->id);
-    rc = reply(c, 202, json_pack("{s:s,s:s,s:s}", "id", d->id, "status", "queued", "url", loc));
+    rc = reply(r, c, 202, json_pack("{s:s,s:s,s:s}", "id", d->id, "status", "queued", "url", loc));
     return rc;
 }
 
@@ -386,7 +438,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (l->tcp)
         port_guard_request_read(c);
     if (r->too_big)
-        return reply_err(c, 413, "body_too_large", "request body over the limit");
+        return reply_err(r, c, 413, "body_too_large", "request body over the limit");
     bool post = !strcmp(method, "POST"), get = !strcmp(method, "GET");
     if (l->tcp) {
         char err[CTL_ERR_LEN];
@@ -397,32 +449,64 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         const struct trigger_req tr = {.method = method, .path = url, .timestamp = ts, .delivery = del,
                                        .body = r->body ? r->body : "", .body_len = r->len};
         if (trigger_verify(dm->secret, dm->secret_len, &tr, sig, now, window, err) < 0)
-            return reply_err(c, 401, "unauthorized", err);
+            return reply_err(r, c, 401, "unauthorized", err);
         if (post) {
             pthread_mutex_lock(&dm->ctx.mu);
             int x = trigger_seen_check_add(dm->seen, del, now, window, err);
             pthread_mutex_unlock(&dm->ctx.mu);
             if (x < 0)
-                return reply_err(c, 401, "unauthorized", err);
+                return reply_err(r, c, 401, "unauthorized", err);
             if (replayed_body(dm, r, now, err))
-                return reply_err(c, 409, "replayed_trigger", err);
+                return reply_err(r, c, 409, "replayed_trigger", err);
         }
     }
     if (get && !strcmp(url, "/v1/status"))
-        return route_status(dm, c);
+        return route_status(dm, r, c);
     if (get && !strcmp(url, "/v1/history"))
-        return route_history(dm, c);
+        return route_history(dm, r, c);
+    if (post && !l->tcp && !strcmp(url, "/v1/manifests/diff")) {
+        char err[CTL_ERR_LEN];
+        json_t *body = r->len ? json_loadb(r->body, r->len, 0, NULL) : NULL;
+        const char *dir = json_string_value(json_object_get(body, "manifests"));
+        json_t *out = dir && dir[0] == '/' ? deploy_manifests_diff(&dm->ctx, dir, err) : NULL;
+        if (!dir || dir[0] != '/')
+            snprintf(err, sizeof err, "manifests (an absolute path) is required");
+        json_decref(body);
+        return out ? reply(r, c, 200, out) : reply_err(r, c, 400, "diff_failed", err);
+    }
+    if (get && !l->tcp && !strcmp(url, "/v1/releases"))
+        return reply(r, c, 200, json_pack("{s:o}", "releases", releases_list(dm->ctx.cfg->state_dir)));
+    if (get && !l->tcp && !strcmp(url, "/v1/backups"))
+        return reply(r, c, 200, json_pack("{s:o}", "backups", backups_list(dm->ctx.cfg->state_dir)));
     if (get && !strncmp(url, "/v1/deploys/", 12)) {
         json_t *d = find_deploy(dm, url + 12);
         if (!d)
-            return reply_err(c, 404, "not_found", "no such deploy");
-        return reply(c, 200, d);
+            return reply_err(r, c, 404, "not_found", "no such deploy");
+        return reply(r, c, 200, d);
     }
     if (post && !strncmp(url, "/v1/", 4))
         return route_post(dm, l, c, url, r);
     if (!strncmp(url, "/v1/", 4))
-        return reply_err(c, 405, "method_not_allowed", "wrong method or unknown route");
-    return reply_err(c, 404, "not_found", "no such route");
+        return reply_err(r, c, 405, "method_not_allowed", "wrong method or unknown route");
+    return reply_err(r, c, 404, "not_found", "no such route");
+}
+
+/* One daemon-log line per request on the control port: the CI trigger audit trail. */
+static void audit(struct MHD_Connection *c, const struct req *r)
+{
+    char addr[INET6_ADDRSTRLEN + 8] = "?";
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET) {
+        const struct sockaddr_in *sa = (const struct sockaddr_in *)ci->client_addr;
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
+        snprintf(addr, sizeof addr, "%s:%u", ip, ntohs(sa->sin_port));
+    }
+    const char *delivery = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_DELIVERY);
+    bool ok = r->status >= 200 && r->status < 300;
+    dlog(ok ? "trigger.accepted" : "trigger.rejected",
+         json_pack("{s:i,s:s,s:s,s:s?}", "status", (int)r->status, "reason", r->reason[0] ? r->reason : (ok ? "ok" : "?"),
+                   "remote_addr", addr, "delivery", delivery));
 }
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t)
@@ -431,6 +515,8 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
     if (cls) /* the control port: the next request on this connection gets a fresh deadline */
         port_guard_request_done(c);
     struct req *r = *con_cls;
+    if (cls && r && r->status) /* only the control port has a guard: the CI trigger audit */
+        audit(c, r);
     if (r) {
         free(r->body);
         free(r);
@@ -500,7 +586,9 @@ int daemon_serve(struct ctl_config *cfg, char *err)
     pthread_t wt;
     bool worker_started = false;
     dm->ctx.cfg = cfg;
+    listeners_init(&dm->ctx.listeners);
     dm->supervisor = json_object();
+    dm->exits = json_object();
     pthread_mutex_init(&dm->ctx.mu, NULL);
     pthread_cond_init(&dm->cv, NULL);
     if (state_init(cfg->state_dir, err) < 0 || state_lock(cfg->state_dir, &lockfd, err) < 0)
@@ -548,8 +636,10 @@ int daemon_serve(struct ctl_config *cfg, char *err)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    fprintf(stdout, "{\"kind\":\"control.recovering\"}\n");
-    fflush(stdout);
+    if (notify_start(cfg, &dm->ctx.notifier, err) < 0)
+        goto out;
+    dlog("control.recovering", NULL);
+    deploy_hold_listeners(&dm->ctx);
     deploy_recover(&dm->ctx);
 
     if (unix_listener(cfg, &ufd, err) < 0)
@@ -590,13 +680,11 @@ int daemon_serve(struct ctl_config *cfg, char *err)
         goto out;
     }
     worker_started = true;
-    fprintf(stdout, "{\"kind\":\"control.ready\",\"socket\":\"%s\",\"listen_addr\":\"%s\",\"runtime\":\"%s\"}\n",
-            config_socket(cfg), cfg->listen_addr, cfg->runtime_kind);
-    fflush(stdout);
+    dlog("control.ready", json_pack("{s:s,s:s,s:s}", "socket", config_socket(cfg), "listen_addr", cfg->listen_addr,
+                                    "runtime", cfg->runtime_kind));
     int sig = 0;
     sigwait(&set, &sig);
-    fprintf(stdout, "{\"kind\":\"control.stopping\",\"signal\":%d}\n", sig);
-    fflush(stdout);
+    dlog("control.stopping", json_pack("{s:i}", "signal", sig));
     rc = 0;
 out:
     if (mt)
@@ -619,6 +707,9 @@ out:
     journal_close(dm->ctx.journal);
     trigger_seen_close(dm->seen);
     json_decref(dm->supervisor);
+    json_decref(dm->exits);
+    listeners_close(&dm->ctx.listeners);
+    notify_stop(dm->ctx.notifier);
     free(dm->secret);
     free(dm->ctx.token);
     if (lockfd >= 0)

@@ -8,8 +8,10 @@
  */
 #include "deploy.h"
 #include "beava_api.h"
+#include "dlog.h"
 #include "manifest.h"
 #include "oci.h"
+#include "releases.h"
 #include "runtime.h"
 #include "state.h"
 #include "unpack.h"
@@ -22,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
@@ -70,6 +73,7 @@ void deploy_free(struct deploy *d)
     free(d->revision);
     free(d->manifests);
     free(d->source);
+    free(d->target);
     json_decref(d->rec);
     free(d);
 }
@@ -98,6 +102,10 @@ static void step_done(struct ctl_ctx *ctx, struct deploy *d, const char *name, i
     json_object_set_new(j, "deploy", json_string(d->id));
     journal_rec(ctx, j);
     json_decref(j);
+    json_t *l = json_deep_copy(s);
+    json_object_del(json_object_get(l, "detail"), "log_tail");
+    json_object_set_new(l, "deploy", json_string(d->id));
+    dlog("deploy.step", l);
     json_decref(s);
 }
 
@@ -112,12 +120,18 @@ static void deploy_end(struct ctl_ctx *ctx, struct deploy *d, const char *status
     json_object_set_new(d->rec, "ended", json_string(ts));
     if (extra)
         json_object_update(d->rec, extra);
+    notify_deploy(ctx->notifier, d->rec);
     pthread_mutex_unlock(&ctx->mu);
     json_t *j = json_pack("{s:s,s:s,s:s,s:s}", "event", "deploy.end", "deploy", d->id, "status", status,
                           "message", msg);
     if (extra)
         json_object_update(j, extra);
     journal_rec(ctx, j);
+    json_t *l = json_deep_copy(j);
+    json_object_del(l, "event");
+    json_object_set_new(l, "deploy_kind", json_string(d->kind));
+    json_object_set_new(l, "source", json_string(d->source));
+    dlog("deploy.end", l);
     json_decref(j);
     json_decref(extra);
 }
@@ -137,8 +151,45 @@ static char *image_dir(struct ctl_ctx *ctx, const char *digest)
     return ctl_asprintf("%s/images/%s", ctx->cfg->state_dir, digest + 7);
 }
 
-/* Start the release `digest` with the configured runtime; saves instance.json. */
-static int start_release(struct ctl_ctx *ctx, const char *digest, const char *deploy_id, char *err)
+void deploy_hold_listeners(struct ctl_ctx *ctx)
+{
+    struct ctl_config *cfg = ctx->cfg;
+    if (!cfg->hold_sockets || !strcmp(cfg->runtime_kind, "systemd"))
+        return;
+    bool all = true;
+    for (int i = 0; i < LISTENERS_N; i++)
+        all = all && ctx->listeners.fd[i] >= 0;
+    if (all)
+        return;
+    json_t *inst = state_load(cfg->state_dir, "instance");
+    json_t *report = listeners_acquire(&ctx->listeners, cfg, inst);
+    dlog("server.listeners", report);
+    json_decref(inst);
+}
+
+/* The image's version and revision labels, for the journal (NULL when unknown). */
+static json_t *release_labels(struct ctl_ctx *ctx, const char *digest)
+{
+    char *dir = image_dir(ctx, digest);
+    json_t *img = state_load(dir, "image");
+    free(dir);
+    json_t *lb = json_object_get(json_object_get(json_object_get(img, "config"), "config"), "Labels");
+    json_t *out = NULL;
+    if (json_is_object(lb)) {
+        out = json_object();
+        const char *keys[] = {"org.opencontainers.image.version", "org.opencontainers.image.revision", NULL};
+        for (int i = 0; keys[i]; i++)
+            if (json_is_string(json_object_get(lb, keys[i])))
+                json_object_set(out, keys[i], json_object_get(lb, keys[i]));
+    }
+    json_decref(img);
+    return out;
+}
+
+/* Start the release `digest` with the configured runtime; saves instance.json. *detail
+ * (optional, caller owns) gets {pid, log, env_overrides}; each override is logged. */
+static int start_release(struct ctl_ctx *ctx, const char *digest, const char *deploy_id, json_t **detail,
+                         char *err)
 {
     struct ctl_config *cfg = ctx->cfg;
     char *dir = image_dir(ctx, digest);
@@ -172,12 +223,33 @@ static int start_release(struct ctl_ctx *ctx, const char *digest, const char *de
         binary = ctl_strdup(e0 && e0[0] == '/' ? e0 : cfg->runtime_image_binary);
     }
     json_t *icfg = json_object_get(json_object_get(imgjs, "config"), "config");
+    deploy_hold_listeners(ctx);
+    int fds[LISTENERS_N];
+    const char *names[LISTENERS_N];
+    int nl = 0;
+    for (int i = 0; i < LISTENERS_N; i++) {
+        if (ctx->listeners.fd[i] >= 0) {
+            fds[nl] = ctx->listeners.fd[i];
+            names[nl++] = LISTENER_NAMES[i];
+        }
+    }
     struct rt_start s = {.digest = digest, .rootfs = rootfs, .binary = binary, .image_config = icfg,
-                         .log_path = log};
+                         .log_path = log, .listen_fds = fds, .listen_names = names, .n_listen = nl};
     json_t *inst = NULL;
     if (runtime_start(cfg, &s, &inst, err) < 0)
         goto out;
     json_object_set_new(inst, "deploy", json_string(deploy_id));
+    size_t i;
+    json_t *o;
+    json_array_foreach(json_object_get(inst, "env_overrides"), i, o) {
+        json_t *l = json_deep_copy(o);
+        json_object_set_new(l, "deploy", json_string(deploy_id));
+        json_object_set_new(l, "digest", json_string(digest));
+        dlog("server.env_override", l);
+    }
+    if (detail)
+        *detail = json_pack("{s:O?,s:O?,s:O?}", "pid", json_object_get(inst, "pid"), "log", json_object_get(inst, "log"),
+                            "env_overrides", json_object_get(inst, "env_overrides"));
     rc = state_save(cfg->state_dir, "instance", inst, err);
     json_decref(inst);
 out:
@@ -203,44 +275,85 @@ static int stop_instance(struct ctl_ctx *ctx, json_t **how, char *err)
     return rc;
 }
 
-/* Wait for admin /ready 200 and data-plane /ping; deadline grows with the data size. */
+static char *progress_text(json_t *p)
+{
+    if (!p)
+        return ctl_strdup("the server reports no recovery progress");
+    return ctl_asprintf("phase %s, %lld records and %.1f MiB replayed of a %.1f MiB WAL",
+                        json_string_value(json_object_get(p, "phase")) ? json_string_value(json_object_get(p, "phase")) : "?",
+                        (long long)json_integer_value(json_object_get(p, "records")),
+                        (double)json_integer_value(json_object_get(p, "bytes")) / (1024.0 * 1024.0),
+                        (double)json_integer_value(json_object_get(p, "wal_bytes_total")) / (1024.0 * 1024.0));
+}
+
+/* The readiness gate: admin /ready 200 and data-plane /ping. It fails, saying which, when
+ *  - the server exits ("exited", quoting the server's last error line),
+ *  - recovery shows no progress (the "progress" of admin /ready's 503 answer) for
+ *    runtime.ready_stall_s, plus ready_s_per_gib per GiB while a snapshot loads ("stalled"),
+ *  - the ceiling ready_timeout_s + ready_s_per_gib x data GiB passes ("ceiling"). */
 static int probe(struct ctl_ctx *ctx, json_t **detail, char *err)
 {
     struct ctl_config *cfg = ctx->cfg;
     struct beava_ep ep = endpoint(ctx);
     uint64_t bytes = ctl_tree_bytes(cfg->runtime_data_dir);
     double deadline_s = (double)cfg->ready_timeout_s + (double)cfg->ready_s_per_gib * (double)bytes / GIB;
-    int64_t t0 = ctl_mono_ms(), end = t0 + (int64_t)(deadline_s * 1000);
+    int64_t t0 = ctl_mono_ms(), end = t0 + (int64_t)(deadline_s * 1000), last_change = t0;
     char why[CTL_ERR_LEN] = "no answer yet";
     json_t *inst = state_load(cfg->state_dir, "instance");
+    const char *log = json_string_value(json_object_get(inst, "log"));
+    json_t *last = NULL;
+    const char *reason = NULL;
+    double stall_s = (double)cfg->ready_stall_s;
     int rc = -1;
     for (;;) {
         if (inst && !runtime_alive(cfg, inst)) {
             ctl_errf(err, "the server exited during startup (%s)", why);
+            reason = "exited";
             break;
         }
-        if (beava_ready(&ep, why, sizeof why)) {
+        json_t *prog = NULL;
+        int64_t now = ctl_mono_ms();
+        if (beava_ready_progress(&ep, why, sizeof why, &prog)) {
             int64_t v = 0;
             if (beava_ping(&ep, &v, why) == 0) {
-                *detail = json_pack("{s:I,s:f,s:I,s:I}", "ms", (json_int_t)(ctl_mono_ms() - t0),
-                                    "deadline_s", deadline_s, "data_bytes", (json_int_t)bytes,
-                                    "registry_version", (json_int_t)v);
+                *detail = json_pack("{s:I,s:f,s:I,s:I,s:O?}", "ms", (json_int_t)(ctl_mono_ms() - t0), "deadline_s",
+                                    deadline_s, "data_bytes", (json_int_t)bytes, "registry_version", (json_int_t)v,
+                                    "progress", last);
                 rc = 0;
                 break;
             }
+            last_change = now;
+        } else if (prog && !json_equal(prog, last)) {
+            json_decref(last);
+            last = json_incref(prog);
+            last_change = now;
         }
-        if (ctl_mono_ms() >= end) {
-            ctl_errf(err, "not ready within %.0fs (data dir %.1f MiB): %s", deadline_s,
-                     (double)bytes / (1024.0 * 1024.0), why);
+        json_decref(prog);
+        const char *phase = json_string_value(json_object_get(last, "phase"));
+        double allow = stall_s;
+        if (phase && !strcmp(phase, "snapshot"))
+            allow += (double)cfg->ready_s_per_gib * (double)json_integer_value(json_object_get(last, "snapshot_bytes")) / GIB;
+        if (now - last_change >= (int64_t)(allow * 1000)) {
+            char *pt = progress_text(last);
+            ctl_errf(err, "recovery stalled: no progress for %.0fs (runtime.ready_stall_s; %s): %s", allow, pt, why);
+            free(pt);
+            reason = "stalled";
+            break;
+        }
+        if (now >= end) {
+            char *pt = progress_text(last);
+            ctl_errf(err, "not ready within %.0fs (the ceiling for a data dir of %.1f MiB; %s): %s", deadline_s,
+                     (double)bytes / (1024.0 * 1024.0), pt, why);
+            free(pt);
+            reason = "ceiling";
             break;
         }
         usleep(200000);
     }
     if (rc < 0) {
-        const char *log = json_string_value(json_object_get(inst, "log"));
         char *tail = log ? runtime_log_tail(log, 40) : ctl_strdup("");
-        *detail = json_pack("{s:s,s:f,s:I}", "log_tail", tail, "deadline_s", deadline_s,
-                            "data_bytes", (json_int_t)bytes);
+        *detail = json_pack("{s:s,s:s,s:f,s:I,s:f,s:O?}", "log_tail", tail, "reason", reason, "deadline_s", deadline_s,
+                            "data_bytes", (json_int_t)bytes, "stall_s", stall_s, "progress", last);
         free(tail);
         /* the server's own words, verbatim, into the step, the history and the CLI */
         char *said = log ? runtime_log_last_error(log, json_integer_value(json_object_get(inst, "log_offset"))) : NULL;
@@ -251,6 +364,7 @@ static int probe(struct ctl_ctx *ctx, json_t **detail, char *err)
             free(said);
         }
     }
+    json_decref(last);
     json_decref(inst);
     return rc;
 }
@@ -268,13 +382,32 @@ static char *diff_summary(json_t *diff)
     return s;
 }
 
+/* Descriptors adopted from a registry filled by hand (registry.json "adopted"): while there
+ * are any, every register uses mode merge so they are kept without being declared. */
+static json_t *adopted_names(struct ctl_ctx *ctx)
+{
+    json_t *reg = state_load(ctx->cfg->state_dir, "registry");
+    json_t *a = json_object_get(reg, "adopted");
+    json_t *out = json_is_array(a) ? json_incref(a) : json_array();
+    json_decref(reg);
+    return out;
+}
+
+static const char *register_mode(struct ctl_ctx *ctx)
+{
+    json_t *a = adopted_names(ctx);
+    bool merge = json_array_size(a) > 0;
+    json_decref(a);
+    return merge ? "merge" : NULL;
+}
+
 static int dry_run(struct ctl_ctx *ctx, json_t *nodes, json_t **diff, char *err)
 {
     struct beava_ep ep = endpoint(ctx);
     long status = 0;
     json_t *out = NULL;
     *diff = NULL;
-    if (beava_register(&ep, nodes, false, true, &status, &out, err) < 0)
+    if (beava_register_mode(&ep, nodes, register_mode(ctx), false, true, &status, &out, err) < 0)
         return -1;
     if (status != 200 || !json_is_object(json_object_get(out, "diff"))) {
         char *b = out ? json_dumps(out, JSON_COMPACT) : NULL;
@@ -317,9 +450,24 @@ static int snapshot_backup(struct ctl_ctx *ctx, struct deploy *d, json_t **detai
     int rc = ctl_mkdirs(dir, 0750, err);
     if (rc == 0)
         rc = ctl_copytree(host, dst, err);
-    if (rc == 0)
-        *detail = json_pack("{s:O,s:s,s:s,s:I}", "lsn", json_object_get(snap, "lsn"), "snapshot", host,
-                            "backup", dst, "bytes", (json_int_t)ctl_tree_bytes(dst));
+    if (rc == 0) {
+        json_t *cur = state_load(ctx->cfg->state_dir, "current");
+        *detail = json_pack("{s:O,s:s,s:s,s:I,s:O?}", "lsn", json_object_get(snap, "lsn"), "snapshot", host,
+                            "backup", dst, "bytes", (json_int_t)ctl_tree_bytes(dst), "release",
+                            json_object_get(cur, "digest"));
+        json_decref(cur);
+        /* the manifest carry as it was, so a restore of this snapshot restores it too */
+        char *src = ctl_asprintf("%s/registry.json", ctx->cfg->state_dir);
+        char *rj = ctl_asprintf("%s/registry.json", dir);
+        char *text = NULL;
+        size_t len;
+        char e2[CTL_ERR_LEN];
+        if (ctl_read_file(src, 64u << 20, &text, &len, e2) == 0 && access(rj, F_OK) != 0)
+            ctl_write_file_atomic(rj, text, len, 0640, e2);
+        free(text);
+        free(rj);
+        free(src);
+    }
     free(dir);
     free(dst);
     free(host);
@@ -411,7 +559,7 @@ static int apply_manifests(struct ctl_ctx *ctx, struct deploy *d, struct manifes
         }
         long status = 0;
         json_t *out = NULL;
-        if (beava_register(&ep, nodes, force, false, &status, &out, err) < 0 || status != 200) {
+        if (beava_register_mode(&ep, nodes, register_mode(ctx), force, false, &status, &out, err) < 0 || status != 200) {
             if (status) {
                 char *b = out ? json_dumps(out, JSON_COMPACT) : NULL;
                 ctl_errf(err, "register (%s): status %ld %s", m->id, status, b ? b : "");
@@ -432,13 +580,15 @@ static int apply_manifests(struct ctl_ctx *ctx, struct deploy *d, struct manifes
         free(sum);
         json_decref(out);
         json_decref(diff);
-        json_t *r = json_pack("{s:O,s:s,s:s}", "nodes", nodes, "manifests_hash", set->hash, "deploy", d->id);
+        json_t *r = json_pack("{s:O,s:s,s:s,s:o}", "nodes", nodes, "manifests_hash", set->hash, "deploy", d->id,
+                              "adopted", adopted_names(ctx));
         state_save(cfg->state_dir, "registry", r, err);
         json_decref(r);
         json_decref(*final_nodes);
         *final_nodes = nodes;
     }
-    json_t *r = json_pack("{s:O,s:s,s:s}", "nodes", *final_nodes, "manifests_hash", set->hash, "deploy", d->id);
+    json_t *r = json_pack("{s:O,s:s,s:s,s:o}", "nodes", *final_nodes, "manifests_hash", set->hash, "deploy", d->id,
+                          "adopted", adopted_names(ctx));
     rc = state_save(cfg->state_dir, "registry", r, err);
     json_decref(r);
 out:
@@ -464,9 +614,12 @@ static int verify(struct ctl_ctx *ctx, json_t *nodes, int64_t want_version, json
     if (want_version >= 0 && v != want_version)
         return ctl_errf(err, "registry_version is %lld, the last register answered %lld", (long long)v,
                         (long long)want_version);
-    if (nodes && (int64_t)json_array_size(nodes) != count)
-        return ctl_errf(err, "the server holds %lld descriptors, the manifests declare %zu", (long long)count,
-                        json_array_size(nodes));
+    json_t *adopted = adopted_names(ctx);
+    size_t n_adopted = json_array_size(adopted);
+    json_decref(adopted);
+    if (nodes && (int64_t)(json_array_size(nodes) + n_adopted) != count)
+        return ctl_errf(err, "the server holds %lld descriptors, the manifests declare %zu (and %zu adopted)",
+                        (long long)count, json_array_size(nodes), n_adopted);
     json_t *want = manifest_tables(nodes);
     size_t i;
     json_t *t;
@@ -552,14 +705,15 @@ static void rollback(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const c
         return;
     }
     t0 = ctl_mono_ms();
-    if (start_release(ctx, digest, d->id, err) < 0) {
+    json_t *sd = NULL;
+    if (start_release(ctx, digest, d->id, &sd, err) < 0) {
         step_done(ctx, d, "rollback.start", t0, false, err, NULL);
         char *m = ctl_asprintf("%s; rollback to %s failed: %s", reason, digest, err);
         deploy_end(ctx, d, "failed", m, NULL);
         free(m);
         return;
     }
-    step_done(ctx, d, "rollback.start", t0, true, digest, NULL);
+    step_done(ctx, d, "rollback.start", t0, true, digest, sd);
     t0 = ctl_mono_ms();
     json_t *detail = NULL;
     int x = probe(ctx, &detail, err);
@@ -574,16 +728,18 @@ static void rollback(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const c
 
 struct aged {
     char name[256];
-    time_t mtime;
+    long long mtime_ns;
+    bool pinned;
 };
 
 static int cmp_aged(const void *a, const void *b)
 {
     const struct aged *x = a, *y = b;
-    return x->mtime < y->mtime ? 1 : (x->mtime > y->mtime ? -1 : strcmp(x->name, y->name));
+    return x->mtime_ns < y->mtime_ns ? 1 : (x->mtime_ns > y->mtime_ns ? -1 : strcmp(x->name, y->name));
 }
 
-/* Keep the newest `keep` entries of dir plus the names in `pinned`. */
+/* Keep `keep` entries of dir: the pinned ones (names containing one of `pinned`) always,
+ * then the newest others; remove the rest. */
 static void gc_dir(const char *dir, long keep, const char *const *pinned)
 {
     DIR *dd = opendir(dir);
@@ -592,6 +748,7 @@ static void gc_dir(const char *dir, long keep, const char *const *pinned)
     struct aged *v = NULL;
     size_t n = 0;
     struct dirent *e;
+    long kept = 0;
     while ((e = readdir(dd))) {
         if (e->d_name[0] == '.' || strlen(e->d_name) >= 256)
             continue;
@@ -602,20 +759,26 @@ static void gc_dir(const char *dir, long keep, const char *const *pinned)
             if (!v)
                 abort();
             snprintf(v[n].name, sizeof v[n].name, "%s", e->d_name);
-            v[n++].mtime = st.st_mtime;
+            v[n].mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+            v[n].pinned = false;
+            for (const char *const *pp = pinned; *pp; pp++)
+                if (strstr(v[n].name, *pp))
+                    v[n].pinned = true;
+            kept += v[n].pinned;
+            n++;
         }
         free(p);
     }
     closedir(dd);
     if (n)
         qsort(v, n, sizeof *v, cmp_aged);
-    for (size_t i = (size_t)keep; i < n; i++) {
-        bool pin = false;
-        for (const char *const *p = pinned; *p; p++)
-            if (strstr(v[i].name, *p))
-                pin = true;
-        if (pin)
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].pinned)
             continue;
+        if (kept < keep) {
+            kept++;
+            continue;
+        }
         char *p = ctl_asprintf("%s/%s", dir, v[i].name);
         char err[CTL_ERR_LEN];
         ctl_rmtree(p, err);
@@ -636,6 +799,9 @@ static void housekeeping(struct ctl_ctx *ctx, json_t *cur)
     dir = ctl_asprintf("%s/backups", ctx->cfg->state_dir);
     gc_dir(dir, ctx->cfg->keep_backups, none);
     free(dir);
+    int n = releases_gc_blobs(ctx->cfg->state_dir);
+    if (n > 0)
+        dlog("store.gc", json_pack("{s:i,s:I}", "blobs_removed", n, "keep_images", (json_int_t)ctx->cfg->keep_images));
 }
 
 /* ---- the pipeline ------------------------------------------------------------------------ */
@@ -740,8 +906,13 @@ static int fetch_release(struct ctl_ctx *ctx, struct deploy *d, char *digest, ch
             step_done(ctx, d, "unpack", t0, false, err, NULL);
             goto out;
         }
-        json_t *meta = json_pack("{s:s,s:s,s:s,s:O}", "image", d->image, "digest", digest, "manifest",
-                                 img.manifest_digest, "config", img.config);
+        json_t *blobs = json_array();
+        json_array_append_new(blobs, json_string(img.config_digest));
+        size_t li;
+        json_t *lay;
+        json_array_foreach(img.layers, li, lay) json_array_append(blobs, json_object_get(lay, "digest"));
+        json_t *meta = json_pack("{s:s,s:s,s:s,s:O,s:o}", "image", d->image, "digest", digest, "manifest",
+                                 img.manifest_digest, "config", img.config, "blobs", blobs);
         state_save(dir, "image", meta, err);
         json_decref(meta);
         step_done(ctx, d, "unpack", t0, true, rootfs, NULL);
@@ -759,9 +930,29 @@ out:
 static struct manifest_set *load_manifests(struct ctl_ctx *ctx, struct deploy *d, char *err)
 {
     int64_t t0 = ctl_mono_ms();
-    const char *dir = d->manifests ? d->manifests : ctx->cfg->manifests_dir;
     struct manifest_set *set = NULL;
     struct stat st;
+    const char *origin = "given";
+    if (!d->manifests && !strcmp(d->kind, "deploy")) {
+        /* No --manifests: the set applied last, not the configured default, so a redeploy
+         * never swaps the pipeline behind the operator's back. */
+        json_t *cur = state_load(ctx->cfg->state_dir, "current");
+        const char *last = json_string_value(json_object_get(cur, "manifests"));
+        if (last && *last && stat(last, &st) == 0) {
+            d->manifests = ctl_strdup(last);
+            origin = "the set applied last";
+        } else if (*ctx->cfg->manifests_dir && stat(ctx->cfg->manifests_dir, &st) == 0) {
+            d->manifests = ctl_strdup(ctx->cfg->manifests_dir);
+            origin = "manifests.dir (no set applied yet)";
+        }
+        json_decref(cur);
+        if (d->manifests) {
+            pthread_mutex_lock(&ctx->mu);
+            json_object_set_new(d->rec, "manifests", json_string(d->manifests));
+            pthread_mutex_unlock(&ctx->mu);
+        }
+    }
+    const char *dir = d->manifests ? d->manifests : ctx->cfg->manifests_dir;
     if (!d->manifests && (!*dir || stat(dir, &st) != 0)) {
         set = manifest_set_new();
         manifest_set_finish(set, err);
@@ -776,9 +967,11 @@ static struct manifest_set *load_manifests(struct ctl_ctx *ctx, struct deploy *d
     json_t *ids = json_array();
     for (size_t i = 0; i < set->n; i++)
         json_array_append_new(ids, json_string(set->m[i].id));
-    step_done(ctx, d, "manifests", t0, true, set->hash,
-              json_pack("{s:s,s:s,s:o,s:I}", "dir", dir, "hash", set->hash, "order", ids, "nodes",
-                        (json_int_t)json_array_size(set->all_nodes)));
+    char *msg = ctl_asprintf("%s (%s)", dir, origin);
+    step_done(ctx, d, "manifests", t0, true, msg,
+              json_pack("{s:s,s:s,s:o,s:I,s:s}", "dir", dir, "hash", set->hash, "order", ids, "nodes",
+                        (json_int_t)json_array_size(set->all_nodes), "origin", origin));
+    free(msg);
     pthread_mutex_lock(&ctx->mu);
     json_object_set_new(d->rec, "manifests_hash", json_string(set->hash));
     pthread_mutex_unlock(&ctx->mu);
@@ -845,7 +1038,7 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
         free(m);
         goto out;
     }
-    const char *mdir = d->manifests ? d->manifests : cfg->manifests_dir;
+    const char *mdir = d->manifests;
     /* 2. same release already running and ready: nothing to do */
     bool same_digest = cur_digest && !strcmp(cur_digest, digest);
     bool running = same_digest && instance_ready(ctx, inst);
@@ -893,7 +1086,8 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
                 free(rj);
             }
             step_done(ctx, d, "backup", t0, x == 0, x ? err : dst,
-                      x ? NULL : json_pack("{s:I}", "bytes", (json_int_t)ctl_tree_bytes(dst)));
+                      x ? NULL : json_pack("{s:s,s:I,s:s?}", "path", dst, "bytes", (json_int_t)ctl_tree_bytes(dst),
+                                           "release", cur_digest));
             free(dir);
             free(dst);
             if (x < 0) {
@@ -903,14 +1097,15 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
         }
         /* 5. start new */
         t0 = ctl_mono_ms();
-        if (start_release(ctx, digest, d->id, err) < 0) {
+        json_t *sd = NULL;
+        if (start_release(ctx, digest, d->id, &sd, err) < 0) {
             step_done(ctx, d, "start", t0, false, err, NULL);
             char *r = ctl_asprintf("the new server did not start: %s", err);
             rollback(ctx, d, cur, r, cfg->backup_data_on_deploy);
             free(r);
             goto out;
         }
-        step_done(ctx, d, "start", t0, true, digest, NULL);
+        step_done(ctx, d, "start", t0, true, digest, sd);
         /* 6. probe */
         t0 = ctl_mono_ms();
         json_t *detail = NULL;
@@ -958,7 +1153,8 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
     commit(ctx, d, cur, digest, d->image, d->revision, set->hash, mdir, restarted);
     char *m = restarted ? ctl_asprintf("running %s, ready, manifests applied", digest)
                         : ctl_asprintf("%s was already running; manifests applied", digest);
-    deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:s}", "digest", digest, "manifests_hash", set->hash));
+    deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:s,s:o?}", "digest", digest, "manifests_hash", set->hash,
+                                                 "labels", release_labels(ctx, digest)));
     free(m);
 out:
     manifest_set_free(set);
@@ -966,6 +1162,56 @@ out:
     json_decref(cur);
     json_decref(inst);
     free(keep);
+}
+
+/* apply --adopt: the descriptors the server holds that neither the manifests nor the
+ * carry declare are recorded as adopted (kept as they are, registers use mode merge). */
+static int adopt_descriptors(struct ctl_ctx *ctx, struct deploy *d, struct manifest_set *set, char *err)
+{
+    int64_t t0 = ctl_mono_ms();
+    struct beava_ep ep = endpoint(ctx);
+    long status = 0;
+    json_t *out = NULL, *none = json_array();
+    /* a merge of nothing changes nothing and names every registered descriptor */
+    int x = beava_register_mode(&ep, none, "merge", false, false, &status, &out, err);
+    json_decref(none);
+    if (x == 0 && (status != 200 || !json_is_array(json_object_get(out, "registered_descriptors"))))
+        x = ctl_errf(err, "the server did not list its descriptors (status %ld); its register may predate mode merge",
+                     status);
+    if (x < 0) {
+        step_done(ctx, d, "apply.adopt", t0, false, err, NULL);
+        json_decref(out);
+        return -1;
+    }
+    json_t *reg = state_load(ctx->cfg->state_dir, "registry");
+    json_t *carry = json_object_get(reg, "nodes");
+    json_t *adopted = adopted_names(ctx);
+    size_t i, j;
+    json_t *name, *n;
+    json_array_foreach(json_object_get(out, "registered_descriptors"), i, name) {
+        const char *nm = json_string_value(name);
+        bool declared = false;
+        json_array_foreach(set->all_nodes, j, n) declared = declared || !strcmp(json_string_value(json_object_get(n, "name")) ?: "", nm);
+        json_array_foreach(carry, j, n) declared = declared || !strcmp(json_string_value(json_object_get(n, "name")) ?: "", nm);
+        json_array_foreach(adopted, j, n) declared = declared || !strcmp(json_string_value(n), nm);
+        if (!declared)
+            json_array_append(adopted, name);
+    }
+    json_t *next = json_pack("{s:O,s:O}", "nodes", carry ? carry : json_array(), "adopted", adopted);
+    if (json_object_get(reg, "manifests_hash"))
+        json_object_set(next, "manifests_hash", json_object_get(reg, "manifests_hash"));
+    x = state_save(ctx->cfg->state_dir, "registry", next, err);
+    char *names = json_dumps(adopted, JSON_COMPACT);
+    char *msg = ctl_asprintf("%zu descriptor(s) registered by hand adopted as they are: %s (registers use mode "
+                             "merge from now on; declare them in a manifest to manage them)", json_array_size(adopted), names);
+    step_done(ctx, d, "apply.adopt", t0, x == 0, x ? err : msg, json_pack("{s:O}", "adopted", adopted));
+    free(msg);
+    free(names);
+    json_decref(next);
+    json_decref(adopted);
+    json_decref(reg);
+    json_decref(out);
+    return x;
 }
 
 static void run_apply(struct ctl_ctx *ctx, struct deploy *d)
@@ -983,6 +1229,12 @@ static void run_apply(struct ctl_ctx *ctx, struct deploy *d)
     }
     step_done(ctx, d, "probe", t0, true, json_string_value(json_object_get(cur, "digest")), NULL);
     if (!(set = load_manifests(ctx, d, err))) {
+        char *m = ctl_asprintf("%s; nothing changed", err);
+        deploy_end(ctx, d, "failed", m, NULL);
+        free(m);
+        goto out;
+    }
+    if (d->adopt && adopt_descriptors(ctx, d, set, err) < 0) {
         char *m = ctl_asprintf("%s; nothing changed", err);
         deploy_end(ctx, d, "failed", m, NULL);
         free(m);
@@ -1016,17 +1268,64 @@ out:
     json_decref(inst);
 }
 
+/* What current.json says about `digest` once it runs again: the previous release's
+ * record, or one rebuilt from the releases the journal knows. */
+static json_t *release_record(struct ctl_ctx *ctx, json_t *cur, const char *digest)
+{
+    json_t *prev = json_object_get(cur, "previous");
+    const char *pd = json_string_value(json_object_get(prev, "digest"));
+    if (pd && !strcmp(pd, digest))
+        return json_deep_copy(prev);
+    json_t *rec = json_pack("{s:s,s:s}", "digest", digest, "runtime", ctx->cfg->runtime_kind);
+    json_t *all = releases_list(ctx->cfg->state_dir);
+    size_t i;
+    json_t *e;
+    json_array_foreach(all, i, e) {
+        if (strcmp(json_string_value(json_object_get(e, "digest")), digest))
+            continue;
+        if (json_is_string(json_object_get(e, "image")))
+            json_object_set(rec, "image", json_object_get(e, "image"));
+        if (json_is_string(json_object_get(e, "revision")))
+            json_object_set(rec, "revision", json_object_get(e, "revision"));
+    }
+    json_decref(all);
+    /* the registry is not changed by a rollback: the manifest set stays */
+    if (json_object_get(cur, "manifests_hash"))
+        json_object_set(rec, "manifests_hash", json_object_get(cur, "manifests_hash"));
+    if (json_object_get(cur, "manifests"))
+        json_object_set(rec, "manifests", json_object_get(cur, "manifests"));
+    return rec;
+}
+
 static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
 {
     char err[CTL_ERR_LEN];
     json_t *cur = state_load(ctx->cfg->state_dir, "current");
     json_t *prev = json_object_get(cur, "previous");
-    const char *target = json_string_value(json_object_get(prev, "digest"));
+    const char *target = d->target ? d->target : json_string_value(json_object_get(prev, "digest"));
     int64_t t0 = ctl_mono_ms();
     if (!target) {
         deploy_end(ctx, d, "failed", "no previous release recorded: nothing to roll back to", NULL);
         json_decref(cur);
         return;
+    }
+    {
+        char *dir = image_dir(ctx, target);
+        struct stat st;
+        bool have = stat(dir, &st) == 0;
+        free(dir);
+        step_done(ctx, d, "release", t0, have, have ? target : "not in the image store",
+                  json_pack("{s:s,s:b}", "digest", target, "in_store", have));
+        if (!have) {
+            char *m = ctl_asprintf("release %s is no longer in the image store (deploy.keep_images); deploy it "
+                                   "again by digest (beava-control deploy REPOSITORY@%s); nothing changed",
+                                   target, target);
+            deploy_end(ctx, d, "failed", m, NULL);
+            free(m);
+            json_decref(cur);
+            return;
+        }
+        t0 = ctl_mono_ms();
     }
     json_t *how = NULL;
     if (stop_instance(ctx, &how, err) < 0) {
@@ -1038,8 +1337,9 @@ static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
     step_done(ctx, d, "stop", t0, true, NULL, how);
     t0 = ctl_mono_ms();
     json_t *detail = NULL;
-    int x = start_release(ctx, target, d->id, err);
-    step_done(ctx, d, "start", t0, x == 0, x ? err : target, NULL);
+    json_t *sd = NULL;
+    int x = start_release(ctx, target, d->id, &sd, err);
+    step_done(ctx, d, "start", t0, x == 0, x ? err : target, sd);
     if (x == 0) {
         t0 = ctl_mono_ms();
         x = probe(ctx, &detail, err);
@@ -1053,7 +1353,7 @@ static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
     }
     char ts[40];
     ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
-    json_t *next = json_deep_copy(prev);
+    json_t *next = release_record(ctx, cur, target);
     json_t *old = json_deep_copy(cur);
     json_object_del(old, "previous");
     json_object_set_new(next, "previous", old);
@@ -1062,9 +1362,251 @@ static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
     state_save(ctx->cfg->state_dir, "current", next, err);
     json_decref(next);
     char *m = ctl_asprintf("rolled back to %s", target);
-    deploy_end(ctx, d, "succeeded", m, json_pack("{s:s}", "digest", target));
+    deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:o?}", "digest", target, "labels", release_labels(ctx, target)));
     free(m);
     json_decref(cur);
+}
+
+/* ---- manifests diff (dry run) ------------------------------------------------------------ */
+
+json_t *deploy_manifests_diff(struct ctl_ctx *ctx, const char *dir, char *err)
+{
+    struct manifest_set *set = NULL;
+    if (manifest_load(dir, &set, err) < 0)
+        return NULL;
+    json_t *reg = state_load(ctx->cfg->state_dir, "registry");
+    json_t *full = manifest_step_nodes(set, set->n ? set->n - 1 : 0, json_object_get(reg, "nodes"));
+    json_t *diff = NULL, *out = NULL;
+    if (dry_run(ctx, full, &diff, err) == 0) {
+        char why[CTL_ERR_LEN] = "";
+        bool refused = set->n && manifest_check_destructive(set, set->n - 1, json_object_get(diff, "destructive"), why) < 0;
+        /* tables a forced register would reset: every table a destructive entry is about */
+        json_t *resets = json_array(), *tables = manifest_tables(full);
+        size_t i, j;
+        json_t *e, *t;
+        json_array_foreach(json_object_get(diff, "destructive"), i, e) {
+            char owner[256];
+            manifest_entry_owner(e, owner, sizeof owner);
+            json_array_foreach(tables, j, t) {
+                if (strcmp(json_string_value(json_object_get(t, "table")), owner))
+                    continue;
+                size_t nf = 0, k;
+                json_t *n;
+                json_array_foreach(full, k, n) {
+                    if (!strcmp(json_string_value(json_object_get(n, "name")) ?: "", owner)) {
+                        json_t *ops = json_object_get(n, "ops"), *op;
+                        size_t q;
+                        json_array_foreach(ops, q, op) nf += json_object_size(json_object_get(op, "agg"));
+                    }
+                }
+                bool dup = false;
+                json_t *r;
+                json_array_foreach(resets, k, r) dup = dup || !strcmp(json_string_value(json_object_get(r, "table")), owner);
+                if (!dup)
+                    json_array_append_new(resets, json_pack("{s:s,s:I}", "table", owner, "features", (json_int_t)nf));
+            }
+        }
+        json_decref(tables);
+        json_t *ids = json_array();
+        for (size_t k = 0; k < set->n; k++)
+            json_array_append_new(ids, json_string(set->m[k].id));
+        out = json_pack("{s:s,s:s,s:o,s:I,s:O,s:o,s:b,s:s?}", "dir", dir, "hash", set->hash, "manifests", ids, "nodes",
+                        (json_int_t)json_array_size(full), "diff", diff, "resets", resets, "would_apply", !refused,
+                        "refusal", refused ? why : NULL);
+    }
+    json_decref(diff);
+    json_decref(full);
+    json_decref(reg);
+    manifest_set_free(set);
+    return out;
+}
+
+/* ---- restore ---------------------------------------------------------------------------- */
+
+/* Install backup b into an empty data dir: a data dir copy is copied whole; a snapshot
+ * goes into <data>/snapshots/ (the server recovers from it, with an empty WAL). */
+static int install_backup(struct ctl_ctx *ctx, json_t *b, char *err)
+{
+    const char *data = ctx->cfg->runtime_data_dir;
+    const char *path = json_string_value(json_object_get(b, "path"));
+    const char *kind = json_string_value(json_object_get(b, "kind"));
+    if (!strcmp(kind, "data"))
+        return ctl_copytree(path, data, err);
+    char *snapdir = ctl_asprintf("%s/snapshots", data);
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    char *dst = ctl_asprintf("%s/%s", snapdir, base);
+    int rc = ctl_mkdirs(snapdir, 0750, err);
+    if (rc == 0)
+        rc = ctl_copytree(path, dst, err);
+    free(dst);
+    free(snapdir);
+    return rc;
+}
+
+/* The backup's registry.json (the manifest carry as it was), or NULL. */
+static char *backup_registry(struct ctl_ctx *ctx, const char *id, size_t *len)
+{
+    char *p = ctl_asprintf("%s/backups/%s/registry.json", ctx->cfg->state_dir, id);
+    char *text = NULL, e2[CTL_ERR_LEN];
+    if (ctl_read_file(p, 64u << 20, &text, len, e2) < 0)
+        text = NULL;
+    free(p);
+    return text;
+}
+
+/* Stop, move the data dir aside (never deleted), install the backup, start the running
+ * release, gate, verify the registry against the restored manifest carry. A failure puts
+ * the moved data dir back and starts the release on it again. */
+static void run_restore(struct ctl_ctx *ctx, struct deploy *d)
+{
+    struct ctl_config *cfg = ctx->cfg;
+    char err[CTL_ERR_LEN];
+    json_t *cur = state_load(cfg->state_dir, "current");
+    const char *digest = json_string_value(json_object_get(cur, "digest"));
+    json_t *all = backups_list(cfg->state_dir), *b = NULL;
+    size_t i;
+    json_t *e;
+    json_array_foreach(all, i, e) {
+        if (!b && !strcmp(json_string_value(json_object_get(e, "id")), d->target) && json_is_true(json_object_get(e, "exists")))
+            b = json_incref(e);
+    }
+    json_decref(all);
+    int64_t t0 = ctl_mono_ms();
+    char *aside = ctl_asprintf("%s.before-restore-%s", cfg->runtime_data_dir, d->id);
+    char *failed = ctl_asprintf("%s.failed-restore-%s", cfg->runtime_data_dir, d->id);
+    char *reg_aside = ctl_asprintf("%s/backups/%s/registry.json", cfg->state_dir, d->id);
+    char *bdir = ctl_asprintf("%s/backups/%s", cfg->state_dir, d->id);
+    char *reg_now = NULL;
+    size_t reg_now_len = 0;
+    bool moved = false;
+    if (!b || !digest) {
+        char *m = !b ? ctl_asprintf("no backup '%s' on disk (see `beava-control backups`); nothing changed", d->target)
+                     : ctl_strdup("no release is running to restore under; deploy one first; nothing changed");
+        deploy_end(ctx, d, "failed", m, NULL);
+        free(m);
+        goto out;
+    }
+    step_done(ctx, d, "restore.select", t0, true, json_string_value(json_object_get(b, "path")), json_incref(b));
+    /* 1. stop */
+    t0 = ctl_mono_ms();
+    json_t *how = NULL;
+    if (stop_instance(ctx, &how, err) < 0) {
+        step_done(ctx, d, "stop", t0, false, err, how);
+        char *m = ctl_asprintf("cannot stop the server: %s; nothing changed", err);
+        deploy_end(ctx, d, "failed", m, NULL);
+        free(m);
+        goto out;
+    }
+    step_done(ctx, d, "stop", t0, true, NULL, how);
+    /* 2. move the data dir aside, with the manifest carry */
+    t0 = ctl_mono_ms();
+    {
+        char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
+        char e2[CTL_ERR_LEN];
+        if (ctl_read_file(rp, 64u << 20, &reg_now, &reg_now_len, e2) < 0)
+            reg_now = NULL;
+        free(rp);
+    }
+    int x = ctl_mkdirs(bdir, 0750, err);
+    if (x == 0 && reg_now)
+        x = ctl_write_file_atomic(reg_aside, reg_now, reg_now_len, 0640, err);
+    if (x == 0 && rename(cfg->runtime_data_dir, aside) < 0 && errno != ENOENT)
+        x = ctl_errf(err, "rename %s -> %s: %s", cfg->runtime_data_dir, aside, strerror(errno));
+    moved = x == 0;
+    step_done(ctx, d, "restore.backup", t0, x == 0, x ? err : aside,
+              x ? NULL : json_pack("{s:s,s:I,s:s}", "path", aside, "bytes", (json_int_t)ctl_tree_bytes(aside), "release", digest));
+    if (x < 0)
+        goto fail;
+    /* 3. install */
+    t0 = ctl_mono_ms();
+    x = install_backup(ctx, b, err);
+    size_t rl = 0;
+    char *reg = x == 0 ? backup_registry(ctx, d->target, &rl) : NULL;
+    if (x == 0) {
+        char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
+        if (reg)
+            x = ctl_write_file_atomic(rp, reg, rl, 0640, err);
+        free(rp);
+    }
+    step_done(ctx, d, "restore.install", t0, x == 0, x ? err : cfg->runtime_data_dir,
+              x ? NULL : json_pack("{s:s,s:I,s:b}", "kind", json_string_value(json_object_get(b, "kind")), "bytes",
+                                   (json_int_t)ctl_tree_bytes(cfg->runtime_data_dir), "registry_restored", reg != NULL));
+    free(reg);
+    if (x < 0)
+        goto fail;
+    /* 4. start, gate, verify */
+    t0 = ctl_mono_ms();
+    json_t *sd = NULL;
+    x = start_release(ctx, digest, d->id, &sd, err);
+    step_done(ctx, d, "start", t0, x == 0, x ? err : digest, sd);
+    if (x < 0)
+        goto fail;
+    t0 = ctl_mono_ms();
+    json_t *detail = NULL;
+    x = probe(ctx, &detail, err);
+    step_done(ctx, d, "probe", t0, x == 0, x ? err : "admin /ready 200 and data-plane /ping", detail);
+    if (x < 0)
+        goto fail;
+    t0 = ctl_mono_ms();
+    json_t *regj = state_load(cfg->state_dir, "registry");
+    json_t *vd = NULL;
+    x = verify(ctx, json_object_get(regj, "nodes"), -1, &vd, err);
+    json_decref(regj);
+    step_done(ctx, d, "verify", t0, x == 0, x ? err : NULL, vd);
+    if (x < 0)
+        goto fail;
+    {
+        char *m = ctl_asprintf("restored backup %s (%s) under %s; the data dir before is kept at %s", d->target,
+                               json_string_value(json_object_get(b, "kind")), digest, aside);
+        deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:s,s:s}", "digest", digest, "restored", d->target, "kept", aside));
+        free(m);
+    }
+    goto out;
+fail: {
+        char *why = ctl_strdup(err);
+        char e2[CTL_ERR_LEN] = "";
+        int64_t tp = ctl_mono_ms();
+        int y = stop_instance(ctx, NULL, e2);
+        if (y == 0 && moved) {
+            struct stat st;
+            if (stat(cfg->runtime_data_dir, &st) == 0 && rename(cfg->runtime_data_dir, failed) < 0)
+                y = ctl_errf(e2, "rename %s: %s", cfg->runtime_data_dir, strerror(errno));
+            if (y == 0 && stat(aside, &st) == 0 && rename(aside, cfg->runtime_data_dir) < 0)
+                y = ctl_errf(e2, "rename %s back: %s", aside, strerror(errno));
+            char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
+            if (y == 0 && reg_now)
+                y = ctl_write_file_atomic(rp, reg_now, reg_now_len, 0640, e2);
+            free(rp);
+        }
+        step_done(ctx, d, "restore.put-back", tp, y == 0, y ? e2 : "the data dir is back as it was",
+                  y ? NULL : json_pack("{s:s,s:s}", "data_dir", cfg->runtime_data_dir, "failed_copy", failed));
+        int z = -1;
+        if (y == 0) {
+            tp = ctl_mono_ms();
+            json_t *sd2 = NULL, *pd = NULL;
+            z = start_release(ctx, digest, d->id, &sd2, e2);
+            step_done(ctx, d, "rollback.start", tp, z == 0, z ? e2 : digest, sd2);
+            if (z == 0) {
+                tp = ctl_mono_ms();
+                z = probe(ctx, &pd, e2);
+                step_done(ctx, d, "rollback.probe", tp, z == 0, z ? e2 : NULL, pd);
+            }
+        }
+        char *m = z == 0 ? ctl_asprintf("restore failed: %s; the data dir was put back and %s runs on it", why, digest)
+                         : ctl_asprintf("restore failed: %s; putting the data back failed too: %s (moved data: %s)", why,
+                                        e2, aside);
+        deploy_end(ctx, d, z == 0 ? "rolled_back" : "failed", m, json_pack("{s:s}", "rolled_back_to", digest));
+        free(m);
+        free(why);
+    }
+out:
+    json_decref(b);
+    json_decref(cur);
+    free(reg_now);
+    free(bdir);
+    free(reg_aside);
+    free(failed);
+    free(aside);
 }
 
 void deploy_run(struct ctl_ctx *ctx, struct deploy *d)
@@ -1074,6 +1616,7 @@ void deploy_run(struct ctl_ctx *ctx, struct deploy *d)
     pthread_mutex_lock(&ctx->mu);
     json_object_set_new(d->rec, "status", json_string("running"));
     json_object_set_new(d->rec, "started", json_string(ts));
+    json_object_set_new(d->rec, "started_ms", json_integer(ctl_now_ms()));
     pthread_mutex_unlock(&ctx->mu);
     json_t *j = json_pack("{s:s,s:s,s:s,s:s}", "event", "deploy.start", "deploy", d->id, "kind", d->kind,
                           "source", d->source);
@@ -1083,17 +1626,69 @@ void deploy_run(struct ctl_ctx *ctx, struct deploy *d)
         json_object_set_new(j, "revision", json_string(d->revision));
     if (d->manifests)
         json_object_set_new(j, "manifests", json_string(d->manifests));
+    if (d->target)
+        json_object_set_new(j, "target", json_string(d->target));
     journal_rec(ctx, j);
+    dlog("deploy.start", json_deep_copy(j));
     json_decref(j);
     if (!strcmp(d->kind, "apply"))
         run_apply(ctx, d);
     else if (!strcmp(d->kind, "rollback"))
         run_rollback(ctx, d);
+    else if (!strcmp(d->kind, "restore"))
+        run_restore(ctx, d);
     else
         run_deploy(ctx, d);
 }
 
 /* ---- recovery and supervision -------------------------------------------------------------- */
+
+/* A restore the daemon did not finish: put the moved data dir (and the manifest carry) back
+ * and start the current release on it. */
+static void recover_restore(struct ctl_ctx *ctx, struct deploy *d, json_t *steps, json_t *cur)
+{
+    struct ctl_config *cfg = ctx->cfg;
+    char err[CTL_ERR_LEN] = "";
+    const char *aside = NULL;
+    size_t k;
+    json_t *st;
+    json_array_foreach(steps, k, st) {
+        const char *n = json_string_value(json_object_get(st, "step"));
+        if (n && !strcmp(n, "restore.backup") && json_is_true(json_object_get(st, "ok")))
+            aside = json_string_value(json_object_get(json_object_get(st, "detail"), "path"));
+    }
+    struct stat sb;
+    if (!aside || stat(aside, &sb) != 0) {
+        rollback(ctx, d, cur, "the daemon restarted during a restore, before the data dir was moved", false);
+        return;
+    }
+    int64_t t0 = ctl_mono_ms();
+    int x = stop_instance(ctx, NULL, err);
+    char *failed = ctl_asprintf("%s.failed-restore-%s", cfg->runtime_data_dir, d->id);
+    if (x == 0 && stat(cfg->runtime_data_dir, &sb) == 0 && rename(cfg->runtime_data_dir, failed) < 0)
+        x = ctl_errf(err, "rename %s: %s", cfg->runtime_data_dir, strerror(errno));
+    if (x == 0 && rename(aside, cfg->runtime_data_dir) < 0)
+        x = ctl_errf(err, "rename %s back: %s", aside, strerror(errno));
+    size_t rl = 0;
+    char *reg = x == 0 ? backup_registry(ctx, d->id, &rl) : NULL;
+    if (reg) {
+        char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
+        x = ctl_write_file_atomic(rp, reg, rl, 0640, err);
+        free(rp);
+        free(reg);
+    }
+    step_done(ctx, d, "restore.put-back", t0, x == 0, x ? err : "the data dir is back as it was",
+              json_pack("{s:s,s:s}", "data_dir", cfg->runtime_data_dir, "failed_copy", failed));
+    free(failed);
+    if (x < 0) {
+        char *m = ctl_asprintf("the daemon restarted during a restore and could not put the data back: %s (moved "
+                               "data: %s)", err, aside);
+        deploy_end(ctx, d, "failed", m, NULL);
+        free(m);
+        return;
+    }
+    rollback(ctx, d, cur, "the daemon restarted during a restore; the data dir was put back", false);
+}
 
 void deploy_recover(struct ctl_ctx *ctx)
 {
@@ -1155,6 +1750,8 @@ void deploy_recover(struct ctl_ctx *ctx)
                              strcmp(json_string_value(json_object_get(cur, "digest")), digest) != 0;
             commit(ctx, d, cur, digest, d->image, NULL, mhash, NULL, restarted);
             deploy_end(ctx, d, "succeeded", "the daemon restarted after verification; finished", NULL);
+        } else if (!strcmp(d->kind, "restore")) {
+            recover_restore(ctx, d, steps, cur);
         } else if (!strcmp(d->kind, "apply")) {
             deploy_end(ctx, d, "failed",
                        destructive ? "the daemon restarted during apply; a destructive step may have been applied (backup kept)"
@@ -1181,7 +1778,38 @@ void deploy_recover(struct ctl_ctx *ctx)
     (void)err;
 }
 
-void deploy_supervise(struct ctl_ctx *ctx, json_t *state)
+/* The exit status of a dead instance: reaped already into exits, or reaped here (the
+ * server, or bwrap's monitor which exits with its child's status). NULL when unknown (a
+ * server started by an earlier daemon is not our child). */
+static char *instance_exit(json_t *inst, json_t *exits)
+{
+    const char *keys[] = {"monitor_pid", "pid"};
+    for (int round = 0; round < 10; round++) {
+        for (int k = 0; k < 2; k++) {
+            json_int_t pid = json_integer_value(json_object_get(inst, keys[k]));
+            if (pid <= 0)
+                continue;
+            char key[24];
+            snprintf(key, sizeof key, "%lld", (long long)pid);
+            json_t *st = json_object_get(exits, key);
+            if (st) {
+                int ws = (int)json_integer_value(st);
+                /* bwrap's monitor exits with 128 + N when its child was killed by signal N */
+                char *t = k == 0 && WIFEXITED(ws) && WEXITSTATUS(ws) > 128
+                              ? ctl_asprintf("killed by signal %d (%s)", WEXITSTATUS(ws) - 128, strsignal(WEXITSTATUS(ws) - 128))
+                              : runtime_exit_text(ws);
+                json_object_del(exits, key);
+                return t;
+            }
+        }
+        runtime_reap(exits);
+        if (round < 9)
+            usleep(100000);
+    }
+    return NULL;
+}
+
+void deploy_supervise(struct ctl_ctx *ctx, json_t *state, json_t *exits)
 {
     json_t *cur = state_load(ctx->cfg->state_dir, "current");
     const char *digest = json_string_value(json_object_get(cur, "digest"));
@@ -1209,15 +1837,31 @@ void deploy_supervise(struct ctl_ctx *ctx, json_t *state)
     char err[CTL_ERR_LEN];
     const char *log = json_string_value(json_object_get(inst, "log"));
     char *tail = log ? runtime_log_tail(log, 20) : ctl_strdup("");
-    char id[64];
-    snprintf(id, sizeof id, "supervisor-%lld", (long long)ctl_now_ms());
-    int rc = start_release(ctx, digest, id, err);
-    json_t *rec = json_pack("{s:s,s:s,s:s,s:b,s:I,s:s}", "event", "supervisor.restart", "deploy", id, "digest",
-                            digest, "ok", rc == 0, "restarts", restarts + 1, "log_tail", tail);
+    char *exit_text = inst ? instance_exit(inst, exits) : NULL;
+    char id[64], ts[40];
+    ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
+    /* r-20250101T120000-<ms>: the restart's own history entry */
+    snprintf(id, sizeof id, "r-%.4s%.2s%.2sT%.2s%.2s%.2s-%03lld", ts, ts + 5, ts + 8, ts + 11, ts + 14, ts + 17,
+             (long long)(ctl_now_ms() % 1000));
+    int64_t t0 = ctl_mono_ms();
+    json_t *sd = NULL;
+    int rc = start_release(ctx, digest, id, &sd, err);
+    json_t *rec = json_pack("{s:s,s:s,s:s,s:b,s:I,s:s,s:s,s:I,s:O?,s:O?}", "event", "supervisor.restart", "deploy", id,
+                            "digest", digest, "ok", rc == 0, "restarts", restarts + 1, "log_tail", tail, "exit",
+                            exit_text ? exit_text : "unknown (not a child of this daemon)", "ms",
+                            (json_int_t)(ctl_mono_ms() - t0), "old_pid", json_object_get(inst, "pid"),
+                            "new_pid", json_object_get(sd, "pid"));
+    if (json_object_get(cur, "image"))
+        json_object_set(rec, "image", json_object_get(cur, "image"));
     if (rc < 0)
         json_object_set_new(rec, "message", json_string(err));
     journal_rec(ctx, rec);
+    json_t *l = json_deep_copy(rec);
+    json_object_del(l, "event");
+    dlog("supervisor.restart", l);
     json_decref(rec);
+    json_decref(sd);
+    free(exit_text);
     free(tail);
     json_object_set_new(state, "restarts", json_integer(restarts + 1));
     json_object_set_new(state, "last", json_integer(now));
@@ -1242,6 +1886,18 @@ json_t *deploy_status(struct ctl_ctx *ctx)
         if (!ready && *why)
             json_object_set_new(inst, "not_ready", json_string(why));
     }
+    const char *cd = json_string_value(json_object_get(cur, "digest"));
+    const char *id = json_string_value(json_object_get(inst, "digest"));
+    if (cd) {
+        json_t *lb = release_labels(ctx, cd);
+        json_object_set_new(out, "labels", lb ? lb : json_object());
+        const char *rev = json_string_value(json_object_get(lb, "org.opencontainers.image.revision"));
+        if (rev && !json_object_get(cur, "revision"))
+            json_object_set_new(cur, "revision", json_string(rev));
+    }
+    /* During a deploy the instance may be the new release's: say so instead of mixing it
+     * with the current release. */
+    json_object_set_new(out, "instance_is_current", json_boolean(inst && cd && id && !strcmp(cd, id)));
     json_object_set_new(out, "instance", inst ? inst : json_null());
     json_object_set_new(out, "runtime", json_string(ctx->cfg->runtime_kind));
     json_object_set_new(out, "state", json_string(!cur ? "empty" : ready ? "running" : alive ? "starting" : "down"));

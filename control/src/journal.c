@@ -132,13 +132,33 @@ json_t *journal_history(json_t *records, size_t limit)
         if (!id || !ev)
             continue;
         json_t *d = json_object_get(byid, id);
+        if (!strcmp(ev, "supervisor.restart")) {
+            /* a crash restart is its own entry: no queued/started records precede it */
+            bool ok = json_is_true(json_object_get(rec, "ok"));
+            d = json_pack("{s:s,s:s,s:s,s:s,s:O?,s:O?,s:O?,s:[]}", "id", id, "kind", "restart", "source", "supervisor",
+                          "status", ok ? "succeeded" : "failed", "started", json_object_get(rec, "ts"), "ended",
+                          json_object_get(rec, "ts"), "digest", json_object_get(rec, "digest"), "steps");
+            const char *keys[] = {"exit", "log_tail", "restarts", "old_pid", "new_pid", "image", "ms", NULL};
+            for (int k = 0; keys[k]; k++)
+                if (json_object_get(rec, keys[k]))
+                    json_object_set(d, keys[k], json_object_get(rec, keys[k]));
+            const char *ex = json_string_value(json_object_get(rec, "exit"));
+            const char *msg = json_string_value(json_object_get(rec, "message"));
+            char *m = ctl_asprintf("the server %s; %s", ex ? ex : "died",
+                                   ok ? "restarted by the supervisor" : (msg ? msg : "restart failed"));
+            json_object_set_new(d, "message", json_string(m));
+            free(m);
+            json_object_set_new(byid, id, d);
+            json_array_append_new(order, json_string(id));
+            continue;
+        }
         if (!d) {
             d = json_pack("{s:s,s:s,s:[]}", "id", id, "status", "queued", "steps");
             json_object_set_new(byid, id, d);
             json_array_append_new(order, json_string(id));
         }
         if (!strcmp(ev, "deploy.queued") || !strcmp(ev, "deploy.start")) {
-            const char *keys[] = {"kind", "image", "revision", "manifests", "source", NULL};
+            const char *keys[] = {"kind", "image", "revision", "manifests", "source", "target", NULL};
             for (int k = 0; keys[k]; k++)
                 if (json_object_get(rec, keys[k]))
                     json_object_set(d, keys[k], json_object_get(rec, keys[k]));
@@ -154,7 +174,7 @@ json_t *journal_history(json_t *records, size_t limit)
             if (json_object_get(rec, "digest"))
                 json_object_set(d, "digest", json_object_get(rec, "digest"));
         } else if (!strcmp(ev, "deploy.end") || !strcmp(ev, "recovery")) {
-            const char *keys[] = {"status", "message", "digest", "manifests_hash", "rolled_back_to", NULL};
+            const char *keys[] = {"status", "message", "digest", "manifests_hash", "rolled_back_to", "labels", NULL};
             for (int k = 0; keys[k]; k++)
                 if (json_object_get(rec, keys[k]))
                     json_object_set(d, keys[k], json_object_get(rec, keys[k]));

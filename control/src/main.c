@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef BEAVA_CONTROL_VERSION
@@ -33,13 +34,18 @@ static void usage(FILE *f)
             "  deploy IMAGE [--manifests DIR] [--revision SHA] [--wait]\n"
             "                                          deploy an image (tag or digest; 'local' for the\n"
             "                                          process runtime); --wait follows it to the end\n"
-            "  apply DIR                               apply pipeline manifests to the running server\n"
-            "  rollback                                go back to the previous release\n"
+            "  apply [--adopt] DIR                     apply pipeline manifests to the running server;\n"
+            "                                          --adopt keeps descriptors registered by hand\n"
+            "  rollback [--to DIGEST|TAG|DEPLOY-ID]    go back to the previous (or the named) release\n"
+            "  releases [--json]                       every release the journal knows\n"
+            "  backups [--json]                        data dir copies and snapshots taken\n"
+            "  restore BACKUP-ID                       put a backup in place (the data dir is moved aside)\n"
             "  status [--json]                         what runs, since when, and whether it is ready\n"
             "  history [-n N] [--json]                 recent deploys with their steps\n"
             "  wait ID                                 follow a deploy to its end\n"
             "  manifests render PATH                   print the register payload of a manifest set\n"
             "  manifests check PATH                    validate a manifest set (conflicts included)\n"
+            "  manifests diff PATH                     what applying it would change (dry run on the server)\n"
             "  config                                  print the effective configuration\n"
             "  sign --secret-file F --delivery ID [--timestamp T] [--method M] [--path P] BODY\n"
             "                                          print trigger headers for BODY (for scripts)\n"
@@ -84,13 +90,83 @@ static long call(struct cli *cl, const char *method, const char *path, json_t *b
     return status;
 }
 
+static void human_bytes(json_int_t b, char *buf, size_t len)
+{
+    if (b >= 1 << 30)
+        snprintf(buf, len, "%.1f GiB", (double)b / (1 << 30));
+    else if (b >= 1 << 20)
+        snprintf(buf, len, "%.1f MiB", (double)b / (1 << 20));
+    else if (b >= 1 << 10)
+        snprintf(buf, len, "%.1f KiB", (double)b / (1 << 10));
+    else
+        snprintf(buf, len, "%lld B", (long long)b);
+}
+
+/* The one-line detail of a step, as a person reads it ("" when there is none). */
+static void step_detail(const char *name, json_t *d, char *out, size_t len)
+{
+    char b1[32];
+    out[0] = 0;
+    if (!json_is_object(d))
+        return;
+    json_int_t bytes = json_integer_value(json_object_get(d, "bytes"));
+    human_bytes(bytes, b1, sizeof b1);
+    if (!strcmp(name, "backup") || !strcmp(name, "restore.backup")) {
+        snprintf(out, len, "%s (%s)", json_string_value(json_object_get(d, "path")) ?: "", b1);
+    } else if (!strcmp(name, "apply.backup")) {
+        snprintf(out, len, "snapshot at LSN %lld -> %s (%s)", (long long)json_integer_value(json_object_get(d, "lsn")),
+                 json_string_value(json_object_get(d, "backup")) ?: "", b1);
+    } else if (!strcmp(name, "apply.preflight")) {
+        json_t *diff = json_object_get(d, "diff");
+        snprintf(out, len, "%lld node(s) declared: %zu to add, %zu destructive, %zu already present",
+                 (long long)json_integer_value(json_object_get(d, "nodes")),
+                 json_array_size(json_object_get(diff, "additive")), json_array_size(json_object_get(diff, "destructive")),
+                 json_array_size(json_object_get(diff, "already_present")));
+    } else if (!strcmp(name, "verify")) {
+        size_t i, bad = 0;
+        json_t *t;
+        json_array_foreach(json_object_get(d, "tables"), i, t) bad += json_integer_value(json_object_get(t, "status")) != 200;
+        snprintf(out, len, "registry version %lld, %lld descriptor(s), %zu table(s) answer /get%s",
+                 (long long)json_integer_value(json_object_get(d, "registry_version")),
+                 (long long)json_integer_value(json_object_get(d, "node_count")),
+                 json_array_size(json_object_get(d, "tables")) - bad, bad ? " (some do NOT)" : "");
+    } else if (!strcmp(name, "stop") || !strcmp(name, "rollback.stop")) {
+        if (json_object_get(d, "via"))
+            snprintf(out, len, "%s", json_string_value(json_object_get(d, "via")));
+    } else if (!strcmp(name, "start") || !strcmp(name, "rollback.start")) {
+        size_t n = json_array_size(json_object_get(d, "env_overrides"));
+        snprintf(out, len, "pid %lld%s", (long long)json_integer_value(json_object_get(d, "pid")),
+                 n ? ", image environment overridden:" : "");
+        size_t i;
+        json_t *o;
+        json_array_foreach(json_object_get(d, "env_overrides"), i, o) {
+            size_t l = strlen(out);
+            snprintf(out + l, len - l, " %s (by %s)", json_string_value(json_object_get(o, "key")) ?: "?",
+                     json_string_value(json_object_get(o, "by")) ?: "?");
+        }
+    } else if (!strcmp(name, "probe") || !strcmp(name, "rollback.probe")) {
+        json_t *p = json_object_get(d, "progress");
+        const char *why = json_string_value(json_object_get(d, "reason"));
+        if (why)
+            snprintf(out, len, "gate failed: %s", why);
+        else if (p)
+            snprintf(out, len, "recovery replayed %lld records", (long long)json_integer_value(json_object_get(p, "records")));
+    } else if (!strcmp(name, "manifests")) {
+        snprintf(out, len, "%s", json_string_value(json_object_get(d, "dir")) ?: "");
+    }
+}
+
 static void print_step(json_t *s)
 {
     const char *name = json_string_value(json_object_get(s, "step"));
     bool ok = json_is_true(json_object_get(s, "ok"));
     double secs = (double)json_integer_value(json_object_get(s, "ms")) / 1000.0;
     const char *msg = json_string_value(json_object_get(s, "message"));
+    char det[1024];
+    step_detail(name ? name : "", json_object_get(s, "detail"), det, sizeof det);
     printf("  %-4s %-28s %8.2fs  %s\n", ok ? "ok" : "FAIL", name ? name : "?", secs, msg ? msg : "");
+    if (*det)
+        printf("       %-28s            %s\n", "", det);
     json_t *tail = json_object_get(json_object_get(s, "detail"), "log_tail");
     if (!ok && json_is_string(tail) && *json_string_value(tail))
         printf("       server log (last lines):\n%s\n", json_string_value(tail));
@@ -154,6 +230,48 @@ static char *abspath(const char *p)
     return r ? r : ctl_strdup(p);
 }
 
+/* "tag@sha256:0123456789ab" from an image reference and a digest. */
+static void short_image(const char *image, const char *digest, char *out, size_t len)
+{
+    char ref[512];
+    snprintf(ref, sizeof ref, "%s", image ? image : "");
+    char *at = strchr(ref, '@');
+    if (at)
+        *at = 0;
+    const char *name = strrchr(ref, '/') ? strrchr(ref, '/') + 1 : ref;
+    if (digest && !strncmp(digest, "sha256:", 7))
+        snprintf(out, len, "%.200s%s%.19s", name, *name ? "@" : "", digest);
+    else
+        snprintf(out, len, "%.200s", *name ? name : "-");
+}
+
+/* Seconds between two RFC 3339 UTC timestamps written by the daemon (-1 if unknown). */
+static double iso_diff(const char *a, const char *b)
+{
+    struct tm ta = {0}, tb = {0};
+    int ma = 0, mb = 0;
+    if (!a || !b || sscanf(a, "%d-%d-%dT%d:%d:%d.%dZ", &ta.tm_year, &ta.tm_mon, &ta.tm_mday, &ta.tm_hour, &ta.tm_min,
+                           &ta.tm_sec, &ma) < 6 ||
+        sscanf(b, "%d-%d-%dT%d:%d:%d.%dZ", &tb.tm_year, &tb.tm_mon, &tb.tm_mday, &tb.tm_hour, &tb.tm_min, &tb.tm_sec,
+               &mb) < 6)
+        return -1;
+    ta.tm_year -= 1900, tb.tm_year -= 1900, ta.tm_mon--, tb.tm_mon--;
+    return difftime(timegm(&tb), timegm(&ta)) + (mb - ma) / 1000.0;
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+    const char *v = json_string_value(json_object_get(o, k));
+    return v ? v : "-";
+}
+
+static void print_json(json_t *j)
+{
+    char *t = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+    printf("%s\n", t);
+    free(t);
+}
+
 static int cmd_status(struct cli *cl, bool as_json)
 {
     json_t *s = NULL;
@@ -161,30 +279,45 @@ static int cmd_status(struct cli *cl, bool as_json)
     if (st < 0)
         return 3;
     if (as_json) {
-        char *t = json_dumps(s, JSON_INDENT(2) | JSON_SORT_KEYS);
-        printf("%s\n", t);
-        free(t);
-    } else {
-        json_t *cur = json_object_get(s, "current");
-        json_t *inst = json_object_get(s, "instance");
-        printf("state:      %s\n", json_string_value(json_object_get(s, "state")));
-        printf("runtime:    %s\n", json_string_value(json_object_get(s, "runtime")));
-        if (json_is_object(cur)) {
-            const char *keys[] = {"digest", "image", "revision", "manifests_hash", "since", "deploy", NULL};
-            for (int i = 0; keys[i]; i++) {
-                const char *v = json_string_value(json_object_get(cur, keys[i]));
-                printf("%-11s %s\n", keys[i], v ? v : "-");
-            }
-            const char *pd = json_string_value(json_object_get(json_object_get(cur, "previous"), "digest"));
-            printf("previous    %s\n", pd ? pd : "-");
-        }
-        if (json_is_object(inst))
-            printf("server:     pid %lld, %s, %s\n", (long long)json_integer_value(json_object_get(inst, "pid")),
-                   json_is_true(json_object_get(inst, "alive")) ? "alive" : "not running",
-                   json_is_true(json_object_get(inst, "ready")) ? "ready" : "not ready");
-        const char *dep = json_string_value(json_object_get(s, "deploying"));
-        printf("deploying:  %s\n", dep ? dep : "-");
+        print_json(s);
+        json_decref(s);
+        return 0;
     }
+    json_t *cur = json_object_get(s, "current");
+    json_t *inst = json_object_get(s, "instance");
+    json_t *lb = json_object_get(s, "labels");
+    printf("state:       %s (runtime %s)\n", jstr(s, "state"), jstr(s, "runtime"));
+    if (json_is_object(cur)) {
+        printf("release:     %s\n", jstr(cur, "digest"));
+        printf("  image:     %s\n", jstr(cur, "image"));
+        printf("  version:   %s   revision: %s\n", jstr(lb, "org.opencontainers.image.version"), jstr(cur, "revision"));
+        printf("  since:     %s (deploy %s)\n", jstr(cur, "since"), jstr(cur, "deploy"));
+        printf("  manifests: %s (hash %.19s)\n", jstr(cur, "manifests"), jstr(cur, "manifests_hash"));
+        printf("  previous:  %s\n", jstr(json_object_get(cur, "previous"), "digest"));
+    } else {
+        printf("release:     none deployed yet\n");
+    }
+    if (json_is_object(inst)) {
+        bool mine = json_is_true(json_object_get(s, "instance_is_current"));
+        printf("server:      pid %lld, %s, %s%s%s\n", (long long)json_integer_value(json_object_get(inst, "pid")),
+               json_is_true(json_object_get(inst, "alive")) ? "alive" : "not running",
+               json_is_true(json_object_get(inst, "ready")) ? "ready" : "not ready", mine ? "" : " — release ",
+               mine ? "" : jstr(inst, "digest"));
+    }
+    json_t *dp = json_object_get(s, "deploy_in_progress");
+    if (json_is_object(dp)) {
+        printf("deploy in progress:\n");
+        printf("  id:        %s (%s, from %s)\n", jstr(dp, "id"), jstr(dp, "kind"), jstr(dp, "source"));
+        printf("  image:     %s\n", jstr(dp, "image"));
+        printf("  step:      %s done (%lld step(s)), %.1fs elapsed\n", jstr(dp, "last_step"),
+               (long long)json_integer_value(json_object_get(dp, "steps_done")),
+               (double)json_integer_value(json_object_get(dp, "elapsed_ms")) / 1000.0);
+    } else {
+        printf("deploying:   -\n");
+    }
+    size_t q = json_array_size(json_object_get(s, "queue"));
+    if (q)
+        printf("queued:      %zu deploy(s)\n", q);
     json_decref(s);
     return 0;
 }
@@ -197,24 +330,109 @@ static int cmd_history(struct cli *cl, int n, bool as_json)
     if (call(cl, "GET", path, NULL, &h) < 0)
         return 3;
     if (as_json) {
-        char *t = json_dumps(h, JSON_INDENT(2) | JSON_SORT_KEYS);
-        printf("%s\n", t);
-        free(t);
-    } else {
-        size_t i;
-        json_t *d;
-        json_array_foreach(json_object_get(h, "deploys"), i, d) {
-            const char *img = json_string_value(json_object_get(d, "image"));
-            printf("%s  %-8s %-11s %s %s\n", json_string_value(json_object_get(d, "id")),
-                   json_string_value(json_object_get(d, "kind")) ? json_string_value(json_object_get(d, "kind")) : "?",
-                   json_string_value(json_object_get(d, "status")), img ? img : "",
-                   json_string_value(json_object_get(d, "message")) ? json_string_value(json_object_get(d, "message")) : "");
-            size_t k;
-            json_t *s;
-            json_array_foreach(json_object_get(d, "steps"), k, s) print_step(s);
+        print_json(h);
+        json_decref(h);
+        return 0;
+    }
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(h, "deploys"), i, d) {
+        char img[300], when[40] = "-";
+        const char *digest = json_string_value(json_object_get(d, "digest"));
+        if (!digest)
+            digest = json_string_value(json_object_get(d, "rolled_back_to"));
+        short_image(json_string_value(json_object_get(d, "image")), digest, img, sizeof img);
+        const char *started = json_string_value(json_object_get(d, "started"));
+        if (!started)
+            started = json_string_value(json_object_get(d, "queued_at"));
+        if (started)
+            snprintf(when, sizeof when, "%.10s %.8s", started, started + 11);
+        double dur = iso_diff(started, json_string_value(json_object_get(d, "ended")));
+        const char *src = jstr(d, "source");
+        char source[40];
+        snprintf(source, sizeof source, "%s", !strncmp(src, "trigger", 7) ? "ci" : src);
+        json_t *lb = json_object_get(d, "labels");
+        const char *rev = json_string_value(json_object_get(lb, "org.opencontainers.image.revision"));
+        if (!rev)
+            rev = json_string_value(json_object_get(d, "revision"));
+        printf("%s  %s  %6.1fs  %-10s %-8s %-11s %s  version %s revision %.12s\n", jstr(d, "id"), when,
+               dur < 0 ? 0.0 : dur, source, jstr(d, "kind"), jstr(d, "status"), img,
+               jstr(lb, "org.opencontainers.image.version"), rev ? rev : "-");
+        const char *status = jstr(d, "status");
+        bool bad = strcmp(status, "succeeded") && strcmp(status, "noop") && strcmp(status, "running") &&
+                   strcmp(status, "queued");
+        json_t *steps = json_object_get(d, "steps"), *s;
+        size_t k;
+        if (bad) {
+            json_array_foreach(steps, k, s) {
+                if (!json_is_true(json_object_get(s, "ok"))) {
+                    printf("    failed at %s: %s\n", jstr(s, "step"), jstr(s, "message"));
+                    break;
+                }
+            }
         }
+        printf("    %s\n", jstr(d, "message"));
+        if (json_object_get(d, "exit"))
+            printf("    %s\n", jstr(d, "exit"));
+        json_t *tail = json_object_get(d, "log_tail");
+        if (json_is_string(tail) && *json_string_value(tail))
+            printf("    server log (last lines):\n%s\n", json_string_value(tail));
+        json_array_foreach(steps, k, s) print_step(s);
     }
     json_decref(h);
+    return 0;
+}
+
+static int cmd_releases(struct cli *cl, bool as_json)
+{
+    json_t *r = NULL;
+    if (call(cl, "GET", "/v1/releases", NULL, &r) < 0)
+        return 3;
+    if (as_json) {
+        print_json(r);
+        json_decref(r);
+        return 0;
+    }
+    printf("%-3s %-19s  %-40s %-9s %-12s %-20s %-20s %s\n", "", "DIGEST", "IMAGE", "VERSION", "REVISION", "FIRST DEPLOYED",
+           "LAST DEPLOYED", "IN STORE");
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(r, "releases"), i, e) {
+        const char *mark = json_is_true(json_object_get(e, "running")) ? "*" : json_is_true(json_object_get(e, "previous")) ? "p" : "";
+        printf("%-3s %.19s  %-40.40s %-9s %-12.12s %-20.19s %-20.19s %s\n", mark, jstr(e, "digest"), jstr(e, "image"),
+               jstr(e, "version"), jstr(e, "revision"), jstr(e, "first_deployed"), jstr(e, "last_deployed"),
+               json_is_true(json_object_get(e, "in_store")) ? "yes" : "no (removed by retention)");
+    }
+    printf("(* running, p previous; `rollback --to DIGEST|TAG|DEPLOY-ID` runs one still in the store)\n");
+    json_decref(r);
+    return 0;
+}
+
+static int cmd_backups(struct cli *cl, bool as_json)
+{
+    json_t *r = NULL;
+    if (call(cl, "GET", "/v1/backups", NULL, &r) < 0)
+        return 3;
+    if (as_json) {
+        print_json(r);
+        json_decref(r);
+        return 0;
+    }
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(r, "backups"), i, e) {
+        char b[32];
+        human_bytes(json_integer_value(json_object_get(e, "bytes")), b, sizeof b);
+        char lsn[32] = "-";
+        if (json_is_integer(json_object_get(e, "lsn")))
+            snprintf(lsn, sizeof lsn, "%lld", (long long)json_integer_value(json_object_get(e, "lsn")));
+        printf("%s  %.19s  %-8s %9s  LSN %-8s release %.19s%s\n    %s\n    %s\n", jstr(e, "id"), jstr(e, "when"),
+               jstr(e, "kind"), b, lsn, jstr(e, "release"), json_is_true(json_object_get(e, "exists")) ? "" : "  (removed)",
+               jstr(e, "why"), jstr(e, "path"));
+    }
+    if (!json_array_size(json_object_get(r, "backups")))
+        printf("no backups recorded\n");
+    json_decref(r);
     return 0;
 }
 
@@ -242,6 +460,48 @@ static int cmd_manifests(const char *what, const char *path)
 }
 
 /* Headers of a signed trigger (the signing string is in trigger.h and control/README.md). */
+static int cmd_manifests_diff(struct cli *cl, const char *dir)
+{
+    char *p = abspath(dir);
+    json_t *out = NULL;
+    long st = call(cl, "POST", "/v1/manifests/diff", json_pack("{s:s}", "manifests", p), &out);
+    free(p);
+    if (st < 0)
+        return 3;
+    if (st != 200) {
+        fprintf(stderr, "beava-control: %s\n", jstr(json_object_get(out, "error"), "message"));
+        json_decref(out);
+        return 1;
+    }
+    json_t *diff = json_object_get(out, "diff");
+    printf("manifests %s: %zu file(s), %lld descriptor(s) after apply (hash %.19s)\n", jstr(out, "dir"),
+           json_array_size(json_object_get(out, "manifests")), (long long)json_integer_value(json_object_get(out, "nodes")),
+           jstr(out, "hash"));
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(diff, "additive"), i, e)
+        printf("  + add      %s %s\n", jstr(e, "descriptor_kind"), jstr(e, "name"));
+    json_array_foreach(json_object_get(diff, "destructive"), i, e) {
+        char *t = json_dumps(e, JSON_COMPACT | JSON_SORT_KEYS);
+        printf("  ! change   %s\n", t);
+        free(t);
+    }
+    printf("  = keep     %zu descriptor(s) unchanged\n", json_array_size(json_object_get(diff, "already_present")));
+    json_array_foreach(json_object_get(out, "resets"), i, e)
+        printf("  force will reset table %s: %lld features, all of its entities (their state starts empty)\n",
+               jstr(e, "table"), (long long)json_integer_value(json_object_get(e, "features")));
+    int rc = 0;
+    if (json_is_true(json_object_get(out, "would_apply"))) {
+        printf("apply would %s\n", json_array_size(json_object_get(diff, "additive")) ||
+                                         json_array_size(json_object_get(diff, "destructive")) ? "succeed" : "change nothing");
+    } else {
+        printf("apply would be REFUSED: %s\n", jstr(out, "refusal"));
+        rc = 1;
+    }
+    json_decref(out);
+    return rc;
+}
+
 static int cmd_sign(int argc, char **argv)
 {
     const char *secret_file = NULL, *ts = NULL, *delivery = NULL, *method = "POST", *path = "/v1/deploys";
@@ -328,6 +588,8 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "version")) {
         printf("beava-control %s\n", BEAVA_CONTROL_VERSION);
         rc = 0;
+    } else if (!strcmp(cmd, "manifests") && sargc == 3 && !strcmp(sargv[1], "diff")) {
+        rc = load_cfg(&cl) < 0 ? 2 : cmd_manifests_diff(&cl, sargv[2]);
     } else if (!strcmp(cmd, "manifests")) {
         if (sargc != 3 || (strcmp(sargv[1], "render") && strcmp(sargv[1], "check"))) {
             fprintf(stderr, "usage: beava-control manifests render|check PATH\n");
@@ -386,15 +648,30 @@ int main(int argc, char **argv)
             rc = submit(&cl, "/v1/deploys", body, wait);
         }
     } else if (!strcmp(cmd, "apply")) {
-        if (sargc != 2) {
-            fprintf(stderr, "usage: beava-control apply DIR\n");
+        bool adopt = sargc == 3 && !strcmp(sargv[1], "--adopt");
+        if (sargc != 2 && !adopt) {
+            fprintf(stderr, "usage: beava-control apply [--adopt] DIR\n");
         } else {
-            char *p = abspath(sargv[1]);
-            rc = submit(&cl, "/v1/apply", json_pack("{s:s}", "manifests", p), true);
+            char *p = abspath(sargv[sargc - 1]);
+            rc = submit(&cl, "/v1/apply", json_pack("{s:s,s:b}", "manifests", p, "adopt", adopt), true);
             free(p);
         }
     } else if (!strcmp(cmd, "rollback")) {
-        rc = submit(&cl, "/v1/rollback", json_object(), true);
+        if (sargc == 3 && !strcmp(sargv[1], "--to"))
+            rc = submit(&cl, "/v1/rollback", json_pack("{s:s}", "to", sargv[2]), true);
+        else if (sargc == 1)
+            rc = submit(&cl, "/v1/rollback", json_object(), true);
+        else
+            fprintf(stderr, "usage: beava-control rollback [--to DIGEST|TAG|DEPLOY-ID]\n");
+    } else if (!strcmp(cmd, "restore")) {
+        if (sargc != 2)
+            fprintf(stderr, "usage: beava-control restore BACKUP-ID   (see `beava-control backups`)\n");
+        else
+            rc = submit(&cl, "/v1/restore", json_pack("{s:s}", "backup", sargv[1]), true);
+    } else if (!strcmp(cmd, "releases")) {
+        rc = cmd_releases(&cl, sargc > 1 && !strcmp(sargv[1], "--json"));
+    } else if (!strcmp(cmd, "backups")) {
+        rc = cmd_backups(&cl, sargc > 1 && !strcmp(sargv[1], "--json"));
     } else if (!strcmp(cmd, "wait")) {
         rc = sargc == 2 ? follow(&cl, sargv[1]) : 2;
     } else if (!strcmp(cmd, "status")) {

@@ -703,7 +703,8 @@ int manifest_load(const char *path, struct manifest_set **out, char *err)
             names[n++] = ctl_strdup(e->d_name);
         }
         closedir(d);
-        qsort(names, n, sizeof *names, cmp_str);
+        if (n)
+            qsort(names, n, sizeof *names, cmp_str);
         int rc = 0;
         for (size_t i = 0; i < n; i++) {
             char *p = ctl_asprintf("%s/%s", path, names[i]);
@@ -787,11 +788,49 @@ const char *manifest_entry_owner(json_t *entry, char *buf, size_t len)
     return buf;
 }
 
+/* Is name declared (as a node or under remove:) by manifests 0..k? */
+static bool declared_upto(const struct manifest_set *s, size_t k, const char *name)
+{
+    for (size_t mi = 0; mi <= k && mi < s->n; mi++) {
+        size_t j;
+        json_t *x;
+        json_array_foreach(s->m[mi].nodes, j, x) if (!strcmp(node_name(x), name)) return true;
+        json_array_foreach(s->m[mi].remove, j, x) if (!strcmp(json_string_value(x), name)) return true;
+    }
+    return false;
+}
+
 int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *destructive,
                                char *err)
 {
     size_t i;
     json_t *entry;
+    /* A registry filled by hand: every descriptor the change is about (a rename's old name
+     * included) that no manifest declares, named at once. */
+    char names[700] = "";
+    size_t undeclared = 0;
+    json_array_foreach(destructive, i, entry) {
+        char owner[256];
+        const char *cand[2] = {manifest_entry_owner(entry, owner, sizeof owner),
+                               NULL};
+        const char *ek = json_string_value(json_object_get(entry, "kind"));
+        if (ek && !strcmp(ek, "rename"))
+            cand[1] = json_string_value(json_object_get(entry, "from"));
+        for (int c = 0; c < 2; c++) {
+            const char *nm = cand[c];
+            size_t l = strlen(names);
+            if (!nm || !*nm || declared_upto(s, k, nm) || strstr(names, nm) || l + strlen(nm) + 3 >= sizeof names)
+                continue;
+            snprintf(names + l, sizeof names - l, "%s%s", undeclared ? ", " : "", nm);
+            undeclared++;
+        }
+    }
+    if (undeclared)
+        return ctl_errf(err, "the server holds %zu descriptor(s) that no manifest declares (registered by hand, not by "
+                        "beava-control?): %s; taking over refused, nothing changed. Adopt them as they are with "
+                        "`beava-control apply --adopt DIR` (they are kept; registers use mode merge), or declare them "
+                        "in a manifest of their own, or drop them by listing them under remove: in a manifest with "
+                        "allow_destructive: true", undeclared, names);
     json_array_foreach(destructive, i, entry) {
         char owner[256];
         manifest_entry_owner(entry, owner, sizeof owner);
@@ -806,10 +845,7 @@ int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *d
         const char *kind = json_string_value(json_object_get(entry, "kind"));
         char *desc = canon(entry);
         if (found < 0) {
-            ctl_errf(err, "destructive change %s is about '%s', which no manifest declares "
-                     "(the server holds a descriptor beava-control did not register?); "
-                     "declare it, or list it under remove: with allow_destructive: true",
-                     desc, owner);
+            ctl_errf(err, "destructive change %s is about '%s', which no manifest declares", desc, owner);
             free(desc);
             return -1;
         }

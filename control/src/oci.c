@@ -629,6 +629,7 @@ int oci_pull(const struct ctl_config *cfg, const struct oci_ref *r, const char *
     }
     const char *cdig = json_string_value(json_object_get(cfgd, "digest"));
     json_int_t csize = json_is_integer(json_object_get(cfgd, "size")) ? json_integer_value(json_object_get(cfgd, "size")) : -1;
+    snprintf(img->config_digest, sizeof img->config_digest, "%s", cdig ? cdig : "");
     if (fetch_blob(&g, store_dir, cdig, csize, &img->bytes_fetched, err) < 0 ||
         load_blob_json(store_dir, cdig, &img->config, err) < 0) {
         json_decref(m);

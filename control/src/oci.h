@@ -42,6 +42,7 @@ int oci_resolve(const struct ctl_config *cfg, const struct oci_ref *r, long wait
 struct oci_image {
     char digest[80];           /* what was asked for (index or manifest) */
     char manifest_digest[80];  /* the platform manifest */
+    char config_digest[80];    /* the config blob's digest */
     json_t *config;            /* the image config blob (caller frees via oci_image_free) */
     json_t *layers;            /* manifest "layers" array */
     long long bytes_fetched;

@@ -30,6 +30,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define RT_FD_PARK 64   /* fds passed to the server are parked above this before dup2 */
+
 struct strv {
     char **v;
     size_t n, cap;
@@ -94,11 +96,26 @@ static bool pid_alive(pid_t pid, long long start)
     return start <= 0 || s == start;
 }
 
-void runtime_reap(void)
+void runtime_reap(json_t *exits)
 {
     int status;
-    while (waitpid(-1, &status, WNOHANG) > 0) {
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (!exits)
+            continue;
+        char key[24];
+        snprintf(key, sizeof key, "%d", (int)pid);
+        json_object_set_new(exits, key, json_integer(status));
     }
+}
+
+char *runtime_exit_text(int status)
+{
+    if (WIFEXITED(status))
+        return ctl_asprintf("exited with status %d", WEXITSTATUS(status));
+    if (WIFSIGNALED(status))
+        return ctl_asprintf("killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+    return ctl_asprintf("ended (wait status %d)", status);
 }
 
 char *runtime_log_tail(const char *path, int lines)
@@ -243,29 +260,109 @@ static void chown_tree(const char *path, uid_t uid, gid_t gid)
     closedir(d);
 }
 
-static void build_env(const struct ctl_config *cfg, json_t *image_config, struct strv *env)
+/* Keys the daemon owns: the listen addresses, the data dir and the inherited sockets. An
+ * image (or runtime.env) setting one of them is overridden, and the override reported. */
+static const char *const DAEMON_KEYS[] = {"BEAVA_LISTEN_ADDR", "BEAVA_ADMIN_ADDR", "BEAVA_TCP_PORT",
+                                          "BEAVA_DATA_DIR",    "LISTEN_FDS",       "LISTEN_PID",
+                                          "LISTEN_FDNAMES",    NULL};
+
+static bool daemon_key(const char *kv)
+{
+    size_t n = strcspn(kv, "=");
+    for (int i = 0; DAEMON_KEYS[i]; i++)
+        if (strlen(DAEMON_KEYS[i]) == n && !strncmp(kv, DAEMON_KEYS[i], n))
+            return true;
+    return false;
+}
+
+/* Index of the entry of env whose name is kv's name, or -1. */
+static long env_find(const struct strv *env, const char *kv)
+{
+    size_t n = strcspn(kv, "=");
+    for (size_t i = 0; i < env->n; i++)
+        if (!strncmp(env->v[i], kv, n) && env->v[i][n] == '=')
+            return (long)i;
+    return -1;
+}
+
+static void note_override(json_t *overrides, const char *kv, const char *by, const char *used)
+{
+    size_t n = strcspn(kv, "=");
+    char *key = ctl_asprintf("%.*s", (int)n, kv);
+    json_array_append_new(overrides, json_pack("{s:s,s:s,s:s,s:s}", "key", key, "image_value", kv[n] ? kv + n + 1 : "",
+                                               "by", by, "value", used));
+    free(key);
+}
+
+/* Set kv (replacing an entry of the same name). */
+static void env_set(struct strv *env, const char *kv)
+{
+    long i = env_find(env, kv);
+    if (i < 0) {
+        sv_add(env, kv);
+        return;
+    }
+    free(env->v[i]);
+    env->v[i] = ctl_strdup(kv);
+}
+
+/* The server's environment: the image's Env (BEAVA_* included), then runtime.env, then
+ * the daemon's own keys. Every image entry replaced on the way is listed in overrides. */
+static void build_env(const struct ctl_config *cfg, json_t *image_config, struct strv *env, json_t *overrides)
 {
     size_t i;
     json_t *v;
-    /* image Env first (PATH etc.), then ours, which win */
     json_array_foreach(json_object_get(image_config, "Env"), i, v) {
-        if (json_is_string(v) && strncmp(json_string_value(v), "BEAVA_", 6))
-            sv_add(env, json_string_value(v));
+        if (json_is_string(v) && strchr(json_string_value(v), '='))
+            env_set(env, json_string_value(v));
     }
-    if (!json_object_get(image_config, "Env"))
+    if (env_find(env, "PATH=") < 0)
         sv_add(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    char buf[512];
-    snprintf(buf, sizeof buf, "BEAVA_LISTEN_ADDR=%s", cfg->runtime_http_addr);
-    sv_add(env, buf);
-    snprintf(buf, sizeof buf, "BEAVA_ADMIN_ADDR=%s", cfg->runtime_admin_addr);
-    sv_add(env, buf);
-    snprintf(buf, sizeof buf, "BEAVA_TCP_PORT=%lld", (long long)cfg->runtime_tcp_port);
-    sv_add(env, buf);
+    size_t from_image = env->n;
     const char *k;
     json_object_foreach(cfg->runtime_env, k, v) {
         char *kv = ctl_asprintf("%s=%s", k, json_string_value(v));
-        sv_add(env, kv);
+        long at = env_find(env, kv);
+        if (daemon_key(kv)) {
+            free(kv);
+            continue; /* refused by config validation too; the daemon's value wins */
+        }
+        if (at >= 0 && (size_t)at < from_image && strcmp(env->v[at], kv))
+            note_override(overrides, env->v[at], "runtime.env", json_string_value(v));
+        env_set(env, kv);
         free(kv);
+    }
+    /* The data dir is passed as --data-dir (flags win over the environment). */
+    long dd = env_find(env, "BEAVA_DATA_DIR=");
+    if (dd >= 0) {
+        note_override(overrides, env->v[dd], "daemon (--data-dir)", "");
+        free(env->v[dd]);
+        memmove(env->v + dd, env->v + dd + 1, (env->n - (size_t)dd) * sizeof *env->v);
+        env->n--;
+    }
+    char buf[512];
+    const char *owned[3][2] = {{"BEAVA_LISTEN_ADDR", cfg->runtime_http_addr},
+                               {"BEAVA_ADMIN_ADDR", cfg->runtime_admin_addr},
+                               {"BEAVA_TCP_PORT", NULL}};
+    char port[24];
+    snprintf(port, sizeof port, "%lld", (long long)cfg->runtime_tcp_port);
+    owned[2][1] = port;
+    for (int o = 0; o < 3; o++) {
+        snprintf(buf, sizeof buf, "%s=%s", owned[o][0], owned[o][1]);
+        long at = env_find(env, buf);
+        if (at >= 0 && strcmp(env->v[at], buf))
+            note_override(overrides, env->v[at], "daemon", owned[o][1]);
+        env_set(env, buf);
+    }
+    /* Inherited-socket variables of the image never reach the server: only the daemon's. */
+    for (const char *const *ls = (const char *const[]){"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", NULL}; *ls; ls++) {
+        long at = env_find(env, *ls);
+        if (at >= 0) {
+            note_override(overrides, env->v[at], "daemon (inherited sockets)", "");
+            free(env->v[at]);
+            memmove(env->v + at, env->v + at + 1, (env->n - (size_t)at) * sizeof *env->v);
+            env->n--;
+        }
     }
 }
 
@@ -279,6 +376,7 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
     bool systemd = !strcmp(kind, "systemd");
     uid_t uid = 0;
     gid_t gid = 0;
+    json_t *overrides = NULL;
     *instance = NULL;
     if ((bwrap || systemd) && !s->rootfs)
         return ctl_errf(err, "runtime %s needs an image rootfs", kind);
@@ -324,12 +422,30 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         uid = 0, gid = 0; /* cannot switch users: run as ourselves */
     if (uid != 0)
         chown_tree(cfg->runtime_data_dir, uid, gid);
-    build_env(cfg, s->image_config, &env);
+    overrides = json_array();
+    build_env(cfg, s->image_config, &env, overrides);
     struct stat lst;
     long long log_offset = s->log_path && stat(s->log_path, &lst) == 0 ? (long long)lst.st_size : 0;
 
     const char *data_arg = s->rootfs ? "/data" : cfg->runtime_data_dir;
     const char *conf_arg = *cfg->runtime_config ? (s->rootfs ? "/etc/beava/beava.yaml" : cfg->runtime_config) : NULL;
+    /* Inherited listeners (listeners.h): fds 3.. in the server, named by LISTEN_FDNAMES.
+     * LISTEN_PID must be the server's pid: under bwrap the server is pid 1 of its own pid
+     * namespace; a plain process writes its pid into the reserved entry after fork. */
+    int nl = systemd ? 0 : s->n_listen;
+    char *listen_pid_digits = NULL;
+    if (nl > 0) {
+        char buf[160] = "LISTEN_FDNAMES=";
+        for (int i = 0; i < nl; i++)
+            snprintf(buf + strlen(buf), sizeof buf - strlen(buf), "%s%s", i ? ":" : "", s->listen_names[i]);
+        sv_add(&env, buf);
+        snprintf(buf, sizeof buf, "LISTEN_FDS=%d", nl);
+        sv_add(&env, buf);
+        sv_add(&env, bwrap ? "LISTEN_PID=1" : "LISTEN_PID=0000000000");
+        listen_pid_digits = env.v[env.n - 1] + strlen("LISTEN_PID=");
+    }
+    char info_fd[16];
+    snprintf(info_fd, sizeof info_fd, "%d", 3 + nl);
     if (bwrap) {
         sv_add(&argv, "bwrap");
         sv_add(&argv, "--ro-bind"); sv_add(&argv, s->rootfs); sv_add(&argv, "/");
@@ -343,8 +459,12 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         sv_add(&argv, "--unshare-ipc");
         sv_add(&argv, "--unshare-uts");
         sv_add(&argv, "--new-session");
+        if (nl > 0) {
+            sv_add(&argv, "--unshare-pid");
+            sv_add(&argv, "--as-pid-1");
+        }
         sv_add(&argv, "--chdir"); sv_add(&argv, "/data");
-        sv_add(&argv, "--info-fd"); sv_add(&argv, "3");
+        sv_add(&argv, "--info-fd"); sv_add(&argv, info_fd);
         sv_add(&argv, "--");
     }
     sv_add(&argv, s->binary);
@@ -389,9 +509,30 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         dup2(devnull, 0);
         dup2(logfd, 1);
         dup2(logfd, 2);
+        /* move every fd to pass above the targets first: dup2 onto itself would keep
+         * close-on-exec set */
+        int hi[RT_MAX_LISTEN + 1];
+        for (int i = 0; i < nl; i++)
+            hi[i] = fcntl(s->listen_fds[i], F_DUPFD_CLOEXEC, RT_FD_PARK);
         if (bwrap)
-            dup2(info[1], 3);
-        close_range(bwrap ? 4 : 3, ~0U, 0);
+            hi[nl] = fcntl(info[1], F_DUPFD_CLOEXEC, RT_FD_PARK);
+        for (int i = 0; i < nl; i++)
+            dup2(hi[i], 3 + i);
+        if (bwrap)
+            dup2(hi[nl], 3 + nl);
+        close_range((unsigned)(3 + nl + (bwrap ? 1 : 0)), ~0U, 0);
+        if (listen_pid_digits) {
+            if (!bwrap) { /* async-signal-safe formatting of getpid() */
+                char d[12];
+                int k = 0;
+                for (long v = (long)getpid(); v > 0 && k < 11; v /= 10)
+                    d[k++] = (char)('0' + v % 10);
+                int j = 0;
+                while (k > 0)
+                    listen_pid_digits[j++] = d[--k];
+                listen_pid_digits[j] = 0;
+            }
+        }
         if (raise_nofile)
             (void)setrlimit(RLIMIT_NOFILE, &nofile); /* bwrap passes it on to the server */
         sigset_t none;
@@ -447,8 +588,17 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
                           (json_int_t)proc_starttime(server, NULL), "monitor_pid",
                           (json_int_t)monitor, "log", s->log_path, "started", ts);
     json_object_set_new(*instance, "log_offset", json_integer(log_offset));
+    if (nl > 0) {
+        json_t *names = json_array();
+        for (int i = 0; i < nl; i++)
+            json_array_append_new(names, json_string(s->listen_names[i]));
+        json_object_set_new(*instance, "listen_fds", names);
+    }
     rc = 0;
 out:
+    if (*instance && overrides)
+        json_object_set(*instance, "env_overrides", overrides);
+    json_decref(overrides);
     if (info[0] >= 0)
         close(info[0]);
     if (info[1] >= 0)
@@ -465,7 +615,7 @@ bool runtime_alive(const struct ctl_config *cfg, json_t *instance)
         return false;
     if (!strcmp(kind, "systemd"))
         return rt_systemd_alive(cfg, instance);
-    runtime_reap();
+    /* a zombie counts as gone; its status is left for the daemon's reaper */
     return pid_alive((pid_t)json_integer_value(json_object_get(instance, "pid")),
                      json_integer_value(json_object_get(instance, "pid_start")));
 }
@@ -493,7 +643,7 @@ int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, c
         kill(pid, SIGTERM);
         int64_t deadline = ctl_mono_ms() + cfg->stop_grace_s * 1000;
         while (pid_alive(pid, start) && ctl_mono_ms() < deadline) {
-            runtime_reap();
+            runtime_reap(NULL);
             usleep(50000);
         }
         if (pid_alive(pid, start)) {
@@ -501,7 +651,7 @@ int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, c
             killed = true;
             deadline = ctl_mono_ms() + 10000;
             while (pid_alive(pid, start) && ctl_mono_ms() < deadline) {
-                runtime_reap();
+                runtime_reap(NULL);
                 usleep(20000);
             }
         }
@@ -510,13 +660,13 @@ int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, c
     if (monitor > 0) {
         int64_t deadline = ctl_mono_ms() + 2000;
         while (pid_alive(monitor, 0) && ctl_mono_ms() < deadline) {
-            runtime_reap();
+            runtime_reap(NULL);
             usleep(20000);
         }
         if (pid_alive(monitor, 0))
             kill(monitor, SIGKILL);
     }
-    runtime_reap();
+    runtime_reap(NULL);
     if (pid_alive(pid, start))
         return ctl_errf(err, "pid %d survived SIGKILL", (int)pid);
     if (how)

@@ -33,7 +33,13 @@ struct rt_start {
     const char *binary;     /* host path (process) or path inside the rootfs */
     json_t *image_config;   /* the OCI image config's "config" object, may be NULL */
     const char *log_path;   /* stdout+stderr are appended here */
+    /* listening sockets to pass (process, bwrap): fds 3.. in the server, LISTEN_FDNAMES */
+    const int *listen_fds;
+    const char *const *listen_names;
+    int n_listen;           /* <= RT_MAX_LISTEN */
 };
+
+#define RT_MAX_LISTEN 8
 
 /* Start a server. *instance is a new object (caller owns) describing it. */
 int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t **instance, char *err);
@@ -42,8 +48,11 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
 int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, char *err);
 /* Is the instance's process (or unit) still running? */
 bool runtime_alive(const struct ctl_config *cfg, json_t *instance);
-/* Reap exited children (call periodically from the daemon). */
-void runtime_reap(void);
+/* Reap exited children (call periodically from the daemon). exits (optional): an object
+ * that gets "<pid>": wait status for each. */
+void runtime_reap(json_t *exits);
+/* "exited with status N" / "killed by signal N (name)" for a wait status (caller frees). */
+char *runtime_exit_text(int status);
 
 /* The last `lines` lines of a log file (caller frees). */
 char *runtime_log_tail(const char *path, int lines);

@@ -44,6 +44,7 @@ int state_lock(const char *state_dir, int *fd_out, char *err)
         char buf[32] = "";
         ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
         buf[n > 0 ? n : 0] = 0;
+        buf[strcspn(buf, "\r\n")] = 0;
         ctl_errf(err, "another beava-control (pid %s) holds %s: one daemon per host",
                  *buf ? buf : "?", p);
         close(fd);

@@ -994,7 +994,8 @@ def phase_security(ctx):
                 extra_yaml=f"unpack: {{max_layer_bytes: {max_layer}, max_image_bytes: {4 * max_layer}}}\n")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     soft = min(512, hard)
-    c.start(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    # the daemon must not hold the listeners here: the test takes the data port itself
+    c.start("runtime.hold_sockets=false", preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
     check(open(f"/proc/{c.daemon.pid}/limits").read().count(f"Max open files            {soft}") == 1,
           f"the daemon runs with a soft descriptor limit of {soft} (hard {hard})")
 

@@ -10,6 +10,7 @@
  */
 #include <jansson.h>
 #include <microhttpd.h>
+#include <systemd/sd-daemon.h>
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <signal.h>
@@ -215,8 +216,28 @@ static void done(void *cls, struct MHD_Connection *c, void **cc, enum MHD_Reques
     free(b);
 }
 
-static struct MHD_Daemon *listen_on(const char *addr, void *cls)
+/* A listening socket passed the systemd way (LISTEN_FDS/LISTEN_FDNAMES), as beava-control
+ * passes them: the inherited socket called name, or -1. */
+static int inherited(const char *name)
 {
+    char **names = NULL;
+    int n = sd_listen_fds_with_names(0, &names), fd = -1;
+    for (int i = 0; i < n; i++) {
+        if (fd < 0 && names && names[i] && !strcmp(names[i], name))
+            fd = SD_LISTEN_FDS_START + i;
+        if (names)
+            free(names[i]);
+    }
+    free(names);
+    return fd;
+}
+
+static struct MHD_Daemon *listen_on(const char *addr, void *cls, const char *name)
+{
+    int fd = inherited(name);
+    if (fd >= 0)
+        return MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC, 0, NULL, NULL, handler, cls, MHD_OPTION_LISTEN_SOCKET,
+                                fd, MHD_OPTION_NOTIFY_COMPLETED, done, NULL, MHD_OPTION_END);
     char host[64];
     const char *colon = strrchr(addr, ':');
     snprintf(host, sizeof host, "%.*s", (int)(colon - addr), addr);
@@ -252,7 +273,7 @@ int main(int argc, char **argv)
     const char *aa = getenv("BEAVA_ADMIN_ADDR") ? getenv("BEAVA_ADMIN_ADDR") : "127.0.0.1:8090";
     signal(SIGTERM, on_term);
     signal(SIGINT, on_term);
-    struct MHD_Daemon *d = listen_on(la, NULL), *a = listen_on(aa, (void *)1);
+    struct MHD_Daemon *d = listen_on(la, NULL, "http"), *a = listen_on(aa, (void *)1, "admin");
     if (!d || !a) {
         /* the server's shape of a start failure: a JSON line at level error, then stderr */
         printf("{\"kind\":\"server.start_failed\",\"level\":\"error\",\"msg\":\"cannot listen on %s / %s\"}\n", la, aa);
@@ -264,8 +285,15 @@ int main(int argc, char **argv)
     fflush(stdout);
     while (!stop_flag)
         usleep(50000);
+    /* quiesce first: stopping a daemon shuts its listening socket down, and an inherited
+     * one is shared with the supervisor and the next server */
+    MHD_socket ld = MHD_quiesce_daemon(d), la2 = MHD_quiesce_daemon(a);
     MHD_stop_daemon(d);
     MHD_stop_daemon(a);
+    if (ld != MHD_INVALID_SOCKET)
+        close(ld);
+    if (la2 != MHD_INVALID_SOCKET)
+        close(la2);
     pthread_mutex_lock(&mu);
     save();
     json_decref(st);

@@ -154,6 +154,35 @@ class Limits(unittest.TestCase):
                 time.sleep(0.3)
                 self.assertEqual(busy.call(0x0000, {})[0], 0x0000)
 
+    def test_slow_connections_do_not_lock_out_a_normal_client(self):
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = min(hard, 4096)
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        if want < 1700:
+            self.skipTest("RLIMIT_NOFILE too small for 1,500 connections")
+        with Beava(test_mode=True) as b:
+            self.assertEqual(b.register(PIPE)[0], 200)
+            addr = tcp_addr(b)
+            host, port = addr.rsplit(":", 1)
+            slow = []
+            try:
+                for i in range(1500):
+                    s = socket.create_connection((host, int(port)), timeout=10)
+                    s.send(struct.pack(">IHB", 64, 0x0010, 1)[: 1 + i % 6])   # a frame that never completes
+                    slow.append(s)
+                c = Conn(addr)
+                for i in range(50):
+                    op, _, ack = c.call(0x0010, {"event": "Click", "body": {"user": "normal", "n": i}})
+                    self.assertEqual(op, 0x0010, ack)
+                self.assertEqual(c.call(0x0020, {"table": "PerUser", "key": "normal"})[2]["clicks"], 50)
+                text = b.raw("GET", "/metrics", which="admin")[2].decode()
+                self.assertIn("beava_tcp_connections_open 15", text)   # 1,501 or so: the slow ones are held, not refused
+            finally:
+                for s in slow:
+                    s.close()
+
     def test_partial_frame_budget(self):
         with Beava(env={"BEAVA_PARTIAL_BODY_BUDGET_BYTES": str(7 << 19), "BEAVA_TCP_MAX_FRAME_BYTES": str(4 << 20)}) as b:
             addr = tcp_addr(b)

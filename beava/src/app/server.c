@@ -17,6 +17,7 @@
 
 #include "engine.h"
 #include "http.h"
+#include "listenfd.h"
 #include "persist.h"
 #include "tcp.h"
 
@@ -37,6 +38,7 @@ struct beava_server {
     char *admin_token;
     membudget body_budget;       /* receive buffers of every listener */
     http_stats http_stats;       /* data-plane connections, shown by admin /metrics */
+    listenfd_set inherited;      /* sockets passed by beava-control or beava.socket */
     char http_bound[CONFIG_ADDR_MAX];
     char admin_bound[CONFIG_ADDR_MAX];
     char tcp_bound[CONFIG_ADDR_MAX];
@@ -96,6 +98,11 @@ static void server_metrics(void *ctx, bv_buf *out) {
                       (unsigned long long)t.open_connections, (unsigned long long)t.refused_connections,
                       (unsigned long long)t.timed_out_connections, (unsigned long long)t.partial_frame_bytes);
     }
+}
+
+static void server_progress(void *ctx, bv_buf *out) {
+    beava_server *s = ctx;
+    persist_progress(s->persist, out);
 }
 
 static int server_snapshot(void *ctx, bv_buf *out) {
@@ -170,13 +177,18 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         snprintf(err, errlen, "cannot create the engine");
         goto fail;
     }
+    listenfd_init(&s->inherited, log);
+    const char *admin_fd = listenfd_addr(&s->inherited, "admin"), *http_fd = listenfd_addr(&s->inherited, "http");
+    const char *tcp_fd = listenfd_addr(&s->inherited, "tcp");
+    listenfd_close_unused(&s->inherited, log);
     http_deps deps = {
         .eng = s->eng, .cfg = cfg, .log = log, .ready = &s->ready, .admin_token = s->admin_token, .ctx = s,
         .extra_metrics = server_metrics,
         .snapshot = s->persist ? server_snapshot : NULL,
         .body_budget = &s->body_budget, .data_stats = &s->http_stats,
+        .progress = s->persist ? server_progress : NULL,
     };
-    s->admin = http_start(HTTP_ADMIN, cfg->admin_addr, &deps, 1, s->admin_bound, sizeof s->admin_bound, err, errlen);
+    s->admin = http_start(HTTP_ADMIN, admin_fd ? admin_fd : cfg->admin_addr, &deps, 1, s->admin_bound, sizeof s->admin_bound, err, errlen);
     if (!s->admin) goto fail;
     log_bound(log, "server.admin_bound", s->admin_bound);
 
@@ -187,7 +199,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         goto fail;
     }
 
-    s->data = http_start(HTTP_DATA, cfg->http_addr, &deps, (int)cfg->http_threads, s->http_bound,
+    s->data = http_start(HTTP_DATA, http_fd ? http_fd : cfg->http_addr, &deps, (int)cfg->http_threads, s->http_bound,
                          sizeof s->http_bound, err, errlen);
     if (!s->data) goto fail;
     log_bound(log, "server.http_bound", s->http_bound);
@@ -200,8 +212,8 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         /* acks are asynchronous: one I/O thread per core serves any number of connections */
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
         int tcp_threads = cfg->io_threads > 0 ? cfg->io_threads : (ncpu > 0 ? (int)ncpu : 2);
-        s->tcp = tcp_start(addr, s->eng, cfg, log, s->admin_token, &s->body_budget, tcp_threads, s->tcp_bound,
-                           sizeof s->tcp_bound, err, errlen);
+        s->tcp = tcp_start(tcp_fd ? tcp_fd : addr, s->eng, cfg, log, s->admin_token, &s->body_budget, tcp_threads,
+                           s->tcp_bound, sizeof s->tcp_bound, err, errlen);
         if (!s->tcp) goto fail;
         log_bound(log, "server.tcp_bound", s->tcp_bound);
     }

@@ -82,6 +82,7 @@
 #include <unistd.h>
 
 #include "rowdec.h"
+#include "listenfd.h"
 #include "site.h"
 #include "workpool.h"
 
@@ -90,7 +91,7 @@
 /* First body buffer. */
 #define HTTP_BODY_INITIAL_BYTES 4096u
 /* libmicrohttpd's per-connection memory (request line, headers, read buffer). */
-#define HTTP_CONN_MEMORY_BYTES (64u * 1024)
+#define HTTP_CONN_MEMORY_BYTES (16u * 1024)
 /* I/O thread stack. */
 #define HTTP_IO_STACK_BYTES (2u << 20)
 /* Decoders + engine batches kept for reuse between pushes (more are freed after use). */
@@ -102,6 +103,8 @@
 #define HTTP_REAP_SCANS_PER_TIMEOUT 4u
 #define HTTP_REAP_TICK_MIN_MS 20u
 #define HTTP_REAP_TICK_MAX_MS 1000u
+/* On stop, requests still in progress get this long to finish. */
+#define HTTP_DRAIN_MS 3000
 /* Buckets of the per-address connection table. */
 #define HTTP_IP_BUCKETS 1024u
 /* Descriptors kept for files, the WAL and other listeners when checking the cap. */
@@ -126,6 +129,7 @@ typedef struct conn_ctx {
     _Atomic uint64_t clock;            /* deadline_ms << PH_BITS | phase */
     unsigned char addr[16];
     bool addr_known;
+    const _Atomic bool *draining;      /* the listener's: answers say Connection: close */
 } conn_ctx;
 
 typedef enum req_state { REQ_RECEIVING = 0, REQ_SUBMITTED, REQ_ANSWER_READY } req_state;
@@ -187,6 +191,7 @@ struct http_server {
     unsigned nfree_slots;
     _Atomic unsigned inflight;         /* pushes the engine answers later */
     _Atomic bool draining;             /* http_stop waits for inflight to reach 0 */
+    _Atomic unsigned open_here;        /* connections of this listener (stats may be shared) */
     pthread_mutex_t flight_mu;
     pthread_cond_t flight_cv;
     uint32_t max_conns, max_per_ip;
@@ -233,6 +238,7 @@ static conn_ctx *conn_of(struct MHD_Connection *c) {
 /* ---- sockets ------------------------------------------------------------------------ */
 
 int http_bind_listen(const char *addr, char *bound, size_t boundlen, char *err, size_t errlen) {
+    if (listenfd_is_addr(addr)) return listenfd_adopt(addr, bound, boundlen, err, errlen);   /* inherited */
     char host[CONFIG_ADDR_MAX];
     int port;
     if (config_split_addr(addr, host, sizeof host, &port) != 0) {
@@ -366,11 +372,13 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         atomic_fetch_add(&s->stats->open, 1);
         atomic_fetch_add(&s->stats->accepted, 1);
+        atomic_fetch_add(&s->open_here, 1);
         conn_ctx *cc = calloc(1, sizeof *cc);
         *socket_context = cc;
         if (!cc) return;                            /* served, but without deadlines */
         const union MHD_ConnectionInfo *fdi = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         cc->fd = fdi ? fdi->connect_fd : -1;
+        cc->draining = &s->draining;
         atomic_init(&cc->clock, clock_pack(now_ms(s) + s->header_ms, PH_HEADERS));
         const union MHD_ConnectionInfo *ai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         pthread_mutex_lock(&s->conns_mu);
@@ -385,6 +393,11 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
      * shuts sockets down under conns_mu) never touches a reused descriptor */
     conn_ctx *cc = *socket_context;
     atomic_fetch_sub(&s->stats->open, 1);
+    if (atomic_fetch_sub(&s->open_here, 1) == 1 && atomic_load(&s->draining)) {
+        pthread_mutex_lock(&s->flight_mu);            /* http_stop waits for the last one */
+        pthread_cond_broadcast(&s->flight_cv);
+        pthread_mutex_unlock(&s->flight_mu);
+    }
     if (!cc) return;
     pthread_mutex_lock(&s->conns_mu);
     if (cc->prev) cc->prev->next = cc->next;
@@ -498,6 +511,11 @@ static enum MHD_Result send_buf_opt(struct MHD_Connection *c, int status, const 
     if (ctype) MHD_add_response_header(r, "Content-Type", ctype);
     if (runtime) MHD_add_response_header(r, "X-Runtime", runtime);
     if (replay) MHD_add_response_header(r, "X-Beava-Idempotent-Replay", "1");
+    /* a server being replaced (http_stop) tells every client to reconnect: the listening
+     * socket may already belong to the next server */
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    const conn_ctx *cc = ci ? ci->socket_context : NULL;
+    if (!close && cc && cc->draining && atomic_load(cc->draining)) close = true;
     if (close) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -1063,7 +1081,9 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
     }
     if (strcmp(path, "/ready") == 0) {
         bool ready = s->deps.ready ? atomic_load(s->deps.ready) : true;
-        bv_buf_puts(&out, ready ? "{\"status\":\"ready\"}" : "{\"status\":\"recovering\"}");
+        bv_buf_puts(&out, ready ? "{\"status\":\"ready\"" : "{\"status\":\"recovering\"");
+        if (!ready && s->deps.progress) s->deps.progress(s->deps.ctx, &out);   /* ,"progress":{...} */
+        bv_buf_putc(&out, '}');
         return send_buf(c, ready ? 200 : 503, "application/json", &out, "beava-admin", false);
     }
     bool ready = s->deps.ready ? atomic_load(s->deps.ready) : true;
@@ -1368,6 +1388,15 @@ void http_stop(http_server *s) {
     atomic_store(&s->draining, true);
     pthread_mutex_lock(&s->flight_mu);
     while (atomic_load(&s->inflight) > 0) pthread_cond_wait(&s->flight_cv, &s->flight_mu);
+    pthread_mutex_unlock(&s->flight_mu);
+    /* requests still being received or answered get HTTP_DRAIN_MS to finish (their answers
+     * say Connection: close), so a replaced server drops no request it has taken */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += HTTP_DRAIN_MS / 1000;
+    pthread_mutex_lock(&s->flight_mu);
+    while (s->daemon && atomic_load(&s->open_here) > 0)
+        if (pthread_cond_timedwait(&s->flight_cv, &s->flight_mu, &until) != 0) break;
     pthread_mutex_unlock(&s->flight_mu);
     if (s->daemon) MHD_stop_daemon(s->daemon);
     workpool_free(s->jobs);

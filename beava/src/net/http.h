@@ -35,6 +35,8 @@ typedef struct http_request http_request;
 
 /* Extra lines for admin /metrics from the process (WAL, snapshots); may be NULL. */
 typedef void (*http_metrics_fn)(void *ctx, bv_buf *out);
+/* Admin /ready while not ready: extra JSON members (",\"progress\":{...}") after "status". */
+typedef void (*http_progress_fn)(void *ctx, bv_buf *out);
 /* Admin POST /snapshot: take a snapshot now; writes the body, returns the status. */
 typedef int (*http_snapshot_fn)(void *ctx, bv_buf *out);
 
@@ -60,6 +62,7 @@ typedef struct http_deps {
     const char *admin_token;           /* NULL = no token required */
     http_metrics_fn extra_metrics;
     http_snapshot_fn snapshot;
+    http_progress_fn progress;         /* may be NULL */
     void *ctx;
     membudget *body_budget;            /* shared receive budget; NULL = a private one */
     http_stats *data_stats;            /* the data listener counts here, admin renders it */

@@ -18,8 +18,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +65,10 @@ struct persist {
     snapfile_load_stats snap_load;
     uint64_t snapshot_lsn_loaded;
     uint64_t replay_errors;
+    /* recovery progress for admin /ready (read by the admin thread while recovery runs) */
+    atomic_int prog_phase;                  /* enum recover_phase */
+    atomic_uint_fast64_t prog_records, prog_bytes;
+    atomic_uint_fast64_t prog_wal_total, prog_snapshot_bytes;
     bool accepted_data_loss;      /* this recovery went past missing LSNs (--accept-data-loss) */
     /* snapshot thread */
     pthread_t thread;
@@ -181,9 +187,45 @@ fail:
 
 /* ---- recovery ------------------------------------------------------------------------ */
 
+enum recover_phase { PHASE_OPENING = 0, PHASE_SNAPSHOT, PHASE_WAL, PHASE_STARTING };
+static const char *const PHASE_NAMES[] = {"opening", "snapshot", "wal", "starting"};
+
+/* Sum of the regular files' sizes in dir (the total recovery will read). */
+static uint64_t dir_bytes(const char *dir, const char *newest_prefix, uint64_t *newest) {
+    uint64_t total = 0;
+    char best[NAME_MAX + 1] = "";
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char path[PATH_MAX];
+        struct stat st;
+        if (e->d_name[0] == '.' || snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path) continue;
+        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        total += (uint64_t)st.st_size;
+        if (newest && strncmp(e->d_name, newest_prefix, strlen(newest_prefix)) == 0 && strcmp(e->d_name, best) > 0) {
+            snprintf(best, sizeof best, "%s", e->d_name);
+            *newest = (uint64_t)st.st_size;
+        }
+    }
+    closedir(d);
+    return total;
+}
+
+void persist_progress(persist *p, bv_buf *out) {
+    int ph = atomic_load(&p->prog_phase);
+    bv_buf_printf(out, ",\"progress\":{\"phase\":\"%s\",\"records\":%" PRIu64 ",\"bytes\":%" PRIu64
+                  ",\"wal_bytes_total\":%" PRIu64 ",\"snapshot_bytes\":%" PRIu64 "}",
+                  PHASE_NAMES[ph >= 0 && ph <= PHASE_STARTING ? ph : 0], (uint64_t)atomic_load(&p->prog_records),
+                  (uint64_t)atomic_load(&p->prog_bytes), (uint64_t)atomic_load(&p->prog_wal_total),
+                  (uint64_t)atomic_load(&p->prog_snapshot_bytes));
+}
+
 static int replay_cb(void *ctx, uint8_t kind, uint64_t lsn, const void *payload, size_t len, bv_err *err) {
     persist *p = ctx;
     char reason[512];
+    atomic_fetch_add_explicit(&p->prog_records, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->prog_bytes, len, memory_order_relaxed);
     if (engine_replay(p->eng, kind, lsn, payload, len, reason, sizeof reason) != 0) {
         /* a record that verified by CRC but does not apply: count it loudly, keep going */
         p->replay_errors++;
@@ -418,6 +460,11 @@ static int gap_accept(persist *p, char *err, size_t errlen) {
 
 int persist_recover(persist *p, engine *eng, char *err, size_t errlen) {
     p->eng = eng;
+    uint64_t snap_bytes = 0;
+    dir_bytes(p->snap_dir, "snapshot-", &snap_bytes);
+    atomic_store(&p->prog_snapshot_bytes, snap_bytes);
+    atomic_store(&p->prog_wal_total, dir_bytes(p->wal_dir, "", NULL));
+    atomic_store(&p->prog_phase, PHASE_SNAPSHOT);
     int64_t t0 = mono_ns();
     int64_t t_snap = t0;
     bv_err e;
@@ -454,6 +501,7 @@ int persist_recover(persist *p, engine *eng, char *err, size_t errlen) {
                        p->snap_load.first_error);
     }
     t_snap = t_snap > t0 ? t_snap : mono_ns();
+    atomic_store(&p->prog_phase, PHASE_WAL);
     if (wal_recover(p->w, p->snapshot_lsn_loaded, replay_cb, p, &p->rec, &e) != 0) {
         if (strcmp(e.code, "wal_gap") == 0) {
             gap_refuse(p, err, errlen);
@@ -464,6 +512,7 @@ int persist_recover(persist *p, engine *eng, char *err, size_t errlen) {
     }
     if (p->rec.gap_lsns && gap_accept(p, err, errlen) != 0) return -1;
     wal_set_registry_version(p->w, engine_registry_version(eng));
+    atomic_store(&p->prog_phase, PHASE_STARTING);
     int64_t t_end = mono_ns();
     char fields[900];
     snprintf(fields, sizeof fields,

@@ -45,6 +45,11 @@ int persist_snapshot_now(persist *p, bv_buf *out);
 
 /* Prometheus lines: WAL, recovery and snapshot figures. */
 void persist_metrics(persist *p, bv_buf *out);
+/* Recovery progress for admin /ready while recovering: appends
+ * ,"progress":{"phase","records","bytes","wal_bytes_total","snapshot_bytes"} — records and
+ * payload bytes replayed so far, of a WAL of wal_bytes_total bytes on disk. Safe to call
+ * from another thread while persist_recover runs. */
+void persist_progress(persist *p, bv_buf *out);
 
 /* Stop the snapshot thread, take a final snapshot, close the WAL (final fsync). */
 void persist_close(persist *p);

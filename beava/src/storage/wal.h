@@ -92,12 +92,10 @@
 #define WAL_FORMAT_VERSION 1
 
 /* Record kinds. The set is open: any kind 1..255 may be appended and is handed back by
- * recovery unchanged; 0 is invalid. */
+ * recovery unchanged; 0 is invalid. The engine's kinds (engine.h REC_*) are these. */
 enum wal_kind {
     WAL_KIND_EVENT = 1,
-    WAL_KIND_EVENT_BATCH = 2,
     WAL_KIND_REGISTER = 3,
-    WAL_KIND_FORCE_REMOVE = 4,
     WAL_KIND_RESET = 5,
 };
 
