@@ -4,11 +4,14 @@
  * Translation is strict where the server is lenient: the server ignores unknown keys in a
  * node and unknown aggregation params, so a typo (`windw: 1h`) would silently register a
  * lifetime aggregation. Here every key must be known, every op name must be one of the
- * server's 55, every field type one of its 7, and every duration must parse. Raw `nodes:`
+ * server's 55 and every parameter one it reads (both lists, the name rule and the
+ * duration syntax are the server's own: beava/src/base/names.h), every field type one of
+ * its 7, and every duration must parse. Raw `nodes:`
  * entries are passed through unchanged (they are the escape hatch), checked only for a
  * string `kind` and a valid `name`.
  */
 #include "manifest.h"
+#include "names.h"
 #include "util.h"
 #include "yamldoc.h"
 
@@ -18,23 +21,6 @@
 #include <sys/stat.h>
 
 #define MANIFEST_MAX_FILES 1000
-
-static const char *const OPS[] = {
-    "count", "sum", "mean", "min", "max", "var", "std", "ratio", "first", "last", "first_n",
-    "last_n", "lag", "first_seen", "last_seen", "age", "has_seen", "time_since",
-    "time_since_last_n", "streak", "max_streak", "negative_streak", "first_seen_in_window",
-    "ewma", "ema", "ewvar", "ew_zscore", "decayed_sum", "decayed_count", "twa",
-    "rate_of_change", "inter_arrival_stats", "burst_count", "delta_from_prev", "trend",
-    "trend_residual", "outlier_count", "value_change_count", "z_score", "n_unique",
-    "quantile", "top_k", "bloom_member", "entropy", "histogram", "hour_of_day_histogram",
-    "dow_hour_histogram", "seasonal_deviation", "event_type_mix", "most_recent_n",
-    "reservoir_sample", "geo_velocity", "geo_distance", "geo_spread", "distance_from_home",
-    NULL};
-
-static const char *const PARAMS[] = {
-    "field", "window", "where", "n", "half_life", "sub_window", "sigma", "q", "k",
-    "expected_n", "capacity", "target_fpr", "fpr", "buckets", "precision", "lat_field", "lat",
-    "lon_field", "lon", "samples", "categories", "max_categories", "baseline_window", NULL};
 
 static const char *const TYPES[] = {"str", "i64", "f64", "bool", "bytes", "datetime", "json", NULL};
 
@@ -46,19 +32,10 @@ static bool in_list(const char *const *list, const char *s)
     return false;
 }
 
-static bool valid_name(const char *s)
+/* A positive duration ("30s", "1h"; not "forever"), in ms. */
+static bool positive_duration(const char *s, int64_t *ms)
 {
-    size_t n = strlen(s);
-    if (n == 0 || n > 128 || !strncmp(s, "_beava_", 7))
-        return false;
-    if (!((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
-        return false;
-    for (size_t i = 1; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'))
-            return false;
-    }
-    return true;
+    return bv_parse_duration(s, ms) == 0 && *ms > 0;
 }
 
 static char *canon(json_t *v)
@@ -97,9 +74,10 @@ void manifest_set_free(struct manifest_set *s)
 
 static int duration_param(json_t *v, const char *where, const char *key, long long *ms, char *err)
 {
-    if (!json_is_string(v) || ctl_parse_duration_ms(json_string_value(v)) <= 0)
+    int64_t d;
+    if (!json_is_string(v) || !positive_duration(json_string_value(v), &d))
         return ctl_errf(err, "%s.%s: expected a duration like 30s, 10m, 24h or 7d", where, key);
-    *ms = ctl_parse_duration_ms(json_string_value(v));
+    *ms = d;
     return 0;
 }
 
@@ -221,7 +199,7 @@ static int table_node(const char *where, const char *name, json_t *spec, json_t 
     json_t *v;
     json_object_foreach(spec, key, v) {
         if (!strcmp(key, "source")) {
-            if (!json_is_string(v) || !valid_name(json_string_value(v))) {
+            if (!json_is_string(v) || !bv_name_valid(json_string_value(v))) {
                 ctl_errf(err, "%s.source: expected the name of an event", where);
                 goto err;
             }
@@ -282,7 +260,7 @@ static int table_node(const char *where, const char *name, json_t *spec, json_t 
                     ctl_errf(err, "%s.features.%s: expected a mapping with `op`", where, fname);
                     goto err;
                 }
-                if (!in_list(OPS, json_string_value(op))) {
+                if (!bv_op_name_known(json_string_value(op))) {
                     ctl_errf(err, "%s.features.%s.op: unknown operator '%s'", where, fname,
                              json_string_value(op));
                     goto err;
@@ -293,16 +271,16 @@ static int table_node(const char *where, const char *name, json_t *spec, json_t 
                 json_object_foreach(fs, pk, pv) {
                     if (!strcmp(pk, "op"))
                         continue;
-                    if (!in_list(PARAMS, pk)) {
+                    if (!bv_param_name_known(pk)) {
                         ctl_errf(err, "%s.features.%s.%s: unknown parameter", where, fname, pk);
                         json_decref(params);
                         goto err;
                     }
-                    if ((!strcmp(pk, "window") && !(json_is_string(pv) &&
-                          (!strcmp(json_string_value(pv), "forever") ||
-                           ctl_parse_duration_ms(json_string_value(pv)) > 0))) ||
+                    int64_t d;
+                    if ((!strcmp(pk, "window") &&
+                         !(json_is_string(pv) && bv_parse_duration(json_string_value(pv), &d) == 0)) ||
                         ((!strcmp(pk, "half_life") || !strcmp(pk, "sub_window")) &&
-                         !(json_is_string(pv) && ctl_parse_duration_ms(json_string_value(pv)) > 0))) {
+                         !(json_is_string(pv) && positive_duration(json_string_value(pv), &d)))) {
                         ctl_errf(err, "%s.features.%s.%s: expected a duration like 30s, 1h, 7d%s",
                                  where, fname, pk, !strcmp(pk, "window") ? " or forever" : "");
                         json_decref(params);
@@ -393,7 +371,7 @@ static int manifest_from_doc(const char *id, json_t *doc, struct manifest *m, ch
             json_t *spec;
             json_object_foreach(v, name, spec) {
                 snprintf(where, sizeof where, "%s: %s.%s", id, key, name);
-                if (!valid_name(name)) {
+                if (!bv_name_valid(name)) {
                     ctl_errf(err, "%s: invalid name (letters, digits, _; not starting with a "
                              "digit or _beava_; at most 128 bytes)", where);
                     goto err;
@@ -420,7 +398,7 @@ static int manifest_from_doc(const char *id, json_t *doc, struct manifest *m, ch
                     ctl_errf(err, "%s: nodes[%zu]: expected an object with kind event or derivation", id, i);
                     goto err;
                 }
-                if (!json_is_string(name) || !valid_name(json_string_value(name))) {
+                if (!json_is_string(name) || !bv_name_valid(json_string_value(name))) {
                     ctl_errf(err, "%s: nodes[%zu].name: missing or invalid name", id, i);
                     goto err;
                 }
@@ -434,7 +412,7 @@ static int manifest_from_doc(const char *id, json_t *doc, struct manifest *m, ch
                 goto err;
             }
             json_array_foreach(v, i, n) {
-                if (!json_is_string(n) || !valid_name(json_string_value(n))) {
+                if (!json_is_string(n) || !bv_name_valid(json_string_value(n))) {
                     ctl_errf(err, "%s: remove[%zu]: expected a descriptor name", id, i);
                     goto err;
                 }

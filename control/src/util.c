@@ -362,35 +362,3 @@ bool ctl_is_digest(const char *s)
             return false;
     return true;
 }
-
-int64_t ctl_parse_duration_ms(const char *s)
-{
-    if (!s || !*s)
-        return -1;
-    int64_t v = 0;
-    const char *p = s;
-    while (*p >= '0' && *p <= '9') {
-        if (v > (INT64_MAX / 10) - 10)
-            return -1;
-        v = v * 10 + (*p - '0');
-        p++;
-    }
-    if (p == s)
-        return -1;
-    int64_t mul;
-    if (!strcmp(p, "ms"))
-        mul = 1;
-    else if (!strcmp(p, "s"))
-        mul = 1000;
-    else if (!strcmp(p, "m"))
-        mul = 60000;
-    else if (!strcmp(p, "h"))
-        mul = 3600000;
-    else if (!strcmp(p, "d"))
-        mul = 86400000;
-    else
-        return -1;
-    if (v > INT64_MAX / mul)
-        return -1;
-    return v * mul;
-}

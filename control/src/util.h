@@ -50,9 +50,6 @@ void ctl_hex(const unsigned char *in, size_t len, char *out);
 /* Is s a well-formed "sha256:<64 lowercase hex>" digest? */
 bool ctl_is_digest(const char *s);
 
-/* Parse a duration "<digits>(ms|s|m|h|d)" into milliseconds. -1 when malformed. */
-int64_t ctl_parse_duration_ms(const char *s);
-
 /* strdup that aborts on OOM (allocation failure is not a recoverable condition here). */
 char *ctl_strdup(const char *s);
 void *ctl_calloc(size_t n, size_t sz);

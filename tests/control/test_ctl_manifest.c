@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "manifest.h"
+#include "names.h"
 #include "util.h"
 
 static struct manifest_set *load(const char *const *names, const char *const *texts, size_t n, char *err)
@@ -260,6 +261,57 @@ static void test_shipped_manifests(void **st)
     manifest_set_free(s);
 }
 
+/* The op names, param names, name rule and durations are the server's (base/names.h):
+ * every one of the 55 op strings translates, `expr` (which the server evaluates) is a
+ * known param, and the name rule and the duration syntax hold at their edges. */
+static void test_server_names(void **st)
+{
+    (void)st;
+    char text[8192], err[CTL_ERR_LEN] = "";
+    size_t n = (size_t)snprintf(text, sizeof text, "events:\n  E:\n    fields: {a: i64}\ntables:\n  T:\n"
+                                                   "    source: E\n    features:\n");
+#define FEATURE(op) n += (size_t)snprintf(text + n, sizeof text - n, "      f_" #op ": {op: " #op "}\n");
+#define ALIAS(alias, kind) FEATURE(alias)
+    BV_OP_KINDS(FEATURE)
+    BV_OP_ALIASES(ALIAS)
+#undef ALIAS
+#undef FEATURE
+    assert_true(n < sizeof text);
+    const char *names[] = {"m.yaml"}, *texts[] = {text};
+    struct manifest_set *s = load(names, texts, 1, err);
+    if (!s)
+        fail_msg("%s", err);
+    json_t *agg = json_object_get(json_array_get(json_object_get(json_array_get(s->all_nodes, 1), "ops"), 0), "agg");
+    assert_int_equal(json_object_size(agg), 55);
+    manifest_set_free(s);
+
+    const char *ok = "events:\n  E:\n    fields: {a: i64}\ntables:\n  T:\n    source: E\n    features:\n"
+                     "      f: {op: sum, expr: a * 2, window: forever}\n      g: {op: ewma, field: a, half_life: 1ms}\n";
+    texts[0] = ok;
+    s = load(names, texts, 1, err);
+    if (!s)
+        fail_msg("%s", err);
+    manifest_set_free(s);
+
+    expect_error("tables:\n  T:\n    source: E\n    features:\n      f: {op: ewma, half_life: forever}\n",
+                 "tables.T.features.f.half_life: expected a duration");
+    expect_error("tables:\n  T:\n    source: E\n    features:\n      f: {op: count, window: 0s}\n",
+                 "tables.T.features.f.window: expected a duration");
+    char longname[BV_NAME_MAX + 2];
+    memset(longname, 'e', BV_NAME_MAX + 1);
+    longname[BV_NAME_MAX + 1] = '\0';
+    snprintf(text, sizeof text, "events:\n  %s:\n    fields: {a: str}\n", longname);
+    expect_error(text, "invalid name");
+    longname[BV_NAME_MAX] = '\0';
+    snprintf(text, sizeof text, "events:\n  %s:\n    fields: {a: str}\n", longname);
+    texts[0] = text;
+    s = load(names, texts, 1, err);
+    if (!s)
+        fail_msg("%s", err);
+    manifest_set_free(s);
+    expect_error("events:\n  _beava_x:\n    fields: {a: str}\n", "invalid name");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -268,6 +320,7 @@ int main(void)
         cmocka_unit_test(test_conflicts_across_files),  cmocka_unit_test(test_document_order_and_union_order),
         cmocka_unit_test(test_steps_carry_previous),    cmocka_unit_test(test_destructive_gate),
         cmocka_unit_test(test_shipped_manifests),
+        cmocka_unit_test(test_server_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
