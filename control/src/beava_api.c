@@ -9,8 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void auth_headers(const struct beava_ep *ep, char *buf, size_t len, const char **hdrs)
-{
+static void auth_headers(const struct beava_ep *ep, char *buf, size_t len, const char **hdrs) {
     hdrs[0] = NULL;
     if (ep->token && *ep->token) {
         snprintf(buf, len, "Authorization: Bearer %s", ep->token);
@@ -19,21 +18,18 @@ static void auth_headers(const struct beava_ep *ep, char *buf, size_t len, const
     }
 }
 
-int beava_ready(const struct beava_ep *ep, char *why, size_t whylen)
-{
+int beava_ready(const struct beava_ep *ep, char *why, size_t whylen) {
     return beava_ready_progress(ep, why, whylen, NULL);
 }
 
-int beava_ready_progress(const struct beava_ep *ep, char *why, size_t whylen, json_t **progress)
-{
+int beava_ready_progress(const struct beava_ep *ep, char *why, size_t whylen, json_t **progress) {
     char url[300], err[CTL_ERR_LEN];
     snprintf(url, sizeof url, "http://%s/ready", ep->admin_addr);
-    struct http_req req = {.url = url, .timeout_ms = 2000, .max_body = 65536};
+    struct http_req req = { .url = url, .timeout_ms = 2000, .max_body = 65536 };
     struct http_resp resp;
     int rc = http_do(&req, &resp, err);
     int ready = 0;
-    if (progress)
-        *progress = NULL;
+    if (progress) *progress = NULL;
     if (rc < 0) {
         snprintf(why, whylen, "admin /ready: %s", err);
     } else if (resp.status != 200) {
@@ -49,8 +45,7 @@ int beava_ready_progress(const struct beava_ep *ep, char *why, size_t whylen, js
     return ready;
 }
 
-int beava_ping(const struct beava_ep *ep, int64_t *version, char *err)
-{
+int beava_ping(const struct beava_ep *ep, int64_t *version, char *err) {
     char url[300];
     snprintf(url, sizeof url, "http://%s/ping", ep->http_addr);
     long status = 0;
@@ -60,35 +55,30 @@ int beava_ping(const struct beava_ep *ep, int64_t *version, char *err)
     json_decref(body);
     if (rc == 0 && (status != 200 || !json_is_true(json_object_get(out, "pong"))))
         rc = ctl_errf(err, "data plane /ping: status %ld", status);
-    if (rc == 0 && version)
-        *version = json_integer_value(json_object_get(out, "registry_version"));
+    if (rc == 0 && version) *version = json_integer_value(json_object_get(out, "registry_version"));
     json_decref(out);
     return rc;
 }
 
-int beava_register(const struct beava_ep *ep, json_t *nodes, bool force, bool dry_run,
-                   long *status, json_t **out, char *err)
-{
+int beava_register(const struct beava_ep *ep, json_t *nodes, bool force, bool dry_run, long *status, json_t **out,
+                   char *err) {
     return beava_register_mode(ep, nodes, NULL, force, dry_run, status, out, err);
 }
 
 int beava_register_mode(const struct beava_ep *ep, json_t *nodes, const char *mode, bool force, bool dry_run,
-                        long *status, json_t **out, char *err)
-{
+                        long *status, json_t **out, char *err) {
     char url[300], auth[600];
     const char *hdrs[2];
     snprintf(url, sizeof url, "http://%s/register", ep->http_addr);
     auth_headers(ep, auth, sizeof auth, hdrs);
     json_t *body = json_pack("{s:O,s:b,s:b}", "nodes", nodes, "force", force, "dry_run", dry_run);
-    if (mode)
-        json_object_set_new(body, "mode", json_string(mode));
+    if (mode) json_object_set_new(body, "mode", json_string(mode));
     int rc = http_json("POST", url, body, hdrs, 60000, NULL, status, out, err);
     json_decref(body);
     return rc;
 }
 
-int beava_registry(const struct beava_ep *ep, int64_t *version, int64_t *count, char *err)
-{
+int beava_registry(const struct beava_ep *ep, int64_t *version, int64_t *count, char *err) {
     char url[300];
     snprintf(url, sizeof url, "http://%s/registry", ep->admin_addr);
     long status = 0;
@@ -104,9 +94,7 @@ int beava_registry(const struct beava_ep *ep, int64_t *version, int64_t *count, 
     return rc;
 }
 
-int beava_get(const struct beava_ep *ep, const char *table, const char *key, long *status,
-              json_t **out, char *err)
-{
+int beava_get(const struct beava_ep *ep, const char *table, const char *key, long *status, json_t **out, char *err) {
     char url[300];
     snprintf(url, sizeof url, "http://%s/get", ep->http_addr);
     json_t *body = json_pack("{s:s,s:s}", "table", table, "key", key);
@@ -115,8 +103,7 @@ int beava_get(const struct beava_ep *ep, const char *table, const char *key, lon
     return rc;
 }
 
-int beava_snapshot(const struct beava_ep *ep, json_t **out, char *err)
-{
+int beava_snapshot(const struct beava_ep *ep, json_t **out, char *err) {
     char url[300], auth[600];
     const char *hdrs[2];
     snprintf(url, sizeof url, "http://%s/snapshot", ep->admin_addr);

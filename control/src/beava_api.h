@@ -28,8 +28,8 @@ int beava_ready_progress(const struct beava_ep *ep, char *why, size_t whylen, js
 int beava_ping(const struct beava_ep *ep, int64_t *version, char *err);
 /* POST /register {"nodes","force","dry_run"}. *status gets the HTTP status and *out the
  * parsed body (caller owns; NULL if not JSON). Transport errors return -1. */
-int beava_register(const struct beava_ep *ep, json_t *nodes, bool force, bool dry_run,
-                   long *status, json_t **out, char *err);
+int beava_register(const struct beava_ep *ep, json_t *nodes, bool force, bool dry_run, long *status, json_t **out,
+                   char *err);
 /* The same with the envelope's "mode" ("merge": descriptors not in nodes are kept; NULL:
  * the server's default, replace). */
 int beava_register_mode(const struct beava_ep *ep, json_t *nodes, const char *mode, bool force, bool dry_run,
@@ -37,8 +37,7 @@ int beava_register_mode(const struct beava_ep *ep, json_t *nodes, const char *mo
 /* Admin GET /registry -> version and node_count. */
 int beava_registry(const struct beava_ep *ep, int64_t *version, int64_t *count, char *err);
 /* POST /get {"table","key"}: *status gets the HTTP status. */
-int beava_get(const struct beava_ep *ep, const char *table, const char *key, long *status,
-              json_t **out, char *err);
+int beava_get(const struct beava_ep *ep, const char *table, const char *key, long *status, json_t **out, char *err);
 /* Admin POST /snapshot -> {"lsn","path"} (caller owns *out). Non-200 is an error. */
 int beava_snapshot(const struct beava_ep *ep, json_t **out, char *err);
 

@@ -30,72 +30,71 @@ struct cfg_entry {
 
 #define S(f) offsetof(struct ctl_config, f)
 static const struct cfg_entry ENTRIES[] = {
-    {"state_dir", T_STR, S(state_dir), "/var/lib/beava-control", "journal, images, backups, state files"},
-    {"socket", T_STR, S(socket_path), "", "CLI unix socket (mode 0660); default <state_dir>/control.sock"},
-    {"socket_group", T_STR, S(socket_group), "", "group owning the CLI socket"},
-    {"listen_addr", T_STR, S(listen_addr), "", "CI trigger HTTP API address IP:PORT; empty = off"},
-    {"trigger.secret_file", T_STR, S(trigger_secret_file), "/etc/beava/control.secret", "HMAC secret for triggers"},
-    {"trigger.replay_window_s", T_INT, S(trigger_replay_window_s), "300", "max age/skew of a trigger timestamp"},
-    {"trigger.max_body", T_INT, S(trigger_max_body), "65536", "max trigger body bytes"},
-    {"trigger.request_deadline_s", T_INT, S(trigger_request_deadline_s), "10", "control port: seconds to send a whole request"},
-    {"trigger.max_connections", T_INT, S(trigger_max_connections), "256", "control port: open connections in all"},
-    {"trigger.max_connections_per_ip", T_INT, S(trigger_max_connections_per_ip), "8", "control port: open connections per source address"},
-    {"registry.repository", T_STR, S(registry_repository), "", "HOST[:PORT]/NAME; images elsewhere are refused"},
-    {"registry.username", T_STR, S(registry_username), "", "registry user (basic or token auth)"},
-    {"registry.password_file", T_STR, S(registry_password_file), "", "file holding the registry password"},
-    {"registry.plain_http", T_BOOL, S(registry_plain_http), "false", "plain HTTP to a non-loopback registry"},
-    {"registry.platform", T_STR, S(registry_platform), "", "os/arch picked from an image index; default: this host"},
-    {"registry.wait_for_image_s", T_INT, S(wait_for_image_s), "300", "how long a missing tag is waited for"},
-    {"runtime.kind", T_STR, S(runtime_kind), "process", "process | bwrap | systemd"},
-    {"runtime.binary", T_STR, S(runtime_binary), "/usr/bin/beava", "server binary (process runtime)"},
-    {"runtime.image_binary", T_STR, S(runtime_image_binary), "/usr/bin/beava", "server binary inside the image"},
-    {"runtime.data_dir", T_STR, S(runtime_data_dir), "/var/lib/beava", "the server's data dir (host path)"},
-    {"runtime.config", T_STR, S(runtime_config), "", "server config file (host path); empty = none"},
-    {"runtime.http_addr", T_STR, S(runtime_http_addr), "127.0.0.1:8080", "BEAVA_LISTEN_ADDR"},
-    {"runtime.admin_addr", T_STR, S(runtime_admin_addr), "127.0.0.1:8090", "BEAVA_ADMIN_ADDR"},
-    {"runtime.tcp_port", T_INT, S(runtime_tcp_port), "8081", "BEAVA_TCP_PORT"},
-    {"runtime.env", T_MAP, S(runtime_env), NULL, "extra environment for the server"},
-    {"runtime.stop_grace_s", T_INT, S(stop_grace_s), "30", "SIGTERM grace before SIGKILL"},
-    {"runtime.ready_timeout_s", T_INT, S(ready_timeout_s), "60", "readiness deadline (base)"},
-    {"runtime.ready_s_per_gib", T_INT, S(ready_s_per_gib), "60", "extra readiness seconds per GiB of data"},
-    {"runtime.ready_stall_s", T_INT, S(ready_stall_s), "10", "gate fails when recovery shows no progress this long"},
-    {"runtime.hold_sockets", T_BOOL, S(hold_sockets), "true", "bind the listeners once, pass them to each server"},
-    {"runtime.admin_token_file", T_STR, S(admin_token_file), "", "bearer token for /register and /snapshot"},
-    {"systemd.unit", T_STR, S(systemd_unit), "beava-control-beava.service", "transient unit name"},
-    {"systemd.bus", T_STR, S(systemd_bus), "", "D-Bus address; empty = the system bus"},
-    {"manifests.dir", T_STR, S(manifests_dir), "/etc/beava/manifests", "manifests applied on deploy"},
-    {"manifests.root", T_STR, S(manifests_root), "/etc/beava/manifests", "triggers may name dirs below this"},
+    { "state_dir", T_STR, S(state_dir), "/var/lib/beava-control", "journal, images, backups, state files" },
+    { "socket", T_STR, S(socket_path), "", "CLI unix socket (mode 0660); default <state_dir>/control.sock" },
+    { "socket_group", T_STR, S(socket_group), "", "group owning the CLI socket" },
+    { "listen_addr", T_STR, S(listen_addr), "", "CI trigger HTTP API address IP:PORT; empty = off" },
+    { "trigger.secret_file", T_STR, S(trigger_secret_file), "/etc/beava/control.secret", "HMAC secret for triggers" },
+    { "trigger.replay_window_s", T_INT, S(trigger_replay_window_s), "300", "max age/skew of a trigger timestamp" },
+    { "trigger.max_body", T_INT, S(trigger_max_body), "65536", "max trigger body bytes" },
+    { "trigger.request_deadline_s", T_INT, S(trigger_request_deadline_s), "10",
+      "control port: seconds to send a whole request" },
+    { "trigger.max_connections", T_INT, S(trigger_max_connections), "256", "control port: open connections in all" },
+    { "trigger.max_connections_per_ip", T_INT, S(trigger_max_connections_per_ip), "8",
+      "control port: open connections per source address" },
+    { "registry.repository", T_STR, S(registry_repository), "", "HOST[:PORT]/NAME; images elsewhere are refused" },
+    { "registry.username", T_STR, S(registry_username), "", "registry user (basic or token auth)" },
+    { "registry.password_file", T_STR, S(registry_password_file), "", "file holding the registry password" },
+    { "registry.plain_http", T_BOOL, S(registry_plain_http), "false", "plain HTTP to a non-loopback registry" },
+    { "registry.platform", T_STR, S(registry_platform), "", "os/arch picked from an image index; default: this host" },
+    { "registry.wait_for_image_s", T_INT, S(wait_for_image_s), "300", "how long a missing tag is waited for" },
+    { "runtime.kind", T_STR, S(runtime_kind), "process", "process | bwrap | systemd" },
+    { "runtime.binary", T_STR, S(runtime_binary), "/usr/bin/beava", "server binary (process runtime)" },
+    { "runtime.image_binary", T_STR, S(runtime_image_binary), "/usr/bin/beava", "server binary inside the image" },
+    { "runtime.data_dir", T_STR, S(runtime_data_dir), "/var/lib/beava", "the server's data dir (host path)" },
+    { "runtime.config", T_STR, S(runtime_config), "", "server config file (host path); empty = none" },
+    { "runtime.http_addr", T_STR, S(runtime_http_addr), "127.0.0.1:8080", "BEAVA_LISTEN_ADDR" },
+    { "runtime.admin_addr", T_STR, S(runtime_admin_addr), "127.0.0.1:8090", "BEAVA_ADMIN_ADDR" },
+    { "runtime.tcp_port", T_INT, S(runtime_tcp_port), "8081", "BEAVA_TCP_PORT" },
+    { "runtime.env", T_MAP, S(runtime_env), NULL, "extra environment for the server" },
+    { "runtime.stop_grace_s", T_INT, S(stop_grace_s), "30", "SIGTERM grace before SIGKILL" },
+    { "runtime.ready_timeout_s", T_INT, S(ready_timeout_s), "60", "readiness deadline (base)" },
+    { "runtime.ready_s_per_gib", T_INT, S(ready_s_per_gib), "60", "extra readiness seconds per GiB of data" },
+    { "runtime.ready_stall_s", T_INT, S(ready_stall_s), "10", "gate fails when recovery shows no progress this long" },
+    { "runtime.hold_sockets", T_BOOL, S(hold_sockets), "true", "bind the listeners once, pass them to each server" },
+    { "runtime.admin_token_file", T_STR, S(admin_token_file), "", "bearer token for /register and /snapshot" },
+    { "systemd.unit", T_STR, S(systemd_unit), "beava-control-beava.service", "transient unit name" },
+    { "systemd.bus", T_STR, S(systemd_bus), "", "D-Bus address; empty = the system bus" },
+    { "manifests.dir", T_STR, S(manifests_dir), "/etc/beava/manifests", "manifests applied on deploy" },
+    { "manifests.root", T_STR, S(manifests_root), "/etc/beava/manifests", "triggers may name dirs below this" },
     /* the unpack limits' defaults are UNPACK_DEFAULT_MAX_*_BYTES in unpack.h (2 GiB, 4 GiB) */
-    {"unpack.max_layer_bytes", T_INT, S(unpack_max_layer_bytes), "2147483648", "max uncompressed size of one image layer"},
-    {"unpack.max_image_bytes", T_INT, S(unpack_max_image_bytes), "4294967296", "max uncompressed size of all an image's layers"},
-    {"deploy.keep_images", T_INT, S(keep_images), "3", "unpacked images kept (current, previous, ...)"},
-    {"deploy.keep_backups", T_INT, S(keep_backups), "5", "backups kept in state_dir/backups"},
-    {"notify.url", T_STR, S(notify_url), "", "webhook called on deploy success, failure, rollback"},
-    {"notify.secret_file", T_STR, S(notify_secret_file), "", "HMAC secret signing the webhook body"},
-    {"deploy.backup_data", T_BOOL, S(backup_data_on_deploy), "true", "copy the data dir before a new version starts"},
+    { "unpack.max_layer_bytes", T_INT, S(unpack_max_layer_bytes), "2147483648",
+      "max uncompressed size of one image layer" },
+    { "unpack.max_image_bytes", T_INT, S(unpack_max_image_bytes), "4294967296",
+      "max uncompressed size of all an image's layers" },
+    { "deploy.keep_images", T_INT, S(keep_images), "3", "unpacked images kept (current, previous, ...)" },
+    { "deploy.keep_backups", T_INT, S(keep_backups), "5", "backups kept in state_dir/backups" },
+    { "notify.url", T_STR, S(notify_url), "", "webhook called on deploy success, failure, rollback" },
+    { "notify.secret_file", T_STR, S(notify_secret_file), "", "HMAC secret signing the webhook body" },
+    { "deploy.backup_data", T_BOOL, S(backup_data_on_deploy), "true", "copy the data dir before a new version starts" },
 };
 #undef S
 #define NENTRIES (sizeof ENTRIES / sizeof ENTRIES[0])
 
-static const struct cfg_entry *find_entry(const char *path)
-{
+static const struct cfg_entry *find_entry(const char *path) {
     for (size_t i = 0; i < NENTRIES; i++)
-        if (!strcmp(ENTRIES[i].path, path))
-            return &ENTRIES[i];
+        if (!strcmp(ENTRIES[i].path, path)) return &ENTRIES[i];
     return NULL;
 }
 
-static bool is_section(const char *path)
-{
+static bool is_section(const char *path) {
     size_t n = strlen(path);
     for (size_t i = 0; i < NENTRIES; i++)
-        if (!strncmp(ENTRIES[i].path, path, n) && ENTRIES[i].path[n] == '.')
-            return true;
+        if (!strncmp(ENTRIES[i].path, path, n) && ENTRIES[i].path[n] == '.') return true;
     return false;
 }
 
-static int set_entry(struct ctl_config *c, const struct cfg_entry *e, const char *v, char *err)
-{
+static int set_entry(struct ctl_config *c, const struct cfg_entry *e, const char *v, char *err) {
     char *base = (char *)c;
     switch (e->type) {
     case T_STR: {
@@ -114,24 +113,18 @@ static int set_entry(struct ctl_config *c, const struct cfg_entry *e, const char
         return 0;
     }
     case T_BOOL:
-        if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes"))
-            *(bool *)(base + e->off) = true;
-        else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no"))
-            *(bool *)(base + e->off) = false;
-        else
-            return ctl_errf(err, "%s: expected true or false, got '%s'", e->path, v);
+        if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes")) *(bool *)(base + e->off) = true;
+        else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no")) *(bool *)(base + e->off) = false;
+        else return ctl_errf(err, "%s: expected true or false, got '%s'", e->path, v);
         return 0;
-    case T_MAP:
-        return ctl_errf(err, "%s: set map entries as %s.NAME=VALUE", e->path, e->path);
+    case T_MAP: return ctl_errf(err, "%s: set map entries as %s.NAME=VALUE", e->path, e->path);
     }
     return -1;
 }
 
-int config_set(struct ctl_config *c, const char *path, const char *value, char *err)
-{
+int config_set(struct ctl_config *c, const char *path, const char *value, char *err) {
     const struct cfg_entry *e = find_entry(path);
-    if (e)
-        return set_entry(c, e, value, err);
+    if (e) return set_entry(c, e, value, err);
     if (!strncmp(path, "runtime.env.", 12) && path[12]) {
         json_object_set_new(c->runtime_env, path + 12, json_string(value));
         return 0;
@@ -139,8 +132,7 @@ int config_set(struct ctl_config *c, const char *path, const char *value, char *
     return ctl_errf(err, "%s: unknown setting", path);
 }
 
-static int yaml_walk(struct ctl_config *c, const char *file, const char *prefix, json_t *obj, char *err)
-{
+static int yaml_walk(struct ctl_config *c, const char *file, const char *prefix, json_t *obj, char *err) {
     const char *key;
     json_t *v;
     json_object_foreach(obj, key, v) {
@@ -148,8 +140,7 @@ static int yaml_walk(struct ctl_config *c, const char *file, const char *prefix,
         snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", key);
         const struct cfg_entry *e = find_entry(path);
         if (e && e->type == T_MAP) {
-            if (!json_is_object(v))
-                return ctl_errf(err, "%s: %s: expected a mapping of NAME: value", file, path);
+            if (!json_is_object(v)) return ctl_errf(err, "%s: %s: expected a mapping of NAME: value", file, path);
             const char *k;
             json_t *x;
             json_object_foreach(v, k, x) {
@@ -165,26 +156,18 @@ static int yaml_walk(struct ctl_config *c, const char *file, const char *prefix,
         if (e) {
             char buf[64];
             const char *s;
-            if (json_is_string(v))
-                s = json_string_value(v);
-            else if (json_is_integer(v))
-                snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v)), s = buf;
-            else if (json_is_boolean(v))
-                s = json_is_true(v) ? "true" : "false";
-            else if (json_is_null(v))
-                s = "";
-            else
-                return ctl_errf(err, "%s: %s: expected a scalar", file, path);
+            if (json_is_string(v)) s = json_string_value(v);
+            else if (json_is_integer(v)) snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v)), s = buf;
+            else if (json_is_boolean(v)) s = json_is_true(v) ? "true" : "false";
+            else if (json_is_null(v)) s = "";
+            else return ctl_errf(err, "%s: %s: expected a scalar", file, path);
             char e2[CTL_ERR_LEN];
-            if (set_entry(c, e, s, e2) < 0)
-                return ctl_errf(err, "%s: %s", file, e2);
+            if (set_entry(c, e, s, e2) < 0) return ctl_errf(err, "%s: %s", file, e2);
             continue;
         }
         if (is_section(path)) {
-            if (!json_is_object(v))
-                return ctl_errf(err, "%s: %s: expected a mapping", file, path);
-            if (yaml_walk(c, file, path, v, err) < 0)
-                return -1;
+            if (!json_is_object(v)) return ctl_errf(err, "%s: %s: expected a mapping", file, path);
+            if (yaml_walk(c, file, path, v, err) < 0) return -1;
             continue;
         }
         return ctl_errf(err, "%s: %s: unknown key", file, path);
@@ -192,53 +175,41 @@ static int yaml_walk(struct ctl_config *c, const char *file, const char *prefix,
     return 0;
 }
 
-static void env_name(const char *path, char *out, size_t len)
-{
+static void env_name(const char *path, char *out, size_t len) {
     snprintf(out, len, "BEAVA_CONTROL_");
     size_t n = strlen(out);
-    for (const char *p = path; *p && n + 1 < len; p++)
-        out[n++] = *p == '.' ? '_' : (char)toupper((unsigned char)*p);
+    for (const char *p = path; *p && n + 1 < len; p++) out[n++] = *p == '.' ? '_' : (char)toupper((unsigned char)*p);
     out[n] = 0;
 }
 
-static int apply_env(struct ctl_config *c, char *err)
-{
+static int apply_env(struct ctl_config *c, char *err) {
     for (char **e = environ; *e; e++) {
-        if (strncmp(*e, "BEAVA_CONTROL_", 14) != 0)
-            continue;
+        if (strncmp(*e, "BEAVA_CONTROL_", 14) != 0) continue;
         const char *eq = strchr(*e, '=');
-        if (!eq)
-            continue;
+        if (!eq) continue;
         size_t nl = (size_t)(eq - *e);
-        if (nl == 20 && !strncmp(*e, "BEAVA_CONTROL_CONFIG", 20))
-            continue;
+        if (nl == 20 && !strncmp(*e, "BEAVA_CONTROL_CONFIG", 20)) continue;
         const struct cfg_entry *found = NULL;
         for (size_t i = 0; i < NENTRIES; i++) {
             char name[128];
             env_name(ENTRIES[i].path, name, sizeof name);
-            if (strlen(name) == nl && !strncmp(name, *e, nl))
-                found = &ENTRIES[i];
+            if (strlen(name) == nl && !strncmp(name, *e, nl)) found = &ENTRIES[i];
         }
-        if (!found || found->type == T_MAP)
-            return ctl_errf(err, "environment: %.*s: unknown setting", (int)nl, *e);
+        if (!found || found->type == T_MAP) return ctl_errf(err, "environment: %.*s: unknown setting", (int)nl, *e);
         char e2[CTL_ERR_LEN];
-        if (set_entry(c, found, eq + 1, e2) < 0)
-            return ctl_errf(err, "environment %.*s: %s", (int)nl, *e, e2);
+        if (set_entry(c, found, eq + 1, e2) < 0) return ctl_errf(err, "environment %.*s: %s", (int)nl, *e, e2);
     }
     return 0;
 }
 
-static int validate(struct ctl_config *c, char *err)
-{
-    if (strcmp(c->runtime_kind, "process") && strcmp(c->runtime_kind, "bwrap") &&
-        strcmp(c->runtime_kind, "systemd"))
+static int validate(struct ctl_config *c, char *err) {
+    if (strcmp(c->runtime_kind, "process") && strcmp(c->runtime_kind, "bwrap") && strcmp(c->runtime_kind, "systemd"))
         return ctl_errf(err, "runtime.kind: '%s' is not one of process, bwrap, systemd", c->runtime_kind);
     if (!*c->state_dir || c->state_dir[0] != '/')
         return ctl_errf(err, "state_dir: must be an absolute path, got '%s'", c->state_dir);
     if (!*c->runtime_data_dir || c->runtime_data_dir[0] != '/')
         return ctl_errf(err, "runtime.data_dir: must be an absolute path, got '%s'", c->runtime_data_dir);
-    if (c->trigger_replay_window_s < 1)
-        return ctl_errf(err, "trigger.replay_window_s: must be at least 1");
+    if (c->trigger_replay_window_s < 1) return ctl_errf(err, "trigger.replay_window_s: must be at least 1");
     if (c->trigger_request_deadline_s < 1 || c->trigger_request_deadline_s > 3600)
         return ctl_errf(err, "trigger.request_deadline_s: must be 1..3600");
     if (c->trigger_max_connections < 2 || c->trigger_max_connections > 65536)
@@ -252,53 +223,46 @@ static int validate(struct ctl_config *c, char *err)
     const char *k;
     json_t *v;
     json_object_foreach(c->runtime_env, k, v) {
-        const char *owned[] = {"BEAVA_LISTEN_ADDR", "BEAVA_ADMIN_ADDR", "BEAVA_TCP_PORT", "BEAVA_DATA_DIR",
-                               "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", NULL};
+        const char *owned[] = { "BEAVA_LISTEN_ADDR", "BEAVA_ADMIN_ADDR", "BEAVA_TCP_PORT", "BEAVA_DATA_DIR",
+                                "LISTEN_FDS",        "LISTEN_PID",       "LISTEN_FDNAMES", NULL };
         for (int i = 0; owned[i]; i++)
             if (!strcmp(k, owned[i]))
-                return ctl_errf(err, "runtime.env.%s: the daemon sets this itself (runtime.http_addr, "
-                                "runtime.admin_addr, runtime.tcp_port, runtime.data_dir)", k);
+                return ctl_errf(err,
+                                "runtime.env.%s: the daemon sets this itself (runtime.http_addr, "
+                                "runtime.admin_addr, runtime.tcp_port, runtime.data_dir)",
+                                k);
     }
-    if (c->ready_stall_s < 1)
-        return ctl_errf(err, "runtime.ready_stall_s: must be at least 1");
+    if (c->ready_stall_s < 1) return ctl_errf(err, "runtime.ready_stall_s: must be at least 1");
     if (*c->notify_url && strncmp(c->notify_url, "http://", 7) && strncmp(c->notify_url, "https://", 8))
         return ctl_errf(err, "notify.url: '%s' is not an http:// or https:// URL", c->notify_url);
     if (c->unpack_max_layer_bytes < 1 || c->unpack_max_image_bytes < 1)
         return ctl_errf(err, "unpack.max_layer_bytes and unpack.max_image_bytes: must be at least 1");
-    if (c->keep_images < 2)
-        return ctl_errf(err, "deploy.keep_images: must be at least 2 (current and previous)");
+    if (c->keep_images < 2) return ctl_errf(err, "deploy.keep_images: must be at least 2 (current and previous)");
     return 0;
 }
 
-void config_free(struct ctl_config *c)
-{
-    if (!c)
-        return;
+void config_free(struct ctl_config *c) {
+    if (!c) return;
     for (size_t i = 0; i < NENTRIES; i++) {
-        if (ENTRIES[i].type == T_STR)
-            free(*(char **)((char *)c + ENTRIES[i].off));
+        if (ENTRIES[i].type == T_STR) free(*(char **)((char *)c + ENTRIES[i].off));
     }
     json_decref(c->runtime_env);
     free(c->config_path);
     free(c);
 }
 
-int config_load(const char *path, char *const *sets, int nsets, struct ctl_config **out, char *err)
-{
+int config_load(const char *path, char *const *sets, int nsets, struct ctl_config **out, char *err) {
     struct ctl_config *c = ctl_calloc(1, sizeof *c);
     c->runtime_env = json_object();
     *out = NULL;
     for (size_t i = 0; i < NENTRIES; i++)
-        if (ENTRIES[i].def && set_entry(c, &ENTRIES[i], ENTRIES[i].def, err) < 0)
-            abort();
+        if (ENTRIES[i].def && set_entry(c, &ENTRIES[i], ENTRIES[i].def, err) < 0) abort();
     const char *file = path ? path : getenv("BEAVA_CONTROL_CONFIG");
-    if (!file && access("/etc/beava/control.yaml", R_OK) == 0)
-        file = "/etc/beava/control.yaml";
+    if (!file && access("/etc/beava/control.yaml", R_OK) == 0) file = "/etc/beava/control.yaml";
     c->config_path = ctl_strdup(file ? file : "");
     if (file && *file) {
         json_t *docs = NULL;
-        if (ydoc_load_file(file, &docs, err) < 0)
-            goto err;
+        if (ydoc_load_file(file, &docs, err) < 0) goto err;
         if (json_array_size(docs) > 1) {
             json_decref(docs);
             ctl_errf(err, "%s: expected one YAML document", file);
@@ -312,11 +276,9 @@ int config_load(const char *path, char *const *sets, int nsets, struct ctl_confi
         }
         int rc = root && json_is_object(root) ? yaml_walk(c, file, "", root, err) : 0;
         json_decref(docs);
-        if (rc < 0)
-            goto err;
+        if (rc < 0) goto err;
     }
-    if (apply_env(c, err) < 0)
-        goto err;
+    if (apply_env(c, err) < 0) goto err;
     for (int i = 0; i < nsets; i++) {
         const char *eq = strchr(sets[i], '=');
         if (!eq) {
@@ -332,8 +294,7 @@ int config_load(const char *path, char *const *sets, int nsets, struct ctl_confi
             goto err;
         }
     }
-    if (validate(c, err) < 0)
-        goto err;
+    if (validate(c, err) < 0) goto err;
     if (!*c->socket_path) {
         free(c->socket_path);
         c->socket_path = ctl_asprintf("%s/control.sock", c->state_dir);
@@ -345,13 +306,9 @@ err:
     return -1;
 }
 
-const char *config_socket(const struct ctl_config *c)
-{
-    return c->socket_path;
-}
+const char *config_socket(const struct ctl_config *c) { return c->socket_path; }
 
-json_t *config_to_json(const struct ctl_config *c)
-{
+json_t *config_to_json(const struct ctl_config *c) {
     json_t *o = json_object();
     for (size_t i = 0; i < NENTRIES; i++) {
         const struct cfg_entry *e = &ENTRIES[i];

@@ -33,15 +33,15 @@
 
 struct daemon {
     struct ctl_ctx ctx;
-    pthread_cond_t cv;           /* queue changed / stop (with ctx.mu) */
-    struct deploy *queue[256];   /* FIFO */
+    pthread_cond_t cv;         /* queue changed / stop (with ctx.mu) */
+    struct deploy *queue[256]; /* FIFO */
     size_t qhead, qlen;
     struct deploy *known[MAX_KNOWN]; /* recent deploys, for GET /v1/deploys/<id> */
     size_t nknown;
     struct deploy *running;
     bool stop;
-    json_t *supervisor;          /* deploy_supervise state */
-    json_t *exits;               /* reaped children's wait statuses (worker thread only) */
+    json_t *supervisor; /* deploy_supervise state */
+    json_t *exits;      /* reaped children's wait statuses (worker thread only) */
     unsigned char *secret;
     size_t secret_len;
     struct trigger_seen *seen;
@@ -56,21 +56,19 @@ struct req {
     char *body;
     size_t len;
     bool too_big;
-    unsigned int status;     /* the answer given, for the daemon log */
+    unsigned int status; /* the answer given, for the daemon log */
     char reason[256];
 };
 
 /* ---- responses -------------------------------------------------------------------------- */
 
-static enum MHD_Result reply(struct req *rq, struct MHD_Connection *c, unsigned int status, json_t *body)
-{
+static enum MHD_Result reply(struct req *rq, struct MHD_Connection *c, unsigned int status, json_t *body) {
     rq->status = status;
     char *text = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(body);
     size_t n = strlen(text);
     text = realloc(text, n + 2);
-    if (!text)
-        abort();
+    if (!text) abort();
     text[n++] = '\n';
     struct MHD_Response *r = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
     MHD_add_response_header(r, "Content-Type", "application/json");
@@ -80,16 +78,14 @@ static enum MHD_Result reply(struct req *rq, struct MHD_Connection *c, unsigned 
 }
 
 static enum MHD_Result reply_err(struct req *rq, struct MHD_Connection *c, unsigned int status, const char *code,
-                                  const char *msg)
-{
+                                 const char *msg) {
     snprintf(rq->reason, sizeof rq->reason, "%.40s: %.200s", code, msg); /* the log keeps the head */
     return reply(rq, c, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
 }
 
 /* ---- queue ------------------------------------------------------------------------------- */
 
-static void remember(struct daemon *dm, struct deploy *d)
-{
+static void remember(struct daemon *dm, struct deploy *d) {
     /* caller holds ctx.mu */
     if (dm->nknown == MAX_KNOWN) {
         /* drop the oldest finished one */
@@ -103,12 +99,10 @@ static void remember(struct daemon *dm, struct deploy *d)
             }
         }
     }
-    if (dm->nknown < MAX_KNOWN)
-        dm->known[dm->nknown++] = d;
+    if (dm->nknown < MAX_KNOWN) dm->known[dm->nknown++] = d;
 }
 
-static int enqueue(struct daemon *dm, struct deploy *d, char *err)
-{
+static int enqueue(struct daemon *dm, struct deploy *d, char *err) {
     pthread_mutex_lock(&dm->ctx.mu);
     if (dm->stop || dm->qlen == sizeof dm->queue / sizeof dm->queue[0] || dm->nknown == MAX_KNOWN) {
         pthread_mutex_unlock(&dm->ctx.mu);
@@ -116,16 +110,12 @@ static int enqueue(struct daemon *dm, struct deploy *d, char *err)
     }
     dm->queue[(dm->qhead + dm->qlen++) % 256] = d;
     remember(dm, d);
-    json_t *j = json_pack("{s:s,s:s,s:s,s:s}", "event", "deploy.queued", "deploy", d->id, "kind", d->kind,
-                          "source", d->source);
-    if (d->image)
-        json_object_set_new(j, "image", json_string(d->image));
-    if (d->revision)
-        json_object_set_new(j, "revision", json_string(d->revision));
-    if (d->manifests)
-        json_object_set_new(j, "manifests", json_string(d->manifests));
-    if (d->target)
-        json_object_set_new(j, "target", json_string(d->target));
+    json_t *j =
+        json_pack("{s:s,s:s,s:s,s:s}", "event", "deploy.queued", "deploy", d->id, "kind", d->kind, "source", d->source);
+    if (d->image) json_object_set_new(j, "image", json_string(d->image));
+    if (d->revision) json_object_set_new(j, "revision", json_string(d->revision));
+    if (d->manifests) json_object_set_new(j, "manifests", json_string(d->manifests));
+    if (d->target) json_object_set_new(j, "target", json_string(d->target));
     pthread_cond_signal(&dm->cv);
     pthread_mutex_unlock(&dm->ctx.mu);
     char e2[CTL_ERR_LEN];
@@ -134,8 +124,7 @@ static int enqueue(struct daemon *dm, struct deploy *d, char *err)
     return 0;
 }
 
-static void *worker(void *arg)
-{
+static void *worker(void *arg) {
     struct daemon *dm = arg;
     pthread_mutex_lock(&dm->ctx.mu);
     while (!dm->stop) {
@@ -153,11 +142,9 @@ static void *worker(void *arg)
         pthread_mutex_unlock(&dm->ctx.mu);
         deploy_supervise(&dm->ctx, dm->supervisor, dm->exits);
         runtime_reap(dm->exits);
-        if (json_object_size(dm->exits) > 64)
-            json_object_clear(dm->exits);
+        if (json_object_size(dm->exits) > 64) json_object_clear(dm->exits);
         pthread_mutex_lock(&dm->ctx.mu);
-        if (dm->stop || dm->qlen)
-            continue;
+        if (dm->stop || dm->qlen) continue;
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_sec += 1;
@@ -169,16 +156,13 @@ static void *worker(void *arg)
 
 /* ---- routes ------------------------------------------------------------------------------- */
 
-static json_t *find_deploy(struct daemon *dm, const char *id)
-{
+static json_t *find_deploy(struct daemon *dm, const char *id) {
     json_t *out = NULL;
     pthread_mutex_lock(&dm->ctx.mu);
     for (size_t i = 0; i < dm->nknown; i++)
-        if (!strcmp(dm->known[i]->id, id))
-            out = json_deep_copy(dm->known[i]->rec);
+        if (!strcmp(dm->known[i]->id, id)) out = json_deep_copy(dm->known[i]->rec);
     pthread_mutex_unlock(&dm->ctx.mu);
-    if (out)
-        return out;
+    if (out) return out;
     char path[4096];
     snprintf(path, sizeof path, "%s/journal", dm->ctx.cfg->state_dir);
     json_t *recs = journal_read(path, NULL);
@@ -196,8 +180,7 @@ static json_t *find_deploy(struct daemon *dm, const char *id)
     return out;
 }
 
-static enum MHD_Result route_status(struct daemon *dm, struct req *r, struct MHD_Connection *c)
-{
+static enum MHD_Result route_status(struct daemon *dm, struct req *r, struct MHD_Connection *c) {
     json_t *s = deploy_status(&dm->ctx);
     pthread_mutex_lock(&dm->ctx.mu);
     json_object_set_new(s, "deploying", dm->running ? json_string(dm->running->id) : json_null());
@@ -214,8 +197,7 @@ static enum MHD_Result route_status(struct daemon *dm, struct req *r, struct MHD
         json_object_set_new(s, "deploy_in_progress", prog);
     }
     json_t *q = json_array();
-    for (size_t i = 0; i < dm->qlen; i++)
-        json_array_append_new(q, json_string(dm->queue[(dm->qhead + i) % 256]->id));
+    for (size_t i = 0; i < dm->qlen; i++) json_array_append_new(q, json_string(dm->queue[(dm->qhead + i) % 256]->id));
     json_object_set_new(s, "queue", q);
     if (json_is_true(json_object_get(dm->supervisor, "degraded")))
         json_object_set_new(s, "state", json_string("degraded"));
@@ -224,12 +206,10 @@ static enum MHD_Result route_status(struct daemon *dm, struct req *r, struct MHD
     return reply(r, c, 200, s);
 }
 
-static enum MHD_Result route_history(struct daemon *dm, struct req *r, struct MHD_Connection *c)
-{
+static enum MHD_Result route_history(struct daemon *dm, struct req *r, struct MHD_Connection *c) {
     const char *lim = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit");
     long n = lim ? strtol(lim, NULL, 10) : 20;
-    if (n <= 0 || n > 1000)
-        n = 20;
+    if (n <= 0 || n > 1000) n = 20;
     char path[4096];
     snprintf(path, sizeof path, "%s/journal", dm->ctx.cfg->state_dir);
     size_t skipped = 0;
@@ -240,8 +220,7 @@ static enum MHD_Result route_history(struct daemon *dm, struct req *r, struct MH
 }
 
 /* Validate a manifests name from a trigger: relative, below manifests.root. */
-static char *trigger_manifests(struct daemon *dm, const char *name, char *err)
-{
+static char *trigger_manifests(struct daemon *dm, const char *name, char *err) {
     if (!*name || name[0] == '/' || strstr(name, "..") || strlen(name) > 200) {
         ctl_errf(err, "manifests must be a directory name below %s (no '/' prefix, no '..')",
                  dm->ctx.cfg->manifests_root);
@@ -257,9 +236,8 @@ static char *trigger_manifests(struct daemon *dm, const char *name, char *err)
     return p;
 }
 
-static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct MHD_Connection *c,
-                                  const char *url, struct req *r)
-{
+static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct MHD_Connection *c, const char *url,
+                                  struct req *r) {
     char err[CTL_ERR_LEN];
     json_error_t je;
     json_t *body = r->len ? json_loadb(r->body, r->len, 0, &je) : json_object();
@@ -274,8 +252,8 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
     const char *manifests = json_string_value(mj);
     char *mpath = NULL;
     enum MHD_Result rc;
-    if ((mj && !json_is_string(mj) && !json_is_null(mj)) ||
-        (json_object_get(body, "image") && !image) || (json_object_get(body, "revision") && !revision && !json_is_null(json_object_get(body, "revision")))) {
+    if ((mj && !json_is_string(mj) && !json_is_null(mj)) || (json_object_get(body, "image") && !image) ||
+        (json_object_get(body, "revision") && !revision && !json_is_null(json_object_get(body, "revision")))) {
         json_decref(body);
         return reply_err(r, c, 400, "bad_request", "image, revision and manifests must be strings");
     }
@@ -325,8 +303,7 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
         }
         d = deploy_new("apply", NULL, NULL, mpath, "cli");
         d->adopt = json_is_true(json_object_get(body, "adopt"));
-        if (d->adopt)
-            json_object_set_new(d->rec, "adopt", json_true());
+        if (d->adopt) json_object_set_new(d->rec, "adopt", json_true());
     } else if (!l->tcp && !strcmp(url, "/v1/rollback")) {
         const char *to = json_string_value(json_object_get(body, "to"));
         char digest[80] = "";
@@ -335,16 +312,16 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
             return reply_err(r, c, 400, "unknown_release", err);
         }
         d = deploy_new("rollback", *digest ? digest : NULL, NULL, NULL, "cli");
-        if (*digest)
-            d->target = ctl_strdup(digest);
+        if (*digest) d->target = ctl_strdup(digest);
     } else if (!l->tcp && !strcmp(url, "/v1/restore")) {
         const char *id = json_string_value(json_object_get(body, "backup"));
         json_t *all = backups_list(dm->ctx.cfg->state_dir);
         bool found = false;
         size_t i;
         json_t *b;
-        json_array_foreach(all, i, b) found = found || (id && !strcmp(json_string_value(json_object_get(b, "id")), id) &&
-                                                         json_is_true(json_object_get(b, "exists")));
+        json_array_foreach(all, i, b) found = found ||
+            (id && !strcmp(json_string_value(json_object_get(b, "id")), id) &&
+             json_is_true(json_object_get(b, "exists")));
         json_decref(all);
         if (!found) {
             snprintf(err, CTL_ERR_LEN, "no backup '%s' on disk (see `beava-control backups`)", id ? id : "");
@@ -387,30 +364,27 @@ static enum MHD_Result route_post(struct daemon *dm, struct listener *l, struct 
 }
 
 /* Image and revision of a trigger body (borrowed from *doc, which the caller frees). */
-static void body_image_revision(const struct req *r, json_t **doc, const char **image, const char **revision)
-{
+static void body_image_revision(const struct req *r, json_t **doc, const char **image, const char **revision) {
     *doc = r->len ? json_loadb(r->body, r->len, 0, NULL) : NULL;
     *image = json_string_value(json_object_get(*doc, "image"));
     *revision = json_string_value(json_object_get(*doc, "revision"));
 }
 
 /* Was this image + revision deployed from another delivery within the replay window? */
-static bool replayed_body(struct daemon *dm, const struct req *r, int64_t now, char *err)
-{
+static bool replayed_body(struct daemon *dm, const struct req *r, int64_t now, char *err) {
     json_t *doc;
     const char *image, *revision;
     body_image_revision(r, &doc, &image, &revision);
     pthread_mutex_lock(&dm->ctx.mu);
-    int x = image ? trigger_seen_body_check(dm->seen, image, revision, now, dm->ctx.cfg->trigger_replay_window_s, err)
-                  : 0;
+    int x =
+        image ? trigger_seen_body_check(dm->seen, image, revision, now, dm->ctx.cfg->trigger_replay_window_s, err) : 0;
     pthread_mutex_unlock(&dm->ctx.mu);
     json_decref(doc);
     return x < 0;
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
-                               const char *version, const char *upload, size_t *upload_size, void **con_cls)
-{
+                               const char *version, const char *upload, size_t *upload_size, void **con_cls) {
     struct listener *l = cls;
     struct daemon *dm = l->dm;
     (void)version;
@@ -426,8 +400,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
             r->too_big = true;
         } else {
             r->body = realloc(r->body, r->len + *upload_size + 1);
-            if (!r->body)
-                abort();
+            if (!r->body) abort();
             memcpy(r->body + r->len, upload, *upload_size);
             r->len += *upload_size;
             r->body[r->len] = 0;
@@ -435,10 +408,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         *upload_size = 0;
         return MHD_YES;
     }
-    if (l->tcp)
-        port_guard_request_read(c);
-    if (r->too_big)
-        return reply_err(r, c, 413, "body_too_large", "request body over the limit");
+    if (l->tcp) port_guard_request_read(c);
+    if (r->too_big) return reply_err(r, c, 413, "body_too_large", "request body over the limit");
     bool post = !strcmp(method, "POST"), get = !strcmp(method, "GET");
     if (l->tcp) {
         char err[CTL_ERR_LEN];
@@ -446,31 +417,30 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         const char *sig = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_SIG);
         const char *del = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_DELIVERY);
         int64_t now = ctl_now_ms() / 1000, window = dm->ctx.cfg->trigger_replay_window_s;
-        const struct trigger_req tr = {.method = method, .path = url, .timestamp = ts, .delivery = del,
-                                       .body = r->body ? r->body : "", .body_len = r->len};
+        const struct trigger_req tr = { .method = method,
+                                        .path = url,
+                                        .timestamp = ts,
+                                        .delivery = del,
+                                        .body = r->body ? r->body : "",
+                                        .body_len = r->len };
         if (trigger_verify(dm->secret, dm->secret_len, &tr, sig, now, window, err) < 0)
             return reply_err(r, c, 401, "unauthorized", err);
         if (post) {
             pthread_mutex_lock(&dm->ctx.mu);
             int x = trigger_seen_check_add(dm->seen, del, now, window, err);
             pthread_mutex_unlock(&dm->ctx.mu);
-            if (x < 0)
-                return reply_err(r, c, 401, "unauthorized", err);
-            if (replayed_body(dm, r, now, err))
-                return reply_err(r, c, 409, "replayed_trigger", err);
+            if (x < 0) return reply_err(r, c, 401, "unauthorized", err);
+            if (replayed_body(dm, r, now, err)) return reply_err(r, c, 409, "replayed_trigger", err);
         }
     }
-    if (get && !strcmp(url, "/v1/status"))
-        return route_status(dm, r, c);
-    if (get && !strcmp(url, "/v1/history"))
-        return route_history(dm, r, c);
+    if (get && !strcmp(url, "/v1/status")) return route_status(dm, r, c);
+    if (get && !strcmp(url, "/v1/history")) return route_history(dm, r, c);
     if (post && !l->tcp && !strcmp(url, "/v1/manifests/diff")) {
         char err[CTL_ERR_LEN];
         json_t *body = r->len ? json_loadb(r->body, r->len, 0, NULL) : NULL;
         const char *dir = json_string_value(json_object_get(body, "manifests"));
         json_t *out = dir && dir[0] == '/' ? deploy_manifests_diff(&dm->ctx, dir, err) : NULL;
-        if (!dir || dir[0] != '/')
-            snprintf(err, sizeof err, "manifests (an absolute path) is required");
+        if (!dir || dir[0] != '/') snprintf(err, sizeof err, "manifests (an absolute path) is required");
         json_decref(body);
         return out ? reply(r, c, 200, out) : reply_err(r, c, 400, "diff_failed", err);
     }
@@ -480,20 +450,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return reply(r, c, 200, json_pack("{s:o}", "backups", backups_list(dm->ctx.cfg->state_dir)));
     if (get && !strncmp(url, "/v1/deploys/", 12)) {
         json_t *d = find_deploy(dm, url + 12);
-        if (!d)
-            return reply_err(r, c, 404, "not_found", "no such deploy");
+        if (!d) return reply_err(r, c, 404, "not_found", "no such deploy");
         return reply(r, c, 200, d);
     }
-    if (post && !strncmp(url, "/v1/", 4))
-        return route_post(dm, l, c, url, r);
-    if (!strncmp(url, "/v1/", 4))
-        return reply_err(r, c, 405, "method_not_allowed", "wrong method or unknown route");
+    if (post && !strncmp(url, "/v1/", 4)) return route_post(dm, l, c, url, r);
+    if (!strncmp(url, "/v1/", 4)) return reply_err(r, c, 405, "method_not_allowed", "wrong method or unknown route");
     return reply_err(r, c, 404, "not_found", "no such route");
 }
 
 /* One daemon-log line per request on the control port: the CI trigger audit trail. */
-static void audit(struct MHD_Connection *c, const struct req *r)
-{
+static void audit(struct MHD_Connection *c, const struct req *r) {
     char addr[INET6_ADDRSTRLEN + 8] = "?";
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET) {
@@ -505,12 +471,11 @@ static void audit(struct MHD_Connection *c, const struct req *r)
     const char *delivery = MHD_lookup_connection_value(c, MHD_HEADER_KIND, TRIGGER_HDR_DELIVERY);
     bool ok = r->status >= 200 && r->status < 300;
     dlog(ok ? "trigger.accepted" : "trigger.rejected",
-         json_pack("{s:i,s:s,s:s,s:s?}", "status", (int)r->status, "reason", r->reason[0] ? r->reason : (ok ? "ok" : "?"),
-                   "remote_addr", addr, "delivery", delivery));
+         json_pack("{s:i,s:s,s:s,s:s?}", "status", (int)r->status, "reason",
+                   r->reason[0] ? r->reason : (ok ? "ok" : "?"), "remote_addr", addr, "delivery", delivery));
 }
 
-static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t)
-{
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t) {
     (void)t;
     if (cls) /* the control port: the next request on this connection gets a fresh deadline */
         port_guard_request_done(c);
@@ -526,16 +491,13 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 
 /* ---- listeners ---------------------------------------------------------------------------- */
 
-static int unix_listener(const struct ctl_config *cfg, int *fd_out, char *err)
-{
+static int unix_listener(const struct ctl_config *cfg, int *fd_out, char *err) {
     const char *path = config_socket(cfg);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path)
-        return ctl_errf(err, "socket path %s is too long", path);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof sa.sun_path) return ctl_errf(err, "socket path %s is too long", path);
     strcpy(sa.sun_path, path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return ctl_errf(err, "socket: %s", strerror(errno));
+    if (fd < 0) return ctl_errf(err, "socket: %s", strerror(errno));
     unlink(path);
     mode_t old = umask(0117);
     int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
@@ -559,8 +521,7 @@ static int unix_listener(const struct ctl_config *cfg, int *fd_out, char *err)
     return 0;
 }
 
-static int parse_addr(const char *addr, struct sockaddr_in *sa, char *err)
-{
+static int parse_addr(const char *addr, struct sockaddr_in *sa, char *err) {
     char host[64];
     const char *colon = strrchr(addr, ':');
     if (!colon || (size_t)(colon - addr) >= sizeof host)
@@ -576,10 +537,9 @@ static int parse_addr(const char *addr, struct sockaddr_in *sa, char *err)
     return 0;
 }
 
-int daemon_serve(struct ctl_config *cfg, char *err)
-{
+int daemon_serve(struct ctl_config *cfg, char *err) {
     struct daemon *dm = ctl_calloc(1, sizeof *dm);
-    struct listener lu = {.dm = dm, .tcp = false}, lt = {.dm = dm, .tcp = true};
+    struct listener lu = { .dm = dm, .tcp = false }, lt = { .dm = dm, .tcp = true };
     struct MHD_Daemon *mu = NULL, *mt = NULL;
     struct port_guard *guard = NULL;
     int lockfd = -1, ufd = -1, rc = -1;
@@ -591,19 +551,15 @@ int daemon_serve(struct ctl_config *cfg, char *err)
     dm->exits = json_object();
     pthread_mutex_init(&dm->ctx.mu, NULL);
     pthread_cond_init(&dm->cv, NULL);
-    if (state_init(cfg->state_dir, err) < 0 || state_lock(cfg->state_dir, &lockfd, err) < 0)
-        goto out;
+    if (state_init(cfg->state_dir, err) < 0 || state_lock(cfg->state_dir, &lockfd, err) < 0) goto out;
     char *jp = ctl_asprintf("%s/journal", cfg->state_dir);
     int x = journal_open(jp, &dm->ctx.journal, err);
     free(jp);
-    if (x < 0)
-        goto out;
+    if (x < 0) goto out;
     if (*cfg->admin_token_file) {
         size_t len;
-        if (ctl_read_file(cfg->admin_token_file, 4096, &dm->ctx.token, &len, err) < 0)
-            goto out;
-        while (len && (dm->ctx.token[len - 1] == '\n' || dm->ctx.token[len - 1] == '\r'))
-            dm->ctx.token[--len] = 0;
+        if (ctl_read_file(cfg->admin_token_file, 4096, &dm->ctx.token, &len, err) < 0) goto out;
+        while (len && (dm->ctx.token[len - 1] == '\n' || dm->ctx.token[len - 1] == '\r')) dm->ctx.token[--len] = 0;
     }
     if (*cfg->listen_addr) {
         char *s = NULL;
@@ -612,8 +568,7 @@ int daemon_serve(struct ctl_config *cfg, char *err)
             ctl_errf(err, "listen_addr is set but the trigger secret cannot be read: %s", err);
             goto out;
         }
-        while (len && (s[len - 1] == '\n' || s[len - 1] == '\r'))
-            s[--len] = 0;
+        while (len && (s[len - 1] == '\n' || s[len - 1] == '\r')) s[--len] = 0;
         if (len < 16) {
             free(s);
             ctl_errf(err, "%s: the trigger secret must be at least 16 bytes", cfg->trigger_secret_file);
@@ -624,8 +579,7 @@ int daemon_serve(struct ctl_config *cfg, char *err)
         char *sp = ctl_asprintf("%s/deliveries.json", cfg->state_dir);
         x = trigger_seen_open(sp, &dm->seen, err);
         free(sp);
-        if (x < 0)
-            goto out;
+        if (x < 0) goto out;
     }
     /* Signals are taken by sigwait below; every thread inherits the mask. */
     sigset_t set;
@@ -636,17 +590,15 @@ int daemon_serve(struct ctl_config *cfg, char *err)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    if (notify_start(cfg, &dm->ctx.notifier, err) < 0)
-        goto out;
+    if (notify_start(cfg, &dm->ctx.notifier, err) < 0) goto out;
     dlog("control.recovering", NULL);
     deploy_hold_listeners(&dm->ctx);
     deploy_recover(&dm->ctx);
 
-    if (unix_listener(cfg, &ufd, err) < 0)
-        goto out;
-    mu = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, handler, &lu,
-                          MHD_OPTION_LISTEN_SOCKET, ufd, MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
-                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)60, MHD_OPTION_END);
+    if (unix_listener(cfg, &ufd, err) < 0) goto out;
+    mu = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, handler, &lu, MHD_OPTION_LISTEN_SOCKET, ufd,
+                          MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)60,
+                          MHD_OPTION_END);
     if (!mu) {
         ctl_errf(err, "cannot serve the unix socket %s", config_socket(cfg));
         goto out;
@@ -654,8 +606,7 @@ int daemon_serve(struct ctl_config *cfg, char *err)
     ufd = -1;
     if (*cfg->listen_addr) {
         struct sockaddr_in sa;
-        if (parse_addr(cfg->listen_addr, &sa, err) < 0)
-            goto out;
+        if (parse_addr(cfg->listen_addr, &sa, err) < 0) goto out;
         /* A request must be read within trigger.request_deadline_s (port_guard), no
          * address may hold more than trigger.max_connections_per_ip, so a flood of
          * half-sent requests from one address cannot keep a signed trigger out. */
@@ -663,13 +614,12 @@ int daemon_serve(struct ctl_config *cfg, char *err)
             ctl_errf(err, "cannot start the control port's deadline thread");
             goto out;
         }
-        mt = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD, 0, NULL, NULL, handler, &lt,
-                              MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
-                              completed, guard, MHD_OPTION_NOTIFY_CONNECTION, port_guard_notify, guard,
-                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->trigger_request_deadline_s,
-                              MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->trigger_max_connections,
-                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->trigger_max_connections_per_ip,
-                              MHD_OPTION_END);
+        mt = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD, 0, NULL, NULL, handler, &lt, MHD_OPTION_SOCK_ADDR,
+                              (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED, completed, guard,
+                              MHD_OPTION_NOTIFY_CONNECTION, port_guard_notify, guard, MHD_OPTION_CONNECTION_TIMEOUT,
+                              (unsigned int)cfg->trigger_request_deadline_s, MHD_OPTION_CONNECTION_LIMIT,
+                              (unsigned int)cfg->trigger_max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                              (unsigned int)cfg->trigger_max_connections_per_ip, MHD_OPTION_END);
         if (!mt) {
             ctl_errf(err, "cannot listen on %s (in use?)", cfg->listen_addr);
             goto out;
@@ -680,30 +630,25 @@ int daemon_serve(struct ctl_config *cfg, char *err)
         goto out;
     }
     worker_started = true;
-    dlog("control.ready", json_pack("{s:s,s:s,s:s}", "socket", config_socket(cfg), "listen_addr", cfg->listen_addr,
-                                    "runtime", cfg->runtime_kind));
+    dlog("control.ready",
+         json_pack("{s:s,s:s,s:s}", "socket", config_socket(cfg), "listen_addr", cfg->listen_addr, "runtime",
+                   cfg->runtime_kind));
     int sig = 0;
     sigwait(&set, &sig);
     dlog("control.stopping", json_pack("{s:i}", "signal", sig));
     rc = 0;
 out:
-    if (mt)
-        MHD_stop_daemon(mt);
+    if (mt) MHD_stop_daemon(mt);
     port_guard_free(guard);
-    if (mu)
-        MHD_stop_daemon(mu);
-    if (ufd >= 0)
-        close(ufd);
+    if (mu) MHD_stop_daemon(mu);
+    if (ufd >= 0) close(ufd);
     pthread_mutex_lock(&dm->ctx.mu);
     dm->stop = true;
     pthread_cond_broadcast(&dm->cv);
     pthread_mutex_unlock(&dm->ctx.mu);
-    if (worker_started)
-        pthread_join(wt, NULL);
-    if (rc == 0)
-        unlink(config_socket(cfg));
-    for (size_t i = 0; i < dm->nknown; i++)
-        deploy_free(dm->known[i]);
+    if (worker_started) pthread_join(wt, NULL);
+    if (rc == 0) unlink(config_socket(cfg));
+    for (size_t i = 0; i < dm->nknown; i++) deploy_free(dm->known[i]);
     journal_close(dm->ctx.journal);
     trigger_seen_close(dm->seen);
     json_decref(dm->supervisor);
@@ -712,8 +657,7 @@ out:
     notify_stop(dm->ctx.notifier);
     free(dm->secret);
     free(dm->ctx.token);
-    if (lockfd >= 0)
-        close(lockfd);
+    if (lockfd >= 0) close(lockfd);
     pthread_mutex_destroy(&dm->ctx.mu);
     pthread_cond_destroy(&dm->cv);
     free(dm);

@@ -31,9 +31,8 @@
 
 /* ---- records -------------------------------------------------------------------------- */
 
-struct deploy *deploy_new(const char *kind, const char *image, const char *revision,
-                          const char *manifests, const char *source)
-{
+struct deploy *deploy_new(const char *kind, const char *image, const char *revision, const char *manifests,
+                          const char *source) {
     struct deploy *d = ctl_calloc(1, sizeof *d);
     char ts[40];
     int64_t now = ctl_now_ms();
@@ -41,34 +40,28 @@ struct deploy *deploy_new(const char *kind, const char *image, const char *revis
     unsigned int rnd = 0;
     int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
-        if (read(fd, &rnd, sizeof rnd) != sizeof rnd)
-            rnd = (unsigned)now;
+        if (read(fd, &rnd, sizeof rnd) != sizeof rnd) rnd = (unsigned)now;
         close(fd);
     }
     /* d-20250101T120000-1a2b3c */
-    snprintf(d->id, sizeof d->id, "d-%.4s%.2s%.2sT%.2s%.2s%.2s-%06x", ts, ts + 5, ts + 8, ts + 11,
-             ts + 14, ts + 17, rnd & 0xffffff);
+    snprintf(d->id, sizeof d->id, "d-%.4s%.2s%.2sT%.2s%.2s%.2s-%06x", ts, ts + 5, ts + 8, ts + 11, ts + 14, ts + 17,
+             rnd & 0xffffff);
     snprintf(d->kind, sizeof d->kind, "%s", kind);
     d->image = image && *image ? ctl_strdup(image) : NULL;
     d->revision = revision && *revision ? ctl_strdup(revision) : NULL;
     d->manifests = manifests && *manifests ? ctl_strdup(manifests) : NULL;
     d->source = ctl_strdup(source ? source : "cli");
-    d->rec = json_pack("{s:s,s:s,s:s,s:s,s:[]}", "id", d->id, "kind", kind, "status", "queued",
-                       "queued_at", ts, "steps");
-    if (d->image)
-        json_object_set_new(d->rec, "image", json_string(d->image));
-    if (d->revision)
-        json_object_set_new(d->rec, "revision", json_string(d->revision));
-    if (d->manifests)
-        json_object_set_new(d->rec, "manifests", json_string(d->manifests));
+    d->rec =
+        json_pack("{s:s,s:s,s:s,s:s,s:[]}", "id", d->id, "kind", kind, "status", "queued", "queued_at", ts, "steps");
+    if (d->image) json_object_set_new(d->rec, "image", json_string(d->image));
+    if (d->revision) json_object_set_new(d->rec, "revision", json_string(d->revision));
+    if (d->manifests) json_object_set_new(d->rec, "manifests", json_string(d->manifests));
     json_object_set_new(d->rec, "source", json_string(d->source));
     return d;
 }
 
-void deploy_free(struct deploy *d)
-{
-    if (!d)
-        return;
+void deploy_free(struct deploy *d) {
+    if (!d) return;
     free(d->image);
     free(d->revision);
     free(d->manifests);
@@ -78,22 +71,18 @@ void deploy_free(struct deploy *d)
     free(d);
 }
 
-static void journal_rec(struct ctl_ctx *ctx, json_t *rec)
-{
+static void journal_rec(struct ctl_ctx *ctx, json_t *rec) {
     char err[CTL_ERR_LEN];
     if (journal_append(ctx->journal, rec, err) < 0)
         fprintf(stderr, "{\"kind\":\"control.journal_error\",\"error\":\"%s\"}\n", err);
 }
 
 /* Record one finished step. detail is consumed (may be NULL). */
-static void step_done(struct ctl_ctx *ctx, struct deploy *d, const char *name, int64_t t0, bool ok,
-                      const char *msg, json_t *detail)
-{
+static void step_done(struct ctl_ctx *ctx, struct deploy *d, const char *name, int64_t t0, bool ok, const char *msg,
+                      json_t *detail) {
     json_t *s = json_pack("{s:s,s:b,s:I}", "step", name, "ok", ok, "ms", (json_int_t)(ctl_mono_ms() - t0));
-    if (msg)
-        json_object_set_new(s, "message", json_string(msg));
-    if (detail)
-        json_object_set_new(s, "detail", detail);
+    if (msg) json_object_set_new(s, "message", json_string(msg));
+    if (detail) json_object_set_new(s, "detail", detail);
     pthread_mutex_lock(&ctx->mu);
     json_array_append(json_object_get(d->rec, "steps"), s);
     pthread_mutex_unlock(&ctx->mu);
@@ -109,23 +98,19 @@ static void step_done(struct ctl_ctx *ctx, struct deploy *d, const char *name, i
     json_decref(s);
 }
 
-static void deploy_end(struct ctl_ctx *ctx, struct deploy *d, const char *status, const char *msg,
-                       json_t *extra)
-{
+static void deploy_end(struct ctl_ctx *ctx, struct deploy *d, const char *status, const char *msg, json_t *extra) {
     char ts[40];
     ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
     pthread_mutex_lock(&ctx->mu);
     json_object_set_new(d->rec, "status", json_string(status));
     json_object_set_new(d->rec, "message", json_string(msg));
     json_object_set_new(d->rec, "ended", json_string(ts));
-    if (extra)
-        json_object_update(d->rec, extra);
+    if (extra) json_object_update(d->rec, extra);
     notify_deploy(ctx->notifier, d->rec);
     pthread_mutex_unlock(&ctx->mu);
-    json_t *j = json_pack("{s:s,s:s,s:s,s:s}", "event", "deploy.end", "deploy", d->id, "status", status,
-                          "message", msg);
-    if (extra)
-        json_object_update(j, extra);
+    json_t *j =
+        json_pack("{s:s,s:s,s:s,s:s}", "event", "deploy.end", "deploy", d->id, "status", status, "message", msg);
+    if (extra) json_object_update(j, extra);
     journal_rec(ctx, j);
     json_t *l = json_deep_copy(j);
     json_object_del(l, "event");
@@ -138,29 +123,23 @@ static void deploy_end(struct ctl_ctx *ctx, struct deploy *d, const char *status
 
 /* ---- runtime helpers ------------------------------------------------------------------ */
 
-static struct beava_ep endpoint(struct ctl_ctx *ctx)
-{
-    struct beava_ep ep = {.http_addr = ctx->cfg->runtime_http_addr,
-                          .admin_addr = ctx->cfg->runtime_admin_addr,
-                          .token = ctx->token};
+static struct beava_ep endpoint(struct ctl_ctx *ctx) {
+    struct beava_ep ep = { .http_addr = ctx->cfg->runtime_http_addr,
+                           .admin_addr = ctx->cfg->runtime_admin_addr,
+                           .token = ctx->token };
     return ep;
 }
 
-static char *image_dir(struct ctl_ctx *ctx, const char *digest)
-{
+static char *image_dir(struct ctl_ctx *ctx, const char *digest) {
     return ctl_asprintf("%s/images/%s", ctx->cfg->state_dir, digest + 7);
 }
 
-void deploy_hold_listeners(struct ctl_ctx *ctx)
-{
+void deploy_hold_listeners(struct ctl_ctx *ctx) {
     struct ctl_config *cfg = ctx->cfg;
-    if (!cfg->hold_sockets || !strcmp(cfg->runtime_kind, "systemd"))
-        return;
+    if (!cfg->hold_sockets || !strcmp(cfg->runtime_kind, "systemd")) return;
     bool all = true;
-    for (int i = 0; i < LISTENERS_N; i++)
-        all = all && ctx->listeners.fd[i] >= 0;
-    if (all)
-        return;
+    for (int i = 0; i < LISTENERS_N; i++) all = all && ctx->listeners.fd[i] >= 0;
+    if (all) return;
     json_t *inst = state_load(cfg->state_dir, "instance");
     json_t *report = listeners_acquire(&ctx->listeners, cfg, inst);
     dlog("server.listeners", report);
@@ -168,8 +147,7 @@ void deploy_hold_listeners(struct ctl_ctx *ctx)
 }
 
 /* The image's version and revision labels, for the journal (NULL when unknown). */
-static json_t *release_labels(struct ctl_ctx *ctx, const char *digest)
-{
+static json_t *release_labels(struct ctl_ctx *ctx, const char *digest) {
     char *dir = image_dir(ctx, digest);
     json_t *img = state_load(dir, "image");
     free(dir);
@@ -177,7 +155,7 @@ static json_t *release_labels(struct ctl_ctx *ctx, const char *digest)
     json_t *out = NULL;
     if (json_is_object(lb)) {
         out = json_object();
-        const char *keys[] = {"org.opencontainers.image.version", "org.opencontainers.image.revision", NULL};
+        const char *keys[] = { "org.opencontainers.image.version", "org.opencontainers.image.revision", NULL };
         for (int i = 0; keys[i]; i++)
             if (json_is_string(json_object_get(lb, keys[i])))
                 json_object_set(out, keys[i], json_object_get(lb, keys[i]));
@@ -188,9 +166,7 @@ static json_t *release_labels(struct ctl_ctx *ctx, const char *digest)
 
 /* Start the release `digest` with the configured runtime; saves instance.json. *detail
  * (optional, caller owns) gets {pid, log, env_overrides}; each override is logged. */
-static int start_release(struct ctl_ctx *ctx, const char *digest, const char *deploy_id, json_t **detail,
-                         char *err)
-{
+static int start_release(struct ctl_ctx *ctx, const char *digest, const char *deploy_id, json_t **detail, char *err) {
     struct ctl_config *cfg = ctx->cfg;
     char *dir = image_dir(ctx, digest);
     char *rootfs = NULL, *binary = NULL;
@@ -233,11 +209,16 @@ static int start_release(struct ctl_ctx *ctx, const char *digest, const char *de
             names[nl++] = LISTENER_NAMES[i];
         }
     }
-    struct rt_start s = {.digest = digest, .rootfs = rootfs, .binary = binary, .image_config = icfg,
-                         .log_path = log, .listen_fds = fds, .listen_names = names, .n_listen = nl};
+    struct rt_start s = { .digest = digest,
+                          .rootfs = rootfs,
+                          .binary = binary,
+                          .image_config = icfg,
+                          .log_path = log,
+                          .listen_fds = fds,
+                          .listen_names = names,
+                          .n_listen = nl };
     json_t *inst = NULL;
-    if (runtime_start(cfg, &s, &inst, err) < 0)
-        goto out;
+    if (runtime_start(cfg, &s, &inst, err) < 0) goto out;
     json_object_set_new(inst, "deploy", json_string(deploy_id));
     size_t i;
     json_t *o;
@@ -248,8 +229,8 @@ static int start_release(struct ctl_ctx *ctx, const char *digest, const char *de
         dlog("server.env_override", l);
     }
     if (detail)
-        *detail = json_pack("{s:O?,s:O?,s:O?}", "pid", json_object_get(inst, "pid"), "log", json_object_get(inst, "log"),
-                            "env_overrides", json_object_get(inst, "env_overrides"));
+        *detail = json_pack("{s:O?,s:O?,s:O?}", "pid", json_object_get(inst, "pid"), "log",
+                            json_object_get(inst, "log"), "env_overrides", json_object_get(inst, "env_overrides"));
     rc = state_save(cfg->state_dir, "instance", inst, err);
     json_decref(inst);
 out:
@@ -261,26 +242,21 @@ out:
     return rc;
 }
 
-static int stop_instance(struct ctl_ctx *ctx, json_t **how, char *err)
-{
+static int stop_instance(struct ctl_ctx *ctx, json_t **how, char *err) {
     json_t *inst = state_load(ctx->cfg->state_dir, "instance");
-    if (how)
-        *how = NULL;
-    if (!inst)
-        return 0;
+    if (how) *how = NULL;
+    if (!inst) return 0;
     int rc = runtime_stop(ctx->cfg, inst, how, err);
     json_decref(inst);
-    if (rc == 0)
-        rc = state_save(ctx->cfg->state_dir, "instance", NULL, err);
+    if (rc == 0) rc = state_save(ctx->cfg->state_dir, "instance", NULL, err);
     return rc;
 }
 
-static char *progress_text(json_t *p)
-{
-    if (!p)
-        return ctl_strdup("the server reports no recovery progress");
+static char *progress_text(json_t *p) {
+    if (!p) return ctl_strdup("the server reports no recovery progress");
     return ctl_asprintf("phase %s, %lld records and %.1f MiB replayed of a %.1f MiB WAL",
-                        json_string_value(json_object_get(p, "phase")) ? json_string_value(json_object_get(p, "phase")) : "?",
+                        json_string_value(json_object_get(p, "phase")) ? json_string_value(json_object_get(p, "phase"))
+                                                                       : "?",
                         (long long)json_integer_value(json_object_get(p, "records")),
                         (double)json_integer_value(json_object_get(p, "bytes")) / (1024.0 * 1024.0),
                         (double)json_integer_value(json_object_get(p, "wal_bytes_total")) / (1024.0 * 1024.0));
@@ -291,8 +267,7 @@ static char *progress_text(json_t *p)
  *  - recovery shows no progress (the "progress" of admin /ready's 503 answer) for
  *    runtime.ready_stall_s, plus ready_s_per_gib per GiB while a snapshot loads ("stalled"),
  *  - the ceiling ready_timeout_s + ready_s_per_gib x data GiB passes ("ceiling"). */
-static int probe(struct ctl_ctx *ctx, json_t **detail, char *err)
-{
+static int probe(struct ctl_ctx *ctx, json_t **detail, char *err) {
     struct ctl_config *cfg = ctx->cfg;
     struct beava_ep ep = endpoint(ctx);
     uint64_t bytes = ctl_tree_bytes(cfg->runtime_data_dir);
@@ -332,7 +307,8 @@ static int probe(struct ctl_ctx *ctx, json_t **detail, char *err)
         const char *phase = json_string_value(json_object_get(last, "phase"));
         double allow = stall_s;
         if (phase && !strcmp(phase, "snapshot"))
-            allow += (double)cfg->ready_s_per_gib * (double)json_integer_value(json_object_get(last, "snapshot_bytes")) / GIB;
+            allow += (double)cfg->ready_s_per_gib *
+                (double)json_integer_value(json_object_get(last, "snapshot_bytes")) / GIB;
         if (now - last_change >= (int64_t)(allow * 1000)) {
             char *pt = progress_text(last);
             ctl_errf(err, "recovery stalled: no progress for %.0fs (runtime.ready_stall_s; %s): %s", allow, pt, why);
@@ -371,8 +347,7 @@ static int probe(struct ctl_ctx *ctx, json_t **detail, char *err)
 
 /* ---- manifests: apply and verify ------------------------------------------------------ */
 
-static char *diff_summary(json_t *diff)
-{
+static char *diff_summary(json_t *diff) {
     json_t *add = json_object_get(diff, "additive"), *des = json_object_get(diff, "destructive");
     char *a = json_dumps(add ? add : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
     char *b = json_dumps(des ? des : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
@@ -384,8 +359,7 @@ static char *diff_summary(json_t *diff)
 
 /* Descriptors adopted from a registry filled by hand (registry.json "adopted"): while there
  * are any, every register uses mode merge so they are kept without being declared. */
-static json_t *adopted_names(struct ctl_ctx *ctx)
-{
+static json_t *adopted_names(struct ctl_ctx *ctx) {
     json_t *reg = state_load(ctx->cfg->state_dir, "registry");
     json_t *a = json_object_get(reg, "adopted");
     json_t *out = json_is_array(a) ? json_incref(a) : json_array();
@@ -393,22 +367,19 @@ static json_t *adopted_names(struct ctl_ctx *ctx)
     return out;
 }
 
-static const char *register_mode(struct ctl_ctx *ctx)
-{
+static const char *register_mode(struct ctl_ctx *ctx) {
     json_t *a = adopted_names(ctx);
     bool merge = json_array_size(a) > 0;
     json_decref(a);
     return merge ? "merge" : NULL;
 }
 
-static int dry_run(struct ctl_ctx *ctx, json_t *nodes, json_t **diff, char *err)
-{
+static int dry_run(struct ctl_ctx *ctx, json_t *nodes, json_t **diff, char *err) {
     struct beava_ep ep = endpoint(ctx);
     long status = 0;
     json_t *out = NULL;
     *diff = NULL;
-    if (beava_register_mode(&ep, nodes, register_mode(ctx), false, true, &status, &out, err) < 0)
-        return -1;
+    if (beava_register_mode(&ep, nodes, register_mode(ctx), false, true, &status, &out, err) < 0) return -1;
     if (status != 200 || !json_is_object(json_object_get(out, "diff"))) {
         char *b = out ? json_dumps(out, JSON_COMPACT) : NULL;
         ctl_errf(err, "dry run: status %ld %s", status, b ? b : "");
@@ -429,32 +400,25 @@ static int dry_run(struct ctl_ctx *ctx, json_t *nodes, json_t **diff, char *err)
 }
 
 /* Snapshot now and copy it into state_dir/backups/<id>/. */
-static int snapshot_backup(struct ctl_ctx *ctx, struct deploy *d, json_t **detail, char *err)
-{
+static int snapshot_backup(struct ctl_ctx *ctx, struct deploy *d, json_t **detail, char *err) {
     struct beava_ep ep = endpoint(ctx);
     json_t *snap = NULL;
-    if (beava_snapshot(&ep, &snap, err) < 0)
-        return -1;
+    if (beava_snapshot(&ep, &snap, err) < 0) return -1;
     const char *p = json_string_value(json_object_get(snap, "path"));
     char *host;
     bool sandboxed = strcmp(ctx->cfg->runtime_kind, "process") != 0;
-    if (sandboxed && !strncmp(p, "/data/", 6))
-        host = ctl_asprintf("%s/%s", ctx->cfg->runtime_data_dir, p + 6);
-    else if (p[0] != '/')
-        host = ctl_asprintf("%s/%s", ctx->cfg->runtime_data_dir, p);
-    else
-        host = ctl_strdup(p);
+    if (sandboxed && !strncmp(p, "/data/", 6)) host = ctl_asprintf("%s/%s", ctx->cfg->runtime_data_dir, p + 6);
+    else if (p[0] != '/') host = ctl_asprintf("%s/%s", ctx->cfg->runtime_data_dir, p);
+    else host = ctl_strdup(p);
     const char *base = strrchr(host, '/') ? strrchr(host, '/') + 1 : host;
     char *dir = ctl_asprintf("%s/backups/%s", ctx->cfg->state_dir, d->id);
     char *dst = ctl_asprintf("%s/%s", dir, base);
     int rc = ctl_mkdirs(dir, 0750, err);
-    if (rc == 0)
-        rc = ctl_copytree(host, dst, err);
+    if (rc == 0) rc = ctl_copytree(host, dst, err);
     if (rc == 0) {
         json_t *cur = state_load(ctx->cfg->state_dir, "current");
-        *detail = json_pack("{s:O,s:s,s:s,s:I,s:O?}", "lsn", json_object_get(snap, "lsn"), "snapshot", host,
-                            "backup", dst, "bytes", (json_int_t)ctl_tree_bytes(dst), "release",
-                            json_object_get(cur, "digest"));
+        *detail = json_pack("{s:O,s:s,s:s,s:I,s:O?}", "lsn", json_object_get(snap, "lsn"), "snapshot", host, "backup",
+                            dst, "bytes", (json_int_t)ctl_tree_bytes(dst), "release", json_object_get(cur, "digest"));
         json_decref(cur);
         /* the manifest carry as it was, so a restore of this snapshot restores it too */
         char *src = ctl_asprintf("%s/registry.json", ctx->cfg->state_dir);
@@ -477,9 +441,8 @@ static int snapshot_backup(struct ctl_ctx *ctx, struct deploy *d, json_t **detai
 
 /* Apply the set step by step. *final_nodes (caller owns) is what the registry holds after.
  * *destructive_done is set when a forced register was sent. */
-static int apply_manifests(struct ctl_ctx *ctx, struct deploy *d, struct manifest_set *set,
-                           json_t **final_nodes, int64_t *version, bool *destructive_done, char *err)
-{
+static int apply_manifests(struct ctl_ctx *ctx, struct deploy *d, struct manifest_set *set, json_t **final_nodes,
+                           int64_t *version, bool *destructive_done, char *err) {
     struct ctl_config *cfg = ctx->cfg;
     struct beava_ep ep = endpoint(ctx);
     json_t *reg = state_load(cfg->state_dir, "registry");
@@ -507,8 +470,8 @@ static int apply_manifests(struct ctl_ctx *ctx, struct deploy *d, struct manifes
         json_decref(reg);
         return -1;
     }
-    step_done(ctx, d, "apply.preflight", t0, true, NULL, json_pack("{s:O,s:I}", "diff", diff, "nodes",
-                                                                   (json_int_t)json_array_size(full)));
+    step_done(ctx, d, "apply.preflight", t0, true, NULL,
+              json_pack("{s:O,s:I}", "diff", diff, "nodes", (json_int_t)json_array_size(full)));
     json_decref(diff);
     json_decref(full);
     for (size_t k = 0; k < set->n; k++) {
@@ -559,7 +522,8 @@ static int apply_manifests(struct ctl_ctx *ctx, struct deploy *d, struct manifes
         }
         long status = 0;
         json_t *out = NULL;
-        if (beava_register_mode(&ep, nodes, register_mode(ctx), force, false, &status, &out, err) < 0 || status != 200) {
+        if (beava_register_mode(&ep, nodes, register_mode(ctx), force, false, &status, &out, err) < 0 ||
+            status != 200) {
             if (status) {
                 char *b = out ? json_dumps(out, JSON_COMPACT) : NULL;
                 ctl_errf(err, "register (%s): status %ld %s", m->id, status, b ? b : "");
@@ -574,9 +538,9 @@ static int apply_manifests(struct ctl_ctx *ctx, struct deploy *d, struct manifes
         *version = json_integer_value(json_object_get(out, "registry_version"));
         char *sum = diff_summary(diff);
         step_done(ctx, d, name, t0, true, sum,
-                  json_pack("{s:s,s:O,s:O,s:I}", "result", force ? "destructive (forced)" : "additive",
-                            "added", json_object_get(out, "added") ? json_object_get(out, "added") : json_null(),
-                            "diff", diff, "registry_version", (json_int_t)*version));
+                  json_pack("{s:s,s:O,s:O,s:I}", "result", force ? "destructive (forced)" : "additive", "added",
+                            json_object_get(out, "added") ? json_object_get(out, "added") : json_null(), "diff", diff,
+                            "registry_version", (json_int_t)*version));
         free(sum);
         json_decref(out);
         json_decref(diff);
@@ -601,16 +565,14 @@ out:
 }
 
 /* registry_version (when known), node count, every declared table answers /get. */
-static int verify(struct ctl_ctx *ctx, json_t *nodes, int64_t want_version, json_t **detail, char *err)
-{
+static int verify(struct ctl_ctx *ctx, json_t *nodes, int64_t want_version, json_t **detail, char *err) {
     struct beava_ep ep = endpoint(ctx);
     int64_t v = 0, count = 0;
     *detail = NULL;
-    if (beava_registry(&ep, &v, &count, err) < 0)
-        return -1;
+    if (beava_registry(&ep, &v, &count, err) < 0) return -1;
     json_t *tables = json_array();
-    *detail = json_pack("{s:I,s:I,s:o}", "registry_version", (json_int_t)v, "node_count", (json_int_t)count,
-                        "tables", tables);
+    *detail = json_pack("{s:I,s:I,s:o}", "registry_version", (json_int_t)v, "node_count", (json_int_t)count, "tables",
+                        tables);
     if (want_version >= 0 && v != want_version)
         return ctl_errf(err, "registry_version is %lld, the last register answered %lld", (long long)v,
                         (long long)want_version);
@@ -633,8 +595,8 @@ static int verify(struct ctl_ctx *ctx, json_t *nodes, int64_t want_version, json
         json_decref(out);
         json_array_append_new(tables, json_pack("{s:s,s:I}", "table", table, "status", (json_int_t)status));
         if ((x < 0 || status != 200) && rc == 0)
-            rc = ctl_errf(err, "table %s does not answer /get (status %ld%s%s)", table, status,
-                          x < 0 ? ", " : "", x < 0 ? e2 : "");
+            rc = ctl_errf(err, "table %s does not answer /get (status %ld%s%s)", table, status, x < 0 ? ", " : "",
+                          x < 0 ? e2 : "");
     }
     json_decref(want);
     return rc;
@@ -642,18 +604,15 @@ static int verify(struct ctl_ctx *ctx, json_t *nodes, int64_t want_version, json
 
 /* ---- rollback --------------------------------------------------------------------------- */
 
-static int restore_data(struct ctl_ctx *ctx, const char *deploy_id, char *err)
-{
+static int restore_data(struct ctl_ctx *ctx, const char *deploy_id, char *err) {
     char *src = ctl_asprintf("%s/backups/%s/data", ctx->cfg->state_dir, deploy_id);
     struct stat st;
     int rc = 0;
     if (stat(src, &st) == 0) {
         char *tmp = ctl_asprintf("%s.restore", ctx->cfg->runtime_data_dir);
         rc = ctl_rmtree(tmp, err);
-        if (rc == 0)
-            rc = ctl_copytree(src, tmp, err);
-        if (rc == 0)
-            rc = ctl_rmtree(ctx->cfg->runtime_data_dir, err);
+        if (rc == 0) rc = ctl_copytree(src, tmp, err);
+        if (rc == 0) rc = ctl_rmtree(ctx->cfg->runtime_data_dir, err);
         if (rc == 0 && rename(tmp, ctx->cfg->runtime_data_dir) < 0)
             rc = ctl_errf(err, "rename %s: %s", tmp, strerror(errno));
         free(tmp);
@@ -679,8 +638,7 @@ static int restore_data(struct ctl_ctx *ctx, const char *deploy_id, char *err)
 
 /* Stop whatever runs, optionally restore the data dir, start `cur` again. Records steps
  * and ends the deploy. */
-static void rollback(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const char *reason, bool restore)
-{
+static void rollback(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const char *reason, bool restore) {
     char err[CTL_ERR_LEN];
     int64_t t0 = ctl_mono_ms();
     json_t *how = NULL;
@@ -695,7 +653,8 @@ static void rollback(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const c
     if (restore) {
         t0 = ctl_mono_ms();
         int x = restore_data(ctx, d->id, err);
-        step_done(ctx, d, "rollback.restore-data", t0, x == 0, x ? err : "data dir restored from the pre-deploy copy", NULL);
+        step_done(ctx, d, "rollback.restore-data", t0, x == 0, x ? err : "data dir restored from the pre-deploy copy",
+                  NULL);
     }
     const char *digest = json_string_value(json_object_get(cur, "digest"));
     if (!digest) {
@@ -732,49 +691,41 @@ struct aged {
     bool pinned;
 };
 
-static int cmp_aged(const void *a, const void *b)
-{
+static int cmp_aged(const void *a, const void *b) {
     const struct aged *x = a, *y = b;
     return x->mtime_ns < y->mtime_ns ? 1 : (x->mtime_ns > y->mtime_ns ? -1 : strcmp(x->name, y->name));
 }
 
 /* Keep `keep` entries of dir: the pinned ones (names containing one of `pinned`) always,
  * then the newest others; remove the rest. */
-static void gc_dir(const char *dir, long keep, const char *const *pinned)
-{
+static void gc_dir(const char *dir, long keep, const char *const *pinned) {
     DIR *dd = opendir(dir);
-    if (!dd)
-        return;
+    if (!dd) return;
     struct aged *v = NULL;
     size_t n = 0;
     struct dirent *e;
     long kept = 0;
     while ((e = readdir(dd))) {
-        if (e->d_name[0] == '.' || strlen(e->d_name) >= 256)
-            continue;
+        if (e->d_name[0] == '.' || strlen(e->d_name) >= 256) continue;
         char *p = ctl_asprintf("%s/%s", dir, e->d_name);
         struct stat st;
         if (stat(p, &st) == 0) {
             v = realloc(v, (n + 1) * sizeof *v);
-            if (!v)
-                abort();
+            if (!v) abort();
             snprintf(v[n].name, sizeof v[n].name, "%s", e->d_name);
             v[n].mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
             v[n].pinned = false;
             for (const char *const *pp = pinned; *pp; pp++)
-                if (strstr(v[n].name, *pp))
-                    v[n].pinned = true;
+                if (strstr(v[n].name, *pp)) v[n].pinned = true;
             kept += v[n].pinned;
             n++;
         }
         free(p);
     }
     closedir(dd);
-    if (n)
-        qsort(v, n, sizeof *v, cmp_aged);
+    if (n) qsort(v, n, sizeof *v, cmp_aged);
     for (size_t i = 0; i < n; i++) {
-        if (v[i].pinned)
-            continue;
+        if (v[i].pinned) continue;
         if (kept < keep) {
             kept++;
             continue;
@@ -787,15 +738,14 @@ static void gc_dir(const char *dir, long keep, const char *const *pinned)
     free(v);
 }
 
-static void housekeeping(struct ctl_ctx *ctx, json_t *cur)
-{
+static void housekeeping(struct ctl_ctx *ctx, json_t *cur) {
     const char *a = json_string_value(json_object_get(cur, "digest"));
     const char *b = json_string_value(json_object_get(json_object_get(cur, "previous"), "digest"));
-    const char *pinned[3] = {a ? a + 7 : "\x01", b ? b + 7 : "\x01", NULL};
+    const char *pinned[3] = { a ? a + 7 : "\x01", b ? b + 7 : "\x01", NULL };
     char *dir = ctl_asprintf("%s/images", ctx->cfg->state_dir);
     gc_dir(dir, ctx->cfg->keep_images, pinned);
     free(dir);
-    const char *none[] = {NULL};
+    const char *none[] = { NULL };
     dir = ctl_asprintf("%s/backups", ctx->cfg->state_dir);
     gc_dir(dir, ctx->cfg->keep_backups, none);
     free(dir);
@@ -807,8 +757,7 @@ static void housekeeping(struct ctl_ctx *ctx, json_t *cur)
 /* ---- the pipeline ------------------------------------------------------------------------ */
 
 /* Resolve and fetch the release: fills digest; image store has it afterwards. */
-static int fetch_release(struct ctl_ctx *ctx, struct deploy *d, char *digest, char *err)
-{
+static int fetch_release(struct ctl_ctx *ctx, struct deploy *d, char *digest, char *err) {
     struct ctl_config *cfg = ctx->cfg;
     int64_t t0 = ctl_mono_ms();
     if (!strcmp(cfg->runtime_kind, "process")) {
@@ -832,8 +781,7 @@ static int fetch_release(struct ctl_ctx *ctx, struct deploy *d, char *digest, ch
         int rc = 0;
         if (access(dst, X_OK) != 0) {
             rc = ctl_mkdirs(dir, 0755, err);
-            if (rc == 0)
-                rc = ctl_write_file_atomic(dst, data, len, 0755, err);
+            if (rc == 0) rc = ctl_write_file_atomic(dst, data, len, 0755, err);
         }
         free(data);
         free(dst);
@@ -852,8 +800,7 @@ static int fetch_release(struct ctl_ctx *ctx, struct deploy *d, char *digest, ch
         return -1;
     }
     if (*cfg->registry_repository && !oci_ref_in_repository(&ref, cfg->registry_repository)) {
-        ctl_errf(err, "image %s is outside the configured repository %s; refused", d->image,
-                 cfg->registry_repository);
+        ctl_errf(err, "image %s is outside the configured repository %s; refused", d->image, cfg->registry_repository);
         step_done(ctx, d, "resolve", t0, false, err, NULL);
         return -1;
     }
@@ -872,7 +819,7 @@ static int fetch_release(struct ctl_ctx *ctx, struct deploy *d, char *digest, ch
     char *rootfs = ctl_asprintf("%s/rootfs", dir);
     char *ij = ctl_asprintf("%s/image.json", dir);
     int rc = -1;
-    struct oci_image img = {0};
+    struct oci_image img = { 0 };
     struct stat st;
     json_t *cached = NULL;
     t0 = ctl_mono_ms();
@@ -901,7 +848,8 @@ static int fetch_release(struct ctl_ctx *ctx, struct deploy *d, char *digest, ch
     }
     if (!cached) {
         t0 = ctl_mono_ms();
-        const struct unpack_limits lim = {(uint64_t)cfg->unpack_max_layer_bytes, (uint64_t)cfg->unpack_max_image_bytes};
+        const struct unpack_limits lim = { (uint64_t)cfg->unpack_max_layer_bytes,
+                                           (uint64_t)cfg->unpack_max_image_bytes };
         if (ctl_mkdirs(dir, 0755, err) < 0 || unpack_image(cfg->state_dir, img.layers, rootfs, &lim, err) < 0) {
             step_done(ctx, d, "unpack", t0, false, err, NULL);
             goto out;
@@ -927,8 +875,7 @@ out:
     return rc;
 }
 
-static struct manifest_set *load_manifests(struct ctl_ctx *ctx, struct deploy *d, char *err)
-{
+static struct manifest_set *load_manifests(struct ctl_ctx *ctx, struct deploy *d, char *err) {
     int64_t t0 = ctl_mono_ms();
     struct manifest_set *set = NULL;
     struct stat st;
@@ -965,8 +912,7 @@ static struct manifest_set *load_manifests(struct ctl_ctx *ctx, struct deploy *d
         return NULL;
     }
     json_t *ids = json_array();
-    for (size_t i = 0; i < set->n; i++)
-        json_array_append_new(ids, json_string(set->m[i].id));
+    for (size_t i = 0; i < set->n; i++) json_array_append_new(ids, json_string(set->m[i].id));
     char *msg = ctl_asprintf("%s (%s)", dir, origin);
     step_done(ctx, d, "manifests", t0, true, msg,
               json_pack("{s:s,s:s,s:o,s:I,s:s}", "dir", dir, "hash", set->hash, "order", ids, "nodes",
@@ -978,30 +924,24 @@ static struct manifest_set *load_manifests(struct ctl_ctx *ctx, struct deploy *d
     return set;
 }
 
-static bool instance_ready(struct ctl_ctx *ctx, json_t *inst)
-{
+static bool instance_ready(struct ctl_ctx *ctx, json_t *inst) {
     struct beava_ep ep = endpoint(ctx);
     char why[CTL_ERR_LEN];
     return inst && runtime_alive(ctx->cfg, inst) && beava_ready(&ep, why, sizeof why) &&
-           beava_ping(&ep, NULL, why) == 0;
+        beava_ping(&ep, NULL, why) == 0;
 }
 
-static void commit(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const char *digest,
-                   const char *image, const char *revision, const char *mhash, const char *mdir,
-                   bool restarted)
-{
+static void commit(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const char *digest, const char *image,
+                   const char *revision, const char *mhash, const char *mdir, bool restarted) {
     char ts[40], err[CTL_ERR_LEN];
     ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
-    json_t *next = json_pack("{s:s,s:s,s:s,s:s,s:s}", "digest", digest, "runtime", ctx->cfg->runtime_kind,
-                             "deploy", d->id, "since",
-                             restarted || !json_object_get(cur, "since") ? ts : json_string_value(json_object_get(cur, "since")),
-                             "manifests_hash", mhash ? mhash : "");
-    if (image)
-        json_object_set_new(next, "image", json_string(image));
-    if (revision)
-        json_object_set_new(next, "revision", json_string(revision));
-    if (mdir)
-        json_object_set_new(next, "manifests", json_string(mdir));
+    json_t *next = json_pack(
+        "{s:s,s:s,s:s,s:s,s:s}", "digest", digest, "runtime", ctx->cfg->runtime_kind, "deploy", d->id, "since",
+        restarted || !json_object_get(cur, "since") ? ts : json_string_value(json_object_get(cur, "since")),
+        "manifests_hash", mhash ? mhash : "");
+    if (image) json_object_set_new(next, "image", json_string(image));
+    if (revision) json_object_set_new(next, "revision", json_string(revision));
+    if (mdir) json_object_set_new(next, "manifests", json_string(mdir));
     if (cur && restarted) {
         json_t *prev = json_deep_copy(cur);
         json_object_del(prev, "previous");
@@ -1014,8 +954,7 @@ static void commit(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const cha
     json_decref(next);
 }
 
-static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
-{
+static void run_deploy(struct ctl_ctx *ctx, struct deploy *d) {
     struct ctl_config *cfg = ctx->cfg;
     char err[CTL_ERR_LEN], digest[80] = "";
     json_t *cur = state_load(cfg->state_dir, "current");
@@ -1069,10 +1008,8 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
             char *dst = ctl_asprintf("%s/data", dir);
             int x = ctl_mkdirs(dir, 0750, err);
             struct stat st;
-            if (x == 0 && stat(cfg->runtime_data_dir, &st) == 0)
-                x = ctl_copytree(cfg->runtime_data_dir, dst, err);
-            else if (x == 0)
-                x = ctl_mkdirs(dst, 0750, err);
+            if (x == 0 && stat(cfg->runtime_data_dir, &st) == 0) x = ctl_copytree(cfg->runtime_data_dir, dst, err);
+            else if (x == 0) x = ctl_mkdirs(dst, 0750, err);
             if (x == 0) {
                 char *src = ctl_asprintf("%s/registry.json", cfg->state_dir);
                 char *rj = ctl_asprintf("%s/registry.json", dir);
@@ -1086,8 +1023,9 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
                 free(rj);
             }
             step_done(ctx, d, "backup", t0, x == 0, x ? err : dst,
-                      x ? NULL : json_pack("{s:s,s:I,s:s?}", "path", dst, "bytes", (json_int_t)ctl_tree_bytes(dst),
-                                           "release", cur_digest));
+                      x ? NULL
+                        : json_pack("{s:s,s:I,s:s?}", "path", dst, "bytes", (json_int_t)ctl_tree_bytes(dst), "release",
+                                    cur_digest));
             free(dir);
             free(dst);
             if (x < 0) {
@@ -1125,11 +1063,11 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
     bool destructive = false;
     if (apply_manifests(ctx, d, set, &final_nodes, &version, &destructive, err) < 0) {
         char *r = ctl_asprintf("manifests not applied: %s", err);
-        if (restarted)
-            rollback(ctx, d, cur, r, destructive && cfg->backup_data_on_deploy);
+        if (restarted) rollback(ctx, d, cur, r, destructive && cfg->backup_data_on_deploy);
         else {
-            char *m = ctl_asprintf("%s; %s", r, destructive ? "a destructive step was applied (backup kept)"
-                                                             : "the registry is as it was");
+            char *m = ctl_asprintf("%s; %s", r,
+                                   destructive ? "a destructive step was applied (backup kept)"
+                                               : "the registry is as it was");
             deploy_end(ctx, d, "failed", m, NULL);
             free(m);
         }
@@ -1141,10 +1079,8 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
     if (verify(ctx, set->n ? final_nodes : NULL, version, &vd, err) < 0) {
         step_done(ctx, d, "verify", t0, false, err, vd);
         char *r = ctl_asprintf("verification failed: %s", err);
-        if (restarted)
-            rollback(ctx, d, cur, r, destructive && cfg->backup_data_on_deploy);
-        else
-            deploy_end(ctx, d, "failed", r, NULL);
+        if (restarted) rollback(ctx, d, cur, r, destructive && cfg->backup_data_on_deploy);
+        else deploy_end(ctx, d, "failed", r, NULL);
         free(r);
         goto out;
     }
@@ -1153,8 +1089,9 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d)
     commit(ctx, d, cur, digest, d->image, d->revision, set->hash, mdir, restarted);
     char *m = restarted ? ctl_asprintf("running %s, ready, manifests applied", digest)
                         : ctl_asprintf("%s was already running; manifests applied", digest);
-    deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:s,s:o?}", "digest", digest, "manifests_hash", set->hash,
-                                                 "labels", release_labels(ctx, digest)));
+    deploy_end(ctx, d, "succeeded", m,
+               json_pack("{s:s,s:s,s:o?}", "digest", digest, "manifests_hash", set->hash, "labels",
+                         release_labels(ctx, digest)));
     free(m);
 out:
     manifest_set_free(set);
@@ -1166,8 +1103,7 @@ out:
 
 /* apply --adopt: the descriptors the server holds that neither the manifests nor the
  * carry declare are recorded as adopted (kept as they are, registers use mode merge). */
-static int adopt_descriptors(struct ctl_ctx *ctx, struct deploy *d, struct manifest_set *set, char *err)
-{
+static int adopt_descriptors(struct ctl_ctx *ctx, struct deploy *d, struct manifest_set *set, char *err) {
     int64_t t0 = ctl_mono_ms();
     struct beava_ep ep = endpoint(ctx);
     long status = 0;
@@ -1191,11 +1127,12 @@ static int adopt_descriptors(struct ctl_ctx *ctx, struct deploy *d, struct manif
     json_array_foreach(json_object_get(out, "registered_descriptors"), i, name) {
         const char *nm = json_string_value(name);
         bool declared = false;
-        json_array_foreach(set->all_nodes, j, n) declared = declared || !strcmp(json_string_value(json_object_get(n, "name")) ?: "", nm);
-        json_array_foreach(carry, j, n) declared = declared || !strcmp(json_string_value(json_object_get(n, "name")) ?: "", nm);
+        json_array_foreach(set->all_nodes, j, n) declared =
+            declared || !strcmp(json_string_value(json_object_get(n, "name")) ?: "", nm);
+        json_array_foreach(carry, j, n) declared =
+            declared || !strcmp(json_string_value(json_object_get(n, "name")) ?: "", nm);
         json_array_foreach(adopted, j, n) declared = declared || !strcmp(json_string_value(n), nm);
-        if (!declared)
-            json_array_append(adopted, name);
+        if (!declared) json_array_append(adopted, name);
     }
     json_t *next = json_pack("{s:O,s:O}", "nodes", carry ? carry : json_array(), "adopted", adopted);
     if (json_object_get(reg, "manifests_hash"))
@@ -1203,7 +1140,8 @@ static int adopt_descriptors(struct ctl_ctx *ctx, struct deploy *d, struct manif
     x = state_save(ctx->cfg->state_dir, "registry", next, err);
     char *names = json_dumps(adopted, JSON_COMPACT);
     char *msg = ctl_asprintf("%zu descriptor(s) registered by hand adopted as they are: %s (registers use mode "
-                             "merge from now on; declare them in a manifest to manage them)", json_array_size(adopted), names);
+                             "merge from now on; declare them in a manifest to manage them)",
+                             json_array_size(adopted), names);
     step_done(ctx, d, "apply.adopt", t0, x == 0, x ? err : msg, json_pack("{s:O}", "adopted", adopted));
     free(msg);
     free(names);
@@ -1214,8 +1152,7 @@ static int adopt_descriptors(struct ctl_ctx *ctx, struct deploy *d, struct manif
     return x;
 }
 
-static void run_apply(struct ctl_ctx *ctx, struct deploy *d)
-{
+static void run_apply(struct ctl_ctx *ctx, struct deploy *d) {
     char err[CTL_ERR_LEN];
     json_t *cur = state_load(ctx->cfg->state_dir, "current");
     json_t *inst = state_load(ctx->cfg->state_dir, "instance");
@@ -1243,8 +1180,9 @@ static void run_apply(struct ctl_ctx *ctx, struct deploy *d)
     int64_t version = -1;
     bool destructive = false;
     if (apply_manifests(ctx, d, set, &final_nodes, &version, &destructive, err) < 0) {
-        char *m = ctl_asprintf("%s; %s", err, destructive ? "a destructive step was applied (backup kept)"
-                                                          : "nothing changed by the refused step");
+        char *m = ctl_asprintf("%s; %s", err,
+                               destructive ? "a destructive step was applied (backup kept)"
+                                           : "nothing changed by the refused step");
         deploy_end(ctx, d, "failed", m, NULL);
         free(m);
         goto out;
@@ -1270,21 +1208,17 @@ out:
 
 /* What current.json says about `digest` once it runs again: the previous release's
  * record, or one rebuilt from the releases the journal knows. */
-static json_t *release_record(struct ctl_ctx *ctx, json_t *cur, const char *digest)
-{
+static json_t *release_record(struct ctl_ctx *ctx, json_t *cur, const char *digest) {
     json_t *prev = json_object_get(cur, "previous");
     const char *pd = json_string_value(json_object_get(prev, "digest"));
-    if (pd && !strcmp(pd, digest))
-        return json_deep_copy(prev);
+    if (pd && !strcmp(pd, digest)) return json_deep_copy(prev);
     json_t *rec = json_pack("{s:s,s:s}", "digest", digest, "runtime", ctx->cfg->runtime_kind);
     json_t *all = releases_list(ctx->cfg->state_dir);
     size_t i;
     json_t *e;
     json_array_foreach(all, i, e) {
-        if (strcmp(json_string_value(json_object_get(e, "digest")), digest))
-            continue;
-        if (json_is_string(json_object_get(e, "image")))
-            json_object_set(rec, "image", json_object_get(e, "image"));
+        if (strcmp(json_string_value(json_object_get(e, "digest")), digest)) continue;
+        if (json_is_string(json_object_get(e, "image"))) json_object_set(rec, "image", json_object_get(e, "image"));
         if (json_is_string(json_object_get(e, "revision")))
             json_object_set(rec, "revision", json_object_get(e, "revision"));
     }
@@ -1292,13 +1226,11 @@ static json_t *release_record(struct ctl_ctx *ctx, json_t *cur, const char *dige
     /* the registry is not changed by a rollback: the manifest set stays */
     if (json_object_get(cur, "manifests_hash"))
         json_object_set(rec, "manifests_hash", json_object_get(cur, "manifests_hash"));
-    if (json_object_get(cur, "manifests"))
-        json_object_set(rec, "manifests", json_object_get(cur, "manifests"));
+    if (json_object_get(cur, "manifests")) json_object_set(rec, "manifests", json_object_get(cur, "manifests"));
     return rec;
 }
 
-static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
-{
+static void run_rollback(struct ctl_ctx *ctx, struct deploy *d) {
     char err[CTL_ERR_LEN];
     json_t *cur = state_load(ctx->cfg->state_dir, "current");
     json_t *prev = json_object_get(cur, "previous");
@@ -1362,24 +1294,24 @@ static void run_rollback(struct ctl_ctx *ctx, struct deploy *d)
     state_save(ctx->cfg->state_dir, "current", next, err);
     json_decref(next);
     char *m = ctl_asprintf("rolled back to %s", target);
-    deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:o?}", "digest", target, "labels", release_labels(ctx, target)));
+    deploy_end(ctx, d, "succeeded", m,
+               json_pack("{s:s,s:o?}", "digest", target, "labels", release_labels(ctx, target)));
     free(m);
     json_decref(cur);
 }
 
 /* ---- manifests diff (dry run) ------------------------------------------------------------ */
 
-json_t *deploy_manifests_diff(struct ctl_ctx *ctx, const char *dir, char *err)
-{
+json_t *deploy_manifests_diff(struct ctl_ctx *ctx, const char *dir, char *err) {
     struct manifest_set *set = NULL;
-    if (manifest_load(dir, &set, err) < 0)
-        return NULL;
+    if (manifest_load(dir, &set, err) < 0) return NULL;
     json_t *reg = state_load(ctx->cfg->state_dir, "registry");
     json_t *full = manifest_step_nodes(set, set->n ? set->n - 1 : 0, json_object_get(reg, "nodes"));
     json_t *diff = NULL, *out = NULL;
     if (dry_run(ctx, full, &diff, err) == 0) {
         char why[CTL_ERR_LEN] = "";
-        bool refused = set->n && manifest_check_destructive(set, set->n - 1, json_object_get(diff, "destructive"), why) < 0;
+        bool refused =
+            set->n && manifest_check_destructive(set, set->n - 1, json_object_get(diff, "destructive"), why) < 0;
         /* tables a forced register would reset: every table a destructive entry is about */
         json_t *resets = json_array(), *tables = manifest_tables(full);
         size_t i, j;
@@ -1388,8 +1320,7 @@ json_t *deploy_manifests_diff(struct ctl_ctx *ctx, const char *dir, char *err)
             char owner[256];
             manifest_entry_owner(e, owner, sizeof owner);
             json_array_foreach(tables, j, t) {
-                if (strcmp(json_string_value(json_object_get(t, "table")), owner))
-                    continue;
+                if (strcmp(json_string_value(json_object_get(t, "table")), owner)) continue;
                 size_t nf = 0, k;
                 json_t *n;
                 json_array_foreach(full, k, n) {
@@ -1401,15 +1332,15 @@ json_t *deploy_manifests_diff(struct ctl_ctx *ctx, const char *dir, char *err)
                 }
                 bool dup = false;
                 json_t *r;
-                json_array_foreach(resets, k, r) dup = dup || !strcmp(json_string_value(json_object_get(r, "table")), owner);
+                json_array_foreach(resets, k, r) dup =
+                    dup || !strcmp(json_string_value(json_object_get(r, "table")), owner);
                 if (!dup)
                     json_array_append_new(resets, json_pack("{s:s,s:I}", "table", owner, "features", (json_int_t)nf));
             }
         }
         json_decref(tables);
         json_t *ids = json_array();
-        for (size_t k = 0; k < set->n; k++)
-            json_array_append_new(ids, json_string(set->m[k].id));
+        for (size_t k = 0; k < set->n; k++) json_array_append_new(ids, json_string(set->m[k].id));
         out = json_pack("{s:s,s:s,s:o,s:I,s:O,s:o,s:b,s:s?}", "dir", dir, "hash", set->hash, "manifests", ids, "nodes",
                         (json_int_t)json_array_size(full), "diff", diff, "resets", resets, "would_apply", !refused,
                         "refusal", refused ? why : NULL);
@@ -1425,31 +1356,26 @@ json_t *deploy_manifests_diff(struct ctl_ctx *ctx, const char *dir, char *err)
 
 /* Install backup b into an empty data dir: a data dir copy is copied whole; a snapshot
  * goes into <data>/snapshots/ (the server recovers from it, with an empty WAL). */
-static int install_backup(struct ctl_ctx *ctx, json_t *b, char *err)
-{
+static int install_backup(struct ctl_ctx *ctx, json_t *b, char *err) {
     const char *data = ctx->cfg->runtime_data_dir;
     const char *path = json_string_value(json_object_get(b, "path"));
     const char *kind = json_string_value(json_object_get(b, "kind"));
-    if (!strcmp(kind, "data"))
-        return ctl_copytree(path, data, err);
+    if (!strcmp(kind, "data")) return ctl_copytree(path, data, err);
     char *snapdir = ctl_asprintf("%s/snapshots", data);
     const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     char *dst = ctl_asprintf("%s/%s", snapdir, base);
     int rc = ctl_mkdirs(snapdir, 0750, err);
-    if (rc == 0)
-        rc = ctl_copytree(path, dst, err);
+    if (rc == 0) rc = ctl_copytree(path, dst, err);
     free(dst);
     free(snapdir);
     return rc;
 }
 
 /* The backup's registry.json (the manifest carry as it was), or NULL. */
-static char *backup_registry(struct ctl_ctx *ctx, const char *id, size_t *len)
-{
+static char *backup_registry(struct ctl_ctx *ctx, const char *id, size_t *len) {
     char *p = ctl_asprintf("%s/backups/%s/registry.json", ctx->cfg->state_dir, id);
     char *text = NULL, e2[CTL_ERR_LEN];
-    if (ctl_read_file(p, 64u << 20, &text, len, e2) < 0)
-        text = NULL;
+    if (ctl_read_file(p, 64u << 20, &text, len, e2) < 0) text = NULL;
     free(p);
     return text;
 }
@@ -1457,8 +1383,7 @@ static char *backup_registry(struct ctl_ctx *ctx, const char *id, size_t *len)
 /* Stop, move the data dir aside (never deleted), install the backup, start the running
  * release, gate, verify the registry against the restored manifest carry. A failure puts
  * the moved data dir back and starts the release on it again. */
-static void run_restore(struct ctl_ctx *ctx, struct deploy *d)
-{
+static void run_restore(struct ctl_ctx *ctx, struct deploy *d) {
     struct ctl_config *cfg = ctx->cfg;
     char err[CTL_ERR_LEN];
     json_t *cur = state_load(cfg->state_dir, "current");
@@ -1467,7 +1392,8 @@ static void run_restore(struct ctl_ctx *ctx, struct deploy *d)
     size_t i;
     json_t *e;
     json_array_foreach(all, i, e) {
-        if (!b && !strcmp(json_string_value(json_object_get(e, "id")), d->target) && json_is_true(json_object_get(e, "exists")))
+        if (!b && !strcmp(json_string_value(json_object_get(e, "id")), d->target) &&
+            json_is_true(json_object_get(e, "exists")))
             b = json_incref(e);
     }
     json_decref(all);
@@ -1503,20 +1429,19 @@ static void run_restore(struct ctl_ctx *ctx, struct deploy *d)
     {
         char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
         char e2[CTL_ERR_LEN];
-        if (ctl_read_file(rp, 64u << 20, &reg_now, &reg_now_len, e2) < 0)
-            reg_now = NULL;
+        if (ctl_read_file(rp, 64u << 20, &reg_now, &reg_now_len, e2) < 0) reg_now = NULL;
         free(rp);
     }
     int x = ctl_mkdirs(bdir, 0750, err);
-    if (x == 0 && reg_now)
-        x = ctl_write_file_atomic(reg_aside, reg_now, reg_now_len, 0640, err);
+    if (x == 0 && reg_now) x = ctl_write_file_atomic(reg_aside, reg_now, reg_now_len, 0640, err);
     if (x == 0 && rename(cfg->runtime_data_dir, aside) < 0 && errno != ENOENT)
         x = ctl_errf(err, "rename %s -> %s: %s", cfg->runtime_data_dir, aside, strerror(errno));
     moved = x == 0;
-    step_done(ctx, d, "restore.backup", t0, x == 0, x ? err : aside,
-              x ? NULL : json_pack("{s:s,s:I,s:s}", "path", aside, "bytes", (json_int_t)ctl_tree_bytes(aside), "release", digest));
-    if (x < 0)
-        goto fail;
+    step_done(
+        ctx, d, "restore.backup", t0, x == 0, x ? err : aside,
+        x ? NULL
+          : json_pack("{s:s,s:I,s:s}", "path", aside, "bytes", (json_int_t)ctl_tree_bytes(aside), "release", digest));
+    if (x < 0) goto fail;
     /* 3. install */
     t0 = ctl_mono_ms();
     x = install_backup(ctx, b, err);
@@ -1524,81 +1449,77 @@ static void run_restore(struct ctl_ctx *ctx, struct deploy *d)
     char *reg = x == 0 ? backup_registry(ctx, d->target, &rl) : NULL;
     if (x == 0) {
         char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
-        if (reg)
-            x = ctl_write_file_atomic(rp, reg, rl, 0640, err);
+        if (reg) x = ctl_write_file_atomic(rp, reg, rl, 0640, err);
         free(rp);
     }
     step_done(ctx, d, "restore.install", t0, x == 0, x ? err : cfg->runtime_data_dir,
-              x ? NULL : json_pack("{s:s,s:I,s:b}", "kind", json_string_value(json_object_get(b, "kind")), "bytes",
-                                   (json_int_t)ctl_tree_bytes(cfg->runtime_data_dir), "registry_restored", reg != NULL));
+              x ? NULL
+                : json_pack("{s:s,s:I,s:b}", "kind", json_string_value(json_object_get(b, "kind")), "bytes",
+                            (json_int_t)ctl_tree_bytes(cfg->runtime_data_dir), "registry_restored", reg != NULL));
     free(reg);
-    if (x < 0)
-        goto fail;
+    if (x < 0) goto fail;
     /* 4. start, gate, verify */
     t0 = ctl_mono_ms();
     json_t *sd = NULL;
     x = start_release(ctx, digest, d->id, &sd, err);
     step_done(ctx, d, "start", t0, x == 0, x ? err : digest, sd);
-    if (x < 0)
-        goto fail;
+    if (x < 0) goto fail;
     t0 = ctl_mono_ms();
     json_t *detail = NULL;
     x = probe(ctx, &detail, err);
     step_done(ctx, d, "probe", t0, x == 0, x ? err : "admin /ready 200 and data-plane /ping", detail);
-    if (x < 0)
-        goto fail;
+    if (x < 0) goto fail;
     t0 = ctl_mono_ms();
     json_t *regj = state_load(cfg->state_dir, "registry");
     json_t *vd = NULL;
     x = verify(ctx, json_object_get(regj, "nodes"), -1, &vd, err);
     json_decref(regj);
     step_done(ctx, d, "verify", t0, x == 0, x ? err : NULL, vd);
-    if (x < 0)
-        goto fail;
+    if (x < 0) goto fail;
     {
         char *m = ctl_asprintf("restored backup %s (%s) under %s; the data dir before is kept at %s", d->target,
                                json_string_value(json_object_get(b, "kind")), digest, aside);
-        deploy_end(ctx, d, "succeeded", m, json_pack("{s:s,s:s,s:s}", "digest", digest, "restored", d->target, "kept", aside));
+        deploy_end(ctx, d, "succeeded", m,
+                   json_pack("{s:s,s:s,s:s}", "digest", digest, "restored", d->target, "kept", aside));
         free(m);
     }
     goto out;
-fail: {
-        char *why = ctl_strdup(err);
-        char e2[CTL_ERR_LEN] = "";
-        int64_t tp = ctl_mono_ms();
-        int y = stop_instance(ctx, NULL, e2);
-        if (y == 0 && moved) {
-            struct stat st;
-            if (stat(cfg->runtime_data_dir, &st) == 0 && rename(cfg->runtime_data_dir, failed) < 0)
-                y = ctl_errf(e2, "rename %s: %s", cfg->runtime_data_dir, strerror(errno));
-            if (y == 0 && stat(aside, &st) == 0 && rename(aside, cfg->runtime_data_dir) < 0)
-                y = ctl_errf(e2, "rename %s back: %s", aside, strerror(errno));
-            char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
-            if (y == 0 && reg_now)
-                y = ctl_write_file_atomic(rp, reg_now, reg_now_len, 0640, e2);
-            free(rp);
-        }
-        step_done(ctx, d, "restore.put-back", tp, y == 0, y ? e2 : "the data dir is back as it was",
-                  y ? NULL : json_pack("{s:s,s:s}", "data_dir", cfg->runtime_data_dir, "failed_copy", failed));
-        int z = -1;
-        if (y == 0) {
-            tp = ctl_mono_ms();
-            json_t *sd2 = NULL, *pd = NULL;
-            z = start_release(ctx, digest, d->id, &sd2, e2);
-            step_done(ctx, d, "rollback.start", tp, z == 0, z ? e2 : digest, sd2);
-            if (z == 0) {
-                tp = ctl_mono_ms();
-                z = probe(ctx, &pd, e2);
-                step_done(ctx, d, "rollback.probe", tp, z == 0, z ? e2 : NULL, pd);
-            }
-        }
-        char *m = z == 0 ? ctl_asprintf("restore failed: %s; the data dir was put back and %s runs on it", why, digest)
-                         : ctl_asprintf("restore failed: %s; putting the data back failed too: %s (moved data: %s)", why,
-                                        e2, aside);
-        deploy_end(ctx, d, z == 0 ? "rolled_back" : "failed", m, json_pack("{s:s}", "rolled_back_to", digest));
-        free(m);
-        free(why);
+fail : {
+    char *why = ctl_strdup(err);
+    char e2[CTL_ERR_LEN] = "";
+    int64_t tp = ctl_mono_ms();
+    int y = stop_instance(ctx, NULL, e2);
+    if (y == 0 && moved) {
+        struct stat st;
+        if (stat(cfg->runtime_data_dir, &st) == 0 && rename(cfg->runtime_data_dir, failed) < 0)
+            y = ctl_errf(e2, "rename %s: %s", cfg->runtime_data_dir, strerror(errno));
+        if (y == 0 && stat(aside, &st) == 0 && rename(aside, cfg->runtime_data_dir) < 0)
+            y = ctl_errf(e2, "rename %s back: %s", aside, strerror(errno));
+        char *rp = ctl_asprintf("%s/registry.json", cfg->state_dir);
+        if (y == 0 && reg_now) y = ctl_write_file_atomic(rp, reg_now, reg_now_len, 0640, e2);
+        free(rp);
     }
+    step_done(ctx, d, "restore.put-back", tp, y == 0, y ? e2 : "the data dir is back as it was",
+              y ? NULL : json_pack("{s:s,s:s}", "data_dir", cfg->runtime_data_dir, "failed_copy", failed));
+    int z = -1;
+    if (y == 0) {
+        tp = ctl_mono_ms();
+        json_t *sd2 = NULL, *pd = NULL;
+        z = start_release(ctx, digest, d->id, &sd2, e2);
+        step_done(ctx, d, "rollback.start", tp, z == 0, z ? e2 : digest, sd2);
+        if (z == 0) {
+            tp = ctl_mono_ms();
+            z = probe(ctx, &pd, e2);
+            step_done(ctx, d, "rollback.probe", tp, z == 0, z ? e2 : NULL, pd);
+        }
+    }
+    char *m = z == 0
+        ? ctl_asprintf("restore failed: %s; the data dir was put back and %s runs on it", why, digest)
+        : ctl_asprintf("restore failed: %s; putting the data back failed too: %s (moved data: %s)", why, e2, aside);
+    deploy_end(ctx, d, z == 0 ? "rolled_back" : "failed", m, json_pack("{s:s}", "rolled_back_to", digest));
+    free(m);
+    free(why);
+}
 out:
     json_decref(b);
     json_decref(cur);
@@ -1609,8 +1530,7 @@ out:
     free(aside);
 }
 
-void deploy_run(struct ctl_ctx *ctx, struct deploy *d)
-{
+void deploy_run(struct ctl_ctx *ctx, struct deploy *d) {
     char ts[40];
     ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
     pthread_mutex_lock(&ctx->mu);
@@ -1618,35 +1538,26 @@ void deploy_run(struct ctl_ctx *ctx, struct deploy *d)
     json_object_set_new(d->rec, "started", json_string(ts));
     json_object_set_new(d->rec, "started_ms", json_integer(ctl_now_ms()));
     pthread_mutex_unlock(&ctx->mu);
-    json_t *j = json_pack("{s:s,s:s,s:s,s:s}", "event", "deploy.start", "deploy", d->id, "kind", d->kind,
-                          "source", d->source);
-    if (d->image)
-        json_object_set_new(j, "image", json_string(d->image));
-    if (d->revision)
-        json_object_set_new(j, "revision", json_string(d->revision));
-    if (d->manifests)
-        json_object_set_new(j, "manifests", json_string(d->manifests));
-    if (d->target)
-        json_object_set_new(j, "target", json_string(d->target));
+    json_t *j =
+        json_pack("{s:s,s:s,s:s,s:s}", "event", "deploy.start", "deploy", d->id, "kind", d->kind, "source", d->source);
+    if (d->image) json_object_set_new(j, "image", json_string(d->image));
+    if (d->revision) json_object_set_new(j, "revision", json_string(d->revision));
+    if (d->manifests) json_object_set_new(j, "manifests", json_string(d->manifests));
+    if (d->target) json_object_set_new(j, "target", json_string(d->target));
     journal_rec(ctx, j);
     dlog("deploy.start", json_deep_copy(j));
     json_decref(j);
-    if (!strcmp(d->kind, "apply"))
-        run_apply(ctx, d);
-    else if (!strcmp(d->kind, "rollback"))
-        run_rollback(ctx, d);
-    else if (!strcmp(d->kind, "restore"))
-        run_restore(ctx, d);
-    else
-        run_deploy(ctx, d);
+    if (!strcmp(d->kind, "apply")) run_apply(ctx, d);
+    else if (!strcmp(d->kind, "rollback")) run_rollback(ctx, d);
+    else if (!strcmp(d->kind, "restore")) run_restore(ctx, d);
+    else run_deploy(ctx, d);
 }
 
 /* ---- recovery and supervision -------------------------------------------------------------- */
 
 /* A restore the daemon did not finish: put the moved data dir (and the manifest carry) back
  * and start the current release on it. */
-static void recover_restore(struct ctl_ctx *ctx, struct deploy *d, json_t *steps, json_t *cur)
-{
+static void recover_restore(struct ctl_ctx *ctx, struct deploy *d, json_t *steps, json_t *cur) {
     struct ctl_config *cfg = ctx->cfg;
     char err[CTL_ERR_LEN] = "";
     const char *aside = NULL;
@@ -1682,7 +1593,8 @@ static void recover_restore(struct ctl_ctx *ctx, struct deploy *d, json_t *steps
     free(failed);
     if (x < 0) {
         char *m = ctl_asprintf("the daemon restarted during a restore and could not put the data back: %s (moved "
-                               "data: %s)", err, aside);
+                               "data: %s)",
+                               err, aside);
         deploy_end(ctx, d, "failed", m, NULL);
         free(m);
         return;
@@ -1690,8 +1602,7 @@ static void recover_restore(struct ctl_ctx *ctx, struct deploy *d, json_t *steps
     rollback(ctx, d, cur, "the daemon restarted during a restore; the data dir was put back", false);
 }
 
-void deploy_recover(struct ctl_ctx *ctx)
-{
+void deploy_recover(struct ctl_ctx *ctx) {
     char path[4096], err[CTL_ERR_LEN];
     snprintf(path, sizeof path, "%s/journal", ctx->cfg->state_dir);
     json_t *recs = journal_read(path, NULL);
@@ -1703,11 +1614,10 @@ void deploy_recover(struct ctl_ctx *ctx)
     json_array_foreach(hist, i, h) {
         const char *status = json_string_value(json_object_get(h, "status"));
         const char *id = json_string_value(json_object_get(h, "id"));
-        if (!status || !id || json_object_get(h, "ended"))
-            continue;
+        if (!status || !id || json_object_get(h, "ended")) continue;
         const char *kind = json_string_value(json_object_get(h, "kind"));
-        struct deploy *d = deploy_new(kind ? kind : "deploy",
-                                      json_string_value(json_object_get(h, "image")), NULL, NULL, "recovery");
+        struct deploy *d =
+            deploy_new(kind ? kind : "deploy", json_string_value(json_object_get(h, "image")), NULL, NULL, "recovery");
         snprintf(d->id, sizeof d->id, "%s", id);
         if (!strcmp(status, "queued")) {
             deploy_end(ctx, d, "cancelled", "the daemon restarted before this deploy started; send it again", NULL);
@@ -1725,16 +1635,11 @@ void deploy_recover(struct ctl_ctx *ctx)
             const char *n = json_string_value(json_object_get(s, "step"));
             bool ok = json_is_true(json_object_get(s, "ok"));
             last = n ? n : last;
-            if (!n || !ok)
-                continue;
-            if (!strcmp(n, "verify"))
-                verified = true;
-            if (!strcmp(n, "probe"))
-                ready = true;
-            if (!strcmp(n, "backup"))
-                backup = true;
-            if (!strcmp(n, "apply.destructive"))
-                destructive = true;
+            if (!n || !ok) continue;
+            if (!strcmp(n, "verify")) verified = true;
+            if (!strcmp(n, "probe")) ready = true;
+            if (!strcmp(n, "backup")) backup = true;
+            if (!strcmp(n, "apply.destructive")) destructive = true;
             if (!strcmp(n, "resolve"))
                 digest = json_string_value(json_object_get(json_object_get(s, "detail"), "digest"));
             if (!strcmp(n, "manifests"))
@@ -1747,15 +1652,16 @@ void deploy_recover(struct ctl_ctx *ctx)
         json_t *inst = state_load(ctx->cfg->state_dir, "instance");
         if (verified && digest && !strcmp(d->kind, "deploy") && instance_ready(ctx, inst)) {
             bool restarted = !json_object_get(cur, "digest") ||
-                             strcmp(json_string_value(json_object_get(cur, "digest")), digest) != 0;
+                strcmp(json_string_value(json_object_get(cur, "digest")), digest) != 0;
             commit(ctx, d, cur, digest, d->image, NULL, mhash, NULL, restarted);
             deploy_end(ctx, d, "succeeded", "the daemon restarted after verification; finished", NULL);
         } else if (!strcmp(d->kind, "restore")) {
             recover_restore(ctx, d, steps, cur);
         } else if (!strcmp(d->kind, "apply")) {
             deploy_end(ctx, d, "failed",
-                       destructive ? "the daemon restarted during apply; a destructive step may have been applied (backup kept)"
-                                   : "the daemon restarted during apply; run apply again",
+                       destructive
+                           ? "the daemon restarted during apply; a destructive step may have been applied (backup kept)"
+                           : "the daemon restarted during apply; run apply again",
                        NULL);
         } else {
             char *why = ctl_asprintf("the daemon restarted during step '%s'", last);
@@ -1781,14 +1687,12 @@ void deploy_recover(struct ctl_ctx *ctx)
 /* The exit status of a dead instance: reaped already into exits, or reaped here (the
  * server, or bwrap's monitor which exits with its child's status). NULL when unknown (a
  * server started by an earlier daemon is not our child). */
-static char *instance_exit(json_t *inst, json_t *exits)
-{
-    const char *keys[] = {"monitor_pid", "pid"};
+static char *instance_exit(json_t *inst, json_t *exits) {
+    const char *keys[] = { "monitor_pid", "pid" };
     for (int round = 0; round < 10; round++) {
         for (int k = 0; k < 2; k++) {
             json_int_t pid = json_integer_value(json_object_get(inst, keys[k]));
-            if (pid <= 0)
-                continue;
+            if (pid <= 0) continue;
             char key[24];
             snprintf(key, sizeof key, "%lld", (long long)pid);
             json_t *st = json_object_get(exits, key);
@@ -1796,21 +1700,19 @@ static char *instance_exit(json_t *inst, json_t *exits)
                 int ws = (int)json_integer_value(st);
                 /* bwrap's monitor exits with 128 + N when its child was killed by signal N */
                 char *t = k == 0 && WIFEXITED(ws) && WEXITSTATUS(ws) > 128
-                              ? ctl_asprintf("killed by signal %d (%s)", WEXITSTATUS(ws) - 128, strsignal(WEXITSTATUS(ws) - 128))
-                              : runtime_exit_text(ws);
+                    ? ctl_asprintf("killed by signal %d (%s)", WEXITSTATUS(ws) - 128, strsignal(WEXITSTATUS(ws) - 128))
+                    : runtime_exit_text(ws);
                 json_object_del(exits, key);
                 return t;
             }
         }
         runtime_reap(exits);
-        if (round < 9)
-            usleep(100000);
+        if (round < 9) usleep(100000);
     }
     return NULL;
 }
 
-void deploy_supervise(struct ctl_ctx *ctx, json_t *state, json_t *exits)
-{
+void deploy_supervise(struct ctl_ctx *ctx, json_t *state, json_t *exits) {
     json_t *cur = state_load(ctx->cfg->state_dir, "current");
     const char *digest = json_string_value(json_object_get(cur, "digest"));
     if (!digest) {
@@ -1849,12 +1751,10 @@ void deploy_supervise(struct ctl_ctx *ctx, json_t *state, json_t *exits)
     json_t *rec = json_pack("{s:s,s:s,s:s,s:b,s:I,s:s,s:s,s:I,s:O?,s:O?}", "event", "supervisor.restart", "deploy", id,
                             "digest", digest, "ok", rc == 0, "restarts", restarts + 1, "log_tail", tail, "exit",
                             exit_text ? exit_text : "unknown (not a child of this daemon)", "ms",
-                            (json_int_t)(ctl_mono_ms() - t0), "old_pid", json_object_get(inst, "pid"),
-                            "new_pid", json_object_get(sd, "pid"));
-    if (json_object_get(cur, "image"))
-        json_object_set(rec, "image", json_object_get(cur, "image"));
-    if (rc < 0)
-        json_object_set_new(rec, "message", json_string(err));
+                            (json_int_t)(ctl_mono_ms() - t0), "old_pid", json_object_get(inst, "pid"), "new_pid",
+                            json_object_get(sd, "pid"));
+    if (json_object_get(cur, "image")) json_object_set(rec, "image", json_object_get(cur, "image"));
+    if (rc < 0) json_object_set_new(rec, "message", json_string(err));
     journal_rec(ctx, rec);
     json_t *l = json_deep_copy(rec);
     json_object_del(l, "event");
@@ -1870,8 +1770,7 @@ void deploy_supervise(struct ctl_ctx *ctx, json_t *state, json_t *exits)
     json_decref(cur);
 }
 
-json_t *deploy_status(struct ctl_ctx *ctx)
-{
+json_t *deploy_status(struct ctl_ctx *ctx) {
     json_t *cur = state_load(ctx->cfg->state_dir, "current");
     json_t *inst = state_load(ctx->cfg->state_dir, "instance");
     json_t *out = json_object();
@@ -1883,8 +1782,7 @@ json_t *deploy_status(struct ctl_ctx *ctx)
     if (inst) {
         json_object_set_new(inst, "alive", json_boolean(alive));
         json_object_set_new(inst, "ready", json_boolean(ready));
-        if (!ready && *why)
-            json_object_set_new(inst, "not_ready", json_string(why));
+        if (!ready && *why) json_object_set_new(inst, "not_ready", json_string(why));
     }
     const char *cd = json_string_value(json_object_get(cur, "digest"));
     const char *id = json_string_value(json_object_get(inst, "digest"));
@@ -1892,8 +1790,7 @@ json_t *deploy_status(struct ctl_ctx *ctx)
         json_t *lb = release_labels(ctx, cd);
         json_object_set_new(out, "labels", lb ? lb : json_object());
         const char *rev = json_string_value(json_object_get(lb, "org.opencontainers.image.revision"));
-        if (rev && !json_object_get(cur, "revision"))
-            json_object_set_new(cur, "revision", json_string(rev));
+        if (rev && !json_object_get(cur, "revision")) json_object_set_new(cur, "revision", json_string(rev));
     }
     /* During a deploy the instance may be the new release's: say so instead of mixing it
      * with the current release. */

@@ -29,27 +29,27 @@
 struct ctl_ctx {
     struct ctl_config *cfg;
     struct journal *journal;
-    char *token;          /* admin bearer token, or NULL */
-    pthread_mutex_t mu;   /* guards every struct deploy's rec */
+    char *token;                    /* admin bearer token, or NULL */
+    pthread_mutex_t mu;             /* guards every struct deploy's rec */
     struct ctl_listeners listeners; /* the server's sockets, held across restarts (worker) */
     struct notifier *notifier;      /* the deploy webhook, or NULL */
 };
 
 struct deploy {
     char id[64];
-    char kind[16];        /* deploy | apply | rollback */
-    char *image;          /* deploy: the reference as asked ("local" for the process runtime) */
-    char *revision;       /* optional git sha the image must carry */
-    char *manifests;      /* manifest dir/file (host path) or NULL for the configured default */
-    char *source;         /* "cli", "trigger:<delivery>", "recovery" */
-    char *target;         /* rollback: the release digest (NULL = previous); restore: backup id */
-    bool adopt;           /* apply --adopt: keep descriptors registered by hand */
-    json_t *rec;          /* live record: {id, kind, image, status, message, steps[]} */
+    char kind[16];   /* deploy | apply | rollback */
+    char *image;     /* deploy: the reference as asked ("local" for the process runtime) */
+    char *revision;  /* optional git sha the image must carry */
+    char *manifests; /* manifest dir/file (host path) or NULL for the configured default */
+    char *source;    /* "cli", "trigger:<delivery>", "recovery" */
+    char *target;    /* rollback: the release digest (NULL = previous); restore: backup id */
+    bool adopt;      /* apply --adopt: keep descriptors registered by hand */
+    json_t *rec;     /* live record: {id, kind, image, status, message, steps[]} */
 };
 
 /* Make a deploy (id generated, status "queued"). Strings are copied. */
-struct deploy *deploy_new(const char *kind, const char *image, const char *revision,
-                          const char *manifests, const char *source);
+struct deploy *deploy_new(const char *kind, const char *image, const char *revision, const char *manifests,
+                          const char *source);
 void deploy_free(struct deploy *d);
 
 /* Run to the end. Final status in rec: succeeded | noop | failed | rolled_back. */

@@ -25,11 +25,9 @@ struct journal {
     pthread_mutex_t mu;
 };
 
-int journal_open(const char *path, struct journal **out, char *err)
-{
+int journal_open(const char *path, struct journal **out, char *err) {
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-    if (fd < 0)
-        return ctl_errf(err, "journal %s: %s", path, strerror(errno));
+    if (fd < 0) return ctl_errf(err, "journal %s: %s", path, strerror(errno));
     struct journal *j = ctl_calloc(1, sizeof *j);
     j->fd = fd;
     pthread_mutex_init(&j->mu, NULL);
@@ -39,7 +37,8 @@ int journal_open(const char *path, struct journal **out, char *err)
         off_t end = lseek(rfd, 0, SEEK_END);
         char c = '\n';
         if (end > 0 && pread(rfd, &c, 1, end - 1) == 1 && c != '\n') {
-            if (write(fd, "\n", 1) != 1) { /* best effort */ }
+            /* best effort */
+            if (write(fd, "\n", 1) != 1) {}
         }
         close(rfd);
     }
@@ -47,17 +46,14 @@ int journal_open(const char *path, struct journal **out, char *err)
     return 0;
 }
 
-void journal_close(struct journal *j)
-{
-    if (!j)
-        return;
+void journal_close(struct journal *j) {
+    if (!j) return;
     close(j->fd);
     pthread_mutex_destroy(&j->mu);
     free(j);
 }
 
-int journal_append(struct journal *j, json_t *rec, char *err)
-{
+int journal_append(struct journal *j, json_t *rec, char *err) {
     json_t *copy = json_copy(rec);
     if (!json_object_get(copy, "ts")) {
         char ts[40];
@@ -66,42 +62,36 @@ int journal_append(struct journal *j, json_t *rec, char *err)
     }
     char *line = json_dumps(copy, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(copy);
-    if (!line)
-        return ctl_errf(err, "journal: record does not serialise");
+    if (!line) return ctl_errf(err, "journal: record does not serialise");
     size_t len = strlen(line);
     line = realloc(line, len + 2);
-    if (!line)
-        abort();
+    if (!line) abort();
     line[len++] = '\n';
     pthread_mutex_lock(&j->mu);
     int rc = 0;
     size_t off = 0;
     while (off < len) {
         ssize_t n = write(j->fd, line + off, len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
+        if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
             rc = ctl_errf(err, "journal write: %s", strerror(errno));
             break;
         }
         off += (size_t)n;
     }
-    if (rc == 0 && fdatasync(j->fd) < 0)
-        rc = ctl_errf(err, "journal fsync: %s", strerror(errno));
+    if (rc == 0 && fdatasync(j->fd) < 0) rc = ctl_errf(err, "journal fsync: %s", strerror(errno));
     pthread_mutex_unlock(&j->mu);
     free(line);
     return rc;
 }
 
-json_t *journal_read(const char *path, size_t *skipped)
-{
+json_t *journal_read(const char *path, size_t *skipped) {
     json_t *out = json_array();
     char *text = NULL;
     size_t len = 0, bad = 0;
     char err[CTL_ERR_LEN];
     if (ctl_read_file(path, JOURNAL_MAX_BYTES, &text, &len, err) < 0) {
-        if (skipped)
-            *skipped = 0;
+        if (skipped) *skipped = 0;
         return out;
     }
     char *save = NULL;
@@ -115,13 +105,11 @@ json_t *journal_read(const char *path, size_t *skipped)
         json_array_append_new(out, rec);
     }
     free(text);
-    if (skipped)
-        *skipped = bad;
+    if (skipped) *skipped = bad;
     return out;
 }
 
-json_t *journal_history(json_t *records, size_t limit)
-{
+json_t *journal_history(json_t *records, size_t limit) {
     json_t *byid = json_object();
     json_t *order = json_array();
     size_t i;
@@ -129,8 +117,7 @@ json_t *journal_history(json_t *records, size_t limit)
     json_array_foreach(records, i, rec) {
         const char *id = json_string_value(json_object_get(rec, "deploy"));
         const char *ev = json_string_value(json_object_get(rec, "event"));
-        if (!id || !ev)
-            continue;
+        if (!id || !ev) continue;
         json_t *d = json_object_get(byid, id);
         if (!strcmp(ev, "supervisor.restart")) {
             /* a crash restart is its own entry: no queued/started records precede it */
@@ -138,10 +125,9 @@ json_t *journal_history(json_t *records, size_t limit)
             d = json_pack("{s:s,s:s,s:s,s:s,s:O?,s:O?,s:O?,s:[]}", "id", id, "kind", "restart", "source", "supervisor",
                           "status", ok ? "succeeded" : "failed", "started", json_object_get(rec, "ts"), "ended",
                           json_object_get(rec, "ts"), "digest", json_object_get(rec, "digest"), "steps");
-            const char *keys[] = {"exit", "log_tail", "restarts", "old_pid", "new_pid", "image", "ms", NULL};
+            const char *keys[] = { "exit", "log_tail", "restarts", "old_pid", "new_pid", "image", "ms", NULL };
             for (int k = 0; keys[k]; k++)
-                if (json_object_get(rec, keys[k]))
-                    json_object_set(d, keys[k], json_object_get(rec, keys[k]));
+                if (json_object_get(rec, keys[k])) json_object_set(d, keys[k], json_object_get(rec, keys[k]));
             const char *ex = json_string_value(json_object_get(rec, "exit"));
             const char *msg = json_string_value(json_object_get(rec, "message"));
             char *m = ctl_asprintf("the server %s; %s", ex ? ex : "died",
@@ -158,26 +144,21 @@ json_t *journal_history(json_t *records, size_t limit)
             json_array_append_new(order, json_string(id));
         }
         if (!strcmp(ev, "deploy.queued") || !strcmp(ev, "deploy.start")) {
-            const char *keys[] = {"kind", "image", "revision", "manifests", "source", "target", NULL};
+            const char *keys[] = { "kind", "image", "revision", "manifests", "source", "target", NULL };
             for (int k = 0; keys[k]; k++)
-                if (json_object_get(rec, keys[k]))
-                    json_object_set(d, keys[k], json_object_get(rec, keys[k]));
-            json_object_set(d, !strcmp(ev, "deploy.start") ? "started" : "queued_at",
-                            json_object_get(rec, "ts"));
-            if (!strcmp(ev, "deploy.start"))
-                json_object_set_new(d, "status", json_string("running"));
+                if (json_object_get(rec, keys[k])) json_object_set(d, keys[k], json_object_get(rec, keys[k]));
+            json_object_set(d, !strcmp(ev, "deploy.start") ? "started" : "queued_at", json_object_get(rec, "ts"));
+            if (!strcmp(ev, "deploy.start")) json_object_set_new(d, "status", json_string("running"));
         } else if (!strcmp(ev, "step")) {
             json_t *s = json_copy(rec);
             json_object_del(s, "deploy");
             json_object_del(s, "event");
             json_array_append_new(json_object_get(d, "steps"), s);
-            if (json_object_get(rec, "digest"))
-                json_object_set(d, "digest", json_object_get(rec, "digest"));
+            if (json_object_get(rec, "digest")) json_object_set(d, "digest", json_object_get(rec, "digest"));
         } else if (!strcmp(ev, "deploy.end") || !strcmp(ev, "recovery")) {
-            const char *keys[] = {"status", "message", "digest", "manifests_hash", "rolled_back_to", "labels", NULL};
+            const char *keys[] = { "status", "message", "digest", "manifests_hash", "rolled_back_to", "labels", NULL };
             for (int k = 0; keys[k]; k++)
-                if (json_object_get(rec, keys[k]))
-                    json_object_set(d, keys[k], json_object_get(rec, keys[k]));
+                if (json_object_get(rec, keys[k])) json_object_set(d, keys[k], json_object_get(rec, keys[k]));
             json_object_set(d, "ended", json_object_get(rec, "ts"));
         }
     }

@@ -24,7 +24,7 @@
 #define LISTENERS_N 3
 
 struct ctl_listeners {
-    int fd[LISTENERS_N];        /* -1 = not held */
+    int fd[LISTENERS_N]; /* -1 = not held */
 };
 
 extern const char *const LISTENER_NAMES[LISTENERS_N];

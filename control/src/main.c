@@ -24,8 +24,7 @@
 #define BEAVA_CONTROL_VERSION "0.0.0"
 #endif
 
-static void usage(FILE *f)
-{
+static void usage(FILE *f) {
     fprintf(f,
             "usage: beava-control [--config PATH] [--set KEY=VALUE]... [--socket PATH] COMMAND\n"
             "\n"
@@ -62,8 +61,7 @@ struct cli {
     struct ctl_config *cfg;
 };
 
-static int load_cfg(struct cli *cl)
-{
+static int load_cfg(struct cli *cl) {
     char err[CTL_ERR_LEN];
     if (cl->socket) {
         char *s = ctl_asprintf("socket=%s", cl->socket);
@@ -78,8 +76,7 @@ static int load_cfg(struct cli *cl)
 }
 
 /* Call the daemon over the unix socket. Returns the HTTP status, or -1 (printed). */
-static long call(struct cli *cl, const char *method, const char *path, json_t *body, json_t **out)
-{
+static long call(struct cli *cl, const char *method, const char *path, json_t *body, json_t **out) {
     char url[512], err[CTL_ERR_LEN];
     long status = 0;
     snprintf(url, sizeof url, "http://localhost%s", path);
@@ -90,25 +87,18 @@ static long call(struct cli *cl, const char *method, const char *path, json_t *b
     return status;
 }
 
-static void human_bytes(json_int_t b, char *buf, size_t len)
-{
-    if (b >= 1 << 30)
-        snprintf(buf, len, "%.1f GiB", (double)b / (1 << 30));
-    else if (b >= 1 << 20)
-        snprintf(buf, len, "%.1f MiB", (double)b / (1 << 20));
-    else if (b >= 1 << 10)
-        snprintf(buf, len, "%.1f KiB", (double)b / (1 << 10));
-    else
-        snprintf(buf, len, "%lld B", (long long)b);
+static void human_bytes(json_int_t b, char *buf, size_t len) {
+    if (b >= 1 << 30) snprintf(buf, len, "%.1f GiB", (double)b / (1 << 30));
+    else if (b >= 1 << 20) snprintf(buf, len, "%.1f MiB", (double)b / (1 << 20));
+    else if (b >= 1 << 10) snprintf(buf, len, "%.1f KiB", (double)b / (1 << 10));
+    else snprintf(buf, len, "%lld B", (long long)b);
 }
 
 /* The one-line detail of a step, as a person reads it ("" when there is none). */
-static void step_detail(const char *name, json_t *d, char *out, size_t len)
-{
+static void step_detail(const char *name, json_t *d, char *out, size_t len) {
     char b1[32];
     out[0] = 0;
-    if (!json_is_object(d))
-        return;
+    if (!json_is_object(d)) return;
     json_int_t bytes = json_integer_value(json_object_get(d, "bytes"));
     human_bytes(bytes, b1, sizeof b1);
     if (!strcmp(name, "backup") || !strcmp(name, "restore.backup")) {
@@ -120,19 +110,20 @@ static void step_detail(const char *name, json_t *d, char *out, size_t len)
         json_t *diff = json_object_get(d, "diff");
         snprintf(out, len, "%lld node(s) declared: %zu to add, %zu destructive, %zu already present",
                  (long long)json_integer_value(json_object_get(d, "nodes")),
-                 json_array_size(json_object_get(diff, "additive")), json_array_size(json_object_get(diff, "destructive")),
+                 json_array_size(json_object_get(diff, "additive")),
+                 json_array_size(json_object_get(diff, "destructive")),
                  json_array_size(json_object_get(diff, "already_present")));
     } else if (!strcmp(name, "verify")) {
         size_t i, bad = 0;
         json_t *t;
-        json_array_foreach(json_object_get(d, "tables"), i, t) bad += json_integer_value(json_object_get(t, "status")) != 200;
+        json_array_foreach(json_object_get(d, "tables"), i, t) bad +=
+            json_integer_value(json_object_get(t, "status")) != 200;
         snprintf(out, len, "registry version %lld, %lld descriptor(s), %zu table(s) answer /get%s",
                  (long long)json_integer_value(json_object_get(d, "registry_version")),
                  (long long)json_integer_value(json_object_get(d, "node_count")),
                  json_array_size(json_object_get(d, "tables")) - bad, bad ? " (some do NOT)" : "");
     } else if (!strcmp(name, "stop") || !strcmp(name, "rollback.stop")) {
-        if (json_object_get(d, "via"))
-            snprintf(out, len, "%s", json_string_value(json_object_get(d, "via")));
+        if (json_object_get(d, "via")) snprintf(out, len, "%s", json_string_value(json_object_get(d, "via")));
     } else if (!strcmp(name, "start") || !strcmp(name, "rollback.start")) {
         size_t n = json_array_size(json_object_get(d, "env_overrides"));
         snprintf(out, len, "pid %lld%s", (long long)json_integer_value(json_object_get(d, "pid")),
@@ -147,17 +138,16 @@ static void step_detail(const char *name, json_t *d, char *out, size_t len)
     } else if (!strcmp(name, "probe") || !strcmp(name, "rollback.probe")) {
         json_t *p = json_object_get(d, "progress");
         const char *why = json_string_value(json_object_get(d, "reason"));
-        if (why)
-            snprintf(out, len, "gate failed: %s", why);
+        if (why) snprintf(out, len, "gate failed: %s", why);
         else if (p)
-            snprintf(out, len, "recovery replayed %lld records", (long long)json_integer_value(json_object_get(p, "records")));
+            snprintf(out, len, "recovery replayed %lld records",
+                     (long long)json_integer_value(json_object_get(p, "records")));
     } else if (!strcmp(name, "manifests")) {
         snprintf(out, len, "%s", json_string_value(json_object_get(d, "dir")) ?: "");
     }
 }
 
-static void print_step(json_t *s)
-{
+static void print_step(json_t *s) {
     const char *name = json_string_value(json_object_get(s, "step"));
     bool ok = json_is_true(json_object_get(s, "ok"));
     double secs = (double)json_integer_value(json_object_get(s, "ms")) / 1000.0;
@@ -165,31 +155,27 @@ static void print_step(json_t *s)
     char det[1024];
     step_detail(name ? name : "", json_object_get(s, "detail"), det, sizeof det);
     printf("  %-4s %-28s %8.2fs  %s\n", ok ? "ok" : "FAIL", name ? name : "?", secs, msg ? msg : "");
-    if (*det)
-        printf("       %-28s            %s\n", "", det);
+    if (*det) printf("       %-28s            %s\n", "", det);
     json_t *tail = json_object_get(json_object_get(s, "detail"), "log_tail");
     if (!ok && json_is_string(tail) && *json_string_value(tail))
         printf("       server log (last lines):\n%s\n", json_string_value(tail));
 }
 
-static int follow(struct cli *cl, const char *id)
-{
+static int follow(struct cli *cl, const char *id) {
     char path[200];
     snprintf(path, sizeof path, "/v1/deploys/%s", id);
     size_t printed = 0;
     for (;;) {
         json_t *d = NULL;
         long st = call(cl, "GET", path, NULL, &d);
-        if (st < 0)
-            return 3;
+        if (st < 0) return 3;
         if (st != 200) {
             fprintf(stderr, "beava-control: deploy %s: status %ld\n", id, st);
             json_decref(d);
             return 1;
         }
         json_t *steps = json_object_get(d, "steps");
-        for (; printed < json_array_size(steps); printed++)
-            print_step(json_array_get(steps, printed));
+        for (; printed < json_array_size(steps); printed++) print_step(json_array_get(steps, printed));
         const char *status = json_string_value(json_object_get(d, "status"));
         if (status && strcmp(status, "queued") && strcmp(status, "running")) {
             const char *msg = json_string_value(json_object_get(d, "message"));
@@ -203,13 +189,11 @@ static int follow(struct cli *cl, const char *id)
     }
 }
 
-static int submit(struct cli *cl, const char *path, json_t *body, bool wait)
-{
+static int submit(struct cli *cl, const char *path, json_t *body, bool wait) {
     json_t *out = NULL;
     long st = call(cl, "POST", path, body, &out);
     json_decref(body);
-    if (st < 0)
-        return 3;
+    if (st < 0) return 3;
     if (st != 202) {
         const char *m = json_string_value(json_object_get(json_object_get(out, "error"), "message"));
         fprintf(stderr, "beava-control: refused (%ld): %s\n", st, m ? m : "");
@@ -224,34 +208,29 @@ static int submit(struct cli *cl, const char *path, json_t *body, bool wait)
     return rc;
 }
 
-static char *abspath(const char *p)
-{
+static char *abspath(const char *p) {
     char *r = realpath(p, NULL);
     return r ? r : ctl_strdup(p);
 }
 
 /* "tag@sha256:0123456789ab" from an image reference and a digest. */
-static void short_image(const char *image, const char *digest, char *out, size_t len)
-{
+static void short_image(const char *image, const char *digest, char *out, size_t len) {
     char ref[512];
     snprintf(ref, sizeof ref, "%s", image ? image : "");
     char *at = strchr(ref, '@');
-    if (at)
-        *at = 0;
+    if (at) *at = 0;
     const char *name = strrchr(ref, '/') ? strrchr(ref, '/') + 1 : ref;
-    if (digest && !strncmp(digest, "sha256:", 7))
-        snprintf(out, len, "%.200s%s%.19s", name, *name ? "@" : "", digest);
-    else
-        snprintf(out, len, "%.200s", *name ? name : "-");
+    if (digest && !strncmp(digest, "sha256:", 7)) snprintf(out, len, "%.200s%s%.19s", name, *name ? "@" : "", digest);
+    else snprintf(out, len, "%.200s", *name ? name : "-");
 }
 
 /* Seconds between two RFC 3339 UTC timestamps written by the daemon (-1 if unknown). */
-static double iso_diff(const char *a, const char *b)
-{
-    struct tm ta = {0}, tb = {0};
+static double iso_diff(const char *a, const char *b) {
+    struct tm ta = { 0 }, tb = { 0 };
     int ma = 0, mb = 0;
-    if (!a || !b || sscanf(a, "%d-%d-%dT%d:%d:%d.%dZ", &ta.tm_year, &ta.tm_mon, &ta.tm_mday, &ta.tm_hour, &ta.tm_min,
-                           &ta.tm_sec, &ma) < 6 ||
+    if (!a || !b ||
+        sscanf(a, "%d-%d-%dT%d:%d:%d.%dZ", &ta.tm_year, &ta.tm_mon, &ta.tm_mday, &ta.tm_hour, &ta.tm_min, &ta.tm_sec,
+               &ma) < 6 ||
         sscanf(b, "%d-%d-%dT%d:%d:%d.%dZ", &tb.tm_year, &tb.tm_mon, &tb.tm_mday, &tb.tm_hour, &tb.tm_min, &tb.tm_sec,
                &mb) < 6)
         return -1;
@@ -259,25 +238,21 @@ static double iso_diff(const char *a, const char *b)
     return difftime(timegm(&tb), timegm(&ta)) + (mb - ma) / 1000.0;
 }
 
-static const char *jstr(json_t *o, const char *k)
-{
+static const char *jstr(json_t *o, const char *k) {
     const char *v = json_string_value(json_object_get(o, k));
     return v ? v : "-";
 }
 
-static void print_json(json_t *j)
-{
+static void print_json(json_t *j) {
     char *t = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
     printf("%s\n", t);
     free(t);
 }
 
-static int cmd_status(struct cli *cl, bool as_json)
-{
+static int cmd_status(struct cli *cl, bool as_json) {
     json_t *s = NULL;
     long st = call(cl, "GET", "/v1/status", NULL, &s);
-    if (st < 0)
-        return 3;
+    if (st < 0) return 3;
     if (as_json) {
         print_json(s);
         json_decref(s);
@@ -316,19 +291,16 @@ static int cmd_status(struct cli *cl, bool as_json)
         printf("deploying:   -\n");
     }
     size_t q = json_array_size(json_object_get(s, "queue"));
-    if (q)
-        printf("queued:      %zu deploy(s)\n", q);
+    if (q) printf("queued:      %zu deploy(s)\n", q);
     json_decref(s);
     return 0;
 }
 
-static int cmd_history(struct cli *cl, int n, bool as_json)
-{
+static int cmd_history(struct cli *cl, int n, bool as_json) {
     char path[64];
     snprintf(path, sizeof path, "/v1/history?limit=%d", n);
     json_t *h = NULL;
-    if (call(cl, "GET", path, NULL, &h) < 0)
-        return 3;
+    if (call(cl, "GET", path, NULL, &h) < 0) return 3;
     if (as_json) {
         print_json(h);
         json_decref(h);
@@ -339,28 +311,24 @@ static int cmd_history(struct cli *cl, int n, bool as_json)
     json_array_foreach(json_object_get(h, "deploys"), i, d) {
         char img[300], when[40] = "-";
         const char *digest = json_string_value(json_object_get(d, "digest"));
-        if (!digest)
-            digest = json_string_value(json_object_get(d, "rolled_back_to"));
+        if (!digest) digest = json_string_value(json_object_get(d, "rolled_back_to"));
         short_image(json_string_value(json_object_get(d, "image")), digest, img, sizeof img);
         const char *started = json_string_value(json_object_get(d, "started"));
-        if (!started)
-            started = json_string_value(json_object_get(d, "queued_at"));
-        if (started)
-            snprintf(when, sizeof when, "%.10s %.8s", started, started + 11);
+        if (!started) started = json_string_value(json_object_get(d, "queued_at"));
+        if (started) snprintf(when, sizeof when, "%.10s %.8s", started, started + 11);
         double dur = iso_diff(started, json_string_value(json_object_get(d, "ended")));
         const char *src = jstr(d, "source");
         char source[40];
         snprintf(source, sizeof source, "%s", !strncmp(src, "trigger", 7) ? "ci" : src);
         json_t *lb = json_object_get(d, "labels");
         const char *rev = json_string_value(json_object_get(lb, "org.opencontainers.image.revision"));
-        if (!rev)
-            rev = json_string_value(json_object_get(d, "revision"));
+        if (!rev) rev = json_string_value(json_object_get(d, "revision"));
         printf("%s  %s  %6.1fs  %-10s %-8s %-11s %s  version %s revision %.12s\n", jstr(d, "id"), when,
                dur < 0 ? 0.0 : dur, source, jstr(d, "kind"), jstr(d, "status"), img,
                jstr(lb, "org.opencontainers.image.version"), rev ? rev : "-");
         const char *status = jstr(d, "status");
         bool bad = strcmp(status, "succeeded") && strcmp(status, "noop") && strcmp(status, "running") &&
-                   strcmp(status, "queued");
+            strcmp(status, "queued");
         json_t *steps = json_object_get(d, "steps"), *s;
         size_t k;
         if (bad) {
@@ -372,8 +340,7 @@ static int cmd_history(struct cli *cl, int n, bool as_json)
             }
         }
         printf("    %s\n", jstr(d, "message"));
-        if (json_object_get(d, "exit"))
-            printf("    %s\n", jstr(d, "exit"));
+        if (json_object_get(d, "exit")) printf("    %s\n", jstr(d, "exit"));
         json_t *tail = json_object_get(d, "log_tail");
         if (json_is_string(tail) && *json_string_value(tail))
             printf("    server log (last lines):\n%s\n", json_string_value(tail));
@@ -383,22 +350,22 @@ static int cmd_history(struct cli *cl, int n, bool as_json)
     return 0;
 }
 
-static int cmd_releases(struct cli *cl, bool as_json)
-{
+static int cmd_releases(struct cli *cl, bool as_json) {
     json_t *r = NULL;
-    if (call(cl, "GET", "/v1/releases", NULL, &r) < 0)
-        return 3;
+    if (call(cl, "GET", "/v1/releases", NULL, &r) < 0) return 3;
     if (as_json) {
         print_json(r);
         json_decref(r);
         return 0;
     }
-    printf("%-3s %-19s  %-40s %-9s %-12s %-20s %-20s %s\n", "", "DIGEST", "IMAGE", "VERSION", "REVISION", "FIRST DEPLOYED",
-           "LAST DEPLOYED", "IN STORE");
+    printf("%-3s %-19s  %-40s %-9s %-12s %-20s %-20s %s\n", "", "DIGEST", "IMAGE", "VERSION", "REVISION",
+           "FIRST DEPLOYED", "LAST DEPLOYED", "IN STORE");
     size_t i;
     json_t *e;
     json_array_foreach(json_object_get(r, "releases"), i, e) {
-        const char *mark = json_is_true(json_object_get(e, "running")) ? "*" : json_is_true(json_object_get(e, "previous")) ? "p" : "";
+        const char *mark = json_is_true(json_object_get(e, "running")) ? "*"
+            : json_is_true(json_object_get(e, "previous"))             ? "p"
+                                                                       : "";
         printf("%-3s %.19s  %-40.40s %-9s %-12.12s %-20.19s %-20.19s %s\n", mark, jstr(e, "digest"), jstr(e, "image"),
                jstr(e, "version"), jstr(e, "revision"), jstr(e, "first_deployed"), jstr(e, "last_deployed"),
                json_is_true(json_object_get(e, "in_store")) ? "yes" : "no (removed by retention)");
@@ -408,11 +375,9 @@ static int cmd_releases(struct cli *cl, bool as_json)
     return 0;
 }
 
-static int cmd_backups(struct cli *cl, bool as_json)
-{
+static int cmd_backups(struct cli *cl, bool as_json) {
     json_t *r = NULL;
-    if (call(cl, "GET", "/v1/backups", NULL, &r) < 0)
-        return 3;
+    if (call(cl, "GET", "/v1/backups", NULL, &r) < 0) return 3;
     if (as_json) {
         print_json(r);
         json_decref(r);
@@ -427,17 +392,15 @@ static int cmd_backups(struct cli *cl, bool as_json)
         if (json_is_integer(json_object_get(e, "lsn")))
             snprintf(lsn, sizeof lsn, "%lld", (long long)json_integer_value(json_object_get(e, "lsn")));
         printf("%s  %.19s  %-8s %9s  LSN %-8s release %.19s%s\n    %s\n    %s\n", jstr(e, "id"), jstr(e, "when"),
-               jstr(e, "kind"), b, lsn, jstr(e, "release"), json_is_true(json_object_get(e, "exists")) ? "" : "  (removed)",
-               jstr(e, "why"), jstr(e, "path"));
+               jstr(e, "kind"), b, lsn, jstr(e, "release"),
+               json_is_true(json_object_get(e, "exists")) ? "" : "  (removed)", jstr(e, "why"), jstr(e, "path"));
     }
-    if (!json_array_size(json_object_get(r, "backups")))
-        printf("no backups recorded\n");
+    if (!json_array_size(json_object_get(r, "backups"))) printf("no backups recorded\n");
     json_decref(r);
     return 0;
 }
 
-static int cmd_manifests(const char *what, const char *path)
-{
+static int cmd_manifests(const char *what, const char *path) {
     char err[CTL_ERR_LEN];
     struct manifest_set *s = NULL;
     if (manifest_load(path, &s, err) < 0) {
@@ -460,14 +423,12 @@ static int cmd_manifests(const char *what, const char *path)
 }
 
 /* Headers of a signed trigger (the signing string is in trigger.h and control/README.md). */
-static int cmd_manifests_diff(struct cli *cl, const char *dir)
-{
+static int cmd_manifests_diff(struct cli *cl, const char *dir) {
     char *p = abspath(dir);
     json_t *out = NULL;
     long st = call(cl, "POST", "/v1/manifests/diff", json_pack("{s:s}", "manifests", p), &out);
     free(p);
-    if (st < 0)
-        return 3;
+    if (st < 0) return 3;
     if (st != 200) {
         fprintf(stderr, "beava-control: %s\n", jstr(json_object_get(out, "error"), "message"));
         json_decref(out);
@@ -475,8 +436,8 @@ static int cmd_manifests_diff(struct cli *cl, const char *dir)
     }
     json_t *diff = json_object_get(out, "diff");
     printf("manifests %s: %zu file(s), %lld descriptor(s) after apply (hash %.19s)\n", jstr(out, "dir"),
-           json_array_size(json_object_get(out, "manifests")), (long long)json_integer_value(json_object_get(out, "nodes")),
-           jstr(out, "hash"));
+           json_array_size(json_object_get(out, "manifests")),
+           (long long)json_integer_value(json_object_get(out, "nodes")), jstr(out, "hash"));
     size_t i;
     json_t *e;
     json_array_foreach(json_object_get(diff, "additive"), i, e)
@@ -492,8 +453,11 @@ static int cmd_manifests_diff(struct cli *cl, const char *dir)
                jstr(e, "table"), (long long)json_integer_value(json_object_get(e, "features")));
     int rc = 0;
     if (json_is_true(json_object_get(out, "would_apply"))) {
-        printf("apply would %s\n", json_array_size(json_object_get(diff, "additive")) ||
-                                         json_array_size(json_object_get(diff, "destructive")) ? "succeed" : "change nothing");
+        printf("apply would %s\n",
+               json_array_size(json_object_get(diff, "additive")) ||
+                       json_array_size(json_object_get(diff, "destructive"))
+                   ? "succeed"
+                   : "change nothing");
     } else {
         printf("apply would be REFUSED: %s\n", jstr(out, "refusal"));
         rc = 1;
@@ -502,33 +466,27 @@ static int cmd_manifests_diff(struct cli *cl, const char *dir)
     return rc;
 }
 
-static int cmd_sign(int argc, char **argv)
-{
+static int cmd_sign(int argc, char **argv) {
     const char *secret_file = NULL, *ts = NULL, *delivery = NULL, *method = "POST", *path = "/v1/deploys";
-    static const struct option opts[] = {{"secret-file", required_argument, 0, 's'},
-                                         {"timestamp", required_argument, 0, 't'},
-                                         {"delivery", required_argument, 0, 'd'},
-                                         {"method", required_argument, 0, 'm'},
-                                         {"path", required_argument, 0, 'p'}, {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        { "secret-file", required_argument, 0, 's' }, { "timestamp", required_argument, 0, 't' },
+        { "delivery", required_argument, 0, 'd' },    { "method", required_argument, 0, 'm' },
+        { "path", required_argument, 0, 'p' },        { 0, 0, 0, 0 }
+    };
     int c;
     optind = 0;
     while ((c = getopt_long(argc, argv, "+s:t:d:m:p:", opts, NULL)) != -1) {
-        if (c == 's')
-            secret_file = optarg;
-        else if (c == 't')
-            ts = optarg;
-        else if (c == 'd')
-            delivery = optarg;
-        else if (c == 'm')
-            method = optarg;
-        else if (c == 'p')
-            path = optarg;
-        else
-            return 2;
+        if (c == 's') secret_file = optarg;
+        else if (c == 't') ts = optarg;
+        else if (c == 'd') delivery = optarg;
+        else if (c == 'm') method = optarg;
+        else if (c == 'p') path = optarg;
+        else return 2;
     }
     if (!secret_file || optind != argc - 1 || (!strcmp(method, "POST") && !delivery)) {
-        fprintf(stderr, "usage: beava-control sign --secret-file F --delivery ID [--timestamp T] [--method M] "
-                        "[--path P] BODY\n       (--delivery is required for POST, the default method)\n");
+        fprintf(stderr,
+                "usage: beava-control sign --secret-file F --delivery ID [--timestamp T] [--method M] "
+                "[--path P] BODY\n       (--delivery is required for POST, the default method)\n");
         return 2;
     }
     char err[CTL_ERR_LEN], tsbuf[32], sig[80];
@@ -538,31 +496,31 @@ static int cmd_sign(int argc, char **argv)
         fprintf(stderr, "beava-control: %s\n", err);
         return 2;
     }
-    while (len && (secret[len - 1] == '\n' || secret[len - 1] == '\r'))
-        secret[--len] = 0;
+    while (len && (secret[len - 1] == '\n' || secret[len - 1] == '\r')) secret[--len] = 0;
     if (!ts) {
         snprintf(tsbuf, sizeof tsbuf, "%lld", (long long)(ctl_now_ms() / 1000));
         ts = tsbuf;
     }
-    const struct trigger_req r = {.method = method, .path = path, .timestamp = ts, .delivery = delivery,
-                                  .body = argv[optind], .body_len = strlen(argv[optind])};
+    const struct trigger_req r = { .method = method,
+                                   .path = path,
+                                   .timestamp = ts,
+                                   .delivery = delivery,
+                                   .body = argv[optind],
+                                   .body_len = strlen(argv[optind]) };
     trigger_sign(secret, len, &r, sig);
     printf("%s: %s\n%s: %s\n", TRIGGER_HDR_TS, ts, TRIGGER_HDR_SIG, sig);
-    if (delivery)
-        printf("%s: %s\n", TRIGGER_HDR_DELIVERY, delivery);
+    if (delivery) printf("%s: %s\n", TRIGGER_HDR_DELIVERY, delivery);
     free(secret);
     return 0;
 }
 
-int main(int argc, char **argv)
-{
-    struct cli cl = {0};
-    static const struct option gopts[] = {{"config", required_argument, 0, 'c'},
-                                          {"set", required_argument, 0, 'S'},
-                                          {"socket", required_argument, 0, 'k'},
-                                          {"help", no_argument, 0, 'h'},
-                                          {"version", no_argument, 0, 'V'},
-                                          {0, 0, 0, 0}};
+int main(int argc, char **argv) {
+    struct cli cl = { 0 };
+    static const struct option gopts[] = {
+        { "config", required_argument, 0, 'c' }, { "set", required_argument, 0, 'S' },
+        { "socket", required_argument, 0, 'k' }, { "help", no_argument, 0, 'h' },
+        { "version", no_argument, 0, 'V' },      { 0, 0, 0, 0 }
+    };
     int c, rc = 2;
     while ((c = getopt_long(argc, argv, "+c:h", gopts, NULL)) != -1) {
         switch (c) {
@@ -616,30 +574,25 @@ int main(int argc, char **argv)
             rc = 0;
         }
     } else if (!strcmp(cmd, "deploy")) {
-        static const struct option o[] = {{"manifests", required_argument, 0, 'm'},
-                                          {"revision", required_argument, 0, 'r'},
-                                          {"wait", no_argument, 0, 'w'}, {0, 0, 0, 0}};
+        static const struct option o[] = { { "manifests", required_argument, 0, 'm' },
+                                           { "revision", required_argument, 0, 'r' },
+                                           { "wait", no_argument, 0, 'w' },
+                                           { 0, 0, 0, 0 } };
         const char *manifests = NULL, *revision = NULL, *image = NULL;
         bool wait = false, bad = false;
         optind = 0;
         while ((c = getopt_long(sargc, sargv, "m:r:w", o, NULL)) != -1) {
-            if (c == 'm')
-                manifests = optarg;
-            else if (c == 'r')
-                revision = optarg;
-            else if (c == 'w')
-                wait = true;
-            else
-                bad = true;
+            if (c == 'm') manifests = optarg;
+            else if (c == 'r') revision = optarg;
+            else if (c == 'w') wait = true;
+            else bad = true;
         }
-        if (optind == sargc - 1)
-            image = sargv[optind];
+        if (optind == sargc - 1) image = sargv[optind];
         if (bad || !image) {
             fprintf(stderr, "usage: beava-control deploy IMAGE [--manifests DIR] [--revision SHA] [--wait]\n");
         } else {
             json_t *body = json_pack("{s:s}", "image", image);
-            if (revision)
-                json_object_set_new(body, "revision", json_string(revision));
+            if (revision) json_object_set_new(body, "revision", json_string(revision));
             if (manifests) {
                 char *p = abspath(manifests);
                 json_object_set_new(body, "manifests", json_string(p));
@@ -659,15 +612,11 @@ int main(int argc, char **argv)
     } else if (!strcmp(cmd, "rollback")) {
         if (sargc == 3 && !strcmp(sargv[1], "--to"))
             rc = submit(&cl, "/v1/rollback", json_pack("{s:s}", "to", sargv[2]), true);
-        else if (sargc == 1)
-            rc = submit(&cl, "/v1/rollback", json_object(), true);
-        else
-            fprintf(stderr, "usage: beava-control rollback [--to DIGEST|TAG|DEPLOY-ID]\n");
+        else if (sargc == 1) rc = submit(&cl, "/v1/rollback", json_object(), true);
+        else fprintf(stderr, "usage: beava-control rollback [--to DIGEST|TAG|DEPLOY-ID]\n");
     } else if (!strcmp(cmd, "restore")) {
-        if (sargc != 2)
-            fprintf(stderr, "usage: beava-control restore BACKUP-ID   (see `beava-control backups`)\n");
-        else
-            rc = submit(&cl, "/v1/restore", json_pack("{s:s}", "backup", sargv[1]), true);
+        if (sargc != 2) fprintf(stderr, "usage: beava-control restore BACKUP-ID   (see `beava-control backups`)\n");
+        else rc = submit(&cl, "/v1/restore", json_pack("{s:s}", "backup", sargv[1]), true);
     } else if (!strcmp(cmd, "releases")) {
         rc = cmd_releases(&cl, sargc > 1 && !strcmp(sargv[1], "--json"));
     } else if (!strcmp(cmd, "backups")) {
@@ -680,10 +629,8 @@ int main(int argc, char **argv)
         int n = 20;
         bool js = false;
         for (int i = 1; i < sargc; i++) {
-            if (!strcmp(sargv[i], "--json"))
-                js = true;
-            else if (!strcmp(sargv[i], "-n") && i + 1 < sargc)
-                n = atoi(sargv[++i]);
+            if (!strcmp(sargv[i], "--json")) js = true;
+            else if (!strcmp(sargv[i], "-n") && i + 1 < sargc) n = atoi(sargv[++i]);
         }
         rc = cmd_history(&cl, n, js);
     } else {
@@ -691,8 +638,7 @@ int main(int argc, char **argv)
         usage(stderr);
     }
     config_free(cl.cfg);
-    for (int i = 0; i < cl.nsets; i++)
-        free(cl.sets[i]);
+    for (int i = 0; i < cl.nsets; i++) free(cl.sets[i]);
     free(cl.sets);
     curl_global_cleanup();
     return rc;

@@ -22,49 +22,37 @@
 
 #define MANIFEST_MAX_FILES 1000
 
-static const char *const TYPES[] = {"str", "i64", "f64", "bool", "bytes", "datetime", "json", NULL};
+static const char *const TYPES[] = { "str", "i64", "f64", "bool", "bytes", "datetime", "json", NULL };
 
-static bool in_list(const char *const *list, const char *s)
-{
+static bool in_list(const char *const *list, const char *s) {
     for (; *list; list++)
-        if (!strcmp(*list, s))
-            return true;
+        if (!strcmp(*list, s)) return true;
     return false;
 }
 
 /* A positive duration ("30s", "1h"; not "forever"), in ms. */
-static bool positive_duration(const char *s, int64_t *ms)
-{
-    return bv_parse_duration(s, ms) == 0 && *ms > 0;
-}
+static bool positive_duration(const char *s, int64_t *ms) { return bv_parse_duration(s, ms) == 0 && *ms > 0; }
 
-static char *canon(json_t *v)
-{
+static char *canon(json_t *v) {
     char *s = json_dumps(v, JSON_SORT_KEYS | JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!s)
-        abort();
+    if (!s) abort();
     return s;
 }
 
-struct manifest_set *manifest_set_new(void)
-{
+struct manifest_set *manifest_set_new(void) {
     return ctl_calloc(1, sizeof(struct manifest_set));
 }
 
-static void manifest_clear(struct manifest *m)
-{
+static void manifest_clear(struct manifest *m) {
     free(m->id);
     free(m->path);
     json_decref(m->nodes);
     json_decref(m->remove);
 }
 
-void manifest_set_free(struct manifest_set *s)
-{
-    if (!s)
-        return;
-    for (size_t i = 0; i < s->n; i++)
-        manifest_clear(&s->m[i]);
+void manifest_set_free(struct manifest_set *s) {
+    if (!s) return;
+    for (size_t i = 0; i < s->n; i++) manifest_clear(&s->m[i]);
     free(s->m);
     json_decref(s->all_nodes);
     free(s);
@@ -72,8 +60,7 @@ void manifest_set_free(struct manifest_set *s)
 
 /* ---- friendly form -> nodes ------------------------------------------------------- */
 
-static int duration_param(json_t *v, const char *where, const char *key, long long *ms, char *err)
-{
+static int duration_param(json_t *v, const char *where, const char *key, long long *ms, char *err) {
     int64_t d;
     if (!json_is_string(v) || !positive_duration(json_string_value(v), &d))
         return ctl_errf(err, "%s.%s: expected a duration like 30s, 10m, 24h or 7d", where, key);
@@ -81,10 +68,8 @@ static int duration_param(json_t *v, const char *where, const char *key, long lo
     return 0;
 }
 
-static int event_node(const char *where, const char *name, json_t *spec, json_t **out, char *err)
-{
-    if (!json_is_object(spec))
-        return ctl_errf(err, "%s: expected a mapping with `fields`", where);
+static int event_node(const char *where, const char *name, json_t *spec, json_t **out, char *err) {
+    if (!json_is_object(spec)) return ctl_errf(err, "%s: expected a mapping with `fields`", where);
     json_t *node = json_object();
     json_t *schema = json_object();
     json_t *fields = json_object();
@@ -103,8 +88,10 @@ static int event_node(const char *where, const char *name, json_t *spec, json_t 
             json_t *t;
             json_object_foreach(v, f, t) {
                 if (!json_is_string(t) || !in_list(TYPES, json_string_value(t))) {
-                    ctl_errf(err, "%s.fields.%s: type must be one of str, i64, f64, bool, bytes, "
-                             "datetime, json", where, f);
+                    ctl_errf(err,
+                             "%s.fields.%s: type must be one of str, i64, f64, bool, bytes, "
+                             "datetime, json",
+                             where, f);
                     goto err;
                 }
                 json_object_set(fields, f, t);
@@ -140,19 +127,19 @@ static int event_node(const char *where, const char *name, json_t *spec, json_t 
             json_object_set(node, "dedupe_key", dk);
             if (json_object_get(v, "window")) {
                 long long ms = 0;
-                if (duration_param(json_object_get(v, "window"), where, "dedupe.window", &ms, err) < 0)
-                    goto err;
+                if (duration_param(json_object_get(v, "window"), where, "dedupe.window", &ms, err) < 0) goto err;
                 json_object_set_new(node, "dedupe_window_ms", json_integer(ms));
             }
         } else if (!strcmp(key, "keep_events_for") || !strcmp(key, "cold_after")) {
             long long ms = 0;
-            if (duration_param(v, where, key, &ms, err) < 0)
-                goto err;
+            if (duration_param(v, where, key, &ms, err) < 0) goto err;
             json_object_set_new(node, !strcmp(key, "cold_after") ? "cold_after_ms" : "keep_events_for_ms",
                                 json_integer(ms));
         } else {
-            ctl_errf(err, "%s.%s: unknown key (expected fields, optional, dedupe, "
-                     "keep_events_for, cold_after)", where, key);
+            ctl_errf(err,
+                     "%s.%s: unknown key (expected fields, optional, dedupe, "
+                     "keep_events_for, cold_after)",
+                     where, key);
             goto err;
         }
     }
@@ -186,10 +173,8 @@ err:
     return -1;
 }
 
-static int table_node(const char *where, const char *name, json_t *spec, json_t **out, char *err)
-{
-    if (!json_is_object(spec))
-        return ctl_errf(err, "%s: expected a mapping with `source` and `features`", where);
+static int table_node(const char *where, const char *name, json_t *spec, json_t **out, char *err) {
+    if (!json_is_object(spec)) return ctl_errf(err, "%s: expected a mapping with `source` and `features`", where);
     json_t *node = json_object();
     json_t *ops = json_array();
     json_t *keys = json_array();
@@ -261,16 +246,14 @@ static int table_node(const char *where, const char *name, json_t *spec, json_t 
                     goto err;
                 }
                 if (!bv_op_name_known(json_string_value(op))) {
-                    ctl_errf(err, "%s.features.%s.op: unknown operator '%s'", where, fname,
-                             json_string_value(op));
+                    ctl_errf(err, "%s.features.%s.op: unknown operator '%s'", where, fname, json_string_value(op));
                     goto err;
                 }
                 json_t *params = json_object();
                 const char *pk;
                 json_t *pv;
                 json_object_foreach(fs, pk, pv) {
-                    if (!strcmp(pk, "op"))
-                        continue;
+                    if (!strcmp(pk, "op")) continue;
                     if (!bv_param_name_known(pk)) {
                         ctl_errf(err, "%s.features.%s.%s: unknown parameter", where, fname, pk);
                         json_decref(params);
@@ -281,8 +264,8 @@ static int table_node(const char *where, const char *name, json_t *spec, json_t 
                          !(json_is_string(pv) && bv_parse_duration(json_string_value(pv), &d) == 0)) ||
                         ((!strcmp(pk, "half_life") || !strcmp(pk, "sub_window")) &&
                          !(json_is_string(pv) && positive_duration(json_string_value(pv), &d)))) {
-                        ctl_errf(err, "%s.features.%s.%s: expected a duration like 30s, 1h, 7d%s",
-                                 where, fname, pk, !strcmp(pk, "window") ? " or forever" : "");
+                        ctl_errf(err, "%s.features.%s.%s: expected a duration like 30s, 1h, 7d%s", where, fname, pk,
+                                 !strcmp(pk, "window") ? " or forever" : "");
                         json_decref(params);
                         goto err;
                     }
@@ -329,13 +312,11 @@ err:
     return -1;
 }
 
-static int manifest_from_doc(const char *id, json_t *doc, struct manifest *m, char *err)
-{
+static int manifest_from_doc(const char *id, json_t *doc, struct manifest *m, char *err) {
     memset(m, 0, sizeof *m);
     m->nodes = json_array();
     m->remove = json_array();
-    if (json_is_null(doc))
-        return 0; /* an empty document is an empty manifest */
+    if (json_is_null(doc)) return 0; /* an empty document is an empty manifest */
     if (!json_is_object(doc)) {
         ctl_errf(err, "%s: a manifest must be a mapping", id);
         goto err;
@@ -372,13 +353,14 @@ static int manifest_from_doc(const char *id, json_t *doc, struct manifest *m, ch
             json_object_foreach(v, name, spec) {
                 snprintf(where, sizeof where, "%s: %s.%s", id, key, name);
                 if (!bv_name_valid(name)) {
-                    ctl_errf(err, "%s: invalid name (letters, digits, _; not starting with a "
-                             "digit or _beava_; at most 128 bytes)", where);
+                    ctl_errf(err,
+                             "%s: invalid name (letters, digits, _; not starting with a "
+                             "digit or _beava_; at most 128 bytes)",
+                             where);
                     goto err;
                 }
                 json_t *node = NULL;
-                if ((ev ? event_node(where, name, spec, &node, err)
-                        : table_node(where, name, spec, &node, err)) < 0)
+                if ((ev ? event_node(where, name, spec, &node, err) : table_node(where, name, spec, &node, err)) < 0)
                     goto err;
                 json_array_append_new(m->nodes, node);
             }
@@ -393,8 +375,7 @@ static int manifest_from_doc(const char *id, json_t *doc, struct manifest *m, ch
                 json_t *kind = json_object_get(node, "kind");
                 json_t *name = json_object_get(node, "name");
                 if (!json_is_object(node) || !json_is_string(kind) ||
-                    (strcmp(json_string_value(kind), "event") &&
-                     strcmp(json_string_value(kind), "derivation"))) {
+                    (strcmp(json_string_value(kind), "event") && strcmp(json_string_value(kind), "derivation"))) {
                     ctl_errf(err, "%s: nodes[%zu]: expected an object with kind event or derivation", id, i);
                     goto err;
                 }
@@ -419,14 +400,18 @@ static int manifest_from_doc(const char *id, json_t *doc, struct manifest *m, ch
                 json_array_append(m->remove, n);
             }
         } else {
-            ctl_errf(err, "%s: %s: unknown key (expected order, allow_destructive, description, "
-                     "events, tables, nodes, remove)", id, key);
+            ctl_errf(err,
+                     "%s: %s: unknown key (expected order, allow_destructive, description, "
+                     "events, tables, nodes, remove)",
+                     id, key);
             goto err;
         }
     }
     if (json_array_size(m->remove) && !m->allow_destructive) {
-        ctl_errf(err, "%s: remove: removing descriptors is destructive and needs "
-                 "allow_destructive: true in the same manifest", id);
+        ctl_errf(err,
+                 "%s: remove: removing descriptors is destructive and needs "
+                 "allow_destructive: true in the same manifest",
+                 id);
         goto err;
     }
     return 0;
@@ -437,29 +422,23 @@ err:
     return -1;
 }
 
-static int cmp_doc_order(const void *a, const void *b)
-{
+static int cmp_doc_order(const void *a, const void *b) {
     const struct manifest *x = a, *y = b;
-    if (x->order != y->order)
-        return x->order < y->order ? -1 : 1;
+    if (x->order != y->order) return x->order < y->order ? -1 : 1;
     return x->doc < y->doc ? -1 : (x->doc > y->doc);
 }
 
-int manifest_set_add_text(struct manifest_set *s, const char *name, const char *text,
-                          size_t len, char *err)
-{
+int manifest_set_add_text(struct manifest_set *s, const char *name, const char *text, size_t len, char *err) {
     json_t *docs = NULL;
     const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
-    if (ydoc_parse(name, text, len, &docs, err) < 0)
-        return -1;
+    if (ydoc_parse(name, text, len, &docs, err) < 0) return -1;
     size_t nd = json_array_size(docs);
     struct manifest *tmp = ctl_calloc(nd, sizeof *tmp);
     for (size_t i = 0; i < nd; i++) {
         char *id = nd > 1 ? ctl_asprintf("%s#%zu", base, i + 1) : ctl_strdup(base);
         if (manifest_from_doc(id, json_array_get(docs, i), &tmp[i], err) < 0) {
             free(id);
-            for (size_t j = 0; j < i; j++)
-                manifest_clear(&tmp[j]);
+            for (size_t j = 0; j < i; j++) manifest_clear(&tmp[j]);
             free(tmp);
             json_decref(docs);
             return -1;
@@ -471,20 +450,17 @@ int manifest_set_add_text(struct manifest_set *s, const char *name, const char *
     json_decref(docs);
     qsort(tmp, nd, sizeof *tmp, cmp_doc_order);
     s->m = realloc(s->m, (s->n + nd + 1) * sizeof *s->m);
-    if (!s->m)
-        abort();
+    if (!s->m) abort();
     memcpy(s->m + s->n, tmp, nd * sizeof *tmp);
     s->n += nd;
     free(tmp);
     return 0;
 }
 
-int manifest_set_add_file(struct manifest_set *s, const char *path, char *err)
-{
+int manifest_set_add_file(struct manifest_set *s, const char *path, char *err) {
     char *text = NULL;
     size_t len = 0;
-    if (ctl_read_file(path, 1u << 20, &text, &len, err) < 0)
-        return -1;
+    if (ctl_read_file(path, 1u << 20, &text, &len, err) < 0) return -1;
     int rc = manifest_set_add_text(s, path, text, len, err);
     free(text);
     return rc;
@@ -492,19 +468,14 @@ int manifest_set_add_file(struct manifest_set *s, const char *path, char *err)
 
 /* ---- ordering and merging --------------------------------------------------------- */
 
-static const char *node_name(json_t *n)
-{
-    return json_string_value(json_object_get(n, "name"));
-}
+static const char *node_name(json_t *n) { return json_string_value(json_object_get(n, "name")); }
 
-static bool is_event(json_t *n)
-{
+static bool is_event(json_t *n) {
     const char *k = json_string_value(json_object_get(n, "kind"));
     return k && !strcmp(k, "event");
 }
 
-json_t *manifest_order_nodes(json_t *nodes)
-{
+json_t *manifest_order_nodes(json_t *nodes) {
     json_t *out = json_array();
     size_t n = json_array_size(nodes), i;
     json_t *node;
@@ -524,16 +495,14 @@ json_t *manifest_order_nodes(json_t *nodes)
     for (;;) {
         bool progress = false, left = false;
         json_array_foreach(nodes, i, node) {
-            if (placed[i])
-                continue;
+            if (placed[i]) continue;
             left = true;
             bool ready = true;
             size_t j;
             json_t *u;
             json_array_foreach(json_object_get(node, "upstreams"), j, u) {
                 const char *un = json_string_value(u);
-                if (un && json_object_get(all, un) && !json_object_get(names, un))
-                    ready = false;
+                if (un && json_object_get(all, un) && !json_object_get(names, un)) ready = false;
             }
             if (ready) {
                 json_array_append(out, node);
@@ -543,8 +512,7 @@ json_t *manifest_order_nodes(json_t *nodes)
                 break;
             }
         }
-        if (!left)
-            break;
+        if (!left) break;
         if (!progress) {
             json_array_foreach(nodes, i, node) if (!placed[i]) json_array_append(out, node);
             break;
@@ -556,20 +524,17 @@ json_t *manifest_order_nodes(json_t *nodes)
     return out;
 }
 
-static json_t *group_by_of(json_t *node)
-{
+static json_t *group_by_of(json_t *node) {
     size_t i;
     json_t *op;
     json_array_foreach(json_object_get(node, "ops"), i, op) {
         const char *o = json_string_value(json_object_get(op, "op"));
-        if (o && !strcmp(o, "group_by"))
-            return op;
+        if (o && !strcmp(o, "group_by")) return op;
     }
     return NULL;
 }
 
-int manifest_set_finish(struct manifest_set *s, char *err)
-{
+int manifest_set_finish(struct manifest_set *s, char *err) {
     json_t *defs = json_object();     /* name -> {"m": idx, "c": canon} */
     json_t *features = json_object(); /* feature -> "table (manifest)" */
     json_t *removed = json_object();  /* name -> manifest idx */
@@ -589,7 +554,8 @@ int manifest_set_finish(struct manifest_set *s, char *err)
             if (prev) {
                 size_t pm = (size_t)json_integer_value(json_object_get(prev, "m"));
                 if (strcmp(json_string_value(json_object_get(prev, "c")), c) != 0) {
-                    ctl_errf(err, "conflicting definitions of '%s': %s and %s define it "
+                    ctl_errf(err,
+                             "conflicting definitions of '%s': %s and %s define it "
                              "differently (one name, one definition across all manifests)",
                              name, s->m[pm].id, m->id);
                     free(c);
@@ -607,13 +573,13 @@ int manifest_set_finish(struct manifest_set *s, char *err)
             json_object_foreach(json_object_get(gb, "agg"), fname, fv) {
                 json_t *owner = json_object_get(features, fname);
                 if (owner) {
-                    ctl_errf(err, "feature '%s' is defined by table %s and by table %s (%s); "
-                             "feature names are global on the server", fname,
-                             json_string_value(owner), name, m->id);
+                    ctl_errf(err,
+                             "feature '%s' is defined by table %s and by table %s (%s); "
+                             "feature names are global on the server",
+                             fname, json_string_value(owner), name, m->id);
                     goto out;
                 }
-                json_object_set_new(features, fname,
-                                    json_sprintf("%s (%s)", name, m->id));
+                json_object_set_new(features, fname, json_sprintf("%s (%s)", name, m->id));
             }
         }
     }
@@ -623,8 +589,7 @@ int manifest_set_finish(struct manifest_set *s, char *err)
         json_t *d = json_object_get(defs, rname);
         if (d) {
             ctl_errf(err, "'%s' is listed under remove: in %s but defined in %s", rname,
-                     s->m[json_integer_value(rv)].id,
-                     s->m[json_integer_value(json_object_get(d, "m"))].id);
+                     s->m[json_integer_value(rv)].id, s->m[json_integer_value(json_object_get(d, "m"))].id);
             goto out;
         }
     }
@@ -643,13 +608,9 @@ out:
     return rc;
 }
 
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-int manifest_load(const char *path, struct manifest_set **out, char *err)
-{
+int manifest_load(const char *path, struct manifest_set **out, char *err) {
     struct manifest_set *s = manifest_set_new();
     struct stat st;
     *out = NULL;
@@ -668,37 +629,29 @@ int manifest_load(const char *path, struct manifest_set **out, char *err)
         struct dirent *e;
         while ((e = readdir(d))) {
             size_t l = strlen(e->d_name);
-            if (e->d_name[0] == '.')
+            if (e->d_name[0] == '.') continue;
+            if (!((l > 5 && !strcmp(e->d_name + l - 5, ".yaml")) || (l > 4 && !strcmp(e->d_name + l - 4, ".yml"))))
                 continue;
-            if (!((l > 5 && !strcmp(e->d_name + l - 5, ".yaml")) ||
-                  (l > 4 && !strcmp(e->d_name + l - 4, ".yml"))))
-                continue;
-            if (n >= MANIFEST_MAX_FILES)
-                break;
+            if (n >= MANIFEST_MAX_FILES) break;
             names = realloc(names, (n + 1) * sizeof *names);
-            if (!names)
-                abort();
+            if (!names) abort();
             names[n++] = ctl_strdup(e->d_name);
         }
         closedir(d);
-        if (n)
-            qsort(names, n, sizeof *names, cmp_str);
+        if (n) qsort(names, n, sizeof *names, cmp_str);
         int rc = 0;
         for (size_t i = 0; i < n; i++) {
             char *p = ctl_asprintf("%s/%s", path, names[i]);
-            if (rc == 0)
-                rc = manifest_set_add_file(s, p, err);
+            if (rc == 0) rc = manifest_set_add_file(s, p, err);
             free(p);
             free(names[i]);
         }
         free(names);
-        if (rc < 0)
-            goto err;
+        if (rc < 0) goto err;
     } else if (manifest_set_add_file(s, path, err) < 0) {
         goto err;
     }
-    if (manifest_set_finish(s, err) < 0)
-        goto err;
+    if (manifest_set_finish(s, err) < 0) goto err;
     *out = s;
     return 0;
 err:
@@ -706,16 +659,14 @@ err:
     return -1;
 }
 
-json_t *manifest_step_nodes(const struct manifest_set *s, size_t k, json_t *prev)
-{
+json_t *manifest_step_nodes(const struct manifest_set *s, size_t k, json_t *prev) {
     json_t *names = json_object();
     json_t *nodes = json_array();
     for (size_t mi = 0; mi <= k && mi < s->n; mi++) {
         size_t i;
         json_t *node;
         json_array_foreach(s->m[mi].nodes, i, node) {
-            if (json_object_get(names, node_name(node)))
-                continue;
+            if (json_object_get(names, node_name(node))) continue;
             json_object_set_new(names, node_name(node), json_true());
             json_array_append(nodes, node);
         }
@@ -727,8 +678,7 @@ json_t *manifest_step_nodes(const struct manifest_set *s, size_t k, json_t *prev
     json_t *node;
     json_array_foreach(prev, i, node) {
         const char *n = node_name(node);
-        if (n && !json_object_get(names, n))
-            json_array_append(nodes, node);
+        if (n && !json_object_get(names, n)) json_array_append(nodes, node);
     }
     json_t *out = manifest_order_nodes(nodes);
     json_decref(nodes);
@@ -736,39 +686,29 @@ json_t *manifest_step_nodes(const struct manifest_set *s, size_t k, json_t *prev
     return out;
 }
 
-const char *manifest_entry_owner(json_t *entry, char *buf, size_t len)
-{
+const char *manifest_entry_owner(json_t *entry, char *buf, size_t len) {
     const char *kind = json_string_value(json_object_get(entry, "kind"));
     const char *v = NULL;
     buf[0] = 0;
-    if (!kind)
-        return buf;
-    if (!strcmp(kind, "rename"))
-        v = json_string_value(json_object_get(entry, "to"));
-    else if (!strcmp(kind, "type_change"))
-        v = json_string_value(json_object_get(entry, "field"));
-    else if (!strcmp(kind, "window_change"))
-        v = json_string_value(json_object_get(entry, "agg"));
-    else if (!strcmp(kind, "new_field"))
-        v = json_string_value(json_object_get(entry, "event"));
+    if (!kind) return buf;
+    if (!strcmp(kind, "rename")) v = json_string_value(json_object_get(entry, "to"));
+    else if (!strcmp(kind, "type_change")) v = json_string_value(json_object_get(entry, "field"));
+    else if (!strcmp(kind, "window_change")) v = json_string_value(json_object_get(entry, "agg"));
+    else if (!strcmp(kind, "new_field")) v = json_string_value(json_object_get(entry, "event"));
     else if (!strcmp(kind, "descriptor_change") || !strcmp(kind, "new_descriptor"))
         v = json_string_value(json_object_get(entry, "name"));
-    else
-        v = json_string_value(json_object_get(entry, "table"));
-    if (!v)
-        return buf;
+    else v = json_string_value(json_object_get(entry, "table"));
+    if (!v) return buf;
     snprintf(buf, len, "%s", v);
     if (!strcmp(kind, "type_change") || !strcmp(kind, "window_change")) {
         char *dot = strchr(buf, '.');
-        if (dot)
-            *dot = 0;
+        if (dot) *dot = 0;
     }
     return buf;
 }
 
 /* Is name declared (as a node or under remove:) by manifests 0..k? */
-static bool declared_upto(const struct manifest_set *s, size_t k, const char *name)
-{
+static bool declared_upto(const struct manifest_set *s, size_t k, const char *name) {
     for (size_t mi = 0; mi <= k && mi < s->n; mi++) {
         size_t j;
         json_t *x;
@@ -778,9 +718,7 @@ static bool declared_upto(const struct manifest_set *s, size_t k, const char *na
     return false;
 }
 
-int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *destructive,
-                               char *err)
-{
+int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *destructive, char *err) {
     size_t i;
     json_t *entry;
     /* A registry filled by hand: every descriptor the change is about (a rename's old name
@@ -789,11 +727,9 @@ int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *d
     size_t undeclared = 0;
     json_array_foreach(destructive, i, entry) {
         char owner[256];
-        const char *cand[2] = {manifest_entry_owner(entry, owner, sizeof owner),
-                               NULL};
+        const char *cand[2] = { manifest_entry_owner(entry, owner, sizeof owner), NULL };
         const char *ek = json_string_value(json_object_get(entry, "kind"));
-        if (ek && !strcmp(ek, "rename"))
-            cand[1] = json_string_value(json_object_get(entry, "from"));
+        if (ek && !strcmp(ek, "rename")) cand[1] = json_string_value(json_object_get(entry, "from"));
         for (int c = 0; c < 2; c++) {
             const char *nm = cand[c];
             size_t l = strlen(names);
@@ -804,11 +740,13 @@ int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *d
         }
     }
     if (undeclared)
-        return ctl_errf(err, "the server holds %zu descriptor(s) that no manifest declares (registered by hand, not by "
+        return ctl_errf(err,
+                        "the server holds %zu descriptor(s) that no manifest declares (registered by hand, not by "
                         "beava-control?): %s; taking over refused, nothing changed. Adopt them as they are with "
                         "`beava-control apply --adopt DIR` (they are kept; registers use mode merge), or declare them "
                         "in a manifest of their own, or drop them by listing them under remove: in a manifest with "
-                        "allow_destructive: true", undeclared, names);
+                        "allow_destructive: true",
+                        undeclared, names);
     json_array_foreach(destructive, i, entry) {
         char owner[256];
         manifest_entry_owner(entry, owner, sizeof owner);
@@ -828,8 +766,10 @@ int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *d
             return -1;
         }
         if (!s->m[found].allow_destructive) {
-            ctl_errf(err, "destructive change %s in manifest %s, which does not say "
-                     "allow_destructive: true; refused, nothing changed", desc, s->m[found].id);
+            ctl_errf(err,
+                     "destructive change %s in manifest %s, which does not say "
+                     "allow_destructive: true; refused, nothing changed",
+                     desc, s->m[found].id);
             free(desc);
             return -1;
         }
@@ -842,8 +782,10 @@ int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *d
                 json_array_foreach(s->m[mi].remove, j, x) if (from && !strcmp(json_string_value(x), from)) ok = true;
             }
             if (!ok) {
-                ctl_errf(err, "destructive change %s would drop '%s', which is not listed "
-                         "under remove:; refused", desc, from ? from : "?");
+                ctl_errf(err,
+                         "destructive change %s would drop '%s', which is not listed "
+                         "under remove:; refused",
+                         desc, from ? from : "?");
                 free(desc);
                 return -1;
             }
@@ -853,19 +795,16 @@ int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *d
     return 0;
 }
 
-json_t *manifest_tables(json_t *nodes)
-{
+json_t *manifest_tables(json_t *nodes) {
     json_t *out = json_array();
     size_t i;
     json_t *node;
     json_array_foreach(nodes, i, node) {
         json_t *gb = group_by_of(node);
-        if (!gb)
-            continue;
+        if (!gb) continue;
         size_t nk = json_array_size(json_object_get(gb, "keys"));
         char key[256] = "";
-        for (size_t j = 1; j < nk && j < sizeof key - 1; j++)
-            strcat(key, "|");
+        for (size_t j = 1; j < nk && j < sizeof key - 1; j++) strcat(key, "|");
         json_array_append_new(out, json_pack("{s:s,s:s}", "table", node_name(node), "key", key));
     }
     return out;

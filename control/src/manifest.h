@@ -47,8 +47,8 @@ struct manifest {
     long long order; /* `order:` */
     size_t doc;      /* document index within the file */
     bool allow_destructive;
-    json_t *nodes;   /* array of register nodes, as declared */
-    json_t *remove;  /* array of names */
+    json_t *nodes;  /* array of register nodes, as declared */
+    json_t *remove; /* array of names */
 };
 
 struct manifest_set {
@@ -64,8 +64,7 @@ void manifest_set_free(struct manifest_set *s);
 
 /* Parse YAML text (one or more documents) named `name` (used for ids and messages) and
  * append its manifests. On error nothing is appended. */
-int manifest_set_add_text(struct manifest_set *s, const char *name, const char *text,
-                          size_t len, char *err);
+int manifest_set_add_text(struct manifest_set *s, const char *name, const char *text, size_t len, char *err);
 /* Read one file. */
 int manifest_set_add_file(struct manifest_set *s, const char *path, char *err);
 /* After all files are added: detect conflicts, build the union and the hash. Must be
@@ -84,8 +83,7 @@ json_t *manifest_step_nodes(const struct manifest_set *s, size_t k, json_t *prev
  * the manifest that defines (or removes) the descriptor named in the entry. Returns 0 when
  * every owner among manifests 0..k allows destructive changes; otherwise -1 with err
  * listing the first refused entry and its manifest. */
-int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *destructive,
-                               char *err);
+int manifest_check_destructive(const struct manifest_set *s, size_t k, json_t *destructive, char *err);
 
 /* The readable tables of a node array: [{"table":T,"key":K}] with K the cold key
  * (empty segments joined by '|', one per group key). */

@@ -20,10 +20,10 @@
 #include <stdbool.h>
 
 struct oci_ref {
-    char host[256];   /* "127.0.0.1:5000" */
-    char repo[512];   /* "beava" or "org/beava" */
-    char tag[128];    /* "" when only a digest was given */
-    char digest[80];  /* "" when only a tag was given */
+    char host[256];  /* "127.0.0.1:5000" */
+    char repo[512];  /* "beava" or "org/beava" */
+    char tag[128];   /* "" when only a digest was given */
+    char digest[80]; /* "" when only a tag was given */
 };
 
 /* Parse "HOST[:PORT]/PATH[:TAG][@sha256:...]". The host part is required. */
@@ -36,21 +36,21 @@ void oci_ref_format(const struct oci_ref *r, char *buf, size_t len);
 /* Resolve the reference to the digest of what it names, waiting up to wait_s seconds for
  * a tag that does not exist yet. digest_out >= 80 bytes. *waited_ms (optional) gets the
  * time spent waiting. */
-int oci_resolve(const struct ctl_config *cfg, const struct oci_ref *r, long wait_s,
-                char *digest_out, long *waited_ms, char *err);
+int oci_resolve(const struct ctl_config *cfg, const struct oci_ref *r, long wait_s, char *digest_out, long *waited_ms,
+                char *err);
 
 struct oci_image {
-    char digest[80];           /* what was asked for (index or manifest) */
-    char manifest_digest[80];  /* the platform manifest */
-    char config_digest[80];    /* the config blob's digest */
-    json_t *config;            /* the image config blob (caller frees via oci_image_free) */
-    json_t *layers;            /* manifest "layers" array */
+    char digest[80];          /* what was asked for (index or manifest) */
+    char manifest_digest[80]; /* the platform manifest */
+    char config_digest[80];   /* the config blob's digest */
+    json_t *config;           /* the image config blob (caller frees via oci_image_free) */
+    json_t *layers;           /* manifest "layers" array */
     long long bytes_fetched;
 };
 
 /* Pull digest of r's repository into store_dir (blobs/sha256/<hex>). */
-int oci_pull(const struct ctl_config *cfg, const struct oci_ref *r, const char *digest,
-             const char *store_dir, struct oci_image *img, char *err);
+int oci_pull(const struct ctl_config *cfg, const struct oci_ref *r, const char *digest, const char *store_dir,
+             struct oci_image *img, char *err);
 void oci_image_free(struct oci_image *img);
 
 /* Path of a blob in the store (caller frees). */

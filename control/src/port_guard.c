@@ -20,9 +20,9 @@ struct guarded {
     struct guarded *prev, *next;
     struct port_guard *g;
     int fd;
-    int64_t since_ms;   /* connection opened or previous request done (monotonic) */
-    bool read;          /* the current request is fully read */
-    bool cut;           /* shut down by the sweeper */
+    int64_t since_ms; /* connection opened or previous request done (monotonic) */
+    bool read;        /* the current request is fully read */
+    bool cut;         /* shut down by the sweeper */
 };
 
 struct port_guard {
@@ -34,8 +34,7 @@ struct port_guard {
     struct guarded *head;
 };
 
-static void *sweeper(void *arg)
-{
+static void *sweeper(void *arg) {
     struct port_guard *g = arg;
     pthread_mutex_lock(&g->mu);
     while (!g->stop) {
@@ -57,8 +56,7 @@ static void *sweeper(void *arg)
     return NULL;
 }
 
-struct port_guard *port_guard_new(int64_t deadline_ms)
-{
+struct port_guard *port_guard_new(int64_t deadline_ms) {
     struct port_guard *g = ctl_calloc(1, sizeof *g);
     g->deadline_ms = deadline_ms;
     pthread_mutex_init(&g->mu, NULL);
@@ -72,10 +70,8 @@ struct port_guard *port_guard_new(int64_t deadline_ms)
     return g;
 }
 
-void port_guard_free(struct port_guard *g)
-{
-    if (!g)
-        return;
+void port_guard_free(struct port_guard *g) {
+    if (!g) return;
     pthread_mutex_lock(&g->mu);
     g->stop = true;
     pthread_cond_signal(&g->cv);
@@ -92,8 +88,7 @@ void port_guard_free(struct port_guard *g)
 }
 
 void port_guard_notify(void *cls, struct MHD_Connection *c, void **socket_context,
-                       enum MHD_ConnectionNotificationCode code)
-{
+                       enum MHD_ConnectionNotificationCode code) {
     struct port_guard *g = cls;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -104,49 +99,39 @@ void port_guard_notify(void *cls, struct MHD_Connection *c, void **socket_contex
         x->read = x->fd < 0; /* no descriptor: nothing the sweeper could do */
         pthread_mutex_lock(&g->mu);
         x->next = g->head;
-        if (g->head)
-            g->head->prev = x;
+        if (g->head) g->head->prev = x;
         g->head = x;
         pthread_mutex_unlock(&g->mu);
         *socket_context = x;
         return;
     }
     struct guarded *x = *socket_context;
-    if (!x)
-        return;
+    if (!x) return;
     pthread_mutex_lock(&g->mu);
-    if (x->prev)
-        x->prev->next = x->next;
-    else
-        g->head = x->next;
-    if (x->next)
-        x->next->prev = x->prev;
+    if (x->prev) x->prev->next = x->next;
+    else g->head = x->next;
+    if (x->next) x->next->prev = x->prev;
     pthread_mutex_unlock(&g->mu);
     free(x);
     *socket_context = NULL;
 }
 
-static struct guarded *guarded_of(struct MHD_Connection *c)
-{
+static struct guarded *guarded_of(struct MHD_Connection *c) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     return ci ? ci->socket_context : NULL;
 }
 
-void port_guard_request_read(struct MHD_Connection *c)
-{
+void port_guard_request_read(struct MHD_Connection *c) {
     struct guarded *x = guarded_of(c);
-    if (!x)
-        return;
+    if (!x) return;
     pthread_mutex_lock(&x->g->mu);
     x->read = true;
     pthread_mutex_unlock(&x->g->mu);
 }
 
-void port_guard_request_done(struct MHD_Connection *c)
-{
+void port_guard_request_done(struct MHD_Connection *c) {
     struct guarded *x = guarded_of(c);
-    if (!x)
-        return;
+    if (!x) return;
     pthread_mutex_lock(&x->g->mu);
     x->read = false;
     x->since_ms = ctl_mono_ms();

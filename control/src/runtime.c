@@ -30,115 +30,93 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define RT_FD_PARK 64   /* fds passed to the server are parked above this before dup2 */
+#define RT_FD_PARK 64 /* fds passed to the server are parked above this before dup2 */
 
 struct strv {
     char **v;
     size_t n, cap;
 };
 
-static void sv_add(struct strv *s, const char *x)
-{
+static void sv_add(struct strv *s, const char *x) {
     if (s->n + 2 > s->cap) {
         s->cap = s->cap ? s->cap * 2 : 32;
         s->v = realloc(s->v, s->cap * sizeof *s->v);
-        if (!s->v)
-            abort();
+        if (!s->v) abort();
     }
     s->v[s->n++] = ctl_strdup(x);
     s->v[s->n] = NULL;
 }
 
-static void sv_free(struct strv *s)
-{
-    for (size_t i = 0; i < s->n; i++)
-        free(s->v[i]);
+static void sv_free(struct strv *s) {
+    for (size_t i = 0; i < s->n; i++) free(s->v[i]);
     free(s->v);
     memset(s, 0, sizeof *s);
 }
 
-static long long proc_starttime(pid_t pid, char *state)
-{
+static long long proc_starttime(pid_t pid, char *state) {
     char path[64], buf[2048];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
+    if (fd < 0) return -1;
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);
-    if (n <= 0)
-        return -1;
+    if (n <= 0) return -1;
     buf[n] = 0;
     char *p = strrchr(buf, ')');
-    if (!p)
-        return -1;
+    if (!p) return -1;
     p += 2; /* state */
-    if (state)
-        *state = *p;
+    if (state) *state = *p;
     /* fields after ')' start at field 3 (state); starttime is field 22 */
     int field = 3;
     while (*p && field < 22) {
-        if (*p == ' ')
-            field++;
+        if (*p == ' ') field++;
         p++;
     }
     return strtoll(p, NULL, 10);
 }
 
-static bool pid_alive(pid_t pid, long long start)
-{
-    if (pid <= 0)
-        return false;
+static bool pid_alive(pid_t pid, long long start) {
+    if (pid <= 0) return false;
     char st = 0;
     long long s = proc_starttime(pid, &st);
-    if (s < 0 || st == 'Z' || st == 'X')
-        return false;
+    if (s < 0 || st == 'Z' || st == 'X') return false;
     return start <= 0 || s == start;
 }
 
-void runtime_reap(json_t *exits)
-{
+void runtime_reap(json_t *exits) {
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        if (!exits)
-            continue;
+        if (!exits) continue;
         char key[24];
         snprintf(key, sizeof key, "%d", (int)pid);
         json_object_set_new(exits, key, json_integer(status));
     }
 }
 
-char *runtime_exit_text(int status)
-{
-    if (WIFEXITED(status))
-        return ctl_asprintf("exited with status %d", WEXITSTATUS(status));
+char *runtime_exit_text(int status) {
+    if (WIFEXITED(status)) return ctl_asprintf("exited with status %d", WEXITSTATUS(status));
     if (WIFSIGNALED(status))
         return ctl_asprintf("killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
     return ctl_asprintf("ended (wait status %d)", status);
 }
 
-char *runtime_log_tail(const char *path, int lines)
-{
+char *runtime_log_tail(const char *path, int lines) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return ctl_strdup("");
+    if (fd < 0) return ctl_strdup("");
     off_t end = lseek(fd, 0, SEEK_END);
     off_t start = end > 16384 ? end - 16384 : 0;
     size_t len = (size_t)(end - start);
     char *buf = ctl_calloc(len + 1, 1);
     ssize_t n = pread(fd, buf, len, start);
     close(fd);
-    if (n < 0)
-        n = 0;
+    if (n < 0) n = 0;
     buf[n] = 0;
     int seen = 0;
     char *p = buf + n;
-    if (p > buf && p[-1] == '\n')
-        p--;
+    if (p > buf && p[-1] == '\n') p--;
     while (p > buf) {
-        if (p[-1] == '\n' && ++seen >= lines)
-            break;
+        if (p[-1] == '\n' && ++seen >= lines) break;
         p--;
     }
     char *out = ctl_strdup(p);
@@ -149,10 +127,8 @@ char *runtime_log_tail(const char *path, int lines)
 /* Bytes of the log read when looking for the server's last error. */
 #define RUNTIME_LAST_ERROR_SCAN (64 * 1024)
 
-static bool is_error_line(const char *line, size_t len)
-{
-    if (!len || line[0] != '{')
-        return false;
+static bool is_error_line(const char *line, size_t len) {
+    if (!len || line[0] != '{') return false;
     json_t *j = json_loadb(line, len, 0, NULL);
     const char *lv = json_string_value(json_object_get(j, "level"));
     bool yes = lv && (!strcmp(lv, "error") || !strcmp(lv, "fatal"));
@@ -160,15 +136,12 @@ static bool is_error_line(const char *line, size_t len)
     return yes;
 }
 
-char *runtime_log_last_error(const char *path, long long from)
-{
+char *runtime_log_last_error(const char *path, long long from) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return NULL;
+    if (fd < 0) return NULL;
     off_t end = lseek(fd, 0, SEEK_END);
     off_t start = from > 0 && from <= end ? (off_t)from : 0;
-    if (end - start > RUNTIME_LAST_ERROR_SCAN)
-        start = end - RUNTIME_LAST_ERROR_SCAN;
+    if (end - start > RUNTIME_LAST_ERROR_SCAN) start = end - RUNTIME_LAST_ERROR_SCAN;
     size_t len = (size_t)(end - start);
     char *buf = ctl_calloc(len + 1, 1);
     ssize_t n = pread(fd, buf, len, start);
@@ -177,16 +150,12 @@ char *runtime_log_last_error(const char *path, long long from)
     size_t found_len = 0, last_len = 0;
     for (char *p = buf, *e; n > 0 && p < buf + n; p = e + 1) {
         e = memchr(p, '\n', (size_t)(buf + n - p));
-        if (!e)
-            e = buf + n;
+        if (!e) e = buf + n;
         size_t l = (size_t)(e - p);
-        while (l && (p[l - 1] == '\r' || p[l - 1] == ' '))
-            l--;
-        if (!l)
-            continue;
+        while (l && (p[l - 1] == '\r' || p[l - 1] == ' ')) l--;
+        if (!l) continue;
         last = p, last_len = l;
-        if (is_error_line(p, l))
-            found = p, found_len = l;
+        if (is_error_line(p, l)) found = p, found_len = l;
     }
     char *out = NULL;
     if (found || last)
@@ -196,18 +165,15 @@ char *runtime_log_last_error(const char *path, long long from)
 }
 
 /* Resolve the image's User ("uid[:gid]" or a name in the rootfs's /etc/passwd). */
-static int image_user(const char *rootfs, json_t *image_config, uid_t *uid, gid_t *gid)
-{
+static int image_user(const char *rootfs, json_t *image_config, uid_t *uid, gid_t *gid) {
     const char *u = json_string_value(json_object_get(image_config, "User"));
     *uid = 0;
     *gid = 0;
-    if (!u || !*u)
-        return 0;
+    if (!u || !*u) return 0;
     char name[256];
     snprintf(name, sizeof name, "%s", u);
     char *colon = strchr(name, ':');
-    if (colon)
-        *colon = 0;
+    if (colon) *colon = 0;
     char *end;
     long v = strtol(name, &end, 10);
     if (!*end) {
@@ -218,8 +184,7 @@ static int image_user(const char *rootfs, json_t *image_config, uid_t *uid, gid_
     char *pw = ctl_asprintf("%s/etc/passwd", rootfs);
     FILE *f = fopen(pw, "re");
     free(pw);
-    if (!f)
-        return -1;
+    if (!f) return -1;
     char line[512];
     int rc = -1;
     while (fgets(line, sizeof line, f)) {
@@ -237,22 +202,17 @@ static int image_user(const char *rootfs, json_t *image_config, uid_t *uid, gid_
     return rc;
 }
 
-static void chown_tree(const char *path, uid_t uid, gid_t gid)
-{
+static void chown_tree(const char *path, uid_t uid, gid_t gid) {
     struct stat st;
-    if (lstat(path, &st) < 0)
-        return;
-    if (st.st_uid != uid || st.st_gid != gid)
-        if (lchown(path, uid, gid) < 0) { /* reported when the server fails to write */ }
-    if (!S_ISDIR(st.st_mode))
-        return;
+    if (lstat(path, &st) < 0) return;
+    /* a failed lchown is reported when the server fails to write */
+    if ((st.st_uid != uid || st.st_gid != gid) && lchown(path, uid, gid) < 0) {}
+    if (!S_ISDIR(st.st_mode)) return;
     DIR *d = opendir(path);
-    if (!d)
-        return;
+    if (!d) return;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         char *c = ctl_asprintf("%s/%s", path, e->d_name);
         chown_tree(c, uid, gid);
         free(c);
@@ -262,41 +222,35 @@ static void chown_tree(const char *path, uid_t uid, gid_t gid)
 
 /* Keys the daemon owns: the listen addresses, the data dir and the inherited sockets. An
  * image (or runtime.env) setting one of them is overridden, and the override reported. */
-static const char *const DAEMON_KEYS[] = {"BEAVA_LISTEN_ADDR", "BEAVA_ADMIN_ADDR", "BEAVA_TCP_PORT",
-                                          "BEAVA_DATA_DIR",    "LISTEN_FDS",       "LISTEN_PID",
-                                          "LISTEN_FDNAMES",    NULL};
+static const char *const DAEMON_KEYS[] = { "BEAVA_LISTEN_ADDR", "BEAVA_ADMIN_ADDR", "BEAVA_TCP_PORT", "BEAVA_DATA_DIR",
+                                           "LISTEN_FDS",        "LISTEN_PID",       "LISTEN_FDNAMES", NULL };
 
-static bool daemon_key(const char *kv)
-{
+static bool daemon_key(const char *kv) {
     size_t n = strcspn(kv, "=");
     for (int i = 0; DAEMON_KEYS[i]; i++)
-        if (strlen(DAEMON_KEYS[i]) == n && !strncmp(kv, DAEMON_KEYS[i], n))
-            return true;
+        if (strlen(DAEMON_KEYS[i]) == n && !strncmp(kv, DAEMON_KEYS[i], n)) return true;
     return false;
 }
 
 /* Index of the entry of env whose name is kv's name, or -1. */
-static long env_find(const struct strv *env, const char *kv)
-{
+static long env_find(const struct strv *env, const char *kv) {
     size_t n = strcspn(kv, "=");
     for (size_t i = 0; i < env->n; i++)
-        if (!strncmp(env->v[i], kv, n) && env->v[i][n] == '=')
-            return (long)i;
+        if (!strncmp(env->v[i], kv, n) && env->v[i][n] == '=') return (long)i;
     return -1;
 }
 
-static void note_override(json_t *overrides, const char *kv, const char *by, const char *used)
-{
+static void note_override(json_t *overrides, const char *kv, const char *by, const char *used) {
     size_t n = strcspn(kv, "=");
     char *key = ctl_asprintf("%.*s", (int)n, kv);
-    json_array_append_new(overrides, json_pack("{s:s,s:s,s:s,s:s}", "key", key, "image_value", kv[n] ? kv + n + 1 : "",
-                                               "by", by, "value", used));
+    json_array_append_new(
+        overrides,
+        json_pack("{s:s,s:s,s:s,s:s}", "key", key, "image_value", kv[n] ? kv + n + 1 : "", "by", by, "value", used));
     free(key);
 }
 
 /* Set kv (replacing an entry of the same name). */
-static void env_set(struct strv *env, const char *kv)
-{
+static void env_set(struct strv *env, const char *kv) {
     long i = env_find(env, kv);
     if (i < 0) {
         sv_add(env, kv);
@@ -308,16 +262,13 @@ static void env_set(struct strv *env, const char *kv)
 
 /* The server's environment: the image's Env (BEAVA_* included), then runtime.env, then
  * the daemon's own keys. Every image entry replaced on the way is listed in overrides. */
-static void build_env(const struct ctl_config *cfg, json_t *image_config, struct strv *env, json_t *overrides)
-{
+static void build_env(const struct ctl_config *cfg, json_t *image_config, struct strv *env, json_t *overrides) {
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(image_config, "Env"), i, v) {
-        if (json_is_string(v) && strchr(json_string_value(v), '='))
-            env_set(env, json_string_value(v));
+        if (json_is_string(v) && strchr(json_string_value(v), '=')) env_set(env, json_string_value(v));
     }
-    if (env_find(env, "PATH=") < 0)
-        sv_add(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    if (env_find(env, "PATH=") < 0) sv_add(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     size_t from_image = env->n;
     const char *k;
     json_object_foreach(cfg->runtime_env, k, v) {
@@ -341,21 +292,21 @@ static void build_env(const struct ctl_config *cfg, json_t *image_config, struct
         env->n--;
     }
     char buf[512];
-    const char *owned[3][2] = {{"BEAVA_LISTEN_ADDR", cfg->runtime_http_addr},
-                               {"BEAVA_ADMIN_ADDR", cfg->runtime_admin_addr},
-                               {"BEAVA_TCP_PORT", NULL}};
+    const char *owned[3][2] = { { "BEAVA_LISTEN_ADDR", cfg->runtime_http_addr },
+                                { "BEAVA_ADMIN_ADDR", cfg->runtime_admin_addr },
+                                { "BEAVA_TCP_PORT", NULL } };
     char port[24];
     snprintf(port, sizeof port, "%lld", (long long)cfg->runtime_tcp_port);
     owned[2][1] = port;
     for (int o = 0; o < 3; o++) {
         snprintf(buf, sizeof buf, "%s=%s", owned[o][0], owned[o][1]);
         long at = env_find(env, buf);
-        if (at >= 0 && strcmp(env->v[at], buf))
-            note_override(overrides, env->v[at], "daemon", owned[o][1]);
+        if (at >= 0 && strcmp(env->v[at], buf)) note_override(overrides, env->v[at], "daemon", owned[o][1]);
         env_set(env, buf);
     }
     /* Inherited-socket variables of the image never reach the server: only the daemon's. */
-    for (const char *const *ls = (const char *const[]){"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", NULL}; *ls; ls++) {
+    for (const char *const *ls = (const char *const[]){ "LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", NULL }; *ls;
+         ls++) {
         long at = env_find(env, *ls);
         if (at >= 0) {
             note_override(overrides, env->v[at], "daemon (inherited sockets)", "");
@@ -366,10 +317,9 @@ static void build_env(const struct ctl_config *cfg, json_t *image_config, struct
     }
 }
 
-int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t **instance, char *err)
-{
-    struct strv argv = {0}, env = {0};
-    int info[2] = {-1, -1};
+int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t **instance, char *err) {
+    struct strv argv = { 0 }, env = { 0 };
+    int info[2] = { -1, -1 };
     int rc = -1;
     const char *kind = cfg->runtime_kind;
     bool bwrap = !strcmp(kind, "bwrap");
@@ -378,23 +328,20 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
     gid_t gid = 0;
     json_t *overrides = NULL;
     *instance = NULL;
-    if ((bwrap || systemd) && !s->rootfs)
-        return ctl_errf(err, "runtime %s needs an image rootfs", kind);
-    if (ctl_mkdirs(cfg->runtime_data_dir, 0750, err) < 0)
-        return -1;
+    if ((bwrap || systemd) && !s->rootfs) return ctl_errf(err, "runtime %s needs an image rootfs", kind);
+    if (ctl_mkdirs(cfg->runtime_data_dir, 0750, err) < 0) return -1;
     if (s->rootfs) {
         if (image_user(s->rootfs, s->image_config, &uid, &gid) < 0)
             return ctl_errf(err, "image user '%s' is not in the image's /etc/passwd",
                             json_string_value(json_object_get(s->image_config, "User")));
         /* the root is read-only: every mount point must already exist in the image */
-        const char *mps[] = {"data", "dev", "proc", "tmp", NULL};
+        const char *mps[] = { "data", "dev", "proc", "tmp", NULL };
         for (int i = 0; mps[i]; i++) {
             char *d = ctl_asprintf("%s/%s", s->rootfs, mps[i]);
             struct stat st;
             int ok = stat(d, &st) == 0 && S_ISDIR(st.st_mode);
             free(d);
-            if (!ok)
-                return ctl_errf(err, "image rootfs has no /%s directory (a mount point)", mps[i]);
+            if (!ok) return ctl_errf(err, "image rootfs has no /%s directory (a mount point)", mps[i]);
         }
         if (*cfg->runtime_config) {
             char *c = ctl_asprintf("%s/etc/beava/beava.yaml", s->rootfs);
@@ -402,26 +349,24 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
             int ok = lstat(c, &st) == 0 && S_ISREG(st.st_mode);
             free(c);
             if (!ok)
-                return ctl_errf(err, "image rootfs has no file /etc/beava/beava.yaml, the mount point for "
+                return ctl_errf(err,
+                                "image rootfs has no file /etc/beava/beava.yaml, the mount point for "
                                 "runtime.config (images from packaging/oci/build-image have one)");
         }
         int ok;
         char *b = ctl_asprintf("%s%s", s->rootfs, s->binary);
         ok = access(b, X_OK) == 0;
         free(b);
-        if (!ok)
-            return ctl_errf(err, "image has no executable %s", s->binary);
+        if (!ok) return ctl_errf(err, "image has no executable %s", s->binary);
     } else if (access(s->binary, X_OK) != 0) {
         return ctl_errf(err, "server binary %s: %s", s->binary, strerror(errno));
     }
     /* systemd switches users itself; for the others only root can. */
     bool has_user = s->rootfs && json_string_value(json_object_get(s->image_config, "User")) &&
-                    *json_string_value(json_object_get(s->image_config, "User"));
+        *json_string_value(json_object_get(s->image_config, "User"));
     long unit_uid = has_user ? (long)uid : -1, unit_gid = has_user ? (long)gid : -1;
-    if (geteuid() != 0)
-        uid = 0, gid = 0; /* cannot switch users: run as ourselves */
-    if (uid != 0)
-        chown_tree(cfg->runtime_data_dir, uid, gid);
+    if (geteuid() != 0) uid = 0, gid = 0; /* cannot switch users: run as ourselves */
+    if (uid != 0) chown_tree(cfg->runtime_data_dir, uid, gid);
     overrides = json_array();
     build_env(cfg, s->image_config, &env, overrides);
     struct stat lst;
@@ -448,13 +393,22 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
     snprintf(info_fd, sizeof info_fd, "%d", 3 + nl);
     if (bwrap) {
         sv_add(&argv, "bwrap");
-        sv_add(&argv, "--ro-bind"); sv_add(&argv, s->rootfs); sv_add(&argv, "/");
-        sv_add(&argv, "--dev"); sv_add(&argv, "/dev");
-        sv_add(&argv, "--proc"); sv_add(&argv, "/proc");
-        sv_add(&argv, "--tmpfs"); sv_add(&argv, "/tmp");
-        sv_add(&argv, "--bind"); sv_add(&argv, cfg->runtime_data_dir); sv_add(&argv, "/data");
+        sv_add(&argv, "--ro-bind");
+        sv_add(&argv, s->rootfs);
+        sv_add(&argv, "/");
+        sv_add(&argv, "--dev");
+        sv_add(&argv, "/dev");
+        sv_add(&argv, "--proc");
+        sv_add(&argv, "/proc");
+        sv_add(&argv, "--tmpfs");
+        sv_add(&argv, "/tmp");
+        sv_add(&argv, "--bind");
+        sv_add(&argv, cfg->runtime_data_dir);
+        sv_add(&argv, "/data");
         if (conf_arg) {
-            sv_add(&argv, "--ro-bind"); sv_add(&argv, cfg->runtime_config); sv_add(&argv, conf_arg);
+            sv_add(&argv, "--ro-bind");
+            sv_add(&argv, cfg->runtime_config);
+            sv_add(&argv, conf_arg);
         }
         sv_add(&argv, "--unshare-ipc");
         sv_add(&argv, "--unshare-uts");
@@ -463,8 +417,10 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
             sv_add(&argv, "--unshare-pid");
             sv_add(&argv, "--as-pid-1");
         }
-        sv_add(&argv, "--chdir"); sv_add(&argv, "/data");
-        sv_add(&argv, "--info-fd"); sv_add(&argv, info_fd);
+        sv_add(&argv, "--chdir");
+        sv_add(&argv, "/data");
+        sv_add(&argv, "--info-fd");
+        sv_add(&argv, info_fd);
         sv_add(&argv, "--");
     }
     sv_add(&argv, s->binary);
@@ -476,8 +432,7 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
     }
     if (systemd) {
         rc = rt_systemd_start(cfg, s, argv.v, env.v, unit_uid, unit_gid, instance, err);
-        if (rc == 0)
-            json_object_set_new(*instance, "log_offset", json_integer(log_offset));
+        if (rc == 0) json_object_set_new(*instance, "log_offset", json_integer(log_offset));
         goto out;
     }
 
@@ -495,8 +450,7 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
     bool raise_nofile = getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max;
     nofile.rlim_cur = nofile.rlim_max;
     const char *exe = bwrap ? "/usr/bin/bwrap" : s->binary;
-    if (bwrap && access(exe, X_OK) != 0)
-        exe = "/usr/local/bin/bwrap";
+    if (bwrap && access(exe, X_OK) != 0) exe = "/usr/local/bin/bwrap";
     pid_t pid = fork();
     if (pid < 0) {
         close(logfd);
@@ -512,36 +466,28 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         /* move every fd to pass above the targets first: dup2 onto itself would keep
          * close-on-exec set */
         int hi[RT_MAX_LISTEN + 1];
-        for (int i = 0; i < nl; i++)
-            hi[i] = fcntl(s->listen_fds[i], F_DUPFD_CLOEXEC, RT_FD_PARK);
-        if (bwrap)
-            hi[nl] = fcntl(info[1], F_DUPFD_CLOEXEC, RT_FD_PARK);
-        for (int i = 0; i < nl; i++)
-            dup2(hi[i], 3 + i);
-        if (bwrap)
-            dup2(hi[nl], 3 + nl);
+        for (int i = 0; i < nl; i++) hi[i] = fcntl(s->listen_fds[i], F_DUPFD_CLOEXEC, RT_FD_PARK);
+        if (bwrap) hi[nl] = fcntl(info[1], F_DUPFD_CLOEXEC, RT_FD_PARK);
+        for (int i = 0; i < nl; i++) dup2(hi[i], 3 + i);
+        if (bwrap) dup2(hi[nl], 3 + nl);
         close_range((unsigned)(3 + nl + (bwrap ? 1 : 0)), ~0U, 0);
         if (listen_pid_digits) {
             if (!bwrap) { /* async-signal-safe formatting of getpid() */
                 char d[12];
                 int k = 0;
-                for (long v = (long)getpid(); v > 0 && k < 11; v /= 10)
-                    d[k++] = (char)('0' + v % 10);
+                for (long v = (long)getpid(); v > 0 && k < 11; v /= 10) d[k++] = (char)('0' + v % 10);
                 int j = 0;
-                while (k > 0)
-                    listen_pid_digits[j++] = d[--k];
+                while (k > 0) listen_pid_digits[j++] = d[--k];
                 listen_pid_digits[j] = 0;
             }
         }
-        if (raise_nofile)
-            (void)setrlimit(RLIMIT_NOFILE, &nofile); /* bwrap passes it on to the server */
+        if (raise_nofile) (void)setrlimit(RLIMIT_NOFILE, &nofile); /* bwrap passes it on to the server */
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         signal(SIGPIPE, SIG_DFL);
         if (uid != 0) {
-            if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
-                _exit(126);
+            if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0) _exit(126);
         }
         execve(exe, argv.v, env.v);
         _exit(127);
@@ -556,12 +502,10 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         int64_t deadline = ctl_mono_ms() + 15000;
         json_t *js = NULL;
         while (!js && ctl_mono_ms() < deadline && got < sizeof buf - 1) {
-            struct pollfd pfd = {.fd = info[0], .events = POLLIN};
-            if (poll(&pfd, 1, 200) <= 0)
-                continue;
+            struct pollfd pfd = { .fd = info[0], .events = POLLIN };
+            if (poll(&pfd, 1, 200) <= 0) continue;
             ssize_t n = read(info[0], buf + got, sizeof buf - 1 - got);
-            if (n <= 0)
-                break;
+            if (n <= 0) break;
             got += (size_t)n;
             buf[got] = 0;
             js = json_loads(buf, JSON_DISABLE_EOF_CHECK, NULL);
@@ -583,56 +527,44 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
     usleep(50000);
     char ts[40];
     ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
-    *instance = json_pack("{s:s,s:s,s:I,s:I,s:I,s:s,s:s}", "runtime", kind, "digest",
-                          s->digest ? s->digest : "", "pid", (json_int_t)server, "pid_start",
-                          (json_int_t)proc_starttime(server, NULL), "monitor_pid",
+    *instance = json_pack("{s:s,s:s,s:I,s:I,s:I,s:s,s:s}", "runtime", kind, "digest", s->digest ? s->digest : "", "pid",
+                          (json_int_t)server, "pid_start", (json_int_t)proc_starttime(server, NULL), "monitor_pid",
                           (json_int_t)monitor, "log", s->log_path, "started", ts);
     json_object_set_new(*instance, "log_offset", json_integer(log_offset));
     if (nl > 0) {
         json_t *names = json_array();
-        for (int i = 0; i < nl; i++)
-            json_array_append_new(names, json_string(s->listen_names[i]));
+        for (int i = 0; i < nl; i++) json_array_append_new(names, json_string(s->listen_names[i]));
         json_object_set_new(*instance, "listen_fds", names);
     }
     rc = 0;
 out:
-    if (*instance && overrides)
-        json_object_set(*instance, "env_overrides", overrides);
+    if (*instance && overrides) json_object_set(*instance, "env_overrides", overrides);
     json_decref(overrides);
-    if (info[0] >= 0)
-        close(info[0]);
-    if (info[1] >= 0)
-        close(info[1]);
+    if (info[0] >= 0) close(info[0]);
+    if (info[1] >= 0) close(info[1]);
     sv_free(&argv);
     sv_free(&env);
     return rc;
 }
 
-bool runtime_alive(const struct ctl_config *cfg, json_t *instance)
-{
+bool runtime_alive(const struct ctl_config *cfg, json_t *instance) {
     const char *kind = json_string_value(json_object_get(instance, "runtime"));
-    if (!kind)
-        return false;
-    if (!strcmp(kind, "systemd"))
-        return rt_systemd_alive(cfg, instance);
+    if (!kind) return false;
+    if (!strcmp(kind, "systemd")) return rt_systemd_alive(cfg, instance);
     /* a zombie counts as gone; its status is left for the daemon's reaper */
     return pid_alive((pid_t)json_integer_value(json_object_get(instance, "pid")),
                      json_integer_value(json_object_get(instance, "pid_start")));
 }
 
-int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, char *err)
-{
+int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, char *err) {
     const char *kind = json_string_value(json_object_get(instance, "runtime"));
-    if (how)
-        *how = NULL;
-    if (!kind)
-        return 0;
+    if (how) *how = NULL;
+    if (!kind) return 0;
     int64_t t0 = ctl_mono_ms();
     if (!strcmp(kind, "systemd")) {
         const char *via = "StopUnit";
         int rc = rt_systemd_stop(cfg, instance, &via, err);
-        if (how)
-            *how = json_pack("{s:s,s:I}", "via", via, "ms", (json_int_t)(ctl_mono_ms() - t0));
+        if (how) *how = json_pack("{s:s,s:I}", "via", via, "ms", (json_int_t)(ctl_mono_ms() - t0));
         return rc;
     }
     pid_t pid = (pid_t)json_integer_value(json_object_get(instance, "pid"));
@@ -663,12 +595,10 @@ int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, c
             runtime_reap(NULL);
             usleep(20000);
         }
-        if (pid_alive(monitor, 0))
-            kill(monitor, SIGKILL);
+        if (pid_alive(monitor, 0)) kill(monitor, SIGKILL);
     }
     runtime_reap(NULL);
-    if (pid_alive(pid, start))
-        return ctl_errf(err, "pid %d survived SIGKILL", (int)pid);
+    if (pid_alive(pid, start)) return ctl_errf(err, "pid %d survived SIGKILL", (int)pid);
     if (how)
         *how = json_pack("{s:s,s:b,s:I}", "via", killed ? "SIGTERM, then SIGKILL after the grace period" : "SIGTERM",
                          "killed", killed, "ms", (json_int_t)(ctl_mono_ms() - t0));

@@ -28,15 +28,15 @@
 #include <stdbool.h>
 
 struct rt_start {
-    const char *digest;     /* release identity, recorded in the instance */
-    const char *rootfs;     /* unpacked image rootfs (bwrap, systemd); NULL for process */
-    const char *binary;     /* host path (process) or path inside the rootfs */
-    json_t *image_config;   /* the OCI image config's "config" object, may be NULL */
-    const char *log_path;   /* stdout+stderr are appended here */
+    const char *digest;   /* release identity, recorded in the instance */
+    const char *rootfs;   /* unpacked image rootfs (bwrap, systemd); NULL for process */
+    const char *binary;   /* host path (process) or path inside the rootfs */
+    json_t *image_config; /* the OCI image config's "config" object, may be NULL */
+    const char *log_path; /* stdout+stderr are appended here */
     /* listening sockets to pass (process, bwrap): fds 3.. in the server, LISTEN_FDNAMES */
     const int *listen_fds;
     const char *const *listen_names;
-    int n_listen;           /* <= RT_MAX_LISTEN */
+    int n_listen; /* <= RT_MAX_LISTEN */
 };
 
 #define RT_MAX_LISTEN 8
@@ -63,8 +63,8 @@ char *runtime_log_last_error(const char *path, long long from);
 
 /* systemd runtime (runtime_systemd.c). */
 /* uid/gid: the image's user as numbers, -1 for none (the unit runs as root). */
-int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, char *const *argv,
-                     char *const *envp, long uid, long gid, json_t **instance, char *err);
+int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, char *const *argv, char *const *envp,
+                     long uid, long gid, json_t **instance, char *err);
 /* *how: what the stop took (StopUnit, or StopUnit then KillUnit SIGKILL). */
 int rt_systemd_stop(const struct ctl_config *cfg, json_t *instance, const char **how, char *err);
 bool rt_systemd_alive(const struct ctl_config *cfg, json_t *instance);

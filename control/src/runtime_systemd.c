@@ -49,14 +49,12 @@ struct jobs {
     unsigned n;
 };
 
-static int on_job_removed(sd_bus_message *m, void *userdata, sd_bus_error *e)
-{
+static int on_job_removed(sd_bus_message *m, void *userdata, sd_bus_error *e) {
     (void)e;
     struct jobs *j = userdata;
     uint32_t id;
     const char *path = NULL, *unit = NULL, *result = NULL;
-    if (sd_bus_message_read(m, "uoss", &id, &path, &unit, &result) < 0)
-        return 0;
+    if (sd_bus_message_read(m, "uoss", &id, &path, &unit, &result) < 0) return 0;
     unsigned i = j->n++ % JOBS_SEEN;
     snprintf(j->path[i], sizeof j->path[i], "%s", path);
     snprintf(j->result[i], sizeof j->result[i], "%s", result);
@@ -69,8 +67,7 @@ struct conn {
     struct jobs jobs;
 };
 
-static void conn_close(struct conn *c)
-{
+static void conn_close(struct conn *c) {
     sd_bus_slot_unref(c->match);
     sd_bus_flush_close_unref(c->bus);
     c->match = NULL;
@@ -78,14 +75,12 @@ static void conn_close(struct conn *c)
 }
 
 /* Connect, match JobRemoved and Subscribe, so no job's end can be missed. */
-static int conn_open(const struct ctl_config *cfg, struct conn *c, char *err)
-{
+static int conn_open(const struct ctl_config *cfg, struct conn *c, char *err) {
     sd_bus *bus = NULL;
     int r;
     memset(c, 0, sizeof *c);
     if (cfg->systemd_bus && *cfg->systemd_bus) {
-        if ((r = sd_bus_new(&bus)) < 0)
-            return ctl_errf(err, "sd_bus_new: %s", strerror(-r));
+        if ((r = sd_bus_new(&bus)) < 0) return ctl_errf(err, "sd_bus_new: %s", strerror(-r));
         sd_bus_set_address(bus, cfg->systemd_bus);
         sd_bus_set_bus_client(bus, 1);
         if ((r = sd_bus_start(bus)) < 0) {
@@ -113,8 +108,7 @@ static int conn_open(const struct ctl_config *cfg, struct conn *c, char *err)
 }
 
 /* Wait until JobRemoved for job arrives (result copied) or the deadline passes (-1). */
-static int await_job(struct conn *c, const char *job, int64_t deadline_ms, char *result, size_t len)
-{
+static int await_job(struct conn *c, const char *job, int64_t deadline_ms, char *result, size_t len) {
     for (;;) {
         unsigned lo = c->jobs.n > JOBS_SEEN ? c->jobs.n - JOBS_SEEN : 0;
         for (unsigned k = lo; k < c->jobs.n; k++)
@@ -127,8 +121,7 @@ static int await_job(struct conn *c, const char *job, int64_t deadline_ms, char 
             snprintf(result, len, "bus error: %s", strerror(-r));
             return -1;
         }
-        if (r > 0)
-            continue;
+        if (r > 0) continue;
         int64_t left = deadline_ms - ctl_mono_ms();
         if (left <= 0) {
             snprintf(result, len, "timeout");
@@ -139,8 +132,7 @@ static int await_job(struct conn *c, const char *job, int64_t deadline_ms, char 
 }
 
 /* ActiveState of unit, or "" when the unit does not exist (is not loaded). */
-static int unit_state(sd_bus *bus, const char *unit, char *state, size_t len, char *err)
-{
+static int unit_state(sd_bus *bus, const char *unit, char *state, size_t len, char *err) {
     sd_bus_error e = SD_BUS_ERROR_NULL;
     sd_bus_message *m = NULL;
     const char *path = NULL;
@@ -148,8 +140,7 @@ static int unit_state(sd_bus *bus, const char *unit, char *state, size_t len, ch
     int r = sd_bus_call_method(bus, SD_DEST, SD_PATH, SD_MGR, "GetUnit", &e, &m, "s", unit);
     if (r < 0) {
         int nosuch = sd_bus_error_has_name(&e, "org.freedesktop.systemd1.NoSuchUnit");
-        if (!nosuch)
-            ctl_errf(err, "GetUnit %s: %s", unit, e.message ? e.message : strerror(-r));
+        if (!nosuch) ctl_errf(err, "GetUnit %s: %s", unit, e.message ? e.message : strerror(-r));
         sd_bus_error_free(&e);
         return nosuch ? 0 : -1;
     }
@@ -169,15 +160,11 @@ static int unit_state(sd_bus *bus, const char *unit, char *state, size_t len, ch
     return 0;
 }
 
-static bool state_down(const char *s)
-{
-    return !*s || !strcmp(s, "inactive") || !strcmp(s, "failed");
-}
+static bool state_down(const char *s) { return !*s || !strcmp(s, "inactive") || !strcmp(s, "failed"); }
 
 /* StopUnit, await its job; KillUnit(SIGKILL) when it outlives grace + 2 s. *how gets what
  * it took ("StopUnit" or "StopUnit, then KillUnit SIGKILL"). */
-static int stop_unit(const struct ctl_config *cfg, struct conn *c, const char *unit, const char **how, char *err)
-{
+static int stop_unit(const struct ctl_config *cfg, struct conn *c, const char *unit, const char **how, char *err) {
     sd_bus_error e = SD_BUS_ERROR_NULL;
     sd_bus_message *reply = NULL;
     const char *job = NULL;
@@ -186,8 +173,7 @@ static int stop_unit(const struct ctl_config *cfg, struct conn *c, const char *u
     int r = sd_bus_call_method(c->bus, SD_DEST, SD_PATH, SD_MGR, "StopUnit", &e, &reply, "ss", unit, "replace");
     if (r < 0) {
         bool nosuch = sd_bus_error_has_name(&e, "org.freedesktop.systemd1.NoSuchUnit");
-        if (!nosuch)
-            ctl_errf(err, "StopUnit %s: %s", unit, e.message ? e.message : strerror(-r));
+        if (!nosuch) ctl_errf(err, "StopUnit %s: %s", unit, e.message ? e.message : strerror(-r));
         sd_bus_error_free(&e);
         return nosuch ? 0 : -1;
     }
@@ -210,32 +196,27 @@ static int stop_unit(const struct ctl_config *cfg, struct conn *c, const char *u
         }
     }
     free(jobp);
-    if (rc == 0 && unit_state(c->bus, unit, state, sizeof state, err) < 0)
-        rc = -1;
+    if (rc == 0 && unit_state(c->bus, unit, state, sizeof state, err) < 0) rc = -1;
     if (rc == 0 && !state_down(state))
         rc = ctl_errf(err, "unit %s is '%s' after its stop job (%s)", unit, state, result);
     return rc;
 }
 
-int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, char *const *argv,
-                     char *const *envp, long uid, long gid, json_t **instance, char *err)
-{
+int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, char *const *argv, char *const *envp,
+                     long uid, long gid, json_t **instance, char *err) {
     struct conn c;
     sd_bus_message *m = NULL, *reply = NULL;
     sd_bus_error e = SD_BUS_ERROR_NULL;
     int rc = -1, r;
     const char *unit = cfg->systemd_unit;
     char state[64] = "", result[64] = "";
-    if (conn_open(cfg, &c, err) < 0)
-        return -1;
+    if (conn_open(cfg, &c, err) < 0) return -1;
     /* A leftover unit of the same name must go first: systemd refuses to create a
      * transient unit whose name is loaded (active, or failed and not reset). */
-    if (unit_state(c.bus, unit, state, sizeof state, err) < 0)
-        goto out;
+    if (unit_state(c.bus, unit, state, sizeof state, err) < 0) goto out;
     if (!state_down(state)) {
         const char *how;
-        if (stop_unit(cfg, &c, unit, &how, err) < 0)
-            goto out;
+        if (stop_unit(cfg, &c, unit, &how, err) < 0) goto out;
     }
     sd_bus_call_method(c.bus, SD_DEST, SD_PATH, SD_MGR, "ResetFailedUnit", NULL, NULL, "s", unit);
 
@@ -246,39 +227,29 @@ int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, cha
     char desc[256];
     snprintf(desc, sizeof desc, "beava %s (beava-control)", s->digest ? s->digest : "");
     r = sd_bus_message_append(m, "(sv)", "Description", "s", desc);
-    if (r >= 0)
-        r = sd_bus_message_append(m, "(sv)", "Type", "s", "exec");
-    if (r >= 0)
-        r = sd_bus_message_append(m, "(sv)", "RootDirectory", "s", s->rootfs);
-    if (r >= 0)
-        r = sd_bus_message_append(m, "(sv)", "MountAPIVFS", "b", 1);
-    if (r >= 0)
-        r = sd_bus_message_append(m, "(sv)", "ProtectSystem", "s", "strict");
-    if (r >= 0)
-        r = sd_bus_message_append(m, "(sv)", "PrivateTmp", "b", 1);
+    if (r >= 0) r = sd_bus_message_append(m, "(sv)", "Type", "s", "exec");
+    if (r >= 0) r = sd_bus_message_append(m, "(sv)", "RootDirectory", "s", s->rootfs);
+    if (r >= 0) r = sd_bus_message_append(m, "(sv)", "MountAPIVFS", "b", 1);
+    if (r >= 0) r = sd_bus_message_append(m, "(sv)", "ProtectSystem", "s", "strict");
+    if (r >= 0) r = sd_bus_message_append(m, "(sv)", "PrivateTmp", "b", 1);
     if (r >= 0)
         r = sd_bus_message_append(m, "(sv)", "BindPaths", "a(ssbt)", 1, cfg->runtime_data_dir, "/data", 0, (uint64_t)0);
     if (r >= 0 && *cfg->runtime_config)
         r = sd_bus_message_append(m, "(sv)", "BindReadOnlyPaths", "a(ssbt)", 1, cfg->runtime_config,
                                   "/etc/beava/beava.yaml", 0, (uint64_t)0);
-    if (r >= 0)
-        r = sd_bus_message_append(m, "(sv)", "WorkingDirectory", "s", "/data");
-    if (r >= 0)
-        r = sd_bus_message_append(m, "(sv)", "KillSignal", "i", SIGTERM);
-    if (r >= 0)
-        r = sd_bus_message_append(m, "(sv)", "TimeoutStopUSec", "t", (uint64_t)cfg->stop_grace_s * 1000000u);
+    if (r >= 0) r = sd_bus_message_append(m, "(sv)", "WorkingDirectory", "s", "/data");
+    if (r >= 0) r = sd_bus_message_append(m, "(sv)", "KillSignal", "i", SIGTERM);
+    if (r >= 0) r = sd_bus_message_append(m, "(sv)", "TimeoutStopUSec", "t", (uint64_t)cfg->stop_grace_s * 1000000u);
     /* as with the other runtimes, the server's soft descriptor limit is our hard one (a
      * transient unit would otherwise get systemd's default soft limit of 1024) */
     struct rlimit nofile;
     if (r >= 0 && getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_max != RLIM_INFINITY) {
         r = sd_bus_message_append(m, "(sv)", "LimitNOFILE", "t", (uint64_t)nofile.rlim_max);
-        if (r >= 0)
-            r = sd_bus_message_append(m, "(sv)", "LimitNOFILESoft", "t", (uint64_t)nofile.rlim_max);
+        if (r >= 0) r = sd_bus_message_append(m, "(sv)", "LimitNOFILESoft", "t", (uint64_t)nofile.rlim_max);
     }
     if (r >= 0 && s->log_path) {
         r = sd_bus_message_append(m, "(sv)", "StandardOutputFileToAppend", "s", s->log_path);
-        if (r >= 0)
-            r = sd_bus_message_append(m, "(sv)", "StandardErrorFileToAppend", "s", s->log_path);
+        if (r >= 0) r = sd_bus_message_append(m, "(sv)", "StandardErrorFileToAppend", "s", s->log_path);
     }
     char num[32];
     if (r >= 0 && uid >= 0) {
@@ -289,31 +260,25 @@ int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, cha
         snprintf(num, sizeof num, "%ld", gid);
         r = sd_bus_message_append(m, "(sv)", "Group", "s", num);
     }
-    if (r < 0)
-        goto bus_err;
+    if (r < 0) goto bus_err;
     /* Environment=as */
     if ((r = sd_bus_message_open_container(m, 'r', "sv")) < 0 ||
         (r = sd_bus_message_append(m, "s", "Environment")) < 0 ||
         (r = sd_bus_message_open_container(m, 'v', "as")) < 0 ||
-        (r = sd_bus_message_append_strv(m, (char **)envp)) < 0 ||
-        (r = sd_bus_message_close_container(m)) < 0 || (r = sd_bus_message_close_container(m)) < 0)
+        (r = sd_bus_message_append_strv(m, (char **)envp)) < 0 || (r = sd_bus_message_close_container(m)) < 0 ||
+        (r = sd_bus_message_close_container(m)) < 0)
         goto bus_err;
     /* ExecStart=a(sasb): path, argv (argv[0] included), ignore-failure */
-    if ((r = sd_bus_message_open_container(m, 'r', "sv")) < 0 ||
-        (r = sd_bus_message_append(m, "s", "ExecStart")) < 0 ||
+    if ((r = sd_bus_message_open_container(m, 'r', "sv")) < 0 || (r = sd_bus_message_append(m, "s", "ExecStart")) < 0 ||
         (r = sd_bus_message_open_container(m, 'v', "a(sasb)")) < 0 ||
         (r = sd_bus_message_open_container(m, 'a', "(sasb)")) < 0 ||
-        (r = sd_bus_message_open_container(m, 'r', "sasb")) < 0 ||
-        (r = sd_bus_message_append(m, "s", argv[0])) < 0 ||
-        (r = sd_bus_message_append_strv(m, (char **)argv)) < 0 ||
-        (r = sd_bus_message_append(m, "b", 0)) < 0 ||
+        (r = sd_bus_message_open_container(m, 'r', "sasb")) < 0 || (r = sd_bus_message_append(m, "s", argv[0])) < 0 ||
+        (r = sd_bus_message_append_strv(m, (char **)argv)) < 0 || (r = sd_bus_message_append(m, "b", 0)) < 0 ||
         (r = sd_bus_message_close_container(m)) < 0 || (r = sd_bus_message_close_container(m)) < 0 ||
         (r = sd_bus_message_close_container(m)) < 0 || (r = sd_bus_message_close_container(m)) < 0)
         goto bus_err;
-    if ((r = sd_bus_message_close_container(m)) < 0)
-        goto bus_err;
-    if ((r = sd_bus_message_append(m, "a(sa(sv))", 0)) < 0)
-        goto bus_err;
+    if ((r = sd_bus_message_close_container(m)) < 0) goto bus_err;
+    if ((r = sd_bus_message_append(m, "a(sa(sv))", 0)) < 0) goto bus_err;
     if ((r = sd_bus_call(c.bus, m, 30 * 1000000ull, &e, &reply)) < 0) {
         ctl_errf(err, "StartTransientUnit %s: %s", unit, e.message ? e.message : strerror(-r));
         goto out;
@@ -331,8 +296,7 @@ int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, cha
         ctl_errf(err, "the start job of %s did not finish within 30s (%s)", unit, result);
         goto out;
     }
-    if (unit_state(c.bus, unit, state, sizeof state, err) < 0)
-        goto out;
+    if (unit_state(c.bus, unit, state, sizeof state, err) < 0) goto out;
     if (strcmp(result, "done") != 0 || strcmp(state, "active") != 0) {
         ctl_errf(err, "the start job of %s ended with result '%s'; the unit is '%s'", unit, result,
                  *state ? state : "gone");
@@ -341,8 +305,7 @@ int rt_systemd_start(const struct ctl_config *cfg, const struct rt_start *s, cha
     char ts[40];
     ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
     *instance = json_pack("{s:s,s:s,s:s,s:s,s:s}", "runtime", "systemd", "unit", unit, "digest",
-                          s->digest ? s->digest : "", "log", s->log_path ? s->log_path : "",
-                          "started", ts);
+                          s->digest ? s->digest : "", "log", s->log_path ? s->log_path : "", "started", ts);
     rc = 0;
     goto out;
 bus_err:
@@ -355,34 +318,27 @@ out:
     return rc;
 }
 
-int rt_systemd_stop(const struct ctl_config *cfg, json_t *instance, const char **how, char *err)
-{
+int rt_systemd_stop(const struct ctl_config *cfg, json_t *instance, const char **how, char *err) {
     const char *unit = json_string_value(json_object_get(instance, "unit"));
     struct conn c;
     *how = "nothing to stop";
-    if (!unit)
-        return 0;
-    if (conn_open(cfg, &c, err) < 0)
-        return -1;
+    if (!unit) return 0;
+    if (conn_open(cfg, &c, err) < 0) return -1;
     int rc = stop_unit(cfg, &c, unit, how, err);
-    if (rc == 0)
-        sd_bus_call_method(c.bus, SD_DEST, SD_PATH, SD_MGR, "ResetFailedUnit", NULL, NULL, "s", unit);
+    if (rc == 0) sd_bus_call_method(c.bus, SD_DEST, SD_PATH, SD_MGR, "ResetFailedUnit", NULL, NULL, "s", unit);
     conn_close(&c);
     return rc;
 }
 
-bool rt_systemd_alive(const struct ctl_config *cfg, json_t *instance)
-{
+bool rt_systemd_alive(const struct ctl_config *cfg, json_t *instance) {
     const char *unit = json_string_value(json_object_get(instance, "unit"));
     sd_bus *bus = NULL;
     char err[CTL_ERR_LEN], state[64] = "";
     int r;
-    if (!unit)
-        return false;
+    if (!unit) return false;
     /* No Subscribe here: a plain connection to read one property. */
     if (cfg->systemd_bus && *cfg->systemd_bus) {
-        if (sd_bus_new(&bus) < 0)
-            return false;
+        if (sd_bus_new(&bus) < 0) return false;
         sd_bus_set_address(bus, cfg->systemd_bus);
         sd_bus_set_bus_client(bus, 1);
         if (sd_bus_start(bus) < 0) {
@@ -394,6 +350,7 @@ bool rt_systemd_alive(const struct ctl_config *cfg, json_t *instance)
     }
     r = unit_state(bus, unit, state, sizeof state, err);
     sd_bus_flush_close_unref(bus);
-    return r == 0 && (!strcmp(state, "active") || !strcmp(state, "activating") ||
-                      !strcmp(state, "reloading") || !strcmp(state, "deactivating"));
+    return r == 0 &&
+        (!strcmp(state, "active") || !strcmp(state, "activating") || !strcmp(state, "reloading") ||
+         !strcmp(state, "deactivating"));
 }

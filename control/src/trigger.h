@@ -49,8 +49,7 @@ int trigger_seen_open(const char *path, struct trigger_seen **out, char *err);
 void trigger_seen_close(struct trigger_seen *s);
 /* 0 when id is new (it is recorded, expired ids are dropped, the file is rewritten
  * atomically); -1 when it was seen already or cannot be recorded. */
-int trigger_seen_check_add(struct trigger_seen *s, const char *id, int64_t now_s, int64_t window_s,
-                           char *err);
+int trigger_seen_check_add(struct trigger_seen *s, const char *id, int64_t now_s, int64_t window_s, char *err);
 /* -1 (saying which delivery) when image + revision (revision may be NULL) were deployed
  * from another delivery within the window; 0 otherwise. */
 int trigger_seen_body_check(struct trigger_seen *s, const char *image, const char *revision, int64_t now_s,

@@ -37,19 +37,18 @@
 #define UNPACK_DEFAULT_MAX_IMAGE_BYTES (4ull << 30)
 
 struct unpack_limits {
-    uint64_t max_layer_bytes;   /* uncompressed tar stream of one layer */
-    uint64_t max_image_bytes;   /* sum over the image's layers */
+    uint64_t max_layer_bytes; /* uncompressed tar stream of one layer */
+    uint64_t max_image_bytes; /* sum over the image's layers */
 };
 
 /* Apply one layer file (name used in messages) onto an existing rootfs dir. *image_used
  * (may be NULL) is the uncompressed size of the layers applied before; the layer's size
  * is added to it. lim NULL = the defaults. */
-int unpack_layer(const char *layer_path, const char *name, const char *rootfs,
-                 const struct unpack_limits *lim, uint64_t *image_used, char *err);
+int unpack_layer(const char *layer_path, const char *name, const char *rootfs, const struct unpack_limits *lim,
+                 uint64_t *image_used, char *err);
 
 /* Unpack every layer (manifest "layers" descriptors, blobs in store_dir) into final.
  * An existing final dir is taken as already unpacked. lim NULL = the defaults. */
-int unpack_image(const char *store_dir, json_t *layers, const char *final,
-                 const struct unpack_limits *lim, char *err);
+int unpack_image(const char *store_dir, json_t *layers, const char *final, const struct unpack_limits *lim, char *err);
 
 #endif
