@@ -67,8 +67,7 @@ static enum MHD_Result reply(struct req *rq, struct MHD_Connection *c, unsigned 
     char *text = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(body);
     size_t n = strlen(text);
-    text = realloc(text, n + 2);
-    if (!text) abort();
+    text = ctl_realloc(text, n + 2);
     text[n++] = '\n';
     struct MHD_Response *r = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
     MHD_add_response_header(r, "Content-Type", "application/json");
@@ -399,8 +398,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         if (r->len + *upload_size > cap) {
             r->too_big = true;
         } else {
-            r->body = realloc(r->body, r->len + *upload_size + 1);
-            if (!r->body) abort();
+            r->body = ctl_realloc(r->body, r->len + *upload_size + 1);
             memcpy(r->body + r->len, upload, *upload_size);
             r->len += *upload_size;
             r->body[r->len] = 0;

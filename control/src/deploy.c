@@ -710,8 +710,7 @@ static void gc_dir(const char *dir, long keep, const char *const *pinned) {
         char *p = ctl_asprintf("%s/%s", dir, e->d_name);
         struct stat st;
         if (stat(p, &st) == 0) {
-            v = realloc(v, (n + 1) * sizeof *v);
-            if (!v) abort();
+            v = ctl_realloc(v, (n + 1) * sizeof *v);
             snprintf(v[n].name, sizeof v[n].name, "%s", e->d_name);
             v[n].mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
             v[n].pinned = false;

@@ -35,8 +35,7 @@ static size_t on_body(char *data, size_t sz, size_t n, void *ud) {
         io->overflow = 1;
         return 0;
     }
-    char *nb = realloc(io->resp->body, io->resp->len + len + 1);
-    if (!nb) abort();
+    char *nb = ctl_realloc(io->resp->body, io->resp->len + len + 1);
     memcpy(nb + io->resp->len, data, len);
     io->resp->len += len;
     nb[io->resp->len] = 0;

@@ -64,8 +64,7 @@ int journal_append(struct journal *j, json_t *rec, char *err) {
     json_decref(copy);
     if (!line) return ctl_errf(err, "journal: record does not serialise");
     size_t len = strlen(line);
-    line = realloc(line, len + 2);
-    if (!line) abort();
+    line = ctl_realloc(line, len + 2);
     line[len++] = '\n';
     pthread_mutex_lock(&j->mu);
     int rc = 0;

@@ -65,7 +65,7 @@ static int load_cfg(struct cli *cl) {
     char err[CTL_ERR_LEN];
     if (cl->socket) {
         char *s = ctl_asprintf("socket=%s", cl->socket);
-        cl->sets = realloc(cl->sets, (size_t)(cl->nsets + 1) * sizeof *cl->sets);
+        cl->sets = ctl_realloc(cl->sets, (size_t)(cl->nsets + 1) * sizeof *cl->sets);
         cl->sets[cl->nsets++] = s;
     }
     if (config_load(cl->config, cl->sets, cl->nsets, &cl->cfg, err) < 0) {
@@ -526,7 +526,7 @@ int main(int argc, char **argv) {
         switch (c) {
         case 'c': cl.config = optarg; break;
         case 'S':
-            cl.sets = realloc(cl.sets, (size_t)(cl.nsets + 1) * sizeof *cl.sets);
+            cl.sets = ctl_realloc(cl.sets, (size_t)(cl.nsets + 1) * sizeof *cl.sets);
             cl.sets[cl.nsets++] = ctl_strdup(optarg);
             break;
         case 'k': cl.socket = optarg; break;

@@ -449,8 +449,7 @@ int manifest_set_add_text(struct manifest_set *s, const char *name, const char *
     }
     json_decref(docs);
     qsort(tmp, nd, sizeof *tmp, cmp_doc_order);
-    s->m = realloc(s->m, (s->n + nd + 1) * sizeof *s->m);
-    if (!s->m) abort();
+    s->m = ctl_realloc(s->m, (s->n + nd + 1) * sizeof *s->m);
     memcpy(s->m + s->n, tmp, nd * sizeof *tmp);
     s->n += nd;
     free(tmp);
@@ -633,8 +632,7 @@ int manifest_load(const char *path, struct manifest_set **out, char *err) {
             if (!((l > 5 && !strcmp(e->d_name + l - 5, ".yaml")) || (l > 4 && !strcmp(e->d_name + l - 4, ".yml"))))
                 continue;
             if (n >= MANIFEST_MAX_FILES) break;
-            names = realloc(names, (n + 1) * sizeof *names);
-            if (!names) abort();
+            names = ctl_realloc(names, (n + 1) * sizeof *names);
             names[n++] = ctl_strdup(e->d_name);
         }
         closedir(d);

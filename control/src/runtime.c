@@ -40,8 +40,7 @@ struct strv {
 static void sv_add(struct strv *s, const char *x) {
     if (s->n + 2 > s->cap) {
         s->cap = s->cap ? s->cap * 2 : 32;
-        s->v = realloc(s->v, s->cap * sizeof *s->v);
-        if (!s->v) abort();
+        s->v = ctl_realloc(s->v, s->cap * sizeof *s->v);
     }
     s->v[s->n++] = ctl_strdup(x);
     s->v[s->n] = NULL;

@@ -56,6 +56,12 @@ char *ctl_strdup(const char *s) {
     return d;
 }
 
+void *ctl_realloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) abort();
+    return q;
+}
+
 void *ctl_calloc(size_t n, size_t sz) {
     void *p = calloc(n ? n : 1, sz ? sz : 1);
     if (!p) abort();

@@ -50,9 +50,12 @@ void ctl_hex(const unsigned char *in, size_t len, char *out);
 /* Is s a well-formed "sha256:<64 lowercase hex>" digest? */
 bool ctl_is_digest(const char *s);
 
-/* strdup that aborts on OOM (allocation failure is not a recoverable condition here). */
+/* Allocation that aborts on OOM (allocation failure is not a recoverable condition here);
+ * the one copy of these helpers in control/. */
 char *ctl_strdup(const char *s);
 void *ctl_calloc(size_t n, size_t sz);
+/* realloc that aborts on OOM (n == 0 is taken as 1). */
+void *ctl_realloc(void *p, size_t n);
 char *ctl_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif
