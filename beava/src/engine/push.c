@@ -63,6 +63,7 @@ typedef struct item_state {
     char *dk;                     /* dedupe key (arena), NULL if none */
     size_t dkl;
     uint64_t dh;
+    size_t rec_off, rec_len;      /* its WAL record in the batch's rec buffer */
 } item_state;
 
 struct push_batch_state {
@@ -506,9 +507,8 @@ static void sequence_item(engine *e, push_batch_state *st, size_t i, bool park, 
     }
     uint64_t lsn = 0;
     char reason[200];
-    st->rec.len = 0;
-    if (e->opt.wal.append) evrec_encode(is->now, is->ev->name, strlen(is->ev->name), it->row, &st->rec);
-    if (engine_log_append(e, REC_EVENT, st->rec.data, st->rec.len, &lsn, reason, sizeof reason) != 0) {
+    /* the record was encoded during prepare, outside this lock */
+    if (engine_log_append(e, REC_EVENT, st->rec.data + is->rec_off, is->rec_len, &lsn, reason, sizeof reason) != 0) {
         /* parts already counted as queued for this item are simply not pushed */
         push_fail(res, 503, "wal_unavailable", "the write-ahead log refused the event, nothing was applied: %s",
                   reason);
@@ -537,6 +537,7 @@ bool engine_push_submit(engine *e, engine_batch *b) {
 
     pthread_rwlock_rdlock(&e->reg_lock);
     uint64_t version = registry_version(e->reg);
+    st->rec.len = 0;
     for (size_t i = 0; i < b->n; i++) {
         engine_push_item *it = &b->items[i];
         item_state *is = &st->items[i];
@@ -557,6 +558,11 @@ bool engine_push_submit(engine *e, engine_batch *b) {
             is->dh = store_hash(dk, (size_t)dkl);
         }
         build_parts(e, st, is, it->row, now);
+        if (e->opt.wal.append) {          /* encode the WAL record here, outside the sequencer */
+            is->rec_off = st->rec.len;
+            evrec_encode(now, is->ev->name, strlen(is->ev->name), it->row, &st->rec);
+            is->rec_len = st->rec.len - is->rec_off;
+        }
         any_valid = true;
         any_sync |= it->sync;
     }

@@ -1355,7 +1355,10 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
      * global (accept_policy), so each thread may hold all of it. Its inactivity timeout
      * (one second past the idle timeout, so the reaper acts and counts first) still bounds
      * a client that stops reading an answer. */
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_SUPPRESS_DATE_NO_CLOCK;
+    /* TURBO: no per-response socket-option toggling (corking) and no shutdown() before close:
+     * two to three system calls less per request on the keep-alive path */
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_SUPPRESS_DATE_NO_CLOCK |
+                     MHD_USE_TURBO;
     s->daemon = MHD_start_daemon(flags, 0, accept_policy, s, on_request, s,
                                  MHD_OPTION_LISTEN_SOCKET, s->fd,
                                  MHD_OPTION_THREAD_POOL_SIZE, nthreads,
