@@ -267,3 +267,26 @@ void jsonw_value(jsonw *w, const bv_value *v) {
     case BV_JSON: jsonw_json(w, v->u.j); break;
     }
 }
+
+void jsonw_error(bv_buf *out, const char *code, const jsonw_member *m, size_t n, bool with_version,
+                 uint64_t version) {
+    jsonw w;
+    jsonw_init(&w, out);
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "error");
+    jsonw_obj_begin(&w);
+    jsonw_key(&w, "code");
+    jsonw_str(&w, code);
+    for (size_t i = 0; i < n; i++) {
+        jsonw_key(&w, m[i].key);
+        if (m[i].str) jsonw_str(&w, m[i].str);
+        else if (m[i].raw) jsonw_raw(&w, m[i].raw, strlen(m[i].raw));
+        else jsonw_i64(&w, (int64_t)m[i].num);
+    }
+    jsonw_obj_end(&w);
+    if (with_version) {
+        jsonw_key(&w, "registry_version");
+        jsonw_u64(&w, version);
+    }
+    jsonw_obj_end(&w);
+}

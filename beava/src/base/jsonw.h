@@ -69,4 +69,20 @@ void jsonw_json(jsonw *w, const json_t *j);
 /* Append a JSON string literal (quoted, escaped) to a buffer. */
 void bv_buf_json_str(bv_buf *b, const char *s, size_t n);
 
+
+/* The error envelope, the one writer every listener and module answers with:
+ *   {"error":{"code":CODE, members...}[,"registry_version":V]}
+ * A member is a string (str), a number (str == NULL, raw == NULL: num) or pre-rendered
+ * JSON (raw). Members are written in the order given: callers pass keys in ascending
+ * byte order (the wire contract), except where a body is pinned byte for byte. */
+typedef struct jsonw_member {
+    const char *key;
+    const char *str;
+    const char *raw;
+    long long num;
+} jsonw_member;
+
+void jsonw_error(bv_buf *out, const char *code, const jsonw_member *m, size_t n, bool with_version,
+                 uint64_t version);
+
 #endif

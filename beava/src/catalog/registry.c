@@ -2108,11 +2108,11 @@ static size_t utf8_seq(const unsigned char *s) {
 /* Error texts may quote raw request bytes (jansson's messages) or be cut mid-character
  * by the fixed bv_err buffers; the body must stay valid UTF-8, so every byte that does
  * not start a well-formed sequence becomes '?'. */
-static void write_clean_str(jsonw *w, const char *text) {
-    char buf[sizeof ((bv_err *)0)->reason];
+/* text with every invalid UTF-8 byte replaced by '?' (error texts quote client input) */
+static void clean_utf8(const char *text, char *buf, size_t cap) {
     size_t n = 0;
     const unsigned char *s = (const unsigned char *)text;
-    while (*s && n + 4 < sizeof buf) {
+    while (*s && n + 4 < cap) {
         size_t k = utf8_seq(s);
         if (k == 0) {
             buf[n++] = '?';
@@ -2124,6 +2124,11 @@ static void write_clean_str(jsonw *w, const char *text) {
         s += k;
     }
     buf[n] = 0;
+}
+
+static void write_clean_str(jsonw *w, const char *text) {
+    char buf[sizeof ((bv_err *)0)->reason];
+    clean_utf8(text, buf, sizeof buf);
     jsonw_str(w, buf);
 }
 
@@ -2139,34 +2144,26 @@ static void write_err_obj(jsonw *w, const bv_err *e) {
 }
 
 static void body_error(bv_buf *out, const bv_err *e, uint64_t version) {
-    jsonw w;
-    jsonw_init(&w, out);
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "error");
-    write_err_obj(&w, e);
-    jsonw_key(&w, "registry_version");
-    jsonw_u64(&w, version);
-    jsonw_obj_end(&w);
+    char code[sizeof e->code], path[sizeof e->path], reason[sizeof e->reason];
+    clean_utf8(e->code, code, sizeof code);
+    clean_utf8(e->path, path, sizeof path);
+    clean_utf8(e->reason, reason, sizeof reason);
+    jsonw_member m[] = { { .key = "path", .str = path }, { .key = "reason", .str = reason } };
+    jsonw_error(out, code, m, 2, true, version);
 }
 
 static void body_force_required(bv_buf *out, const reg_diff *d, uint64_t version) {
+    bv_buf diff;
+    bv_buf_init(&diff);
     jsonw w;
-    jsonw_init(&w, out);
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "error");
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "code");
-    jsonw_str(&w, "force_required");
-    jsonw_key(&w, "diff");
+    jsonw_init(&w, &diff);
     diff_write_json(d, &w);
-    jsonw_key(&w, "reason");
-    jsonw_str(&w, "Destructive registry change requires force=true. See diff for details.");
-    jsonw_obj_end(&w);
-    jsonw_key(&w, "registry_version");
-    jsonw_u64(&w, version);
-    jsonw_obj_end(&w);
+    bv_buf_putc(&diff, 0);
+    jsonw_member m[] = { { .key = "diff", .raw = diff.data },
+                         { .key = "reason", .str = "Destructive registry change requires force=true. See diff for details." } };
+    jsonw_error(out, "force_required", m, 2, true, version);
+    bv_buf_free(&diff);
 }
-
 static void body_dry_run(bv_buf *out, const reg_diff *d, const bv_err *verr) {
     jsonw w;
     jsonw_init(&w, out);

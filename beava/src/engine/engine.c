@@ -222,23 +222,8 @@ static int log_durably(engine *e, int kind, const void *payload, size_t len, cha
 
 void engine_error_body(bv_buf *out, const char *code, const char *reason_key, const char *reason, bool with_version,
                        uint64_t version) {
-    jsonw w;
-    jsonw_init(&w, out);
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "error");
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "code");
-    jsonw_str(&w, code);
-    if (reason_key && reason) {
-        jsonw_key(&w, reason_key);
-        jsonw_str(&w, reason);
-    }
-    jsonw_obj_end(&w);
-    if (with_version) {
-        jsonw_key(&w, "registry_version");
-        jsonw_u64(&w, version);
-    }
-    jsonw_obj_end(&w);
+    jsonw_member m = { .key = reason_key, .str = reason };
+    jsonw_error(out, code, &m, reason_key && reason ? 1 : 0, with_version, version);
 }
 
 /* ---- register / reset --------------------------------------------------------------- */

@@ -104,19 +104,10 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
     const char *shape = req ? get_shape_error(req) : parse_error;
     if (shape) {
         if (req && legacy_get_shape(req)) {
-            jsonw w;
-            jsonw_init(&w, out);
-            jsonw_obj_begin(&w);
-            jsonw_key(&w, "error");
-            jsonw_obj_begin(&w);
-            jsonw_key(&w, "code");
-            jsonw_str(&w, "unsupported_request_shape");
-            jsonw_key(&w, "message");
-            jsonw_str(&w, t == TRANSPORT_HTTP
+            jsonw_member m = { .key = "message", .str = t == TRANSPORT_HTTP
                 ? "POST /get expects {table, key, features?}; received legacy {keys, features} shape — see docs/http-api.md#post-get"
-                : "OP_GET expects {table, key, features?}; received legacy {keys, features} or {feature, key} shape — see docs/wire-spec.md#op_get-0x0020");
-            jsonw_obj_end(&w);
-            jsonw_obj_end(&w);
+                : "OP_GET expects {table, key, features?}; received legacy {keys, features} or {feature, key} shape — see docs/wire-spec.md#op_get-0x0020" };
+            jsonw_error(out, "unsupported_request_shape", &m, 1, false, 0);
             return 400;
         }
         engine_error_body(out, "internal_error", "reason", shape ? shape : "empty body", false, 0);
@@ -235,20 +226,13 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
                      json_string_value(key), table, tab->nkeys);
             code = "key_parse_failure";
         }
-        jsonw w;
-        jsonw_init(&w, out);
         if (code) {
-            jsonw_obj_begin(&w);
-            jsonw_key(&w, "error");
-            jsonw_obj_begin(&w);
-            jsonw_key(&w, "code");
-            jsonw_str(&w, code);
-            jsonw_key(&w, "message");
-            jsonw_str(&w, msg);
-            jsonw_obj_end(&w);
-            jsonw_obj_end(&w);
+            jsonw_member m = { .key = "message", .str = msg };
+            jsonw_error(out, code, &m, 1, false, 0);
             continue;
         }
+        jsonw w;
+        jsonw_init(&w, out);
         unsigned sh;
         entity *en = lookup_locked(e, tab, kbuf, (size_t)kl, &sh);
         write_row(tab, en, json_object_get(entry, "features"), q, &w);

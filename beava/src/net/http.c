@@ -533,19 +533,8 @@ static enum MHD_Result send_json(struct MHD_Connection *c, int status, bv_buf *b
 
 /* {"error":{"code":CODE[,EXTRA_KEY:EXTRA_VAL]}} */
 static void error_body(bv_buf *b, const char *code, const char *extra_key, const char *extra_val) {
-    jsonw w;
-    jsonw_init(&w, b);
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "error");
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "code");
-    jsonw_str(&w, code);
-    if (extra_key) {
-        jsonw_key(&w, extra_key);
-        jsonw_str(&w, extra_val);
-    }
-    jsonw_obj_end(&w);
-    jsonw_obj_end(&w);
+    jsonw_member m = { .key = extra_key, .str = extra_val };
+    jsonw_error(b, code, &m, extra_key ? 1 : 0, false, 0);
 }
 
 static enum MHD_Result send_error_opt(struct MHD_Connection *c, int status, const char *code, const char *extra_key,
@@ -568,19 +557,8 @@ static enum MHD_Result send_not_found(struct MHD_Connection *c, const char *raw)
 static enum MHD_Result send_method_not_allowed(struct MHD_Connection *c, const char *method, const char *raw) {
     bv_buf b;
     bv_buf_init(&b);
-    jsonw w;
-    jsonw_init(&w, &b);
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "error");
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "code");
-    jsonw_str(&w, "method_not_allowed");
-    jsonw_key(&w, "method");
-    jsonw_str(&w, method);
-    jsonw_key(&w, "path");
-    jsonw_str(&w, raw);
-    jsonw_obj_end(&w);
-    jsonw_obj_end(&w);
+    jsonw_member m[] = { { .key = "method", .str = method }, { .key = "path", .str = raw } };
+    jsonw_error(&b, "method_not_allowed", m, 2, false, 0);
     return send_json(c, 405, &b);
 }
 
@@ -865,21 +843,8 @@ static enum MHD_Result do_register(http_server *s, struct MHD_Connection *c, req
     if (!is_json_content_type(c)) {
         bv_buf b;
         bv_buf_init(&b);
-        jsonw w;
-        jsonw_init(&w, &b);
-        jsonw_obj_begin(&w);
-        jsonw_key(&w, "error");
-        jsonw_obj_begin(&w);
-        jsonw_key(&w, "code");
-        jsonw_str(&w, "unsupported_media_type");
-        jsonw_key(&w, "path");
-        jsonw_str(&w, raw);
-        jsonw_key(&w, "reason");
-        jsonw_str(&w, "expected application/json");
-        jsonw_obj_end(&w);
-        jsonw_key(&w, "registry_version");
-        jsonw_u64(&w, engine_registry_version(s->deps.eng));
-        jsonw_obj_end(&w);
+        jsonw_member m[] = { { .key = "path", .str = raw }, { .key = "reason", .str = "expected application/json" } };
+        jsonw_error(&b, "unsupported_media_type", m, 2, true, engine_registry_version(s->deps.eng));
         return send_json(c, 415, &b);
     }
     return submit(s, c, rc, job_register);
@@ -898,17 +863,8 @@ static enum MHD_Result serve_static(http_server *s, struct MHD_Connection *c, co
     if (st != 200) {
         bv_buf b;
         bv_buf_init(&b);
-        jsonw w;
-        jsonw_init(&w, &b);
-        jsonw_obj_begin(&w);
-        jsonw_key(&w, "error");
-        jsonw_obj_begin(&w);
-        jsonw_key(&w, "code");
-        jsonw_str(&w, st == 404 ? "not_found" : "bad_path");
-        jsonw_key(&w, "path");
-        jsonw_str(&w, raw);
-        jsonw_obj_end(&w);
-        jsonw_obj_end(&w);
+        jsonw_member m = { .key = "path", .str = raw };
+        jsonw_error(&b, st == 404 ? "not_found" : "bad_path", &m, 1, false, 0);
         return send_json(c, st, &b);
     }
     const char *inm = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "If-None-Match");
@@ -1044,7 +1000,8 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
         if (strcmp(method, "POST") != 0) return send_empty(c, 405);
         if (!token_ok(c, s->deps.admin_token)) return send_unauthorized(c);
         if (!s->deps.snapshot) {
-            bv_buf_puts(&out, "{\"error\":{\"code\":\"snapshots_disabled\",\"reason\":\"the server runs with --memory-only\"}}");
+            jsonw_member m = { .key = "reason", .str = "the server runs with --memory-only" };
+            jsonw_error(&out, "snapshots_disabled", &m, 1, false, 0);
             return send_buf(c, 409, "application/json", &out, "beava-admin", false);
         }
         int st = s->deps.snapshot(s->deps.ctx, &out);
@@ -1066,7 +1023,7 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
             bv_buf_puts(&out, "{\"ok\":true}");
             st = 200;
         } else {
-            bv_buf_puts(&out, "{\"error\":{\"code\":\"bad_request\"}}");
+            jsonw_error(&out, "bad_request", NULL, 0, false, 0);
         }
         json_decref(req);
         return send_buf(c, st, "application/json", &out, "beava-admin", false);

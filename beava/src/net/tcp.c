@@ -168,23 +168,11 @@ static void put_reply(bv_buf *out, uint16_t op, uint8_t ct, bv_buf *json_body) {
 static void put_error(bv_buf *out, const char *code, const char *message, const char *extra_key, long long extra) {
     bv_buf b;
     bv_buf_init(&b);
-    jsonw w;
-    jsonw_init(&w, &b);
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "error");
-    jsonw_obj_begin(&w);
-    jsonw_key(&w, "code");
-    jsonw_str(&w, code);
-    if (message) {
-        jsonw_key(&w, "message");
-        jsonw_str(&w, message);
-    }
-    if (extra_key) {
-        jsonw_key(&w, extra_key);
-        jsonw_i64(&w, extra);
-    }
-    jsonw_obj_end(&w);
-    jsonw_obj_end(&w);
+    jsonw_member m[2];
+    size_t n = 0;
+    if (message) m[n++] = (jsonw_member){ .key = "message", .str = message };
+    if (extra_key) m[n++] = (jsonw_member){ .key = extra_key, .num = extra };
+    jsonw_error(&b, code, m, n, false, 0);
     put_json_frame(out, TCP_OP_ERROR, &b);
     bv_buf_free(&b);
 }
@@ -637,8 +625,9 @@ static bool conn_process(tcp_server *s, tcp_conn *c) {
             snprintf(msg, sizeof msg, "declared frame length %u exceeds limit %u", len, maxlen);
             bv_buf b;
             bv_buf_init(&b);
-            bv_buf_printf(&b, "{\"error\":{\"code\":\"frame_too_large\",\"declared\":%u,\"limit\":%u,\"message\":\"%s\"}}",
-                          len, maxlen, msg);
+            jsonw_member m[] = { { .key = "declared", .num = len }, { .key = "limit", .num = maxlen },
+                                 { .key = "message", .str = msg } };
+            jsonw_error(&b, "frame_too_large", m, 3, false, 0);
             put_json_frame(&c->wbuf, TCP_OP_ERROR, &b);
             bv_buf_free(&b);
             c->close_after_write = true;

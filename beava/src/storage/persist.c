@@ -663,20 +663,14 @@ int persist_snapshot_now(persist *p, bv_buf *out) {
     pthread_mutex_lock(&p->mu);
     int rc = snapshot_locked(p, false, &lsn, err, sizeof err);
     pthread_mutex_unlock(&p->mu);
+    if (rc != 0) {
+        jsonw_member m = { .key = "reason", .str = err };
+        jsonw_error(out, "snapshot_failed", &m, 1, false, 0);
+        return 500;
+    }
     jsonw w;
     jsonw_init(&w, out);
     jsonw_obj_begin(&w);
-    if (rc != 0) {
-        jsonw_key(&w, "error");
-        jsonw_obj_begin(&w);
-        jsonw_key(&w, "code");
-        jsonw_str(&w, "snapshot_failed");
-        jsonw_key(&w, "reason");
-        jsonw_str(&w, err);
-        jsonw_obj_end(&w);
-        jsonw_obj_end(&w);
-        return 500;
-    }
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/snapshot-%016" PRIx64 ".bvs", p->snap_dir, lsn);
     char *abs = realpath(path, NULL);
