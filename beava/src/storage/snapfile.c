@@ -17,6 +17,7 @@
 #include "snapfile.h"
 
 #include "codec.h"
+#include "fsutil.h"
 
 #include "crc32c.h"
 
@@ -79,32 +80,6 @@ static int fsync_dir(const char *path) {
     return rc;
 }
 
-/* mkdir -p; *created says whether the leaf was made now. Returns 0 or -1 with errno. */
-static int mkdir_p(const char *path, bool *created) {
-    char tmp[PATH_MAX];
-    size_t n = strlen(path);
-    *created = false;
-    if (n == 0 || n >= sizeof tmp) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    memcpy(tmp, path, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (tmp[i] != '/' && tmp[i] != 0) continue;
-        char c = tmp[i];
-        tmp[i] = 0;
-        if (mkdir(tmp, 0755) == 0) *created = c == 0 || i + 1 >= n;
-        else if (errno != EEXIST) return -1;
-        tmp[i] = c;
-    }
-    struct stat sb;
-    if (stat(path, &sb) != 0) return -1;
-    if (!S_ISDIR(sb.st_mode)) {
-        errno = ENOTDIR;
-        return -1;
-    }
-    return 0;
-}
 
 /* "snapshot-<16 hex>.<ext>" -> LSN. */
 static bool snap_name_lsn(const char *name, const char *ext, uint64_t *lsn) {
@@ -164,7 +139,7 @@ int snapfile_begin(const char *snap_dir, uint64_t lsn, uint64_t registry_version
     sw->created_ms = (uint64_t)t.tv_sec * 1000u + (uint64_t)t.tv_nsec / 1000000u;
 
     bool created;
-    if (mkdir_p(snap_dir, &created) != 0) {
+    if (bv_mkdir_p(snap_dir, &created) != 0) {
         bv_err_set(err, "snapshot_io", snap_dir, "cannot create %s: %s", snap_dir, strerror(errno));
         goto fail;
     }

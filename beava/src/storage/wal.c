@@ -75,6 +75,7 @@
 #include "wal.h"
 
 #include "codec.h"
+#include "fsutil.h"
 
 #include "crc32c.h"
 
@@ -239,30 +240,6 @@ static void seg_path(const wal *w, uint64_t start, char *out, size_t n) {
     snprintf(out, n, "%s/%016" PRIx64 ".seg", w->wal_dir, start);
 }
 
-/* mkdir -p; returns 0 or -1 with errno. */
-static int mkdir_p(const char *path) {
-    char tmp[PATH_MAX];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof tmp) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    memcpy(tmp, path, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (tmp[i] != '/' && tmp[i] != 0) continue;
-        char c = tmp[i];
-        tmp[i] = 0;
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
-        tmp[i] = c;
-    }
-    struct stat sb;
-    if (stat(path, &sb) != 0) return -1;
-    if (!S_ISDIR(sb.st_mode)) {
-        errno = ENOTDIR;
-        return -1;
-    }
-    return 0;
-}
 
 static int fsync_path(const char *path) {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -606,12 +583,12 @@ int wal_open(const wal_options *opt, wal **out, bv_err *err) {
     }
     mu_ok = true;
 
-    if (mkdir_p(w->dir) != 0) {
+    if (bv_mkdir_p(w->dir, NULL) != 0) {
         bv_err_set(err, "wal_io", w->dir, "cannot create data dir %s: %s", w->dir, strerror(errno));
         goto fail;
     }
     if (lock_take(w, err) != 0) goto fail;
-    if (mkdir_p(w->wal_dir) != 0) {
+    if (bv_mkdir_p(w->wal_dir, NULL) != 0) {
         bv_err_set(err, "wal_io", w->wal_dir, "cannot create WAL dir %s: %s", w->wal_dir, strerror(errno));
         goto fail;
     }
@@ -651,7 +628,7 @@ static int quarantine(wal *w, uint64_t seg_start, uint64_t off, const char *why,
     char base[PATH_MAX + 64], path[PATH_MAX + 80], tmp[PATH_MAX + 96];
     struct stat sb;
     bool created = stat(w->qdir, &sb) != 0;
-    if (mkdir_p(w->qdir) != 0) {
+    if (bv_mkdir_p(w->qdir, NULL) != 0) {
         bv_err_set(err, "wal_io", w->qdir, "cannot create %s: %s", w->qdir, strerror(errno));
         return -1;
     }
