@@ -884,13 +884,11 @@ void engine_push(engine *e, const char *event, size_t event_len, const json_t *d
 }
 
 int engine_push_body(const push_result *res, engine_transport t, bv_buf *out) {
-    jsonw w;
     if (res->status != 200) {
         engine_error_body(out, res->code, res->reason[0] ? "reason" : NULL, res->reason, t == TRANSPORT_TCP,
                           res->current_version);
         return res->status;
     }
-    (void)w;
     /* the hottest body there is: {"ack_lsn":N,"idempotent_replay":B,"registry_version":V} */
     static const char head[] = "{\"ack_lsn\":";
     static const char mid_false[] = ",\"idempotent_replay\":false,\"registry_version\":";
