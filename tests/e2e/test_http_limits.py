@@ -373,6 +373,21 @@ class HttpLimits(unittest.TestCase):
             self.assertGreaterEqual(wait_metric(b, "beava_body_budget_used_bytes", lambda v: v >= 1 << 20), 1 << 20)
             t.close()
 
+    def test_abandoned_bodies_give_their_budget_back(self):
+        # Clients that close right after their last bytes, before the declared body is
+        # complete: the end of stream often arrives together with those bytes, and each
+        # connection's buffer and budget must come back without waiting for the body
+        # deadline (30 s by default, longer than SOON).
+        with Beava() as b:
+            for i in range(24):
+                s = connect(b)
+                s.sendall(b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (1 << 20))
+                s.sendall(b"y" * ((1 << 19) + i * 4096))
+                s.close()
+            self.assertEqual(wait_metric(b, "beava_body_budget_used_bytes", lambda v: v == 0), 0)
+            self.assertEqual(wait_metric(b, "beava_http_connections_open", lambda v: v == 0), 0)
+            self.assertEqual(metrics(b).get('beava_http_timeouts_total{phase="body"}', 0), 0)
+
     def _framing_case(self, b, head, body):
         s = connect(b)
         s.sendall(head + b"\r\n" + body)

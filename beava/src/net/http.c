@@ -158,6 +158,7 @@ struct http_request {
     bv_buf body;                       /* cap managed here: see body_reserve */
     uint64_t declared;                 /* Content-Length, 0 if none */
     uint64_t charged;                  /* bytes taken from the budget */
+    uint64_t received;                 /* body bytes read so far (kept or dropped) */
     bool started, too_large, over_budget;
     bool sync;                         /* push-sync */
     bool api_get;                      /* /api/get: allow-listed tables only */
@@ -233,6 +234,20 @@ static bool conn_enter(http_server *s, conn_ctx *cc, enum conn_phase ph, uint64_
 static conn_ctx *conn_of(struct MHD_Connection *c) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     return ci ? ci->socket_context : NULL;
+}
+
+/* True when the peer has closed its side of the connection (a zero-byte peek). MHD's
+ * edge-triggered epoll loop can miss an end of stream that arrives together with the
+ * last body bytes: its read returns the bytes short of its buffer, MHD takes the socket
+ * for drained, and no further edge comes. A request whose body is still incomplete would
+ * then hold its buffer and budget until the body deadline. The access handler asks after
+ * every body chunk that leaves the body incomplete (a peek is one non-blocking syscall on
+ * that path only; complete single-read pushes never pay it). */
+static bool peer_closed(const conn_ctx *cc) {
+    if (!cc || cc->fd < 0) return false;
+    char b;
+    ssize_t n = recv(cc->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0;
 }
 
 /* ---- sockets ------------------------------------------------------------------------ */
@@ -1182,6 +1197,15 @@ static enum MHD_Result on_headers(http_server *s, struct MHD_Connection *c, req_
     return MHD_YES;
 }
 
+/* After a body chunk: MHD_YES to read on, MHD_NO (close, request_done releases the
+ * buffer and its budget) when the declared body can no longer arrive because the peer
+ * closed (see peer_closed). A chunked body is never judged so: its end may already sit
+ * in MHD's buffer behind a legitimate half-close. */
+static enum MHD_Result body_more(struct MHD_Connection *c, const req_ctx *rc) {
+    if (rc->declared && rc->received < rc->declared && peer_closed(conn_of(c))) return MHD_NO;
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls) {
@@ -1204,20 +1228,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (rc->too_large || rc->over_budget) return MHD_YES;      /* read and drop the rest */
+        rc->received += n;
+        if (rc->too_large || rc->over_budget) return body_more(c, rc);   /* read and drop the rest */
         if (rc->body.len + n > s->deps.cfg->max_body_bytes) {
             rc->too_large = true;
             body_release(s, rc);
-            return MHD_YES;
+            return body_more(c, rc);
         }
         if (!body_reserve(s, rc, rc->body.len + n)) {
             rc->over_budget = true;
             body_release(s, rc);
-            return MHD_YES;
+            return body_more(c, rc);
         }
         memcpy(rc->body.data + rc->body.len, upload_data, n);
         rc->body.len += n;
-        return MHD_YES;
+        return body_more(c, rc);
     }
     if (!conn_enter(s, conn_of(c), PH_BUSY, 0, PH_NONE)) return MHD_NO;
     if (rc->too_large) {
