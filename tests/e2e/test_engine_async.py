@@ -88,6 +88,42 @@ class PausedShard(unittest.TestCase):
             self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 16)
 
 
+    def test_register_waiting_for_a_paused_shard_holds_no_io_thread(self):
+        # OP_REGISTER waits until every earlier push is applied; with shard 0 paused under a
+        # queued push it cannot finish, yet the only I/O thread keeps serving other connections
+        with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"]) as b:
+            self.assertEqual(b.register(PIPE)[0], 200)
+            k0 = keys_on(b, 0, 1, "a")[0]
+            self.assertEqual(b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": True}, which="admin")[0], 200)
+            addr = tcp_addr(b)
+            try:
+                stuck = Conn(addr)
+                stuck.send(push_frame(k0, 1))
+                time.sleep(0.2)
+                reg = Conn(addr)
+                # pipelined behind the register on the same connection: answered after it
+                reg.send(frame(0x0001, 1, json.dumps(PIPE).encode()) + frame(0x0000, 1, b"{}"))
+                time.sleep(0.3)
+                reg.s.settimeout(0.2)
+                with self.assertRaises(socket.timeout):
+                    reg.s.recv(1)
+                reg.s.settimeout(10)
+                # pings (and the registry version they carry) do not wait behind the barrier;
+                # pushes and gets arriving now would (they are ordered after the register)
+                other = Conn(addr)
+                for _ in range(3):
+                    self.assertEqual(other.call(0x0000, {}), (0x0000, 1, {"registry_version": 1,
+                                                                         "server_version": "0.0.6"}))
+                self.assertEqual(b.raw("POST", "/ping")[0], 200)
+            finally:
+                b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": False}, which="admin")
+            self.assertEqual(stuck.recv_frame()[0], 0x0010)
+            op, _, body = reg.recv_frame()
+            self.assertEqual((op, body["registry_version"]), (0x0001, 1), body)
+            self.assertEqual(reg.recv_frame()[0], 0x0000)
+            self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 1)
+
+
 class Fifo(unittest.TestCase):
     def test_pipelined_frames_over_all_shards_answer_in_order(self):
         with Beava(test_mode=True, args=["--shards", "2"]) as b:

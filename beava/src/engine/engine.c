@@ -168,6 +168,7 @@ void engine_barrier_enter(engine *e) {
 }
 
 void engine_barrier_leave(engine *e) {
+    atomic_store_explicit(&e->reg_version, registry_version(e->reg), memory_order_release);
     pthread_rwlock_unlock(&e->reg_lock);
 }
 
@@ -286,11 +287,10 @@ int engine_reset(engine *e, bv_buf *out) {
 
 /* ---- small reads of the registry ------------------------------------------------------ */
 
+/* Lock-free: pings and error envelopes never wait behind a barrier (a register waiting
+ * for a busy shard). The registry changes only inside the barrier, which publishes it. */
 uint64_t engine_registry_version(engine *e) {
-    pthread_rwlock_rdlock(&e->reg_lock);
-    uint64_t v = registry_version(e->reg);
-    pthread_rwlock_unlock(&e->reg_lock);
-    return v;
+    return atomic_load_explicit(&e->reg_version, memory_order_acquire);
 }
 
 int engine_ping(engine *e, bv_buf *out) {

@@ -46,6 +46,7 @@ typedef struct engine_replay_ctx {
 struct engine {
     engine_options opt;
     pthread_rwlock_t reg_lock;
+    _Atomic uint64_t reg_version;     /* registry_version(reg), published as the barrier leaves */
     registry *reg;
     reg_hooks hooks;
     bv_buf history;               /* every applied register/reset record: u8 kind, u32 len, bytes */

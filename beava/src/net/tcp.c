@@ -13,8 +13,12 @@
  *     and resumes. The I/O thread serves its other connections meanwhile: it never waits
  *     for a shard or the disk. Frames after the batch wait their turn, which is exactly
  *     FIFO pipelining.
+ *   - OP_REGISTER and OP_RESET wait for the engine's barrier (every earlier push
+ *     applied), so they run as a job on the listener's workpool (workpool.h): the
+ *     connection is busy exactly as with an asynchronous batch, the job hands it back
+ *     through the same completion list, and the I/O thread never blocks on them.
  *   - every other frame is answered on the spot (reads run under the owning shard's
- *     state lock; register and reset wait for the engine's barrier).
+ *     state lock).
  *
  * Limits: at most tcp.max_connections open connections (more are closed at once and
  * counted); a connection idle (nothing received, nothing in flight) for
@@ -40,6 +44,7 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,12 +57,15 @@
 #include "http.h"
 #include "mpjson.h"
 #include "rowdec.h"
+#include "workpool.h"
 
 #define TCP_WBUF_HIGH (16u << 20)
 #define TCP_READ_CHUNK 65536
 #define TCP_PUSH_RUN_MAX 1024                 /* push frames folded into one batch */
 #define TCP_PARTIAL_FREE (64u << 10)          /* a partial frame this small is not counted */
 #define TCP_TOKEN_MAX 4096
+#define TCP_JOB_THREADS_MAX 64u               /* register/reset jobs running at once */
+#define TCP_JOB_STACK_BYTES (2u << 20)
 
 /* How one pushed frame is answered when the engine has not seen it. */
 typedef enum { ANSWER_ENGINE = 0, ANSWER_UNSUPPORTED, ANSWER_UTF8 } tcp_answer;
@@ -96,6 +104,12 @@ typedef struct tcp_conn {
     int64_t last_ms;       /* last byte received or reply sent */
     int64_t frame_ms;      /* first byte of the incomplete frame at rpos (0 = none) */
     tcp_pushes pushes;
+    workpool_job job;      /* a register/reset frame in flight on the workpool */
+    bool job_active;
+    uint16_t job_op;
+    uint8_t job_ct;
+    uint32_t job_len;      /* payload bytes (after op and content type) */
+    bv_buf job_out;        /* its reply frame, written by the job */
     struct tcp_conn *prev, *next;   /* the worker's connections */
     struct tcp_conn *done_next;     /* completion list */
 } tcp_conn;
@@ -119,6 +133,7 @@ struct tcp_server {
     const char *admin_token;
     int listen_fd;
     int stop_fd;           /* eventfd */
+    workpool *jobs;        /* register/reset frames (they wait for the engine) */
     int nworkers;
     tcp_worker *workers;
     _Atomic uint64_t open_conns, refused_conns, timed_out, partial_bytes;
@@ -504,6 +519,7 @@ static void conn_free(tcp_server *s, tcp_conn *c) {
     bv_buf_free(&c->rbuf);
     bv_buf_free(&c->wbuf);
     pushes_free(&c->pushes);
+    bv_buf_free(&c->job_out);
     free(c);
 }
 
@@ -524,9 +540,8 @@ static void conn_close(tcp_worker *w, tcp_conn *c) {
     conn_free(w->srv, c);
 }
 
-/* The engine finished a batch (any thread): hand the connection back to its worker. */
-static void batch_done(engine_batch *b) {
-    tcp_conn *c = b->owner;
+/* A batch or job finished (any thread): hand the connection back to its worker. */
+static void conn_hand_back(tcp_conn *c) {
     tcp_worker *w = c->w;
     pthread_mutex_lock(&w->done_mu);
     bool was_empty = w->done_head == NULL;
@@ -538,6 +553,38 @@ static void batch_done(engine_batch *b) {
         ssize_t wr = write(w->done_fd, &one, sizeof one);
         (void)wr;
     }
+}
+
+static void batch_done(engine_batch *b) { conn_hand_back(b->owner); }
+
+/* On a workpool thread: the register/reset frame at rpos. The connection is busy, so
+ * its I/O thread touches neither rbuf nor `authed` until the hand-back. */
+static void job_run(workpool_job *job) {
+    tcp_conn *c = (tcp_conn *)((char *)job - offsetof(tcp_conn, job));
+    tcp_server *s = c->w->srv;
+    const char *payload = c->rbuf.data + c->rpos + 7;
+    tcp_handle_frame(s->eng, s->cfg, s->admin_token, &c->authed, c->job_op, c->job_ct, payload, c->job_len,
+                     &c->job_out);
+    conn_hand_back(c);
+}
+
+/* Hand the register/reset frame at rpos (payload of `len` bytes) to the workpool. False
+ * when the pool cannot take it (stopping): the caller answers it on the spot. */
+static bool conn_submit_job(tcp_server *s, tcp_conn *c, uint16_t op, uint8_t ct, uint32_t len) {
+    c->job.fn = job_run;
+    c->job_op = op;
+    c->job_ct = ct;
+    c->job_len = len;
+    c->job_active = true;
+    c->batch_bytes = 4 + 3 + (size_t)len;
+    c->busy = true;
+    c->w->busy++;
+    if (workpool_submit(s->jobs, &c->job)) return true;
+    c->w->busy--;
+    c->busy = false;
+    c->job_active = false;
+    c->batch_bytes = 0;
+    return false;
 }
 
 /* Submit the batch in c->pushes (its frames span `bytes` from rpos). True when it
@@ -561,8 +608,14 @@ static bool conn_submit(tcp_server *s, tcp_conn *c, size_t bytes) {
 }
 
 static void conn_finish_batch(tcp_conn *c) {
-    pushes_render(&c->pushes, &c->wbuf);
-    pushes_reset(&c->pushes);
+    if (c->job_active) {
+        bv_buf_put(&c->wbuf, c->job_out.data, c->job_out.len);
+        c->job_out.len = 0;
+        c->job_active = false;
+    } else {
+        pushes_render(&c->pushes, &c->wbuf);
+        pushes_reset(&c->pushes);
+    }
     c->rpos += c->batch_bytes;
     c->batch_bytes = 0;
     c->busy = false;
@@ -663,6 +716,8 @@ static bool conn_process(tcp_server *s, tcp_conn *c) {
             }
             continue;
         }
+        if ((op == TCP_OP_REGISTER || op == TCP_OP_RESET) && conn_submit_job(s, c, op, ct, len - 3))
+            return true;                                      /* answered later */
         tcp_handle_frame(s->eng, s->cfg, s->admin_token, &c->authed, op, ct, (const char *)h + 7, len - 3, &c->wbuf);
         c->rpos += 4 + (size_t)len;
     }
@@ -902,6 +957,11 @@ tcp_server *tcp_start(const char *addr, engine *eng, const bv_config *cfg, const
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
         goto fail;
     }
+    s->jobs = workpool_new(TCP_JOB_THREADS_MAX, TCP_JOB_STACK_BYTES);
+    if (!s->jobs) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     s->nworkers = threads < 1 ? 1 : threads;
     s->workers = calloc((size_t)s->nworkers, sizeof *s->workers);
     if (!s->workers) goto fail;
@@ -952,6 +1012,7 @@ void tcp_stop(tcp_server *s) {
         pthread_mutex_destroy(&w->done_mu);
     }
     free(s->workers);
+    workpool_free(s->jobs);    /* the workers waited for every job they handed out */
     if (s->listen_fd >= 0) close(s->listen_fd);
     if (s->stop_fd >= 0) close(s->stop_fd);
     free(s);
