@@ -307,7 +307,8 @@ def phase_backups(ctx):
         time.sleep(0.2)
     if not ended:
         check(d["status"] == "rolled_back" and "restore.put-back" in steps_of(d),
-              "the daemon killed mid-restore: on restart the moved data dir is put back", (d["status"], steps_of(d)))
+              "the daemon killed mid-restore: on restart the moved data dir is put back",
+              (d["status"], steps_of(d), d.get("message"), [(x["step"], x.get("message")) for x in d["steps"]][-4:]))
     check(c.views() == (5 if ended else 3), "the server runs on the data it should", (ended, c.row()))
     c.stop()
     c.kill_server()
