@@ -276,8 +276,8 @@ static void stop_stray(struct ctl_ctx *ctx) {
         pid_t pid = flock_holder(lock);
         if (pid <= 0 || pid == getpid()) break;
         if (i == 0) {
-            dlog("server.stray_killed", json_pack("{s:I,s:s}", "pid", (json_int_t)pid, "data_dir",
-                                                  ctx->cfg->runtime_data_dir));
+            dlog("server.stray_killed",
+                 json_pack("{s:I,s:s}", "pid", (json_int_t)pid, "data_dir", ctx->cfg->runtime_data_dir));
         }
         kill(pid, SIGKILL);
         usleep(50000);
