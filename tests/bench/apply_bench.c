@@ -22,6 +22,9 @@
  * k00000000.. and s0..s999) so that two builds can be diffed. --roundtrip serialises
  * the state, restores it into a fresh engine and checks that every value reads the same
  * there (exit 1 if not): a self-check of every op's snapshot codec on a realistic state.
+ * --save FILE writes the snapshot body (engine_serialize) after the events; --load FILE
+ * restores one instead of applying events (then --dump / --save as usual): together
+ * they check that two builds write the same bytes and read each other's snapshots.
  *
  * It measures, it does not assert figures; run it under
  *   valgrind --tool=massif, valgrind --tool=callgrind, perf stat -e instructions.
@@ -72,7 +75,7 @@ typedef struct opts {
     const char *pipeline;
     uint64_t events, keys, seed, batch;
     int64_t time_base, span_ms;
-    const char *dump;
+    const char *dump, *save, *load;
     bool roundtrip, push;
 } opts;
 
@@ -98,6 +101,8 @@ static int parse_opts(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--time-base")) o->time_base = strtoll(v, NULL, 10);
         else if (!strcmp(a, "--span")) o->span_ms = strtoll(v, NULL, 10);
         else if (!strcmp(a, "--dump")) o->dump = v;
+        else if (!strcmp(a, "--save")) o->save = v;
+        else if (!strcmp(a, "--load")) o->load = v;
         else return -1;
         i++;
     }
@@ -195,6 +200,29 @@ out:
     return rc;
 }
 
+static int write_file(const char *path, const bv_buf *b) {
+    FILE *f = fopen(path, "wb");
+    int rc = f && fwrite(b->data, 1, b->len, f) == b->len ? 0 : -1;
+    if (f && fclose(f) != 0) rc = -1;
+    if (rc < 0) fprintf(stderr, "apply-bench: cannot write %s\n", path);
+    return rc;
+}
+
+/* Replace e's state by the snapshot body in `path`. */
+static int load_snapshot(engine *e, const char *path) {
+    FILE *f = fopen(path, "rb");
+    bv_buf b;
+    bv_buf_init(&b);
+    char chunk[1 << 16], reason[256] = "";
+    size_t n;
+    while (f && (n = fread(chunk, 1, sizeof chunk, f)) > 0) bv_buf_put(&b, chunk, n);
+    int rc = f && !ferror(f) ? engine_deserialize(e, b.data, b.len, reason, sizeof reason) : -1;
+    if (rc < 0) fprintf(stderr, "apply-bench: cannot load %s %s\n", path, reason);
+    if (f) fclose(f);
+    bv_buf_free(&b);
+    return rc;
+}
+
 /* The events through engine_submit_push in batches (arrival = wall clock). */
 static uint64_t feed_push(engine *e, const pipeline *pl, evgen *g, const opts *o, slot *slots) {
     engine_push_item *items = calloc(o->batch, sizeof *items);
@@ -261,7 +289,8 @@ int main(int argc, char **argv) {
     opts o;
     if (parse_opts(argc, argv, &o) < 0) {
         fprintf(stderr, "usage: beava-apply-bench --pipeline FILE [--events N] [--keys K] [--seed S] "
-                        "[--batch B] [--time-base MS] [--span MS] [--push] [--roundtrip] [--dump FILE]\n");
+                        "[--batch B] [--time-base MS] [--span MS] [--push] [--roundtrip] [--dump FILE]\n"
+                        "       [--save FILE] [--load FILE]\n");
         return 2;
     }
     pipeline pl;
@@ -273,7 +302,9 @@ int main(int argc, char **argv) {
     engine_options eo = { .shards = 1 };
     engine *e = engine_new(&eo);
     int rc = 0;
-    if (o.push) {
+    if (o.load) {
+        /* the snapshot brings its registry */
+    } else if (o.push) {
         bv_buf out;
         bv_buf_init(&out);
         int st = engine_register(e, pl.register_json, strlen(pl.register_json), &out);
@@ -296,7 +327,7 @@ int main(int argc, char **argv) {
     evgen_init(&g, &pl, o.seed * 1000003ull, &kg, 1, 1);
     long rss0 = vm_rss_kb();
     uint64_t failed = 0;
-    if (!rc) {
+    if (!rc && !o.load) {
         failed = o.push ? feed_push(e, &pl, &g, &o, slots) : feed_replay(e, &pl, &g, &o, slots, 2);
         if (!o.push && engine_start_shards(e) != 0) rc = 1;     /* applies what replay gathered */
     }
@@ -305,14 +336,19 @@ int main(int argc, char **argv) {
            (unsigned long long)o.events, (unsigned long long)failed, (unsigned long long)o.keys, rss0, rss1,
            rss1 / 1024.0, o.events ? (double)(rss1 - rss0) * 1024.0 / (double)o.events : 0.0);
     if (failed) rc = 1;
+    if (!rc && o.load && load_snapshot(e, o.load) < 0) rc = 1;
+    if (!rc && o.save) {
+        bv_buf img;
+        bv_buf_init(&img);
+        if (engine_serialize(e, write_buf, &img) < 0 || write_file(o.save, &img) < 0) rc = 1;
+        bv_buf_free(&img);
+    }
     if (!rc && o.roundtrip && roundtrip(e, &pl, o.keys) < 0) rc = 1;
     if (!rc && o.dump) {
         bv_buf d;
         bv_buf_init(&d);
         dump_values(e, &pl, o.keys, &d);
-        FILE *df = fopen(o.dump, "wb");
-        if (!df || fwrite(d.data, 1, d.len, df) != d.len) rc = 1;
-        if (df && fclose(df) != 0) rc = 1;
+        if (write_file(o.dump, &d) < 0) rc = 1;
         bv_buf_free(&d);
     }
     evgen_free(&g);
