@@ -287,7 +287,7 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         if (t == WT_F64 && vt->as_f64) f->vt = vt->as_f64;
         else if (t == WT_I64 && vt->as_i64) f->vt = vt->as_i64;
     }
-    f->state_size = f->window_ms ? sizeof(void *) : f->vt->state_size;
+    f->state_size = f->window_ms ? window_state_size(f->vt) : f->vt->state_size;
     return 0;
 fail:
     feature_release(f);
