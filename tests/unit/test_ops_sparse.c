@@ -1,7 +1,7 @@
 /*
  * test_ops_sparse.c - the compact state representations of the operators: the
  * sparse-then-dense cell array (ops/slots.h) and the kinds built on it
- * (dow_hour_histogram, seasonal_deviation, burst_count), the sparse bloom filter, the
+ * (dow_hour_histogram, hour_of_day_histogram, seasonal_deviation, burst_count), the sparse bloom filter, the
  * window's inline first bucket and the schema-position field lookup.
  *
  * Each representation is checked against a plain dense model kept by the test: the op's
@@ -146,6 +146,7 @@ static void test_slots(void **state) {
     check_slots_shape(168, 8, 64);     /* dow_hour_histogram: 64 x 16 < 1344 <= 128 x 16 */
     check_slots_shape(24, 24, 16);     /* seasonal_deviation: 16 x 32 < 576 <= 32 x 32 */
     check_slots_shape(64, 16, 32);     /* burst_count: 32 x 24 < 1024 <= 64 x 24 */
+    check_slots_shape(24, 8, 8);       /* hour_of_day_histogram: 8 x 16 < 192 <= 16 x 16 */
     check_slots_shape(1, 8, 0);        /* one cell: dense at once (1 x 16 >= 8) */
 }
 
@@ -223,6 +224,55 @@ static void test_dow_sparse(void **state) {
     assert_bytes(&got, &want);
     state_free(&f, d);
     bv_buf_free(&got);
+    bv_buf_free(&want);
+    feature_release(&f);
+}
+
+/* -------------------------------------------------------- hour_of_day_histogram */
+
+static void test_hod_sparse(void **state) {
+    (void)state;
+    feature f;
+    compile_ok(&f, "{\"op\":\"hour_of_day_histogram\"}");
+    void *st = state_new(&f);
+    uint64_t model[24] = { 0 };
+    bv_buf got, want;
+    for (int n = 0; n < 24; n++) {
+        int h = (n * 7 + 2) % 24;
+        for (int rep = 0; rep <= n % 2; rep++) {
+            push(&f, st, "a", 0, (int64_t)rep * DAY_MS + h * HOUR_MS + 99);
+            model[h]++;
+        }
+        if (n == 0 || n == 7 || n == 8 || n == 9 || n == 23) {     /* dense from the 9th hour */
+            bv_buf_init(&want);
+            for (int i = 0; i < 24; i++) cod_put_u64(&want, model[i]);
+            encode(&f, st, &got);
+            assert_bytes(&got, &want);
+            void *d = decode_new(&f, &want);
+            assert_roundtrip(&f, d, 0);
+            char *r1 = read_json(&f, st, 0), *r2 = read_json(&f, d, 0);
+            assert_string_equal(r1, r2);
+            free(r1);
+            free(r2);
+            state_free(&f, d);
+            bv_buf_free(&got);
+            bv_buf_free(&want);
+        }
+    }
+    char *r = read_json(&f, st, 0);
+    char want_text[256], *p = want_text;
+    p += sprintf(p, "[");
+    for (int i = 0; i < 24; i++) p += sprintf(p, "%s%llu", i ? "," : "", (unsigned long long)model[i]);
+    sprintf(p, "]");
+    assert_string_equal(r, want_text);
+    free(r);
+    state_free(&f, st);
+    /* the empty image (24 zeros) decodes to the empty state */
+    bv_buf_init(&want);
+    for (int i = 0; i < 24; i++) cod_put_u64(&want, 0);
+    void *d = decode_new(&f, &want);
+    assert_read(&f, d, 0, "[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]");
+    state_free(&f, d);
     bv_buf_free(&want);
     feature_release(&f);
 }
@@ -576,6 +626,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_slots),
         cmocka_unit_test(test_dow_sparse),
+        cmocka_unit_test(test_hod_sparse),
         cmocka_unit_test(test_seasonal_sparse),
         cmocka_unit_test(test_burst_sparse),
         cmocka_unit_test(test_bloom_sparse),
