@@ -2,8 +2,8 @@
  * test_ops_sparse.c - the compact state representations of the operators: the
  * sparse-then-dense cell array (ops/slots.h) and the kinds built on it
  * (dow_hour_histogram, hour_of_day_histogram, seasonal_deviation, burst_count), the sparse bloom filter, the
- * window's inline first bucket, short text inside op_val and the schema-position field
- * lookup.
+ * window's inline first bucket, short text inside op_val, the distinct set's forms (one
+ * hash inline, sorted array, hash table, HLL) and the schema-position field lookup.
  *
  * Each representation is checked against a plain dense model kept by the test: the op's
  * snapshot encoding must be byte for byte the historic dense format the model writes
@@ -23,6 +23,8 @@
 #include <string.h>
 
 #include "codec.h"
+#include "distinct.h"
+#include "hll.h"
 #include "feature.h"
 #include "op.h"
 #include "opval.h"
@@ -658,6 +660,136 @@ static void test_opval_inline(void **state) {
     }
 }
 
+/* ------------------------------------------------------------ distinct forms */
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The historic encoding of a set given as n ascending hashes (HLL past 1024). */
+static void distinct_model_encode(const uint64_t *a, uint32_t n, bv_buf *b) {
+    bv_buf_init(b);
+    if (n > DISTINCT_EXACT_MAX) {
+        uint8_t *reg = calloc(HLL_M, 1);
+        for (uint32_t i = 0; i < n; i++) hll_add(reg, a[i]);
+        cod_put_u8(b, 1);
+        bv_buf_put(b, reg, HLL_M);
+        free(reg);
+        return;
+    }
+    cod_put_u8(b, 0);
+    cod_put_u32(b, n);
+    for (uint32_t i = 0; i < n; i++) cod_put_u64(b, a[i]);
+}
+
+static void assert_distinct_is(const distinct *d, const uint64_t *model, uint32_t n) {
+    bv_buf got, want;
+    bv_buf_init(&got);
+    distinct_encode(&got, d);
+    distinct_model_encode(model, n, &want);
+    assert_bytes(&got, &want);
+    if (n <= DISTINCT_EXACT_MAX) assert_int_equal(distinct_count(d), n);
+    /* and the image decodes to a set that encodes the same */
+    distinct e;
+    memset(&e, 0, sizeof e);
+    const uint8_t *p = (const uint8_t *)want.data;
+    assert_int_equal(distinct_decode(&p, p + want.len, &e), 0);
+    bv_buf again;
+    bv_buf_init(&again);
+    distinct_encode(&again, &e);
+    assert_bytes(&again, &want);
+    distinct_free(&e);
+    bv_buf_free(&got);
+    bv_buf_free(&want);
+    bv_buf_free(&again);
+}
+
+/* Add to a sorted model (no duplicates); returns the new size. */
+static uint32_t model_add(uint64_t *a, uint32_t n, uint64_t h) {
+    for (uint32_t i = 0; i < n; i++)
+        if (a[i] == h) return n;
+    a[n++] = h;
+    qsort(a, n, sizeof *a, cmp_u64);
+    return n;
+}
+
+static uint64_t draw(uint64_t *x) {
+    *x = *x * 6364136223846793005ull + 1442695040888963407ull;
+    return *x ^ (*x >> 29);
+}
+
+static void test_distinct_forms(void **state) {
+    (void)state;
+    static uint64_t model[1100];
+    distinct d;
+    memset(&d, 0, sizeof d);
+    uint32_t n = 0;
+    uint64_t x = 7;
+    assert_distinct_is(&d, model, 0);
+    /* 0 and UINT64_MAX among the hashes (0 is the table's free mark); repeats */
+    for (uint32_t k = 0; n < DISTINCT_EXACT_MAX; k++) {
+        uint64_t h = k == 3 ? 0 : k == 5 ? UINT64_MAX : k % 4 == 1 && n ? model[draw(&x) % n] : draw(&x);
+        distinct_add(&d, h);
+        n = model_add(model, n, h);
+        assert_int_equal(distinct_count(&d), n);
+        if (n <= 3 || (n >= 31 && n <= 34) || n == 48 || n == 49 || n == 97 || n == 768 || n == 769 ||
+            n == DISTINCT_EXACT_MAX)
+            assert_distinct_is(&d, model, n);
+    }
+    /* a repeat at 1024 changes nothing; a new hash folds into HLL */
+    distinct_add(&d, 0);
+    assert_distinct_is(&d, model, n);
+    uint64_t h = draw(&x);
+    distinct_add(&d, h);
+    n = model_add(model, n, h);
+    assert_int_equal(d.n, DISTINCT_HLL);
+    assert_distinct_is(&d, model, n);
+    distinct_free(&d);
+
+    /* merges across the forms: every pair of sizes, union checked against the model */
+    static const uint32_t sizes[] = { 0, 1, 2, 32, 33, 100, 700 };
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        for (size_t j = 0; j < sizeof sizes / sizeof sizes[0]; j++) {
+            static uint64_t a[800], b[800], u[1600];
+            distinct da, db;
+            memset(&da, 0, sizeof da);
+            memset(&db, 0, sizeof db);
+            uint32_t na = 0, nb = 0, nu = 0;
+            while (na < sizes[i]) {
+                uint64_t v = draw(&x) % 2000;       /* overlapping ranges */
+                distinct_add(&da, v);
+                na = model_add(a, na, v);
+            }
+            while (nb < sizes[j]) {
+                uint64_t v = draw(&x) % 2000;
+                distinct_add(&db, v);
+                nb = model_add(b, nb, v);
+            }
+            for (uint32_t k = 0; k < na; k++) nu = model_add(u, nu, a[k]);
+            for (uint32_t k = 0; k < nb; k++) nu = model_add(u, nu, b[k]);
+            distinct_merge(&da, &db);
+            assert_distinct_is(&da, u, nu);
+            assert_distinct_is(&db, b, nb);             /* the source is untouched */
+            distinct_free(&da);
+            distinct_free(&db);
+        }
+    /* a decoded image is refused when not ascending, in every size class */
+    for (uint32_t m = 2; m <= 64; m *= 2) {
+        bv_buf b;
+        bv_buf_init(&b);
+        cod_put_u8(&b, 0);
+        cod_put_u32(&b, m);
+        for (uint32_t k = 0; k < m; k++) cod_put_u64(&b, k == m - 1 ? 1 : 10 + k);
+        distinct e;
+        memset(&e, 0, sizeof e);
+        const uint8_t *p = (const uint8_t *)b.data;
+        assert_int_equal(distinct_decode(&p, p + b.len, &e), -1);
+        distinct_free(&e);
+        bv_buf_free(&b);
+    }
+}
+
 /* ----------------------------------------------------------- feature_row_field */
 
 static void test_row_field(void **state) {
@@ -704,6 +836,7 @@ int main(void) {
         cmocka_unit_test(test_bloom_sparse),
         cmocka_unit_test(test_window_inline_bucket),
         cmocka_unit_test(test_opval_inline),
+        cmocka_unit_test(test_distinct_forms),
         cmocka_unit_test(test_row_field),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
