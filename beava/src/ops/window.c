@@ -3,7 +3,10 @@
  *
  * Memory shape: bucket 0 lives inline in the feature's fixed state (wfix: a tag word,
  * its epoch, then the kind's fixed state), so an entity whose window has one bucket
- * (most of them under a long window) allocates nothing for it. Buckets 1..63 live in one
+ * (most of them under a long window) allocates nothing for it; the price is 16 +
+ * state_size fixed bytes instead of one pointer for an entity the feature never sees
+ * (a `where` always false for it), far less than the allocation a bucket cost. Buckets
+ * 1..63 live in one
  * allocation, header + cap entries of `stride` bytes (an int64 epoch followed by the
  * kind's fixed state), grown by doubling from 1 up to 63. The tag's low bit says a
  * bucket exists; the rest is that list (malloc alignment keeps the bit free). Bucket
