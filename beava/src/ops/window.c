@@ -3,18 +3,17 @@
  *
  * Memory shape: bucket 0 lives inline in the feature's fixed state (wfix: a tag word,
  * its epoch, then the kind's fixed state), so an entity whose window has one bucket
- * (most of them under a long window) allocates nothing for it; the price is 16 +
- * state_size fixed bytes instead of one pointer for an entity the feature never sees
- * (a `where` always false for it), far less than the allocation a bucket cost. Buckets
- * 1..63 live in one
- * allocation, header + cap entries of `stride` bytes (an int64 epoch followed by the
- * kind's fixed state), grown by doubling from 1 up to 63. The tag's low bit says a
- * bucket exists; the rest is that list (malloc alignment keeps the bit free). Bucket
- * indexes (0 inline, then the list) keep creation order and recycling happens in place,
- * exactly as when every bucket lived in the list: snapshots and merges see the same
- * order. Inner states are position independent (op.h), so realloc may move them and
- * the engine may move the row. Finding the bucket of an event checks the most recently
- * used one first, then scans (<= 64 epochs).
+ * (most of them under a long window) allocates nothing for it. The price: an entity the
+ * feature never sees (a `where` always false for it) holds 16 + state_size zero bytes
+ * instead of one NULL pointer. Buckets 1..63 live in one allocation, header + cap
+ * entries of `stride` bytes (an int64 epoch followed by the kind's fixed state), grown
+ * by doubling from 1 up to 63. The tag's low bit says a bucket exists; the rest is that
+ * list (malloc alignment keeps the bit free). Bucket indexes (0 inline, then the list)
+ * keep creation order and recycling happens in place, exactly as when every bucket
+ * lived in the list: snapshots and merges see the same order. Inner states are position
+ * independent (op.h), so realloc may move them and the engine may move the row. Finding
+ * the bucket of an event checks the most recently used one first, then scans (<= 64
+ * epochs).
  */
 #include "window.h"
 
