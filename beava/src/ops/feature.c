@@ -287,7 +287,21 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         if (t == WT_F64 && vt->as_f64) f->vt = vt->as_f64;
         else if (t == WT_I64 && vt->as_i64) f->vt = vt->as_i64;
     }
-    f->state_size = f->window_ms ? sizeof(void *) : f->vt->state_size;
+    f->state_size = f->window_ms ? window_state_size(f->vt) : f->vt->state_size;
+    /* lookup hints for the event path (feature_row_field) */
+    f->field_pos = f->p.lat_pos = f->p.lon_pos = -1;
+    if (f->field) {
+        f->field_len = strlen(f->field);
+        f->field_pos = bv_schema_find(schema, f->field, NULL);
+    }
+    if (f->p.lat_field) {
+        f->p.lat_len = strlen(f->p.lat_field);
+        f->p.lat_pos = bv_schema_find(schema, f->p.lat_field, NULL);
+    }
+    if (f->p.lon_field) {
+        f->p.lon_len = strlen(f->p.lon_field);
+        f->p.lon_pos = bv_schema_find(schema, f->p.lon_field, NULL);
+    }
     return 0;
 fail:
     feature_release(f);
@@ -320,7 +334,7 @@ void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_m
     if (vt->flags & OPF_READS_FIELD) {
         const bv_value *v;
         if (f->field) {
-            v = bv_row_get(row, f->field);
+            v = feature_row_field(row, f->field, f->field_len, f->field_pos);
         } else if (f->value_expr) {
             ev = expr_eval(f->value_expr, row, arena);
             v = &ev;

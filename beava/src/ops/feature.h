@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include "err.h"
 #include "expr.h"
 #include "jsonw.h"
@@ -48,6 +49,8 @@ typedef struct op_params {
     int64_t expected_n;       /* bloom_member */
     double fpr;
     char *lat_field, *lon_field;
+    size_t lat_len, lon_len;
+    int lat_pos, lon_pos;     /* schema positions (feature_row_field hints), -1 unknown */
     int64_t param_window_ms;  /* first_seen_in_window */
 } op_params;
 
@@ -57,6 +60,8 @@ typedef struct feature {
     char *op_name;            /* as sent ("ema" stays "ema") */
     op_params p;
     char *field;              /* NULL if not given */
+    size_t field_len;
+    int field_pos;            /* its position in the upstream schema, -1 unknown */
     char *window_src;         /* as sent, NULL if absent ("forever" kept) */
     int64_t window_ms;        /* 0 = lifetime */
     int64_t bucket_ms;        /* ceil(window/64) when windowed */
@@ -66,6 +71,19 @@ typedef struct feature {
     json_t *spec;             /* the original {"op":..,"params":{..}} (owned ref) */
     size_t state_size;
 } feature;
+
+/*
+ * The value of field `name` (len bytes) in `row`, or NULL. Rows are small and usually
+ * arrive in schema order, so the field's schema position `pos` (from compile) is tried
+ * first; any other order falls back to the scan by name, with the same result.
+ */
+static inline const bv_value *feature_row_field(const bv_row *row, const char *name, size_t len, int pos) {
+    if (pos >= 0 && (size_t)pos < row->n) {
+        const bv_field *x = &row->fields[pos];
+        if (x->name_len == len && memcmp(x->name, name, len) == 0) return &x->value;
+    }
+    return bv_row_getn(row, name, len);
+}
 
 /*
  * Memory-governance pre-check on the raw agg spec (a window-less unbounded kind is

@@ -20,9 +20,13 @@
  * ignored and leave the answer unchanged. Probes: double hashing g_i = h1 + i*h2 mod m
  * with h1 = the 64-bit hash and h2 = a SplitMix64 finalisation of it (odd).
  *
- * State: bit array (allocated on the first value), inserts, latest flag (24 bytes).
- * Snapshot form: u64 inserts, u8 latest-was-present, u32 nwords, nwords u64 (nwords is
- * 0 before the first value, else fixed by the params). Empty: false.
+ * State: the filter, inserts, latest flag (24 bytes). The filter has two forms with the
+ * same bits: sparse, a sorted array of the set bit positions (u32; header {n, cap},
+ * grown by doubling) while it takes fewer bytes than the bit array (a few values set k
+ * bits each out of thousands), then the dense bit array of nwords u64 for good. NULL
+ * before the first value. Snapshot form (either representation): u64 inserts, u8
+ * latest-was-present, u32 nwords, nwords u64 (nwords is 0 before the first value, else
+ * fixed by the params); a decoded filter with few bits set is held sparse. Empty: false.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -37,11 +41,80 @@
 #define BLOOM_MIN_FPR 1e-9
 
 typedef struct bloom_st {
-    uint64_t *bits;
+    void *bits;               /* uint64_t[nwords] (dense) or a bloom_sparse */
     uint64_t inserts;         /* accepted values */
     uint32_t nwords;          /* 0 until the first value */
-    uint32_t seen;            /* the latest value was present before its insert */
+    uint16_t seen;            /* the latest value was present before its insert */
+    uint16_t sparse;          /* bits is the sparse form */
 } bloom_st;
+
+typedef struct bloom_sparse {
+    uint32_t n, cap;          /* set positions held / room */
+    uint32_t pos[];           /* ascending bit positions */
+} bloom_sparse;
+
+#define BLOOM_SPARSE_MIN 8    /* first capacity of the sparse form */
+
+/* The sparse form stays while its bytes are below the dense array's. */
+static bool sparse_fits(uint32_t cap, uint32_t nwords) {
+    return sizeof(bloom_sparse) + (size_t)cap * sizeof(uint32_t) < (size_t)nwords * sizeof(uint64_t);
+}
+
+static uint32_t sparse_lower(const bloom_sparse *b, uint32_t bit) {
+    uint32_t lo = 0, hi = b->n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (b->pos[mid] < bit) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+static void to_dense(bloom_st *s) {
+    bloom_sparse *b = s->bits;
+    uint64_t *w = calloc(s->nwords, sizeof *w);
+    if (!w) abort();
+    for (uint32_t i = 0; b && i < b->n; i++) w[b->pos[i] >> 6] |= 1ull << (b->pos[i] & 63);
+    free(b);
+    s->bits = w;
+    s->sparse = 0;
+}
+
+/* Set `bit`; returns whether it was already set. */
+static bool bloom_set(bloom_st *s, uint32_t bit) {
+    if (!s->sparse) {
+        uint64_t *w = s->bits, mask = 1ull << (bit & 63);
+        bool was = (w[bit >> 6] & mask) != 0;
+        w[bit >> 6] |= mask;
+        return was;
+    }
+    bloom_sparse *b = s->bits;
+    uint32_t i = sparse_lower(b, bit);
+    if (i < b->n && b->pos[i] == bit) return true;
+    if (b->n == b->cap) {
+        uint32_t cap = b->cap * 2;
+        if (!sparse_fits(cap, s->nwords)) {
+            to_dense(s);
+            return bloom_set(s, bit);
+        }
+        b = realloc(b, sizeof *b + (size_t)cap * sizeof b->pos[0]);
+        if (!b) abort();
+        b->cap = cap;
+        s->bits = b;
+    }
+    memmove(&b->pos[i + 1], &b->pos[i], (size_t)(b->n - i) * sizeof b->pos[0]);
+    b->pos[i] = bit;
+    b->n++;
+    return false;
+}
+
+/* Word i of the filter, whichever the form (*cursor walks the sparse positions). */
+static uint64_t bloom_word(const bloom_st *s, uint32_t i, uint32_t *cursor) {
+    if (!s->sparse) return ((const uint64_t *)s->bits)[i];
+    const bloom_sparse *b = s->bits;
+    uint64_t w = 0;
+    while (*cursor < b->n && (b->pos[*cursor] >> 6) == i) w |= 1ull << (b->pos[(*cursor)++] & 63);
+    return w;
+}
 
 static int bloom_parse(feature *f, const json_t *params, const char *path, bv_err *err) {
     double fpr = 0.01;
@@ -85,19 +158,23 @@ static void bloom_update(const feature *f, void *st, const op_input *in) {
     uint32_t nw, k;
     bloom_shape(f, &nw, &k);
     if (!s->bits) {
-        s->bits = calloc(nw, sizeof *s->bits);
-        if (!s->bits) abort();
         s->nwords = nw;
+        if (sparse_fits(BLOOM_SPARSE_MIN, nw)) {
+            bloom_sparse *b = malloc(sizeof *b + BLOOM_SPARSE_MIN * sizeof b->pos[0]);
+            if (!b) abort();
+            b->n = 0;
+            b->cap = BLOOM_SPARSE_MIN;
+            s->bits = b;
+            s->sparse = 1;
+        } else {
+            s->bits = calloc(nw, sizeof(uint64_t));
+            if (!s->bits) abort();
+        }
     }
     uint64_t h1 = opval_hash(in->v), h2 = mix64(h1) | 1, m = (uint64_t)nw * 64;
     bool present = true;
-    for (uint32_t i = 0; i < k; i++) {
-        uint64_t bit = (h1 + (uint64_t)i * h2) % m, mask = 1ull << (bit & 63);
-        if (!(s->bits[bit >> 6] & mask)) {
-            present = false;
-            s->bits[bit >> 6] |= mask;
-        }
-    }
+    for (uint32_t i = 0; i < k; i++)
+        if (!bloom_set(s, (uint32_t)((h1 + (uint64_t)i * h2) % m))) present = false;
     s->seen = present;
     if (s->inserts < UINT64_MAX) s->inserts++;
 }
@@ -121,7 +198,8 @@ static void bloom_encode(const feature *f, const void *st, bv_buf *out) {
     cod_put_u64(out, s->inserts);
     cod_put_u8(out, s->seen ? 1 : 0);
     cod_put_u32(out, s->bits ? s->nwords : 0);
-    for (uint32_t i = 0; s->bits && i < s->nwords; i++) cod_put_u64(out, s->bits[i]);
+    uint32_t cursor = 0;
+    for (uint32_t i = 0; s->bits && i < s->nwords; i++) cod_put_u64(out, bloom_word(s, i, &cursor));
 }
 
 static int bloom_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
@@ -137,15 +215,32 @@ static int bloom_decode(const feature *f, void *st, const uint8_t **p, const uin
     /* no bits before the first value; afterwards exactly the params' size */
     if (inserts == 0 ? (nw != 0 || seen) : nw != want) return -1;
     if ((size_t)(end - q) / 8 < nw) return -1;
-    uint64_t *bits = NULL;
+    bloom_st t = { NULL, 0, nw, 0, 0 };
     if (nw) {
-        bits = malloc((size_t)nw * sizeof *bits);
+        uint64_t *bits = malloc((size_t)nw * sizeof *bits);
         if (!bits) abort();
-        for (uint32_t i = 0; i < nw; i++) cod_get_u64(&q, end, &bits[i]);   /* length checked above */
+        uint32_t set = 0;
+        for (uint32_t i = 0; i < nw; i++) {                 /* length checked above */
+            cod_get_u64(&q, end, &bits[i]);
+            set += (uint32_t)__builtin_popcountll(bits[i]);
+        }
+        t.bits = bits;
+        uint32_t cap = BLOOM_SPARSE_MIN;
+        while (cap < set) cap *= 2;
+        if (sparse_fits(cap, nw)) {
+            bloom_sparse *b = malloc(sizeof *b + (size_t)cap * sizeof b->pos[0]);
+            if (!b) abort();
+            b->n = 0;
+            b->cap = cap;
+            for (uint32_t i = 0; i < nw; i++)
+                for (uint64_t w = bits[i]; w; w &= w - 1) b->pos[b->n++] = i * 64 + (uint32_t)__builtin_ctzll(w);
+            free(bits);
+            t.bits = b;
+            t.sparse = 1;
+        }
     }
     bloom_destroy(f, st);
-    s->bits = bits;
-    s->nwords = nw;
+    *s = t;
     s->inserts = inserts;
     s->seen = seen;
     *p = q;

@@ -19,8 +19,9 @@
  * length lives in p.param_window_ms (feature_compile fills window_ms only for
  * OPF_WINDOWABLE kinds).
  *
- * State: 16 bytes {max, ring pointer}; the ring (64 x 16 bytes) is allocated on the
- * first event.
+ * State: 16 bytes {max, ring pointer}; the ring is a slots array (slots.h) of the used
+ * slots (24 bytes each) until the dense 64 x 16 bytes are smaller, NULL before the
+ * first event. A used slot always has count >= 1.
  */
 #include "counter.h"
 #include <stdlib.h>
@@ -28,6 +29,7 @@
 #include "param.h"
 #include "window.h"
 #include "codec.h"
+#include "slots.h"
 
 #define BURST_SLOTS 64
 
@@ -38,8 +40,10 @@ typedef struct burst_slot {
 
 typedef struct burst_st {
     int64_t max;
-    burst_slot *ring;
+    slots *ring;
 } burst_st;
+
+static const slots_shape BURST_SHAPE = { BURST_SLOTS, sizeof(burst_slot) };
 
 static int burst_parse(feature *f, const json_t *params, const char *path, bv_err *err) {
     (void)path; (void)err;
@@ -59,12 +63,8 @@ static unsigned slot_of(int64_t epoch, int64_t S) {
 static void burst_update(const feature *f, void *st, const op_input *in) {
     burst_st *s = st;
     int64_t S = f->p.sub_window_ms;
-    if (!s->ring) {
-        s->ring = calloc(BURST_SLOTS, sizeof *s->ring);
-        if (!s->ring) abort();
-    }
     int64_t e = window_epoch(in->now_ms, S);
-    burst_slot *sl = &s->ring[slot_of(e, S)];
+    burst_slot *sl = slots_put(&s->ring, &BURST_SHAPE, slot_of(e, S));
     if (sl->count == 0 || sl->epoch != e) {
         sl->epoch = e;
         sl->count = 0;
@@ -82,37 +82,36 @@ static void burst_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     }
     int64_t best = 0;
     double S = (double)f->p.sub_window_ms, lo = (double)q - (double)W;
-    if (s->ring)
-        for (unsigned i = 0; i < BURST_SLOTS; i++) {
-            const burst_slot *sl = &s->ring[i];
-            if (sl->count > best && sl->epoch <= q && (double)sl->epoch + S > lo) best = sl->count;
-        }
+    const burst_slot *sl;
+    uint32_t pos = 0, key;
+    while ((sl = slots_next(s->ring, &BURST_SHAPE, &pos, &key)))
+        if (sl->count > best && sl->epoch <= q && (double)sl->epoch + S > lo) best = sl->count;
     jsonw_i64(w, best);
 }
 
 static void burst_destroy(const feature *f, void *st) {
     (void)f;
     burst_st *s = st;
-    free(s->ring);
-    s->ring = NULL;
+    slots_free(&s->ring);
 }
 
 /* i64 max, u8 used slots, then per used slot: u8 index, i64 epoch, i64 count */
 static void burst_encode(const feature *f, const void *st, bv_buf *out) {
     (void)f;
     const burst_st *s = st;
+    const burst_slot *sl;
     uint8_t used = 0;
-    if (s->ring)
-        for (unsigned i = 0; i < BURST_SLOTS; i++) used += s->ring[i].count > 0;
+    uint32_t pos = 0, key;
+    while ((sl = slots_next(s->ring, &BURST_SHAPE, &pos, &key))) used += sl->count > 0;
     cod_put_i64(out, s->max);
     cod_put_u8(out, used);
-    if (s->ring)
-        for (unsigned i = 0; i < BURST_SLOTS; i++) {
-            if (!s->ring[i].count) continue;
-            cod_put_u8(out, (uint8_t)i);
-            cod_put_i64(out, s->ring[i].epoch);
-            cod_put_i64(out, s->ring[i].count);
-        }
+    pos = 0;
+    while ((sl = slots_next(s->ring, &BURST_SHAPE, &pos, &key))) {
+        if (!sl->count) continue;
+        cod_put_u8(out, (uint8_t)key);
+        cod_put_i64(out, sl->epoch);
+        cod_put_i64(out, sl->count);
+    }
 }
 
 static int burst_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
@@ -122,26 +121,23 @@ static int burst_decode(const feature *f, void *st, const uint8_t **p, const uin
     if (cod_get_i64(p, end, &t.max) < 0 || t.max < 0 || cod_get_u8(p, end, &used) < 0 ||
         used > BURST_SLOTS)
         return -1;
-    if (used) {
-        t.ring = calloc(BURST_SLOTS, sizeof *t.ring);
-        if (!t.ring) abort();
-    }
     for (unsigned i = 0; i < used; i++) {
         uint8_t idx;
         burst_slot sl;
         if (cod_get_u8(p, end, &idx) < 0 || cod_get_i64(p, end, &sl.epoch) < 0 ||
             cod_get_i64(p, end, &sl.count) < 0)
             goto err;
-        if (idx >= BURST_SLOTS || t.ring[idx].count || sl.count <= 0 || sl.count > t.max ||
+        const burst_slot *prev = idx < BURST_SLOTS ? slots_get(t.ring, &BURST_SHAPE, idx) : NULL;
+        if (idx >= BURST_SLOTS || (prev && prev->count) || sl.count <= 0 || sl.count > t.max ||
             sl.epoch % S != 0 || slot_of(sl.epoch, S) != idx)
             goto err;
-        t.ring[idx] = sl;
+        *(burst_slot *)slots_put(&t.ring, &BURST_SHAPE, idx) = sl;
     }
     burst_destroy(f, st);
     *(burst_st *)st = t;
     return 0;
 err:
-    free(t.ring);
+    slots_free(&t.ring);
     return -1;
 }
 

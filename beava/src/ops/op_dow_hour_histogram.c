@@ -6,17 +6,27 @@
  * ascending byte order (Fri, Mon, Sat, Sun, Thu, Tue, Wed; hours ascending). Lifetime
  * only; no field.
  *
- * State: pointer to 168 u64 counts, allocated on the first event (8 bytes).
- * Snapshot form: u8 present, then 168 counts if present. Empty: all 168 keys with 0.
+ * State: one pointer (8 bytes) to the 168 u64 counts as a slots array (slots.h): sparse
+ * (the few hours an entity was active, 16 bytes each) until that is as big as the dense
+ * 1,344 bytes. NULL before the first event. Snapshot form (either representation):
+ * u8 present, then 168 counts if present. Empty: all 168 keys with 0.
  */
 #include <stdlib.h>
 #include <string.h>
 #include "op.h"
 #include "codec.h"
+#include "slots.h"
 
 #define DOW_CELLS 168
 
-typedef struct dow_st { uint64_t *c; } dow_st;
+typedef struct dow_st { slots *c; } dow_st;
+
+static const slots_shape DOW_SHAPE = { DOW_CELLS, sizeof(uint64_t) };
+
+static uint64_t dow_count(const dow_st *s, unsigned i) {
+    const uint64_t *c = slots_get(s->c, &DOW_SHAPE, i);
+    return c ? *c : 0;
+}
 
 static const char DAY[7][4] = { "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun" };
 /* Day indexes in ascending byte order of their names. */
@@ -39,11 +49,7 @@ static unsigned dow_index(int64_t now_ms) {
 static void dow_update(const feature *f, void *st, const op_input *in) {
     (void)f;
     dow_st *s = st;
-    if (!s->c) {
-        s->c = calloc(DOW_CELLS, sizeof *s->c);
-        if (!s->c) abort();
-    }
-    uint64_t *c = &s->c[dow_index(in->now_ms)];
+    uint64_t *c = slots_put(&s->c, &DOW_SHAPE, dow_index(in->now_ms));
     if (*c < UINT64_MAX) (*c)++;
 }
 
@@ -60,7 +66,7 @@ static void dow_read(const feature *f, const void *st, int64_t q, jsonw *w) {
             key[4] = (char)('0' + h / 10);
             key[5] = (char)('0' + h % 10);
             jsonw_keyn(w, key, 6);
-            jsonw_u64(w, s->c ? s->c[d * 24 + h] : 0);
+            jsonw_u64(w, dow_count(s, (unsigned)(d * 24 + h)));
         }
     }
     jsonw_obj_end(w);
@@ -69,8 +75,7 @@ static void dow_read(const feature *f, const void *st, int64_t q, jsonw *w) {
 static void dow_destroy(const feature *f, void *st) {
     (void)f;
     dow_st *s = st;
-    free(s->c);
-    s->c = NULL;
+    slots_free(&s->c);
 }
 
 static void dow_encode(const feature *f, const void *st, bv_buf *out) {
@@ -78,20 +83,23 @@ static void dow_encode(const feature *f, const void *st, bv_buf *out) {
     const dow_st *s = st;
     cod_put_u8(out, s->c ? 1 : 0);
     if (s->c)
-        for (int i = 0; i < DOW_CELLS; i++) cod_put_u64(out, s->c[i]);
+        for (unsigned i = 0; i < DOW_CELLS; i++) cod_put_u64(out, dow_count(s, i));
 }
 
 static int dow_decode(const feature *f, void *st, const uint8_t **p, const uint8_t *end) {
     dow_st *s = st;
     const uint8_t *q = *p;
     uint8_t present;
-    uint64_t *c = NULL;
+    slots *c = NULL;
     if (cod_get_u8(&q, end, &present) < 0 || present > 1) return -1;
     if (present) {
         if ((size_t)(end - q) < DOW_CELLS * 8) return -1;
-        c = malloc(DOW_CELLS * sizeof *c);
-        if (!c) abort();
-        for (int i = 0; i < DOW_CELLS; i++) cod_get_u64(&q, end, &c[i]);   /* length checked above */
+        for (unsigned i = 0; i < DOW_CELLS; i++) {
+            uint64_t v = 0;
+            cod_get_u64(&q, end, &v);                  /* length checked above */
+            if (v) *(uint64_t *)slots_put(&c, &DOW_SHAPE, i) = v;
+        }
+        if (!c) slots_put(&c, &DOW_SHAPE, 0);          /* present, all zero: stays present */
     }
     dow_destroy(f, st);
     s->c = c;

@@ -97,7 +97,7 @@ static void entropy_encode(const feature *f, const void *st, bv_buf *out) {
     cod_put_u32(out, s->m.n);
     for (uint32_t i = 0; i < s->m.n; i++) {
         cod_put_u32(out, s->m.e[i].key.len);
-        bv_buf_put(out, s->m.e[i].key.u.s, s->m.e[i].key.len);
+        bv_buf_put(out, opval_bytes(&s->m.e[i].key), s->m.e[i].key.len);
         cod_put_u64(out, s->m.e[i].count);
     }
 }

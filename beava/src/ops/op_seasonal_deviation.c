@@ -7,20 +7,27 @@
  * the reference computes it (not Welford); null when n_h < 2 or var_h <= 0. Lifetime
  * only; `field` neither required nor checked at register time.
  *
- * State: pointer to the 24 hour sums (allocated on the first value), last value, last
- * hour, has-last flag (24 bytes). Snapshot form: u8 has; if has: f64 v, u8 hour, then
- * 24 x (u64 n, f64 sum, f64 sumsq). Empty: null.
+ * State: pointer to the 24 hour sums as a slots array (slots.h: only the hours seen,
+ * 32 bytes each, until the dense 576 bytes are smaller; NULL before the first value),
+ * last value, last hour, has-last flag (24 bytes). Snapshot form (either
+ * representation): u8 has; if has: f64 v, u8 hour, then 24 x (u64 n, f64 sum,
+ * f64 sumsq), absent hours as zeros. Empty: null.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "op.h"
 #include "codec.h"
+#include "slots.h"
 
 typedef struct sd_hour { uint64_t n; double sum, sumsq; } sd_hour;
 
+#define SD_HOURS 24
+
+static const slots_shape SD_SHAPE = { SD_HOURS, sizeof(sd_hour) };
+
 typedef struct sd_st {
-    sd_hour *h;               /* 24 entries once a value arrived */
+    slots *h;                 /* hours seen (sd_hour cells) once a value arrived */
     double last_v;
     int32_t last_h;
     int32_t has;
@@ -38,14 +45,11 @@ static void sd_update(const feature *f, void *st, const op_input *in) {
     sd_st *s = st;
     double v;
     if (!bv_as_f64(in->v, &v)) return;
-    if (!s->h) {
-        s->h = calloc(24, sizeof *s->h);
-        if (!s->h) abort();
-    }
     int h = sd_hour_of(in->now_ms);
-    s->h[h].n++;
-    s->h[h].sum += v;
-    s->h[h].sumsq += v * v;
+    sd_hour *c = slots_put(&s->h, &SD_SHAPE, (uint32_t)h);
+    c->n++;
+    c->sum += v;
+    c->sumsq += v * v;
     s->last_v = v;
     s->last_h = h;
     s->has = 1;
@@ -54,11 +58,11 @@ static void sd_update(const feature *f, void *st, const op_input *in) {
 static void sd_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
     const sd_st *s = st;
-    if (!s->has || s->h[s->last_h].n < 2) {
+    const sd_hour *b = s->has ? slots_get(s->h, &SD_SHAPE, (uint32_t)s->last_h) : NULL;
+    if (!b || b->n < 2) {
         jsonw_null(w);
         return;
     }
-    const sd_hour *b = &s->h[s->last_h];
     double n = (double)b->n, mean = b->sum / n;
     double var = (b->sumsq - b->sum * b->sum / n) / (n - 1.0);
     if (!(var > 0)) jsonw_null(w);
@@ -68,7 +72,7 @@ static void sd_read(const feature *f, const void *st, int64_t q, jsonw *w) {
 static void sd_destroy(const feature *f, void *st) {
     (void)f;
     sd_st *s = st;
-    free(s->h);
+    slots_free(&s->h);
     memset(s, 0, sizeof *s);
 }
 
@@ -79,10 +83,13 @@ static void sd_encode(const feature *f, const void *st, bv_buf *out) {
     if (!s->has) return;
     cod_put_f64(out, s->last_v);
     cod_put_u8(out, (uint8_t)s->last_h);
-    for (int i = 0; i < 24; i++) {
-        cod_put_u64(out, s->h[i].n);
-        cod_put_f64(out, s->h[i].sum);
-        cod_put_f64(out, s->h[i].sumsq);
+    for (uint32_t i = 0; i < SD_HOURS; i++) {
+        static const sd_hour zero;
+        const sd_hour *c = slots_get(s->h, &SD_SHAPE, i);
+        if (!c) c = &zero;
+        cod_put_u64(out, c->n);
+        cod_put_f64(out, c->sum);
+        cod_put_f64(out, c->sumsq);
     }
 }
 
@@ -96,15 +103,17 @@ static int sd_decode(const feature *f, void *st, const uint8_t **p, const uint8_
         if (cod_get_f64(&q, end, &t.last_v) < 0 || cod_get_u8(&q, end, &hour) < 0 || hour >= 24 ||
             (size_t)(end - q) < 24 * 24)
             return -1;
-        t.h = malloc(24 * sizeof *t.h);
-        if (!t.h) abort();
-        for (int i = 0; i < 24; i++) {      /* length checked above */
-            cod_get_u64(&q, end, &t.h[i].n);
-            cod_get_f64(&q, end, &t.h[i].sum);
-            cod_get_f64(&q, end, &t.h[i].sumsq);
+        for (uint32_t i = 0; i < SD_HOURS; i++) {      /* length checked above */
+            static const sd_hour zero;
+            sd_hour c = zero;
+            cod_get_u64(&q, end, &c.n);
+            cod_get_f64(&q, end, &c.sum);
+            cod_get_f64(&q, end, &c.sumsq);
+            if (memcmp(&c, &zero, sizeof c) != 0) *(sd_hour *)slots_put(&t.h, &SD_SHAPE, i) = c;
         }
-        if (t.h[hour].n == 0) {
-            free(t.h);
+        const sd_hour *last = slots_get(t.h, &SD_SHAPE, hour);
+        if (!last || last->n == 0) {
+            slots_free(&t.h);
             return -1;
         }
         t.last_h = hour;

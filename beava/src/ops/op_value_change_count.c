@@ -38,7 +38,7 @@ static bool same_opval(const op_val *a, const op_val *b) {
     case BV_I64: return a->u.i == b->u.i;
     case BV_F64: return a->u.f == b->u.f;    /* NaN != NaN */
     case BV_STR:
-    case BV_JSON: return a->len == b->len && (a->len == 0 || memcmp(a->u.s, b->u.s, a->len) == 0);
+    case BV_JSON: return a->len == b->len && (a->len == 0 || memcmp(opval_bytes(a), opval_bytes(b), a->len) == 0);
     }
     return false;
 }
@@ -57,7 +57,7 @@ static bool same_value(const op_val *a, const bv_value *v) {
     case BV_BOOL: return a->u.b == v->u.b;
     case BV_I64: return a->u.i == v->u.i;
     case BV_F64: return a->u.f == v->u.f;
-    case BV_STR: return a->len == v->u.s.len && (a->len == 0 || memcmp(a->u.s, v->u.s.ptr, a->len) == 0);
+    case BV_STR: return a->len == v->u.s.len && (a->len == 0 || memcmp(opval_bytes(a), v->u.s.ptr, a->len) == 0);
     default: return false;
     }
 }

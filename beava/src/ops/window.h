@@ -2,8 +2,9 @@
  * window.h - the sliding window of the windowable ("B") kinds: 64 sub-buckets
  * (window.c).
  *
- * A windowed feature's fixed state is one pointer (NULL = no bucket yet) to a lazily
- * grown list of at most WINDOW_MAX_BUCKETS (epoch, inner state) entries. Bucket width
+ * A windowed feature's fixed state (window_state_size bytes, all-zero = no bucket yet)
+ * holds the first (epoch, inner state) bucket inline and a pointer to a lazily grown
+ * list of the others, at most WINDOW_MAX_BUCKETS in all. Bucket width
  * b = ceil(W/64) (feature->bucket_ms); an event at now goes to epoch floor(now/b)*b.
  * A new epoch when 64 are held evicts the smallest epoch (op_stats.bucket_reclaim).
  * Stale buckets are otherwise kept (queries skip them). A query at q merges the active
@@ -28,6 +29,9 @@
 int64_t window_epoch(int64_t now_ms, int64_t bucket_ms);
 /* True iff the bucket at epoch e is part of the window at query time q. */
 bool window_active(int64_t q, int64_t e, int64_t window_ms);
+
+/* The fixed state size of a windowed feature of kind vt. */
+size_t window_state_size(const struct op_vtable *vt);
 
 void window_update(const feature *f, void *st, const op_input *in);
 void window_read(const feature *f, const void *st, int64_t query_ms, jsonw *w);

@@ -2,10 +2,11 @@
  * distinct.h - the n_unique counter: exact set of 64-bit value hashes up to 1024
  * distinct, then HyperLogLog++ p=12.
  *
- * Layout: 16 bytes, all-zero = empty. Exact mode keeps the hashes in one sorted array
- * (binary search; insertion moves at most 8 KB), grown by doubling. On the 1025th
- * distinct hash the array is folded into 4096 registers and freed (mode HLL, n =
- * DISTINCT_HLL). Merge (windows) unions exact sets, staying exact while the union holds
+ * Layout: 16 bytes, all-zero = empty. Exact mode holds the hashes in the smallest form
+ * that fits (distinct.c): one hash inside the struct, a sorted array up to 32, an
+ * open-addressing table up to 1024. On the 1025th distinct hash they are folded into
+ * 4096 registers (mode HLL, n = DISTINCT_HLL). The snapshot form is the sorted list
+ * whatever the exact form. Merge (windows) unions exact sets, staying exact while the union holds
  * at most 1024 hashes; any HLL side makes the result HLL (register-wise max).
  */
 #ifndef BEAVA_SKETCH_DISTINCT_H
@@ -19,8 +20,9 @@
 
 typedef struct distinct {
     uint32_t n;               /* exact: hashes held; DISTINCT_HLL: register mode */
-    uint32_t cap;             /* exact: array capacity */
-    void *p;                  /* uint64_t[cap] ascending, or uint8_t[HLL_M] */
+    uint32_t cap;             /* exact: array / table capacity; 0 with n == 1: the hash is in p */
+    void *p;                  /* uint64_t[cap] ascending (n <= 32), uint64_t[cap + 1] table,
+                               * or uint8_t[HLL_M] */
 } distinct;
 
 void distinct_add(distinct *d, uint64_t hash);

@@ -22,8 +22,19 @@ static char *dup_bytes(const char *p, size_t n) {
 }
 
 void opval_clear(op_val *d) {
-    if (d->kind == BV_STR || d->kind == BV_JSON) free(d->u.s);
+    if ((d->kind == BV_STR || d->kind == BV_JSON) && !d->inl) free(d->u.s);
     memset(d, 0, sizeof *d);
+}
+
+/* Store len bytes of text into n (inline when short). */
+static void set_text(op_val *n, const char *p, size_t len) {
+    n->len = (uint32_t)len;
+    if (len <= OPVAL_INLINE_MAX) {
+        n->inl = 1;
+        if (len) memcpy(n->u.in, p, len);
+    } else {
+        n->u.s = dup_bytes(p, len);
+    }
 }
 
 void opval_set(op_val *d, const bv_value *v) {
@@ -37,8 +48,7 @@ void opval_set(op_val *d, const bv_value *v) {
     case BV_F64: n.u.f = v->u.f; break;
     case BV_STR: {
         size_t len = v->u.s.len > OPVAL_MAX_LEN ? OPVAL_MAX_LEN : v->u.s.len;
-        n.len = (uint32_t)len;
-        n.u.s = dup_bytes(v->u.s.ptr, len);
+        set_text(&n, v->u.s.ptr, len);
         break;
     }
     case BV_JSON: {
@@ -48,8 +58,7 @@ void opval_set(op_val *d, const bv_value *v) {
         jsonw_init(&w, &b);
         jsonw_json(&w, v->u.j);
         if (b.len > OPVAL_MAX_LEN) b.len = OPVAL_MAX_LEN;
-        n.len = (uint32_t)b.len;
-        n.u.s = dup_bytes(b.data ? b.data : "", b.len);
+        set_text(&n, b.data ? b.data : "", b.len);
         bv_buf_free(&b);
         break;
     }
@@ -62,7 +71,7 @@ void opval_copy(op_val *d, const op_val *s) {
     if (d == s) return;
     opval_clear(d);
     *d = *s;
-    if (s->kind == BV_STR || s->kind == BV_JSON) d->u.s = dup_bytes(s->u.s, s->len);
+    if ((s->kind == BV_STR || s->kind == BV_JSON) && !s->inl) d->u.s = dup_bytes(s->u.s, s->len);
 }
 
 bv_value opval_view(const op_val *v) {
@@ -71,7 +80,7 @@ bv_value opval_view(const op_val *v) {
     case BV_I64: return bv_i64(v->u.i);
     case BV_F64: return bv_f64(v->u.f);
     case BV_STR:
-    case BV_JSON: return bv_str(v->u.s, v->len);
+    case BV_JSON: return bv_str(opval_bytes(v), v->len);
     default: return bv_null();
     }
 }
@@ -81,8 +90,8 @@ void opval_write(const op_val *v, jsonw *w) {
     case BV_BOOL: jsonw_bool(w, v->u.b); break;
     case BV_I64: jsonw_i64(w, v->u.i); break;
     case BV_F64: jsonw_f64(w, v->u.f); break;
-    case BV_STR: jsonw_strn(w, v->u.s, v->len); break;
-    case BV_JSON: jsonw_raw(w, v->u.s, v->len); break;
+    case BV_STR: jsonw_strn(w, opval_bytes(v), v->len); break;
+    case BV_JSON: jsonw_raw(w, opval_bytes(v), v->len); break;
     default: jsonw_null(w); break;
     }
 }
@@ -125,7 +134,7 @@ bool opval_same_key(const op_val *a, const bv_value *b) {
     case BV_BOOL: return a->u.b == b->u.b;
     case BV_I64: return a->u.i == b->u.i;
     case BV_F64: return a->u.f == b->u.f || (isnan(a->u.f) && isnan(b->u.f));
-    case BV_STR: return a->len == b->u.s.len && memcmp(a->u.s, b->u.s.ptr, a->len) == 0;
+    case BV_STR: return a->len == b->u.s.len && (a->len == 0 || memcmp(opval_bytes(a), b->u.s.ptr, a->len) == 0);
     default: return false;   /* lists/maps are never map keys */
     }
 }
@@ -146,7 +155,7 @@ int opval_order(const op_val *a, const op_val *b) {
     switch ((bv_kind)a->kind) {
     case BV_STR: {
         size_t n = a->len < b->len ? a->len : b->len;
-        int c = n ? memcmp(a->u.s, b->u.s, n) : 0;
+        int c = n ? memcmp(opval_bytes(a), opval_bytes(b), n) : 0;
         if (c) return c < 0 ? -1 : 1;
         return a->len < b->len ? -1 : a->len > b->len;
     }
@@ -181,7 +190,7 @@ void opval_encode(bv_buf *out, const op_val *v) {
     case BV_STR:
     case BV_JSON:
         cod_put_u32(out, v->len);
-        bv_buf_put(out, v->u.s, v->len);
+        bv_buf_put(out, opval_bytes(v), v->len);
         break;
     default: break;
     }
@@ -207,8 +216,7 @@ int opval_decode(const uint8_t **p, const uint8_t *end, op_val *v) {
         uint32_t len;
         const uint8_t *bytes;
         if (cod_get_u32(&q, end, &len) < 0 || cod_get_bytes(&q, end, len, &bytes) < 0) return -1;
-        n.len = len;
-        n.u.s = dup_bytes((const char *)bytes, len);
+        set_text(&n, (const char *)bytes, len);
         break;
     }
     default: return -1;

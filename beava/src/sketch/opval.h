@@ -4,8 +4,13 @@
  *
  * bv_value borrows its strings from the request; operator state outlives the request,
  * so raw-value kinds (min, max, first, last, top_k keys, ...) keep an op_val: 16 bytes,
- * strings copied to the heap, lists/maps kept as their rendered JSON text (BV_JSON with
- * `s`/`len`). kind == BV_NULL is "empty"; an all-zero op_val is empty.
+ * strings copied, lists/maps kept as their rendered JSON text (BV_JSON). Text of at most
+ * OPVAL_INLINE_MAX bytes (ids, country and currency codes...) is held inside the op_val
+ * itself (`inl`), longer text on the heap: read it with opval_bytes(), never u.s
+ * directly. The bytes are not NUL-terminated. An op_val holds no pointer into itself
+ * (it may be moved with memcpy like every operator state), but a view or opval_bytes()
+ * of an inline value points into it: do not keep one across a move of the op_val.
+ * kind == BV_NULL is "empty"; an all-zero op_val is empty.
  */
 #ifndef BEAVA_OPS_OPVAL_H
 #define BEAVA_OPS_OPVAL_H
@@ -15,12 +20,18 @@
 #include "jsonw.h"
 #include "value.h"
 
+#define OPVAL_INLINE_MAX 8
+
 typedef struct op_val {
     uint8_t kind;             /* bv_kind */
-    uint8_t pad[3];
+    uint8_t inl;              /* BV_STR / BV_JSON: the bytes are in u.in */
+    uint8_t pad[2];
     uint32_t len;             /* BV_STR / BV_JSON byte length */
-    union { int64_t i; double f; bool b; char *s; } u;
+    union { int64_t i; double f; bool b; char *s; char in[OPVAL_INLINE_MAX]; } u;
 } op_val;
+
+/* The text of a BV_STR / BV_JSON value (len bytes, not NUL-terminated). */
+static inline const char *opval_bytes(const op_val *v) { return v->inl ? v->u.in : v->u.s; }
 
 /* Replace *d with a copy of v (any kind; BV_NULL empties). */
 void opval_set(op_val *d, const bv_value *v);
