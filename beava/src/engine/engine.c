@@ -194,9 +194,10 @@ int engine_log_append(engine *e, int kind, const void *payload, size_t len, uint
         *lsn = ++e->last_lsn;
         return 0;
     }
-    if (e->opt.wal.append(e->opt.wal.ctx, kind, payload, len, lsn, reason, rlen) != 0) {
+    int rc = e->opt.wal.append(e->opt.wal.ctx, kind, payload, len, lsn, reason, rlen);
+    if (rc != 0) {
         atomic_fetch_add_explicit(&e->wal_failures, 1, memory_order_relaxed);
-        return -1;
+        return rc == ENGINE_LOG_CONFLICT ? rc : -1;
     }
     e->last_lsn = *lsn;
     return 0;
@@ -235,7 +236,15 @@ int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
     int status = registry_prepare(e->reg, body, len, out, &plan);
     if (plan) {
         char reason[256];
-        if (log_durably(e, REC_REGISTER, body, len, reason, sizeof reason) != 0) {
+        int lrc = log_durably(e, REC_REGISTER, body, len, reason, sizeof reason);
+        if (lrc == ENGINE_LOG_CONFLICT) {     /* cluster: another register got in first */
+            reg_plan_free(plan);
+            out->len = 0;
+            engine_error_body(out, "registry_conflict", "reason", reason, true, registry_version(e->reg));
+            engine_barrier_leave(e);
+            return 409;
+        }
+        if (lrc != 0) {
             reg_plan_free(plan);
             out->len = 0;
             char msg[400];

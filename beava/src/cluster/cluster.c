@@ -1,0 +1,1043 @@
+/*
+ * cluster.c - the cluster on NATS JetStream (see cluster.h for the design).
+ *
+ * Threads: CLUSTER_PUBLISHERS publisher threads (a push batch each at a time, its
+ * messages published one after another with a synchronous JetStream ack: batches from
+ * different connections overlap, the messages of one batch do not yet), the NATS
+ * library's delivery threads (one per subscription: the registry and each owned
+ * partition), and the snapshot timer.
+ *
+ * Message body of a partition message: records, each u32 length (little-endian) then
+ * an event record (evrec). Headers: Beava-Reg (registry sequence the records were
+ * validated against). Registry message: the register body (or empty for a reset),
+ * headers Beava-Kind (REC_REGISTER / REC_RESET) and Beava-Origin (node id and boot
+ * time: the publishing process skips it, it applied the record when it published it).
+ *
+ * Known limits of this first slice (README "Cluster"): the node list is fixed (no
+ * rebalancing), reads are served by owners only (no forwarding yet), the dedupe by
+ * event key is per receiving node, a reset is not ordered with the events published
+ * before it, and a node with a lost data dir rebuilds from the stream alone.
+ */
+#include "cluster.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "codec.h"
+#include "crc32c.h"
+#include "fsutil.h"
+#include "partmap.h"
+
+#define CLUSTER_PUBLISHERS 4                 /* batches published at once */
+#define CLUSTER_MSG_MAX (512u * 1024u)       /* body bytes per message (NATS max_payload is 1 MiB) */
+#define CLUSTER_PUBLISH_TRIES 3              /* same message id each time: JetStream de-duplicates */
+#define CLUSTER_SUBJECT_MAX 192
+#define CLUSTER_ORIGIN_MAX 128               /* "<node>-<boot ns>" */
+#define CLUSTER_ID_MAX (CLUSTER_ORIGIN_MAX + 32)   /* message ids */
+#define CLUSTER_URLS_MAX 16
+#define CLUSTER_CLOSE_WAIT_MS 5000           /* nats_CloseAndWait at shutdown */
+#define CLUSTER_APPLY_ERRORS_LOGGED 10
+#define SNAP_MAGIC "BVCLSN01"
+#define SNAP_MAGIC_LEN 8
+
+typedef struct pub_job {
+    engine_batch *b;
+    const engine_log_record *recs;
+    size_t n;
+    struct pub_job *next;
+} pub_job;
+
+typedef struct part_sub {
+    struct cluster *c;
+    unsigned p;
+    natsSubscription *sub;
+} part_sub;
+
+struct cluster {
+    const bv_config *cfg;
+    const bv_log *log;
+    partmap *map;
+    size_t self;
+    unsigned nparts;
+    natsOptions *opts;
+    natsConnection *nc;
+    jsCtx *js;
+    char stream[CLUSTER_SUBJECT_MAX];
+    char prefix[CLUSTER_SUBJECT_MAX];        /* "beava.<name>" */
+    char origin[CLUSTER_ORIGIN_MAX];             /* "<node>-<boot ns>" */
+    engine *eng;
+    _Atomic uint64_t msg_counter;
+
+    /* publishers */
+    pthread_mutex_t q_mu;
+    pthread_cond_t q_cv;
+    pub_job *q_head, *q_tail;
+    bool q_stop;
+    pthread_t pubs[CLUSTER_PUBLISHERS];
+    int npubs;
+
+    /* apply (apply_mu) */
+    pthread_mutex_t apply_mu;
+    unsigned cur_part;                       /* the partition being applied (keep_part) */
+    uint64_t *applied;                       /* per partition: last stream sequence applied */
+    uint64_t *target;                        /* per partition: the stream's last at start */
+    part_sub *subs;
+    size_t nsubs;
+    natsSubscription *reg_sub;
+    uint64_t applied_since_snap;
+    uint64_t apply_errors_logged;
+    atomic_bool *ready;
+    bool caught_up;
+
+    /* registry (reg_mu) */
+    pthread_mutex_t reg_mu;
+    pthread_cond_t reg_cv;
+    uint64_t reg_applied;                    /* last registry record applied here */
+    uint64_t reg_target;
+    bool own_pending;                        /* a register of ours is being published */
+    bool stopping;
+
+    /* snapshots */
+    char snap_dir[PATH_MAX];
+    uint64_t snap_counter;                   /* apply_mu */
+    pthread_t snap_thread;
+    bool snap_started;
+    pthread_mutex_t snap_mu;
+    pthread_cond_t snap_cv;
+    bool snap_stop;
+
+    _Atomic uint64_t published_msgs, publish_retries, publish_failures, pushes_acked, pushes_failed, applied_msgs,
+        apply_errors, snapshots, snapshot_failures, reg_published, reg_conflicts;
+};
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static uint64_t relaxed(_Atomic uint64_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
+static void bump(_Atomic uint64_t *v) { atomic_fetch_add_explicit(v, 1, memory_order_relaxed); }
+
+static const char *nats_why(natsStatus s, jsErrCode jerr, char *buf, size_t n) {
+    const char *last = nats_GetLastError(NULL);
+    snprintf(buf, n, "%s (js error %d)%s%s", natsStatus_GetText(s), (int)jerr, last && *last ? ": " : "",
+             last ? last : "");
+    return buf;
+}
+
+static void part_subject(const cluster *c, unsigned p, char *out, size_t n) {
+    snprintf(out, n, "%s.p.%u", c->prefix, p);
+}
+
+static void reg_subject(const cluster *c, char *out, size_t n) {
+    snprintf(out, n, "%s.reg", c->prefix);
+}
+
+static uint64_t msg_stream_seq(natsMsg *m) {
+    jsMsgMetaData *meta = NULL;
+    if (natsMsg_GetMetaData(&meta, m) != NATS_OK || !meta) return 0;
+    uint64_t s = meta->Sequence.Stream;
+    jsMsgMetaData_Destroy(meta);
+    return s;
+}
+
+static uint64_t header_u64(natsMsg *m, const char *key) {
+    const char *v = NULL;
+    if (natsMsgHeader_Get(m, key, &v) != NATS_OK || !v) return 0;
+    return strtoull(v, NULL, 10);
+}
+
+/* ---- connection and stream ------------------------------------------------------------ */
+
+static int connect_nats(cluster *c, char *err, size_t errlen) {
+    const bv_config *cfg = c->cfg;
+    char why[512];
+    natsStatus s = natsOptions_Create(&c->opts);
+    if (s != NATS_OK) return fail(err, errlen, "cluster: NATS options: %s", natsStatus_GetText(s));
+    char urls[CONFIG_CLUSTER_URL_MAX];
+    snprintf(urls, sizeof urls, "%s", cfg->cluster_nats_url);
+    const char *list[CLUSTER_URLS_MAX];
+    int n = 0;
+    for (char *save = NULL, *u = strtok_r(urls, ",", &save); u && n < CLUSTER_URLS_MAX; u = strtok_r(NULL, ",", &save))
+        list[n++] = u;
+    if (n == 0) return fail(err, errlen, "cluster.nats_url: no URL in '%s'", cfg->cluster_nats_url);
+    s = natsOptions_SetServers(c->opts, list, n);
+    if (s == NATS_OK) s = natsOptions_SetName(c->opts, cfg->cluster_node_id);
+    if (s == NATS_OK) s = natsOptions_SetMaxReconnect(c->opts, -1);   /* keep trying: NATS restarts */
+    if (s == NATS_OK && cfg->cluster_creds_file[0])
+        s = natsOptions_SetUserCredentialsFromFiles(c->opts, cfg->cluster_creds_file, NULL);
+    if (s == NATS_OK && cfg->cluster_tls_ca_file[0]) s = natsOptions_LoadCATrustedCertificates(c->opts, cfg->cluster_tls_ca_file);
+    if (s != NATS_OK) return fail(err, errlen, "cluster: NATS options: %s", nats_why(s, 0, why, sizeof why));
+    s = natsConnection_Connect(&c->nc, c->opts);
+    if (s != NATS_OK)
+        return fail(err, errlen, "cluster: cannot connect to NATS at %s: %s", cfg->cluster_nats_url,
+                    nats_why(s, 0, why, sizeof why));
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = cfg->cluster_publish_timeout_ms;
+    s = natsConnection_JetStream(&c->js, c->nc, &jo);
+    if (s != NATS_OK) return fail(err, errlen, "cluster: JetStream context: %s", nats_why(s, 0, why, sizeof why));
+    return 0;
+}
+
+/* Create the cluster's stream, or check the existing one was made for the same
+ * partition count (its description says it). */
+static int ensure_stream(cluster *c, char *err, size_t errlen) {
+    char subj[CLUSTER_SUBJECT_MAX + 4], desc[128], why[512];
+    snprintf(subj, sizeof subj, "%s.>", c->prefix);
+    snprintf(desc, sizeof desc, "beava cluster %s: partitions=%u", c->cfg->cluster_name, c->nparts);
+    const char *subjects[1] = { subj };
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = c->stream;
+    sc.Description = desc;
+    sc.Subjects = subjects;
+    sc.SubjectsLen = 1;
+    sc.Storage = js_FileStorage;
+    sc.Replicas = c->cfg->cluster_stream_replicas;
+    sc.MaxAge = (int64_t)(c->cfg->cluster_stream_max_age_s * 1000000000ull);
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, c->js, c->stream, NULL, &jerr);
+    if (s == NATS_NOT_FOUND) {
+        jerr = 0;
+        s = js_AddStream(&si, c->js, &sc, NULL, &jerr);
+        if (s != NATS_OK) {              /* another node may have created it meanwhile */
+            jerr = 0;
+            s = js_GetStreamInfo(&si, c->js, c->stream, NULL, &jerr);
+        }
+    }
+    if (s != NATS_OK)
+        return fail(err, errlen, "cluster: stream %s: %s (is JetStream enabled on the NATS server?)", c->stream,
+                    nats_why(s, jerr, why, sizeof why));
+    int rc = 0;
+    if (!si->Config || !si->Config->Description || strcmp(si->Config->Description, desc) != 0)
+        rc = fail(err, errlen, "cluster: stream %s was made for another configuration ('%s', this node: '%s'); "
+                               "cluster.partitions is fixed when the cluster is created",
+                  c->stream, si->Config && si->Config->Description ? si->Config->Description : "", desc);
+    jsStreamInfo_Destroy(si);
+    return rc;
+}
+
+cluster *cluster_open(const bv_config *cfg, const bv_log *log, char *err, size_t errlen) {
+    cluster *c = calloc(1, sizeof *c);
+    if (!c) {
+        fail(err, errlen, "out of memory");
+        return NULL;
+    }
+    c->cfg = cfg;
+    c->log = log;
+    pthread_mutex_init(&c->q_mu, NULL);
+    pthread_cond_init(&c->q_cv, NULL);
+    pthread_mutex_init(&c->apply_mu, NULL);
+    pthread_mutex_init(&c->reg_mu, NULL);
+    pthread_cond_init(&c->reg_cv, NULL);
+    pthread_mutex_init(&c->snap_mu, NULL);
+    pthread_cond_init(&c->snap_cv, NULL);
+    c->nparts = cfg->cluster_partitions;
+    c->map = partmap_new(cfg->cluster_nodes, cfg->ncluster_nodes, cfg->cluster_partitions, cfg->cluster_replicas);
+    c->applied = calloc(c->nparts, sizeof *c->applied);
+    c->target = calloc(c->nparts, sizeof *c->target);
+    c->subs = calloc(c->nparts, sizeof *c->subs);
+    if (!c->map || !c->applied || !c->target || !c->subs) {
+        fail(err, errlen, "cluster: cannot build the partition map (partitions %u, replicas %u, %zu nodes)",
+             cfg->cluster_partitions, cfg->cluster_replicas, cfg->ncluster_nodes);
+        goto err;
+    }
+    c->self = (size_t)partmap_node_index(c->map, cfg->cluster_node_id);
+    snprintf(c->stream, sizeof c->stream, "BEAVA_%s", cfg->cluster_name);
+    snprintf(c->prefix, sizeof c->prefix, "beava.%s", cfg->cluster_name);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(c->origin, sizeof c->origin, "%s-%lld%09ld", cfg->cluster_node_id, (long long)ts.tv_sec, ts.tv_nsec);
+    if (snprintf(c->snap_dir, sizeof c->snap_dir, "%s/cluster", cfg->data_dir) >= (int)sizeof c->snap_dir) {
+        fail(err, errlen, "cluster: data dir path too long");
+        goto err;
+    }
+    if (bv_mkdir_p(c->snap_dir, NULL) != 0) {
+        fail(err, errlen, "cluster: cannot create %s: %s", c->snap_dir, strerror(errno));
+        goto err;
+    }
+    if (connect_nats(c, err, errlen) != 0 || ensure_stream(c, err, errlen) != 0) goto err;
+    bv_log_msg(log, LOG_INFO, "cluster.connected", "node %s of %zu, stream %s, %u partitions, replicas %u",
+               cfg->cluster_node_id, cfg->ncluster_nodes, c->stream, c->nparts, cfg->cluster_replicas);
+    return c;
+err:
+    cluster_close(c);
+    return NULL;
+}
+
+/* ---- publishing pushes ------------------------------------------------------------------- */
+
+/* Publish one message (retrying with the same id). 0 and *seq, or -1 with why. */
+static int publish(cluster *c, natsMsg *m, const char *msgid, uint64_t *seq, jsErrCode *jerr, char *why, size_t wl) {
+    jsPubOptions o;
+    for (int t = 0; t < CLUSTER_PUBLISH_TRIES; t++) {
+        jsPubOptions_Init(&o);
+        o.MsgId = msgid;
+        o.MaxWait = c->cfg->cluster_publish_timeout_ms;
+        jsPubAck *pa = NULL;
+        *jerr = 0;
+        natsStatus s = js_PublishMsg(&pa, c->js, m, &o, jerr);
+        if (s == NATS_OK) {
+            *seq = pa->Sequence;
+            jsPubAck_Destroy(pa);
+            bump(&c->published_msgs);
+            return 0;
+        }
+        nats_why(s, *jerr, why, wl);
+        if (*jerr != 0) break;       /* the stream answered: a retry would get the same answer */
+        bump(&c->publish_retries);
+    }
+    bump(&c->publish_failures);
+    return -1;
+}
+
+typedef struct pub_slot {
+    bv_buf body;
+    size_t *items;                /* record indexes in this message */
+    size_t nitems, cap;
+    bool used;
+} pub_slot;
+
+typedef struct pub_scratch {
+    pub_slot *slots;              /* per partition */
+    uint64_t *item_seq;
+    bool *item_fail;
+    char *item_why;               /* one reason per batch is enough */
+    size_t item_cap;
+} pub_scratch;
+
+static void slot_add_item(pub_slot *s, size_t i) {
+    if (s->nitems == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 16;
+        size_t *p = realloc(s->items, cap * sizeof *p);
+        if (!p) abort();
+        s->items = p;
+        s->cap = cap;
+    }
+    s->items[s->nitems++] = i;
+}
+
+static void flush_slot(cluster *c, pub_scratch *sc, unsigned p, uint64_t reg_seq, char *why, size_t wl) {
+    pub_slot *s = &sc->slots[p];
+    if (!s->body.len) return;
+    char subj[CLUSTER_SUBJECT_MAX], msgid[CLUSTER_ID_MAX], regv[32];
+    part_subject(c, p, subj, sizeof subj);
+    snprintf(msgid, sizeof msgid, "%s-%" PRIu64, c->origin, atomic_fetch_add(&c->msg_counter, 1));
+    snprintf(regv, sizeof regv, "%" PRIu64, reg_seq);
+    natsMsg *m = NULL;
+    uint64_t seq = 0;
+    jsErrCode jerr = 0;
+    int rc = -1;
+    if (natsMsg_Create(&m, subj, NULL, s->body.data, (int)s->body.len) == NATS_OK &&
+        natsMsgHeader_Set(m, "Beava-Reg", regv) == NATS_OK)
+        rc = publish(c, m, msgid, &seq, &jerr, why, wl);
+    else
+        snprintf(why, wl, "cannot build the message");
+    natsMsg_Destroy(m);
+    for (size_t k = 0; k < s->nitems; k++) {
+        size_t i = s->items[k];
+        if (rc != 0) sc->item_fail[i] = true;
+        else if (seq > sc->item_seq[i]) sc->item_seq[i] = seq;
+    }
+    s->body.len = 0;
+    s->nitems = 0;
+}
+
+static void pub_run(cluster *c, pub_scratch *sc, pub_job *job) {
+    if (job->n > sc->item_cap) {
+        free(sc->item_seq);
+        free(sc->item_fail);
+        sc->item_seq = malloc(job->n * sizeof *sc->item_seq);
+        sc->item_fail = malloc(job->n * sizeof *sc->item_fail);
+        if (!sc->item_seq || !sc->item_fail) abort();
+        sc->item_cap = job->n;
+    }
+    memset(sc->item_seq, 0, job->n * sizeof *sc->item_seq);
+    memset(sc->item_fail, 0, job->n * sizeof *sc->item_fail);
+    pthread_mutex_lock(&c->reg_mu);
+    uint64_t reg_seq = c->reg_applied;    /* at least what the records were validated against */
+    pthread_mutex_unlock(&c->reg_mu);
+    char why[512] = "";
+    unsigned touched_cap = 0;
+    for (size_t i = 0; i < job->n; i++) touched_cap += (unsigned)job->recs[i].nparts;
+    unsigned *touched = malloc((touched_cap ? touched_cap : 1) * sizeof *touched);
+    if (!touched) abort();
+    unsigned ntouched = 0;
+    for (size_t i = 0; i < job->n; i++) {
+        const engine_log_record *r = &job->recs[i];
+        for (size_t k = 0; k < r->nparts; k++) {
+            unsigned p = partmap_partition(c->map, r->parts[k].table, r->parts[k].key, r->parts[k].klen);
+            bool dup = false;
+            for (size_t q = 0; q < k && !dup; q++)
+                dup = partmap_partition(c->map, r->parts[q].table, r->parts[q].key, r->parts[q].klen) == p;
+            if (dup) continue;
+            pub_slot *s = &sc->slots[p];
+            if (!s->used) {
+                s->used = true;
+                touched[ntouched++] = p;
+            }
+            if (s->body.len && s->body.len + 4 + r->len > CLUSTER_MSG_MAX) flush_slot(c, sc, p, reg_seq, why, sizeof why);
+            unsigned char lenb[4];
+            codec_put32(lenb, (uint32_t)r->len);
+            bv_buf_put(&s->body, lenb, 4);
+            bv_buf_put(&s->body, r->payload, r->len);
+            slot_add_item(s, i);
+        }
+    }
+    for (unsigned t = 0; t < ntouched; t++) {
+        flush_slot(c, sc, touched[t], reg_seq, why, sizeof why);
+        sc->slots[touched[t]].used = false;
+    }
+    free(touched);
+    uint64_t version = engine_registry_version(c->eng);
+    for (size_t i = 0; i < job->n; i++) {
+        push_result *res = &job->b->items[job->recs[i].item].res;
+        if (sc->item_fail[i]) {
+            res->status = 503;
+            snprintf(res->code, sizeof res->code, "cluster_unavailable");
+            snprintf(res->reason, sizeof res->reason,
+                     "the cluster's log did not acknowledge the event; it may or may not be applied: %.150s", why);
+            bump(&c->pushes_failed);
+        } else {
+            res->status = 200;
+            res->ack_lsn = sc->item_seq[i];
+            res->registry_version = version;
+            bump(&c->pushes_acked);
+        }
+    }
+    job->b->done(job->b);
+}
+
+static void *pub_main(void *arg) {
+    cluster *c = arg;
+    pub_scratch sc = { 0 };
+    sc.slots = calloc(c->nparts, sizeof *sc.slots);
+    if (!sc.slots) abort();
+    for (unsigned p = 0; p < c->nparts; p++) bv_buf_init(&sc.slots[p].body);
+    pthread_mutex_lock(&c->q_mu);
+    for (;;) {
+        while (!c->q_head && !c->q_stop) pthread_cond_wait(&c->q_cv, &c->q_mu);
+        pub_job *job = c->q_head;
+        if (!job) break;                   /* stopping, drained */
+        c->q_head = job->next;
+        if (!c->q_head) c->q_tail = NULL;
+        pthread_mutex_unlock(&c->q_mu);
+        pub_run(c, &sc, job);
+        free(job);
+        pthread_mutex_lock(&c->q_mu);
+    }
+    pthread_mutex_unlock(&c->q_mu);
+    for (unsigned p = 0; p < c->nparts; p++) {
+        bv_buf_free(&sc.slots[p].body);
+        free(sc.slots[p].items);
+    }
+    free(sc.slots);
+    free(sc.item_seq);
+    free(sc.item_fail);
+    return NULL;
+}
+
+/* engine_log_backend.publish: queue the batch for a publisher thread. */
+static void backend_publish(void *ctx, engine_batch *b, const engine_log_record *recs, size_t n) {
+    cluster *c = ctx;
+    pub_job *job = calloc(1, sizeof *job);
+    if (!job) abort();
+    job->b = b;
+    job->recs = recs;
+    job->n = n;
+    pthread_mutex_lock(&c->q_mu);
+    if (c->q_tail) c->q_tail->next = job;
+    else c->q_head = job;
+    c->q_tail = job;
+    pthread_cond_signal(&c->q_cv);
+    pthread_mutex_unlock(&c->q_mu);
+}
+
+/* engine_log_backend.keep_part: apply only the message's own partition (apply_mu held). */
+static bool backend_keep_part(void *ctx, const char *table, const char *key, size_t klen) {
+    cluster *c = ctx;
+    return partmap_partition(c->map, table, key, klen) == c->cur_part;
+}
+
+/* ---- the registry through the log ---------------------------------------------------------- */
+
+/* engine_wal_ops.append for register and reset (the engine's barrier is held). */
+static int reg_append(void *ctx, int kind, const void *payload, size_t len, uint64_t *lsn, char *reason, size_t rlen) {
+    cluster *c = ctx;
+    if (kind == REC_EVENT) {          /* never: events go through backend_publish */
+        snprintf(reason, rlen, "cluster mode logs events through the partitions");
+        return -1;
+    }
+    pthread_mutex_lock(&c->reg_mu);
+    uint64_t base = c->reg_applied;
+    c->own_pending = true;
+    pthread_mutex_unlock(&c->reg_mu);
+    char subj[CLUSTER_SUBJECT_MAX], msgid[CLUSTER_ID_MAX], basev[32], kindv[16];
+    reg_subject(c, subj, sizeof subj);
+    snprintf(msgid, sizeof msgid, "%s-r%" PRIu64, c->origin, atomic_fetch_add(&c->msg_counter, 1));
+    snprintf(basev, sizeof basev, "%" PRIu64, base);
+    snprintf(kindv, sizeof kindv, "%d", kind);
+    natsMsg *m = NULL;
+    uint64_t seq = 0;
+    jsErrCode jerr = 0;
+    int rc = -1;
+    char why[512] = "cannot build the message";
+    /* the header is set by hand: the client library omits an expected sequence of 0,
+     * and the very first register must be checked too */
+    if (natsMsg_Create(&m, subj, NULL, payload, (int)len) == NATS_OK &&
+        natsMsgHeader_Set(m, "Nats-Expected-Last-Subject-Sequence", basev) == NATS_OK &&
+        natsMsgHeader_Set(m, "Beava-Kind", kindv) == NATS_OK && natsMsgHeader_Set(m, "Beava-Origin", c->origin) == NATS_OK) {
+        jsPubOptions o;
+        jsPubOptions_Init(&o);
+        o.MsgId = msgid;
+        o.MaxWait = c->cfg->cluster_publish_timeout_ms;
+        jsPubAck *pa = NULL;
+        natsStatus s = js_PublishMsg(&pa, c->js, m, &o, &jerr);
+        if (s == NATS_OK) {
+            seq = pa->Sequence;
+            jsPubAck_Destroy(pa);
+            rc = 0;
+        } else {
+            nats_why(s, jerr, why, sizeof why);
+        }
+    }
+    natsMsg_Destroy(m);
+    pthread_mutex_lock(&c->reg_mu);
+    c->own_pending = false;
+    if (rc == 0 && seq > c->reg_applied) c->reg_applied = seq;
+    pthread_cond_broadcast(&c->reg_cv);
+    pthread_mutex_unlock(&c->reg_mu);
+    if (rc == 0) {
+        *lsn = seq;
+        bump(&c->reg_published);
+        return 0;
+    }
+    if (jerr == JSStreamWrongLastSequenceErr) {
+        bump(&c->reg_conflicts);
+        snprintf(reason, rlen,
+                 "the registry changed on another node (this node had applied registry record %" PRIu64 "); retry",
+                 base);
+        return ENGINE_LOG_CONFLICT;
+    }
+    snprintf(reason, rlen, "the cluster's log did not acknowledge the registry record: %s", why);
+    return -1;
+}
+
+static int reg_wait(void *ctx, uint64_t lsn, char *reason, size_t rlen) {
+    (void)ctx, (void)lsn, (void)reason, (void)rlen;
+    return 0;                         /* reg_append returns once JetStream stored it */
+}
+
+void cluster_engine_ops(cluster *c, engine_wal_ops *wal, engine_log_backend *lb) {
+    wal->append = reg_append;
+    wal->wait = reg_wait;
+    wal->ctx = c;
+    lb->publish = backend_publish;
+    lb->keep_part = backend_keep_part;
+    lb->ctx = c;
+}
+
+/* ---- consuming ------------------------------------------------------------------------------ */
+
+/* Every owned partition and the registry reached what the stream held at start (apply_mu). */
+static void check_caught_up(cluster *c) {
+    if (c->caught_up) return;
+    for (size_t i = 0; i < c->nsubs; i++)
+        if (c->applied[c->subs[i].p] < c->target[c->subs[i].p]) return;
+    pthread_mutex_lock(&c->reg_mu);
+    bool reg_ok = c->reg_applied >= c->reg_target;
+    pthread_mutex_unlock(&c->reg_mu);
+    if (!reg_ok) return;
+    c->caught_up = true;
+    bv_log_msg(c->log, LOG_INFO, "cluster.caught_up", "every owned partition (%zu) and the registry caught up",
+               c->nsubs);
+    if (c->ready) atomic_store(c->ready, true);
+}
+
+static void apply_error(cluster *c, const char *what, uint64_t seq, const char *reason) {
+    bump(&c->apply_errors);
+    if (c->apply_errors_logged++ < CLUSTER_APPLY_ERRORS_LOGGED)
+        bv_log_msg(c->log, LOG_ERROR, "cluster.apply_error", "%s at stream sequence %" PRIu64 ": %s", what, seq, reason);
+}
+
+static void reg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure) {
+    (void)nc, (void)sub;
+    cluster *c = closure;
+    uint64_t seq = msg_stream_seq(m);
+    const char *origin = NULL;
+    natsMsgHeader_Get(m, "Beava-Origin", &origin);
+    int kind = (int)header_u64(m, "Beava-Kind");
+    pthread_mutex_lock(&c->reg_mu);
+    if (origin && strcmp(origin, c->origin) == 0)     /* ours: wait for reg_append to settle */
+        while (c->own_pending && !c->stopping) pthread_cond_wait(&c->reg_cv, &c->reg_mu);
+    pthread_mutex_unlock(&c->reg_mu);
+    pthread_mutex_lock(&c->apply_mu);
+    pthread_mutex_lock(&c->reg_mu);
+    bool skip = c->stopping || seq <= c->reg_applied;
+    pthread_mutex_unlock(&c->reg_mu);
+    if (!skip) {
+        char reason[512];
+        if (engine_replay(c->eng, kind, seq, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), reason,
+                          sizeof reason) != 0)
+            apply_error(c, "registry record", seq, reason);
+        pthread_mutex_lock(&c->reg_mu);
+        c->reg_applied = seq;
+        pthread_cond_broadcast(&c->reg_cv);
+        pthread_mutex_unlock(&c->reg_mu);
+        c->applied_since_snap++;
+    }
+    check_caught_up(c);
+    pthread_mutex_unlock(&c->apply_mu);
+    natsMsg_Destroy(m);
+}
+
+static void part_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure) {
+    (void)nc, (void)sub;
+    part_sub *ps = closure;
+    cluster *c = ps->c;
+    uint64_t seq = msg_stream_seq(m);
+    uint64_t need = header_u64(m, "Beava-Reg");
+    /* validated against registry record `need`: apply only once it is applied here
+     * (without apply_mu: the registry's consumer takes it) */
+    pthread_mutex_lock(&c->reg_mu);
+    while (c->reg_applied < need && !c->stopping) pthread_cond_wait(&c->reg_cv, &c->reg_mu);
+    pthread_mutex_unlock(&c->reg_mu);
+    pthread_mutex_lock(&c->apply_mu);
+    if (!c->stopping && seq > c->applied[ps->p]) {
+        c->cur_part = ps->p;
+        const unsigned char *d = (const unsigned char *)natsMsg_GetData(m);
+        size_t len = (size_t)natsMsg_GetDataLength(m), off = 0;
+        char reason[512];
+        while (off + 4 <= len) {
+            size_t rl = codec_get32(d + off);
+            off += 4;
+            if (rl > len - off) {
+                apply_error(c, "partition message", seq, "a record runs past the end of the message");
+                break;
+            }
+            if (engine_apply_logged(c->eng, d + off, rl, seq, reason, sizeof reason) != 0)
+                apply_error(c, "event record", seq, reason);
+            off += rl;
+        }
+        engine_apply_flush(c->eng);
+        c->applied[ps->p] = seq;
+        c->applied_since_snap++;
+        bump(&c->applied_msgs);
+    }
+    check_caught_up(c);
+    pthread_mutex_unlock(&c->apply_mu);
+    natsMsg_Destroy(m);
+}
+
+/* The stream's last sequence on a subject now (0: none). */
+static uint64_t last_seq(cluster *c, const char *subj) {
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    uint64_t s = 0;
+    if (js_GetLastMsg(&m, c->js, c->stream, subj, NULL, &jerr) == NATS_OK) s = natsMsg_GetSequence(m);
+    natsMsg_Destroy(m);
+    return s;
+}
+
+static int subscribe_from(cluster *c, const char *subj, uint64_t after, natsMsgHandler cb, void *closure,
+                          natsSubscription **sub, char *err, size_t errlen) {
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = c->stream;
+    so.Ordered = true;
+    if (after > 0) {
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = after + 1;
+    } else {
+        so.Config.DeliverPolicy = js_DeliverAll;
+    }
+    jsErrCode jerr = 0;
+    char why[512];
+    natsStatus s = js_Subscribe(sub, c->js, subj, cb, closure, NULL, &so, &jerr);
+    if (s != NATS_OK) return fail(err, errlen, "cluster: subscribe %s: %s", subj, nats_why(s, jerr, why, sizeof why));
+    return 0;
+}
+
+/* ---- snapshots ---------------------------------------------------------------------------- */
+
+typedef struct snap_writer {
+    int fd;
+    uint32_t crc;
+    bool failed;
+    cluster *c;
+} snap_writer;
+
+static int snap_write(void *ctx, const void *p, size_t n) {
+    snap_writer *w = ctx;
+    const char *b = p;
+    w->crc = crc32c_extend(w->crc, p, n);
+    while (n > 0) {
+        ssize_t k = write(w->fd, b, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            w->failed = true;
+            return -1;
+        }
+        b += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* Inside engine_quiesce (apply_mu held too): the header then the engine's state. */
+static int snap_quiesced(void *ctx, uint64_t lsn, uint64_t version) {
+    (void)lsn, (void)version;
+    snap_writer *w = ctx;
+    cluster *c = w->c;
+    bv_buf h;
+    bv_buf_init(&h);
+    unsigned char b8[8];
+    bv_buf_put(&h, SNAP_MAGIC, SNAP_MAGIC_LEN);
+    codec_put32(b8, c->nparts);
+    bv_buf_put(&h, b8, 4);
+    pthread_mutex_lock(&c->reg_mu);
+    codec_put64(b8, c->reg_applied);
+    pthread_mutex_unlock(&c->reg_mu);
+    bv_buf_put(&h, b8, 8);
+    for (unsigned p = 0; p < c->nparts; p++) {
+        codec_put64(b8, c->applied[p]);
+        bv_buf_put(&h, b8, 8);
+    }
+    int rc = snap_write(w, h.data, h.len);
+    bv_buf_free(&h);
+    if (rc == 0) rc = engine_serialize(c->eng, snap_write, w);
+    return rc;
+}
+
+static bool snap_name_counter(const char *name, uint64_t *n) {
+    unsigned long long v;
+    char tail[8];
+    if (sscanf(name, "snap-%20llu.%4s", &v, tail) != 2 || strcmp(tail, "bin") != 0) return false;
+    *n = v;
+    return true;
+}
+
+/* The snapshot files, newest first (malloc'd counters). */
+static size_t snap_list(cluster *c, uint64_t **out) {
+    *out = NULL;
+    DIR *d = opendir(c->snap_dir);
+    if (!d) return 0;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        uint64_t v;
+        if (!snap_name_counter(de->d_name, &v)) continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            uint64_t *p = realloc(*out, cap * sizeof *p);
+            if (!p) abort();
+            *out = p;
+        }
+        (*out)[n++] = v;
+    }
+    closedir(d);
+    for (size_t i = 1; i < n; i++)           /* insertion sort, descending: a handful */
+        for (size_t j = i; j > 0 && (*out)[j] > (*out)[j - 1]; j--) {
+            uint64_t t = (*out)[j];
+            (*out)[j] = (*out)[j - 1];
+            (*out)[j - 1] = t;
+        }
+    return n;
+}
+
+static int snapshot_take(cluster *c, char *err, size_t errlen) {
+    pthread_mutex_lock(&c->apply_mu);
+    uint64_t id = ++c->snap_counter;
+    char tmp[PATH_MAX + 32], fin[PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s/snap-%020" PRIu64 ".tmp", c->snap_dir, id);
+    snprintf(fin, sizeof fin, "%s/snap-%020" PRIu64 ".bin", c->snap_dir, id);
+    snap_writer w = { .fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), .c = c };
+    int rc = -1;
+    if (w.fd < 0) {
+        fail(err, errlen, "open %s: %s", tmp, strerror(errno));
+    } else {
+        rc = engine_quiesce(c->eng, snap_quiesced, &w);
+        unsigned char crc[4];
+        codec_put32(crc, w.crc);
+        if (rc == 0) rc = snap_write(&w, crc, 4);
+        if (rc == 0 && fsync(w.fd) != 0) rc = -1;
+        if (close(w.fd) != 0) rc = -1;
+        if (rc == 0 && rename(tmp, fin) != 0) rc = -1;
+        if (rc != 0) {
+            fail(err, errlen, "writing %s: %s", tmp, strerror(errno));
+            unlink(tmp);
+        } else {
+            int dfd = open(c->snap_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (dfd >= 0) {
+                fsync(dfd);
+                close(dfd);
+            }
+            c->applied_since_snap = 0;
+        }
+    }
+    pthread_mutex_unlock(&c->apply_mu);
+    if (rc != 0) {
+        bump(&c->snapshot_failures);
+        return -1;
+    }
+    bump(&c->snapshots);
+    uint64_t *ids;
+    size_t n = snap_list(c, &ids);
+    for (size_t i = c->cfg->snapshot_retain; i < n; i++) {
+        char old[PATH_MAX + 32];
+        snprintf(old, sizeof old, "%s/snap-%020" PRIu64 ".bin", c->snap_dir, ids[i]);
+        unlink(old);
+    }
+    free(ids);
+    bv_log_msg(c->log, LOG_INFO, "cluster.snapshot", "wrote %s", fin);
+    return 0;
+}
+
+int cluster_snapshot_now(cluster *c, bv_buf *out) {
+    char err[PATH_MAX + 128];
+    if (snapshot_take(c, err, sizeof err) != 0) {
+        bv_buf_puts(out, "{\"error\":{\"code\":\"snapshot_failed\",\"reason\":");
+        bv_buf_json_str(out, err, strlen(err));
+        bv_buf_puts(out, "}}");
+        return 500;
+    }
+    pthread_mutex_lock(&c->apply_mu);
+    bv_buf_printf(out, "{\"snapshot\":%" PRIu64 ",\"applied\":{", c->snap_counter);
+    bool first = true;
+    for (size_t i = 0; i < c->nsubs; i++) {
+        bv_buf_printf(out, "%s\"%u\":%" PRIu64, first ? "" : ",", c->subs[i].p, c->applied[c->subs[i].p]);
+        first = false;
+    }
+    pthread_mutex_unlock(&c->apply_mu);
+    bv_buf_puts(out, "}}");
+    return 200;
+}
+
+static void *snap_main(void *arg) {
+    cluster *c = arg;
+    pthread_mutex_lock(&c->snap_mu);
+    while (!c->snap_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += c->cfg->snapshot_interval_s;
+        pthread_cond_timedwait(&c->snap_cv, &c->snap_mu, &ts);
+        if (c->snap_stop) break;
+        pthread_mutex_unlock(&c->snap_mu);
+        pthread_mutex_lock(&c->apply_mu);
+        bool due = c->applied_since_snap > 0;
+        pthread_mutex_unlock(&c->apply_mu);
+        char err[PATH_MAX + 128];
+        if (due && snapshot_take(c, err, sizeof err) != 0)
+            bv_log_msg(c->log, LOG_ERROR, "cluster.snapshot_failed", "%s", err);
+        pthread_mutex_lock(&c->snap_mu);
+    }
+    pthread_mutex_unlock(&c->snap_mu);
+    return NULL;
+}
+
+/* Read a whole file. */
+static unsigned char *read_all(const char *path, size_t *len) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    struct stat st;
+    unsigned char *buf = NULL;
+    if (fstat(fd, &st) == 0 && st.st_size > 0 && (buf = malloc((size_t)st.st_size))) {
+        size_t got = 0;
+        while (got < (size_t)st.st_size) {
+            ssize_t k = read(fd, buf + got, (size_t)st.st_size - got);
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) break;
+            got += (size_t)k;
+        }
+        if (got != (size_t)st.st_size) {
+            free(buf);
+            buf = NULL;
+        }
+        *len = got;
+    }
+    close(fd);
+    return buf;
+}
+
+int cluster_recover(cluster *c, engine *eng, char *err, size_t errlen) {
+    c->eng = eng;
+    uint64_t *ids;
+    size_t n = snap_list(c, &ids);
+    if (n) c->snap_counter = ids[0];
+    size_t head = SNAP_MAGIC_LEN + 4 + 8 + (size_t)c->nparts * 8;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        char path[PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/snap-%020" PRIu64 ".bin", c->snap_dir, ids[i]);
+        size_t len = 0;
+        unsigned char *b = read_all(path, &len);
+        if (!b || len < head + 4 || memcmp(b, SNAP_MAGIC, SNAP_MAGIC_LEN) != 0 ||
+            crc32c(b, len - 4) != codec_get32(b + len - 4)) {
+            bv_log_msg(c->log, LOG_WARN, "cluster.snapshot_invalid", "%s does not verify; trying an older one", path);
+            free(b);
+            continue;
+        }
+        if (codec_get32(b + SNAP_MAGIC_LEN) != c->nparts) {
+            rc = fail(err, errlen, "cluster: %s was written for %u partitions, this node has %u", path,
+                      codec_get32(b + SNAP_MAGIC_LEN), c->nparts);
+            free(b);
+            break;
+        }
+        char why[512];
+        if (engine_deserialize(eng, b + head, len - head - 4, why, sizeof why) != 0) {
+            rc = fail(err, errlen, "cluster: %s: %s", path, why);
+            free(b);
+            break;
+        }
+        c->reg_applied = codec_get64(b + SNAP_MAGIC_LEN + 4);
+        for (unsigned p = 0; p < c->nparts; p++) c->applied[p] = codec_get64(b + SNAP_MAGIC_LEN + 12 + (size_t)p * 8);
+        free(b);
+        bv_log_msg(c->log, LOG_INFO, "cluster.recovered", "snapshot %s: registry record %" PRIu64, path,
+                   c->reg_applied);
+        break;
+    }
+    free(ids);
+    return rc;
+}
+
+/* ---- start, metrics, close -------------------------------------------------------------------- */
+
+int cluster_start(cluster *c, atomic_bool *ready, char *err, size_t errlen) {
+    c->ready = ready;
+    char subj[CLUSTER_SUBJECT_MAX];
+    reg_subject(c, subj, sizeof subj);
+    c->reg_target = last_seq(c, subj);
+    for (unsigned p = 0; p < c->nparts; p++) {
+        if (!partmap_owns(c->map, p, c->self)) continue;
+        part_subject(c, p, subj, sizeof subj);
+        c->target[p] = last_seq(c, subj);
+        c->subs[c->nsubs++] = (part_sub){ .c = c, .p = p };
+    }
+    pthread_mutex_lock(&c->apply_mu);
+    check_caught_up(c);
+    pthread_mutex_unlock(&c->apply_mu);
+    reg_subject(c, subj, sizeof subj);
+    if (subscribe_from(c, subj, c->reg_applied, reg_cb, c, &c->reg_sub, err, errlen) != 0) return -1;
+    for (size_t i = 0; i < c->nsubs; i++) {
+        part_subject(c, c->subs[i].p, subj, sizeof subj);
+        if (subscribe_from(c, subj, c->applied[c->subs[i].p], part_cb, &c->subs[i], &c->subs[i].sub, err, errlen) != 0)
+            return -1;
+    }
+    for (int i = 0; i < CLUSTER_PUBLISHERS; i++) {
+        if (pthread_create(&c->pubs[i], NULL, pub_main, c) != 0) return fail(err, errlen, "cluster: cannot start a publisher");
+        c->npubs++;
+    }
+    if (pthread_create(&c->snap_thread, NULL, snap_main, c) != 0) return fail(err, errlen, "cluster: cannot start snapshots");
+    c->snap_started = true;
+    bv_log_msg(c->log, LOG_INFO, "cluster.started", "owning %zu of %u partitions; registry at %" PRIu64 " of %" PRIu64,
+               c->nsubs, c->nparts, c->reg_applied, c->reg_target);
+    return 0;
+}
+
+void cluster_metrics(cluster *c, bv_buf *out) {
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+#define CM(f, h) { "beava_cluster_" #f "_total", h, offsetof(cluster, f) }
+        CM(published_msgs, "Messages JetStream acknowledged."),
+        CM(publish_retries, "Publishes retried (same message id)."),
+        CM(publish_failures, "Publishes JetStream did not acknowledge."),
+        CM(pushes_acked, "Pushes acknowledged once every partition they feed was stored."),
+        CM(pushes_failed, "Pushes answered 503 cluster_unavailable."),
+        CM(applied_msgs, "Partition messages applied by this node."),
+        CM(apply_errors, "Records that could not be applied (logged)."),
+        CM(snapshots, "Cluster snapshots written."),
+        CM(snapshot_failures, "Cluster snapshots that failed."),
+        CM(reg_published, "Registry records this node published."),
+        CM(reg_conflicts, "Registers refused with 409: another node's record came first."),
+#undef CM
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
+        bv_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %" PRIu64 "\n", counters[i].name, counters[i].help,
+                      counters[i].name, counters[i].name, relaxed((_Atomic uint64_t *)((char *)c + counters[i].off)));
+    pthread_mutex_lock(&c->apply_mu);
+    bv_buf_puts(out, "# HELP beava_cluster_partition_applied_seq Last stream sequence applied, per owned partition.\n"
+                     "# TYPE beava_cluster_partition_applied_seq gauge\n");
+    for (size_t i = 0; i < c->nsubs; i++)
+        bv_buf_printf(out, "beava_cluster_partition_applied_seq{partition=\"%u\"} %" PRIu64 "\n", c->subs[i].p,
+                      c->applied[c->subs[i].p]);
+    bv_buf_printf(out, "# HELP beava_cluster_caught_up 1 once the owned partitions caught up at start.\n"
+                       "# TYPE beava_cluster_caught_up gauge\nbeava_cluster_caught_up %d\n",
+                  c->caught_up ? 1 : 0);
+    pthread_mutex_unlock(&c->apply_mu);
+    pthread_mutex_lock(&c->reg_mu);
+    bv_buf_printf(out, "# HELP beava_cluster_registry_applied_seq Last registry record applied.\n"
+                       "# TYPE beava_cluster_registry_applied_seq gauge\nbeava_cluster_registry_applied_seq %" PRIu64 "\n",
+                  c->reg_applied);
+    pthread_mutex_unlock(&c->reg_mu);
+}
+
+void cluster_close(cluster *c) {
+    if (!c) return;
+    /* publishers: answer what is queued, then stop */
+    pthread_mutex_lock(&c->q_mu);
+    c->q_stop = true;
+    pthread_cond_broadcast(&c->q_cv);
+    pthread_mutex_unlock(&c->q_mu);
+    for (int i = 0; i < c->npubs; i++) pthread_join(c->pubs[i], NULL);
+    if (c->snap_started) {
+        pthread_mutex_lock(&c->snap_mu);
+        c->snap_stop = true;
+        pthread_cond_broadcast(&c->snap_cv);
+        pthread_mutex_unlock(&c->snap_mu);
+        pthread_join(c->snap_thread, NULL);
+    }
+    /* consumers: no message is applied past this point */
+    pthread_mutex_lock(&c->reg_mu);
+    c->stopping = true;
+    pthread_cond_broadcast(&c->reg_cv);
+    pthread_mutex_unlock(&c->reg_mu);
+    if (c->reg_sub) natsSubscription_Unsubscribe(c->reg_sub);
+    for (size_t i = 0; i < c->nsubs; i++)
+        if (c->subs[i].sub) natsSubscription_Unsubscribe(c->subs[i].sub);
+    if (c->snap_started) {             /* the final snapshot: a restart resumes from here */
+        char err[PATH_MAX + 128];
+        pthread_mutex_lock(&c->apply_mu);
+        bool stopping_applied = c->applied_since_snap > 0;
+        pthread_mutex_unlock(&c->apply_mu);
+        if (stopping_applied && snapshot_take(c, err, sizeof err) != 0)
+            bv_log_msg(c->log, LOG_ERROR, "cluster.snapshot_failed", "%s", err);
+    }
+    if (c->nc) natsConnection_Close(c->nc);
+    natsSubscription_Destroy(c->reg_sub);
+    for (size_t i = 0; i < c->nsubs; i++) natsSubscription_Destroy(c->subs[i].sub);
+    jsCtx_Destroy(c->js);
+    natsConnection_Destroy(c->nc);
+    natsOptions_Destroy(c->opts);
+    nats_CloseAndWait(CLUSTER_CLOSE_WAIT_MS);
+    partmap_free(c->map);
+    free(c->applied);
+    free(c->target);
+    free(c->subs);
+    pthread_cond_destroy(&c->snap_cv);
+    pthread_mutex_destroy(&c->snap_mu);
+    pthread_cond_destroy(&c->reg_cv);
+    pthread_mutex_destroy(&c->reg_mu);
+    pthread_mutex_destroy(&c->apply_mu);
+    pthread_cond_destroy(&c->q_cv);
+    pthread_mutex_destroy(&c->q_mu);
+    free(c);
+}

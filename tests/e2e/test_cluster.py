@@ -1,0 +1,247 @@
+"""beava cluster on NATS JetStream (README "Cluster"): a real nats-server with JetStream
+(temporary store dir, loopback) and three real beava nodes. Pushes through any node are
+acknowledged once the stream stored them and applied by the owners of their partitions;
+a node killed with SIGKILL and restarted loses no acknowledged event and counts none
+twice; snapshots record the stream sequence per partition and a restart resumes from
+there; the registry goes through the log.
+
+nats-server must be installed (ci/install-deps installs it): without it this test fails,
+it never skips."""
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from harness import Beava, free_port, main
+
+NATS_BIN = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+PIPE = {"nodes": [
+    {"kind": "event", "name": "E", "schema": {"fields": {"k": "str", "m": "str", "v": "i64"}}},
+    {"kind": "derivation", "name": "ByKey", "output_kind": "table", "upstreams": ["E"],
+     "ops": [{"op": "group_by", "keys": ["k"], "agg": {"n": {"op": "count"}, "vs": {"op": "sum", "params": {"field": "v"}}}}],
+     "table_primary_key": ["k"]},
+    {"kind": "derivation", "name": "ByM", "output_kind": "table", "upstreams": ["E"],
+     "ops": [{"op": "group_by", "keys": ["m"], "agg": {"mn": {"op": "count"}}}],
+     "table_primary_key": ["m"]},
+]}
+
+
+class Nats:
+    """One nats-server with JetStream on a loopback port, store in a temporary dir."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.TemporaryDirectory(prefix="beava-nats-")
+        self.proc = None
+
+    def start(self, timeout=20):
+        if not os.path.exists(NATS_BIN):
+            raise AssertionError("nats-server not found (%s): install it (ci/install-deps does)" % NATS_BIN)
+        self.proc = subprocess.Popen([NATS_BIN, "-js", "-sd", self.dir.name, "-a", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + timeout
+        for raw in iter(self.proc.stderr.readline, b""):      # nats-server logs to stderr
+            if b"Server is ready" in raw:
+                threading.Thread(target=lambda: [None for _ in iter(self.proc.stderr.readline, b"")],
+                                 daemon=True).start()
+                return self
+            if time.time() > deadline:
+                break
+        raise AssertionError("nats-server did not start (rc %s)" % self.proc.poll())
+
+    @property
+    def url(self):
+        return "nats://127.0.0.1:%d" % self.port
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+        self.dir.cleanup()
+
+
+class Cluster:
+    """Three beava nodes on one NATS server, each with its own data dir."""
+
+    def __init__(self, nats, n=3, partitions=8, replicas=3, snapshot_interval_s=3600):
+        self.nats = nats
+        self.ids = ["n%d" % i for i in range(1, n + 1)]
+        self.partitions = partitions
+        self.replicas = replicas
+        self.snapshot_interval_s = snapshot_interval_s
+        self.dirs = {i: tempfile.TemporaryDirectory(prefix="beava-node-") for i in self.ids}
+        self.nodes = {}
+
+    def env(self, node_id):
+        return {
+            "BEAVA_CLUSTER_NATS_URL": self.nats.url,
+            "BEAVA_CLUSTER_NODE_ID": node_id,
+            "BEAVA_CLUSTER_NODES": ",".join(self.ids),
+            "BEAVA_CLUSTER_PARTITIONS": str(self.partitions),
+            "BEAVA_CLUSTER_REPLICAS": str(self.replicas),
+            "BEAVA_SNAPSHOT_INTERVAL_S": str(self.snapshot_interval_s),
+            "BEAVA_SHARDS": "2",
+        }
+
+    def start(self, node_id, timeout=60):
+        b = Beava(memory_only=False, data_dir=self.dirs[node_id].name, env=self.env(node_id))
+        b.start(timeout)
+        self.nodes[node_id] = b
+        return b
+
+    def start_all(self):
+        for i in self.ids:
+            self.start(i)
+        return self
+
+    def kill(self, node_id):
+        b = self.nodes.pop(node_id)
+        b.stop(signal.SIGKILL)
+        return b
+
+    def stop(self):
+        for b in self.nodes.values():
+            b.stop()
+        self.nodes = {}
+        for d in self.dirs.values():
+            d.cleanup()
+
+
+def metric(b, name):
+    text = b.admin("GET", "/metrics")[2].decode()
+    m = re.search(r"^%s (\d+)$" % re.escape(name), text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def wait_for(cond, timeout=30, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class ClusterTest(unittest.TestCase):
+    def setUp(self):
+        self.nats = Nats().start()
+        self.cluster = None
+
+    def tearDown(self):
+        if self.cluster:
+            self.cluster.stop()
+        self.nats.stop()
+
+    def register_everywhere(self, c, via):
+        st, body = c.nodes[via].register(PIPE)
+        self.assertEqual(st, 200, body)
+        version = body["registry_version"] if isinstance(body, dict) and "registry_version" in body else None
+        # every node applies the registry record from the log
+        for b in c.nodes.values():
+            wait_for(lambda: json.loads(b.admin("GET", "/registry")[2]).get("node_count", 0) == 3,
+                     what="registry on every node")
+        return version
+
+    def push_many(self, c, n, keys, ms, expected, via=None, rng=None):
+        rng = rng or random.Random(1)
+        ids = list(c.nodes) if via is None else via
+        for i in range(n):
+            k = rng.choice(keys)
+            m = rng.choice(ms)
+            st, body = c.nodes[rng.choice(ids)].push("E", {"k": k, "m": m, "v": i})
+            self.assertEqual(st, 200, body)
+            self.assertGreater(body["ack_lsn"], 0)
+            e = expected.setdefault(("ByKey", k), [0, 0])
+            e[0] += 1
+            e[1] += i
+            expected.setdefault(("ByM", m), [0, 0])[0] += 1
+
+    def check_reads(self, b, expected, timeout=30):
+        """Every entity on node b has exactly the expected count (applied from the log)."""
+        def exact():
+            for (table, key), (n, vs) in expected.items():
+                st, row = b.get(table, key)
+                if st != 200 or row.get("n" if table == "ByKey" else "mn") != n:
+                    return False
+                if table == "ByKey" and row.get("vs") != vs:
+                    return False
+            return True
+        try:
+            wait_for(exact, timeout, "exact counts")
+        except AssertionError:
+            bad = {}
+            for (table, key), (n, vs) in expected.items():
+                st, row = b.get(table, key)
+                if st != 200 or row.get("n" if table == "ByKey" else "mn") != n:
+                    bad[(table, key)] = (n, st, row)
+            raise AssertionError("rows differ from what was acknowledged: %r" % list(bad.items())[:5])
+
+    def test_pushes_through_any_node_readable_everywhere(self):
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=3).start_all()
+        self.register_everywhere(c, "n2")
+        expected = {}
+        self.push_many(c, 300, ["u%d" % i for i in range(40)], ["m%d" % i for i in range(7)], expected)
+        for b in c.nodes.values():
+            self.check_reads(b, expected)
+        # a push is split by partition: several partitions hold messages, every node applied
+        for b in c.nodes.values():
+            self.assertGreater(metric(b, "beava_cluster_applied_msgs_total"), 0)
+            self.assertEqual(metric(b, "beava_cluster_apply_errors_total"), 0)
+        acked = sum(metric(b, "beava_cluster_pushes_acked_total") for b in c.nodes.values())
+        self.assertEqual(acked, 300)
+
+    def test_kill_and_restart_loses_nothing_acknowledged(self):
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=3).start_all()
+        self.register_everywhere(c, "n1")
+        expected = {}
+        keys = ["u%d" % i for i in range(30)]
+        ms = ["m%d" % i for i in range(5)]
+        self.push_many(c, 150, keys, ms, expected, rng=random.Random(2))
+        c.kill("n3")
+        # pushes through the others continue while n3 is down
+        self.push_many(c, 150, keys, ms, expected, via=["n1", "n2"], rng=random.Random(3))
+        b = c.start("n3")               # /ready waits until its partitions caught up
+        self.check_reads(b, expected, timeout=5)
+        for other in ("n1", "n2"):
+            self.check_reads(c.nodes[other], expected)
+
+    def test_snapshot_then_restart_resumes_from_recorded_sequence(self):
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=3).start_all()
+        self.register_everywhere(c, "n1")
+        expected = {}
+        keys = ["s%d" % i for i in range(25)]
+        ms = ["x%d" % i for i in range(4)]
+        self.push_many(c, 120, keys, ms, expected, rng=random.Random(4))
+        self.check_reads(c.nodes["n2"], expected)
+        applied_before = metric(c.nodes["n2"], "beava_cluster_applied_msgs_total")
+        st, _, body = c.nodes["n2"].raw("POST", "/snapshot", which="admin")
+        self.assertEqual(st, 200, body)
+        snap = json.loads(body)
+        self.assertTrue(any(v > 0 for v in snap["applied"].values()), snap)
+        self.push_many(c, 80, keys, ms, expected, via=["n1", "n3"], rng=random.Random(5))
+        c.kill("n2")
+        self.push_many(c, 50, keys, ms, expected, via=["n1", "n3"], rng=random.Random(6))
+        b = c.start("n2")
+        out = b.output()
+        self.assertIn("cluster.recovered", out)          # the snapshot was loaded ...
+        # ... and the stream resumed after its sequences: nothing counted twice, nothing lost
+        self.check_reads(b, expected, timeout=5)
+        self.check_reads(c.nodes["n1"], expected)
+        # every node owns every partition here: n1 applied every message; n2 after its
+        # restart exactly those after its snapshot
+        total = metric(c.nodes["n1"], "beava_cluster_applied_msgs_total")
+        self.assertEqual(metric(b, "beava_cluster_applied_msgs_total"), total - applied_before)
+
+
+if __name__ == "__main__":
+    main()
