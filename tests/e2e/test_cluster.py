@@ -166,28 +166,20 @@ class ClusterTest(unittest.TestCase):
             e[1] += i
             expected.setdefault(("ByM", m), [0, 0])[0] += 1
 
-    def check_reads(self, b, expected, timeout=30):
-        """Every entity on node b has exactly the expected count (applied from the log)."""
-        def exact():
-            for (table, key), (n, vs) in expected.items():
-                st, row = b.get(table, key)
-                if st != 200 or row.get("n" if table == "ByKey" else "mn") != n:
-                    return False
-                if table == "ByKey" and row.get("vs") != vs:
-                    return False
-            return True
-        try:
-            wait_for(exact, timeout, "exact counts")
-        except AssertionError:
-            bad = {}
-            for (table, key), (n, vs) in expected.items():
-                st, row = b.get(table, key)
-                if st != 200 or row.get("n" if table == "ByKey" else "mn") != n:
-                    bad[(table, key)] = (n, st, row)
-            raise AssertionError("rows differ from what was acknowledged: %r" % list(bad.items())[:5])
+    def check_reads(self, b, expected):
+        """Every entity read through node b right now has exactly the acknowledged count:
+        a read after an ack sees it on any node (owned partitions catch up first, the
+        others are forwarded to an owner)."""
+        bad = []
+        for (table, key), (n, vs) in sorted(expected.items()):
+            st, row = b.get(table, key)
+            want = {"n": n, "vs": vs} if table == "ByKey" else {"mn": n}
+            if st != 200 or row != want:
+                bad.append((table, key, want, st, row))
+        self.assertEqual(bad, [], "rows differ from what was acknowledged (first 5): %r" % bad[:5])
 
     def test_pushes_through_any_node_readable_everywhere(self):
-        self.cluster = c = Cluster(self.nats, partitions=8, replicas=3).start_all()
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
         self.register_everywhere(c, "n2")
         expected = {}
         self.push_many(c, 300, ["u%d" % i for i in range(40)], ["m%d" % i for i in range(7)], expected)
@@ -199,9 +191,17 @@ class ClusterTest(unittest.TestCase):
             self.assertEqual(metric(b, "beava_cluster_apply_errors_total"), 0)
         acked = sum(metric(b, "beava_cluster_pushes_acked_total") for b in c.nodes.values())
         self.assertEqual(acked, 300)
+        # with 2 owners of 3, each node forwarded some reads and served some for its peers
+        for b in c.nodes.values():
+            self.assertGreater(metric(b, "beava_cluster_reads_forwarded_total"), 0)
+            self.assertGreater(metric(b, "beava_cluster_reads_served_for_peers_total"), 0)
+            self.assertGreater(metric(b, "beava_cluster_reads_local_total"), 0)
+        # an unknown table is answered like a single node answers it, whoever owns it
+        st, body = c.nodes["n1"].get("Nope", "x")
+        self.assertEqual(st, 404, body)
 
     def test_kill_and_restart_loses_nothing_acknowledged(self):
-        self.cluster = c = Cluster(self.nats, partitions=8, replicas=3).start_all()
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
         self.register_everywhere(c, "n1")
         expected = {}
         keys = ["u%d" % i for i in range(30)]
@@ -210,8 +210,10 @@ class ClusterTest(unittest.TestCase):
         c.kill("n3")
         # pushes through the others continue while n3 is down
         self.push_many(c, 150, keys, ms, expected, via=["n1", "n2"], rng=random.Random(3))
+        # its partitions are read from their other owner meanwhile
+        self.check_reads(c.nodes["n1"], expected)
         b = c.start("n3")               # /ready waits until its partitions caught up
-        self.check_reads(b, expected, timeout=5)
+        self.check_reads(b, expected)
         for other in ("n1", "n2"):
             self.check_reads(c.nodes[other], expected)
 
@@ -235,12 +237,54 @@ class ClusterTest(unittest.TestCase):
         out = b.output()
         self.assertIn("cluster.recovered", out)          # the snapshot was loaded ...
         # ... and the stream resumed after its sequences: nothing counted twice, nothing lost
-        self.check_reads(b, expected, timeout=5)
+        self.check_reads(b, expected)
         self.check_reads(c.nodes["n1"], expected)
         # every node owns every partition here: n1 applied every message; n2 after its
         # restart exactly those after its snapshot
         total = metric(c.nodes["n1"], "beava_cluster_applied_msgs_total")
         self.assertEqual(metric(b, "beava_cluster_applied_msgs_total"), total - applied_before)
+
+    def test_registry_goes_through_the_log(self):
+        self.cluster = c = Cluster(self.nats, partitions=4, replicas=2).start_all()
+        self.register_everywhere(c, "n3")
+        # concurrent conflicting registers on two nodes (each replaces the pipeline with
+        # its own extra table): each is applied everywhere or refused 409, never both
+        # applied on a stale base; every node ends with the same registry
+        statuses = []
+        for rnd in range(6):
+            results = {}
+
+            def reg(node, name):
+                extra = {"kind": "derivation", "name": name, "output_kind": "table", "upstreams": ["E"],
+                         "ops": [{"op": "group_by", "keys": ["k"], "agg": {name.lower(): {"op": "count"}}}],
+                         "table_primary_key": ["k"]}
+                body = {"nodes": PIPE["nodes"] + [extra]}
+                results[node] = c.nodes[node].register(body, force=True)
+
+            ts = [threading.Thread(target=reg, args=(n, "T%d%s" % (rnd, n))) for n in ("n1", "n2")]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            for node, (st, body) in results.items():
+                self.assertIn(st, (200, 409), body)
+                if st == 409:
+                    self.assertEqual(body["error"]["code"], "registry_conflict", body)
+            statuses += [st for st, _ in results.values()]
+            self.assertIn(200, [st for st, _ in results.values()])
+
+            def same_registry():
+                infos = [json.loads(b.admin("GET", "/registry")[2]) for b in c.nodes.values()]
+                return all(i == infos[0] for i in infos) and infos[0]
+            info = wait_for(same_registry, what="the same registry on every node")
+            self.assertEqual(info["node_count"], 4)      # E, ByKey, ByM and the winner's table
+        conflicts = sum(metric(b, "beava_cluster_reg_conflicts_total") for b in c.nodes.values())
+        self.assertEqual(conflicts, statuses.count(409))
+        # pushes validated against the new registry apply everywhere
+        expected = {}
+        self.push_many(c, 60, ["r%d" % i for i in range(9)], ["q1", "q2"], expected, rng=random.Random(7))
+        for b in c.nodes.values():
+            self.check_reads(b, expected)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,9 @@ static const config_key config_keys[] = {
       UINT64_MAX / 1000000000ull, "stream retention in seconds (default 0 = keep everything)" },
     { "cluster.publish_timeout_ms", "BEAVA_CLUSTER_PUBLISH_TIMEOUT_MS", NULL, KT_U32, OFF(cluster_publish_timeout_ms), 0,
       100, 600000, "wait this long for JetStream to acknowledge a publish (default 5000)" },
+    { "cluster.read_wait_ms", "BEAVA_CLUSTER_READ_WAIT_MS", NULL, KT_U32, OFF(cluster_read_wait_ms), 0, 0, 600000,
+      "a get waits this long for the partition's owner to catch up with the stream (default 2000; 0 = read the "
+      "owner as it is)" },
     { "cluster.creds_file", "BEAVA_CLUSTER_CREDS_FILE", NULL, KT_PATH, OFF(cluster_creds_file), SZ(cluster_creds_file),
       0, 0, "NATS user credentials file (default none)" },
     { "cluster.tls_ca_file", "BEAVA_CLUSTER_TLS_CA_FILE", NULL, KT_PATH, OFF(cluster_tls_ca_file),
@@ -225,6 +228,7 @@ void config_defaults(bv_config *c) {
     c->cluster_replicas = 2;
     c->cluster_stream_replicas = 1;
     c->cluster_publish_timeout_ms = 5000;
+    c->cluster_read_wait_ms = 2000;
 }
 
 static void free_list(char **list, size_t n) {

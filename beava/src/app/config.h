@@ -83,6 +83,8 @@ typedef struct bv_config {
     uint32_t cluster_stream_replicas;               /* 1 JetStream replica (3 on a 3-server NATS cluster) */
     uint64_t cluster_stream_max_age_s;              /* 0 = keep every record */
     uint32_t cluster_publish_timeout_ms;            /* 5000: JetStream ack wait per publish */
+    uint32_t cluster_read_wait_ms;                  /* 2000: a get waits this long for its owner to
+                                                     * catch up (503 not_caught_up); 0 = relaxed */
     char cluster_creds_file[PATH_MAX];              /* "" = no NATS credentials */
     char cluster_tls_ca_file[PATH_MAX];             /* "" = no TLS CA (plain or system trust) */
 } bv_config;

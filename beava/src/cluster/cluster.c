@@ -38,6 +38,7 @@
 #include "crc32c.h"
 #include "fsutil.h"
 #include "partmap.h"
+#include "store.h"
 
 #define CLUSTER_PUBLISHERS 4                 /* batches published at once */
 #define CLUSTER_MSG_MAX (512u * 1024u)       /* body bytes per message (NATS max_payload is 1 MiB) */
@@ -48,6 +49,7 @@
 #define CLUSTER_URLS_MAX 16
 #define CLUSTER_CLOSE_WAIT_MS 5000           /* nats_CloseAndWait at shutdown */
 #define CLUSTER_APPLY_ERRORS_LOGGED 10
+#define CLUSTER_RPC_QUEUE "get"             /* queue group of a partition's owners */
 #define SNAP_MAGIC "BVCLSN01"
 #define SNAP_MAGIC_LEN 8
 
@@ -62,6 +64,7 @@ typedef struct part_sub {
     struct cluster *c;
     unsigned p;
     natsSubscription *sub;
+    natsSubscription *rpc;        /* forwarded gets, once caught up */
 } part_sub;
 
 struct cluster {
@@ -89,6 +92,7 @@ struct cluster {
 
     /* apply (apply_mu) */
     pthread_mutex_t apply_mu;
+    pthread_cond_t apply_cv;                 /* a partition's applied sequence moved */
     unsigned cur_part;                       /* the partition being applied (keep_part) */
     uint64_t *applied;                       /* per partition: last stream sequence applied */
     uint64_t *target;                        /* per partition: the stream's last at start */
@@ -117,6 +121,7 @@ struct cluster {
     pthread_cond_t snap_cv;
     bool snap_stop;
 
+    _Atomic uint64_t reads_local, reads_forwarded, reads_served_for_peers, reads_not_caught_up, reads_no_owner;
     _Atomic uint64_t published_msgs, publish_retries, publish_failures, pushes_acked, pushes_failed, applied_msgs,
         apply_errors, snapshots, snapshot_failures, reg_published, reg_conflicts;
 };
@@ -245,6 +250,7 @@ cluster *cluster_open(const bv_config *cfg, const bv_log *log, char *err, size_t
     pthread_mutex_init(&c->q_mu, NULL);
     pthread_cond_init(&c->q_cv, NULL);
     pthread_mutex_init(&c->apply_mu, NULL);
+    pthread_cond_init(&c->apply_cv, NULL);
     pthread_mutex_init(&c->reg_mu, NULL);
     pthread_cond_init(&c->reg_cv, NULL);
     pthread_mutex_init(&c->snap_mu, NULL);
@@ -545,16 +551,150 @@ static int reg_wait(void *ctx, uint64_t lsn, char *reason, size_t rlen) {
     return 0;                         /* reg_append returns once JetStream stored it */
 }
 
+/* ---- reads from any node -------------------------------------------------------------------- */
+
+static void rpc_subject(const cluster *c, unsigned p, char *out, size_t n) {
+    snprintf(out, n, "beava-rpc.%s.get.%u", c->cfg->cluster_name, p);   /* outside the stream's subjects */
+}
+
+static int read_error(bv_buf *out, const char *code, const char *reason) {
+    out->len = 0;
+    bv_buf_puts(out, "{\"error\":{\"code\":");
+    bv_buf_json_str(out, code, strlen(code));
+    bv_buf_puts(out, ",\"reason\":");
+    bv_buf_json_str(out, reason, strlen(reason));
+    bv_buf_puts(out, "}}");
+    return 503;
+}
+
+/* The stream's last sequence on a subject now (0: none). */
+static uint64_t last_seq(cluster *c, const char *subj);
+
+/* An owned partition: wait (bounded) until it applied what the stream held when the read
+ * arrived, so a read after any node's ack sees the push. -1 = read locally now. */
+static int catch_up(cluster *c, unsigned p, bv_buf *out) {
+    if (c->cfg->cluster_read_wait_ms == 0) return -1;
+    char subj[CLUSTER_SUBJECT_MAX];
+    part_subject(c, p, subj, sizeof subj);
+    uint64_t target = last_seq(c, subj);
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    uint64_t ns = (uint64_t)dl.tv_nsec + (uint64_t)c->cfg->cluster_read_wait_ms * 1000000ull;
+    dl.tv_sec += (time_t)(ns / 1000000000ull);
+    dl.tv_nsec = (long)(ns % 1000000000ull);
+    pthread_mutex_lock(&c->apply_mu);
+    int rc = 0;
+    while (c->applied[p] < target && !c->stopping && rc == 0) rc = pthread_cond_timedwait(&c->apply_cv, &c->apply_mu, &dl);
+    bool ok = c->applied[p] >= target;
+    pthread_mutex_unlock(&c->apply_mu);
+    if (ok) return -1;
+    bump(&c->reads_not_caught_up);
+    return read_error(out, "not_caught_up", "this partition's owner has not applied the stream up to the read yet; retry");
+}
+
+/* A partition owned elsewhere: ask its owners (a queue group: NATS picks a live one). */
+static int forward_get(cluster *c, unsigned p, engine_transport t, const json_t *req, bv_buf *out) {
+    char subj[CLUSTER_SUBJECT_MAX], tv[8], why[512];
+    rpc_subject(c, p, subj, sizeof subj);
+    char *body = json_dumps(req, JSON_COMPACT);
+    if (!body) return read_error(out, "internal_error", "cannot encode the request");
+    natsMsg *m = NULL, *reply = NULL;
+    snprintf(tv, sizeof tv, "%d", (int)t);
+    natsStatus s = natsMsg_Create(&m, subj, NULL, body, (int)strlen(body));
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Beava-Transport", tv);
+    if (s == NATS_OK)
+        s = natsConnection_RequestMsg(&reply, c->nc, m,
+                                      (int64_t)c->cfg->cluster_read_wait_ms + c->cfg->cluster_publish_timeout_ms);
+    free(body);
+    natsMsg_Destroy(m);
+    int st;
+    if (s == NATS_OK) {
+        st = (int)header_u64(reply, "Beava-Status");
+        out->len = 0;
+        bv_buf_put(out, natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply));
+        bump(&c->reads_forwarded);
+        if (st < 100) st = read_error(out, "owner_unavailable", "the owner's answer had no status");
+    } else {
+        bump(&c->reads_no_owner);
+        char msg[700];
+        snprintf(msg, sizeof msg, "no owner of partition %u answered: %s", p, nats_why(s, 0, why, sizeof why));
+        st = read_error(out, "owner_unavailable", msg);
+    }
+    natsMsg_Destroy(reply);
+    return st;
+}
+
+/* engine_log_backend.get (the shape was checked: table and key are strings). */
+static int backend_get(void *ctx, engine_transport t, const json_t *req, bv_buf *out) {
+    cluster *c = ctx;
+    const char *table = json_string_value(json_object_get(req, "table"));
+    json_t *key = json_object_get(req, "key");
+    if (!table || !json_is_string(key) || json_string_length(key) > STORE_MAX_KEY) return -1;
+    char kbuf[STORE_MAX_KEY + 1];
+    size_t kl = json_string_length(key);
+    const char *ks = json_string_value(key);
+    for (size_t i = 0; i < kl; i++) kbuf[i] = ks[i] == '|' ? STORE_KEY_SEP : ks[i];   /* the internal key */
+    unsigned p = partmap_partition(c->map, table, kbuf, kl);
+    if (partmap_owns(c->map, p, c->self)) {
+        bump(&c->reads_local);
+        return catch_up(c, p, out);
+    }
+    return forward_get(c, p, t, req, out);
+}
+
+/* A peer's forwarded get (NATS delivery thread): answer it like a local one. */
+static void rpc_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure) {
+    (void)sub;
+    cluster *c = closure;
+    const char *reply_to = natsMsg_GetReply(m);
+    if (!reply_to) {
+        natsMsg_Destroy(m);
+        return;
+    }
+    json_error_t jerr;
+    json_t *req = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, &jerr);
+    engine_transport t = header_u64(m, "Beava-Transport") == TRANSPORT_TCP ? TRANSPORT_TCP : TRANSPORT_HTTP;
+    bv_buf out;
+    bv_buf_init(&out);
+    int st = engine_get(c->eng, t, req, req ? NULL : "the forwarded request is not JSON", &out);
+    json_decref(req);
+    char sv[16];
+    snprintf(sv, sizeof sv, "%d", st);
+    natsMsg *r = NULL;
+    if (natsMsg_Create(&r, reply_to, NULL, out.data, (int)out.len) == NATS_OK &&
+        natsMsgHeader_Set(r, "Beava-Status", sv) == NATS_OK)
+        natsConnection_PublishMsg(nc, r);
+    natsMsg_Destroy(r);
+    bv_buf_free(&out);
+    bump(&c->reads_served_for_peers);
+    natsMsg_Destroy(m);
+}
+
+/* Join each owned partition's queue group (once caught up: a peer's read is then served
+ * without waiting out a long replay). */
+static void rpc_subscribe(cluster *c) {
+    for (size_t i = 0; i < c->nsubs; i++) {
+        char subj[CLUSTER_SUBJECT_MAX], why[512];
+        rpc_subject(c, c->subs[i].p, subj, sizeof subj);
+        natsStatus s = natsConnection_QueueSubscribe(&c->subs[i].rpc, c->nc, subj, CLUSTER_RPC_QUEUE, rpc_cb, c);
+        if (s != NATS_OK)
+            bv_log_msg(c->log, LOG_ERROR, "cluster.rpc_subscribe_failed", "%s: %s", subj, nats_why(s, 0, why, sizeof why));
+    }
+}
+
 void cluster_engine_ops(cluster *c, engine_wal_ops *wal, engine_log_backend *lb) {
     wal->append = reg_append;
     wal->wait = reg_wait;
     wal->ctx = c;
     lb->publish = backend_publish;
     lb->keep_part = backend_keep_part;
+    lb->get = backend_get;
     lb->ctx = c;
 }
 
 /* ---- consuming ------------------------------------------------------------------------------ */
+
+static void rpc_subscribe(cluster *c);
 
 /* Every owned partition and the registry reached what the stream held at start (apply_mu). */
 static void check_caught_up(cluster *c) {
@@ -566,6 +706,7 @@ static void check_caught_up(cluster *c) {
     pthread_mutex_unlock(&c->reg_mu);
     if (!reg_ok) return;
     c->caught_up = true;
+    rpc_subscribe(c);
     bv_log_msg(c->log, LOG_INFO, "cluster.caught_up", "every owned partition (%zu) and the registry caught up",
                c->nsubs);
     if (c->ready) atomic_store(c->ready, true);
@@ -640,6 +781,7 @@ static void part_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void 
         c->applied[ps->p] = seq;
         c->applied_since_snap++;
         bump(&c->applied_msgs);
+        pthread_cond_broadcast(&c->apply_cv);
     }
     check_caught_up(c);
     pthread_mutex_unlock(&c->apply_mu);
@@ -957,6 +1099,11 @@ void cluster_metrics(cluster *c, bv_buf *out) {
         size_t off;
     } counters[] = {
 #define CM(f, h) { "beava_cluster_" #f "_total", h, offsetof(cluster, f) }
+        CM(reads_local, "Gets for partitions this node owns."),
+        CM(reads_forwarded, "Gets answered by another owner (NATS request/reply)."),
+        CM(reads_served_for_peers, "Gets this node answered for another node."),
+        CM(reads_not_caught_up, "Gets answered 503 not_caught_up."),
+        CM(reads_no_owner, "Gets no owner answered (503 owner_unavailable)."),
         CM(published_msgs, "Messages JetStream acknowledged."),
         CM(publish_retries, "Publishes retried (same message id)."),
         CM(publish_failures, "Publishes JetStream did not acknowledge."),
@@ -1011,8 +1158,10 @@ void cluster_close(cluster *c) {
     pthread_cond_broadcast(&c->reg_cv);
     pthread_mutex_unlock(&c->reg_mu);
     if (c->reg_sub) natsSubscription_Unsubscribe(c->reg_sub);
-    for (size_t i = 0; i < c->nsubs; i++)
+    for (size_t i = 0; i < c->nsubs; i++) {
         if (c->subs[i].sub) natsSubscription_Unsubscribe(c->subs[i].sub);
+        if (c->subs[i].rpc) natsSubscription_Unsubscribe(c->subs[i].rpc);
+    }
     if (c->snap_started) {             /* the final snapshot: a restart resumes from here */
         char err[PATH_MAX + 128];
         pthread_mutex_lock(&c->apply_mu);
@@ -1023,7 +1172,10 @@ void cluster_close(cluster *c) {
     }
     if (c->nc) natsConnection_Close(c->nc);
     natsSubscription_Destroy(c->reg_sub);
-    for (size_t i = 0; i < c->nsubs; i++) natsSubscription_Destroy(c->subs[i].sub);
+    for (size_t i = 0; i < c->nsubs; i++) {
+        natsSubscription_Destroy(c->subs[i].sub);
+        natsSubscription_Destroy(c->subs[i].rpc);
+    }
     jsCtx_Destroy(c->js);
     natsConnection_Destroy(c->nc);
     natsOptions_Destroy(c->opts);
@@ -1036,6 +1188,7 @@ void cluster_close(cluster *c) {
     pthread_mutex_destroy(&c->snap_mu);
     pthread_cond_destroy(&c->reg_cv);
     pthread_mutex_destroy(&c->reg_mu);
+    pthread_cond_destroy(&c->apply_cv);
     pthread_mutex_destroy(&c->apply_mu);
     pthread_cond_destroy(&c->q_cv);
     pthread_mutex_destroy(&c->q_mu);

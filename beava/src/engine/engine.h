@@ -51,6 +51,7 @@ typedef struct engine_wal_ops {
 #define ENGINE_LOG_CONFLICT (-2)
 
 typedef struct engine_batch engine_batch;
+typedef enum engine_transport { TRANSPORT_HTTP = 0, TRANSPORT_TCP = 1 } engine_transport;
 
 /* The cluster's log backend (beava/src/cluster). With `publish` set, a push batch is
  * validated and split here as usual, then handed to the backend instead of being
@@ -77,6 +78,9 @@ typedef struct engine_log_backend {
     void (*publish)(void *ctx, engine_batch *b, const engine_log_record *recs, size_t n);
     /* While engine_apply_logged runs: should this part be applied here. */
     bool (*keep_part)(void *ctx, const char *table, const char *key, size_t klen);
+    /* Before a well-formed get is served here: -1 = serve it locally, else the status of
+     * the answer the backend wrote to out (an owner's answer, or an error). */
+    int (*get)(void *ctx, engine_transport t, const json_t *req, bv_buf *out);
     void *ctx;
 } engine_log_backend;
 
@@ -88,8 +92,6 @@ typedef struct engine_options {
     unsigned shards;              /* entity partitions (0 = 1, at most SHARD_MAX) */
     size_t queue_capacity;        /* tasks per shard ring (0 = 4096) */
 } engine_options;
-
-typedef enum engine_transport { TRANSPORT_HTTP = 0, TRANSPORT_TCP = 1 } engine_transport;
 
 engine *engine_new(const engine_options *opts);
 void engine_free(engine *e);

@@ -113,6 +113,10 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
         engine_error_body(out, "internal_error", "reason", shape ? shape : "empty body", false, 0);
         return 500;
     }
+    if (e->opt.log.get) {                         /* cluster: the owner answers */
+        int st = e->opt.log.get(e->opt.log.ctx, t, req, out);
+        if (st >= 0) return st;
+    }
     const char *table = json_string_value(json_object_get(req, "table"));
     json_t *key = json_object_get(req, "key");
     json_t *features = json_object_get(req, "features");
