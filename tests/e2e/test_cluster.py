@@ -20,7 +20,7 @@ import threading
 import time
 import unittest
 
-from harness import Beava, free_port, main
+from harness import BEAVA_BIN, Beava, free_port, main
 
 NATS_BIN = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
@@ -285,6 +285,33 @@ class ClusterTest(unittest.TestCase):
         self.push_many(c, 60, ["r%d" % i for i in range(9)], ["q1", "q2"], expected, rng=random.Random(7))
         for b in c.nodes.values():
             self.check_reads(b, expected)
+
+    def run_beava(self, env, timeout=30):
+        full = dict(os.environ)
+        full.update({"BEAVA_LISTEN_ADDR": "127.0.0.1:0", "BEAVA_ADMIN_ADDR": "127.0.0.1:0", "BEAVA_TCP_PORT": "0"})
+        full.update(env)
+        d = tempfile.TemporaryDirectory(prefix="beava-node-")
+        try:
+            p = subprocess.run([BEAVA_BIN, "--config", "/dev/null", "--data-dir", d.name], env=full,
+                               capture_output=True, timeout=timeout)
+        finally:
+            d.cleanup()
+        return p.returncode, (p.stdout + p.stderr).decode()
+
+    def test_misconfigured_nodes_refuse_to_start(self):
+        base = {"BEAVA_CLUSTER_NATS_URL": self.nats.url, "BEAVA_CLUSTER_NODES": "n1,n2"}
+        rc, out = self.run_beava(dict(base, BEAVA_CLUSTER_NODE_ID="n7"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("cluster.node_id 'n7' is not one of cluster.nodes", out)
+        rc, out = self.run_beava(dict(base, BEAVA_CLUSTER_NODE_ID="n1", BEAVA_CLUSTER_NATS_URL="nats://127.0.0.1:1"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("cannot connect to NATS at nats://127.0.0.1:1", out)
+        # the stream remembers its partition count: a node configured otherwise refuses
+        self.cluster = c = Cluster(self.nats, n=2, partitions=8, replicas=1)
+        c.start("n1")
+        rc, out = self.run_beava(dict(base, BEAVA_CLUSTER_NODE_ID="n2", BEAVA_CLUSTER_PARTITIONS="16"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("cluster.partitions is fixed when the cluster is created", out)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -114,6 +115,7 @@ struct cluster {
 
     /* snapshots */
     char snap_dir[PATH_MAX];
+    int lock_fd;                             /* flock on <snap_dir>/LOCK: one process per data dir */
     uint64_t snap_counter;                   /* apply_mu */
     pthread_t snap_thread;
     bool snap_started;
@@ -247,6 +249,7 @@ cluster *cluster_open(const bv_config *cfg, const bv_log *log, char *err, size_t
     }
     c->cfg = cfg;
     c->log = log;
+    c->lock_fd = -1;
     pthread_mutex_init(&c->q_mu, NULL);
     pthread_cond_init(&c->q_cv, NULL);
     pthread_mutex_init(&c->apply_mu, NULL);
@@ -277,6 +280,13 @@ cluster *cluster_open(const bv_config *cfg, const bv_log *log, char *err, size_t
     }
     if (bv_mkdir_p(c->snap_dir, NULL) != 0) {
         fail(err, errlen, "cluster: cannot create %s: %s", c->snap_dir, strerror(errno));
+        goto err;
+    }
+    char lock[PATH_MAX + 8];
+    snprintf(lock, sizeof lock, "%s/LOCK", c->snap_dir);
+    c->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (c->lock_fd < 0 || flock(c->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        fail(err, errlen, "cluster: %s: %s (another beava uses this data dir?)", lock, strerror(errno));
         goto err;
     }
     if (connect_nats(c, err, errlen) != 0 || ensure_stream(c, err, errlen) != 0) goto err;
@@ -1180,6 +1190,7 @@ void cluster_close(cluster *c) {
     natsConnection_Destroy(c->nc);
     natsOptions_Destroy(c->opts);
     nats_CloseAndWait(CLUSTER_CLOSE_WAIT_MS);
+    if (c->lock_fd >= 0) close(c->lock_fd);
     partmap_free(c->map);
     free(c->applied);
     free(c->target);
