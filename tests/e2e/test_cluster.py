@@ -62,6 +62,10 @@ class Nats:
     def url(self):
         return "nats://127.0.0.1:%d" % self.port
 
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(20)
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -72,7 +76,8 @@ class Nats:
 class Cluster:
     """Three beava nodes on one NATS server, each with its own data dir."""
 
-    def __init__(self, nats, n=3, partitions=8, replicas=3, snapshot_interval_s=3600):
+    def __init__(self, nats, n=3, partitions=8, replicas=3, snapshot_interval_s=3600, extra_env=None):
+        self.extra_env = dict(extra_env or {})
         self.nats = nats
         self.ids = ["n%d" % i for i in range(1, n + 1)]
         self.partitions = partitions
@@ -90,6 +95,7 @@ class Cluster:
             "BEAVA_CLUSTER_REPLICAS": str(self.replicas),
             "BEAVA_SNAPSHOT_INTERVAL_S": str(self.snapshot_interval_s),
             "BEAVA_SHARDS": "2",
+            **self.extra_env,
         }
 
     def start(self, node_id, timeout=60):
@@ -312,6 +318,40 @@ class ClusterTest(unittest.TestCase):
         rc, out = self.run_beava(dict(base, BEAVA_CLUSTER_NODE_ID="n2", BEAVA_CLUSTER_PARTITIONS="16"))
         self.assertNotEqual(rc, 0)
         self.assertIn("cluster.partitions is fixed when the cluster is created", out)
+
+    def test_nats_server_killed_no_false_ack(self):
+        self.cluster = c = Cluster(self.nats, partitions=4, replicas=2,
+                                   extra_env={"BEAVA_CLUSTER_PUBLISH_TIMEOUT_MS": "300"}).start_all()
+        self.register_everywhere(c, "n1")
+        expected = {}
+        keys = ["z%d" % i for i in range(12)]
+        self.push_many(c, 60, keys, ["w"], expected, rng=random.Random(8))
+        self.nats.kill()                    # SIGKILL: the log is gone for a while
+        maybe = {}                          # pushes answered 503: applied or not, never acked
+        for i in range(5):
+            k = keys[i]
+            st, body = c.nodes["n%d" % (i % 3 + 1)].push("E", {"k": k, "m": "w", "v": 1000 + i})
+            self.assertEqual(st, 503, body)
+            self.assertEqual(body["error"]["code"], "cluster_unavailable", body)
+            maybe[k] = maybe.get(k, 0) + 1
+        self.nats.start()                   # same port, same store: the stream is back
+        def pushed():
+            st, body = c.nodes["n2"].push("E", {"k": "after", "m": "w", "v": 1})
+            return st == 200
+        wait_for(pushed, 60, "pushes accepted again")
+        expected[("ByKey", "after")] = [1, 1]
+        expected[("ByM", "w")][0] += 1
+        self.push_many(c, 30, keys, ["w"], expected, rng=random.Random(9))
+        # every acknowledged push is there; a 503 one at most once
+        for b in c.nodes.values():
+            for (table, key), (n, vs) in expected.items():
+                if table != "ByKey" or key == "after":
+                    continue
+                st, row = b.get(table, key)
+                self.assertEqual(st, 200, row)
+                self.assertGreaterEqual(row["n"], n)
+                self.assertLessEqual(row["n"], n + maybe.get(key, 0))
+            self.assertGreaterEqual(b.get("ByKey", "after")[1]["n"], 1)
 
 
 if __name__ == "__main__":

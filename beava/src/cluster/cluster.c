@@ -61,6 +61,8 @@ typedef struct pub_job {
     struct pub_job *next;
 } pub_job;
 
+struct pub_scratch;
+
 typedef struct part_sub {
     struct cluster *c;
     unsigned p;
@@ -88,8 +90,8 @@ struct cluster {
     pthread_cond_t q_cv;
     pub_job *q_head, *q_tail;
     bool q_stop;
-    pthread_t pubs[CLUSTER_PUBLISHERS];
-    int npubs;
+    struct pub_scratch *pubs;                /* CLUSTER_PUBLISHERS */
+    int npubs;                               /* threads started */
 
     /* apply (apply_mu) */
     pthread_mutex_t apply_mu;
@@ -300,80 +302,143 @@ err:
 
 /* ---- publishing pushes ------------------------------------------------------------------- */
 
-/* Publish one message (retrying with the same id). 0 and *seq, or -1 with why. */
-static int publish(cluster *c, natsMsg *m, const char *msgid, uint64_t *seq, jsErrCode *jerr, char *why, size_t wl) {
-    jsPubOptions o;
-    for (int t = 0; t < CLUSTER_PUBLISH_TRIES; t++) {
-        jsPubOptions_Init(&o);
-        o.MsgId = msgid;
-        o.MaxWait = c->cfg->cluster_publish_timeout_ms;
-        jsPubAck *pa = NULL;
-        *jerr = 0;
-        natsStatus s = js_PublishMsg(&pa, c->js, m, &o, jerr);
-        if (s == NATS_OK) {
-            *seq = pa->Sequence;
-            jsPubAck_Destroy(pa);
-            bump(&c->published_msgs);
-            return 0;
-        }
-        nats_why(s, *jerr, why, wl);
-        if (*jerr != 0) break;       /* the stream answered: a retry would get the same answer */
-        bump(&c->publish_retries);
-    }
-    bump(&c->publish_failures);
-    return -1;
-}
+/* A publisher thread takes one batch at a time: its records are grouped into one message
+ * per partition (split at CLUSTER_MSG_MAX), every message is published at once with a
+ * reply subject on the thread's own inbox ("<inbox>.<round>.<k>"), then the JetStream
+ * acknowledgements are collected (their order is free). Messages left unacknowledged
+ * when publish_timeout_ms runs out are published again, same message id (JetStream
+ * stores each once), in a new round; late answers of an old round are ignored. */
 
-typedef struct pub_slot {
+typedef struct pub_msg {
+    unsigned p;
     bv_buf body;
     size_t *items;                /* record indexes in this message */
     size_t nitems, cap;
-    bool used;
-} pub_slot;
+    char msgid[CLUSTER_ID_MAX];
+    uint64_t seq;                 /* its stream sequence once acknowledged */
+    bool done, failed;
+} pub_msg;
 
 typedef struct pub_scratch {
-    pub_slot *slots;              /* per partition */
+    struct cluster *c;
+    pthread_t thread;
+    pub_msg *msgs;                /* this batch's messages; bodies and item arrays reused */
+    size_t nmsgs, msgs_cap;
+    int *open;                    /* per partition: index of its message being filled, or -1 */
     uint64_t *item_seq;
     bool *item_fail;
-    char *item_why;               /* one reason per batch is enough */
     size_t item_cap;
+    natsInbox *inbox;
+    natsSubscription *acks;       /* SubscribeSync on "<inbox>.>" */
+    uint64_t round;
 } pub_scratch;
 
-static void slot_add_item(pub_slot *s, size_t i) {
-    if (s->nitems == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 16;
-        size_t *p = realloc(s->items, cap * sizeof *p);
+static void msg_add_item(pub_msg *m, size_t i) {
+    if (m->nitems && m->items[m->nitems - 1] == i) return;
+    if (m->nitems == m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 16;
+        size_t *p = realloc(m->items, cap * sizeof *p);
         if (!p) abort();
-        s->items = p;
-        s->cap = cap;
+        m->items = p;
+        m->cap = cap;
     }
-    s->items[s->nitems++] = i;
+    m->items[m->nitems++] = i;
 }
 
-static void flush_slot(cluster *c, pub_scratch *sc, unsigned p, uint64_t reg_seq, char *why, size_t wl) {
-    pub_slot *s = &sc->slots[p];
-    if (!s->body.len) return;
-    char subj[CLUSTER_SUBJECT_MAX], msgid[CLUSTER_ID_MAX], regv[32];
-    part_subject(c, p, subj, sizeof subj);
-    snprintf(msgid, sizeof msgid, "%s-%" PRIu64, c->origin, atomic_fetch_add(&c->msg_counter, 1));
-    snprintf(regv, sizeof regv, "%" PRIu64, reg_seq);
-    natsMsg *m = NULL;
-    uint64_t seq = 0;
-    jsErrCode jerr = 0;
-    int rc = -1;
-    if (natsMsg_Create(&m, subj, NULL, s->body.data, (int)s->body.len) == NATS_OK &&
-        natsMsgHeader_Set(m, "Beava-Reg", regv) == NATS_OK)
-        rc = publish(c, m, msgid, &seq, &jerr, why, wl);
-    else
-        snprintf(why, wl, "cannot build the message");
-    natsMsg_Destroy(m);
-    for (size_t k = 0; k < s->nitems; k++) {
-        size_t i = s->items[k];
-        if (rc != 0) sc->item_fail[i] = true;
-        else if (seq > sc->item_seq[i]) sc->item_seq[i] = seq;
+static pub_msg *msg_new(cluster *c, pub_scratch *sc, unsigned p) {
+    if (sc->nmsgs == sc->msgs_cap) {
+        size_t cap = sc->msgs_cap ? sc->msgs_cap * 2 : 32;
+        pub_msg *m = realloc(sc->msgs, cap * sizeof *m);
+        if (!m) abort();
+        memset(m + sc->msgs_cap, 0, (cap - sc->msgs_cap) * sizeof *m);
+        for (size_t i = sc->msgs_cap; i < cap; i++) bv_buf_init(&m[i].body);
+        sc->msgs = m;
+        sc->msgs_cap = cap;
     }
-    s->body.len = 0;
-    s->nitems = 0;
+    pub_msg *m = &sc->msgs[sc->nmsgs];
+    sc->open[p] = (int)sc->nmsgs++;
+    m->p = p;
+    m->body.len = 0;
+    m->nitems = 0;
+    m->seq = 0;
+    m->done = m->failed = false;
+    snprintf(m->msgid, sizeof m->msgid, "%s-%" PRIu64, c->origin, atomic_fetch_add(&c->msg_counter, 1));
+    return m;
+}
+
+/* Send every message not yet acknowledged, as round sc->round. */
+static void send_round(cluster *c, pub_scratch *sc, uint64_t reg_seq) {
+    char subj[CLUSTER_SUBJECT_MAX], reply[CLUSTER_SUBJECT_MAX + 48], regv[32];
+    snprintf(regv, sizeof regv, "%" PRIu64, reg_seq);
+    for (size_t k = 0; k < sc->nmsgs; k++) {
+        pub_msg *pm = &sc->msgs[k];
+        if (pm->done) continue;
+        part_subject(c, pm->p, subj, sizeof subj);
+        snprintf(reply, sizeof reply, "%s.%" PRIu64 ".%zu", sc->inbox, sc->round, k);
+        natsMsg *m = NULL;
+        if (natsMsg_Create(&m, subj, reply, pm->body.data, (int)pm->body.len) == NATS_OK &&
+            natsMsgHeader_Set(m, "Nats-Msg-Id", pm->msgid) == NATS_OK &&
+            natsMsgHeader_Set(m, "Beava-Reg", regv) == NATS_OK)
+            natsConnection_PublishMsg(c->nc, m);   /* a lost publish is simply not acknowledged */
+        natsMsg_Destroy(m);
+    }
+}
+
+/* One acknowledgement: {"stream":S,"seq":N[,"duplicate":true]} or {"error":{...}}. Returns
+ * 1 acknowledged, 0 refused by the stream (why filled), -1 not an answer to count. */
+static int parse_ack(natsMsg *r, uint64_t *seq, char *why, size_t wl) {
+    if (natsMsg_IsNoResponders(r)) return -1;      /* no JetStream yet: retried */
+    json_error_t jerr;
+    json_t *j = json_loadb(natsMsg_GetData(r), (size_t)natsMsg_GetDataLength(r), 0, &jerr);
+    if (!j) return -1;
+    int rc = -1;
+    json_t *s = json_object_get(j, "seq"), *e = json_object_get(j, "error");
+    if (json_is_integer(s) && !e) {
+        *seq = (uint64_t)json_integer_value(s);
+        rc = 1;
+    } else if (json_is_object(e)) {
+        const char *d = json_string_value(json_object_get(e, "description"));
+        snprintf(why, wl, "JetStream refused the message: %s (code %lld)", d ? d : "?",
+                 (long long)json_integer_value(json_object_get(e, "err_code")));
+        rc = 0;
+    }
+    json_decref(j);
+    return rc;
+}
+
+/* Collect this round's acknowledgements until all are in or the timeout. Returns how
+ * many are still outstanding. */
+static size_t collect_round(cluster *c, pub_scratch *sc, size_t outstanding, char *why, size_t wl) {
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t end_ms = (int64_t)t0.tv_sec * 1000 + t0.tv_nsec / 1000000 + c->cfg->cluster_publish_timeout_ms;
+    size_t plen = strlen(sc->inbox);
+    while (outstanding > 0) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t left = end_ms - ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+        if (left <= 0) break;
+        natsMsg *r = NULL;
+        if (natsSubscription_NextMsg(&r, sc->acks, left) != NATS_OK) break;
+        const char *subj = natsMsg_GetSubject(r);
+        unsigned long long rnd = 0;
+        size_t k = 0;
+        if (strncmp(subj, sc->inbox, plen) == 0 && sscanf(subj + plen, ".%llu.%zu", &rnd, &k) == 2 &&
+            rnd == sc->round && k < sc->nmsgs && !sc->msgs[k].done) {
+            uint64_t seq = 0;
+            int a = parse_ack(r, &seq, why, wl);
+            if (a >= 0) {
+                sc->msgs[k].done = true;
+                sc->msgs[k].failed = a == 0;
+                sc->msgs[k].seq = seq;
+                outstanding--;
+                if (a == 1) bump(&c->published_msgs);
+                else bump(&c->publish_failures);
+            }
+        }
+        natsMsg_Destroy(r);
+    }
+    return outstanding;
 }
 
 static void pub_run(cluster *c, pub_scratch *sc, pub_job *job) {
@@ -390,38 +455,41 @@ static void pub_run(cluster *c, pub_scratch *sc, pub_job *job) {
     pthread_mutex_lock(&c->reg_mu);
     uint64_t reg_seq = c->reg_applied;    /* at least what the records were validated against */
     pthread_mutex_unlock(&c->reg_mu);
-    char why[512] = "";
-    unsigned touched_cap = 0;
-    for (size_t i = 0; i < job->n; i++) touched_cap += (unsigned)job->recs[i].nparts;
-    unsigned *touched = malloc((touched_cap ? touched_cap : 1) * sizeof *touched);
-    if (!touched) abort();
-    unsigned ntouched = 0;
+    /* group the records by partition */
+    sc->nmsgs = 0;
     for (size_t i = 0; i < job->n; i++) {
         const engine_log_record *r = &job->recs[i];
         for (size_t k = 0; k < r->nparts; k++) {
             unsigned p = partmap_partition(c->map, r->parts[k].table, r->parts[k].key, r->parts[k].klen);
-            bool dup = false;
-            for (size_t q = 0; q < k && !dup; q++)
-                dup = partmap_partition(c->map, r->parts[q].table, r->parts[q].key, r->parts[q].klen) == p;
-            if (dup) continue;
-            pub_slot *s = &sc->slots[p];
-            if (!s->used) {
-                s->used = true;
-                touched[ntouched++] = p;
-            }
-            if (s->body.len && s->body.len + 4 + r->len > CLUSTER_MSG_MAX) flush_slot(c, sc, p, reg_seq, why, sizeof why);
+            pub_msg *m = sc->open[p] >= 0 ? &sc->msgs[sc->open[p]] : NULL;
+            if (m && m->nitems && m->items[m->nitems - 1] == i) continue;   /* this record is in already */
+            if (!m || m->body.len + 4 + r->len > CLUSTER_MSG_MAX) m = msg_new(c, sc, p);
             unsigned char lenb[4];
             codec_put32(lenb, (uint32_t)r->len);
-            bv_buf_put(&s->body, lenb, 4);
-            bv_buf_put(&s->body, r->payload, r->len);
-            slot_add_item(s, i);
+            bv_buf_put(&m->body, lenb, 4);
+            bv_buf_put(&m->body, r->payload, r->len);
+            msg_add_item(m, i);
         }
     }
-    for (unsigned t = 0; t < ntouched; t++) {
-        flush_slot(c, sc, touched[t], reg_seq, why, sizeof why);
-        sc->slots[touched[t]].used = false;
+    for (size_t k = 0; k < sc->nmsgs; k++) sc->open[sc->msgs[k].p] = -1;
+    /* publish them all, collect the acknowledgements, retry the silent ones */
+    char why[512] = "no acknowledgement within cluster.publish_timeout_ms";
+    size_t outstanding = sc->nmsgs;
+    for (int t = 0; t < CLUSTER_PUBLISH_TRIES && outstanding > 0; t++) {
+        sc->round++;
+        if (t > 0) atomic_fetch_add_explicit(&c->publish_retries, outstanding, memory_order_relaxed);
+        send_round(c, sc, reg_seq);
+        outstanding = collect_round(c, sc, outstanding, why, sizeof why);
     }
-    free(touched);
+    for (size_t k = 0; k < sc->nmsgs; k++) {
+        pub_msg *m = &sc->msgs[k];
+        if (!m->done) bump(&c->publish_failures);
+        for (size_t q = 0; q < m->nitems; q++) {
+            size_t i = m->items[q];
+            if (!m->done || m->failed) sc->item_fail[i] = true;
+            else if (m->seq > sc->item_seq[i]) sc->item_seq[i] = m->seq;
+        }
+    }
     uint64_t version = engine_registry_version(c->eng);
     for (size_t i = 0; i < job->n; i++) {
         push_result *res = &job->b->items[job->recs[i].item].res;
@@ -441,12 +509,40 @@ static void pub_run(cluster *c, pub_scratch *sc, pub_job *job) {
     job->b->done(job->b);
 }
 
+/* A publisher's inbox subscription and partition index (before its thread starts). */
+static int pub_scratch_init(cluster *c, pub_scratch *sc, char *err, size_t errlen) {
+    sc->c = c;
+    sc->open = malloc(c->nparts * sizeof *sc->open);
+    if (!sc->open) return fail(err, errlen, "out of memory");
+    for (unsigned p = 0; p < c->nparts; p++) sc->open[p] = -1;
+    char wild[CLUSTER_SUBJECT_MAX], why[512];
+    natsStatus s = natsInbox_Create(&sc->inbox);
+    if (s == NATS_OK) {
+        snprintf(wild, sizeof wild, "%s.>", sc->inbox);
+        s = natsConnection_SubscribeSync(&sc->acks, c->nc, wild);
+    }
+    if (s != NATS_OK) return fail(err, errlen, "cluster: publisher inbox: %s", nats_why(s, 0, why, sizeof why));
+    return 0;
+}
+
+static void pub_scratch_free(pub_scratch *sc) {
+    if (sc->acks) natsSubscription_Unsubscribe(sc->acks);
+    natsSubscription_Destroy(sc->acks);
+    natsInbox_Destroy(sc->inbox);
+    for (size_t k = 0; k < sc->msgs_cap; k++) {
+        bv_buf_free(&sc->msgs[k].body);
+        free(sc->msgs[k].items);
+    }
+    free(sc->msgs);
+    free(sc->open);
+    free(sc->item_seq);
+    free(sc->item_fail);
+    memset(sc, 0, sizeof *sc);
+}
+
 static void *pub_main(void *arg) {
-    cluster *c = arg;
-    pub_scratch sc = { 0 };
-    sc.slots = calloc(c->nparts, sizeof *sc.slots);
-    if (!sc.slots) abort();
-    for (unsigned p = 0; p < c->nparts; p++) bv_buf_init(&sc.slots[p].body);
+    pub_scratch *sc = arg;
+    cluster *c = sc->c;
     pthread_mutex_lock(&c->q_mu);
     for (;;) {
         while (!c->q_head && !c->q_stop) pthread_cond_wait(&c->q_cv, &c->q_mu);
@@ -455,18 +551,11 @@ static void *pub_main(void *arg) {
         c->q_head = job->next;
         if (!c->q_head) c->q_tail = NULL;
         pthread_mutex_unlock(&c->q_mu);
-        pub_run(c, &sc, job);
+        pub_run(c, sc, job);
         free(job);
         pthread_mutex_lock(&c->q_mu);
     }
     pthread_mutex_unlock(&c->q_mu);
-    for (unsigned p = 0; p < c->nparts; p++) {
-        bv_buf_free(&sc.slots[p].body);
-        free(sc.slots[p].items);
-    }
-    free(sc.slots);
-    free(sc.item_seq);
-    free(sc.item_fail);
     return NULL;
 }
 
@@ -1092,8 +1181,12 @@ int cluster_start(cluster *c, atomic_bool *ready, char *err, size_t errlen) {
         if (subscribe_from(c, subj, c->applied[c->subs[i].p], part_cb, &c->subs[i], &c->subs[i].sub, err, errlen) != 0)
             return -1;
     }
+    c->pubs = calloc(CLUSTER_PUBLISHERS, sizeof *c->pubs);
+    if (!c->pubs) return fail(err, errlen, "out of memory");
     for (int i = 0; i < CLUSTER_PUBLISHERS; i++) {
-        if (pthread_create(&c->pubs[i], NULL, pub_main, c) != 0) return fail(err, errlen, "cluster: cannot start a publisher");
+        if (pub_scratch_init(c, &c->pubs[i], err, errlen) != 0) return -1;
+        if (pthread_create(&c->pubs[i].thread, NULL, pub_main, &c->pubs[i]) != 0)
+            return fail(err, errlen, "cluster: cannot start a publisher");
         c->npubs++;
     }
     if (pthread_create(&c->snap_thread, NULL, snap_main, c) != 0) return fail(err, errlen, "cluster: cannot start snapshots");
@@ -1154,7 +1247,7 @@ void cluster_close(cluster *c) {
     c->q_stop = true;
     pthread_cond_broadcast(&c->q_cv);
     pthread_mutex_unlock(&c->q_mu);
-    for (int i = 0; i < c->npubs; i++) pthread_join(c->pubs[i], NULL);
+    for (int i = 0; i < c->npubs; i++) pthread_join(c->pubs[i].thread, NULL);
     if (c->snap_started) {
         pthread_mutex_lock(&c->snap_mu);
         c->snap_stop = true;
@@ -1180,6 +1273,8 @@ void cluster_close(cluster *c) {
         if (stopping_applied && snapshot_take(c, err, sizeof err) != 0)
             bv_log_msg(c->log, LOG_ERROR, "cluster.snapshot_failed", "%s", err);
     }
+    for (int i = 0; c->pubs && i < CLUSTER_PUBLISHERS; i++) pub_scratch_free(&c->pubs[i]);
+    free(c->pubs);
     if (c->nc) natsConnection_Close(c->nc);
     natsSubscription_Destroy(c->reg_sub);
     for (size_t i = 0; i < c->nsubs; i++) {
