@@ -97,6 +97,8 @@ struct cluster {
     pthread_mutex_t apply_mu;
     pthread_cond_t apply_cv;                 /* a partition's applied sequence moved */
     unsigned cur_part;                       /* the partition being applied (keep_part) */
+    engine_logged *recs;                     /* one message's records */
+    size_t recs_cap;
     uint64_t *applied;                       /* per partition: last stream sequence applied */
     uint64_t *target;                        /* per partition: the stream's last at start */
     part_sub *subs;
@@ -863,20 +865,27 @@ static void part_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void 
     if (!c->stopping && seq > c->applied[ps->p]) {
         c->cur_part = ps->p;
         const unsigned char *d = (const unsigned char *)natsMsg_GetData(m);
-        size_t len = (size_t)natsMsg_GetDataLength(m), off = 0;
+        size_t len = (size_t)natsMsg_GetDataLength(m), off = 0, n = 0;
         char reason[512];
-        while (off + 4 <= len) {
+        while (off + 4 <= len) {              /* records: u32 length, evrec */
             size_t rl = codec_get32(d + off);
             off += 4;
             if (rl > len - off) {
                 apply_error(c, "partition message", seq, "a record runs past the end of the message");
                 break;
             }
-            if (engine_apply_logged(c->eng, d + off, rl, seq, reason, sizeof reason) != 0)
-                apply_error(c, "event record", seq, reason);
+            if (n == c->recs_cap) {
+                size_t cap = c->recs_cap ? c->recs_cap * 2 : 256;
+                engine_logged *r = realloc(c->recs, cap * sizeof *r);
+                if (!r) abort();
+                c->recs = r;
+                c->recs_cap = cap;
+            }
+            c->recs[n++] = (engine_logged){ .payload = d + off, .len = rl };
             off += rl;
         }
-        engine_apply_flush(c->eng);
+        size_t bad = engine_apply_logged(c->eng, c->recs, n, seq, reason, sizeof reason);
+        if (bad) apply_error(c, "event record", seq, reason);
         c->applied[ps->p] = seq;
         c->applied_since_snap++;
         bump(&c->applied_msgs);
@@ -1287,6 +1296,7 @@ void cluster_close(cluster *c) {
     nats_CloseAndWait(CLUSTER_CLOSE_WAIT_MS);
     if (c->lock_fd >= 0) close(c->lock_fd);
     partmap_free(c->map);
+    free(c->recs);
     free(c->applied);
     free(c->target);
     free(c->subs);

@@ -116,6 +116,7 @@ engine *engine_new(const engine_options *opts) {
     pthread_rwlockattr_destroy(&ra);
     pthread_mutex_init(&e->seq_mu, NULL);
     pthread_mutex_init(&e->sweep_mu, NULL);
+    pthread_mutex_init(&e->apply_mu, NULL);
     pthread_cond_init(&e->park_cv, NULL);
     bv_buf_init(&e->history);
     store_init(&e->dedupe);
@@ -145,6 +146,7 @@ void engine_free(engine *e) {
     bv_buf_free(&e->history);
     pthread_cond_destroy(&e->park_cv);
     pthread_mutex_destroy(&e->sweep_mu);
+    pthread_mutex_destroy(&e->apply_mu);
     pthread_mutex_destroy(&e->seq_mu);
     pthread_rwlock_destroy(&e->reg_lock);
     free(e);
@@ -159,8 +161,10 @@ int engine_start_shards(engine *e) {
 /* ---- the barrier -------------------------------------------------------------------- */
 
 void engine_barrier_enter(engine *e) {
+    pthread_mutex_lock(&e->apply_mu);             /* no engine_apply_logged half done */
     push_replay_flush(e);                         /* recovery: gathered events apply first */
     pthread_rwlock_wrlock(&e->reg_lock);          /* no push or read is past validation now */
+    pthread_mutex_unlock(&e->apply_mu);
     pthread_mutex_lock(&e->seq_mu);
     while (e->park_head) pthread_cond_wait(&e->park_cv, &e->seq_mu);   /* durability thread drains it */
     pthread_mutex_unlock(&e->seq_mu);

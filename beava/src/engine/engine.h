@@ -199,12 +199,15 @@ void engine_metrics(engine *e, bv_buf *out);
  * with a reason when the record cannot be decoded (the caller logs and counts it). */
 int engine_replay(engine *e, int kind, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen);
 
-/* Cluster mode: apply one event record taken from the log (seq: its log position), only
- * the parts log.keep_part keeps. Records are gathered; engine_apply_flush() applies what
- * is gathered (call it before anything may read). One caller thread at a time. Returns 0,
- * or -1 with a reason when the record does not decode or validate. */
-int engine_apply_logged(engine *e, const void *payload, size_t len, uint64_t seq, char *reason, size_t rlen);
-void engine_apply_flush(engine *e);
+/* Cluster mode: apply event records taken from the log (seq: their log position), only the
+ * parts log.keep_part keeps, as one step (no registry change lands in the middle). One
+ * caller thread at a time. Returns how many records could not be decoded or validated
+ * (reason: the first one's); the others are applied. */
+typedef struct engine_logged {
+    const void *payload;          /* an event record (evrec) */
+    size_t len;
+} engine_logged;
+size_t engine_apply_logged(engine *e, const engine_logged *recs, size_t n, uint64_t seq, char *reason, size_t rlen);
 
 /* The highest LSN sequenced (every record up to it is applied once the engine is idle). */
 uint64_t engine_applied_lsn(engine *e);

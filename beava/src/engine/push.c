@@ -800,12 +800,16 @@ int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, 
     return rc;
 }
 
-int engine_apply_logged(engine *e, const void *payload, size_t len, uint64_t seq, char *reason, size_t rlen) {
-    return push_replay_event(e, seq, payload, len, reason, rlen);
-}
-
-void engine_apply_flush(engine *e) {
+size_t engine_apply_logged(engine *e, const engine_logged *recs, size_t n, uint64_t seq, char *reason, size_t rlen) {
+    size_t bad = 0;
+    char why[512];
+    pthread_mutex_lock(&e->apply_mu);
+    for (size_t i = 0; i < n; i++)
+        if (push_replay_event(e, seq, recs[i].payload, recs[i].len, why, sizeof why) != 0 && bad++ == 0)
+            snprintf(reason, rlen, "%s", why);
     push_replay_flush(e);
+    pthread_mutex_unlock(&e->apply_mu);
+    return bad;
 }
 
 void push_replay_done(engine *e) {
