@@ -202,6 +202,22 @@ class ClusterTest(unittest.TestCase):
             self.assertGreater(metric(b, "beava_cluster_reads_forwarded_total"), 0)
             self.assertGreater(metric(b, "beava_cluster_reads_served_for_peers_total"), 0)
             self.assertGreater(metric(b, "beava_cluster_reads_local_total"), 0)
+        # admin GET /cluster: members, every partition's 2 owners, no lag once caught up
+        infos = {i: json.loads(b.admin("GET", "/cluster")[2]) for i, b in c.nodes.items()}
+        owners = None
+        for i, info in infos.items():
+            self.assertEqual(info["node"], i)
+            self.assertEqual(info["nodes"], ["n1", "n2", "n3"])
+            self.assertTrue(info["caught_up"])
+            self.assertEqual(len(info["ownership"]), 8)
+            mine = [o for o in info["ownership"] if i in o["owners"]]
+            self.assertTrue(all(len(o["owners"]) == 2 for o in info["ownership"]))
+            self.assertTrue(all(o["lag"] == 0 and o["applied"] == o["stream"] for o in mine), mine)
+            self.assertEqual(info["registry"]["applied"], info["registry"]["stream"])
+            got = [o["owners"] for o in info["ownership"]]
+            self.assertTrue(owners is None or owners == got)     # every node computes the same map
+            owners = got
+        self.assertGreater(sum(o["stream"] > 0 for o in infos["n1"]["ownership"] if "stream" in o), 0)
         # an unknown table is answered like a single node answers it, whoever owns it
         st, body = c.nodes["n1"].get("Nope", "x")
         self.assertEqual(st, 404, body)

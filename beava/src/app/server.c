@@ -114,6 +114,11 @@ static int server_snapshot(void *ctx, bv_buf *out) {
     return persist_snapshot_now(s->persist, out);
 }
 
+static int server_cluster_status(void *ctx, bv_buf *out) {
+    beava_server *s = ctx;
+    return cluster_status(s->cluster, out);
+}
+
 static char *read_token(const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "r");
     if (!f) {
@@ -195,6 +200,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         .snapshot = s->persist || s->cluster ? server_snapshot : NULL,
         .body_budget = &s->body_budget, .data_stats = &s->http_stats,
         .progress = s->persist ? server_progress : NULL,
+        .cluster_status = s->cluster ? server_cluster_status : NULL,
     };
     s->admin = http_start(HTTP_ADMIN, admin_fd ? admin_fd : cfg->admin_addr, &deps, 1, s->admin_bound, sizeof s->admin_bound, err, errlen);
     if (!s->admin) goto fail;

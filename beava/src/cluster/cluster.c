@@ -1,11 +1,11 @@
 /*
  * cluster.c - the cluster on NATS JetStream (see cluster.h for the design).
  *
- * Threads: CLUSTER_PUBLISHERS publisher threads (a push batch each at a time, its
- * messages published one after another with a synchronous JetStream ack: batches from
- * different connections overlap, the messages of one batch do not yet), the NATS
- * library's delivery threads (one per subscription: the registry and each owned
- * partition), and the snapshot timer.
+ * Threads: CLUSTER_PUBLISHERS publisher threads (a push batch each at a time: all its
+ * messages published at once, their JetStream acks collected on the thread's inbox),
+ * the NATS library's delivery threads (one per subscription: the registry, each owned
+ * partition and, once caught up, each owned partition's forwarded reads), and the
+ * snapshot timer.
  *
  * Message body of a partition message: records, each u32 length (little-endian) then
  * an event record (evrec). Headers: Beava-Reg (registry sequence the records were
@@ -14,9 +14,9 @@
  * time: the publishing process skips it, it applied the record when it published it).
  *
  * Known limits of this first slice (README "Cluster"): the node list is fixed (no
- * rebalancing), reads are served by owners only (no forwarding yet), the dedupe by
- * event key is per receiving node, a reset is not ordered with the events published
- * before it, and a node with a lost data dir rebuilds from the stream alone.
+ * rebalancing), only get is forwarded (not batch_get and the legacy reads), the dedupe
+ * by event key is not applied, a reset is not ordered with the events published before
+ * it, and a node with a lost data dir rebuilds from the stream alone.
  */
 #include "cluster.h"
 
@@ -1203,6 +1203,50 @@ int cluster_start(cluster *c, atomic_bool *ready, char *err, size_t errlen) {
     bv_log_msg(c->log, LOG_INFO, "cluster.started", "owning %zu of %u partitions; registry at %" PRIu64 " of %" PRIu64,
                c->nsubs, c->nparts, c->reg_applied, c->reg_target);
     return 0;
+}
+
+int cluster_status(cluster *c, bv_buf *out) {
+    char subj[CLUSTER_SUBJECT_MAX];
+    uint64_t *last = calloc(c->nparts, sizeof *last);
+    if (!last) return read_error(out, "internal_error", "out of memory");
+    for (size_t i = 0; i < c->nsubs; i++) {     /* outside apply_mu: these are network round trips */
+        part_subject(c, c->subs[i].p, subj, sizeof subj);
+        last[c->subs[i].p] = last_seq(c, subj);
+    }
+    reg_subject(c, subj, sizeof subj);
+    uint64_t reg_last = last_seq(c, subj);
+    bv_buf_puts(out, "{\"node\":");
+    bv_buf_json_str(out, c->cfg->cluster_node_id, strlen(c->cfg->cluster_node_id));
+    bv_buf_puts(out, ",\"nodes\":[");
+    for (size_t i = 0; i < partmap_nodes(c->map); i++) {
+        if (i) bv_buf_putc(out, ',');
+        bv_buf_json_str(out, partmap_node(c->map, i), strlen(partmap_node(c->map, i)));
+    }
+    bv_buf_printf(out, "],\"stream\":\"%s\",\"partitions\":%u,\"replicas\":%u", c->stream, c->nparts,
+                  partmap_replicas(c->map));
+    pthread_mutex_lock(&c->reg_mu);
+    uint64_t reg_applied = c->reg_applied;
+    pthread_mutex_unlock(&c->reg_mu);
+    bv_buf_printf(out, ",\"registry\":{\"applied\":%" PRIu64 ",\"stream\":%" PRIu64 "}", reg_applied, reg_last);
+    pthread_mutex_lock(&c->apply_mu);
+    bv_buf_printf(out, ",\"caught_up\":%s,\"ownership\":[", c->caught_up ? "true" : "false");
+    for (unsigned p = 0; p < c->nparts; p++) {
+        bv_buf_printf(out, "%s{\"partition\":%u,\"owners\":[", p ? "," : "", p);
+        const uint8_t *own = partmap_owners(c->map, p);
+        for (unsigned r = 0; r < partmap_replicas(c->map); r++) {
+            if (r) bv_buf_putc(out, ',');
+            bv_buf_json_str(out, partmap_node(c->map, own[r]), strlen(partmap_node(c->map, own[r])));
+        }
+        bv_buf_putc(out, ']');
+        if (partmap_owns(c->map, p, c->self))
+            bv_buf_printf(out, ",\"applied\":%" PRIu64 ",\"stream\":%" PRIu64 ",\"lag\":%" PRIu64, c->applied[p],
+                          last[p], last[p] > c->applied[p] ? last[p] - c->applied[p] : 0);
+        bv_buf_putc(out, '}');
+    }
+    pthread_mutex_unlock(&c->apply_mu);
+    bv_buf_puts(out, "]}");
+    free(last);
+    return 200;
 }
 
 void cluster_metrics(cluster *c, bv_buf *out) {

@@ -13,6 +13,10 @@
  * highest stream sequence among them). A push JetStream did not acknowledge is answered
  * 503 cluster_unavailable, never acknowledged.
  *
+ * Reads (engine_log_backend.get): a get for an owned partition waits (bounded) until the
+ * node applied it up to the stream's last sequence at the time of the read; any other is
+ * forwarded over NATS request/reply to the partition's owners (a queue group each).
+ *
  * Apply: ownership comes from partmap (rendezvous hashing over cluster.nodes). Each node
  * consumes only its partitions' subjects (an ordered consumer each, starting after the
  * sequence its snapshot recorded) and applies them through the engine's normal shards
@@ -63,6 +67,11 @@ int cluster_start(cluster *c, atomic_bool *ready, char *err, size_t errlen);
 
 /* Admin POST /snapshot: write a snapshot now. Returns the HTTP status. */
 int cluster_snapshot_now(cluster *c, bv_buf *out);
+
+/* Admin GET /cluster: this node, the members, every partition's owners, and for the
+ * partitions this node owns the sequence applied, the stream's last and the lag. Returns
+ * the HTTP status. Asks JetStream once per owned partition: for operators, not a hot path. */
+int cluster_status(cluster *c, bv_buf *out);
 
 /* Prometheus lines for admin /metrics. */
 void cluster_metrics(cluster *c, bv_buf *out);
