@@ -21,6 +21,9 @@ import time
 import unittest
 
 from harness import BEAVA_BIN, Beava, free_port, main
+from test_tcp import Conn
+
+OP_PUSH, OP_GET, OP_RESULT = 0x0010, 0x0020, 0x0023
 
 NATS_BIN = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
@@ -159,29 +162,44 @@ class ClusterTest(unittest.TestCase):
         return version
 
     def push_many(self, c, n, keys, ms, expected, via=None, rng=None):
+        """n pushes through random nodes, alternately over HTTP and framed TCP (msgpack)."""
         rng = rng or random.Random(1)
         ids = list(c.nodes) if via is None else via
+        tcp = {i: Conn(c.nodes[i].bound["server.tcp_bound"]) for i in ids}
         for i in range(n):
             k = rng.choice(keys)
             m = rng.choice(ms)
-            st, body = c.nodes[rng.choice(ids)].push("E", {"k": k, "m": m, "v": i})
+            node = rng.choice(ids)
+            if i % 2:
+                op, _, body = tcp[node].call(OP_PUSH, {"event": "E", "body": {"k": k, "m": m, "v": i}}, ct=2)
+                st = 200 if op == OP_PUSH else op
+            else:
+                st, body = c.nodes[node].push("E", {"k": k, "m": m, "v": i})
             self.assertEqual(st, 200, body)
             self.assertGreater(body["ack_lsn"], 0)
             e = expected.setdefault(("ByKey", k), [0, 0])
             e[0] += 1
             e[1] += i
             expected.setdefault(("ByM", m), [0, 0])[0] += 1
+        for conn in tcp.values():
+            conn.close()
 
     def check_reads(self, b, expected):
         """Every entity read through node b right now has exactly the acknowledged count:
         a read after an ack sees it on any node (owned partitions catch up first, the
         others are forwarded to an owner)."""
         bad = []
-        for (table, key), (n, vs) in sorted(expected.items()):
-            st, row = b.get(table, key)
+        tcp = Conn(b.bound["server.tcp_bound"])
+        for j, ((table, key), (n, vs)) in enumerate(sorted(expected.items())):
+            if j % 2:                                   # OP_GET over framed TCP (msgpack)
+                op, _, row = tcp.call(OP_GET, {"table": table, "key": key}, ct=2)
+                st = 200 if op == OP_RESULT else op
+            else:
+                st, row = b.get(table, key)
             want = {"n": n, "vs": vs} if table == "ByKey" else {"mn": n}
             if st != 200 or row != want:
                 bad.append((table, key, want, st, row))
+        tcp.close()
         self.assertEqual(bad, [], "rows differ from what was acknowledged (first 5): %r" % bad[:5])
 
     def test_pushes_through_any_node_readable_everywhere(self):
@@ -229,9 +247,19 @@ class ClusterTest(unittest.TestCase):
         keys = ["u%d" % i for i in range(30)]
         ms = ["m%d" % i for i in range(5)]
         self.push_many(c, 150, keys, ms, expected, rng=random.Random(2))
+        # SIGKILL n3 while pushes through the others go on: they continue, all acknowledged
+        errors = []
+
+        def pusher():
+            try:
+                self.push_many(c, 300, keys, ms, expected, via=["n1", "n2"], rng=random.Random(3))
+            except Exception as e:          # reported below, in the test's thread
+                errors.append(e)
+        t = threading.Thread(target=pusher)
+        t.start()
         c.kill("n3")
-        # pushes through the others continue while n3 is down
-        self.push_many(c, 150, keys, ms, expected, via=["n1", "n2"], rng=random.Random(3))
+        t.join()
+        self.assertEqual(errors, [])
         # its partitions are read from their other owner meanwhile
         self.check_reads(c.nodes["n1"], expected)
         b = c.start("n3")               # /ready waits until its partitions caught up
