@@ -44,7 +44,8 @@
 #define CLUSTER_PUBLISHERS 4                 /* batches published at once */
 #define CLUSTER_MSG_MAX (512u * 1024u)       /* body bytes per message (NATS max_payload is 1 MiB) */
 #define CLUSTER_PUBLISH_TRIES 3              /* same message id each time: JetStream de-duplicates */
-#define CLUSTER_SUBJECT_MAX 192
+#define CLUSTER_PREFIX_MAX (CONFIG_CLUSTER_ID_MAX + 16)   /* "beava.<name>", "BEAVA_<name>" */
+#define CLUSTER_SUBJECT_MAX (CLUSTER_PREFIX_MAX + 64)
 #define CLUSTER_ORIGIN_MAX 128               /* "<node>-<boot ns>" */
 #define CLUSTER_ID_MAX (CLUSTER_ORIGIN_MAX + 32)   /* message ids */
 #define CLUSTER_URLS_MAX 16
@@ -79,8 +80,8 @@ struct cluster {
     natsOptions *opts;
     natsConnection *nc;
     jsCtx *js;
-    char stream[CLUSTER_SUBJECT_MAX];
-    char prefix[CLUSTER_SUBJECT_MAX];        /* "beava.<name>" */
+    char stream[CLUSTER_PREFIX_MAX];
+    char prefix[CLUSTER_PREFIX_MAX];         /* "beava.<name>" */
     char origin[CLUSTER_ORIGIN_MAX];             /* "<node>-<boot ns>" */
     engine *eng;
     _Atomic uint64_t msg_counter;
