@@ -200,6 +200,21 @@ class ClusterTest(unittest.TestCase):
             if st != 200 or row != want:
                 bad.append((table, key, want, st, row))
         tcp.close()
+        # one batch_get with every entity (entries of partitions owned elsewhere are
+        # answered by their owners), plus an unknown table and a bad key arity
+        items = sorted(expected.items())
+        reqs = [{"table": t, "key": k} for (t, k), _ in items]
+        reqs += [{"table": "Nope", "key": "x"}, {"table": "ByKey", "key": "a|b"}]
+        st, body = b.call("POST", "/batch_get", {"requests": reqs})
+        self.assertEqual(st, 200, body)
+        results = body["results"]
+        self.assertEqual(len(results), len(reqs))
+        for ((table, key), (n, vs)), row in zip(items, results):
+            want = {"n": n, "vs": vs} if table == "ByKey" else {"mn": n}
+            if row != want:
+                bad.append(("batch_get", table, key, want, row))
+        self.assertEqual(results[-2]["error"]["code"], "unknown_table")
+        self.assertEqual(results[-1]["error"]["code"], "key_parse_failure")
         self.assertEqual(bad, [], "rows differ from what was acknowledged (first 5): %r" % bad[:5])
 
     def test_pushes_through_any_node_readable_everywhere(self):

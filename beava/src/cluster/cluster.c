@@ -14,7 +14,7 @@
  * time: the publishing process skips it, it applied the record when it published it).
  *
  * Known limits of this first slice (README "Cluster"): the node list is fixed (no
- * rebalancing), only get is forwarded (not batch_get and the legacy reads), the dedupe
+ * rebalancing), get and batch_get are forwarded but not the legacy reads, the dedupe
  * by event key is not applied, a reset is not ordered with the events published before
  * it, and a node with a lost data dir rebuilds from the stream alone.
  */
@@ -744,7 +744,167 @@ static int backend_get(void *ctx, engine_transport t, const json_t *req, bv_buf 
     return forward_get(c, p, t, req, out);
 }
 
-/* A peer's forwarded get (NATS delivery thread): answer it like a local one. */
+/* ---- batch_get: the entries of partitions owned elsewhere go to their owners, one
+ * request per partition, all at once; the answers' entries are kept as their exact bytes */
+
+/* The elements of {"results":[e0,e1,...]} as (start, length) pairs, in order. Returns how
+ * many, or -1 when the text is not that shape. */
+static long split_results(const char *s, size_t n, const char **starts, size_t *lens, size_t max) {
+    const char *p = memmem(s, n, "\"results\":[", 11);
+    if (!p) return -1;
+    const char *end = s + n;
+    p += 11;
+    long count = 0;
+    int depth = 0;
+    bool in_str = false;
+    const char *start = NULL;
+    for (; p < end; p++) {
+        char ch = *p;
+        if (in_str) {
+            if (ch == '\\') p++;
+            else if (ch == '"') in_str = false;
+            continue;
+        }
+        if (!start && ch != ' ' && ch != ',' && ch != ']') start = p;
+        if (ch == '"') in_str = true;
+        else if (ch == '{' || ch == '[') depth++;
+        else if ((ch == '}' || ch == ']') && depth > 0) depth--;
+        else if ((ch == ',' || ch == ']') && depth == 0) {
+            if (start) {
+                if ((size_t)count >= max) return -1;
+                starts[count] = start;
+                lens[count++] = (size_t)(p - start);
+                start = NULL;
+            }
+            if (ch == ']') return count;
+        }
+    }
+    return -1;
+}
+
+static char *error_text(const char *code, const char *reason) {
+    bv_buf b;
+    bv_buf_init(&b);
+    read_error(&b, code, reason);
+    return bv_buf_steal(&b);
+}
+
+/* engine_log_backend.batch_get. */
+static void backend_batch_get(void *ctx, const json_t *reqs, char **fwd) {
+    cluster *c = ctx;
+    size_t n = json_array_size(reqs);
+    unsigned *part = malloc(n * sizeof *part);
+    int *state = calloc(c->nparts, sizeof *state);   /* per partition: 0 untouched, 1 owned ok, 2 owned late, 3 remote */
+    json_t **sub = calloc(c->nparts, sizeof *sub);    /* remote partitions' request arrays */
+    if (!part || !state || !sub) abort();
+    char kbuf[STORE_MAX_KEY + 1];
+    for (size_t i = 0; i < n; i++) {
+        json_t *entry = json_array_get(reqs, i);
+        const char *table = json_string_value(json_object_get(entry, "table"));
+        json_t *key = json_object_get(entry, "key");
+        if (!key) key = json_object_get(entry, "entity_id");
+        size_t kl = json_string_length(key);
+        part[i] = UINT32_MAX;
+        if (!table || !json_is_string(key) || kl > STORE_MAX_KEY) continue;
+        const char *ks = json_string_value(key);
+        for (size_t q = 0; q < kl; q++) kbuf[q] = ks[q] == '|' ? STORE_KEY_SEP : ks[q];
+        unsigned p = part[i] = partmap_partition(c->map, table, kbuf, kl);
+        if (partmap_owns(c->map, p, c->self)) {
+            if (state[p] == 0) {
+                bv_buf tmp;
+                bv_buf_init(&tmp);
+                state[p] = catch_up(c, p, &tmp) < 0 ? 1 : 2;
+                bv_buf_free(&tmp);
+            }
+            if (state[p] == 2) fwd[i] = error_text("not_caught_up", "this partition's owner has not applied the "
+                                                                     "stream up to the read yet; retry");
+            continue;
+        }
+        state[p] = 3;
+        if (!sub[p] && !(sub[p] = json_array())) abort();
+        json_array_append(sub[p], entry);
+    }
+    natsInbox *inbox = NULL;
+    natsSubscription *acks = NULL;
+    char wild[CLUSTER_SUBJECT_MAX], subj[CLUSTER_SUBJECT_MAX], reply[CLUSTER_SUBJECT_MAX + 16];
+    size_t waiting = 0;
+    bool *answered = calloc(c->nparts, sizeof *answered);
+    if (!answered) abort();
+    if (natsInbox_Create(&inbox) == NATS_OK) {
+        snprintf(wild, sizeof wild, "%s.*", inbox);
+        if (natsConnection_SubscribeSync(&acks, c->nc, wild) != NATS_OK) acks = NULL;
+    }
+    for (unsigned p = 0; acks && p < c->nparts; p++) {
+        if (state[p] != 3) continue;
+        json_t *body = json_pack("{s:O}", "requests", sub[p]);
+        char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+        rpc_subject(c, p, subj, sizeof subj);
+        snprintf(reply, sizeof reply, "%s.%u", inbox, p);
+        natsMsg *m = NULL;
+        if (text && natsMsg_Create(&m, subj, reply, text, (int)strlen(text)) == NATS_OK &&
+            natsMsgHeader_Set(m, "Beava-Op", "batch") == NATS_OK && natsConnection_PublishMsg(c->nc, m) == NATS_OK)
+            waiting++;
+        natsMsg_Destroy(m);
+        free(text);
+    }
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t end_ms = (int64_t)t0.tv_sec * 1000 + t0.tv_nsec / 1000000 + c->cfg->cluster_read_wait_ms +
+                     c->cfg->cluster_publish_timeout_ms;
+    const char **starts = malloc(n * sizeof *starts);
+    size_t *lens = malloc(n * sizeof *lens);
+    if (!starts || !lens) abort();
+    size_t plen = inbox ? strlen(inbox) : 0;
+    while (waiting > 0) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t left = end_ms - ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+        natsMsg *r = NULL;
+        if (left <= 0 || natsSubscription_NextMsg(&r, acks, left) != NATS_OK) break;
+        unsigned p = UINT32_MAX;
+        const char *rs = natsMsg_GetSubject(r);
+        if (strncmp(rs, inbox, plen) == 0 && sscanf(rs + plen, ".%u", &p) == 1 && p < c->nparts && state[p] == 3 &&
+            !answered[p]) {
+            answered[p] = true;
+            waiting--;
+            if (natsMsg_IsNoResponders(r)) {
+                answered[p] = false;               /* no owner alive: reported below */
+            } else {
+                bump(&c->reads_forwarded);
+                const char *d = natsMsg_GetData(r);
+                size_t dl = (size_t)natsMsg_GetDataLength(r);
+                long k = header_u64(r, "Beava-Status") == 200 ? split_results(d, dl, starts, lens, n) : -1;
+                long j = 0;
+                for (size_t i = 0; i < n; i++) {
+                    if (part[i] != p) continue;
+                    if (k >= 0 && j < k) fwd[i] = strndup(starts[j], lens[j]);
+                    else fwd[i] = strndup(d, dl);  /* a whole-call error: each entry gets it */
+                    if (!fwd[i]) abort();
+                    j++;
+                }
+            }
+        }
+        natsMsg_Destroy(r);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (part[i] != UINT32_MAX && state[part[i]] == 3 && !answered[part[i]] && !fwd[i]) {
+            fwd[i] = error_text("owner_unavailable", "no owner of this entry's partition answered");
+            bump(&c->reads_no_owner);
+        }
+    if (acks) natsSubscription_Unsubscribe(acks);
+    natsSubscription_Destroy(acks);
+    natsInbox_Destroy(inbox);
+    for (unsigned p = 0; p < c->nparts; p++) json_decref(sub[p]);
+    free(starts);
+    free(lens);
+    free(answered);
+    free(sub);
+    free(state);
+    free(part);
+}
+
+/* A peer's forwarded get or batch_get (NATS delivery thread): answer it like a local one. */
 static void rpc_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure) {
     (void)sub;
     cluster *c = closure;
@@ -756,9 +916,13 @@ static void rpc_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *
     json_error_t jerr;
     json_t *req = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, &jerr);
     engine_transport t = header_u64(m, "Beava-Transport") == TRANSPORT_TCP ? TRANSPORT_TCP : TRANSPORT_HTTP;
+    const char *op = NULL;
+    natsMsgHeader_Get(m, "Beava-Op", &op);
     bv_buf out;
     bv_buf_init(&out);
-    int st = engine_get(c->eng, t, req, req ? NULL : "the forwarded request is not JSON", &out);
+    const char *perr = req ? NULL : "the forwarded request is not JSON";
+    int st = op && strcmp(op, "batch") == 0 ? engine_batch_get(c->eng, req, perr, &out)
+                                            : engine_get(c->eng, t, req, perr, &out);
     json_decref(req);
     char sv[16];
     snprintf(sv, sizeof sv, "%d", st);
@@ -791,6 +955,7 @@ void cluster_engine_ops(cluster *c, engine_wal_ops *wal, engine_log_backend *lb)
     lb->publish = backend_publish;
     lb->keep_part = backend_keep_part;
     lb->get = backend_get;
+    lb->batch_get = backend_batch_get;
     lb->ctx = c;
 }
 

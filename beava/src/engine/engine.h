@@ -81,6 +81,10 @@ typedef struct engine_log_backend {
     /* Before a well-formed get is served here: -1 = serve it locally, else the status of
      * the answer the backend wrote to out (an owner's answer, or an error). */
     int (*get)(void *ctx, engine_transport t, const json_t *req, bv_buf *out);
+    /* Before a well-formed batch_get (`reqs`: its n entries): fwd[i] = the answer of entry
+     * i when the backend had it served elsewhere (malloc'd JSON text, a row or an error
+     * object; the engine frees it), NULL to serve it here. */
+    void (*batch_get)(void *ctx, const json_t *reqs, char **fwd);
     void *ctx;
 } engine_log_backend;
 
