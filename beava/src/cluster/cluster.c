@@ -191,6 +191,7 @@ static int connect_nats(cluster *c, char *err, size_t errlen) {
     s = natsOptions_SetServers(c->opts, list, n);
     if (s == NATS_OK) s = natsOptions_SetName(c->opts, cfg->cluster_node_id);
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(c->opts, -1);   /* keep trying: NATS restarts */
+    if (s == NATS_OK) s = natsOptions_SetSendAsap(c->opts, true);     /* no flusher delay on a read's round trip */
     if (s == NATS_OK && cfg->cluster_creds_file[0])
         s = natsOptions_SetUserCredentialsFromFiles(c->opts, cfg->cluster_creds_file, NULL);
     if (s == NATS_OK && cfg->cluster_tls_ca_file[0]) s = natsOptions_LoadCATrustedCertificates(c->opts, cfg->cluster_tls_ca_file);
