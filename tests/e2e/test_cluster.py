@@ -232,6 +232,7 @@ class ClusterTest(unittest.TestCase):
             self.assertEqual(metric(b, "beava_cluster_apply_errors_total"), 0)
         acked = sum(metric(b, "beava_cluster_pushes_acked_total") for b in c.nodes.values())
         self.assertEqual(acked, 300)
+        self.assertGreater(sum(metric(b, "beava_cluster_publish_seconds_count") for b in c.nodes.values()), 0)
         # with 2 owners of 3, each node forwarded some reads and served some for its peers
         for b in c.nodes.values():
             self.assertGreater(metric(b, "beava_cluster_reads_forwarded_total"), 0)

@@ -188,11 +188,19 @@ static void pub_run(cluster *c, pub_scratch *sc, pub_job *job) {
     /* publish them all, collect the acknowledgements, retry the silent ones */
     char why[512] = "no acknowledgement within cluster.publish_timeout_ms";
     size_t outstanding = sc->nmsgs;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int t = 0; t < CLUSTER_PUBLISH_TRIES && outstanding > 0; t++) {
         sc->round++;
         if (t > 0) atomic_fetch_add_explicit(&c->publish_retries, outstanding, memory_order_relaxed);
         send_round(c, sc, reg_seq);
         outstanding = collect_round(c, sc, outstanding, why, sizeof why);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (sc->nmsgs) {                      /* batch publish latency: first send to last ack */
+        uint64_t us = (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000);
+        atomic_fetch_add_explicit(&c->publish_us_sum, us, memory_order_relaxed);
+        cl_bump(&c->publish_batches);
     }
     for (size_t k = 0; k < sc->nmsgs; k++) {
         pub_msg *m = &sc->msgs[k];

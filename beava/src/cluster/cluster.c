@@ -306,6 +306,10 @@ void cluster_metrics(cluster *c, bv_buf *out) {
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
         bv_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %" PRIu64 "\n", counters[i].name, counters[i].help,
                       counters[i].name, counters[i].name, cl_relaxed((_Atomic uint64_t *)((char *)c + counters[i].off)));
+    bv_buf_printf(out, "# HELP beava_cluster_publish_seconds Time from a batch's first publish to its last "
+                       "JetStream acknowledgement.\n# TYPE beava_cluster_publish_seconds summary\n"
+                       "beava_cluster_publish_seconds_sum %.6f\nbeava_cluster_publish_seconds_count %" PRIu64 "\n",
+                  (double)cl_relaxed(&c->publish_us_sum) / 1e6, cl_relaxed(&c->publish_batches));
     pthread_mutex_lock(&c->apply_mu);
     bv_buf_puts(out, "# HELP beava_cluster_partition_applied_seq Last stream sequence applied, per owned partition.\n"
                      "# TYPE beava_cluster_partition_applied_seq gauge\n");

@@ -104,6 +104,7 @@ struct cluster {
     bool snap_stop;
 
     _Atomic uint64_t reads_local, reads_forwarded, reads_served_for_peers, reads_not_caught_up, reads_no_owner;
+    _Atomic uint64_t publish_us_sum, publish_batches;   /* batch publish latency (summary) */
     _Atomic uint64_t published_msgs, publish_retries, publish_failures, pushes_acked, pushes_failed, applied_msgs,
         apply_errors, snapshots, snapshot_failures, reg_published, reg_conflicts;
 };
