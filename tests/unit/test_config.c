@@ -235,6 +235,94 @@ static void test_accept_data_loss(void **state) {
     config_free(&c);
 }
 
+/* The cluster section: YAML, env and flags; checked as a whole; absent = off. */
+static int load_args(bv_config *c, int argc, char **argv, char *err) {
+    bv_cli cli;
+    return config_load(c, &cli, argc, argv, err, 512);
+}
+
+static void expect_load_error(int argc, char **argv, const char *needle) {
+    bv_config c;
+    char err[512];
+    assert_int_equal(load_args(&c, argc, argv, err), -1);
+    if (!strstr(err, needle)) fail_msg("error '%s' does not mention '%s'", err, needle);
+    config_free(&c);
+}
+
+static void test_cluster_section(void **state) {
+    (void)state;
+    bv_config c;
+    char err[512];
+    /* off by default: nothing about it changes */
+    char *plain[] = { "beava", NULL };
+    assert_int_equal(load_args(&c, 1, plain, err), 0);
+    assert_false(config_cluster_enabled(&c));
+    assert_int_equal(c.cluster_partitions, 64);
+    assert_int_equal(c.cluster_replicas, 2);
+    assert_string_equal(c.cluster_name, "beava");
+    config_free(&c);
+    /* YAML */
+    config_defaults(&c);
+    assert_int_equal(apply(&c,
+        "cluster:\n  nats_url: nats://10.0.0.1:4222,nats://10.0.0.2:4222\n  name: prod\n  node_id: b\n"
+        "  nodes: [a, b, c]\n  partitions: 16\n  replicas: 3\n  stream_replicas: 3\n  stream_max_age_s: 86400\n"
+        "  publish_timeout_ms: 2000\n", err), 0);
+    assert_true(config_cluster_enabled(&c));
+    assert_string_equal(c.cluster_nats_url, "nats://10.0.0.1:4222,nats://10.0.0.2:4222");
+    assert_string_equal(c.cluster_name, "prod");
+    assert_string_equal(c.cluster_node_id, "b");
+    assert_int_equal(c.ncluster_nodes, 3);
+    assert_string_equal(c.cluster_nodes[2], "c");
+    assert_int_equal(c.cluster_partitions, 16);
+    assert_int_equal(c.cluster_replicas, 3);
+    assert_int_equal(c.cluster_stream_replicas, 3);
+    assert_int_equal(c.cluster_stream_max_age_s, 86400);
+    assert_int_equal(c.cluster_publish_timeout_ms, 2000);
+    config_free(&c);
+    expect_error("cluster:\n  partitions: 0\n", "'cluster.partitions'");
+    expect_error("cluster:\n  nodez: [a]\n", "'cluster.nodez'");
+    expect_error("cluster:\n  nodes: a\n", "'cluster.nodes'");
+    /* env, then flags over env */
+    setenv("BEAVA_CLUSTER_NATS_URL", "nats://127.0.0.1:4222", 1);
+    setenv("BEAVA_CLUSTER_NODE_ID", "n1", 1);
+    setenv("BEAVA_CLUSTER_NODES", "n1,n2,n3", 1);
+    setenv("BEAVA_CLUSTER_PARTITIONS", "8", 1);
+    assert_int_equal(load_args(&c, 1, plain, err), 0);
+    assert_true(config_cluster_enabled(&c));
+    assert_int_equal(c.ncluster_nodes, 3);
+    assert_string_equal(c.cluster_nodes[1], "n2");
+    assert_int_equal(c.cluster_partitions, 8);
+    config_free(&c);
+    char *flags[] = { "beava", "--cluster-node-id", "n3", "--cluster-nodes=n3,n4", "--cluster-name", "x_1", NULL };
+    assert_int_equal(load_args(&c, 6, flags, err), 0);
+    assert_string_equal(c.cluster_node_id, "n3");
+    assert_int_equal(c.ncluster_nodes, 2);
+    assert_string_equal(c.cluster_name, "x_1");
+    config_free(&c);
+    /* checked as a whole, with clear errors */
+    char *notmember[] = { "beava", "--cluster-node-id", "n9", NULL };
+    expect_load_error(3, notmember, "not one of cluster.nodes");
+    char *badid[] = { "beava", "--cluster-node-id", "n.1", NULL };
+    expect_load_error(3, badid, "cluster.node_id 'n.1'");
+    char *dup[] = { "beava", "--cluster-nodes", "n1,n2,n1", NULL };
+    expect_load_error(3, dup, "listed twice");
+    char *empty_item[] = { "beava", "--cluster-nodes", "n1,,n2", NULL };
+    expect_load_error(3, empty_item, "empty");
+    char *replicas[] = { "beava", "--cluster-nodes", "n1", NULL };
+    setenv("BEAVA_CLUSTER_REPLICAS", "2", 1);
+    expect_load_error(3, replicas, "cluster.replicas 2 is more than the 1 nodes");
+    unsetenv("BEAVA_CLUSTER_REPLICAS");
+    char *mem[] = { "beava", "--memory-only", NULL };
+    expect_load_error(2, mem, "memory_only");
+    unsetenv("BEAVA_CLUSTER_NODE_ID");
+    expect_load_error(1, plain, "cluster.node_id is required");
+    unsetenv("BEAVA_CLUSTER_NATS_URL");
+    char *orphan[] = { "beava", "--cluster-node-id", "n1", NULL };
+    expect_load_error(3, orphan, "cluster.nats_url is empty");
+    unsetenv("BEAVA_CLUSTER_NODES");
+    unsetenv("BEAVA_CLUSTER_PARTITIONS");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_yaml_keys),
@@ -244,6 +332,7 @@ int main(void) {
         cmocka_unit_test(test_accept_data_loss),
         cmocka_unit_test(test_data_dir_follows_the_wal),
         cmocka_unit_test(test_reference_variables),
+        cmocka_unit_test(test_cluster_section),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

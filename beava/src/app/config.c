@@ -122,6 +122,32 @@ static const config_key config_keys[] = {
       "events accepted through POST /api/push/<event>" },
     { "security.admin_token_file", "BEAVA_ADMIN_TOKEN_FILE", NULL, KT_PATH, OFF(admin_token_file), SZ(admin_token_file), 0, 0,
       "file holding a bearer token required by /register, /reset and admin /snapshot" },
+    /* Cluster mode (README "Cluster"): off unless cluster.nats_url is set. */
+    { "cluster.nats_url", "BEAVA_CLUSTER_NATS_URL", "--cluster-nats-url", KT_PATH, OFF(cluster_nats_url),
+      SZ(cluster_nats_url), 0, 0, "NATS server URLs, comma-separated; setting it turns cluster mode on" },
+    { "cluster.name", "BEAVA_CLUSTER_NAME", "--cluster-name", KT_PATH, OFF(cluster_name), SZ(cluster_name), 0, 0,
+      "cluster name: prefix of the stream and its subjects (default beava)" },
+    { "cluster.node_id", "BEAVA_CLUSTER_NODE_ID", "--cluster-node-id", KT_PATH, OFF(cluster_node_id),
+      SZ(cluster_node_id), 0, 0, "this node's id, one of cluster.nodes" },
+    { "cluster.nodes", "BEAVA_CLUSTER_NODES", "--cluster-nodes", KT_STRLIST, OFF(cluster_nodes), OFF(ncluster_nodes),
+      0, 0, "every node id of the cluster (YAML list; env and flag: comma-separated)" },
+    { "cluster.partitions", "BEAVA_CLUSTER_PARTITIONS", NULL, KT_U32, OFF(cluster_partitions), 0, 1, 4096,
+      "partitions of the entity space, fixed when the cluster is created (default 64)" },
+    { "cluster.replicas", "BEAVA_CLUSTER_REPLICAS", NULL, KT_U32, OFF(cluster_replicas), 0, 1,
+      CONFIG_CLUSTER_NODES_MAX, "beava nodes owning each partition (default 2, at most the node count)" },
+    { "cluster.stream_replicas", "BEAVA_CLUSTER_STREAM_REPLICAS", NULL, KT_U32, OFF(cluster_stream_replicas), 0, 1, 5,
+      "JetStream replicas of the cluster's stream (default 1; 3 on a 3-server NATS cluster)" },
+    { "cluster.stream_max_age_s", "BEAVA_CLUSTER_STREAM_MAX_AGE_S", NULL, KT_U64, OFF(cluster_stream_max_age_s), 0, 0,
+      UINT64_MAX / 1000000000ull, "stream retention in seconds (default 0 = keep everything)" },
+    { "cluster.publish_timeout_ms", "BEAVA_CLUSTER_PUBLISH_TIMEOUT_MS", NULL, KT_U32, OFF(cluster_publish_timeout_ms), 0,
+      100, 600000, "wait this long for JetStream to acknowledge a publish (default 5000)" },
+    { "cluster.read_wait_ms", "BEAVA_CLUSTER_READ_WAIT_MS", NULL, KT_U32, OFF(cluster_read_wait_ms), 0, 0, 600000,
+      "a get waits this long for the partition's owner to catch up with the stream (default 2000; 0 = read the "
+      "owner as it is)" },
+    { "cluster.creds_file", "BEAVA_CLUSTER_CREDS_FILE", NULL, KT_PATH, OFF(cluster_creds_file), SZ(cluster_creds_file),
+      0, 0, "NATS user credentials file (default none)" },
+    { "cluster.tls_ca_file", "BEAVA_CLUSTER_TLS_CA_FILE", NULL, KT_PATH, OFF(cluster_tls_ca_file),
+      SZ(cluster_tls_ca_file), 0, 0, "CA certificates trusted for TLS to NATS (default none)" },
     /* Reference-compatible keys of the `durability:` mapping: the same settings as above
      * under the reference's names (help NULL: listed once, under their own names). */
     { "durability.wal_dir", NULL, NULL, KT_PATH, OFF(wal_dir), SZ(wal_dir), 0, 0, NULL },
@@ -197,6 +223,12 @@ void config_defaults(bv_config *c) {
     c->http_body_timeout_ms = 30000;
     c->http_idle_timeout_s = 60;
     c->shard_queue = 4096;
+    snprintf(c->cluster_name, sizeof c->cluster_name, "beava");
+    c->cluster_partitions = 64;
+    c->cluster_replicas = 2;
+    c->cluster_stream_replicas = 1;
+    c->cluster_publish_timeout_ms = 5000;
+    c->cluster_read_wait_ms = 2000;
 }
 
 static void free_list(char **list, size_t n) {
@@ -207,8 +239,9 @@ static void free_list(char **list, size_t n) {
 void config_free(bv_config *c) {
     free_list(c->public_tables, c->npublic_tables);
     free_list(c->public_events, c->npublic_events);
-    c->public_tables = c->public_events = NULL;
-    c->npublic_tables = c->npublic_events = 0;
+    free_list(c->cluster_nodes, c->ncluster_nodes);
+    c->public_tables = c->public_events = c->cluster_nodes = NULL;
+    c->npublic_tables = c->npublic_events = c->ncluster_nodes = 0;
 }
 
 int config_split_addr(const char *addr, char *host, size_t hostlen, int *port) {
@@ -256,6 +289,36 @@ static int parse_u64(const char *v, uint64_t *out) {
     unsigned long long x = strtoull(v, NULL, 10);
     if (errno == ERANGE) return -1;
     *out = x;
+    return 0;
+}
+
+/* A list given as one scalar (env, flag): comma-separated, empty items refused. */
+static int set_csv_list(bv_config *c, const config_key *k, const char *value, const char *where, char *err,
+                        size_t errlen) {
+    char ***listp = (char ***)((char *)c + k->offset);
+    size_t *countp = (size_t *)((char *)c + k->size);
+    free_list(*listp, *countp);
+    *listp = NULL;
+    *countp = 0;
+    size_t n = 1;
+    for (const char *p = value; *p; p++) n += *p == ',';
+    if (n > 4096) return fail(err, errlen, "%s: too many entries (%zu, max 4096)", where, n);
+    char **list = calloc(n, sizeof *list);
+    if (!list) return fail(err, errlen, "%s: out of memory", where);
+    const char *p = value;
+    for (size_t i = 0; i < n; i++) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == 0 || len > 256) {
+            free_list(list, i);
+            return fail(err, errlen, "%s: item %zu of '%s' is empty or longer than 256 bytes", where, i + 1, value);
+        }
+        list[i] = strndup(p, len);
+        if (!list[i]) { free_list(list, i); return fail(err, errlen, "%s: out of memory", where); }
+        p = e ? e + 1 : p + len;
+    }
+    *listp = list;
+    *countp = n;
     return 0;
 }
 
@@ -358,7 +421,7 @@ static int config_set(bv_config *c, const config_key *k, const char *value, bool
         else return fail(err, errlen, "%s: '%s' is not one of batch, sync", where, value);
         return 0;
     case KT_STRLIST:
-        return fail(err, errlen, "%s: expected a list", where);
+        return set_csv_list(c, k, value, where, err, errlen);
     }
     return fail(err, errlen, "%s: unsupported key type", where);
 }
@@ -550,6 +613,10 @@ void config_usage(FILE *out) {
           "  --http-threads N       HTTP data-plane I/O threads (env BEAVA_HTTP_THREADS, default: cores)\n"
           "  --log-level LEVEL      trace|debug|info|warn|error (env BEAVA_LOG_LEVEL)\n"
           "  --site-dir PATH        serve a static site at / (env BEAVA_SITE_DIR)\n"
+          "  --cluster-nats-url U   cluster mode on NATS JetStream (env BEAVA_CLUSTER_NATS_URL)\n"
+          "  --cluster-node-id ID   this node (env BEAVA_CLUSTER_NODE_ID)\n"
+          "  --cluster-nodes A,B,C  every node id (env BEAVA_CLUSTER_NODES)\n"
+          "  --cluster-name NAME    stream and subject prefix (env BEAVA_CLUSTER_NAME, default beava)\n"
           "  -h, --help             this text\n"
           "  -V, --version          version and build revision\n"
           "\n"
@@ -568,6 +635,53 @@ void config_usage(FILE *out) {
     }
     fputs("\nPort 0 in any address means OS-assigned; the bound addresses are logged as JSON\n"
           "lines server.http_bound, server.tcp_bound and server.admin_bound on stdout.\n", out);
+}
+
+/* Cluster ids go into NATS subjects and file names: letters, digits, '-' and '_'. */
+static bool cluster_id_ok(const char *s) {
+    if (!*s) return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_') return false;
+    return true;
+}
+
+/* The cluster section as a whole (each key was validated alone when set). */
+static int check_cluster(const bv_config *c, char *err, size_t errlen) {
+    if (!config_cluster_enabled(c)) {
+        if (c->cluster_node_id[0] || c->ncluster_nodes)
+            return fail(err, errlen, "cluster: cluster.node_id/cluster.nodes are set but cluster.nats_url is empty "
+                                     "(BEAVA_CLUSTER_NATS_URL, --cluster-nats-url)");
+        return 0;
+    }
+    if (!cluster_id_ok(c->cluster_name))
+        return fail(err, errlen, "cluster.name '%s': use only letters, digits, '-' and '_'", c->cluster_name);
+    if (!c->cluster_node_id[0])
+        return fail(err, errlen, "cluster: cluster.node_id is required (BEAVA_CLUSTER_NODE_ID, --cluster-node-id)");
+    if (!cluster_id_ok(c->cluster_node_id))
+        return fail(err, errlen, "cluster.node_id '%s': use only letters, digits, '-' and '_'", c->cluster_node_id);
+    if (c->ncluster_nodes == 0)
+        return fail(err, errlen, "cluster: cluster.nodes is required (BEAVA_CLUSTER_NODES, --cluster-nodes)");
+    if (c->ncluster_nodes > CONFIG_CLUSTER_NODES_MAX)
+        return fail(err, errlen, "cluster.nodes: %zu nodes (max %d)", c->ncluster_nodes, CONFIG_CLUSTER_NODES_MAX);
+    bool self = false;
+    for (size_t i = 0; i < c->ncluster_nodes; i++) {
+        if (!cluster_id_ok(c->cluster_nodes[i]) || strlen(c->cluster_nodes[i]) >= CONFIG_CLUSTER_ID_MAX)
+            return fail(err, errlen, "cluster.nodes: '%s': use only letters, digits, '-' and '_' (at most %d)",
+                        c->cluster_nodes[i], CONFIG_CLUSTER_ID_MAX - 1);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(c->cluster_nodes[i], c->cluster_nodes[j]) == 0)
+                return fail(err, errlen, "cluster.nodes: '%s' is listed twice", c->cluster_nodes[i]);
+        self |= strcmp(c->cluster_nodes[i], c->cluster_node_id) == 0;
+    }
+    if (!self)
+        return fail(err, errlen, "cluster.node_id '%s' is not one of cluster.nodes", c->cluster_node_id);
+    if (c->cluster_replicas > c->ncluster_nodes)
+        return fail(err, errlen, "cluster.replicas %u is more than the %zu nodes of cluster.nodes", c->cluster_replicas,
+                    c->ncluster_nodes);
+    if (c->memory_only)
+        return fail(err, errlen, "cluster: memory_only cannot be combined with cluster mode (snapshots live in the "
+                                 "data dir)");
+    return 0;
 }
 
 static const config_key *key_by_flag(const char *flag) {
@@ -652,6 +766,7 @@ int config_load(bv_config *c, bv_cli *cli, int argc, char **argv, char *err, siz
             snprintf(cli->probe_addr, sizeof cli->probe_addr, "%s", value);
         if (config_set(c, k, value, false, flag, err, errlen) != 0) return -1;
     }
+    if (check_cluster(c, err, errlen) != 0) return -1;
     /* Embed rule (config.h): no data dir named, a WAL or snapshot dir named. */
     if (!c->data_dir_set && (c->wal_dir[0] || c->snapshot_dir[0]))
         snprintf(c->data_dir, sizeof c->data_dir, "%s", c->wal_dir[0] ? c->wal_dir : c->snapshot_dir);

@@ -25,6 +25,9 @@
 #include <stdio.h>
 
 #define CONFIG_ADDR_MAX 128
+#define CONFIG_CLUSTER_URL_MAX 1024
+#define CONFIG_CLUSTER_ID_MAX 64      /* node ids and the cluster name: [A-Za-z0-9_-] */
+#define CONFIG_CLUSTER_NODES_MAX 64
 
 typedef enum bv_durability { DURABILITY_BATCH = 0, DURABILITY_SYNC = 1 } bv_durability;
 
@@ -70,7 +73,24 @@ typedef struct bv_config {
     char **public_events; size_t npublic_events;
     char admin_token_file[PATH_MAX];     /* "" = admin routes open */
     char config_path[PATH_MAX];          /* "" = none */
+    /* Cluster mode (README "Cluster", beava/src/cluster): on iff cluster.nats_url is set. */
+    char cluster_nats_url[CONFIG_CLUSTER_URL_MAX];  /* "nats://h1:4222,nats://h2:4222" */
+    char cluster_name[CONFIG_CLUSTER_ID_MAX];       /* "beava": prefix of subjects and the stream */
+    char cluster_node_id[CONFIG_CLUSTER_ID_MAX];    /* this node, one of cluster_nodes */
+    char **cluster_nodes; size_t ncluster_nodes;    /* every node id (ownership input) */
+    uint32_t cluster_partitions;                    /* 64; fixed when the cluster is created */
+    uint32_t cluster_replicas;                      /* 2 beava owners per partition */
+    uint32_t cluster_stream_replicas;               /* 1 JetStream replica (3 on a 3-server NATS cluster) */
+    uint64_t cluster_stream_max_age_s;              /* 0 = keep every record */
+    uint32_t cluster_publish_timeout_ms;            /* 5000: JetStream ack wait per publish */
+    uint32_t cluster_read_wait_ms;                  /* 2000: a get waits this long for its owner to
+                                                     * catch up (503 not_caught_up); 0 = relaxed */
+    char cluster_creds_file[PATH_MAX];              /* "" = no NATS credentials */
+    char cluster_tls_ca_file[PATH_MAX];             /* "" = no TLS CA (plain or system trust) */
 } bv_config;
+
+/* Is cluster mode configured. */
+static inline bool config_cluster_enabled(const bv_config *c) { return c->cluster_nats_url[0] != 0; }
 
 /* What the command line asked for besides configuration. */
 typedef enum bv_command { CMD_SERVE = 0, CMD_HELP, CMD_VERSION, CMD_PROBE, CMD_QUICKSTART } bv_command;

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster.h"
 #include "engine.h"
 #include "http.h"
 #include "listenfd.h"
@@ -29,6 +30,7 @@ struct beava_server {
     http_server *data;
     tcp_server *tcp;
     persist *persist;
+    cluster *cluster;            /* cluster mode (no persist then) */
     pthread_t sweeper;
     bool sweeper_started;
     pthread_mutex_t sweep_mu;
@@ -83,6 +85,7 @@ static void *sweeper_main(void *arg) {
 static void server_metrics(void *ctx, bv_buf *out) {
     beava_server *s = ctx;
     if (s->persist) persist_metrics(s->persist, out);
+    if (s->cluster) cluster_metrics(s->cluster, out);
     if (s->tcp) {
         tcp_stats t;
         tcp_counters(s->tcp, &t);
@@ -107,7 +110,13 @@ static void server_progress(void *ctx, bv_buf *out) {
 
 static int server_snapshot(void *ctx, bv_buf *out) {
     beava_server *s = ctx;
+    if (s->cluster) return cluster_snapshot_now(s->cluster, out);
     return persist_snapshot_now(s->persist, out);
+}
+
+static int server_cluster_status(void *ctx, bv_buf *out) {
+    beava_server *s = ctx;
+    return cluster_status(s->cluster, out);
 }
 
 static char *read_token(const char *path, char *err, size_t errlen) {
@@ -167,7 +176,11 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         .queue_capacity = cfg->shard_queue,
         .shards = cfg->shards > 0 ? (unsigned)cfg->shards : (unsigned)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1),
     };
-    if (!cfg->memory_only) {
+    if (config_cluster_enabled(cfg)) {      /* the stream is the log: no local WAL */
+        s->cluster = cluster_open(cfg, log, err, errlen);
+        if (!s->cluster) goto fail;
+        cluster_engine_ops(s->cluster, &eo.wal, &eo.log);
+    } else if (!cfg->memory_only) {
         s->persist = persist_open(cfg, log, err, errlen);
         if (!s->persist) goto fail;
         persist_wal_ops(s->persist, &eo.wal);
@@ -184,9 +197,10 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
     http_deps deps = {
         .eng = s->eng, .cfg = cfg, .log = log, .ready = &s->ready, .admin_token = s->admin_token, .ctx = s,
         .extra_metrics = server_metrics,
-        .snapshot = s->persist ? server_snapshot : NULL,
+        .snapshot = s->persist || s->cluster ? server_snapshot : NULL,
         .body_budget = &s->body_budget, .data_stats = &s->http_stats,
         .progress = s->persist ? server_progress : NULL,
+        .cluster_status = s->cluster ? server_cluster_status : NULL,
     };
     s->admin = http_start(HTTP_ADMIN, admin_fd ? admin_fd : cfg->admin_addr, &deps, 1, s->admin_bound, sizeof s->admin_bound, err, errlen);
     if (!s->admin) goto fail;
@@ -194,10 +208,13 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
 
     /* recovery: newest snapshot + WAL tail; admin /ready says 503 meanwhile */
     if (s->persist && persist_recover(s->persist, s->eng, err, errlen) != 0) goto fail;
+    if (s->cluster && cluster_recover(s->cluster, s->eng, err, errlen) != 0) goto fail;
     if (engine_start_shards(s->eng) != 0) {
         snprintf(err, errlen, "cannot start the apply shards");
         goto fail;
     }
+    /* cluster: consume the owned partitions; /ready turns 200 once they caught up */
+    if (s->cluster && cluster_start(s->cluster, &s->ready, err, errlen) != 0) goto fail;
 
     s->data = http_start(HTTP_DATA, http_fd ? http_fd : cfg->http_addr, &deps, (int)cfg->http_threads, s->http_bound,
                          sizeof s->http_bound, err, errlen);
@@ -223,7 +240,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         goto fail;
     }
     s->sweeper_started = true;
-    atomic_store(&s->ready, true);
+    if (!s->cluster) atomic_store(&s->ready, true);
     sd_notify(0, "READY=1");
     bv_log_msg(log, LOG_INFO, "server.ready", "beava is ready");
     return s;
@@ -273,6 +290,7 @@ void server_stop(beava_server *s) {
     }
     http_stop(s->data);          /* stop accepting; in-flight requests finish */
     tcp_stop(s->tcp);
+    cluster_close(s->cluster);   /* pending pushes answered, final snapshot */
     persist_close(s->persist);   /* drained: final snapshot, final fsync, lock released */
     http_stop(s->admin);
     engine_free(s->eng);

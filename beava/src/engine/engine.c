@@ -116,6 +116,7 @@ engine *engine_new(const engine_options *opts) {
     pthread_rwlockattr_destroy(&ra);
     pthread_mutex_init(&e->seq_mu, NULL);
     pthread_mutex_init(&e->sweep_mu, NULL);
+    pthread_mutex_init(&e->apply_mu, NULL);
     pthread_cond_init(&e->park_cv, NULL);
     bv_buf_init(&e->history);
     store_init(&e->dedupe);
@@ -145,6 +146,7 @@ void engine_free(engine *e) {
     bv_buf_free(&e->history);
     pthread_cond_destroy(&e->park_cv);
     pthread_mutex_destroy(&e->sweep_mu);
+    pthread_mutex_destroy(&e->apply_mu);
     pthread_mutex_destroy(&e->seq_mu);
     pthread_rwlock_destroy(&e->reg_lock);
     free(e);
@@ -159,8 +161,10 @@ int engine_start_shards(engine *e) {
 /* ---- the barrier -------------------------------------------------------------------- */
 
 void engine_barrier_enter(engine *e) {
+    pthread_mutex_lock(&e->apply_mu);             /* no engine_apply_logged half done */
     push_replay_flush(e);                         /* recovery: gathered events apply first */
     pthread_rwlock_wrlock(&e->reg_lock);          /* no push or read is past validation now */
+    pthread_mutex_unlock(&e->apply_mu);
     pthread_mutex_lock(&e->seq_mu);
     while (e->park_head) pthread_cond_wait(&e->park_cv, &e->seq_mu);   /* durability thread drains it */
     pthread_mutex_unlock(&e->seq_mu);
@@ -194,9 +198,10 @@ int engine_log_append(engine *e, int kind, const void *payload, size_t len, uint
         *lsn = ++e->last_lsn;
         return 0;
     }
-    if (e->opt.wal.append(e->opt.wal.ctx, kind, payload, len, lsn, reason, rlen) != 0) {
+    int rc = e->opt.wal.append(e->opt.wal.ctx, kind, payload, len, lsn, reason, rlen);
+    if (rc != 0) {
         atomic_fetch_add_explicit(&e->wal_failures, 1, memory_order_relaxed);
-        return -1;
+        return rc == ENGINE_LOG_CONFLICT ? rc : -1;
     }
     e->last_lsn = *lsn;
     return 0;
@@ -235,7 +240,15 @@ int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
     int status = registry_prepare(e->reg, body, len, out, &plan);
     if (plan) {
         char reason[256];
-        if (log_durably(e, REC_REGISTER, body, len, reason, sizeof reason) != 0) {
+        int lrc = log_durably(e, REC_REGISTER, body, len, reason, sizeof reason);
+        if (lrc == ENGINE_LOG_CONFLICT) {     /* cluster: another register got in first */
+            reg_plan_free(plan);
+            out->len = 0;
+            engine_error_body(out, "registry_conflict", "reason", reason, true, registry_version(e->reg));
+            engine_barrier_leave(e);
+            return 409;
+        }
+        if (lrc != 0) {
             reg_plan_free(plan);
             out->len = 0;
             char msg[400];

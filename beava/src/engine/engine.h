@@ -46,15 +46,56 @@ typedef struct engine_wal_ops {
     void *ctx;
 } engine_wal_ops;
 
+/* engine_wal_ops.append may return this: the log refused the record because another
+ * was appended first (cluster registry, expected last sequence); register answers 409. */
+#define ENGINE_LOG_CONFLICT (-2)
+
+typedef struct engine_batch engine_batch;
+typedef enum engine_transport { TRANSPORT_HTTP = 0, TRANSPORT_TCP = 1 } engine_transport;
+
+/* The cluster's log backend (beava/src/cluster). With `publish` set, a push batch is
+ * validated and split here as usual, then handed to the backend instead of being
+ * sequenced and applied: the owners of each part's partition apply it later, from the
+ * log, through engine_apply_logged(). */
+typedef struct engine_log_part {
+    const char *table;           /* the table it feeds (NUL-terminated) */
+    const char *key;             /* its entity key (internal form), klen bytes */
+    size_t klen;
+} engine_log_part;
+
+typedef struct engine_log_record {
+    size_t item;                 /* index of the push in the batch */
+    const void *payload;         /* the event record (evrec), what engine_apply_logged takes */
+    size_t len;
+    const engine_log_part *parts;
+    size_t nparts;               /* 0: the event feeds no table (nothing to apply anywhere) */
+} engine_log_record;
+
+typedef struct engine_log_backend {
+    /* Takes the batch's valid pushes (invalid ones already have their result). Must fill
+     * each record's item result and call b->done(b) exactly once, from another thread;
+     * recs and the memory they point to stay valid until then. */
+    void (*publish)(void *ctx, engine_batch *b, const engine_log_record *recs, size_t n);
+    /* While engine_apply_logged runs: should this part be applied here. */
+    bool (*keep_part)(void *ctx, const char *table, const char *key, size_t klen);
+    /* Before a well-formed get is served here: -1 = serve it locally, else the status of
+     * the answer the backend wrote to out (an owner's answer, or an error). */
+    int (*get)(void *ctx, engine_transport t, const json_t *req, bv_buf *out);
+    /* Before a well-formed batch_get (`reqs`: its n entries): fwd[i] = the answer of entry
+     * i when the backend had it served elsewhere (malloc'd JSON text, a row or an error
+     * object; the engine frees it), NULL to serve it here. */
+    void (*batch_get)(void *ctx, const json_t *reqs, char **fwd);
+    void *ctx;
+} engine_log_backend;
+
 typedef struct engine_options {
     bool test_mode;
     bool memory_gov_enforce;
     engine_wal_ops wal;
+    engine_log_backend log;       /* cluster mode; zero = single node */
     unsigned shards;              /* entity partitions (0 = 1, at most SHARD_MAX) */
     size_t queue_capacity;        /* tasks per shard ring (0 = 4096) */
 } engine_options;
-
-typedef enum engine_transport { TRANSPORT_HTTP = 0, TRANSPORT_TCP = 1 } engine_transport;
 
 engine *engine_new(const engine_options *opts);
 void engine_free(engine *e);
@@ -90,7 +131,6 @@ typedef struct engine_push_item {
     push_result res;             /* out */
 } engine_push_item;
 
-typedef struct engine_batch engine_batch;
 typedef void (*engine_done_fn)(engine_batch *b);
 typedef struct push_batch_state push_batch_state;   /* engine-private, reused */
 
@@ -162,6 +202,16 @@ void engine_metrics(engine *e, bv_buf *out);
 /* Re-apply one WAL record during recovery (no logging, no waiting). Returns 0, or -1
  * with a reason when the record cannot be decoded (the caller logs and counts it). */
 int engine_replay(engine *e, int kind, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen);
+
+/* Cluster mode: apply event records taken from the log (seq: their log position), only the
+ * parts log.keep_part keeps, as one step (no registry change lands in the middle). One
+ * caller thread at a time. Returns how many records could not be decoded or validated
+ * (reason: the first one's); the others are applied. */
+typedef struct engine_logged {
+    const void *payload;          /* an event record (evrec) */
+    size_t len;
+} engine_logged;
+size_t engine_apply_logged(engine *e, const engine_logged *recs, size_t n, uint64_t seq, char *reason, size_t rlen);
 
 /* The highest LSN sequenced (every record up to it is applied once the engine is idle). */
 uint64_t engine_applied_lsn(engine *e);

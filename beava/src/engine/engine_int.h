@@ -69,7 +69,9 @@ struct engine {
     unsigned sweep_shard;
     pthread_mutex_t sweep_mu;
     _Atomic uint64_t swept_evictions;
-    engine_replay_ctx *replay;    /* NULL outside recovery */
+    engine_replay_ctx *replay;    /* NULL outside recovery (and cluster applies) */
+    pthread_mutex_t apply_mu;     /* engine_apply_logged's gather+flush vs a barrier's flush;
+                                   * taken before reg_lock */
 };
 
 int64_t engine_wall_ms(void);

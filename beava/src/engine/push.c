@@ -82,6 +82,7 @@ struct push_batch_state {
     bool parked;
     push_batch_state *park_next;
     bv_buf rec;                   /* WAL record scratch */
+    bool apply_filter;            /* cluster apply batch: parts pass log.keep_part */
     const ev_desc *last_ev;       /* find_event_cached */
     size_t last_ev_len;
 };
@@ -349,6 +350,11 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
             st->nparts--;
             continue;
         }
+        if (st->apply_filter && !e->opt.log.keep_part(e->opt.log.ctx, t->name, key, (size_t)klen)) {
+            free(pp->chained.fields);         /* cluster apply: another partition's part */
+            st->nparts--;
+            continue;
+        }
         pp->t = t;
         pp->key = arena_dup(&st->ar, key, (size_t)klen);
         pp->klen = (size_t)klen;
@@ -523,6 +529,31 @@ static void sequence_item(engine *e, push_batch_state *st, size_t i, bool park, 
     atomic_fetch_add_explicit(&e->events_applied, 1, memory_order_relaxed);
 }
 
+/* ---- cluster hand-off ------------------------------------------------------------------ */
+
+/* Cluster mode: the valid items' records and parts go to the log backend instead of the
+ * sequencer (registry read lock held: table names are copied, the registry may change
+ * once it is dropped). The backend answers them through b->done. */
+static void log_hand_off(engine *e, push_batch_state *st) {
+    engine_batch *b = st->b;
+    engine_log_record *recs = arena_alloc(&st->ar, (b->n ? b->n : 1) * sizeof *recs);
+    size_t n = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        item_state *is = &st->items[i];
+        if (!is->valid) continue;
+        engine_log_part *parts = arena_alloc(&st->ar, (is->nparts ? is->nparts : 1) * sizeof *parts);
+        for (size_t k = 0; k < is->nparts; k++) {
+            const push_part *pp = &st->parts[is->first_part + k];
+            parts[k].table = arena_dup(&st->ar, pp->t->name, strlen(pp->t->name) + 1);
+            parts[k].key = pp->key;
+            parts[k].klen = pp->klen;
+        }
+        recs[n++] = (engine_log_record){ .item = i, .payload = st->rec.data + is->rec_off, .len = is->rec_len,
+                                         .parts = parts, .nparts = is->nparts };
+    }
+    e->opt.log.publish(e->opt.log.ctx, b, recs, n);
+}
+
 /* ---- submit --------------------------------------------------------------------------- */
 
 static void note_watermark(engine *e, int64_t now) {
@@ -565,6 +596,12 @@ bool engine_push_submit(engine *e, engine_batch *b) {
         }
         any_valid = true;
         any_sync |= it->sync;
+    }
+    if (any_valid && e->opt.log.publish) {        /* cluster: the log's owners apply it */
+        note_watermark(e, now);
+        log_hand_off(e, st);
+        pthread_rwlock_unlock(&e->reg_lock);
+        return false;
     }
     if (any_valid) {
         note_watermark(e, now);
@@ -716,6 +753,7 @@ int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, 
         state_for(e, &r->batch);          /* resets the arena-held batch state too */
     }
     push_batch_state *st = r->batch.priv;
+    st->apply_filter = e->opt.log.keep_part != NULL;
     size_t k = r->n;
     evrec *rec = &r->recs[k];
     char why[200];
@@ -760,6 +798,18 @@ int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, 
     if (lsn > e->last_lsn) e->last_lsn = lsn;
     pthread_mutex_unlock(&e->seq_mu);
     return rc;
+}
+
+size_t engine_apply_logged(engine *e, const engine_logged *recs, size_t n, uint64_t seq, char *reason, size_t rlen) {
+    size_t bad = 0;
+    char why[512];
+    pthread_mutex_lock(&e->apply_mu);
+    for (size_t i = 0; i < n; i++)
+        if (push_replay_event(e, seq, recs[i].payload, recs[i].len, why, sizeof why) != 0 && bad++ == 0)
+            snprintf(reason, rlen, "%s", why);
+    push_replay_flush(e);
+    pthread_mutex_unlock(&e->apply_mu);
+    return bad;
 }
 
 void push_replay_done(engine *e) {

@@ -113,6 +113,10 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
         engine_error_body(out, "internal_error", "reason", shape ? shape : "empty body", false, 0);
         return 500;
     }
+    if (e->opt.log.get) {                         /* cluster: the owner answers */
+        int st = e->opt.log.get(e->opt.log.ctx, t, req, out);
+        if (st >= 0) return st;
+    }
     const char *table = json_string_value(json_object_get(req, "table"));
     json_t *key = json_object_get(req, "key");
     json_t *features = json_object_get(req, "features");
@@ -167,6 +171,12 @@ static const char *batch_entry_error(const json_t *entry) {
 
 #define BATCH_GET_MAX 10000
 
+static void batch_fwd_free(char **fwd, size_t n) {
+    if (!fwd) return;
+    for (size_t i = 0; i < n; i++) free(fwd[i]);
+    free(fwd);
+}
+
 static int cmp_cstr(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -185,6 +195,12 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
         engine_error_body(out, "internal_error", "reason", err ? err : "empty body", false, 0);
         return 500;
     }
+    char **fwd = NULL;                            /* cluster: entries answered by their owners */
+    if (e->opt.log.batch_get && json_array_size(reqs)) {
+        fwd = calloc(json_array_size(reqs), sizeof *fwd);
+        if (!fwd) abort();
+        e->opt.log.batch_get(e->opt.log.ctx, reqs, fwd);
+    }
     pthread_rwlock_rdlock(&e->reg_lock);
     /* pre-pass: unknown features in a filter fail the whole call */
     for (size_t i = 0; i < json_array_size(reqs); i++) {
@@ -200,6 +216,7 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
             bv_buf_free(&missing);
             pthread_rwlock_unlock(&e->reg_lock);
             engine_error_body(out, "internal_error", "reason", reason, false, 0);
+            batch_fwd_free(fwd, json_array_size(reqs));
             return 500;
         }
         bv_buf_free(&missing);
@@ -231,6 +248,10 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
             jsonw_error(out, code, &m, 1, false, 0);
             continue;
         }
+        if (fwd && fwd[i]) {
+            bv_buf_puts(out, fwd[i]);
+            continue;
+        }
         jsonw w;
         jsonw_init(&w, out);
         unsigned sh;
@@ -240,6 +261,7 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
     }
     bv_buf_puts(out, "]}");
     pthread_rwlock_unlock(&e->reg_lock);
+    batch_fwd_free(fwd, n);
     return 200;
 }
 

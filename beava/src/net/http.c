@@ -1043,6 +1043,11 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
         json_decref(req);
         return send_buf(c, st, "application/json", &out, "beava-admin", false);
     }
+    if (strcmp(path, "/cluster") == 0 && s->deps.cluster_status) {      /* cluster mode: members, owners, lag */
+        if (!get) return send_empty(c, 405);
+        int st = s->deps.cluster_status(s->deps.ctx, &out);
+        return send_buf(c, st, "application/json", &out, "beava-admin", false);
+    }
     bool known = strcmp(path, "/health") == 0 || strcmp(path, "/ready") == 0 || strcmp(path, "/registry") == 0 ||
                  strcmp(path, "/metrics") == 0;
     if (!known) return send_empty(c, 404);

@@ -63,6 +63,7 @@ typedef struct http_deps {
     http_metrics_fn extra_metrics;
     http_snapshot_fn snapshot;
     http_progress_fn progress;         /* may be NULL */
+    http_snapshot_fn cluster_status;   /* admin GET /cluster (cluster mode); NULL = 404 */
     void *ctx;
     membudget *body_budget;            /* shared receive budget; NULL = a private one */
     http_stats *data_stats;            /* the data listener counts here, admin renders it */

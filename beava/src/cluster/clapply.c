@@ -1,0 +1,159 @@
+/*
+ * clapply.c - consuming: the registry subject and this node's partitions, applied through
+ * the engine in stream order; catching up at start (cluster.h tells the design).
+ */
+#include "cluster_int.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec.h"
+
+/* A JetStream message's stream sequence (0 if it has none). */
+static uint64_t msg_stream_seq(natsMsg *m) {
+    jsMsgMetaData *meta = NULL;
+    if (natsMsg_GetMetaData(&meta, m) != NATS_OK || !meta) return 0;
+    uint64_t s = meta->Sequence.Stream;
+    jsMsgMetaData_Destroy(meta);
+    return s;
+}
+
+/* engine_log_backend.keep_part: apply only the message's own partition (apply_mu held). */
+bool clapply_keep_part(void *ctx, const char *table, const char *key, size_t klen) {
+    cluster *c = ctx;
+    return partmap_partition(c->map, table, key, klen) == c->cur_part;
+}
+
+/* ---- consuming ------------------------------------------------------------------------------ */
+
+/* Every owned partition and the registry reached what the stream held at start (apply_mu). */
+void clapply_check_caught_up(cluster *c) {
+    if (c->caught_up) return;
+    for (size_t i = 0; i < c->nsubs; i++)
+        if (c->applied[c->subs[i].p] < c->target[c->subs[i].p]) return;
+    pthread_mutex_lock(&c->reg_mu);
+    bool reg_ok = c->reg_applied >= c->reg_target;
+    pthread_mutex_unlock(&c->reg_mu);
+    if (!reg_ok) return;
+    c->caught_up = true;
+    clread_subscribe(c);
+    bv_log_msg(c->log, LOG_INFO, "cluster.caught_up", "every owned partition (%zu) and the registry caught up",
+               c->nsubs);
+    if (c->ready) atomic_store(c->ready, true);
+}
+
+static void apply_error(cluster *c, const char *what, uint64_t seq, const char *reason) {
+    cl_bump(&c->apply_errors);
+    if (c->apply_errors_logged++ < CLUSTER_APPLY_ERRORS_LOGGED)
+        bv_log_msg(c->log, LOG_ERROR, "cluster.apply_error", "%s at stream sequence %" PRIu64 ": %s", what, seq, reason);
+}
+
+void clapply_reg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure) {
+    (void)nc, (void)sub;
+    cluster *c = closure;
+    uint64_t seq = msg_stream_seq(m);
+    const char *origin = NULL;
+    natsMsgHeader_Get(m, "Beava-Origin", &origin);
+    int kind = (int)cl_header_u64(m, "Beava-Kind");
+    pthread_mutex_lock(&c->reg_mu);
+    if (origin && strcmp(origin, c->origin) == 0)     /* ours: wait for clpub_reg_append to settle */
+        while (c->own_pending && !c->stopping) pthread_cond_wait(&c->reg_cv, &c->reg_mu);
+    pthread_mutex_unlock(&c->reg_mu);
+    pthread_mutex_lock(&c->apply_mu);
+    pthread_mutex_lock(&c->reg_mu);
+    bool skip = c->stopping || seq <= c->reg_applied;
+    pthread_mutex_unlock(&c->reg_mu);
+    if (!skip) {
+        char reason[512];
+        if (engine_replay(c->eng, kind, seq, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), reason,
+                          sizeof reason) != 0)
+            apply_error(c, "registry record", seq, reason);
+        pthread_mutex_lock(&c->reg_mu);
+        c->reg_applied = seq;
+        pthread_cond_broadcast(&c->reg_cv);
+        pthread_mutex_unlock(&c->reg_mu);
+        c->applied_since_snap++;
+    }
+    clapply_check_caught_up(c);
+    pthread_mutex_unlock(&c->apply_mu);
+    natsMsg_Destroy(m);
+}
+
+void clapply_part_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure) {
+    (void)nc, (void)sub;
+    part_sub *ps = closure;
+    cluster *c = ps->c;
+    uint64_t seq = msg_stream_seq(m);
+    uint64_t need = cl_header_u64(m, "Beava-Reg");
+    /* validated against registry record `need`: apply only once it is applied here
+     * (without apply_mu: the registry's consumer takes it) */
+    pthread_mutex_lock(&c->reg_mu);
+    while (c->reg_applied < need && !c->stopping) pthread_cond_wait(&c->reg_cv, &c->reg_mu);
+    pthread_mutex_unlock(&c->reg_mu);
+    pthread_mutex_lock(&c->apply_mu);
+    if (!c->stopping && seq > c->applied[ps->p]) {
+        c->cur_part = ps->p;
+        const unsigned char *d = (const unsigned char *)natsMsg_GetData(m);
+        size_t len = (size_t)natsMsg_GetDataLength(m), off = 0, n = 0;
+        char reason[512];
+        while (off + 4 <= len) {              /* records: u32 length, evrec */
+            size_t rl = codec_get32(d + off);
+            off += 4;
+            if (rl > len - off) {
+                apply_error(c, "partition message", seq, "a record runs past the end of the message");
+                break;
+            }
+            if (n == c->recs_cap) {
+                size_t cap = c->recs_cap ? c->recs_cap * 2 : 256;
+                engine_logged *r = realloc(c->recs, cap * sizeof *r);
+                if (!r) abort();
+                c->recs = r;
+                c->recs_cap = cap;
+            }
+            c->recs[n++] = (engine_logged){ .payload = d + off, .len = rl };
+            off += rl;
+        }
+        size_t bad = engine_apply_logged(c->eng, c->recs, n, seq, reason, sizeof reason);
+        if (bad) apply_error(c, "event record", seq, reason);
+        c->applied[ps->p] = seq;
+        c->applied_since_snap++;
+        cl_bump(&c->applied_msgs);
+        pthread_cond_broadcast(&c->apply_cv);
+    }
+    clapply_check_caught_up(c);
+    pthread_mutex_unlock(&c->apply_mu);
+    natsMsg_Destroy(m);
+}
+
+/* The stream's last sequence on a subject now (0: none). */
+uint64_t cl_last_seq(cluster *c, const char *subj) {
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    uint64_t s = 0;
+    if (js_GetLastMsg(&m, c->js, c->stream, subj, NULL, &jerr) == NATS_OK) s = natsMsg_GetSequence(m);
+    natsMsg_Destroy(m);
+    return s;
+}
+
+int clapply_subscribe_from(cluster *c, const char *subj, uint64_t after, natsMsgHandler cb, void *closure,
+                          natsSubscription **sub, char *err, size_t errlen) {
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = c->stream;
+    so.Ordered = true;
+    if (after > 0) {
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = after + 1;
+    } else {
+        so.Config.DeliverPolicy = js_DeliverAll;
+    }
+    jsErrCode jerr = 0;
+    char why[512];
+    natsStatus s = js_Subscribe(sub, c->js, subj, cb, closure, NULL, &so, &jerr);
+    if (s != NATS_OK) return cl_fail(err, errlen, "cluster: subscribe %s: %s", subj, cl_nats_why(s, jerr, why, sizeof why));
+    return 0;
+}

@@ -1,0 +1,261 @@
+/*
+ * clsnap.c - cluster snapshots (the engine state plus the stream sequence applied per
+ * partition and the registry's) and recovery from the newest that verifies.
+ */
+#include "cluster_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "codec.h"
+#include "crc32c.h"
+
+/* ---- snapshots ---------------------------------------------------------------------------- */
+
+typedef struct snap_writer {
+    int fd;
+    uint32_t crc;
+    bool failed;
+    cluster *c;
+} snap_writer;
+
+static int snap_write(void *ctx, const void *p, size_t n) {
+    snap_writer *w = ctx;
+    const char *b = p;
+    w->crc = crc32c_extend(w->crc, p, n);
+    while (n > 0) {
+        ssize_t k = write(w->fd, b, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            w->failed = true;
+            return -1;
+        }
+        b += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* Inside engine_quiesce (apply_mu held too): the header then the engine's state. */
+static int snap_quiesced(void *ctx, uint64_t lsn, uint64_t version) {
+    (void)lsn, (void)version;
+    snap_writer *w = ctx;
+    cluster *c = w->c;
+    bv_buf h;
+    bv_buf_init(&h);
+    unsigned char b8[8];
+    bv_buf_put(&h, SNAP_MAGIC, SNAP_MAGIC_LEN);
+    codec_put32(b8, c->nparts);
+    bv_buf_put(&h, b8, 4);
+    pthread_mutex_lock(&c->reg_mu);
+    codec_put64(b8, c->reg_applied);
+    pthread_mutex_unlock(&c->reg_mu);
+    bv_buf_put(&h, b8, 8);
+    for (unsigned p = 0; p < c->nparts; p++) {
+        codec_put64(b8, c->applied[p]);
+        bv_buf_put(&h, b8, 8);
+    }
+    int rc = snap_write(w, h.data, h.len);
+    bv_buf_free(&h);
+    if (rc == 0) rc = engine_serialize(c->eng, snap_write, w);
+    return rc;
+}
+
+static bool snap_name_counter(const char *name, uint64_t *n) {
+    unsigned long long v;
+    char tail[8];
+    if (sscanf(name, "snap-%20llu.%4s", &v, tail) != 2 || strcmp(tail, "bin") != 0) return false;
+    *n = v;
+    return true;
+}
+
+/* The snapshot files, newest first (malloc'd counters). */
+static size_t snap_list(cluster *c, uint64_t **out) {
+    *out = NULL;
+    DIR *d = opendir(c->snap_dir);
+    if (!d) return 0;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        uint64_t v;
+        if (!snap_name_counter(de->d_name, &v)) continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            uint64_t *p = realloc(*out, cap * sizeof *p);
+            if (!p) abort();
+            *out = p;
+        }
+        (*out)[n++] = v;
+    }
+    closedir(d);
+    for (size_t i = 1; i < n; i++)           /* insertion sort, descending: a handful */
+        for (size_t j = i; j > 0 && (*out)[j] > (*out)[j - 1]; j--) {
+            uint64_t t = (*out)[j];
+            (*out)[j] = (*out)[j - 1];
+            (*out)[j - 1] = t;
+        }
+    return n;
+}
+
+int clsnap_take(cluster *c, char *err, size_t errlen) {
+    pthread_mutex_lock(&c->apply_mu);
+    uint64_t id = ++c->snap_counter;
+    char tmp[PATH_MAX + 32], fin[PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s/snap-%020" PRIu64 ".tmp", c->snap_dir, id);
+    snprintf(fin, sizeof fin, "%s/snap-%020" PRIu64 ".bin", c->snap_dir, id);
+    snap_writer w = { .fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), .c = c };
+    int rc = -1;
+    if (w.fd < 0) {
+        cl_fail(err, errlen, "open %s: %s", tmp, strerror(errno));
+    } else {
+        rc = engine_quiesce(c->eng, snap_quiesced, &w);
+        unsigned char crc[4];
+        codec_put32(crc, w.crc);
+        if (rc == 0) rc = snap_write(&w, crc, 4);
+        if (rc == 0 && fsync(w.fd) != 0) rc = -1;
+        if (close(w.fd) != 0) rc = -1;
+        if (rc == 0 && rename(tmp, fin) != 0) rc = -1;
+        if (rc != 0) {
+            cl_fail(err, errlen, "writing %s: %s", tmp, strerror(errno));
+            unlink(tmp);
+        } else {
+            int dfd = open(c->snap_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (dfd >= 0) {
+                fsync(dfd);
+                close(dfd);
+            }
+            c->applied_since_snap = 0;
+        }
+    }
+    pthread_mutex_unlock(&c->apply_mu);
+    if (rc != 0) {
+        cl_bump(&c->snapshot_failures);
+        return -1;
+    }
+    cl_bump(&c->snapshots);
+    uint64_t *ids;
+    size_t n = snap_list(c, &ids);
+    for (size_t i = c->cfg->snapshot_retain; i < n; i++) {
+        char old[PATH_MAX + 32];
+        snprintf(old, sizeof old, "%s/snap-%020" PRIu64 ".bin", c->snap_dir, ids[i]);
+        unlink(old);
+    }
+    free(ids);
+    bv_log_msg(c->log, LOG_INFO, "cluster.snapshot", "wrote %s", fin);
+    return 0;
+}
+
+int cluster_snapshot_now(cluster *c, bv_buf *out) {
+    char err[PATH_MAX + 128];
+    if (clsnap_take(c, err, sizeof err) != 0) {
+        bv_buf_puts(out, "{\"error\":{\"code\":\"snapshot_failed\",\"reason\":");
+        bv_buf_json_str(out, err, strlen(err));
+        bv_buf_puts(out, "}}");
+        return 500;
+    }
+    pthread_mutex_lock(&c->apply_mu);
+    bv_buf_printf(out, "{\"snapshot\":%" PRIu64 ",\"applied\":{", c->snap_counter);
+    bool first = true;
+    for (size_t i = 0; i < c->nsubs; i++) {
+        bv_buf_printf(out, "%s\"%u\":%" PRIu64, first ? "" : ",", c->subs[i].p, c->applied[c->subs[i].p]);
+        first = false;
+    }
+    pthread_mutex_unlock(&c->apply_mu);
+    bv_buf_puts(out, "}}");
+    return 200;
+}
+
+void *clsnap_main(void *arg) {
+    cluster *c = arg;
+    pthread_mutex_lock(&c->snap_mu);
+    while (!c->snap_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += c->cfg->snapshot_interval_s;
+        pthread_cond_timedwait(&c->snap_cv, &c->snap_mu, &ts);
+        if (c->snap_stop) break;
+        pthread_mutex_unlock(&c->snap_mu);
+        pthread_mutex_lock(&c->apply_mu);
+        bool due = c->applied_since_snap > 0;
+        pthread_mutex_unlock(&c->apply_mu);
+        char err[PATH_MAX + 128];
+        if (due && clsnap_take(c, err, sizeof err) != 0)
+            bv_log_msg(c->log, LOG_ERROR, "cluster.snapshot_failed", "%s", err);
+        pthread_mutex_lock(&c->snap_mu);
+    }
+    pthread_mutex_unlock(&c->snap_mu);
+    return NULL;
+}
+
+/* Read a whole file. */
+static unsigned char *read_all(const char *path, size_t *len) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    struct stat st;
+    unsigned char *buf = NULL;
+    if (fstat(fd, &st) == 0 && st.st_size > 0 && (buf = malloc((size_t)st.st_size))) {
+        size_t got = 0;
+        while (got < (size_t)st.st_size) {
+            ssize_t k = read(fd, buf + got, (size_t)st.st_size - got);
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) break;
+            got += (size_t)k;
+        }
+        if (got != (size_t)st.st_size) {
+            free(buf);
+            buf = NULL;
+        }
+        *len = got;
+    }
+    close(fd);
+    return buf;
+}
+
+int cluster_recover(cluster *c, engine *eng, char *err, size_t errlen) {
+    c->eng = eng;
+    uint64_t *ids;
+    size_t n = snap_list(c, &ids);
+    if (n) c->snap_counter = ids[0];
+    size_t head = SNAP_MAGIC_LEN + 4 + 8 + (size_t)c->nparts * 8;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        char path[PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/snap-%020" PRIu64 ".bin", c->snap_dir, ids[i]);
+        size_t len = 0;
+        unsigned char *b = read_all(path, &len);
+        if (!b || len < head + 4 || memcmp(b, SNAP_MAGIC, SNAP_MAGIC_LEN) != 0 ||
+            crc32c(b, len - 4) != codec_get32(b + len - 4)) {
+            bv_log_msg(c->log, LOG_WARN, "cluster.snapshot_invalid", "%s does not verify; trying an older one", path);
+            free(b);
+            continue;
+        }
+        if (codec_get32(b + SNAP_MAGIC_LEN) != c->nparts) {
+            rc = cl_fail(err, errlen, "cluster: %s was written for %u partitions, this node has %u", path,
+                      codec_get32(b + SNAP_MAGIC_LEN), c->nparts);
+            free(b);
+            break;
+        }
+        char why[512];
+        if (engine_deserialize(eng, b + head, len - head - 4, why, sizeof why) != 0) {
+            rc = cl_fail(err, errlen, "cluster: %s: %s", path, why);
+            free(b);
+            break;
+        }
+        c->reg_applied = codec_get64(b + SNAP_MAGIC_LEN + 4);
+        for (unsigned p = 0; p < c->nparts; p++) c->applied[p] = codec_get64(b + SNAP_MAGIC_LEN + 12 + (size_t)p * 8);
+        free(b);
+        bv_log_msg(c->log, LOG_INFO, "cluster.recovered", "snapshot %s: registry record %" PRIu64, path,
+                   c->reg_applied);
+        break;
+    }
+    free(ids);
+    return rc;
+}

@@ -1,0 +1,83 @@
+/*
+ * cluster.h - beava as a cluster on NATS JetStream (README "Cluster").
+ *
+ * The stream is the write-ahead log. One JetStream stream per cluster ("BEAVA_<name>",
+ * file storage) holds a subject per partition ("beava.<name>.p.<N>") and the registry
+ * subject ("beava.<name>.reg"). There is no local WAL in cluster mode.
+ *
+ * Push: the receiving node validates and splits as a single node does (engine), then the
+ * engine hands the batch to this module (engine_log_backend.publish). Publisher threads
+ * group the records by partition of each (table, key) they feed, publish one message per
+ * partition with a message id (JetStream de-duplicates a retried publish), and answer
+ * each push once JetStream acknowledged every partition it went to (ack_lsn = the
+ * highest stream sequence among them). A push JetStream did not acknowledge is answered
+ * 503 cluster_unavailable, never acknowledged.
+ *
+ * Reads (engine_log_backend.get): a get for an owned partition waits (bounded) until the
+ * node applied it up to the stream's last sequence at the time of the read; any other is
+ * forwarded over NATS request/reply to the partition's owners (a queue group each).
+ *
+ * Apply: ownership comes from partmap (rendezvous hashing over cluster.nodes). Each node
+ * consumes only its partitions' subjects (an ordered consumer each, starting after the
+ * sequence its snapshot recorded) and applies them through the engine's normal shards
+ * (engine_apply_logged, keeping only the parts of that partition). Every message carries
+ * the registry sequence it was validated against; it is applied only once this node's
+ * registry has reached it.
+ *
+ * Registry: register and reset go through the engine's WAL seam to the registry subject
+ * with an expected-last-subject-sequence of the registry this node has applied: of two
+ * concurrent registers on a stale base one lands, the other gets 409. Every node applies
+ * registry records in stream order; the node that published one applied it already.
+ *
+ * Snapshots: <data_dir>/cluster/snap-<ms>.bin holds the registry sequence, the applied
+ * stream sequence of every partition and the engine state (engine_serialize), with a
+ * CRC-32C. Recovery = newest valid snapshot + the stream from there.
+ *
+ * Locks: apply_mu (one message applied at a time; snapshots) -> the engine's barrier;
+ * reg_mu (registry sequence, publisher queue state) is a leaf.
+ */
+#ifndef BEAVA_CLUSTER_H
+#define BEAVA_CLUSTER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "config.h"
+#include "engine.h"
+#include "jsonw.h"
+#include "log.h"
+
+typedef struct cluster cluster;
+
+/* Connect to NATS, create (or check) the stream, build the partition map. NULL with a
+ * message in err on failure. */
+cluster *cluster_open(const bv_config *cfg, const bv_log *log, char *err, size_t errlen);
+
+/* The engine options this module provides: the registry's log and the push backend. */
+void cluster_engine_ops(cluster *c, engine_wal_ops *wal, engine_log_backend *lb);
+
+/* Restore the newest valid local snapshot into eng (before engine_start_shards). 0, or
+ * -1 with err set (the engine must then be discarded). No snapshot is not an error. */
+int cluster_recover(cluster *c, engine *eng, char *err, size_t errlen);
+
+/* Start publishing, the consumers of this node's partitions and the registry, and the
+ * snapshot timer. *ready is set once every owned partition and the registry have caught
+ * up with the stream as it was at start. 0 or -1 with err set. */
+int cluster_start(cluster *c, atomic_bool *ready, char *err, size_t errlen);
+
+/* Admin POST /snapshot: write a snapshot now. Returns the HTTP status. */
+int cluster_snapshot_now(cluster *c, bv_buf *out);
+
+/* Admin GET /cluster: this node, the members, every partition's owners, and for the
+ * partitions this node owns the sequence applied, the stream's last and the lag. Returns
+ * the HTTP status. Asks JetStream once per owned partition: for operators, not a hot path. */
+int cluster_status(cluster *c, bv_buf *out);
+
+/* Prometheus lines for admin /metrics. */
+void cluster_metrics(cluster *c, bv_buf *out);
+
+/* Stop consuming and publishing (pending pushes are answered), write a final snapshot,
+ * disconnect. NULL is a no-op. */
+void cluster_close(cluster *c);
+
+#endif

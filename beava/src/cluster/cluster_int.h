@@ -1,0 +1,149 @@
+/*
+ * cluster_int.h - the cluster module's private state, shared by its files (cluster.c:
+ * connection, stream, lifecycle, status and metrics; clpub.c: publishing pushes and
+ * registry records; clapply.c: consuming and applying; clread.c: reads from any node;
+ * clsnap.c: cluster snapshots and recovery). Nothing outside beava/src/cluster/ includes
+ * it. cluster.h tells the design and the lock order.
+ */
+#ifndef BEAVA_CLUSTER_INT_H
+#define BEAVA_CLUSTER_INT_H
+
+#include <limits.h>
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "cluster.h"
+#include "partmap.h"
+
+#define CLUSTER_PUBLISHERS 4                 /* batches published at once */
+#define CLUSTER_MSG_MAX (512u * 1024u)       /* body bytes per message (NATS max_payload is 1 MiB) */
+#define CLUSTER_PUBLISH_TRIES 3              /* same message id each time: JetStream de-duplicates */
+#define CLUSTER_PREFIX_MAX (CONFIG_CLUSTER_ID_MAX + 16)   /* "beava.<name>", "BEAVA_<name>" */
+#define CLUSTER_SUBJECT_MAX (CLUSTER_PREFIX_MAX + 64)
+#define CLUSTER_ORIGIN_MAX 128               /* "<node>-<boot ns>" */
+#define CLUSTER_ID_MAX (CLUSTER_ORIGIN_MAX + 32)   /* message ids */
+#define CLUSTER_URLS_MAX 16
+#define CLUSTER_CLOSE_WAIT_MS 5000           /* nats_CloseAndWait at shutdown */
+#define CLUSTER_APPLY_ERRORS_LOGGED 10
+#define CLUSTER_RPC_QUEUE "get"             /* queue group of a partition's owners */
+#define SNAP_MAGIC "BVCLSN01"
+#define SNAP_MAGIC_LEN 8
+
+typedef struct pub_job {
+    engine_batch *b;
+    const engine_log_record *recs;
+    size_t n;
+    struct pub_job *next;
+} pub_job;
+
+struct pub_scratch;                  /* clpub.c */
+
+typedef struct part_sub {
+    struct cluster *c;
+    unsigned p;
+    natsSubscription *sub;
+    natsSubscription *rpc;        /* forwarded gets, once caught up */
+} part_sub;
+
+struct cluster {
+    const bv_config *cfg;
+    const bv_log *log;
+    partmap *map;
+    size_t self;
+    unsigned nparts;
+    natsOptions *opts;
+    natsConnection *nc;
+    jsCtx *js;
+    char stream[CLUSTER_PREFIX_MAX];
+    char prefix[CLUSTER_PREFIX_MAX];         /* "beava.<name>" */
+    char origin[CLUSTER_ORIGIN_MAX];             /* "<node>-<boot ns>" */
+    engine *eng;
+    _Atomic uint64_t msg_counter;
+
+    /* publishers */
+    pthread_mutex_t q_mu;
+    pthread_cond_t q_cv;
+    pub_job *q_head, *q_tail;
+    bool q_stop;
+    struct pub_scratch *pubs;                /* CLUSTER_PUBLISHERS */
+    int npubs;                               /* threads started */
+
+    /* apply (apply_mu) */
+    pthread_mutex_t apply_mu;
+    pthread_cond_t apply_cv;                 /* a partition's applied sequence moved */
+    unsigned cur_part;                       /* the partition being applied (keep_part) */
+    engine_logged *recs;                     /* one message's records */
+    size_t recs_cap;
+    uint64_t *applied;                       /* per partition: last stream sequence applied */
+    uint64_t *target;                        /* per partition: the stream's last at start */
+    part_sub *subs;
+    size_t nsubs;
+    natsSubscription *reg_sub;
+    uint64_t applied_since_snap;
+    uint64_t apply_errors_logged;
+    atomic_bool *ready;
+    bool caught_up;
+
+    /* registry (reg_mu) */
+    pthread_mutex_t reg_mu;
+    pthread_cond_t reg_cv;
+    uint64_t reg_applied;                    /* last registry record applied here */
+    uint64_t reg_target;
+    bool own_pending;                        /* a register of ours is being published */
+    bool stopping;
+
+    /* snapshots */
+    char snap_dir[PATH_MAX];
+    int lock_fd;                             /* flock on <snap_dir>/LOCK: one process per data dir */
+    uint64_t snap_counter;                   /* apply_mu */
+    pthread_t snap_thread;
+    bool snap_started;
+    pthread_mutex_t snap_mu;
+    pthread_cond_t snap_cv;
+    bool snap_stop;
+
+    _Atomic uint64_t reads_local, reads_forwarded, reads_served_for_peers, reads_not_caught_up, reads_no_owner;
+    _Atomic uint64_t publish_us_sum, publish_batches;   /* batch publish latency (summary) */
+    _Atomic uint64_t published_msgs, publish_retries, publish_failures, pushes_acked, pushes_failed, applied_msgs,
+        apply_errors, snapshots, snapshot_failures, reg_published, reg_conflicts;
+};
+
+/* helpers (cluster.c) */
+int cl_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static inline uint64_t cl_relaxed(_Atomic uint64_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
+static inline void cl_bump(_Atomic uint64_t *v) { atomic_fetch_add_explicit(v, 1, memory_order_relaxed); }
+const char *cl_nats_why(natsStatus s, jsErrCode jerr, char *buf, size_t n);
+void cl_part_subject(const cluster *c, unsigned p, char *out, size_t n);
+void cl_reg_subject(const cluster *c, char *out, size_t n);
+uint64_t cl_header_u64(natsMsg *m, const char *key);
+
+/* publishing (clpub.c) */
+int clpub_start(cluster *c, char *err, size_t errlen);
+void clpub_stop(cluster *c);      /* answers what is queued, joins the threads */
+void clpub_free(cluster *c);
+void clpub_publish(void *ctx, engine_batch *b, const engine_log_record *recs, size_t n);
+int clpub_reg_append(void *ctx, int kind, const void *payload, size_t len, uint64_t *lsn, char *reason, size_t rlen);
+int clpub_reg_wait(void *ctx, uint64_t lsn, char *reason, size_t rlen);
+
+/* consuming (clapply.c) */
+bool clapply_keep_part(void *ctx, const char *table, const char *key, size_t klen);
+void clapply_check_caught_up(cluster *c);
+void clapply_reg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure);
+void clapply_part_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure);
+int clapply_subscribe_from(cluster *c, const char *subj, uint64_t after, natsMsgHandler cb, void *closure,
+                           natsSubscription **sub, char *err, size_t errlen);
+/* The stream's last sequence on a subject now (0: none). */
+uint64_t cl_last_seq(cluster *c, const char *subj);
+
+/* reads (clread.c) */
+int clread_get(void *ctx, engine_transport t, const json_t *req, bv_buf *out);
+void clread_batch_get(void *ctx, const json_t *reqs, char **fwd);
+void clread_subscribe(cluster *c);
+int cl_read_error(bv_buf *out, const char *code, const char *reason);   /* a 503 body */
+
+/* snapshots (clsnap.c) */
+int clsnap_take(cluster *c, char *err, size_t errlen);
+void *clsnap_main(void *arg);
+
+#endif

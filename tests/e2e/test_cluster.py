@@ -1,0 +1,489 @@
+"""beava cluster on NATS JetStream (README "Cluster"): a real nats-server with JetStream
+(temporary store dir, loopback) and three real beava nodes. Pushes through any node are
+acknowledged once the stream stored them and applied by the owners of their partitions;
+a node killed with SIGKILL and restarted loses no acknowledged event and counts none
+twice; snapshots record the stream sequence per partition and a restart resumes from
+there; the registry goes through the log.
+
+nats-server must be installed (ci/install-deps installs it): without it this test fails,
+it never skips."""
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from harness import BEAVA_BIN, Beava, free_port, main
+from harness import shared_path
+from test_pipelines import batch_get, push_many, rejected
+from test_tcp import Conn
+
+OP_PUSH, OP_GET, OP_RESULT = 0x0010, 0x0020, 0x0023
+
+NATS_BIN = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+PIPE = {"nodes": [
+    {"kind": "event", "name": "E", "schema": {"fields": {"k": "str", "m": "str", "v": "i64"}}},
+    {"kind": "derivation", "name": "ByKey", "output_kind": "table", "upstreams": ["E"],
+     "ops": [{"op": "group_by", "keys": ["k"], "agg": {"n": {"op": "count"}, "vs": {"op": "sum", "params": {"field": "v"}}}}],
+     "table_primary_key": ["k"]},
+    {"kind": "derivation", "name": "ByM", "output_kind": "table", "upstreams": ["E"],
+     "ops": [{"op": "group_by", "keys": ["m"], "agg": {"mn": {"op": "count"}}}],
+     "table_primary_key": ["m"]},
+]}
+
+
+class Nats:
+    """One nats-server with JetStream on a loopback port, store in a temporary dir."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.TemporaryDirectory(prefix="beava-nats-")
+        self.proc = None
+
+    def start(self, timeout=20):
+        if not os.path.exists(NATS_BIN):
+            raise AssertionError("nats-server not found (%s): install it (ci/install-deps does)" % NATS_BIN)
+        self.proc = subprocess.Popen([NATS_BIN, "-js", "-sd", self.dir.name, "-a", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + timeout
+        for raw in iter(self.proc.stderr.readline, b""):      # nats-server logs to stderr
+            if b"Server is ready" in raw:
+                threading.Thread(target=lambda: [None for _ in iter(self.proc.stderr.readline, b"")],
+                                 daemon=True).start()
+                return self
+            if time.time() > deadline:
+                break
+        raise AssertionError("nats-server did not start (rc %s)" % self.proc.poll())
+
+    @property
+    def url(self):
+        return "nats://127.0.0.1:%d" % self.port
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(20)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+        self.dir.cleanup()
+
+
+class Cluster:
+    """Three beava nodes on one NATS server, each with its own data dir."""
+
+    def __init__(self, nats, n=3, partitions=8, replicas=3, snapshot_interval_s=3600, extra_env=None):
+        self.extra_env = dict(extra_env or {})
+        self.nats = nats
+        self.ids = ["n%d" % i for i in range(1, n + 1)]
+        self.partitions = partitions
+        self.replicas = replicas
+        self.snapshot_interval_s = snapshot_interval_s
+        self.dirs = {i: tempfile.TemporaryDirectory(prefix="beava-node-") for i in self.ids}
+        self.nodes = {}
+
+    def env(self, node_id):
+        return {
+            "BEAVA_CLUSTER_NATS_URL": self.nats.url,
+            "BEAVA_CLUSTER_NODE_ID": node_id,
+            "BEAVA_CLUSTER_NODES": ",".join(self.ids),
+            "BEAVA_CLUSTER_PARTITIONS": str(self.partitions),
+            "BEAVA_CLUSTER_REPLICAS": str(self.replicas),
+            "BEAVA_SNAPSHOT_INTERVAL_S": str(self.snapshot_interval_s),
+            "BEAVA_SHARDS": "2",
+            **self.extra_env,
+        }
+
+    def start(self, node_id, timeout=60):
+        b = Beava(memory_only=False, data_dir=self.dirs[node_id].name, env=self.env(node_id))
+        b.start(timeout)
+        self.nodes[node_id] = b
+        return b
+
+    def start_all(self):
+        for i in self.ids:
+            self.start(i)
+        return self
+
+    def kill(self, node_id):
+        b = self.nodes.pop(node_id)
+        b.stop(signal.SIGKILL)
+        return b
+
+    def stop(self):
+        for b in self.nodes.values():
+            b.stop()
+        self.nodes = {}
+        for d in self.dirs.values():
+            d.cleanup()
+
+
+def metric(b, name):
+    text = b.admin("GET", "/metrics")[2].decode()
+    m = re.search(r"^%s (\d+)$" % re.escape(name), text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def wait_for(cond, timeout=30, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class ClusterTest(unittest.TestCase):
+    def setUp(self):
+        self.nats = Nats().start()
+        self.cluster = None
+
+    def tearDown(self):
+        if self.cluster:
+            self.cluster.stop()
+        self.nats.stop()
+
+    def register_everywhere(self, c, via):
+        st, body = c.nodes[via].register(PIPE)
+        self.assertEqual(st, 200, body)
+        version = body["registry_version"] if isinstance(body, dict) and "registry_version" in body else None
+        # every node applies the registry record from the log
+        for b in c.nodes.values():
+            wait_for(lambda: json.loads(b.admin("GET", "/registry")[2]).get("node_count", 0) == 3,
+                     what="registry on every node")
+        return version
+
+    def push_many(self, c, n, keys, ms, expected, via=None, rng=None):
+        """n pushes through random nodes, alternately over HTTP and framed TCP (msgpack)."""
+        rng = rng or random.Random(1)
+        ids = list(c.nodes) if via is None else via
+        tcp = {i: Conn(c.nodes[i].bound["server.tcp_bound"]) for i in ids}
+        for i in range(n):
+            k = rng.choice(keys)
+            m = rng.choice(ms)
+            node = rng.choice(ids)
+            if i % 2:
+                op, _, body = tcp[node].call(OP_PUSH, {"event": "E", "body": {"k": k, "m": m, "v": i}}, ct=2)
+                st = 200 if op == OP_PUSH else op
+            else:
+                st, body = c.nodes[node].push("E", {"k": k, "m": m, "v": i})
+            self.assertEqual(st, 200, body)
+            self.assertGreater(body["ack_lsn"], 0)
+            e = expected.setdefault(("ByKey", k), [0, 0])
+            e[0] += 1
+            e[1] += i
+            expected.setdefault(("ByM", m), [0, 0])[0] += 1
+        for conn in tcp.values():
+            conn.close()
+
+    def check_reads(self, b, expected):
+        """Every entity read through node b right now has exactly the acknowledged count:
+        a read after an ack sees it on any node (owned partitions catch up first, the
+        others are forwarded to an owner)."""
+        bad = []
+        tcp = Conn(b.bound["server.tcp_bound"])
+        for j, ((table, key), (n, vs)) in enumerate(sorted(expected.items())):
+            if j % 2:                                   # OP_GET over framed TCP (msgpack)
+                op, _, row = tcp.call(OP_GET, {"table": table, "key": key}, ct=2)
+                st = 200 if op == OP_RESULT else op
+            else:
+                st, row = b.get(table, key)
+            want = {"n": n, "vs": vs} if table == "ByKey" else {"mn": n}
+            if st != 200 or row != want:
+                bad.append((table, key, want, st, row))
+        tcp.close()
+        # one batch_get with every entity (entries of partitions owned elsewhere are
+        # answered by their owners), plus an unknown table and a bad key arity
+        items = sorted(expected.items())
+        reqs = [{"table": t, "key": k} for (t, k), _ in items]
+        reqs += [{"table": "Nope", "key": "x"}, {"table": "ByKey", "key": "a|b"}]
+        st, body = b.call("POST", "/batch_get", {"requests": reqs})
+        self.assertEqual(st, 200, body)
+        results = body["results"]
+        self.assertEqual(len(results), len(reqs))
+        for ((table, key), (n, vs)), row in zip(items, results):
+            want = {"n": n, "vs": vs} if table == "ByKey" else {"mn": n}
+            if row != want:
+                bad.append(("batch_get", table, key, want, row))
+        self.assertEqual(results[-2]["error"]["code"], "unknown_table")
+        self.assertEqual(results[-1]["error"]["code"], "key_parse_failure")
+        self.assertEqual(bad, [], "rows differ from what was acknowledged (first 5): %r" % bad[:5])
+
+    def test_pushes_through_any_node_readable_everywhere(self):
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
+        self.register_everywhere(c, "n2")
+        expected = {}
+        self.push_many(c, 300, ["u%d" % i for i in range(40)], ["m%d" % i for i in range(7)], expected)
+        for b in c.nodes.values():
+            self.check_reads(b, expected)
+        # a push is split by partition: several partitions hold messages, every node applied
+        for b in c.nodes.values():
+            self.assertGreater(metric(b, "beava_cluster_applied_msgs_total"), 0)
+            self.assertEqual(metric(b, "beava_cluster_apply_errors_total"), 0)
+        acked = sum(metric(b, "beava_cluster_pushes_acked_total") for b in c.nodes.values())
+        self.assertEqual(acked, 300)
+        self.assertGreater(sum(metric(b, "beava_cluster_publish_seconds_count") for b in c.nodes.values()), 0)
+        # with 2 owners of 3, each node forwarded some reads and served some for its peers
+        for b in c.nodes.values():
+            self.assertGreater(metric(b, "beava_cluster_reads_forwarded_total"), 0)
+            self.assertGreater(metric(b, "beava_cluster_reads_served_for_peers_total"), 0)
+            self.assertGreater(metric(b, "beava_cluster_reads_local_total"), 0)
+        # admin GET /cluster: members, every partition's 2 owners, no lag once caught up
+        infos = {i: json.loads(b.admin("GET", "/cluster")[2]) for i, b in c.nodes.items()}
+        owners = None
+        for i, info in infos.items():
+            self.assertEqual(info["node"], i)
+            self.assertEqual(info["nodes"], ["n1", "n2", "n3"])
+            self.assertTrue(info["caught_up"])
+            self.assertEqual(len(info["ownership"]), 8)
+            mine = [o for o in info["ownership"] if i in o["owners"]]
+            self.assertTrue(all(len(o["owners"]) == 2 for o in info["ownership"]))
+            self.assertTrue(all(o["lag"] == 0 and o["applied"] == o["stream"] for o in mine), mine)
+            self.assertEqual(info["registry"]["applied"], info["registry"]["stream"])
+            got = [o["owners"] for o in info["ownership"]]
+            self.assertTrue(owners is None or owners == got)     # every node computes the same map
+            owners = got
+        self.assertGreater(sum(o["stream"] > 0 for o in infos["n1"]["ownership"] if "stream" in o), 0)
+        # an unknown table is answered like a single node answers it, whoever owns it
+        st, body = c.nodes["n1"].get("Nope", "x")
+        self.assertEqual(st, 404, body)
+
+    def test_kill_and_restart_loses_nothing_acknowledged(self):
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
+        self.register_everywhere(c, "n1")
+        expected = {}
+        keys = ["u%d" % i for i in range(30)]
+        ms = ["m%d" % i for i in range(5)]
+        self.push_many(c, 150, keys, ms, expected, rng=random.Random(2))
+        # SIGKILL n3 while pushes through the others go on: they continue, all acknowledged
+        errors = []
+
+        def pusher():
+            try:
+                self.push_many(c, 300, keys, ms, expected, via=["n1", "n2"], rng=random.Random(3))
+            except Exception as e:          # reported below, in the test's thread
+                errors.append(e)
+        t = threading.Thread(target=pusher)
+        t.start()
+        c.kill("n3")
+        t.join()
+        self.assertEqual(errors, [])
+        # its partitions are read from their other owner meanwhile
+        self.check_reads(c.nodes["n1"], expected)
+        b = c.start("n3")               # /ready waits until its partitions caught up
+        self.check_reads(b, expected)
+        for other in ("n1", "n2"):
+            self.check_reads(c.nodes[other], expected)
+
+    def test_snapshot_then_restart_resumes_from_recorded_sequence(self):
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=3).start_all()
+        self.register_everywhere(c, "n1")
+        expected = {}
+        keys = ["s%d" % i for i in range(25)]
+        ms = ["x%d" % i for i in range(4)]
+        self.push_many(c, 120, keys, ms, expected, rng=random.Random(4))
+        self.check_reads(c.nodes["n2"], expected)
+        applied_before = metric(c.nodes["n2"], "beava_cluster_applied_msgs_total")
+        st, _, body = c.nodes["n2"].raw("POST", "/snapshot", which="admin")
+        self.assertEqual(st, 200, body)
+        snap = json.loads(body)
+        self.assertTrue(any(v > 0 for v in snap["applied"].values()), snap)
+        self.push_many(c, 80, keys, ms, expected, via=["n1", "n3"], rng=random.Random(5))
+        c.kill("n2")
+        self.push_many(c, 50, keys, ms, expected, via=["n1", "n3"], rng=random.Random(6))
+        b = c.start("n2")
+        out = b.output()
+        self.assertIn("cluster.recovered", out)          # the snapshot was loaded ...
+        # ... and the stream resumed after its sequences: nothing counted twice, nothing lost
+        self.check_reads(b, expected)
+        self.check_reads(c.nodes["n1"], expected)
+        # every node owns every partition here: n1 applied every message; n2 after its
+        # restart exactly those after its snapshot
+        total = metric(c.nodes["n1"], "beava_cluster_applied_msgs_total")
+        self.assertEqual(metric(b, "beava_cluster_applied_msgs_total"), total - applied_before)
+
+    def test_registry_goes_through_the_log(self):
+        self.cluster = c = Cluster(self.nats, partitions=4, replicas=2).start_all()
+        self.register_everywhere(c, "n3")
+        # concurrent conflicting registers on two nodes (each replaces the pipeline with
+        # its own extra table): each is applied everywhere or refused 409, never both
+        # applied on a stale base; every node ends with the same registry
+        statuses = []
+        for rnd in range(6):
+            results = {}
+
+            def reg(node, name):
+                extra = {"kind": "derivation", "name": name, "output_kind": "table", "upstreams": ["E"],
+                         "ops": [{"op": "group_by", "keys": ["k"], "agg": {name.lower(): {"op": "count"}}}],
+                         "table_primary_key": ["k"]}
+                body = {"nodes": PIPE["nodes"] + [extra]}
+                results[node] = c.nodes[node].register(body, force=True)
+
+            ts = [threading.Thread(target=reg, args=(n, "T%d%s" % (rnd, n))) for n in ("n1", "n2")]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            for node, (st, body) in results.items():
+                self.assertIn(st, (200, 409), body)
+                if st == 409:
+                    self.assertEqual(body["error"]["code"], "registry_conflict", body)
+            statuses += [st for st, _ in results.values()]
+            self.assertIn(200, [st for st, _ in results.values()])
+
+            def same_registry():
+                infos = [json.loads(b.admin("GET", "/registry")[2]) for b in c.nodes.values()]
+                return all(i == infos[0] for i in infos) and infos[0]
+            info = wait_for(same_registry, what="the same registry on every node")
+            self.assertEqual(info["node_count"], 4)      # E, ByKey, ByM and the winner's table
+        conflicts = sum(metric(b, "beava_cluster_reg_conflicts_total") for b in c.nodes.values())
+        self.assertEqual(conflicts, statuses.count(409))
+        # pushes validated against the new registry apply everywhere
+        expected = {}
+        self.push_many(c, 60, ["r%d" % i for i in range(9)], ["q1", "q2"], expected, rng=random.Random(7))
+        for b in c.nodes.values():
+            self.check_reads(b, expected)
+
+    def run_beava(self, env, timeout=30):
+        full = dict(os.environ)
+        full.update({"BEAVA_LISTEN_ADDR": "127.0.0.1:0", "BEAVA_ADMIN_ADDR": "127.0.0.1:0", "BEAVA_TCP_PORT": "0"})
+        full.update(env)
+        d = tempfile.TemporaryDirectory(prefix="beava-node-")
+        try:
+            p = subprocess.run([BEAVA_BIN, "--config", "/dev/null", "--data-dir", d.name], env=full,
+                               capture_output=True, timeout=timeout)
+        finally:
+            d.cleanup()
+        return p.returncode, (p.stdout + p.stderr).decode()
+
+    def test_misconfigured_nodes_refuse_to_start(self):
+        base = {"BEAVA_CLUSTER_NATS_URL": self.nats.url, "BEAVA_CLUSTER_NODES": "n1,n2"}
+        rc, out = self.run_beava(dict(base, BEAVA_CLUSTER_NODE_ID="n7"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("cluster.node_id 'n7' is not one of cluster.nodes", out)
+        rc, out = self.run_beava(dict(base, BEAVA_CLUSTER_NODE_ID="n1", BEAVA_CLUSTER_NATS_URL="nats://127.0.0.1:1"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("cannot connect to NATS at nats://127.0.0.1:1", out)
+        # the stream remembers its partition count: a node configured otherwise refuses
+        self.cluster = c = Cluster(self.nats, n=2, partitions=8, replicas=1)
+        c.start("n1")
+        rc, out = self.run_beava(dict(base, BEAVA_CLUSTER_NODE_ID="n2", BEAVA_CLUSTER_PARTITIONS="16"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("cluster.partitions is fixed when the cluster is created", out)
+
+    def test_nats_server_killed_no_false_ack(self):
+        self.cluster = c = Cluster(self.nats, partitions=4, replicas=2,
+                                   extra_env={"BEAVA_CLUSTER_PUBLISH_TIMEOUT_MS": "300"}).start_all()
+        self.register_everywhere(c, "n1")
+        expected = {}
+        keys = ["z%d" % i for i in range(12)]
+        self.push_many(c, 60, keys, ["w"], expected, rng=random.Random(8))
+        self.nats.kill()                    # SIGKILL: the log is gone for a while
+        maybe = {}                          # pushes answered 503: applied or not, never acked
+        for i in range(5):
+            k = keys[i]
+            st, body = c.nodes["n%d" % (i % 3 + 1)].push("E", {"k": k, "m": "w", "v": 1000 + i})
+            self.assertEqual(st, 503, body)
+            self.assertEqual(body["error"]["code"], "cluster_unavailable", body)
+            maybe[k] = maybe.get(k, 0) + 1
+        self.nats.start()                   # same port, same store: the stream is back
+        def pushed():
+            st, body = c.nodes["n2"].push("E", {"k": "after", "m": "w", "v": 1})
+            return st == 200
+        wait_for(pushed, 60, "pushes accepted again")
+        expected[("ByKey", "after")] = [1, 1]
+        expected[("ByM", "w")][0] += 1
+        self.push_many(c, 30, keys, ["w"], expected, rng=random.Random(9))
+        # every acknowledged push is there; a 503 one at most once
+        for b in c.nodes.values():
+            for (table, key), (n, vs) in expected.items():
+                if table != "ByKey" or key == "after":
+                    continue
+                st, row = b.get(table, key)
+                self.assertEqual(st, 200, row)
+                self.assertGreaterEqual(row["n"], n)
+                self.assertLessEqual(row["n"], n + maybe.get(key, 0))
+            self.assertGreaterEqual(b.get("ByKey", "after")[1]["n"], 1)
+
+    def test_fraud_team_same_rows_as_a_single_node(self):
+        """The fraud-team pipeline fed to one node and, in the same order, through the
+        three nodes of a cluster: every feature that depends only on the events and their
+        order (not on arrival or query time) is identical, read from any node."""
+        with open(shared_path("data", "bench", "fraud-team.json")) as f:
+            cfg = json.load(f)
+        rng = random.Random(2026)
+        events = []
+        for i in range(FRAUD_EVENTS):
+            body = {cfg["key_field"]: "u%03d" % rng.randrange(FRAUD_USERS), "event_time": i}
+            for fname, ftype in cfg["extra_fields"].items():
+                if ftype == "f64":
+                    body[fname] = rng.random() * 1000.0
+                elif ftype == "i64":
+                    body[fname] = rng.randrange(2)
+                else:
+                    body[fname] = "s%d" % rng.randrange(FRAUD_STRS)
+            events.append(("Txn", body))
+        tables = {}
+        for n in cfg["register"]["nodes"]:
+            if n["kind"] == "derivation" and n["upstreams"] == ["Txn"]:
+                gb = [o for o in n["ops"] if o["op"] == "group_by"][0]
+                tables[n["name"]] = (gb["keys"][0], {f for f, a in gb["agg"].items() if order_only(a)})
+        with Beava(test_mode=True) as single:
+            self.assertEqual(single.register(cfg["register"])[0], 200)
+            pushed = push_many(single, events)
+            self.assertEqual(rejected(pushed), [])
+            events = pushed.applied(events)     # the single node's order, fed to the cluster
+            self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
+            st, body = c.nodes["n1"].register(cfg["register"])
+            self.assertEqual(st, 200, body)
+            for b in c.nodes.values():
+                wait_for(lambda: json.loads(b.admin("GET", "/registry")[2]).get("node_count", 0) ==
+                         len(cfg["register"]["nodes"]), what="registry on every node")
+            ids = list(c.nodes)
+            for k, start in enumerate(range(0, len(events), 250)):   # batches through every node
+                chunk = events[start:start + 250]
+                self.assertEqual(rejected(push_many(c.nodes[ids[k % 3]], chunk)), [])
+            reqs = []
+            for t, (keyf, _) in sorted(tables.items()):
+                reqs += [(t, k) for k in sorted({e[keyf] for _, e in events})[:40]]
+            want = batch_get(single, reqs)
+            compared = 0
+            for node in ids:
+                got = batch_get(c.nodes[node], reqs)
+                for (t, k), w, g in zip(reqs, want, got):
+                    self.assertNotIn("error", g, (node, t, k, g))
+                    for f in tables[t][1]:
+                        self.assertIn(f, w, (t, k, f))
+                        self.assertEqual(g.get(f), w[f], (node, t, k, f))
+                        compared += w[f] is not None
+            self.assertGreater(compared, 3 * len(reqs) * 3)     # values, not just nulls
+
+
+FRAUD_EVENTS = 3000
+FRAUD_USERS = 300
+FRAUD_STRS = 200
+# ops whose value depends only on the events and their order, plus windows long enough
+# that a test run is inside them (no arrival-time or query-time dependence)
+ORDER_ONLY_OPS = {"count", "sum", "max", "min", "mean", "var", "std", "quantile", "n_unique", "top_k", "entropy",
+                  "bloom_member", "first", "last", "first_n", "last_n", "lag", "delta_from_prev", "streak",
+                  "max_streak", "negative_streak", "most_recent_n", "geo_distance", "geo_spread",
+                  "distance_from_home", "has_seen", "z_score"}
+
+
+def order_only(agg):
+    window = (agg.get("params") or {}).get("window")
+    return agg["op"] in ORDER_ONLY_OPS and window not in ("5m", "10m")
+
+
+if __name__ == "__main__":
+    main()
