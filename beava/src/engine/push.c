@@ -77,6 +77,8 @@ struct push_batch_state {
     bool *decided;                /* per shard: inline decision made */
     size_t *queued;               /* per shard: parts queued by this batch */
     size_t *need;                 /* per shard: scratch for one item's room check */
+    size_t *shard_cost;           /* per shard: feature updates of this batch's parts */
+    size_t cost;                  /* feature updates of the whole batch */
     _Atomic unsigned pending;
     uint64_t max_lsn;
     bool parked;
@@ -127,6 +129,8 @@ static push_batch_state *state_for(engine *e, engine_batch *b) {
     st->decided = arena_calloc(&st->ar, ns * sizeof *st->decided);
     st->queued = arena_calloc(&st->ar, ns * sizeof *st->queued);
     st->need = arena_calloc(&st->ar, ns * sizeof *st->need);
+    st->shard_cost = arena_calloc(&st->ar, ns * sizeof *st->shard_cost);
+    st->cost = 0;
     atomic_store(&st->pending, 1);              /* the submitter's guard */
     st->max_lsn = 0;
     st->parked = false;
@@ -356,6 +360,8 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
         pp->shard = engine_shard_for(e, t, pp->hash);
         pp->now = now;
         pp->cold_after_ms = is->ev->cold_after_ms;
+        st->shard_cost[pp->shard] += t->nfeatures;
+        st->cost += t->nfeatures;
     }
     is->nparts = st->nparts - is->first_part;
 }
@@ -454,6 +460,32 @@ static void queue_parts(engine *e, push_batch_state *st, bool wait_room) {
 }
 
 /* ---- sequencing ----------------------------------------------------------------------- */
+
+/* A batch with more feature updates than this is costly: applying it all inline would
+ * keep one core busy while the shard threads wait for the state locks it holds. */
+#define PUSH_COSTLY_UPDATES 1024
+
+/* Decide the inline shards of a costly batch up front (seq_mu held, before any item is
+ * routed): at most ONE, the idle shard that carries most of its work, and every other
+ * part goes to its shard's thread. This I/O thread and the shard threads then apply the
+ * batch together. The order argument is shard_try_inline's, unchanged: the decision is
+ * made under the sequencer lock, once per shard and batch. */
+static void split_costly(engine *e, push_batch_state *st) {
+    unsigned ns = e->nshards;
+    for (;;) {
+        unsigned best = ns;
+        for (unsigned s = 0; s < ns; s++)
+            if (!st->decided[s] && st->shard_cost[s] > 0 && (best == ns || st->shard_cost[s] > st->shard_cost[best]))
+                best = s;
+        if (best == ns) break;
+        st->decided[best] = true;
+        if (shard_try_inline(e->pool, best)) {
+            st->held[best] = true;
+            break;
+        }
+    }
+    for (unsigned s = 0; s < ns; s++) st->decided[s] = true;
+}
 
 /* Decide, for one item, where each of its parts goes and whether the queued ones fit
  * (seq_mu held). Takes shards inline on first contact. False: no room (overloaded). */
@@ -570,6 +602,7 @@ bool engine_push_submit(engine *e, engine_batch *b) {
         note_watermark(e, now);
         pthread_mutex_lock(&e->seq_mu);
         bool park = e->park_head != NULL || (any_sync && e->opt.wal.append);
+        if (!park && st->cost > PUSH_COSTLY_UPDATES && e->nshards > 1) split_costly(e, st);
         for (size_t i = 0; i < b->n; i++)
             if (st->items[i].valid) sequence_item(e, st, i, park, version);
         if (park && st->max_lsn) {
