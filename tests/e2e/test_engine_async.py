@@ -479,5 +479,50 @@ class ManyConnections(unittest.TestCase):
             self.assertEqual(tcp_open_connections(b), 0)
 
 
+class Validation(unittest.TestCase):
+    def test_pipelined_rows_in_any_field_order_validate_alike(self):
+        """One pass over each row, schema positions guessed from the row before: rows of
+        one batch in different field orders, with unknown, missing and fractional fields,
+        each get exactly their own answer."""
+        pipe = {"nodes": [
+            {"kind": "event", "name": "Ev", "schema": {"fields": {"user": "str", "n": "i64", "x": "f64"},
+                                                      "optional_fields": []}},
+            {"kind": "derivation", "name": "PerEvUser", "output_kind": "table", "upstreams": ["Ev"],
+             "ops": [{"op": "group_by", "keys": ["user"], "agg": {"ev_n": {"op": "sum", "params": {"field": "n"}},
+                                                                 "ev_x": {"op": "sum", "params": {"field": "x"}}}}],
+             "table_primary_key": ["user"]},
+        ]}
+        cases = [
+            ({"user": "a", "n": 1, "x": 0.5}, None),
+            ({"x": 0.5, "n": 2, "user": "a"}, None),
+            ({"n": 3.0, "user": "a", "x": 1}, None),               # 3.0 in an i64 field is 3
+            ({"user": "a", "n": 1.5, "x": 0.5}, "invalid_event"),  # a fraction is not
+            ({"user": "a", "n": 1, "x": 0.5, "y": 1}, "unknown_field_v0"),
+            ({"y": 1, "user": "a"}, "unknown_field_v0"),           # unknown wins over missing
+            ({"user": "a", "x": 0.5}, "invalid_event"),            # n missing
+            ({"n": 1, "x": 0.5, "user": None}, "invalid_event"),   # user null
+            ({"user": "a", "n": "1", "x": 0.5}, "invalid_event"),  # type
+            ({"x": 2.0, "user": "a", "n": 4}, None),
+            ({"user": "a", "n": 5, "x": 0.5}, None),
+        ]
+        with Beava(test_mode=True, args=["--shards", "2"]) as b:
+            self.assertEqual(b.register(pipe)[0], 200)
+            c = Conn(tcp_addr(b))
+            for ct in (1, 2):
+                payloads = [mp_pack({"event": "Ev", "body": d}) if ct == 2 else
+                            json.dumps({"event": "Ev", "body": d}).encode() for d, _ in cases]
+                c.send(b"".join(frame(0x0010, ct, p) for p in payloads))
+                for d, err in cases:
+                    op, _, body = c.recv_frame()
+                    if err is None:
+                        self.assertEqual(op, 0x0010, (d, body))
+                    else:
+                        self.assertEqual(body["error"]["code"], err, (d, body))
+            op, _, row = c.call(0x0020, {"table": "PerEvUser", "key": "a"})
+            self.assertEqual(row["ev_n"], 2 * (1 + 2 + 3 + 4 + 5))
+            self.assertEqual(row["ev_x"], 2 * (0.5 + 0.5 + 1 + 2.0 + 0.5))
+            c.s.close()
+
+
 if __name__ == "__main__":
     main()

@@ -5,9 +5,9 @@
  * One batch (the frames of one read on a TCP connection, or one HTTP request) goes:
  *
  *  1. Prepare (registry read lock held, no other lock): for every item, in order,
- *     validate the row against its event schema (first failure wins: not an object,
- *     control character, unknown event, undeclared field, missing/null required field,
- *     type, key length), then for every table the event feeds run the table's prefix
+ *     validate the row against its event schema in one pass over its fields (first
+ *     failure wins: not an object, control character, unknown event, undeclared field,
+ *     missing/null required field, type, i64 fraction, key length), then for every table the event feeds run the table's prefix
  *     chain and build the entity key: one `part` per (item, table), with the shard that
  *     owns hash(table, key). All scratch comes from the batch's arena.
  *  2. Sequence (seq_mu held, once per batch): per item, the dedupe check, room on the
@@ -17,6 +17,9 @@
  *     applied by this thread after the lock is dropped; any other gets the part on its
  *     ring. Because every producer goes through seq_mu, every shard sees its parts in
  *     LSN order (shard.h explains why inline application keeps that order).
+ *     A costly batch (more than PUSH_COSTLY_UPDATES feature updates) takes at most one
+ *     shard inline, the idle one with most of its work, and queues the rest, so that
+ *     this thread and the shard threads apply it together (split_costly).
  *     Sync durability: a batch with a sync item (or arriving while others wait) is not
  *     routed at all: it joins the park list, in LSN order, and the durability thread
  *     routes it once its records are on disk (one fsync releases every batch it covers),
