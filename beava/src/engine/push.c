@@ -676,7 +676,9 @@ bool engine_push_submit(engine *e, engine_batch *b) {
         /* inline parts, in item order, on the shards this batch holds */
         if (!st->parked) apply_inline(e, st);
         for (unsigned s = 0; s < e->nshards; s++)
-            if (st->held[s]) shard_inline_end(e->pool, s);
+            /* a cheap batch also applies what queued behind it (no wake-up of the shard
+             * thread); a costly one leaves that to the thread (the point of splitting it) */
+            if (st->held[s]) shard_inline_end(e->pool, s, st->cost > PUSH_COSTLY_UPDATES ? 0 : SHARD_INLINE_TAKE);
     }
     pthread_rwlock_unlock(&e->reg_lock);
     return atomic_fetch_sub_explicit(&st->pending, 1, memory_order_acq_rel) == 1;

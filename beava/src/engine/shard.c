@@ -188,26 +188,29 @@ static void run_tasks(shard *s, shard_task *run, size_t n) {
     }
 }
 
-void shard_inline_end(shard_pool *p, unsigned i) {
+void shard_inline_end(shard_pool *p, unsigned i, size_t take) {
     shard *s = &p->shards[i];
     shard_task run[SHARD_INLINE_TAKE];
     size_t n = 0;
+    if (take > SHARD_INLINE_TAKE) take = SHARD_INLINE_TAKE;
+    /* what was queued behind this inline application (up to SHARD_INLINE_TAKE): applied
+     * here, in ring order, before the state lock is let go (the thread took none of it:
+     * it does not pop while the shard is held inline); the rest wakes the thread */
     pthread_mutex_lock(&s->qmu);
-    /* what was queued behind this inline application (up to SHARD_INLINE_TAKE): applied here, in
-     * ring order, before the state lock is let go (the thread took none of it: it does
-     * not pop while the shard is held inline) */
     if (!s->paused && !s->inflight) {
-        while (n < SHARD_INLINE_TAKE && n < s->count) {
+        while (n < take && n < s->count) {
             run[n++] = s->ring[s->head];
             s->head = (s->head + 1) % s->capacity;
         }
         s->count -= n;
-        if (n) pthread_cond_broadcast(&s->idle_cv);    /* room was made */
     }
-    s->held_inline = false;
-    if (s->count > 0 && s->waiting && !s->paused) pthread_cond_signal(&s->cv);   /* the rest: the thread */
     pthread_mutex_unlock(&s->qmu);
     run_tasks(s, run, n);
+    pthread_mutex_lock(&s->qmu);
+    s->held_inline = false;
+    if (s->count > 0 && s->waiting && !s->paused) pthread_cond_signal(&s->cv);   /* the rest: the thread */
+    pthread_cond_broadcast(&s->idle_cv);               /* room was made; a quiesce may wait */
+    pthread_mutex_unlock(&s->qmu);
     pthread_mutex_unlock(&s->smu);
     for (size_t k = 0; k < n; k++)
         if (run[k].post) run[k].post(&s->ctx, run[k].arg);
@@ -239,7 +242,7 @@ void shard_pool_quiesce(shard_pool *p) {
         pthread_mutex_lock(&s->qmu);
         if (s->started) {
             if (s->count > 0 && s->waiting) pthread_cond_signal(&s->cv);
-            while (s->count > 0 || s->inflight) pthread_cond_wait(&s->idle_cv, &s->qmu);
+            while (s->count > 0 || s->inflight || s->held_inline) pthread_cond_wait(&s->idle_cv, &s->qmu);
         }
         pthread_mutex_unlock(&s->qmu);
     }

@@ -19,7 +19,7 @@
  * part of the log in LSN order, whichever thread applies it.
  *
  * While a shard is held inline its thread pops nothing and is not woken: what queues
- * meanwhile (up to SHARD_INLINE_TAKE tasks) is applied by the holder in shard_inline_end(),
+ * meanwhile (up to the `take` the holder names) is applied by the holder in shard_inline_end(),
  * in ring order, before it lets the state lock go, and their `post`s run there too; only
  * a longer queue wakes the thread. Two I/O threads meeting on a shard thus cost no
  * wake-up of a third thread (on a machine with few cores, a wake-up can wait a whole
@@ -86,9 +86,10 @@ void shard_pool_kick(shard_pool *p);
 /* Take shard i for inline application (see above). True: the caller holds its state
  * lock and must call shard_inline_end(). */
 bool shard_try_inline(shard_pool *p, unsigned i);
-/* Apply what queued behind the inline work (see above), release the state lock, run
- * those tasks' posts. */
-void shard_inline_end(shard_pool *p, unsigned i);
+/* Apply up to `take` (at most SHARD_INLINE_TAKE) tasks that queued behind the inline
+ * work (see above), release the state lock, run those tasks' posts; wake the thread for
+ * the rest. */
+void shard_inline_end(shard_pool *p, unsigned i, size_t take);
 /* The context of shard i, for a caller that holds its state lock (inline or shard_lock). */
 shard_ctx *shard_inline_ctx(shard_pool *p, unsigned i);
 /* Block until shard i has room for n tasks (or the pool stops). Called WITHOUT the
