@@ -7,9 +7,10 @@
  *  1. Prepare (registry read lock held, no other lock): for every item, in order,
  *     validate the row against its event schema in one pass over its fields (first
  *     failure wins: not an object, control character, unknown event, undeclared field,
- *     missing/null required field, type, i64 fraction, key length), then for every table the event feeds run the table's prefix
- *     chain and build the entity key: one `part` per (item, table), with the shard that
- *     owns hash(table, key). All scratch comes from the batch's arena.
+ *     missing/null required field, type, i64 fraction, key length), then for every
+ *     table the event feeds run the table's prefix chain and build the entity key: one
+ *     `part` per (item, table), with the shard that owns hash(table, key). All scratch
+ *     comes from the batch's arena.
  *  2. Sequence (seq_mu held, once per batch): per item, the dedupe check, room on the
  *     shards its parts are queued to (else 503 overloaded for that item alone), the WAL
  *     append that gives it its LSN (else 503 wal_unavailable), and the routing of each
