@@ -5,7 +5,12 @@
 - FIFO reply order with pipelined frames spread over every shard, gets interleaved;
 - the listener's limits: connection cap, idle timeout, frame deadline, partial-frame budget;
 - the admin token guards OP_REGISTER / OP_RESET on TCP as on HTTP (OP_AUTH);
-- a WAL written by the new engine replays to exactly the live state.
+- a WAL written by the new engine replays to exactly the live state;
+- a costly batch (its inline part on one shard, the rest on the shard threads) keeps the
+  order of every key's updates and answers in FIFO order;
+- a burst of connections is spread over the I/O threads (handed over between them) and
+  every one is served, in order, while two I/O threads meet on the same shards (the work
+  queued behind an inline application is applied by its holder).
 """
 import json
 import os
@@ -334,6 +339,189 @@ class Replay(unittest.TestCase):
                 self.assertEqual(c.call(0x0000, {})[2]["registry_version"], version)
             finally:
                 b2.stop()
+
+
+def wide_pipe(nsums):
+    """Two tables fed by one event, each wide enough that a pipelined run of pushes is a
+    costly batch (more than 1024 feature updates) split across the shards."""
+    def agg(tag):
+        a = {tag + "_cnt": {"op": "count"}, tag + "_last": {"op": "last", "params": {"field": "v"}},
+             tag + "_first": {"op": "first", "params": {"field": "v"}},
+             tag + "_recent": {"op": "last_n", "params": {"field": "v", "n": 5}}}
+        for i in range(nsums):
+            a["%s_s%d" % (tag, i)] = {"op": "sum", "params": {"field": "v"}}
+        return a
+    return {"nodes": [
+        {"kind": "event", "name": "Wide", "schema": {"fields": {"user": "str", "item": "str", "v": "i64"},
+                                                    "optional_fields": []}},
+        {"kind": "derivation", "name": "ByUser", "output_kind": "table", "upstreams": ["Wide"],
+         "ops": [{"op": "group_by", "keys": ["user"], "agg": agg("u")}], "table_primary_key": ["user"]},
+        {"kind": "derivation", "name": "ByItem", "output_kind": "table", "upstreams": ["Wide"],
+         "ops": [{"op": "group_by", "keys": ["item"], "agg": agg("i")}], "table_primary_key": ["item"]},
+    ]}
+
+
+class CostlyBatch(unittest.TestCase):
+    NSUMS = 40
+
+    def check_rows(self, b, table, seen):
+        c = Conn(tcp_addr(b))
+        tag = table[2].lower()
+        for key, vs in seen.items():
+            op, _, row = c.call(0x0020, {"table": table, "key": key})
+            self.assertEqual(op, 0x0023, row)
+            self.assertEqual(row[tag + "_cnt"], len(vs), (table, key))
+            self.assertEqual(row[tag + "_first"], vs[0], (table, key))
+            self.assertEqual(row[tag + "_last"], vs[-1], (table, key))
+            self.assertEqual(row[tag + "_recent"], vs[-5:], (table, key))
+            if tag + "_s7" in row:
+                self.assertEqual(row[tag + "_s7"], sum(vs), (table, key))
+        c.s.close()
+
+    def run_conn(self, addr, prefix, n, users, items, seen_u, seen_i):
+        """Pipeline n pushes (gets interleaved) on one connection; check FIFO replies."""
+        c = Conn(addr)
+        seq, expect = [], []
+        for i in range(n):
+            u, it = "%su%d" % (prefix, (i * 7) % users), "%si%d" % (prefix, (i * 5) % items)
+            if i % 97 == 96:
+                seq.append(frame(0x0020, 1, json.dumps({"table": "ByUser", "key": u}).encode()))
+                expect.append(("get", u, len(seen_u.get(u, []))))
+                continue
+            seq.append(frame(0x0010, 1, json.dumps({"event": "Wide", "body": {"user": u, "item": it, "v": i}}).encode()))
+            seen_u.setdefault(u, []).append(i)
+            seen_i.setdefault(it, []).append(i)
+            expect.append(("push", u, None))
+        c.send(b"".join(seq))
+        last = 0
+        for kind, u, want in expect:
+            op, _, body = c.recv_frame()
+            if kind == "get":
+                self.assertEqual(op, 0x0023, body)
+                self.assertEqual(body.get("u_cnt", 0), want, (u, body))
+            else:
+                self.assertEqual(op, 0x0010, body)
+                self.assertGreater(body["ack_lsn"], last)
+                last = body["ack_lsn"]
+        c.s.close()
+
+    def test_costly_batches_keep_key_order_and_fifo_replies(self):
+        for shards in ("2", "3"):
+            with self.subTest(shards=shards), Beava(test_mode=True, args=["--shards", shards]) as b:
+                self.assertEqual(b.register(wide_pipe(self.NSUMS))[0], 200)
+                addr = tcp_addr(b)
+                seen_u, seen_i = {}, {}
+                self.run_conn(addr, "a", 3000, 29, 13, seen_u, seen_i)
+                self.check_rows(b, "ByUser", seen_u)
+                self.check_rows(b, "ByItem", seen_i)
+
+    def test_concurrent_connections_with_costly_batches(self):
+        import threading
+        with Beava(test_mode=True, args=["--shards", "2"]) as b:
+            self.assertEqual(b.register(wide_pipe(self.NSUMS))[0], 200)
+            addr = tcp_addr(b)
+            seen = [({}, {}) for _ in range(4)]
+            errors = []
+
+            def worker(k):
+                try:
+                    self.run_conn(addr, "c%d" % k, 1500, 17, 11, seen[k][0], seen[k][1])
+                except Exception as ex:   # reported below: assertions in threads do not fail the test
+                    errors.append(ex)
+            ts = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            self.assertEqual(errors, [])
+            for su, si in seen:
+                self.check_rows(b, "ByUser", su)
+                self.check_rows(b, "ByItem", si)
+
+
+def tcp_open_connections(b):
+    text = b.raw("GET", "/metrics", which="admin")[2].decode()
+    for line in text.splitlines():
+        if line.startswith("beava_tcp_connections_open "):
+            return int(line.split()[1])
+    return None
+
+
+class ManyConnections(unittest.TestCase):
+    def test_burst_of_connections_spread_over_io_threads_all_served_in_order(self):
+        import threading
+        with Beava(test_mode=True, args=["--io-threads", "2", "--shards", "2"]) as b:
+            self.assertEqual(b.register(wide_pipe(0))[0], 200)
+            addr = tcp_addr(b)
+            cheap = CostlyBatch()          # its helpers; pushes of 8 feature updates: never costly
+            for rnd in range(2):
+                seen = [({}, {}) for _ in range(12)]
+                errors = []
+
+                def worker(k):
+                    try:
+                        cheap.run_conn(addr, "r%dc%d" % (rnd, k), 2000, 13, 7, seen[k][0], seen[k][1])
+                    except Exception as ex:   # reported below: assertions in threads do not fail the test
+                        errors.append(ex)
+                ts = [threading.Thread(target=worker, args=(k,)) for k in range(12)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+                self.assertEqual(errors, [])
+                for su, si in seen:
+                    cheap.check_rows(b, "ByUser", su)
+                    cheap.check_rows(b, "ByItem", si)
+            # every connection was closed by its client: none is left counted
+            deadline = time.time() + 10
+            while tcp_open_connections(b) != 0 and time.time() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(tcp_open_connections(b), 0)
+
+
+class Validation(unittest.TestCase):
+    def test_pipelined_rows_in_any_field_order_validate_alike(self):
+        """One pass over each row, schema positions guessed from the row before: rows of
+        one batch in different field orders, with unknown, missing and fractional fields,
+        each get exactly their own answer."""
+        pipe = {"nodes": [
+            {"kind": "event", "name": "Ev", "schema": {"fields": {"user": "str", "n": "i64", "x": "f64"},
+                                                      "optional_fields": []}},
+            {"kind": "derivation", "name": "PerEvUser", "output_kind": "table", "upstreams": ["Ev"],
+             "ops": [{"op": "group_by", "keys": ["user"], "agg": {"ev_n": {"op": "sum", "params": {"field": "n"}},
+                                                                 "ev_x": {"op": "sum", "params": {"field": "x"}}}}],
+             "table_primary_key": ["user"]},
+        ]}
+        cases = [
+            ({"user": "a", "n": 1, "x": 0.5}, None),
+            ({"x": 0.5, "n": 2, "user": "a"}, None),
+            ({"n": 3.0, "user": "a", "x": 1}, None),               # 3.0 in an i64 field is 3
+            ({"user": "a", "n": 1.5, "x": 0.5}, "invalid_event"),  # a fraction is not
+            ({"user": "a", "n": 1, "x": 0.5, "y": 1}, "unknown_field_v0"),
+            ({"y": 1, "user": "a"}, "unknown_field_v0"),           # unknown wins over missing
+            ({"user": "a", "x": 0.5}, "invalid_event"),            # n missing
+            ({"n": 1, "x": 0.5, "user": None}, "invalid_event"),   # user null
+            ({"user": "a", "n": "1", "x": 0.5}, "invalid_event"),  # type
+            ({"x": 2.0, "user": "a", "n": 4}, None),
+            ({"user": "a", "n": 5, "x": 0.5}, None),
+        ]
+        with Beava(test_mode=True, args=["--shards", "2"]) as b:
+            self.assertEqual(b.register(pipe)[0], 200)
+            c = Conn(tcp_addr(b))
+            for ct in (1, 2):
+                payloads = [mp_pack({"event": "Ev", "body": d}) if ct == 2 else
+                            json.dumps({"event": "Ev", "body": d}).encode() for d, _ in cases]
+                c.send(b"".join(frame(0x0010, ct, p) for p in payloads))
+                for d, err in cases:
+                    op, _, body = c.recv_frame()
+                    if err is None:
+                        self.assertEqual(op, 0x0010, (d, body))
+                    else:
+                        self.assertEqual(body["error"]["code"], err, (d, body))
+            op, _, row = c.call(0x0020, {"table": "PerEvUser", "key": "a"})
+            self.assertEqual(row["ev_n"], 2 * (1 + 2 + 3 + 4 + 5))
+            self.assertEqual(row["ev_x"], 2 * (0.5 + 0.5 + 1 + 2.0 + 0.5))
+            c.s.close()
 
 
 if __name__ == "__main__":

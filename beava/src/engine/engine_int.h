@@ -31,16 +31,22 @@ typedef struct dedupe_row {
     uint64_t registry_version;
 } dedupe_row;
 
-/* Recovery's scratch, reused record after record (push.c). */
+/* Recovery's scratch, reused record after record (push.c). Recovery runs before any
+ * other thread touches the engine (listeners, shard threads and the snapshot thread start
+ * after it), so replay keeps its counters here and publishes them once per flush. */
 #define REPLAY_BATCH_MAX 256    /* event records applied together (prefetching) */
 
 typedef struct engine_replay_ctx {
     engine_batch batch;
+    struct item_state *istates;   /* REPLAY_BATCH_MAX, the batch state's items (not zeroed per group) */
     engine_push_item items[REPLAY_BATCH_MAX];
     uint64_t lsns[REPLAY_BATCH_MAX];
     arena arena;                  /* payload copies, decoded rows */
     struct evrec *recs;           /* REPLAY_BATCH_MAX decoded records */
     size_t n;                     /* records waiting to be applied */
+    size_t applied;               /* of them, valid (events_applied at the flush) */
+    int64_t max_now;              /* their latest arrival time (the watermark at the flush) */
+    bool any_dedupe;              /* one of them has a dedupe key */
 } engine_replay_ctx;
 
 struct engine {

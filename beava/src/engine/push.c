@@ -5,11 +5,12 @@
  * One batch (the frames of one read on a TCP connection, or one HTTP request) goes:
  *
  *  1. Prepare (registry read lock held, no other lock): for every item, in order,
- *     validate the row against its event schema (first failure wins: not an object,
- *     control character, unknown event, undeclared field, missing/null required field,
- *     type, key length), then for every table the event feeds run the table's prefix
- *     chain and build the entity key: one `part` per (item, table), with the shard that
- *     owns hash(table, key). All scratch comes from the batch's arena.
+ *     validate the row against its event schema in one pass over its fields (first
+ *     failure wins: not an object, control character, unknown event, undeclared field,
+ *     missing/null required field, type, i64 fraction, key length), then for every
+ *     table the event feeds run the table's prefix chain and build the entity key: one
+ *     `part` per (item, table), with the shard that owns hash(table, key). All scratch
+ *     comes from the batch's arena.
  *  2. Sequence (seq_mu held, once per batch): per item, the dedupe check, room on the
  *     shards its parts are queued to (else 503 overloaded for that item alone), the WAL
  *     append that gives it its LSN (else 503 wal_unavailable), and the routing of each
@@ -17,6 +18,9 @@
  *     applied by this thread after the lock is dropped; any other gets the part on its
  *     ring. Because every producer goes through seq_mu, every shard sees its parts in
  *     LSN order (shard.h explains why inline application keeps that order).
+ *     A costly batch (more than PUSH_COSTLY_UPDATES feature updates) takes at most one
+ *     shard inline, the idle one with most of its work, and queues the rest, so that
+ *     this thread and the shard threads apply it together (split_costly).
  *     Sync durability: a batch with a sync item (or arriving while others wait) is not
  *     routed at all: it joins the park list, in LSN order, and the durability thread
  *     routes it once its records are on disk (one fsync releases every batch it covers),
@@ -38,6 +42,11 @@
 #include "arena.h"
 #include "chain.h"
 #include "evrec.h"
+
+/* Rows of up to this many fields are validated with index arrays on the stack, and the
+ * schema positions of that many fields of the previous row are remembered as guesses. */
+#define VALIDATE_STACK_FIELDS 64
+#define VALIDATE_ORDER_FIELDS 32
 
 typedef struct push_part {
     push_batch_state *st;
@@ -77,6 +86,8 @@ struct push_batch_state {
     bool *decided;                /* per shard: inline decision made */
     size_t *queued;               /* per shard: parts queued by this batch */
     size_t *need;                 /* per shard: scratch for one item's room check */
+    size_t *shard_cost;           /* per shard: feature updates of this batch's parts */
+    size_t cost;                  /* feature updates of the whole batch */
     _Atomic unsigned pending;
     uint64_t max_lsn;
     bool parked;
@@ -85,6 +96,11 @@ struct push_batch_state {
     bool apply_filter;            /* cluster apply batch: parts pass log.keep_part */
     const ev_desc *last_ev;       /* find_event_cached */
     size_t last_ev_len;
+    agg_table *const *last_tables;    /* the tables last_ev feeds */
+    size_t last_nt;
+    const ev_desc *order_ev;      /* the event of the last row validated, and the schema */
+    int32_t order[VALIDATE_ORDER_FIELDS];  /* position of each of that row's fields (-1: none) */
+    uint32_t order_len[VALIDATE_ORDER_FIELDS];   /* and the length of its schema name */
 };
 
 /* ---- batch lifecycle ------------------------------------------------------------------ */
@@ -128,11 +144,14 @@ static push_batch_state *state_for(engine *e, engine_batch *b) {
     st->decided = arena_calloc(&st->ar, ns * sizeof *st->decided);
     st->queued = arena_calloc(&st->ar, ns * sizeof *st->queued);
     st->need = arena_calloc(&st->ar, ns * sizeof *st->need);
+    st->shard_cost = arena_calloc(&st->ar, ns * sizeof *st->shard_cost);
+    st->cost = 0;
     atomic_store(&st->pending, 1);              /* the submitter's guard */
     st->max_lsn = 0;
     st->parked = false;
     st->park_next = NULL;
     st->last_ev = NULL;
+    st->order_ev = NULL;
     return st;
 }
 
@@ -187,22 +206,18 @@ static bool type_compatible(bv_wtype t, const bv_value *v) {
 }
 
 /* (name, len) against NUL-terminated names; the first byte is compared inline so that
- * most mismatches cost no call (a wide event compares every field with every name). */
+ * most mismatches cost one comparison (a wide event compares fields with many names). */
 static bool name_eq(const char *cname, const char *name, size_t len) {
-    return len > 0 && cname[0] == name[0] && strncmp(cname, name, len) == 0 && cname[len] == 0;
+    if (len == 0 || cname[0] != name[0]) return false;
+    for (size_t i = 1; i < len; i++)          /* field names are short: no call */
+        if (cname[i] != name[i] || cname[i] == 0) return false;
+    return cname[len] == 0;
 }
 
 static bool name_in(char *const *names, size_t n, const char *name, size_t len) {
     for (size_t i = 0; i < n; i++)
         if (name_eq(names[i], name, len)) return true;
     return false;
-}
-
-/* The declared type of a field named (name, len), or -1. */
-static int declared_type(const ev_desc *ev, const char *name, size_t len) {
-    for (size_t i = 0; i < ev->schema.n; i++)
-        if (name_eq(ev->schema.names[i], name, len)) return (int)ev->schema.types[i];
-    return -1;
 }
 
 /* An integral double within i64 range (3.0; not 1.5, not 1e300). */
@@ -223,8 +238,40 @@ static const ev_desc *find_event_cached(engine *e, push_batch_state *st, const c
     if (ev) {
         st->last_ev = ev;
         st->last_ev_len = len;
+        st->last_nt = registry_tables_for_event(e->reg, ev->name, &st->last_tables);
     }
     return ev;
+}
+
+/* The tables `ev` feeds (ev came from find_event_cached on this batch state). */
+static size_t event_tables(engine *e, push_batch_state *st, const ev_desc *ev, agg_table *const **out) {
+    if (ev == st->last_ev) {
+        *out = st->last_tables;
+        return st->last_nt;
+    }
+    return registry_tables_for_event(e->reg, ev->name, out);
+}
+
+/* The schema position of the i-th field of a row of `ev`, named (name, len), or -1. The
+ * rows of one event nearly always list their fields in one order, so the position the
+ * i-th field of the previous row had is tried first. */
+static long schema_index(push_batch_state *st, const ev_desc *ev, size_t i, const char *name, size_t len) {
+    const bv_schema *sc = &ev->schema;
+    if (i < VALIDATE_ORDER_FIELDS) {
+        int32_t g = st->order[i];
+        if (g >= 0 && st->order_len[i] == len && memcmp(sc->names[g], name, len) == 0) return g;
+    }
+    long j = -1;
+    for (size_t k = 0; k < sc->n; k++)
+        if (name_eq(sc->names[k], name, len)) {
+            j = (long)k;
+            break;
+        }
+    if (i < VALIDATE_ORDER_FIELDS) {
+        st->order[i] = (int32_t)j;
+        st->order_len[i] = (uint32_t)len;
+    }
+    return j;
 }
 
 /* Validate item `it` (registry read lock held). Returns its event or NULL (res says why). */
@@ -249,11 +296,24 @@ static const ev_desc *validate(engine *e, push_batch_state *st, const engine_pus
                   (int)(it->event_len > 128 ? 128 : it->event_len), it->event);
         return NULL;
     }
+    /* one pass over the row: each field's schema position (unknown fields fail here,
+     * first in row order), and each schema field's first occurrence in the row */
     bv_row *row = it->row;
+    const bv_schema *sc = &ev->schema;
+    int32_t pos_stack[VALIDATE_STACK_FIELDS], fidx_stack[VALIDATE_STACK_FIELDS];
+    int32_t *pos = sc->n <= VALIDATE_STACK_FIELDS ? pos_stack : arena_alloc(&st->ar, sc->n * sizeof *pos);
+    int32_t *fidx = row->n <= VALIDATE_STACK_FIELDS ? fidx_stack : arena_alloc(&st->ar, row->n * sizeof *fidx);
+    for (size_t j = 0; j < sc->n; j++) pos[j] = -1;
+    if (st->order_ev != ev) {
+        st->order_ev = ev;
+        for (size_t i = 0; i < VALIDATE_ORDER_FIELDS; i++) st->order[i] = -1;
+    }
     for (size_t i = 0; i < row->n; i++) {
         const bv_field *f = &row->fields[i];
-        if (!name_in(ev->schema.names, ev->schema.n, f->name, f->name_len) &&
-            !name_in(ev->schema.optional, ev->schema.nopt, f->name, f->name_len)) {
+        long j = schema_index(st, ev, i, f->name, f->name_len);
+        fidx[i] = (int32_t)j;
+        if (j < 0) {
+            if (name_in(sc->optional, sc->nopt, f->name, f->name_len)) continue;
             bool et = (f->name_len == 10 && memcmp(f->name, "event_time", 10) == 0) ||
                       (f->name_len == 13 && memcmp(f->name, "event_time_ms", 13) == 0);
             push_fail(res, 400, et ? "unknown_field_event_time_v0" : "unknown_field_v0",
@@ -261,19 +321,21 @@ static const ev_desc *validate(engine *e, push_batch_state *st, const engine_pus
                       f->name, ev->name);
             return NULL;
         }
+        if (pos[j] < 0) pos[j] = (int32_t)i;
     }
-    for (size_t i = 0; i < ev->schema.n; i++) {
-        const char *fname = ev->schema.names[i];
-        if (bv_schema_is_optional(&ev->schema, fname)) continue;
-        const bv_value *fv = bv_row_get(row, fname);
+    /* required fields present and non-null, types, in schema order */
+    for (size_t j = 0; j < sc->n; j++) {
+        const char *fname = sc->names[j];
+        if (sc->nopt && bv_schema_is_optional(sc, fname)) continue;
+        const bv_value *fv = pos[j] >= 0 ? &row->fields[pos[j]].value : NULL;
         if (!fv || fv->kind == BV_NULL) {
             push_fail(res, 400, "invalid_event", "required field '%.64s' of event '%s' is missing or null", fname,
                       ev->name);
             return NULL;
         }
-        if (!type_compatible(ev->schema.types[i], fv)) {
+        if (!type_compatible(sc->types[j], fv)) {
             push_fail(res, 400, "invalid_event", "field '%.64s' of event '%s' must be %s, got %s", fname, ev->name,
-                      bv_wtype_name(ev->schema.types[i]), value_kind_name(fv));
+                      bv_wtype_name(sc->types[j]), value_kind_name(fv));
             return NULL;
         }
     }
@@ -281,7 +343,7 @@ static const ev_desc *validate(engine *e, push_batch_state *st, const engine_pus
      * optional i64 field) is refused (README "Wire protocol") */
     for (size_t i = 0; i < row->n; i++) {
         bv_field *f = &row->fields[i];
-        if (f->value.kind != BV_F64 || declared_type(ev, f->name, f->name_len) != WT_I64) continue;
+        if (f->value.kind != BV_F64 || fidx[i] < 0 || sc->types[fidx[i]] != WT_I64) continue;
         if (!integral_f64(f->value.u.f)) {
             push_fail(res, 400, "invalid_event", "field '%.*s' of event '%s' must be i64 (an integer), got %.17g",
                       (int)(f->name_len > 64 ? 64 : f->name_len), f->name, ev->name, f->value.u.f);
@@ -291,7 +353,7 @@ static const ev_desc *validate(engine *e, push_batch_state *st, const engine_pus
     }
     /* cap on entity keys read straight from the pushed row */
     agg_table *const *tables;
-    size_t nt = registry_tables_for_event(e->reg, ev->name, &tables);
+    size_t nt = event_tables(e, st, ev, &tables);
     for (size_t t = 0; t < nt; t++)
         for (size_t k = 0; k < tables[t]->nkeys; k++) {
             const bv_value *kv = bv_row_get(row, tables[t]->keys[k]);
@@ -324,7 +386,7 @@ static int build_key(const agg_table *t, const bv_row *r, char *buf, size_t cap)
 /* One part per table fed by the event: chain, key, shard (registry read lock held). */
 static void build_parts(engine *e, push_batch_state *st, item_state *is, const bv_row *row, int64_t now) {
     agg_table *const *tables;
-    size_t nt = registry_tables_for_event(e->reg, is->ev->name, &tables);
+    size_t nt = event_tables(e, st, is->ev, &tables);
     is->first_part = st->nparts;
     char key[STORE_MAX_KEY + 64];
     for (size_t ti = 0; ti < nt; ti++) {
@@ -362,6 +424,8 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
         pp->shard = engine_shard_for(e, t, pp->hash);
         pp->now = now;
         pp->cold_after_ms = is->ev->cold_after_ms;
+        st->shard_cost[pp->shard] += t->nfeatures;
+        st->cost += t->nfeatures;
     }
     is->nparts = st->nparts - is->first_part;
 }
@@ -460,6 +524,32 @@ static void queue_parts(engine *e, push_batch_state *st, bool wait_room) {
 }
 
 /* ---- sequencing ----------------------------------------------------------------------- */
+
+/* A batch with more feature updates than this is costly: applying it all inline would
+ * keep one core busy while the shard threads wait for the state locks it holds. */
+#define PUSH_COSTLY_UPDATES 1024
+
+/* Decide the inline shards of a costly batch up front (seq_mu held, before any item is
+ * routed): at most ONE, the idle shard that carries most of its work, and every other
+ * part goes to its shard's thread. This I/O thread and the shard threads then apply the
+ * batch together. The order argument is shard_try_inline's, unchanged: the decision is
+ * made under the sequencer lock, once per shard and batch. */
+static void split_costly(engine *e, push_batch_state *st) {
+    unsigned ns = e->nshards;
+    for (;;) {
+        unsigned best = ns;
+        for (unsigned s = 0; s < ns; s++)
+            if (!st->decided[s] && st->shard_cost[s] > 0 && (best == ns || st->shard_cost[s] > st->shard_cost[best]))
+                best = s;
+        if (best == ns) break;
+        st->decided[best] = true;
+        if (shard_try_inline(e->pool, best)) {
+            st->held[best] = true;
+            break;
+        }
+    }
+    for (unsigned s = 0; s < ns; s++) st->decided[s] = true;
+}
 
 /* Decide, for one item, where each of its parts goes and whether the queued ones fit
  * (seq_mu held). Takes shards inline on first contact. False: no room (overloaded). */
@@ -607,6 +697,7 @@ bool engine_push_submit(engine *e, engine_batch *b) {
         note_watermark(e, now);
         pthread_mutex_lock(&e->seq_mu);
         bool park = e->park_head != NULL || (any_sync && e->opt.wal.append);
+        if (!park && st->cost > PUSH_COSTLY_UPDATES && e->nshards > 1) split_costly(e, st);
         for (size_t i = 0; i < b->n; i++)
             if (st->items[i].valid) sequence_item(e, st, i, park, version);
         if (park && st->max_lsn) {
@@ -623,7 +714,9 @@ bool engine_push_submit(engine *e, engine_batch *b) {
         /* inline parts, in item order, on the shards this batch holds */
         if (!st->parked) apply_inline(e, st);
         for (unsigned s = 0; s < e->nshards; s++)
-            if (st->held[s]) shard_inline_end(e->pool, s);
+            /* a cheap batch also applies what queued behind it (no wake-up of the shard
+             * thread); a costly one leaves that to the thread (the point of splitting it) */
+            if (st->held[s]) shard_inline_end(e->pool, s, st->cost > PUSH_COSTLY_UPDATES ? 0 : SHARD_INLINE_TAKE);
     }
     pthread_rwlock_unlock(&e->reg_lock);
     return atomic_fetch_sub_explicit(&st->pending, 1, memory_order_acq_rel) == 1;
@@ -708,12 +801,19 @@ static engine_replay_ctx *replay_ctx(engine *e) {
         engine_batch_init(&r->batch);
         arena_init(&r->arena);
         r->recs = calloc(REPLAY_BATCH_MAX, sizeof *r->recs);
-        if (!r->recs) abort();
+        r->istates = calloc(REPLAY_BATCH_MAX, sizeof *r->istates);
+        if (!r->recs || !r->istates) abort();
         r->batch.items = r->items;
         e->replay = r;
     }
     return e->replay;
 }
+
+/* Prefetch distances of replay's apply loop, in parts: the index slot this far ahead,
+ * the entity half as far (a whole group is known in advance, so replay can look further
+ * ahead than a live batch and cover a full memory latency). */
+#define REPLAY_PREFETCH_SLOT 16
+#define REPLAY_PREFETCH_ENTITY 8
 
 void push_replay_flush(engine *e) {
     engine_replay_ctx *r = e->replay;
@@ -721,36 +821,48 @@ void push_replay_flush(engine *e) {
     push_batch_state *st = r->batch.priv;
     for (unsigned s = 0; s < e->nshards; s++) shard_lock(e->pool, s);
     size_t n = st->nparts;
-    for (size_t i = 0; i < n && i < 2 * PREFETCH_AHEAD; i++) push_part_prefetch(&st->parts[i]);
+    for (size_t i = 0; i < n && i < REPLAY_PREFETCH_SLOT; i++) push_part_prefetch(&st->parts[i]);
+    for (size_t i = 0; i < n && i < REPLAY_PREFETCH_ENTITY; i++) push_part_prefetch_entity(&st->parts[i]);
     for (size_t i = 0; i < n; i++) {
-        if (i + 2 * PREFETCH_AHEAD < n) push_part_prefetch(&st->parts[i + 2 * PREFETCH_AHEAD]);
-        if (i + PREFETCH_AHEAD < n) push_part_prefetch_entity(&st->parts[i + PREFETCH_AHEAD]);
+        if (i + REPLAY_PREFETCH_SLOT < n) push_part_prefetch(&st->parts[i + REPLAY_PREFETCH_SLOT]);
+        if (i + REPLAY_PREFETCH_ENTITY < n) push_part_prefetch_entity(&st->parts[i + REPLAY_PREFETCH_ENTITY]);
         apply_part(shard_inline_ctx(e->pool, st->parts[i].shard), &st->parts[i]);
     }
     for (unsigned s = 0; s < e->nshards; s++) shard_unlock(e->pool, s);
-    pthread_rwlock_rdlock(&e->reg_lock);
-    pthread_mutex_lock(&e->seq_mu);
-    int64_t wall = engine_wall_ms();
-    for (size_t k = 0; k < r->n; k++) {
-        item_state *is = &st->items[k];
-        if (!is->ev) continue;
-        if (is->dk && is->now + is->ev->dedupe_window_ms > wall)
-            dedupe_remember(e, is->dk, is->dkl, is->dh, is->now + is->ev->dedupe_window_ms, r->lsns[k],
-                            registry_version(e->reg), is->now);
+    if (r->any_dedupe) {
+        pthread_rwlock_rdlock(&e->reg_lock);
+        pthread_mutex_lock(&e->seq_mu);
+        int64_t wall = engine_wall_ms();
+        for (size_t k = 0; k < r->n; k++) {
+            item_state *is = &st->items[k];
+            if (!is->ev) continue;
+            if (is->dk && is->now + is->ev->dedupe_window_ms > wall)
+                dedupe_remember(e, is->dk, is->dkl, is->dh, is->now + is->ev->dedupe_window_ms, r->lsns[k],
+                                registry_version(e->reg), is->now);
+        }
+        pthread_mutex_unlock(&e->seq_mu);
+        pthread_rwlock_unlock(&e->reg_lock);
     }
-    pthread_mutex_unlock(&e->seq_mu);
-    pthread_rwlock_unlock(&e->reg_lock);
+    note_watermark(e, r->max_now);
+    atomic_fetch_add_explicit(&e->events_applied, r->applied, memory_order_relaxed);
     for (size_t k = 0; k < r->n; k++) evrec_release(&r->recs[k]);
     r->n = 0;
 }
 
+/* One event record of recovery: decoded, validated and turned into parts now (so a bad
+ * record is reported as it is read), applied with its group at the next flush. */
 int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen) {
     engine_replay_ctx *r = replay_ctx(e);
     if (r->n == REPLAY_BATCH_MAX) push_replay_flush(e);
     if (r->n == 0) {
         arena_reset(&r->arena);
+        r->batch.n = 0;
+        push_batch_state *fresh = state_for(e, &r->batch);   /* resets the arena-held batch state too */
+        fresh->items = r->istates;        /* every field replay reads is set record by record */
         r->batch.n = REPLAY_BATCH_MAX;
-        state_for(e, &r->batch);          /* resets the arena-held batch state too */
+        r->applied = 0;
+        r->max_now = 0;
+        r->any_dedupe = false;
     }
     push_batch_state *st = r->batch.priv;
     st->apply_filter = e->opt.log.keep_part != NULL;
@@ -762,16 +874,20 @@ int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, 
         snprintf(reason, rlen, "event record at LSN %llu: %s", (unsigned long long)lsn, why);
         return -1;
     }
+    /* only what validate reads; res is written by validate when it fails */
     engine_push_item *item = &r->items[k];
-    memset(item, 0, sizeof *item);
     item->event = rec->event;
     item->event_len = rec->event_len;
     item->row = &rec->row;
     item->data_is_object = true;
+    item->data_kind = NULL;
+    item->has_control_char = false;
+    item->sync = false;
     item_state *is = &st->items[k];
-    memset(is, 0, sizeof *is);
+    is->nparts = 0;
+    is->dk = NULL;
     int rc = 0;
-    pthread_rwlock_rdlock(&e->reg_lock);
+    /* no registry lock: recovery is the only thread in the engine (engine_int.h) */
     is->ev = validate(e, st, item, &item->res);
     if (!is->ev) {
         /* valid when logged: the registry history says otherwise, which is corruption */
@@ -786,17 +902,15 @@ int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, 
             is->dk = arena_dup(&r->arena, dk, (size_t)dkl);
             is->dkl = (size_t)dkl;
             is->dh = store_hash(dk, (size_t)dkl);
+            r->any_dedupe = true;
         }
         build_parts(e, st, is, &rec->row, rec->now);
-        note_watermark(e, rec->now);
-        atomic_fetch_add_explicit(&e->events_applied, 1, memory_order_relaxed);
+        if (rec->now > r->max_now) r->max_now = rec->now;
+        r->applied++;
     }
-    pthread_rwlock_unlock(&e->reg_lock);
     r->lsns[k] = lsn;
     r->n++;
-    pthread_mutex_lock(&e->seq_mu);
     if (lsn > e->last_lsn) e->last_lsn = lsn;
-    pthread_mutex_unlock(&e->seq_mu);
     return rc;
 }
 
@@ -818,6 +932,7 @@ void push_replay_done(engine *e) {
     engine_batch_free(&e->replay->batch);
     arena_free(&e->replay->arena);
     free(e->replay->recs);
+    free(e->replay->istates);
     free(e->replay);
     e->replay = NULL;
 }

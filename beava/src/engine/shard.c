@@ -25,6 +25,7 @@ typedef struct shard {
     shard_task *ring;
     size_t capacity, head, count;
     bool inflight, paused, stopping, waiting;
+    bool held_inline;            /* an I/O thread applies inline: it takes what queues meanwhile */
     pthread_mutex_t smu;         /* state: stores and ctx */
     shard_ctx ctx;
     shard_prefetch prefetch;
@@ -36,12 +37,14 @@ struct shard_pool {
     shard *shards;
 };
 
+static void run_tasks(shard *s, shard_task *run, size_t n);
+
 static void *shard_main(void *arg) {
     shard *s = arg;
     shard_task run[SHARD_RUN_MAX];
     pthread_mutex_lock(&s->qmu);
     for (;;) {
-        while (!s->stopping && (s->count == 0 || s->paused)) {
+        while (!s->stopping && (s->count == 0 || s->paused || s->held_inline)) {
             pthread_cond_broadcast(&s->idle_cv);
             s->waiting = true;
             pthread_cond_wait(&s->cv, &s->qmu);
@@ -58,14 +61,7 @@ static void *shard_main(void *arg) {
         pthread_cond_broadcast(&s->idle_cv);           /* room was made */
         pthread_mutex_unlock(&s->qmu);
         pthread_mutex_lock(&s->smu);
-        if (s->prefetch.early)
-            for (size_t i = 0; i < n && i < 2 * SHARD_PREFETCH_STRIDE; i++) s->prefetch.early(run[i].arg);
-        for (size_t i = 0; i < n; i++) {
-            if (s->prefetch.early && i + 2 * SHARD_PREFETCH_STRIDE < n)
-                s->prefetch.early(run[i + 2 * SHARD_PREFETCH_STRIDE].arg);
-            if (s->prefetch.late && i + SHARD_PREFETCH_STRIDE < n) s->prefetch.late(run[i + SHARD_PREFETCH_STRIDE].arg);
-            run[i].apply(&s->ctx, run[i].arg);
-        }
+        run_tasks(s, run, n);
         pthread_mutex_unlock(&s->smu);
         for (size_t i = 0; i < n; i++)
             if (run[i].post) run[i].post(&s->ctx, run[i].arg);
@@ -166,7 +162,7 @@ void shard_pool_kick(shard_pool *p) {
     for (unsigned i = 0; i < p->n; i++) {
         shard *s = &p->shards[i];
         pthread_mutex_lock(&s->qmu);
-        if (s->waiting && s->count > 0 && !s->paused) pthread_cond_signal(&s->cv);
+        if (s->waiting && s->count > 0 && !s->paused && !s->held_inline) pthread_cond_signal(&s->cv);
         pthread_mutex_unlock(&s->qmu);
     }
 }
@@ -175,12 +171,49 @@ bool shard_try_inline(shard_pool *p, unsigned i) {
     shard *s = &p->shards[i];
     pthread_mutex_lock(&s->qmu);
     bool ok = s->count == 0 && !s->inflight && !s->paused && pthread_mutex_trylock(&s->smu) == 0;
+    if (ok) s->held_inline = true;
     pthread_mutex_unlock(&s->qmu);
     return ok;
 }
 
-void shard_inline_end(shard_pool *p, unsigned i) {
-    pthread_mutex_unlock(&p->shards[i].smu);
+/* Run tasks (state lock held), with the prefetch hints, then nothing else. */
+static void run_tasks(shard *s, shard_task *run, size_t n) {
+    if (s->prefetch.early)
+        for (size_t i = 0; i < n && i < 2 * SHARD_PREFETCH_STRIDE; i++) s->prefetch.early(run[i].arg);
+    for (size_t i = 0; i < n; i++) {
+        if (s->prefetch.early && i + 2 * SHARD_PREFETCH_STRIDE < n)
+            s->prefetch.early(run[i + 2 * SHARD_PREFETCH_STRIDE].arg);
+        if (s->prefetch.late && i + SHARD_PREFETCH_STRIDE < n) s->prefetch.late(run[i + SHARD_PREFETCH_STRIDE].arg);
+        run[i].apply(&s->ctx, run[i].arg);
+    }
+}
+
+void shard_inline_end(shard_pool *p, unsigned i, size_t take) {
+    shard *s = &p->shards[i];
+    shard_task run[SHARD_INLINE_TAKE];
+    size_t n = 0;
+    if (take > SHARD_INLINE_TAKE) take = SHARD_INLINE_TAKE;
+    /* what was queued behind this inline application (up to SHARD_INLINE_TAKE): applied
+     * here, in ring order, before the state lock is let go (the thread took none of it:
+     * it does not pop while the shard is held inline); the rest wakes the thread */
+    pthread_mutex_lock(&s->qmu);
+    if (!s->paused && !s->inflight) {
+        while (n < take && n < s->count) {
+            run[n++] = s->ring[s->head];
+            s->head = (s->head + 1) % s->capacity;
+        }
+        s->count -= n;
+    }
+    pthread_mutex_unlock(&s->qmu);
+    run_tasks(s, run, n);
+    pthread_mutex_lock(&s->qmu);
+    s->held_inline = false;
+    if (s->count > 0 && s->waiting && !s->paused) pthread_cond_signal(&s->cv);   /* the rest: the thread */
+    pthread_cond_broadcast(&s->idle_cv);               /* room was made; a quiesce may wait */
+    pthread_mutex_unlock(&s->qmu);
+    pthread_mutex_unlock(&s->smu);
+    for (size_t k = 0; k < n; k++)
+        if (run[k].post) run[k].post(&s->ctx, run[k].arg);
 }
 
 shard_ctx *shard_inline_ctx(shard_pool *p, unsigned i) {
@@ -209,7 +242,7 @@ void shard_pool_quiesce(shard_pool *p) {
         pthread_mutex_lock(&s->qmu);
         if (s->started) {
             if (s->count > 0 && s->waiting) pthread_cond_signal(&s->cv);
-            while (s->count > 0 || s->inflight) pthread_cond_wait(&s->idle_cv, &s->qmu);
+            while (s->count > 0 || s->inflight || s->held_inline) pthread_cond_wait(&s->idle_cv, &s->qmu);
         }
         pthread_mutex_unlock(&s->qmu);
     }

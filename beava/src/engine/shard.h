@@ -18,6 +18,13 @@
  * to be applied after it) or finds it free again (after it). So every shard applies its
  * part of the log in LSN order, whichever thread applies it.
  *
+ * While a shard is held inline its thread pops nothing and is not woken: what queues
+ * meanwhile (up to the `take` the holder names) is applied by the holder in shard_inline_end(),
+ * in ring order, before it lets the state lock go, and their `post`s run there too; only
+ * a longer queue wakes the thread. Two I/O threads meeting on a shard thus cost no
+ * wake-up of a third thread (on a machine with few cores, a wake-up can wait a whole
+ * scheduler slice: that is the tail latency this avoids).
+ *
  * A task is two functions: `apply` runs with the state lock held; `post` (optional) runs
  * right after the run of tasks, with no lock held — the engine counts its batches down
  * there and answers clients, so a reply never waits behind the state lock.
@@ -38,6 +45,7 @@
 
 #define SHARD_MAX 256          /* upper bound of --shards (config refuses more) */
 #define SHARD_RUN_MAX 64       /* tasks a shard thread runs per state-lock hold */
+#define SHARD_INLINE_TAKE 256  /* queued tasks an inline holder applies before letting go */
 
 typedef struct shard_ctx {
     unsigned index;
@@ -78,7 +86,10 @@ void shard_pool_kick(shard_pool *p);
 /* Take shard i for inline application (see above). True: the caller holds its state
  * lock and must call shard_inline_end(). */
 bool shard_try_inline(shard_pool *p, unsigned i);
-void shard_inline_end(shard_pool *p, unsigned i);
+/* Apply up to `take` (at most SHARD_INLINE_TAKE) tasks that queued behind the inline
+ * work (see above), release the state lock, run those tasks' posts; wake the thread for
+ * the rest. */
+void shard_inline_end(shard_pool *p, unsigned i, size_t take);
 /* The context of shard i, for a caller that holds its state lock (inline or shard_lock). */
 shard_ctx *shard_inline_ctx(shard_pool *p, unsigned i);
 /* Block until shard i has room for n tasks (or the pool stops). Called WITHOUT the

@@ -1,7 +1,10 @@
 /*
  * tcp.c - framed TCP listener (see tcp.h).
  *
- * N I/O threads each run an epoll loop over their own connections. A connection owns a
+ * N I/O threads each run an epoll loop over their own connections. The listener wakes
+ * one of them; it accepts and gives each new connection to the thread with the fewest
+ * (handing it over through that thread's completion list when it is another's), so a
+ * burst of connects spreads over every thread. A connection owns a
  * read buffer and a write buffer and answers its frames strictly in order:
  *
  *   - a run of consecutive OP_PUSH / OP_PUSH_SYNC frames (or one OP_PUSH_MANY) becomes
@@ -66,6 +69,7 @@
 #define TCP_TOKEN_MAX 4096
 #define TCP_JOB_THREADS_MAX 64u               /* register/reset jobs running at once */
 #define TCP_JOB_STACK_BYTES (2u << 20)
+#define TCP_HANDOFF_BATCH 64                  /* handed-off sockets adopted per wake-up */
 
 /* How one pushed frame is answered when the engine has not seen it. */
 typedef enum { ANSWER_ENGINE = 0, ANSWER_UNSUPPORTED, ANSWER_UTF8 } tcp_answer;
@@ -124,6 +128,9 @@ struct tcp_worker {
     tcp_conn *done_head;
     tcp_conn *conns;           /* list of open connections */
     size_t busy;               /* connections with a batch in flight */
+    _Atomic size_t nconns;     /* connections it owns, handed-off ones included */
+    int *handoff;              /* accepted sockets handed to this worker (done_mu) */
+    size_t nhandoff, handoff_cap;
 };
 
 struct tcp_server {
@@ -516,6 +523,7 @@ static void conn_free(tcp_server *s, tcp_conn *c) {
     atomic_fetch_sub(&s->partial_bytes, c->partial_charged);
     membudget_give(s->budget, c->partial_charged);
     atomic_fetch_sub(&s->open_conns, 1);
+    atomic_fetch_sub(&c->w->nconns, 1);
     bv_buf_free(&c->rbuf);
     bv_buf_free(&c->wbuf);
     pushes_free(&c->pushes);
@@ -799,6 +807,69 @@ static bool conn_event(tcp_worker *w, tcp_conn *c, uint32_t events) {
     return conn_settle(w, c);
 }
 
+/* Take an accepted socket into w's loop (on w's thread; already counted in open_conns
+ * and w->nconns). */
+static void conn_adopt(tcp_worker *w, int fd) {
+    tcp_server *s = w->srv;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    tcp_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        atomic_fetch_sub(&s->open_conns, 1);
+        atomic_fetch_sub(&w->nconns, 1);
+        return;
+    }
+    c->fd = fd;
+    c->w = w;
+    c->reading = true;
+    c->last_ms = mono_ms();
+    bv_buf_init(&c->rbuf);
+    bv_buf_init(&c->wbuf);
+    pushes_init(&c->pushes);
+    c->next = w->conns;
+    if (w->conns) w->conns->prev = c;
+    w->conns = c;
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c };
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) conn_close(w, c);
+}
+
+/* The worker with the fewest connections (w itself on a tie). */
+static tcp_worker *least_loaded(tcp_worker *w) {
+    tcp_server *s = w->srv;
+    tcp_worker *best = w;
+    size_t least = atomic_load(&w->nconns);
+    for (int i = 0; i < s->nworkers; i++) {
+        size_t n = atomic_load(&s->workers[i].nconns);
+        if (n < least) {
+            least = n;
+            best = &s->workers[i];
+        }
+    }
+    return best;
+}
+
+/* Hand an accepted socket to another worker: it adopts it when it next drains its
+ * completion list (woken through its eventfd). */
+static void hand_off(tcp_worker *to, int fd) {
+    pthread_mutex_lock(&to->done_mu);
+    if (to->nhandoff == to->handoff_cap) {
+        size_t cap = to->handoff_cap ? to->handoff_cap * 2 : 16;
+        int *h = realloc(to->handoff, cap * sizeof *h);
+        if (!h) abort();
+        to->handoff = h;
+        to->handoff_cap = cap;
+    }
+    to->handoff[to->nhandoff++] = fd;
+    pthread_mutex_unlock(&to->done_mu);
+    uint64_t one = 1;
+    ssize_t wr = write(to->done_fd, &one, sizeof one);
+    (void)wr;
+}
+
+/* Accept what is pending. Whichever worker the listener woke, each connection goes to
+ * the worker with the fewest (a burst of connects would otherwise all land on the one
+ * that woke first, and one I/O thread would serve every client). */
 static void accept_all(tcp_worker *w) {
     tcp_server *s = w->srv;
     for (;;) {
@@ -809,26 +880,11 @@ static void accept_all(tcp_worker *w) {
             close(fd);
             continue;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        tcp_conn *c = calloc(1, sizeof *c);
-        if (!c) {
-            close(fd);
-            continue;
-        }
         atomic_fetch_add(&s->open_conns, 1);
-        c->fd = fd;
-        c->w = w;
-        c->reading = true;
-        c->last_ms = mono_ms();
-        bv_buf_init(&c->rbuf);
-        bv_buf_init(&c->wbuf);
-        pushes_init(&c->pushes);
-        c->next = w->conns;
-        if (w->conns) w->conns->prev = c;
-        w->conns = c;
-        struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c };
-        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) conn_close(w, c);
+        tcp_worker *to = least_loaded(w);
+        atomic_fetch_add(&to->nconns, 1);
+        if (to == w) conn_adopt(w, fd);
+        else hand_off(to, fd);
     }
 }
 
@@ -840,7 +896,17 @@ static void drain_done(tcp_worker *w) {
     pthread_mutex_lock(&w->done_mu);
     tcp_conn *list = w->done_head;
     w->done_head = NULL;
+    int handed[TCP_HANDOFF_BATCH];
+    size_t nh = 0;
+    while (w->nhandoff > 0 && nh < TCP_HANDOFF_BATCH) handed[nh++] = w->handoff[--w->nhandoff];
+    bool more = w->nhandoff > 0;
     pthread_mutex_unlock(&w->done_mu);
+    for (size_t i = 0; i < nh; i++) conn_adopt(w, handed[i]);
+    if (more) {                        /* the rest on the next turn of the loop */
+        uint64_t one = 1;
+        ssize_t wr = write(w->done_fd, &one, sizeof one);
+        (void)wr;
+    }
     while (list) {
         tcp_conn *c = list;
         list = c->done_next;
@@ -1009,6 +1075,11 @@ void tcp_stop(tcp_server *s) {
         if (w->started) pthread_join(w->thread, NULL);
         if (w->epfd >= 0) close(w->epfd);
         if (w->done_fd >= 0) close(w->done_fd);
+        for (size_t k = 0; k < w->nhandoff; k++) {   /* handed off but never adopted */
+            close(w->handoff[k]);
+            atomic_fetch_sub(&s->open_conns, 1);
+        }
+        free(w->handoff);
         pthread_mutex_destroy(&w->done_mu);
     }
     free(s->workers);
