@@ -271,6 +271,42 @@ class HttpLimits(unittest.TestCase):
             # a prompt client is still served
             self.assertEqual(b.call("POST", "/ping")[0], 200)
 
+    def test_crowd_missing_the_header_deadline_is_closed(self):
+        """A crowd that misses its header deadline together is reaped in slices and small
+        bursts (never one long hold of the connection table): every one of them is
+        closed and counted, twice over (the table is reused after its entries moved),
+        while a keep-alive client opened before the crowd keeps being served."""
+        crowd = 600
+        if self.fd_soft < crowd + 200:
+            self.skipTest("RLIMIT_NOFILE hard limit %d is below %d" % (self.fd_soft, crowd + 200))
+        with Beava(env={"BEAVA_HTTP_HEADER_TIMEOUT_MS": "1000", "BEAVA_HTTP_THREADS": "2"}) as b:
+            self.assertEqual(b.register(PIPE)[0], 200)
+            client = other(b)
+            self.assertEqual(client.push("E", {"k": "crowd", "v": 0})[0], 200)
+            for wave in (1, 2):
+                slow = []
+                try:
+                    for i in range(crowd):
+                        s = connect(b)
+                        s.sendall(b"POST /push HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                        slow.append(s)
+                    # the keep-alive client is served while the crowd waits for its deadline
+                    self.assertEqual(client.push("E", {"k": "crowd", "v": wave})[0], 200)
+                    for s in slow:
+                        self.assertTrue(closed_by_peer(s), "a connection past its header deadline stayed open")
+                finally:
+                    for s in slow:
+                        s.close()
+                self.assertGreaterEqual(wait_metric(b, 'beava_http_timeouts_total{phase="header"}',
+                                                    lambda v: v >= wave * crowd), wave * crowd)
+                # and after it was reaped
+                st, body = client.push("E", {"k": "crowd", "v": 10 + wave})
+                self.assertEqual(st, 200, body)
+            self.assertEqual(client.get("ByKey", "crowd")[1]["n"], 5)
+            # the client's own connection was never reaped (it was never idle that long),
+            # and nothing of the crowd is left open
+            self.assertLessEqual(wait_metric(b, "beava_http_connections_open", lambda v: v <= 2), 2)
+
     def test_body_deadline(self):
         with Beava(env={"BEAVA_HTTP_BODY_TIMEOUT_MS": "1000"}) as b:
             self.assertEqual(b.register(PIPE)[0], 200)

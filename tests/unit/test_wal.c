@@ -1569,6 +1569,164 @@ static void test_registry_version_in_header(void **state) {
     free(b);
 }
 
+/* ---- sync waiters: no tick wait, acknowledged only after the fdatasync --------------- */
+
+/* A tick far longer than any test: a batch written before it can only have been written
+ * because a waiter asked for it. */
+#define SYNC_TEST_TICK_MS 600000u
+/* wal_wait_durable's bound in these tests: a regression fails instead of hanging. */
+#define SYNC_TEST_WAIT_MS 60000
+
+/* An idle writer with a sync waiter writes at once: the waiter is released by a batch
+ * counted as written early, and a record nobody waits for still waits for the tick. */
+static void test_sync_waiter_skips_tick(void **state) {
+    fx *f = *state;
+    wal_options o = fast_opts(f->dir);
+    o.tick_ms = SYNC_TEST_TICK_MS;
+    wal *w = open_recover(&o, 0, NULL, NULL);
+    append_gen(w, 1);
+    bv_err e = {0};
+    assert_int_equal(wal_wait_durable(w, 1, SYNC_TEST_WAIT_MS, &e), WAL_OK);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    assert_int_equal(st.batches, 1);
+    assert_int_equal(st.sync_batches, 1);
+    assert_int_equal(st.durable_lsn, 1);
+    /* nobody waits for record 2: it stays queued for the tick */
+    append_gen(w, 2);
+    assert_int_equal(wal_lsn_state(w, 2), WAL_LSN_PENDING);
+    wal_get_stats(w, &st);
+    assert_int_equal(st.batches, 1);
+    /* a second waiter on an idle writer: released at once again */
+    assert_int_equal(wal_wait_durable(w, 2, SYNC_TEST_WAIT_MS, &e), WAL_OK);
+    wal_get_stats(w, &st);
+    assert_int_equal(st.batches, 2);
+    assert_int_equal(st.sync_batches, 2);
+    close_ok(w);
+    recs r = {0};
+    w = open_recover(&o, 0, &r, NULL);
+    assert_int_equal(r.n, 2);
+    check_recs_genuine(&r);
+    recs_free(&r);
+    close_ok(w);
+}
+
+/* I/O hook whose fdatasync can be held at a gate (condition variables, no polling). */
+typedef struct gate_hook {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool closed;          /* the next fdatasync of a segment waits at the gate */
+    bool held;            /* an fdatasync is waiting at the gate */
+    unsigned syncs;       /* fdatasyncs of segment files that returned */
+} gate_hook;
+
+static ssize_t gate_io(void *ctx, wal_io_op op, int fd, const void *buf, size_t len, off_t off) {
+    gate_hook *g = ctx;
+    if (op == WAL_IO_UNLINK) return unlink(buf);
+    if (op == WAL_IO_WRITE) return pwrite(fd, buf, len, off);
+    pthread_mutex_lock(&g->mu);
+    if (g->closed) {
+        g->closed = false;
+        g->held = true;
+        pthread_cond_broadcast(&g->cv);
+        while (g->held) pthread_cond_wait(&g->cv, &g->mu);
+    }
+    pthread_mutex_unlock(&g->mu);
+    int rc = fdatasync(fd);
+    pthread_mutex_lock(&g->mu);
+    g->syncs++;
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+typedef struct sync_waiter {
+    wal *w;
+    uint64_t lsn;
+    int rc;
+    atomic_bool done;
+} sync_waiter;
+
+static void *sync_waiter_main(void *arg) {
+    sync_waiter *a = arg;
+    bv_err e = {0};
+    a->rc = wal_wait_durable(a->w, a->lsn, SYNC_TEST_WAIT_MS, &e);
+    atomic_store(&a->done, true);
+    return NULL;
+}
+
+/* A sync waiter is released only after the fdatasync of its batch returned; records
+ * appended while that fdatasync runs all go into the next batch (one fdatasync for all
+ * of them), which is written as soon as the first one returns, without a tick. */
+static void test_sync_ack_after_fdatasync(void **state) {
+    fx *f = *state;
+    gate_hook g = {0};
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.cv, NULL);
+    wal_options o = opts(f->dir);
+    o.tick_ms = SYNC_TEST_TICK_MS;
+    o.io_hook = gate_io;
+    o.io_ctx = &g;
+    wal *w = open_recover(&o, 0, NULL, NULL);
+    pthread_mutex_lock(&g.mu);
+    unsigned syncs0 = g.syncs;     /* recovery's own (segment creation) */
+    g.closed = true;
+    pthread_mutex_unlock(&g.mu);
+
+    append_gen(w, 1);
+    sync_waiter a = {.w = w, .lsn = 1};
+    pthread_t ta;
+    pthread_create(&ta, NULL, sync_waiter_main, &a);
+    /* batch 1 reaches its fdatasync without a tick (bounded, so a regression fails) */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += SYNC_TEST_WAIT_MS / 1000;
+    pthread_mutex_lock(&g.mu);
+    while (!g.held && pthread_cond_timedwait(&g.cv, &g.mu, &until) == 0) {}
+    bool reached = g.held;
+    pthread_mutex_unlock(&g.mu);
+    if (!reached) {
+        pthread_join(ta, NULL);
+        fail_msg("the writer did not write the awaited record before its tick");
+    }
+    /* written, not yet synced: not durable, the waiter is still waiting */
+    bool a_early = atomic_load(&a.done);
+    int state1 = wal_lsn_state(w, 1);
+    uint64_t durable1 = wal_durable_lsn(w);
+    for (uint64_t l = 2; l <= 5; l++) append_gen(w, l);
+    sync_waiter b = {.w = w, .lsn = 5};
+    pthread_t tb;
+    pthread_create(&tb, NULL, sync_waiter_main, &b);
+    pthread_mutex_lock(&g.mu);
+    g.held = false;                                        /* let the fdatasync run */
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    assert_false(a_early);
+    assert_int_equal(state1, WAL_LSN_PENDING);
+    assert_int_equal(durable1, 0);
+    assert_int_equal(a.rc, WAL_OK);
+    assert_int_equal(b.rc, WAL_OK);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    assert_int_equal(st.batches, 2);                       /* {1}, then {2..5} together */
+    assert_int_equal(st.fsyncs, 2);
+    assert_int_equal(st.durable_lsn, 5);
+    pthread_mutex_lock(&g.mu);
+    assert_int_equal(g.syncs - syncs0, 2);
+    pthread_mutex_unlock(&g.mu);
+    close_ok(w);
+    pthread_cond_destroy(&g.cv);
+    pthread_mutex_destroy(&g.mu);
+    recs r = {0};
+    wal_options fo = fast_opts(f->dir);
+    w = open_recover(&fo, 0, &r, NULL);
+    assert_int_equal(r.n, 5);
+    check_recs_genuine(&r);
+    recs_free(&r);
+    close_ok(w);
+}
+
 /* keep_failed (batch mode): the failed batch and what was queued behind it are kept and
  * written again once space returns, with the same LSNs; nothing is voided. */
 static void test_write_failure_kept(void **state) {
@@ -1769,6 +1927,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_truncate_before, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partial_truncate_then_recover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_version_in_header, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sync_waiter_skips_tick, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sync_ack_after_fdatasync, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -39,9 +39,10 @@
  *     starts at accept (and again when a keep-alive connection's next request line is
  *     in) with http.header_timeout_ms; BODY starts at the first access-handler call with
  *     http.body_timeout_ms; BUSY (answering) has none; IDLE starts when a request
- *     completes with http.idle_timeout_s. A reaper thread per listener scans the list a
- *     few times per shortest timeout and shuts down (SHUT_RDWR) every connection past its
- *     deadline; libmicrohttpd then sees the end of stream and closes it normally. The
+ *     completes with http.idle_timeout_s. A reaper thread per listener scans the
+ *     connection vector a few times per shortest timeout and shuts down (SHUT_RDWR)
+ *     every connection past its deadline (in slices and small bursts, see
+ *     reap_expired); libmicrohttpd then sees the end of stream and closes it normally. The
  *     reaper claims a connection by a compare-and-swap to REAPED, and every phase change
  *     is a compare-and-swap too, so a request that completes at the deadline either is
  *     answered or is closed, never both. Closing on a deadline sends no answer: there is
@@ -68,6 +69,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -103,6 +105,16 @@
 #define HTTP_REAP_SCANS_PER_TIMEOUT 4u
 #define HTTP_REAP_TICK_MIN_MS 20u
 #define HTTP_REAP_TICK_MAX_MS 1000u
+/* Reaper: connections looked at per hold of conns_mu (the I/O threads take it to open
+ * and close connections, so it is never held for a whole crowd). */
+#define HTTP_REAP_SLICE 256u
+/* Reaper: connections shut down per pass at most; when more are past their deadline the
+ * next pass comes HTTP_REAP_BURST_GAP_MS later, so a crowd that expires at once is
+ * closed in small bursts the I/O threads absorb between their other connections' events. */
+#define HTTP_REAP_BURST 32u
+#define HTTP_REAP_BURST_GAP_MS 2u
+/* First capacity of the listener's connection vector. */
+#define HTTP_CONNS_INITIAL 64u
 /* On stop, requests still in progress get this long to finish. */
 #define HTTP_DRAIN_MS 3000
 /* Buckets of the per-address connection table. */
@@ -124,7 +136,7 @@ typedef struct ip_entry {
 } ip_entry;
 
 typedef struct conn_ctx {
-    struct conn_ctx *prev, *next;      /* the listener's list, under conns_mu */
+    size_t slot;                       /* index in the listener's vector, under conns_mu */
     int fd;
     _Atomic uint64_t clock;            /* deadline_ms << PH_BITS | phase */
     unsigned char addr[16];
@@ -198,17 +210,23 @@ struct http_server {
     uint32_t max_conns, max_per_ip;
     uint64_t header_ms, body_ms, idle_ms;
     struct timespec t0;                /* monotonic origin of deadlines */
-    pthread_mutex_t conns_mu;          /* conns list and ip table */
-    conn_ctx *conns;
+    pthread_mutex_t conns_mu;          /* conns vector and ip table */
+    conn_ctx **conns;                  /* open connections, unordered (swap-remove) */
+    size_t nconns, conns_cap;
     ip_entry **ip_table;               /* HTTP_IP_BUCKETS, only with a per-address limit */
     pthread_t reaper;
     bool reaper_started, stopping;
     pthread_cond_t reaper_cv;
 };
 
+/* Deadlines are read on every phase change of every request (three times per keep-alive
+ * request), so they use the coarse clock: no timer read, a resolution of one kernel tick
+ * (a few ms), far below the shortest deadline (http.header_timeout_ms >= 100). */
+#define HTTP_DEADLINE_CLOCK CLOCK_MONOTONIC_COARSE
+
 static uint64_t now_ms(const http_server *s) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(HTTP_DEADLINE_CLOCK, &ts);
     return (uint64_t)(ts.tv_sec - s->t0.tv_sec) * 1000u + (uint64_t)((ts.tv_nsec - s->t0.tv_nsec) / 1000000);
 }
 
@@ -397,15 +415,26 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
         atomic_init(&cc->clock, clock_pack(now_ms(s) + s->header_ms, PH_HEADERS));
         const union MHD_ConnectionInfo *ai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         pthread_mutex_lock(&s->conns_mu);
+        if (s->nconns == s->conns_cap) {
+            size_t cap = s->conns_cap ? s->conns_cap * 2 : HTTP_CONNS_INITIAL;
+            conn_ctx **v = realloc(s->conns, cap * sizeof *v);
+            if (!v) {
+                pthread_mutex_unlock(&s->conns_mu);
+                free(cc);                           /* served, but without deadlines */
+                *socket_context = NULL;
+                return;
+            }
+            s->conns = v;
+            s->conns_cap = cap;
+        }
         if (s->ip_table && ai && addr_key(ai->client_addr, cc->addr)) cc->addr_known = ip_add(s, cc->addr);
-        cc->next = s->conns;
-        if (s->conns) s->conns->prev = cc;
-        s->conns = cc;
+        cc->slot = s->nconns;
+        s->conns[s->nconns++] = cc;
         pthread_mutex_unlock(&s->conns_mu);
         return;
     }
     /* closed: libmicrohttpd closes the socket only after this returns, so the reaper (which
-     * shuts sockets down under conns_mu) never touches a reused descriptor */
+     * duplicates descriptors under conns_mu) never touches a reused descriptor */
     conn_ctx *cc = *socket_context;
     atomic_fetch_sub(&s->stats->open, 1);
     if (atomic_fetch_sub(&s->open_here, 1) == 1 && atomic_load(&s->draining)) {
@@ -415,29 +444,63 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
     }
     if (!cc) return;
     pthread_mutex_lock(&s->conns_mu);
-    if (cc->prev) cc->prev->next = cc->next;
-    else s->conns = cc->next;
-    if (cc->next) cc->next->prev = cc->prev;
+    conn_ctx *last = s->conns[--s->nconns];
+    s->conns[cc->slot] = last;
+    last->slot = cc->slot;
     if (cc->addr_known) ip_del(s, cc->addr);
     pthread_mutex_unlock(&s->conns_mu);
     free(cc);
     *socket_context = NULL;
 }
 
-static void reap_expired(http_server *s) {
+/* One reaper pass: shut down (SHUT_RDWR) up to HTTP_REAP_BURST connections past their
+ * deadline. The vector is scanned HTTP_REAP_SLICE entries per hold of conns_mu; the
+ * shutdowns (each one sends a FIN, a few microseconds of kernel work) run without it, on
+ * a duplicate of the descriptor taken under the lock: libmicrohttpd closes a connection's
+ * own descriptor only after the closed-notification (which needs conns_mu) returns, so
+ * the duplicate always names the right socket, and its close never touches another. A
+ * connection moved by a swap-remove while the lock is dropped may be missed by this
+ * pass; the next one sees it. Returns true when the burst limit stopped the pass early. */
+static bool reap_expired(http_server *s) {
     uint64_t now = now_ms(s);
-    pthread_mutex_lock(&s->conns_mu);
-    for (conn_ctx *cc = s->conns; cc; cc = cc->next) {
-        uint64_t v = atomic_load(&cc->clock);
-        enum conn_phase ph = clock_phase(v);
-        if (ph == PH_BUSY || ph == PH_REAPED || ph == PH_NONE || clock_deadline(v) > now) continue;
-        if (!atomic_compare_exchange_strong(&cc->clock, &v, clock_pack(0, PH_REAPED))) continue;
-        atomic_fetch_add(ph == PH_HEADERS ? &s->stats->timeout_header
-                         : ph == PH_BODY  ? &s->stats->timeout_body
-                                          : &s->stats->timeout_idle, 1);
-        if (cc->fd >= 0) shutdown(cc->fd, SHUT_RDWR);
+    int fds[HTTP_REAP_BURST];
+    unsigned nfds = 0;
+    bool more = false;
+    size_t i = 0;
+    for (;;) {
+        pthread_mutex_lock(&s->conns_mu);
+        if (i >= s->nconns) {                    /* the vector shrank meanwhile */
+            pthread_mutex_unlock(&s->conns_mu);
+            break;
+        }
+        size_t end = s->nconns - i > HTTP_REAP_SLICE ? i + HTTP_REAP_SLICE : s->nconns;
+        for (; i < end && !more; i++) {
+            conn_ctx *cc = s->conns[i];
+            uint64_t v = atomic_load(&cc->clock);
+            enum conn_phase ph = clock_phase(v);
+            if (ph == PH_BUSY || ph == PH_REAPED || ph == PH_NONE || clock_deadline(v) > now) continue;
+            if (nfds == HTTP_REAP_BURST) {
+                more = true;                     /* left for the next pass */
+                break;
+            }
+            if (!atomic_compare_exchange_strong(&cc->clock, &v, clock_pack(0, PH_REAPED))) continue;
+            atomic_fetch_add(ph == PH_HEADERS ? &s->stats->timeout_header
+                             : ph == PH_BODY  ? &s->stats->timeout_body
+                                              : &s->stats->timeout_idle, 1);
+            if (cc->fd < 0) continue;
+            int d = fcntl(cc->fd, F_DUPFD_CLOEXEC, 0);
+            if (d >= 0) fds[nfds++] = d;
+            else shutdown(cc->fd, SHUT_RDWR);    /* no descriptor to spare: under the lock */
+        }
+        bool done = more || i >= s->nconns;
+        pthread_mutex_unlock(&s->conns_mu);
+        if (done) break;
     }
-    pthread_mutex_unlock(&s->conns_mu);
+    for (unsigned k = 0; k < nfds; k++) {
+        shutdown(fds[k], SHUT_RDWR);
+        close(fds[k]);
+    }
+    return more;
 }
 
 static void *reaper_main(void *arg) {
@@ -448,12 +511,13 @@ static void *reaper_main(void *arg) {
     uint64_t tick = shortest / HTTP_REAP_SCANS_PER_TIMEOUT;
     if (tick < HTTP_REAP_TICK_MIN_MS) tick = HTTP_REAP_TICK_MIN_MS;
     if (tick > HTTP_REAP_TICK_MAX_MS) tick = HTTP_REAP_TICK_MAX_MS;
+    uint64_t wait_ms = tick;
     pthread_mutex_lock(&s->conns_mu);
     while (!s->stopping) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += (time_t)(tick / 1000);
-        ts.tv_nsec += (long)(tick % 1000) * 1000000L;
+        ts.tv_sec += (time_t)(wait_ms / 1000);
+        ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
         if (ts.tv_nsec >= 1000000000L) {
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;
@@ -461,7 +525,7 @@ static void *reaper_main(void *arg) {
         pthread_cond_timedwait(&s->reaper_cv, &s->conns_mu, &ts);
         if (s->stopping) break;
         pthread_mutex_unlock(&s->conns_mu);
-        reap_expired(s);
+        wait_ms = reap_expired(s) ? HTTP_REAP_BURST_GAP_MS : tick;
         pthread_mutex_lock(&s->conns_mu);
     }
     pthread_mutex_unlock(&s->conns_mu);
@@ -1280,7 +1344,7 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
     s->role = role;
     s->deps = *deps;
     s->fd = -1;
-    clock_gettime(CLOCK_MONOTONIC, &s->t0);
+    clock_gettime(HTTP_DEADLINE_CLOCK, &s->t0);
     pthread_mutex_init(&s->conns_mu, NULL);
     pthread_mutex_init(&s->slots_mu, NULL);
     pthread_mutex_init(&s->flight_mu, NULL);
@@ -1407,6 +1471,7 @@ void http_stop(http_server *s) {
             }
         free(s->ip_table);
     }
+    free(s->conns);
     for (push_slot *p = s->free_slots, *n; p; p = n) {
         n = p->next;
         slot_free(p);

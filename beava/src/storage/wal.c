@@ -36,9 +36,13 @@
  * Appenders serialise records into `pend` under `mu`. The writer thread swaps `pend`
  * with `inflight` (double buffering: appends continue while it writes), pwrite()s the
  * batch at the durable end of the active segment, fdatasync()s, and publishes the batch's
- * last LSN as durable. A batch is written tick_ms after its first record arrived, or at
- * once when it reaches batch_bytes, so one fsync covers every record (and every waiter)
- * of that window. After a write or fsync error the writer "settles" (truncate back to the
+ * last LSN as durable. A batch is written tick_ms after its first record arrived, at
+ * once when it reaches batch_bytes, or at once when a thread is blocked in
+ * wal_wait_durable() for one of its records (`sync_want`): an idle writer never makes a
+ * sync waiter wait for the tick. Group commit still happens: while one batch is being
+ * written and fdatasync()ed, every record appended meanwhile gathers in `pend`, and the
+ * next batch takes all of them, so one fsync covers every record (and every waiter) that
+ * arrived during the previous one. After a write or fsync error the writer "settles" (truncate back to the
  * durable offset + fsync), then probes by creating the next segment (see wal.h).
  *
  * A failed rotation whose half-made file cannot even be removed leaves a "stray" segment
@@ -163,6 +167,8 @@ struct wal {
     struct timespec pend_since;
     size_t inflight_bytes;
     uint64_t settled_lsn;      /* every LSN <= this is durable or void */
+    uint64_t sync_want;        /* highest LSN a wal_wait_durable() caller asked for: while
+                                * above settled_lsn, the writer writes without the tick */
     lsn_range voids[VOID_SLOTS];
     unsigned nvoid, void_next;
     bool unsettled;            /* a failed batch is not yet truncated away durably */
@@ -1348,10 +1354,14 @@ static void *writer_main(void *arg) {
             if (w->closing) break;
             pthread_cond_wait(&w->cv_writer, &w->mu);
         } else {
+            /* a waiter's LSN above settled_lsn is in pend (nothing is in flight here) */
+            bool waited_for = w->sync_want > w->settled_lsn;
             struct timespec due = ts_add_ms(w->pend_since, w->tick_ms);
-            if (!w->closing && w->pend.len < w->batch_bytes && ts_before(mono_now(), due)) {
+            bool due_now = w->closing || w->pend.len >= w->batch_bytes || !ts_before(mono_now(), due);
+            if (!due_now && !waited_for) {
                 pthread_cond_timedwait(&w->cv_writer, &w->mu, &due);
             } else {
+                if (!due_now) w->st.sync_batches++;
                 flush_batch(w);
                 progressed = true;
             }
@@ -1491,6 +1501,11 @@ int wal_wait_durable(wal *w, uint64_t lsn, int timeout_ms, bv_err *err) {
                        w->close_error[0] ? w->close_error : "writer stopped");
             rc = WAL_FAILED;
             break;
+        }
+        if (lsn > w->sync_want) {
+            /* wake an idle writer: this record goes out now, not at the next tick */
+            w->sync_want = lsn;
+            pthread_cond_signal(&w->cv_writer);
         }
         if (timeout_ms < 0) {
             pthread_cond_wait(&w->cv_durable, &w->mu);

@@ -181,6 +181,8 @@ typedef struct wal_stats {
     uint64_t durable_lsn;           /* every non-void LSN <= this is on disk */
     uint64_t appended_records, appended_bytes;
     uint64_t batches, fsyncs;
+    uint64_t sync_batches;          /* batches written before their tick because a
+                                     * wal_wait_durable() caller was waiting for them */
     uint64_t backpressure_waits;    /* appends that blocked on pending_cap */
     uint64_t failures;              /* I/O failure episodes */
     uint64_t failed_records;        /* records reported failed (void LSNs) */
@@ -245,7 +247,9 @@ int wal_append(wal *w, uint8_t kind, const void *payload, size_t len, uint64_t *
  * disk and will never be replayed; or the WAL closed before its fate was settled, which
  * the reason says), WAL_TIMEOUT (err code "wal_sync_timeout": still pending). Any number
  * of threads may wait; one fsync releases all of them. lsn 0 or an LSN never handed out
- * is WAL_FAILED with code "invalid_argument". */
+ * is WAL_FAILED with code "invalid_argument". A pending LSN makes the writer write its
+ * batch at once when it is idle (no tick wait); while it is busy with an earlier batch,
+ * the record goes into the next one, written as soon as that fdatasync returns. */
 int wal_wait_durable(wal *w, uint64_t lsn, int timeout_ms, bv_err *err);
 
 /* Non-blocking: WAL_LSN_DURABLE, WAL_LSN_PENDING or WAL_LSN_FAILED for an LSN returned by
