@@ -125,6 +125,37 @@ class CrashCycles(unittest.TestCase):
         self.run_cycles("batch", max(5, CYCLES // 3), 0.25)
 
 
+
+class GroupCommit(unittest.TestCase):
+    def sync_batches(self, b):
+        for line in b.admin("GET", "/metrics")[2].decode().splitlines():
+            if line.startswith("beava_wal_sync_batches_total "):
+                return int(line.split()[1])
+        self.fail("beava_wal_sync_batches_total missing from /metrics")
+
+    def test_a_sync_waiter_does_not_wait_for_the_tick(self):
+        # the longest tick there is: each sequential sync push finds the writer idle, and the
+        # writer writes for it at once (counted) instead of at the next tick
+        d = tempfile.mkdtemp(prefix="beava-gc-")
+        self.addCleanup(shutil.rmtree, d, True)
+        with server(d, "sync", env={"BEAVA_WAL_FSYNC_INTERVAL_MS": "1000"}) as b:
+            self.assertEqual(b.register(PIPE)[0], 200)
+            before = self.sync_batches(b)
+            for i in range(20):
+                self.assertEqual(b.push("E", {"k": "g", "seq": i})[0], 200)
+            self.assertGreaterEqual(self.sync_batches(b) - before, 20)
+            self.assertEqual(b.get("T", "g")[1]["c"], 20)
+
+    def test_batch_mode_leaves_writes_to_the_tick(self):
+        d = tempfile.mkdtemp(prefix="beava-gc-")
+        self.addCleanup(shutil.rmtree, d, True)
+        with server(d, "batch", env={"BEAVA_WAL_FSYNC_INTERVAL_MS": "1000"}) as b:
+            self.assertEqual(b.register(PIPE)[0], 200)
+            before = self.sync_batches(b)
+            for i in range(20):
+                self.assertEqual(b.push("E", {"k": "g", "seq": i})[0], 200)
+            self.assertEqual(self.sync_batches(b) - before, 0)
+
 class Corruption(unittest.TestCase):
     def setUp(self):
         self.d = tempfile.mkdtemp(prefix="beava-corrupt-")

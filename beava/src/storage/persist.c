@@ -707,6 +707,8 @@ void persist_metrics(persist *p, bv_buf *out) {
         "# TYPE beava_wal_durable_lsn gauge\nbeava_wal_durable_lsn %" PRIu64 "\n"
         "# HELP beava_wal_fsyncs_total Group-commit fsyncs.\n"
         "# TYPE beava_wal_fsyncs_total counter\nbeava_wal_fsyncs_total %" PRIu64 "\n"
+        "# HELP beava_wal_sync_batches_total Batches written before their tick because a sync waiter asked.\n"
+        "# TYPE beava_wal_sync_batches_total counter\nbeava_wal_sync_batches_total %" PRIu64 "\n"
         "# HELP beava_wal_records_total Records appended since start.\n"
         "# TYPE beava_wal_records_total counter\nbeava_wal_records_total %" PRIu64 "\n"
         "# HELP beava_wal_failed_records_total Records whose write failed (never replayed).\n"
@@ -731,7 +733,7 @@ void persist_metrics(persist *p, bv_buf *out) {
         "# TYPE beava_recovery_lost_lsns gauge\nbeava_recovery_lost_lsns %" PRIu64 "\n"
         "# HELP beava_recovery_accepted_data_loss 1 when the last recovery started past missing LSNs (--accept-data-loss).\n"
         "# TYPE beava_recovery_accepted_data_loss gauge\nbeava_recovery_accepted_data_loss %d\n",
-        ws.durable_lsn, ws.fsyncs, ws.appended_records, ws.failed_records, ws.segments, ws.degraded ? 1 : 0,
+        ws.durable_lsn, ws.fsyncs, ws.sync_batches, ws.appended_records, ws.failed_records, ws.segments, ws.degraded ? 1 : 0,
         ws.retained_records, p->rec.truncated_bytes, p->rec.quarantined_regions, p->rec.replayed, p->replay_errors, p->snap_load.rejected,
         p->rec.lost_lsns, p->accepted_data_loss ? 1 : 0);
 }
