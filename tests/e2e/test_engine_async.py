@@ -93,6 +93,39 @@ class PausedShard(unittest.TestCase):
             self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 16)
 
 
+    def test_registers_that_change_nothing_do_not_wait_for_a_paused_shard(self):
+        # judged beside pushes: an invalid body, a dry run, a 409 and a no-op are answered
+        # while a push waits on the paused shard (a change would wait for it: the barrier)
+        with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"]) as b:
+            self.assertEqual(b.register(PIPE)[0], 200)
+            k0 = keys_on(b, 0, 1, "a")[0]
+            self.assertEqual(b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": True}, which="admin")[0], 200)
+            addr = tcp_addr(b)
+            try:
+                stuck = Conn(addr)
+                stuck.send(push_frame(k0, 1))
+                time.sleep(0.2)
+                c = Conn(addr)
+                op, _, body = c.call(0x0001, {"nodes": [{"kind": "bogus", "name": "X"}]})
+                self.assertEqual(op, 0xFFFF, body)
+                op, _, body = c.call(0x0001, {"nodes": PIPE["nodes"], "dry_run": True})
+                self.assertEqual((op, body["would_apply"]), (0x0001, False), body)
+                op, _, body = c.call(0x0001, {"nodes": [PIPE["nodes"][0]]})
+                self.assertEqual((op, body["error"]["code"]), (0xFFFF, "force_required"), body)
+                op, _, body = c.call(0x0001, dict(PIPE))
+                self.assertEqual((op, body["registry_version"]), (0x0001, 1), body)
+                st, hb = b.register({"nodes": [{"kind": "bogus", "name": "X"}]})
+                self.assertEqual(st, 400, hb)
+                # the push is still waiting
+                stuck.s.settimeout(0.2)
+                with self.assertRaises(socket.timeout):
+                    stuck.s.recv(1)
+                stuck.s.settimeout(10)
+            finally:
+                b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": False}, which="admin")
+            self.assertEqual(stuck.recv_frame()[0], 0x0010)
+            self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 1)
+
     def test_register_waiting_for_a_paused_shard_holds_no_io_thread(self):
         # OP_REGISTER waits until every earlier push is applied; with shard 0 paused under a
         # queued push it cannot finish, yet the only I/O thread keeps serving other connections
@@ -107,7 +140,9 @@ class PausedShard(unittest.TestCase):
                 time.sleep(0.2)
                 reg = Conn(addr)
                 # pipelined behind the register on the same connection: answered after it
-                reg.send(frame(0x0001, 1, json.dumps(PIPE).encode()) + frame(0x0000, 1, b"{}"))
+                grown = {"nodes": PIPE["nodes"] + [{"kind": "event", "name": "Extra",
+                                                     "schema": {"fields": {"x": "i64"}, "optional_fields": []}}]}
+                reg.send(frame(0x0001, 1, json.dumps(grown).encode()) + frame(0x0000, 1, b"{}"))
                 time.sleep(0.3)
                 reg.s.settimeout(0.2)
                 with self.assertRaises(socket.timeout):
@@ -124,7 +159,7 @@ class PausedShard(unittest.TestCase):
                 b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": False}, which="admin")
             self.assertEqual(stuck.recv_frame()[0], 0x0010)
             op, _, body = reg.recv_frame()
-            self.assertEqual((op, body["registry_version"]), (0x0001, 1), body)
+            self.assertEqual((op, body["registry_version"]), (0x0001, 2), body)
             self.assertEqual(reg.recv_frame()[0], 0x0000)
             self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 1)
 

@@ -234,10 +234,25 @@ void engine_error_body(bv_buf *out, const char *code, const char *reason_key, co
 
 /* ---- register / reset --------------------------------------------------------------- */
 
+/* A register is judged (parsed, validated, diffed) under the shared lock, beside pushes
+ * and reads: an invalid body, a dry run, a 409 force_required or a no-op is answered
+ * without the barrier, so it never waits for busy shards nor holds anyone up. Only a
+ * change takes the barrier; if another change got in between, it is judged again there
+ * on the new base (registry_prepare only reads the registry). */
 int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
-    engine_barrier_enter(e);
     reg_plan *plan = NULL;
+    pthread_rwlock_rdlock(&e->reg_lock);
+    uint64_t base = registry_version(e->reg);
     int status = registry_prepare(e->reg, body, len, out, &plan);
+    pthread_rwlock_unlock(&e->reg_lock);
+    if (!plan) return status;
+    engine_barrier_enter(e);
+    if (registry_version(e->reg) != base) {
+        reg_plan_free(plan);
+        plan = NULL;
+        out->len = 0;
+        status = registry_prepare(e->reg, body, len, out, &plan);
+    }
     if (plan) {
         char reason[256];
         int lrc = log_durably(e, REC_REGISTER, body, len, reason, sizeof reason);

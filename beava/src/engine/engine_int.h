@@ -10,6 +10,11 @@
  *   -> seq_mu (the sequencer: LSNs, WAL appends, shard rings, the park list, dedupe)
  *   -> a shard's queue lock -> (trylock only) a shard's state lock
  * A reader takes reg_lock (shared) then one shard state lock at a time.
+ * A register is judged under reg_lock shared (registry_prepare only reads); only a change
+ * takes it as a writer, and the registry version is published atomically as the barrier
+ * leaves, so pings never take reg_lock. Still missing (issue 13): a registry published by
+ * pointer swap; today a change holds the writer lock while the shards quiesce and its
+ * record becomes durable, and pushes and gets wait meanwhile.
  */
 #ifndef BEAVA_ENGINE_INT_H
 #define BEAVA_ENGINE_INT_H
