@@ -258,6 +258,37 @@ class ClusterTest(unittest.TestCase):
         st, body = c.nodes["n1"].get("Nope", "x")
         self.assertEqual(st, 404, body)
 
+    def test_legacy_reads_forwarded_to_owners(self):
+        """GET /get/<name>/<key>, OP_MGET and OP_GET_MULTI on any node answer from the
+        partitions' owners: with one owner per partition most keys live elsewhere."""
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=1).start_all()
+        self.register_everywhere(c, "n1")
+        expected = {}
+        keys, ms = ["u%d" % i for i in range(16)], ["m%d" % i for i in range(5)]
+        self.push_many(c, 80, keys, ms, expected, via=["n1"])
+        for i, b in c.nodes.items():
+            before = metric(b, "beava_cluster_reads_forwarded_total")
+            for k in keys:
+                n, vs = expected[("ByKey", k)]
+                self.assertEqual(b.call("GET", "/get/ByKey/" + k), (200, {"n": n, "vs": vs}), (i, k))
+                self.assertEqual(b.call("GET", "/get/vs/" + k), (200, {"value": vs}), (i, k))
+            for m in ms:
+                self.assertEqual(b.call("GET", "/get/mn/" + m), (200, {"value": expected[("ByM", m)][0]}), (i, m))
+            for path in ("/get/n/nobody", "/get/ByKey/nobody"):
+                st, body = b.call("GET", path)
+                self.assertEqual((st, body["error"]["code"]), (404, "key_not_found"), (i, path))
+            st, body = b.call("GET", "/get/nofeature/u0")
+            self.assertEqual((st, body["error"]["code"]), (404, "feature_not_found"))
+            tcp = Conn(b.bound["server.tcp_bound"])
+            op, _, body = tcp.call(0x0021, {"feature": "vs", "keys": keys + ["nobody"]})
+            self.assertEqual((op, body), (OP_RESULT, {k: {"vs": expected[("ByKey", k)][1]} for k in keys}), i)
+            want = {k: {"n": expected[("ByKey", k)][0], "vs": expected[("ByKey", k)][1]} for k in keys}
+            want.update({m: {"mn": expected[("ByM", m)][0]} for m in ms})
+            op, _, body = tcp.call(0x0022, {"keys": keys + ms + ["nobody"], "features": ["mn", "n", "vs"]}, ct=2)
+            self.assertEqual((op, body), (OP_RESULT, want), i)
+            tcp.close()
+            self.assertGreater(metric(b, "beava_cluster_reads_forwarded_total"), before, i)
+
     def test_kill_and_restart_loses_nothing_acknowledged(self):
         self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
         self.register_everywhere(c, "n1")
