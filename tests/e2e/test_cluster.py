@@ -289,6 +289,35 @@ class ClusterTest(unittest.TestCase):
             tcp.close()
             self.assertGreater(metric(b, "beava_cluster_reads_forwarded_total"), before, i)
 
+    def test_partition_lag_in_metrics(self):
+        """/metrics has the applied sequence, the stream's last and the lag of exactly the
+        partitions this node owns (as GET /cluster lists them)."""
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
+        self.register_everywhere(c, "n1")
+        self.push_many(c, 60, ["u%d" % i for i in range(20)], ["m%d" % i for i in range(5)], {}, via=["n1"])
+        for i, b in c.nodes.items():
+            info = json.loads(b.admin("GET", "/cluster")[2])
+            mine = {o["partition"]: o for o in info["ownership"] if i in o["owners"]}
+            text = b.admin("GET", "/metrics")[2].decode()
+
+            def series(name):
+                return {int(p): int(v) for p, v in
+                        re.findall(r'^%s\{partition="(\d+)"\} (\d+)$' % name, text, re.M)}
+            lag = series("beava_cluster_partition_lag")
+            applied = series("beava_cluster_partition_applied_seq")
+            stream = series("beava_cluster_partition_stream_seq")
+            self.assertEqual(sorted(lag), sorted(mine), i)
+            self.assertEqual(sorted(stream), sorted(mine), i)
+            for p in mine:
+                self.assertEqual(lag[p], stream[p] - applied[p], (i, p))
+                self.assertGreaterEqual(stream[p], mine[p]["stream"], (i, p))
+            self.assertGreater(sum(stream.values()), 0, i)
+            # every push was acknowledged and read-after-ack holds: nothing is left to apply
+            wait_for(lambda: all(o["lag"] == 0 for o in json.loads(b.admin("GET", "/cluster")[2])["ownership"]
+                                 if i in o["owners"]), what="lag 0")
+            text = b.admin("GET", "/metrics")[2].decode()
+            self.assertEqual(set(series("beava_cluster_partition_lag").values()), {0}, i)
+
     def test_kill_and_restart_loses_nothing_acknowledged(self):
         self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
         self.register_everywhere(c, "n1")
