@@ -78,6 +78,63 @@ class Nats:
         self.dir.cleanup()
 
 
+class GateProxy:
+    """A loopback TCP proxy to nats-server whose server-to-client direction can be held
+    (bytes are kept, in order, until release)."""
+
+    def __init__(self, port):
+        self.port = port
+        self.gate = threading.Event()
+        self.gate.set()
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.url = "nats://127.0.0.1:%d" % self.ls.getsockname()[1]
+        self.socks = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                cs, _ = self.ls.accept()
+            except OSError:
+                return
+            ss = socket.create_connection(("127.0.0.1", self.port))
+            self.socks += [cs, ss]
+            threading.Thread(target=self.pipe, args=(cs, ss, None), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(ss, cs, self.gate), daemon=True).start()
+
+    @staticmethod
+    def pipe(src, dst, gate):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if gate:
+                    gate.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def hold(self):
+        self.gate.clear()
+
+    def release(self):
+        self.gate.set()
+
+    def close(self):
+        self.gate.set()
+        self.ls.close()
+        for s in self.socks:
+            s.close()
+
+
 class Cluster:
     """Three beava nodes on one NATS server, each with its own data dir."""
 
@@ -317,6 +374,47 @@ class ClusterTest(unittest.TestCase):
                                  if i in o["owners"]), what="lag 0")
             text = b.admin("GET", "/metrics")[2].decode()
             self.assertEqual(set(series("beava_cluster_partition_lag").values()), {0}, i)
+
+    def test_push_right_after_a_register_on_another_node(self):
+        """A push (HTTP and TCP) or a get on another node right after n1 registered a new
+        event and table is not 404: that node catches up with the registry subject
+        (bounded by read_wait_ms) before answering. To make the window certain, n2 talks to
+        NATS through a proxy that holds what NATS sends n2 until 0.3 s after the push."""
+        proxy = GateProxy(self.nats.port)
+        self.addCleanup(proxy.close)
+        self.cluster = c = Cluster(self.nats, partitions=4, replicas=3)
+        env = c.env
+        c.env = lambda nid: dict(env(nid), **({"BEAVA_CLUSTER_NATS_URL": proxy.url} if nid == "n2" else {}))
+        c.start_all()
+        self.register_everywhere(c, "n1")
+        n2, n3 = c.nodes["n2"], c.nodes["n3"]
+        tcp = Conn(n3.bound["server.tcp_bound"])
+        nodes = list(PIPE["nodes"])
+        for r in range(4):
+            ev, tab = "F%d" % r, "ByF%d" % r
+            nodes += [{"kind": "event", "name": ev, "schema": {"fields": {"k": "str"}}},
+                      {"kind": "derivation", "name": tab, "output_kind": "table", "upstreams": [ev],
+                       "ops": [{"op": "group_by", "keys": ["k"], "agg": {"c%d" % r: {"op": "count"}}}],
+                       "table_primary_key": ["k"]}]
+            held = r % 2 == 1
+            if held:
+                proxy.hold()
+            st, body = c.nodes["n1"].register({"nodes": nodes})
+            self.assertEqual(st, 200, body)
+            if held:
+                t = threading.Timer(0.3, proxy.release)
+                t.start()
+            st, body = n2.push(ev, {"k": "a"})
+            if held:
+                t.join()
+            self.assertEqual(st, 200, (r, body))
+            op, _, body = tcp.call(OP_PUSH, {"event": ev, "body": {"k": "b"}}, ct=2)
+            self.assertEqual(op, OP_PUSH, (r, body))
+            op, _, body = tcp.call(OP_PUSH, {"event": ev + "x", "body": {"k": "a"}}, ct=2)
+            self.assertEqual(body["error"]["code"], "event_not_found")    # unknown stays 404
+            for b in (n2, n3):
+                self.assertEqual(b.get(tab, "a"), (200, {"c%d" % r: 1}), r)
+        tcp.close()
 
     def test_kill_and_restart_loses_nothing_acknowledged(self):
         self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()

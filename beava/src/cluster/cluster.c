@@ -201,6 +201,7 @@ void cluster_engine_ops(cluster *c, engine_wal_ops *wal, engine_log_backend *lb)
     lb->keep_part = clapply_keep_part;
     lb->get = clread_get;
     lb->batch_get = clread_batch_get;
+    lb->registry_catch_up = clapply_reg_catch_up;
     lb->ctx = c;
 }
 

@@ -124,6 +124,12 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
     json_t *features = json_object_get(req, "features");
     pthread_rwlock_rdlock(&e->reg_lock);
     agg_table *tab = registry_table(e->reg, table);
+    if (!tab && e->opt.log.registry_catch_up) {   /* cluster: registered elsewhere a moment ago? */
+        pthread_rwlock_unlock(&e->reg_lock);
+        e->opt.log.registry_catch_up(e->opt.log.ctx);
+        pthread_rwlock_rdlock(&e->reg_lock);
+        tab = registry_table(e->reg, table);
+    }
     if (!tab) {
         pthread_rwlock_unlock(&e->reg_lock);
         engine_error_body(out, "unknown_table", NULL, NULL, false, 0);
