@@ -78,6 +78,63 @@ class Nats:
         self.dir.cleanup()
 
 
+class GateProxy:
+    """A loopback TCP proxy to nats-server whose server-to-client direction can be held
+    (bytes are kept, in order, until release)."""
+
+    def __init__(self, port):
+        self.port = port
+        self.gate = threading.Event()
+        self.gate.set()
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.url = "nats://127.0.0.1:%d" % self.ls.getsockname()[1]
+        self.socks = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                cs, _ = self.ls.accept()
+            except OSError:
+                return
+            ss = socket.create_connection(("127.0.0.1", self.port))
+            self.socks += [cs, ss]
+            threading.Thread(target=self.pipe, args=(cs, ss, None), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(ss, cs, self.gate), daemon=True).start()
+
+    @staticmethod
+    def pipe(src, dst, gate):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if gate:
+                    gate.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def hold(self):
+        self.gate.clear()
+
+    def release(self):
+        self.gate.set()
+
+    def close(self):
+        self.gate.set()
+        self.ls.close()
+        for s in self.socks:
+            s.close()
+
+
 class Cluster:
     """Three beava nodes on one NATS server, each with its own data dir."""
 
@@ -257,6 +314,107 @@ class ClusterTest(unittest.TestCase):
         # an unknown table is answered like a single node answers it, whoever owns it
         st, body = c.nodes["n1"].get("Nope", "x")
         self.assertEqual(st, 404, body)
+
+    def test_legacy_reads_forwarded_to_owners(self):
+        """GET /get/<name>/<key>, OP_MGET and OP_GET_MULTI on any node answer from the
+        partitions' owners: with one owner per partition most keys live elsewhere."""
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=1).start_all()
+        self.register_everywhere(c, "n1")
+        expected = {}
+        keys, ms = ["u%d" % i for i in range(16)], ["m%d" % i for i in range(5)]
+        self.push_many(c, 80, keys, ms, expected, via=["n1"])
+        for i, b in c.nodes.items():
+            before = metric(b, "beava_cluster_reads_forwarded_total")
+            for k in keys:
+                n, vs = expected[("ByKey", k)]
+                self.assertEqual(b.call("GET", "/get/ByKey/" + k), (200, {"n": n, "vs": vs}), (i, k))
+                self.assertEqual(b.call("GET", "/get/vs/" + k), (200, {"value": vs}), (i, k))
+            for m in ms:
+                self.assertEqual(b.call("GET", "/get/mn/" + m), (200, {"value": expected[("ByM", m)][0]}), (i, m))
+            for path in ("/get/n/nobody", "/get/ByKey/nobody"):
+                st, body = b.call("GET", path)
+                self.assertEqual((st, body["error"]["code"]), (404, "key_not_found"), (i, path))
+            st, body = b.call("GET", "/get/nofeature/u0")
+            self.assertEqual((st, body["error"]["code"]), (404, "feature_not_found"))
+            tcp = Conn(b.bound["server.tcp_bound"])
+            op, _, body = tcp.call(0x0021, {"feature": "vs", "keys": keys + ["nobody"]})
+            self.assertEqual((op, body), (OP_RESULT, {k: {"vs": expected[("ByKey", k)][1]} for k in keys}), i)
+            want = {k: {"n": expected[("ByKey", k)][0], "vs": expected[("ByKey", k)][1]} for k in keys}
+            want.update({m: {"mn": expected[("ByM", m)][0]} for m in ms})
+            op, _, body = tcp.call(0x0022, {"keys": keys + ms + ["nobody"], "features": ["mn", "n", "vs"]}, ct=2)
+            self.assertEqual((op, body), (OP_RESULT, want), i)
+            tcp.close()
+            self.assertGreater(metric(b, "beava_cluster_reads_forwarded_total"), before, i)
+
+    def test_partition_lag_in_metrics(self):
+        """/metrics has the applied sequence, the stream's last and the lag of exactly the
+        partitions this node owns (as GET /cluster lists them)."""
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
+        self.register_everywhere(c, "n1")
+        self.push_many(c, 60, ["u%d" % i for i in range(20)], ["m%d" % i for i in range(5)], {}, via=["n1"])
+        for i, b in c.nodes.items():
+            info = json.loads(b.admin("GET", "/cluster")[2])
+            mine = {o["partition"]: o for o in info["ownership"] if i in o["owners"]}
+            text = b.admin("GET", "/metrics")[2].decode()
+
+            def series(name):
+                return {int(p): int(v) for p, v in
+                        re.findall(r'^%s\{partition="(\d+)"\} (\d+)$' % name, text, re.M)}
+            lag = series("beava_cluster_partition_lag")
+            applied = series("beava_cluster_partition_applied_seq")
+            stream = series("beava_cluster_partition_stream_seq")
+            self.assertEqual(sorted(lag), sorted(mine), i)
+            self.assertEqual(sorted(stream), sorted(mine), i)
+            for p in mine:
+                self.assertEqual(lag[p], stream[p] - applied[p], (i, p))
+                self.assertGreaterEqual(stream[p], mine[p]["stream"], (i, p))
+            self.assertGreater(sum(stream.values()), 0, i)
+            # every push was acknowledged and read-after-ack holds: nothing is left to apply
+            wait_for(lambda: all(o["lag"] == 0 for o in json.loads(b.admin("GET", "/cluster")[2])["ownership"]
+                                 if i in o["owners"]), what="lag 0")
+            text = b.admin("GET", "/metrics")[2].decode()
+            self.assertEqual(set(series("beava_cluster_partition_lag").values()), {0}, i)
+
+    def test_push_right_after_a_register_on_another_node(self):
+        """A push (HTTP and TCP) or a get on another node right after n1 registered a new
+        event and table is not 404: that node catches up with the registry subject
+        (bounded by read_wait_ms) before answering. To make the window certain, n2 talks to
+        NATS through a proxy that holds what NATS sends n2 until 0.3 s after the push."""
+        proxy = GateProxy(self.nats.port)
+        self.addCleanup(proxy.close)
+        self.cluster = c = Cluster(self.nats, partitions=4, replicas=3)
+        env = c.env
+        c.env = lambda nid: dict(env(nid), **({"BEAVA_CLUSTER_NATS_URL": proxy.url} if nid == "n2" else {}))
+        c.start_all()
+        self.register_everywhere(c, "n1")
+        n2, n3 = c.nodes["n2"], c.nodes["n3"]
+        tcp = Conn(n3.bound["server.tcp_bound"])
+        nodes = list(PIPE["nodes"])
+        for r in range(4):
+            ev, tab = "F%d" % r, "ByF%d" % r
+            nodes += [{"kind": "event", "name": ev, "schema": {"fields": {"k": "str"}}},
+                      {"kind": "derivation", "name": tab, "output_kind": "table", "upstreams": [ev],
+                       "ops": [{"op": "group_by", "keys": ["k"], "agg": {"c%d" % r: {"op": "count"}}}],
+                       "table_primary_key": ["k"]}]
+            held = r % 2 == 1
+            if held:
+                proxy.hold()
+            st, body = c.nodes["n1"].register({"nodes": nodes})
+            self.assertEqual(st, 200, body)
+            if held:
+                t = threading.Timer(0.3, proxy.release)
+                t.start()
+            st, body = n2.push(ev, {"k": "a"})
+            if held:
+                t.join()
+            self.assertEqual(st, 200, (r, body))
+            op, _, body = tcp.call(OP_PUSH, {"event": ev, "body": {"k": "b"}}, ct=2)
+            self.assertEqual(op, OP_PUSH, (r, body))
+            op, _, body = tcp.call(OP_PUSH, {"event": ev + "x", "body": {"k": "a"}}, ct=2)
+            self.assertEqual(body["error"]["code"], "event_not_found")    # unknown stays 404
+            for b in (n2, n3):
+                self.assertEqual(b.get(tab, "a"), (200, {"c%d" % r: 1}), r)
+        tcp.close()
 
     def test_kill_and_restart_loses_nothing_acknowledged(self):
         self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()

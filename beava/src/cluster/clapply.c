@@ -157,3 +157,22 @@ int clapply_subscribe_from(cluster *c, const char *subj, uint64_t after, natsMsg
     if (s != NATS_OK) return cl_fail(err, errlen, "cluster: subscribe %s: %s", subj, cl_nats_why(s, jerr, why, sizeof why));
     return 0;
 }
+
+/* engine_log_backend.registry_catch_up: wait (bounded by read_wait_ms) until the registry
+ * applied here reached the registry subject's last sequence now. */
+void clapply_reg_catch_up(void *ctx) {
+    cluster *c = ctx;
+    if (c->cfg->cluster_read_wait_ms == 0) return;
+    char subj[CLUSTER_SUBJECT_MAX];
+    cl_reg_subject(c, subj, sizeof subj);
+    uint64_t target = cl_last_seq(c, subj);
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    uint64_t ns = (uint64_t)dl.tv_nsec + (uint64_t)c->cfg->cluster_read_wait_ms * 1000000ull;
+    dl.tv_sec += (time_t)(ns / 1000000000ull);
+    dl.tv_nsec = (long)(ns % 1000000000ull);
+    pthread_mutex_lock(&c->reg_mu);
+    int rc = 0;
+    while (c->reg_applied < target && !c->stopping && rc == 0) rc = pthread_cond_timedwait(&c->reg_cv, &c->reg_mu, &dl);
+    pthread_mutex_unlock(&c->reg_mu);
+}

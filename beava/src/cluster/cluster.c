@@ -201,6 +201,7 @@ void cluster_engine_ops(cluster *c, engine_wal_ops *wal, engine_log_backend *lb)
     lb->keep_part = clapply_keep_part;
     lb->get = clread_get;
     lb->batch_get = clread_batch_get;
+    lb->registry_catch_up = clapply_reg_catch_up;
     lb->ctx = c;
 }
 
@@ -310,12 +311,31 @@ void cluster_metrics(cluster *c, bv_buf *out) {
                        "JetStream acknowledgement.\n# TYPE beava_cluster_publish_seconds summary\n"
                        "beava_cluster_publish_seconds_sum %.6f\nbeava_cluster_publish_seconds_count %" PRIu64 "\n",
                   (double)cl_relaxed(&c->publish_us_sum) / 1e6, cl_relaxed(&c->publish_batches));
+    uint64_t *last = calloc(c->nsubs ? c->nsubs : 1, sizeof *last);
+    if (!last) abort();
+    for (size_t i = 0; i < c->nsubs; i++) {     /* outside apply_mu: network round trips */
+        char subj[CLUSTER_SUBJECT_MAX];
+        cl_part_subject(c, c->subs[i].p, subj, sizeof subj);
+        last[i] = cl_last_seq(c, subj);
+    }
     pthread_mutex_lock(&c->apply_mu);
     bv_buf_puts(out, "# HELP beava_cluster_partition_applied_seq Last stream sequence applied, per owned partition.\n"
                      "# TYPE beava_cluster_partition_applied_seq gauge\n");
     for (size_t i = 0; i < c->nsubs; i++)
         bv_buf_printf(out, "beava_cluster_partition_applied_seq{partition=\"%u\"} %" PRIu64 "\n", c->subs[i].p,
                       c->applied[c->subs[i].p]);
+    bv_buf_puts(out, "# HELP beava_cluster_partition_stream_seq The stream's last sequence, per owned partition.\n"
+                     "# TYPE beava_cluster_partition_stream_seq gauge\n");
+    for (size_t i = 0; i < c->nsubs; i++)
+        bv_buf_printf(out, "beava_cluster_partition_stream_seq{partition=\"%u\"} %" PRIu64 "\n", c->subs[i].p, last[i]);
+    bv_buf_puts(out, "# HELP beava_cluster_partition_lag Stream sequences not applied yet, per owned partition.\n"
+                     "# TYPE beava_cluster_partition_lag gauge\n");
+    for (size_t i = 0; i < c->nsubs; i++) {
+        uint64_t a = c->applied[c->subs[i].p];
+        bv_buf_printf(out, "beava_cluster_partition_lag{partition=\"%u\"} %" PRIu64 "\n", c->subs[i].p,
+                      last[i] > a ? last[i] - a : 0);
+    }
+    free(last);
     bv_buf_printf(out, "# HELP beava_cluster_caught_up 1 once the owned partitions caught up at start.\n"
                        "# TYPE beava_cluster_caught_up gauge\nbeava_cluster_caught_up %d\n",
                   c->caught_up ? 1 : 0);

@@ -73,7 +73,8 @@ int cluster_snapshot_now(cluster *c, bv_buf *out);
  * the HTTP status. Asks JetStream once per owned partition: for operators, not a hot path. */
 int cluster_status(cluster *c, bv_buf *out);
 
-/* Prometheus lines for admin /metrics. */
+/* Prometheus lines for admin /metrics; the per-partition lag asks JetStream once per owned
+ * partition, as cluster_status does. */
 void cluster_metrics(cluster *c, bv_buf *out);
 
 /* Stop consuming and publishing (pending pushes are answered), write a final snapshot,

@@ -129,6 +129,7 @@ int clpub_reg_wait(void *ctx, uint64_t lsn, char *reason, size_t rlen);
 /* consuming (clapply.c) */
 bool clapply_keep_part(void *ctx, const char *table, const char *key, size_t klen);
 void clapply_check_caught_up(cluster *c);
+void clapply_reg_catch_up(void *ctx);    /* engine_log_backend.registry_catch_up */
 void clapply_reg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure);
 void clapply_part_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure);
 int clapply_subscribe_from(cluster *c, const char *subj, uint64_t after, natsMsgHandler cb, void *closure,

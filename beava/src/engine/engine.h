@@ -85,6 +85,10 @@ typedef struct engine_log_backend {
      * i when the backend had it served elsewhere (malloc'd JSON text, a row or an error
      * object; the engine frees it), NULL to serve it here. */
     void (*batch_get)(void *ctx, const json_t *reqs, char **fwd);
+    /* Before a push naming an event, or a get naming a table, not registered here is
+     * answered 404: wait (bounded) until this node applied the registry as the log holds
+     * it now (a register on another node). Called with no engine lock held. Optional. */
+    void (*registry_catch_up)(void *ctx);
     void *ctx;
 } engine_log_backend;
 

@@ -651,10 +651,26 @@ static void note_watermark(engine *e, int64_t now) {
     while (now > w && !atomic_compare_exchange_weak(&e->watermark_ms, &w, now)) {}
 }
 
+/* Does an item name an event the registry does not have (cluster: catch up first)? */
+static bool names_unknown_event(engine *e, push_batch_state *st, const engine_batch *b) {
+    bool unknown = false;
+    pthread_rwlock_rdlock(&e->reg_lock);
+    for (size_t i = 0; i < b->n && !unknown; i++) {
+        const engine_push_item *it = &b->items[i];
+        unknown = it->event && it->event_len > 0 && !find_event_cached(e, st, it->event, it->event_len);
+    }
+    st->last_ev = NULL;                           /* the cache lives under one read lock */
+    pthread_rwlock_unlock(&e->reg_lock);
+    return unknown;
+}
+
 bool engine_push_submit(engine *e, engine_batch *b) {
     push_batch_state *st = state_for(e, b);
     int64_t now = engine_wall_ms();
     bool any_valid = false, any_sync = false;
+
+    if (e->opt.log.registry_catch_up && names_unknown_event(e, st, b))
+        e->opt.log.registry_catch_up(e->opt.log.ctx);   /* registered on another node a moment ago? */
 
     pthread_rwlock_rdlock(&e->reg_lock);
     uint64_t version = registry_version(e->reg);

@@ -5,7 +5,9 @@
  * each entity is read under the state lock of the shard that owns it (one at a time),
  * so a read never waits behind a shard's queue and a get issued after a push's ack sees
  * it (the ack is sent after the apply). Rows are written as JSON with the feature names
- * in ascending order.
+ * in ascending order. In cluster mode the legacy reads ask the log backend's batch_get for
+ * their cells, as batch_get does for its entries (owned partitions caught up, the others
+ * answered by their owners).
  */
 #include "engine_int.h"
 
@@ -122,6 +124,12 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
     json_t *features = json_object_get(req, "features");
     pthread_rwlock_rdlock(&e->reg_lock);
     agg_table *tab = registry_table(e->reg, table);
+    if (!tab && e->opt.log.registry_catch_up) {   /* cluster: registered elsewhere a moment ago? */
+        pthread_rwlock_unlock(&e->reg_lock);
+        e->opt.log.registry_catch_up(e->opt.log.ctx);
+        pthread_rwlock_rdlock(&e->reg_lock);
+        tab = registry_table(e->reg, table);
+    }
     if (!tab) {
         pthread_rwlock_unlock(&e->reg_lock);
         engine_error_body(out, "unknown_table", NULL, NULL, false, 0);
@@ -265,6 +273,113 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
     return 200;
 }
 
+/* ---- cluster mode: the legacy reads ask the backend like batch_get's entries -------------- */
+
+/* Add {table, key, features?: [feature]} to reqs (the backend's batch_get entry shape). */
+static void legacy_req(json_t *reqs, const char *table, const char *key, const char *feature) {
+    json_t *r = feature ? json_pack("{s:s,s:s,s:[s]}", "table", table, "key", key, "features", feature)
+                        : json_pack("{s:s,s:s}", "table", table, "key", key);
+    if (!r || json_array_append_new(reqs, r)) abort();
+}
+
+/* The backend's answers for reqs (fwd[i] NULL: read it here, the backend caught up). */
+static char **legacy_forward(engine *e, json_t *reqs) {
+    size_t n = json_array_size(reqs);
+    char **fwd = calloc(n ? n : 1, sizeof *fwd);
+    if (!fwd) abort();
+    if (n) e->opt.log.batch_get(e->opt.log.ctx, reqs, fwd);
+    return fwd;
+}
+
+/* An answer that is an error object {"error":{"code":..}}: its code, else NULL. */
+static const char *fwd_error_code(const char *text, json_t **parsed) {
+    *parsed = NULL;
+    if (strncmp(text, "{\"error\":{", 10) != 0) return NULL;
+    json_t *j = json_loads(text, 0, NULL);
+    json_t *code = json_object_get(json_object_get(j, "error"), "code");
+    if (!json_is_string(code)) {
+        json_decref(j);
+        return NULL;
+    }
+    *parsed = j;
+    return json_string_value(code);
+}
+
+/* The value of a one-member row text {"name":value}: its exact bytes. False for {}. */
+static bool row_single_value(const char *s, const char **v, size_t *vl) {
+    const char *p = strchr(s, '"');
+    if (!p) return false;
+    for (p++; *p && *p != '"'; p++)
+        if (*p == '\\' && p[1]) p++;
+    if (*p != '"' || !(p = strchr(p, ':'))) return false;
+    p++;
+    while (*p == ' ') p++;
+    const char *end = strrchr(p, '}');
+    if (!end) return false;
+    while (end > p && end[-1] == ' ') end--;
+    *v = p;
+    *vl = (size_t)(end - p);
+    return *vl > 0;
+}
+
+/* GET /get/<name>/<key> in cluster mode: -1 = read it here (single node code), else the
+ * status of the owner's answer written to out. */
+static int legacy_get_cluster(engine *e, const char *name, const char *key, bv_buf *out) {
+    json_t *reqs = json_array();
+    if (!reqs) abort();
+    bool feature = false;
+    pthread_rwlock_rdlock(&e->reg_lock);
+    size_t slot = 0;
+    agg_table *tab = registry_feature_owner(e->reg, name, &slot);
+    if (tab) feature = true;
+    else tab = registry_table(e->reg, name);
+    char kbuf[STORE_MAX_KEY + 1];
+    if (tab && engine_parse_key(tab, key, strlen(key), kbuf, sizeof kbuf) >= 0)
+        legacy_req(reqs, tab->name, key, feature ? name : NULL);
+    pthread_rwlock_unlock(&e->reg_lock);
+    if (json_array_size(reqs) == 0) {             /* answered here: feature_not_found, ... */
+        json_decref(reqs);
+        return -1;
+    }
+    char **fwd = legacy_forward(e, reqs);
+    json_decref(reqs);
+    char *text = fwd[0];
+    free(fwd);
+    if (!text) return -1;
+    int st;
+    json_t *err;
+    const char *code = fwd_error_code(text, &err);
+    const char *v;
+    size_t vl;
+    if (code && strcmp(code, "unknown_table") == 0) {
+        engine_error_body(out, "feature_not_found", NULL, NULL, false, 0);
+        st = 404;
+    } else if (code && strcmp(code, "key_parse_failure") == 0) {
+        engine_error_body(out, "key_parse_failure", NULL, NULL, false, 0);
+        st = 404;
+    } else if (code) {
+        bv_buf_puts(out, text);                    /* not_caught_up, owner_unavailable, ... */
+        st = 503;
+    } else if (strcmp(text, "{}") == 0) {
+        engine_error_body(out, "key_not_found", NULL, NULL, false, 0);
+        st = 404;
+    } else if (!feature) {
+        bv_buf_puts(out, text);
+        st = 200;
+    } else if (row_single_value(text, &v, &vl)) {
+        bv_buf_puts(out, "{\"value\":");
+        bv_buf_put(out, v, vl);
+        bv_buf_putc(out, '}');
+        st = 200;
+    } else {
+        engine_error_body(out, "key_not_found", NULL, NULL, false, 0);
+        st = 404;
+    }
+    json_decref(err);
+    free(text);
+    return st;
+}
+
 int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
     const char *slash = strchr(rest, '/');
     if (!slash || slash == rest) {
@@ -280,6 +395,10 @@ int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
     memcpy(name, rest, nl);
     name[nl] = 0;
     const char *key = slash + 1;
+    if (e->opt.log.batch_get) {                   /* cluster: the owner answers */
+        int st = legacy_get_cluster(e, name, key, out);
+        if (st >= 0) return st;
+    }
     pthread_rwlock_rdlock(&e->reg_lock);
     int64_t q = query_time(e);
     size_t slot = 0;
@@ -357,21 +476,77 @@ int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *
         engine_error_body(out, "internal_error", "reason", reason, false, 0);
         return 500;
     }
+    /* keys in ascending order, as every object on the wire */
+    size_t nk = json_array_size(keys), nf = json_array_size(features);
+    const char **sorted = nk ? malloc(nk * sizeof *sorted) : NULL;
+    for (size_t i = 0; i < nk; i++) sorted[i] = json_string_value(json_array_get(keys, i));
+    if (nk) qsort(sorted, nk, sizeof *sorted, cmp_cstr);
+    char **fwd = NULL;                            /* cluster: cells answered by their owners */
+    long *cell = NULL;                            /* per (key, feature): its fwd index, -1 none */
+    size_t nfwd = 0;
+    if (e->opt.log.batch_get && nk > 0 && nf > 0) {
+        cell = malloc(nk * nf * sizeof *cell);
+        json_t *reqs = json_array();
+        if (!cell || !reqs) abort();
+        pthread_rwlock_rdlock(&e->reg_lock);
+        for (size_t i = 0; i < nk; i++)
+            for (size_t f = 0; f < nf; f++) {
+                const char *fname = json_string_value(json_array_get(features, f));
+                size_t slot;
+                agg_table *tab = fname ? registry_feature_owner(e->reg, fname, &slot) : NULL;
+                char kbuf[STORE_MAX_KEY + 1];
+                cell[i * nf + f] = -1;
+                if (!tab || engine_parse_key(tab, sorted[i], strlen(sorted[i]), kbuf, sizeof kbuf) < 0) continue;
+                cell[i * nf + f] = (long)json_array_size(reqs);
+                legacy_req(reqs, tab->name, sorted[i], fname);
+            }
+        pthread_rwlock_unlock(&e->reg_lock);
+        nfwd = json_array_size(reqs);
+        fwd = legacy_forward(e, reqs);
+        json_decref(reqs);
+        for (size_t i = 0; i < nfwd; i++) {       /* an owner that did not answer fails the call */
+            json_t *err = NULL;
+            const char *code = fwd[i] ? fwd_error_code(fwd[i], &err) : NULL;
+            bool fatal = code && strcmp(code, "unknown_table") != 0 && strcmp(code, "key_parse_failure") != 0;
+            if (fatal) bv_buf_puts(out, fwd[i]);
+            json_decref(err);
+            if (code && !fatal) {                 /* the owner's registry differs: skipped */
+                free(fwd[i]);
+                fwd[i] = strdup("{}");
+                if (!fwd[i]) abort();
+            }
+            if (!fatal) continue;
+            batch_fwd_free(fwd, nfwd);
+            free(cell);
+            free(sorted);
+            json_decref(one);
+            return 503;
+        }
+    }
     pthread_rwlock_rdlock(&e->reg_lock);
     int64_t q = query_time(e);
     jsonw w;
     jsonw_init(&w, out);
     jsonw_obj_begin(&w);
-    /* keys in ascending order, as every object on the wire */
-    size_t nk = json_array_size(keys);
-    const char **sorted = nk ? malloc(nk * sizeof *sorted) : NULL;
-    for (size_t i = 0; i < nk; i++) sorted[i] = json_string_value(json_array_get(keys, i));
-    if (nk) qsort(sorted, nk, sizeof *sorted, cmp_cstr);
     for (size_t i = 0; i < nk; i++) {
         if (i > 0 && strcmp(sorted[i], sorted[i - 1]) == 0) continue;
         bool opened = false;
-        for (size_t f = 0; f < json_array_size(features); f++) {
+        for (size_t f = 0; f < nf; f++) {
             const char *fname = json_string_value(json_array_get(features, f));
+            const char *fv;
+            size_t fvl;
+            long ci = cell ? cell[i * nf + f] : -1;
+            if (ci >= 0 && fwd[ci]) {             /* the owner's row {} or {fname: value} */
+                if (!row_single_value(fwd[ci], &fv, &fvl)) continue;
+                if (!opened) {
+                    jsonw_key(&w, sorted[i]);
+                    jsonw_obj_begin(&w);
+                    opened = true;
+                }
+                jsonw_key(&w, fname);
+                jsonw_raw(&w, fv, fvl);
+                continue;
+            }
             size_t slot;
             agg_table *tab = fname ? registry_feature_owner(e->reg, fname, &slot) : NULL;
             if (!tab) continue;
@@ -398,6 +573,8 @@ int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *
     jsonw_obj_end(&w);
     free(sorted);
     pthread_rwlock_unlock(&e->reg_lock);
+    batch_fwd_free(fwd, nfwd);
+    free(cell);
     json_decref(one);
     return 200;
 }
