@@ -133,28 +133,25 @@ class GroupCommit(unittest.TestCase):
                 return int(line.split()[1])
         self.fail("beava_wal_sync_batches_total missing from /metrics")
 
-    def test_a_sync_waiter_does_not_wait_for_the_tick(self):
-        # the longest tick there is: each sequential sync push finds the writer idle, and the
-        # writer writes for it at once (counted) instead of at the next tick
+    def pushes_written_early(self, durability, n=20):
+        """n sequential pushes with the longest tick there is: how many batches the writer
+        wrote before their tick for a sync waiter meanwhile."""
         d = tempfile.mkdtemp(prefix="beava-gc-")
         self.addCleanup(shutil.rmtree, d, True)
-        with server(d, "sync", env={"BEAVA_WAL_FSYNC_INTERVAL_MS": "1000"}) as b:
+        with server(d, durability, env={"BEAVA_WAL_FSYNC_INTERVAL_MS": "1000"}) as b:
             self.assertEqual(b.register(PIPE)[0], 200)
             before = self.sync_batches(b)
-            for i in range(20):
+            for i in range(n):
                 self.assertEqual(b.push("E", {"k": "g", "seq": i})[0], 200)
-            self.assertGreaterEqual(self.sync_batches(b) - before, 20)
-            self.assertEqual(b.get("T", "g")[1]["c"], 20)
+            self.assertEqual(b.get("T", "g")[1]["c"], n)
+            return self.sync_batches(b) - before
+
+    def test_a_sync_waiter_does_not_wait_for_the_tick(self):
+        # each sequential sync push finds the writer idle: it is written at once, not at the tick
+        self.assertGreaterEqual(self.pushes_written_early("sync"), 20)
 
     def test_batch_mode_leaves_writes_to_the_tick(self):
-        d = tempfile.mkdtemp(prefix="beava-gc-")
-        self.addCleanup(shutil.rmtree, d, True)
-        with server(d, "batch", env={"BEAVA_WAL_FSYNC_INTERVAL_MS": "1000"}) as b:
-            self.assertEqual(b.register(PIPE)[0], 200)
-            before = self.sync_batches(b)
-            for i in range(20):
-                self.assertEqual(b.push("E", {"k": "g", "seq": i})[0], 200)
-            self.assertEqual(self.sync_batches(b) - before, 0)
+        self.assertEqual(self.pushes_written_early("batch"), 0)
 
 class Corruption(unittest.TestCase):
     def setUp(self):

@@ -93,18 +93,30 @@ class PausedShard(unittest.TestCase):
             self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 16)
 
 
+    def pause_under_a_push(self, b):
+        """Register, pause shard 0 and leave one push to it waiting: (tcp address, the
+        pushing connection, its key)."""
+        self.assertEqual(b.register(PIPE)[0], 200)
+        k0 = keys_on(b, 0, 1, "a")[0]
+        self.assertEqual(b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": True}, which="admin")[0], 200)
+        addr = tcp_addr(b)
+        stuck = Conn(addr)
+        stuck.send(push_frame(k0, 1))
+        time.sleep(0.2)
+        return addr, stuck, k0
+
+    def assert_unanswered(self, conn):
+        conn.s.settimeout(0.2)
+        with self.assertRaises(socket.timeout):
+            conn.s.recv(1)
+        conn.s.settimeout(10)
+
     def test_registers_that_change_nothing_do_not_wait_for_a_paused_shard(self):
         # judged beside pushes: an invalid body, a dry run, a 409 and a no-op are answered
         # while a push waits on the paused shard (a change would wait for it: the barrier)
         with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"]) as b:
-            self.assertEqual(b.register(PIPE)[0], 200)
-            k0 = keys_on(b, 0, 1, "a")[0]
-            self.assertEqual(b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": True}, which="admin")[0], 200)
-            addr = tcp_addr(b)
+            addr, stuck, k0 = self.pause_under_a_push(b)
             try:
-                stuck = Conn(addr)
-                stuck.send(push_frame(k0, 1))
-                time.sleep(0.2)
                 c = Conn(addr)
                 op, _, body = c.call(0x0001, {"nodes": [{"kind": "bogus", "name": "X"}]})
                 self.assertEqual(op, 0xFFFF, body)
@@ -116,11 +128,7 @@ class PausedShard(unittest.TestCase):
                 self.assertEqual((op, body["registry_version"]), (0x0001, 1), body)
                 st, hb = b.register({"nodes": [{"kind": "bogus", "name": "X"}]})
                 self.assertEqual(st, 400, hb)
-                # the push is still waiting
-                stuck.s.settimeout(0.2)
-                with self.assertRaises(socket.timeout):
-                    stuck.s.recv(1)
-                stuck.s.settimeout(10)
+                self.assert_unanswered(stuck)      # the push is still waiting
             finally:
                 b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": False}, which="admin")
             self.assertEqual(stuck.recv_frame()[0], 0x0010)
@@ -130,24 +138,15 @@ class PausedShard(unittest.TestCase):
         # OP_REGISTER waits until every earlier push is applied; with shard 0 paused under a
         # queued push it cannot finish, yet the only I/O thread keeps serving other connections
         with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"]) as b:
-            self.assertEqual(b.register(PIPE)[0], 200)
-            k0 = keys_on(b, 0, 1, "a")[0]
-            self.assertEqual(b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": True}, which="admin")[0], 200)
-            addr = tcp_addr(b)
+            addr, stuck, k0 = self.pause_under_a_push(b)
             try:
-                stuck = Conn(addr)
-                stuck.send(push_frame(k0, 1))
-                time.sleep(0.2)
                 reg = Conn(addr)
                 # pipelined behind the register on the same connection: answered after it
                 grown = {"nodes": PIPE["nodes"] + [{"kind": "event", "name": "Extra",
                                                      "schema": {"fields": {"x": "i64"}, "optional_fields": []}}]}
                 reg.send(frame(0x0001, 1, json.dumps(grown).encode()) + frame(0x0000, 1, b"{}"))
                 time.sleep(0.3)
-                reg.s.settimeout(0.2)
-                with self.assertRaises(socket.timeout):
-                    reg.s.recv(1)
-                reg.s.settimeout(10)
+                self.assert_unanswered(reg)
                 # pings (and the registry version they carry) do not wait behind the barrier;
                 # pushes and gets arriving now would (they are ordered after the register)
                 other = Conn(addr)

@@ -130,6 +130,13 @@ void clapply_part_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void
 }
 
 /* The stream's last sequence on a subject now (0: none). */
+void cl_read_deadline(const cluster *c, struct timespec *dl) {
+    clock_gettime(CLOCK_REALTIME, dl);
+    uint64_t ns = (uint64_t)dl->tv_nsec + (uint64_t)c->cfg->cluster_read_wait_ms * 1000000ull;
+    dl->tv_sec += (time_t)(ns / 1000000000ull);
+    dl->tv_nsec = (long)(ns % 1000000000ull);
+}
+
 uint64_t cl_last_seq(cluster *c, const char *subj) {
     natsMsg *m = NULL;
     jsErrCode jerr = 0;
@@ -167,10 +174,7 @@ void clapply_reg_catch_up(void *ctx) {
     cl_reg_subject(c, subj, sizeof subj);
     uint64_t target = cl_last_seq(c, subj);
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    uint64_t ns = (uint64_t)dl.tv_nsec + (uint64_t)c->cfg->cluster_read_wait_ms * 1000000ull;
-    dl.tv_sec += (time_t)(ns / 1000000000ull);
-    dl.tv_nsec = (long)(ns % 1000000000ull);
+    cl_read_deadline(c, &dl);
     pthread_mutex_lock(&c->reg_mu);
     int rc = 0;
     while (c->reg_applied < target && !c->stopping && rc == 0) rc = pthread_cond_timedwait(&c->reg_cv, &c->reg_mu, &dl);

@@ -39,10 +39,7 @@ static int catch_up(cluster *c, unsigned p, bv_buf *out) {
     cl_part_subject(c, p, subj, sizeof subj);
     uint64_t target = cl_last_seq(c, subj);
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    uint64_t ns = (uint64_t)dl.tv_nsec + (uint64_t)c->cfg->cluster_read_wait_ms * 1000000ull;
-    dl.tv_sec += (time_t)(ns / 1000000000ull);
-    dl.tv_nsec = (long)(ns % 1000000000ull);
+    cl_read_deadline(c, &dl);
     pthread_mutex_lock(&c->apply_mu);
     int rc = 0;
     while (c->applied[p] < target && !c->stopping && rc == 0) rc = pthread_cond_timedwait(&c->apply_cv, &c->apply_mu, &dl);

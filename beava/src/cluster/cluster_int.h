@@ -12,6 +12,7 @@
 #include <nats/nats.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 #include "cluster.h"
 #include "partmap.h"
@@ -136,6 +137,8 @@ int clapply_subscribe_from(cluster *c, const char *subj, uint64_t after, natsMsg
                            natsSubscription **sub, char *err, size_t errlen);
 /* The stream's last sequence on a subject now (0: none). */
 uint64_t cl_last_seq(cluster *c, const char *subj);
+/* An absolute CLOCK_REALTIME deadline (for pthread_cond_timedwait) cluster.read_wait_ms from now. */
+void cl_read_deadline(const cluster *c, struct timespec *dl);
 
 /* reads (clread.c) */
 int clread_get(void *ctx, engine_transport t, const json_t *req, bv_buf *out);
