@@ -412,6 +412,27 @@ class CostlyBatch(unittest.TestCase):
                 self.assertEqual(row[tag + "_s7"], sum(vs), (table, key))
         c.s.close()
 
+    def run_concurrent(self, b, addr, nconn, prefix, n, users, items):
+        """run_conn on nconn connections at once, then every row checked."""
+        import threading
+        seen = [({}, {}) for _ in range(nconn)]
+        errors = []
+
+        def worker(k):
+            try:
+                self.run_conn(addr, "%sc%d" % (prefix, k), n, users, items, seen[k][0], seen[k][1])
+            except Exception as ex:   # reported below: assertions in threads do not fail the test
+                errors.append(ex)
+        ts = [threading.Thread(target=worker, args=(k,)) for k in range(nconn)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertEqual(errors, [])
+        for su, si in seen:
+            self.check_rows(b, "ByUser", su)
+            self.check_rows(b, "ByItem", si)
+
     def run_conn(self, addr, prefix, n, users, items, seen_u, seen_i):
         """Pipeline n pushes (gets interleaved) on one connection; check FIFO replies."""
         c = Conn(addr)
@@ -450,27 +471,10 @@ class CostlyBatch(unittest.TestCase):
                 self.check_rows(b, "ByItem", seen_i)
 
     def test_concurrent_connections_with_costly_batches(self):
-        import threading
         with Beava(test_mode=True, args=["--shards", "2"]) as b:
             self.assertEqual(b.register(wide_pipe(self.NSUMS))[0], 200)
             addr = tcp_addr(b)
-            seen = [({}, {}) for _ in range(4)]
-            errors = []
-
-            def worker(k):
-                try:
-                    self.run_conn(addr, "c%d" % k, 1500, 17, 11, seen[k][0], seen[k][1])
-                except Exception as ex:   # reported below: assertions in threads do not fail the test
-                    errors.append(ex)
-            ts = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-            self.assertEqual(errors, [])
-            for su, si in seen:
-                self.check_rows(b, "ByUser", su)
-                self.check_rows(b, "ByItem", si)
+            self.run_concurrent(b, addr, 4, "", 1500, 17, 11)
 
 
 def tcp_open_connections(b):
@@ -483,29 +487,12 @@ def tcp_open_connections(b):
 
 class ManyConnections(unittest.TestCase):
     def test_burst_of_connections_spread_over_io_threads_all_served_in_order(self):
-        import threading
         with Beava(test_mode=True, args=["--io-threads", "2", "--shards", "2"]) as b:
             self.assertEqual(b.register(wide_pipe(0))[0], 200)
             addr = tcp_addr(b)
             cheap = CostlyBatch()          # its helpers; pushes of 8 feature updates: never costly
             for rnd in range(2):
-                seen = [({}, {}) for _ in range(12)]
-                errors = []
-
-                def worker(k):
-                    try:
-                        cheap.run_conn(addr, "r%dc%d" % (rnd, k), 2000, 13, 7, seen[k][0], seen[k][1])
-                    except Exception as ex:   # reported below: assertions in threads do not fail the test
-                        errors.append(ex)
-                ts = [threading.Thread(target=worker, args=(k,)) for k in range(12)]
-                for t in ts:
-                    t.start()
-                for t in ts:
-                    t.join()
-                self.assertEqual(errors, [])
-                for su, si in seen:
-                    cheap.check_rows(b, "ByUser", su)
-                    cheap.check_rows(b, "ByItem", si)
+                cheap.run_concurrent(b, addr, 12, "r%d" % rnd, 2000, 13, 7)
             # every connection was closed by its client: none is left counted
             deadline = time.time() + 10
             while tcp_open_connections(b) != 0 and time.time() < deadline:
