@@ -271,6 +271,10 @@ static pid_t flock_holder(const char *path) {
  * it and saving the instance) still holds the data dir's LOCK: nothing may run on the data
  * dir once the recorded instance is stopped, so such a stray is killed. */
 static void stop_stray(struct ctl_ctx *ctx) {
+    /* one still starting holds no LOCK yet: it is found by the mark in its environment */
+    int n = runtime_kill_unrecorded(ctx->cfg, 0);
+    if (n > 0)
+        dlog("server.stray_killed", json_pack("{s:i,s:s}", "processes", n, "data_dir", ctx->cfg->runtime_data_dir));
     char *lock = ctl_asprintf("%s/LOCK", ctx->cfg->runtime_data_dir);
     for (int i = 0; i < 100; i++) {
         pid_t pid = flock_holder(lock);

@@ -388,6 +388,9 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         sv_add(&env, bwrap ? "LISTEN_PID=1" : "LISTEN_PID=0000000000");
         listen_pid_digits = env.v[env.n - 1] + strlen("LISTEN_PID=");
     }
+    char *mark = ctl_asprintf("%s=%s", RUNTIME_MARK, cfg->state_dir);
+    sv_add(&env, mark);
+    free(mark);
     char info_fd[16];
     snprintf(info_fd, sizeof info_fd, "%d", 3 + nl);
     if (bwrap) {
@@ -544,6 +547,60 @@ out:
     sv_free(&argv);
     sv_free(&env);
     return rc;
+}
+
+/* True when /proc/<pid>/environ holds exactly `kv` as one entry. */
+static bool environ_has(const char *pid, const char *kv) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%s/environ", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    size_t cap = 1 << 16, len = 0, klen = strlen(kv);
+    char *buf = ctl_realloc(NULL, cap + 1);
+    for (;;) {
+        if (len == cap) {
+            if (cap >= (1u << 22)) break; /* an environment this large is not one of ours */
+            cap *= 2;
+            buf = ctl_realloc(buf, cap + 1);
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    close(fd);
+    bool found = false;
+    for (size_t i = 0; i < len && !found;) {
+        size_t e = i;
+        while (e < len && buf[e]) e++;
+        found = e - i == klen && memcmp(buf + i, kv, klen) == 0;
+        i = e + 1;
+    }
+    free(buf);
+    return found;
+}
+
+int runtime_kill_unrecorded(const struct ctl_config *cfg, pid_t keep) {
+    char *kv = ctl_asprintf("%s=%s", RUNTIME_MARK, cfg->state_dir);
+    int killed = 0;
+    for (int round = 0; round < 100; round++) {
+        DIR *d = opendir("/proc");
+        if (!d) break;
+        int seen = 0;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+            pid_t pid = (pid_t)atol(e->d_name);
+            if (pid == getpid() || pid == keep || !environ_has(e->d_name, kv)) continue;
+            seen++;
+            if (round == 0) killed++;
+            kill(pid, SIGKILL);
+        }
+        closedir(d);
+        if (seen == 0) break;
+        usleep(20000); /* SIGKILL is asynchronous: look again until they are gone */
+    }
+    free(kv);
+    return killed;
 }
 
 bool runtime_alive(const struct ctl_config *cfg, json_t *instance) {

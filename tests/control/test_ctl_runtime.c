@@ -1,4 +1,5 @@
-/* Unit tests: what the readiness gate quotes from a server's log (runtime_log_last_error). */
+/* Unit tests: what the readiness gate quotes from a server's log (runtime_log_last_error);
+ * servers a killed daemon started but never recorded (runtime_kill_unrecorded). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -7,8 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "runtime.h"
 #include "util.h"
 
@@ -60,10 +64,48 @@ static void test_last_error_line(void **st)
     ctl_rmtree(dir, err);
 }
 
+/* A process started with the mark of state dir `sd` (as runtime_start sets it). */
+static pid_t spawn_marked(const char *sd)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char *mark = ctl_asprintf("%s=%s", RUNTIME_MARK, sd);
+        char *const argv[] = { "sleep", "60", NULL };
+        char *const envp[] = { mark, "PATH=/usr/bin:/bin", NULL };
+        execve("/bin/sleep", argv, envp);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void test_kill_unrecorded(void **st)
+{
+    (void)st;
+    struct ctl_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.state_dir = "/tmp/ctl-test-state-a";
+    pid_t ours = spawn_marked("/tmp/ctl-test-state-a"), kept = spawn_marked("/tmp/ctl-test-state-a");
+    pid_t other = spawn_marked("/tmp/ctl-test-state-a-other");   /* another daemon's: a prefix is not a match */
+    usleep(200000);                                                /* let them exec */
+    assert_int_equal(runtime_kill_unrecorded(&cfg, kept), 1);
+    int ws;
+    assert_int_equal(waitpid(ours, &ws, 0), ours);
+    assert_true(WIFSIGNALED(ws) && WTERMSIG(ws) == SIGKILL);
+    assert_int_equal(waitpid(kept, &ws, WNOHANG), 0);              /* still running */
+    assert_int_equal(waitpid(other, &ws, WNOHANG), 0);
+    assert_int_equal(runtime_kill_unrecorded(&cfg, 0), 1);         /* now the kept one */
+    assert_int_equal(waitpid(kept, &ws, 0), kept);
+    assert_int_equal(waitpid(other, &ws, WNOHANG), 0);
+    kill(other, SIGKILL);
+    waitpid(other, &ws, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_last_error_line),
+        cmocka_unit_test(test_kill_unrecorded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
