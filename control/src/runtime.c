@@ -551,7 +551,7 @@ out:
 
 /* True when /proc/<pid>/environ holds exactly `kv` as one entry. */
 static bool environ_has(const char *pid, const char *kv) {
-    char path[64];
+    char path[sizeof "/proc//environ" + 256]; /* pid: a d_name, at most 255 bytes */
     snprintf(path, sizeof path, "/proc/%s/environ", pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return false;
