@@ -2450,10 +2450,12 @@ typedef struct table_event {
     size_t old_n;                /* widened: slots before; REG_NONE: added */
 } table_event;
 
+bool reg_plan_current(const registry *r, const reg_plan *p) { return p->base_version == r->version; }
+
 void registry_apply(registry *r, reg_plan *p, const reg_hooks *hooks, bv_buf *resp) {
-    if (p->base_version != r->version) {
-        /* The engine serialises prepare+apply; anything else is a caller bug that would
-         * corrupt the registry, so stop here rather than guess. */
+    if (!reg_plan_current(r, p)) {
+        /* The engine re-prepares a plan that is no longer current (engine_register); anything
+         * else is a caller bug that would corrupt the registry, so stop here rather than guess. */
         fputs("beava: registry_apply on a plan prepared for another registry version\n", stderr);
         abort();
     }

@@ -125,6 +125,8 @@ int registry_prepare(const registry *r, const char *body, size_t len, bv_buf *re
  * the 200 body into `resp`. Consumes the plan. */
 void registry_apply(registry *r, reg_plan *plan, const reg_hooks *hooks, bv_buf *resp);
 void reg_plan_free(reg_plan *plan);
+/* Was the plan prepared on the registry as it is now (no change applied since)? */
+bool reg_plan_current(const registry *r, const reg_plan *plan);
 
 /* Test-mode reset: drop every descriptor (hooks->table_removed for each table), version
  * += 1. Table ids keep increasing. */

@@ -242,12 +242,11 @@ void engine_error_body(bv_buf *out, const char *code, const char *reason_key, co
 int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
     reg_plan *plan = NULL;
     pthread_rwlock_rdlock(&e->reg_lock);
-    uint64_t base = registry_version(e->reg);
     int status = registry_prepare(e->reg, body, len, out, &plan);
     pthread_rwlock_unlock(&e->reg_lock);
     if (!plan) return status;
     engine_barrier_enter(e);
-    if (registry_version(e->reg) != base) {
+    if (!reg_plan_current(e->reg, plan)) {
         reg_plan_free(plan);
         plan = NULL;
         out->len = 0;
