@@ -110,9 +110,6 @@ typedef struct tcp_conn {
     tcp_pushes pushes;
     workpool_job job;      /* a register/reset frame in flight on the workpool */
     bool job_active;
-    uint16_t job_op;
-    uint8_t job_ct;
-    uint32_t job_len;      /* payload bytes (after op and content type) */
     bv_buf job_out;        /* its reply frame, written by the job */
     struct tcp_conn *prev, *next;   /* the worker's connections */
     struct tcp_conn *done_next;     /* completion list */
@@ -565,24 +562,23 @@ static void conn_hand_back(tcp_conn *c) {
 
 static void batch_done(engine_batch *b) { conn_hand_back(b->owner); }
 
+static uint32_t frame_len(const tcp_conn *c, size_t pos);
+
 /* On a workpool thread: the register/reset frame at rpos. The connection is busy, so
  * its I/O thread touches neither rbuf nor `authed` until the hand-back. */
 static void job_run(workpool_job *job) {
     tcp_conn *c = (tcp_conn *)((char *)job - offsetof(tcp_conn, job));
     tcp_server *s = c->w->srv;
-    const char *payload = c->rbuf.data + c->rpos + 7;
-    tcp_handle_frame(s->eng, s->cfg, s->admin_token, &c->authed, c->job_op, c->job_ct, payload, c->job_len,
-                     &c->job_out);
+    const unsigned char *h = (const unsigned char *)c->rbuf.data + c->rpos;   /* the frame, still in rbuf */
+    tcp_handle_frame(s->eng, s->cfg, s->admin_token, &c->authed, (uint16_t)(h[4] << 8 | h[5]), h[6],
+                     (const char *)h + 7, frame_len(c, c->rpos) - 3, &c->job_out);
     conn_hand_back(c);
 }
 
 /* Hand the register/reset frame at rpos (payload of `len` bytes) to the workpool. False
  * when the pool cannot take it (stopping): the caller answers it on the spot. */
-static bool conn_submit_job(tcp_server *s, tcp_conn *c, uint16_t op, uint8_t ct, uint32_t len) {
+static bool conn_submit_job(tcp_server *s, tcp_conn *c, uint32_t len) {
     c->job.fn = job_run;
-    c->job_op = op;
-    c->job_ct = ct;
-    c->job_len = len;
     c->job_active = true;
     c->batch_bytes = 4 + 3 + (size_t)len;
     c->busy = true;
@@ -724,7 +720,7 @@ static bool conn_process(tcp_server *s, tcp_conn *c) {
             }
             continue;
         }
-        if ((op == TCP_OP_REGISTER || op == TCP_OP_RESET) && conn_submit_job(s, c, op, ct, len - 3))
+        if ((op == TCP_OP_REGISTER || op == TCP_OP_RESET) && conn_submit_job(s, c, len - 3))
             return true;                                      /* answered later */
         tcp_handle_frame(s->eng, s->cfg, s->admin_token, &c->authed, op, ct, (const char *)h + 7, len - 3, &c->wbuf);
         c->rpos += 4 + (size_t)len;
