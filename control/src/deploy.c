@@ -20,12 +20,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -244,49 +242,13 @@ out:
     return rc;
 }
 
-/* The pid holding an flock on `path` (from /proc/locks, matched by device and inode; pids
- * there are in our own pid namespace, so a sandboxed server shows its host pid), 0 if none. */
-static pid_t flock_holder(const char *path) {
-    struct stat st;
-    if (stat(path, &st) != 0) return 0;
-    FILE *f = fopen("/proc/locks", "re");
-    if (!f) return 0;
-    char line[512], type[16];
-    long pid = 0, p;
-    unsigned maj, min;
-    unsigned long long ino;
-    while (fgets(line, sizeof line, f)) {
-        /* "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF" (waiters read "1: -> FLOCK ...") */
-        if (sscanf(line, "%*[^:]: %15s %*s %*s %ld %x:%x:%llu", type, &p, &maj, &min, &ino) == 5 &&
-            !strcmp(type, "FLOCK") && ino == (unsigned long long)st.st_ino && makedev(maj, min) == st.st_dev) {
-            pid = p;
-            break;
-        }
-    }
-    fclose(f);
-    return (pid_t)pid;
-}
-
-/* A server the daemon started but never recorded (the daemon was killed between starting
- * it and saving the instance) still holds the data dir's LOCK: nothing may run on the data
- * dir once the recorded instance is stopped, so such a stray is killed. */
+/* Nothing may run on the data dir once the recorded instance is stopped: a server the
+ * daemon started but never recorded (killed between starting it and saving the instance)
+ * is killed too (runtime_kill_unrecorded). */
 static void stop_stray(struct ctl_ctx *ctx) {
-    /* one still starting holds no LOCK yet: it is found by the mark in its environment */
     int n = runtime_kill_unrecorded(ctx->cfg, 0);
     if (n > 0)
         dlog("server.stray_killed", json_pack("{s:i,s:s}", "processes", n, "data_dir", ctx->cfg->runtime_data_dir));
-    char *lock = ctl_asprintf("%s/LOCK", ctx->cfg->runtime_data_dir);
-    for (int i = 0; i < 100; i++) {
-        pid_t pid = flock_holder(lock);
-        if (pid <= 0 || pid == getpid()) break;
-        if (i == 0) {
-            dlog("server.stray_killed",
-                 json_pack("{s:I,s:s}", "pid", (json_int_t)pid, "data_dir", ctx->cfg->runtime_data_dir));
-        }
-        kill(pid, SIGKILL);
-        usleep(50000);
-    }
-    free(lock);
 }
 
 static int stop_instance(struct ctl_ctx *ctx, json_t **how, char *err) {

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -579,15 +580,38 @@ static bool environ_has(const char *pid, const char *kv) {
     return found;
 }
 
+/* The pid holding an flock on `path` (from /proc/locks, matched by device and inode; pids
+ * there are in our own pid namespace, so a sandboxed server shows its host pid), 0 if none. */
+static pid_t flock_holder(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return 0;
+    FILE *f = fopen("/proc/locks", "re");
+    if (!f) return 0;
+    char line[512], type[16];
+    long pid = 0, p;
+    unsigned maj, min;
+    unsigned long long ino;
+    while (fgets(line, sizeof line, f)) {
+        /* "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF" (waiters read "1: -> FLOCK ...") */
+        if (sscanf(line, "%*[^:]: %15s %*s %*s %ld %x:%x:%llu", type, &p, &maj, &min, &ino) == 5 &&
+            !strcmp(type, "FLOCK") && ino == (unsigned long long)st.st_ino && makedev(maj, min) == st.st_dev) {
+            pid = p;
+            break;
+        }
+    }
+    fclose(f);
+    return (pid_t)pid;
+}
+
 int runtime_kill_unrecorded(const struct ctl_config *cfg, pid_t keep) {
     char *kv = ctl_asprintf("%s=%s", RUNTIME_MARK, cfg->state_dir);
+    char *lock = ctl_asprintf("%s/LOCK", cfg->runtime_data_dir);
     int killed = 0;
     for (int round = 0; round < 100; round++) {
-        DIR *d = opendir("/proc");
-        if (!d) break;
         int seen = 0;
+        DIR *d = opendir("/proc");
         struct dirent *e;
-        while ((e = readdir(d))) {
+        while (d && (e = readdir(d))) {
             if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
             pid_t pid = (pid_t)atol(e->d_name);
             if (pid == getpid() || pid == keep || !environ_has(e->d_name, kv)) continue;
@@ -595,10 +619,18 @@ int runtime_kill_unrecorded(const struct ctl_config *cfg, pid_t keep) {
             if (round == 0) killed++;
             kill(pid, SIGKILL);
         }
-        closedir(d);
+        if (d) closedir(d);
+        /* one without the mark (started by an older daemon) still holds the data dir's LOCK */
+        pid_t holder = flock_holder(lock);
+        if (holder > 0 && holder != getpid() && holder != keep) {
+            seen++;
+            if (round == 0) killed++;
+            kill(holder, SIGKILL);
+        }
         if (seen == 0) break;
         usleep(20000); /* SIGKILL is asynchronous: look again until they are gone */
     }
+    free(lock);
     free(kv);
     return killed;
 }

@@ -49,8 +49,9 @@ int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, c
 /* Is the instance's process (or unit) still running? */
 bool runtime_alive(const struct ctl_config *cfg, json_t *instance);
 /* Every server this daemon's state dir started carries RUNTIME_MARK=<state_dir> in its
- * environment (bwrap too). Kill those still alive, other than `keep` (0: none): a server
- * started by a daemon that was killed before it recorded the instance. Returns how many. */
+ * environment (bwrap too). Kill those still alive, other than `keep` (0: none), and whoever
+ * else holds the data dir's LOCK: a server started by a daemon that was killed before it
+ * recorded the instance (one still starting holds no LOCK yet). Returns how many. */
 #define RUNTIME_MARK "BEAVACTL_INSTANCE_OF"
 int runtime_kill_unrecorded(const struct ctl_config *cfg, pid_t keep);
 /* Reap exited children (call periodically from the daemon). exits (optional): an object

@@ -85,6 +85,7 @@ static void test_kill_unrecorded(void **st)
     struct ctl_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.state_dir = "/tmp/ctl-test-state-a";
+    cfg.runtime_data_dir = "/tmp/ctl-test-state-a/no-data"; /* no LOCK there: only the mark counts */
     pid_t ours = spawn_marked("/tmp/ctl-test-state-a"), kept = spawn_marked("/tmp/ctl-test-state-a");
     pid_t other = spawn_marked("/tmp/ctl-test-state-a-other");   /* another daemon's: a prefix is not a match */
     usleep(200000);                                                /* let them exec */
