@@ -63,14 +63,21 @@ void clapply_reg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void 
     if (origin && strcmp(origin, c->origin) == 0)     /* ours: wait for clpub_reg_append to settle */
         while (c->own_pending && !c->stopping) pthread_cond_wait(&c->reg_cv, &c->reg_mu);
     pthread_mutex_unlock(&c->reg_mu);
+    /* its base: the registry record before it when it was published (clpub_reg_append) */
+    const char *basev = NULL;
+    bool has_base = natsMsgHeader_Get(m, "Nats-Expected-Last-Subject-Sequence", &basev) == NATS_OK && basev;
+    uint64_t base = has_base ? strtoull(basev, NULL, 10) : 0;
     pthread_mutex_lock(&c->apply_mu);
     pthread_mutex_lock(&c->reg_mu);
     bool skip = c->stopping || seq <= c->reg_applied;
+    bool void_rec = has_base && base != c->reg_applied;   /* stored on a stale base: nobody applies it */
     pthread_mutex_unlock(&c->reg_mu);
     if (!skip) {
         char reason[512];
-        if (engine_replay(c->eng, kind, seq, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), reason,
-                          sizeof reason) != 0)
+        if (void_rec)
+            cl_bump(&c->reg_void);
+        else if (engine_replay(c->eng, kind, seq, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), reason,
+                               sizeof reason) != 0)
             apply_error(c, "registry record", seq, reason);
         pthread_mutex_lock(&c->reg_mu);
         c->reg_applied = seq;

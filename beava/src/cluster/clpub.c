@@ -326,7 +326,39 @@ void clpub_free(cluster *c) {
 
 /* ---- the registry through the log ---------------------------------------------------------- */
 
-/* engine_wal_ops.append for register and reset (the engine's barrier is held). */
+/* The first registry record stored after sequence `base`: its stream sequence, 0 when
+ * there is none, UINT64_MAX when the stream could not say. One request to the stream's
+ * leader (STREAM.MSG.GET with next_by_subj; not a direct get, which a lagging replica may
+ * answer). */
+static uint64_t reg_next_after(cluster *c, uint64_t base) {
+    char api[CLUSTER_SUBJECT_MAX + 32], subj[CLUSTER_SUBJECT_MAX], body[CLUSTER_SUBJECT_MAX + 64];
+    snprintf(api, sizeof api, "$JS.API.STREAM.MSG.GET.%s", c->stream);
+    cl_reg_subject(c, subj, sizeof subj);
+    int n = snprintf(body, sizeof body, "{\"seq\":%" PRIu64 ",\"next_by_subj\":\"%s\"}", base + 1, subj);
+    natsMsg *r = NULL;
+    uint64_t seq = UINT64_MAX;
+    if (natsConnection_Request(&r, c->nc, api, body, n, c->cfg->cluster_publish_timeout_ms) == NATS_OK) {
+        json_error_t jerr;
+        json_t *j = json_loadb(natsMsg_GetData(r), (size_t)natsMsg_GetDataLength(r), 0, &jerr);
+        json_t *s = j ? json_object_get(json_object_get(j, "message"), "seq") : NULL;
+        json_t *e = j ? json_object_get(j, "error") : NULL;
+        if (json_is_integer(s)) seq = (uint64_t)json_integer_value(s);
+        else if (json_is_object(e) && json_integer_value(json_object_get(e, "code")) == 404) seq = 0;
+        json_decref(j);
+    }
+    natsMsg_Destroy(r);
+    return seq;
+}
+
+/* engine_wal_ops.append for register and reset (the engine's barrier is held).
+ *
+ * A registry record carries the sequence of the registry record before it as this node
+ * saw it (Nats-Expected-Last-Subject-Sequence). On one NATS server JetStream refuses a
+ * record whose base is stale; on a clustered stream (R>1) nats-server 2.9 does not
+ * serialise that check (nats-server issue 4320) and two records on the same base can
+ * both be stored. So the check is ours too: a record whose base is not the registry
+ * record just before it on the subject is void; every node skips it (clapply_reg_cb), and
+ * the node that published it learns it here, from the first record after its base. */
 int clpub_reg_append(void *ctx, int kind, const void *payload, size_t len, uint64_t *lsn, char *reason, size_t rlen) {
     cluster *c = ctx;
     if (kind == REC_EVENT) {          /* never: events go through clpub_publish */
@@ -367,6 +399,14 @@ int clpub_reg_append(void *ctx, int kind, const void *payload, size_t len, uint6
         }
     }
     natsMsg_Destroy(m);
+    if (rc == 0) {                    /* stored: is it the record right after its base? */
+        uint64_t first = reg_next_after(c, base);
+        if (first != seq) {
+            rc = -1;
+            if (first != UINT64_MAX && first < seq) jerr = JSStreamWrongLastSequenceErr;   /* void */
+            else snprintf(why, sizeof why, "stored at %" PRIu64 " but its place could not be checked", seq);
+        }
+    }
     pthread_mutex_lock(&c->reg_mu);
     c->own_pending = false;
     if (rc == 0 && seq > c->reg_applied) c->reg_applied = seq;

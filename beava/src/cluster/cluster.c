@@ -302,6 +302,7 @@ void cluster_metrics(cluster *c, bv_buf *out) {
         CM(snapshot_failures, "Cluster snapshots that failed."),
         CM(reg_published, "Registry records this node published."),
         CM(reg_conflicts, "Registers refused with 409: another node's record came first."),
+        CM(reg_void, "Registry records skipped by every node: stored on a stale base (clustered JetStream)."),
 #undef CM
     };
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)

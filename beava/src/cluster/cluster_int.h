@@ -89,7 +89,7 @@ struct cluster {
     /* registry (reg_mu) */
     pthread_mutex_t reg_mu;
     pthread_cond_t reg_cv;
-    uint64_t reg_applied;                    /* last registry record applied here */
+    uint64_t reg_applied;                    /* last registry record applied (or skipped as void) here */
     uint64_t reg_target;
     bool own_pending;                        /* a register of ours is being published */
     bool stopping;
@@ -107,7 +107,8 @@ struct cluster {
     _Atomic uint64_t reads_local, reads_forwarded, reads_served_for_peers, reads_not_caught_up, reads_no_owner;
     _Atomic uint64_t publish_us_sum, publish_batches;   /* batch publish latency (summary) */
     _Atomic uint64_t published_msgs, publish_retries, publish_failures, pushes_acked, pushes_failed, applied_msgs,
-        apply_errors, snapshots, snapshot_failures, reg_published, reg_conflicts;
+        apply_errors, snapshots, snapshot_failures, reg_published, reg_conflicts,
+        reg_void;                                /* registry records skipped: stored on a stale base */
 };
 
 /* helpers (cluster.c) */
