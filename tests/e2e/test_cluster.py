@@ -512,6 +512,88 @@ class ClusterTest(unittest.TestCase):
         for b in c.nodes.values():
             self.check_reads(b, expected)
 
+    def test_dedupe_by_event_key_across_nodes(self):
+        """The same event key pushed through several nodes (HTTP and TCP, one after the
+        other and at once) is applied once by every owner, as one node applies it once;
+        past the event's window it counts again. Each partition decides in its log order."""
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
+        pipe = {"nodes": [
+            {"kind": "event", "name": "D", "schema": {"fields": {"id": "str", "k": "str", "m": "str"}},
+             "dedupe_key": "id", "dedupe_window_ms": 600000},
+            {"kind": "event", "name": "S", "schema": {"fields": {"id": "str", "k": "str"}},
+             "dedupe_key": "id", "dedupe_window_ms": 50},
+            {"kind": "derivation", "name": "DK", "output_kind": "table", "upstreams": ["D"],
+             "ops": [{"op": "group_by", "keys": ["k"], "agg": {"dn": {"op": "count"}}}], "table_primary_key": ["k"]},
+            {"kind": "derivation", "name": "DM", "output_kind": "table", "upstreams": ["D"],
+             "ops": [{"op": "group_by", "keys": ["m"], "agg": {"dmn": {"op": "count"}}}], "table_primary_key": ["m"]},
+            {"kind": "derivation", "name": "SK", "output_kind": "table", "upstreams": ["S"],
+             "ops": [{"op": "group_by", "keys": ["k"], "agg": {"sn": {"op": "count"}}}], "table_primary_key": ["k"]},
+        ]}
+        st, body = c.nodes["n1"].register(pipe)
+        self.assertEqual(st, 200, body)
+        for b in c.nodes.values():
+            wait_for(lambda: json.loads(b.admin("GET", "/registry")[2]).get("node_count", 0) == 5, what="registry")
+        ids = list(c.nodes)
+        tcp = {i: Conn(c.nodes[i].bound["server.tcp_bound"]) for i in ids}
+        rng = random.Random(11)
+        events = [{"id": "e%d" % i, "k": "k%d" % rng.randrange(12), "m": "m%d" % rng.randrange(5)} for i in range(60)]
+
+        def push(node, ev, via_tcp):
+            if via_tcp:
+                conn = Conn(c.nodes[node].bound["server.tcp_bound"])
+                op, _, body = conn.call(OP_PUSH, {"event": "D", "body": ev}, ct=2)
+                conn.close()
+                return 200 if op == OP_PUSH else op, body
+            return c.nodes[node].push("D", ev)
+        # one after the other: every event through every node, alternately HTTP and TCP
+        for j, ev in enumerate(events[:30]):
+            for r, node in enumerate(ids):
+                if (j + r) % 2:
+                    op, _, body = tcp[node].call(OP_PUSH, {"event": "D", "body": ev}, ct=2)
+                    self.assertEqual(op, OP_PUSH, body)
+                else:
+                    st, body = c.nodes[node].push("D", ev)
+                    self.assertEqual(st, 200, body)
+        # at once: the same event through the three nodes concurrently
+        for j, ev in enumerate(events[30:]):
+            res = []
+            ts = [threading.Thread(target=lambda n=n, r=r: res.append(push(n, ev, (j + r) % 2 == 1)))
+                  for r, n in enumerate(ids)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            self.assertEqual([st for st, _ in res], [200] * 3, res)
+        for t in tcp.values():
+            t.close()
+        want = {}
+        for ev in events:                                # once each, as one node counts them
+            want[("DK", ev["k"])] = want.get(("DK", ev["k"]), 0) + 1
+            want[("DM", ev["m"])] = want.get(("DM", ev["m"]), 0) + 1
+        for i, b in c.nodes.items():
+            for (t, k), n in want.items():
+                self.assertEqual(b.get(t, k), (200, {"dn" if t == "DK" else "dmn": n}), (i, t, k))
+        self.assertGreater(sum(metric(b, "beava_events_replayed_total") or 0 for b in c.nodes.values()), 0)
+        # a short window: the same key again after it counts again (through another node)
+        self.assertEqual(c.nodes["n1"].push("S", {"id": "s1", "k": "a"})[0], 200)
+        self.assertEqual(c.nodes["n2"].push("S", {"id": "s1", "k": "a"})[0], 200)     # within 50 ms: or not
+        time.sleep(0.3)
+        self.assertEqual(c.nodes["n3"].push("S", {"id": "s1", "k": "a"})[0], 200)     # past it: counts
+        for b in c.nodes.values():
+            st, row = b.get("SK", "a")
+            self.assertEqual(st, 200, row)
+            self.assertIn(row["sn"], (2, 3), row)
+        # a node restarted from its snapshot keeps deciding alike (the cache is in it)
+        st, _, body = c.nodes["n2"].raw("POST", "/snapshot", which="admin")
+        self.assertEqual(st, 200, body)
+        c.kill("n2")
+        for ev in events[:10]:
+            self.assertEqual(c.nodes["n1"].push("D", ev)[0], 200)
+        b = c.start("n2")
+        for node in ("n1", "n2", "n3"):
+            for (t, k), n in want.items():
+                self.assertEqual(c.nodes[node].get(t, k), (200, {"dn" if t == "DK" else "dmn": n}), (node, t, k))
+
     def run_beava(self, env, timeout=30):
         full = dict(os.environ)
         full.update({"BEAVA_LISTEN_ADDR": "127.0.0.1:0", "BEAVA_ADMIN_ADDR": "127.0.0.1:0", "BEAVA_TCP_PORT": "0"})

@@ -124,7 +124,7 @@ void clapply_part_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void
             c->recs[n++] = (engine_logged){ .payload = d + off, .len = rl };
             off += rl;
         }
-        size_t bad = engine_apply_logged(c->eng, c->recs, n, seq, reason, sizeof reason);
+        size_t bad = engine_apply_logged(c->eng, c->recs, n, seq, ps->p, reason, sizeof reason);
         if (bad) apply_error(c, "event record", seq, reason);
         c->applied[ps->p] = seq;
         c->applied_since_snap++;

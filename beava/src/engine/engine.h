@@ -215,7 +215,11 @@ typedef struct engine_logged {
     const void *payload;          /* an event record (evrec) */
     size_t len;
 } engine_logged;
-size_t engine_apply_logged(engine *e, const engine_logged *recs, size_t n, uint64_t seq, char *reason, size_t rlen);
+/* The dedupe by event key is decided here, in log order, per dedupe_scope (the cluster's
+ * partition): a record whose key the scope already took within the event's window (by the
+ * records' arrival times) is not applied. */
+size_t engine_apply_logged(engine *e, const engine_logged *recs, size_t n, uint64_t seq, unsigned dedupe_scope,
+                           char *reason, size_t rlen);
 
 /* The highest LSN sequenced (every record up to it is applied once the engine is idle). */
 uint64_t engine_applied_lsn(engine *e);

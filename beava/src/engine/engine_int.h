@@ -29,6 +29,7 @@
 #include "store.h"
 
 #define DEDUPE_PURGE_MIN 1024
+#define DEDUPE_SCOPE_MAX 12             /* "<u32 scope>" and a separator, before a scoped dedupe key */
 
 typedef struct dedupe_row {
     int64_t expiry_ms;

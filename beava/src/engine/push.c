@@ -865,9 +865,40 @@ void push_replay_flush(engine *e) {
     r->n = 0;
 }
 
+/* Cluster (engine_apply_logged): the dedupe decision in log order. The cache key is the
+ * dedupe key under `scope` (the partition being applied), so each partition decides on
+ * its own, from its own log order, and every owner of it decides alike. A record whose
+ * key this scope took within its window (the windows in the records' arrival times, not
+ * the wall clock) is a duplicate: not applied. Returns true for a duplicate. */
+static bool scoped_dedupe_dup(engine *e, const item_state *is, unsigned scope, uint64_t lsn) {
+    char sk[DEDUPE_SCOPE_MAX + STORE_MAX_KEY + REGISTRY_NAME_MAX + 8];
+    int pl = snprintf(sk, sizeof sk, "%u%c", scope, STORE_KEY_SEP);
+    if (pl < 0 || (size_t)pl + is->dkl > sizeof sk) return false;
+    memcpy(sk + pl, is->dk, is->dkl);
+    size_t skl = (size_t)pl + is->dkl;
+    uint64_t h = store_hash(sk, skl);
+    pthread_mutex_lock(&e->seq_mu);
+    entity *d = dedupe_find(e, sk, skl, h);
+    bool dup = d && ((const dedupe_row *)entity_row_const(d))->expiry_ms > is->now;
+    if (!dup)
+        dedupe_remember(e, sk, skl, h, is->now + is->ev->dedupe_window_ms, lsn,
+                        atomic_load_explicit(&e->reg_version, memory_order_acquire), is->now);
+    pthread_mutex_unlock(&e->seq_mu);
+    return dup;
+}
+
+static int replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, const unsigned *scope, char *reason,
+                        size_t rlen);
+
 /* One event record of recovery: decoded, validated and turned into parts now (so a bad
  * record is reported as it is read), applied with its group at the next flush. */
 int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen) {
+    return replay_event(e, lsn, payload, len, NULL, reason, rlen);
+}
+
+/* scope: NULL in recovery (the log holds no duplicate); the dedupe scope in cluster apply. */
+static int replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, const unsigned *scope, char *reason,
+                        size_t rlen) {
     engine_replay_ctx *r = replay_ctx(e);
     if (r->n == REPLAY_BATCH_MAX) push_replay_flush(e);
     if (r->n == 0) {
@@ -920,9 +951,16 @@ int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, 
             is->dh = store_hash(dk, (size_t)dkl);
             r->any_dedupe = true;
         }
-        build_parts(e, st, is, &rec->row, rec->now);
-        if (rec->now > r->max_now) r->max_now = rec->now;
-        r->applied++;
+        if (scope && is->dk && scoped_dedupe_dup(e, is, *scope, lsn)) {
+            is->ev = NULL;                /* a duplicate in this scope: nothing to apply */
+            is->dk = NULL;
+            atomic_fetch_add_explicit(&e->events_replayed, 1, memory_order_relaxed);
+        } else {
+            if (scope) is->dk = NULL;     /* remembered under its scope already */
+            build_parts(e, st, is, &rec->row, rec->now);
+            if (rec->now > r->max_now) r->max_now = rec->now;
+            r->applied++;
+        }
     }
     r->lsns[k] = lsn;
     r->n++;
@@ -930,12 +968,13 @@ int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, 
     return rc;
 }
 
-size_t engine_apply_logged(engine *e, const engine_logged *recs, size_t n, uint64_t seq, char *reason, size_t rlen) {
+size_t engine_apply_logged(engine *e, const engine_logged *recs, size_t n, uint64_t seq, unsigned dedupe_scope,
+                           char *reason, size_t rlen) {
     size_t bad = 0;
     char why[512];
     pthread_mutex_lock(&e->apply_mu);
     for (size_t i = 0; i < n; i++)
-        if (push_replay_event(e, seq, recs[i].payload, recs[i].len, why, sizeof why) != 0 && bad++ == 0)
+        if (replay_event(e, seq, recs[i].payload, recs[i].len, &dedupe_scope, why, sizeof why) != 0 && bad++ == 0)
             snprintf(reason, rlen, "%s", why);
     push_replay_flush(e);
     pthread_mutex_unlock(&e->apply_mu);
