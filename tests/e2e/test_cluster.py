@@ -594,6 +594,38 @@ class ClusterTest(unittest.TestCase):
             for (t, k), n in want.items():
                 self.assertEqual(c.nodes[node].get(t, k), (200, {"dn" if t == "DK" else "dmn": n}), (node, t, k))
 
+    def test_reset_ordered_with_the_events_before_it(self):
+        """A reset is applied by every owner after every event acknowledged before it and
+        before every event pushed after it: events pushed just before a reset (owners still
+        applying them) never reappear once the pipeline is registered again."""
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=2,
+                                   extra_env={"BEAVA_TEST_MODE": "1"}).start_all()
+        ids = list(c.nodes)
+        rng = random.Random(21)
+        for rnd in range(3):
+            self.register_everywhere(c, ids[rnd % 3])
+            before = [("E", {"k": "old%d" % rng.randrange(200), "m": "old", "v": 1}) for _ in range(6000)]
+            for k, start in enumerate(range(0, len(before), 1000)):   # through every node, no waiting
+                self.assertEqual(rejected(push_many(c.nodes[ids[k % 3]], before[start:start + 1000])), [])
+            st, body = c.nodes[ids[(rnd + 1) % 3]].call("POST", "/reset")
+            self.assertEqual((st, body.get("reset")), (200, True), body)
+            st, body = c.nodes[ids[(rnd + 2) % 3]].register(PIPE)
+            self.assertEqual(st, 200, body)
+            for b in c.nodes.values():
+                wait_for(lambda: json.loads(b.admin("GET", "/registry")[2]).get("node_count", 0) == 3,
+                         what="registry on every node")
+            after = {}
+            self.push_many(c, 40, ["new%d" % i for i in range(8)], ["new"], after, rng=rng)
+            for i, b in c.nodes.items():
+                st, row = b.get("ByM", "old")
+                self.assertEqual(st, 200, row)
+                self.assertIn(row, ({}, {"mn": None}), (rnd, i))
+                got = batch_get(b, [("ByKey", "old%d" % j) for j in range(200)])
+                self.assertEqual([g for g in got if g.get("n") is not None], [], (rnd, i))
+                self.check_reads(b, after)
+        for b in c.nodes.values():
+            self.assertEqual(metric(b, "beava_cluster_apply_errors_total"), 0)
+
     def run_beava(self, env, timeout=30):
         full = dict(os.environ)
         full.update({"BEAVA_LISTEN_ADDR": "127.0.0.1:0", "BEAVA_ADMIN_ADDR": "127.0.0.1:0", "BEAVA_TCP_PORT": "0"})

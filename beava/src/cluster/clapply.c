@@ -52,6 +52,45 @@ static void apply_error(cluster *c, const char *what, uint64_t seq, const char *
         bv_log_msg(c->log, LOG_ERROR, "cluster.apply_error", "%s at stream sequence %" PRIu64 ": %s", what, seq, reason);
 }
 
+/* ---- a reset, in log order ------------------------------------------------------------------
+ *
+ * A reset is registry record R plus a marker on every partition subject (Beava-Reset: R,
+ * published after R). On a partition, the reset's place is its first message that is the
+ * marker or was validated against a registry at or past R (Beava-Reg >= R: published
+ * after its node applied the reset): every owner of the partition applies what comes
+ * before that message before the reset and the rest after it, since they all read the
+ * partition in the same order. The registry's consumer applies R once every partition
+ * this node owns is held at that place (part_sub.held >= R); the partitions go on once
+ * it is applied. If the markers do not come (the resetting node died after storing R),
+ * the consumer publishes this node's own after publish_timeout_ms; the message ids make
+ * every node's copies one. */
+
+static bool reset_reached(cluster *c, uint64_t reset) {
+    for (size_t i = 0; i < c->nsubs; i++)
+        if (c->subs[i].held < reset) return false;
+    return true;
+}
+
+/* reg_mu held (released while waiting). */
+static void reset_boundary(cluster *c, uint64_t reset) {
+    for (;;) {
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        uint64_t ns = (uint64_t)dl.tv_nsec + (uint64_t)c->cfg->cluster_publish_timeout_ms * 1000000ull;
+        dl.tv_sec += (time_t)(ns / 1000000000ull);
+        dl.tv_nsec = (long)(ns % 1000000000ull);
+        int rc = 0;
+        while (!reset_reached(c, reset) && !c->stopping && rc == 0)
+            rc = pthread_cond_timedwait(&c->reg_cv, &c->reg_mu, &dl);
+        if (reset_reached(c, reset) || c->stopping) return;
+        pthread_mutex_unlock(&c->reg_mu);          /* no marker yet: publish ours */
+        size_t failed = clpub_reset_markers(c, reset, true);
+        bv_log_msg(c->log, LOG_WARN, "cluster.reset_markers", "reset at %" PRIu64 ": published this node's markers "
+                   "(%zu not acknowledged)", reset, failed);
+        pthread_mutex_lock(&c->reg_mu);
+    }
+}
+
 void clapply_reg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure) {
     (void)nc, (void)sub;
     cluster *c = closure;
@@ -67,6 +106,11 @@ void clapply_reg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void 
     const char *basev = NULL;
     bool has_base = natsMsgHeader_Get(m, "Nats-Expected-Last-Subject-Sequence", &basev) == NATS_OK && basev;
     uint64_t base = has_base ? strtoull(basev, NULL, 10) : 0;
+    if (kind == REC_RESET) {              /* every owned partition at the reset's place first */
+        pthread_mutex_lock(&c->reg_mu);
+        if (!c->stopping && seq > c->reg_applied && !(has_base && base != c->reg_applied)) reset_boundary(c, seq);
+        pthread_mutex_unlock(&c->reg_mu);
+    }
     pthread_mutex_lock(&c->apply_mu);
     pthread_mutex_lock(&c->reg_mu);
     bool skip = c->stopping || seq <= c->reg_applied;
@@ -81,7 +125,7 @@ void clapply_reg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void 
             apply_error(c, "registry record", seq, reason);
         pthread_mutex_lock(&c->reg_mu);
         c->reg_applied = seq;
-        pthread_cond_broadcast(&c->reg_cv);
+        pthread_cond_broadcast(&c->reg_cv);     /* partitions held for this record go on */
         pthread_mutex_unlock(&c->reg_mu);
         c->applied_since_snap++;
     }
@@ -95,14 +139,26 @@ void clapply_part_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void
     part_sub *ps = closure;
     cluster *c = ps->c;
     uint64_t seq = msg_stream_seq(m);
-    uint64_t need = cl_header_u64(m, "Beava-Reg");
-    /* validated against registry record `need`: apply only once it is applied here
-     * (without apply_mu: the registry's consumer takes it) */
+    uint64_t reset = cl_header_u64(m, "Beava-Reset");
+    /* validated against registry record `need`: apply only once it is applied here; a
+     * reset marker waits for its reset (both while held: the registry's consumer sees it) */
+    uint64_t need = reset ? reset : cl_header_u64(m, "Beava-Reg");
     pthread_mutex_lock(&c->reg_mu);
-    while (c->reg_applied < need && !c->stopping) pthread_cond_wait(&c->reg_cv, &c->reg_mu);
+    while (!c->stopping && c->reg_applied < need) {
+        ps->held = need;
+        pthread_cond_broadcast(&c->reg_cv);   /* a reset waiting for this partition sees it */
+        pthread_cond_wait(&c->reg_cv, &c->reg_mu);
+    }
+    ps->held = 0;
     pthread_mutex_unlock(&c->reg_mu);
     pthread_mutex_lock(&c->apply_mu);
-    if (!c->stopping && seq > c->applied[ps->p]) {
+    if (reset) {                          /* a marker: nothing to apply */
+        if (!c->stopping && seq > c->applied[ps->p]) {
+            c->applied[ps->p] = seq;
+            c->applied_since_snap++;
+            pthread_cond_broadcast(&c->apply_cv);
+        }
+    } else if (!c->stopping && seq > c->applied[ps->p]) {
         c->cur_part = ps->p;
         const unsigned char *d = (const unsigned char *)natsMsg_GetData(m);
         size_t len = (size_t)natsMsg_GetDataLength(m), off = 0, n = 0;

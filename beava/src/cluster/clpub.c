@@ -432,3 +432,116 @@ int clpub_reg_wait(void *ctx, uint64_t lsn, char *reason, size_t rlen) {
     (void)ctx, (void)lsn, (void)reason, (void)rlen;
     return 0;                         /* clpub_reg_append returns once JetStream stored it */
 }
+
+/* ---- a reset, ordered with the events (clapply.c tells how it is applied) ------------------ */
+
+size_t clpub_reset_markers(cluster *c, uint64_t reset, bool owned_only) {
+    size_t failed = 0;
+    char subj[CLUSTER_SUBJECT_MAX], msgid[CLUSTER_ID_MAX], rv[32], why[512];
+    snprintf(rv, sizeof rv, "%" PRIu64, reset);
+    for (unsigned p = 0; p < c->nparts; p++) {
+        if (owned_only && !partmap_owns(c->map, p, c->self)) continue;
+        cl_part_subject(c, p, subj, sizeof subj);
+        snprintf(msgid, sizeof msgid, "%s-reset-%" PRIu64 "-%u", c->stream, reset, p);
+        natsMsg *m = NULL;
+        jsErrCode jerr = 0;
+        natsStatus s = natsMsg_Create(&m, subj, NULL, NULL, 0);
+        if (s == NATS_OK) s = natsMsgHeader_Set(m, "Beava-Reset", rv);
+        if (s == NATS_OK) {
+            jsPubOptions o;
+            jsPubOptions_Init(&o);
+            o.MsgId = msgid;
+            o.MaxWait = c->cfg->cluster_publish_timeout_ms;
+            jsPubAck *pa = NULL;
+            s = js_PublishMsg(&pa, c->js, m, &o, &jerr);
+            jsPubAck_Destroy(pa);
+        }
+        natsMsg_Destroy(m);
+        if (s != NATS_OK) {
+            failed++;
+            bv_log_msg(c->log, LOG_WARN, "cluster.reset_marker_failed", "partition %u: %s", p,
+                       cl_nats_why(s, jerr, why, sizeof why));
+        }
+    }
+    return failed;
+}
+
+/* Publish a reset record on the registry subject, after the registry record this node
+ * applied last. 1 = stored and in place (*seq), 0 = refused or void on a stale base
+ * (catch up and try again), -1 = the log did not answer (why). */
+static int reset_publish(cluster *c, uint64_t *seq, char *why, size_t wl) {
+    pthread_mutex_lock(&c->reg_mu);
+    uint64_t base = c->reg_applied;
+    pthread_mutex_unlock(&c->reg_mu);
+    char subj[CLUSTER_SUBJECT_MAX], msgid[CLUSTER_ID_MAX], basev[32], kindv[16];
+    cl_reg_subject(c, subj, sizeof subj);
+    snprintf(msgid, sizeof msgid, "%s-r%" PRIu64, c->origin, atomic_fetch_add(&c->msg_counter, 1));
+    snprintf(basev, sizeof basev, "%" PRIu64, base);
+    snprintf(kindv, sizeof kindv, "%d", REC_RESET);
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = natsMsg_Create(&m, subj, NULL, NULL, 0);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Nats-Expected-Last-Subject-Sequence", basev);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Beava-Kind", kindv);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Beava-Origin", c->origin);
+    if (s == NATS_OK) {
+        jsPubOptions o;
+        jsPubOptions_Init(&o);
+        o.MsgId = msgid;
+        o.MaxWait = c->cfg->cluster_publish_timeout_ms;
+        jsPubAck *pa = NULL;
+        s = js_PublishMsg(&pa, c->js, m, &o, &jerr);
+        if (s == NATS_OK) *seq = pa->Sequence;
+        jsPubAck_Destroy(pa);
+    }
+    natsMsg_Destroy(m);
+    if (s != NATS_OK) {
+        if (jerr == JSStreamWrongLastSequenceErr) return 0;
+        cl_nats_why(s, jerr, why, wl);
+        return -1;
+    }
+    uint64_t first = reg_next_after(c, base);
+    if (first == *seq) return 1;
+    if (first != UINT64_MAX && first < *seq) return 0;          /* void: every node skips it */
+    /* stored, its place unknown: every node decides from the log, so wait for ours */
+    return 1;
+}
+
+/* engine_log_backend.reset: the record, the markers, then wait until this node's registry
+ * consumer applied it in its place. */
+int clpub_reset(void *ctx, bv_buf *out) {
+    cluster *c = ctx;
+    char why[512] = "", subj[CLUSTER_SUBJECT_MAX];
+    uint64_t seq = 0;
+    int rc = 0;
+    cl_reg_subject(c, subj, sizeof subj);
+    for (int t = 0; t < CLUSTER_RESET_TRIES && rc == 0; t++) {
+        rc = reset_publish(c, &seq, why, sizeof why);
+        if (rc == 0) {                            /* another record came first: catch up, again */
+            cl_bump(&c->reg_conflicts);
+            clapply_reg_catch_up(c);
+        }
+    }
+    if (rc != 1) {
+        if (rc == 0) snprintf(why, sizeof why, "other registry records kept coming first (%d tries)", CLUSTER_RESET_TRIES);
+        char msg[700];
+        snprintf(msg, sizeof msg, "the cluster's log did not store the reset; nothing was reset: %s", why);
+        return cl_read_error(out, "cluster_unavailable", msg);
+    }
+    cl_bump(&c->reg_published);
+    clpub_reset_markers(c, seq, false);           /* a failed one: the owners publish their own */
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += (time_t)((c->cfg->cluster_publish_timeout_ms * 2ull + c->cfg->cluster_read_wait_ms) / 1000 + 1);
+    pthread_mutex_lock(&c->reg_mu);
+    int wrc = 0;
+    while (c->reg_applied < seq && !c->stopping && wrc == 0) wrc = pthread_cond_timedwait(&c->reg_cv, &c->reg_mu, &dl);
+    bool applied = c->reg_applied >= seq;
+    pthread_mutex_unlock(&c->reg_mu);
+    if (!applied)
+        return cl_read_error(out, "not_caught_up",
+                             "the reset is in the cluster's log but this node has not applied it yet; every owner "
+                             "applies it in its place");
+    bv_buf_printf(out, "{\"registry_version\":%" PRIu64 ",\"reset\":true}", engine_registry_version(c->eng));
+    return 200;
+}

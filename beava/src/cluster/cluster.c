@@ -202,6 +202,7 @@ void cluster_engine_ops(cluster *c, engine_wal_ops *wal, engine_log_backend *lb)
     lb->get = clread_get;
     lb->batch_get = clread_batch_get;
     lb->registry_catch_up = clapply_reg_catch_up;
+    lb->reset = clpub_reset;
     lb->ctx = c;
 }
 

@@ -28,6 +28,7 @@
 #define CLUSTER_CLOSE_WAIT_MS 5000           /* nats_CloseAndWait at shutdown */
 #define CLUSTER_APPLY_ERRORS_LOGGED 10
 #define CLUSTER_RPC_QUEUE "get"             /* queue group of a partition's owners */
+#define CLUSTER_RESET_TRIES 5                /* a reset refused on a stale base is published again */
 #define SNAP_MAGIC "BVCLSN01"
 #define SNAP_MAGIC_LEN 8
 
@@ -45,6 +46,7 @@ typedef struct part_sub {
     unsigned p;
     natsSubscription *sub;
     natsSubscription *rpc;        /* forwarded gets, once caught up */
+    uint64_t held;                /* reg_mu: the registry record its next message waits for (0: none) */
 } part_sub;
 
 struct cluster {
@@ -127,6 +129,11 @@ void clpub_free(cluster *c);
 void clpub_publish(void *ctx, engine_batch *b, const engine_log_record *recs, size_t n);
 int clpub_reg_append(void *ctx, int kind, const void *payload, size_t len, uint64_t *lsn, char *reason, size_t rlen);
 int clpub_reg_wait(void *ctx, uint64_t lsn, char *reason, size_t rlen);
+int clpub_reset(void *ctx, bv_buf *out);          /* engine_log_backend.reset */
+/* The reset markers of registry record `reset` on the partitions (all, or this node's):
+ * one message each, its message id fixed by (reset, partition), so JetStream stores each
+ * once however many nodes publish it. Returns how many were not acknowledged. */
+size_t clpub_reset_markers(cluster *c, uint64_t reset, bool owned_only);
 
 /* consuming (clapply.c) */
 bool clapply_keep_part(void *ctx, const char *table, const char *key, size_t klen);

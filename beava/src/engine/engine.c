@@ -241,6 +241,8 @@ void engine_error_body(bv_buf *out, const char *code, const char *reason_key, co
  * on the new base (registry_prepare only reads the registry). */
 int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
     reg_plan *plan = NULL;
+    if (e->opt.log.registry_catch_up)     /* cluster: judged on the registry the log holds now */
+        e->opt.log.registry_catch_up(e->opt.log.ctx);
     pthread_rwlock_rdlock(&e->reg_lock);
     int status = registry_prepare(e->reg, body, len, out, &plan);
     pthread_rwlock_unlock(&e->reg_lock);
@@ -289,6 +291,7 @@ int engine_reset(engine *e, bv_buf *out) {
                           false, 0);
         return 403;
     }
+    if (e->opt.log.reset) return e->opt.log.reset(e->opt.log.ctx, out);   /* cluster: in log order */
     engine_barrier_enter(e);
     char reason[256];
     if (log_durably(e, REC_RESET, "", 0, reason, sizeof reason) != 0) {

@@ -86,9 +86,13 @@ typedef struct engine_log_backend {
      * object; the engine frees it), NULL to serve it here. */
     void (*batch_get)(void *ctx, const json_t *reqs, char **fwd);
     /* Before a push naming an event, or a get naming a table, not registered here is
-     * answered 404: wait (bounded) until this node applied the registry as the log holds
-     * it now (a register on another node). Called with no engine lock held. Optional. */
+     * answered 404, and before a register is judged: wait (bounded) until this node
+     * applied the registry as the log holds it now (a register or reset on another node).
+     * Called with no engine lock held. Optional. */
     void (*registry_catch_up)(void *ctx);
+    /* A reset (test mode checked): the backend orders it with the events in its log and
+     * applies it (through engine_replay) itself; returns the HTTP status, body in out. */
+    int (*reset)(void *ctx, bv_buf *out);
     void *ctx;
 } engine_log_backend;
 
