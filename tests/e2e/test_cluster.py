@@ -7,6 +7,7 @@ there; the registry goes through the log.
 
 nats-server must be installed (ci/install-deps installs it): without it this test fails,
 it never skips."""
+import http.client
 import json
 import os
 import random
@@ -415,6 +416,47 @@ class ClusterTest(unittest.TestCase):
             for b in (n2, n3):
                 self.assertEqual(b.get(tab, "a"), (200, {"c%d" % r: 1}), r)
         tcp.close()
+
+    def test_registry_catch_up_does_not_hold_the_io_thread(self):
+        """A push naming an event n2 does not know waits for n2 to catch up with the
+        registry (a JetStream request) off the I/O thread: with one HTTP and one TCP I/O
+        thread, and NATS's answers to n2 held by a proxy, pings on other connections are
+        answered meanwhile; the push is answered 404 once NATS answers."""
+        proxy = GateProxy(self.nats.port)
+        self.addCleanup(proxy.close)
+        self.cluster = c = Cluster(self.nats, partitions=4, replicas=3,
+                                   extra_env={"BEAVA_HTTP_THREADS": "1", "BEAVA_IO_THREADS": "1"})
+        env = c.env
+        c.env = lambda nid: dict(env(nid), **({"BEAVA_CLUSTER_NATS_URL": proxy.url} if nid == "n2" else {}))
+        c.start_all()
+        self.register_everywhere(c, "n1")
+        n2 = c.nodes["n2"]
+        done = {}
+
+        def unknown_push():
+            host, port = n2.bound["server.http_bound"].rsplit(":", 1)
+            h = http.client.HTTPConnection(host, int(port), timeout=60)
+            h.request("POST", "/push", json.dumps({"event": "Nope", "data": {"k": "a"}}))
+            r = h.getresponse()
+            done["push"] = (r.status, json.loads(r.read()))
+            h.close()
+        proxy.hold()
+        t = threading.Thread(target=unknown_push)
+        t.start()
+        time.sleep(0.3)                       # the push is in: its catch-up waits for NATS
+        tcp = Conn(n2.bound["server.tcp_bound"])
+        for _ in range(3):
+            st, body = n2.call("POST", "/ping")
+            self.assertEqual(st, 200, body)
+            op, _, body = tcp.call(0x0000, {})
+            self.assertEqual(op, 0x0000, body)
+        self.assertNotIn("push", done)        # still waiting, and the pings were answered
+        proxy.release()
+        t.join()
+        tcp.close()
+        st, body = done["push"]
+        self.assertEqual((st, body["error"]["code"]), (404, "event_not_found"), body)
+        self.assertGreaterEqual(metric(n2, "beava_cluster_catch_up_batches_total"), 1)
 
     def test_kill_and_restart_loses_nothing_acknowledged(self):
         self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()

@@ -243,3 +243,79 @@ void clapply_reg_catch_up(void *ctx) {
     while (c->reg_applied < target && !c->stopping && rc == 0) rc = pthread_cond_timedwait(&c->reg_cv, &c->reg_mu, &dl);
     pthread_mutex_unlock(&c->reg_mu);
 }
+
+/* ---- registry catch-ups off the I/O threads ------------------------------------------------
+ *
+ * A push naming an event this node does not know may have been registered on another node a
+ * moment ago: before answering 404 the node catches up with the registry subject (a
+ * JetStream request, then a wait bounded by read_wait_ms). The I/O thread does not wait for
+ * that: the batch is queued here and resumed (engine_push_resume) once caught up. One
+ * catch-up serves every batch queued before it started, so a client pushing unknown events
+ * in a loop costs one JetStream request per round, not one per push, and never holds up
+ * another connection. */
+
+typedef struct cu_job {
+    engine_batch *b;
+    struct cu_job *next;
+} cu_job;
+
+void clapply_reg_catch_up_push(void *ctx, engine_batch *b) {
+    cluster *c = ctx;
+    cu_job *j = calloc(1, sizeof *j);
+    if (!j) abort();
+    j->b = b;
+    pthread_mutex_lock(&c->cu_mu);
+    if (c->cu_tail) c->cu_tail->next = j;
+    else c->cu_head = j;
+    c->cu_tail = j;
+    pthread_cond_signal(&c->cu_cv);
+    pthread_mutex_unlock(&c->cu_mu);
+}
+
+static void *cu_main(void *arg) {
+    cluster *c = arg;
+    pthread_mutex_lock(&c->cu_mu);
+    for (;;) {
+        while (!c->cu_head && !c->cu_stop) pthread_cond_wait(&c->cu_cv, &c->cu_mu);
+        cu_job *j = c->cu_head;
+        if (!j) break;                       /* stopping, drained */
+        c->cu_head = c->cu_tail = NULL;
+        pthread_mutex_unlock(&c->cu_mu);
+        clapply_reg_catch_up(c);             /* one for all of them */
+        cl_bump(&c->catch_ups);
+        while (j) {
+            cu_job *next = j->next;
+            cl_bump(&c->catch_up_batches);
+            engine_push_resume(c->eng, j->b);
+            free(j);
+            j = next;
+        }
+        pthread_mutex_lock(&c->cu_mu);
+    }
+    pthread_mutex_unlock(&c->cu_mu);
+    return NULL;
+}
+
+int clapply_catch_up_start(cluster *c, char *err, size_t errlen) {
+    pthread_mutex_init(&c->cu_mu, NULL);
+    pthread_cond_init(&c->cu_cv, NULL);
+    if (pthread_create(&c->cu_thread, NULL, cu_main, c) != 0) {
+        pthread_cond_destroy(&c->cu_cv);
+        pthread_mutex_destroy(&c->cu_mu);
+        return cl_fail(err, errlen, "cluster: cannot start the registry catch-up thread");
+    }
+    c->cu_started = true;
+    return 0;
+}
+
+void clapply_catch_up_stop(cluster *c) {
+    if (!c->cu_started) return;
+    pthread_mutex_lock(&c->cu_mu);
+    c->cu_stop = true;
+    pthread_cond_broadcast(&c->cu_cv);
+    pthread_mutex_unlock(&c->cu_mu);
+    pthread_join(c->cu_thread, NULL);
+    pthread_cond_destroy(&c->cu_cv);
+    pthread_mutex_destroy(&c->cu_mu);
+    c->cu_started = false;
+}

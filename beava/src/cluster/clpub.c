@@ -298,6 +298,7 @@ void clpub_publish(void *ctx, engine_batch *b, const engine_log_record *recs, si
 
 
 int clpub_start(cluster *c, char *err, size_t errlen) {
+    if (clapply_catch_up_start(c, err, errlen) != 0) return -1;
     c->pubs = calloc(CLUSTER_PUBLISHERS, sizeof *c->pubs);
     if (!c->pubs) return cl_fail(err, errlen, "out of memory");
     for (int i = 0; i < CLUSTER_PUBLISHERS; i++) {
@@ -310,6 +311,7 @@ int clpub_start(cluster *c, char *err, size_t errlen) {
 }
 
 void clpub_stop(cluster *c) {
+    clapply_catch_up_stop(c);        /* its batches go to the publishers: first */
     pthread_mutex_lock(&c->q_mu);
     c->q_stop = true;
     pthread_cond_broadcast(&c->q_cv);

@@ -202,6 +202,7 @@ void cluster_engine_ops(cluster *c, engine_wal_ops *wal, engine_log_backend *lb)
     lb->get = clread_get;
     lb->batch_get = clread_batch_get;
     lb->registry_catch_up = clapply_reg_catch_up;
+    lb->registry_catch_up_push = clapply_reg_catch_up_push;
     lb->reset = clpub_reset;
     lb->ctx = c;
 }
@@ -303,6 +304,8 @@ void cluster_metrics(cluster *c, bv_buf *out) {
         CM(snapshot_failures, "Cluster snapshots that failed."),
         CM(reg_published, "Registry records this node published."),
         CM(reg_conflicts, "Registers refused with 409: another node's record came first."),
+        CM(catch_ups, "Registry catch-ups for pushes naming an unknown event (one JetStream request each)."),
+        CM(catch_up_batches, "Push batches resumed after a registry catch-up."),
         CM(reg_void, "Registry records skipped by every node: stored on a stale base (clustered JetStream)."),
 #undef CM
     };

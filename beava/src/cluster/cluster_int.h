@@ -72,6 +72,15 @@ struct cluster {
     struct pub_scratch *pubs;                /* CLUSTER_PUBLISHERS */
     int npubs;                               /* threads started */
 
+    /* registry catch-ups of push batches naming an unknown event (clapply.c): one thread,
+     * one JetStream request for every batch queued meanwhile, off the I/O threads */
+    pthread_mutex_t cu_mu;
+    pthread_cond_t cu_cv;
+    struct cu_job *cu_head, *cu_tail;
+    bool cu_stop, cu_started;
+    pthread_t cu_thread;
+    _Atomic uint64_t catch_ups, catch_up_batches;
+
     /* apply (apply_mu) */
     pthread_mutex_t apply_mu;
     pthread_cond_t apply_cv;                 /* a partition's applied sequence moved */
@@ -139,6 +148,9 @@ size_t clpub_reset_markers(cluster *c, uint64_t reset, bool owned_only);
 bool clapply_keep_part(void *ctx, const char *table, const char *key, size_t klen);
 void clapply_check_caught_up(cluster *c);
 void clapply_reg_catch_up(void *ctx);    /* engine_log_backend.registry_catch_up */
+void clapply_reg_catch_up_push(void *ctx, engine_batch *b);   /* engine_log_backend.registry_catch_up_push */
+int clapply_catch_up_start(cluster *c, char *err, size_t errlen);
+void clapply_catch_up_stop(cluster *c);  /* resumes what is queued, joins the thread */
 void clapply_reg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure);
 void clapply_part_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure);
 int clapply_subscribe_from(cluster *c, const char *subj, uint64_t after, natsMsgHandler cb, void *closure,

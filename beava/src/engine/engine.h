@@ -90,6 +90,10 @@ typedef struct engine_log_backend {
      * applied the registry as the log holds it now (a register or reset on another node).
      * Called with no engine lock held. Optional. */
     void (*registry_catch_up)(void *ctx);
+    /* The same for a push batch, off the submitting (I/O) thread: catch up, then call
+     * engine_push_resume(b) from any thread. Optional; used instead of registry_catch_up
+     * for pushes when set. */
+    void (*registry_catch_up_push)(void *ctx, engine_batch *b);
     /* A reset (test mode checked): the backend orders it with the events in its log and
      * applies it (through engine_replay) itself; returns the HTTP status, body in out. */
     int (*reset)(void *ctx, bv_buf *out);
@@ -161,6 +165,10 @@ void engine_batch_free(engine_batch *b);
  * called exactly once, from another thread, and until then the caller must not touch b,
  * its items or the memory their rows point into. */
 bool engine_push_submit(engine *e, engine_batch *b);
+
+/* Submit b again after log.registry_catch_up_push (no second catch-up); its results come
+ * through b->done, called from this thread or later from another. */
+void engine_push_resume(engine *e, engine_batch *b);
 
 /* Blocking conveniences over engine_push_submit for callers that have no event loop
  * (tests, the fuzzer). `data` is the event body as JSON. */

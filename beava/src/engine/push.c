@@ -664,13 +664,31 @@ static bool names_unknown_event(engine *e, push_batch_state *st, const engine_ba
     return unknown;
 }
 
+static bool push_submit(engine *e, engine_batch *b, bool may_catch_up);
+
 bool engine_push_submit(engine *e, engine_batch *b) {
+    return push_submit(e, b, true);
+}
+
+void engine_push_resume(engine *e, engine_batch *b) {
+    if (push_submit(e, b, false)) b->done(b);
+}
+
+static bool push_submit(engine *e, engine_batch *b, bool may_catch_up) {
     push_batch_state *st = state_for(e, b);
     int64_t now = engine_wall_ms();
     bool any_valid = false, any_sync = false;
 
-    if (e->opt.log.registry_catch_up && names_unknown_event(e, st, b))
-        e->opt.log.registry_catch_up(e->opt.log.ctx);   /* registered on another node a moment ago? */
+    /* registered on another node a moment ago? The backend catches up off this thread
+     * and resumes the batch (engine_push_resume), or here, bounded */
+    if (may_catch_up && (e->opt.log.registry_catch_up_push || e->opt.log.registry_catch_up) &&
+        names_unknown_event(e, st, b)) {
+        if (e->opt.log.registry_catch_up_push) {
+            e->opt.log.registry_catch_up_push(e->opt.log.ctx, b);
+            return false;
+        }
+        e->opt.log.registry_catch_up(e->opt.log.ctx);
+    }
 
     pthread_rwlock_rdlock(&e->reg_lock);
     uint64_t version = registry_version(e->reg);
