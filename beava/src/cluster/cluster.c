@@ -15,9 +15,7 @@
  * time: the publishing process skips it, it applied the record when it published it).
  *
  * Known limits of this first slice (README "Cluster"): the node list is fixed (no
- * rebalancing), get and batch_get are forwarded but not the legacy reads, the dedupe
- * by event key is not applied, a reset is not ordered with the events published before
- * it, and a node with a lost data dir rebuilds from the stream alone.
+ * rebalancing), and a node with a lost data dir rebuilds from the stream alone.
  */
 #include "cluster_int.h"
 

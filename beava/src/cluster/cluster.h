@@ -24,17 +24,37 @@
  * the registry sequence it was validated against; it is applied only once this node's
  * registry has reached it.
  *
- * Registry: register and reset go through the engine's WAL seam to the registry subject
- * with an expected-last-subject-sequence of the registry this node has applied: of two
- * concurrent registers on a stale base one lands, the other gets 409. Every node applies
- * registry records in stream order; the node that published one applied it already.
+ * Registry: a register goes through the engine's WAL seam to the registry subject with an
+ * expected-last-subject-sequence (its base: the registry record this node applied last):
+ * of two concurrent registers on one base one lands, the other gets 409. A clustered
+ * stream (nats-server 2.9) may store both (nats-server issue 4320), so every node also
+ * checks each record's base against the record before it and skips a void one; the
+ * publisher learns it from the stream's leader (STREAM.MSG.GET next_by_subj after its
+ * base) and answers 409. Every node applies registry records in stream order; the node
+ * that published one applied it already. A register is judged after catching up with the
+ * registry subject; a push naming an unknown event catches up on a thread of its own
+ * (clapply.c) and is resumed, off the I/O thread.
+ *
+ * Dedupe by event key: decided by the owners at apply time, per partition, in the
+ * partition's log order (engine_apply_logged with the partition as dedupe scope; the
+ * window in the records' arrival times), so every owner of a partition decides alike and
+ * two nodes receiving the same event key never both get it applied.
+ *
+ * Reset (test mode; engine_log_backend.reset): a registry record R then a marker
+ * (Beava-Reset: R, message id fixed by R and the partition) on every partition subject. A
+ * partition's place for R is its first message that is the marker or carries Beava-Reg
+ * >= R; the partition's consumer holds there (part_sub.held) and the registry's consumer
+ * applies R once every owned partition is held, publishing the markers of its own
+ * partitions if they do not come within publish_timeout_ms.
  *
  * Snapshots: <data_dir>/cluster/snap-<ms>.bin holds the registry sequence, the applied
  * stream sequence of every partition and the engine state (engine_serialize), with a
  * CRC-32C. Recovery = newest valid snapshot + the stream from there.
  *
  * Locks: apply_mu (one message applied at a time; snapshots) -> the engine's barrier;
- * reg_mu (registry sequence, publisher queue state) is a leaf.
+ * reg_mu (registry sequence, partitions held for a registry record, publisher queue
+ * state) is a leaf; a partition waits for a registry record on reg_cv, not holding
+ * apply_mu.
  */
 #ifndef BEAVA_CLUSTER_H
 #define BEAVA_CLUSTER_H
