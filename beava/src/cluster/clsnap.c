@@ -1,6 +1,8 @@
 /*
  * clsnap.c - cluster snapshots (the engine state plus the stream sequence applied per
- * partition and the registry's) and recovery from the newest that verifies.
+ * partition and the registry's) and recovery from the newest that verifies. A snapshot
+ * is written by a fork()ed child from its copy-on-write image (the parent holds the
+ * engine quiesced only for the fork), one at a time (snap_mu).
  */
 #include "cluster_int.h"
 
@@ -12,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,29 +47,53 @@ static int snap_write(void *ctx, const void *p, size_t n) {
     return 0;
 }
 
-/* Inside engine_quiesce (apply_mu held too): the header then the engine's state. */
+/* A snapshot: its header is taken in the parent (apply_mu held, inside engine_quiesce),
+ * then a fork()ed child writes the header and the engine's state from its copy-on-write
+ * image, so pushes and the partitions' consumers go on while it is serialised (as a
+ * single node's snapshots, storage/persist.c). The child uses only malloc and plain
+ * syscalls; no lock another thread may hold at the fork. */
+typedef struct snap_job {
+    cluster *c;
+    snap_writer w;
+    bv_buf head;
+    pid_t child;
+    char err[128];
+} snap_job;
+
+static int snap_child(snap_job *j) {
+    if (snap_write(&j->w, j->head.data, j->head.len) != 0) return -1;
+    if (engine_serialize(j->c->eng, snap_write, &j->w) != 0) return -1;
+    unsigned char crc[4];
+    codec_put32(crc, j->w.crc);
+    if (snap_write(&j->w, crc, 4) != 0) return -1;
+    return fsync(j->w.fd);
+}
+
+/* Inside engine_quiesce (apply_mu held too): the header, then the fork. */
 static int snap_quiesced(void *ctx, uint64_t lsn, uint64_t version) {
     (void)lsn, (void)version;
-    snap_writer *w = ctx;
-    cluster *c = w->c;
-    bv_buf h;
-    bv_buf_init(&h);
+    snap_job *j = ctx;
+    cluster *c = j->c;
     unsigned char b8[8];
-    bv_buf_put(&h, SNAP_MAGIC, SNAP_MAGIC_LEN);
+    bv_buf_put(&j->head, SNAP_MAGIC, SNAP_MAGIC_LEN);
     codec_put32(b8, c->nparts);
-    bv_buf_put(&h, b8, 4);
+    bv_buf_put(&j->head, b8, 4);
     pthread_mutex_lock(&c->reg_mu);
     codec_put64(b8, c->reg_applied);
     pthread_mutex_unlock(&c->reg_mu);
-    bv_buf_put(&h, b8, 8);
+    bv_buf_put(&j->head, b8, 8);
     for (unsigned p = 0; p < c->nparts; p++) {
         codec_put64(b8, c->applied[p]);
-        bv_buf_put(&h, b8, 8);
+        bv_buf_put(&j->head, b8, 8);
     }
-    int rc = snap_write(w, h.data, h.len);
-    bv_buf_free(&h);
-    if (rc == 0) rc = engine_serialize(c->eng, snap_write, w);
-    return rc;
+    pid_t pid = fork();
+    if (pid == 0) _exit(snap_child(j) == 0 ? 0 : 1);
+    if (pid < 0) {
+        snprintf(j->err, sizeof j->err, "fork: %s", strerror(errno));
+        return -1;
+    }
+    j->child = pid;
+    return 0;
 }
 
 static bool snap_name_counter(const char *name, uint64_t *n) {
@@ -106,25 +133,38 @@ static size_t snap_list(cluster *c, uint64_t **out) {
 }
 
 int clsnap_take(cluster *c, char *err, size_t errlen) {
+    pthread_mutex_lock(&c->snap_mu);                 /* one snapshot at a time */
     pthread_mutex_lock(&c->apply_mu);
     uint64_t id = ++c->snap_counter;
     char tmp[PATH_MAX + 32], fin[PATH_MAX + 32];
     snprintf(tmp, sizeof tmp, "%s/snap-%020" PRIu64 ".tmp", c->snap_dir, id);
     snprintf(fin, sizeof fin, "%s/snap-%020" PRIu64 ".bin", c->snap_dir, id);
-    snap_writer w = { .fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), .c = c };
+    snap_job j = { .c = c, .w = { .fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), .c = c },
+                   .child = -1 };
+    bv_buf_init(&j.head);
     int rc = -1;
-    if (w.fd < 0) {
+    uint64_t covered = c->applied_since_snap;        /* what this snapshot holds */
+    if (j.w.fd < 0) {
         cl_fail(err, errlen, "open %s: %s", tmp, strerror(errno));
+        pthread_mutex_unlock(&c->apply_mu);
     } else {
-        rc = engine_quiesce(c->eng, snap_quiesced, &w);
-        unsigned char crc[4];
-        codec_put32(crc, w.crc);
-        if (rc == 0) rc = snap_write(&w, crc, 4);
-        if (rc == 0 && fsync(w.fd) != 0) rc = -1;
-        if (close(w.fd) != 0) rc = -1;
-        if (rc == 0 && rename(tmp, fin) != 0) rc = -1;
+        rc = engine_quiesce(c->eng, snap_quiesced, &j);
+        pthread_mutex_unlock(&c->apply_mu);          /* the child writes; everything else goes on */
+        if (rc == 0) {
+            int status = 0;
+            while (waitpid(j.child, &status, 0) < 0 && errno == EINTR) {}
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                rc = -1;
+                snprintf(j.err, sizeof j.err, "the snapshot child failed (status %d)", status);
+            }
+        }
+        if (close(j.w.fd) != 0) rc = -1;
+        if (rc == 0 && rename(tmp, fin) != 0) {
+            rc = -1;
+            snprintf(j.err, sizeof j.err, "rename: %s", strerror(errno));
+        }
         if (rc != 0) {
-            cl_fail(err, errlen, "writing %s: %s", tmp, strerror(errno));
+            cl_fail(err, errlen, "writing %s: %s", tmp, j.err[0] ? j.err : "write failed");
             unlink(tmp);
         } else {
             int dfd = open(c->snap_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -132,10 +172,13 @@ int clsnap_take(cluster *c, char *err, size_t errlen) {
                 fsync(dfd);
                 close(dfd);
             }
-            c->applied_since_snap = 0;
+            pthread_mutex_lock(&c->apply_mu);
+            c->applied_since_snap -= covered;
+            pthread_mutex_unlock(&c->apply_mu);
         }
     }
-    pthread_mutex_unlock(&c->apply_mu);
+    bv_buf_free(&j.head);
+    pthread_mutex_unlock(&c->snap_mu);
     if (rc != 0) {
         cl_bump(&c->snapshot_failures);
         return -1;

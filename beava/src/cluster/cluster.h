@@ -49,7 +49,8 @@
  *
  * Snapshots: <data_dir>/cluster/snap-<ms>.bin holds the registry sequence, the applied
  * stream sequence of every partition and the engine state (engine_serialize), with a
- * CRC-32C. Recovery = newest valid snapshot + the stream from there.
+ * CRC-32C, written by a fork()ed child (the engine is held quiesced only for the fork).
+ * Recovery = newest valid snapshot + the stream from there.
  *
  * Locks: apply_mu (one message applied at a time; snapshots) -> the engine's barrier;
  * reg_mu (registry sequence, partitions held for a registry record, publisher queue
