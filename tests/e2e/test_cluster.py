@@ -765,54 +765,63 @@ class ClusterTest(unittest.TestCase):
         """The fraud-team pipeline fed to one node and, in the same order, through the
         three nodes of a cluster: every feature that depends only on the events and their
         order (not on arrival or query time) is identical, read from any node."""
-        with open(shared_path("data", "bench", "fraud-team.json")) as f:
-            cfg = json.load(f)
-        rng = random.Random(2026)
-        events = []
-        for i in range(FRAUD_EVENTS):
-            body = {cfg["key_field"]: "u%03d" % rng.randrange(FRAUD_USERS), "event_time": i}
-            for fname, ftype in cfg["extra_fields"].items():
-                if ftype == "f64":
-                    body[fname] = rng.random() * 1000.0
-                elif ftype == "i64":
-                    body[fname] = rng.randrange(2)
-                else:
-                    body[fname] = "s%d" % rng.randrange(FRAUD_STRS)
-            events.append(("Txn", body))
-        tables = {}
-        for n in cfg["register"]["nodes"]:
-            if n["kind"] == "derivation" and n["upstreams"] == ["Txn"]:
-                gb = [o for o in n["ops"] if o["op"] == "group_by"][0]
-                tables[n["name"]] = (gb["keys"][0], {f for f, a in gb["agg"].items() if order_only(a)})
-        with Beava(test_mode=True) as single:
-            self.assertEqual(single.register(cfg["register"])[0], 200)
-            pushed = push_many(single, events)
-            self.assertEqual(rejected(pushed), [])
-            events = pushed.applied(events)     # the single node's order, fed to the cluster
-            self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
-            st, body = c.nodes["n1"].register(cfg["register"])
-            self.assertEqual(st, 200, body)
-            for b in c.nodes.values():
-                wait_for(lambda: json.loads(b.admin("GET", "/registry")[2]).get("node_count", 0) ==
-                         len(cfg["register"]["nodes"]), what="registry on every node")
-            ids = list(c.nodes)
-            for k, start in enumerate(range(0, len(events), 250)):   # batches through every node
-                chunk = events[start:start + 250]
-                self.assertEqual(rejected(push_many(c.nodes[ids[k % 3]], chunk)), [])
-            reqs = []
-            for t, (keyf, _) in sorted(tables.items()):
-                reqs += [(t, k) for k in sorted({e[keyf] for _, e in events})[:40]]
-            want = batch_get(single, reqs)
-            compared = 0
-            for node in ids:
-                got = batch_get(c.nodes[node], reqs)
-                for (t, k), w, g in zip(reqs, want, got):
-                    self.assertNotIn("error", g, (node, t, k, g))
-                    for f in tables[t][1]:
-                        self.assertIn(f, w, (t, k, f))
-                        self.assertEqual(g.get(f), w[f], (node, t, k, f))
-                        compared += w[f] is not None
-            self.assertGreater(compared, 3 * len(reqs) * 3)     # values, not just nulls
+        def make():
+            self.cluster = Cluster(self.nats, partitions=8, replicas=2).start_all()
+            return self.cluster
+        fraud_team_check(self, make)
+
+
+def fraud_team_check(self, make_cluster):
+    """The fraud-team comparison of a single node with the cluster make_cluster() starts
+    (test_fraud_team_same_rows_as_a_single_node; test_cluster_nats3 uses it too)."""
+    with open(shared_path("data", "bench", "fraud-team.json")) as f:
+        cfg = json.load(f)
+    rng = random.Random(2026)
+    events = []
+    for i in range(FRAUD_EVENTS):
+        body = {cfg["key_field"]: "u%03d" % rng.randrange(FRAUD_USERS), "event_time": i}
+        for fname, ftype in cfg["extra_fields"].items():
+            if ftype == "f64":
+                body[fname] = rng.random() * 1000.0
+            elif ftype == "i64":
+                body[fname] = rng.randrange(2)
+            else:
+                body[fname] = "s%d" % rng.randrange(FRAUD_STRS)
+        events.append(("Txn", body))
+    tables = {}
+    for n in cfg["register"]["nodes"]:
+        if n["kind"] == "derivation" and n["upstreams"] == ["Txn"]:
+            gb = [o for o in n["ops"] if o["op"] == "group_by"][0]
+            tables[n["name"]] = (gb["keys"][0], {f for f, a in gb["agg"].items() if order_only(a)})
+    with Beava(test_mode=True) as single:
+        self.assertEqual(single.register(cfg["register"])[0], 200)
+        pushed = push_many(single, events)
+        self.assertEqual(rejected(pushed), [])
+        events = pushed.applied(events)     # the single node's order, fed to the cluster
+        c = make_cluster()
+        st, body = c.nodes["n1"].register(cfg["register"])
+        self.assertEqual(st, 200, body)
+        for b in c.nodes.values():
+            wait_for(lambda: json.loads(b.admin("GET", "/registry")[2]).get("node_count", 0) ==
+                     len(cfg["register"]["nodes"]), what="registry on every node")
+        ids = list(c.nodes)
+        for k, start in enumerate(range(0, len(events), 250)):   # batches through every node
+            chunk = events[start:start + 250]
+            self.assertEqual(rejected(push_many(c.nodes[ids[k % 3]], chunk)), [])
+        reqs = []
+        for t, (keyf, _) in sorted(tables.items()):
+            reqs += [(t, k) for k in sorted({e[keyf] for _, e in events})[:40]]
+        want = batch_get(single, reqs)
+        compared = 0
+        for node in ids:
+            got = batch_get(c.nodes[node], reqs)
+            for (t, k), w, g in zip(reqs, want, got):
+                self.assertNotIn("error", g, (node, t, k, g))
+                for f in tables[t][1]:
+                    self.assertIn(f, w, (t, k, f))
+                    self.assertEqual(g.get(f), w[f], (node, t, k, f))
+                    compared += w[f] is not None
+        self.assertGreater(compared, 3 * len(reqs) * 3)     # values, not just nulls
 
 
 FRAUD_EVENTS = 3000

@@ -11,6 +11,7 @@ three NATS URLs.
 - SIGKILL of one nats-server during sync pushes: no acknowledged event is lost (503s are
   allowed, a false ack is not).
 - A register on n1 while n2 pushes; two concurrent conflicting registers: one applies.
+- The fraud-team pipeline gives the rows of one node fed the same events.
 
 nats-server must be installed (ci/install-deps installs it): without it this test fails,
 it never skips."""
@@ -27,7 +28,7 @@ import unittest
 import urllib.request
 
 from harness import Beava, free_port, main
-from test_cluster import NATS_BIN, PIPE, Cluster, metric, wait_for
+from test_cluster import NATS_BIN, PIPE, Cluster, fraud_team_check, metric, wait_for
 from test_pipelines import OP_PUSH_MANY, Tcp, batch_get, push_many, rejected
 
 OP_PUSH_SYNC = 0x0011
@@ -257,6 +258,10 @@ class Nats3ClusterTest(unittest.TestCase):
         for b in c.nodes.values():
             self.assertEqual(metric(b, "beava_cluster_apply_errors_total"), 0)
             self.assertGreater(metric(b, "beava_cluster_reads_forwarded_total"), 0)
+
+    def test_fraud_team_same_rows_as_a_single_node(self):
+        """The fraud-team pipeline through the three nodes gives the rows of one node."""
+        fraud_team_check(self, lambda: self.make_cluster("fraud"))
 
     def test_beava_node_killed_during_pushes_loses_nothing(self):
         rng = random.Random(15)
