@@ -201,10 +201,17 @@ void cl_read_deadline(const cluster *c, struct timespec *dl) {
 }
 
 uint64_t cl_last_seq(cluster *c, const char *subj) {
+    return cl_last_seq_within(c, subj, 0);
+}
+
+uint64_t cl_last_seq_within(cluster *c, const char *subj, unsigned wait_ms) {
     natsMsg *m = NULL;
     jsErrCode jerr = 0;
     uint64_t s = 0;
-    if (js_GetLastMsg(&m, c->js, c->stream, subj, NULL, &jerr) == NATS_OK) s = natsMsg_GetSequence(m);
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Wait = wait_ms;                     /* 0: the context's (publish_timeout_ms) */
+    if (js_GetLastMsg(&m, c->js, c->stream, subj, wait_ms ? &o : NULL, &jerr) == NATS_OK) s = natsMsg_GetSequence(m);
     natsMsg_Destroy(m);
     return s;
 }
@@ -228,16 +235,17 @@ int clapply_subscribe_from(cluster *c, const char *subj, uint64_t after, natsMsg
     return 0;
 }
 
-/* engine_log_backend.registry_catch_up: wait (bounded by read_wait_ms) until the registry
- * applied here reached the registry subject's last sequence now. */
+/* engine_log_backend.registry_catch_up: wait until the registry applied here reached the
+ * registry subject's last sequence now; the request and the wait together are bounded by
+ * read_wait_ms (a get naming an unknown table waits here on its I/O thread). */
 void clapply_reg_catch_up(void *ctx) {
     cluster *c = ctx;
     if (c->cfg->cluster_read_wait_ms == 0) return;
     char subj[CLUSTER_SUBJECT_MAX];
     cl_reg_subject(c, subj, sizeof subj);
-    uint64_t target = cl_last_seq(c, subj);
     struct timespec dl;
     cl_read_deadline(c, &dl);
+    uint64_t target = cl_last_seq_within(c, subj, c->cfg->cluster_read_wait_ms);
     pthread_mutex_lock(&c->reg_mu);
     int rc = 0;
     while (c->reg_applied < target && !c->stopping && rc == 0) rc = pthread_cond_timedwait(&c->reg_cv, &c->reg_mu, &dl);

@@ -37,9 +37,9 @@ static int catch_up(cluster *c, unsigned p, bv_buf *out) {
     if (c->cfg->cluster_read_wait_ms == 0) return -1;
     char subj[CLUSTER_SUBJECT_MAX];
     cl_part_subject(c, p, subj, sizeof subj);
-    uint64_t target = cl_last_seq(c, subj);
-    struct timespec dl;
+    struct timespec dl;                   /* the request and the wait: read_wait_ms in all */
     cl_read_deadline(c, &dl);
+    uint64_t target = cl_last_seq_within(c, subj, c->cfg->cluster_read_wait_ms);
     pthread_mutex_lock(&c->apply_mu);
     int rc = 0;
     while (c->applied[p] < target && !c->stopping && rc == 0) rc = pthread_cond_timedwait(&c->apply_cv, &c->apply_mu, &dl);

@@ -157,6 +157,7 @@ int clapply_subscribe_from(cluster *c, const char *subj, uint64_t after, natsMsg
                            natsSubscription **sub, char *err, size_t errlen);
 /* The stream's last sequence on a subject now (0: none). */
 uint64_t cl_last_seq(cluster *c, const char *subj);
+uint64_t cl_last_seq_within(cluster *c, const char *subj, unsigned wait_ms);   /* 0 = publish_timeout_ms */
 /* An absolute CLOCK_REALTIME deadline (for pthread_cond_timedwait) cluster.read_wait_ms from now. */
 void cl_read_deadline(const cluster *c, struct timespec *dl);
 
