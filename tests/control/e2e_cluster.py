@@ -20,6 +20,9 @@ passed as runtime.config. The CLI rolls from a config listing the three control 
              daemon (B runs again, its data restored), h3 is not touched (no deploy in its
              history), the CLI exits 1 naming h2; the counts are still exact.
   refuse     a roll while a host is down touches no host.
+  gate       the cluster step against tests/control/fake_beava.c as a node that starts behind:
+             it waits until lag 0; a node that applies nothing fails on runtime.ready_stall_s
+             and is rolled back; a server that is another node than cluster.node_id too.
 
 Skips (exit 0) only while the beava binary is not built. BEAVA_BIN, BEAVA_CONTROL_BIN,
 BEAVA_SOURCE_DIR and FAKE_BEAVA_BIN are set by CTest.
@@ -127,6 +130,45 @@ def cluster_of(h):
     return http("GET", f"http://127.0.0.1:{h.admin_port}/cluster")[1]
 
 
+def gate_phase(tmp, repo, build_push):
+    """The cluster step's waiting and stall paths, against tests/control/fake_beava.c as a cluster
+    node whose partitions start behind and apply a few sequences per look (or none)."""
+    log("# gate")
+    build_push("fake-slow", "d" * 40, binary=E.FAKE_BEAVA,
+               env=["FAKE_BEAVA_CLUSTER_NODE=n1", "FAKE_BEAVA_CLUSTER_LAG=30", "FAKE_BEAVA_CLUSTER_STEP=3"])
+    build_push("fake-stuck", "e" * 40, binary=E.FAKE_BEAVA,
+               env=["FAKE_BEAVA_CLUSTER_NODE=n1", "FAKE_BEAVA_CLUSTER_LAG=30", "FAKE_BEAVA_CLUSTER_STEP=0"])
+    build_push("fake-n2", "f" * 40, binary=E.FAKE_BEAVA, env=["FAKE_BEAVA_CLUSTER_NODE=n2"])
+    c = Control(tmp, "gate", repo, manifests=f"{tmp}/empty-manifests", extra_yaml="cluster: {node_id: n1}\n")
+    os.makedirs(f"{tmp}/empty-manifests")
+    c.start("runtime.ready_stall_s=2")
+    p = c.cli("deploy", f"{repo}:fake-slow", "--wait")
+    d = c.last(1)[0]
+    cs = step(d, "cluster") or {}
+    det = cs.get("detail", {})
+    check(p.returncode == 0 and d["status"] == "succeeded" and det.get("lag_at_start") == 60 and det.get("lag") == 0
+          and det.get("owned_partitions") == 2,
+          "a node 30 sequences behind on each of its 2 partitions: the cluster step waited until lag 0", (d["status"], cs))
+    check("60 stream sequence(s) behind at start, 0 now" in p.stdout, "the CLI shows the catch-up", p.stdout[-1500:])
+    p = c.cli("deploy", f"{repo}:fake-stuck", "--wait")
+    d = c.last(1)[0]
+    cs = step(d, "cluster") or {}
+    check(p.returncode == 1 and d["status"] == "rolled_back" and not cs.get("ok") and
+          "no partition applied anything for 2s (runtime.ready_stall_s), 60 stream sequences behind" in
+          cs.get("message", ""), "a node that applies nothing: the cluster step fails on the stall limit, rolled back",
+          (d["status"], cs.get("message")))
+    rc = step(d, "rollback.cluster") or {}
+    check(rc.get("ok") and c.status()["current"]["image"].endswith("fake-slow"),
+          "the previous release runs again, its own cluster step passed", rc)
+    p = c.cli("deploy", f"{repo}:fake-n2", "--wait")
+    d = c.last(1)[0]
+    check(p.returncode == 1 and d["status"] == "rolled_back" and
+          "the server runs cluster node 'n2'; this host's is 'n1'" in (step(d, "cluster") or {}).get("message", ""),
+          "a server that is another node than cluster.node_id is rolled back", d.get("message"))
+    c.stop()
+    c.kill_server()
+
+
 def scenario(tmp):
     t_all = time.time()
     if not shutil.which("nats-server"):
@@ -140,8 +182,8 @@ def scenario(tmp):
     with open(f"{mdir}/10-views.yaml", "w") as f:
         f.write(MANIFEST)
 
-    def build_push(tag, revision, env=()):
-        args = [E.BUILD_IMAGE, "--binary", E.BEAVA, "--revision", revision, "--version", "0.0.1",
+    def build_push(tag, revision, env=(), binary=None):
+        args = [E.BUILD_IMAGE, "--binary", binary or E.BEAVA, "--revision", revision, "--version", "0.0.1",
                 "--layout", f"{tmp}/layout-{tag}", "--push", f"{repo}:{tag}", "--creds", E.CREDS]
         for e in env:
             args += ["--env", e]
@@ -264,6 +306,7 @@ snapshot:
           "`cluster status`: each host's release", doc)
     for h in hosts:
         h.stop()
+    gate_phase(tmp, repo, build_push)
     p = subprocess.run([E.CTL, "--config", os.path.join(E.SRC, "config", "cluster", "control-h1.yaml"), "config"],
                        capture_output=True, text=True, env=E.clean_env())
     cfg = json.loads(p.stdout) if p.returncode == 0 else {}
