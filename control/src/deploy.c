@@ -450,6 +450,17 @@ static int cluster_gate(struct ctl_ctx *ctx, json_t **detail, char *err) {
     return rc;
 }
 
+/* The cluster step as its own journal step (nothing when the server is not a cluster node):
+ * 0 passed or skipped, -1 failed (err). */
+static int cluster_step(struct ctl_ctx *ctx, struct deploy *d, const char *name, char *err) {
+    int64_t t0 = ctl_mono_ms();
+    json_t *detail = NULL;
+    int cg = cluster_gate(ctx, &detail, err);
+    if (cg <= 0)
+        step_done(ctx, d, name, t0, cg == 0, cg ? err : "every owned partition caught up with the stream", detail);
+    return cg < 0 ? -1 : 0;
+}
+
 /* ---- manifests: apply and verify ------------------------------------------------------ */
 
 static char *diff_summary(json_t *diff) {
@@ -788,14 +799,7 @@ static void rollback(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const c
     json_t *detail = NULL;
     int x = probe(ctx, &detail, err);
     step_done(ctx, d, "rollback.probe", t0, x == 0, x ? err : NULL, detail);
-    if (x == 0) {
-        t0 = ctl_mono_ms();
-        detail = NULL;
-        int cg = cluster_gate(ctx, &detail, err);
-        if (cg == 0 || cg < 0)
-            step_done(ctx, d, "rollback.cluster", t0, cg == 0, cg ? err : "every owned partition caught up", detail);
-        x = cg < 0 ? -1 : 0;
-    }
+    if (x == 0) x = cluster_step(ctx, d, "rollback.cluster", err);
     char *m = x == 0 ? ctl_asprintf("%s; rolled back to %s", reason, digest)
                      : ctl_asprintf("%s; rolled back to %s, but it is not ready: %s", reason, digest, err);
     deploy_end(ctx, d, x == 0 ? "rolled_back" : "failed", m, json_pack("{s:s}", "rolled_back_to", digest));
@@ -1174,17 +1178,12 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d) {
         }
         step_done(ctx, d, "probe", t0, true, "admin /ready 200 and data-plane /ping", detail);
         /* 6b. a cluster node: its partitions caught up with the stream */
-        t0 = ctl_mono_ms();
-        detail = NULL;
-        int cg = cluster_gate(ctx, &detail, err);
-        if (cg < 0) {
-            step_done(ctx, d, "cluster", t0, false, err, detail);
+        if (cluster_step(ctx, d, "cluster", err) < 0) {
             char *r = ctl_asprintf("the new cluster node did not catch up: %s", err);
             rollback(ctx, d, cur, r, cfg->backup_data_on_deploy);
             free(r);
             goto out;
         }
-        if (cg == 0) step_done(ctx, d, "cluster", t0, true, "every owned partition caught up with the stream", detail);
         was_ready = true;
     }
     (void)was_ready;
@@ -1407,6 +1406,7 @@ static void run_rollback(struct ctl_ctx *ctx, struct deploy *d) {
         x = probe(ctx, &detail, err);
         step_done(ctx, d, "probe", t0, x == 0, x ? err : NULL, detail);
     }
+    if (x == 0) x = cluster_step(ctx, d, "cluster", err);
     if (x < 0) {
         /* The previous release does not come up: go back to what ran. */
         rollback(ctx, d, cur, "the previous release did not become ready", false);
@@ -1599,6 +1599,7 @@ static void run_restore(struct ctl_ctx *ctx, struct deploy *d) {
     x = probe(ctx, &detail, err);
     step_done(ctx, d, "probe", t0, x == 0, x ? err : "admin /ready 200 and data-plane /ping", detail);
     if (x < 0) goto fail;
+    if (cluster_step(ctx, d, "cluster", err) < 0) goto fail;
     t0 = ctl_mono_ms();
     json_t *regj = state_load(cfg->state_dir, "registry");
     json_t *vd = NULL;
