@@ -362,6 +362,8 @@ static int probe(struct ctl_ctx *ctx, json_t **detail, char *err) {
  * saw it (lag 0 against that moment: a node that keeps up with live pushes passes, one that
  * falls behind does not). It fails like the readiness gate: no applied sequence moved for
  * runtime.ready_stall_s ("stalled"), or runtime.ready_timeout_s passed ("ceiling"). */
+#define CLUSTER_GATE_POLL_US 200000 /* between two looks at admin GET /cluster */
+
 static uint64_t jseq(json_t *o, const char *k) { return (uint64_t)json_integer_value(json_object_get(o, k)); }
 
 static int cluster_gate(struct ctl_ctx *ctx, json_t **detail, char *err) {
@@ -439,7 +441,7 @@ static int cluster_gate(struct ctl_ctx *ctx, json_t **detail, char *err) {
                      (long long)cfg->ready_timeout_s, (unsigned long long)lag);
             break;
         }
-        usleep(200000);
+        usleep(CLUSTER_GATE_POLL_US);
     }
     if (rc <= 0)
         *detail =
