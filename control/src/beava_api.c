@@ -103,6 +103,12 @@ int beava_get(const struct beava_ep *ep, const char *table, const char *key, lon
     return rc;
 }
 
+int beava_cluster(const struct beava_ep *ep, long *status, json_t **out, char *err) {
+    char url[300];
+    snprintf(url, sizeof url, "http://%s/cluster", ep->admin_addr);
+    return http_json("GET", url, NULL, NULL, 5000, NULL, status, out, err);
+}
+
 int beava_snapshot(const struct beava_ep *ep, json_t **out, char *err) {
     char url[300], auth[600];
     const char *hdrs[2];

@@ -2,7 +2,7 @@
  * beava_api.h — the calls beava-control makes to a running beava server.
  *
  * Data plane (http_addr): POST /ping, POST /register, POST /get.
- * Admin (admin_addr): GET /ready, GET /registry, POST /snapshot.
+ * Admin (admin_addr): GET /ready, GET /registry, GET /cluster, POST /snapshot.
  * When a token is set it is sent as `Authorization: Bearer` on every call (the server
  * requires it for /register and /snapshot when security.admin_token_file is set).
  */
@@ -38,6 +38,10 @@ int beava_register_mode(const struct beava_ep *ep, json_t *nodes, const char *mo
 int beava_registry(const struct beava_ep *ep, int64_t *version, int64_t *count, char *err);
 /* POST /get {"table","key"}: *status gets the HTTP status. */
 int beava_get(const struct beava_ep *ep, const char *table, const char *key, long *status, json_t **out, char *err);
+/* Admin GET /cluster (cluster mode: this node, members, ownership, applied/stream/lag per
+ * owned partition, the registry's). *status gets the HTTP status (404: not a cluster node),
+ * *out the parsed body (caller owns; NULL if not JSON). Transport errors return -1. */
+int beava_cluster(const struct beava_ep *ep, long *status, json_t **out, char *err);
 /* Admin POST /snapshot -> {"lsn","path"} (caller owns *out). Non-200 is an error. */
 int beava_snapshot(const struct beava_ep *ep, json_t **out, char *err);
 

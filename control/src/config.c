@@ -18,7 +18,7 @@
 
 extern char **environ;
 
-enum cfg_type { T_STR, T_INT, T_BOOL, T_MAP };
+enum cfg_type { T_STR, T_INT, T_BOOL, T_MAP, T_HOSTS };
 
 struct cfg_entry {
     const char *path;
@@ -77,6 +77,12 @@ static const struct cfg_entry ENTRIES[] = {
     { "notify.url", T_STR, S(notify_url), "", "webhook called on deploy success, failure, rollback" },
     { "notify.secret_file", T_STR, S(notify_secret_file), "", "HMAC secret signing the webhook body" },
     { "deploy.backup_data", T_BOOL, S(backup_data_on_deploy), "true", "copy the data dir before a new version starts" },
+    { "cluster.node_id", T_STR, S(cluster_node_id), "",
+      "the cluster node this host runs; the deploy gate checks the server's GET /cluster says so" },
+    { "cluster.hosts", T_HOSTS, S(cluster_hosts), NULL,
+      "`cluster deploy` roll order: [{name, url, secret_file}] (the hosts' control ports)" },
+    { "cluster.host_timeout_s", T_INT, S(cluster_host_timeout_s), "1800",
+      "`cluster deploy`: longest wait for one host's deploy to end" },
 };
 #undef S
 #define NENTRIES (sizeof ENTRIES / sizeof ENTRIES[0])
@@ -92,6 +98,47 @@ static bool is_section(const char *path) {
     for (size_t i = 0; i < NENTRIES; i++)
         if (!strncmp(ENTRIES[i].path, path, n) && ENTRIES[i].path[n] == '.') return true;
     return false;
+}
+
+/* One `cluster.hosts` entry, checked: name and url required, secret_file optional ("" = the
+ * daemon's own trigger.secret_file at use). */
+static int add_host(struct ctl_config *c, const char *where, const char *name, const char *url, const char *secret,
+                    char *err) {
+    if (!name || !*name || strlen(name) > 64 ||
+        strspn(name,
+               "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+               "0123456789._-") != strlen(name))
+        return ctl_errf(err, "%s: a host needs a name of 1..64 of [A-Za-z0-9._-]", where);
+    if (!url || (strncmp(url, "http://", 7) && strncmp(url, "https://", 8)))
+        return ctl_errf(err, "%s: host %s: url must be an http:// or https:// URL of its control port", where, name);
+    size_t i;
+    json_t *h;
+    json_array_foreach(c->cluster_hosts, i, h) {
+        if (!strcmp(json_string_value(json_object_get(h, "name")), name))
+            return ctl_errf(err, "%s: host %s is listed twice", where, name);
+    }
+    json_array_append_new(c->cluster_hosts,
+                          json_pack("{s:s,s:s,s:s}", "name", name, "url", url, "secret_file", secret ? secret : ""));
+    return 0;
+}
+
+/* The flag/environment form of cluster.hosts: NAME=URL[,NAME=URL]... (each host's secret is
+ * trigger.secret_file; per-host secret files need the YAML list). */
+static int set_hosts(struct ctl_config *c, const struct cfg_entry *e, const char *v, char *err) {
+    json_array_clear(c->cluster_hosts);
+    char *copy = ctl_strdup(v), *save = NULL;
+    int rc = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        if (!eq) {
+            rc = ctl_errf(err, "%s: expected NAME=URL[,NAME=URL]..., got '%s'", e->path, tok);
+            break;
+        }
+        *eq = 0;
+        rc = add_host(c, e->path, tok, eq + 1, NULL, err);
+    }
+    free(copy);
+    return rc;
 }
 
 static int set_entry(struct ctl_config *c, const struct cfg_entry *e, const char *v, char *err) {
@@ -118,6 +165,7 @@ static int set_entry(struct ctl_config *c, const struct cfg_entry *e, const char
         else return ctl_errf(err, "%s: expected true or false, got '%s'", e->path, v);
         return 0;
     case T_MAP: return ctl_errf(err, "%s: set map entries as %s.NAME=VALUE", e->path, e->path);
+    case T_HOSTS: return set_hosts(c, e, v, err);
     }
     return -1;
 }
@@ -150,6 +198,28 @@ static int yaml_walk(struct ctl_config *c, const char *file, const char *prefix,
                                             : ctl_asprintf("%lld", (long long)json_integer_value(x));
                 json_object_set_new(c->runtime_env, k, json_string(s));
                 free(s);
+            }
+            continue;
+        }
+        if (e && e->type == T_HOSTS && json_is_array(v)) {
+            json_array_clear(c->cluster_hosts);
+            size_t i;
+            json_t *h;
+            json_array_foreach(v, i, h) {
+                char where[300];
+                snprintf(where, sizeof where, "%s: %s[%zu]", file, path, i);
+                if (!json_is_object(h)) return ctl_errf(err, "%s: expected a mapping {name, url, secret_file}", where);
+                const char *k;
+                json_t *x;
+                json_object_foreach(h, k, x) {
+                    if (strcmp(k, "name") && strcmp(k, "url") && strcmp(k, "secret_file"))
+                        return ctl_errf(err, "%s.%s: unknown key", where, k);
+                    if (!json_is_string(x)) return ctl_errf(err, "%s.%s: expected a string", where, k);
+                }
+                if (add_host(c, where, json_string_value(json_object_get(h, "name")),
+                             json_string_value(json_object_get(h, "url")),
+                             json_string_value(json_object_get(h, "secret_file")), err) < 0)
+                    return -1;
             }
             continue;
         }
@@ -238,6 +308,7 @@ static int validate(struct ctl_config *c, char *err) {
     if (c->unpack_max_layer_bytes < 1 || c->unpack_max_image_bytes < 1)
         return ctl_errf(err, "unpack.max_layer_bytes and unpack.max_image_bytes: must be at least 1");
     if (c->keep_images < 2) return ctl_errf(err, "deploy.keep_images: must be at least 2 (current and previous)");
+    if (c->cluster_host_timeout_s < 1) return ctl_errf(err, "cluster.host_timeout_s: must be at least 1");
     return 0;
 }
 
@@ -247,6 +318,7 @@ void config_free(struct ctl_config *c) {
         if (ENTRIES[i].type == T_STR) free(*(char **)((char *)c + ENTRIES[i].off));
     }
     json_decref(c->runtime_env);
+    json_decref(c->cluster_hosts);
     free(c->config_path);
     free(c);
 }
@@ -254,6 +326,7 @@ void config_free(struct ctl_config *c) {
 int config_load(const char *path, char *const *sets, int nsets, struct ctl_config **out, char *err) {
     struct ctl_config *c = ctl_calloc(1, sizeof *c);
     c->runtime_env = json_object();
+    c->cluster_hosts = json_array();
     *out = NULL;
     for (size_t i = 0; i < NENTRIES; i++)
         if (ENTRIES[i].def && set_entry(c, &ENTRIES[i], ENTRIES[i].def, err) < 0) abort();
@@ -319,6 +392,7 @@ json_t *config_to_json(const struct ctl_config *c) {
         case T_INT: v = json_integer(*(const int64_t *)(base + e->off)); break;
         case T_BOOL: v = json_boolean(*(const bool *)(base + e->off)); break;
         case T_MAP: v = json_deep_copy(c->runtime_env); break;
+        case T_HOSTS: v = json_deep_copy(c->cluster_hosts); break;
         }
         json_object_set_new(o, e->path, v);
     }

@@ -59,6 +59,9 @@ struct ctl_config {
     int64_t keep_images;
     int64_t keep_backups;
     bool backup_data_on_deploy;
+    char *cluster_node_id;          /* the beava cluster node this host runs; "" = not checked */
+    json_t *cluster_hosts;          /* `cluster deploy`: [{name, url, secret_file}] in roll order */
+    int64_t cluster_host_timeout_s; /* `cluster deploy`: longest wait for one host's deploy */
 };
 
 /* Load: defaults, then the YAML file (path, or /etc/beava/control.yaml when path is NULL

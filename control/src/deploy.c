@@ -355,6 +355,114 @@ static int probe(struct ctl_ctx *ctx, json_t **detail, char *err) {
     return rc;
 }
 
+/* The cluster gate, after the readiness gate, for a beava cluster node (admin GET /cluster
+ * answers 200; 404 = a single server: returns 1 and nothing is checked). The node named by
+ * the server must be cluster.node_id when that is set. Then every partition the node owns,
+ * and the registry, must have applied the stream up to its last sequence as the gate first
+ * saw it (lag 0 against that moment: a node that keeps up with live pushes passes, one that
+ * falls behind does not). It fails like the readiness gate: no applied sequence moved for
+ * runtime.ready_stall_s ("stalled"), or runtime.ready_timeout_s passed ("ceiling"). */
+#define CLUSTER_GATE_POLL_US 200000 /* between two looks at admin GET /cluster */
+
+static uint64_t jseq(json_t *o, const char *k) { return (uint64_t)json_integer_value(json_object_get(o, k)); }
+
+static int cluster_gate(struct ctl_ctx *ctx, json_t **detail, char *err) {
+    struct ctl_config *cfg = ctx->cfg;
+    struct beava_ep ep = endpoint(ctx);
+    int64_t t0 = ctl_mono_ms(), last_change = t0, end = t0 + cfg->ready_timeout_s * 1000;
+    json_t *target = NULL; /* partition number (as a string) -> sequence to reach; "registry" too */
+    uint64_t progress = 0, lag_at_start = 0, lag = 0;
+    size_t owned = 0;
+    const char *node = NULL;
+    json_t *out = NULL;
+    int rc = -1;
+    *detail = NULL;
+    for (;;) {
+        long status = 0;
+        json_decref(out);
+        out = NULL;
+        char e2[CTL_ERR_LEN];
+        if (beava_cluster(&ep, &status, &out, e2) < 0) {
+            ctl_errf(err, "admin GET /cluster: %.200s", e2);
+            break;
+        }
+        if (status == 404 && !target) {
+            rc = 1;
+            break;
+        }
+        if (status != 200 || !json_is_object(out)) {
+            ctl_errf(err, "admin GET /cluster: status %ld", status);
+            break;
+        }
+        node = json_string_value(json_object_get(out, "node"));
+        if (*cfg->cluster_node_id && (!node || strcmp(node, cfg->cluster_node_id))) {
+            ctl_errf(err, "the server runs cluster node '%s'; this host's is '%s' (cluster.node_id)", node ? node : "?",
+                     cfg->cluster_node_id);
+            break;
+        }
+        json_t *reg = json_object_get(out, "registry");
+        bool first = !target;
+        if (first) target = json_object();
+        uint64_t sum = jseq(reg, "applied");
+        bool done = true;
+        lag = 0;
+        owned = 0;
+        if (first) json_object_set_new(target, "registry", json_integer((json_int_t)jseq(reg, "stream")));
+        uint64_t want = (uint64_t)json_integer_value(json_object_get(target, "registry"));
+        if (jseq(reg, "applied") < want) done = false, lag += want - jseq(reg, "applied");
+        size_t i;
+        json_t *p;
+        json_array_foreach(json_object_get(out, "ownership"), i, p) {
+            if (!json_object_get(p, "applied")) continue; /* a partition this node does not own */
+            char key[24];
+            snprintf(key, sizeof key, "%lld", (long long)json_integer_value(json_object_get(p, "partition")));
+            if (first) json_object_set_new(target, key, json_integer((json_int_t)jseq(p, "stream")));
+            want = (uint64_t)json_integer_value(json_object_get(target, key));
+            owned++;
+            sum += jseq(p, "applied");
+            if (jseq(p, "applied") < want) done = false, lag += want - jseq(p, "applied");
+        }
+        if (first) lag_at_start = lag;
+        if (done) {
+            rc = 0;
+            break;
+        }
+        int64_t now = ctl_mono_ms();
+        if (sum != progress) progress = sum, last_change = now;
+        if (now - last_change >= cfg->ready_stall_s * 1000) {
+            ctl_errf(err,
+                     "not caught up: no partition applied anything for %llds (runtime.ready_stall_s), %llu "
+                     "stream sequences behind",
+                     (long long)cfg->ready_stall_s, (unsigned long long)lag);
+            break;
+        }
+        if (now >= end) {
+            ctl_errf(err, "not caught up within %llds (runtime.ready_timeout_s), %llu stream sequences behind",
+                     (long long)cfg->ready_timeout_s, (unsigned long long)lag);
+            break;
+        }
+        usleep(CLUSTER_GATE_POLL_US);
+    }
+    if (rc <= 0)
+        *detail =
+            json_pack("{s:s?,s:I,s:I,s:I,s:I}", "node", node, "owned_partitions", (json_int_t)owned, "lag_at_start",
+                      (json_int_t)lag_at_start, "lag", (json_int_t)lag, "ms", (json_int_t)(ctl_mono_ms() - t0));
+    json_decref(out);
+    json_decref(target);
+    return rc;
+}
+
+/* The cluster step as its own journal step (nothing when the server is not a cluster node):
+ * 0 passed or skipped, -1 failed (err). */
+static int cluster_step(struct ctl_ctx *ctx, struct deploy *d, const char *name, char *err) {
+    int64_t t0 = ctl_mono_ms();
+    json_t *detail = NULL;
+    int cg = cluster_gate(ctx, &detail, err);
+    if (cg <= 0)
+        step_done(ctx, d, name, t0, cg == 0, cg ? err : "every owned partition caught up with the stream", detail);
+    return cg < 0 ? -1 : 0;
+}
+
 /* ---- manifests: apply and verify ------------------------------------------------------ */
 
 static char *diff_summary(json_t *diff) {
@@ -602,9 +710,15 @@ static int verify(struct ctl_ctx *ctx, json_t *nodes, int64_t want_version, json
         json_t *out = NULL;
         char e2[CTL_ERR_LEN];
         int x = beava_get(&ep, table, json_string_value(json_object_get(t, "key")), &status, &out, e2);
+        /* A cluster node: the key's partition may be owned by hosts not started yet (the first
+         * hosts of a new cluster). The registry check above holds; the table is listed so. */
+        const char *code = json_string_value(json_object_get(json_object_get(out, "error"), "code"));
+        bool no_owner = x == 0 && status == 503 && code && !strcmp(code, "owner_unavailable");
         json_decref(out);
-        json_array_append_new(tables, json_pack("{s:s,s:I}", "table", table, "status", (json_int_t)status));
-        if ((x < 0 || status != 200) && rc == 0)
+        json_array_append_new(
+            tables,
+            json_pack("{s:s,s:I,s:b}", "table", table, "status", (json_int_t)status, "no_live_owner", no_owner));
+        if ((x < 0 || status != 200) && !no_owner && rc == 0)
             rc = ctl_errf(err, "table %s does not answer /get (status %ld%s%s)", table, status, x < 0 ? ", " : "",
                           x < 0 ? e2 : "");
     }
@@ -687,6 +801,7 @@ static void rollback(struct ctl_ctx *ctx, struct deploy *d, json_t *cur, const c
     json_t *detail = NULL;
     int x = probe(ctx, &detail, err);
     step_done(ctx, d, "rollback.probe", t0, x == 0, x ? err : NULL, detail);
+    if (x == 0) x = cluster_step(ctx, d, "rollback.cluster", err);
     char *m = x == 0 ? ctl_asprintf("%s; rolled back to %s", reason, digest)
                      : ctl_asprintf("%s; rolled back to %s, but it is not ready: %s", reason, digest, err);
     deploy_end(ctx, d, x == 0 ? "rolled_back" : "failed", m, json_pack("{s:s}", "rolled_back_to", digest));
@@ -1064,6 +1179,13 @@ static void run_deploy(struct ctl_ctx *ctx, struct deploy *d) {
             goto out;
         }
         step_done(ctx, d, "probe", t0, true, "admin /ready 200 and data-plane /ping", detail);
+        /* 6b. a cluster node: its partitions caught up with the stream */
+        if (cluster_step(ctx, d, "cluster", err) < 0) {
+            char *r = ctl_asprintf("the new cluster node did not catch up: %s", err);
+            rollback(ctx, d, cur, r, cfg->backup_data_on_deploy);
+            free(r);
+            goto out;
+        }
         was_ready = true;
     }
     (void)was_ready;
@@ -1286,6 +1408,7 @@ static void run_rollback(struct ctl_ctx *ctx, struct deploy *d) {
         x = probe(ctx, &detail, err);
         step_done(ctx, d, "probe", t0, x == 0, x ? err : NULL, detail);
     }
+    if (x == 0) x = cluster_step(ctx, d, "cluster", err);
     if (x < 0) {
         /* The previous release does not come up: go back to what ran. */
         rollback(ctx, d, cur, "the previous release did not become ready", false);
@@ -1478,6 +1601,7 @@ static void run_restore(struct ctl_ctx *ctx, struct deploy *d) {
     x = probe(ctx, &detail, err);
     step_done(ctx, d, "probe", t0, x == 0, x ? err : "admin /ready 200 and data-plane /ping", detail);
     if (x < 0) goto fail;
+    if (cluster_step(ctx, d, "cluster", err) < 0) goto fail;
     t0 = ctl_mono_ms();
     json_t *regj = state_load(cfg->state_dir, "registry");
     json_t *vd = NULL;

@@ -9,6 +9,7 @@
 #include "daemon.h"
 #include "http.h"
 #include "manifest.h"
+#include "roll.h"
 #include "trigger.h"
 #include "util.h"
 
@@ -45,6 +46,11 @@ static void usage(FILE *f) {
             "  manifests render PATH                   print the register payload of a manifest set\n"
             "  manifests check PATH                    validate a manifest set (conflicts included)\n"
             "  manifests diff PATH                     what applying it would change (dry run on the server)\n"
+            "  cluster deploy IMAGE [--manifests DIR] [--revision SHA] [--json]\n"
+            "                                          roll IMAGE over cluster.hosts, one host at a time,\n"
+            "                                          each gated on readiness and catch-up; stops at the\n"
+            "                                          first host that fails (it rolls itself back)\n"
+            "  cluster status [--json]                 every host's release and state\n"
             "  config                                  print the effective configuration\n"
             "  sign --secret-file F --delivery ID [--timestamp T] [--method M] [--path P] BODY\n"
             "                                          print trigger headers for BODY (for scripts)\n"
@@ -113,6 +119,12 @@ static void step_detail(const char *name, json_t *d, char *out, size_t len) {
                  json_array_size(json_object_get(diff, "additive")),
                  json_array_size(json_object_get(diff, "destructive")),
                  json_array_size(json_object_get(diff, "already_present")));
+    } else if (!strcmp(name, "cluster") || !strcmp(name, "rollback.cluster")) {
+        snprintf(out, len, "node %s: %lld partition(s) owned, %lld stream sequence(s) behind at start, %lld now",
+                 json_string_value(json_object_get(d, "node")) ?: "?",
+                 (long long)json_integer_value(json_object_get(d, "owned_partitions")),
+                 (long long)json_integer_value(json_object_get(d, "lag_at_start")),
+                 (long long)json_integer_value(json_object_get(d, "lag")));
     } else if (!strcmp(name, "verify")) {
         size_t i, bad = 0;
         json_t *t;
@@ -600,6 +612,30 @@ int main(int argc, char **argv) {
             }
             rc = submit(&cl, "/v1/deploys", body, wait);
         }
+    } else if (!strcmp(cmd, "cluster") && sargc >= 2 && !strcmp(sargv[1], "status")) {
+        rc = roll_status(cl.cfg, sargc > 2 && !strcmp(sargv[2], "--json"));
+    } else if (!strcmp(cmd, "cluster") && sargc >= 2 && !strcmp(sargv[1], "deploy")) {
+        static const struct option o[] = { { "manifests", required_argument, 0, 'm' },
+                                           { "revision", required_argument, 0, 'r' },
+                                           { "json", no_argument, 0, 'j' },
+                                           { 0, 0, 0, 0 } };
+        struct roll_opts ro = { .print_step = print_step };
+        bool bad = false;
+        optind = 0;
+        while ((c = getopt_long(sargc - 1, sargv + 1, "m:r:j", o, NULL)) != -1) {
+            if (c == 'm') ro.manifests = optarg;
+            else if (c == 'r') ro.revision = optarg;
+            else if (c == 'j') ro.json = true;
+            else bad = true;
+        }
+        if (optind == sargc - 2) ro.image = sargv[1 + optind];
+        if (bad || !ro.image)
+            fprintf(stderr, "usage: beava-control cluster deploy IMAGE [--manifests DIR] [--revision SHA] [--json]\n");
+        else rc = roll_deploy(cl.cfg, &ro);
+    } else if (!strcmp(cmd, "cluster")) {
+        fprintf(stderr,
+                "usage: beava-control cluster deploy IMAGE [--manifests DIR] [--revision SHA] [--json]\n"
+                "       beava-control cluster status [--json]\n");
     } else if (!strcmp(cmd, "apply")) {
         bool adopt = sargc == 3 && !strcmp(sargv[1], "--adopt");
         if (sargc != 2 && !adopt) {

@@ -6,7 +6,10 @@
  * State (registry nodes, version, per-table event counts) persists in DATA/fake-state.json,
  * so a recreated server "keeps its data". It is deliberately simple: the diff treats any
  * changed descriptor as destructive, and every table has one feature `count`.
- * FAKE_BEAVA_READY_AFTER_MS delays readiness.
+ * FAKE_BEAVA_READY_AFTER_MS delays readiness. FAKE_BEAVA_CLUSTER_NODE=<id> makes it a cluster
+ * node answering admin GET /cluster (otherwise 404, as a single server): it owns partitions 0
+ * and 2 of 4, each FAKE_BEAVA_CLUSTER_LAG (default 0) stream sequences behind at start, and
+ * each GET /cluster applies FAKE_BEAVA_CLUSTER_STEP (default 1; 0 = stuck) more per partition.
  */
 #include <jansson.h>
 #include <microhttpd.h>
@@ -27,6 +30,9 @@ static json_t *st;          /* {"version":N,"nodes":[...],"counts":{}} */
 static char statepath[4200], datadir[4096];
 static long long ready_at;
 static volatile sig_atomic_t stop_flag;
+static const char *cl_node;           /* FAKE_BEAVA_CLUSTER_NODE, or NULL: not a cluster node */
+static long long cl_applied, cl_step; /* per owned partition; the stream is at CL_STREAM_LAST */
+#define CL_STREAM_LAST 1000
 
 static long long now_ms(void)
 {
@@ -159,6 +165,22 @@ static enum MHD_Result admin_route(struct MHD_Connection *c, const char *url)
             return send_json(c, 503, json_pack("{s:s}", "status", "recovering"));
         return send_json(c, 200, json_pack("{s:s}", "status", "ready"));
     }
+    if (!strcmp(url, "/cluster") && cl_node) {
+        json_t *own = json_array();
+        for (int p = 0; p < 4; p++) {
+            json_t *e = json_pack("{s:i,s:[s]}", "partition", p, "owners", p % 2 ? "other" : cl_node);
+            if (p % 2 == 0) {
+                json_object_set_new(e, "applied", json_integer(cl_applied));
+                json_object_set_new(e, "stream", json_integer(CL_STREAM_LAST));
+                json_object_set_new(e, "lag", json_integer(CL_STREAM_LAST - cl_applied));
+            }
+            json_array_append_new(own, e);
+        }
+        json_t *r = json_pack("{s:s,s:{s:i,s:i},s:b,s:o}", "node", cl_node, "registry", "applied", 1, "stream", 1,
+                              "caught_up", cl_applied >= CL_STREAM_LAST, "ownership", own);
+        cl_applied = cl_applied + cl_step > CL_STREAM_LAST ? CL_STREAM_LAST : cl_applied + cl_step;
+        return send_json(c, 200, r);
+    }
     if (!strcmp(url, "/registry"))
         return send_json(c, 200, json_pack("{s:O,s:I}", "version", json_object_get(st, "version"), "node_count",
                                            (json_int_t)json_array_size(json_object_get(st, "nodes"))));
@@ -269,6 +291,10 @@ int main(int argc, char **argv)
         st = json_pack("{s:i,s:[],s:{}}", "version", 0, "nodes", "counts");
     const char *ra = getenv("FAKE_BEAVA_READY_AFTER_MS");
     ready_at = now_ms() + (ra ? atoll(ra) : 300);
+    cl_node = getenv("FAKE_BEAVA_CLUSTER_NODE");
+    const char *lag = getenv("FAKE_BEAVA_CLUSTER_LAG"), *step = getenv("FAKE_BEAVA_CLUSTER_STEP");
+    cl_applied = CL_STREAM_LAST - (lag ? atoll(lag) : 0);
+    cl_step = step ? atoll(step) : 1;
     const char *la = getenv("BEAVA_LISTEN_ADDR") ? getenv("BEAVA_LISTEN_ADDR") : "127.0.0.1:8080";
     const char *aa = getenv("BEAVA_ADMIN_ADDR") ? getenv("BEAVA_ADMIN_ADDR") : "127.0.0.1:8090";
     signal(SIGTERM, on_term);

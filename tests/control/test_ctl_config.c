@@ -86,11 +86,51 @@ static void test_errors(void **st)
     unsetenv("BEAVA_CONTROL_TYPO");
 }
 
+/* cluster.hosts: the YAML list (per-host secret files) and the NAME=URL,... flag form */
+static void test_cluster_hosts(void **st)
+{
+    (void)st;
+    char err[CTL_ERR_LEN];
+    char *p = write_tmp("cluster:\n  node_id: n2\n  hosts:\n"
+                        "    - {name: h1, url: 'http://10.0.0.1:8095', secret_file: /etc/beava/h1.secret}\n"
+                        "    - {name: h2, url: 'https://h2.example:8095'}\n");
+    struct ctl_config *c = NULL;
+    assert_int_equal(config_load(p, NULL, 0, &c, err), 0);
+    assert_string_equal(c->cluster_node_id, "n2");
+    assert_int_equal(json_array_size(c->cluster_hosts), 2);
+    json_t *h = json_array_get(c->cluster_hosts, 0);
+    assert_string_equal(json_string_value(json_object_get(h, "name")), "h1");
+    assert_string_equal(json_string_value(json_object_get(h, "url")), "http://10.0.0.1:8095");
+    assert_string_equal(json_string_value(json_object_get(h, "secret_file")), "/etc/beava/h1.secret");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(c->cluster_hosts, 1), "secret_file")), "");
+    json_t *j = config_to_json(c);
+    assert_int_equal(json_array_size(json_object_get(j, "cluster.hosts")), 2);
+    json_decref(j);
+    config_free(c);
+    char *sets[] = {"cluster.hosts=a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3"};
+    assert_int_equal(config_load(p, sets, 1, &c, err), 0);
+    assert_int_equal(json_array_size(c->cluster_hosts), 3);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(c->cluster_hosts, 2), "url")),
+                        "http://127.0.0.1:3");
+    config_free(c);
+    unlink(p);
+    free(p);
+    expect_fail("cluster:\n  hosts:\n    - {name: h1, url: 'ftp://x'}\n", NULL, 0, "url must be an http");
+    expect_fail("cluster:\n  hosts:\n    - {name: h1, url: 'http://a'}\n    - {name: h1, url: 'http://b'}\n", NULL,
+                0, "host h1 is listed twice");
+    expect_fail("cluster:\n  hosts:\n    - {name: h1, url: 'http://a', secret: x}\n", NULL, 0,
+                "cluster.hosts[0].secret: unknown key");
+    expect_fail("cluster:\n  hosts:\n    - {url: 'http://a'}\n", NULL, 0, "a host needs a name");
+    char *bad[] = {"cluster.hosts=h1"};
+    expect_fail("", bad, 1, "expected NAME=URL");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_cluster_hosts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
