@@ -134,33 +134,81 @@ class PausedShard(unittest.TestCase):
             self.assertEqual(stuck.recv_frame()[0], 0x0010)
             self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 1)
 
-    def test_register_waiting_for_a_paused_shard_holds_no_io_thread(self):
-        # OP_REGISTER waits until every earlier push is applied; with shard 0 paused under a
-        # queued push it cannot finish, yet the only I/O thread keeps serving other connections
+    def test_additive_register_does_not_wait_for_a_paused_shard(self):
+        # a change that only adds descriptors and tables touches nothing a shard reads: it
+        # is applied while shard 0 sits paused under a queued push, and pushes and gets on
+        # the other shard, on other connections of the only I/O thread, go on around it
         with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"]) as b:
             addr, stuck, k0 = self.pause_under_a_push(b)
             try:
                 reg = Conn(addr)
+                grown = {"nodes": PIPE["nodes"] + [
+                    {"kind": "event", "name": "Extra", "schema": {"fields": {"x": "i64"}, "optional_fields": []}},
+                    {"kind": "derivation", "name": "Seen", "output_kind": "table", "upstreams": ["Click"],
+                     "ops": [{"op": "group_by", "keys": ["user"], "agg": {"seen": {"op": "count"}}}],
+                     "table_primary_key": ["user"]}]}
+                op, _, body = reg.call(0x0001, grown)
+                self.assertEqual((op, body["registry_version"]), (0x0001, 2), body)
+                # a key whose parts (PerUser and the new Seen) both live on shard 1
+                k1 = next(k for k in ("b%d" % i for i in range(1000))
+                          if shard_of(b, "PerUser", k) == 1 and shard_of(b, "Seen", k) == 1)
+                other = Conn(addr)
+                op, _, ack = other.call(0x0010, {"event": "Click", "body": {"user": k1, "n": 5}})
+                self.assertEqual((op, ack["registry_version"]), (0x0010, 2), ack)
+                self.assertEqual(other.call(0x0010, {"event": "Extra", "body": {"x": 1}})[0], 0x0010)
+                op, _, row = other.call(0x0020, {"table": "Seen", "key": k1})
+                self.assertEqual((op, row), (0x0023, {"seen": 1}))
+                self.assertEqual(other.call(0x0000, {})[2]["registry_version"], 2)
+                self.assert_unanswered(stuck)      # the push queued before it still waits
+            finally:
+                b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": False}, which="admin")
+            op, _, ack = stuck.recv_frame()
+            # sequenced before the register: judged on version 1, and it feeds no table of version 2
+            self.assertEqual((op, ack["registry_version"]), (0x0010, 1), ack)
+            self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 1)
+            self.assertEqual(b.get("Seen", k0)[1], {})
+
+    def test_widening_register_waits_for_a_paused_shard_but_readers_do_not(self):
+        # a change that widens a live table waits until every earlier part is applied (the
+        # paused shard); meanwhile the I/O thread serves pings and gets on every shard, and
+        # a push that arrives is held (not refused), then judged on the new registry
+        with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"]) as b:
+            addr, stuck, k0 = self.pause_under_a_push(b)
+            k1 = keys_on(b, 1, 1, "b")[0]
+            self.assertEqual(b.push("Click", {"user": k1, "n": 2})[0], 200)
+            wide = json.loads(json.dumps(PIPE))
+            wide["nodes"][1]["ops"][0]["agg"]["n_max"] = {"op": "max", "params": {"field": "n"}}
+            try:
+                reg = Conn(addr)
                 # pipelined behind the register on the same connection: answered after it
-                grown = {"nodes": PIPE["nodes"] + [{"kind": "event", "name": "Extra",
-                                                     "schema": {"fields": {"x": "i64"}, "optional_fields": []}}]}
-                reg.send(frame(0x0001, 1, json.dumps(grown).encode()) + frame(0x0000, 1, b"{}"))
+                reg.send(frame(0x0001, 1, json.dumps(wide).encode()) + frame(0x0000, 1, b"{}"))
                 time.sleep(0.3)
                 self.assert_unanswered(reg)
-                # pings (and the registry version they carry) do not wait behind the barrier;
-                # pushes and gets arriving now would (they are ordered after the register)
                 other = Conn(addr)
                 for _ in range(3):
                     self.assertEqual(other.call(0x0000, {}), (0x0000, 1, {"registry_version": 1,
                                                                          "server_version": "0.0.6"}))
+                    op, _, row = other.call(0x0020, {"table": "PerUser", "key": k1})
+                    self.assertEqual((op, row), (0x0023, {"clicks": 1, "n_sum": 2}))
+                    op, _, row = other.call(0x0020, {"table": "PerUser", "key": k0})   # the paused shard reads too
+                    self.assertEqual((op, row), (0x0023, {}))
                 self.assertEqual(b.raw("POST", "/ping")[0], 200)
+                self.assertEqual(b.get("PerUser", k1)[0], 200)
+                held = Conn(addr)
+                held.send(push_frame(k1, 7))
+                time.sleep(0.2)
+                self.assert_unanswered(held)     # ordered after the register: held, not refused
             finally:
                 b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": False}, which="admin")
-            self.assertEqual(stuck.recv_frame()[0], 0x0010)
+            self.assertEqual(stuck.recv_frame()[2]["registry_version"], 1)
             op, _, body = reg.recv_frame()
             self.assertEqual((op, body["registry_version"]), (0x0001, 2), body)
             self.assertEqual(reg.recv_frame()[0], 0x0000)
-            self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 1)
+            op, _, ack = held.recv_frame()
+            self.assertEqual((op, ack["registry_version"]), (0x0010, 2), ack)
+            # the new slot starts with the register: the push before it is not in it
+            self.assertEqual(b.get("PerUser", k0)[1], {"clicks": 1, "n_sum": 1, "n_max": None})
+            self.assertEqual(b.get("PerUser", k1)[1], {"clicks": 2, "n_sum": 9, "n_max": 7})
 
 
 class Fifo(unittest.TestCase):

@@ -2452,6 +2452,21 @@ typedef struct table_event {
 
 bool reg_plan_current(const registry *r, const reg_plan *p) { return p->base_version == r->version; }
 
+/* Would applying p remove or widen a live table: change what an entity row or a queued
+ * part of it relies on (features, offsets, row size, the store)? Other changes only add
+ * descriptors and tables, or replace what validation reads (schemas, prefix chains,
+ * sources), never what a shard reads while it applies. */
+bool reg_plan_changes_tables(const registry *r, const reg_plan *p) {
+    if (p->nremoval) return true;
+    for (size_t i = 0; i < p->diff.nadditive; i++) {
+        const diff_entry *x = &p->diff.additive[i];
+        if (x->cls != DIFF_NEW_AGG) continue;
+        const deriv_desc *d = find_deriv(r, x->s1);
+        if (d && d->table) return true;
+    }
+    return false;
+}
+
 void registry_apply(registry *r, reg_plan *p, const reg_hooks *hooks, bv_buf *resp) {
     if (!reg_plan_current(r, p)) {
         /* The engine re-prepares a plan that is no longer current (engine_register); anything

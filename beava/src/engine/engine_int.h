@@ -5,16 +5,59 @@
  * beava/src/engine/ includes it.
  *
  * Locks, in the only order they are ever nested:
- *   reg_lock (rwlock; pushes and reads share it, registry changes/reset/snapshots/metrics
- *             hold it as writers)
- *   -> seq_mu (the sequencer: LSNs, WAL appends, shard rings, the park list, dedupe)
+ *   reg_change_mu (registry changes, reset and snapshots, one at a time; no push or read
+ *                  ever takes it)
+ *   -> apply_mu (engine_apply_logged's gather+flush vs a barrier's flush)
+ *   -> reg_lock (rwlock; pushes, reads, the sweep and metrics share it; it is held as a
+ *                writer only to change the registry in memory, or by the full barrier)
+ *   -> seq_mu (the sequencer: LSNs, WAL appends, shard rings, the park list, the register
+ *              gate and its deferred batches, dedupe)
  *   -> a shard's queue lock -> (trylock only) a shard's state lock
  * A reader takes reg_lock (shared) then one shard state lock at a time.
- * A register is judged under reg_lock shared (registry_prepare only reads); only a change
- * takes it as a writer, and the registry version is published atomically as the barrier
- * leaves, so pings never take reg_lock. Still missing (issue 13): a registry published by
- * pointer swap; today a change holds the writer lock while the shards quiesce and its
- * record becomes durable, and pushes and gets wait meanwhile.
+ *
+ * REGISTRY CHANGES WITHOUT STOPPING READERS (single node; engine_register in engine.c).
+ * The registry a push is validated against must be the one its LSN implies: every record
+ * below the register's LSN L was judged on the old registry, every record above L on the
+ * new one, and each shard applies the parts below L before the table changes they could
+ * meet. Readers do not wait for the slow parts of a change; the change goes:
+ *   1. Judge: registry_prepare under reg_lock shared, beside pushes and gets (an invalid
+ *      body, a dry run, a 409 or a no-op ends here). Then reg_change_mu, and the plan is
+ *      judged again if another change got in first.
+ *   2. Sequence (seq_mu, a few microseconds): append the record, take LSN L, and raise the
+ *      GATE. From now on a push batch that reaches the sequencer is not sequenced: it is
+ *      put, whole and untouched, on the deferred list and engine_push_submit returns
+ *      false (answered later through b->done, like any batch that waits for a shard), so
+ *      its I/O thread goes on serving its other connections. A batch that sees the gate
+ *      before validating is deferred at once (no wasted work, no counter counted twice).
+ *   3. Wait, holding nothing a reader needs: if the plan removes or widens a table
+ *      (reg_plan_changes_tables), wait until the park list is empty and every shard has
+ *      applied its ring (the parts below L, the only ones that can exist: the gate keeps
+ *      new ones out); a change that only adds descriptors and tables skips this, since no
+ *      shard reads what it touches. Then wait until L is durable. Gets, batch gets, the
+ *      sweep, metrics and pings run on meanwhile, on every shard.
+ *   4. Apply: reg_lock as a writer for the in-memory change only (registry_apply and the
+ *      store hooks, microseconds), publish the version, lower the gate under seq_mu, drop
+ *      the writer lock, then re-submit the deferred batches in arrival order on this
+ *      thread: they are validated again, now against the new registry, and sequenced
+ *      after L (their LSNs, dedupe and replies exactly as if they had arrived now).
+ *   If L could not be made durable (the WAL fails the write, and voids L and whatever
+ *   came after it, which the gate kept empty), nothing is applied: the registry is not
+ *   mutated, the register answers 503 wal_unavailable and the deferred batches run
+ *   against the unchanged registry, as before the call. If the append itself fails, the
+ *   gate is never raised. So a register is acknowledged only when durable, and the log
+ *   and the memory agree on every path.
+ * Readers therefore never block on a writer for longer than the in-memory apply; the
+ * pushes that arrive during a change wait (asynchronously) for its drain and fsync, as
+ * their validation depends on its outcome. What remains for issue 13: an immutable
+ * registry version published by pointer swap, with copy-on-write tables, so that a change
+ * that widens or removes a table need not drain the shards either (a paused shard still
+ * holds such a change, and the pushes deferred behind it, until it resumes).
+ *
+ * Reset, snapshots and cluster-mode registers (whose log append is a synchronous publish
+ * with its own conflict check) still use the full barrier (engine_barrier_enter):
+ * reg_change_mu, then reg_lock as a writer while the park list and the shards drain.
+ * Taking reg_change_mu first keeps them out of a register's window (2-4), where the log
+ * holds L but the memory does not have it yet.
  */
 #ifndef BEAVA_ENGINE_INT_H
 #define BEAVA_ENGINE_INT_H
@@ -83,6 +126,10 @@ struct engine {
     engine_replay_ctx *replay;    /* NULL outside recovery (and cluster applies) */
     pthread_mutex_t apply_mu;     /* engine_apply_logged's gather+flush vs a barrier's flush;
                                    * taken before reg_lock */
+    pthread_mutex_t reg_change_mu;    /* registry changes, reset, snapshots: one at a time */
+    bool reg_gated;               /* a register's record is sequenced, not yet applied (seq_mu) */
+    _Atomic bool reg_gate_hint;   /* = reg_gated, read without seq_mu (a hint only) */
+    struct push_batch_state *defer_head, *defer_tail;   /* batches held by the gate (seq_mu) */
 };
 
 int64_t engine_wall_ms(void);
@@ -101,8 +148,9 @@ int engine_parse_key(const agg_table *t, const char *key, size_t klen, char *buf
 void engine_error_body(bv_buf *out, const char *code, const char *reason_key, const char *reason, bool with_version,
                        uint64_t version);
 
-/* Exclusive access with every sequenced record applied (registry changes, reset,
- * snapshots): takes reg_lock as a writer and drains the park list and the shards. */
+/* Exclusive access with every sequenced record applied (reset, snapshots, cluster
+ * registers): takes reg_change_mu, reg_lock as a writer, and drains the park list and
+ * the shards. */
 void engine_barrier_enter(engine *e);
 void engine_barrier_leave(engine *e);
 
@@ -127,6 +175,13 @@ int push_durability_start(engine *e);
 void push_durability_stop(engine *e);
 /* Replay one event record (no logging; inline apply). */
 int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen);
+/* The register gate (see the top of this file). push_drain_applied: wait until the park
+ * list is empty and every shard has applied what it was given (gate raised). */
+void push_drain_applied(engine *e);
+/* Lower the gate (reg_lock held as a writer) and hand back the deferred batches. */
+struct push_batch_state *push_gate_lower(engine *e);
+/* Re-submit deferred batches (no engine lock held but reg_change_mu). */
+void push_resubmit(engine *e, struct push_batch_state *list);
 /* Memory hints for a queued part (shard.h's prefetch hooks). */
 void push_part_prefetch(void *arg);
 void push_part_prefetch_entity(void *arg);

@@ -92,6 +92,8 @@ struct push_batch_state {
     uint64_t max_lsn;
     bool parked;
     push_batch_state *park_next;
+    push_batch_state *defer_next; /* on the register gate's deferred list (seq_mu) */
+    size_t rejected, too_long;    /* counted by this submission (undone if it is deferred) */
     bv_buf rec;                   /* WAL record scratch */
     bool apply_filter;            /* cluster apply batch: parts pass log.keep_part */
     const ev_desc *last_ev;       /* find_event_cached */
@@ -150,6 +152,8 @@ static push_batch_state *state_for(engine *e, engine_batch *b) {
     st->max_lsn = 0;
     st->parked = false;
     st->park_next = NULL;
+    st->defer_next = NULL;
+    st->rejected = st->too_long = 0;
     st->last_ev = NULL;
     st->order_ev = NULL;
     return st;
@@ -407,7 +411,10 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
         }
         int klen = build_key(t, in, key, sizeof key);
         if (klen < 0 || (size_t)klen > STORE_MAX_KEY) {     /* missing/null key: skipped by design */
-            if (klen > 0) atomic_fetch_add_explicit(&e->keys_too_long, 1, memory_order_relaxed);
+            if (klen > 0) {
+                atomic_fetch_add_explicit(&e->keys_too_long, 1, memory_order_relaxed);
+                st->too_long++;
+            }
             free(pp->chained.fields);
             st->nparts--;
             continue;
@@ -644,6 +651,44 @@ static void log_hand_off(engine *e, push_batch_state *st) {
     e->opt.log.publish(e->opt.log.ctx, b, recs, n);
 }
 
+/* ---- the register gate (engine_int.h) --------------------------------------------------- */
+
+/* Hold a whole batch until the registry change in progress is applied (seq_mu held). */
+static void defer_batch(engine *e, push_batch_state *st) {
+    st->defer_next = NULL;
+    if (e->defer_tail) e->defer_tail->defer_next = st;
+    else e->defer_head = st;
+    e->defer_tail = st;
+}
+
+void push_drain_applied(engine *e) {
+    pthread_mutex_lock(&e->seq_mu);
+    while (e->park_head) pthread_cond_wait(&e->park_cv, &e->seq_mu);   /* durability thread drains it */
+    pthread_mutex_unlock(&e->seq_mu);
+    shard_pool_quiesce(e->pool);
+}
+
+push_batch_state *push_gate_lower(engine *e) {
+    pthread_mutex_lock(&e->seq_mu);
+    push_batch_state *list = e->defer_head;
+    e->defer_head = e->defer_tail = NULL;
+    e->reg_gated = false;
+    atomic_store_explicit(&e->reg_gate_hint, false, memory_order_relaxed);
+    pthread_mutex_unlock(&e->seq_mu);
+    return list;
+}
+
+/* Each deferred batch runs again from validation, in arrival order; its submitter was
+ * told "later", so a batch completed here is answered through its done callback. */
+void push_resubmit(engine *e, push_batch_state *list) {
+    while (list) {
+        push_batch_state *next = list->defer_next;
+        engine_batch *b = list->b;
+        if (engine_push_submit(e, b)) b->done(b);
+        list = next;
+    }
+}
+
 /* ---- submit --------------------------------------------------------------------------- */
 
 static void note_watermark(engine *e, int64_t now) {
@@ -672,6 +717,16 @@ bool engine_push_submit(engine *e, engine_batch *b) {
     if (e->opt.log.registry_catch_up && names_unknown_event(e, st, b))
         e->opt.log.registry_catch_up(e->opt.log.ctx);   /* registered on another node a moment ago? */
 
+    /* a registry change is between its record and its apply: wait for it, unvalidated
+     * (the hint is rechecked under seq_mu; a missed hint is caught at the sequencer) */
+    if (atomic_load_explicit(&e->reg_gate_hint, memory_order_relaxed)) {
+        pthread_mutex_lock(&e->seq_mu);
+        bool gated = e->reg_gated;
+        if (gated) defer_batch(e, st);
+        pthread_mutex_unlock(&e->seq_mu);
+        if (gated) return false;
+    }
+
     pthread_rwlock_rdlock(&e->reg_lock);
     uint64_t version = registry_version(e->reg);
     st->rec.len = 0;
@@ -682,7 +737,10 @@ bool engine_push_submit(engine *e, engine_batch *b) {
         it->res.current_version = version;
         is->ev = validate(e, st, it, &it->res);
         if (!is->ev) {
-            if (it->event) atomic_fetch_add_explicit(&e->events_rejected, 1, memory_order_relaxed);
+            if (it->event) {
+                atomic_fetch_add_explicit(&e->events_rejected, 1, memory_order_relaxed);
+                st->rejected++;
+            }
             continue;
         }
         is->valid = true;
@@ -710,8 +768,16 @@ bool engine_push_submit(engine *e, engine_batch *b) {
         return false;
     }
     if (any_valid) {
-        note_watermark(e, now);
         pthread_mutex_lock(&e->seq_mu);
+        if (e->reg_gated) {       /* judged on the registry the change replaces: judge it again after */
+            defer_batch(e, st);
+            pthread_mutex_unlock(&e->seq_mu);
+            atomic_fetch_sub_explicit(&e->events_rejected, st->rejected, memory_order_relaxed);
+            atomic_fetch_sub_explicit(&e->keys_too_long, st->too_long, memory_order_relaxed);
+            pthread_rwlock_unlock(&e->reg_lock);
+            return false;
+        }
+        note_watermark(e, now);
         bool park = e->park_head != NULL || (any_sync && e->opt.wal.append);
         if (!park && st->cost > PUSH_COSTLY_UPDATES && e->nshards > 1) split_costly(e, st);
         for (size_t i = 0; i < b->n; i++)
