@@ -6,6 +6,10 @@
 - the listener's limits: connection cap, idle timeout, frame deadline, partial-frame budget;
 - the admin token guards OP_REGISTER / OP_RESET on TCP as on HTTP (OP_AUTH);
 - a WAL written by the new engine replays to exactly the live state;
+- registry changes do not stop readers: a change that only adds is applied beside a
+  paused shard, one that widens a table waits for it while pings and gets go on and
+  pushes are held (not refused); pushes racing registers of every kind are judged on
+  exactly the version their LSN follows, and the WAL of the race replays to the live state;
 - a costly batch (its inline part on one shard, the rest on the shard threads) keeps the
   order of every key's updates and answers in FIFO order;
 - a burst of connections is spread over the I/O threads (handed over between them) and
@@ -416,6 +420,126 @@ class Replay(unittest.TestCase):
             b2 = Beava(memory_only=False, data_dir=d, test_mode=True, env=env).start()
             try:
                 again = {u: b2.get("PerUser", u)[1] for u in users}
+                self.assertEqual(again, live)
+                c = Conn(b2.bound["server.tcp_bound"])
+                self.assertEqual(c.call(0x0000, {})[2]["registry_version"], version)
+            finally:
+                b2.stop()
+
+
+def evolving_pipes():
+    """Registry versions 2..5 after PIPE, one of each kind of change: a new field (w,
+    required from then on), a widened live table (PerUser gains w_sum), a new table (Seen), a removed table
+    (Seen, forced) beside a new one (ByW)."""
+    click = {"kind": "event", "name": "Click",
+             "schema": {"fields": {"user": "str", "n": "i64", "w": "i64"}, "optional_fields": []}}
+    def table(name, agg):
+        return {"kind": "derivation", "name": name, "output_kind": "table", "upstreams": ["Click"],
+                "ops": [{"op": "group_by", "keys": ["user"], "agg": agg}], "table_primary_key": ["user"]}
+    per_user = PIPE["nodes"][1]
+    wide = table("PerUser", dict(per_user["ops"][0]["agg"], w_sum={"op": "sum", "params": {"field": "w"}}))
+    seen = table("Seen", {"seen": {"op": "count"}})
+    by_w = table("ByW", {"bw": {"op": "sum", "params": {"field": "w"}}})
+    return [{"nodes": [click, per_user]}, {"nodes": [click, wide]}, {"nodes": [click, wide, seen]},
+            {"nodes": [click, wide, by_w], "force": True}]
+
+
+class RegisterRace(unittest.TestCase):
+    """Pushes on several connections race registers of every kind; each push is judged on
+    exactly the registry its LSN follows, and a WAL of it all replays to the live state."""
+    USERS = 23
+
+    def pusher(self, addr, tag, stop, log, errors):
+        try:
+            c = Conn(addr)
+            i = 0
+            while not stop.is_set():
+                burst, sent = [], []
+                for _ in range(16):
+                    u = "%s%d" % (tag, i % self.USERS)
+                    body = {"user": u, "n": 1}
+                    if i % 2:
+                        body["w"] = i % 7 + 1
+                    op = 0x0011 if i % 13 == 0 else 0x0010
+                    burst.append(frame(op, 1, json.dumps({"event": "Click", "body": body}).encode()))
+                    sent.append(body)
+                    i += 1
+                c.send(b"".join(burst))
+                for body in sent:
+                    op, _, reply = c.recv_frame()
+                    log.append((body, op, reply))
+            c.s.close()
+        except Exception as ex:    # reported by the test: assertions in threads do not fail it
+            errors.append(ex)
+
+    def test_pushes_racing_registers_are_judged_on_their_version_and_replay_to_the_live_state(self):
+        import threading
+        with tempfile.TemporaryDirectory() as d:
+            env = {"BEAVA_WAL_DIR": os.path.join(d, "wal"), "BEAVA_SNAPSHOT_DIR": os.path.join(d, "snapshots")}
+            b = Beava(memory_only=False, data_dir=d, test_mode=True, args=["--shards", "2"], env=env).start()
+            try:
+                self.assertEqual(b.register(PIPE)[0], 200)
+                addr = tcp_addr(b)
+                stop, errors = threading.Event(), []
+                logs = [[] for _ in range(3)]
+                ts = [threading.Thread(target=self.pusher, args=(addr, "p%d_" % k, stop, logs[k], errors))
+                      for k in range(3)]
+                for t in ts:
+                    t.start()
+                for pipe in evolving_pipes():
+                    time.sleep(0.15)
+                    st, body = b.register(pipe)
+                    self.assertEqual(st, 200, body)
+                time.sleep(0.15)
+                stop.set()
+                for t in ts:
+                    t.join()
+                self.assertEqual(errors, [])
+                want = {}
+                seen_versions = set()
+                for body, op, reply in (x for log in logs for x in log):
+                    if op == 0xFFFF:
+                        # w before it existed, or no w once it is required: nothing else fails
+                        code, v = reply["error"]["code"], reply["registry_version"]
+                        if "w" in body:
+                            self.assertEqual((code, v < 2), ("unknown_field_v0", True), (body, reply))
+                        else:
+                            self.assertEqual((code, v >= 2), ("invalid_event", True), (body, reply))
+                        continue
+                    v = reply["registry_version"]
+                    seen_versions.add(v)
+                    self.assertEqual("w" in body, v >= 2, (body, reply))
+                    row = want.setdefault(body["user"], {"clicks": 0, "w_sum": 0, "bw": 0})
+                    row["clicks"] += 1
+                    row["w_sum"] += body.get("w", 0) if v >= 3 else 0
+                    row["bw"] += body.get("w", 0) if v >= 5 else 0
+                self.assertGreaterEqual(len(seen_versions), 3, seen_versions)   # the race did happen
+                live = {}
+                for u, w in want.items():
+                    st, row = b.get("PerUser", u)
+                    self.assertEqual(st, 200)
+                    self.assertEqual((row["clicks"], row["n_sum"], row["w_sum"] or 0), (w["clicks"], w["clicks"], w["w_sum"]),
+                                     (u, row, w))
+                    st, bw = b.get("ByW", u)
+                    self.assertEqual((st, (bw or {}).get("bw") or 0), (200, w["bw"]), (u, bw, w))
+                    live[u] = (row, bw)
+                self.assertEqual(b.get("Seen", "p0_0")[0], 404)
+                version = Conn(addr).call(0x0000, {})[2]["registry_version"]
+                self.assertEqual(version, 5)
+                deadline = time.time() + 30
+                while time.time() < deadline:
+                    text = b.raw("GET", "/metrics", which="admin")[2].decode()
+                    m = dict(l.split(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))
+                    if m.get("beava_wal_durable_lsn") == m.get("beava_wal_records_total"):
+                        break
+                    time.sleep(0.05)
+                b.stop(sig=9)
+            finally:
+                if b.proc and b.proc.poll() is None:
+                    b.stop()
+            b2 = Beava(memory_only=False, data_dir=d, test_mode=True, args=["--shards", "2"], env=env).start()
+            try:
+                again = {u: (b2.get("PerUser", u)[1], b2.get("ByW", u)[1]) for u in live}
                 self.assertEqual(again, live)
                 c = Conn(b2.bound["server.tcp_bound"])
                 self.assertEqual(c.call(0x0000, {})[2]["registry_version"], version)
