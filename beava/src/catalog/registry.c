@@ -2452,12 +2452,19 @@ typedef struct table_event {
 
 bool reg_plan_current(const registry *r, const reg_plan *p) { return p->base_version == r->version; }
 
-/* Would applying p remove or widen a live table: change what an entity row or a queued
- * part of it relies on (features, offsets, row size, the store)? Other changes only add
- * descriptors and tables, or replace what validation reads (schemas, prefix chains,
- * sources), never what a shard reads while it applies. */
+/* Would applying p change what a shard reads while it applies a part sequenced before
+ * it: remove a table (its store), widen one (features, offsets, row size), or free a
+ * table's non-empty prefix chain (a part's chained row may name fields and hold values
+ * inside it)? Other changes only add descriptors and tables, or replace what validation
+ * reads (schemas, empty chains, sources). */
 bool reg_plan_changes_tables(const registry *r, const reg_plan *p) {
     if (p->nremoval) return true;
+    for (size_t i = 0; i < p->pl.n; i++) {
+        const pnode *pn = &p->pl.v[i];
+        if (pn->is_event || !pn->prefix) continue;
+        const deriv_desc *d = find_deriv(r, pn->name);
+        if (d && d->table && !chain_is_empty(d->table->prefix)) return true;
+    }
     for (size_t i = 0; i < p->diff.nadditive; i++) {
         const diff_entry *x = &p->diff.additive[i];
         if (x->cls != DIFF_NEW_AGG) continue;

@@ -127,9 +127,10 @@ void registry_apply(registry *r, reg_plan *plan, const reg_hooks *hooks, bv_buf 
 void reg_plan_free(reg_plan *plan);
 /* Was the plan prepared on the registry as it is now (no change applied since)? */
 bool reg_plan_current(const registry *r, const reg_plan *plan);
-/* Would applying the plan remove a table or append features to one (the state the
- * engine's shards touch)? False: it only adds descriptors and tables, or changes what
- * validation reads; the engine then need not drain its shards first. */
+/* Would applying the plan remove a table, append features to one, or free a table's
+ * non-empty prefix chain (what the engine's shards read while applying earlier parts)?
+ * False: it only adds descriptors and tables, or changes what validation reads; the
+ * engine then need not drain its shards first. */
 bool reg_plan_changes_tables(const registry *r, const reg_plan *plan);
 
 /* Test-mode reset: drop every descriptor (hooks->table_removed for each table), version

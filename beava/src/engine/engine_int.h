@@ -29,12 +29,13 @@
  *      false (answered later through b->done, like any batch that waits for a shard), so
  *      its I/O thread goes on serving its other connections. A batch that sees the gate
  *      before validating is deferred at once (no wasted work, no counter counted twice).
- *   3. Wait, holding nothing a reader needs: if the plan removes or widens a table
- *      (reg_plan_changes_tables), wait until the park list is empty and every shard has
+ *   3. Wait, holding nothing a reader needs: if the plan removes or widens a table, or
+ *      frees a table's non-empty prefix chain (reg_plan_changes_tables: a queued part's
+ *      chained row points into it), wait until the park list is empty and every shard has
  *      applied its ring (the parts below L, the only ones that can exist: the gate keeps
- *      new ones out); a change that only adds descriptors and tables skips this, since no
- *      shard reads what it touches. Then wait until L is durable. Gets, batch gets, the
- *      sweep, metrics and pings run on meanwhile, on every shard.
+ *      new ones out); any other change (new descriptors and tables, new event fields)
+ *      skips this, since no shard reads what it touches. Then wait until L is durable.
+ *      Gets, batch gets, the sweep, metrics and pings run on meanwhile, on every shard.
  *   4. Apply: reg_lock as a writer for the in-memory change only (registry_apply and the
  *      store hooks, microseconds), publish the version, lower the gate under seq_mu, drop
  *      the writer lock, then re-submit the deferred batches in arrival order on this
