@@ -6,8 +6,8 @@
 - the listener's limits: connection cap, idle timeout, frame deadline, partial-frame budget;
 - the admin token guards OP_REGISTER / OP_RESET on TCP as on HTTP (OP_AUTH);
 - a WAL written by the new engine replays to exactly the live state;
-- registry changes do not stop readers: a change that only adds is applied beside a
-  paused shard, one that widens a table waits for it while pings and gets go on and
+- registry changes do not stop readers: a change that adds or widens is applied beside
+  a paused shard, one that removes a table waits for it while pings and gets go on and
   pushes are held (not refused); pushes racing registers of every kind are judged on
   exactly the version their LSN follows, and the WAL of the race replays to the live state;
 - a costly batch (its inline part on one shard, the rest on the shard threads) keeps the
@@ -172,10 +172,9 @@ class PausedShard(unittest.TestCase):
             self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 1)
             self.assertEqual(b.get("Seen", k0)[1], {})
 
-    def test_widening_register_waits_for_a_paused_shard_but_readers_do_not(self):
-        # a change that widens a live table waits until every earlier part is applied (the
-        # paused shard); meanwhile the I/O thread serves pings and gets on every shard, and
-        # a push that arrives is held (not refused), then judged on the new registry
+    def test_widening_register_does_not_wait_for_a_paused_shard(self):
+        # a widened table gets new arrays; the push queued before the change applies with
+        # the ones it was judged with, so the change need not wait for the paused shard
         with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"]) as b:
             addr, stuck, k0 = self.pause_under_a_push(b)
             k1 = keys_on(b, 1, 1, "b")[0]
@@ -184,8 +183,39 @@ class PausedShard(unittest.TestCase):
             wide["nodes"][1]["ops"][0]["agg"]["n_max"] = {"op": "max", "params": {"field": "n"}}
             try:
                 reg = Conn(addr)
+                op, _, body = reg.call(0x0001, wide)
+                self.assertEqual((op, body["registry_version"]), (0x0001, 2), body)
+                other = Conn(addr)
+                op, _, ack = other.call(0x0010, {"event": "Click", "body": {"user": k1, "n": 7}})
+                self.assertEqual((op, ack["registry_version"]), (0x0010, 2), ack)
+                op, _, row = other.call(0x0020, {"table": "PerUser", "key": k1})
+                self.assertEqual((op, row), (0x0023, {"clicks": 2, "n_sum": 9, "n_max": 7}))
+                op, _, row = other.call(0x0020, {"table": "PerUser", "key": k0})   # the paused shard reads too
+                self.assertEqual((op, row), (0x0023, {}))
+                self.assert_unanswered(stuck)
+            finally:
+                b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": False}, which="admin")
+            op, _, ack = stuck.recv_frame()
+            self.assertEqual((op, ack["registry_version"]), (0x0010, 1), ack)
+            # the new slot starts with the register: the push sequenced before it is not in it
+            self.assertEqual(b.get("PerUser", k0)[1], {"clicks": 1, "n_sum": 1, "n_max": None})
+
+    def test_removing_register_waits_for_a_paused_shard_but_readers_do_not(self):
+        # a removal frees the table: it waits until every earlier part is applied (the
+        # paused shard); meanwhile the I/O thread serves pings and gets on every shard, and
+        # a push that arrives is held (not refused), then judged on the new registry
+        with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"]) as b:
+            addr, stuck, k0 = self.pause_under_a_push(b)
+            k1 = keys_on(b, 1, 1, "b")[0]
+            self.assertEqual(b.push("Click", {"user": k1, "n": 2})[0], 200)
+            other_table = {"kind": "derivation", "name": "Sums", "output_kind": "table", "upstreams": ["Click"],
+                           "ops": [{"op": "group_by", "keys": ["user"], "agg": {"s": {"op": "sum", "params": {"field": "n"}}}}],
+                           "table_primary_key": ["user"]}
+            shrunk = {"nodes": [PIPE["nodes"][0], other_table], "force": True}
+            try:
+                reg = Conn(addr)
                 # pipelined behind the register on the same connection: answered after it
-                reg.send(frame(0x0001, 1, json.dumps(wide).encode()) + frame(0x0000, 1, b"{}"))
+                reg.send(frame(0x0001, 1, json.dumps(shrunk).encode()) + frame(0x0000, 1, b"{}"))
                 time.sleep(0.3)
                 self.assert_unanswered(reg)
                 other = Conn(addr)
@@ -197,7 +227,6 @@ class PausedShard(unittest.TestCase):
                     op, _, row = other.call(0x0020, {"table": "PerUser", "key": k0})   # the paused shard reads too
                     self.assertEqual((op, row), (0x0023, {}))
                 self.assertEqual(b.raw("POST", "/ping")[0], 200)
-                self.assertEqual(b.get("PerUser", k1)[0], 200)
                 held = Conn(addr)
                 held.send(push_frame(k1, 7))
                 time.sleep(0.2)
@@ -210,9 +239,8 @@ class PausedShard(unittest.TestCase):
             self.assertEqual(reg.recv_frame()[0], 0x0000)
             op, _, ack = held.recv_frame()
             self.assertEqual((op, ack["registry_version"]), (0x0010, 2), ack)
-            # the new slot starts with the register: the push before it is not in it
-            self.assertEqual(b.get("PerUser", k0)[1], {"clicks": 1, "n_sum": 1, "n_max": None})
-            self.assertEqual(b.get("PerUser", k1)[1], {"clicks": 2, "n_sum": 9, "n_max": 7})
+            self.assertEqual(b.get("PerUser", k1)[0], 404)
+            self.assertEqual(b.get("Sums", k1)[1], {"s": 7})
 
 
 class Fifo(unittest.TestCase):
@@ -428,20 +456,24 @@ class Replay(unittest.TestCase):
 
 
 def evolving_pipes():
-    """Registry versions 2..5 after PIPE, one of each kind of change: a new field (w,
-    required from then on), a widened live table (PerUser gains w_sum), a new table (Seen), a removed table
-    (Seen, forced) beside a new one (ByW)."""
+    """Registry version 1 and the changes 2..5, one of each kind: a new field (w, required
+    from then on), a widened live table (PerUser gains w_sum; its prefix chain, which
+    queued parts' chained rows point into, is replaced), a new table (Seen), a removed
+    table (Seen, forced) beside a new one (ByW)."""
     click = {"kind": "event", "name": "Click",
              "schema": {"fields": {"user": "str", "n": "i64", "w": "i64"}, "optional_fields": []}}
-    def table(name, agg):
+    def table(name, agg, pre=()):
         return {"kind": "derivation", "name": name, "output_kind": "table", "upstreams": ["Click"],
-                "ops": [{"op": "group_by", "keys": ["user"], "agg": agg}], "table_primary_key": ["user"]}
-    per_user = PIPE["nodes"][1]
-    wide = table("PerUser", dict(per_user["ops"][0]["agg"], w_sum={"op": "sum", "params": {"field": "w"}}))
+                "ops": list(pre) + [{"op": "group_by", "keys": ["user"], "agg": agg}], "table_primary_key": ["user"]}
+    pre = [{"op": "with_columns", "exprs": {"n2": "(n * 2)"}}]
+    agg = {"clicks": {"op": "count"}, "n_sum": {"op": "sum", "params": {"field": "n"}},
+           "n2_sum": {"op": "sum", "params": {"field": "n2"}}}
+    per_user = table("PerUser", agg, pre)
+    wide = table("PerUser", dict(agg, w_sum={"op": "sum", "params": {"field": "w"}}), pre)
     seen = table("Seen", {"seen": {"op": "count"}})
     by_w = table("ByW", {"bw": {"op": "sum", "params": {"field": "w"}}})
-    return [{"nodes": [click, per_user]}, {"nodes": [click, wide]}, {"nodes": [click, wide, seen]},
-            {"nodes": [click, wide, by_w], "force": True}]
+    return [{"nodes": [PIPE["nodes"][0], per_user]}, {"nodes": [click, per_user]}, {"nodes": [click, wide]},
+            {"nodes": [click, wide, seen]}, {"nodes": [click, wide, by_w], "force": True}]
 
 
 class RegisterRace(unittest.TestCase):
@@ -478,7 +510,8 @@ class RegisterRace(unittest.TestCase):
             env = {"BEAVA_WAL_DIR": os.path.join(d, "wal"), "BEAVA_SNAPSHOT_DIR": os.path.join(d, "snapshots")}
             b = Beava(memory_only=False, data_dir=d, test_mode=True, args=["--shards", "2"], env=env).start()
             try:
-                self.assertEqual(b.register(PIPE)[0], 200)
+                pipes = evolving_pipes()
+                self.assertEqual(b.register(pipes[0])[0], 200)
                 addr = tcp_addr(b)
                 stop, errors = threading.Event(), []
                 logs = [[] for _ in range(3)]
@@ -486,7 +519,7 @@ class RegisterRace(unittest.TestCase):
                       for k in range(3)]
                 for t in ts:
                     t.start()
-                for pipe in evolving_pipes():
+                for pipe in pipes[1:]:
                     time.sleep(0.15)
                     st, body = b.register(pipe)
                     self.assertEqual(st, 200, body)
@@ -518,8 +551,8 @@ class RegisterRace(unittest.TestCase):
                 for u, w in want.items():
                     st, row = b.get("PerUser", u)
                     self.assertEqual(st, 200)
-                    self.assertEqual((row["clicks"], row["n_sum"], row["w_sum"] or 0), (w["clicks"], w["clicks"], w["w_sum"]),
-                                     (u, row, w))
+                    self.assertEqual((row["clicks"], row["n_sum"], row["n2_sum"], row["w_sum"] or 0),
+                                     (w["clicks"], w["clicks"], 2 * w["clicks"], w["w_sum"]), (u, row, w))
                     st, bw = b.get("ByW", u)
                     self.assertEqual((st, (bw or {}).get("bw") or 0), (200, w["bw"]), (u, bw, w))
                     live[u] = (row, bw)

@@ -217,6 +217,13 @@ struct registry {
     size_t nsrcs;
     feat_ref *feats;
     size_t nfeats;
+    /* what a change replaced but a part sequenced before it may still read: a table's old
+     * features and offsets arrays (shallow: the features themselves live on), old prefix
+     * chains. Freed by registry_release_retired. */
+    void **retired;
+    size_t nretired, cap_retired;
+    chain **retired_chains;
+    size_t nretired_chains, cap_retired_chains;
 };
 
 /* ------------------------------------------------------------------------------------
@@ -2045,13 +2052,35 @@ static int cmp_feature_key(const void *key, const void *elem) {
 /* A kept derivation: take the freshly compiled chain and schema (an upstream may have
  * widened), append the diff's new_agg features. Returns true when slots were appended
  * (*old_n = slot count before). */
-static bool update_kept_deriv(deriv_desc *d, pnode *p, const reg_diff *diff, size_t *old_n) {
+static void retire(registry *r, void *p) {
+    if (r->nretired == r->cap_retired) {
+        r->cap_retired = r->cap_retired ? r->cap_retired * 2 : 16;
+        r->retired = bv_xrealloc(r->retired, r->cap_retired * sizeof *r->retired);
+    }
+    r->retired[r->nretired++] = p;
+}
+
+static void retire_chain(registry *r, chain *c) {
+    if (r->nretired_chains == r->cap_retired_chains) {
+        r->cap_retired_chains = r->cap_retired_chains ? r->cap_retired_chains * 2 : 16;
+        r->retired_chains = bv_xrealloc(r->retired_chains, r->cap_retired_chains * sizeof *r->retired_chains);
+    }
+    r->retired_chains[r->nretired_chains++] = c;
+}
+
+void registry_release_retired(registry *r) {
+    for (size_t i = 0; i < r->nretired; i++) free(r->retired[i]);
+    for (size_t i = 0; i < r->nretired_chains; i++) chain_free(r->retired_chains[i]);
+    r->nretired = r->nretired_chains = 0;
+}
+
+static bool update_kept_deriv(registry *r, deriv_desc *d, pnode *p, const reg_diff *diff, size_t *old_n) {
     bv_schema_free(&d->schema);
     schema_copy_fast(&d->schema, pnode_exposed(p));
     agg_table *t = d->table;
     if (!t) return false;
     if (p->prefix) {
-        chain_free(t->prefix);
+        retire_chain(r, t->prefix);   /* a queued part's chained row may point into it */
         t->prefix = p->prefix;
         p->prefix = NULL;
     }
@@ -2069,11 +2098,18 @@ static bool update_kept_deriv(deriv_desc *d, pnode *p, const reg_diff *diff, siz
         feature *f = p->nfeat ? bsearch(x->s2, p->feats, p->nfeat, sizeof *p->feats, cmp_feature_key) : NULL;
         if (!f) abort();      /* validation compiled every payload feature */
         size_t k = (size_t)(f - p->feats);
-        t->features = bv_xrealloc(t->features, (t->nfeatures + 1) * sizeof *t->features);
+        /* never moved in place: a part sequenced before this change applies with the
+         * arrays it captured (features, offsets) while this one is built */
+        feature *grown = bv_xcalloc(t->nfeatures + 1, sizeof *grown);
+        if (t->nfeatures) memcpy(grown, t->features, t->nfeatures * sizeof *grown);
+        retire(r, t->features);
+        t->features = grown;
         t->features[t->nfeatures++] = *f;
         p->feat_moved[k] = true;
     }
     if (t->nfeatures == *old_n) return false;
+    retire(r, t->offsets);
+    t->offsets = NULL;
     table_layout(t);
     replace_node(&d->node, p->node);
     return true;
@@ -2452,26 +2488,12 @@ typedef struct table_event {
 
 bool reg_plan_current(const registry *r, const reg_plan *p) { return p->base_version == r->version; }
 
-/* Would applying p change what a shard reads while it applies a part sequenced before
- * it: remove a table (its store), widen one (features, offsets, row size), or free a
- * table's non-empty prefix chain (a part's chained row may name fields and hold values
- * inside it)? Other changes only add descriptors and tables, or replace what validation
- * reads (schemas, empty chains, sources). */
+/* Would applying p free what a shard reads while it applies a part sequenced before it?
+ * Only a removal does (the table, its features, its store). A widening appends into new
+ * arrays and a replaced prefix chain is retired, not freed (registry_release_retired). */
 bool reg_plan_changes_tables(const registry *r, const reg_plan *p) {
-    if (p->nremoval) return true;
-    for (size_t i = 0; i < p->pl.n; i++) {
-        const pnode *pn = &p->pl.v[i];
-        if (pn->is_event || !pn->prefix) continue;
-        const deriv_desc *d = find_deriv(r, pn->name);
-        if (d && d->table && !chain_is_empty(d->table->prefix)) return true;
-    }
-    for (size_t i = 0; i < p->diff.nadditive; i++) {
-        const diff_entry *x = &p->diff.additive[i];
-        if (x->cls != DIFF_NEW_AGG) continue;
-        const deriv_desc *d = find_deriv(r, x->s1);
-        if (d && d->table) return true;
-    }
-    return false;
+    (void)r;
+    return p->nremoval > 0;
 }
 
 void registry_apply(registry *r, reg_plan *p, const reg_hooks *hooks, bv_buf *resp) {
@@ -2503,7 +2525,7 @@ void registry_apply(registry *r, reg_plan *p, const reg_hooks *hooks, bv_buf *re
         if (find_event(r, pn->name)) abort();
         if (d) {
             size_t old_n = 0;
-            if (update_kept_deriv(d, pn, &p->diff, &old_n)) ev[nev++] = (table_event){d->table, old_n};
+            if (update_kept_deriv(r, d, pn, &p->diff, &old_n)) ev[nev++] = (table_event){d->table, old_n};
             continue;
         }
         d = deriv_from(r, pn, version);
@@ -2544,6 +2566,9 @@ static void drop_all(registry *r, const reg_hooks *hooks) {
 void registry_free(registry *r, const reg_hooks *hooks) {
     if (!r) return;
     drop_all(r, hooks);
+    registry_release_retired(r);
+    free(r->retired);
+    free(r->retired_chains);
     free(r->events);
     free(r->derivs);
     free(r->ev_sorted);
@@ -2557,6 +2582,7 @@ void registry_free(registry *r, const reg_hooks *hooks) {
 
 void registry_reset(registry *r, const reg_hooks *hooks) {
     drop_all(r, hooks);
+    registry_release_retired(r);
     r->version++;
     reindex(r);
 }

@@ -127,11 +127,16 @@ void registry_apply(registry *r, reg_plan *plan, const reg_hooks *hooks, bv_buf 
 void reg_plan_free(reg_plan *plan);
 /* Was the plan prepared on the registry as it is now (no change applied since)? */
 bool reg_plan_current(const registry *r, const reg_plan *plan);
-/* Would applying the plan remove a table, append features to one, or free a table's
- * non-empty prefix chain (what the engine's shards read while applying earlier parts)?
- * False: it only adds descriptors and tables, or changes what validation reads; the
- * engine then need not drain its shards first. */
+/* Would applying the plan free what the engine's shards may still read while they apply
+ * parts sequenced before it (a removed table: its features and store)? False: the engine
+ * need not drain its shards first. A widened table gets new features and offsets arrays
+ * (the old ones, and a replaced prefix chain, are retired, not freed), so a part that
+ * captured them (agg_table's features, offsets, nfeatures, row_size, store, read under
+ * the engine's registry read lock) stays valid until registry_release_retired. */
 bool reg_plan_changes_tables(const registry *r, const reg_plan *plan);
+/* Free what changes retired. Only when no part sequenced before them can still be
+ * applied (the engine calls it with its shards drained). */
+void registry_release_retired(registry *r);
 
 /* Test-mode reset: drop every descriptor (hooks->table_removed for each table), version
  * += 1. Table ids keep increasing. */

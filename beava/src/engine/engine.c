@@ -169,6 +169,7 @@ void engine_barrier_enter(engine *e) {
     pthread_rwlock_wrlock(&e->reg_lock);          /* no push or read is past validation now */
     pthread_mutex_unlock(&e->apply_mu);
     push_drain_applied(e);
+    registry_release_retired(e->reg);            /* no part can read what changes replaced */
 }
 
 void engine_barrier_leave(engine *e) {
@@ -329,6 +330,7 @@ int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
     if (lrc == 0) {
         register_applied(e, plan, body, len, out);
         atomic_store_explicit(&e->reg_version, registry_version(e->reg), memory_order_release);
+        if (drain) registry_release_retired(e->reg);   /* drained, and gated since */
         status = 200;
     } else {                                      /* the WAL voided lsn (and, gated, nothing came after it) */
         reg_plan_free(plan);

@@ -29,13 +29,16 @@
  *      false (answered later through b->done, like any batch that waits for a shard), so
  *      its I/O thread goes on serving its other connections. A batch that sees the gate
  *      before validating is deferred at once (no wasted work, no counter counted twice).
- *   3. Wait, holding nothing a reader needs: if the plan removes or widens a table, or
- *      frees a table's non-empty prefix chain (reg_plan_changes_tables: a queued part's
- *      chained row points into it), wait until the park list is empty and every shard has
+ *   3. Wait, holding nothing a reader needs: if the plan removes a table
+ *      (reg_plan_changes_tables), wait until the park list is empty and every shard has
  *      applied its ring (the parts below L, the only ones that can exist: the gate keeps
- *      new ones out); any other change (new descriptors and tables, new event fields)
- *      skips this, since no shard reads what it touches. Then wait until L is durable.
- *      Gets, batch gets, the sweep, metrics and pings run on meanwhile, on every shard.
+ *      new ones out). Any other change skips this: new descriptors, tables and event
+ *      fields touch nothing a shard reads, and a widened table gets new features and
+ *      offsets arrays while a part applies with the ones it captured when it was judged
+ *      (push.c apply_part); the old arrays and replaced prefix chains (which chained rows
+ *      point into) are retired, and freed at the next drain (a snapshot, a reset, a
+ *      removal: registry_release_retired). Then wait until L is durable. Gets, batch
+ *      gets, the sweep, metrics and pings run on meanwhile, on every shard.
  *   4. Apply: reg_lock as a writer for the in-memory change only (registry_apply and the
  *      store hooks, microseconds), publish the version, lower the gate under seq_mu, drop
  *      the writer lock, then re-submit the deferred batches in arrival order on this
@@ -49,10 +52,11 @@
  *   and the memory agree on every path.
  * Readers therefore never block on a writer for longer than the in-memory apply; the
  * pushes that arrive during a change wait (asynchronously) for its drain and fsync, as
- * their validation depends on its outcome. What remains for issue 13: an immutable
- * registry version published by pointer swap, with copy-on-write tables, so that a change
- * that widens or removes a table need not drain the shards either (a paused shard still
- * holds such a change, and the pushes deferred behind it, until it resumes).
+ * their validation depends on its outcome (one fsync; a removal also waits for the
+ * shards). What remains for issue 13: an immutable registry version published by pointer
+ * swap (readers would not even wait for the in-memory apply), and removals that retire
+ * their tables instead of draining (a paused shard still holds a removal, and the pushes
+ * deferred behind it, until it resumes).
  *
  * Reset, snapshots and cluster-mode registers (whose log append is a synchronous publish
  * with its own conflict check) still use the full barrier (engine_barrier_enter):

@@ -50,7 +50,13 @@
 
 typedef struct push_part {
     push_batch_state *st;
-    agg_table *t;
+    agg_table *t;                 /* validation side only: a shard reads the `layout` below */
+    /* the table as this part was judged (under the registry read lock): a later change may
+     * widen the table meanwhile, into new arrays (registry.h reg_plan_changes_tables) */
+    feature *features;
+    size_t *offsets;
+    size_t nfeatures, row_size;
+    void *stores;
     const bv_row *row;            /* the item's row (the caller's) */
     bv_row chained;               /* chain output (fields malloc'd by chain_apply) */
     bool has_chain;               /* features read `chained`, not `row` (parts move while
@@ -425,6 +431,11 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
             continue;
         }
         pp->t = t;
+        pp->features = t->features;
+        pp->offsets = t->offsets;
+        pp->nfeatures = t->nfeatures;
+        pp->row_size = t->row_size;
+        pp->stores = t->store;
         pp->key = arena_dup(&st->ar, key, (size_t)klen);
         pp->klen = (size_t)klen;
         pp->hash = store_hash(key, (size_t)klen);
@@ -439,17 +450,24 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
 
 /* ---- applying a part ------------------------------------------------------------------ */
 
-/* One table's update for one event, with the owning shard's state lock held. */
+/* One table's update for one event, with the owning shard's state lock held. The table
+ * is read as the part captured it: a row a reader already widened past it (a change
+ * applied after this part was sequenced) keeps its newer slots, fresh, since no later
+ * part of this shard has run yet. */
 static void apply_part(shard_ctx *ctx, void *arg) {
     push_part *pp = arg;
-    agg_table *t = pp->t;
+    agg_table view = { .features = pp->features, .offsets = pp->offsets, .nfeatures = pp->nfeatures,
+                       .row_size = pp->row_size, .store = pp->stores };
+    agg_table *t = &view;
     entity_store *s = table_store(t, pp->shard);
     entity *en = store_find(s, pp->key, pp->klen, pp->hash);
     if (en && pp->cold_after_ms > 0 && en->last_seen_ms > 0 && pp->now - en->last_seen_ms > pp->cold_after_ms) {
+        uint32_t had = en->nfeat;
         entity_destroy_states(t, en);
         en = entity_ensure(t, s, en);     /* full size before reinitialising */
         memset(entity_row(en), 0, t->row_size);
         entity_init_states(t, en, 0);
+        if (had > en->nfeat) en->nfeat = had;   /* newer slots: untouched, still fresh */
         ctx->stats.cold_evictions++;
     }
     if (!en) {
@@ -472,12 +490,12 @@ static void apply_part(shard_ctx *ctx, void *arg) {
 
 void push_part_prefetch(void *arg) {
     push_part *pp = arg;
-    store_prefetch_slot(table_store(pp->t, pp->shard), pp->hash);
+    store_prefetch_slot(&((entity_store *)pp->stores)[pp->shard], pp->hash);
 }
 
 void push_part_prefetch_entity(void *arg) {
     push_part *pp = arg;
-    store_prefetch_entity(table_store(pp->t, pp->shard), pp->hash);
+    store_prefetch_entity(&((entity_store *)pp->stores)[pp->shard], pp->hash);
 }
 
 /* Apply the batch's inline parts in order, prefetching the index slots two strides ahead
