@@ -2068,6 +2068,8 @@ static void retire_chain(registry *r, chain *c) {
     r->retired_chains[r->nretired_chains++] = c;
 }
 
+size_t registry_retired_count(const registry *r) { return r->nretired + r->nretired_chains; }
+
 void registry_release_retired(registry *r) {
     for (size_t i = 0; i < r->nretired; i++) free(r->retired[i]);
     for (size_t i = 0; i < r->nretired_chains; i++) chain_free(r->retired_chains[i]);

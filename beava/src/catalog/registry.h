@@ -137,6 +137,7 @@ bool reg_plan_changes_tables(const registry *r, const reg_plan *plan);
 /* Free what changes retired. Only when no part sequenced before them can still be
  * applied (the engine calls it with its shards drained). */
 void registry_release_retired(registry *r);
+size_t registry_retired_count(const registry *r);
 
 /* Test-mode reset: drop every descriptor (hooks->table_removed for each table), version
  * += 1. Table ids keep increasing. */

@@ -178,6 +178,19 @@ void engine_barrier_leave(engine *e) {
     pthread_mutex_unlock(&e->reg_change_mu);
 }
 
+void engine_reclaim_retired(engine *e) {
+    if (pthread_mutex_trylock(&e->reg_change_mu) != 0) return;   /* a change runs: next time */
+    if (registry_retired_count(e->reg) > 0) {
+        /* the park list first: a parked batch judged before the change reaches the rings
+         * only from there, so rings idle after an empty park list hold no such part */
+        pthread_mutex_lock(&e->seq_mu);
+        bool parked = e->park_head != NULL;
+        pthread_mutex_unlock(&e->seq_mu);
+        if (!parked && shard_pool_idle(e->pool)) registry_release_retired(e->reg);
+    }
+    pthread_mutex_unlock(&e->reg_change_mu);
+}
+
 void engine_history_add(engine *e, int kind, const void *p, size_t n) {
     unsigned char h[5];
     h[0] = (unsigned char)kind;

@@ -36,8 +36,8 @@
  *      fields touch nothing a shard reads, and a widened table gets new features and
  *      offsets arrays while a part applies with the ones it captured when it was judged
  *      (push.c apply_part); the old arrays and replaced prefix chains (which chained rows
- *      point into) are retired, and freed at the next drain (a snapshot, a reset, a
- *      removal: registry_release_retired). Then wait until L is durable. Gets, batch
+ *      point into) are retired, and freed once no part judged before the change can be
+ *      left (engine_reclaim_retired, from the sweeper; or at the next drain). Then wait until L is durable. Gets, batch
  *      gets, the sweep, metrics and pings run on meanwhile, on every shard.
  *   4. Apply: reg_lock as a writer for the in-memory change only (registry_apply and the
  *      store hooks, microseconds), publish the version, lower the gate under seq_mu, drop
@@ -158,6 +158,11 @@ void engine_error_body(bv_buf *out, const char *code, const char *reason_key, co
  * the shards. */
 void engine_barrier_enter(engine *e);
 void engine_barrier_leave(engine *e);
+
+/* Free what registry changes retired once no part judged before them can be left: the
+ * park list empty, then every shard idle (push.c's parts capture a table's arrays).
+ * Skipped if a change is in progress. Called by the sweeper. */
+void engine_reclaim_retired(engine *e);
 
 /* Registry history (barrier held). */
 void engine_history_add(engine *e, int kind, const void *p, size_t n);
