@@ -505,10 +505,17 @@ class RegisterRace(unittest.TestCase):
             errors.append(ex)
 
     def test_pushes_racing_registers_are_judged_on_their_version_and_replay_to_the_live_state(self):
+        # batch durability: a change is applied at its append; sync: behind the gate (the
+        # pushes that meet it are held and judged again); the removal drains either way
+        for mode in ("batch", "sync"):
+            with self.subTest(durability=mode):
+                self.race_and_replay(mode)
+
+    def race_and_replay(self, mode):
         import threading
         with tempfile.TemporaryDirectory() as d:
             env = {"BEAVA_WAL_DIR": os.path.join(d, "wal"), "BEAVA_SNAPSHOT_DIR": os.path.join(d, "snapshots")}
-            b = Beava(memory_only=False, data_dir=d, test_mode=True, args=["--shards", "2"], env=env).start()
+            b = Beava(memory_only=False, data_dir=d, test_mode=True, args=["--shards", "2", "--durability", mode], env=env).start()
             try:
                 pipes = evolving_pipes()
                 self.assertEqual(b.register(pipes[0])[0], 200)
@@ -570,7 +577,7 @@ class RegisterRace(unittest.TestCase):
             finally:
                 if b.proc and b.proc.poll() is None:
                     b.stop()
-            b2 = Beava(memory_only=False, data_dir=d, test_mode=True, args=["--shards", "2"], env=env).start()
+            b2 = Beava(memory_only=False, data_dir=d, test_mode=True, args=["--shards", "2", "--durability", mode], env=env).start()
             try:
                 again = {u: (b2.get("PerUser", u)[1], b2.get("ByW", u)[1]) for u in live}
                 self.assertEqual(again, live)

@@ -296,34 +296,44 @@ static int register_in_barrier(engine *e, const char *body, size_t len, bv_buf *
     return status;
 }
 
-/* A register is judged (parsed, validated, diffed) under the shared lock, beside pushes
- * and reads: an invalid body, a dry run, a 409 force_required or a no-op is answered
- * without taking anything else, so it never waits for busy shards nor holds anyone up.
- * A change then goes through the gate (engine_int.h): its record is sequenced, the
- * pushes behind it are deferred, the shards drain (only if a live table changes) and the
- * record becomes durable with no lock a reader needs held, and only the in-memory apply
- * takes the registry lock as a writer. */
-int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
-    reg_plan *plan = NULL;
-    pthread_rwlock_rdlock(&e->reg_lock);
-    int status = registry_prepare(e->reg, body, len, out, &plan);
-    pthread_rwlock_unlock(&e->reg_lock);
-    if (!plan) return status;
-    if (e->opt.log.publish) return register_in_barrier(e, body, len, out, plan);
-    pthread_mutex_lock(&e->reg_change_mu);        /* only its holder changes the registry */
-    if (!reg_plan_current(e->reg, plan)) {         /* another change got in between */
-        reg_plan_free(plan);
-        plan = NULL;
-        out->len = 0;
-        status = registry_prepare(e->reg, body, len, out, &plan);
-        if (!plan) {
-            pthread_mutex_unlock(&e->reg_change_mu);
-            return status;
-        }
-    }
-    bool drain = reg_plan_changes_tables(e->reg, plan);
+/* A log that never voids a record (batch durability) or no log: the change is applied as
+ * its record is appended, in one short writer section (no push is between validation and
+ * sequencing then, so every record below the LSN was judged on the old registry and every
+ * one above on the new); only the reply waits for the disk. No drain: the plan frees
+ * nothing a queued part reads (reg_plan_changes_tables). */
+static int register_at_append(engine *e, const char *body, size_t len, bv_buf *out, reg_plan *plan) {
     char reason[256];
     uint64_t lsn = 0;
+    pthread_rwlock_wrlock(&e->reg_lock);
+    pthread_mutex_lock(&e->seq_mu);
+    int lrc = engine_log_append(e, REC_REGISTER, body, len, &lsn, reason, sizeof reason);
+    pthread_mutex_unlock(&e->seq_mu);
+    if (lrc == 0) {
+        register_applied(e, plan, body, len, out);
+        atomic_store_explicit(&e->reg_version, registry_version(e->reg), memory_order_release);
+    }
+    pthread_rwlock_unlock(&e->reg_lock);
+    if (lrc != 0) {
+        reg_plan_free(plan);
+        return register_refused(e, lrc, reason, out);
+    }
+    if (engine_log_wait(e, lsn, reason, sizeof reason) != 0) {   /* the log closed first */
+        char msg[400];
+        snprintf(msg, sizeof msg, "the registry change is applied but the WAL closed before its record was durable (%s)",
+                 reason);
+        out->len = 0;
+        engine_error_body(out, "wal_unavailable", "reason", msg, true, registry_version(e->reg));
+        return 503;
+    }
+    return 200;
+}
+
+/* A log that may void the record (sync durability), or a removal (the shards must apply
+ * every earlier part before the table is freed): through the gate (engine_int.h). */
+static int register_gated(engine *e, const char *body, size_t len, bv_buf *out, reg_plan *plan, bool drain) {
+    char reason[256];
+    uint64_t lsn = 0;
+    int status;
     pthread_mutex_lock(&e->seq_mu);
     int lrc = engine_log_append(e, REC_REGISTER, body, len, &lsn, reason, sizeof reason);
     if (lrc == 0) {                               /* records after lsn wait for the change */
@@ -333,11 +343,9 @@ int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
     pthread_mutex_unlock(&e->seq_mu);
     if (lrc != 0) {
         reg_plan_free(plan);
-        status = register_refused(e, lrc, reason, out);
-        pthread_mutex_unlock(&e->reg_change_mu);
-        return status;
+        return register_refused(e, lrc, reason, out);
     }
-    if (drain) push_drain_applied(e);             /* the parts below lsn, before their tables change */
+    if (drain) push_drain_applied(e);             /* the parts below lsn, before their table goes */
     lrc = engine_log_wait(e, lsn, reason, sizeof reason);
     pthread_rwlock_wrlock(&e->reg_lock);
     if (lrc == 0) {
@@ -352,6 +360,36 @@ int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
     push_batch_state *deferred = push_gate_lower(e);
     pthread_rwlock_unlock(&e->reg_lock);
     push_resubmit(e, deferred);
+    return status;
+}
+
+/* A register is judged (parsed, validated, diffed) under the shared lock, beside pushes
+ * and reads: an invalid body, a dry run, a 409 force_required or a no-op is answered
+ * without taking anything else, so it never waits for busy shards nor holds anyone up.
+ * A change then holds the registry lock as a writer only for its in-memory apply: at its
+ * append (register_at_append), or after its drain and fsync behind the gate
+ * (register_gated); engine_int.h has the whole design. */
+int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
+    reg_plan *plan = NULL;
+    pthread_rwlock_rdlock(&e->reg_lock);
+    int status = registry_prepare(e->reg, body, len, out, &plan);
+    pthread_rwlock_unlock(&e->reg_lock);
+    if (!plan) return status;
+    if (e->opt.log.publish) return register_in_barrier(e, body, len, out, plan);
+    pthread_mutex_lock(&e->reg_change_mu);        /* only its holder changes the registry */
+    if (!reg_plan_current(e->reg, plan)) {         /* another change got in between */
+        reg_plan_free(plan);
+        plan = NULL;
+        out->len = 0;
+        status = registry_prepare(e->reg, body, len, out, &plan);
+    }
+    if (plan) {
+        bool drain = reg_plan_changes_tables(e->reg, plan);
+        if (!drain && (!e->opt.wal.append || e->opt.wal.never_voids))
+            status = register_at_append(e, body, len, out, plan);
+        else
+            status = register_gated(e, body, len, out, plan, drain);
+    }
     pthread_mutex_unlock(&e->reg_change_mu);
     return status;
 }

@@ -44,6 +44,11 @@ typedef struct engine_wal_ops {
     int (*append)(void *ctx, int kind, const void *payload, size_t len, uint64_t *lsn, char *reason, size_t rlen);
     int (*wait)(void *ctx, uint64_t lsn, char *reason, size_t rlen);
     void *ctx;
+    /* The log never voids an appended record: a failed write is retried until it is on
+     * disk (wait fails only when the log closes), and records become durable in LSN
+     * order (batch durability's keep_failed, storage/wal.h). A register is then applied
+     * as its record is appended and only its reply waits for the disk. */
+    bool never_voids;
 } engine_wal_ops;
 
 /* engine_wal_ops.append may return this: the log refused the record because another

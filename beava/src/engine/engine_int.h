@@ -18,51 +18,66 @@
  * REGISTRY CHANGES WITHOUT STOPPING READERS (single node; engine_register in engine.c).
  * The registry a push is validated against must be the one its LSN implies: every record
  * below the register's LSN L was judged on the old registry, every record above L on the
- * new one, and each shard applies the parts below L before the table changes they could
- * meet. Readers do not wait for the slow parts of a change; the change goes:
- *   1. Judge: registry_prepare under reg_lock shared, beside pushes and gets (an invalid
- *      body, a dry run, a 409 or a no-op ends here). Then reg_change_mu, and the plan is
- *      judged again if another change got in first.
- *   2. Sequence (seq_mu, a few microseconds): append the record, take LSN L, and raise the
+ * new one, and each shard applies the parts below L before anything they read is freed.
+ * Pushes hold reg_lock shared from validation through sequencing, so a change that is
+ * appended and applied in one writer section is ordered exactly; what must not happen
+ * inside that section is waiting (for shards, for the disk).
+ *
+ * What a shard reads is never changed in place. A part captures its table's features and
+ * offsets arrays, feature count, row size and stores when it is judged (push.c
+ * apply_part). A widened table gets new arrays; the old ones and a replaced prefix chain
+ * (chained rows point into it) are retired and freed once no part judged before the
+ * change can be left (engine_reclaim_retired, from the sweeper: park list empty, then
+ * every shard idle; or at the next drain). New descriptors, tables and event fields touch
+ * nothing a shard reads. Only a removal frees a live table (reg_plan_changes_tables): it
+ * must wait until every earlier part is applied.
+ *
+ * A change is judged first: registry_prepare under reg_lock shared, beside pushes and
+ * gets (an invalid body, a dry run, a 409 or a no-op ends here); then reg_change_mu, and
+ * the plan is judged again if another change got in first. Then one of two paths:
+ *
+ *  AT APPEND (no removal, and a log that never voids a record: batch durability, or no
+ *  log). reg_lock as a writer, append the record (L), apply it in memory, publish the
+ *  version, unlock: microseconds. Then wait until L is durable, holding nothing but
+ *  reg_change_mu, and answer. Such a log writes records in LSN order and retries a failed
+ *  write until it is on disk, so any record after L that survives a crash has L before
+ *  it: memory and log agree. If the log closes first, the answer is 503 (the change is in
+ *  memory only; the process is stopping).
+ *
+ *  GATED (a removal, or a log that may void L: sync durability).
+ *   1. Sequence (seq_mu, a few microseconds): append the record, take L, and raise the
  *      GATE. From now on a push batch that reaches the sequencer is not sequenced: it is
  *      put, whole and untouched, on the deferred list and engine_push_submit returns
  *      false (answered later through b->done, like any batch that waits for a shard), so
  *      its I/O thread goes on serving its other connections. A batch that sees the gate
  *      before validating is deferred at once (no wasted work, no counter counted twice).
- *   3. Wait, holding nothing a reader needs: if the plan removes a table
- *      (reg_plan_changes_tables), wait until the park list is empty and every shard has
- *      applied its ring (the parts below L, the only ones that can exist: the gate keeps
- *      new ones out). Any other change skips this: new descriptors, tables and event
- *      fields touch nothing a shard reads, and a widened table gets new features and
- *      offsets arrays while a part applies with the ones it captured when it was judged
- *      (push.c apply_part); the old arrays and replaced prefix chains (which chained rows
- *      point into) are retired, and freed once no part judged before the change can be
- *      left (engine_reclaim_retired, from the sweeper; or at the next drain). Then wait until L is durable. Gets, batch
- *      gets, the sweep, metrics and pings run on meanwhile, on every shard.
- *   4. Apply: reg_lock as a writer for the in-memory change only (registry_apply and the
- *      store hooks, microseconds), publish the version, lower the gate under seq_mu, drop
- *      the writer lock, then re-submit the deferred batches in arrival order on this
- *      thread: they are validated again, now against the new registry, and sequenced
- *      after L (their LSNs, dedupe and replies exactly as if they had arrived now).
- *   If L could not be made durable (the WAL fails the write, and voids L and whatever
- *   came after it, which the gate kept empty), nothing is applied: the registry is not
+ *   2. Wait, holding nothing a reader needs: a removal waits until the park list is empty
+ *      and every shard has applied its ring (the parts below L, the only ones that can
+ *      exist: the gate keeps new ones out); then until L is durable. Gets, batch gets,
+ *      the sweep, metrics and pings run on meanwhile, on every shard.
+ *   3. Apply: reg_lock as a writer for the in-memory change only, publish the version,
+ *      lower the gate under seq_mu, drop the writer lock, then re-submit the deferred
+ *      batches in arrival order on this thread: they are validated again, now against the
+ *      new registry, and sequenced after L (LSNs, dedupe and replies as if they had just
+ *      arrived).
+ *   If L could not be made durable (the WAL fails the write and voids L and whatever came
+ *   after it, which the gate kept empty), nothing is applied: the registry is not
  *   mutated, the register answers 503 wal_unavailable and the deferred batches run
- *   against the unchanged registry, as before the call. If the append itself fails, the
- *   gate is never raised. So a register is acknowledged only when durable, and the log
- *   and the memory agree on every path.
- * Readers therefore never block on a writer for longer than the in-memory apply; the
- * pushes that arrive during a change wait (asynchronously) for its drain and fsync, as
- * their validation depends on its outcome (one fsync; a removal also waits for the
- * shards). What remains for issue 13: an immutable registry version published by pointer
- * swap (readers would not even wait for the in-memory apply), and removals that retire
- * their tables instead of draining (a paused shard still holds a removal, and the pushes
- * deferred behind it, until it resumes).
+ *   against the unchanged registry. If the append itself fails, the gate is never raised.
+ *
+ * So a register is acknowledged only when durable, log and memory agree on every path,
+ * and readers never block on a writer for longer than an in-memory apply. Pushes that
+ * meet a gated change wait (asynchronously) for its fsync, and a removal's drain, as
+ * their validation depends on its outcome. What remains for issue 13: an immutable
+ * registry version published by pointer swap (readers would not wait for the in-memory
+ * apply either), and removals that retire their tables instead of draining (a paused
+ * shard still holds a removal, and the pushes deferred behind it, until it resumes).
  *
  * Reset, snapshots and cluster-mode registers (whose log append is a synchronous publish
  * with its own conflict check) still use the full barrier (engine_barrier_enter):
  * reg_change_mu, then reg_lock as a writer while the park list and the shards drain.
- * Taking reg_change_mu first keeps them out of a register's window (2-4), where the log
- * holds L but the memory does not have it yet.
+ * Taking reg_change_mu first keeps them out of a gated register's window (1-3), where the
+ * log holds L but the memory does not have it yet.
  */
 #ifndef BEAVA_ENGINE_INT_H
 #define BEAVA_ENGINE_INT_H
