@@ -13,9 +13,11 @@
  *   a batch that cannot complete at once is answered later through its done callback,
  *   so an I/O thread never waits for a shard or an fsync.
  *
- * Registry changes, reset and snapshots take the registry lock as writers, wait until
- * every sequenced record is applied, then act: they are exactly ordered with the pushes
- * around them, and replay (records in LSN order) reproduces the same state.
+ * Registry changes are sequenced like pushes and hold the registry lock as writers only
+ * for their in-memory apply (never while a shard drains or the disk syncs: engine_int.h);
+ * reset and snapshots take it as writers and wait until every sequenced record is
+ * applied. All are exactly ordered with the pushes around them, and replay (records in
+ * LSN order) reproduces the same state.
  *
  * Reads run on the calling thread under the owning shard's state lock: a get issued
  * after a push's ack sees it (the ack is sent after the apply).
@@ -109,8 +111,9 @@ typedef struct engine_options {
 engine *engine_new(const engine_options *opts);
 void engine_free(engine *e);
 
-/* POST /register body (transport checks done). Returns the HTTP status. Blocks until
- * every earlier push is applied and the record is durable. */
+/* POST /register body (transport checks done). Returns the HTTP status. Blocks until the
+ * change is durable (a removal also until every earlier push is applied); pushes
+ * sequenced before it may still be applying, with the registry they were judged on. */
 int engine_register(engine *e, const char *body, size_t len, bv_buf *out);
 
 /* ---- push ------------------------------------------------------------------------- */

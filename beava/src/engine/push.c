@@ -11,8 +11,10 @@
  *     table the event feeds run the table's prefix chain and build the entity key: one
  *     `part` per (item, table), with the shard that owns hash(table, key). All scratch
  *     comes from the batch's arena.
- *  2. Sequence (seq_mu held, once per batch): per item, the dedupe check, room on the
- *     shards its parts are queued to (else 503 overloaded for that item alone), the WAL
+ *  2. Sequence (seq_mu held, once per batch; a batch that meets a registry change's
+ *     gate is deferred whole instead, and judged again after it: engine_int.h): per
+ *     item, the dedupe check, room on the shards its parts are queued to (else 503
+ *     overloaded for that item alone), the WAL
  *     append that gives it its LSN (else 503 wal_unavailable), and the routing of each
  *     part: a shard the batch could take inline (shard_try_inline: idle, empty ring) is
  *     applied by this thread after the lock is dropped; any other gets the part on its
