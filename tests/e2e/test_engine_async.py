@@ -9,7 +9,9 @@
 - registry changes do not stop readers: a change that adds or widens is applied beside
   a paused shard, one that removes a table waits for it while pings and gets go on and
   pushes are held (not refused); pushes racing registers of every kind are judged on
-  exactly the version their LSN follows, and the WAL of the race replays to the live state;
+  exactly the version their LSN follows (batch and sync durability), and the WAL of the
+  race replays to the live state; a register whose record the log voids (full disk, sync)
+  is refused and changes nothing, in memory or after a restart;
 - a costly batch (its inline part on one shard, the rest on the shard threads) keeps the
   order of every key's updates and answers in FIFO order;
 - a burst of connections is spread over the I/O threads (handed over between them) and
@@ -585,6 +587,86 @@ class RegisterRace(unittest.TestCase):
                 self.assertEqual(c.call(0x0000, {})[2]["registry_version"], version)
             finally:
                 b2.stop()
+
+
+class RegisterNotDurable(unittest.TestCase):
+    """Sync durability on a real full disk (a small tmpfs; needs root to mount): a register
+    whose record cannot be made durable is refused and changes nothing, in memory or on
+    disk, and pushes go on against the unchanged registry."""
+
+    def test_register_whose_record_fails_changes_nothing(self):
+        import shutil
+        import subprocess
+        mnt = tempfile.mkdtemp(prefix="beava-regfull-")
+        self.addCleanup(shutil.rmtree, mnt, True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], capture_output=True, text=True)
+        if r.returncode != 0:
+            self.skipTest("cannot mount a tmpfs here (%s)" % r.stderr.strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", mnt])
+        d = os.path.join(mnt, "data")
+        os.mkdir(d)
+        env = {"BEAVA_WAL_DIR": os.path.join(d, "wal"), "BEAVA_SNAPSHOT_DIR": os.path.join(d, "snapshots"),
+               "BEAVA_SNAPSHOT_INTERVAL_S": "3600"}
+        args = ["--durability", "sync", "--shards", "2"]
+        # a body far larger than whatever room the last page of the segment has left
+        big = {"nodes": PIPE["nodes"] + [
+            {"kind": "event", "name": "Big%d" % i,
+             "schema": {"fields": {"field_%d_%d" % (i, k): "i64" for k in range(12)}, "optional_fields": []}}
+            for i in range(200)]}
+        b = Beava(memory_only=False, data_dir=d, test_mode=True, args=args, env=env).start()
+        try:
+            self.assertEqual(b.register(PIPE)[0], 200)
+            for i in range(10):
+                self.assertEqual(b.push("Click", {"user": "u", "n": i})[0], 200)
+            filler = os.path.join(mnt, "filler")
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            # the register's own record is the first write to meet the full disk: appended
+            # (gate raised), then voided by the log, so nothing is applied
+            st, body = b.register(big)
+            self.assertEqual((st, body["error"]["code"]), (503, "wal_unavailable"), body)
+            self.assertIn("registry not mutated", body["error"]["reason"])
+            text = b.raw("GET", "/metrics", which="admin")[2].decode()
+            self.assertIn("beava_wal_failed_records_total 1\n", text)     # it was appended, then voided
+            c = Conn(tcp_addr(b))
+            self.assertEqual(c.call(0x0000, {})[2]["registry_version"], 1)
+            self.assertEqual(b.push("Big0", {"field_0_%d" % k: k for k in range(12)})[0], 404)
+            # pushes go on against the unchanged registry (refused while the log is degraded)
+            acked = 0
+            for i in range(20):
+                op, _, a = c.call(0x0010, {"event": "Click", "body": {"user": "v", "n": i}})
+                if op == 0x0010:
+                    self.assertEqual(a["registry_version"], 1, a)
+                    acked += 1
+                else:
+                    self.assertEqual(a["error"]["code"], "wal_unavailable", a)
+            self.assertEqual(b.get("PerUser", "v")[1].get("clicks", 0), acked)
+            # space returns: the same register goes through, and survives a kill -9
+            os.unlink(filler)
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                st, body = b.register(big)
+                if st == 200:
+                    break
+                time.sleep(0.1)
+            self.assertEqual((st, body["registry_version"]), (200, 2), body)
+            self.assertEqual(b.push("Big0", {"field_0_%d" % k: k for k in range(12)})[0], 200)
+            live = (b.get("PerUser", "u")[1], b.get("PerUser", "v")[1])
+            b.stop(sig=9)
+        finally:
+            if b.proc and b.proc.poll() is None:
+                b.stop()
+        b2 = Beava(memory_only=False, data_dir=d, test_mode=True, args=args, env=env).start()
+        try:
+            self.assertEqual((b2.get("PerUser", "u")[1], b2.get("PerUser", "v")[1]), live)
+            self.assertEqual(Conn(b2.bound["server.tcp_bound"]).call(0x0000, {})[2]["registry_version"], 2)
+        finally:
+            b2.stop()
 
 
 def wide_pipe(nsums):
