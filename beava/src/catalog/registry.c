@@ -224,6 +224,9 @@ struct registry {
     size_t nretired, cap_retired;
     chain **retired_chains;
     size_t nretired_chains, cap_retired_chains;
+    bool retire_removed;             /* registry_retire_removed */
+    deriv_desc **retired_derivs;     /* removed derivations with a table: freed (hook first) later */
+    size_t nretired_derivs, cap_retired_derivs;
 };
 
 /* ------------------------------------------------------------------------------------
@@ -1971,8 +1974,17 @@ static void remove_names(registry *r, char *const *names, size_t n, const reg_ho
             r->derivs[w++] = d;
             continue;
         }
-        if (d->table) hook_removed(hooks, d->table);
-        deriv_free(d);
+        if (!d->table || !r->retire_removed) {
+            if (d->table) hook_removed(hooks, d->table);
+            deriv_free(d);
+            continue;
+        }
+        /* retired: its table's hook runs when it is released */
+        if (r->nretired_derivs == r->cap_retired_derivs) {
+            r->cap_retired_derivs = r->cap_retired_derivs ? r->cap_retired_derivs * 2 : 16;
+            r->retired_derivs = bv_xrealloc(r->retired_derivs, r->cap_retired_derivs * sizeof *r->retired_derivs);
+        }
+        r->retired_derivs[r->nretired_derivs++] = d;
     }
     r->nderivs = w;
 }
@@ -2068,12 +2080,18 @@ static void retire_chain(registry *r, chain *c) {
     r->retired_chains[r->nretired_chains++] = c;
 }
 
-size_t registry_retired_count(const registry *r) { return r->nretired + r->nretired_chains; }
+void registry_retire_removed(registry *r, bool on) { r->retire_removed = on; }
 
-void registry_release_retired(registry *r) {
+size_t registry_retired_count(const registry *r) { return r->nretired + r->nretired_chains + r->nretired_derivs; }
+
+void registry_release_retired(registry *r, const reg_hooks *hooks) {
     for (size_t i = 0; i < r->nretired; i++) free(r->retired[i]);
     for (size_t i = 0; i < r->nretired_chains; i++) chain_free(r->retired_chains[i]);
-    r->nretired = r->nretired_chains = 0;
+    for (size_t i = 0; i < r->nretired_derivs; i++) {
+        hook_removed(hooks, r->retired_derivs[i]->table);
+        deriv_free(r->retired_derivs[i]);
+    }
+    r->nretired = r->nretired_chains = r->nretired_derivs = 0;
 }
 
 static bool update_kept_deriv(registry *r, deriv_desc *d, pnode *p, const reg_diff *diff, size_t *old_n) {
@@ -2490,13 +2508,6 @@ typedef struct table_event {
 
 bool reg_plan_current(const registry *r, const reg_plan *p) { return p->base_version == r->version; }
 
-/* Would applying p free what a shard reads while it applies a part sequenced before it?
- * Only a removal does (the table, its features, its store). A widening appends into new
- * arrays and a replaced prefix chain is retired, not freed (registry_release_retired). */
-bool reg_plan_changes_tables(const registry *r, const reg_plan *p) {
-    (void)r;
-    return p->nremoval > 0;
-}
 
 void registry_apply(registry *r, reg_plan *p, const reg_hooks *hooks, bv_buf *resp) {
     if (!reg_plan_current(r, p)) {
@@ -2568,9 +2579,10 @@ static void drop_all(registry *r, const reg_hooks *hooks) {
 void registry_free(registry *r, const reg_hooks *hooks) {
     if (!r) return;
     drop_all(r, hooks);
-    registry_release_retired(r);
+    registry_release_retired(r, hooks);
     free(r->retired);
     free(r->retired_chains);
+    free(r->retired_derivs);
     free(r->events);
     free(r->derivs);
     free(r->ev_sorted);
@@ -2584,7 +2596,7 @@ void registry_free(registry *r, const reg_hooks *hooks) {
 
 void registry_reset(registry *r, const reg_hooks *hooks) {
     drop_all(r, hooks);
-    registry_release_retired(r);
+    registry_release_retired(r, hooks);
     r->version++;
     reindex(r);
 }

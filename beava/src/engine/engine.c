@@ -130,6 +130,7 @@ engine *engine_new(const engine_options *opts) {
         engine_free(e);
         return NULL;
     }
+    registry_retire_removed(e->reg, true);        /* parts judged before a removal may be queued */
     e->hooks.ctx = e;
     e->hooks.table_added = hook_table_added;
     e->hooks.table_removed = hook_table_removed;
@@ -169,7 +170,7 @@ void engine_barrier_enter(engine *e) {
     pthread_rwlock_wrlock(&e->reg_lock);          /* no push or read is past validation now */
     pthread_mutex_unlock(&e->apply_mu);
     push_drain_applied(e);
-    registry_release_retired(e->reg);            /* no part can read what changes replaced */
+    registry_release_retired(e->reg, &e->hooks); /* no part can read what changes replaced */
 }
 
 void engine_barrier_leave(engine *e) {
@@ -186,7 +187,7 @@ void engine_reclaim_retired(engine *e) {
         pthread_mutex_lock(&e->seq_mu);
         bool parked = e->park_head != NULL;
         pthread_mutex_unlock(&e->seq_mu);
-        if (!parked && shard_pool_idle(e->pool)) registry_release_retired(e->reg);
+        if (!parked && shard_pool_idle(e->pool)) registry_release_retired(e->reg, &e->hooks);
     }
     pthread_mutex_unlock(&e->reg_change_mu);
 }
@@ -299,8 +300,8 @@ static int register_in_barrier(engine *e, const char *body, size_t len, bv_buf *
 /* A log that never voids a record (batch durability) or no log: the change is applied as
  * its record is appended, in one short writer section (no push is between validation and
  * sequencing then, so every record below the LSN was judged on the old registry and every
- * one above on the new); only the reply waits for the disk. No drain: the plan frees
- * nothing a queued part reads (reg_plan_changes_tables). */
+ * one above on the new); only the reply waits for the disk. No drain: the change frees
+ * nothing a queued part reads (it retires it: registry.h). */
 static int register_at_append(engine *e, const char *body, size_t len, bv_buf *out, reg_plan *plan) {
     char reason[256];
     uint64_t lsn = 0;
@@ -328,9 +329,9 @@ static int register_at_append(engine *e, const char *body, size_t len, bv_buf *o
     return 200;
 }
 
-/* A log that may void the record (sync durability), or a removal (the shards must apply
- * every earlier part before the table is freed): through the gate (engine_int.h). */
-static int register_gated(engine *e, const char *body, size_t len, bv_buf *out, reg_plan *plan, bool drain) {
+/* A log that may void the record (sync durability): through the gate (engine_int.h), so
+ * that nothing is sequenced after the record until it is known durable. */
+static int register_gated(engine *e, const char *body, size_t len, bv_buf *out, reg_plan *plan) {
     char reason[256];
     uint64_t lsn = 0;
     int status;
@@ -345,13 +346,11 @@ static int register_gated(engine *e, const char *body, size_t len, bv_buf *out, 
         reg_plan_free(plan);
         return register_refused(e, lrc, reason, out);
     }
-    if (drain) push_drain_applied(e);             /* the parts below lsn, before their table goes */
     lrc = engine_log_wait(e, lsn, reason, sizeof reason);
     pthread_rwlock_wrlock(&e->reg_lock);
     if (lrc == 0) {
         register_applied(e, plan, body, len, out);
         atomic_store_explicit(&e->reg_version, registry_version(e->reg), memory_order_release);
-        if (drain) registry_release_retired(e->reg);   /* drained, and gated since */
         status = 200;
     } else {                                      /* the WAL voided lsn (and, gated, nothing came after it) */
         reg_plan_free(plan);
@@ -365,10 +364,9 @@ static int register_gated(engine *e, const char *body, size_t len, bv_buf *out, 
 
 /* A register is judged (parsed, validated, diffed) under the shared lock, beside pushes
  * and reads: an invalid body, a dry run, a 409 force_required or a no-op is answered
- * without taking anything else, so it never waits for busy shards nor holds anyone up.
- * A change then holds the registry lock as a writer only for its in-memory apply: at its
- * append (register_at_append), or after its drain and fsync behind the gate
- * (register_gated); engine_int.h has the whole design. */
+ * without taking anything else. A change then holds the registry lock as a writer only
+ * for its in-memory apply: at its append (register_at_append), or after its fsync behind
+ * the gate (register_gated); it never waits for a shard. engine_int.h has the design. */
 int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
     reg_plan *plan = NULL;
     pthread_rwlock_rdlock(&e->reg_lock);
@@ -384,11 +382,8 @@ int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
         status = registry_prepare(e->reg, body, len, out, &plan);
     }
     if (plan) {
-        bool drain = reg_plan_changes_tables(e->reg, plan);
-        if (!drain && (!e->opt.wal.append || e->opt.wal.never_voids))
-            status = register_at_append(e, body, len, out, plan);
-        else
-            status = register_gated(e, body, len, out, plan, drain);
+        if (!e->opt.wal.append || e->opt.wal.never_voids) status = register_at_append(e, body, len, out, plan);
+        else status = register_gated(e, body, len, out, plan);
     }
     pthread_mutex_unlock(&e->reg_change_mu);
     return status;

@@ -5,8 +5,8 @@
  * beava/src/engine/ includes it.
  *
  * Locks, in the only order they are ever nested:
- *   reg_change_mu (registry changes, reset and snapshots, one at a time; no push or read
- *                  ever takes it)
+ *   reg_change_mu (registry changes, reset, snapshots and the release of what changes
+ *                  retired, one at a time; no push or read ever takes it)
  *   -> apply_mu (engine_apply_logged's gather+flush vs a barrier's flush)
  *   -> reg_lock (rwlock; pushes, reads, the sweep and metrics share it; it is held as a
  *                writer only to change the registry in memory, or by the full barrier)
@@ -23,38 +23,36 @@
  * appended and applied in one writer section is ordered exactly; what must not happen
  * inside that section is waiting (for shards, for the disk).
  *
- * What a shard reads is never changed in place. A part captures its table's features and
- * offsets arrays, feature count, row size and stores when it is judged (push.c
- * apply_part). A widened table gets new arrays; the old ones and a replaced prefix chain
- * (chained rows point into it) are retired and freed once no part judged before the
- * change can be left (engine_reclaim_retired, from the sweeper: park list empty, then
- * every shard idle; or at the next drain). New descriptors, tables and event fields touch
- * nothing a shard reads. Only a removal frees a live table (reg_plan_changes_tables): it
- * must wait until every earlier part is applied.
+ * What a shard reads is never changed in place or freed at once. A part captures its
+ * table's features and offsets arrays, feature count, row size and stores when it is
+ * judged (push.c apply_part). A widened table gets new arrays; the old ones, a replaced
+ * prefix chain (chained rows point into it) and a removed table with its stores are
+ * retired (registry.h) and freed once no part judged before the change can be left:
+ * engine_reclaim_retired, from the sweeper (park list empty, then every shard idle), or
+ * the next barrier. A part judged before a removal thus still applies, to a store nobody
+ * can read any more. So no change waits for a shard.
  *
  * A change is judged first: registry_prepare under reg_lock shared, beside pushes and
  * gets (an invalid body, a dry run, a 409 or a no-op ends here); then reg_change_mu, and
  * the plan is judged again if another change got in first. Then one of two paths:
  *
- *  AT APPEND (no removal, and a log that never voids a record: batch durability, or no
- *  log). reg_lock as a writer, append the record (L), apply it in memory, publish the
- *  version, unlock: microseconds. Then wait until L is durable, holding nothing but
- *  reg_change_mu, and answer. Such a log writes records in LSN order and retries a failed
- *  write until it is on disk, so any record after L that survives a crash has L before
- *  it: memory and log agree. If the log closes first, the answer is 503 (the change is in
- *  memory only; the process is stopping).
+ *  AT APPEND (a log that never voids a record: batch durability, or no log). reg_lock
+ *  as a writer, append the record (L), apply it in memory, publish the version, unlock:
+ *  microseconds. Then wait until L is durable, holding nothing but reg_change_mu, and
+ *  answer. Such a log writes records in LSN order and retries a failed write until it is
+ *  on disk, so any record after L that survives a crash has L before it: memory and log
+ *  agree. If the log closes first, the answer is 503 (the change is in memory only; the
+ *  process is stopping).
  *
- *  GATED (a removal, or a log that may void L: sync durability).
+ *  GATED (a log that may void L: sync durability).
  *   1. Sequence (seq_mu, a few microseconds): append the record, take L, and raise the
  *      GATE. From now on a push batch that reaches the sequencer is not sequenced: it is
  *      put, whole and untouched, on the deferred list and engine_push_submit returns
  *      false (answered later through b->done, like any batch that waits for a shard), so
  *      its I/O thread goes on serving its other connections. A batch that sees the gate
  *      before validating is deferred at once (no wasted work, no counter counted twice).
- *   2. Wait, holding nothing a reader needs: a removal waits until the park list is empty
- *      and every shard has applied its ring (the parts below L, the only ones that can
- *      exist: the gate keeps new ones out); then until L is durable. Gets, batch gets,
- *      the sweep, metrics and pings run on meanwhile, on every shard.
+ *   2. Wait until L is durable, holding nothing a reader needs: gets, batch gets, the
+ *      sweep, metrics and pings run on meanwhile, on every shard.
  *   3. Apply: reg_lock as a writer for the in-memory change only, publish the version,
  *      lower the gate under seq_mu, drop the writer lock, then re-submit the deferred
  *      batches in arrival order on this thread: they are validated again, now against the
@@ -66,12 +64,11 @@
  *   against the unchanged registry. If the append itself fails, the gate is never raised.
  *
  * So a register is acknowledged only when durable, log and memory agree on every path,
- * and readers never block on a writer for longer than an in-memory apply. Pushes that
- * meet a gated change wait (asynchronously) for its fsync, and a removal's drain, as
- * their validation depends on its outcome. What remains for issue 13: an immutable
- * registry version published by pointer swap (readers would not wait for the in-memory
- * apply either), and removals that retire their tables instead of draining (a paused
- * shard still holds a removal, and the pushes deferred behind it, until it resumes).
+ * no change waits for a shard, and readers never block on a writer for longer than an
+ * in-memory apply. Pushes that meet a gated change (sync durability) wait, asynchronously,
+ * for its fsync, as their validation depends on its outcome. What remains for issue 13:
+ * an immutable registry version published by pointer swap, so that readers would not
+ * wait for the in-memory apply either.
  *
  * Reset, snapshots and cluster-mode registers (whose log append is a synchronous publish
  * with its own conflict check) still use the full barrier (engine_barrier_enter):
@@ -200,9 +197,10 @@ int push_durability_start(engine *e);
 void push_durability_stop(engine *e);
 /* Replay one event record (no logging; inline apply). */
 int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen);
-/* The register gate (see the top of this file). push_drain_applied: wait until the park
- * list is empty and every shard has applied what it was given (gate raised). */
+/* Wait until the park list is empty and every shard has applied what it was given (the
+ * caller keeps new work out: the barrier). */
 void push_drain_applied(engine *e);
+/* The register gate (see the top of this file). */
 /* Lower the gate (reg_lock held as a writer) and hand back the deferred batches. */
 struct push_batch_state *push_gate_lower(engine *e);
 /* Re-submit deferred batches (no engine lock held but reg_change_mu). */

@@ -54,7 +54,7 @@ typedef struct push_part {
     push_batch_state *st;
     agg_table *t;                 /* validation side only: a shard reads the `layout` below */
     /* the table as this part was judged (under the registry read lock): a later change may
-     * widen the table meanwhile, into new arrays (registry.h reg_plan_changes_tables) */
+     * widen or remove the table meanwhile, retiring what it replaces (registry.h) */
     feature *features;
     size_t *offsets;
     size_t nfeatures, row_size;
