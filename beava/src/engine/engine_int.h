@@ -29,8 +29,11 @@
  * prefix chain (chained rows point into it) and a removed table with its stores are
  * retired (registry.h) and freed once no part judged before the change can be left:
  * engine_reclaim_retired, from the sweeper (park list empty, then every shard idle), or
- * the next barrier. A part judged before a removal thus still applies, to a store nobody
- * can read any more. So no change waits for a shard.
+ * the next barrier (a snapshot: every 60 s by default). A part judged before a removal
+ * thus still applies, to a store nobody can read any more. So no change waits for a
+ * shard; the price is that a removed table's memory outlives it until the shards are
+ * seen idle or a snapshot drains them (memory-only mode under unbroken load: until an
+ * idle instant; an epoch per shard would bound this, not built).
  *
  * A change is judged first: registry_prepare under reg_lock shared, beside pushes and
  * gets (an invalid body, a dry run, a 409 or a no-op ends here); then reg_change_mu, and
