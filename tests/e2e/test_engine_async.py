@@ -6,6 +6,11 @@
 - the listener's limits: connection cap, idle timeout, frame deadline, partial-frame budget;
 - the admin token guards OP_REGISTER / OP_RESET on TCP as on HTTP (OP_AUTH);
 - a WAL written by the new engine replays to exactly the live state;
+- registry changes never wait for a shard: a change that adds, widens or removes a table
+  is applied beside a paused shard, and pushes, gets and pings on the other shard go on; pushes racing registers of every kind are judged on
+  exactly the version their LSN follows (batch and sync durability), and the WAL of the
+  race replays to the live state; a register whose record the log voids (full disk, sync)
+  is refused and changes nothing, in memory or after a restart;
 - a costly batch (its inline part on one shard, the rest on the shard threads) keeps the
   order of every key's updates and answers in FIFO order;
 - a burst of connections is spread over the I/O threads (handed over between them) and
@@ -134,33 +139,102 @@ class PausedShard(unittest.TestCase):
             self.assertEqual(stuck.recv_frame()[0], 0x0010)
             self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 1)
 
-    def test_register_waiting_for_a_paused_shard_holds_no_io_thread(self):
-        # OP_REGISTER waits until every earlier push is applied; with shard 0 paused under a
-        # queued push it cannot finish, yet the only I/O thread keeps serving other connections
+    def test_additive_register_does_not_wait_for_a_paused_shard(self):
+        # a change that only adds descriptors and tables touches nothing a shard reads: it
+        # is applied while shard 0 sits paused under a queued push, and pushes and gets on
+        # the other shard, on other connections of the only I/O thread, go on around it
         with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"]) as b:
             addr, stuck, k0 = self.pause_under_a_push(b)
             try:
                 reg = Conn(addr)
-                # pipelined behind the register on the same connection: answered after it
-                grown = {"nodes": PIPE["nodes"] + [{"kind": "event", "name": "Extra",
-                                                     "schema": {"fields": {"x": "i64"}, "optional_fields": []}}]}
-                reg.send(frame(0x0001, 1, json.dumps(grown).encode()) + frame(0x0000, 1, b"{}"))
-                time.sleep(0.3)
-                self.assert_unanswered(reg)
-                # pings (and the registry version they carry) do not wait behind the barrier;
-                # pushes and gets arriving now would (they are ordered after the register)
+                grown = {"nodes": PIPE["nodes"] + [
+                    {"kind": "event", "name": "Extra", "schema": {"fields": {"x": "i64"}, "optional_fields": []}},
+                    {"kind": "derivation", "name": "Seen", "output_kind": "table", "upstreams": ["Click"],
+                     "ops": [{"op": "group_by", "keys": ["user"], "agg": {"seen": {"op": "count"}}}],
+                     "table_primary_key": ["user"]}]}
+                op, _, body = reg.call(0x0001, grown)
+                self.assertEqual((op, body["registry_version"]), (0x0001, 2), body)
+                # a key whose parts (PerUser and the new Seen) both live on shard 1
+                k1 = next(k for k in ("b%d" % i for i in range(1000))
+                          if shard_of(b, "PerUser", k) == 1 and shard_of(b, "Seen", k) == 1)
                 other = Conn(addr)
-                for _ in range(3):
-                    self.assertEqual(other.call(0x0000, {}), (0x0000, 1, {"registry_version": 1,
-                                                                         "server_version": "0.0.6"}))
-                self.assertEqual(b.raw("POST", "/ping")[0], 200)
+                op, _, ack = other.call(0x0010, {"event": "Click", "body": {"user": k1, "n": 5}})
+                self.assertEqual((op, ack["registry_version"]), (0x0010, 2), ack)
+                self.assertEqual(other.call(0x0010, {"event": "Extra", "body": {"x": 1}})[0], 0x0010)
+                op, _, row = other.call(0x0020, {"table": "Seen", "key": k1})
+                self.assertEqual((op, row), (0x0023, {"seen": 1}))
+                self.assertEqual(other.call(0x0000, {})[2]["registry_version"], 2)
+                self.assert_unanswered(stuck)      # the push queued before it still waits
             finally:
                 b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": False}, which="admin")
-            self.assertEqual(stuck.recv_frame()[0], 0x0010)
-            op, _, body = reg.recv_frame()
-            self.assertEqual((op, body["registry_version"]), (0x0001, 2), body)
-            self.assertEqual(reg.recv_frame()[0], 0x0000)
+            op, _, ack = stuck.recv_frame()
+            # sequenced before the register: judged on version 1, and it feeds no table of version 2
+            self.assertEqual((op, ack["registry_version"]), (0x0010, 1), ack)
             self.assertEqual(b.get("PerUser", k0)[1]["clicks"], 1)
+            self.assertEqual(b.get("Seen", k0)[1], {})
+
+    def test_widening_register_does_not_wait_for_a_paused_shard(self):
+        # a widened table gets new arrays; the push queued before the change applies with
+        # the ones it was judged with, so the change need not wait for the paused shard
+        with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"]) as b:
+            addr, stuck, k0 = self.pause_under_a_push(b)
+            k1 = keys_on(b, 1, 1, "b")[0]
+            self.assertEqual(b.push("Click", {"user": k1, "n": 2})[0], 200)
+            wide = json.loads(json.dumps(PIPE))
+            wide["nodes"][1]["ops"][0]["agg"]["n_max"] = {"op": "max", "params": {"field": "n"}}
+            try:
+                reg = Conn(addr)
+                op, _, body = reg.call(0x0001, wide)
+                self.assertEqual((op, body["registry_version"]), (0x0001, 2), body)
+                other = Conn(addr)
+                op, _, ack = other.call(0x0010, {"event": "Click", "body": {"user": k1, "n": 7}})
+                self.assertEqual((op, ack["registry_version"]), (0x0010, 2), ack)
+                op, _, row = other.call(0x0020, {"table": "PerUser", "key": k1})
+                self.assertEqual((op, row), (0x0023, {"clicks": 2, "n_sum": 9, "n_max": 7}))
+                op, _, row = other.call(0x0020, {"table": "PerUser", "key": k0})   # the paused shard reads too
+                self.assertEqual((op, row), (0x0023, {}))
+                self.assert_unanswered(stuck)
+            finally:
+                b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": False}, which="admin")
+            op, _, ack = stuck.recv_frame()
+            self.assertEqual((op, ack["registry_version"]), (0x0010, 1), ack)
+            # the new slot starts with the register: the push sequenced before it is not in it
+            self.assertEqual(b.get("PerUser", k0)[1], {"clicks": 1, "n_sum": 1, "n_max": None})
+
+    def test_removing_register_does_not_wait_for_a_paused_shard(self):
+        # a removed table is retired, not freed, while parts judged before the removal may
+        # still be queued: the push waiting on the paused shard applies to it later, and
+        # nobody can read it; the new registry serves at once
+        with Beava(test_mode=True, args=["--io-threads", "1", "--shards", "2"]) as b:
+            addr, stuck, k0 = self.pause_under_a_push(b)
+            sums = {"kind": "derivation", "name": "Sums", "output_kind": "table", "upstreams": ["Click"],
+                    "ops": [{"op": "group_by", "keys": ["user"], "agg": {"s": {"op": "sum", "params": {"field": "n"}}}}],
+                    "table_primary_key": ["user"]}
+            shrunk = {"nodes": [PIPE["nodes"][0], sums], "force": True}
+            try:
+                reg = Conn(addr)
+                op, _, body = reg.call(0x0001, shrunk)
+                self.assertEqual((op, body["registry_version"]), (0x0001, 2), body)
+                k1 = next(k for k in ("b%d" % i for i in range(1000)) if shard_of(b, "Sums", k) == 1)
+                other = Conn(addr)
+                op, _, ack = other.call(0x0010, {"event": "Click", "body": {"user": k1, "n": 7}})
+                self.assertEqual((op, ack["registry_version"]), (0x0010, 2), ack)
+                self.assertEqual(other.call(0x0020, {"table": "Sums", "key": k1}), (0x0023, 1, {"s": 7}))
+                op, _, err = other.call(0x0020, {"table": "PerUser", "key": k0})
+                self.assertEqual((op, err["error"]["code"]), (0xFFFF, "unknown_table"))
+                self.assert_unanswered(stuck)
+            finally:
+                b.raw("POST", "/debug/pause-shard", {"shard": 0, "paused": False}, which="admin")
+            op, _, ack = stuck.recv_frame()
+            self.assertEqual((op, ack["registry_version"]), (0x0010, 1), ack)
+            self.assertEqual(b.get("PerUser", k0)[0], 404)
+            self.assertEqual(b.get("Sums", k0)[1], {})      # judged before Sums existed
+            # the retired table is released once the shards are idle (the sweeper), and a
+            # table of the same name starts empty
+            time.sleep(0.5)
+            st, body = b.register({"nodes": PIPE["nodes"] + [sums]})
+            self.assertEqual((st, body["registry_version"]), (200, 3), body)
+            self.assertEqual(b.get("PerUser", k0)[1], {})
 
 
 class Fifo(unittest.TestCase):
@@ -373,6 +447,218 @@ class Replay(unittest.TestCase):
                 self.assertEqual(c.call(0x0000, {})[2]["registry_version"], version)
             finally:
                 b2.stop()
+
+
+def evolving_pipes():
+    """Registry version 1 and the changes 2..5, one of each kind: a new field (w, required
+    from then on), a widened live table (PerUser gains w_sum; its prefix chain, which
+    queued parts' chained rows point into, is replaced), a new table (Seen), a removed
+    table (Seen, forced) beside a new one (ByW)."""
+    click = {"kind": "event", "name": "Click",
+             "schema": {"fields": {"user": "str", "n": "i64", "w": "i64"}, "optional_fields": []}}
+    def table(name, agg, pre=()):
+        return {"kind": "derivation", "name": name, "output_kind": "table", "upstreams": ["Click"],
+                "ops": list(pre) + [{"op": "group_by", "keys": ["user"], "agg": agg}], "table_primary_key": ["user"]}
+    pre = [{"op": "with_columns", "exprs": {"n2": "(n * 2)"}}]
+    agg = {"clicks": {"op": "count"}, "n_sum": {"op": "sum", "params": {"field": "n"}},
+           "n2_sum": {"op": "sum", "params": {"field": "n2"}}}
+    per_user = table("PerUser", agg, pre)
+    wide = table("PerUser", dict(agg, w_sum={"op": "sum", "params": {"field": "w"}}), pre)
+    seen = table("Seen", {"seen": {"op": "count"}})
+    by_w = table("ByW", {"bw": {"op": "sum", "params": {"field": "w"}}})
+    return [{"nodes": [PIPE["nodes"][0], per_user]}, {"nodes": [click, per_user]}, {"nodes": [click, wide]},
+            {"nodes": [click, wide, seen]}, {"nodes": [click, wide, by_w], "force": True}]
+
+
+class RegisterRace(unittest.TestCase):
+    """Pushes on several connections race registers of every kind; each push is judged on
+    exactly the registry its LSN follows, and a WAL of it all replays to the live state."""
+    USERS = 23
+
+    def pusher(self, addr, tag, stop, log, errors):
+        try:
+            c = Conn(addr)
+            i = 0
+            while not stop.is_set():
+                burst, sent = [], []
+                for _ in range(16):
+                    u = "%s%d" % (tag, i % self.USERS)
+                    body = {"user": u, "n": 1}
+                    if i % 2:
+                        body["w"] = i % 7 + 1
+                    op = 0x0011 if i % 13 == 0 else 0x0010
+                    burst.append(frame(op, 1, json.dumps({"event": "Click", "body": body}).encode()))
+                    sent.append(body)
+                    i += 1
+                c.send(b"".join(burst))
+                for body in sent:
+                    op, _, reply = c.recv_frame()
+                    log.append((body, op, reply))
+            c.s.close()
+        except Exception as ex:    # reported by the test: assertions in threads do not fail it
+            errors.append(ex)
+
+    def test_pushes_racing_registers_are_judged_on_their_version_and_replay_to_the_live_state(self):
+        # batch durability: a change is applied at its append; sync: behind the gate (the
+        # pushes that meet it are held and judged again); the removal drains either way
+        for mode in ("batch", "sync"):
+            with self.subTest(durability=mode):
+                self.race_and_replay(mode)
+
+    def race_and_replay(self, mode):
+        import threading
+        with tempfile.TemporaryDirectory() as d:
+            env = {"BEAVA_WAL_DIR": os.path.join(d, "wal"), "BEAVA_SNAPSHOT_DIR": os.path.join(d, "snapshots")}
+            b = Beava(memory_only=False, data_dir=d, test_mode=True, args=["--shards", "2", "--durability", mode], env=env).start()
+            try:
+                pipes = evolving_pipes()
+                self.assertEqual(b.register(pipes[0])[0], 200)
+                addr = tcp_addr(b)
+                stop, errors = threading.Event(), []
+                logs = [[] for _ in range(3)]
+                ts = [threading.Thread(target=self.pusher, args=(addr, "p%d_" % k, stop, logs[k], errors))
+                      for k in range(3)]
+                for t in ts:
+                    t.start()
+                for pipe in pipes[1:]:
+                    time.sleep(0.15)
+                    st, body = b.register(pipe)
+                    self.assertEqual(st, 200, body)
+                time.sleep(0.15)
+                stop.set()
+                for t in ts:
+                    t.join()
+                self.assertEqual(errors, [])
+                want = {}
+                seen_versions = set()
+                for body, op, reply in (x for log in logs for x in log):
+                    if op == 0xFFFF:
+                        # w before it existed, or no w once it is required: nothing else fails
+                        code, v = reply["error"]["code"], reply["registry_version"]
+                        if "w" in body:
+                            self.assertEqual((code, v < 2), ("unknown_field_v0", True), (body, reply))
+                        else:
+                            self.assertEqual((code, v >= 2), ("invalid_event", True), (body, reply))
+                        continue
+                    v = reply["registry_version"]
+                    seen_versions.add(v)
+                    self.assertEqual("w" in body, v >= 2, (body, reply))
+                    row = want.setdefault(body["user"], {"clicks": 0, "w_sum": 0, "bw": 0})
+                    row["clicks"] += 1
+                    row["w_sum"] += body.get("w", 0) if v >= 3 else 0
+                    row["bw"] += body.get("w", 0) if v >= 5 else 0
+                self.assertGreaterEqual(len(seen_versions), 3, seen_versions)   # the race did happen
+                live = {}
+                for u, w in want.items():
+                    st, row = b.get("PerUser", u)
+                    self.assertEqual(st, 200)
+                    self.assertEqual((row["clicks"], row["n_sum"], row["n2_sum"], row["w_sum"] or 0),
+                                     (w["clicks"], w["clicks"], 2 * w["clicks"], w["w_sum"]), (u, row, w))
+                    st, bw = b.get("ByW", u)
+                    self.assertEqual((st, (bw or {}).get("bw") or 0), (200, w["bw"]), (u, bw, w))
+                    live[u] = (row, bw)
+                self.assertEqual(b.get("Seen", "p0_0")[0], 404)
+                version = Conn(addr).call(0x0000, {})[2]["registry_version"]
+                self.assertEqual(version, 5)
+                deadline = time.time() + 30
+                while time.time() < deadline:
+                    text = b.raw("GET", "/metrics", which="admin")[2].decode()
+                    m = dict(l.split(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))
+                    if m.get("beava_wal_durable_lsn") == m.get("beava_wal_records_total"):
+                        break
+                    time.sleep(0.05)
+                b.stop(sig=9)
+            finally:
+                if b.proc and b.proc.poll() is None:
+                    b.stop()
+            b2 = Beava(memory_only=False, data_dir=d, test_mode=True, args=["--shards", "2", "--durability", mode], env=env).start()
+            try:
+                again = {u: (b2.get("PerUser", u)[1], b2.get("ByW", u)[1]) for u in live}
+                self.assertEqual(again, live)
+                c = Conn(b2.bound["server.tcp_bound"])
+                self.assertEqual(c.call(0x0000, {})[2]["registry_version"], version)
+            finally:
+                b2.stop()
+
+
+class RegisterNotDurable(unittest.TestCase):
+    """Sync durability on a real full disk (a small tmpfs; needs root to mount): a register
+    whose record cannot be made durable is refused and changes nothing, in memory or on
+    disk, and pushes go on against the unchanged registry."""
+
+    def test_register_whose_record_fails_changes_nothing(self):
+        import shutil
+        import subprocess
+        mnt = tempfile.mkdtemp(prefix="beava-regfull-")
+        self.addCleanup(shutil.rmtree, mnt, True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], capture_output=True, text=True)
+        if r.returncode != 0:
+            self.skipTest("cannot mount a tmpfs here (%s)" % r.stderr.strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", mnt])
+        d = os.path.join(mnt, "data")
+        os.mkdir(d)
+        env = {"BEAVA_WAL_DIR": os.path.join(d, "wal"), "BEAVA_SNAPSHOT_DIR": os.path.join(d, "snapshots"),
+               "BEAVA_SNAPSHOT_INTERVAL_S": "3600"}
+        args = ["--durability", "sync", "--shards", "2"]
+        # a body far larger than whatever room the last page of the segment has left
+        big = {"nodes": PIPE["nodes"] + [
+            {"kind": "event", "name": "Big%d" % i,
+             "schema": {"fields": {"field_%d_%d" % (i, k): "i64" for k in range(12)}, "optional_fields": []}}
+            for i in range(200)]}
+        b = Beava(memory_only=False, data_dir=d, test_mode=True, args=args, env=env).start()
+        try:
+            self.assertEqual(b.register(PIPE)[0], 200)
+            for i in range(10):
+                self.assertEqual(b.push("Click", {"user": "u", "n": i})[0], 200)
+            filler = os.path.join(mnt, "filler")
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            # the register's own record is the first write to meet the full disk: appended
+            # (gate raised), then voided by the log, so nothing is applied
+            st, body = b.register(big)
+            self.assertEqual((st, body["error"]["code"]), (503, "wal_unavailable"), body)
+            self.assertIn("registry not mutated", body["error"]["reason"])
+            text = b.raw("GET", "/metrics", which="admin")[2].decode()
+            self.assertIn("beava_wal_failed_records_total 1\n", text)     # it was appended, then voided
+            c = Conn(tcp_addr(b))
+            self.assertEqual(c.call(0x0000, {})[2]["registry_version"], 1)
+            self.assertEqual(b.push("Big0", {"field_0_%d" % k: k for k in range(12)})[0], 404)
+            # pushes go on against the unchanged registry (refused while the log is degraded)
+            acked = 0
+            for i in range(20):
+                op, _, a = c.call(0x0010, {"event": "Click", "body": {"user": "v", "n": i}})
+                if op == 0x0010:
+                    self.assertEqual(a["registry_version"], 1, a)
+                    acked += 1
+                else:
+                    self.assertEqual(a["error"]["code"], "wal_unavailable", a)
+            self.assertEqual(b.get("PerUser", "v")[1].get("clicks", 0), acked)
+            # space returns: the same register goes through, and survives a kill -9
+            os.unlink(filler)
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                st, body = b.register(big)
+                if st == 200:
+                    break
+                time.sleep(0.1)
+            self.assertEqual((st, body["registry_version"]), (200, 2), body)
+            self.assertEqual(b.push("Big0", {"field_0_%d" % k: k for k in range(12)})[0], 200)
+            live = (b.get("PerUser", "u")[1], b.get("PerUser", "v")[1])
+            b.stop(sig=9)
+        finally:
+            if b.proc and b.proc.poll() is None:
+                b.stop()
+        b2 = Beava(memory_only=False, data_dir=d, test_mode=True, args=args, env=env).start()
+        try:
+            self.assertEqual((b2.get("PerUser", "u")[1], b2.get("PerUser", "v")[1]), live)
+            self.assertEqual(Conn(b2.bound["server.tcp_bound"]).call(0x0000, {})[2]["registry_version"], 2)
+        finally:
+            b2.stop()
 
 
 def wide_pipe(nsums):

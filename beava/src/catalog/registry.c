@@ -217,6 +217,16 @@ struct registry {
     size_t nsrcs;
     feat_ref *feats;
     size_t nfeats;
+    /* what a change replaced but a part sequenced before it may still read: a table's old
+     * features and offsets arrays (shallow: the features themselves live on), old prefix
+     * chains. Freed by registry_release_retired. */
+    void **retired;
+    size_t nretired, cap_retired;
+    chain **retired_chains;
+    size_t nretired_chains, cap_retired_chains;
+    bool retire_removed;             /* registry_retire_removed */
+    deriv_desc **retired_derivs;     /* removed derivations with a table: freed (hook first) later */
+    size_t nretired_derivs, cap_retired_derivs;
 };
 
 /* ------------------------------------------------------------------------------------
@@ -1964,8 +1974,17 @@ static void remove_names(registry *r, char *const *names, size_t n, const reg_ho
             r->derivs[w++] = d;
             continue;
         }
-        if (d->table) hook_removed(hooks, d->table);
-        deriv_free(d);
+        if (!d->table || !r->retire_removed) {
+            if (d->table) hook_removed(hooks, d->table);
+            deriv_free(d);
+            continue;
+        }
+        /* retired: its table's hook runs when it is released */
+        if (r->nretired_derivs == r->cap_retired_derivs) {
+            r->cap_retired_derivs = r->cap_retired_derivs ? r->cap_retired_derivs * 2 : 16;
+            r->retired_derivs = bv_xrealloc(r->retired_derivs, r->cap_retired_derivs * sizeof *r->retired_derivs);
+        }
+        r->retired_derivs[r->nretired_derivs++] = d;
     }
     r->nderivs = w;
 }
@@ -2045,13 +2064,43 @@ static int cmp_feature_key(const void *key, const void *elem) {
 /* A kept derivation: take the freshly compiled chain and schema (an upstream may have
  * widened), append the diff's new_agg features. Returns true when slots were appended
  * (*old_n = slot count before). */
-static bool update_kept_deriv(deriv_desc *d, pnode *p, const reg_diff *diff, size_t *old_n) {
+static void retire(registry *r, void *p) {
+    if (r->nretired == r->cap_retired) {
+        r->cap_retired = r->cap_retired ? r->cap_retired * 2 : 16;
+        r->retired = bv_xrealloc(r->retired, r->cap_retired * sizeof *r->retired);
+    }
+    r->retired[r->nretired++] = p;
+}
+
+static void retire_chain(registry *r, chain *c) {
+    if (r->nretired_chains == r->cap_retired_chains) {
+        r->cap_retired_chains = r->cap_retired_chains ? r->cap_retired_chains * 2 : 16;
+        r->retired_chains = bv_xrealloc(r->retired_chains, r->cap_retired_chains * sizeof *r->retired_chains);
+    }
+    r->retired_chains[r->nretired_chains++] = c;
+}
+
+void registry_retire_removed(registry *r, bool on) { r->retire_removed = on; }
+
+size_t registry_retired_count(const registry *r) { return r->nretired + r->nretired_chains + r->nretired_derivs; }
+
+void registry_release_retired(registry *r, const reg_hooks *hooks) {
+    for (size_t i = 0; i < r->nretired; i++) free(r->retired[i]);
+    for (size_t i = 0; i < r->nretired_chains; i++) chain_free(r->retired_chains[i]);
+    for (size_t i = 0; i < r->nretired_derivs; i++) {
+        hook_removed(hooks, r->retired_derivs[i]->table);
+        deriv_free(r->retired_derivs[i]);
+    }
+    r->nretired = r->nretired_chains = r->nretired_derivs = 0;
+}
+
+static bool update_kept_deriv(registry *r, deriv_desc *d, pnode *p, const reg_diff *diff, size_t *old_n) {
     bv_schema_free(&d->schema);
     schema_copy_fast(&d->schema, pnode_exposed(p));
     agg_table *t = d->table;
     if (!t) return false;
     if (p->prefix) {
-        chain_free(t->prefix);
+        retire_chain(r, t->prefix);   /* a queued part's chained row may point into it */
         t->prefix = p->prefix;
         p->prefix = NULL;
     }
@@ -2069,11 +2118,18 @@ static bool update_kept_deriv(deriv_desc *d, pnode *p, const reg_diff *diff, siz
         feature *f = p->nfeat ? bsearch(x->s2, p->feats, p->nfeat, sizeof *p->feats, cmp_feature_key) : NULL;
         if (!f) abort();      /* validation compiled every payload feature */
         size_t k = (size_t)(f - p->feats);
-        t->features = bv_xrealloc(t->features, (t->nfeatures + 1) * sizeof *t->features);
+        /* never moved in place: a part sequenced before this change applies with the
+         * arrays it captured (features, offsets) while this one is built */
+        feature *grown = bv_xcalloc(t->nfeatures + 1, sizeof *grown);
+        if (t->nfeatures) memcpy(grown, t->features, t->nfeatures * sizeof *grown);
+        retire(r, t->features);
+        t->features = grown;
         t->features[t->nfeatures++] = *f;
         p->feat_moved[k] = true;
     }
     if (t->nfeatures == *old_n) return false;
+    retire(r, t->offsets);
+    t->offsets = NULL;
     table_layout(t);
     replace_node(&d->node, p->node);
     return true;
@@ -2452,6 +2508,7 @@ typedef struct table_event {
 
 bool reg_plan_current(const registry *r, const reg_plan *p) { return p->base_version == r->version; }
 
+
 void registry_apply(registry *r, reg_plan *p, const reg_hooks *hooks, bv_buf *resp) {
     if (!reg_plan_current(r, p)) {
         /* The engine re-prepares a plan that is no longer current (engine_register); anything
@@ -2481,7 +2538,7 @@ void registry_apply(registry *r, reg_plan *p, const reg_hooks *hooks, bv_buf *re
         if (find_event(r, pn->name)) abort();
         if (d) {
             size_t old_n = 0;
-            if (update_kept_deriv(d, pn, &p->diff, &old_n)) ev[nev++] = (table_event){d->table, old_n};
+            if (update_kept_deriv(r, d, pn, &p->diff, &old_n)) ev[nev++] = (table_event){d->table, old_n};
             continue;
         }
         d = deriv_from(r, pn, version);
@@ -2522,6 +2579,10 @@ static void drop_all(registry *r, const reg_hooks *hooks) {
 void registry_free(registry *r, const reg_hooks *hooks) {
     if (!r) return;
     drop_all(r, hooks);
+    registry_release_retired(r, hooks);
+    free(r->retired);
+    free(r->retired_chains);
+    free(r->retired_derivs);
     free(r->events);
     free(r->derivs);
     free(r->ev_sorted);
@@ -2535,6 +2596,7 @@ void registry_free(registry *r, const reg_hooks *hooks) {
 
 void registry_reset(registry *r, const reg_hooks *hooks) {
     drop_all(r, hooks);
+    registry_release_retired(r, hooks);
     r->version++;
     reindex(r);
 }

@@ -127,9 +127,20 @@ void registry_apply(registry *r, reg_plan *plan, const reg_hooks *hooks, bv_buf 
 void reg_plan_free(reg_plan *plan);
 /* Was the plan prepared on the registry as it is now (no change applied since)? */
 bool reg_plan_current(const registry *r, const reg_plan *plan);
+/* What a change replaces or removes is never freed at once, so that the engine's shards
+ * can go on applying parts judged before it without a drain: a widened table gets new
+ * features and offsets arrays (a part captures agg_table's features, offsets, nfeatures,
+ * row_size and store while the engine holds its registry read lock); the old arrays, a
+ * replaced prefix chain and, after registry_retire_removed(r, true), a removed derivation
+ * with its table (whose table_removed hook runs only then) are retired. registry_release_retired frees them, with the hooks;
+ * only when no part judged before them can still be applied (the engine: shards idle or
+ * drained). */
+void registry_release_retired(registry *r, const reg_hooks *hooks);
+void registry_retire_removed(registry *r, bool on);
+size_t registry_retired_count(const registry *r);
 
-/* Test-mode reset: drop every descriptor (hooks->table_removed for each table), version
- * += 1. Table ids keep increasing. */
+/* Test-mode reset: drop every descriptor (hooks->table_removed for each table, retired
+ * ones too), version += 1. Table ids keep increasing. */
 void registry_reset(registry *r, const reg_hooks *hooks);
 
 /* {"version":V,"events":{...},"tables":{},"derivations":{...}} for debugging/admin. */

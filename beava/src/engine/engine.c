@@ -117,6 +117,7 @@ engine *engine_new(const engine_options *opts) {
     pthread_mutex_init(&e->seq_mu, NULL);
     pthread_mutex_init(&e->sweep_mu, NULL);
     pthread_mutex_init(&e->apply_mu, NULL);
+    pthread_mutex_init(&e->reg_change_mu, NULL);
     pthread_cond_init(&e->park_cv, NULL);
     bv_buf_init(&e->history);
     store_init(&e->dedupe);
@@ -129,6 +130,7 @@ engine *engine_new(const engine_options *opts) {
         engine_free(e);
         return NULL;
     }
+    registry_retire_removed(e->reg, true);        /* parts judged before a removal may be queued */
     e->hooks.ctx = e;
     e->hooks.table_added = hook_table_added;
     e->hooks.table_removed = hook_table_removed;
@@ -147,6 +149,7 @@ void engine_free(engine *e) {
     pthread_cond_destroy(&e->park_cv);
     pthread_mutex_destroy(&e->sweep_mu);
     pthread_mutex_destroy(&e->apply_mu);
+    pthread_mutex_destroy(&e->reg_change_mu);
     pthread_mutex_destroy(&e->seq_mu);
     pthread_rwlock_destroy(&e->reg_lock);
     free(e);
@@ -161,19 +164,32 @@ int engine_start_shards(engine *e) {
 /* ---- the barrier -------------------------------------------------------------------- */
 
 void engine_barrier_enter(engine *e) {
+    pthread_mutex_lock(&e->reg_change_mu);        /* no register between its record and its apply */
     pthread_mutex_lock(&e->apply_mu);             /* no engine_apply_logged half done */
     push_replay_flush(e);                         /* recovery: gathered events apply first */
     pthread_rwlock_wrlock(&e->reg_lock);          /* no push or read is past validation now */
     pthread_mutex_unlock(&e->apply_mu);
-    pthread_mutex_lock(&e->seq_mu);
-    while (e->park_head) pthread_cond_wait(&e->park_cv, &e->seq_mu);   /* durability thread drains it */
-    pthread_mutex_unlock(&e->seq_mu);
-    shard_pool_quiesce(e->pool);
+    push_drain_applied(e);
+    registry_release_retired(e->reg, &e->hooks); /* no part can read what changes replaced */
 }
 
 void engine_barrier_leave(engine *e) {
     atomic_store_explicit(&e->reg_version, registry_version(e->reg), memory_order_release);
     pthread_rwlock_unlock(&e->reg_lock);
+    pthread_mutex_unlock(&e->reg_change_mu);
+}
+
+void engine_reclaim_retired(engine *e) {
+    if (pthread_mutex_trylock(&e->reg_change_mu) != 0) return;   /* a change runs: next time */
+    if (registry_retired_count(e->reg) > 0) {
+        /* the park list first: a parked batch judged before the change reaches the rings
+         * only from there, so rings idle after an empty park list hold no such part */
+        pthread_mutex_lock(&e->seq_mu);
+        bool parked = e->park_head != NULL;
+        pthread_mutex_unlock(&e->seq_mu);
+        if (!parked && shard_pool_idle(e->pool)) registry_release_retired(e->reg, &e->hooks);
+    }
+    pthread_mutex_unlock(&e->reg_change_mu);
 }
 
 void engine_history_add(engine *e, int kind, const void *p, size_t n) {
@@ -234,21 +250,33 @@ void engine_error_body(bv_buf *out, const char *code, const char *reason_key, co
 
 /* ---- register / reset --------------------------------------------------------------- */
 
-/* A register is judged (parsed, validated, diffed) under the shared lock, beside pushes
- * and reads: an invalid body, a dry run, a 409 force_required or a no-op is answered
- * without the barrier, so it never waits for busy shards nor holds anyone up. Only a
- * change takes the barrier; if another change got in between, it is judged again there
- * on the new base (registry_prepare only reads the registry). */
-int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
-    reg_plan *plan = NULL;
-    if (e->opt.log.registry_catch_up)     /* cluster: judged on the registry the log holds now */
-        e->opt.log.registry_catch_up(e->opt.log.ctx);
-    pthread_rwlock_rdlock(&e->reg_lock);
-    int status = registry_prepare(e->reg, body, len, out, &plan);
-    pthread_rwlock_unlock(&e->reg_lock);
-    if (!plan) return status;
+/* The register's failure bodies (nothing was applied). */
+static int register_refused(engine *e, int lrc, const char *reason, bv_buf *out) {
+    out->len = 0;
+    if (lrc == ENGINE_LOG_CONFLICT) {         /* cluster: another register got in first */
+        engine_error_body(out, "registry_conflict", "reason", reason, true, registry_version(e->reg));
+        return 409;
+    }
+    char msg[400];
+    snprintf(msg, sizeof msg, "WAL append for registry bump failed; registry not mutated (%s)", reason);
+    engine_error_body(out, "wal_unavailable", "reason", msg, true, registry_version(e->reg));
+    return 503;
+}
+
+static void register_applied(engine *e, reg_plan *plan, const char *body, size_t len, bv_buf *out) {
+    out->len = 0;
+    registry_apply(e->reg, plan, &e->hooks, out);
+    engine_history_add(e, REC_REGISTER, body, len);
+    atomic_fetch_add_explicit(&e->registers_applied, 1, memory_order_relaxed);
+}
+
+/* Cluster mode: the log append is a synchronous publish with its own conflict check,
+ * done inside the full barrier (pushes are published to the partitions, not sequenced
+ * here, so the gate would not order them). */
+static int register_in_barrier(engine *e, const char *body, size_t len, bv_buf *out, reg_plan *plan) {
+    int status = 200;
     engine_barrier_enter(e);
-    if (!reg_plan_current(e->reg, plan)) {
+    if (!reg_plan_current(e->reg, plan)) {       /* another change got in between */
         reg_plan_free(plan);
         plan = NULL;
         out->len = 0;
@@ -257,29 +285,109 @@ int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
     if (plan) {
         char reason[256];
         int lrc = log_durably(e, REC_REGISTER, body, len, reason, sizeof reason);
-        if (lrc == ENGINE_LOG_CONFLICT) {     /* cluster: another register got in first */
-            reg_plan_free(plan);
-            out->len = 0;
-            engine_error_body(out, "registry_conflict", "reason", reason, true, registry_version(e->reg));
-            engine_barrier_leave(e);
-            return 409;
-        }
         if (lrc != 0) {
             reg_plan_free(plan);
-            out->len = 0;
-            char msg[400];
-            snprintf(msg, sizeof msg, "WAL append for registry bump failed; registry not mutated (%s)", reason);
-            engine_error_body(out, "wal_unavailable", "reason", msg, true, registry_version(e->reg));
-            engine_barrier_leave(e);
-            return 503;
+            status = register_refused(e, lrc, reason, out);
+        } else {
+            register_applied(e, plan, body, len, out);
+            status = 200;
         }
-        out->len = 0;
-        registry_apply(e->reg, plan, &e->hooks, out);
-        engine_history_add(e, REC_REGISTER, body, len);
-        atomic_fetch_add_explicit(&e->registers_applied, 1, memory_order_relaxed);
-        status = 200;
     }
     engine_barrier_leave(e);
+    return status;
+}
+
+/* A log that never voids a record (batch durability) or no log: the change is applied as
+ * its record is appended, in one short writer section (no push is between validation and
+ * sequencing then, so every record below the LSN was judged on the old registry and every
+ * one above on the new); only the reply waits for the disk. No drain: the change frees
+ * nothing a queued part reads (it retires it: registry.h). */
+static int register_at_append(engine *e, const char *body, size_t len, bv_buf *out, reg_plan *plan) {
+    char reason[256];
+    uint64_t lsn = 0;
+    pthread_rwlock_wrlock(&e->reg_lock);
+    pthread_mutex_lock(&e->seq_mu);
+    int lrc = engine_log_append(e, REC_REGISTER, body, len, &lsn, reason, sizeof reason);
+    pthread_mutex_unlock(&e->seq_mu);
+    if (lrc == 0) {
+        register_applied(e, plan, body, len, out);
+        atomic_store_explicit(&e->reg_version, registry_version(e->reg), memory_order_release);
+    }
+    pthread_rwlock_unlock(&e->reg_lock);
+    if (lrc != 0) {
+        reg_plan_free(plan);
+        return register_refused(e, lrc, reason, out);
+    }
+    if (engine_log_wait(e, lsn, reason, sizeof reason) != 0) {   /* the log closed first */
+        char msg[400];
+        snprintf(msg, sizeof msg, "the registry change is applied but the WAL closed before its record was durable (%s)",
+                 reason);
+        out->len = 0;
+        engine_error_body(out, "wal_unavailable", "reason", msg, true, registry_version(e->reg));
+        return 503;
+    }
+    return 200;
+}
+
+/* A log that may void the record (sync durability): through the gate (engine_int.h), so
+ * that nothing is sequenced after the record until it is known durable. */
+static int register_gated(engine *e, const char *body, size_t len, bv_buf *out, reg_plan *plan) {
+    char reason[256];
+    uint64_t lsn = 0;
+    int status;
+    pthread_mutex_lock(&e->seq_mu);
+    int lrc = engine_log_append(e, REC_REGISTER, body, len, &lsn, reason, sizeof reason);
+    if (lrc == 0) {                               /* records after lsn wait for the change */
+        e->reg_gated = true;
+        atomic_store_explicit(&e->reg_gate_hint, true, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&e->seq_mu);
+    if (lrc != 0) {
+        reg_plan_free(plan);
+        return register_refused(e, lrc, reason, out);
+    }
+    lrc = engine_log_wait(e, lsn, reason, sizeof reason);
+    pthread_rwlock_wrlock(&e->reg_lock);
+    if (lrc == 0) {
+        register_applied(e, plan, body, len, out);
+        atomic_store_explicit(&e->reg_version, registry_version(e->reg), memory_order_release);
+        status = 200;
+    } else {                                      /* the WAL voided lsn (and, gated, nothing came after it) */
+        reg_plan_free(plan);
+        status = register_refused(e, lrc, reason, out);
+    }
+    push_batch_state *deferred = push_gate_lower(e);
+    pthread_rwlock_unlock(&e->reg_lock);
+    push_resubmit(e, deferred);
+    return status;
+}
+
+/* A register is judged (parsed, validated, diffed) under the shared lock, beside pushes
+ * and reads: an invalid body, a dry run, a 409 force_required or a no-op is answered
+ * without taking anything else. A change then holds the registry lock as a writer only
+ * for its in-memory apply: at its append (register_at_append), or after its fsync behind
+ * the gate (register_gated); it never waits for a shard. engine_int.h has the design. */
+int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
+    reg_plan *plan = NULL;
+    if (e->opt.log.registry_catch_up)     /* cluster: judged on the registry the log holds now */
+        e->opt.log.registry_catch_up(e->opt.log.ctx);
+    pthread_rwlock_rdlock(&e->reg_lock);
+    int status = registry_prepare(e->reg, body, len, out, &plan);
+    pthread_rwlock_unlock(&e->reg_lock);
+    if (!plan) return status;
+    if (e->opt.log.publish) return register_in_barrier(e, body, len, out, plan);
+    pthread_mutex_lock(&e->reg_change_mu);        /* only its holder changes the registry */
+    if (!reg_plan_current(e->reg, plan)) {         /* another change got in between */
+        reg_plan_free(plan);
+        plan = NULL;
+        out->len = 0;
+        status = registry_prepare(e->reg, body, len, out, &plan);
+    }
+    if (plan) {
+        if (!e->opt.wal.append || e->opt.wal.never_voids) status = register_at_append(e, body, len, out, plan);
+        else status = register_gated(e, body, len, out, plan);
+    }
+    pthread_mutex_unlock(&e->reg_change_mu);
     return status;
 }
 

@@ -13,9 +13,11 @@
  *   a batch that cannot complete at once is answered later through its done callback,
  *   so an I/O thread never waits for a shard or an fsync.
  *
- * Registry changes, reset and snapshots take the registry lock as writers, wait until
- * every sequenced record is applied, then act: they are exactly ordered with the pushes
- * around them, and replay (records in LSN order) reproduces the same state.
+ * Registry changes are sequenced like pushes and hold the registry lock as writers only
+ * for their in-memory apply (never while a shard drains or the disk syncs: engine_int.h);
+ * reset and snapshots take it as writers and wait until every sequenced record is
+ * applied. All are exactly ordered with the pushes around them, and replay (records in
+ * LSN order) reproduces the same state.
  *
  * Reads run on the calling thread under the owning shard's state lock: a get issued
  * after a push's ack sees it (the ack is sent after the apply).
@@ -44,6 +46,11 @@ typedef struct engine_wal_ops {
     int (*append)(void *ctx, int kind, const void *payload, size_t len, uint64_t *lsn, char *reason, size_t rlen);
     int (*wait)(void *ctx, uint64_t lsn, char *reason, size_t rlen);
     void *ctx;
+    /* The log never voids an appended record: a failed write is retried until it is on
+     * disk (wait fails only when the log closes), and records become durable in LSN
+     * order (batch durability's keep_failed, storage/wal.h). A register is then applied
+     * as its record is appended and only its reply waits for the disk. */
+    bool never_voids;
 } engine_wal_ops;
 
 /* engine_wal_ops.append may return this: the log refused the record because another
@@ -112,8 +119,9 @@ typedef struct engine_options {
 engine *engine_new(const engine_options *opts);
 void engine_free(engine *e);
 
-/* POST /register body (transport checks done). Returns the HTTP status. Blocks until
- * every earlier push is applied and the record is durable. */
+/* POST /register body (transport checks done). Returns the HTTP status. Blocks until the
+ * change is durable (a removal also until every earlier push is applied); pushes
+ * sequenced before it may still be applying, with the registry they were judged on. */
 int engine_register(engine *e, const char *body, size_t len, bv_buf *out);
 
 /* ---- push ------------------------------------------------------------------------- */

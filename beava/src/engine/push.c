@@ -11,8 +11,10 @@
  *     table the event feeds run the table's prefix chain and build the entity key: one
  *     `part` per (item, table), with the shard that owns hash(table, key). All scratch
  *     comes from the batch's arena.
- *  2. Sequence (seq_mu held, once per batch): per item, the dedupe check, room on the
- *     shards its parts are queued to (else 503 overloaded for that item alone), the WAL
+ *  2. Sequence (seq_mu held, once per batch; a batch that meets a registry change's
+ *     gate is deferred whole instead, and judged again after it: engine_int.h): per
+ *     item, the dedupe check, room on the shards its parts are queued to (else 503
+ *     overloaded for that item alone), the WAL
  *     append that gives it its LSN (else 503 wal_unavailable), and the routing of each
  *     part: a shard the batch could take inline (shard_try_inline: idle, empty ring) is
  *     applied by this thread after the lock is dropped; any other gets the part on its
@@ -50,7 +52,13 @@
 
 typedef struct push_part {
     push_batch_state *st;
-    agg_table *t;
+    agg_table *t;                 /* validation side only: a shard reads the `layout` below */
+    /* the table as this part was judged (under the registry read lock): a later change may
+     * widen or remove the table meanwhile, retiring what it replaces (registry.h) */
+    feature *features;
+    size_t *offsets;
+    size_t nfeatures, row_size;
+    void *stores;
     const bv_row *row;            /* the item's row (the caller's) */
     bv_row chained;               /* chain output (fields malloc'd by chain_apply) */
     bool has_chain;               /* features read `chained`, not `row` (parts move while
@@ -92,6 +100,8 @@ struct push_batch_state {
     uint64_t max_lsn;
     bool parked;
     push_batch_state *park_next;
+    push_batch_state *defer_next; /* on the register gate's deferred list (seq_mu) */
+    size_t rejected, too_long;    /* counted by this submission (undone if it is deferred) */
     bv_buf rec;                   /* WAL record scratch */
     bool apply_filter;            /* cluster apply batch: parts pass log.keep_part */
     const ev_desc *last_ev;       /* find_event_cached */
@@ -150,6 +160,8 @@ static push_batch_state *state_for(engine *e, engine_batch *b) {
     st->max_lsn = 0;
     st->parked = false;
     st->park_next = NULL;
+    st->defer_next = NULL;
+    st->rejected = st->too_long = 0;
     st->last_ev = NULL;
     st->order_ev = NULL;
     return st;
@@ -407,7 +419,10 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
         }
         int klen = build_key(t, in, key, sizeof key);
         if (klen < 0 || (size_t)klen > STORE_MAX_KEY) {     /* missing/null key: skipped by design */
-            if (klen > 0) atomic_fetch_add_explicit(&e->keys_too_long, 1, memory_order_relaxed);
+            if (klen > 0) {
+                atomic_fetch_add_explicit(&e->keys_too_long, 1, memory_order_relaxed);
+                st->too_long++;
+            }
             free(pp->chained.fields);
             st->nparts--;
             continue;
@@ -418,6 +433,11 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
             continue;
         }
         pp->t = t;
+        pp->features = t->features;
+        pp->offsets = t->offsets;
+        pp->nfeatures = t->nfeatures;
+        pp->row_size = t->row_size;
+        pp->stores = t->store;
         pp->key = arena_dup(&st->ar, key, (size_t)klen);
         pp->klen = (size_t)klen;
         pp->hash = store_hash(key, (size_t)klen);
@@ -432,17 +452,24 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
 
 /* ---- applying a part ------------------------------------------------------------------ */
 
-/* One table's update for one event, with the owning shard's state lock held. */
+/* One table's update for one event, with the owning shard's state lock held. The table
+ * is read as the part captured it: a row a reader already widened past it (a change
+ * applied after this part was sequenced) keeps its newer slots, fresh, since no later
+ * part of this shard has run yet. */
 static void apply_part(shard_ctx *ctx, void *arg) {
     push_part *pp = arg;
-    agg_table *t = pp->t;
+    agg_table view = { .features = pp->features, .offsets = pp->offsets, .nfeatures = pp->nfeatures,
+                       .row_size = pp->row_size, .store = pp->stores };
+    agg_table *t = &view;
     entity_store *s = table_store(t, pp->shard);
     entity *en = store_find(s, pp->key, pp->klen, pp->hash);
     if (en && pp->cold_after_ms > 0 && en->last_seen_ms > 0 && pp->now - en->last_seen_ms > pp->cold_after_ms) {
+        uint32_t had = en->nfeat;
         entity_destroy_states(t, en);
         en = entity_ensure(t, s, en);     /* full size before reinitialising */
         memset(entity_row(en), 0, t->row_size);
         entity_init_states(t, en, 0);
+        if (had > en->nfeat) en->nfeat = had;   /* newer slots: untouched, still fresh */
         ctx->stats.cold_evictions++;
     }
     if (!en) {
@@ -465,12 +492,12 @@ static void apply_part(shard_ctx *ctx, void *arg) {
 
 void push_part_prefetch(void *arg) {
     push_part *pp = arg;
-    store_prefetch_slot(table_store(pp->t, pp->shard), pp->hash);
+    store_prefetch_slot(&((entity_store *)pp->stores)[pp->shard], pp->hash);
 }
 
 void push_part_prefetch_entity(void *arg) {
     push_part *pp = arg;
-    store_prefetch_entity(table_store(pp->t, pp->shard), pp->hash);
+    store_prefetch_entity(&((entity_store *)pp->stores)[pp->shard], pp->hash);
 }
 
 /* Apply the batch's inline parts in order, prefetching the index slots two strides ahead
@@ -644,6 +671,44 @@ static void log_hand_off(engine *e, push_batch_state *st) {
     e->opt.log.publish(e->opt.log.ctx, b, recs, n);
 }
 
+/* ---- the register gate (engine_int.h) --------------------------------------------------- */
+
+/* Hold a whole batch until the registry change in progress is applied (seq_mu held). */
+static void defer_batch(engine *e, push_batch_state *st) {
+    st->defer_next = NULL;
+    if (e->defer_tail) e->defer_tail->defer_next = st;
+    else e->defer_head = st;
+    e->defer_tail = st;
+}
+
+void push_drain_applied(engine *e) {
+    pthread_mutex_lock(&e->seq_mu);
+    while (e->park_head) pthread_cond_wait(&e->park_cv, &e->seq_mu);   /* durability thread drains it */
+    pthread_mutex_unlock(&e->seq_mu);
+    shard_pool_quiesce(e->pool);
+}
+
+push_batch_state *push_gate_lower(engine *e) {
+    pthread_mutex_lock(&e->seq_mu);
+    push_batch_state *list = e->defer_head;
+    e->defer_head = e->defer_tail = NULL;
+    e->reg_gated = false;
+    atomic_store_explicit(&e->reg_gate_hint, false, memory_order_relaxed);
+    pthread_mutex_unlock(&e->seq_mu);
+    return list;
+}
+
+/* Each deferred batch runs again from validation, in arrival order; its submitter was
+ * told "later", so a batch completed here is answered through its done callback. */
+void push_resubmit(engine *e, push_batch_state *list) {
+    while (list) {
+        push_batch_state *next = list->defer_next;
+        engine_batch *b = list->b;
+        if (engine_push_submit(e, b)) b->done(b);
+        list = next;
+    }
+}
+
 /* ---- submit --------------------------------------------------------------------------- */
 
 static void note_watermark(engine *e, int64_t now) {
@@ -690,6 +755,16 @@ static bool push_submit(engine *e, engine_batch *b, bool may_catch_up) {
         e->opt.log.registry_catch_up(e->opt.log.ctx);
     }
 
+    /* a registry change is between its record and its apply: wait for it, unvalidated
+     * (the hint is rechecked under seq_mu; a missed hint is caught at the sequencer) */
+    if (atomic_load_explicit(&e->reg_gate_hint, memory_order_relaxed)) {
+        pthread_mutex_lock(&e->seq_mu);
+        bool gated = e->reg_gated;
+        if (gated) defer_batch(e, st);
+        pthread_mutex_unlock(&e->seq_mu);
+        if (gated) return false;
+    }
+
     pthread_rwlock_rdlock(&e->reg_lock);
     uint64_t version = registry_version(e->reg);
     st->rec.len = 0;
@@ -700,7 +775,10 @@ static bool push_submit(engine *e, engine_batch *b, bool may_catch_up) {
         it->res.current_version = version;
         is->ev = validate(e, st, it, &it->res);
         if (!is->ev) {
-            if (it->event) atomic_fetch_add_explicit(&e->events_rejected, 1, memory_order_relaxed);
+            if (it->event) {
+                atomic_fetch_add_explicit(&e->events_rejected, 1, memory_order_relaxed);
+                st->rejected++;
+            }
             continue;
         }
         is->valid = true;
@@ -728,8 +806,16 @@ static bool push_submit(engine *e, engine_batch *b, bool may_catch_up) {
         return false;
     }
     if (any_valid) {
-        note_watermark(e, now);
         pthread_mutex_lock(&e->seq_mu);
+        if (e->reg_gated) {       /* judged on the registry the change replaces: judge it again after */
+            defer_batch(e, st);
+            pthread_mutex_unlock(&e->seq_mu);
+            atomic_fetch_sub_explicit(&e->events_rejected, st->rejected, memory_order_relaxed);
+            atomic_fetch_sub_explicit(&e->keys_too_long, st->too_long, memory_order_relaxed);
+            pthread_rwlock_unlock(&e->reg_lock);
+            return false;
+        }
+        note_watermark(e, now);
         bool park = e->park_head != NULL || (any_sync && e->opt.wal.append);
         if (!park && st->cost > PUSH_COSTLY_UPDATES && e->nshards > 1) split_costly(e, st);
         for (size_t i = 0; i < b->n; i++)

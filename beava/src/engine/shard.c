@@ -248,6 +248,17 @@ void shard_pool_quiesce(shard_pool *p) {
     }
 }
 
+bool shard_pool_idle(shard_pool *p) {
+    bool idle = true;
+    for (unsigned i = 0; i < p->n && idle; i++) {
+        shard *s = &p->shards[i];
+        pthread_mutex_lock(&s->qmu);
+        idle = s->count == 0 && !s->inflight && !s->held_inline;
+        pthread_mutex_unlock(&s->qmu);
+    }
+    return idle;
+}
+
 void shard_pause(shard_pool *p, unsigned i, bool paused) {
     if (i >= p->n) return;
     shard *s = &p->shards[i];

@@ -106,6 +106,11 @@ void shard_unlock(shard_pool *p, unsigned i);
  * work out (the engine holds its registry lock as a writer). */
 void shard_pool_quiesce(shard_pool *p);
 
+/* Is every ring empty with nothing in flight or held inline, right now? (No wait: the
+ * answer may change at once; the engine uses it to learn that work older than some
+ * moment is all applied.) */
+bool shard_pool_idle(shard_pool *p);
+
 /* Test hook: a paused shard takes no task (its ring fills up: overload) and is never
  * taken inline; it still serves reads. */
 void shard_pause(shard_pool *p, unsigned i, bool paused);

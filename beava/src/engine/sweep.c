@@ -3,12 +3,14 @@
  * cold_after_ms. Each call scans at most `budget` index slots, resuming where the last
  * call stopped (the cursor is guarded by sweep_mu), holding the registry read lock and
  * only the state lock of the shard whose store it is scanning, so pushes to the other
- * shards go on meanwhile.
+ * shards go on meanwhile. Each call also frees what registry changes retired, once no
+ * part can still read it (engine_reclaim_retired).
  */
 #include "engine_int.h"
 
 size_t engine_sweep_cold(engine *e, size_t budget) {
     size_t evicted = 0, scanned = 0;
+    engine_reclaim_retired(e);                   /* the sweeper's other chore (engine_int.h) */
     pthread_rwlock_rdlock(&e->reg_lock);
     agg_table *const *tables;
     size_t nt = registry_tables(e->reg, &tables);

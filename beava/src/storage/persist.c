@@ -143,6 +143,7 @@ void persist_wal_ops(persist *p, engine_wal_ops *ops) {
     ops->append = op_append;
     ops->wait = op_wait;
     ops->ctx = p;
+    ops->never_voids = p->cfg->durability == DURABILITY_BATCH;   /* wal_options.keep_failed, below */
 }
 
 persist *persist_open(const bv_config *cfg, const bv_log *log, char *err, size_t errlen) {
