@@ -16,8 +16,9 @@
  *     and resumes. The I/O thread serves its other connections meanwhile: it never waits
  *     for a shard or the disk. Frames after the batch wait their turn, which is exactly
  *     FIFO pipelining.
- *   - OP_REGISTER and OP_RESET wait for the engine's barrier (every earlier push
- *     applied), so they run as a job on the listener's workpool (workpool.h): the
+ *   - OP_REGISTER and OP_RESET may wait (a register's reply for its record to be
+ *     durable, a reset for the engine's barrier: every earlier push applied; see
+ *     engine_int.h), so they run as a job on the listener's workpool (workpool.h): the
  *     connection is busy exactly as with an asynchronous batch, the job hands it back
  *     through the same completion list, and the I/O thread never blocks on them.
  *   - every other frame is answered on the spot (reads run under the owning shard's
