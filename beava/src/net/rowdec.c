@@ -249,6 +249,18 @@ static inline uint64_t json_special(uint64_t w) {
  * NUL. Returns 0 or the error code. */
 static int utf8_check(rd_ctx *c, const unsigned char *s, size_t n, bool key, const char *what) {
     const unsigned char *p = s, *end = s + n;
+    /* the common case first: printable ASCII only (ids, names), checked a word at a time,
+     * the tail as the last 8 bytes (overlapping) or, under 8 bytes, packed into one word
+     * padded with a byte that needs no look */
+    if (n >= 8) {
+        size_t i = 0;
+        while (i + 8 <= n && !mp_special(load64(s + i))) i += 8;
+        if (i + 8 > n && !mp_special(load64(s + n - 8))) return 0;
+    } else {
+        uint64_t w = RD_ONES * 'a';
+        for (size_t i = 0; i < n; i++) w = (w & ~(0xffull << (8 * i))) | (uint64_t)s[i] << (8 * i);
+        if (!mp_special(w)) return 0;
+    }
     for (;;) {
         while (end - p >= 8 && !mp_special(load64(p))) p += 8;
         if (p >= end) return 0;
