@@ -235,6 +235,19 @@ static inline uint64_t load64(const unsigned char *p) {
 
 static inline uint64_t has_zero(uint64_t v) { return (v - RD_ONES) & ~v & RD_HIGH; }
 
+/* Bytes before the first flagged one in a mask from mp_special / json_special (nonzero).
+ * The tricks below may flag a byte above a true match (a borrow), never one below it, so
+ * the lowest flagged byte is exact. load64 reads little-endian on the hosts that have
+ * __builtin_ctzll's byte order; elsewhere nothing is skipped and the byte loop decides. */
+static inline size_t first_flagged(uint64_t m) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return (size_t)__builtin_ctzll(m) >> 3;
+#else
+    (void)m;
+    return 0;
+#endif
+}
+
 /* Nonzero when one of the 8 bytes is < 0x20, DEL or >= 0x80 (msgpack strings). */
 static inline uint64_t mp_special(uint64_t w) {
     return (w & RD_HIGH) | ((w - RD_ONES * 0x20) & ~w & RD_HIGH) | has_zero(w ^ (RD_ONES * 0x7f));
@@ -262,7 +275,14 @@ static int utf8_check(rd_ctx *c, const unsigned char *s, size_t n, bool key, con
         if (!mp_special(w)) return 0;
     }
     for (;;) {
-        while (end - p >= 8 && !mp_special(load64(p))) p += 8;
+        while (end - p >= 8) {
+            uint64_t m = mp_special(load64(p));
+            if (m) {
+                p += first_flagged(m);
+                break;
+            }
+            p += 8;
+        }
         if (p >= end) return 0;
         unsigned char b = *p;
         if (b < 0x80) {
@@ -511,7 +531,14 @@ static int jstring(rd_ctx *c, bool key, const char **out, size_t *outlen) {
     const char *what = key ? "a key" : "a string";
     const unsigned char *s = c->p + 1, *p = s, *end = c->end;
     for (;;) {
-        while (end - p >= 8 && !json_special(load64(p))) p += 8;
+        while (end - p >= 8) {
+            uint64_t m = json_special(load64(p));
+            if (m) {
+                p += first_flagged(m);
+                break;
+            }
+            p += 8;
+        }
         if (p >= end) return fail(c, ROWDEC_ESYNTAX, c->p, "unterminated string");
         unsigned char b = *p;
         if (b == '"') break;
