@@ -545,6 +545,18 @@ static void test_duplicates_and_wide_rows(void **state) {
     json_decref(je);
     bv_buf_free(&m);
     bv_buf_free(&env);
+    /* rows of 17..32 fields (the scan, past its old limit of 16) with repeats */
+    for (int w = 17; w <= 40; w += 23) {
+        b.len = 0;
+        bv_buf_puts(&b, "{");
+        for (int i = 0; i < w + 5; i++) bv_buf_printf(&b, "%s\"k%d\":%d", i ? "," : "", i < w ? i : i - w, i);
+        bv_buf_puts(&b, "}");
+        assert_int_equal(run_keep(f, rowdec_json_data, b.data, b.len, &p), ROWDEC_OK);
+        j = json_loadb(b.data, b.len, 0, NULL);
+        assert_int_equal(p.row.n, w);
+        assert_row_equals_json(&p.row, j);
+        json_decref(j);
+    }
     /* long names (several hash words), repeated */
     b.len = 0;
     bv_buf_puts(&b, "{");

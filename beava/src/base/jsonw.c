@@ -29,16 +29,7 @@ void bv_buf_reserve(bv_buf *b, size_t extra) {
     b->cap = cap;
 }
 
-void bv_buf_put(bv_buf *b, const void *p, size_t n) {
-    bv_buf_reserve(b, n);
-    if (n) memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = 0;
-}
-
 void bv_buf_puts(bv_buf *b, const char *s) { bv_buf_put(b, s, strlen(s)); }
-
-void bv_buf_putc(bv_buf *b, char c) { bv_buf_put(b, &c, 1); }
 
 void bv_buf_printf(bv_buf *b, const char *fmt, ...) {
     va_list ap;

@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <jansson.h>
 #include "value.h"
 
@@ -28,9 +29,16 @@ typedef struct bv_buf {
 void bv_buf_init(bv_buf *b);
 void bv_buf_free(bv_buf *b);
 void bv_buf_reserve(bv_buf *b, size_t extra);
-void bv_buf_put(bv_buf *b, const void *p, size_t n);
+/* Append n bytes (the data stays NUL-terminated). Inline: the codecs and writers append a
+ * few constant-size bytes at a time, and with room in the buffer that is one store. */
+static inline void bv_buf_put(bv_buf *b, const void *p, size_t n) {
+    if (b->len + n + 1 > b->cap) bv_buf_reserve(b, n);
+    if (n) memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
 void bv_buf_puts(bv_buf *b, const char *s);
-void bv_buf_putc(bv_buf *b, char c);
+static inline void bv_buf_putc(bv_buf *b, char c) { bv_buf_put(b, &c, 1); }
 void bv_buf_printf(bv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 char *bv_buf_steal(bv_buf *b);          /* NUL-terminated; buffer is reset */
 void bv_buf_put_u64(bv_buf *b, uint64_t v);   /* decimal */

@@ -31,7 +31,10 @@
 #include <sys/random.h>
 #include <time.h>
 
-#define RD_LINEAR_FIELDS 16         /* rows up to this many fields: duplicate check by scan */
+/* Rows up to this many fields find duplicates by a scan (length and first byte before any
+ * memcmp), wider ones through the keyed hash index: an event schema of 17-32 fields (the
+ * fraud pipeline's Txn has 19) would otherwise pay one SipHash per field per event. */
+#define RD_LINEAR_FIELDS 32
 #define RD_PATH_KEY_SHOWN 64        /* bytes of one key shown in an error path */
 #define RD_NUM_STACK 64             /* numbers shorter than this are copied for strtod on the stack */
 
@@ -232,6 +235,19 @@ static inline uint64_t load64(const unsigned char *p) {
 
 static inline uint64_t has_zero(uint64_t v) { return (v - RD_ONES) & ~v & RD_HIGH; }
 
+/* Bytes before the first flagged one in a mask from mp_special / json_special (nonzero).
+ * The tricks below may flag a byte above a true match (a borrow), never one below it, so
+ * the lowest flagged byte is exact. load64 reads little-endian on the hosts that have
+ * __builtin_ctzll's byte order; elsewhere nothing is skipped and the byte loop decides. */
+static inline size_t first_flagged(uint64_t m) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return (size_t)__builtin_ctzll(m) >> 3;
+#else
+    (void)m;
+    return 0;
+#endif
+}
+
 /* Nonzero when one of the 8 bytes is < 0x20, DEL or >= 0x80 (msgpack strings). */
 static inline uint64_t mp_special(uint64_t w) {
     return (w & RD_HIGH) | ((w - RD_ONES * 0x20) & ~w & RD_HIGH) | has_zero(w ^ (RD_ONES * 0x7f));
@@ -246,8 +262,27 @@ static inline uint64_t json_special(uint64_t w) {
  * NUL. Returns 0 or the error code. */
 static int utf8_check(rd_ctx *c, const unsigned char *s, size_t n, bool key, const char *what) {
     const unsigned char *p = s, *end = s + n;
+    /* the common case first: printable ASCII only (ids, names), checked a word at a time,
+     * the tail as the last 8 bytes (overlapping) or, under 8 bytes, packed into one word
+     * padded with a byte that needs no look */
+    if (n >= 8) {
+        size_t i = 0;
+        while (i + 8 <= n && !mp_special(load64(s + i))) i += 8;
+        if (i + 8 > n && !mp_special(load64(s + n - 8))) return 0;
+    } else {
+        uint64_t w = RD_ONES * 'a';
+        for (size_t i = 0; i < n; i++) w = (w & ~(0xffull << (8 * i))) | (uint64_t)s[i] << (8 * i);
+        if (!mp_special(w)) return 0;
+    }
     for (;;) {
-        while (end - p >= 8 && !mp_special(load64(p))) p += 8;
+        while (end - p >= 8) {
+            uint64_t m = mp_special(load64(p));
+            if (m) {
+                p += first_flagged(m);
+                break;
+            }
+            p += 8;
+        }
         if (p >= end) return 0;
         unsigned char b = *p;
         if (b < 0x80) {
@@ -332,7 +367,7 @@ static int row_put(rd_ctx *c, const unsigned char *at, const char *name, size_t 
     if (n <= RD_LINEAR_FIELDS) {
         for (size_t i = 0; i < n; i++) {
             bv_field *f = &d->scratch[i];
-            if (f->name_len == nl && memcmp(f->name, name, nl) == 0) {
+            if (f->name_len == nl && (nl == 0 || (f->name[0] == name[0] && memcmp(f->name, name, nl) == 0))) {
                 f->value = v;
                 return 0;
             }
@@ -496,7 +531,14 @@ static int jstring(rd_ctx *c, bool key, const char **out, size_t *outlen) {
     const char *what = key ? "a key" : "a string";
     const unsigned char *s = c->p + 1, *p = s, *end = c->end;
     for (;;) {
-        while (end - p >= 8 && !json_special(load64(p))) p += 8;
+        while (end - p >= 8) {
+            uint64_t m = json_special(load64(p));
+            if (m) {
+                p += first_flagged(m);
+                break;
+            }
+            p += 8;
+        }
         if (p >= end) return fail(c, ROWDEC_ESYNTAX, c->p, "unterminated string");
         unsigned char b = *p;
         if (b == '"') break;

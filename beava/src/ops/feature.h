@@ -48,6 +48,7 @@ typedef struct op_params {
     int64_t samples;          /* reservoir_sample, distance_from_home */
     int64_t expected_n;       /* bloom_member */
     double fpr;
+    uint32_t bloom_nwords, bloom_k;   /* bloom_member geometry, computed by its parse */
     char *lat_field, *lon_field;
     size_t lat_len, lon_len;
     int lat_pos, lon_pos;     /* schema positions (feature_row_field hints), -1 unknown */

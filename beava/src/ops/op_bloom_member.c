@@ -116,6 +116,26 @@ static uint64_t bloom_word(const bloom_st *s, uint32_t i, uint32_t *cursor) {
     return w;
 }
 
+/* Filter geometry from the params: words of 64 bits and probe count. */
+static void bloom_geometry(const op_params *pp, uint32_t *nwords, uint32_t *k) {
+    double n = (double)pp->expected_n, p = pp->fpr < BLOOM_MIN_FPR ? BLOOM_MIN_FPR : pp->fpr;
+    double mf = ceil(-n * log(p) / (M_LN2 * M_LN2));
+    if (!(mf >= 64)) mf = 64;
+    if (mf > BLOOM_MAX_BITS) mf = BLOOM_MAX_BITS;
+    uint32_t w = (uint32_t)((mf + 63) / 64);
+    double kf = round((double)w * 64.0 / n * M_LN2);
+    if (kf < 1) kf = 1;
+    if (kf > 64) kf = 64;
+    *nwords = w;
+    *k = (uint32_t)kf;
+}
+
+/* The geometry bloom_parse computed once (log/ceil/round are not per-event work). */
+static void bloom_shape(const feature *f, uint32_t *nwords, uint32_t *k) {
+    *nwords = f->p.bloom_nwords;
+    *k = f->p.bloom_k;
+}
+
 static int bloom_parse(feature *f, const json_t *params, const char *path, bv_err *err) {
     double fpr = 0.01;
     int64_t n = 1024;
@@ -128,21 +148,8 @@ static int bloom_parse(feature *f, const json_t *params, const char *path, bv_er
     if (param_int(params, "expected_n", &n) == 0) param_int(params, "capacity", &n);
     f->p.fpr = fpr;
     f->p.expected_n = n > 0 ? n : 1024;
+    bloom_geometry(&f->p, &f->p.bloom_nwords, &f->p.bloom_k);
     return 0;
-}
-
-/* Filter geometry from the params: words of 64 bits and probe count. */
-static void bloom_shape(const feature *f, uint32_t *nwords, uint32_t *k) {
-    double n = (double)f->p.expected_n, p = f->p.fpr < BLOOM_MIN_FPR ? BLOOM_MIN_FPR : f->p.fpr;
-    double mf = ceil(-n * log(p) / (M_LN2 * M_LN2));
-    if (!(mf >= 64)) mf = 64;
-    if (mf > BLOOM_MAX_BITS) mf = BLOOM_MAX_BITS;
-    uint32_t w = (uint32_t)((mf + 63) / 64);
-    double kf = round((double)w * 64.0 / n * M_LN2);
-    if (kf < 1) kf = 1;
-    if (kf > 64) kf = 64;
-    *nwords = w;
-    *k = (uint32_t)kf;
 }
 
 static uint64_t mix64(uint64_t z) {

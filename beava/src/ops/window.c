@@ -65,6 +65,7 @@ size_t window_state_size(const struct op_vtable *vt) { return sizeof(wfix) + vt-
 
 int64_t window_epoch(int64_t now_ms, int64_t bucket_ms) {
     if (bucket_ms <= 0) return now_ms;
+    if (now_ms >= 0) return now_ms - now_ms % bucket_ms;     /* the same value, one division */
     int64_t q = now_ms / bucket_ms;
     if (now_ms % bucket_ms != 0 && now_ms < 0) q--;
     int64_t e;
@@ -138,9 +139,17 @@ void window_update(const feature *f, void *st, const op_input *in) {
     int64_t e = window_epoch(in->now_ms, f->bucket_ms);
     wfix *x = st;
     void *inner;
-    /* the common case inline: the event lands in the only (inline) bucket */
-    if (x->tag == 1 && x->epoch0 == e) inner = x + 1;
-    else inner = bucket_for(f, x, e, in->stats);
+    /* the common cases inline: the event lands in the only (inline) bucket, or in the
+     * bucket the previous event of this state used */
+    if (x->tag == 1 && x->epoch0 == e) {
+        inner = x + 1;
+    } else if (x->tag > 1) {
+        size_t stride = stride_of(f);
+        uint32_t last = more_of(x)->last;
+        inner = *b_epoch(x, stride, last) == e ? b_state(x, stride, last) : bucket_for(f, x, e, in->stats);
+    } else {
+        inner = bucket_for(f, x, e, in->stats);
+    }
     f->vt->update(f, inner, in);
 }
 
