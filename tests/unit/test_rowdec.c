@@ -590,6 +590,11 @@ static void test_control_chars(void **state) {
         {"{\"event\":\"E\\u0000\",\"data\":{}}", true},
         {"{\"event\":\"E\",\"other\":\"\\u0001\",\"data\":{}}", false},
         {"{\"event\":\"E\",\"data\":{\"a\":\"x\"},\"\\u0002\":1}", false},
+        /* a nested object keeps the last of a repeated key: only what it kept counts */
+        {"{\"event\":\"E\",\"data\":{\"a\":{\"r\":\"\x7f\",\"r\":\"ok\"}}}", false},
+        {"{\"event\":\"E\",\"data\":{\"a\":[{\"r\":\"ok\",\"r\":\"\\u0001\"}]}}", true},
+        {"{\"event\":\"E\",\"data\":{\"r\":\"\\n\",\"b\":1,\"r\":\"ok\"}}", false},
+        {"{\"event\":\"E\",\"data\":{\"r\":\"ok\",\"r\":[\"\\t\"]}}", true},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         assert_int_equal(js(f, rowdec_json_push_http, cases[i].body, &p), ROWDEC_OK);

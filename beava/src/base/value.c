@@ -152,3 +152,35 @@ void bv_schema_copy(bv_schema *dst, const bv_schema *src) {
     for (size_t i = 0; i < src->n; i++) bv_schema_set(dst, src->names[i], src->types[i]);
     for (size_t i = 0; i < src->nopt; i++) bv_schema_add_optional(dst, src->optional[i]);
 }
+
+bool bv_has_control_char(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f) return true;
+        if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 && (unsigned char)s[i + 1] <= 0x9f)
+            return true;
+    }
+    return false;
+}
+
+static bool json_cc_at(const json_t *j, int depth) {
+    if (depth > JSON_PARSER_MAX_DEPTH) return false;
+    switch (json_typeof(j)) {
+    case JSON_STRING: return bv_has_control_char(json_string_value(j), json_string_length(j));
+    case JSON_ARRAY:
+        for (size_t i = 0; i < json_array_size(j); i++)
+            if (json_cc_at(json_array_get(j, i), depth + 1)) return true;
+        return false;
+    case JSON_OBJECT: {
+        const char *k;
+        json_t *v;
+        json_object_foreach((json_t *)j, k, v) {
+            if (bv_has_control_char(k, strlen(k)) || json_cc_at(v, depth + 1)) return true;
+        }
+        return false;
+    }
+    default: return false;
+    }
+}
+
+bool bv_json_has_control_char(const json_t *j) { return json_cc_at(j, 0); }

@@ -56,6 +56,14 @@ bv_value bv_from_json(const json_t *j);
 /* Strict variant+value equality (NaN never equal, strings bytewise). */
 bool bv_equal(const bv_value *a, const bv_value *b);
 
+/* A Unicode Cc (U+0000-001F, U+007F, U+0080-009F as UTF-8 C2 80..C2 9F) in s[0..n). */
+bool bv_has_control_char(const char *s, size_t n);
+
+/* A Cc in any string or key of the tree (as it stands: a key given twice counts once,
+ * with the value it kept). Walks at most JSON_PARSER_MAX_DEPTH levels, jansson's own
+ * nesting bound for parsed trees. */
+bool bv_json_has_control_char(const json_t *j);
+
 typedef enum bv_wtype {
     WT_STR = 0, WT_I64, WT_F64, WT_BOOL, WT_BYTES, WT_DATETIME, WT_JSON,
     WT__COUNT

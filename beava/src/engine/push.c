@@ -1098,38 +1098,6 @@ void push_replay_done(engine *e) {
 
 /* ---- blocking convenience (JSON in) -------------------------------------------------------- */
 
-/* Unicode Cc: U+0000-001F, U+007F, U+0080-009F (UTF-8 C2 80..C2 9F). */
-static bool has_control_char(const char *s, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == 0x7f) return true;
-        if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 && (unsigned char)s[i + 1] <= 0x9f)
-            return true;
-    }
-    return false;
-}
-
-static bool json_has_control_char(const json_t *j, int depth) {
-    if (depth > 256) return false;      /* jansson already bounds nesting */
-    switch (json_typeof(j)) {
-    case JSON_STRING: return has_control_char(json_string_value(j), json_string_length(j));
-    case JSON_ARRAY:
-        for (size_t i = 0; i < json_array_size(j); i++)
-            if (json_has_control_char(json_array_get(j, i), depth + 1)) return true;
-        return false;
-    case JSON_OBJECT: {
-        const char *k;
-        json_t *v;
-        json_object_foreach((json_t *)j, k, v) {
-            if (has_control_char(k, strlen(k))) return true;
-            if (json_has_control_char(v, depth + 1)) return true;
-        }
-        return false;
-    }
-    default: return false;
-    }
-}
-
 static const char *json_kind_name(const json_t *v) {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "object";
@@ -1167,7 +1135,7 @@ void engine_item_from_json(engine_push_item *item, bv_row *row, const char *even
     item->row = row;
     item->data_is_object = json_is_object(data);
     item->data_kind = json_kind_name(data);
-    item->has_control_char = has_control_char(event, event_len) || json_has_control_char(data, 0);
+    item->has_control_char = bv_has_control_char(event, event_len) || bv_json_has_control_char(data);
     if (!item->data_is_object) return;
     row->fields = calloc(json_object_size(data) + 1, sizeof *row->fields);
     if (!row->fields) abort();

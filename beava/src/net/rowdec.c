@@ -110,6 +110,7 @@ typedef struct rd_ctx {
     int depth;              /* containers open */
     int npath;              /* valid entries of path */
     bool cc;                /* a control character seen since the caller last cleared it */
+    bool repeated;          /* the row being read had a key given twice (the last value kept) */
     int rc;
     char *err;
     size_t errlen;
@@ -369,6 +370,7 @@ static int row_put(rd_ctx *c, const unsigned char *at, const char *name, size_t 
             bv_field *f = &d->scratch[i];
             if (f->name_len == nl && (nl == 0 || (f->name[0] == name[0] && memcmp(f->name, name, nl) == 0))) {
                 f->value = v;
+                c->repeated = true;
                 return 0;
             }
         }
@@ -378,6 +380,7 @@ static int row_put(rd_ctx *c, const unsigned char *at, const char *name, size_t 
             bv_field *f = &d->scratch[e - 1];
             if (f->name_len == nl && memcmp(f->name, name, nl) == 0) {
                 f->value = v;
+                c->repeated = true;
                 return 0;
             }
         }
@@ -407,6 +410,18 @@ static void row_finish(rowdec *d, bv_row *row) {
         memcpy(row->fields, d->scratch, d->nscratch * sizeof *row->fields);
     }
     d->nscratch = 0;
+}
+
+/* A row whose key was given twice keeps the last value: its control flag is what the
+ * kept fields hold, not every string read on the way (rare: only then is it walked). */
+static bool row_has_cc(const bv_row *row) {
+    for (size_t i = 0; i < row->n; i++) {
+        const bv_field *f = &row->fields[i];
+        if (bv_has_control_char(f->name, f->name_len)) return true;
+        if (f->value.kind == BV_STR && bv_has_control_char(f->value.u.s.ptr, f->value.u.s.len)) return true;
+        if (f->value.kind == BV_JSON && bv_json_has_control_char(f->value.u.j)) return true;
+    }
+    return false;
 }
 
 static void push_clear(rowdec_push *out) {
@@ -805,9 +820,11 @@ static int jfield(rd_ctx *c, bv_value *v) {
     if (b == '-' || is_digit(b)) return jnumber(c, v);
     if (b == '{' || b == '[') {
         json_t *j = NULL;
+        bool cc = c->cc;
         int rc = jcontainer(c, &j);
         if (rc) return rc;
         keep_tree(c->d, j);
+        c->cc = cc || bv_json_has_control_char(j);   /* the tree keeps the last of a repeated key */
         v->kind = BV_JSON;
         v->u.j = j;
         return 0;
@@ -820,6 +837,7 @@ static int jrow(rd_ctx *c, bv_row *row) {
     int rc = enter(c, c->p);
     if (rc) return rc;
     c->d->nscratch = 0;
+    c->repeated = false;
     c->p++;
     ws(c);
     if ((rc = expect_more(c, "a key or '}'"))) return rc;
@@ -838,6 +856,7 @@ static int jrow(rd_ctx *c, bv_row *row) {
     }
     leave(c);
     row_finish(c->d, row);
+    if (c->repeated) c->cc = row_has_cc(row);
     return 0;
 }
 
@@ -1294,8 +1313,10 @@ static int mp_field(rd_ctx *c, bv_value *v) {
     case MK_MAP: break;
     }
     json_t *j = NULL;
+    bool cc = c->cc;
     if ((rc = mp_value(c, &it, &j))) return rc;
     keep_tree(c->d, j);
+    c->cc = cc || bv_json_has_control_char(j);   /* the tree keeps the last of a repeated key */
     v->kind = BV_JSON;
     v->u.j = j;
     return 0;
@@ -1306,6 +1327,7 @@ static int mp_row(rd_ctx *c, const mp_item *it, bv_row *row) {
     int rc = enter(c, it->at);
     if (rc) return rc;
     c->d->nscratch = 0;
+    c->repeated = false;
     for (size_t i = 0; i < it->n; i++) {
         const char *k;
         size_t kl;
@@ -1317,6 +1339,7 @@ static int mp_row(rd_ctx *c, const mp_item *it, bv_row *row) {
     }
     leave(c);
     row_finish(c->d, row);
+    if (c->repeated) c->cc = row_has_cc(row);
     return 0;
 }
 
