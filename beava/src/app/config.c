@@ -139,6 +139,16 @@ static const config_key config_keys[] = {
       "JetStream replicas of the cluster's stream (default 1; 3 on a 3-server NATS cluster)" },
     { "cluster.stream_max_age_s", "BEAVA_CLUSTER_STREAM_MAX_AGE_S", NULL, KT_U64, OFF(cluster_stream_max_age_s), 0, 0,
       UINT64_MAX / 1000000000ull, "stream retention in seconds (default 0 = keep everything)" },
+    { "cluster.stream_max_msgs", "BEAVA_CLUSTER_STREAM_MAX_MSGS", NULL, KT_U64, OFF(cluster_stream_max_msgs), 0, 0,
+      INT64_MAX, "stream retention in messages (default 0 = no limit); membership lives in its own stream" },
+    { "cluster.advertise_admin", "BEAVA_CLUSTER_ADVERTISE_ADMIN", "--cluster-advertise-admin", KT_ADDR,
+      OFF(cluster_advertise_admin), SZ(cluster_advertise_admin), 0, 0,
+      "host:port peers reach this node's admin port at (peer snapshots; default: the bound admin address)" },
+    { "cluster.advertise_data", "BEAVA_CLUSTER_ADVERTISE_DATA", "--cluster-advertise-data", KT_ADDR,
+      OFF(cluster_advertise_data), SZ(cluster_advertise_data), 0, 0,
+      "host:port clients reach this node's HTTP data port at (GET /cluster; default: the bound address)" },
+    { "cluster.peer_snapshot_max_mb", "BEAVA_CLUSTER_PEER_SNAPSHOT_MAX_MB", NULL, KT_U32, OFF(cluster_peer_snapshot_max_mb),
+      0, 1, 1048576, "largest partition snapshot fetched from a peer, in MiB (default 1024)" },
     { "cluster.publish_timeout_ms", "BEAVA_CLUSTER_PUBLISH_TIMEOUT_MS", NULL, KT_U32, OFF(cluster_publish_timeout_ms), 0,
       100, 600000, "wait this long for JetStream to acknowledge a publish (default 5000)" },
     { "cluster.read_wait_ms", "BEAVA_CLUSTER_READ_WAIT_MS", NULL, KT_U32, OFF(cluster_read_wait_ms), 0, 0, 600000,
@@ -229,6 +239,7 @@ void config_defaults(bv_config *c) {
     c->cluster_stream_replicas = 1;
     c->cluster_publish_timeout_ms = 5000;
     c->cluster_read_wait_ms = 2000;
+    c->cluster_peer_snapshot_max_mb = 1024;
 }
 
 static void free_list(char **list, size_t n) {

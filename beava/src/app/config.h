@@ -82,6 +82,10 @@ typedef struct bv_config {
     uint32_t cluster_replicas;                      /* 2 beava owners per partition */
     uint32_t cluster_stream_replicas;               /* 1 JetStream replica (3 on a 3-server NATS cluster) */
     uint64_t cluster_stream_max_age_s;              /* 0 = keep every record */
+    uint64_t cluster_stream_max_msgs;               /* 0 = no limit */
+    char cluster_advertise_admin[CONFIG_ADDR_MAX];  /* "" = the bound admin address */
+    char cluster_advertise_data[CONFIG_ADDR_MAX];   /* "" = the bound HTTP address */
+    uint32_t cluster_peer_snapshot_max_mb;          /* 1024: cap of a peer's partition snapshot */
     uint32_t cluster_publish_timeout_ms;            /* 5000: JetStream ack wait per publish */
     uint32_t cluster_read_wait_ms;                  /* 2000: a get waits this long for its owner to
                                                      * catch up (503 not_caught_up); 0 = relaxed */

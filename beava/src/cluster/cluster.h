@@ -65,6 +65,20 @@ int cluster_recover(cluster *c, engine *eng, char *err, size_t errlen);
  * up with the stream as it was at start. 0 or -1 with err set. */
 int cluster_start(cluster *c, atomic_bool *ready, char *err, size_t errlen);
 
+/* The bound admin address (advertised unless cluster.advertise_admin says otherwise) and
+ * the admin token sent to peers (NULL: none); before cluster_start. */
+void cluster_set_admin(cluster *c, const char *admin_bound, const char *token);
+/* Once the data port is bound: publish this node's addresses (GET /cluster shows them,
+ * peers fetch partition snapshots from the admin one). */
+void cluster_advertise(cluster *c, const char *data_bound);
+
+/* Admin /cluster/<sub> (POST /cluster/members, GET /cluster/snapshot). Returns the status. */
+int cluster_admin(cluster *c, const char *method, const char *sub, const char *query, const char *body, size_t len,
+                  bv_buf *out, const char **ctype);
+
+/* Admin /ready while not ready: ",\"progress\":{...}" (what is being built, why not). */
+void cluster_progress(cluster *c, bv_buf *out);
+
 /* Admin POST /snapshot: write a snapshot now. Returns the HTTP status. */
 int cluster_snapshot_now(cluster *c, bv_buf *out);
 

@@ -2,7 +2,9 @@
  * cluster_int.h - the cluster module's private state, shared by its files (cluster.c:
  * connection, stream, lifecycle, status and metrics; clpub.c: publishing pushes and
  * registry records; clapply.c: consuming and applying; clread.c: reads from any node;
- * clsnap.c: cluster snapshots and recovery). Nothing outside beava/src/cluster/ includes
+ * clsnap.c: cluster snapshots and recovery, partition snapshots served to peers;
+ * clmember.c: membership through the log, building gained partitions, dropping lost ones).
+ * Nothing outside beava/src/cluster/ includes
  * it. cluster.h tells the design and the lock order.
  */
 #ifndef BEAVA_CLUSTER_INT_H
@@ -30,6 +32,20 @@
 #define CLUSTER_RPC_QUEUE "get"             /* queue group of a partition's owners */
 #define SNAP_MAGIC "BVCLSN01"
 #define SNAP_MAGIC_LEN 8
+#define PSNAP_MAGIC "BVCLPS01"                /* a partition snapshot served to a peer */
+#define CLUSTER_TARGET_BUILDING UINT64_MAX    /* target[p]/reg_target while built by clmember */
+#define MEMBER_RETRY_MS 1000                 /* a failed build is tried again after this */
+#define MEMBER_CAS_TRIES 50                  /* membership record: expected-sequence retries */
+#define MEMBER_FETCH_TIMEOUT_MS 30000        /* a peer snapshot: per read on the socket */
+
+/* One membership record (the members stream's log subject; each record is the whole
+ * state). nnext 0: no change in progress. */
+typedef struct mstate {
+    uint64_t seq;                 /* its stream sequence */
+    uint64_t epoch;
+    char **nodes, **next, **ready;
+    size_t nnodes, nnext, nready;
+} mstate;
 
 typedef struct pub_job {
     engine_batch *b;
@@ -40,18 +56,21 @@ typedef struct pub_job {
 
 struct pub_scratch;                  /* clpub.c */
 
+/* Per partition (apply_mu): cluster.subs[p]. */
 typedef struct part_sub {
     struct cluster *c;
     unsigned p;
     natsSubscription *sub;
-    natsSubscription *rpc;        /* forwarded gets, once caught up */
+    natsSubscription *rpc;        /* forwarded gets, once caught up and owned in the current epoch */
+    bool applying;                /* sub consumes it: owned now or gained by the pending change */
+    bool built;                   /* applying and caught up once (may serve reads, peers' snapshots) */
+    int64_t drop_at_ms;           /* lost: stop applying and drop its entities then (0: not lost) */
 } part_sub;
 
 struct cluster {
     const bv_config *cfg;
     const bv_log *log;
-    partmap *map;
-    size_t self;
+    _Atomic(partmap *) map;                  /* the current epoch's owners (swapped by clmember) */
     unsigned nparts;
     natsOptions *opts;
     natsConnection *nc;
@@ -78,8 +97,8 @@ struct cluster {
     size_t recs_cap;
     uint64_t *applied;                       /* per partition: last stream sequence applied */
     uint64_t *target;                        /* per partition: the stream's last at start */
-    part_sub *subs;
-    size_t nsubs;
+    part_sub *subs;                          /* [nparts], indexed by partition */
+    size_t nsubs;                            /* = nparts */
     natsSubscription *reg_sub;
     uint64_t applied_since_snap;
     uint64_t apply_errors_logged;
@@ -104,10 +123,31 @@ struct cluster {
     pthread_cond_t snap_cv;
     bool snap_stop;
 
+    /* membership (clmember.c). member_mu is a leaf; the builder thread alone changes
+     * ownership, under apply_mu. */
+    char mstream[CLUSTER_PREFIX_MAX + 16];   /* "BEAVA_<name>_MEMBERS" */
+    char mprefix[CLUSTER_PREFIX_MAX + 16];   /* "beava-members.<name>" */
+    pthread_mutex_t member_mu;
+    pthread_cond_t member_cv;
+    mstate *mlatest;                         /* newest record seen (member_mu) */
+    uint64_t epoch;                          /* of map (member_mu) */
+    partmap *next_map;                       /* the pending change's owners, or NULL (member_mu) */
+    partmap **retired;                       /* maps replaced (read lock-free: freed at close) */
+    size_t nretired;
+    natsSubscription *member_sub;
+    pthread_t member_thread;
+    bool member_started, member_kick;
+    atomic_bool member_stop;
+    char build_error[512];                   /* why a partition or the registry cannot be built (member_mu) */
+    char admin_addr[CONFIG_ADDR_MAX], data_addr[CONFIG_ADDR_MAX];
+    char *admin_token;                       /* sent to peers; NULL = none */
+    bool recovered;                          /* a local snapshot was loaded */
+
     _Atomic uint64_t reads_local, reads_forwarded, reads_served_for_peers, reads_not_caught_up, reads_no_owner;
     _Atomic uint64_t publish_us_sum, publish_batches;   /* batch publish latency (summary) */
     _Atomic uint64_t published_msgs, publish_retries, publish_failures, pushes_acked, pushes_failed, applied_msgs,
-        apply_errors, snapshots, snapshot_failures, reg_published, reg_conflicts;
+        apply_errors, snapshots, snapshot_failures, reg_published, reg_conflicts, peer_snapshots_served,
+        peer_snapshots_fetched, peer_snapshot_failures, partitions_dropped, member_changes;
 };
 
 /* helpers (cluster.c) */
@@ -149,5 +189,23 @@ int cl_read_error(bv_buf *out, const char *code, const char *reason);   /* a 503
 /* snapshots (clsnap.c) */
 int clsnap_take(cluster *c, char *err, size_t errlen);
 void *clsnap_main(void *arg);
+/* Admin GET /cluster/snapshot?parts=1,2: the partitions' entities, the registry and their
+ * applied sequences, CRC-32C (PSNAP_MAGIC). Returns the status. */
+int clsnap_serve(cluster *c, const char *query, bv_buf *out, const char **ctype);
+/* Fetch partitions `parts` (in[p] set) from the peer at addr and merge them into the
+ * engine; then applied[p] is the peer's. 0, or -1 with why. */
+int clsnap_fetch(cluster *c, const bool *in, const char *peer, const char *addr, char *why, size_t wl);
+/* The stream's first sequence now (everything from it on is still stored); 0 = unknown. */
+uint64_t cl_stream_first_seq(cluster *c);
+
+/* membership (clmember.c) */
+int clmember_open(cluster *c, char *err, size_t errlen);   /* the map from the log (or seed it) */
+int clmember_start(cluster *c, char *err, size_t errlen);  /* watcher and builder threads */
+void clmember_stop(cluster *c);
+void clmember_free(cluster *c);
+/* Does this node apply p: owned in the current epoch or gained by the pending change. */
+bool clmember_wants(cluster *c, unsigned p);
+void clmember_status(cluster *c, bv_buf *out);              /* GET /cluster members */
+int clmember_request(cluster *c, const char *body, size_t len, bv_buf *out);   /* POST /cluster/members */
 
 #endif
