@@ -374,7 +374,9 @@ static bool keep_applying(void *ctx, const char *table, const char *key, size_t 
  * everything after applied[p]. */
 static int build_part(cluster *c, unsigned p, bool peers_first) {
     uint64_t first = cl_stream_first_seq(c);
-    bool covered = first > 0 && c->applied[p] + 1 >= first;
+    char subj[CLUSTER_SUBJECT_MAX];
+    cl_part_subject(c, p, subj, sizeof subj);
+    bool covered = cl_covered(c, c->applied[p], subj, first);
     char why[600] = "", one[600];
     if (peers_first || !covered) {
         bool *in = calloc(c->nparts, sizeof *in);
@@ -417,7 +419,9 @@ static int build_part(cluster *c, unsigned p, bool peers_first) {
  * the stream still holds the registry from its beginning. */
 static int build_registry(cluster *c) {
     uint64_t first = cl_stream_first_seq(c);
-    bool covered = first > 0 && c->reg_applied + 1 >= first;
+    char subj[CLUSTER_SUBJECT_MAX];
+    cl_reg_subject(c, subj, sizeof subj);
+    bool covered = cl_covered(c, c->reg_applied, subj, first);
     char why[600] = "", one[600];
     bool adopted = false;
     const partmap *m = c->map;
@@ -450,8 +454,6 @@ static int build_registry(cluster *c) {
                   why[0] ? why : "no other member", first, c->reg_applied);
         return -1;
     }
-    char subj[CLUSTER_SUBJECT_MAX];
-    cl_reg_subject(c, subj, sizeof subj);
     uint64_t last = cl_last_seq(c, subj);
     if (clapply_subscribe_from(c, subj, c->reg_applied, clapply_reg_cb, c, &c->reg_sub, why, sizeof why) != 0) {
         set_error(c, "registry: %s", why);
@@ -889,7 +891,8 @@ int clmember_request(cluster *c, const char *body, size_t len, bv_buf *out) {
                            s->nnodes - 1, c->cfg->cluster_replicas);
             goto free_s;
         }
-        s->next = strv_copy(s->nodes, s->nnodes, 1);
+        s->next = calloc(s->nnodes + 1, sizeof *s->next);
+        if (!s->next) abort();
         s->nnext = 0;
         for (size_t i = 0; i < s->nnodes; i++)
             if (!rem || strcmp(s->nodes[i], id) != 0) s->next[s->nnext++] = strdup(s->nodes[i]);
@@ -922,7 +925,7 @@ int clmember_request(cluster *c, const char *body, size_t len, bv_buf *out) {
         bv_buf_puts(out, t ? t : "{}");
         free(t);
         cl_bump(&c->member_changes);
-        bv_log_msg(c->log, LOG_INFO, "cluster.members_requested", "%.200s", body);
+        bv_log_msg(c->log, LOG_INFO, "cluster.members_requested", "%.*s", (int)(len < 200 ? len : 200), body);
         st = 200;
     }
 free_s:

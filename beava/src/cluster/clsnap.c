@@ -285,6 +285,15 @@ uint64_t cl_stream_first_seq(cluster *c) {
     return first;
 }
 
+bool cl_covered(cluster *c, uint64_t applied, const char *subj, uint64_t first) {
+    if (first > 0 && applied + 1 >= first) return true;
+    uint64_t last = cl_last_seq(c, subj);
+    /* nothing of it after what was applied; a subject with nothing left in a stream whose
+     * beginning is gone may have lost anything, unless a local snapshot says what was
+     * applied (a node down longer than the retention must be rebuilt: README) */
+    return last > 0 ? applied >= last : c->recovered;
+}
+
 typedef struct psnap_ctx {
     cluster *c;
     const bool *in;

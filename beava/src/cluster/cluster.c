@@ -111,6 +111,7 @@ static int ensure_stream(cluster *c, char *err, size_t errlen) {
     sc.Storage = js_FileStorage;
     sc.Replicas = c->cfg->cluster_stream_replicas;
     sc.MaxAge = (int64_t)(c->cfg->cluster_stream_max_age_s * 1000000000ull);
+    sc.MaxMsgs = c->cfg->cluster_stream_max_msgs ? (int64_t)c->cfg->cluster_stream_max_msgs : -1;
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetStreamInfo(&si, c->js, c->stream, NULL, &jerr);
@@ -219,8 +220,8 @@ int cluster_start(cluster *c, atomic_bool *ready, char *err, size_t errlen) {
     size_t now = 0, later = 0;
     for (unsigned p = 0; p < c->nparts; p++) {
         if (!clmember_wants(c, p)) continue;
-        if (c->recovered && first > 0 && c->applied[p] + 1 >= first) {
-            cl_part_subject(c, p, subj, sizeof subj);
+        cl_part_subject(c, p, subj, sizeof subj);
+        if (c->recovered && cl_covered(c, c->applied[p], subj, first)) {
             c->target[p] = cl_last_seq(c, subj);
             c->subs[p].applying = c->subs[p].built = true;
             now++;
@@ -229,8 +230,9 @@ int cluster_start(cluster *c, atomic_bool *ready, char *err, size_t errlen) {
             later++;
         }
     }
-    bool reg_now = c->recovered && first > 0 && c->reg_applied + 1 >= first;
-    if (!c->recovered && later == 0 && first > 0 && c->reg_applied + 1 >= first) reg_now = true;   /* owns nothing */
+    cl_reg_subject(c, subj, sizeof subj);
+    bool reg_covered = cl_covered(c, c->reg_applied, subj, first);
+    bool reg_now = reg_covered && (c->recovered || later == 0);   /* else a peer's snapshot may bring it */
     if (!reg_now) c->reg_target = CLUSTER_TARGET_BUILDING;
     pthread_mutex_lock(&c->apply_mu);
     clapply_check_caught_up(c);

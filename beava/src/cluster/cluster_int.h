@@ -197,6 +197,10 @@ int clsnap_serve(cluster *c, const char *query, bv_buf *out, const char **ctype)
 int clsnap_fetch(cluster *c, const bool *in, const char *peer, const char *addr, char *why, size_t wl);
 /* The stream's first sequence now (everything from it on is still stored); 0 = unknown. */
 uint64_t cl_stream_first_seq(cluster *c);
+/* Does the stream still hold every message of subj after `applied` (first: the stream's
+ * first sequence): consuming from there loses nothing. An emptied subject counts as
+ * covered only after a local snapshot was loaded. */
+bool cl_covered(cluster *c, uint64_t applied, const char *subj, uint64_t first);
 
 /* membership (clmember.c) */
 int clmember_open(cluster *c, char *err, size_t errlen);   /* the map from the log (or seed it) */
