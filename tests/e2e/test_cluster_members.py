@@ -12,12 +12,12 @@ import json
 import os
 import random
 import shutil
-import signal
+import subprocess
 import threading
 import time
 import unittest
 
-from harness import main
+from harness import BEAVA_BIN, main
 import test_cluster
 from test_cluster import Cluster, Nats, metric, wait_for
 
@@ -175,9 +175,20 @@ class MembersTest(unittest.TestCase):
         self.push_many(c, 150, keys, ["q1", "q2"], expected, rng=random.Random(21))
         owned_by_n2 = len(info(c.nodes["n2"])["applying"])
         self.assertGreater(owned_by_n2, 0)
-        st, body = members(c.nodes["n3"], {"remove": "n2"})
-        self.assertEqual(st, 200, body)
-        self.assertEqual(body["next"], ["n1", "n3"])
+        p = subprocess.run([BEAVA_BIN, "--config", "/dev/null", "members", "remove", "n9", "--admin-addr",
+                            c.nodes["n3"].bound["server.admin_bound"]], capture_output=True, timeout=30)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"not_a_member", p.stdout)
+        # the command line form: beava members remove n2 (through n3's admin port)
+        p = subprocess.run([BEAVA_BIN, "--config", "/dev/null", "members", "remove", "n2", "--admin-addr",
+                            c.nodes["n3"].bound["server.admin_bound"]], capture_output=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        st, body = p.stdout.decode().split(" ", 1)
+        self.assertEqual(st, "200", body)
+        self.assertEqual(json.loads(body)["next"], ["n1", "n3"])
+        p = subprocess.run([BEAVA_BIN, "--config", "/dev/null", "members", "remove"], capture_output=True, timeout=30)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"beava members add|remove ID", p.stderr)
         self.wait_epoch(c, 2, ["n1", "n3"])
         # n2 still runs: it owns nothing, forwards every read, and drops what it had
         n2 = c.nodes["n2"]

@@ -603,6 +603,9 @@ void config_usage(FILE *out) {
           "Commands:\n"
           "  (none)                 run the server\n"
           "  probe [--admin-addr A] exit 0 iff the admin /ready answers 200 (healthcheck)\n"
+          "  members add|remove ID [--admin-addr A]  (cluster) add or remove a node through any\n"
+          "                         node's admin port: POST /cluster/members (README \"Cluster\")\n"
+          "  members cancel [--admin-addr A]  abandon the membership change in progress\n"
           "  quickstart [--no-file] start an in-process server on ephemeral ports, register\n"
           "                         PageView/SiteMetrics, push 5 events, print the row and the\n"
           "                         curl commands to do the same by hand\n"
@@ -746,6 +749,17 @@ int config_load(bv_config *c, bv_cli *cli, int argc, char **argv, char *err, siz
         }
         if (strcmp(a, "probe") == 0 && cli->command == CMD_SERVE) { cli->command = CMD_PROBE; continue; }
         if (strcmp(a, "quickstart") == 0 && cli->command == CMD_SERVE) { cli->command = CMD_QUICKSTART; continue; }
+        if (strcmp(a, "members") == 0 && cli->command == CMD_SERVE) { cli->command = CMD_MEMBERS; continue; }
+        if (cli->command == CMD_MEMBERS && a[0] != '-') {
+            if (!cli->members_op[0] && (strcmp(a, "add") == 0 || strcmp(a, "remove") == 0 || strcmp(a, "cancel") == 0))
+                snprintf(cli->members_op, sizeof cli->members_op, "%s", a);
+            else if (cli->members_op[0] && strcmp(cli->members_op, "cancel") != 0 && !cli->members_id[0] &&
+                     strlen(a) < sizeof cli->members_id)
+                snprintf(cli->members_id, sizeof cli->members_id, "%s", a);
+            else
+                return fail(err, errlen, "members: unexpected '%s' (beava members add|remove ID, beava members cancel)", a);
+            continue;
+        }
         if (strcmp(a, "--no-file") == 0 && cli->command == CMD_QUICKSTART) { cli->quickstart_no_file = true; continue; }
         if (strcmp(flag, "--tcp-addr") == 0) {
             if (!value) {
@@ -773,10 +787,12 @@ int config_load(bv_config *c, bv_cli *cli, int argc, char **argv, char *err, siz
             if (i + 1 >= argc) return fail(err, errlen, "%s needs a value", flag);
             value = argv[++i];
         }
-        if (cli->command == CMD_PROBE && strcmp(flag, "--admin-addr") == 0)
+        if ((cli->command == CMD_PROBE || cli->command == CMD_MEMBERS) && strcmp(flag, "--admin-addr") == 0)
             snprintf(cli->probe_addr, sizeof cli->probe_addr, "%s", value);
         if (config_set(c, k, value, false, flag, err, errlen) != 0) return -1;
     }
+    if (cli->command == CMD_MEMBERS && (!cli->members_op[0] || (strcmp(cli->members_op, "cancel") != 0) != !!cli->members_id[0]))
+        return fail(err, errlen, "members: beava members add|remove ID, or beava members cancel");
     if (check_cluster(c, err, errlen) != 0) return -1;
     /* Embed rule (config.h): no data dir named, a WAL or snapshot dir named. */
     if (!c->data_dir_set && (c->wal_dir[0] || c->snapshot_dir[0]))

@@ -97,12 +97,14 @@ typedef struct bv_config {
 static inline bool config_cluster_enabled(const bv_config *c) { return c->cluster_nats_url[0] != 0; }
 
 /* What the command line asked for besides configuration. */
-typedef enum bv_command { CMD_SERVE = 0, CMD_HELP, CMD_VERSION, CMD_PROBE, CMD_QUICKSTART } bv_command;
+typedef enum bv_command { CMD_SERVE = 0, CMD_HELP, CMD_VERSION, CMD_PROBE, CMD_QUICKSTART, CMD_MEMBERS } bv_command;
 
 typedef struct bv_cli {
     bv_command command;
     bool quickstart_no_file;
-    char probe_addr[CONFIG_ADDR_MAX];    /* probe: admin address override */
+    char probe_addr[CONFIG_ADDR_MAX];    /* probe, members: admin address override */
+    char members_op[16];                 /* members: "add", "remove", "cancel" */
+    char members_id[CONFIG_CLUSTER_ID_MAX + 1];
 } bv_cli;
 
 void config_defaults(bv_config *c);
