@@ -255,6 +255,7 @@ int clmember_open(cluster *c, char *err, size_t errlen) {
         return rc;
     }
     c->epoch = s->epoch;
+    c->mseq_seen = s->seq;
     c->mlatest = s;
     bool same = s->nnodes == c->cfg->ncluster_nodes;
     for (size_t i = 0; same && i < s->nnodes; i++) same = strv_has(c->cfg->cluster_nodes, c->cfg->ncluster_nodes, s->nodes[i]);
@@ -376,7 +377,7 @@ static int build_part(cluster *c, unsigned p, bool peers_first) {
     uint64_t first = cl_stream_first_seq(c);
     char subj[CLUSTER_SUBJECT_MAX];
     cl_part_subject(c, p, subj, sizeof subj);
-    bool covered = cl_covered(c, c->applied[p], subj, first);
+    bool covered = cl_covered(c, c->applied[p], subj, first, c->held[p]);
     char why[600] = "", one[600];
     if (peers_first || !covered) {
         bool *in = calloc(c->nparts, sizeof *in);
@@ -421,7 +422,7 @@ static int build_registry(cluster *c) {
     uint64_t first = cl_stream_first_seq(c);
     char subj[CLUSTER_SUBJECT_MAX];
     cl_reg_subject(c, subj, sizeof subj);
-    bool covered = cl_covered(c, c->reg_applied, subj, first);
+    bool covered = cl_covered(c, c->reg_applied, subj, first, c->recovered);
     char why[600] = "", one[600];
     bool adopted = false;
     const partmap *m = c->map;
@@ -587,11 +588,12 @@ static bool reconcile(cluster *c) {
     c->member_kick = false;
     uint64_t epoch = c->epoch;
     pthread_mutex_unlock(&c->member_mu);
-    if (s) {
+    if (s && s->seq != c->mseq_seen) {   /* a record not followed yet */
         if (s->epoch > epoch) switch_epoch(c, s);
         else if (s->epoch == epoch) set_next(c, s);
-        epoch = s->epoch;
+        c->mseq_seen = s->seq;
     }
+    if (s) epoch = s->epoch;
     mstate_free(s);
     /* build what this node gains (or owns but has not built: a fresh start) */
     bool self_gains = false;
@@ -625,6 +627,7 @@ static bool reconcile(cluster *c) {
         ps->applying = ps->built = false;
         ps->drop_at_ms = 0;
         c->applied[p] = c->target[p] = 0;
+        c->held[p] = false;
         cl_bump(&c->partitions_dropped);
         drop = true;
     }

@@ -64,6 +64,10 @@ static int snap_quiesced(void *ctx, uint64_t lsn, uint64_t version) {
         codec_put64(b8, c->applied[p]);
         bv_buf_put(&h, b8, 8);
     }
+    for (unsigned p = 0; p < c->nparts; p++) {   /* which partitions the state holds */
+        unsigned char held = c->subs[p].applying && c->subs[p].built;
+        bv_buf_put(&h, &held, 1);
+    }
     int rc = snap_write(w, h.data, h.len);
     bv_buf_free(&h);
     if (rc == 0) rc = engine_serialize(c->eng, snap_write, w);
@@ -226,7 +230,7 @@ int cluster_recover(cluster *c, engine *eng, char *err, size_t errlen) {
     uint64_t *ids;
     size_t n = snap_list(c, &ids);
     if (n) c->snap_counter = ids[0];
-    size_t head = SNAP_MAGIC_LEN + 4 + 8 + (size_t)c->nparts * 8;
+    size_t head = SNAP_MAGIC_LEN + 4 + 8 + (size_t)c->nparts * 9;
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         char path[PATH_MAX + 32];
@@ -253,7 +257,10 @@ int cluster_recover(cluster *c, engine *eng, char *err, size_t errlen) {
         }
         c->reg_applied = codec_get64(b + SNAP_MAGIC_LEN + 4);
         c->recovered = true;
-        for (unsigned p = 0; p < c->nparts; p++) c->applied[p] = codec_get64(b + SNAP_MAGIC_LEN + 12 + (size_t)p * 8);
+        for (unsigned p = 0; p < c->nparts; p++) {
+            c->applied[p] = codec_get64(b + SNAP_MAGIC_LEN + 12 + (size_t)p * 8);
+            c->held[p] = b[SNAP_MAGIC_LEN + 12 + (size_t)c->nparts * 8 + p] != 0;
+        }
         free(b);
         bv_log_msg(c->log, LOG_INFO, "cluster.recovered", "snapshot %s: registry record %" PRIu64, path,
                    c->reg_applied);
@@ -285,13 +292,13 @@ uint64_t cl_stream_first_seq(cluster *c) {
     return first;
 }
 
-bool cl_covered(cluster *c, uint64_t applied, const char *subj, uint64_t first) {
+bool cl_covered(cluster *c, uint64_t applied, const char *subj, uint64_t first, bool held) {
     if (first > 0 && applied + 1 >= first) return true;
     uint64_t last = cl_last_seq(c, subj);
     /* nothing of it after what was applied; a subject with nothing left in a stream whose
-     * beginning is gone may have lost anything, unless a local snapshot says what was
-     * applied (a node down longer than the retention must be rebuilt: README) */
-    return last > 0 ? applied >= last : c->recovered;
+     * beginning is gone may have lost anything, unless the local snapshot held it (a node
+     * down longer than the retention must be rebuilt: README) */
+    return last > 0 ? applied >= last : held;
 }
 
 typedef struct psnap_ctx {

@@ -30,7 +30,7 @@
 #define CLUSTER_CLOSE_WAIT_MS 5000           /* nats_CloseAndWait at shutdown */
 #define CLUSTER_APPLY_ERRORS_LOGGED 10
 #define CLUSTER_RPC_QUEUE "get"             /* queue group of a partition's owners */
-#define SNAP_MAGIC "BVCLSN01"
+#define SNAP_MAGIC "BVCLSN02"
 #define SNAP_MAGIC_LEN 8
 #define PSNAP_MAGIC "BVCLPS01"                /* a partition snapshot served to a peer */
 #define CLUSTER_TARGET_BUILDING UINT64_MAX    /* target[p]/reg_target while built by clmember */
@@ -97,6 +97,7 @@ struct cluster {
     size_t recs_cap;
     uint64_t *applied;                       /* per partition: last stream sequence applied */
     uint64_t *target;                        /* per partition: the stream's last at start */
+    bool *held;                              /* per partition: the local snapshot held it */
     part_sub *subs;                          /* [nparts], indexed by partition */
     size_t nsubs;                            /* = nparts */
     natsSubscription *reg_sub;
@@ -131,6 +132,7 @@ struct cluster {
     pthread_cond_t member_cv;
     mstate *mlatest;                         /* newest record seen (member_mu) */
     uint64_t epoch;                          /* of map (member_mu) */
+    uint64_t mseq_seen;                      /* the record the builder followed last (builder) */
     partmap *next_map;                       /* the pending change's owners, or NULL (member_mu) */
     partmap **retired;                       /* maps replaced (read lock-free: freed at close) */
     size_t nretired;
@@ -199,8 +201,8 @@ int clsnap_fetch(cluster *c, const bool *in, const char *peer, const char *addr,
 uint64_t cl_stream_first_seq(cluster *c);
 /* Does the stream still hold every message of subj after `applied` (first: the stream's
  * first sequence): consuming from there loses nothing. An emptied subject counts as
- * covered only after a local snapshot was loaded. */
-bool cl_covered(cluster *c, uint64_t applied, const char *subj, uint64_t first);
+ * covered only when `held` (the local snapshot held that partition, or the registry). */
+bool cl_covered(cluster *c, uint64_t applied, const char *subj, uint64_t first, bool held);
 
 /* membership (clmember.c) */
 int clmember_open(cluster *c, char *err, size_t errlen);   /* the map from the log (or seed it) */
