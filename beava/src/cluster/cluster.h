@@ -17,12 +17,46 @@
  * node applied it up to the stream's last sequence at the time of the read; any other is
  * forwarded over NATS request/reply to the partition's owners (a queue group each).
  *
- * Apply: ownership comes from partmap (rendezvous hashing over cluster.nodes). Each node
+ * Apply: ownership comes from partmap (rendezvous hashing over the member list). Each node
  * consumes only its partitions' subjects (an ordered consumer each, starting after the
  * sequence its snapshot recorded) and applies them through the engine's normal shards
  * (engine_apply_logged, keeping only the parts of that partition). Every message carries
  * the registry sequence it was validated against; it is applied only once this node's
  * registry has reached it.
+ *
+ * Membership (clmember.c): the member list lives in its own stream "BEAVA_<name>_MEMBERS"
+ * (no retention limits: the partitions' stream may drop old messages, never the member
+ * list), subject "beava-members.<name>.log". Each record is the whole state:
+ * {"epoch":E,"nodes":[...],"next":[...]|null,"ready":[...]}, written with an
+ * expected-last-subject-sequence (compare-and-set: of two concurrent writers one wins).
+ * The first node of a new cluster seeds it from cluster.nodes (epoch 1); afterwards the
+ * log is the truth and cluster.nodes is ignored. A change (POST /cluster/members
+ * {"add":id} / {"remove":id}, `beava members`) writes "next" = the new list. The nodes that
+ * own a partition under "next" they do not own under "nodes" (the gainers) build those
+ * partitions and consume them, without joining their read queue groups; each then adds
+ * itself to "ready"; the gainer that completes "ready" writes the switch in the same
+ * record: epoch E+1, nodes = next, next = null. Every node follows the newest record: on a
+ * new epoch it swaps its partition map (reads and forwarding follow the new owners at
+ * once), joins the queue groups of the partitions it now owns and leaves the others; a
+ * partition it lost is still applied for read_wait_ms + publish_timeout_ms (reads in
+ * flight finish), then unsubscribed and its entities dropped. One change at a time
+ * ({"cancel":true} abandons a pending one; the gainers drop what they built). A node not
+ * in the list runs, owns nothing and forwards every read. Addresses: each node publishes
+ * {"node","admin","data"} on "beava-members.<name>.addr.<id>" (cluster.advertise_admin /
+ * advertise_data, default the bound addresses).
+ *
+ * Building a partition (clmember.c, clsnap.c): a node gaining p, or starting without a
+ * local snapshot (a fresh or wiped data dir), fetches GET /cluster/snapshot?parts=p from
+ * an owner of the current epoch over its advertised admin port (the admin token is sent;
+ * capped at cluster.peer_snapshot_max_mb; CRC-32C checked; refused by a peer that has not
+ * built p or caught up). The body carries the peer's registry sequence, p's applied stream
+ * sequence and p's entities (engine_serialize_filtered); it is merged (engine_merge) when
+ * this node's registry is at the same record (a fresh node takes the peer's registry
+ * with it) and p is consumed from the peer's sequence. Without a peer, the stream alone
+ * builds p when it still holds everything after what this node applied (cl_covered);
+ * otherwise /ready stays 503 and says why (GET /cluster "build_error"), and the build is
+ * retried every MEMBER_RETRY_MS: never a silent loss. A restart with a local snapshot
+ * consumes the stream from the snapshot's sequences when the stream covers them.
  *
  * Registry: register and reset go through the engine's WAL seam to the registry subject
  * with an expected-last-subject-sequence of the registry this node has applied: of two
@@ -30,11 +64,13 @@
  * registry records in stream order; the node that published one applied it already.
  *
  * Snapshots: <data_dir>/cluster/snap-<ms>.bin holds the registry sequence, the applied
- * stream sequence of every partition and the engine state (engine_serialize), with a
- * CRC-32C. Recovery = newest valid snapshot + the stream from there.
+ * stream sequence of every partition, which partitions the state holds, and the engine
+ * state (engine_serialize), with a CRC-32C. Recovery = newest valid snapshot + the stream
+ * from there.
  *
- * Locks: apply_mu (one message applied at a time; snapshots) -> the engine's barrier;
- * reg_mu (registry sequence, publisher queue state) is a leaf.
+ * Locks: apply_mu (one message applied at a time; snapshots; ownership changes) -> the
+ * engine's barrier; reg_mu (registry sequence, publisher queue state) and member_mu (the
+ * newest membership record, the pending change's map) are leaves.
  */
 #ifndef BEAVA_CLUSTER_H
 #define BEAVA_CLUSTER_H
