@@ -338,6 +338,19 @@ static void set_error(cluster *c, const char *fmt, ...) {
     if (changed && msg[0]) bv_log_msg(c->log, LOG_ERROR, "cluster.build_failed", "%s", msg);
 }
 
+/* Append "; one" to why (truncated to fit). */
+static void why_add(char *why, size_t wl, const char *one) {
+    size_t n = strlen(why);
+    if (n && n + 2 < wl) {
+        memcpy(why + n, "; ", 2);
+        n += 2;
+    }
+    size_t k = strlen(one);
+    if (k > wl - 1 - n) k = wl - 1 - n;
+    memcpy(why + n, one, k);
+    why[n + k] = 0;
+}
+
 /* Consume p from applied[p] on, and wait until it applied what the stream held then. */
 static int start_part(cluster *c, unsigned p, char *why, size_t wl) {
     char subj[CLUSTER_SUBJECT_MAX];
@@ -396,7 +409,7 @@ static int build_part(cluster *c, unsigned p, bool peers_first) {
                 done = clsnap_fetch(c, in, id, json_string_value(json_object_get(a, "admin")), one, sizeof one) == 0;
                 json_decref(a);
             }
-            if (!done) snprintf(why + strlen(why), sizeof why - strlen(why), "%s%s", why[0] ? "; " : "", one);
+            if (!done) why_add(why, sizeof why, one);
         }
         free(in);
         if (done) return start_part(c, p, why, sizeof why) == 0 ? 0 : (set_error(c, "partition %u: %s", p, why), -1);
@@ -441,7 +454,7 @@ static int build_registry(cluster *c) {
                 adopted = clsnap_fetch(c, in, id, json_string_value(json_object_get(a, "admin")), one, sizeof one) == 0;
                 json_decref(a);
             }
-            if (!adopted) snprintf(why + strlen(why), sizeof why - strlen(why), "%s%s", why[0] ? "; " : "", one);
+            if (!adopted) why_add(why, sizeof why, one);
         }
         if (adopted) {   /* the partitions that came with it: consume them from their sequences */
             for (unsigned p = 0; p < c->nparts; p++)
