@@ -482,6 +482,11 @@ static int build_registry(cluster *c) {
     return 0;
 }
 
+/* How long a node keeps applying a partition it lost (reads in flight finish). */
+static int64_t grace_ms(const cluster *c) {
+    return (int64_t)c->cfg->cluster_read_wait_ms + c->cfg->cluster_publish_timeout_ms;
+}
+
 /* Ownership moves to the newest record's epoch. */
 static void switch_epoch(cluster *c, const mstate *s) {
     partmap *cur = map_of(c, s->nodes, s->nnodes);
@@ -499,9 +504,13 @@ static void switch_epoch(cluster *c, const mstate *s) {
     for (unsigned p = 0; p < c->nparts; p++) {       /* no longer an owner: leave the read queue group */
         part_sub *ps = &c->subs[p];
         if (ps->rpc && !partmap_owns_self(cur, p)) {
-            natsSubscription_Unsubscribe(ps->rpc);
-            natsSubscription_Destroy(ps->rpc);
+            /* drain, not unsubscribe: requests NATS already handed to this node are answered
+             * (forwarded to the new owners), not dropped */
+            natsSubscription_Destroy(ps->rpc_draining);
+            ps->rpc_draining = ps->rpc;
             ps->rpc = NULL;
+            if (natsSubscription_DrainTimeout(ps->rpc_draining, grace_ms(c)) != NATS_OK)
+                natsSubscription_Unsubscribe(ps->rpc_draining);
         }
     }
     if (c->caught_up) clread_subscribe(c);            /* newly owned and built: join it */
@@ -624,7 +633,7 @@ static bool reconcile(cluster *c) {
     }
     if (!failed) set_error(c, "%s", "");
     /* lost partitions: leave them after the grace (reads in flight finish), then drop */
-    int64_t now = now_ms(), grace = (int64_t)c->cfg->cluster_read_wait_ms + c->cfg->cluster_publish_timeout_ms;
+    int64_t now = now_ms(), grace = grace_ms(c);
     bool drop = false;
     pthread_mutex_lock(&c->apply_mu);
     for (unsigned p = 0; p < c->nparts; p++) {
@@ -637,6 +646,8 @@ static bool reconcile(cluster *c) {
             natsSubscription_Destroy(ps->sub);
             ps->sub = NULL;
         }
+        natsSubscription_Destroy(ps->rpc_draining);    /* drained by now (same timeout) */
+        ps->rpc_draining = NULL;
         ps->applying = ps->built = false;
         ps->drop_at_ms = 0;
         c->applied[p] = c->target[p] = 0;

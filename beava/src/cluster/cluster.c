@@ -409,6 +409,7 @@ void cluster_close(cluster *c) {
     for (size_t i = 0; i < c->nsubs; i++) {
         if (c->subs[i].sub) natsSubscription_Unsubscribe(c->subs[i].sub);
         if (c->subs[i].rpc) natsSubscription_Unsubscribe(c->subs[i].rpc);
+        if (c->subs[i].rpc_draining) natsSubscription_Unsubscribe(c->subs[i].rpc_draining);
     }
     if (c->snap_started) {             /* the final snapshot: a restart resumes from here */
         char err[PATH_MAX + 128];
@@ -424,6 +425,7 @@ void cluster_close(cluster *c) {
     for (size_t i = 0; i < c->nsubs; i++) {
         natsSubscription_Destroy(c->subs[i].sub);
         natsSubscription_Destroy(c->subs[i].rpc);
+        natsSubscription_Destroy(c->subs[i].rpc_draining);
     }
     jsCtx_Destroy(c->js);
     natsConnection_Destroy(c->nc);

@@ -62,6 +62,7 @@ typedef struct part_sub {
     unsigned p;
     natsSubscription *sub;
     natsSubscription *rpc;        /* forwarded gets, once caught up and owned in the current epoch */
+    natsSubscription *rpc_draining;   /* lost: the queue group left, requests already queued answered */
     bool applying;                /* sub consumes it: owned now or gained by the pending change */
     bool built;                   /* applying and caught up once (may serve reads, peers' snapshots) */
     int64_t drop_at_ms;           /* lost: stop applying and drop its entities then (0: not lost) */
