@@ -286,6 +286,13 @@ void cluster_set_admin(cluster *c, const char *admin_bound, const char *token) {
              c->cfg->cluster_advertise_admin[0] ? c->cfg->cluster_advertise_admin : admin_bound);
     free(c->admin_token);
     c->admin_token = token ? strdup(token) : NULL;
+    if (!c->cfg->cluster_advertise_admin[0] &&
+        (strncmp(c->admin_addr, "127.", 4) == 0 || strncmp(c->admin_addr, "localhost:", 10) == 0 ||
+         strncmp(c->admin_addr, "[::1]", 5) == 0))
+        bv_log_msg(c->log, LOG_WARN, "cluster.admin_loopback",
+                   "the admin port %s is advertised to peers: only nodes on this host can fetch partition "
+                   "snapshots from it (set cluster.advertise_admin and bind admin_addr to a reachable address)",
+                   c->admin_addr);
 }
 
 void cluster_advertise(cluster *c, const char *data_bound) {
