@@ -8,7 +8,9 @@ wiped rebuilds from a peer's snapshot when the stream no longer holds the beginn
 nats-server must be installed (ci/install-deps installs it): without it this test fails,
 it never skips."""
 import http.client
+import http.server
 import json
+import socket
 import os
 import random
 import shutil
@@ -36,6 +38,63 @@ def members(b, body):
         return st, json.loads(data)
     except ValueError:
         return st, data
+
+
+def nats_publish(port, subject, payload):
+    """Publish on a JetStream-captured subject over the raw NATS protocol and wait for the
+    stream's acknowledgement (no NATS client library needed)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = s.makefile("rb")
+    f.readline()                                            # INFO
+    s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.t 1\r\nPUB %s _INBOX.t %d\r\n%s\r\n'
+              % (subject.encode(), len(payload), payload))
+    while True:
+        line = f.readline()
+        if line.startswith(b"PING"):
+            s.sendall(b"PONG\r\n")
+        elif line.startswith(b"MSG"):
+            ack = f.read(int(line.split()[-1]) + 2)
+            assert b'"seq"' in ack, ack
+            break
+        elif not line or line.startswith(b"-ERR"):
+            raise AssertionError("NATS publish failed: %r" % line)
+    s.close()
+
+
+class FakePeer:
+    """An HTTP server posing as a peer's admin port: its partition snapshots are corrupt
+    (mode "crc") or larger than the cap (mode "big")."""
+
+    def __init__(self):
+        peer = self
+        self.mode = "crc"
+        self.hits = 0
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                peer.hits += 1
+                if peer.mode == "crc":
+                    body = b"BVCLPS01" + bytes(range(256)) * 4      # a valid magic, a wrong CRC
+                else:
+                    body = b"BVCLPS01" + b"\0" * (3 << 20)        # 3 MiB, over a 1 MiB cap
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except OSError:
+                    pass                                         # the reader gave up: expected
+
+            def log_message(self, *args):
+                pass
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.addr = "127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Client:
@@ -256,6 +315,40 @@ class MembersTest(unittest.TestCase):
         self.assertEqual(self.rows(b3, expected), self.rows(c.nodes["n1"], expected))
         for b in c.nodes.values():
             self.check_reads(b, expected)
+
+    def test_corrupt_or_oversized_peer_snapshot_is_refused(self):
+        """n1's advertised admin address is replaced by a fake peer: its snapshots fail the
+        CRC-32C, then exceed cluster.peer_snapshot_max_mb. A wiped n3 refuses them (nothing
+        merged), stays 503 saying why, and rebuilds once n1's real address is back."""
+        env = {"BEAVA_CLUSTER_STREAM_MAX_MSGS": "40", "BEAVA_CLUSTER_PEER_SNAPSHOT_MAX_MB": "1"}
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=2, extra_env=env).start_all()
+        self.register_everywhere(c, "n1")
+        expected = {}
+        self.push_many(c, 200, ["f%d" % i for i in range(25)], ["z1", "z2"], expected, rng=random.Random(51))
+        real = info(c.nodes["n1"])["addresses"]["n1"]
+        fake = FakePeer()
+        self.addCleanup(fake.close)
+        c.kill("n3")
+        self.wipe(c, "n3")
+        subject = "beava-members.beava.addr.n1"
+        nats_publish(self.nats.port, subject, json.dumps({"node": "n1", "admin": fake.addr, "data": real["data"]}).encode())
+        from harness import Beava
+        b3 = Beava(memory_only=False, data_dir=c.dirs["n3"].name, env=c.env("n3"), wait_ready=False)
+        b3.start(60)
+        c.nodes["n3"] = b3
+
+        def reason(text):
+            st, _, body = b3.admin("GET", "/ready")
+            return st == 503 and text in body.decode()
+        wait_for(lambda: reason("does not verify"), 60, "the CRC refusal in /ready")
+        fake.mode = "big"
+        wait_for(lambda: reason("larger than 1048576 bytes"), 60, "the size cap in /ready")
+        self.assertGreater(metric(b3, "beava_cluster_peer_snapshot_failures_total"), 0)
+        nats_publish(self.nats.port, subject, json.dumps(dict(real, node="n1")).encode())
+        wait_for(lambda: b3.admin("GET", "/ready")[0] == 200, 60, "n3 ready once n1's address is back")
+        self.assertGreater(fake.hits, 1)
+        self.assertEqual(self.rows(b3, expected), self.rows(c.nodes["n1"], expected))
+        self.check_reads(b3, expected)
 
     def rows(self, b, expected):
         items = sorted(expected)
