@@ -397,7 +397,7 @@ static int build_part(cluster *c, unsigned p, bool peers_first) {
     uint64_t first = cl_stream_first_seq(c);
     char subj[CLUSTER_SUBJECT_MAX];
     cl_part_subject(c, p, subj, sizeof subj);
-    bool covered = cl_covered(c, c->applied[p], subj, first, c->held[p]);
+    bool covered = cl_covered(c, c->applied[p], subj, first, c->snap_held[p]);
     char why[600] = "", one[600];
     if (peers_first || !covered) {
         bool *in = calloc(c->nparts, sizeof *in);
@@ -658,7 +658,7 @@ static bool reconcile(cluster *c) {
         ps->applying = ps->built = false;
         ps->drop_at_ms = 0;
         c->applied[p] = c->target[p] = 0;
-        c->held[p] = false;
+        c->snap_held[p] = false;
         cl_bump(&c->partitions_dropped);
         drop = true;
     }

@@ -259,7 +259,7 @@ int cluster_recover(cluster *c, engine *eng, char *err, size_t errlen) {
         c->recovered = true;
         for (unsigned p = 0; p < c->nparts; p++) {
             c->applied[p] = codec_get64(b + SNAP_MAGIC_LEN + 12 + (size_t)p * 8);
-            c->held[p] = b[SNAP_MAGIC_LEN + 12 + (size_t)c->nparts * 8 + p] != 0;
+            c->snap_held[p] = b[SNAP_MAGIC_LEN + 12 + (size_t)c->nparts * 8 + p] != 0;
         }
         free(b);
         bv_log_msg(c->log, LOG_INFO, "cluster.recovered", "snapshot %s: registry record %" PRIu64, path,

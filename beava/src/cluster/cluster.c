@@ -158,8 +158,8 @@ cluster *cluster_open(const bv_config *cfg, const bv_log *log, char *err, size_t
     c->applied = calloc(c->nparts, sizeof *c->applied);
     c->target = calloc(c->nparts, sizeof *c->target);
     c->subs = calloc(c->nparts, sizeof *c->subs);
-    c->held = calloc(c->nparts, sizeof *c->held);
-    if (!c->applied || !c->target || !c->subs || !c->held) {
+    c->snap_held = calloc(c->nparts, sizeof *c->snap_held);
+    if (!c->applied || !c->target || !c->subs || !c->snap_held) {
         cl_fail(err, errlen, "out of memory");
         goto err;
     }
@@ -222,7 +222,7 @@ int cluster_start(cluster *c, atomic_bool *ready, char *err, size_t errlen) {
     for (unsigned p = 0; p < c->nparts; p++) {
         if (!clmember_wants(c, p)) continue;
         cl_part_subject(c, p, subj, sizeof subj);
-        if (c->recovered && cl_covered(c, c->applied[p], subj, first, c->held[p])) {
+        if (c->recovered && cl_covered(c, c->applied[p], subj, first, c->snap_held[p])) {
             c->target[p] = cl_last_seq(c, subj);
             c->subs[p].applying = c->subs[p].built = true;
             now++;
@@ -437,7 +437,7 @@ void cluster_close(cluster *c) {
     free(c->recs);
     free(c->applied);
     free(c->target);
-    free(c->held);
+    free(c->snap_held);
     free(c->subs);
     pthread_cond_destroy(&c->member_cv);
     pthread_mutex_destroy(&c->member_mu);

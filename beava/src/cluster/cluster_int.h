@@ -98,7 +98,7 @@ struct cluster {
     size_t recs_cap;
     uint64_t *applied;                       /* per partition: last stream sequence applied */
     uint64_t *target;                        /* per partition: the stream's last at start */
-    bool *held;                              /* per partition: the local snapshot held it */
+    bool *snap_held;                         /* per partition: the local snapshot held it */
     part_sub *subs;                          /* [nparts], indexed by partition */
     size_t nsubs;                            /* = nparts */
     natsSubscription *reg_sub;
