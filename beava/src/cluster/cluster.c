@@ -391,6 +391,17 @@ void cluster_close(cluster *c) {
     if (!c) return;
     /* membership: no ownership change past this point */
     clmember_stop(c);
+    /* reads: leave every read queue group first, answering what NATS handed over already
+     * (the partitions are still applied meanwhile), so peers' forwarded reads go to the
+     * other owners while this node stops instead of finding it stopping */
+    int64_t drain_ms = (int64_t)c->cfg->cluster_read_wait_ms + c->cfg->cluster_publish_timeout_ms;
+    pthread_mutex_lock(&c->apply_mu);
+    for (size_t i = 0; i < c->nsubs; i++)
+        if (c->subs[i].rpc && natsSubscription_DrainTimeout(c->subs[i].rpc, drain_ms) != NATS_OK)
+            natsSubscription_Unsubscribe(c->subs[i].rpc);
+    pthread_mutex_unlock(&c->apply_mu);
+    for (size_t i = 0; i < c->nsubs; i++)             /* rpc_cb may take apply_mu: not held here */
+        if (c->subs[i].rpc) natsSubscription_WaitForDrainCompletion(c->subs[i].rpc, drain_ms);
     /* publishers: answer what is queued, then stop */
     clpub_stop(c);
     if (c->snap_started) {
