@@ -113,6 +113,32 @@ static void test_replicas_all_and_bad_arguments(void **state) {
     assert_null(partmap_new(three, 3, PARTMAP_MAX_PARTITIONS + 1, 1));
 }
 
+/* The map answers "do I own p" for the node it was built for; a non-member owns nothing.
+ * With replicas 2, adding a node replaces at most one owner of any partition (the move
+ * keeps one owner serving reads throughout: README "Adding and removing a node"). */
+static void test_self_and_one_owner_moves(void **state) {
+    (void)state;
+    char *four[] = { "n1", "n2", "n3", "n4" };
+    partmap *a = partmap_new(three, 3, 64, 2), *b = partmap_new(four, 4, 64, 2), *out = partmap_new(three, 3, 64, 2);
+    partmap_set_self(a, "n2");
+    partmap_set_self(b, "n2");
+    partmap_set_self(out, "n4");
+    for (unsigned p = 0; p < 64; p++) {
+        assert_int_equal(partmap_owns_self(a, p), partmap_owns(a, p, 1));
+        assert_int_equal(partmap_owns_self(b, p), partmap_owns(b, p, 1));
+        assert_false(partmap_owns_self(out, p));
+        unsigned kept = 0;
+        for (unsigned r = 0; r < 2; r++)
+            kept += partmap_owns(b, p, (size_t)partmap_node_index(b, partmap_node(a, partmap_owners(a, p)[r])));
+        assert_true(kept >= 1);
+    }
+    assert_true(partmap_has(b, "n4"));
+    assert_false(partmap_has(a, "n4"));
+    partmap_free(a);
+    partmap_free(b);
+    partmap_free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_owners_distinct_and_deterministic),
@@ -120,6 +146,7 @@ int main(void) {
         cmocka_unit_test(test_balance),
         cmocka_unit_test(test_adding_a_node_moves_only_its_share),
         cmocka_unit_test(test_replicas_all_and_bad_arguments),
+        cmocka_unit_test(test_self_and_one_owner_moves),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -139,6 +139,16 @@ static const config_key config_keys[] = {
       "JetStream replicas of the cluster's stream (default 1; 3 on a 3-server NATS cluster)" },
     { "cluster.stream_max_age_s", "BEAVA_CLUSTER_STREAM_MAX_AGE_S", NULL, KT_U64, OFF(cluster_stream_max_age_s), 0, 0,
       UINT64_MAX / 1000000000ull, "stream retention in seconds (default 0 = keep everything)" },
+    { "cluster.stream_max_msgs", "BEAVA_CLUSTER_STREAM_MAX_MSGS", NULL, KT_U64, OFF(cluster_stream_max_msgs), 0, 0,
+      INT64_MAX, "stream retention in messages (default 0 = no limit); membership lives in its own stream" },
+    { "cluster.advertise_admin", "BEAVA_CLUSTER_ADVERTISE_ADMIN", "--cluster-advertise-admin", KT_ADDR,
+      OFF(cluster_advertise_admin), SZ(cluster_advertise_admin), 0, 0,
+      "host:port peers reach this node's admin port at (peer snapshots; default: the bound admin address)" },
+    { "cluster.advertise_data", "BEAVA_CLUSTER_ADVERTISE_DATA", "--cluster-advertise-data", KT_ADDR,
+      OFF(cluster_advertise_data), SZ(cluster_advertise_data), 0, 0,
+      "host:port clients reach this node's HTTP data port at (GET /cluster; default: the bound address)" },
+    { "cluster.peer_snapshot_max_mb", "BEAVA_CLUSTER_PEER_SNAPSHOT_MAX_MB", NULL, KT_U32, OFF(cluster_peer_snapshot_max_mb),
+      0, 1, 1048576, "largest partition snapshot fetched from a peer, in MiB (default 1024)" },
     { "cluster.publish_timeout_ms", "BEAVA_CLUSTER_PUBLISH_TIMEOUT_MS", NULL, KT_U32, OFF(cluster_publish_timeout_ms), 0,
       100, 600000, "wait this long for JetStream to acknowledge a publish (default 5000)" },
     { "cluster.read_wait_ms", "BEAVA_CLUSTER_READ_WAIT_MS", NULL, KT_U32, OFF(cluster_read_wait_ms), 0, 0, 600000,
@@ -229,6 +239,7 @@ void config_defaults(bv_config *c) {
     c->cluster_stream_replicas = 1;
     c->cluster_publish_timeout_ms = 5000;
     c->cluster_read_wait_ms = 2000;
+    c->cluster_peer_snapshot_max_mb = 1024;
 }
 
 static void free_list(char **list, size_t n) {
@@ -592,6 +603,9 @@ void config_usage(FILE *out) {
           "Commands:\n"
           "  (none)                 run the server\n"
           "  probe [--admin-addr A] exit 0 iff the admin /ready answers 200 (healthcheck)\n"
+          "  members add|remove ID [--admin-addr A]  (cluster) add or remove a node through any\n"
+          "                         node's admin port: POST /cluster/members (README \"Cluster\")\n"
+          "  members cancel [--admin-addr A]  abandon the membership change in progress\n"
           "  quickstart [--no-file] start an in-process server on ephemeral ports, register\n"
           "                         PageView/SiteMetrics, push 5 events, print the row and the\n"
           "                         curl commands to do the same by hand\n"
@@ -735,6 +749,17 @@ int config_load(bv_config *c, bv_cli *cli, int argc, char **argv, char *err, siz
         }
         if (strcmp(a, "probe") == 0 && cli->command == CMD_SERVE) { cli->command = CMD_PROBE; continue; }
         if (strcmp(a, "quickstart") == 0 && cli->command == CMD_SERVE) { cli->command = CMD_QUICKSTART; continue; }
+        if (strcmp(a, "members") == 0 && cli->command == CMD_SERVE) { cli->command = CMD_MEMBERS; continue; }
+        if (cli->command == CMD_MEMBERS && a[0] != '-') {
+            if (!cli->members_op[0] && (strcmp(a, "add") == 0 || strcmp(a, "remove") == 0 || strcmp(a, "cancel") == 0))
+                snprintf(cli->members_op, sizeof cli->members_op, "%s", a);
+            else if (cli->members_op[0] && strcmp(cli->members_op, "cancel") != 0 && !cli->members_id[0] &&
+                     strlen(a) < sizeof cli->members_id)
+                snprintf(cli->members_id, sizeof cli->members_id, "%s", a);
+            else
+                return fail(err, errlen, "members: unexpected '%s' (beava members add|remove ID, beava members cancel)", a);
+            continue;
+        }
         if (strcmp(a, "--no-file") == 0 && cli->command == CMD_QUICKSTART) { cli->quickstart_no_file = true; continue; }
         if (strcmp(flag, "--tcp-addr") == 0) {
             if (!value) {
@@ -762,10 +787,12 @@ int config_load(bv_config *c, bv_cli *cli, int argc, char **argv, char *err, siz
             if (i + 1 >= argc) return fail(err, errlen, "%s needs a value", flag);
             value = argv[++i];
         }
-        if (cli->command == CMD_PROBE && strcmp(flag, "--admin-addr") == 0)
+        if ((cli->command == CMD_PROBE || cli->command == CMD_MEMBERS) && strcmp(flag, "--admin-addr") == 0)
             snprintf(cli->probe_addr, sizeof cli->probe_addr, "%s", value);
         if (config_set(c, k, value, false, flag, err, errlen) != 0) return -1;
     }
+    if (cli->command == CMD_MEMBERS && (!cli->members_op[0] || (strcmp(cli->members_op, "cancel") != 0) != !!cli->members_id[0]))
+        return fail(err, errlen, "members: beava members add|remove ID, or beava members cancel");
     if (check_cluster(c, err, errlen) != 0) return -1;
     /* Embed rule (config.h): no data dir named, a WAL or snapshot dir named. */
     if (!c->data_dir_set && (c->wal_dir[0] || c->snapshot_dir[0]))

@@ -82,6 +82,10 @@ typedef struct bv_config {
     uint32_t cluster_replicas;                      /* 2 beava owners per partition */
     uint32_t cluster_stream_replicas;               /* 1 JetStream replica (3 on a 3-server NATS cluster) */
     uint64_t cluster_stream_max_age_s;              /* 0 = keep every record */
+    uint64_t cluster_stream_max_msgs;               /* 0 = no limit */
+    char cluster_advertise_admin[CONFIG_ADDR_MAX];  /* "" = the bound admin address */
+    char cluster_advertise_data[CONFIG_ADDR_MAX];   /* "" = the bound HTTP address */
+    uint32_t cluster_peer_snapshot_max_mb;          /* 1024: cap of a peer's partition snapshot */
     uint32_t cluster_publish_timeout_ms;            /* 5000: JetStream ack wait per publish */
     uint32_t cluster_read_wait_ms;                  /* 2000: a get waits this long for its owner to
                                                      * catch up (503 not_caught_up); 0 = relaxed */
@@ -93,12 +97,14 @@ typedef struct bv_config {
 static inline bool config_cluster_enabled(const bv_config *c) { return c->cluster_nats_url[0] != 0; }
 
 /* What the command line asked for besides configuration. */
-typedef enum bv_command { CMD_SERVE = 0, CMD_HELP, CMD_VERSION, CMD_PROBE, CMD_QUICKSTART } bv_command;
+typedef enum bv_command { CMD_SERVE = 0, CMD_HELP, CMD_VERSION, CMD_PROBE, CMD_QUICKSTART, CMD_MEMBERS } bv_command;
 
 typedef struct bv_cli {
     bv_command command;
     bool quickstart_no_file;
-    char probe_addr[CONFIG_ADDR_MAX];    /* probe: admin address override */
+    char probe_addr[CONFIG_ADDR_MAX];    /* probe, members: admin address override */
+    char members_op[16];                 /* members: "add", "remove", "cancel" */
+    char members_id[CONFIG_CLUSTER_ID_MAX + 1];
 } bv_cli;
 
 void config_defaults(bv_config *c);

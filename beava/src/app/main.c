@@ -121,6 +121,46 @@ static int run_probe(const bv_config *cfg, const bv_cli *cli) {
     return status == 200 ? 0 : 1;
 }
 
+/* `beava members add|remove ID` / `beava members cancel`: POST /cluster/members on a
+ * node's admin port (the token from security.admin_token_file when set). */
+static int run_members(const bv_config *cfg, const bv_cli *cli) {
+    const char *addr = cli->probe_addr[0] ? cli->probe_addr : cfg->admin_addr;
+    json_t *j = strcmp(cli->members_op, "cancel") == 0 ? json_pack("{s:b}", "cancel", 1)
+                                                       : json_pack("{s:s}", cli->members_op, cli->members_id);
+    char *req = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    char hdr[600] = "", err[256];
+    if (cfg->admin_token_file[0]) {
+        FILE *f = fopen(cfg->admin_token_file, "r");
+        char tok[512] = "";
+        if (!f || !fgets(tok, sizeof tok, f)) {
+            fprintf(stderr, "beava members: cannot read %s\n", cfg->admin_token_file);
+            if (f) fclose(f);
+            free(req);
+            return 1;
+        }
+        fclose(f);
+        tok[strcspn(tok, "\r\n")] = 0;
+        snprintf(hdr, sizeof hdr, "Authorization: Bearer %s\r\n", tok);
+    }
+    int status = 0;
+    bv_buf body;
+    bv_buf_init(&body);
+    if (!req) snprintf(err, sizeof err, "out of memory");
+    int rc = req ? httpc_request_ex(addr, "POST", "/cluster/members", req, 10000, hdr[0] ? hdr : NULL, 1u << 20, &status,
+                                    &body, err, sizeof err)
+                 : -1;
+    free(req);
+    if (rc != 0) {
+        fprintf(stderr, "beava members: %s\n", err);
+        bv_buf_free(&body);
+        return 1;
+    }
+    printf("%d %s\n", status, body.data ? body.data : "");
+    bv_buf_free(&body);
+    return status == 200 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     bv_config cfg;
     bv_cli cli;
@@ -142,6 +182,9 @@ int main(int argc, char **argv) {
         break;
     case CMD_PROBE:
         rc = run_probe(&cfg, &cli);
+        break;
+    case CMD_MEMBERS:
+        rc = run_members(&cfg, &cli);
         break;
     case CMD_QUICKSTART:
     case CMD_SERVE: {

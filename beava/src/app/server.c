@@ -105,7 +105,8 @@ static void server_metrics(void *ctx, bv_buf *out) {
 
 static void server_progress(void *ctx, bv_buf *out) {
     beava_server *s = ctx;
-    persist_progress(s->persist, out);
+    if (s->cluster) cluster_progress(s->cluster, out);
+    else persist_progress(s->persist, out);
 }
 
 static int server_snapshot(void *ctx, bv_buf *out) {
@@ -117,6 +118,12 @@ static int server_snapshot(void *ctx, bv_buf *out) {
 static int server_cluster_status(void *ctx, bv_buf *out) {
     beava_server *s = ctx;
     return cluster_status(s->cluster, out);
+}
+
+static int server_cluster_admin(void *ctx, const char *method, const char *sub, const char *query, const char *body,
+                                size_t len, bv_buf *out, const char **ctype) {
+    beava_server *s = ctx;
+    return cluster_admin(s->cluster, method, sub, query, body, len, out, ctype);
 }
 
 static char *read_token(const char *path, char *err, size_t errlen) {
@@ -199,8 +206,9 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         .extra_metrics = server_metrics,
         .snapshot = s->persist || s->cluster ? server_snapshot : NULL,
         .body_budget = &s->body_budget, .data_stats = &s->http_stats,
-        .progress = s->persist ? server_progress : NULL,
+        .progress = s->persist || s->cluster ? server_progress : NULL,
         .cluster_status = s->cluster ? server_cluster_status : NULL,
+        .cluster_admin = s->cluster ? server_cluster_admin : NULL,
     };
     s->admin = http_start(HTTP_ADMIN, admin_fd ? admin_fd : cfg->admin_addr, &deps, 1, s->admin_bound, sizeof s->admin_bound, err, errlen);
     if (!s->admin) goto fail;
@@ -214,12 +222,14 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         goto fail;
     }
     /* cluster: consume the owned partitions; /ready turns 200 once they caught up */
+    if (s->cluster) cluster_set_admin(s->cluster, s->admin_bound, s->admin_token);
     if (s->cluster && cluster_start(s->cluster, &s->ready, err, errlen) != 0) goto fail;
 
     s->data = http_start(HTTP_DATA, http_fd ? http_fd : cfg->http_addr, &deps, (int)cfg->http_threads, s->http_bound,
                          sizeof s->http_bound, err, errlen);
     if (!s->data) goto fail;
     log_bound(log, "server.http_bound", s->http_bound);
+    if (s->cluster) cluster_advertise(s->cluster, s->http_bound);
     if (cfg->tcp_enabled) {
         char addr[CONFIG_ADDR_MAX + 16];
         bool v6 = strchr(cfg->tcp_host, ':') != NULL;

@@ -66,8 +66,8 @@ static void apply_error(cluster *c, const char *what, uint64_t seq, const char *
  * every node's copies one. */
 
 static bool reset_reached(cluster *c, uint64_t reset) {
-    for (size_t i = 0; i < c->nsubs; i++)
-        if (c->subs[i].held < reset) return false;
+    for (size_t i = 0; i < c->nsubs; i++)      /* the partitions this node applies now */
+        if (c->subs[i].applying && c->subs[i].held < reset) return false;
     return true;
 }
 

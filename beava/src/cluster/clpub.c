@@ -442,7 +442,7 @@ size_t clpub_reset_markers(cluster *c, uint64_t reset, bool owned_only) {
     char subj[CLUSTER_SUBJECT_MAX], msgid[CLUSTER_ID_MAX], rv[32], why[512];
     snprintf(rv, sizeof rv, "%" PRIu64, reset);
     for (unsigned p = 0; p < c->nparts; p++) {
-        if (owned_only && !partmap_owns(c->map, p, c->self)) continue;
+        if (owned_only && !c->subs[p].applying) continue;
         cl_part_subject(c, p, subj, sizeof subj);
         snprintf(msgid, sizeof msgid, "%s-reset-%" PRIu64 "-%u", c->stream, reset, p);
         natsMsg *m = NULL;

@@ -93,7 +93,7 @@ int clread_get(void *ctx, engine_transport t, const json_t *req, bv_buf *out) {
     const char *ks = json_string_value(key);
     for (size_t i = 0; i < kl; i++) kbuf[i] = ks[i] == '|' ? STORE_KEY_SEP : ks[i];   /* the internal key */
     unsigned p = partmap_partition(c->map, table, kbuf, kl);
-    if (partmap_owns(c->map, p, c->self)) {
+    if (partmap_owns_self(c->map, p)) {
         cl_bump(&c->reads_local);
         return catch_up(c, p, out);
     }
@@ -165,7 +165,7 @@ void clread_batch_get(void *ctx, const json_t *reqs, char **fwd) {
         const char *ks = json_string_value(key);
         for (size_t q = 0; q < kl; q++) kbuf[q] = ks[q] == '|' ? STORE_KEY_SEP : ks[q];
         unsigned p = part[i] = partmap_partition(c->map, table, kbuf, kl);
-        if (partmap_owns(c->map, p, c->self)) {
+        if (partmap_owns_self(c->map, p)) {
             if (state[p] == 0) {
                 bv_buf tmp;
                 bv_buf_init(&tmp);
@@ -292,10 +292,12 @@ static void rpc_cb(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *
     natsMsg_Destroy(m);
 }
 
-/* Join each owned partition's queue group (once caught up: a peer's read is then served
- * without waiting out a long replay). */
+/* Join the queue group of each partition owned in the current epoch and built here (once
+ * caught up: a peer's read is then served without waiting out a long replay). apply_mu. */
 void clread_subscribe(cluster *c) {
+    const partmap *m = c->map;
     for (size_t i = 0; i < c->nsubs; i++) {
+        if (c->subs[i].rpc || !c->subs[i].built || !partmap_owns_self(m, c->subs[i].p)) continue;
         char subj[CLUSTER_SUBJECT_MAX], why[512];
         rpc_subject(c, c->subs[i].p, subj, sizeof subj);
         natsStatus s = natsConnection_QueueSubscribe(&c->subs[i].rpc, c->nc, subj, CLUSTER_RPC_QUEUE, rpc_cb, c);

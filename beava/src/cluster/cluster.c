@@ -14,8 +14,7 @@
  * headers Beava-Kind (REC_REGISTER / REC_RESET) and Beava-Origin (node id and boot
  * time: the publishing process skips it, it applied the record when it published it).
  *
- * Known limits of this first slice (README "Cluster"): the node list is fixed (no
- * rebalancing), and a node with a lost data dir rebuilds from the stream alone.
+ * Membership, building partitions from peers, dedupe, reset order: cluster.h.
  */
 #include "cluster_int.h"
 
@@ -111,6 +110,7 @@ static int ensure_stream(cluster *c, char *err, size_t errlen) {
     sc.Storage = js_FileStorage;
     sc.Replicas = c->cfg->cluster_stream_replicas;
     sc.MaxAge = (int64_t)(c->cfg->cluster_stream_max_age_s * 1000000000ull);
+    sc.MaxMsgs = c->cfg->cluster_stream_max_msgs ? (int64_t)c->cfg->cluster_stream_max_msgs : -1;
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetStreamInfo(&si, c->js, c->stream, NULL, &jerr);
@@ -151,17 +151,19 @@ cluster *cluster_open(const bv_config *cfg, const bv_log *log, char *err, size_t
     pthread_cond_init(&c->reg_cv, NULL);
     pthread_mutex_init(&c->snap_mu, NULL);
     pthread_cond_init(&c->snap_cv, NULL);
+    pthread_mutex_init(&c->member_mu, NULL);
+    pthread_cond_init(&c->member_cv, NULL);
     c->nparts = cfg->cluster_partitions;
-    c->map = partmap_new(cfg->cluster_nodes, cfg->ncluster_nodes, cfg->cluster_partitions, cfg->cluster_replicas);
     c->applied = calloc(c->nparts, sizeof *c->applied);
     c->target = calloc(c->nparts, sizeof *c->target);
     c->subs = calloc(c->nparts, sizeof *c->subs);
-    if (!c->map || !c->applied || !c->target || !c->subs) {
-        cl_fail(err, errlen, "cluster: cannot build the partition map (partitions %u, replicas %u, %zu nodes)",
-             cfg->cluster_partitions, cfg->cluster_replicas, cfg->ncluster_nodes);
+    c->snap_held = calloc(c->nparts, sizeof *c->snap_held);
+    if (!c->applied || !c->target || !c->subs || !c->snap_held) {
+        cl_fail(err, errlen, "out of memory");
         goto err;
     }
-    c->self = (size_t)partmap_node_index(c->map, cfg->cluster_node_id);
+    c->nsubs = c->nparts;
+    for (unsigned p = 0; p < c->nparts; p++) c->subs[p] = (part_sub){ .c = c, .p = p };
     snprintf(c->stream, sizeof c->stream, "BEAVA_%s", cfg->cluster_name);
     snprintf(c->prefix, sizeof c->prefix, "beava.%s", cfg->cluster_name);
     struct timespec ts;
@@ -182,9 +184,10 @@ cluster *cluster_open(const bv_config *cfg, const bv_log *log, char *err, size_t
         cl_fail(err, errlen, "cluster: %s: %s (another beava uses this data dir?)", lock, strerror(errno));
         goto err;
     }
-    if (connect_nats(c, err, errlen) != 0 || ensure_stream(c, err, errlen) != 0) goto err;
-    bv_log_msg(log, LOG_INFO, "cluster.connected", "node %s of %zu, stream %s, %u partitions, replicas %u",
-               cfg->cluster_node_id, cfg->ncluster_nodes, c->stream, c->nparts, cfg->cluster_replicas);
+    if (connect_nats(c, err, errlen) != 0 || ensure_stream(c, err, errlen) != 0 || clmember_open(c, err, errlen) != 0)
+        goto err;
+    bv_log_msg(log, LOG_INFO, "cluster.connected", "node %s, epoch %" PRIu64 " of %zu nodes, stream %s, %u partitions, replicas %u",
+               cfg->cluster_node_id, c->epoch, partmap_nodes(c->map), c->stream, c->nparts, cfg->cluster_replicas);
     return c;
 err:
     cluster_close(c);
@@ -212,27 +215,47 @@ int cluster_start(cluster *c, atomic_bool *ready, char *err, size_t errlen) {
     char subj[CLUSTER_SUBJECT_MAX];
     cl_reg_subject(c, subj, sizeof subj);
     c->reg_target = cl_last_seq(c, subj);
+    /* what the local snapshot and the stream cover now is consumed at once; the rest (a
+     * fresh data dir, a snapshot older than the stream's retention) is built by the
+     * member thread from peers' snapshots (clmember.c) */
+    uint64_t first = cl_stream_first_seq(c);
+    size_t now = 0, later = 0;
     for (unsigned p = 0; p < c->nparts; p++) {
-        if (!partmap_owns(c->map, p, c->self)) continue;
+        if (!clmember_wants(c, p)) continue;
         cl_part_subject(c, p, subj, sizeof subj);
-        c->target[p] = cl_last_seq(c, subj);
-        c->subs[c->nsubs++] = (part_sub){ .c = c, .p = p };
+        if (c->recovered && cl_covered(c, c->applied[p], subj, first, c->snap_held[p])) {
+            c->target[p] = cl_last_seq(c, subj);
+            c->subs[p].applying = c->subs[p].built = true;
+            now++;
+        } else {
+            c->target[p] = CLUSTER_TARGET_BUILDING;
+            later++;
+        }
     }
+    cl_reg_subject(c, subj, sizeof subj);
+    bool reg_covered = cl_covered(c, c->reg_applied, subj, first, c->recovered);
+    bool reg_now = reg_covered && (c->recovered || later == 0);   /* else a peer's snapshot may bring it */
+    if (!reg_now) c->reg_target = CLUSTER_TARGET_BUILDING;
     pthread_mutex_lock(&c->apply_mu);
     clapply_check_caught_up(c);
     pthread_mutex_unlock(&c->apply_mu);
     cl_reg_subject(c, subj, sizeof subj);
-    if (clapply_subscribe_from(c, subj, c->reg_applied, clapply_reg_cb, c, &c->reg_sub, err, errlen) != 0) return -1;
-    for (size_t i = 0; i < c->nsubs; i++) {
-        cl_part_subject(c, c->subs[i].p, subj, sizeof subj);
-        if (clapply_subscribe_from(c, subj, c->applied[c->subs[i].p], clapply_part_cb, &c->subs[i], &c->subs[i].sub, err, errlen) != 0)
+    if (reg_now && clapply_subscribe_from(c, subj, c->reg_applied, clapply_reg_cb, c, &c->reg_sub, err, errlen) != 0)
+        return -1;
+    for (unsigned p = 0; p < c->nparts; p++) {
+        if (!c->subs[p].applying) continue;
+        cl_part_subject(c, p, subj, sizeof subj);
+        if (clapply_subscribe_from(c, subj, c->applied[p], clapply_part_cb, &c->subs[p], &c->subs[p].sub, err, errlen) != 0)
             return -1;
     }
     if (clpub_start(c, err, errlen) != 0) return -1;
     if (pthread_create(&c->snap_thread, NULL, clsnap_main, c) != 0) return cl_fail(err, errlen, "cluster: cannot start snapshots");
     c->snap_started = true;
-    bv_log_msg(c->log, LOG_INFO, "cluster.started", "owning %zu of %u partitions; registry at %" PRIu64 " of %" PRIu64,
-               c->nsubs, c->nparts, c->reg_applied, c->reg_target);
+    if (clmember_start(c, err, errlen) != 0) return -1;
+    bv_log_msg(c->log, LOG_INFO, "cluster.started",
+               "epoch %" PRIu64 ": owning %zu of %u partitions (%zu from the local snapshot and the stream, %zu to "
+               "build); registry at %" PRIu64 "%s",
+               c->epoch, now + later, c->nparts, now, later, c->reg_applied, reg_now ? "" : " (to build)");
     return 0;
 }
 
@@ -241,35 +264,40 @@ int cluster_status(cluster *c, bv_buf *out) {
     uint64_t *last = calloc(c->nparts, sizeof *last);
     if (!last) return cl_read_error(out, "internal_error", "out of memory");
     for (size_t i = 0; i < c->nsubs; i++) {     /* outside apply_mu: these are network round trips */
+        if (!c->subs[i].applying) continue;
         cl_part_subject(c, c->subs[i].p, subj, sizeof subj);
         last[c->subs[i].p] = cl_last_seq(c, subj);
     }
+    uint64_t first = cl_stream_first_seq(c);
     cl_reg_subject(c, subj, sizeof subj);
     uint64_t reg_last = cl_last_seq(c, subj);
     bv_buf_puts(out, "{\"node\":");
     bv_buf_json_str(out, c->cfg->cluster_node_id, strlen(c->cfg->cluster_node_id));
     bv_buf_puts(out, ",\"nodes\":[");
-    for (size_t i = 0; i < partmap_nodes(c->map); i++) {
+    const partmap *cur = c->map;
+    for (size_t i = 0; i < partmap_nodes(cur); i++) {
         if (i) bv_buf_putc(out, ',');
-        bv_buf_json_str(out, partmap_node(c->map, i), strlen(partmap_node(c->map, i)));
+        bv_buf_json_str(out, partmap_node(cur, i), strlen(partmap_node(cur, i)));
     }
-    bv_buf_printf(out, "],\"stream\":\"%s\",\"partitions\":%u,\"replicas\":%u", c->stream, c->nparts,
-                  partmap_replicas(c->map));
+    bv_buf_printf(out, "],\"stream\":\"%s\",\"stream_first\":%" PRIu64 ",\"partitions\":%u,\"replicas\":%u", c->stream,
+                  first, c->nparts, partmap_replicas(c->map));
+    clmember_status(c, out);
     pthread_mutex_lock(&c->reg_mu);
     uint64_t reg_applied = c->reg_applied;
     pthread_mutex_unlock(&c->reg_mu);
     bv_buf_printf(out, ",\"registry\":{\"applied\":%" PRIu64 ",\"stream\":%" PRIu64 "}", reg_applied, reg_last);
     pthread_mutex_lock(&c->apply_mu);
     bv_buf_printf(out, ",\"caught_up\":%s,\"ownership\":[", c->caught_up ? "true" : "false");
+    const partmap *m = c->map;
     for (unsigned p = 0; p < c->nparts; p++) {
         bv_buf_printf(out, "%s{\"partition\":%u,\"owners\":[", p ? "," : "", p);
-        const uint8_t *own = partmap_owners(c->map, p);
-        for (unsigned r = 0; r < partmap_replicas(c->map); r++) {
+        const uint8_t *own = partmap_owners(m, p);
+        for (unsigned r = 0; r < partmap_replicas(m); r++) {
             if (r) bv_buf_putc(out, ',');
-            bv_buf_json_str(out, partmap_node(c->map, own[r]), strlen(partmap_node(c->map, own[r])));
+            bv_buf_json_str(out, partmap_node(m, own[r]), strlen(partmap_node(m, own[r])));
         }
         bv_buf_putc(out, ']');
-        if (partmap_owns(c->map, p, c->self))
+        if (c->subs[p].applying)
             bv_buf_printf(out, ",\"applied\":%" PRIu64 ",\"stream\":%" PRIu64 ",\"lag\":%" PRIu64, c->applied[p],
                           last[p], last[p] > c->applied[p] ? last[p] - c->applied[p] : 0);
         bv_buf_putc(out, '}');
@@ -305,6 +333,11 @@ void cluster_metrics(cluster *c, bv_buf *out) {
         CM(catch_ups, "Registry catch-ups for pushes naming an unknown event (one JetStream request each)."),
         CM(catch_up_batches, "Push batches resumed after a registry catch-up."),
         CM(reg_void, "Registry records skipped by every node: stored on a stale base (clustered JetStream)."),
+        CM(peer_snapshots_served, "Partition snapshots this node served to peers."),
+        CM(peer_snapshots_fetched, "Partition snapshots fetched from peers and merged."),
+        CM(peer_snapshot_failures, "Peer snapshot fetches that failed (logged)."),
+        CM(partitions_dropped, "Partitions this node stopped applying after losing them."),
+        CM(member_changes, "Membership changes requested here or epochs switched here."),
 #undef CM
     };
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
@@ -317,6 +350,7 @@ void cluster_metrics(cluster *c, bv_buf *out) {
     uint64_t *last = calloc(c->nsubs ? c->nsubs : 1, sizeof *last);
     if (!last) abort();
     for (size_t i = 0; i < c->nsubs; i++) {     /* outside apply_mu: network round trips */
+        if (!c->subs[i].applying) continue;
         char subj[CLUSTER_SUBJECT_MAX];
         cl_part_subject(c, c->subs[i].p, subj, sizeof subj);
         last[i] = cl_last_seq(c, subj);
@@ -325,15 +359,18 @@ void cluster_metrics(cluster *c, bv_buf *out) {
     bv_buf_puts(out, "# HELP beava_cluster_partition_applied_seq Last stream sequence applied, per owned partition.\n"
                      "# TYPE beava_cluster_partition_applied_seq gauge\n");
     for (size_t i = 0; i < c->nsubs; i++)
-        bv_buf_printf(out, "beava_cluster_partition_applied_seq{partition=\"%u\"} %" PRIu64 "\n", c->subs[i].p,
+        if (c->subs[i].applying)
+            bv_buf_printf(out, "beava_cluster_partition_applied_seq{partition=\"%u\"} %" PRIu64 "\n", c->subs[i].p,
                       c->applied[c->subs[i].p]);
     bv_buf_puts(out, "# HELP beava_cluster_partition_stream_seq The stream's last sequence, per owned partition.\n"
                      "# TYPE beava_cluster_partition_stream_seq gauge\n");
     for (size_t i = 0; i < c->nsubs; i++)
-        bv_buf_printf(out, "beava_cluster_partition_stream_seq{partition=\"%u\"} %" PRIu64 "\n", c->subs[i].p, last[i]);
+        if (c->subs[i].applying)
+            bv_buf_printf(out, "beava_cluster_partition_stream_seq{partition=\"%u\"} %" PRIu64 "\n", c->subs[i].p, last[i]);
     bv_buf_puts(out, "# HELP beava_cluster_partition_lag Stream sequences not applied yet, per owned partition.\n"
                      "# TYPE beava_cluster_partition_lag gauge\n");
     for (size_t i = 0; i < c->nsubs; i++) {
+        if (!c->subs[i].applying) continue;
         uint64_t a = c->applied[c->subs[i].p];
         bv_buf_printf(out, "beava_cluster_partition_lag{partition=\"%u\"} %" PRIu64 "\n", c->subs[i].p,
                       last[i] > a ? last[i] - a : 0);
@@ -343,6 +380,10 @@ void cluster_metrics(cluster *c, bv_buf *out) {
                        "# TYPE beava_cluster_caught_up gauge\nbeava_cluster_caught_up %d\n",
                   c->caught_up ? 1 : 0);
     pthread_mutex_unlock(&c->apply_mu);
+    pthread_mutex_lock(&c->member_mu);
+    bv_buf_printf(out, "# HELP beava_cluster_epoch The membership epoch this node follows.\n"
+                       "# TYPE beava_cluster_epoch gauge\nbeava_cluster_epoch %" PRIu64 "\n", c->epoch);
+    pthread_mutex_unlock(&c->member_mu);
     pthread_mutex_lock(&c->reg_mu);
     bv_buf_printf(out, "# HELP beava_cluster_registry_applied_seq Last registry record applied.\n"
                        "# TYPE beava_cluster_registry_applied_seq gauge\nbeava_cluster_registry_applied_seq %" PRIu64 "\n",
@@ -352,6 +393,19 @@ void cluster_metrics(cluster *c, bv_buf *out) {
 
 void cluster_close(cluster *c) {
     if (!c) return;
+    /* membership: no ownership change past this point */
+    clmember_stop(c);
+    /* reads: leave every read queue group first, answering what NATS handed over already
+     * (the partitions are still applied meanwhile), so peers' forwarded reads go to the
+     * other owners while this node stops instead of finding it stopping */
+    int64_t drain_ms = (int64_t)c->cfg->cluster_read_wait_ms + c->cfg->cluster_publish_timeout_ms;
+    pthread_mutex_lock(&c->apply_mu);
+    for (size_t i = 0; i < c->nsubs; i++)
+        if (c->subs[i].rpc && natsSubscription_DrainTimeout(c->subs[i].rpc, drain_ms) != NATS_OK)
+            natsSubscription_Unsubscribe(c->subs[i].rpc);
+    pthread_mutex_unlock(&c->apply_mu);
+    for (size_t i = 0; i < c->nsubs; i++)             /* rpc_cb may take apply_mu: not held here */
+        if (c->subs[i].rpc) natsSubscription_WaitForDrainCompletion(c->subs[i].rpc, drain_ms);
     /* publishers: answer what is queued, then stop */
     clpub_stop(c);
     if (c->snap_started) {
@@ -370,6 +424,7 @@ void cluster_close(cluster *c) {
     for (size_t i = 0; i < c->nsubs; i++) {
         if (c->subs[i].sub) natsSubscription_Unsubscribe(c->subs[i].sub);
         if (c->subs[i].rpc) natsSubscription_Unsubscribe(c->subs[i].rpc);
+        if (c->subs[i].rpc_draining) natsSubscription_Unsubscribe(c->subs[i].rpc_draining);
     }
     if (c->snap_started) {             /* the final snapshot: a restart resumes from here */
         char err[PATH_MAX + 128];
@@ -385,17 +440,22 @@ void cluster_close(cluster *c) {
     for (size_t i = 0; i < c->nsubs; i++) {
         natsSubscription_Destroy(c->subs[i].sub);
         natsSubscription_Destroy(c->subs[i].rpc);
+        natsSubscription_Destroy(c->subs[i].rpc_draining);
     }
     jsCtx_Destroy(c->js);
     natsConnection_Destroy(c->nc);
     natsOptions_Destroy(c->opts);
     nats_CloseAndWait(CLUSTER_CLOSE_WAIT_MS);
     if (c->lock_fd >= 0) close(c->lock_fd);
+    clmember_free(c);
     partmap_free(c->map);
     free(c->recs);
     free(c->applied);
     free(c->target);
+    free(c->snap_held);
     free(c->subs);
+    pthread_cond_destroy(&c->member_cv);
+    pthread_mutex_destroy(&c->member_mu);
     pthread_cond_destroy(&c->snap_cv);
     pthread_mutex_destroy(&c->snap_mu);
     pthread_cond_destroy(&c->reg_cv);

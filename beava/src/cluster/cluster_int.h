@@ -2,7 +2,9 @@
  * cluster_int.h - the cluster module's private state, shared by its files (cluster.c:
  * connection, stream, lifecycle, status and metrics; clpub.c: publishing pushes and
  * registry records; clapply.c: consuming and applying; clread.c: reads from any node;
- * clsnap.c: cluster snapshots and recovery). Nothing outside beava/src/cluster/ includes
+ * clsnap.c: cluster snapshots and recovery, partition snapshots served to peers;
+ * clmember.c: membership through the log, building gained partitions, dropping lost ones).
+ * Nothing outside beava/src/cluster/ includes
  * it. cluster.h tells the design and the lock order.
  */
 #ifndef BEAVA_CLUSTER_INT_H
@@ -29,8 +31,22 @@
 #define CLUSTER_APPLY_ERRORS_LOGGED 10
 #define CLUSTER_RPC_QUEUE "get"             /* queue group of a partition's owners */
 #define CLUSTER_RESET_TRIES 5                /* a reset refused on a stale base is published again */
-#define SNAP_MAGIC "BVCLSN01"
+#define SNAP_MAGIC "BVCLSN02"
 #define SNAP_MAGIC_LEN 8
+#define PSNAP_MAGIC "BVCLPS01"                /* a partition snapshot served to a peer */
+#define CLUSTER_TARGET_BUILDING UINT64_MAX    /* target[p]/reg_target while built by clmember */
+#define MEMBER_RETRY_MS 1000                 /* a failed build is tried again after this */
+#define MEMBER_CAS_TRIES 50                  /* membership record: expected-sequence retries */
+#define MEMBER_FETCH_TIMEOUT_MS 30000        /* a peer snapshot: per read on the socket */
+
+/* One membership record (the members stream's log subject; each record is the whole
+ * state). nnext 0: no change in progress. */
+typedef struct mstate {
+    uint64_t seq;                 /* its stream sequence */
+    uint64_t epoch;
+    char **nodes, **next, **ready;
+    size_t nnodes, nnext, nready;
+} mstate;
 
 typedef struct pub_job {
     engine_batch *b;
@@ -41,19 +57,23 @@ typedef struct pub_job {
 
 struct pub_scratch;                  /* clpub.c */
 
+/* Per partition (apply_mu): cluster.subs[p]. */
 typedef struct part_sub {
     struct cluster *c;
     unsigned p;
     natsSubscription *sub;
-    natsSubscription *rpc;        /* forwarded gets, once caught up */
+    natsSubscription *rpc;        /* forwarded gets, once caught up and owned in the current epoch */
     uint64_t held;                /* reg_mu: the registry record its next message waits for (0: none) */
+    natsSubscription *rpc_draining;   /* lost: the queue group left, requests already queued answered */
+    bool applying;                /* sub consumes it: owned now or gained by the pending change */
+    bool built;                   /* applying and caught up once (may serve reads, peers' snapshots) */
+    int64_t drop_at_ms;           /* lost: stop applying and drop its entities then (0: not lost) */
 } part_sub;
 
 struct cluster {
     const bv_config *cfg;
     const bv_log *log;
-    partmap *map;
-    size_t self;
+    _Atomic(partmap *) map;                  /* the current epoch's owners (swapped by clmember) */
     unsigned nparts;
     natsOptions *opts;
     natsConnection *nc;
@@ -89,8 +109,9 @@ struct cluster {
     size_t recs_cap;
     uint64_t *applied;                       /* per partition: last stream sequence applied */
     uint64_t *target;                        /* per partition: the stream's last at start */
-    part_sub *subs;
-    size_t nsubs;
+    bool *snap_held;                         /* per partition: the local snapshot held it */
+    part_sub *subs;                          /* [nparts], indexed by partition */
+    size_t nsubs;                            /* = nparts */
     natsSubscription *reg_sub;
     uint64_t applied_since_snap;
     uint64_t apply_errors_logged;
@@ -115,10 +136,32 @@ struct cluster {
     pthread_cond_t snap_cv;
     bool snap_stop;
 
+    /* membership (clmember.c). member_mu is a leaf; the builder thread alone changes
+     * ownership, under apply_mu. */
+    char mstream[CLUSTER_PREFIX_MAX + 16];   /* "BEAVA_<name>_MEMBERS" */
+    char mprefix[CLUSTER_PREFIX_MAX + 16];   /* "beava-members.<name>" */
+    pthread_mutex_t member_mu;
+    pthread_cond_t member_cv;
+    mstate *mlatest;                         /* newest record seen (member_mu) */
+    uint64_t epoch;                          /* of map (member_mu) */
+    uint64_t mseq_seen;                      /* the record the builder followed last (builder) */
+    partmap *next_map;                       /* the pending change's owners, or NULL (member_mu) */
+    partmap **retired;                       /* maps replaced (read lock-free: freed at close) */
+    size_t nretired;
+    natsSubscription *member_sub;
+    pthread_t member_thread;
+    bool member_started, member_kick;
+    atomic_bool member_stop;
+    char build_error[512];                   /* why a partition or the registry cannot be built (member_mu) */
+    char admin_addr[CONFIG_ADDR_MAX], data_addr[CONFIG_ADDR_MAX];
+    char *admin_token;                       /* sent to peers; NULL = none */
+    bool recovered;                          /* a local snapshot was loaded */
+
     _Atomic uint64_t reads_local, reads_forwarded, reads_served_for_peers, reads_not_caught_up, reads_no_owner;
     _Atomic uint64_t publish_us_sum, publish_batches;   /* batch publish latency (summary) */
     _Atomic uint64_t published_msgs, publish_retries, publish_failures, pushes_acked, pushes_failed, applied_msgs,
-        apply_errors, snapshots, snapshot_failures, reg_published, reg_conflicts,
+        apply_errors, snapshots, snapshot_failures, reg_published, reg_conflicts, peer_snapshots_served,
+        peer_snapshots_fetched, peer_snapshot_failures, partitions_dropped, member_changes,
         reg_void;                                /* registry records skipped: stored on a stale base */
 };
 
@@ -170,5 +213,27 @@ int cl_read_error(bv_buf *out, const char *code, const char *reason);   /* a 503
 /* snapshots (clsnap.c) */
 int clsnap_take(cluster *c, char *err, size_t errlen);
 void *clsnap_main(void *arg);
+/* Admin GET /cluster/snapshot?parts=1,2: the partitions' entities, the registry and their
+ * applied sequences, CRC-32C (PSNAP_MAGIC). Returns the status. */
+int clsnap_serve(cluster *c, const char *query, bv_buf *out, const char **ctype);
+/* Fetch partitions `parts` (in[p] set) from the peer at addr and merge them into the
+ * engine; then applied[p] is the peer's. 0, or -1 with why. */
+int clsnap_fetch(cluster *c, const bool *in, const char *peer, const char *addr, char *why, size_t wl);
+/* The stream's first sequence now (everything from it on is still stored); 0 = unknown. */
+uint64_t cl_stream_first_seq(cluster *c);
+/* Does the stream still hold every message of subj after `applied` (first: the stream's
+ * first sequence): consuming from there loses nothing. An emptied subject counts as
+ * covered only when `held` (the local snapshot held that partition, or the registry). */
+bool cl_covered(cluster *c, uint64_t applied, const char *subj, uint64_t first, bool held);
+
+/* membership (clmember.c) */
+int clmember_open(cluster *c, char *err, size_t errlen);   /* the map from the log (or seed it) */
+int clmember_start(cluster *c, char *err, size_t errlen);  /* watcher and builder threads */
+void clmember_stop(cluster *c);
+void clmember_free(cluster *c);
+/* Does this node apply p: owned in the current epoch or gained by the pending change. */
+bool clmember_wants(cluster *c, unsigned p);
+void clmember_status(cluster *c, bv_buf *out);              /* GET /cluster members */
+int clmember_request(cluster *c, const char *body, size_t len, bv_buf *out);   /* POST /cluster/members */
 
 #endif

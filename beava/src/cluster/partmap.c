@@ -9,6 +9,7 @@
 struct partmap {
     unsigned partitions, replicas;
     size_t nnodes;
+    size_t self;                  /* index of this process's node, nnodes if not a member */
     char **nodes;
     uint64_t *node_hash;          /* FNV-1a of each id */
     uint8_t *owners;              /* partitions x replicas node indexes */
@@ -55,6 +56,7 @@ partmap *partmap_new(char *const *nodes, size_t nnodes, unsigned partitions, uns
     if (!m) return NULL;
     m->partitions = partitions;
     m->replicas = replicas;
+    m->self = nnodes;
     m->nodes = calloc(nnodes, sizeof *m->nodes);
     m->node_hash = calloc(nnodes, sizeof *m->node_hash);
     m->owners = calloc((size_t)partitions * replicas, sizeof *m->owners);
@@ -118,4 +120,13 @@ bool partmap_owns(const partmap *m, unsigned p, size_t node) {
     for (unsigned r = 0; r < m->replicas; r++)
         if (own[r] == node) return true;
     return false;
+}
+
+void partmap_set_self(partmap *m, const char *id) {
+    int i = partmap_node_index(m, id);
+    m->self = i < 0 ? m->nnodes : (size_t)i;
+}
+
+bool partmap_owns_self(const partmap *m, unsigned p) {
+    return m->self < m->nnodes && partmap_owns(m, p, m->self);
 }

@@ -9,7 +9,8 @@
  * count and the replica count, never on the order the nodes are listed in, and adding or
  * removing a node moves only the partitions that node wins or loses.
  *
- * A partmap is immutable once built; it may be read from any thread.
+ * A partmap is immutable once built (partmap_set_self belongs to building it); it may be
+ * read from any thread. A cluster swaps whole maps when its members change (cluster.h).
  */
 #ifndef BEAVA_PARTMAP_H
 #define BEAVA_PARTMAP_H
@@ -42,5 +43,12 @@ unsigned partmap_partition(const partmap *m, const char *table, const char *key,
 /* The owners of partition p, best score first: `replicas` node indexes. */
 const uint8_t *partmap_owners(const partmap *m, unsigned p);
 bool partmap_owns(const partmap *m, unsigned p, size_t node);
+
+/* The node this process is (by id; not a member of the map: owns nothing), set once right
+ * after partmap_new, so that one map pointer answers "do I own p" consistently. */
+void partmap_set_self(partmap *m, const char *id);
+bool partmap_owns_self(const partmap *m, unsigned p);
+/* Is id one of the map's nodes. */
+static inline bool partmap_has(const partmap *m, const char *id) { return partmap_node_index(m, id) >= 0; }
 
 #endif

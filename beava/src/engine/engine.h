@@ -250,6 +250,20 @@ uint64_t engine_applied_lsn(engine *e);
 typedef int (*engine_write_fn)(void *ctx, const void *p, size_t n);
 int engine_serialize(engine *e, engine_write_fn write, void *ctx);
 
+/* Cluster (partitions moving between nodes): which entities to keep. */
+typedef bool (*engine_keep_fn)(void *ctx, const char *table, const char *key, size_t klen);
+/* engine_serialize, only the entities keep accepts (every table, the registry history and
+ * the dedupe cache as engine_serialize writes them). */
+int engine_serialize_filtered(engine *e, engine_keep_fn keep, void *kctx, engine_write_fn write, void *ctx);
+/* Take the entities keep accepts from a state written by engine_serialize[_filtered] into a
+ * running engine, replacing those of the same key: an engine without registry history
+ * takes the snapshot's (and its dedupe cache), one with history must have exactly the
+ * snapshot's. 0, or -1 with a reason (the engine is then unchanged up to the entity that
+ * failed). */
+int engine_merge(engine *e, const void *body, size_t len, engine_keep_fn keep, void *kctx, char *reason, size_t rlen);
+/* Remove every entity keep rejects (under the barrier). Returns how many. */
+size_t engine_drop_entities(engine *e, engine_keep_fn keep, void *kctx);
+
 /* Run fn(ctx, applied_lsn, registry_version) with every sequenced record applied and
  * nothing new admitted (used to fork a snapshot child). Returns fn's result. */
 int engine_quiesce(engine *e, int (*fn)(void *ctx, uint64_t lsn, uint64_t version), void *ctx);

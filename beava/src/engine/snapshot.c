@@ -92,11 +92,24 @@ typedef struct snap_table_ctx {
     snap_out *so;
     agg_table *t;
     bv_buf state;
+    engine_keep_fn keep;          /* NULL = every entity */
+    void *kctx;
+    uint64_t count;
 } snap_table_ctx;
+
+static bool snap_kept(snap_table_ctx *c, entity *en) {
+    return !c->keep || c->keep(c->kctx, c->t->name, entity_key(en), en->key_len);
+}
+
+static void snap_count(void *ctx, entity *en) {
+    snap_table_ctx *c = ctx;
+    if (snap_kept(c, en)) c->count++;
+}
 
 static void snap_entity(void *ctx, entity *en) {
     snap_table_ctx *c = ctx;
     agg_table *t = c->t;
+    if (!snap_kept(c, en)) return;
     so_str(c->so, entity_key(en), en->key_len);
     so_u64(c->so, (uint64_t)en->last_seen_ms);
     const char *row = entity_row_const(en);
@@ -120,6 +133,10 @@ static void snap_dedupe(void *ctx, entity *en) {
 }
 
 int engine_serialize(engine *e, engine_write_fn write, void *ctx) {
+    return engine_serialize_filtered(e, NULL, NULL, write, ctx);
+}
+
+int engine_serialize_filtered(engine *e, engine_keep_fn keep, void *kctx, engine_write_fn write, void *ctx) {
     snap_out so = { .write = write, .ctx = ctx };
     bv_buf_init(&so.buf);
     so_put(&so, SNAP_MAGIC, 8);
@@ -139,10 +156,12 @@ int engine_serialize(engine *e, engine_write_fn write, void *ctx) {
         so_str(&so, t->name, strlen(t->name));
         so_u32(&so, (uint32_t)t->nfeatures);
         for (size_t f = 0; f < t->nfeatures; f++) so_str(&so, t->features[f].name, strlen(t->features[f].name));
-        uint64_t count = 0;
-        for (unsigned sh = 0; sh < e->nshards; sh++) count += table_store(t, sh)->count;
-        so_u64(&so, count);
-        snap_table_ctx tc = { .so = &so, .t = t };
+        snap_table_ctx tc = { .so = &so, .t = t, .keep = keep, .kctx = kctx };
+        for (unsigned sh = 0; sh < e->nshards; sh++) {
+            if (keep) store_foreach(table_store(t, sh), snap_count, &tc);
+            else tc.count += table_store(t, sh)->count;
+        }
+        so_u64(&so, tc.count);
         bv_buf_init(&tc.state);
         for (unsigned sh = 0; sh < e->nshards; sh++) store_foreach(table_store(t, sh), snap_entity, &tc);
         bv_buf_free(&tc.state);
@@ -192,7 +211,14 @@ static const char *si_str(snap_in *si, uint32_t *n) {
     return s;
 }
 
-int engine_deserialize(engine *e, const void *body, size_t len, char *reason, size_t rlen) {
+/* merge: into an engine that may hold state already (cluster: a partition built from a
+ * peer's snapshot). An engine with no registry history takes the snapshot's; one with a
+ * history must have exactly the snapshot's. Kept entities replace the engine's of the same
+ * key. Dedupe entries the engine lacks are taken too: in a cluster they are scoped by
+ * partition and record what that partition's log held, the same on every owner, so a
+ * partition built from a peer keeps deciding duplicates as its other owners do. */
+static int deserialize(engine *e, const void *body, size_t len, engine_keep_fn keep, void *kctx, bool merge,
+                       char *reason, size_t rlen) {
     snap_in si = { .p = body, .end = (const uint8_t *)body + len };
     char magic[8];
     size_t *slot_of = NULL;
@@ -205,6 +231,15 @@ int engine_deserialize(engine *e, const void *body, size_t len, char *reason, si
     uint64_t version = si_u64(&si), applied = si_u64(&si), watermark = si_u64(&si), hlen = si_u64(&si);
     const uint8_t *h = si.p;
     if (!si_take(&si, NULL, hlen)) goto truncated;
+    bool fresh = e->history.len == 0;
+    if (merge && !fresh) {
+        if (e->history.len != hlen || memcmp(e->history.data, h, hlen) != 0) {
+            snprintf(reason, rlen, "the snapshot's registry history differs from this node's");
+            goto out;
+        }
+        h += hlen;                    /* same registry: nothing to replay */
+        hlen = 0;
+    }
     /* replay the registry history: the exact registry, version and slot order */
     for (const uint8_t *p = h; p < h + hlen;) {
         if ((size_t)(h + hlen - p) < 5) goto corrupt_history;
@@ -239,7 +274,9 @@ int engine_deserialize(engine *e, const void *body, size_t len, char *reason, si
         const char *k = si_str(&si, &kl);
         uint64_t expiry = si_u64(&si), lsn = si_u64(&si), ver = si_u64(&si);
         if (si.bad || kl > STORE_MAX_KEY + REGISTRY_NAME_MAX + 8) goto truncated;
-        dedupe_remember(e, k, kl, store_hash(k, kl), (int64_t)expiry, lsn, ver, 0);
+        uint64_t h = store_hash(k, kl);
+        if (!fresh && store_find(&e->dedupe, k, kl, h)) continue;   /* merge: only what it lacks */
+        dedupe_remember(e, k, kl, h, (int64_t)expiry, lsn, ver, 0);
     }
     uint32_t nt = si_u32(&si);
     for (uint32_t ti = 0; ti < nt && !si.bad; ti++) {
@@ -277,8 +314,19 @@ int engine_deserialize(engine *e, const void *body, size_t len, char *reason, si
             const char *k = si_str(&si, &kl);
             uint64_t last_seen = si_u64(&si);
             if (!k || kl > STORE_MAX_KEY) goto truncated;
+            if (keep && !keep(kctx, t->name, k, kl)) {          /* skip its states */
+                for (uint32_t f = 0; f < nf && !si.bad; f++) si_take(&si, NULL, si_u32(&si));
+                continue;
+            }
             uint64_t kh = store_hash(k, kl);
-            entity *en = store_insert(table_store(t, engine_shard_for(e, t, kh)), k, kl, kh, t->row_size);
+            entity_store *st = table_store(t, engine_shard_for(e, t, kh));
+            entity *old = merge ? store_find(st, k, kl, kh) : NULL;
+            if (old) {
+                size_t rs = entity_row_size(t, old);
+                entity_destroy_states(t, old);
+                store_remove(st, old, rs);
+            }
+            entity *en = store_insert(st, k, kl, kh, t->row_size);
             if (!en) goto out;
             entity_init_states(t, en, 0);
             en->last_seen_ms = (int64_t)last_seen;
@@ -298,8 +346,8 @@ int engine_deserialize(engine *e, const void *body, size_t len, char *reason, si
         }
     }
     if (si.bad) goto truncated;
-    e->last_lsn = applied;
-    atomic_store(&e->watermark_ms, (int64_t)watermark);
+    if (!merge || applied > e->last_lsn) e->last_lsn = applied;
+    if (!merge || (int64_t)watermark > atomic_load(&e->watermark_ms)) atomic_store(&e->watermark_ms, (int64_t)watermark);
     rc = 0;
     goto out;
 corrupt_history:
@@ -311,4 +359,38 @@ out:
     free(slot_of);
     engine_barrier_leave(e);
     return rc;
+}
+
+int engine_deserialize(engine *e, const void *body, size_t len, char *reason, size_t rlen) {
+    return deserialize(e, body, len, NULL, NULL, false, reason, rlen);
+}
+
+int engine_merge(engine *e, const void *body, size_t len, engine_keep_fn keep, void *kctx, char *reason, size_t rlen) {
+    return deserialize(e, body, len, keep, kctx, true, reason, rlen);
+}
+
+size_t engine_drop_entities(engine *e, engine_keep_fn keep, void *kctx) {
+    size_t dropped = 0;
+    engine_barrier_enter(e);
+    agg_table *const *tables;
+    size_t nt = registry_tables(e->reg, &tables);
+    for (size_t i = 0; i < nt; i++) {
+        agg_table *t = tables[i];
+        for (unsigned sh = 0; sh < e->nshards; sh++) {
+            entity_store *s = table_store(t, sh);
+            for (size_t slot = 0; slot < s->cap;) {
+                entity *en = s->slots[slot].e;
+                if (en && !keep(kctx, t->name, entity_key(en), en->key_len)) {
+                    size_t rs = entity_row_size(t, en);
+                    entity_destroy_states(t, en);
+                    store_remove(s, en, rs);     /* a later entry may shift into this slot: look again */
+                    dropped++;
+                    continue;
+                }
+                slot++;
+            }
+        }
+    }
+    engine_barrier_leave(e);
+    return dropped;
 }

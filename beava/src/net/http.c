@@ -1115,6 +1115,14 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
         int st = s->deps.cluster_status(s->deps.ctx, &out);
         return send_buf(c, st, "application/json", &out, "beava-admin", false);
     }
+    if (strncmp(path, "/cluster/", 9) == 0 && s->deps.cluster_admin) {
+        if (!token_ok(c, s->deps.admin_token)) return send_unauthorized(c);
+        const char *q = strchr(raw, '?');
+        const char *ctype = "application/json";
+        int st = s->deps.cluster_admin(s->deps.ctx, method, path + 9, q ? q + 1 : "", rc->body.data ? rc->body.data : "",
+                                       rc->body.len, &out, &ctype);
+        return send_buf(c, st, ctype, &out, "beava-admin", false);
+    }
     bool known = strcmp(path, "/health") == 0 || strcmp(path, "/ready") == 0 || strcmp(path, "/registry") == 0 ||
                  strcmp(path, "/metrics") == 0;
     if (!known) return send_empty(c, 404);

@@ -40,6 +40,12 @@ typedef void (*http_progress_fn)(void *ctx, bv_buf *out);
 /* Admin POST /snapshot: take a snapshot now; writes the body, returns the status. */
 typedef int (*http_snapshot_fn)(void *ctx, bv_buf *out);
 
+/* Admin /cluster/<...> (cluster mode: membership changes, peer snapshots): method, the
+ * path after "/cluster/", the query string ("" if none) and the body; writes the answer and
+ * its content type, returns the status. Behind the admin token like POST /snapshot. */
+typedef int (*http_cluster_fn)(void *ctx, const char *method, const char *sub, const char *query, const char *body,
+                               size_t len, bv_buf *out, const char **ctype);
+
 /* Connection counters of the data-plane listener, rendered by the admin /metrics. */
 typedef struct http_stats {
     _Atomic uint64_t open;             /* connections open now */
@@ -64,6 +70,7 @@ typedef struct http_deps {
     http_snapshot_fn snapshot;
     http_progress_fn progress;         /* may be NULL */
     http_snapshot_fn cluster_status;   /* admin GET /cluster (cluster mode); NULL = 404 */
+    http_cluster_fn cluster_admin;     /* admin /cluster/<...> (cluster mode); NULL = 404 */
     void *ctx;
     membudget *body_budget;            /* shared receive budget; NULL = a private one */
     http_stats *data_stats;            /* the data listener counts here, admin renders it */

@@ -15,6 +15,7 @@
 #include "config.h"
 
 #define HTTPC_MAX_RESPONSE (1u << 20)
+#define HTTPC_MAX_HEADERS (16u << 10)   /* status line and headers, on top of the body cap */
 
 static int wait_fd(int fd, short events, int timeout_ms) {
     struct pollfd p = { .fd = fd, .events = events };
@@ -25,6 +26,12 @@ static int wait_fd(int fd, short events, int timeout_ms) {
 
 int httpc_request(const char *addr, const char *method, const char *path, const char *json_body, int timeout_ms,
                   int *status, bv_buf *body, char *err, size_t errlen) {
+    return httpc_request_ex(addr, method, path, json_body, timeout_ms, NULL, HTTPC_MAX_RESPONSE, status, body, err,
+                            errlen);
+}
+
+int httpc_request_ex(const char *addr, const char *method, const char *path, const char *json_body, int timeout_ms,
+                     const char *headers, size_t max_response, int *status, bv_buf *body, char *err, size_t errlen) {
     char host[CONFIG_ADDR_MAX];
     int port;
     int fd = -1, rc = -1;
@@ -51,6 +58,7 @@ int httpc_request(const char *addr, const char *method, const char *path, const 
     }
     size_t blen = json_body ? strlen(json_body) : 0;
     bv_buf_printf(&req, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", method, path, addr);
+    if (headers) bv_buf_puts(&req, headers);
     if (json_body) bv_buf_printf(&req, "Content-Type: application/json\r\nContent-Length: %zu\r\n", blen);
     bv_buf_puts(&req, "\r\n");
     if (json_body) bv_buf_put(&req, json_body, blen);
@@ -66,7 +74,10 @@ int httpc_request(const char *addr, const char *method, const char *path, const 
         ssize_t n = read(fd, chunk, sizeof chunk);
         if (n < 0) { snprintf(err, errlen, "read from %s failed: %s", addr, strerror(errno)); goto out; }
         if (n == 0) break;
-        if (resp.len + (size_t)n > HTTPC_MAX_RESPONSE) { snprintf(err, errlen, "response too large"); goto out; }
+        if (resp.len + (size_t)n > max_response + HTTPC_MAX_HEADERS) {
+            snprintf(err, errlen, "response from %s larger than %zu bytes", addr, max_response);
+            goto out;
+        }
         bv_buf_put(&resp, chunk, (size_t)n);
     }
     if (resp.len < 12 || strncmp(resp.data, "HTTP/1.", 7) != 0) {
@@ -74,7 +85,7 @@ int httpc_request(const char *addr, const char *method, const char *path, const 
         goto out;
     }
     *status = atoi(resp.data + 9);
-    char *hdr_end = strstr(resp.data, "\r\n\r\n");
+    char *hdr_end = memmem(resp.data, resp.len, "\r\n\r\n", 4);
     if (!hdr_end) { snprintf(err, errlen, "truncated HTTP response from %s", addr); goto out; }
     char *payload = hdr_end + 4;
     size_t plen = resp.len - (size_t)(payload - resp.data);
