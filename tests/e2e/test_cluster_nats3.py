@@ -28,7 +28,7 @@ import unittest
 import urllib.request
 
 from harness import Beava, free_port, main
-from test_cluster import NATS_BIN, PIPE, Cluster, fraud_team_check, metric, wait_for
+from test_cluster import NATS_BIN, PIPE, Cluster, Nats, fraud_team_check, metric, wait_for
 from test_pipelines import OP_PUSH_MANY, Tcp, batch_get, push_many, rejected
 
 OP_PUSH_SYNC = 0x0011
@@ -43,9 +43,10 @@ HTTP_SHARE = 2000          # of the big stream, pushed one by one over HTTP
 HTTP_THREADS = 4
 
 
-class NatsServer:
+class NatsServer(Nats):
     """One nats-server of the JetStream cluster: client, route and monitoring ports on
-    loopback, its own store dir (kept across a kill and restart)."""
+    loopback, its own store dir (kept across a kill and restart). `url`, `kill` and
+    `stop` are test_cluster.Nats's."""
 
     def __init__(self, name):
         self.name = name
@@ -53,10 +54,6 @@ class NatsServer:
         self.dir = tempfile.TemporaryDirectory(prefix="beava-nats3-")
         self.proc = None
         self.routes = []
-
-    @property
-    def url(self):
-        return "nats://127.0.0.1:%d" % self.port
 
     def start(self):
         if not os.path.exists(NATS_BIN):
@@ -76,16 +73,6 @@ class NatsServer:
             return (self.monitor("/jsz").get("meta_cluster") or {}).get("leader")
         except OSError:
             return None
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait(20)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
-        self.dir.cleanup()
 
 
 class Nats3:

@@ -352,6 +352,37 @@ static uint64_t reg_next_after(cluster *c, uint64_t base) {
     return seq;
 }
 
+/* Publish one registry-subject record of `kind` on `base` (the registry record this node
+ * applied last) and wait for JetStream's answer: *seq is where it was stored. The
+ * expected-last-subject-sequence header is set by hand: the client library omits an
+ * expected sequence of 0, and the very first register must be checked too. */
+static natsStatus reg_publish(cluster *c, int kind, uint64_t base, const void *payload, size_t len, uint64_t *seq,
+                              jsErrCode *jerr) {
+    char subj[CLUSTER_SUBJECT_MAX], msgid[CLUSTER_ID_MAX], basev[32], kindv[16];
+    cl_reg_subject(c, subj, sizeof subj);
+    snprintf(msgid, sizeof msgid, "%s-r%" PRIu64, c->origin, atomic_fetch_add(&c->msg_counter, 1));
+    snprintf(basev, sizeof basev, "%" PRIu64, base);
+    snprintf(kindv, sizeof kindv, "%d", kind);
+    natsMsg *m = NULL;
+    *jerr = 0;
+    natsStatus s = natsMsg_Create(&m, subj, NULL, payload, (int)len);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Nats-Expected-Last-Subject-Sequence", basev);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Beava-Kind", kindv);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Beava-Origin", c->origin);
+    if (s == NATS_OK) {
+        jsPubOptions o;
+        jsPubOptions_Init(&o);
+        o.MsgId = msgid;
+        o.MaxWait = c->cfg->cluster_publish_timeout_ms;
+        jsPubAck *pa = NULL;
+        s = js_PublishMsg(&pa, c->js, m, &o, jerr);
+        if (s == NATS_OK) *seq = pa->Sequence;
+        jsPubAck_Destroy(pa);
+    }
+    natsMsg_Destroy(m);
+    return s;
+}
+
 /* engine_wal_ops.append for register and reset (the engine's barrier is held).
  *
  * A registry record carries the sequence of the registry record before it as this node
@@ -371,36 +402,13 @@ int clpub_reg_append(void *ctx, int kind, const void *payload, size_t len, uint6
     uint64_t base = c->reg_applied;
     c->own_pending = true;
     pthread_mutex_unlock(&c->reg_mu);
-    char subj[CLUSTER_SUBJECT_MAX], msgid[CLUSTER_ID_MAX], basev[32], kindv[16];
-    cl_reg_subject(c, subj, sizeof subj);
-    snprintf(msgid, sizeof msgid, "%s-r%" PRIu64, c->origin, atomic_fetch_add(&c->msg_counter, 1));
-    snprintf(basev, sizeof basev, "%" PRIu64, base);
-    snprintf(kindv, sizeof kindv, "%d", kind);
-    natsMsg *m = NULL;
     uint64_t seq = 0;
     jsErrCode jerr = 0;
     int rc = -1;
     char why[512] = "cannot build the message";
-    /* the header is set by hand: the client library omits an expected sequence of 0,
-     * and the very first register must be checked too */
-    if (natsMsg_Create(&m, subj, NULL, payload, (int)len) == NATS_OK &&
-        natsMsgHeader_Set(m, "Nats-Expected-Last-Subject-Sequence", basev) == NATS_OK &&
-        natsMsgHeader_Set(m, "Beava-Kind", kindv) == NATS_OK && natsMsgHeader_Set(m, "Beava-Origin", c->origin) == NATS_OK) {
-        jsPubOptions o;
-        jsPubOptions_Init(&o);
-        o.MsgId = msgid;
-        o.MaxWait = c->cfg->cluster_publish_timeout_ms;
-        jsPubAck *pa = NULL;
-        natsStatus s = js_PublishMsg(&pa, c->js, m, &o, &jerr);
-        if (s == NATS_OK) {
-            seq = pa->Sequence;
-            jsPubAck_Destroy(pa);
-            rc = 0;
-        } else {
-            cl_nats_why(s, jerr, why, sizeof why);
-        }
-    }
-    natsMsg_Destroy(m);
+    natsStatus s = reg_publish(c, kind, base, payload, len, &seq, &jerr);
+    if (s == NATS_OK) rc = 0;
+    else cl_nats_why(s, jerr, why, sizeof why);
     if (rc == 0) {                    /* stored: is it the record right after its base? */
         uint64_t first = reg_next_after(c, base);
         if (first != seq) {
@@ -475,28 +483,8 @@ static int reset_publish(cluster *c, uint64_t *seq, char *why, size_t wl) {
     pthread_mutex_lock(&c->reg_mu);
     uint64_t base = c->reg_applied;
     pthread_mutex_unlock(&c->reg_mu);
-    char subj[CLUSTER_SUBJECT_MAX], msgid[CLUSTER_ID_MAX], basev[32], kindv[16];
-    cl_reg_subject(c, subj, sizeof subj);
-    snprintf(msgid, sizeof msgid, "%s-r%" PRIu64, c->origin, atomic_fetch_add(&c->msg_counter, 1));
-    snprintf(basev, sizeof basev, "%" PRIu64, base);
-    snprintf(kindv, sizeof kindv, "%d", REC_RESET);
-    natsMsg *m = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = natsMsg_Create(&m, subj, NULL, NULL, 0);
-    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Nats-Expected-Last-Subject-Sequence", basev);
-    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Beava-Kind", kindv);
-    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Beava-Origin", c->origin);
-    if (s == NATS_OK) {
-        jsPubOptions o;
-        jsPubOptions_Init(&o);
-        o.MsgId = msgid;
-        o.MaxWait = c->cfg->cluster_publish_timeout_ms;
-        jsPubAck *pa = NULL;
-        s = js_PublishMsg(&pa, c->js, m, &o, &jerr);
-        if (s == NATS_OK) *seq = pa->Sequence;
-        jsPubAck_Destroy(pa);
-    }
-    natsMsg_Destroy(m);
+    natsStatus s = reg_publish(c, REC_RESET, base, NULL, 0, seq, &jerr);
     if (s != NATS_OK) {
         if (jerr == JSStreamWrongLastSequenceErr) return 0;
         cl_nats_why(s, jerr, why, wl);

@@ -270,18 +270,23 @@ static void register_applied(engine *e, reg_plan *plan, const char *body, size_t
     atomic_fetch_add_explicit(&e->registers_applied, 1, memory_order_relaxed);
 }
 
+/* If another change got in since the plan was judged, judge the body again on the new
+ * base (*plan may become NULL: answered without a change). Returns the status to answer. */
+static int rejudge_if_stale(engine *e, const char *body, size_t len, bv_buf *out, reg_plan **plan, int status) {
+    if (reg_plan_current(e->reg, *plan)) return status;
+    reg_plan_free(*plan);
+    *plan = NULL;
+    out->len = 0;
+    return registry_prepare(e->reg, body, len, out, plan);
+}
+
 /* Cluster mode: the log append is a synchronous publish with its own conflict check,
  * done inside the full barrier (pushes are published to the partitions, not sequenced
  * here, so the gate would not order them). */
 static int register_in_barrier(engine *e, const char *body, size_t len, bv_buf *out, reg_plan *plan) {
     int status = 200;
     engine_barrier_enter(e);
-    if (!reg_plan_current(e->reg, plan)) {       /* another change got in between */
-        reg_plan_free(plan);
-        plan = NULL;
-        out->len = 0;
-        status = registry_prepare(e->reg, body, len, out, &plan);
-    }
+    status = rejudge_if_stale(e, body, len, out, &plan, status);
     if (plan) {
         char reason[256];
         int lrc = log_durably(e, REC_REGISTER, body, len, reason, sizeof reason);
@@ -377,12 +382,7 @@ int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
     if (!plan) return status;
     if (e->opt.log.publish) return register_in_barrier(e, body, len, out, plan);
     pthread_mutex_lock(&e->reg_change_mu);        /* only its holder changes the registry */
-    if (!reg_plan_current(e->reg, plan)) {         /* another change got in between */
-        reg_plan_free(plan);
-        plan = NULL;
-        out->len = 0;
-        status = registry_prepare(e->reg, body, len, out, &plan);
-    }
+    status = rejudge_if_stale(e, body, len, out, &plan, status);
     if (plan) {
         if (!e->opt.wal.append || e->opt.wal.never_voids) status = register_at_append(e, body, len, out, plan);
         else status = register_gated(e, body, len, out, plan);
