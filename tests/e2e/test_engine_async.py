@@ -57,6 +57,17 @@ def push_frame(user, n=1, op=0x0010):
     return frame(op, 1, json.dumps({"event": "Click", "body": {"user": user, "n": n}}).encode())
 
 
+def wait_wal_durable(b, timeout=30):
+    """Until every WAL record the server wrote is durable (its /metrics say so), at most timeout s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = b.raw("GET", "/metrics", which="admin")[2].decode()
+        m = dict(l.split(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))
+        if m.get("beava_wal_durable_lsn") == m.get("beava_wal_records_total"):
+            return
+        time.sleep(0.05)
+
+
 class PausedShard(unittest.TestCase):
     def test_other_shards_unaffected_and_overload_is_prompt(self):
         # one I/O thread, so every connection below shares it; a small ring
@@ -428,13 +439,7 @@ class Replay(unittest.TestCase):
                 live = {u: b.get("PerUser", u)[1] for u in users}
                 version = c.call(0x0000, {})[2]["registry_version"]
                 # batch durability: wait until every record is on disk, then kill -9
-                deadline = time.time() + 30
-                while time.time() < deadline:
-                    text = b.raw("GET", "/metrics", which="admin")[2].decode()
-                    m = dict(l.split(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))
-                    if m.get("beava_wal_durable_lsn") == m.get("beava_wal_records_total"):
-                        break
-                    time.sleep(0.05)
+                wait_wal_durable(b)
                 b.stop(sig=9)
             finally:
                 if b.proc and b.proc.poll() is None:
@@ -560,13 +565,7 @@ class RegisterRace(unittest.TestCase):
                 self.assertEqual(b.get("Seen", "p0_0")[0], 404)
                 version = Conn(addr).call(0x0000, {})[2]["registry_version"]
                 self.assertEqual(version, 5)
-                deadline = time.time() + 30
-                while time.time() < deadline:
-                    text = b.raw("GET", "/metrics", which="admin")[2].decode()
-                    m = dict(l.split(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))
-                    if m.get("beava_wal_durable_lsn") == m.get("beava_wal_records_total"):
-                        break
-                    time.sleep(0.05)
+                wait_wal_durable(b)
                 b.stop(sig=9)
             finally:
                 if b.proc and b.proc.poll() is None:

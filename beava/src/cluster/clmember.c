@@ -156,15 +156,7 @@ static int ensure_members_stream(cluster *c, char *err, size_t errlen) {
     sc.Replicas = c->cfg->cluster_stream_replicas;
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_GetStreamInfo(&si, c->js, c->mstream, NULL, &jerr);
-    if (s == NATS_NOT_FOUND) {
-        jerr = 0;
-        s = js_AddStream(&si, c->js, &sc, NULL, &jerr);
-        if (s != NATS_OK) {
-            jerr = 0;
-            s = js_GetStreamInfo(&si, c->js, c->mstream, NULL, &jerr);
-        }
-    }
+    natsStatus s = cl_stream_open(c, &sc, &si, &jerr);
     jsStreamInfo_Destroy(si);
     if (s != NATS_OK)
         return cl_fail(err, errlen, "cluster: stream %s: %s", c->mstream, cl_nats_why(s, jerr, why, sizeof why));
@@ -198,22 +190,13 @@ static int members_cas(cluster *c, mstate *s, uint64_t expect, char *err, size_t
     natsMsg *m = NULL;
     jsErrCode jerr = 0;
     natsStatus st = NATS_NO_MEMORY;
-    jsPubAck *pa = NULL;
     /* by hand: the client library omits an expected sequence of 0 */
     if (body && (st = natsMsg_Create(&m, subj, NULL, body, (int)strlen(body))) == NATS_OK &&
-        (st = natsMsgHeader_Set(m, "Nats-Expected-Last-Subject-Sequence", ev)) == NATS_OK) {
-        jsPubOptions o;
-        jsPubOptions_Init(&o);
-        o.MaxWait = c->cfg->cluster_publish_timeout_ms;
-        st = js_PublishMsg(&pa, c->js, m, &o, &jerr);
-    }
+        (st = natsMsgHeader_Set(m, "Nats-Expected-Last-Subject-Sequence", ev)) == NATS_OK)
+        st = cl_js_publish(c, m, NULL, &s->seq, &jerr);
     free(body);
     natsMsg_Destroy(m);
-    if (st == NATS_OK) {
-        s->seq = pa->Sequence;
-        jsPubAck_Destroy(pa);
-        return 0;
-    }
+    if (st == NATS_OK) return 0;
     if (jerr == JSStreamWrongLastSequenceErr) return 1;
     return cl_fail(err, errlen, "cluster: publishing the membership record: %s", cl_nats_why(st, jerr, why, sizeof why));
 }
@@ -853,13 +836,7 @@ static int req_error(bv_buf *out, int status, const char *code, const char *fmt,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    out->len = 0;
-    bv_buf_puts(out, "{\"error\":{\"code\":");
-    bv_buf_json_str(out, code, strlen(code));
-    bv_buf_puts(out, ",\"reason\":");
-    bv_buf_json_str(out, msg, strlen(msg));
-    bv_buf_puts(out, "}}");
-    return status;
+    return cl_error(out, status, code, msg);
 }
 
 #define MEMBERS_USAGE "the body must be one of {\"add\":\"<node id>\"}, {\"remove\":\"<node id>\"}, {\"cancel\":true}"

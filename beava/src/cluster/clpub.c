@@ -369,16 +369,7 @@ static natsStatus reg_publish(cluster *c, int kind, uint64_t base, const void *p
     if (s == NATS_OK) s = natsMsgHeader_Set(m, "Nats-Expected-Last-Subject-Sequence", basev);
     if (s == NATS_OK) s = natsMsgHeader_Set(m, "Beava-Kind", kindv);
     if (s == NATS_OK) s = natsMsgHeader_Set(m, "Beava-Origin", c->origin);
-    if (s == NATS_OK) {
-        jsPubOptions o;
-        jsPubOptions_Init(&o);
-        o.MsgId = msgid;
-        o.MaxWait = c->cfg->cluster_publish_timeout_ms;
-        jsPubAck *pa = NULL;
-        s = js_PublishMsg(&pa, c->js, m, &o, jerr);
-        if (s == NATS_OK) *seq = pa->Sequence;
-        jsPubAck_Destroy(pa);
-    }
+    if (s == NATS_OK) s = cl_js_publish(c, m, msgid, seq, jerr);
     natsMsg_Destroy(m);
     return s;
 }
@@ -457,15 +448,7 @@ size_t clpub_reset_markers(cluster *c, uint64_t reset, bool owned_only) {
         jsErrCode jerr = 0;
         natsStatus s = natsMsg_Create(&m, subj, NULL, NULL, 0);
         if (s == NATS_OK) s = natsMsgHeader_Set(m, "Beava-Reset", rv);
-        if (s == NATS_OK) {
-            jsPubOptions o;
-            jsPubOptions_Init(&o);
-            o.MsgId = msgid;
-            o.MaxWait = c->cfg->cluster_publish_timeout_ms;
-            jsPubAck *pa = NULL;
-            s = js_PublishMsg(&pa, c->js, m, &o, &jerr);
-            jsPubAck_Destroy(pa);
-        }
+        if (s == NATS_OK) s = cl_js_publish(c, m, msgid, NULL, &jerr);
         natsMsg_Destroy(m);
         if (s != NATS_OK) {
             failed++;

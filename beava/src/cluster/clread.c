@@ -20,14 +20,11 @@ static void rpc_subject(const cluster *c, unsigned p, char *out, size_t n) {
     snprintf(out, n, "beava-rpc.%s.get.%u", c->cfg->cluster_name, p);   /* outside the stream's subjects */
 }
 
-int cl_read_error(bv_buf *out, const char *code, const char *reason) {
+int cl_error(bv_buf *out, int status, const char *code, const char *reason) {
+    jsonw_member m = { .key = "reason", .str = reason };
     out->len = 0;
-    bv_buf_puts(out, "{\"error\":{\"code\":");
-    bv_buf_json_str(out, code, strlen(code));
-    bv_buf_puts(out, ",\"reason\":");
-    bv_buf_json_str(out, reason, strlen(reason));
-    bv_buf_puts(out, "}}");
-    return 503;
+    jsonw_error(out, code, &m, 1, false, 0);
+    return status;
 }
 
 

@@ -204,10 +204,7 @@ int clsnap_take(cluster *c, char *err, size_t errlen) {
 int cluster_snapshot_now(cluster *c, bv_buf *out) {
     char err[PATH_MAX + 128];
     if (clsnap_take(c, err, sizeof err) != 0) {
-        bv_buf_puts(out, "{\"error\":{\"code\":\"snapshot_failed\",\"reason\":");
-        bv_buf_json_str(out, err, strlen(err));
-        bv_buf_puts(out, "}}");
-        return 500;
+        return cl_error(out, 500, "snapshot_failed", err);
     }
     pthread_mutex_lock(&c->apply_mu);
     bv_buf_printf(out, "{\"snapshot\":%" PRIu64 ",\"applied\":{", c->snap_counter);
@@ -391,10 +388,9 @@ int clsnap_serve(cluster *c, const char *query, bv_buf *out, const char **ctype)
     int st = 200;
     if (k < 0) {
         free(in);
-        out->len = 0;
-        bv_buf_printf(out, "{\"error\":{\"code\":\"bad_request\",\"reason\":\"parts=P1,P2,...: distinct partitions "
-                           "below %u\"}}", c->nparts);
-        return 400;
+        char why[96];
+        snprintf(why, sizeof why, "parts=P1,P2,...: distinct partitions below %u", c->nparts);
+        return cl_error(out, 400, "bad_request", why);
     }
     pthread_mutex_lock(&c->apply_mu);
     char why[160] = "";

@@ -46,6 +46,30 @@ const char *cl_nats_why(natsStatus s, jsErrCode jerr, char *buf, size_t n) {
     return buf;
 }
 
+natsStatus cl_stream_open(cluster *c, jsStreamConfig *sc, jsStreamInfo **si, jsErrCode *jerr) {
+    *si = NULL;
+    *jerr = 0;
+    natsStatus s = js_GetStreamInfo(si, c->js, sc->Name, NULL, jerr);
+    if (s != NATS_NOT_FOUND) return s;
+    *jerr = 0;
+    s = js_AddStream(si, c->js, sc, NULL, jerr);
+    if (s == NATS_OK) return s;
+    *jerr = 0;                        /* another node may have created it meanwhile */
+    return js_GetStreamInfo(si, c->js, sc->Name, NULL, jerr);
+}
+
+natsStatus cl_js_publish(cluster *c, natsMsg *m, const char *msgid, uint64_t *seq, jsErrCode *jerr) {
+    jsPubOptions o;
+    jsPubOptions_Init(&o);
+    o.MsgId = msgid;
+    o.MaxWait = c->cfg->cluster_publish_timeout_ms;
+    jsPubAck *pa = NULL;
+    natsStatus s = js_PublishMsg(&pa, c->js, m, &o, jerr);
+    if (s == NATS_OK && seq) *seq = pa->Sequence;
+    jsPubAck_Destroy(pa);
+    return s;
+}
+
 void cl_part_subject(const cluster *c, unsigned p, char *out, size_t n) {
     snprintf(out, n, "%s.p.%u", c->prefix, p);
 }
@@ -113,15 +137,7 @@ static int ensure_stream(cluster *c, char *err, size_t errlen) {
     sc.MaxMsgs = c->cfg->cluster_stream_max_msgs ? (int64_t)c->cfg->cluster_stream_max_msgs : -1;
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_GetStreamInfo(&si, c->js, c->stream, NULL, &jerr);
-    if (s == NATS_NOT_FOUND) {
-        jerr = 0;
-        s = js_AddStream(&si, c->js, &sc, NULL, &jerr);
-        if (s != NATS_OK) {              /* another node may have created it meanwhile */
-            jerr = 0;
-            s = js_GetStreamInfo(&si, c->js, c->stream, NULL, &jerr);
-        }
-    }
+    natsStatus s = cl_stream_open(c, &sc, &si, &jerr);
     if (s != NATS_OK)
         return cl_fail(err, errlen, "cluster: stream %s: %s (is JetStream enabled on the NATS server?)", c->stream,
                     cl_nats_why(s, jerr, why, sizeof why));

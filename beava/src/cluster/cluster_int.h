@@ -173,6 +173,12 @@ const char *cl_nats_why(natsStatus s, jsErrCode jerr, char *buf, size_t n);
 void cl_part_subject(const cluster *c, unsigned p, char *out, size_t n);
 void cl_reg_subject(const cluster *c, char *out, size_t n);
 uint64_t cl_header_u64(natsMsg *m, const char *key);
+/* The stream sc describes: its info if it exists, else created (or, if another node
+ * created it meanwhile, its info then). *si to destroy on NATS_OK. */
+natsStatus cl_stream_open(cluster *c, jsStreamConfig *sc, jsStreamInfo **si, jsErrCode *jerr);
+/* Publish m and wait (cluster.publish_timeout_ms) for JetStream's ack: *seq is where it
+ * was stored. msgid NULL: no de-duplication id. m stays the caller's. */
+natsStatus cl_js_publish(cluster *c, natsMsg *m, const char *msgid, uint64_t *seq, jsErrCode *jerr);
 
 /* publishing (clpub.c) */
 int clpub_start(cluster *c, char *err, size_t errlen);
@@ -208,7 +214,11 @@ void cl_read_deadline(const cluster *c, struct timespec *dl);
 int clread_get(void *ctx, engine_transport t, const json_t *req, bv_buf *out);
 void clread_batch_get(void *ctx, const json_t *reqs, char **fwd);
 void clread_subscribe(cluster *c);
-int cl_read_error(bv_buf *out, const char *code, const char *reason);   /* a 503 body */
+/* The error envelope ({"error":{"code","reason"}}, jsonw_error) in out; returns status. */
+int cl_error(bv_buf *out, int status, const char *code, const char *reason);
+static inline int cl_read_error(bv_buf *out, const char *code, const char *reason) {
+    return cl_error(out, 503, code, reason);
+}
 
 /* snapshots (clsnap.c) */
 int clsnap_take(cluster *c, char *err, size_t errlen);
