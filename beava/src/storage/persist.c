@@ -708,6 +708,8 @@ void persist_metrics(persist *p, bv_buf *out) {
         "# TYPE beava_wal_durable_lsn gauge\nbeava_wal_durable_lsn %" PRIu64 "\n"
         "# HELP beava_wal_fsyncs_total Group-commit fsyncs.\n"
         "# TYPE beava_wal_fsyncs_total counter\nbeava_wal_fsyncs_total %" PRIu64 "\n"
+        "# HELP beava_wal_fsync_seconds_total Time spent in group-commit fdatasyncs (divided by the count: the disk's commit latency).\n"
+        "# TYPE beava_wal_fsync_seconds_total counter\nbeava_wal_fsync_seconds_total %.6f\n"
         "# HELP beava_wal_sync_batches_total Batches written before their tick because a sync waiter asked.\n"
         "# TYPE beava_wal_sync_batches_total counter\nbeava_wal_sync_batches_total %" PRIu64 "\n"
         "# HELP beava_wal_records_total Records appended since start.\n"
@@ -734,7 +736,7 @@ void persist_metrics(persist *p, bv_buf *out) {
         "# TYPE beava_recovery_lost_lsns gauge\nbeava_recovery_lost_lsns %" PRIu64 "\n"
         "# HELP beava_recovery_accepted_data_loss 1 when the last recovery started past missing LSNs (--accept-data-loss).\n"
         "# TYPE beava_recovery_accepted_data_loss gauge\nbeava_recovery_accepted_data_loss %d\n",
-        ws.durable_lsn, ws.fsyncs, ws.sync_batches, ws.appended_records, ws.failed_records, ws.segments, ws.degraded ? 1 : 0,
+        ws.durable_lsn, ws.fsyncs, (double)ws.fsync_ns / 1e9, ws.sync_batches, ws.appended_records, ws.failed_records, ws.segments, ws.degraded ? 1 : 0,
         ws.retained_records, p->rec.truncated_bytes, p->rec.quarantined_regions, p->rec.replayed, p->replay_errors, p->snap_load.rejected,
         p->rec.lost_lsns, p->accepted_data_loss ? 1 : 0);
 }

@@ -1181,12 +1181,17 @@ static void flush_batch(wal *w) {
 
     const char *what = NULL;
     int e = 0;
+    struct timespec s0 = { 0 }, s1 = { 0 };
     if (io_pwrite_all(w, w->seg_fd, w->inflight.data, len, w->seg_off) < 0) {
         what = "write";
         e = errno;
-    } else if (io_sync(w, w->seg_fd, false) < 0) {
-        what = "fdatasync";
-        e = errno;
+    } else {
+        clock_gettime(CLOCK_MONOTONIC, &s0);
+        if (io_sync(w, w->seg_fd, false) < 0) {
+            what = "fdatasync";
+            e = errno;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &s1);
     }
 
     pthread_mutex_lock(&w->mu);
@@ -1220,6 +1225,7 @@ static void flush_batch(wal *w) {
     atomic_store(&w->durable_pub, last);
     w->st.batches++;
     w->st.fsyncs++;
+    w->st.fsync_ns += (uint64_t)((s1.tv_sec - s0.tv_sec) * 1000000000LL + (s1.tv_nsec - s0.tv_nsec));
     w->retry_delay = w->retry_ms;
     if (w->state == ST_DEGRADED) {
         /* the kept records are on disk at last (see degraded_step), even if a first try

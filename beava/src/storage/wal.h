@@ -181,6 +181,7 @@ typedef struct wal_stats {
     uint64_t durable_lsn;           /* every non-void LSN <= this is on disk */
     uint64_t appended_records, appended_bytes;
     uint64_t batches, fsyncs;
+    uint64_t fsync_ns;              /* time spent in the group commits' fdatasync()s */
     uint64_t sync_batches;          /* batches written before their tick because a
                                      * wal_wait_durable() caller was waiting for them */
     uint64_t backpressure_waits;    /* appends that blocked on pending_cap */
