@@ -125,6 +125,8 @@
 /* Descriptors kept for files, the WAL and other listeners when checking the cap. */
 #define HTTP_FD_RESERVE 256u
 #define HTTP_PATH_MAX 2048
+/* Request URIs up to this length are kept inside the request context (no allocation). */
+#define HTTP_URI_INLINE 96u
 
 /* ---- connection phases and deadlines -------------------------------------------------- */
 
@@ -138,8 +140,11 @@ typedef struct ip_entry {
     uint32_t count;
 } ip_entry;
 
+struct http_request;
+
 typedef struct conn_ctx {
     size_t slot;                       /* index in the listener's vector, under conns_mu */
+    struct http_request *spare;        /* the last finished request's context, reused by the next */
     int fd;
     _Atomic uint64_t clock;            /* deadline_ms << PH_BITS | phase */
     unsigned char addr[16];
@@ -168,7 +173,8 @@ typedef struct push_slot {
 struct http_request {
     struct http_server *s;
     struct MHD_Connection *conn;
-    char *raw_uri;                     /* as sent, with query */
+    char *raw_uri;                     /* as sent, with query: uri_inline or allocated */
+    char uri_inline[HTTP_URI_INLINE];
     char *arg;                         /* route argument (event name, legacy get path) */
     bv_buf body;                       /* cap managed here: see body_reserve */
     uint64_t declared;                 /* Content-Length, 0 if none */
@@ -452,6 +458,7 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
     last->slot = cc->slot;
     if (cc->addr_known) ip_del(s, cc->addr);
     pthread_mutex_unlock(&s->conns_mu);
+    free(cc->spare);
     free(cc);
     *socket_context = NULL;
 }
@@ -1162,12 +1169,24 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *c) {
     http_server *s = cls;
     /* a keep-alive connection's next request line is in: its header deadline starts */
-    conn_enter(s, conn_of(c), PH_HEADERS, s->header_ms, PH_IDLE);
-    req_ctx *rc = calloc(1, sizeof *rc);
-    if (!rc) return NULL;
+    conn_ctx *cc = conn_of(c);
+    conn_enter(s, cc, PH_HEADERS, s->header_ms, PH_IDLE);
+    /* a keep-alive connection reuses its previous request's context (see request_done) */
+    req_ctx *rc = cc ? cc->spare : NULL;
+    if (rc) {
+        cc->spare = NULL;
+        memset(rc, 0, sizeof *rc);
+    } else {
+        rc = calloc(1, sizeof *rc);
+        if (!rc) return NULL;
+    }
     rc->s = s;
-    rc->raw_uri = strdup(uri ? uri : "/");
-    if (!rc->raw_uri) {
+    if (!uri) uri = "/";
+    size_t ul = strlen(uri);
+    if (ul < sizeof rc->uri_inline) {
+        memcpy(rc->uri_inline, uri, ul + 1);
+        rc->raw_uri = rc->uri_inline;
+    } else if (!(rc->raw_uri = strdup(uri))) {
         free(rc);
         return NULL;
     }
@@ -1194,15 +1213,18 @@ static void request_done(void *cls, struct MHD_Connection *c, void **con_cls, en
     http_server *s = cls;
     (void)toe;
     req_ctx *rc = *con_cls;
-    conn_enter(s, conn_of(c), PH_IDLE, s->idle_ms, PH_NONE);
+    conn_ctx *cc = conn_of(c);
+    conn_enter(s, cc, PH_IDLE, s->idle_ms, PH_NONE);
     if (!rc) return;
     body_release(s, rc);
     if (rc->push) slot_put(s, rc->push);
     bv_buf_free(&rc->answer);
     free(rc->arg);
-    free(rc->raw_uri);
-    free(rc);
+    if (rc->raw_uri != rc->uri_inline) free(rc->raw_uri);
     *con_cls = NULL;
+    /* kept for the connection's next request (freed with the connection) */
+    if (cc && !cc->spare) cc->spare = rc;
+    else free(rc);
 }
 
 /* Make room for `need` body bytes. Growth doubles, bounded by the declared length (or the
