@@ -25,9 +25,13 @@
  *                 suspended it, and the access handler's next call queues the answer.
  *                 A compare-and-swap on `handoff` decides which side resumes, so a
  *                 completion racing with park() is neither lost nor resumed twice.
- * libmicrohttpd's completion callback frees the request, its push slot (decoder and
- * engine batch, reused) and gives its budget back. http_stop answers everything still
- * in flight before it stops the daemon (a suspended connection must not outlive it).
+ * libmicrohttpd's completion callback releases the request's body, its push slot (decoder
+ * and engine batch, reused) and its budget; the context itself is kept on the connection
+ * for its next request (no allocation per keep-alive request), as is the response object
+ * of its last small JSON answer, which the next answer of the same length reuses (see
+ * queue_reused: no response and header allocations per request). http_stop answers
+ * everything still in flight before it stops the daemon (a suspended connection must not
+ * outlive it).
  *
  * Per-connection limits (struct conn_ctx, one per TCP connection, created by the
  * connection-notify callback and kept on a list per listener):
@@ -128,7 +132,7 @@
 /* Request URIs up to this length are kept inside the request context (no allocation). */
 #define HTTP_URI_INLINE 96u
 /* Data-plane JSON answers up to this size reuse their connection's response object (see
- * send_buf_opt): a push ack is about 64 bytes. */
+ * queue_reused): a push ack is about 64 bytes. */
 #define HTTP_REUSE_BODY_MAX 256u
 
 /* ---- connection phases and deadlines -------------------------------------------------- */
@@ -154,7 +158,7 @@ typedef struct conn_ctx {
     bool addr_known;
     const _Atomic bool *draining;      /* the listener's: answers say Connection: close */
     /* the last small JSON answer's response object and body, reused by the next answer of
-     * the same length (see send_buf_opt); only the connection's I/O thread touches them */
+     * the same length (see queue_reused); only the connection's I/O thread touches them */
     struct MHD_Response *resp;
     size_t resp_len;
     char resp_body[HTTP_REUSE_BODY_MAX];
