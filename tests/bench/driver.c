@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -278,10 +279,22 @@ static void reset_measure(worker *w, uint64_t now) {
     w->t_last = now;
 }
 
+/* Closed-loop push runs measure throughput: their load threads run SCHED_BATCH, so that
+ * a reply waking one of them does not preempt the server thread that sent it on a
+ * shared core (a remote client never would); the kernel still gives them their fair
+ * share of CPU. Open-loop (--rate) and get runs measure latency and keep the default
+ * policy: a load thread there must run as soon as its timer or reply is due. */
+static void load_thread_policy(const driver_cfg *cfg) {
+    if (cfg->rate > 0 || cfg->get_fraction > 0) return;
+    struct sched_param sp = { .sched_priority = 0 };
+    pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);   /* best effort */
+}
+
 static void *worker_main(void *arg) {
     worker *w = arg;
     const driver_cfg *cfg = w->cfg;
     struct epoll_event evs[64];
+    load_thread_policy(cfg);
     pthread_mutex_lock(&w->start->mu);
     while (w->start->state == 0) pthread_cond_wait(&w->start->cv, &w->start->mu);
     int st = w->start->state;

@@ -474,5 +474,85 @@ class Admin(unittest.TestCase):
                 self.assertIn("# TYPE " + name, text)
 
 
+class KeepAlive(unittest.TestCase):
+    """Many requests on one keep-alive connection, sent back to back before any answer is
+    read: each answer comes back in request order with its own status and body (the
+    server reuses one request context per connection; short and long request paths,
+    errors, pushes answered at once and pushes that wait for their fsync all mixed)."""
+
+    PIPE = {"nodes": [
+        event_node("E", {"k": "str", "v": "i64"}),
+        table_node("ByKey", "E", ["k"], {"n": {"op": "count", "params": {}}}),
+    ]}
+
+    @staticmethod
+    def request(method, path, body=None):
+        data = json.dumps(body).encode() if isinstance(body, (dict, list)) else (body or b"")
+        head = "%s %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
+            method, path, len(data))
+        return head.encode() + data
+
+    @staticmethod
+    def responses(sock, n):
+        """Read n Content-Length framed responses from sock, in order."""
+        buf = b""
+        out = []
+        while len(out) < n:
+            while b"\r\n\r\n" not in buf:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed after %d answers" % len(out))
+                buf += chunk
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+            need = int(hdrs["content-length"])
+            while len(buf) < need:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed inside an answer")
+                buf += chunk
+            out.append((int(lines[0].split()[1]), json.loads(buf[:need])))
+            buf = buf[need:]
+        return out
+
+    def test_pipelined_answers_in_order_with_their_bodies(self):
+        with Beava(memory_only=False, args=["--durability", "batch"]) as b:
+            st, body = b.register(self.PIPE)
+            self.assertEqual(st, 200, body)
+            long_event = "X" * 150                    # a path longer than the inline URI copy
+            long_path = "/nowhere/" + "p" * 200 + "?q=1"
+            reqs = [
+                ("POST", "/push/E", {"k": "a", "v": 1}),
+                ("POST", "/push/E", b"{not json"),
+                ("POST", "/push-sync/E", {"k": "a", "v": 2}),
+                ("POST", "/push/" + long_event, {"k": "a", "v": 3}),
+                ("GET", long_path, None),
+                ("POST", "/push", {"event": "E", "data": {"k": "b", "v": 4}}),
+                ("GET", "/push/E", None),
+                ("POST", "/get", {"table": "ByKey", "key": "a"}),
+                ("POST", "/push-sync", {"event": "E", "data": {"k": "a", "v": 5}}),
+                ("POST", "/get", {"table": "ByKey", "key": "a"}),
+            ]
+            host, port = b.http_addr_bound.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=30) as s:
+                for rounds in range(3):                  # back to back, then again on the same connection
+                    s.sendall(b"".join(self.request(m, p, d) for m, p, d in reqs))
+                    got = self.responses(s, len(reqs))
+                    (s0, a0), (s1, e1), (s2, a2), (s3, e3), (s4, e4), (s5, a5), (s6, e6), (s7, g7), (s8, a8), (s9, g9) = got
+                    self.assertEqual((s0, s2, s5, s8), (200, 200, 200, 200), got)
+                    self.assertEqual(list(a0), ["ack_lsn", "idempotent_replay", "registry_version"])
+                    self.assertTrue(a0["ack_lsn"] < a2["ack_lsn"] < a5["ack_lsn"] < a8["ack_lsn"], got)
+                    self.assertEqual((s1, e1["error"]["code"]), (400, "invalid_event"), e1)
+                    self.assertEqual((s3, e3["error"]["code"]), (404, "event_not_found"), e3)
+                    self.assertIn("event '" + long_event[:100], e3["error"]["reason"])   # the name, maybe cut
+                    self.assertEqual((s4, e4["error"]["code"], e4["error"]["path"]), (404, "not_found", long_path))
+                    self.assertEqual((s6, e6["error"]["code"]), (405, "method_not_allowed"), e6)
+                    self.assertEqual(e6["error"]["path"], "/push/E")
+                    # reads see every earlier push of the connection
+                    self.assertEqual((s7, g7["n"]), (200, 2 + 3 * rounds), g7)
+                    self.assertEqual((s9, g9["n"]), (200, 3 + 3 * rounds), g9)
+
+
 if __name__ == "__main__":
     main()

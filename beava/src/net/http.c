@@ -25,9 +25,13 @@
  *                 suspended it, and the access handler's next call queues the answer.
  *                 A compare-and-swap on `handoff` decides which side resumes, so a
  *                 completion racing with park() is neither lost nor resumed twice.
- * libmicrohttpd's completion callback frees the request, its push slot (decoder and
- * engine batch, reused) and gives its budget back. http_stop answers everything still
- * in flight before it stops the daemon (a suspended connection must not outlive it).
+ * libmicrohttpd's completion callback releases the request's body, its push slot (decoder
+ * and engine batch, reused) and its budget; the context itself is kept on the connection
+ * for its next request (no allocation per keep-alive request), as is the response object
+ * of its last small JSON answer, which the next answer of the same length reuses (see
+ * queue_reused: no response and header allocations per request). http_stop answers
+ * everything still in flight before it stops the daemon (a suspended connection must not
+ * outlive it).
  *
  * Per-connection limits (struct conn_ctx, one per TCP connection, created by the
  * connection-notify callback and kept on a list per listener):
@@ -125,6 +129,11 @@
 /* Descriptors kept for files, the WAL and other listeners when checking the cap. */
 #define HTTP_FD_RESERVE 256u
 #define HTTP_PATH_MAX 2048
+/* Request URIs up to this length are kept inside the request context (no allocation). */
+#define HTTP_URI_INLINE 96u
+/* Data-plane JSON answers up to this size reuse their connection's response object (see
+ * queue_reused): a push ack is about 64 bytes. */
+#define HTTP_REUSE_BODY_MAX 256u
 
 /* ---- connection phases and deadlines -------------------------------------------------- */
 
@@ -138,13 +147,21 @@ typedef struct ip_entry {
     uint32_t count;
 } ip_entry;
 
+struct http_request;
+
 typedef struct conn_ctx {
     size_t slot;                       /* index in the listener's vector, under conns_mu */
+    struct http_request *spare;        /* the last finished request's context, reused by the next */
     int fd;
     _Atomic uint64_t clock;            /* deadline_ms << PH_BITS | phase */
     unsigned char addr[16];
     bool addr_known;
     const _Atomic bool *draining;      /* the listener's: answers say Connection: close */
+    /* the last small JSON answer's response object and body, reused by the next answer of
+     * the same length (see queue_reused); only the connection's I/O thread touches them */
+    struct MHD_Response *resp;
+    size_t resp_len;
+    char resp_body[HTTP_REUSE_BODY_MAX];
 } conn_ctx;
 
 typedef enum req_state { REQ_RECEIVING = 0, REQ_SUBMITTED, REQ_ANSWER_READY } req_state;
@@ -168,7 +185,8 @@ typedef struct push_slot {
 struct http_request {
     struct http_server *s;
     struct MHD_Connection *conn;
-    char *raw_uri;                     /* as sent, with query */
+    char *raw_uri;                     /* as sent, with query: uri_inline or allocated */
+    char uri_inline[HTTP_URI_INLINE];
     char *arg;                         /* route argument (event name, legacy get path) */
     bv_buf body;                       /* cap managed here: see body_reserve */
     uint64_t declared;                 /* Content-Length, 0 if none */
@@ -452,6 +470,8 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
     last->slot = cc->slot;
     if (cc->addr_known) ip_del(s, cc->addr);
     pthread_mutex_unlock(&s->conns_mu);
+    free(cc->spare);
+    if (cc->resp) MHD_destroy_response(cc->resp);   /* MHD keeps its own reference while sending */
     free(cc);
     *socket_context = NULL;
 }
@@ -581,8 +601,54 @@ static void http_stats_metrics(const http_stats *st, bv_buf *out) {
 
 /* ---- responses ---------------------------------------------------------------------- */
 
+/* The data plane's answer headers. send_buf_opt compares these pointers, not the text. */
+static const char HTTP_CT_JSON[] = "application/json";
+static const char HTTP_RUNTIME[] = "hand-rolled";
+
+/* Queue a small data-plane JSON answer through the connection's reusable response: an
+ * MHD response whose body is the connection's own buffer (MHD_RESPMEM_PERSISTENT), with
+ * the constant headers added once. The object is made again only when the body length
+ * changes (a push ack keeps its length for millions of pushes), which saves creating,
+ * filling and freeing a response and its headers per request. Overwriting the buffer is
+ * safe: libmicrohttpd answers one request of a connection at a time and releases its
+ * reference to the previous answer (after sending all of it) before the next request's
+ * handler runs. Returns false when it could not (the caller takes the general path). */
+static bool queue_reused(struct MHD_Connection *c, conn_ctx *cc, int status, const bv_buf *body,
+                         enum MHD_Result *ret) {
+    if (cc->resp && cc->resp_len != body->len) {
+        MHD_destroy_response(cc->resp);
+        cc->resp = NULL;
+    }
+    if (!cc->resp) {
+        struct MHD_Response *r = MHD_create_response_from_buffer(body->len, cc->resp_body, MHD_RESPMEM_PERSISTENT);
+        if (!r) return false;
+        if (MHD_add_response_header(r, "Content-Type", HTTP_CT_JSON) != MHD_YES ||
+            MHD_add_response_header(r, "X-Runtime", HTTP_RUNTIME) != MHD_YES) {
+            MHD_destroy_response(r);
+            return false;
+        }
+        cc->resp = r;
+        cc->resp_len = body->len;
+    }
+    if (body->len) memcpy(cc->resp_body, body->data, body->len);
+    *ret = MHD_queue_response(c, (unsigned)status, cc->resp);
+    return true;
+}
+
 static enum MHD_Result send_buf_opt(struct MHD_Connection *c, int status, const char *ctype, bv_buf *body,
                                     const char *runtime, bool replay, bool close) {
+    /* a server being replaced (http_stop) tells every client to reconnect: the listening
+     * socket may already belong to the next server */
+    conn_ctx *cc = conn_of(c);
+    if (!close && cc && cc->draining && atomic_load(cc->draining)) close = true;
+    if (cc && !close && !replay && ctype == HTTP_CT_JSON && runtime == HTTP_RUNTIME &&
+        body->len <= HTTP_REUSE_BODY_MAX) {
+        enum MHD_Result ret;
+        if (queue_reused(c, cc, status, body, &ret)) {
+            bv_buf_free(body);
+            return ret;
+        }
+    }
     size_t len = body->len;
     char *data = bv_buf_steal(body);
     struct MHD_Response *r = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
@@ -593,11 +659,6 @@ static enum MHD_Result send_buf_opt(struct MHD_Connection *c, int status, const 
     if (ctype) MHD_add_response_header(r, "Content-Type", ctype);
     if (runtime) MHD_add_response_header(r, "X-Runtime", runtime);
     if (replay) MHD_add_response_header(r, "X-Beava-Idempotent-Replay", "1");
-    /* a server being replaced (http_stop) tells every client to reconnect: the listening
-     * socket may already belong to the next server */
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    const conn_ctx *cc = ci ? ci->socket_context : NULL;
-    if (!close && cc && cc->draining && atomic_load(cc->draining)) close = true;
     if (close) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -610,7 +671,7 @@ static enum MHD_Result send_buf(struct MHD_Connection *c, int status, const char
 }
 
 static enum MHD_Result send_json(struct MHD_Connection *c, int status, bv_buf *body) {
-    return send_buf(c, status, "application/json", body, "hand-rolled", false);
+    return send_buf(c, status, HTTP_CT_JSON, body, HTTP_RUNTIME, false);
 }
 
 /* {"error":{"code":CODE[,EXTRA_KEY:EXTRA_VAL]}} */
@@ -624,7 +685,7 @@ static enum MHD_Result send_error_opt(struct MHD_Connection *c, int status, cons
     bv_buf b;
     bv_buf_init(&b);
     error_body(&b, code, extra_key, extra_val);
-    return send_buf_opt(c, status, "application/json", &b, "hand-rolled", false, close);
+    return send_buf_opt(c, status, HTTP_CT_JSON, &b, HTTP_RUNTIME, false, close);
 }
 
 static enum MHD_Result send_error(struct MHD_Connection *c, int status, const char *code, const char *extra_key,
@@ -663,7 +724,7 @@ void http_request_complete(http_request *rc, int status, bv_buf *body, bool repl
 static enum MHD_Result send_answer(http_server *s, struct MHD_Connection *c, req_ctx *rc) {
     if (rc->parked) atomic_fetch_sub(&s->stats->suspended, 1);
     rc->parked = false;
-    return send_buf(c, rc->answer_status, "application/json", &rc->answer, "hand-rolled", rc->answer_replay);
+    return send_buf(c, rc->answer_status, HTTP_CT_JSON, &rc->answer, HTTP_RUNTIME, rc->answer_replay);
 }
 
 /* After work was started whose completion calls http_request_complete (from any thread,
@@ -708,7 +769,7 @@ static enum MHD_Result answer_now(http_server *s, struct MHD_Connection *c, req_
     bv_buf_init(&out);
     bool replay = false;
     int status = fn(s, rc, &out, &replay);
-    return send_buf(c, status, "application/json", &out, "hand-rolled", replay);
+    return send_buf(c, status, HTTP_CT_JSON, &out, HTTP_RUNTIME, replay);
 }
 
 static const char *body_data(const req_ctx *rc) { return rc->body.data ? rc->body.data : ""; }
@@ -813,7 +874,7 @@ static enum MHD_Result do_push(http_server *s, struct MHD_Connection *c, req_ctx
         bv_buf out;
         bv_buf_init(&out);
         int status = engine_push_body(&it->res, TRANSPORT_HTTP, &out);
-        return send_buf(c, status, "application/json", &out, "hand-rolled", it->res.replay);
+        return send_buf(c, status, HTTP_CT_JSON, &out, HTTP_RUNTIME, it->res.replay);
     }
     return park(s, c, rc);
 }
@@ -1162,12 +1223,24 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *c) {
     http_server *s = cls;
     /* a keep-alive connection's next request line is in: its header deadline starts */
-    conn_enter(s, conn_of(c), PH_HEADERS, s->header_ms, PH_IDLE);
-    req_ctx *rc = calloc(1, sizeof *rc);
-    if (!rc) return NULL;
+    conn_ctx *cc = conn_of(c);
+    conn_enter(s, cc, PH_HEADERS, s->header_ms, PH_IDLE);
+    /* a keep-alive connection reuses its previous request's context (see request_done) */
+    req_ctx *rc = cc ? cc->spare : NULL;
+    if (rc) {
+        cc->spare = NULL;
+        memset(rc, 0, sizeof *rc);
+    } else {
+        rc = calloc(1, sizeof *rc);
+        if (!rc) return NULL;
+    }
     rc->s = s;
-    rc->raw_uri = strdup(uri ? uri : "/");
-    if (!rc->raw_uri) {
+    if (!uri) uri = "/";
+    size_t ul = strlen(uri);
+    if (ul < sizeof rc->uri_inline) {
+        memcpy(rc->uri_inline, uri, ul + 1);
+        rc->raw_uri = rc->uri_inline;
+    } else if (!(rc->raw_uri = strdup(uri))) {
         free(rc);
         return NULL;
     }
@@ -1194,15 +1267,18 @@ static void request_done(void *cls, struct MHD_Connection *c, void **con_cls, en
     http_server *s = cls;
     (void)toe;
     req_ctx *rc = *con_cls;
-    conn_enter(s, conn_of(c), PH_IDLE, s->idle_ms, PH_NONE);
+    conn_ctx *cc = conn_of(c);
+    conn_enter(s, cc, PH_IDLE, s->idle_ms, PH_NONE);
     if (!rc) return;
     body_release(s, rc);
     if (rc->push) slot_put(s, rc->push);
     bv_buf_free(&rc->answer);
     free(rc->arg);
-    free(rc->raw_uri);
-    free(rc);
+    if (rc->raw_uri != rc->uri_inline) free(rc->raw_uri);
     *con_cls = NULL;
+    /* kept for the connection's next request (freed with the connection) */
+    if (cc && !cc->spare) cc->spare = rc;
+    else free(rc);
 }
 
 /* Make room for `need` body bytes. Growth doubles, bounded by the declared length (or the
