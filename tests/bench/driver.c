@@ -285,7 +285,7 @@ static void reset_measure(worker *w, uint64_t now) {
  * share of CPU. Open-loop (--rate) and get runs measure latency and keep the default
  * policy: a load thread there must run as soon as its timer or reply is due. */
 static void load_thread_policy(const driver_cfg *cfg) {
-    if (cfg->rate > 0 || cfg->get_fraction > 0) return;
+    if (!cfg->sched_batch || cfg->rate > 0 || cfg->get_fraction > 0) return;
     struct sched_param sp = { .sched_priority = 0 };
     pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);   /* best effort */
 }

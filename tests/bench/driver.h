@@ -35,6 +35,7 @@ typedef struct driver_cfg {
     double alpha;
     uint64_t seed;
     int64_t time_base;       /* first event_time */
+    bool sched_batch;        /* closed-loop push runs: load threads SCHED_BATCH */
 } driver_cfg;
 
 typedef struct driver_result {

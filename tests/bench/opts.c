@@ -40,6 +40,7 @@ void opts_usage(FILE *f) {
           "  --rate R              open loop: R requests/s, latency counted from the scheduled time\n"
           "  --prefill N           before the run, push N distinct keys k00000000.. once each\n"
           "  --no-register         do not POST the pipeline's register body\n"
+          "  --sched-batch         closed-loop push runs: load threads SCHED_BATCH (see README)\n"
           "output:\n"
           "  --label NAME          workload name for the results row\n"
           "  --results FILE        append a Markdown row to FILE\n"
@@ -197,6 +198,7 @@ int opts_parse(int argc, char **argv, bench_opts *o, char *err, size_t errlen) {
         else if (FLAG("--rate")) DBL(o->rate);
         else if (FLAG("--prefill")) U64(o->prefill);
         else if (FLAG("--no-register")) o->no_register = true;
+        else if (FLAG("--sched-batch")) o->sched_batch = true;
         else if (FLAG("--label")) { NEED(); o->label = val; }
         else if (FLAG("--results")) { NEED(); o->results = val; }
         else if (FLAG("--smoke")) o->smoke = true;

@@ -43,6 +43,7 @@ typedef struct bench_opts {
     double rate;
     uint64_t prefill;
     bool no_register;
+    bool sched_batch;                  /* --sched-batch: closed-loop push threads SCHED_BATCH */
     /* output */
     const char *label;
     const char *results;

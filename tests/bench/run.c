@@ -28,6 +28,7 @@ void run_base_cfg(const bench_opts *o, const wire_ctx *w, const char *addr, driv
     c->max_ops = o->events;
     c->rate = o->rate;
     c->get_fraction = o->get_fraction;
+    c->sched_batch = o->sched_batch;
     c->dist = o->dist;
     c->keys = o->keys;
     c->alpha = o->alpha;
