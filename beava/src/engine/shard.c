@@ -41,6 +41,7 @@ static void run_tasks(shard *s, shard_task *run, size_t n);
 
 static void *shard_main(void *arg) {
     shard *s = arg;
+    pthread_setname_np(pthread_self(), "beava-shard");   /* for top, perf sched and gdb */
     shard_task run[SHARD_RUN_MAX];
     pthread_mutex_lock(&s->qmu);
     for (;;) {

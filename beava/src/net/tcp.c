@@ -953,6 +953,7 @@ static void sweep_timeouts(tcp_worker *w) {
 static void *worker_main(void *arg) {
     tcp_worker *w = arg;
     tcp_server *s = w->srv;
+    pthread_setname_np(pthread_self(), "beava-tcp");   /* for top, perf sched and gdb */
     struct epoll_event evs[128];
     int64_t last_sweep = mono_ms();
     bool stopping = false;

@@ -1350,6 +1350,7 @@ static bool degraded_step(wal *w, bool *progressed) {
 
 static void *writer_main(void *arg) {
     wal *w = arg;
+    pthread_setname_np(pthread_self(), "beava-wal");   /* for top, perf sched and gdb */
     if (w->background) {
         /* No wake-up preemption: each batch's write would otherwise interrupt a thread
          * that is answering clients (at ~1M events/s the writer wakes ~500 times a
