@@ -63,6 +63,7 @@ static void log_bound(const bv_log *log, const char *kind, const char *addr) {
 
 static void *sweeper_main(void *arg) {
     beava_server *s = arg;
+    pthread_setname_np(pthread_self(), "beava-sweep");   /* for top, perf sched and gdb */
     pthread_mutex_lock(&s->sweep_mu);
     while (!s->stopping) {
         struct timespec ts;

@@ -547,7 +547,7 @@ static void queue_parts(engine *e, push_batch_state *st, bool wait_room) {
             shard_push(e->pool, pp->shard, apply_part, part_post, pp);
         }
     }
-    shard_pool_kick(e->pool);
+    if (wait_room) shard_pool_kick(e->pool);   /* else the submitter helps (shard_help) */
 }
 
 /* ---- sequencing ----------------------------------------------------------------------- */
@@ -837,6 +837,9 @@ static bool push_submit(engine *e, engine_batch *b, bool may_catch_up) {
             /* a cheap batch also applies what queued behind it (no wake-up of the shard
              * thread); a costly one leaves that to the thread (the point of splitting it) */
             if (st->held[s]) shard_inline_end(e->pool, s, st->cost > PUSH_COSTLY_UPDATES ? 0 : SHARD_INLINE_TAKE);
+        /* parts queued on shards held by nobody now: applied here unless costly (shard.h) */
+        for (unsigned s = 0; s < e->nshards && !st->parked; s++)
+            if (st->queued[s] && !st->held[s]) shard_help(e->pool, s, st->cost > PUSH_COSTLY_UPDATES ? 0 : SHARD_INLINE_TAKE);
     }
     pthread_rwlock_unlock(&e->reg_lock);
     return atomic_fetch_sub_explicit(&st->pending, 1, memory_order_acq_rel) == 1;

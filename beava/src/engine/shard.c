@@ -41,6 +41,7 @@ static void run_tasks(shard *s, shard_task *run, size_t n);
 
 static void *shard_main(void *arg) {
     shard *s = arg;
+    pthread_setname_np(pthread_self(), "beava-shard");   /* for top, perf sched and gdb */
     shard_task run[SHARD_RUN_MAX];
     pthread_mutex_lock(&s->qmu);
     for (;;) {
@@ -188,32 +189,63 @@ static void run_tasks(shard *s, shard_task *run, size_t n) {
     }
 }
 
-void shard_inline_end(shard_pool *p, unsigned i, size_t take) {
-    shard *s = &p->shards[i];
+/* The state lock is held inline (held_inline set): apply what queued on the ring, in ring
+ * order, up to `take` tasks in all (the thread pops nothing meanwhile), re-checking the
+ * ring after each round so that work queued while this thread applied is taken too; then
+ * let the shard go and run the posts. What is left past `take` wakes the thread. */
+static void inline_drain_release(shard *s, size_t take) {
     shard_task run[SHARD_INLINE_TAKE];
     size_t n = 0;
     if (take > SHARD_INLINE_TAKE) take = SHARD_INLINE_TAKE;
-    /* what was queued behind this inline application (up to SHARD_INLINE_TAKE): applied
-     * here, in ring order, before the state lock is let go (the thread took none of it:
-     * it does not pop while the shard is held inline); the rest wakes the thread */
-    pthread_mutex_lock(&s->qmu);
-    if (!s->paused && !s->inflight) {
-        while (n < take && n < s->count) {
-            run[n++] = s->ring[s->head];
-            s->head = (s->head + 1) % s->capacity;
+    for (;;) {
+        size_t from = n;
+        pthread_mutex_lock(&s->qmu);
+        if (!s->paused && !s->inflight) {
+            while (n < take && s->count > 0) {
+                run[n++] = s->ring[s->head];
+                s->head = (s->head + 1) % s->capacity;
+                s->count--;
+            }
         }
-        s->count -= n;
+        if (n == from) {
+            /* the state lock goes first, under the queue lock: whoever sees the shard no
+             * longer held (shard_help, shard_try_inline) finds it free, and a producer that
+             * queues right after this takes it itself instead of waking the thread */
+            pthread_mutex_unlock(&s->smu);
+            s->held_inline = false;
+            if (s->count > 0 && s->waiting && !s->paused) pthread_cond_signal(&s->cv);   /* the rest: the thread */
+            pthread_cond_broadcast(&s->idle_cv);           /* room was made; a quiesce may wait */
+            pthread_mutex_unlock(&s->qmu);
+            break;
+        }
+        pthread_mutex_unlock(&s->qmu);
+        run_tasks(s, run + from, n - from);
     }
-    pthread_mutex_unlock(&s->qmu);
-    run_tasks(s, run, n);
-    pthread_mutex_lock(&s->qmu);
-    s->held_inline = false;
-    if (s->count > 0 && s->waiting && !s->paused) pthread_cond_signal(&s->cv);   /* the rest: the thread */
-    pthread_cond_broadcast(&s->idle_cv);               /* room was made; a quiesce may wait */
-    pthread_mutex_unlock(&s->qmu);
-    pthread_mutex_unlock(&s->smu);
     for (size_t k = 0; k < n; k++)
         if (run[k].post) run[k].post(&s->ctx, run[k].arg);
+}
+
+void shard_inline_end(shard_pool *p, unsigned i, size_t take) {
+    inline_drain_release(&p->shards[i], take);
+}
+
+void shard_help(shard_pool *p, unsigned i, size_t take) {
+    shard *s = &p->shards[i];
+    pthread_mutex_lock(&s->qmu);
+    /* nothing left, or someone applies it: a holder drains before it lets go, a running
+     * thread pops again before it sleeps, a paused shard waits for its resume */
+    if (s->count == 0 || s->paused || s->held_inline || s->inflight) {
+        pthread_mutex_unlock(&s->qmu);
+        return;
+    }
+    if (take > 0 && pthread_mutex_trylock(&s->smu) == 0) {
+        s->held_inline = true;
+        pthread_mutex_unlock(&s->qmu);
+        inline_drain_release(s, take);
+        return;
+    }
+    if (s->waiting) pthread_cond_signal(&s->cv);       /* a reader holds the state: the thread */
+    pthread_mutex_unlock(&s->qmu);
 }
 
 shard_ctx *shard_inline_ctx(shard_pool *p, unsigned i) {

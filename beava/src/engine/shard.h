@@ -20,8 +20,12 @@
  *
  * While a shard is held inline its thread pops nothing and is not woken: what queues
  * meanwhile (up to the `take` the holder names) is applied by the holder in shard_inline_end(),
- * in ring order, before it lets the state lock go, and their `post`s run there too; only
- * a longer queue wakes the thread. Two I/O threads meeting on a shard thus cost no
+ * in ring order, before it lets the state lock go (it looks at the ring again after each
+ * round, so work queued while it applied is taken too), and their `post`s run there too;
+ * only a longer queue wakes the thread. A producer that queued behind a holder (or behind
+ * nobody) then calls shard_help(): if the shard is free by then it applies the queue
+ * itself, the same way, so the thread is woken only when a reader holds the state lock
+ * or the queue is longer than one holder takes. Two I/O threads meeting on a shard thus cost no
  * wake-up of a third thread (on a machine with few cores, a wake-up can wait a whole
  * scheduler slice: that is the tail latency this avoids).
  *
@@ -45,7 +49,8 @@
 
 #define SHARD_MAX 256          /* upper bound of --shards (config refuses more) */
 #define SHARD_RUN_MAX 64       /* tasks a shard thread runs per state-lock hold */
-#define SHARD_INLINE_TAKE 256  /* queued tasks an inline holder applies before letting go */
+#define SHARD_INLINE_TAKE 1024 /* queued tasks an inline holder applies before letting go
+                                * (one TCP run of push frames: tcp.c TCP_PUSH_RUN_MAX) */
 
 typedef struct shard_ctx {
     unsigned index;
@@ -90,6 +95,15 @@ bool shard_try_inline(shard_pool *p, unsigned i);
  * work (see above), release the state lock, run those tasks' posts; wake the thread for
  * the rest. */
 void shard_inline_end(shard_pool *p, unsigned i, size_t take);
+/* A producer that queued tasks on shard i without holding it inline calls this after
+ * dropping its sequencer lock (instead of shard_pool_kick): when the shard is free
+ * (nothing queued is in flight, not held, not paused, state lock free) the caller takes it
+ * inline and applies up to `take` queued tasks itself, in ring order (those of other
+ * producers too), as shard_inline_end does; otherwise it makes sure someone will (a
+ * holder or a running thread takes them before it stops; a sleeping thread is woken).
+ * take 0: only wake the thread. This spares the common case (two I/O threads meeting on
+ * a shard) the hand-off to the shard thread and back. */
+void shard_help(shard_pool *p, unsigned i, size_t take);
 /* The context of shard i, for a caller that holds its state lock (inline or shard_lock). */
 shard_ctx *shard_inline_ctx(shard_pool *p, unsigned i);
 /* Block until shard i has room for n tasks (or the pool stops). Called WITHOUT the

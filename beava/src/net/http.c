@@ -113,13 +113,17 @@
  * and close connections, so it is never held for a whole crowd). */
 #define HTTP_REAP_SLICE 256u
 /* Reaper: connections shut down per pass at most; when more are past their deadline the
- * next pass comes HTTP_REAP_BURST_GAP_MS later, so a crowd that expires at once is
+ * next pass comes HTTP_REAP_BURST_GAP_US later, so a crowd that expires at once is
  * closed in small bursts the I/O threads absorb between their other connections' events.
  * Each shutdown costs an I/O thread one close (tens of microseconds with the kernel's
  * FIN handling); a burst is what a live request may wait behind, so bursts are kept to a
- * few closes (4,000 closes/s: a crowd of 1,500 in under half a second). */
-#define HTTP_REAP_BURST 4u
-#define HTTP_REAP_BURST_GAP_MS 1u
+ * few closes (4,000 closes/s: a crowd of 1,500 in under half a second). One close per
+ * pass every 250 us keeps that rate while a live request waits behind one close at most
+ * (4 per 1 ms could put it behind four, back to back, for the half second in which the
+ * crowd of tests/bench/slowloris-bench expires: every connection of it was opened at
+ * the same moment). */
+#define HTTP_REAP_BURST 1u
+#define HTTP_REAP_BURST_GAP_US 250u
 /* First capacity of the listener's connection vector. */
 #define HTTP_CONNS_INITIAL 64u
 /* On stop, requests still in progress get this long to finish. */
@@ -534,13 +538,13 @@ static void *reaper_main(void *arg) {
     uint64_t tick = shortest / HTTP_REAP_SCANS_PER_TIMEOUT;
     if (tick < HTTP_REAP_TICK_MIN_MS) tick = HTTP_REAP_TICK_MIN_MS;
     if (tick > HTTP_REAP_TICK_MAX_MS) tick = HTTP_REAP_TICK_MAX_MS;
-    uint64_t wait_ms = tick;
+    uint64_t wait_us = tick * 1000u;
     pthread_mutex_lock(&s->conns_mu);
     while (!s->stopping) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += (time_t)(wait_ms / 1000);
-        ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+        ts.tv_sec += (time_t)(wait_us / 1000000u);
+        ts.tv_nsec += (long)(wait_us % 1000000u) * 1000L;
         if (ts.tv_nsec >= 1000000000L) {
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;
@@ -548,7 +552,7 @@ static void *reaper_main(void *arg) {
         pthread_cond_timedwait(&s->reaper_cv, &s->conns_mu, &ts);
         if (s->stopping) break;
         pthread_mutex_unlock(&s->conns_mu);
-        wait_ms = reap_expired(s) ? HTTP_REAP_BURST_GAP_MS : tick;
+        wait_us = reap_expired(s) ? HTTP_REAP_BURST_GAP_US : tick * 1000u;
         pthread_mutex_lock(&s->conns_mu);
     }
     pthread_mutex_unlock(&s->conns_mu);

@@ -101,6 +101,7 @@ typedef struct tcp_conn {
     size_t wpos;           /* written up to here */
     bool close_after_write;
     bool reading;          /* EPOLLIN armed */
+    uint32_t armed;        /* the epoll events registered now (no EPOLL_CTL_MOD when unchanged) */
     bool busy;             /* a batch is with the engine */
     bool dead;             /* closed by the peer while busy: free on completion */
     bool authed;           /* presented the admin token */
@@ -760,6 +761,8 @@ static void conn_rearm(tcp_worker *w, tcp_conn *c) {
     c->reading = !c->busy && !c->close_after_write && c->wbuf.len - c->wpos < TCP_WBUF_HIGH;
     struct epoll_event ev = { .events = (c->reading ? EPOLLIN : 0) | (want_write ? EPOLLOUT : 0) | EPOLLRDHUP,
                               .data.ptr = c };
+    if (ev.events == c->armed) return;   /* the common case: one system call less per event */
+    c->armed = ev.events;
     epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
@@ -790,6 +793,9 @@ static bool conn_event(tcp_worker *w, tcp_conn *c, uint32_t events) {
                 c->last_ms = mono_ms();
                 if (!conn_process(s, c)) return false;
                 if (c->busy || c->close_after_write || c->wbuf.len - c->wpos >= TCP_WBUF_HIGH) break;
+                /* a short read drained the socket: epoll (level-triggered) reports what
+                 * comes next, so no recv that would only say EAGAIN */
+                if ((size_t)n < TCP_READ_CHUNK) break;
                 continue;
             }
             if (n == 0) {
@@ -828,6 +834,7 @@ static void conn_adopt(tcp_worker *w, int fd) {
     if (w->conns) w->conns->prev = c;
     w->conns = c;
     struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c };
+    c->armed = ev.events;
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) conn_close(w, c);
 }
 
@@ -946,6 +953,7 @@ static void sweep_timeouts(tcp_worker *w) {
 static void *worker_main(void *arg) {
     tcp_worker *w = arg;
     tcp_server *s = w->srv;
+    pthread_setname_np(pthread_self(), "beava-tcp");   /* for top, perf sched and gdb */
     struct epoll_event evs[128];
     int64_t last_sweep = mono_ms();
     bool stopping = false;

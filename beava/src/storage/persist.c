@@ -171,6 +171,8 @@ persist *persist_open(const bv_config *cfg, const bv_log *log, char *err, size_t
         /* batch mode applies and acknowledges before the write: a failed write must be
          * retried, never voided */
         .keep_failed = cfg->durability == DURABILITY_BATCH,
+        /* ... and answers before it too: the writer is on no client's path */
+        .background = cfg->durability == DURABILITY_BATCH,
     };
     bv_err e;
     bv_err_clear(&e);

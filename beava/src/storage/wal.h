@@ -142,6 +142,10 @@ typedef struct wal_options {
     bool keep_failed;           /* keep records whose write failed and write them again
                                  * (see FAILURE SEMANTICS); for callers that apply records
                                  * before they are durable */
+    bool background;            /* no client waits for the writer (acks do not wait for
+                                 * durability): it runs as SCHED_BATCH, so its wake-ups
+                                 * never preempt the threads that answer clients (it still
+                                 * gets its fair share of the CPU) */
 } wal_options;
 
 /* LSNs that should be on disk and that no file holds at all (see wal_recover). */
