@@ -352,6 +352,17 @@ void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_m
     else vt->update(f, st, &in);
 }
 
+void feature_prefetch(const feature *f, const void *st, const bv_row *row, int64_t now_ms) {
+    const struct op_vtable *vt = f->vt;
+    const bv_value *v = NULL;
+    if (vt->prefetch && !f->where && f->field) {
+        v = feature_row_field(row, f->field, f->field_len, f->field_pos);
+        if (v && v->kind == BV_NULL) v = NULL;
+    }
+    if (f->window_ms) window_prefetch(f, st, v, now_ms);
+    else if (v) vt->prefetch(f, st, v);
+}
+
 void feature_read(const feature *f, const void *st, int64_t query_ms, jsonw *w) {
     if (f->window_ms) window_read(f, st, query_ms, w);
     else f->vt->read(f, st, query_ms, w);
