@@ -288,6 +288,7 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         else if (t == WT_I64 && vt->as_i64) f->vt = vt->as_i64;
     }
     f->state_size = f->window_ms ? window_state_size(f->vt) : f->vt->state_size;
+    f->hinted = f->window_ms || (f->vt->prefetch && !f->where && f->field);
     /* lookup hints for the event path (feature_row_field) */
     f->field_pos = f->p.lat_pos = f->p.lon_pos = -1;
     if (f->field) {
@@ -352,7 +353,7 @@ void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_m
     else vt->update(f, st, &in);
 }
 
-void feature_prefetch(const feature *f, const void *st, const bv_row *row, int64_t now_ms) {
+void feature_prefetch_state(const feature *f, const void *st, const bv_row *row, int64_t now_ms) {
     const struct op_vtable *vt = f->vt;
     const bv_value *v = NULL;
     if (vt->prefetch && !f->where && f->field) {
