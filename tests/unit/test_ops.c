@@ -1266,6 +1266,30 @@ static void test_decode_garbage(void **state) {
     }
 }
 
+/* feature_row_field's name comparison agrees with memcmp for every length around its
+ * word sizes and a difference at every position. */
+static void test_field_name_compare(void **state) {
+    (void)state;
+    char a[40], b[40];
+    for (size_t n = 0; n <= sizeof a; n++) {
+        for (size_t i = 0; i < n; i++) a[i] = b[i] = (char)('a' + i % 26);
+        assert_true(feature_name_eq(a, b, n));
+        for (size_t d = 0; d < n; d++) {
+            b[d] ^= 0x20;
+            assert_false(feature_name_eq(a, b, n));
+            b[d] ^= 0x20;
+        }
+    }
+    /* the lookup itself: by position, then by name when the position holds another field */
+    bv_field fields[2] = { { "merchant_id", 11, bv_i64(1) }, { "amount", 6, bv_i64(2) } };
+    bv_row row = { fields, 2, 0 };
+    assert_ptr_equal(feature_row_field(&row, "amount", 6, 1), &fields[1].value);
+    assert_ptr_equal(feature_row_field(&row, "amount", 6, 0), &fields[1].value);
+    assert_ptr_equal(feature_row_field(&row, "merchant_id", 11, 0), &fields[0].value);
+    assert_null(feature_row_field(&row, "merchant_ie", 11, 0));
+    assert_null(feature_row_field(&row, "amoun", 5, 1));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_duration),
@@ -1287,6 +1311,7 @@ int main(void) {
         cmocka_unit_test(test_bruteforce_windowed),
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_decode_garbage),
+        cmocka_unit_test(test_field_name_compare),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

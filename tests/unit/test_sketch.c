@@ -1,7 +1,8 @@
 /*
  * test_sketch.c - sketch internals and their accuracy promises
  * over seeded random streams: HLL++ / distinct,
- * UDDSketch / quantile store, Count-Min + heap / top_k, the value map.
+ * UDDSketch / quantile store, Count-Min + heap / top_k, the value map; their prefetch
+ * hints leave every form unchanged.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -462,6 +463,105 @@ static void test_valmap(void **state) {
     vm_free(&m);
 }
 
+/* ------------------------------------------------------------ prefetch hints */
+
+static bv_buf distinct_bytes(const distinct *d) {
+    bv_buf b;
+    bv_buf_init(&b);
+    distinct_encode(&b, d);
+    return b;
+}
+
+/* distinct_prefetch reads a set in each of its forms (empty, one inline hash, the sorted
+ * array, the hash table with and without the zero hash, HLL) and changes none of them:
+ * hinted for present, absent and zero hashes, the set encodes the same and its fields
+ * stay put. */
+static void test_distinct_prefetch(void **state) {
+    (void)state;
+    distinct d;
+    memset(&d, 0, sizeof d);
+    uint64_t s = 99;
+    for (int64_t i = 0; i < 1100; i++) {
+        uint64_t probe[4] = { hash_i64(i), hash_i64(i / 2), rng_next(&s), 0 };
+        bv_buf before = distinct_bytes(&d);
+        distinct copy = d;
+        for (int k = 0; k < 4; k++) distinct_prefetch(&d, probe[k]);
+        assert_memory_equal(&copy, &d, sizeof d);
+        bv_buf after = distinct_bytes(&d);
+        assert_int_equal(before.len, after.len);
+        assert_memory_equal(before.data, after.data, before.len);
+        bv_buf_free(&before);
+        bv_buf_free(&after);
+        distinct_add(&d, i == 500 ? 0 : hash_i64(i));  /* the zero hash: the table's extra slot */
+    }
+    assert_int_equal(d.n, DISTINCT_HLL);
+    distinct_free(&d);
+}
+
+/* topk_prefetch / vm_prefetch / qs_prefetch / cms_prefetch / hll_prefetch on every form:
+ * the results read the same afterwards. */
+static void test_other_prefetch(void **state) {
+    (void)state;
+    topk t;
+    memset(&t, 0, sizeof t);
+    qstore q;
+    memset(&q, 0, sizeof q);
+    uint8_t reg[HLL_M];
+    memset(reg, 0, sizeof reg);
+    for (int64_t i = 0; i < 1500; i++) {
+        bv_value v = bv_i64(i % 1200), w = bv_str("x", 1);
+        topk_prefetch(&t, &v);
+        topk_prefetch(&t, &w);
+        qs_prefetch(&q);
+        hll_prefetch(reg, (uint64_t)i);
+        if (i % 100 == 0) {
+            bv_buf a, b;
+            bv_buf_init(&a);
+            bv_buf_init(&b);
+            topk_encode(&a, &t);
+            topk_prefetch(&t, &v);
+            topk_encode(&b, &t);
+            assert_int_equal(a.len, b.len);
+            assert_memory_equal(a.data, b.data, a.len);
+            bv_buf_free(&a);
+            bv_buf_free(&b);
+            double before = 0, after = 0;
+            bool had = qs_quantile(&q, 0.5, &before);
+            qs_prefetch(&q);
+            assert_int_equal(qs_quantile(&q, 0.5, &after), had);
+            assert_true(before == after);
+        }
+        topk_add(&t, &v, 3);
+        qs_add(&q, (double)i);
+        hll_add(reg, (uint64_t)i);
+    }
+    assert_true(topk_is_hybrid(&t));
+    assert_int_equal(q.n, QS_SKETCH);
+    uint64_t est = hll_estimate(reg);
+    hll_prefetch(reg, 12345);
+    assert_int_equal(hll_estimate(reg), est);
+    cms *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    cms_add(c, 42, 7);
+    cms_prefetch(c, 42);
+    cms_prefetch(c, 43);
+    assert_int_equal(cms_estimate(c, 42), 7);
+    free(c);
+    valmap m;
+    memset(&m, 0, sizeof m);
+    vm_prefetch(&m, 1);                               /* empty */
+    for (int64_t i = 0; i < 20; i++) {
+        bv_value v = bv_i64(i);
+        vm_prefetch(&m, opval_hash(&v));              /* linear, then indexed */
+        assert_null(vm_find(&m, &v, opval_hash(&v)));
+        vm_insert(&m, &v, opval_hash(&v))->count = (uint64_t)i;
+    }
+    assert_int_equal(m.n, 20);
+    vm_free(&m);
+    topk_free(&t);
+    qs_free(&q);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hll_accuracy),
@@ -474,6 +574,8 @@ int main(void) {
         cmocka_unit_test(test_topk_exact_and_merge),
         cmocka_unit_test(test_cms_bounds),
         cmocka_unit_test(test_valmap),
+        cmocka_unit_test(test_distinct_prefetch),
+        cmocka_unit_test(test_other_prefetch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,7 @@
 /*
  * test_window.c - the 64-sub-bucket sliding window (ops/window.h): epochs, the active
  * rule at its edges, eviction of the smallest epoch at the 65th, merge order, bucket
- * creation, sketch merges across buckets.
+ * creation, sketch merges across buckets, the prefetch hint changing no state.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -350,6 +350,73 @@ static void test_window_roundtrip(void **state) {
     feature_release(&f);
 }
 
+/* The encoded state of f (its whole observable content). */
+static bv_buf encoded(const feature *f, const void *st) {
+    bv_buf b;
+    bv_buf_init(&b);
+    feature_encode(f, st, &b);
+    return b;
+}
+
+/* feature_prefetch (the apply path's memory hint) must leave a state exactly as it was,
+ * in every form a state passes through: empty, the inline bucket, a bucket list whose
+ * latest bucket is (or is not) the event's, exact sets growing into hash tables and
+ * sketches; for values of every kind, null and absent included. */
+static void test_prefetch_changes_nothing(void **state) {
+    (void)state;
+    static const char *const specs[] = {
+        "{\"op\":\"n_unique\",\"params\":{\"field\":\"v\",\"window\":\"64s\"}}",
+        "{\"op\":\"n_unique\",\"params\":{\"field\":\"v\"}}",
+        "{\"op\":\"top_k\",\"params\":{\"field\":\"v\",\"k\":3,\"window\":\"64s\"}}",
+        "{\"op\":\"top_k\",\"params\":{\"field\":\"v\",\"k\":3}}",
+        "{\"op\":\"entropy\",\"params\":{\"field\":\"v\",\"window\":\"64s\"}}",
+        "{\"op\":\"quantile\",\"params\":{\"field\":\"x\",\"q\":0.9,\"window\":\"64s\"}}",
+        "{\"op\":\"quantile\",\"params\":{\"field\":\"x\",\"q\":0.5}}",
+        "{\"op\":\"bloom_member\",\"params\":{\"field\":\"v\"}}",
+        "{\"op\":\"count\",\"params\":{\"window\":\"64s\"}}",
+        "{\"op\":\"n_unique\",\"params\":{\"field\":\"v\",\"where\":\"k > 0\",\"window\":\"64s\"}}",
+    };
+    op_stats stats = { 0, 0, 0 };
+    char text[32];
+    for (size_t si = 0; si < sizeof specs / sizeof specs[0]; si++) {
+        feature f;
+        compile_ok(&f, specs[si]);
+        void *st = state_new(&f);
+        uint64_t s = 11 + si;
+        for (int64_t i = 0; i < 3000; i++) {
+            /* mostly fresh values (sets grow past 1024), some repeats, every kind */
+            int64_t r = (int64_t)(rng_next(&s) % 5000);
+            bv_value v;
+            switch (i % 5) {
+            case 0: v = bv_str(text, (size_t)snprintf(text, sizeof text, "s%lld", (long long)r)); break;
+            case 1: v = bv_f64((double)r / 8); break;
+            case 2: v = bv_i64(i % 7 ? i : r); break;
+            case 3: v = i % 2 ? bv_null() : bv_bool(r & 1); break;
+            default: v = bv_i64(i); break;
+            }
+            /* the hint first, at this event's time and at a later (new bucket) one */
+            int64_t t = i * 37;
+            bv_field fields[3] = { { "v", 1, v }, { "x", 1, v }, { "k", 1, bv_i64(i % 3) } };
+            bv_row row = { fields, 3, 0 };
+            bv_row empty = { NULL, 0, 0 };
+            bv_buf before = encoded(&f, st);
+            size_t nb = f.window_ms ? window_nbuckets(st) : 0;
+            feature_prefetch(&f, st, &row, t);
+            feature_prefetch(&f, st, &row, t + 10000);
+            feature_prefetch(&f, st, &empty, t);
+            bv_buf after = encoded(&f, st);
+            assert_int_equal(before.len, after.len);
+            assert_memory_equal(before.data, after.data, before.len);
+            if (f.window_ms) assert_int_equal(window_nbuckets(st), nb);
+            bv_buf_free(&before);
+            bv_buf_free(&after);
+            push(&f, st, v, i % 3, t, &stats);
+        }
+        state_free(&f, st);
+        feature_release(&f);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_epoch),
@@ -359,6 +426,7 @@ int main(void) {
         cmocka_unit_test(test_bucket_creation),
         cmocka_unit_test(test_sketch_merges),
         cmocka_unit_test(test_window_roundtrip),
+        cmocka_unit_test(test_prefetch_changes_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -495,9 +495,20 @@ void push_part_prefetch(void *arg) {
     store_prefetch_slot(&((entity_store *)pp->stores)[pp->shard], pp->hash);
 }
 
+/* One stride ahead: the whole entity, then (reading its row, whose lines then arrive
+ * together) what each feature's update will probe, so those misses are over by the time
+ * the part is applied. Reads only; a row a reader widened past the part keeps its newer
+ * slots out of this (nfeat). */
 void push_part_prefetch_entity(void *arg) {
     push_part *pp = arg;
-    store_prefetch_entity(&((entity_store *)pp->stores)[pp->shard], pp->hash);
+    const entity_store *s = &((entity_store *)pp->stores)[pp->shard];
+    entity *en = store_home_entity(s, pp->hash);
+    if (!en) return;
+    store_prefetch_entity(en, pp->klen, pp->row_size);
+    const bv_row *in = pp->has_chain ? &pp->chained : pp->row;
+    const char *row = entity_row(en);
+    size_t n = pp->nfeatures < en->nfeat ? pp->nfeatures : en->nfeat;
+    for (size_t i = 0; i < n; i++) feature_prefetch(&pp->features[i], row + pp->offsets[i], in, pp->now);
 }
 
 /* Apply the batch's inline parts in order, prefetching the index slots two strides ahead

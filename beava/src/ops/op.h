@@ -65,6 +65,11 @@ struct op_vtable {
     int (*parse)(feature *f, const json_t *params, const char *path, bv_err *err);
     void (*init)(const feature *f, void *st);                 /* NULL: all-zero is empty */
     void (*update)(const feature *f, void *st, const op_input *in);
+    /* Optional memory hint run before a run of updates: start loading what update(f, st,
+     * v) will probe first (a hash slot, sketch cells), so that the misses of an entity's
+     * features overlap. v is the field's value as pushed (before any coercion), never
+     * null. Reads st, changes nothing. NULL: none. */
+    void (*prefetch)(const feature *f, const void *st, const bv_value *v);
     /* dst += src (both states of this kind; src is not modified). Windowable kinds only. */
     void (*merge)(const feature *f, void *dst, const void *src);
     void (*read)(const feature *f, const void *st, int64_t query_ms, jsonw *w);

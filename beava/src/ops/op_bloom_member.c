@@ -186,6 +186,19 @@ static void bloom_update(const feature *f, void *st, const op_input *in) {
     if (s->inserts < UINT64_MAX) s->inserts++;
 }
 
+/* The words bloom_update will test and set (dense), or the sparse list's start. */
+static void bloom_prefetch(const feature *f, const void *st, const bv_value *v) {
+    const bloom_st *s = st;
+    bv_kind kind = v->kind;
+    if (!s->bits || (kind != BV_STR && kind != BV_I64 && kind != BV_F64 && kind != BV_BOOL)) return;
+    if (s->sparse) { __builtin_prefetch(s->bits); return; }
+    uint32_t nw, k;
+    bloom_shape(f, &nw, &k);
+    const uint64_t *w = s->bits;
+    uint64_t h1 = opval_hash(v), h2 = mix64(h1) | 1, m = (uint64_t)nw * 64;
+    for (uint32_t i = 0; i < k; i++) __builtin_prefetch(&w[((h1 + (uint64_t)i * h2) % m) >> 6]);
+}
+
 static void bloom_read(const feature *f, const void *st, int64_t q, jsonw *w) {
     (void)f; (void)q;
     const bloom_st *s = st;
@@ -260,6 +273,7 @@ OP_COERCING_VTABLES(op_bloom_member,
     .state_size = sizeof(bloom_st),
     .parse = bloom_parse,
     .update = bloom_update,
+    .prefetch = bloom_prefetch,
     .read = bloom_read,
     .destroy = bloom_destroy,
     .encode = bloom_encode,

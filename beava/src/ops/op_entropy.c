@@ -59,6 +59,14 @@ static void entropy_update(const feature *f, void *st, const op_input *in) {
     s->total++;
 }
 
+static void entropy_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)f;
+    const entropy_st *s = st;
+    char buf[48];
+    bv_value c;
+    if (category(v, buf, &c)) vm_prefetch(&s->m, opval_hash(&c));
+}
+
 static void entropy_merge(const feature *f, void *dst, const void *src) {
     (void)f;
     entropy_st *d = dst;
@@ -133,6 +141,7 @@ const struct op_vtable op_entropy = {
     .flags = OPF_WINDOWABLE | OPF_FIELD_CHECKED | OPF_READS_FIELD,
     .state_size = sizeof(entropy_st),
     .update = entropy_update,
+    .prefetch = entropy_prefetch,
     .merge = entropy_merge,
     .read = entropy_read,
     .destroy = entropy_destroy,

@@ -14,6 +14,11 @@ static void nu_update(const feature *f, void *st, const op_input *in) {
     distinct_add(st, opval_hash(in->v));
 }
 
+static void nu_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)f;
+    distinct_prefetch(st, opval_hash(v));
+}
+
 static void nu_merge(const feature *f, void *dst, const void *src) {
     (void)f;
     distinct_merge(dst, src);
@@ -44,6 +49,7 @@ const struct op_vtable op_n_unique = {
     .flags = OPF_WINDOWABLE | OPF_FIELD_CHECKED | OPF_READS_FIELD,
     .state_size = sizeof(distinct),
     .update = nu_update,
+    .prefetch = nu_prefetch,
     .merge = nu_merge,
     .read = nu_read,
     .destroy = nu_destroy,

@@ -26,6 +26,11 @@ static void quantile_update(const feature *f, void *st, const op_input *in) {
     if (bv_as_f64(in->v, &x)) qs_add(st, x);
 }
 
+static void quantile_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)f; (void)v;
+    qs_prefetch(st);
+}
+
 static void quantile_merge(const feature *f, void *dst, const void *src) {
     (void)f;
     qs_merge(dst, src);
@@ -59,6 +64,7 @@ const struct op_vtable op_quantile = {
     .state_size = sizeof(qstore),
     .parse = quantile_parse,
     .update = quantile_update,
+    .prefetch = quantile_prefetch,
     .merge = quantile_merge,
     .read = quantile_read,
     .destroy = quantile_destroy,

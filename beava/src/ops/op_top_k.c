@@ -27,6 +27,12 @@ static void topk_update(const feature *f, void *st, const op_input *in) {
     topk_add(st, in->v, (uint32_t)f->p.k);
 }
 
+static void topk_prefetch_op(const feature *f, const void *st, const bv_value *v) {
+    (void)f;
+    bv_kind k = v->kind;
+    if (k == BV_STR || k == BV_I64 || k == BV_F64 || k == BV_BOOL) topk_prefetch(st, v);
+}
+
 static void topk_merge_op(const feature *f, void *dst, const void *src) {
     topk_merge(dst, src, (uint32_t)f->p.k);
 }
@@ -68,6 +74,7 @@ const struct op_vtable op_top_k = {
     .state_size = sizeof(topk),
     .parse = topk_parse,
     .update = topk_update,
+    .prefetch = topk_prefetch_op,
     .merge = topk_merge_op,
     .read = topk_read,
     .destroy = topk_destroy,

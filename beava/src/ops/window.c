@@ -153,6 +153,22 @@ void window_update(const feature *f, void *st, const op_input *in) {
     f->vt->update(f, inner, in);
 }
 
+void window_prefetch(const feature *f, const void *st, const bv_value *v, int64_t now_ms) {
+    wfix *x = (wfix *)(uintptr_t)st;          /* read only */
+    if (!v) {                                 /* no kind hint: the list's header */
+        if (x->tag > 1) __builtin_prefetch(more_of(x));
+        return;
+    }
+    int64_t e = window_epoch(now_ms, f->bucket_ms);
+    if (x->tag == 1) {
+        if (x->epoch0 == e) f->vt->prefetch(f, x + 1, v);
+    } else if (x->tag > 1) {
+        size_t stride = stride_of(f);
+        uint32_t last = more_of(x)->last;
+        if (*b_epoch(x, stride, last) == e) f->vt->prefetch(f, b_state(x, stride, last), v);
+    }
+}
+
 void window_read(const feature *f, const void *st, int64_t query_ms, jsonw *w) {
     wfix *x = (wfix *)(uintptr_t)st;          /* read only */
     size_t stride = stride_of(f);

@@ -15,6 +15,10 @@ void cms_add(cms *s, uint64_t h, uint64_t c) {
     }
 }
 
+void cms_prefetch(const cms *s, uint64_t h) {
+    for (uint32_t r = 0; r < CMS_DEPTH; r++) __builtin_prefetch(&s->cell[r][cell_of(h, r)]);
+}
+
 uint64_t cms_estimate(const cms *s, uint64_t h) {
     uint64_t m = UINT64_MAX;
     for (uint32_t r = 0; r < CMS_DEPTH; r++) {

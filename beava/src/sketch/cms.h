@@ -21,6 +21,8 @@ typedef struct cms {
 
 void cms_add(cms *s, uint64_t h, uint64_t c);
 uint64_t cms_estimate(const cms *s, uint64_t h);
+/* Memory hint: prefetch the cells cms_add / cms_estimate of h will touch. */
+void cms_prefetch(const cms *s, uint64_t h);
 void cms_merge(cms *dst, const cms *src);
 
 #endif

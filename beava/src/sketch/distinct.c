@@ -22,6 +22,7 @@
 #define DISTINCT_SORTED_MAX 32          /* largest sorted array; beyond, a hash table */
 #define DISTINCT_SORTED_MIN_CAP 4
 #define DISTINCT_TABLE_MIN_CAP 64       /* a power of two holding DISTINCT_SORTED_MAX + 1 */
+#define DISTINCT_LINE 64                /* cache line: prefetch granularity */
 
 static bool is_inline(const distinct *d) { return d->n == 1 && d->cap == 0; }
 static bool is_table(const distinct *d) { return d->n != DISTINCT_HLL && d->n > DISTINCT_SORTED_MAX; }
@@ -198,6 +199,19 @@ void distinct_add(distinct *d, uint64_t hash) {
     memmove(&a[i + 1], &a[i], (size_t)(d->n - i) * sizeof *a);
     a[i] = hash;
     d->n++;
+}
+
+void distinct_prefetch(const distinct *d, uint64_t hash) {
+    if (d->n == DISTINCT_HLL) {
+        hll_prefetch(d->p, hash);
+    } else if (is_table(d)) {
+        const uint64_t *t = d->p;
+        __builtin_prefetch(hash ? &t[(uint32_t)(hash >> 32) & (d->cap - 1)] : &t[d->cap]);
+    } else if (d->n > 1) {                     /* the sorted array: at most 4 lines */
+        const char *a = d->p;
+        for (size_t off = 0; off < (size_t)d->n * sizeof(uint64_t); off += DISTINCT_LINE)
+            __builtin_prefetch(a + off);
+    }
 }
 
 uint64_t distinct_count(const distinct *d) {

@@ -27,6 +27,9 @@ typedef struct distinct {
 
 void distinct_add(distinct *d, uint64_t hash);
 uint64_t distinct_count(const distinct *d);
+/* Memory hint, no effect on d: prefetch what distinct_add(d, hash) will probe first (the
+ * table slot, the HLL register, or the sorted array). */
+void distinct_prefetch(const distinct *d, uint64_t hash);
 void distinct_merge(distinct *dst, const distinct *src);
 void distinct_free(distinct *d);            /* back to empty */
 

@@ -86,6 +86,10 @@ void hll_add(uint8_t *reg, uint64_t hash) {
     if (rank > reg[idx]) reg[idx] = rank;
 }
 
+void hll_prefetch(const uint8_t *reg, uint64_t hash) {
+    __builtin_prefetch(&reg[mix64(hash) >> (64 - HLL_P)]);
+}
+
 void hll_merge(uint8_t *dst, const uint8_t *src) {
     for (uint32_t i = 0; i < HLL_M; i++)
         if (src[i] > dst[i]) dst[i] = src[i];

@@ -16,6 +16,8 @@
 #define HLL_MAX_RANK (64 - HLL_P + 1)
 
 void hll_add(uint8_t *reg, uint64_t hash);
+/* Memory hint: prefetch the register hll_add(reg, hash) would update. */
+void hll_prefetch(const uint8_t *reg, uint64_t hash);
 /* Register-wise max. */
 void hll_merge(uint8_t *dst, const uint8_t *src);
 /* HLL++ estimate: linear counting while it is <= 3100 (with empty registers), else the

@@ -39,6 +39,11 @@ void qs_add(qstore *s, double x) {
     s->n++;
 }
 
+void qs_prefetch(const qstore *s) {
+    if (s->n == QS_SKETCH) __builtin_prefetch(s->p);
+    else if (s->n > 0) __builtin_prefetch((const double *)s->p + s->n - 1);
+}
+
 bool qs_quantile(const qstore *s, double q, double *out) {
     if (s->n == QS_SKETCH) return udd_quantile(s->p, q, out);
     if (s->n == 0) return false;

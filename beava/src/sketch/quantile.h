@@ -25,6 +25,9 @@ typedef struct qstore {
 } qstore;
 
 void qs_add(qstore *s, double x);
+/* Memory hint, no effect on s: prefetch where qs_add starts (the array's tail or the
+ * sketch). */
+void qs_prefetch(const qstore *s);
 bool qs_quantile(const qstore *s, double q, double *out);   /* false when empty */
 void qs_merge(qstore *dst, const qstore *src);
 void qs_free(qstore *s);

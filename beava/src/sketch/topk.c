@@ -128,6 +128,12 @@ void topk_add(topk *t, const bv_value *v, uint32_t k) {
     hybrid_add(t->hy, v, h, 1);
 }
 
+void topk_prefetch(const topk *t, const bv_value *v) {
+    uint64_t h = opval_hash(v);
+    if (t->hy) cms_prefetch(&t->hy->sk, h);
+    else vm_prefetch(&t->exact, h);
+}
+
 void topk_merge(topk *dst, const topk *src, uint32_t k) {
     if (!src->hy && src->exact.n == 0) return;
     if (!dst->hy && !src->hy) {

@@ -39,6 +39,8 @@ typedef struct topk_item {
 
 void topk_add(topk *t, const bv_value *v, uint32_t k);
 void topk_merge(topk *dst, const topk *src, uint32_t k);
+/* Memory hint, no effect on t: prefetch what topk_add(t, v, k) will read first. */
+void topk_prefetch(const topk *t, const bv_value *v);
 /* The best min(k, held) items, count desc then value asc (opval_order). Returns the
  * number written to *out (caller frees *out; items borrow from t). */
 size_t topk_result(const topk *t, uint32_t k, topk_item **out);

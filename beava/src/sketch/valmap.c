@@ -22,6 +22,11 @@ static vm_entry *probe(const valmap *m, const bv_value *key, uint64_t h, uint32_
     }
 }
 
+void vm_prefetch(const valmap *m, uint64_t h) {
+    if (m->idx) __builtin_prefetch(&m->idx[(uint32_t)h & (icap_for(m->cap) - 1)]);
+    else if (m->e) __builtin_prefetch(m->e);
+}
+
 vm_entry *vm_find(const valmap *m, const bv_value *key, uint64_t h) {
     if (!m->idx) {
         for (uint32_t i = 0; i < m->n; i++)

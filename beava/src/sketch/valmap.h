@@ -28,6 +28,9 @@ typedef struct valmap {
 
 /* The entry for key (h = opval_hash(key)), or NULL. */
 vm_entry *vm_find(const valmap *m, const bv_value *key, uint64_t h);
+/* Memory hint, no effect on m: prefetch the index slot (or the first entries) that
+ * vm_find(m, key, h) reads first. */
+void vm_prefetch(const valmap *m, uint64_t h);
 /* Add an absent key with count 0 and return its entry (copies the key). */
 vm_entry *vm_insert(valmap *m, const bv_value *key, uint64_t h);
 void vm_free(valmap *m);
