@@ -110,12 +110,9 @@ engine *engine_new(const engine_options *opts) {
     e->opt = *opts;
     e->nshards = opts->shards ? opts->shards : 1;
     if (e->nshards > SHARD_MAX) e->nshards = SHARD_MAX;
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    /* a barrier must not starve behind a stream of pushes */
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&e->reg_lock, &ra);
-    pthread_rwlockattr_destroy(&ra);
+    pthread_mutex_init(&e->bar_mu, NULL);
+    pthread_cond_init(&e->bar_cv, NULL);
+    pthread_cond_init(&e->drain_cv, NULL);
     pthread_mutex_init(&e->seq_mu, NULL);
     pthread_mutex_init(&e->sweep_mu, NULL);
     pthread_mutex_init(&e->apply_mu, NULL);
@@ -172,7 +169,9 @@ void engine_free(engine *e) {
     pthread_mutex_destroy(&e->apply_mu);
     pthread_mutex_destroy(&e->reg_change_mu);
     pthread_mutex_destroy(&e->seq_mu);
-    pthread_rwlock_destroy(&e->reg_lock);
+    pthread_cond_destroy(&e->drain_cv);
+    pthread_cond_destroy(&e->bar_cv);
+    pthread_mutex_destroy(&e->bar_mu);
     free(e);
 }
 
@@ -193,12 +192,28 @@ registry *engine_pin(engine *e, regver **pin) {
             return v->reg;
         }
         /* replaced meanwhile (the holder itself is never freed): pin the new one */
-        atomic_fetch_sub_explicit(&v->readers, 1, memory_order_release);
+        engine_unpin(e, v);
     }
 }
 
-void engine_unpin(regver *pin) {
-    atomic_fetch_sub_explicit(&pin->readers, 1, memory_order_release);
+void engine_unpin(engine *e, regver *pin) {
+    /* the last reader of a holder a barrier waits for wakes it (seq_cst on both sides:
+     * either this sees drain_wait, or the barrier sees the count at 0) */
+    if (atomic_fetch_sub_explicit(&pin->readers, 1, memory_order_seq_cst) == 1 &&
+        atomic_load_explicit(&pin->drain_wait, memory_order_seq_cst)) {
+        pthread_mutex_lock(&e->bar_mu);
+        pthread_cond_broadcast(&e->drain_cv);
+        pthread_mutex_unlock(&e->bar_mu);
+    }
+}
+
+bool engine_barrier_wait(engine *e, regver *pin) {
+    if (!atomic_load_explicit(&e->barrier_on, memory_order_seq_cst)) return false;
+    engine_unpin(e, pin);
+    pthread_mutex_lock(&e->bar_mu);
+    while (atomic_load_explicit(&e->barrier_on, memory_order_relaxed)) pthread_cond_wait(&e->bar_cv, &e->bar_mu);
+    pthread_mutex_unlock(&e->bar_mu);
+    return true;
 }
 
 registry *engine_reg(engine *e) {
@@ -210,6 +225,7 @@ regver *engine_holder(engine *e) {
     if (h) e->spare = h->next;
     else if (!(h = calloc(1, sizeof *h))) abort();
     h->next = NULL;
+    h->keep_reg = false;
     return h;
 }
 
@@ -251,7 +267,7 @@ static void reclaim_locked(engine *e, bool drained) {
         regver *v = e->retired_head;
         e->retired_head = v->next;
         if (!e->retired_head) e->retired_tail = NULL;
-        registry_free(v->reg, &e->hooks);
+        if (!v->keep_reg) registry_free(v->reg, &e->hooks);
         v->reg = NULL;
         v->next = e->spare;
         e->spare = v;
@@ -261,11 +277,30 @@ static void reclaim_locked(engine *e, bool drained) {
 
 /* ---- the barrier -------------------------------------------------------------------- */
 
+/* Hold pushes off: raise the flag, publish a fence (the same registry in a new holder),
+ * wait until nothing pins the holder before it (see the top of engine_int.h). */
+static void barrier_fence(engine *e) {
+    pthread_mutex_lock(&e->bar_mu);
+    atomic_store_explicit(&e->barrier_on, true, memory_order_seq_cst);
+    pthread_mutex_unlock(&e->bar_mu);
+    regver *old = atomic_load_explicit(&e->cur, memory_order_relaxed);
+    regver *h = engine_holder(e);
+    old->keep_reg = true;                         /* the fence holds its registry now */
+    pthread_mutex_lock(&e->seq_mu);
+    engine_publish_locked(e, h, old->reg);
+    pthread_mutex_unlock(&e->seq_mu);
+    pthread_mutex_lock(&e->bar_mu);
+    atomic_store_explicit(&old->drain_wait, true, memory_order_seq_cst);
+    while (atomic_load_explicit(&old->readers, memory_order_seq_cst) != 0) pthread_cond_wait(&e->drain_cv, &e->bar_mu);
+    atomic_store_explicit(&old->drain_wait, false, memory_order_relaxed);
+    pthread_mutex_unlock(&e->bar_mu);
+}
+
 void engine_barrier_enter(engine *e) {
     pthread_mutex_lock(&e->reg_change_mu);        /* no register between its record and its apply */
     pthread_mutex_lock(&e->apply_mu);             /* no engine_apply_logged half done */
     push_replay_flush(e);                         /* recovery: gathered events apply first */
-    pthread_rwlock_wrlock(&e->reg_lock);          /* no push is past validation now */
+    barrier_fence(e);                             /* no push is past validation now */
     pthread_mutex_unlock(&e->apply_mu);
     push_drain_applied(e);
     pthread_mutex_lock(&e->sweep_mu);             /* the sweeper keeps off the stores */
@@ -274,7 +309,10 @@ void engine_barrier_enter(engine *e) {
 void engine_barrier_leave(engine *e) {
     reclaim_locked(e, true);                      /* drained: only pins can hold a version */
     pthread_mutex_unlock(&e->sweep_mu);
-    pthread_rwlock_unlock(&e->reg_lock);
+    pthread_mutex_lock(&e->bar_mu);
+    atomic_store_explicit(&e->barrier_on, false, memory_order_seq_cst);
+    pthread_cond_broadcast(&e->bar_cv);
+    pthread_mutex_unlock(&e->bar_mu);
     pthread_mutex_unlock(&e->reg_change_mu);
 }
 
@@ -513,7 +551,7 @@ int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
         e->opt.log.registry_catch_up(e->opt.log.ctx);
     regver *pin;
     int status = registry_prepare(engine_pin(e, &pin), body, len, out, &plan);
-    engine_unpin(pin);
+    engine_unpin(e, pin);
     if (!plan) return status;
     if (e->opt.log.publish) return register_in_barrier(e, body, len, out, plan);
     pthread_mutex_lock(&e->reg_change_mu);        /* only its holder changes the registry */
@@ -582,14 +620,14 @@ void engine_registry_info(engine *e, bv_buf *out) {
     registry *reg = engine_pin(e, &pin);
     uint64_t v = registry_version(reg);
     size_t n = registry_node_count(reg);
-    engine_unpin(pin);
+    engine_unpin(e, pin);
     bv_buf_printf(out, "{\"node_count\":%zu,\"version\":%llu}", n, (unsigned long long)v);
 }
 
 bool engine_has_table(engine *e, const char *table) {
     regver *pin;
     bool ok = registry_table(engine_pin(e, &pin), table) != NULL;
-    engine_unpin(pin);
+    engine_unpin(e, pin);
     return ok;
 }
 
@@ -622,7 +660,7 @@ unsigned engine_shard_of(engine *e, const char *table, const char *key) {
     char kbuf[STORE_MAX_KEY + 1];
     int kl = t ? engine_parse_key(t, key, strlen(key), kbuf, sizeof kbuf) : -1;
     unsigned sh = kl < 0 ? UINT32_MAX : engine_shard_for(e, t, store_hash(kbuf, (size_t)kl));
-    engine_unpin(pin);
+    engine_unpin(e, pin);
     return sh;
 }
 
@@ -726,7 +764,7 @@ void engine_metrics(engine *e, bv_buf *out) {
     metric_u64(out, "beava_shards", "gauge", "Apply shards.", e->nshards);
     metric_u64(out, "beava_entity_keys_too_long_total", "counter",
                "Entity keys longer than the cap (event skipped for that table).", relaxed(&e->keys_too_long));
-    engine_unpin(pin);
+    engine_unpin(e, pin);
 }
 
 uint64_t engine_registry_versions_retained(engine *e) {

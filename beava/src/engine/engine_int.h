@@ -20,21 +20,21 @@
  * leaves; /metrics shows beava_registry_versions_retained (1 when nothing waits).
  * Holders are recycled, never freed while the engine lives, so a reader that loaded a
  * holder which was retired meanwhile only touches its counter and retries. No reader
- * waits for a writer, and a writer never waits for readers: it defers the frees.
+ * waits for a registry change, and a change never waits for readers: it defers the
+ * frees (only a barrier, below, waits for the readers that pinned before it).
  *
  * Locks, in the only order they are ever nested:
  *   reg_change_mu (registry changes, reset, snapshots, reclaiming retired versions: one
  *                  at a time; no push or read ever takes it)
  *   -> apply_mu (engine_apply_logged's gather+flush vs a barrier's flush)
- *   -> reg_lock (rwlock, the barrier's: pushes hold it shared from validation through
- *                sequencing and inline apply; only the barrier takes it as a writer.
- *                Gets, the sweep, metrics and registry changes never take it)
  *   -> sweep_mu (the sweeper's cursor; the barrier takes it to keep the sweeper off the
  *                stores it serialises or rewrites)
  *   -> seq_mu (the sequencer: LSNs, WAL appends, publishing a version, shard rings, the
  *              park list, the register gate and its deferred batches, dedupe)
  *   -> a shard's queue lock -> (trylock only) a shard's state lock
- * A reader pins a version, then takes one shard state lock at a time.
+ * bar_mu (the barrier's flag and the wait for pins) is a leaf: nothing is taken under it.
+ * A reader pins a version, then takes one shard state lock at a time. No push or read
+ * takes an engine-wide lock before the sequencer.
  *
  * ORDER OF PUSHES AND CHANGES. The registry a push is validated against must be the one
  * its LSN implies: every record below the register's LSN L was judged on the old
@@ -43,7 +43,7 @@
  * otherwise it is validated again, on the new one (push_submit). So:
  *
  *  AT APPEND (a log that never voids a record: batch durability, or no log). Build the
- *  next version beside readers (~the old writer section, now lock-free for them), then
+ *  next version beside readers (the in-memory apply; nobody waits for it), then
  *  under seq_mu append the record (L) and publish the version in the same section. If
  *  the append fails, the built version is discarded (registry_discard) and the answer is
  *  503: nothing was published. Then wait until L is durable, holding nothing but
@@ -80,16 +80,23 @@
  *
  * THE BARRIER (engine_barrier_enter): reset, snapshots and restores, cluster-mode
  * registers (whose log append is a synchronous publish with its own conflict check) and
- * recovery's registry records: reg_change_mu, then reg_lock as a writer (no push is
- * between validation and the end of its inline apply, and none starts) while the park
- * list and the shards drain, then sweep_mu. Gets and metrics do not take it: they go on
- * during a barrier, reading the version they pinned, one shard state lock at a time, and
- * what the barrier does to stores (snapshot serialisation, restore, dropping a
- * partition's entities) it does under the same state locks, one shard at a time; a get
- * waits at most for one table-shard's worth of that work. A reset publishes an empty
- * version (the old tables go with the old version). Taking reg_change_mu first keeps a
- * barrier out of a gated register's window (1-3), where the log holds L but no version
- * has it yet. Pushes do wait for a barrier (they hold reg_lock shared), as before.
+ * recovery's registry records. reg_change_mu; then the flag `barrier_on` is raised and
+ * a FENCE is published: a new holder of the same registry. A push checks the flag after
+ * pinning, so every push that pins the fence (or later) sees it and waits (on bar_cv)
+ * until the barrier leaves, then starts again; the barrier waits (drain_cv, signalled by
+ * the unpin that brings it to zero) until no reader pins the holder before the fence, so
+ * no push is between validation and the end of its inline apply. Then the park list and
+ * the shards drain, then sweep_mu. Gets and metrics are not held off: the barrier waits
+ * only for those that pinned before its fence (a get's length), and during it they read
+ * the version they pinned under one shard state lock at a time. They do wait while the
+ * barrier touches stores as a whole, which it does holding every shard's state lock
+ * (gets widen rows under them): engine_quiesce's callback (a fork() for a snapshot, or
+ * a cluster partition snapshot serialised in process), a restore's or a merge's entity
+ * loading, dropping a partition's entities. The drain, a reset, a cluster register or a
+ * registry record replayed does not stop them. A reset publishes an empty version (the
+ * old tables go with the old version). Taking reg_change_mu first keeps a barrier out of
+ * a gated register's window (1-3), where the log holds L but no version has it yet.
+ * Pushes do wait for a barrier, as they did for the rwlock this replaced.
  */
 #ifndef BEAVA_ENGINE_INT_H
 #define BEAVA_ENGINE_INT_H
@@ -135,12 +142,17 @@ typedef struct engine_replay_ctx {
 typedef struct regver {
     registry *reg;
     _Atomic unsigned long readers;    /* pins (engine_pin) */
+    _Atomic bool drain_wait;      /* a barrier waits for readers to reach 0 (bar_mu) */
+    bool keep_reg;                /* retired by a fence: the next holder has reg (reg_change_mu) */
     struct regver *next;          /* on the retired or the spare list (reg_change_mu) */
 } regver;
 
 struct engine {
     engine_options opt;
-    pthread_rwlock_t reg_lock;    /* the barrier's (see the top of this file) */
+    _Atomic bool barrier_on;      /* a barrier holds pushes off (see the top of this file) */
+    pthread_mutex_t bar_mu;       /* barrier_on's waiters, and the wait for pins */
+    pthread_cond_t bar_cv;        /* barrier_on went down */
+    pthread_cond_t drain_cv;      /* a holder's readers reached 0 */
     _Atomic uint64_t reg_version;     /* registry_version of the current version */
     _Atomic(regver *) cur;        /* the current version (published under seq_mu) */
     regver *retired_head, *retired_tail;  /* replaced versions, oldest first (reg_change_mu) */
@@ -171,8 +183,7 @@ struct engine {
     pthread_mutex_t sweep_mu;
     _Atomic uint64_t swept_evictions;
     engine_replay_ctx *replay;    /* NULL outside recovery (and cluster applies) */
-    pthread_mutex_t apply_mu;     /* engine_apply_logged's gather+flush vs a barrier's flush;
-                                   * taken before reg_lock */
+    pthread_mutex_t apply_mu;     /* engine_apply_logged's gather+flush vs a barrier's flush */
     pthread_mutex_t reg_change_mu;    /* registry changes, reset, snapshots: one at a time */
     bool reg_gated;               /* a register's record is sequenced, not yet applied (seq_mu) */
     _Atomic bool reg_gate_hint;   /* = reg_gated, read without seq_mu (a hint only) */
@@ -198,7 +209,10 @@ void engine_error_body(bv_buf *out, const char *code, const char *reason_key, co
 /* Registry versions (see the top of this file). engine_pin never blocks; the registry
  * it returns stays valid until engine_unpin. */
 registry *engine_pin(engine *e, regver **pin);
-void engine_unpin(regver *pin);
+void engine_unpin(engine *e, regver *pin);
+/* A push that pinned a version while a barrier holds pushes off: unpin, wait until it
+ * leaves; true if it had to (start again). */
+bool engine_barrier_wait(engine *e, regver *pin);
 /* The current version, for its one writer (reg_change_mu held) or recovery. */
 registry *engine_reg(engine *e);
 /* Publish `next` as the current version (reg_change_mu held; seq_mu held for _locked,
@@ -209,8 +223,8 @@ void engine_publish(engine *e, registry *next);
 regver *engine_holder(engine *e);
 
 /* Exclusive access with every sequenced record applied (reset, snapshots, cluster
- * registers): takes reg_change_mu, reg_lock as a writer, drains the park list and the
- * shards, takes sweep_mu. Gets and metrics go on (see the top of this file). */
+ * registers): takes reg_change_mu, holds pushes off (the fence), drains the park list
+ * and the shards, takes sweep_mu. Gets and metrics go on (see the top of this file). */
 void engine_barrier_enter(engine *e);
 void engine_barrier_leave(engine *e);
 

@@ -4,7 +4,7 @@
  *
  * One batch (the frames of one read on a TCP connection, or one HTTP request) goes:
  *
- *  1. Prepare (on a pinned registry version, reg_lock shared): for every item, in order,
+ *  1. Prepare (on a pinned registry version; a barrier holds it off): for every item, in order,
  *     validate the row against its event schema in one pass over its fields (first
  *     failure wins: not an object, control character, unknown event, undeclared field,
  *     missing/null required field, type, i64 fraction, key length), then for every
@@ -29,7 +29,7 @@
  *     routes it once its records are on disk (one fsync releases every batch it covers),
  *     so a sync push is applied only once durable, and a failed write voids it with
  *     nothing applied.
- *  3. Apply inline parts, release the shards, unpin the version, drop reg_lock.
+ *  3. Apply inline parts, release the shards, unpin the version.
  *  4. Completion: `pending` counts the queued parts plus one guard held by the submitter
  *     (and one park token while parked). Whoever brings it to zero completes the batch:
  *     the submitter (engine_push_submit returns true, no callback) or the shard /
@@ -732,7 +732,7 @@ static bool names_unknown_event(engine *e, push_batch_state *st, const engine_ba
     }
     st->last_ev = NULL;                           /* the cache lives under one pin */
     st->reg = NULL;
-    engine_unpin(pin);
+    engine_unpin(e, pin);
     return unknown;
 }
 
@@ -773,9 +773,9 @@ again:
         if (gated) return false;
     }
 
-    pthread_rwlock_rdlock(&e->reg_lock);
     regver *pin;
     st->reg = engine_pin(e, &pin);
+    if (engine_barrier_wait(e, pin)) goto again;  /* reset, snapshot: after it */
     uint64_t version = registry_version(st->reg);
     st->rec.len = 0;
     for (size_t i = 0; i < b->n; i++) {
@@ -812,8 +812,7 @@ again:
     if (any_valid && e->opt.log.publish) {        /* cluster: the log's owners apply it */
         note_watermark(e, now);
         log_hand_off(e, st);
-        engine_unpin(pin);
-        pthread_rwlock_unlock(&e->reg_lock);
+        engine_unpin(e, pin);
         return false;
     }
     if (any_valid) {
@@ -826,8 +825,7 @@ again:
             pthread_mutex_unlock(&e->seq_mu);
             atomic_fetch_sub_explicit(&e->events_rejected, st->rejected, memory_order_relaxed);
             atomic_fetch_sub_explicit(&e->keys_too_long, st->too_long, memory_order_relaxed);
-            engine_unpin(pin);
-            pthread_rwlock_unlock(&e->reg_lock);
+            engine_unpin(e, pin);
             if (gated) return false;
             st = state_for(e, b);
             any_valid = any_sync = false;
@@ -856,8 +854,7 @@ again:
              * thread); a costly one leaves that to the thread (the point of splitting it) */
             if (st->held[s]) shard_inline_end(e->pool, s, st->cost > PUSH_COSTLY_UPDATES ? 0 : SHARD_INLINE_TAKE);
     }
-    engine_unpin(pin);
-    pthread_rwlock_unlock(&e->reg_lock);
+    engine_unpin(e, pin);
     return atomic_fetch_sub_explicit(&st->pending, 1, memory_order_acq_rel) == 1;
 }
 
@@ -986,7 +983,7 @@ void push_replay_flush(engine *e) {
     for (size_t k = 0; k < r->n; k++) evrec_release(&r->recs[k]);
     r->n = 0;
     st->reg = NULL;
-    engine_unpin(r->pin);
+    engine_unpin(e, r->pin);
 }
 
 /* Cluster (engine_apply_logged): the dedupe decision in log order. The cache key is the

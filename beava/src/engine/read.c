@@ -128,13 +128,13 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
     reg = engine_pin(e, &pin);
     agg_table *tab = registry_table(reg, table);
     if (!tab && e->opt.log.registry_catch_up) {   /* cluster: registered elsewhere a moment ago? */
-        engine_unpin(pin);
+        engine_unpin(e, pin);
         e->opt.log.registry_catch_up(e->opt.log.ctx);
         reg = engine_pin(e, &pin);
         tab = registry_table(reg, table);
     }
     if (!tab) {
-        engine_unpin(pin);
+        engine_unpin(e, pin);
         engine_error_body(out, "unknown_table", NULL, NULL, false, 0);
         return 404;
     }
@@ -144,7 +144,7 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
         char reason[1024];
         snprintf(reason, sizeof reason, "feature_not_found: missing=%s table=%s", missing.data, table);
         bv_buf_free(&missing);
-        engine_unpin(pin);
+        engine_unpin(e, pin);
         engine_error_body(out, "internal_error", "reason", reason, false, 0);
         return 500;
     }
@@ -152,7 +152,7 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
     char kbuf[STORE_MAX_KEY + 1];
     int kl = engine_parse_key(tab, json_string_value(key), json_string_length(key), kbuf, sizeof kbuf);
     if (kl < 0) {
-        engine_unpin(pin);
+        engine_unpin(e, pin);
         engine_error_body(out, "key_parse_failure", NULL, NULL, false, 0);
         return 404;
     }
@@ -162,7 +162,7 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
     jsonw_init(&w, out);
     write_row(tab, en, features, query_time(e), &w);
     shard_unlock(e->pool, sh);
-    engine_unpin(pin);
+    engine_unpin(e, pin);
     return 200;
 }
 
@@ -227,7 +227,7 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
             char reason[1024];
             snprintf(reason, sizeof reason, "feature_not_found: missing=%s table=%s", missing.data, table);
             bv_buf_free(&missing);
-            engine_unpin(pin);
+            engine_unpin(e, pin);
             engine_error_body(out, "internal_error", "reason", reason, false, 0);
             batch_fwd_free(fwd, json_array_size(reqs));
             return 500;
@@ -273,7 +273,7 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
         shard_unlock(e->pool, sh);
     }
     bv_buf_puts(out, "]}");
-    engine_unpin(pin);
+    engine_unpin(e, pin);
     batch_fwd_free(fwd, n);
     return 200;
 }
@@ -343,7 +343,7 @@ static int legacy_get_cluster(engine *e, const char *name, const char *key, bv_b
     char kbuf[STORE_MAX_KEY + 1];
     if (tab && engine_parse_key(tab, key, strlen(key), kbuf, sizeof kbuf) >= 0)
         legacy_req(reqs, tab->name, key, feature ? name : NULL);
-    engine_unpin(pin);
+    engine_unpin(e, pin);
     if (json_array_size(reqs) == 0) {             /* answered here: feature_not_found, ... */
         json_decref(reqs);
         return -1;
@@ -450,7 +450,7 @@ int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
         engine_error_body(out, "feature_not_found", NULL, NULL, false, 0);
         status = 404;
     }
-    engine_unpin(pin);
+    engine_unpin(e, pin);
     return status;
 }
 
@@ -511,7 +511,7 @@ int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *
                 cell[i * nf + f] = (long)json_array_size(reqs);
                 legacy_req(reqs, tab->name, sorted[i], fname);
             }
-        engine_unpin(pin);
+        engine_unpin(e, pin);
         nfwd = json_array_size(reqs);
         fwd = legacy_forward(e, reqs);
         json_decref(reqs);
@@ -583,7 +583,7 @@ int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *
     }
     jsonw_obj_end(&w);
     free(sorted);
-    engine_unpin(pin);
+    engine_unpin(e, pin);
     batch_fwd_free(fwd, nfwd);
     free(cell);
     json_decref(one);

@@ -22,7 +22,7 @@ size_t engine_sweep_cold(engine *e, size_t budget) {
         any = ev && ev->cold_after_ms > 0;
     }
     if (!any) {
-        engine_unpin(pin);
+        engine_unpin(e, pin);
         return 0;
     }
     pthread_mutex_lock(&e->sweep_mu);
@@ -64,7 +64,7 @@ size_t engine_sweep_cold(engine *e, size_t budget) {
         }
     }
     pthread_mutex_unlock(&e->sweep_mu);
-    engine_unpin(pin);
+    engine_unpin(e, pin);
     atomic_fetch_add_explicit(&e->swept_evictions, evicted, memory_order_relaxed);
     return evicted;
 }
