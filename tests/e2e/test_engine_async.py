@@ -68,6 +68,19 @@ def wait_wal_durable(b, timeout=30):
         time.sleep(0.05)
 
 
+def versions_retained(b, timeout=10):
+    """beava_registry_versions_retained once it is 1 (the replaced registry versions freed
+    by the sweeper), or its value after timeout s."""
+    deadline = time.time() + timeout
+    while True:
+        text = b.raw("GET", "/metrics", which="admin")[2].decode()
+        m = dict(l.split(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))
+        v = m.get("beava_registry_versions_retained")
+        if v == "1" or time.time() >= deadline:
+            return v
+        time.sleep(0.05)
+
+
 class PausedShard(unittest.TestCase):
     def test_other_shards_unaffected_and_overload_is_prompt(self):
         # one I/O thread, so every connection below shares it; a small ring
@@ -565,6 +578,8 @@ class RegisterRace(unittest.TestCase):
                 self.assertEqual(b.get("Seen", "p0_0")[0], 404)
                 version = Conn(addr).call(0x0000, {})[2]["registry_version"]
                 self.assertEqual(version, 5)
+                # every version the changes replaced is freed once nothing reads it
+                self.assertEqual(versions_retained(b), "1")
                 wait_wal_durable(b)
                 b.stop(sig=9)
             finally:

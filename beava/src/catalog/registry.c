@@ -217,16 +217,6 @@ struct registry {
     size_t nsrcs;
     feat_ref *feats;
     size_t nfeats;
-    /* what a change replaced but a part sequenced before it may still read: a table's old
-     * features and offsets arrays (shallow: the features themselves live on), old prefix
-     * chains. Freed by registry_release_retired. */
-    void **retired;
-    size_t nretired, cap_retired;
-    chain **retired_chains;
-    size_t nretired_chains, cap_retired_chains;
-    bool retire_removed;             /* registry_retire_removed */
-    deriv_desc **retired_derivs;     /* removed derivations with a table: freed (hook first) later */
-    size_t nretired_derivs, cap_retired_derivs;
 };
 
 /* ------------------------------------------------------------------------------------
@@ -1895,18 +1885,25 @@ static void table_layout(agg_table *t) {
     free(np);
 }
 
-static void table_free(agg_table *t) {
-    if (!t) return;
-    for (size_t i = 0; i < t->nfeatures; i++) feature_release(&t->features[i]);
+/* What one version's shell of a table owns alone (registry.h "Versions"): its arrays and
+ * strings, not the feature states, the chain or the store it may share with its
+ * predecessor or successor. */
+static void shell_free_own(agg_table *t) {
     free(t->features);
     free(t->offsets);
     free(t->by_name);
     for (size_t i = 0; i < t->nkeys; i++) free(t->keys[i]);
     free(t->keys);
-    if (t->prefix) chain_free(t->prefix);
     free(t->name);
     free(t->source);
     free(t);
+}
+
+static void table_free(agg_table *t) {
+    if (!t) return;
+    for (size_t i = 0; i < t->nfeatures; i++) feature_release(&t->features[i]);
+    if (t->prefix) chain_free(t->prefix);
+    shell_free_own(t);
 }
 
 static void event_free(ev_desc *e) {
@@ -1917,12 +1914,13 @@ static void event_free(ev_desc *e) {
     free(e);
 }
 
-static void deriv_free(deriv_desc *d) {
+/* A derivation without its table (the caller disposes of that: shell_discard or
+ * shell_retire). */
+static void deriv_free_own(deriv_desc *d) {
     free(d->name);
     for (size_t i = 0; i < d->nupstreams; i++) free(d->upstreams[i]);
     free(d->upstreams);
     bv_schema_free(&d->schema);
-    table_free(d->table);
     json_decref(d->node);
     free(d);
 }
@@ -1937,6 +1935,46 @@ static void hook_removed(const reg_hooks *h, agg_table *t) {
 
 static void hook_widened(const reg_hooks *h, agg_table *t, size_t old_n) {
     if (h && h->table_widened) h->table_widened(h->ctx, t, old_n);
+}
+
+/* A table leaving the version being built (removed, reset, or the whole build
+ * discarded). With a predecessor (the same table in the version this one was built
+ * from), only what this shell added goes: its arrays, the feature states it appended,
+ * its chain if it replaced the predecessor's; the predecessor becomes the last of its
+ * line, freed with its store when its own version is (shell_retire). A table this build
+ * created goes at once, store and all. */
+static void shell_discard(agg_table *n, const reg_hooks *hooks) {
+    agg_table *p = n->pred;
+    if (!p) {
+        hook_removed(hooks, n);
+        table_free(n);
+        return;
+    }
+    p->succ = NULL;
+    for (size_t i = p->nfeatures; i < n->nfeatures; i++) feature_release(&n->features[i]);
+    if (n->prefix != p->prefix) chain_free(n->prefix);
+    shell_free_own(n);
+}
+
+/* A table of a version being freed (no reader and no queued part can reach it). If the
+ * table goes on in a later version, only this shell's arrays (and its chain, if the
+ * successor has another) go; the last shell of a table takes its store (the hook) and
+ * its feature states with it. */
+static void shell_retire(agg_table *p, const reg_hooks *hooks) {
+    agg_table *n = p->succ;
+    if (!n) {
+        hook_removed(hooks, p);
+        table_free(p);
+        return;
+    }
+    n->pred = NULL;
+    if (p->prefix != n->prefix) chain_free(p->prefix);
+    shell_free_own(p);
+}
+
+static void deriv_discard(deriv_desc *d, const reg_hooks *hooks) {
+    if (d->table) shell_discard(d->table, hooks);
+    deriv_free_own(d);
 }
 
 static void push_event(registry *r, ev_desc *e) {
@@ -1970,21 +2008,8 @@ static void remove_names(registry *r, char *const *names, size_t n, const reg_ho
     w = 0;
     for (size_t i = 0; i < r->nderivs; i++) {
         deriv_desc *d = r->derivs[i];
-        if (!name_in_sorted(names, n, d->name)) {
-            r->derivs[w++] = d;
-            continue;
-        }
-        if (!d->table || !r->retire_removed) {
-            if (d->table) hook_removed(hooks, d->table);
-            deriv_free(d);
-            continue;
-        }
-        /* retired: its table's hook runs when it is released */
-        if (r->nretired_derivs == r->cap_retired_derivs) {
-            r->cap_retired_derivs = r->cap_retired_derivs ? r->cap_retired_derivs * 2 : 16;
-            r->retired_derivs = bv_xrealloc(r->retired_derivs, r->cap_retired_derivs * sizeof *r->retired_derivs);
-        }
-        r->retired_derivs[r->nretired_derivs++] = d;
+        if (name_in_sorted(names, n, d->name)) deriv_discard(d, hooks);
+        else r->derivs[w++] = d;
     }
     r->nderivs = w;
 }
@@ -2063,44 +2088,16 @@ static int cmp_feature_key(const void *key, const void *elem) {
 
 /* A kept derivation: take the freshly compiled chain and schema (an upstream may have
  * widened), append the diff's new_agg features. Returns true when slots were appended
- * (*old_n = slot count before). */
-static void retire(registry *r, void *p) {
-    if (r->nretired == r->cap_retired) {
-        r->cap_retired = r->cap_retired ? r->cap_retired * 2 : 16;
-        r->retired = bv_xrealloc(r->retired, r->cap_retired * sizeof *r->retired);
-    }
-    r->retired[r->nretired++] = p;
-}
-
-static void retire_chain(registry *r, chain *c) {
-    if (r->nretired_chains == r->cap_retired_chains) {
-        r->cap_retired_chains = r->cap_retired_chains ? r->cap_retired_chains * 2 : 16;
-        r->retired_chains = bv_xrealloc(r->retired_chains, r->cap_retired_chains * sizeof *r->retired_chains);
-    }
-    r->retired_chains[r->nretired_chains++] = c;
-}
-
-void registry_retire_removed(registry *r, bool on) { r->retire_removed = on; }
-
-size_t registry_retired_count(const registry *r) { return r->nretired + r->nretired_chains + r->nretired_derivs; }
-
-void registry_release_retired(registry *r, const reg_hooks *hooks) {
-    for (size_t i = 0; i < r->nretired; i++) free(r->retired[i]);
-    for (size_t i = 0; i < r->nretired_chains; i++) chain_free(r->retired_chains[i]);
-    for (size_t i = 0; i < r->nretired_derivs; i++) {
-        hook_removed(hooks, r->retired_derivs[i]->table);
-        deriv_free(r->retired_derivs[i]);
-    }
-    r->nretired = r->nretired_chains = r->nretired_derivs = 0;
-}
-
-static bool update_kept_deriv(registry *r, deriv_desc *d, pnode *p, const reg_diff *diff, size_t *old_n) {
+ * (*old_n = slot count before). In a version being built the table is this version's own
+ * shell: its arrays are its own to replace, the chain and the feature states it shares
+ * with its predecessor are left alone (registry.h "Versions"). */
+static bool update_kept_deriv(deriv_desc *d, pnode *p, const reg_diff *diff, size_t *old_n) {
     bv_schema_free(&d->schema);
     schema_copy_fast(&d->schema, pnode_exposed(p));
     agg_table *t = d->table;
     if (!t) return false;
     if (p->prefix) {
-        retire_chain(r, t->prefix);   /* a queued part's chained row may point into it */
+        if (!t->pred || t->prefix != t->pred->prefix) chain_free(t->prefix);
         t->prefix = p->prefix;
         p->prefix = NULL;
     }
@@ -2118,18 +2115,14 @@ static bool update_kept_deriv(registry *r, deriv_desc *d, pnode *p, const reg_di
         feature *f = p->nfeat ? bsearch(x->s2, p->feats, p->nfeat, sizeof *p->feats, cmp_feature_key) : NULL;
         if (!f) abort();      /* validation compiled every payload feature */
         size_t k = (size_t)(f - p->feats);
-        /* never moved in place: a part sequenced before this change applies with the
-         * arrays it captured (features, offsets) while this one is built */
         feature *grown = bv_xcalloc(t->nfeatures + 1, sizeof *grown);
         if (t->nfeatures) memcpy(grown, t->features, t->nfeatures * sizeof *grown);
-        retire(r, t->features);
+        free(t->features);
         t->features = grown;
         t->features[t->nfeatures++] = *f;
         p->feat_moved[k] = true;
     }
     if (t->nfeatures == *old_n) return false;
-    retire(r, t->offsets);
-    t->offsets = NULL;
     table_layout(t);
     replace_node(&d->node, p->node);
     return true;
@@ -2538,7 +2531,7 @@ void registry_apply(registry *r, reg_plan *p, const reg_hooks *hooks, bv_buf *re
         if (find_event(r, pn->name)) abort();
         if (d) {
             size_t old_n = 0;
-            if (update_kept_deriv(r, d, pn, &p->diff, &old_n)) ev[nev++] = (table_event){d->table, old_n};
+            if (update_kept_deriv(d, pn, &p->diff, &old_n)) ev[nev++] = (table_event){d->table, old_n};
             continue;
         }
         d = deriv_from(r, pn, version);
@@ -2568,21 +2561,14 @@ registry *registry_new(const registry_options *opts) {
     return r;
 }
 
+/* Every descriptor leaves the version being built (reset, or the build discarded). */
 static void drop_all(registry *r, const reg_hooks *hooks) {
-    for (size_t i = 0; i < r->nderivs; i++)
-        if (r->derivs[i]->table) hook_removed(hooks, r->derivs[i]->table);
+    for (size_t i = 0; i < r->nderivs; i++) deriv_discard(r->derivs[i], hooks);
     for (size_t i = 0; i < r->nevents; i++) event_free(r->events[i]);
-    for (size_t i = 0; i < r->nderivs; i++) deriv_free(r->derivs[i]);
     r->nevents = r->nderivs = 0;
 }
 
-void registry_free(registry *r, const reg_hooks *hooks) {
-    if (!r) return;
-    drop_all(r, hooks);
-    registry_release_retired(r, hooks);
-    free(r->retired);
-    free(r->retired_chains);
-    free(r->retired_derivs);
+static void free_containers(registry *r) {
     free(r->events);
     free(r->derivs);
     free(r->ev_sorted);
@@ -2594,9 +2580,88 @@ void registry_free(registry *r, const reg_hooks *hooks) {
     free(r);
 }
 
+void registry_free(registry *r, const reg_hooks *hooks) {
+    if (!r) return;
+    for (size_t i = 0; i < r->nderivs; i++) {
+        deriv_desc *d = r->derivs[i];
+        if (d->table) shell_retire(d->table, hooks);
+        deriv_free_own(d);
+    }
+    for (size_t i = 0; i < r->nevents; i++) event_free(r->events[i]);
+    free_containers(r);
+}
+
+void registry_discard(registry *next, const reg_hooks *hooks) {
+    if (!next) return;
+    drop_all(next, hooks);
+    free_containers(next);
+}
+
+static ev_desc *event_copy(const ev_desc *e) {
+    ev_desc *n = bv_xcalloc(1, sizeof *n);
+    *n = *e;
+    n->name = bv_xstrdup(e->name);
+    schema_copy_fast(&n->schema, &e->schema);
+    n->dedupe_key = e->dedupe_key ? bv_xstrdup(e->dedupe_key) : NULL;
+    n->node = json_incref(e->node);
+    return n;
+}
+
+static void *dup_array(const void *a, size_t n, size_t size) {
+    void *d = bv_xcalloc(n ? n : 1, size);
+    if (n) memcpy(d, a, n * size);
+    return d;
+}
+
+/* The next shell of table p: own copies of its arrays and strings, the same feature
+ * states (bitwise copies of the feature structs), chain and store. */
+static agg_table *table_shell(agg_table *p) {
+    agg_table *n = bv_xcalloc(1, sizeof *n);
+    *n = *p;
+    n->name = bv_xstrdup(p->name);
+    n->source = bv_xstrdup(p->source);
+    n->keys = bv_xcalloc(p->nkeys ? p->nkeys : 1, sizeof *n->keys);
+    for (size_t k = 0; k < p->nkeys; k++) n->keys[k] = bv_xstrdup(p->keys[k]);
+    n->features = dup_array(p->features, p->nfeatures, sizeof *p->features);
+    n->offsets = dup_array(p->offsets, p->nfeatures, sizeof *p->offsets);
+    n->by_name = dup_array(p->by_name, p->nfeatures, sizeof *p->by_name);
+    n->pred = p;
+    n->succ = NULL;
+    p->succ = n;
+    return n;
+}
+
+static deriv_desc *deriv_copy(const deriv_desc *d) {
+    deriv_desc *n = bv_xcalloc(1, sizeof *n);
+    *n = *d;
+    n->name = bv_xstrdup(d->name);
+    n->upstreams = bv_xcalloc(d->nupstreams ? d->nupstreams : 1, sizeof *n->upstreams);
+    for (size_t i = 0; i < d->nupstreams; i++) n->upstreams[i] = bv_xstrdup(d->upstreams[i]);
+    schema_copy_fast(&n->schema, &d->schema);
+    n->node = json_incref(d->node);
+    n->table = d->table ? table_shell(d->table) : NULL;
+    return n;
+}
+
+registry *registry_next(registry *r) {
+    registry *n = bv_xcalloc(1, sizeof *n);
+    n->opts = r->opts;
+    n->version = r->version;
+    n->next_table_id = r->next_table_id;
+    n->cap_events = r->nevents ? r->nevents : 1;
+    n->events = bv_xcalloc(n->cap_events, sizeof *n->events);
+    for (size_t i = 0; i < r->nevents; i++) n->events[i] = event_copy(r->events[i]);
+    n->nevents = r->nevents;
+    n->cap_derivs = r->nderivs ? r->nderivs : 1;
+    n->derivs = bv_xcalloc(n->cap_derivs, sizeof *n->derivs);
+    for (size_t i = 0; i < r->nderivs; i++) n->derivs[i] = deriv_copy(r->derivs[i]);
+    n->nderivs = r->nderivs;
+    reindex(n);
+    return n;
+}
+
 void registry_reset(registry *r, const reg_hooks *hooks) {
     drop_all(r, hooks);
-    registry_release_retired(r, hooks);
     r->version++;
     reindex(r);
 }

@@ -18,8 +18,25 @@
  * version exactly (everything here is deterministic: sorted diffs, sorted rename
  * pairing, ids allocated in order).
  *
- * Thread-safety: none inside. The engine serialises register/reset against everything
- * else that reads descriptors.
+ * Versions. registry_apply and registry_reset change a registry in place; the engine
+ * never changes one that a reader can see. It builds the next version with
+ * registry_next (a copy of the containers, the indexes, every event and derivation
+ * descriptor, and a new "shell" of every table), changes that copy, and publishes it
+ * (engine_int.h). A version, once published, is immutable. What versions share:
+ *   - a table's store, its feature states (the feature structs are bitwise copies) and
+ *     its prefix chain until a change compiles a new one. The shells of one table form a
+ *     line, oldest first (agg_table.pred/succ). A shell owns its arrays and strings; the
+ *     chain goes with the shell whose successor has another; the store and the feature
+ *     states go with the last shell of the line, through hooks->table_removed.
+ *   - json nodes (reference counted).
+ * registry_free frees a version that nothing can reach any more (its tables that live on
+ * in a later version lose only their shells), and must be called oldest version first;
+ * registry_discard drops a version that was built but never published (the version it
+ * was built from keeps everything it had). Only one thread builds, discards or frees
+ * versions at a time (the engine's reg_change_mu); readers of published versions need
+ * no lock.
+ *
+ * Thread-safety: none inside beyond the above.
  */
 #ifndef BEAVA_REGISTRY_H
 #define BEAVA_REGISTRY_H
@@ -65,6 +82,9 @@ typedef struct agg_table {
     size_t row_size;                 /* total state bytes of an entity row */
     size_t *by_name;                 /* slot indices sorted by feature name (output order) */
     void *store;                     /* engine-owned entity store */
+    /* the same table in the version this one was built from / the next one (registry.c's
+     * bookkeeping, written by the one builder; no reader follows them) */
+    struct agg_table *pred, *succ;
 } agg_table;
 
 typedef struct deriv_desc {
@@ -127,20 +147,16 @@ void registry_apply(registry *r, reg_plan *plan, const reg_hooks *hooks, bv_buf 
 void reg_plan_free(reg_plan *plan);
 /* Was the plan prepared on the registry as it is now (no change applied since)? */
 bool reg_plan_current(const registry *r, const reg_plan *plan);
-/* What a change replaces or removes is never freed at once, so that the engine's shards
- * can go on applying parts judged before it without a drain: a widened table gets new
- * features and offsets arrays (a part captures agg_table's features, offsets, nfeatures,
- * row_size and store while the engine holds its registry read lock); the old arrays, a
- * replaced prefix chain and, after registry_retire_removed(r, true), a removed derivation
- * with its table (whose table_removed hook runs only then) are retired. registry_release_retired frees them, with the hooks;
- * only when no part judged before them can still be applied (the engine: shards idle or
- * drained). */
-void registry_release_retired(registry *r, const reg_hooks *hooks);
-void registry_retire_removed(registry *r, bool on);
-size_t registry_retired_count(const registry *r);
+/* The next version: a copy of r that registry_apply / registry_reset may change while r
+ * is read (see "Versions" above). */
+registry *registry_next(registry *r);
+/* Drop a version built by registry_next and never published (hooks->table_removed for
+ * the tables it created). */
+void registry_discard(registry *next, const reg_hooks *hooks);
 
-/* Test-mode reset: drop every descriptor (hooks->table_removed for each table, retired
- * ones too), version += 1. Table ids keep increasing. */
+/* Test-mode reset: drop every descriptor, version += 1. Table ids keep increasing. A
+ * table this registry created goes at once (hooks->table_removed); one it shares with the
+ * version it was built from goes with that version (registry_free). */
 void registry_reset(registry *r, const reg_hooks *hooks);
 
 /* {"version":V,"events":{...},"tables":{},"derivations":{...}} for debugging/admin. */

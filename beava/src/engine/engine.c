@@ -73,7 +73,9 @@ static void destroy_cb(void *ctx, entity *en) {
     entity_destroy_states(d->t, en);
 }
 
-/* Registry hooks: called with the barrier held (no shard runs). */
+/* Registry hooks: table_added as a version is built (a fresh store nobody reads yet);
+ * table_removed as the last version holding a table is freed or a build is discarded
+ * (no reader, no queued part can reach the store). */
 static void hook_table_added(void *ctx, agg_table *t) {
     engine *e = ctx;
     entity_store *s = calloc(e->nshards, sizeof *s);
@@ -108,34 +110,43 @@ engine *engine_new(const engine_options *opts) {
     e->opt = *opts;
     e->nshards = opts->shards ? opts->shards : 1;
     if (e->nshards > SHARD_MAX) e->nshards = SHARD_MAX;
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    /* a registry change must not starve behind a stream of pushes */
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&e->reg_lock, &ra);
-    pthread_rwlockattr_destroy(&ra);
+    pthread_mutex_init(&e->bar_mu, NULL);
+    pthread_cond_init(&e->bar_cv, NULL);
+    pthread_cond_init(&e->drain_cv, NULL);
     pthread_mutex_init(&e->seq_mu, NULL);
     pthread_mutex_init(&e->sweep_mu, NULL);
     pthread_mutex_init(&e->apply_mu, NULL);
     pthread_mutex_init(&e->reg_change_mu, NULL);
+    pthread_mutex_init(&e->hold_mu, NULL);
+    pthread_cond_init(&e->hold_cv, NULL);
     pthread_cond_init(&e->park_cv, NULL);
     bv_buf_init(&e->history);
     store_init(&e->dedupe);
     e->dedupe_purge_at = DEDUPE_PURGE_MIN;
     registry_options ro = { .memory_gov_enforce = opts->memory_gov_enforce };
-    e->reg = registry_new(&ro);
+    regver *h = calloc(1, sizeof *h);
+    if (h) h->reg = registry_new(&ro);
+    atomic_store(&e->cur, h);
+    atomic_store(&e->versions_retained, 1);
     static const shard_prefetch prefetch = { push_part_prefetch, push_part_prefetch_entity };
     e->pool = shard_pool_new(e->nshards, opts->queue_capacity ? opts->queue_capacity : 4096, &prefetch);
-    if (!e->reg || !e->pool) {
-        engine_free(e);
-        return NULL;
-    }
-    registry_retire_removed(e->reg, true);        /* parts judged before a removal may be queued */
     e->hooks.ctx = e;
     e->hooks.table_added = hook_table_added;
     e->hooks.table_removed = hook_table_removed;
     e->hooks.table_widened = hook_table_widened;
+    if (!h || !h->reg || !e->pool) {
+        engine_free(e);
+        return NULL;
+    }
     return e;
+}
+
+static void free_holders(regver *h) {
+    while (h) {
+        regver *next = h->next;
+        free(h);
+        h = next;
+    }
 }
 
 void engine_free(engine *e) {
@@ -143,15 +154,24 @@ void engine_free(engine *e) {
     push_durability_stop(e);
     push_replay_done(e);
     shard_pool_free(e->pool);                 /* runs what is queued, joins */
-    if (e->reg) registry_free(e->reg, &e->hooks);
+    for (regver *v = e->retired_head; v; v = v->next) registry_free(v->reg, &e->hooks);   /* oldest first */
+    free_holders(e->retired_head);
+    free_holders(e->spare);
+    regver *cur = atomic_load(&e->cur);
+    if (cur) registry_free(cur->reg, &e->hooks);
+    free(cur);
     store_free(&e->dedupe);
     bv_buf_free(&e->history);
     pthread_cond_destroy(&e->park_cv);
+    pthread_cond_destroy(&e->hold_cv);
+    pthread_mutex_destroy(&e->hold_mu);
     pthread_mutex_destroy(&e->sweep_mu);
     pthread_mutex_destroy(&e->apply_mu);
     pthread_mutex_destroy(&e->reg_change_mu);
     pthread_mutex_destroy(&e->seq_mu);
-    pthread_rwlock_destroy(&e->reg_lock);
+    pthread_cond_destroy(&e->drain_cv);
+    pthread_cond_destroy(&e->bar_cv);
+    pthread_mutex_destroy(&e->bar_mu);
     free(e);
 }
 
@@ -161,34 +181,144 @@ int engine_start_shards(engine *e) {
     return push_durability_start(e);
 }
 
+/* ---- registry versions (engine_int.h) ------------------------------------------------- */
+
+registry *engine_pin(engine *e, regver **pin) {
+    for (;;) {
+        regver *v = atomic_load_explicit(&e->cur, memory_order_seq_cst);
+        atomic_fetch_add_explicit(&v->readers, 1, memory_order_seq_cst);
+        if (atomic_load_explicit(&e->cur, memory_order_seq_cst) == v) {
+            *pin = v;
+            return v->reg;
+        }
+        /* replaced meanwhile (the holder itself is never freed): pin the new one */
+        engine_unpin(e, v);
+    }
+}
+
+void engine_unpin(engine *e, regver *pin) {
+    /* the last reader of a holder a barrier waits for wakes it (seq_cst on both sides:
+     * either this sees drain_wait, or the barrier sees the count at 0) */
+    if (atomic_fetch_sub_explicit(&pin->readers, 1, memory_order_seq_cst) == 1 &&
+        atomic_load_explicit(&pin->drain_wait, memory_order_seq_cst)) {
+        pthread_mutex_lock(&e->bar_mu);
+        pthread_cond_broadcast(&e->drain_cv);
+        pthread_mutex_unlock(&e->bar_mu);
+    }
+}
+
+bool engine_barrier_wait(engine *e, regver *pin) {
+    if (!atomic_load_explicit(&e->barrier_on, memory_order_seq_cst)) return false;
+    engine_unpin(e, pin);
+    pthread_mutex_lock(&e->bar_mu);
+    while (atomic_load_explicit(&e->barrier_on, memory_order_relaxed)) pthread_cond_wait(&e->bar_cv, &e->bar_mu);
+    pthread_mutex_unlock(&e->bar_mu);
+    return true;
+}
+
+registry *engine_reg(engine *e) {
+    return atomic_load_explicit(&e->cur, memory_order_relaxed)->reg;
+}
+
+regver *engine_holder(engine *e) {
+    regver *h = e->spare;
+    if (h) e->spare = h->next;
+    else if (!(h = calloc(1, sizeof *h))) abort();
+    h->next = NULL;
+    h->keep_reg = false;
+    return h;
+}
+
+void engine_publish_locked(engine *e, regver *h, registry *next) {
+    regver *old = atomic_load_explicit(&e->cur, memory_order_relaxed);
+    h->reg = next;
+    atomic_store_explicit(&e->cur, h, memory_order_seq_cst);
+    atomic_store_explicit(&e->reg_version, registry_version(next), memory_order_release);
+    old->next = NULL;
+    if (e->retired_tail) e->retired_tail->next = old;
+    else e->retired_head = old;
+    e->retired_tail = old;
+    atomic_fetch_add_explicit(&e->versions_retained, 1, memory_order_relaxed);
+}
+
+void engine_publish(engine *e, registry *next) {
+    regver *h = engine_holder(e);
+    pthread_mutex_lock(&e->seq_mu);
+    engine_publish_locked(e, h, next);
+    pthread_mutex_unlock(&e->seq_mu);
+}
+
+/* Free the retired versions no reader pins, oldest first, if no part judged on them can
+ * be left (drained: the caller knows the shards applied everything sequenced). The pins
+ * are read first: a push unpins only after its inline parts are applied and its other
+ * parts are queued or parked, so the park list and then the rings are looked at after. */
+static void reclaim_locked(engine *e, bool drained) {
+    size_t n = 0;
+    for (regver *v = e->retired_head; v && atomic_load_explicit(&v->readers, memory_order_seq_cst) == 0; v = v->next)
+        n++;
+    if (n == 0) return;
+    if (!drained) {
+        pthread_mutex_lock(&e->seq_mu);
+        bool parked = e->park_head != NULL;
+        pthread_mutex_unlock(&e->seq_mu);
+        if (parked || !shard_pool_idle(e->pool)) return;
+    }
+    while (n--) {
+        regver *v = e->retired_head;
+        e->retired_head = v->next;
+        if (!e->retired_head) e->retired_tail = NULL;
+        if (!v->keep_reg) registry_free(v->reg, &e->hooks);
+        v->reg = NULL;
+        v->next = e->spare;
+        e->spare = v;
+        atomic_fetch_sub_explicit(&e->versions_retained, 1, memory_order_relaxed);
+    }
+}
+
 /* ---- the barrier -------------------------------------------------------------------- */
+
+/* Hold pushes off: raise the flag, publish a fence (the same registry in a new holder),
+ * wait until nothing pins the holder before it (see the top of engine_int.h). */
+static void barrier_fence(engine *e) {
+    pthread_mutex_lock(&e->bar_mu);
+    atomic_store_explicit(&e->barrier_on, true, memory_order_seq_cst);
+    pthread_mutex_unlock(&e->bar_mu);
+    regver *old = atomic_load_explicit(&e->cur, memory_order_relaxed);
+    regver *h = engine_holder(e);
+    old->keep_reg = true;                         /* the fence holds its registry now */
+    pthread_mutex_lock(&e->seq_mu);
+    engine_publish_locked(e, h, old->reg);
+    pthread_mutex_unlock(&e->seq_mu);
+    pthread_mutex_lock(&e->bar_mu);
+    atomic_store_explicit(&old->drain_wait, true, memory_order_seq_cst);
+    while (atomic_load_explicit(&old->readers, memory_order_seq_cst) != 0) pthread_cond_wait(&e->drain_cv, &e->bar_mu);
+    atomic_store_explicit(&old->drain_wait, false, memory_order_relaxed);
+    pthread_mutex_unlock(&e->bar_mu);
+}
 
 void engine_barrier_enter(engine *e) {
     pthread_mutex_lock(&e->reg_change_mu);        /* no register between its record and its apply */
     pthread_mutex_lock(&e->apply_mu);             /* no engine_apply_logged half done */
     push_replay_flush(e);                         /* recovery: gathered events apply first */
-    pthread_rwlock_wrlock(&e->reg_lock);          /* no push or read is past validation now */
+    barrier_fence(e);                             /* no push is past validation now */
     pthread_mutex_unlock(&e->apply_mu);
     push_drain_applied(e);
-    registry_release_retired(e->reg, &e->hooks); /* no part can read what changes replaced */
+    pthread_mutex_lock(&e->sweep_mu);             /* the sweeper keeps off the stores */
 }
 
 void engine_barrier_leave(engine *e) {
-    atomic_store_explicit(&e->reg_version, registry_version(e->reg), memory_order_release);
-    pthread_rwlock_unlock(&e->reg_lock);
+    reclaim_locked(e, true);                      /* drained: only pins can hold a version */
+    pthread_mutex_unlock(&e->sweep_mu);
+    pthread_mutex_lock(&e->bar_mu);
+    atomic_store_explicit(&e->barrier_on, false, memory_order_seq_cst);
+    pthread_cond_broadcast(&e->bar_cv);
+    pthread_mutex_unlock(&e->bar_mu);
     pthread_mutex_unlock(&e->reg_change_mu);
 }
 
 void engine_reclaim_retired(engine *e) {
     if (pthread_mutex_trylock(&e->reg_change_mu) != 0) return;   /* a change runs: next time */
-    if (registry_retired_count(e->reg) > 0) {
-        /* the park list first: a parked batch judged before the change reaches the rings
-         * only from there, so rings idle after an empty park list hold no such part */
-        pthread_mutex_lock(&e->seq_mu);
-        bool parked = e->park_head != NULL;
-        pthread_mutex_unlock(&e->seq_mu);
-        if (!parked && shard_pool_idle(e->pool)) registry_release_retired(e->reg, &e->hooks);
-    }
+    reclaim_locked(e, false);
     pthread_mutex_unlock(&e->reg_change_mu);
 }
 
@@ -201,9 +331,17 @@ void engine_history_add(engine *e, int kind, const void *p, size_t n) {
 }
 
 void engine_reset_state(engine *e) {
-    registry_reset(e->reg, &e->hooks);
+    registry *next = registry_next(engine_reg(e));
+    registry_reset(next, &e->hooks);
+    engine_publish(e, next);
     dedupe_clear(e);
     atomic_store(&e->watermark_ms, 0);
+}
+
+void engine_apply_plan(engine *e, reg_plan *plan, bv_buf *out) {
+    registry *next = registry_next(engine_reg(e));
+    registry_apply(next, plan, &e->hooks, out);
+    engine_publish(e, next);
 }
 
 /* ---- the log seam ------------------------------------------------------------------- */
@@ -254,18 +392,49 @@ void engine_error_body(bv_buf *out, const char *code, const char *reason_key, co
 static int register_refused(engine *e, int lrc, const char *reason, bv_buf *out) {
     out->len = 0;
     if (lrc == ENGINE_LOG_CONFLICT) {         /* cluster: another register got in first */
-        engine_error_body(out, "registry_conflict", "reason", reason, true, registry_version(e->reg));
+        engine_error_body(out, "registry_conflict", "reason", reason, true, engine_registry_version(e));
         return 409;
     }
     char msg[400];
     snprintf(msg, sizeof msg, "WAL append for registry bump failed; registry not mutated (%s)", reason);
-    engine_error_body(out, "wal_unavailable", "reason", msg, true, registry_version(e->reg));
+    engine_error_body(out, "wal_unavailable", "reason", msg, true, engine_registry_version(e));
     return 503;
 }
 
-static void register_applied(engine *e, reg_plan *plan, const char *body, size_t len, bv_buf *out) {
+/* The next version with the plan applied (reg_change_mu held), beside readers. */
+static registry *register_build(engine *e, reg_plan *plan, bv_buf *out) {
+    registry *next = registry_next(engine_reg(e));
     out->len = 0;
-    registry_apply(e->reg, plan, &e->hooks, out);
+    registry_apply(next, plan, &e->hooks, out);
+    return next;
+}
+
+/* Test hook: a change waits here, built and not yet published, while it is held. */
+static void register_hold_point(engine *e) {
+    pthread_mutex_lock(&e->hold_mu);
+    if (e->hold_on) {
+        e->holding = true;
+        pthread_cond_broadcast(&e->hold_cv);
+        while (e->hold_on) pthread_cond_wait(&e->hold_cv, &e->hold_mu);
+        e->holding = false;
+    }
+    pthread_mutex_unlock(&e->hold_mu);
+}
+
+void engine_hold_registry_changes(engine *e, bool on) {
+    pthread_mutex_lock(&e->hold_mu);
+    e->hold_on = on;
+    pthread_cond_broadcast(&e->hold_cv);
+    pthread_mutex_unlock(&e->hold_mu);
+}
+
+void engine_wait_registry_held(engine *e) {
+    pthread_mutex_lock(&e->hold_mu);
+    while (!e->holding) pthread_cond_wait(&e->hold_cv, &e->hold_mu);
+    pthread_mutex_unlock(&e->hold_mu);
+}
+
+static void register_applied(engine *e, const char *body, size_t len) {
     engine_history_add(e, REC_REGISTER, body, len);
     atomic_fetch_add_explicit(&e->registers_applied, 1, memory_order_relaxed);
 }
@@ -273,11 +442,11 @@ static void register_applied(engine *e, reg_plan *plan, const char *body, size_t
 /* If another change got in since the plan was judged, judge the body again on the new
  * base (*plan may become NULL: answered without a change). Returns the status to answer. */
 static int rejudge_if_stale(engine *e, const char *body, size_t len, bv_buf *out, reg_plan **plan, int status) {
-    if (reg_plan_current(e->reg, *plan)) return status;
+    if (reg_plan_current(engine_reg(e), *plan)) return status;
     reg_plan_free(*plan);
     *plan = NULL;
     out->len = 0;
-    return registry_prepare(e->reg, body, len, out, plan);
+    return registry_prepare(engine_reg(e), body, len, out, plan);
 }
 
 /* Cluster mode: the log append is a synchronous publish with its own conflict check,
@@ -294,7 +463,8 @@ static int register_in_barrier(engine *e, const char *body, size_t len, bv_buf *
             reg_plan_free(plan);
             status = register_refused(e, lrc, reason, out);
         } else {
-            register_applied(e, plan, body, len, out);
+            engine_publish(e, register_build(e, plan, out));
+            register_applied(e, body, len);
             status = 200;
         }
     }
@@ -302,33 +472,34 @@ static int register_in_barrier(engine *e, const char *body, size_t len, bv_buf *
     return status;
 }
 
-/* A log that never voids a record (batch durability) or no log: the change is applied as
- * its record is appended, in one short writer section (no push is between validation and
- * sequencing then, so every record below the LSN was judged on the old registry and every
- * one above on the new); only the reply waits for the disk. No drain: the change frees
- * nothing a queued part reads (it retires it: registry.h). */
+/* A log that never voids a record (batch durability) or no log: the next version is
+ * built beside readers and published in the sequencer section that appends its record
+ * (every record below the LSN was judged on the old version, every one above on the
+ * new); only the reply waits for the disk. No drain: the old version, with everything a
+ * queued part reads, is freed only once no such part is left (engine_reclaim_retired). */
 static int register_at_append(engine *e, const char *body, size_t len, bv_buf *out, reg_plan *plan) {
     char reason[256];
     uint64_t lsn = 0;
-    pthread_rwlock_wrlock(&e->reg_lock);
+    registry *next = register_build(e, plan, out);
+    register_hold_point(e);
+    regver *h = engine_holder(e);
     pthread_mutex_lock(&e->seq_mu);
     int lrc = engine_log_append(e, REC_REGISTER, body, len, &lsn, reason, sizeof reason);
+    if (lrc == 0) engine_publish_locked(e, h, next);
     pthread_mutex_unlock(&e->seq_mu);
-    if (lrc == 0) {
-        register_applied(e, plan, body, len, out);
-        atomic_store_explicit(&e->reg_version, registry_version(e->reg), memory_order_release);
-    }
-    pthread_rwlock_unlock(&e->reg_lock);
     if (lrc != 0) {
-        reg_plan_free(plan);
+        h->next = e->spare;
+        e->spare = h;
+        registry_discard(next, &e->hooks);
         return register_refused(e, lrc, reason, out);
     }
+    register_applied(e, body, len);
     if (engine_log_wait(e, lsn, reason, sizeof reason) != 0) {   /* the log closed first */
         char msg[400];
         snprintf(msg, sizeof msg, "the registry change is applied but the WAL closed before its record was durable (%s)",
                  reason);
         out->len = 0;
-        engine_error_body(out, "wal_unavailable", "reason", msg, true, registry_version(e->reg));
+        engine_error_body(out, "wal_unavailable", "reason", msg, true, engine_registry_version(e));
         return 503;
     }
     return 200;
@@ -352,33 +523,35 @@ static int register_gated(engine *e, const char *body, size_t len, bv_buf *out, 
         return register_refused(e, lrc, reason, out);
     }
     lrc = engine_log_wait(e, lsn, reason, sizeof reason);
-    pthread_rwlock_wrlock(&e->reg_lock);
+    registry *next = NULL;
+    regver *h = NULL;
     if (lrc == 0) {
-        register_applied(e, plan, body, len, out);
-        atomic_store_explicit(&e->reg_version, registry_version(e->reg), memory_order_release);
+        next = register_build(e, plan, out);
+        register_hold_point(e);
+        h = engine_holder(e);
         status = 200;
     } else {                                      /* the WAL voided lsn (and, gated, nothing came after it) */
         reg_plan_free(plan);
         status = register_refused(e, lrc, reason, out);
     }
-    push_batch_state *deferred = push_gate_lower(e);
-    pthread_rwlock_unlock(&e->reg_lock);
+    push_batch_state *deferred = push_gate_lower(e, h, next);
+    if (next) register_applied(e, body, len);
     push_resubmit(e, deferred);
     return status;
 }
 
-/* A register is judged (parsed, validated, diffed) under the shared lock, beside pushes
+/* A register is judged (parsed, validated, diffed) on a pinned version, beside pushes
  * and reads: an invalid body, a dry run, a 409 force_required or a no-op is answered
- * without taking anything else. A change then holds the registry lock as a writer only
- * for its in-memory apply: at its append (register_at_append), or after its fsync behind
- * the gate (register_gated); it never waits for a shard. engine_int.h has the design. */
+ * without taking anything else. A change then builds the next version and publishes it:
+ * at its append (register_at_append), or after its fsync behind the gate
+ * (register_gated); it never waits for a shard or a reader. engine_int.h has the design. */
 int engine_register(engine *e, const char *body, size_t len, bv_buf *out) {
     reg_plan *plan = NULL;
     if (e->opt.log.registry_catch_up)     /* cluster: judged on the registry the log holds now */
         e->opt.log.registry_catch_up(e->opt.log.ctx);
-    pthread_rwlock_rdlock(&e->reg_lock);
-    int status = registry_prepare(e->reg, body, len, out, &plan);
-    pthread_rwlock_unlock(&e->reg_lock);
+    regver *pin;
+    int status = registry_prepare(engine_pin(e, &pin), body, len, out, &plan);
+    engine_unpin(e, pin);
     if (!plan) return status;
     if (e->opt.log.publish) return register_in_barrier(e, body, len, out, plan);
     pthread_mutex_lock(&e->reg_change_mu);        /* only its holder changes the registry */
@@ -405,7 +578,7 @@ int engine_reset(engine *e, bv_buf *out) {
     if (log_durably(e, REC_RESET, "", 0, reason, sizeof reason) != 0) {
         char msg[400];
         snprintf(msg, sizeof msg, "WAL append for reset failed; nothing was reset (%s)", reason);
-        engine_error_body(out, "wal_unavailable", "reason", msg, true, registry_version(e->reg));
+        engine_error_body(out, "wal_unavailable", "reason", msg, true, engine_registry_version(e));
         engine_barrier_leave(e);
         return 503;
     }
@@ -415,7 +588,7 @@ int engine_reset(engine *e, bv_buf *out) {
     jsonw_init(&w, out);
     jsonw_obj_begin(&w);
     jsonw_key(&w, "registry_version");
-    jsonw_u64(&w, registry_version(e->reg));
+    jsonw_u64(&w, engine_registry_version(e));
     jsonw_key(&w, "reset");
     jsonw_bool(&w, true);
     jsonw_obj_end(&w);
@@ -425,8 +598,7 @@ int engine_reset(engine *e, bv_buf *out) {
 
 /* ---- small reads of the registry ------------------------------------------------------ */
 
-/* Lock-free: pings and error envelopes never wait behind a barrier (a register waiting
- * for a busy shard). The registry changes only inside the barrier, which publishes it. */
+/* Lock-free: pings and error envelopes never wait (set as each version is published). */
 uint64_t engine_registry_version(engine *e) {
     return atomic_load_explicit(&e->reg_version, memory_order_acquire);
 }
@@ -444,17 +616,18 @@ int engine_ping(engine *e, bv_buf *out) {
 }
 
 void engine_registry_info(engine *e, bv_buf *out) {
-    pthread_rwlock_rdlock(&e->reg_lock);
-    uint64_t v = registry_version(e->reg);
-    size_t n = registry_node_count(e->reg);
-    pthread_rwlock_unlock(&e->reg_lock);
+    regver *pin;
+    registry *reg = engine_pin(e, &pin);
+    uint64_t v = registry_version(reg);
+    size_t n = registry_node_count(reg);
+    engine_unpin(e, pin);
     bv_buf_printf(out, "{\"node_count\":%zu,\"version\":%llu}", n, (unsigned long long)v);
 }
 
 bool engine_has_table(engine *e, const char *table) {
-    pthread_rwlock_rdlock(&e->reg_lock);
-    bool ok = registry_table(e->reg, table) != NULL;
-    pthread_rwlock_unlock(&e->reg_lock);
+    regver *pin;
+    bool ok = registry_table(engine_pin(e, &pin), table) != NULL;
+    engine_unpin(e, pin);
     return ok;
 }
 
@@ -482,12 +655,12 @@ int engine_parse_key(const agg_table *t, const char *key, size_t klen, char *buf
 }
 
 unsigned engine_shard_of(engine *e, const char *table, const char *key) {
-    pthread_rwlock_rdlock(&e->reg_lock);
-    agg_table *t = registry_table(e->reg, table);
+    regver *pin;
+    agg_table *t = registry_table(engine_pin(e, &pin), table);
     char kbuf[STORE_MAX_KEY + 1];
     int kl = t ? engine_parse_key(t, key, strlen(key), kbuf, sizeof kbuf) : -1;
     unsigned sh = kl < 0 ? UINT32_MAX : engine_shard_for(e, t, store_hash(kbuf, (size_t)kl));
-    pthread_rwlock_unlock(&e->reg_lock);
+    engine_unpin(e, pin);
     return sh;
 }
 
@@ -523,9 +696,10 @@ static void size_cb(void *ctx, entity *en) {
 static uint64_t relaxed(_Atomic uint64_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
 
 void engine_metrics(engine *e, bv_buf *out) {
-    pthread_rwlock_rdlock(&e->reg_lock);
+    regver *pin;
+    registry *reg = engine_pin(e, &pin);
     agg_table *const *tables;
-    size_t nt = registry_tables(e->reg, &tables);
+    size_t nt = registry_tables(reg, &tables);
     uint64_t resident = 0, bytes = 0;
     size_hist hist;
     memset(&hist, 0, sizeof hist);
@@ -554,9 +728,12 @@ void engine_metrics(engine *e, bv_buf *out) {
     pthread_mutex_lock(&e->seq_mu);
     uint64_t dedupe_entries = e->dedupe.count;
     pthread_mutex_unlock(&e->seq_mu);
-    metric_u64(out, "beava_registry_version", "gauge", "Current registry version.", registry_version(e->reg));
+    metric_u64(out, "beava_registry_version", "gauge", "Current registry version.", registry_version(reg));
     metric_u64(out, "beava_node_count", "gauge", "Registered descriptors (events + derivations).",
-               registry_node_count(e->reg));
+               registry_node_count(reg));
+    metric_u64(out, "beava_registry_versions_retained", "gauge",
+               "Registry versions in memory: the current one and those replaced but still readable.",
+               engine_registry_versions_retained(e));
     bv_buf_puts(out, "# HELP beava_runtime_kind Data-plane runtime.\n# TYPE beava_runtime_kind gauge\n"
                      "beava_runtime_kind{runtime=\"libmicrohttpd\"} 1\n");
     metric_u64(out, "beava_entropy_categories_capped_total", "counter",
@@ -587,5 +764,9 @@ void engine_metrics(engine *e, bv_buf *out) {
     metric_u64(out, "beava_shards", "gauge", "Apply shards.", e->nshards);
     metric_u64(out, "beava_entity_keys_too_long_total", "counter",
                "Entity keys longer than the cap (event skipped for that table).", relaxed(&e->keys_too_long));
-    pthread_rwlock_unlock(&e->reg_lock);
+    engine_unpin(e, pin);
+}
+
+uint64_t engine_registry_versions_retained(engine *e) {
+    return atomic_load_explicit(&e->versions_retained, memory_order_relaxed);
 }

@@ -5,7 +5,7 @@
  * Push path, in the order one event travels (push.c holds the design in full):
  *   a listener decodes the body straight into a bv_row (rowdec.c) and hands a batch of
  *   rows to engine_push_submit() on its I/O thread -> validation, dedupe, prefix chains
- *   and entity keys, still on that thread, against the registry under its read lock ->
+ *   and entity keys, still on that thread, against the registry version it pinned ->
  *   the sequencer (one short critical section per batch) gives each event its LSN,
  *   appends its WAL record and routes each table's part to the shard owning
  *   hash(table, key): applied inline when that shard is idle, else queued to its thread
@@ -13,11 +13,11 @@
  *   a batch that cannot complete at once is answered later through its done callback,
  *   so an I/O thread never waits for a shard or an fsync.
  *
- * Registry changes are sequenced like pushes and hold the registry lock as writers only
- * for their in-memory apply (never while a shard drains or the disk syncs: engine_int.h);
- * reset and snapshots take it as writers and wait until every sequenced record is
- * applied. All are exactly ordered with the pushes around them, and replay (records in
- * LSN order) reproduces the same state.
+ * Registry changes build an immutable next version beside readers and publish it by
+ * pointer swap in the sequencer section of their record (engine_int.h): no reader waits
+ * for one. Reset and snapshots take the barrier (pushes wait, gets do not) until every
+ * sequenced record is applied. All are exactly ordered with the pushes around them, and
+ * replay (records in LSN order) reproduces the same state.
  *
  * Reads run on the calling thread under the owning shard's state lock: a get issued
  * after a push's ack sees it (the ack is sent after the apply).
@@ -282,6 +282,13 @@ int engine_start_shards(engine *e);
 
 /* Test hooks: pause a shard (its queue fills up: overload); which shard owns a key. */
 void engine_pause_shard(engine *e, unsigned shard, bool paused);
+/* Test hooks: hold every registry change after its next version is built and before it
+ * is published (on), or let them go (off); wait until a change is held. */
+void engine_hold_registry_changes(engine *e, bool on);
+void engine_wait_registry_held(engine *e);
+/* Registry versions in memory: the current one plus those replaced but not yet freed
+ * (pinned by a reader, or a queued part may still read them). */
+uint64_t engine_registry_versions_retained(engine *e);
 unsigned engine_shard_of(engine *e, const char *table, const char *key);
 
 /* Is `table` a registered aggregation (site allow-lists). */

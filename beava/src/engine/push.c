@@ -4,15 +4,16 @@
  *
  * One batch (the frames of one read on a TCP connection, or one HTTP request) goes:
  *
- *  1. Prepare (registry read lock held, no other lock): for every item, in order,
+ *  1. Prepare (on a pinned registry version; a barrier holds it off): for every item, in order,
  *     validate the row against its event schema in one pass over its fields (first
  *     failure wins: not an object, control character, unknown event, undeclared field,
  *     missing/null required field, type, i64 fraction, key length), then for every
  *     table the event feeds run the table's prefix chain and build the entity key: one
  *     `part` per (item, table), with the shard that owns hash(table, key). All scratch
  *     comes from the batch's arena.
- *  2. Sequence (seq_mu held, once per batch; a batch that meets a registry change's
- *     gate is deferred whole instead, and judged again after it: engine_int.h): per
+ *  2. Sequence (seq_mu held, once per batch; a batch whose version is no longer the
+ *     current one is prepared again on the new one, and a batch that meets a registry
+ *     change's gate is deferred whole instead, judged again after it: engine_int.h): per
  *     item, the dedupe check, room on the shards its parts are queued to (else 503
  *     overloaded for that item alone), the WAL
  *     append that gives it its LSN (else 503 wal_unavailable), and the routing of each
@@ -28,7 +29,7 @@
  *     routes it once its records are on disk (one fsync releases every batch it covers),
  *     so a sync push is applied only once durable, and a failed write voids it with
  *     nothing applied.
- *  3. Apply inline parts, release the shards, drop the registry lock.
+ *  3. Apply inline parts, release the shards, unpin the version.
  *  4. Completion: `pending` counts the queued parts plus one guard held by the submitter
  *     (and one park token while parked). Whoever brings it to zero completes the batch:
  *     the submitter (engine_push_submit returns true, no callback) or the shard /
@@ -53,8 +54,8 @@
 typedef struct push_part {
     push_batch_state *st;
     agg_table *t;                 /* validation side only: a shard reads the `layout` below */
-    /* the table as this part was judged (under the registry read lock): a later change may
-     * widen or remove the table meanwhile, retiring what it replaces (registry.h) */
+    /* the table as this part was judged (its version's shell): a later version may widen
+     * or remove the table meanwhile; this one is freed only once no part is left */
     feature *features;
     size_t *offsets;
     size_t nfeatures, row_size;
@@ -103,6 +104,7 @@ struct push_batch_state {
     push_batch_state *defer_next; /* on the register gate's deferred list (seq_mu) */
     size_t rejected, too_long;    /* counted by this submission (undone if it is deferred) */
     bv_buf rec;                   /* WAL record scratch */
+    registry *reg;                /* the version validated against (pinned, or recovery's) */
     bool apply_filter;            /* cluster apply batch: parts pass log.keep_part */
     const ev_desc *last_ev;       /* find_event_cached */
     size_t last_ev_len;
@@ -238,19 +240,20 @@ static bool integral_f64(double d) {
 }
 
 /* The event named (name, len), remembering the last one found: a batch (or a stretch of
- * the WAL) is nearly always one event type. Valid while the registry read lock is held
- * (the cache is reset with the batch state). */
+ * the WAL) is nearly always one event type. Valid while st->reg is pinned (the cache is
+ * reset with the batch state). */
 static const ev_desc *find_event_cached(engine *e, push_batch_state *st, const char *name, size_t len) {
+    (void)e;
     if (st->last_ev && st->last_ev_len == len && memcmp(st->last_ev->name, name, len) == 0) return st->last_ev;
     char buf[REGISTRY_NAME_MAX + 1];
     if (len > REGISTRY_NAME_MAX) return NULL;
     memcpy(buf, name, len);
     buf[len] = 0;
-    const ev_desc *ev = registry_event(e->reg, buf);
+    const ev_desc *ev = registry_event(st->reg, buf);
     if (ev) {
         st->last_ev = ev;
         st->last_ev_len = len;
-        st->last_nt = registry_tables_for_event(e->reg, ev->name, &st->last_tables);
+        st->last_nt = registry_tables_for_event(st->reg, ev->name, &st->last_tables);
     }
     return ev;
 }
@@ -261,7 +264,8 @@ static size_t event_tables(engine *e, push_batch_state *st, const ev_desc *ev, a
         *out = st->last_tables;
         return st->last_nt;
     }
-    return registry_tables_for_event(e->reg, ev->name, out);
+    (void)e;
+    return registry_tables_for_event(st->reg, ev->name, out);
 }
 
 /* The schema position of the i-th field of a row of `ev`, named (name, len), or -1. The
@@ -286,7 +290,7 @@ static long schema_index(push_batch_state *st, const ev_desc *ev, size_t i, cons
     return j;
 }
 
-/* Validate item `it` (registry read lock held). Returns its event or NULL (res says why). */
+/* Validate item `it` against st->reg. Returns its event or NULL (res says why). */
 static const ev_desc *validate(engine *e, push_batch_state *st, const engine_push_item *it, push_result *res) {
     if (!it->event) {
         push_fail(res, 400, "unsupported", "not a push envelope");
@@ -395,7 +399,7 @@ static int build_key(const agg_table *t, const bv_row *r, char *buf, size_t cap)
     return (int)len;
 }
 
-/* One part per table fed by the event: chain, key, shard (registry read lock held). */
+/* One part per table fed by the event: chain, key, shard (st->reg pinned). */
 static void build_parts(engine *e, push_batch_state *st, item_state *is, const bv_row *row, int64_t now) {
     agg_table *const *tables;
     size_t nt = event_tables(e, st, is->ev, &tables);
@@ -660,8 +664,8 @@ static void sequence_item(engine *e, push_batch_state *st, size_t i, bool park, 
 /* ---- cluster hand-off ------------------------------------------------------------------ */
 
 /* Cluster mode: the valid items' records and parts go to the log backend instead of the
- * sequencer (registry read lock held: table names are copied, the registry may change
- * once it is dropped). The backend answers them through b->done. */
+ * sequencer (version pinned: table names are copied, the version may be freed once it
+ * is unpinned). The backend answers them through b->done. */
 static void log_hand_off(engine *e, push_batch_state *st) {
     engine_batch *b = st->b;
     engine_log_record *recs = arena_alloc(&st->ar, (b->n ? b->n : 1) * sizeof *recs);
@@ -699,8 +703,9 @@ void push_drain_applied(engine *e) {
     shard_pool_quiesce(e->pool);
 }
 
-push_batch_state *push_gate_lower(engine *e) {
+push_batch_state *push_gate_lower(engine *e, regver *h, registry *next) {
     pthread_mutex_lock(&e->seq_mu);
+    if (next) engine_publish_locked(e, h, next);
     push_batch_state *list = e->defer_head;
     e->defer_head = e->defer_tail = NULL;
     e->reg_gated = false;
@@ -730,13 +735,15 @@ static void note_watermark(engine *e, int64_t now) {
 /* Does an item name an event the registry does not have (cluster: catch up first)? */
 static bool names_unknown_event(engine *e, push_batch_state *st, const engine_batch *b) {
     bool unknown = false;
-    pthread_rwlock_rdlock(&e->reg_lock);
+    regver *pin;
+    st->reg = engine_pin(e, &pin);
     for (size_t i = 0; i < b->n && !unknown; i++) {
         const engine_push_item *it = &b->items[i];
         unknown = it->event && it->event_len > 0 && !find_event_cached(e, st, it->event, it->event_len);
     }
-    st->last_ev = NULL;                           /* the cache lives under one read lock */
-    pthread_rwlock_unlock(&e->reg_lock);
+    st->last_ev = NULL;                           /* the cache lives under one pin */
+    st->reg = NULL;
+    engine_unpin(e, pin);
     return unknown;
 }
 
@@ -766,6 +773,7 @@ static bool push_submit(engine *e, engine_batch *b, bool may_catch_up) {
         e->opt.log.registry_catch_up(e->opt.log.ctx);
     }
 
+again:
     /* a registry change is between its record and its apply: wait for it, unvalidated
      * (the hint is rechecked under seq_mu; a missed hint is caught at the sequencer) */
     if (atomic_load_explicit(&e->reg_gate_hint, memory_order_relaxed)) {
@@ -776,8 +784,10 @@ static bool push_submit(engine *e, engine_batch *b, bool may_catch_up) {
         if (gated) return false;
     }
 
-    pthread_rwlock_rdlock(&e->reg_lock);
-    uint64_t version = registry_version(e->reg);
+    regver *pin;
+    st->reg = engine_pin(e, &pin);
+    if (engine_barrier_wait(e, pin)) goto again;  /* reset, snapshot: after it */
+    uint64_t version = registry_version(st->reg);
     st->rec.len = 0;
     for (size_t i = 0; i < b->n; i++) {
         engine_push_item *it = &b->items[i];
@@ -813,18 +823,24 @@ static bool push_submit(engine *e, engine_batch *b, bool may_catch_up) {
     if (any_valid && e->opt.log.publish) {        /* cluster: the log's owners apply it */
         note_watermark(e, now);
         log_hand_off(e, st);
-        pthread_rwlock_unlock(&e->reg_lock);
+        engine_unpin(e, pin);
         return false;
     }
     if (any_valid) {
         pthread_mutex_lock(&e->seq_mu);
-        if (e->reg_gated) {       /* judged on the registry the change replaces: judge it again after */
-            defer_batch(e, st);
+        bool gated = e->reg_gated;
+        if (gated || atomic_load_explicit(&e->cur, memory_order_relaxed) != pin) {
+            /* judged on a version that is (or is about to be) replaced: judge it again
+             * after the change (gated) or now, on the new version */
+            if (gated) defer_batch(e, st);
             pthread_mutex_unlock(&e->seq_mu);
             atomic_fetch_sub_explicit(&e->events_rejected, st->rejected, memory_order_relaxed);
             atomic_fetch_sub_explicit(&e->keys_too_long, st->too_long, memory_order_relaxed);
-            pthread_rwlock_unlock(&e->reg_lock);
-            return false;
+            engine_unpin(e, pin);
+            if (gated) return false;
+            st = state_for(e, b);
+            any_valid = any_sync = false;
+            goto again;
         }
         note_watermark(e, now);
         bool park = e->park_head != NULL || (any_sync && e->opt.wal.append);
@@ -852,7 +868,7 @@ static bool push_submit(engine *e, engine_batch *b, bool may_catch_up) {
         for (unsigned s = 0; s < e->nshards && !st->parked; s++)
             if (st->queued[s] && !st->held[s]) shard_help(e->pool, s, st->cost > PUSH_COSTLY_UPDATES ? 0 : SHARD_INLINE_TAKE);
     }
-    pthread_rwlock_unlock(&e->reg_lock);
+    engine_unpin(e, pin);
     return atomic_fetch_sub_explicit(&st->pending, 1, memory_order_acq_rel) == 1;
 }
 
@@ -964,7 +980,7 @@ void push_replay_flush(engine *e) {
     }
     for (unsigned s = 0; s < e->nshards; s++) shard_unlock(e->pool, s);
     if (r->any_dedupe) {
-        pthread_rwlock_rdlock(&e->reg_lock);
+        uint64_t version = registry_version(st->reg);
         pthread_mutex_lock(&e->seq_mu);
         int64_t wall = engine_wall_ms();
         for (size_t k = 0; k < r->n; k++) {
@@ -972,15 +988,16 @@ void push_replay_flush(engine *e) {
             if (!is->ev) continue;
             if (is->dk && is->now + is->ev->dedupe_window_ms > wall)
                 dedupe_remember(e, is->dk, is->dkl, is->dh, is->now + is->ev->dedupe_window_ms, r->lsns[k],
-                                registry_version(e->reg), is->now);
+                                version, is->now);
         }
         pthread_mutex_unlock(&e->seq_mu);
-        pthread_rwlock_unlock(&e->reg_lock);
     }
     note_watermark(e, r->max_now);
     atomic_fetch_add_explicit(&e->events_applied, r->applied, memory_order_relaxed);
     for (size_t k = 0; k < r->n; k++) evrec_release(&r->recs[k]);
     r->n = 0;
+    st->reg = NULL;
+    engine_unpin(e, r->pin);
 }
 
 /* Cluster (engine_apply_logged): the dedupe decision in log order. The cache key is the
@@ -1028,6 +1045,7 @@ static int replay_event(engine *e, uint64_t lsn, const void *payload, size_t len
         r->applied = 0;
         r->max_now = 0;
         r->any_dedupe = false;
+        fresh->reg = engine_pin(e, &r->pin);      /* the group's version, until its flush */
     }
     push_batch_state *st = r->batch.priv;
     st->apply_filter = e->opt.log.keep_part != NULL;
@@ -1052,7 +1070,8 @@ static int replay_event(engine *e, uint64_t lsn, const void *payload, size_t len
     is->nparts = 0;
     is->dk = NULL;
     int rc = 0;
-    /* no registry lock: recovery is the only thread in the engine (engine_int.h) */
+    /* on the version pinned as the group began: a change flushes the group first
+     * (engine_barrier_enter), so that is the current one */
     is->ev = validate(e, st, item, &item->res);
     if (!is->ev) {
         /* valid when logged: the registry history says otherwise, which is corruption */

@@ -1,8 +1,9 @@
 /*
  * read.c - get, batch_get, the legacy GET and the legacy multi-gets.
  *
- * Reads run on the caller's thread: the registry read lock keeps the tables stable, and
- * each entity is read under the state lock of the shard that owns it (one at a time),
+ * Reads run on the caller's thread on a pinned registry version (never waiting for a
+ * registry change or a barrier, engine_int.h), and each entity is read under the state
+ * lock of the shard that owns it (one at a time),
  * so a read never waits behind a shard's queue and a get issued after a push's ack sees
  * it (the ack is sent after the apply). Rows are written as JSON with the feature names
  * in ascending order. In cluster mode the legacy reads ask the log backend's batch_get for
@@ -103,6 +104,8 @@ static bool legacy_get_shape(const json_t *req) {
 }
 
 int engine_get(engine *e, engine_transport t, const json_t *req, const char *parse_error, bv_buf *out) {
+    regver *pin;
+    registry *reg;
     const char *shape = req ? get_shape_error(req) : parse_error;
     if (shape) {
         if (req && legacy_get_shape(req)) {
@@ -122,16 +125,16 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
     const char *table = json_string_value(json_object_get(req, "table"));
     json_t *key = json_object_get(req, "key");
     json_t *features = json_object_get(req, "features");
-    pthread_rwlock_rdlock(&e->reg_lock);
-    agg_table *tab = registry_table(e->reg, table);
+    reg = engine_pin(e, &pin);
+    agg_table *tab = registry_table(reg, table);
     if (!tab && e->opt.log.registry_catch_up) {   /* cluster: registered elsewhere a moment ago? */
-        pthread_rwlock_unlock(&e->reg_lock);
+        engine_unpin(e, pin);
         e->opt.log.registry_catch_up(e->opt.log.ctx);
-        pthread_rwlock_rdlock(&e->reg_lock);
-        tab = registry_table(e->reg, table);
+        reg = engine_pin(e, &pin);
+        tab = registry_table(reg, table);
     }
     if (!tab) {
-        pthread_rwlock_unlock(&e->reg_lock);
+        engine_unpin(e, pin);
         engine_error_body(out, "unknown_table", NULL, NULL, false, 0);
         return 404;
     }
@@ -141,7 +144,7 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
         char reason[1024];
         snprintf(reason, sizeof reason, "feature_not_found: missing=%s table=%s", missing.data, table);
         bv_buf_free(&missing);
-        pthread_rwlock_unlock(&e->reg_lock);
+        engine_unpin(e, pin);
         engine_error_body(out, "internal_error", "reason", reason, false, 0);
         return 500;
     }
@@ -149,7 +152,7 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
     char kbuf[STORE_MAX_KEY + 1];
     int kl = engine_parse_key(tab, json_string_value(key), json_string_length(key), kbuf, sizeof kbuf);
     if (kl < 0) {
-        pthread_rwlock_unlock(&e->reg_lock);
+        engine_unpin(e, pin);
         engine_error_body(out, "key_parse_failure", NULL, NULL, false, 0);
         return 404;
     }
@@ -159,7 +162,7 @@ int engine_get(engine *e, engine_transport t, const json_t *req, const char *par
     jsonw_init(&w, out);
     write_row(tab, en, features, query_time(e), &w);
     shard_unlock(e->pool, sh);
-    pthread_rwlock_unlock(&e->reg_lock);
+    engine_unpin(e, pin);
     return 200;
 }
 
@@ -190,6 +193,8 @@ static int cmp_cstr(const void *a, const void *b) {
 }
 
 int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_buf *out) {
+    regver *pin;
+    registry *reg;
     const char *err = parse_error;
     json_t *reqs = NULL;
     if (!err) {
@@ -209,12 +214,12 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
         if (!fwd) abort();
         e->opt.log.batch_get(e->opt.log.ctx, reqs, fwd);
     }
-    pthread_rwlock_rdlock(&e->reg_lock);
+    reg = engine_pin(e, &pin);
     /* pre-pass: unknown features in a filter fail the whole call */
     for (size_t i = 0; i < json_array_size(reqs); i++) {
         json_t *entry = json_array_get(reqs, i);
         const char *table = json_string_value(json_object_get(entry, "table"));
-        agg_table *tab = registry_table(e->reg, table);
+        agg_table *tab = registry_table(reg, table);
         if (!tab) continue;
         bv_buf missing;
         bv_buf_init(&missing);
@@ -222,7 +227,7 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
             char reason[1024];
             snprintf(reason, sizeof reason, "feature_not_found: missing=%s table=%s", missing.data, table);
             bv_buf_free(&missing);
-            pthread_rwlock_unlock(&e->reg_lock);
+            engine_unpin(e, pin);
             engine_error_body(out, "internal_error", "reason", reason, false, 0);
             batch_fwd_free(fwd, json_array_size(reqs));
             return 500;
@@ -238,7 +243,7 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
         const char *table = json_string_value(json_object_get(entry, "table"));
         json_t *key = json_object_get(entry, "key");
         if (!key) key = json_object_get(entry, "entity_id");
-        agg_table *tab = registry_table(e->reg, table);
+        agg_table *tab = registry_table(reg, table);
         char msg[512];
         const char *code = NULL;
         char kbuf[STORE_MAX_KEY + 1];
@@ -268,7 +273,7 @@ int engine_batch_get(engine *e, const json_t *req, const char *parse_error, bv_b
         shard_unlock(e->pool, sh);
     }
     bv_buf_puts(out, "]}");
-    pthread_rwlock_unlock(&e->reg_lock);
+    engine_unpin(e, pin);
     batch_fwd_free(fwd, n);
     return 200;
 }
@@ -325,18 +330,20 @@ static bool row_single_value(const char *s, const char **v, size_t *vl) {
 /* GET /get/<name>/<key> in cluster mode: -1 = read it here (single node code), else the
  * status of the owner's answer written to out. */
 static int legacy_get_cluster(engine *e, const char *name, const char *key, bv_buf *out) {
+    regver *pin;
+    registry *reg;
     json_t *reqs = json_array();
     if (!reqs) abort();
     bool feature = false;
-    pthread_rwlock_rdlock(&e->reg_lock);
+    reg = engine_pin(e, &pin);
     size_t slot = 0;
-    agg_table *tab = registry_feature_owner(e->reg, name, &slot);
+    agg_table *tab = registry_feature_owner(reg, name, &slot);
     if (tab) feature = true;
-    else tab = registry_table(e->reg, name);
+    else tab = registry_table(reg, name);
     char kbuf[STORE_MAX_KEY + 1];
     if (tab && engine_parse_key(tab, key, strlen(key), kbuf, sizeof kbuf) >= 0)
         legacy_req(reqs, tab->name, key, feature ? name : NULL);
-    pthread_rwlock_unlock(&e->reg_lock);
+    engine_unpin(e, pin);
     if (json_array_size(reqs) == 0) {             /* answered here: feature_not_found, ... */
         json_decref(reqs);
         return -1;
@@ -381,6 +388,8 @@ static int legacy_get_cluster(engine *e, const char *name, const char *key, bv_b
 }
 
 int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
+    regver *pin;
+    registry *reg;
     const char *slash = strchr(rest, '/');
     if (!slash || slash == rest) {
         engine_error_body(out, "feature_not_found", NULL, NULL, false, 0);
@@ -399,10 +408,10 @@ int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
         int st = legacy_get_cluster(e, name, key, out);
         if (st >= 0) return st;
     }
-    pthread_rwlock_rdlock(&e->reg_lock);
+    reg = engine_pin(e, &pin);
     int64_t q = query_time(e);
     size_t slot = 0;
-    agg_table *tab = registry_feature_owner(e->reg, name, &slot);
+    agg_table *tab = registry_feature_owner(reg, name, &slot);
     char kbuf[STORE_MAX_KEY + 1];
     jsonw w;
     jsonw_init(&w, out);
@@ -425,7 +434,7 @@ int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
             status = 200;
         }
         if (kl >= 0) shard_unlock(e->pool, sh);
-    } else if ((tab = registry_table(e->reg, name)) != NULL) {
+    } else if ((tab = registry_table(reg, name)) != NULL) {
         int kl = engine_parse_key(tab, key, strlen(key), kbuf, sizeof kbuf);
         unsigned sh = 0;
         entity *en = kl < 0 ? NULL : lookup_locked(e, tab, kbuf, (size_t)kl, &sh);
@@ -441,11 +450,13 @@ int engine_get_legacy(engine *e, const char *rest, bv_buf *out) {
         engine_error_body(out, "feature_not_found", NULL, NULL, false, 0);
         status = 404;
     }
-    pthread_rwlock_unlock(&e->reg_lock);
+    engine_unpin(e, pin);
     return status;
 }
 
 int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *out) {
+    regver *pin;
+    registry *reg;
     json_t *keys = json_is_object(req) ? json_object_get(req, "keys") : NULL;
     json_t *features = NULL, *one = NULL;
     if (json_is_object(req)) {
@@ -488,19 +499,19 @@ int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *
         cell = malloc(nk * nf * sizeof *cell);
         json_t *reqs = json_array();
         if (!cell || !reqs) abort();
-        pthread_rwlock_rdlock(&e->reg_lock);
+        reg = engine_pin(e, &pin);
         for (size_t i = 0; i < nk; i++)
             for (size_t f = 0; f < nf; f++) {
                 const char *fname = json_string_value(json_array_get(features, f));
                 size_t slot;
-                agg_table *tab = fname ? registry_feature_owner(e->reg, fname, &slot) : NULL;
+                agg_table *tab = fname ? registry_feature_owner(reg, fname, &slot) : NULL;
                 char kbuf[STORE_MAX_KEY + 1];
                 cell[i * nf + f] = -1;
                 if (!tab || engine_parse_key(tab, sorted[i], strlen(sorted[i]), kbuf, sizeof kbuf) < 0) continue;
                 cell[i * nf + f] = (long)json_array_size(reqs);
                 legacy_req(reqs, tab->name, sorted[i], fname);
             }
-        pthread_rwlock_unlock(&e->reg_lock);
+        engine_unpin(e, pin);
         nfwd = json_array_size(reqs);
         fwd = legacy_forward(e, reqs);
         json_decref(reqs);
@@ -523,7 +534,7 @@ int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *
             return 503;
         }
     }
-    pthread_rwlock_rdlock(&e->reg_lock);
+    reg = engine_pin(e, &pin);
     int64_t q = query_time(e);
     jsonw w;
     jsonw_init(&w, out);
@@ -548,7 +559,7 @@ int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *
                 continue;
             }
             size_t slot;
-            agg_table *tab = fname ? registry_feature_owner(e->reg, fname, &slot) : NULL;
+            agg_table *tab = fname ? registry_feature_owner(reg, fname, &slot) : NULL;
             if (!tab) continue;
             char kbuf[STORE_MAX_KEY + 1];
             int kl = engine_parse_key(tab, sorted[i], strlen(sorted[i]), kbuf, sizeof kbuf);
@@ -572,7 +583,7 @@ int engine_get_multi(engine *e, const json_t *req, bool single_feature, bv_buf *
     }
     jsonw_obj_end(&w);
     free(sorted);
-    pthread_rwlock_unlock(&e->reg_lock);
+    engine_unpin(e, pin);
     batch_fwd_free(fwd, nfwd);
     free(cell);
     json_decref(one);

@@ -25,10 +25,10 @@ int engine_replay(engine *e, int kind, uint64_t lsn, const void *payload, size_t
         bv_buf out;
         bv_buf_init(&out);
         reg_plan *plan = NULL;
-        int st = registry_prepare(e->reg, payload, len, &out, &plan);
+        int st = registry_prepare(engine_reg(e), payload, len, &out, &plan);
         if (plan) {
             out.len = 0;
-            registry_apply(e->reg, plan, &e->hooks, &out);
+            engine_apply_plan(e, plan, &out);
             engine_history_add(e, REC_REGISTER, payload, len);
         } else {
             /* it changed the registry when it was logged, so it must again */
@@ -140,7 +140,8 @@ int engine_serialize_filtered(engine *e, engine_keep_fn keep, void *kctx, engine
     snap_out so = { .write = write, .ctx = ctx };
     bv_buf_init(&so.buf);
     so_put(&so, SNAP_MAGIC, 8);
-    so_u64(&so, registry_version(e->reg));
+    registry *reg = engine_reg(e);    /* quiesced (or a forked copy): the writer's view */
+    so_u64(&so, registry_version(reg));
     so_u64(&so, e->last_lsn);
     so_u64(&so, (uint64_t)atomic_load(&e->watermark_ms));
     so_u64(&so, e->history.len);
@@ -149,7 +150,7 @@ int engine_serialize_filtered(engine *e, engine_keep_fn keep, void *kctx, engine
     snap_dedupe_ctx dc = { &so };
     store_foreach(&e->dedupe, snap_dedupe, &dc);
     agg_table *const *tables;
-    size_t nt = registry_tables(e->reg, &tables);
+    size_t nt = registry_tables(reg, &tables);
     so_u32(&so, (uint32_t)nt);
     for (size_t i = 0; i < nt; i++) {
         agg_table *t = tables[i];
@@ -171,9 +172,22 @@ int engine_serialize_filtered(engine *e, engine_keep_fn keep, void *kctx, engine
     return so.failed ? -1 : 0;
 }
 
+/* Every shard's state lock, for a barrier holder that reads or rewrites stores as a whole
+ * (gets widen rows under these locks: engine_int.h "THE BARRIER"). */
+static void lock_all_shards(engine *e) {
+    for (unsigned sh = 0; sh < e->nshards; sh++) shard_lock(e->pool, sh);
+}
+
+static void unlock_all_shards(engine *e) {
+    for (unsigned sh = 0; sh < e->nshards; sh++) shard_unlock(e->pool, sh);
+}
+
+/* fn sees the stores still: gets wait for it (a fork, or an in-process serialisation). */
 int engine_quiesce(engine *e, int (*fn)(void *ctx, uint64_t lsn, uint64_t version), void *ctx) {
     engine_barrier_enter(e);
-    int rc = fn(ctx, e->last_lsn, registry_version(e->reg));
+    lock_all_shards(e);
+    int rc = fn(ctx, e->last_lsn, registry_version(engine_reg(e)));
+    unlock_all_shards(e);
     engine_barrier_leave(e);
     return rc;
 }
@@ -223,6 +237,7 @@ static int deserialize(engine *e, const void *body, size_t len, engine_keep_fn k
     char magic[8];
     size_t *slot_of = NULL;
     int rc = -1;
+    bool locked = false;
     engine_barrier_enter(e);
     if (!si_take(&si, magic, 8) || memcmp(magic, SNAP_MAGIC, 8) != 0) {
         snprintf(reason, rlen, "snapshot body has a bad magic");
@@ -253,21 +268,24 @@ static int deserialize(engine *e, const void *body, size_t len, engine_keep_fn k
             bv_buf out;
             bv_buf_init(&out);
             reg_plan *plan = NULL;
-            registry_prepare(e->reg, (const char *)p, l, &out, &plan);
+            registry_prepare(engine_reg(e), (const char *)p, l, &out, &plan);
             if (plan) {
                 out.len = 0;
-                registry_apply(e->reg, plan, &e->hooks, &out);
+                engine_apply_plan(e, plan, &out);
             }
             bv_buf_free(&out);
         }
         engine_history_add(e, kind, p, l);
         p += l;
     }
-    if (registry_version(e->reg) != version) {
+    registry *reg = engine_reg(e);
+    if (registry_version(reg) != version) {
         snprintf(reason, rlen, "snapshot registry history rebuilds version %llu, header says %llu",
-                 (unsigned long long)registry_version(e->reg), (unsigned long long)version);
+                 (unsigned long long)registry_version(reg), (unsigned long long)version);
         goto out;
     }
+    lock_all_shards(e);                   /* entities are written: gets wait (see engine_quiesce) */
+    locked = true;
     uint64_t nd = si_u64(&si);
     for (uint64_t i = 0; i < nd && !si.bad; i++) {
         uint32_t kl;
@@ -286,7 +304,7 @@ static int deserialize(engine *e, const void *body, size_t len, engine_keep_fn k
         char tname[REGISTRY_NAME_MAX + 1];
         memcpy(tname, name, nl);
         tname[nl] = 0;
-        agg_table *t = registry_table(e->reg, tname);
+        agg_table *t = registry_table(reg, tname);
         if (!t) {
             snprintf(reason, rlen, "snapshot names table '%s' that its registry history does not define", tname);
             goto out;
@@ -357,6 +375,7 @@ truncated:
     snprintf(reason, rlen, "snapshot body is truncated or malformed");
 out:
     free(slot_of);
+    if (locked) unlock_all_shards(e);
     engine_barrier_leave(e);
     return rc;
 }
@@ -372,8 +391,9 @@ int engine_merge(engine *e, const void *body, size_t len, engine_keep_fn keep, v
 size_t engine_drop_entities(engine *e, engine_keep_fn keep, void *kctx) {
     size_t dropped = 0;
     engine_barrier_enter(e);
+    lock_all_shards(e);
     agg_table *const *tables;
-    size_t nt = registry_tables(e->reg, &tables);
+    size_t nt = registry_tables(engine_reg(e), &tables);
     for (size_t i = 0; i < nt; i++) {
         agg_table *t = tables[i];
         for (unsigned sh = 0; sh < e->nshards; sh++) {
@@ -391,6 +411,7 @@ size_t engine_drop_entities(engine *e, engine_keep_fn keep, void *kctx) {
             }
         }
     }
+    unlock_all_shards(e);
     engine_barrier_leave(e);
     return dropped;
 }
