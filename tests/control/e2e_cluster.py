@@ -27,7 +27,7 @@ passed as runtime.config. The CLI rolls from a config listing the three control 
 Skips (exit 0) only while the beava binary is not built. BEAVA_BIN, BEAVA_CONTROL_BIN,
 BEAVA_SOURCE_DIR and FAKE_BEAVA_BIN are set by CTest.
 """
-import json, os, random, shutil, socket, subprocess, sys, threading, time, traceback
+import json, os, random, shutil, socket, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_control as E  # noqa: E402
@@ -349,23 +349,10 @@ snapshot:
     check(cfg.get("cluster.node_id") == "n1" and [x["name"] for x in cfg.get("cluster.hosts", [])] == ["h1", "h2", "h3"]
           and cfg.get("runtime.config") == "/etc/beava/beava-h1.yaml",
           "the shipped config/cluster/control-h1.yaml loads (node n1, three hosts, its beava-h1.yaml)", p.stderr)
-    if E.results["failed"]:
-        for h in hosts:
-            log(f"# --- {h.name} control.log (tail)")
-            try:
-                log(open(h.log).read()[-3000:])
-            except OSError:
-                pass
-    log(f"{E.results['passed']} passed, {E.results['failed']} failed ({time.time() - t_all:.0f}s)")
-    return 0 if E.results["failed"] == 0 else 1
+    return E.finish(hosts, t_all, tail=3000)
 
 
 if __name__ == "__main__":
     E.scenario = scenario
     E.free_port = low_port  # every port the shared helpers hand out (Control, registry)
-    try:
-        sys.exit(E.main())
-    except Exception:
-        traceback.print_exc()
-        log(f"{E.results['passed']} passed, {E.results['failed'] + 1} failed")
-        sys.exit(1)
+    E.entry()

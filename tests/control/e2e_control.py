@@ -353,15 +353,31 @@ def scenario(tmp):
             traceback.print_exc()
             check(False, f"phase {name} crashed")
         log(f"# phase {name}: {time.time() - t0:.1f}s")
+    return finish(controls, t_all)
+
+
+def finish(daemons, t_all, tail=4000):
+    """A scenario's closing lines: each daemon's control.log tail if anything failed, then the
+    totals. Returns the exit code."""
     if results["failed"]:
-        for c in controls:
+        for c in daemons:
             log(f"# --- {c.name} control.log (tail)")
             try:
-                log(open(c.log).read()[-4000:])
+                log(open(c.log).read()[-tail:])
             except OSError:
                 pass
     log(f"{results['passed']} passed, {results['failed']} failed ({time.time() - t_all:.0f}s)")
     return 0 if results["failed"] == 0 else 1
+
+
+def entry():
+    """The scripts' entry point: main(), a crash of the harness counted as a failure."""
+    try:
+        sys.exit(main())
+    except Exception:  # a crash of the harness is a failure, with the reason
+        traceback.print_exc()
+        log(f"{results['passed']} passed, {results['failed'] + 1} failed")
+        sys.exit(1)
 
 
 # ---- main: the bwrap runtime and most of the acceptance list ---------------------------------
@@ -1175,9 +1191,4 @@ def make_evil_layout(path, dotdot_member):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Exception:  # a crash of the harness is a failure, with the reason
-        traceback.print_exc()
-        log(f"{results['passed']} passed, {results['failed'] + 1} failed")
-        sys.exit(1)
+    entry()

@@ -725,22 +725,9 @@ def scenario(tmp):
             traceback.print_exc()
             check(False, f"phase {name} crashed")
         log(f"# phase {name}: {time.time() - t0:.1f}s")
-    if E.results["failed"]:
-        for c in E.controls:
-            log(f"# --- {c.name} control.log (tail)")
-            try:
-                log(open(c.log).read()[-4000:])
-            except OSError:
-                pass
-    log(f"{E.results['passed']} passed, {E.results['failed']} failed ({time.time() - t_all:.0f}s)")
-    return 0 if E.results["failed"] == 0 else 1
+    return E.finish(E.controls, t_all)
 
 
 if __name__ == "__main__":
     E.scenario = scenario  # e2e_control.main: tool checks, temp dir, cleanup; our phases
-    try:
-        sys.exit(E.main())
-    except Exception:
-        traceback.print_exc()
-        log(f"{E.results['passed']} passed, {E.results['failed'] + 1} failed")
-        sys.exit(1)
+    E.entry()

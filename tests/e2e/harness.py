@@ -223,6 +223,20 @@ class Beava:
         return self.call("POST", "/get", body)
 
 
+def fill_disk(mnt):
+    """Write zeros to <mnt>/filler until the file system refuses (ENOSPC); returns the
+    filler's path (unlink it to give the space back)."""
+    filler = os.path.join(mnt, "filler")
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

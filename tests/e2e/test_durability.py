@@ -21,7 +21,7 @@ import threading
 import time
 import unittest
 
-from harness import BEAVA_BIN, Beava, main
+from harness import BEAVA_BIN, Beava, fill_disk, main
 
 CYCLES = int(os.environ.get("BEAVA_CRASH_CYCLES", "30"))
 
@@ -278,14 +278,7 @@ class FullDisk(unittest.TestCase):
         for i in range(20):
             self.assertEqual(b.push("E", {"k": "a", "seq": 1})[0], 200)
         # fill the disk
-        filler = os.path.join(mnt, "filler")
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        filler = fill_disk(mnt)
         # the segment's last page may still have room: push until the WAL hits ENOSPC
         statuses = []
         for i in range(5000):
@@ -341,14 +334,7 @@ class FullDiskBatch(unittest.TestCase):
         for i in range(20):
             self.assertEqual(b.push("E", {"k": "a", "seq": 1})[0], 200)
             acked += 1
-        filler = os.path.join(mnt, "filler")
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        filler = fill_disk(mnt)
         # push (acknowledged at once in batch mode) until the WAL's write fails and the
         # server answers 503 wal_unavailable
         refused = 0

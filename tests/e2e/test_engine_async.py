@@ -25,7 +25,7 @@ import tempfile
 import time
 import unittest
 
-from harness import Beava, main
+from harness import Beava, fill_disk, main
 from test_tcp import PIPE, Conn, frame, mp_pack
 
 
@@ -624,14 +624,7 @@ class RegisterNotDurable(unittest.TestCase):
             self.assertEqual(b.register(PIPE)[0], 200)
             for i in range(10):
                 self.assertEqual(b.push("Click", {"user": "u", "n": i})[0], 200)
-            filler = os.path.join(mnt, "filler")
-            with open(filler, "wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
-                except OSError:
-                    pass
+            filler = fill_disk(mnt)
             # the register's own record is the first write to meet the full disk: appended
             # (gate raised), then voided by the log, so nothing is applied
             st, body = b.register(big)
