@@ -29,6 +29,7 @@
 
 typedef struct slot {
     uint64_t t_ns;
+    uint64_t sent_rt;       /* open loop: CLOCK_REALTIME ns when it was queued for sending */
     uint32_t nevents;       /* 0 for a get */
     uint32_t replies_left;
     uint32_t acked;
@@ -46,6 +47,8 @@ typedef struct conn {
     slot *ring;
     unsigned head, count;
     bool dead, out_armed;
+    uint64_t rx_ns;         /* open loop: kernel receive time (CLOCK_REALTIME) of the last
+                             * reply bytes read, 0 if unknown */
 } conn;
 
 /* Start gate: workers connect first, then wait here so that they all start at once. */
@@ -79,6 +82,12 @@ typedef struct worker {
 uint64_t driver_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t driver_realtime_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
@@ -182,7 +191,7 @@ static void conn_flush(worker *w, conn *c) {
     set_out(w, c, false);
 }
 
-static void conn_fill(worker *w, conn *c, uint64_t now, int64_t wall_ms) {
+static void conn_fill(worker *w, conn *c, uint64_t now, int64_t wall_ms, uint64_t now_rt) {
     const driver_cfg *cfg = w->cfg;
     while (!c->dead && c->count < cfg->depth && w->sending) {
         if (w->quota && w->sent >= w->quota) {
@@ -195,6 +204,7 @@ static void conn_fill(worker *w, conn *c, uint64_t now, int64_t wall_ms) {
              * each; latency counts from the earlier of the scheduled and the real send. */
             if (w->next_due > now + RATE_SLACK_NS) break;
             t = w->next_due < now ? w->next_due : now;
+            hist_add(&w->res.send_lag, now - t);
             w->next_due += w->interval_ns;
         }
         slot *s = &c->ring[(c->head + c->count) % cfg->depth];
@@ -212,6 +222,7 @@ static void conn_fill(worker *w, conn *c, uint64_t now, int64_t wall_ms) {
             w->sent += n;
         }
         s->t_ns = t;
+        s->sent_rt = now_rt;
         s->replies_left = replies;
         s->acked = 0;
         s->failed = false;
@@ -221,10 +232,33 @@ static void conn_fill(worker *w, conn *c, uint64_t now, int64_t wall_ms) {
     }
 }
 
-static void conn_read(worker *w, conn *c, uint64_t now) {
+/* recv(), and with SO_TIMESTAMPNS on (open loop) the kernel's receive time of the
+ * last segment read into c->rx_ns. */
+static ssize_t conn_recv(conn *c, char *d, size_t len) {
+    struct iovec iov = { .iov_base = d, .iov_len = len };
+    union {
+        char buf[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } ctl;
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+    ssize_t n = recvmsg(c->fd, &m, 0);
+    if (n <= 0) return n;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+            c->rx_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        }
+    }
+    return n;
+}
+
+/* now: monotonic, now_rt: realtime (ns), both read when epoll returned. */
+static void conn_read(worker *w, conn *c, uint64_t now, uint64_t now_rt) {
+    c->rx_ns = 0;
     for (;;) {
         char *d = bbuf_reserve(&c->r, READ_CHUNK);
-        ssize_t n = recv(c->fd, d, READ_CHUNK, 0);
+        ssize_t n = w->interval_ns ? conn_recv(c, d, READ_CHUNK) : recv(c->fd, d, READ_CHUNK, 0);
         if (n > 0) {
             c->r.len += (size_t)n;
             if (n < READ_CHUNK) break;
@@ -254,6 +288,13 @@ static void conn_read(worker *w, conn *c, uint64_t now) {
         s->acked += rep.acked;
         if (--s->replies_left == 0) {
             complete(w, s, now);
+            /* the reply sat in the socket this long before beava-bench read it (at least:
+             * the stamp is the last segment's) */
+            if (c->rx_ns) {
+                hist_add(&w->res.recv_lag, now_rt > c->rx_ns ? now_rt - c->rx_ns : 0);
+                /* written -> reply in the socket: the server's share (plus loopback) */
+                hist_add(&w->res.server_lat, c->rx_ns > s->sent_rt ? c->rx_ns - s->sent_rt : 0);
+            }
             c->head = (c->head + 1) % w->cfg->depth;
             c->count--;
             w->inflight--;
@@ -275,6 +316,9 @@ static void reset_measure(worker *w, uint64_t now) {
     r->events_acked = r->events_failed = r->gets_ok = r->gets_failed = r->requests = 0;
     hist_reset(&r->push_lat);
     hist_reset(&r->get_lat);
+    hist_reset(&r->send_lag);
+    hist_reset(&r->server_lat);
+    hist_reset(&r->recv_lag);
     w->t0 = now;
     w->t_last = now;
 }
@@ -317,9 +361,10 @@ static void *worker_main(void *arg) {
         if (w->sending && now >= stop) w->sending = false;
         if (w->sending) {
             int64_t wall = driver_wall_ms();
+            uint64_t now_rt = w->interval_ns ? driver_realtime_ns() : 0;
             for (unsigned i = 0; i < w->nconns; i++) {
                 conn *c = &w->conns[(w->rr + i) % w->nconns];
-                conn_fill(w, c, now, wall);
+                conn_fill(w, c, now, wall, now_rt);
             }
             w->rr++;
         }
@@ -360,11 +405,12 @@ static void *worker_main(void *arg) {
             break;
         }
         now = driver_now_ns();
+        uint64_t now_rt = w->interval_ns ? driver_realtime_ns() : 0;
         for (int i = 0; i < n; i++) {
             conn *c = evs[i].data.ptr;
             if (c->dead) continue;
             if (evs[i].events & EPOLLOUT) conn_flush(w, c);
-            if (!c->dead && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) conn_read(w, c, now);
+            if (!c->dead && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) conn_read(w, c, now, now_rt);
         }
     }
     if (!measuring) reset_measure(w, driver_now_ns());  /* ended inside the warmup */
@@ -405,6 +451,9 @@ static int worker_setup(worker *w, const driver_cfg *cfg, unsigned id, unsigned 
     rng_seed(&w->r, cfg->seed * 7919ull + id + 1);
     hist_reset(&w->res.push_lat);
     hist_reset(&w->res.get_lat);
+    hist_reset(&w->res.send_lag);
+    hist_reset(&w->res.server_lat);
+    hist_reset(&w->res.recv_lag);
     w->conns = xcalloc(nconns + 1, sizeof *w->conns);
     w->nconns = nconns;
     for (unsigned i = 0; i < nconns; i++) {
@@ -427,6 +476,10 @@ static int worker_setup(worker *w, const driver_cfg *cfg, unsigned id, unsigned 
             return -1;
         }
         fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+        if (w->interval_ns) {      /* open loop: when each reply reached the socket (recv_lag) */
+            int one = 1;
+            setsockopt(c->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
+        }
         struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
         if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
             snprintf(w->res.error, sizeof w->res.error, "epoll_ctl: %s", strerror(errno));
@@ -487,6 +540,9 @@ int driver_run(const driver_cfg *in, driver_result *res) {
         res->conn_errors += r->conn_errors;
         hist_merge(&res->push_lat, &r->push_lat);
         hist_merge(&res->get_lat, &r->get_lat);
+        hist_merge(&res->send_lag, &r->send_lag);
+        hist_merge(&res->server_lat, &r->server_lat);
+        hist_merge(&res->recv_lag, &r->recv_lag);
         if (!res->error[0] && r->error[0]) snprintf(res->error, sizeof res->error, "%s", r->error);
         if (ws[t].t0 < t0) t0 = ws[t].t0;
         if (ws[t].t_last > t1) t1 = ws[t].t_last;

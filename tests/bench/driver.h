@@ -46,6 +46,15 @@ typedef struct driver_result {
     unsigned conn_errors;
     double elapsed_s;                      /* measured window (after warmup) */
     hist push_lat, get_lat;                /* ns per request */
+    hist send_lag;                         /* open loop: ns from a request's scheduled time to
+                                            * when the client wrote it (0 when sent on time or
+                                            * early): the client's own share of the latency */
+    hist recv_lag;                         /* open loop: ns from a reply's arrival in the client's
+                                            * socket (kernel timestamp) to beava-bench reading
+                                            * it: the client's share on the way back */
+    hist server_lat;                       /* open loop: ns from beava-bench writing a request to
+                                            * its reply reaching the client's socket (at most:
+                                            * the stamp is the read's last segment) */
     char error[256];                       /* first error, "" if none */
 } driver_result;
 

@@ -228,6 +228,18 @@ void run_print(const char *label, const char *target, const char *wire, const ru
         printf("  get latency: p50 %.1f us  p99 %.1f us  p99.9 %.1f us (%llu gets)\n", hist_percentile(&d->get_lat, 50) / 1e3,
                hist_percentile(&d->get_lat, 99) / 1e3, hist_percentile(&d->get_lat, 99.9) / 1e3,
                (unsigned long long)d->get_lat.total);
+    if (d->send_lag.total)
+        printf("  client send lag (scheduled -> written by beava-bench): p50 %.1f us  p99 %.1f us  p99.9 %.1f us  max %.1f us\n",
+               hist_percentile(&d->send_lag, 50) / 1e3, hist_percentile(&d->send_lag, 99) / 1e3,
+               hist_percentile(&d->send_lag, 99.9) / 1e3, (double)d->send_lag.max / 1e3);
+    if (d->server_lat.total)
+        printf("  server share (written -> reply in the client's socket): p50 %.1f us  p99 %.1f us  p99.9 %.1f us  max %.1f us\n",
+               hist_percentile(&d->server_lat, 50) / 1e3, hist_percentile(&d->server_lat, 99) / 1e3,
+               hist_percentile(&d->server_lat, 99.9) / 1e3, (double)d->server_lat.max / 1e3);
+    if (d->recv_lag.total)
+        printf("  client receive lag (reply in socket -> read by beava-bench): p50 %.1f us  p99 %.1f us  p99.9 %.1f us  max %.1f us\n",
+               hist_percentile(&d->recv_lag, 50) / 1e3, hist_percentile(&d->recv_lag, 99) / 1e3,
+               hist_percentile(&d->recv_lag, 99.9) / 1e3, (double)d->recv_lag.max / 1e3);
     if (r->rss1_kb > 0)
         printf("  server RSS %.1f MB (%.1f MB before the load)", r->rss1_kb / 1024.0, r->rss0_kb / 1024.0);
     if (r->entities >= 0) printf(", %.0f entities resident", r->entities);
