@@ -254,11 +254,16 @@ void run_print(const char *label, const char *target, const char *wire, const ru
     if (d->error[0]) printf("  first error: %s\n", d->error);
     printf("BENCH_RESULT label=%s target=%s wire=%s throughput=%.0f unit=%s p50_us=%.1f p99_us=%.1f p999_us=%.1f "
            "max_us=%.1f rss_kb=%ld rss0_kb=%ld entities=%.0f bpe=%.1f server_bpe=%.1f acked=%llu failed=%llu "
-           "gets_ok=%llu gets_failed=%llu lost=%llu elapsed_s=%.3f server_cores=%.2f client_cores=%.2f other_cores=%.2f\n",
+           "gets_ok=%llu gets_failed=%llu lost=%llu elapsed_s=%.3f server_cores=%.2f client_cores=%.2f other_cores=%.2f",
            tag, target, wire, r->throughput, unit, hist_percentile(h, 50) / 1e3, hist_percentile(h, 99) / 1e3,
            hist_percentile(h, 99.9) / 1e3, (double)h->max / 1e3, r->rss1_kb, r->rss0_kb, r->entities,
            r->bytes_per_entity, r->server_bytes_per_entity, (unsigned long long)d->events_acked,
            (unsigned long long)d->events_failed, (unsigned long long)d->gets_ok, (unsigned long long)d->gets_failed,
            (unsigned long long)d->lost, d->elapsed_s, r->cpu.server_cores, r->cpu.client_cores, r->cpu.other_cores);
+    if (d->server_lat.total)     /* open loop: the shares of the latency (README) */
+        printf(" send_lag_p99_us=%.1f server_p50_us=%.1f server_p99_us=%.1f recv_lag_p99_us=%.1f",
+               hist_percentile(&d->send_lag, 99) / 1e3, hist_percentile(&d->server_lat, 50) / 1e3,
+               hist_percentile(&d->server_lat, 99) / 1e3, hist_percentile(&d->recv_lag, 99) / 1e3);
+    printf("\n");
     fflush(stdout);
 }
