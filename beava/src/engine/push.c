@@ -890,8 +890,22 @@ static void *durable_main(void *arg) {
         if (rc == 0) {
             queue_parts(e, st, true);
         } else {
+            /* Its first records may have gone out in the WAL write before the one that
+             * failed (the writer takes what is pending while a batch is being sequenced):
+             * those are on disk and replay applies them, so they are applied here too.
+             * LSNs rise with the item index, and a failed write voids its records and
+             * every later one, so the durable items are a prefix: find where it ends. */
+            size_t first_void = 0;
+            for (; first_void < st->b->n; first_void++) {
+                if (!st->items[first_void].logged) continue;
+                char ignored[8];
+                if (e->opt.wal.wait(e->opt.wal.ctx, st->b->items[first_void].res.ack_lsn, ignored, sizeof ignored) != 0)
+                    break;
+            }
+            bool kept = false;
+            for (size_t i = 0; i < first_void; i++) kept |= st->items[i].logged;
             pthread_mutex_lock(&e->seq_mu);
-            for (size_t i = 0; i < st->b->n; i++) {
+            for (size_t i = first_void; i < st->b->n; i++) {
                 item_state *is = &st->items[i];
                 if (!is->logged) continue;
                 is->logged = false;
@@ -905,6 +919,7 @@ static void *durable_main(void *arg) {
                 atomic_fetch_sub_explicit(&e->events_applied, 1, memory_order_relaxed);
             }
             pthread_mutex_unlock(&e->seq_mu);
+            if (kept) queue_parts(e, st, true);
         }
         pthread_mutex_lock(&e->seq_mu);
         e->park_head = st->park_next;
