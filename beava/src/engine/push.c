@@ -952,8 +952,10 @@ void push_durability_stop(engine *e) {
  *    shards) take every group in hand-off order, in two phases:
  *     1. PREPARE, split by record: applier w decodes, validates (on the group's pinned
  *        version) and turns into parts the records k with k % appliers == w, into its own
- *        batch state (the same validate and build_parts as a live push). Every applier
- *        then waits until all have prepared the group.
+ *        batch state (the same validate and build_parts as a live push). A group is
+ *        applied once every applier has prepared it; an applier prepares its share of
+ *        the next group (when one is queued) before it applies the current one, so the
+ *        one that finishes preparing first works ahead instead of waiting.
  *     2. APPLY, split by shard: applier w applies, in record order (= LSN order), the parts
  *        of the shards s with s % appliers == w, under those shards' state locks. So each
  *        shard applies its parts in LSN order, the only order the state depends on (an
@@ -981,11 +983,9 @@ void push_durability_stop(engine *e) {
  * apply_mu, its errors returned to its caller).
  */
 
-#ifndef REPLAY_WORKERS_MAX
 #define REPLAY_WORKERS_MAX 2      /* applier threads (one per core of the target machine) */
-#endif
-#define REPLAY_BATCH_MAX 512      /* event records per group (one hand-off) */
-#define REPLAY_GROUPS 4           /* groups filling, queued or being applied */
+#define REPLAY_BATCH_MAX 1024     /* event records per group (one hand-off) */
+#define REPLAY_GROUPS 6           /* groups filling, queued, prepared or being applied */
 #define REPLAY_REASON_MAX 320     /* a replay error's text */
 /* Prefetch distances of the apply loop, in an applier's own parts. */
 #define REPLAY_AHEAD_SLOT 24      /* the entity's index slot */
@@ -1228,12 +1228,14 @@ static void replay_apply_share(engine *e, replay_group *g, replay_worker *wk, un
     }
     push_part **own = wk->own;
     size_t n = 0;
-    for (size_t k = 0; k < g->n; k++) {
-        push_batch_state *st = g->preps[k % nprep].batch.priv;
+    bool mine[SHARD_MAX];         /* no division per part */
+    for (unsigned s = 0; s < e->nshards; s++) mine[s] = s % nshare == wk->index;
+    for (size_t k = 0, w = 0; k < g->n; k++, w = w + 1 == nprep ? 0 : w + 1) {
+        push_batch_state *st = g->preps[w].batch.priv;
         const item_state *is = &st->items[k];
         for (size_t j = 0; j < is->nparts; j++) {
             push_part *pp = &st->parts[is->first_part + j];
-            if (pp->shard % nshare == wk->index) own[n++] = pp;
+            if (mine[pp->shard]) own[n++] = pp;
         }
     }
     if (n == 0) return;
@@ -1265,15 +1267,48 @@ static void replay_group_complete(engine *e, replay_group *g, unsigned nprep) {
     g->pin = NULL;
 }
 
+/* Apply group `num` (prepared by this applier; wait until the others have too) and, as
+ * the last applier done with it, complete it. Called and returns with r->mu held. */
+static void replay_worker_apply(engine *e, engine_replay_ctx *r, replay_worker *wk, uint64_t num, unsigned nw) {
+    replay_group *g = &r->groups[num % REPLAY_GROUPS];
+    while (g->prepared < nw) pthread_cond_wait(&r->prep_cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+    replay_apply_share(e, g, wk, nw, nw);
+    pthread_mutex_lock(&r->mu);
+    if (--g->pending == 0) {
+        /* the others are done with it; groups complete in order (each applier applies
+         * them in order, and the last one on g+1 finished g, completion included) */
+        pthread_mutex_unlock(&r->mu);
+        replay_group_complete(e, g, nw);
+        pthread_mutex_lock(&r->mu);
+        r->completed = num + 1;
+        pthread_cond_broadcast(&r->done_cv);
+    }
+}
+
+/* An applier. It prepares group g+1 before it applies group g when g+1 is already
+ * handed off, so that an applier that prepared its share of g first does not wait for
+ * the other: it prepares ahead instead. A group is applied at once when no other is
+ * queued (a flush waits for it). Waits only ever go to earlier or equal groups, which
+ * every applier prepares without waiting, so none can block the others for good. */
 static void *replay_worker_main(void *arg) {
     replay_worker *wk = arg;
     engine *e = wk->e;
     engine_replay_ctx *r = e->replay;
-    uint64_t next = 0;            /* the next group number to take */
+    uint64_t next = 0;            /* the next group number to prepare */
+    bool held = false;            /* group next - 1 is prepared, not yet applied */
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        while (next == r->submitted && !r->stop) pthread_cond_wait(&r->work_cv, &r->mu);
-        if (next == r->submitted) break;          /* stopping, the queue done */
+        if (next == r->submitted) {
+            if (held) {               /* nothing to prepare ahead: apply it now */
+                replay_worker_apply(e, r, wk, next - 1, r->nworkers);
+                held = false;
+                continue;
+            }
+            if (r->stop) break;       /* stopping, the queue done */
+            pthread_cond_wait(&r->work_cv, &r->mu);
+            continue;
+        }
         unsigned nw = r->nworkers;
         replay_group *g = &r->groups[next % REPLAY_GROUPS];
         pthread_mutex_unlock(&r->mu);
@@ -1282,19 +1317,8 @@ static void *replay_worker_main(void *arg) {
         for (size_t k = wk->index; k < g->n; k += nw) replay_prepare(e, g, p, k, NULL);
         pthread_mutex_lock(&r->mu);
         if (++g->prepared == nw) pthread_cond_broadcast(&r->prep_cv);
-        while (g->prepared < nw) pthread_cond_wait(&r->prep_cv, &r->mu);
-        pthread_mutex_unlock(&r->mu);
-        replay_apply_share(e, g, wk, nw, nw);
-        pthread_mutex_lock(&r->mu);
-        if (--g->pending == 0) {
-            /* the others are done with it; groups complete in order (each applier takes
-             * them in order, and the last one on g+1 finished g, completion included) */
-            pthread_mutex_unlock(&r->mu);
-            replay_group_complete(e, g, nw);
-            pthread_mutex_lock(&r->mu);
-            r->completed = next + 1;
-            pthread_cond_broadcast(&r->done_cv);
-        }
+        if (held) replay_worker_apply(e, r, wk, next - 1, nw);
+        held = true;
         next++;
     }
     pthread_mutex_unlock(&r->mu);
@@ -1395,9 +1419,10 @@ static int replay_gather(engine *e, engine_replay_ctx *r, uint64_t lsn, const vo
     return -1;
 }
 
-/* One event record of recovery (engine_replay). */
+/* One event record of recovery (engine_replay): appliers only before the shards start
+ * (engine_start_shards starts the durability thread after them). */
 int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen) {
-    return replay_gather(e, replay_ctx(e, true), lsn, payload, len, NULL, reason, rlen);
+    return replay_gather(e, replay_ctx(e, !e->durable_running), lsn, payload, len, NULL, reason, rlen);
 }
 
 void engine_replay_on_error(engine *e, engine_replay_error_fn fn, void *ctx) {
