@@ -1205,6 +1205,9 @@ static void replay_prefetch_entity(const push_part *pp) {
 /* Stage 3: what each feature update will probe, read from the entity (arrived by now).
  * Reads only; a row a reader widened past the part keeps its newer slots out (nfeat). */
 static void replay_prefetch_states(const push_part *pp) {
+    size_t hinted = 0;            /* most tables have no feature to hint: skip the lookup */
+    while (hinted < pp->nfeatures && !pp->features[hinted].hinted) hinted++;
+    if (hinted == pp->nfeatures) return;
     const entity_store *s = &((const entity_store *)pp->stores)[pp->shard];
     const entity *en = store_home_entity(s, pp->hash);
     if (!en) return;
