@@ -940,59 +940,67 @@ void push_durability_stop(engine *e) {
 /*
  * RECOVERY'S PIPELINE. Replay re-applies logged events with the same validation and
  * parts as a live push, at their original arrival times. Recovery runs before the shard
- * threads start and owns the stores; it spreads the work over the machine's cores:
+ * threads start and owns the stores; it spreads the work over the machine's cores.
  *
- *  - The READER (the thread that calls engine_replay: persist.c's WAL scan, which reads
- *    and CRC-checks each record) copies each event record's payload into the GROUP being
- *    filled (up to REPLAY_BATCH_MAX records). The first record of a group pins the
- *    current registry version for it. A full group is HANDED OFF to a queue of at most
- *    REPLAY_GROUPS groups, and the reader goes on with the next one (it waits only when
- *    every group is queued or being applied).
- *  - The APPLIERS (REPLAY_WORKERS_MAX threads at most, never more than there are
- *    shards) take every group in hand-off order, in two phases:
- *     1. PREPARE, split by record: applier w decodes, validates (on the group's pinned
- *        version) and turns into parts the records k with k % appliers == w, into its own
- *        batch state (the same validate and build_parts as a live push). A group is
- *        applied once every applier has prepared it; an applier prepares its share of
- *        the next group (when one is queued) before it applies the current one, so the
- *        one that finishes preparing first works ahead instead of waiting.
- *     2. APPLY, split by shard: applier w applies, in record order (= LSN order), the parts
- *        of the shards s with s % appliers == w, under those shards' state locks. So each
- *        shard applies its parts in LSN order, the only order the state depends on (an
- *        entity lives on one shard), and no two appliers touch one store or shard
- *        context. The loop looks three distances ahead: the index slot, then the entity
- *        the slot names (the slot has arrived), then what its feature updates will probe
- *        (the entity has arrived), so dependent misses overlap with the work before them.
- *    The last applier done with a group releases what it decoded and its version pin and
- *    counts it; groups complete in hand-off order.
- *  - The reader then REPORTS each completed group, in LSN order, before it reuses its
- *    slot or when it flushes: records that did not decode or validate go to the error
- *    sink (engine_replay_on_error: persist.c logs and counts them, as it did when
- *    engine_replay returned them), and the dedupe cache learns the group's keys (only the
- *    reader touches it during recovery).
+ * The READER (the thread that calls engine_replay: persist.c's WAL scan, which reads and
+ * CRC-checks each record) copies each event record's payload into the GROUP being filled
+ * (up to REPLAY_BATCH_MAX records); the first record of a group pins the current
+ * registry version for it. A full group is HANDED OFF to a ring of REPLAY_GROUPS groups
+ * and the reader goes on with the next. A handed-off group is cut into TASKS, run by
+ * whichever thread is free (the applier threads, and the reader whenever it would
+ * otherwise wait for a free slot or a flush), so no thread sleeps while there is work,
+ * and a thread the scheduler preempts holds up only what depends on it:
+ *
+ *  - PREPARE(g, c): decode, validate (on g's pinned version) and turn into parts the
+ *    records of chunk c (REPLAY_CHUNK records), into the chunk's own batch state: the
+ *    same validate and build_parts as a live push. Chunks are independent.
+ *  - APPLY(g, s): once every chunk of g is prepared, and set s of group g - 1 is applied,
+ *    apply in record order (= LSN order) the parts that go to the shards of SET s (the
+ *    shards with index % sets == s), under those shards' state locks. So each shard
+ *    applies its parts in LSN order, the only order the state depends on (an entity lives
+ *    on one shard), and no two threads touch one store or shard context at once. The
+ *    loop looks three distances ahead: the index slot, then the entity the slot names
+ *    (the slot has arrived), then what its feature updates will probe (the entity has
+ *    arrived), so dependent cache and TLB misses overlap with the work before them.
+ *
+ * Applying comes before preparing, oldest group first. The thread that applies a group's
+ * last set releases it (decoded records, its version pin, the counters); groups
+ * complete in hand-off order. The reader REPORTS each completed group, in LSN order,
+ * before it reuses its slot: records that did not decode or validate go to the error
+ * sink (engine_replay_on_error: persist.c logs and counts them, as it did when
+ * engine_replay returned them), and the dedupe cache learns the group's keys (only the
+ * reader touches it during recovery).
  *
  * ORDER-SENSITIVE RECORDS are barriers: a registry or reset record enters
  * engine_barrier_enter, which calls push_replay_flush first: the group being filled is
- * handed off, the reader waits until every group is applied and reported, and only then
- * does the record apply, alone; later groups pin the version it published. A snapshot,
- * the end of the WAL (engine_replay_finish) and the start of the shards flush the same
- * way, and push_replay_done stops and joins the appliers, so nothing of recovery runs
- * once the shard threads start. If no applier thread can be started, each record is
- * prepared as it arrives and each group applied at hand-off, on the reader (that is also
- * how cluster apply, engine_apply_logged, uses this code: beside live traffic, under
- * apply_mu, its errors returned to its caller).
+ * handed off and the reader runs tasks and waits until every group is applied and
+ * reported; only then does the record apply, alone, and later groups pin the version it
+ * published. A snapshot, the end of the WAL (engine_replay_finish) and the start of the
+ * shards flush the same way, and push_replay_done stops and joins the appliers, so
+ * nothing of recovery runs once the shard threads start. Without applier threads (none
+ * could be started, or cluster apply: engine_apply_logged, beside live traffic, under
+ * apply_mu, its errors returned to its caller) each record is prepared as it arrives and
+ * each group applied at hand-off, on the calling thread.
+ *
+ * Why so: measured on the 2-core machine, preparing costs most of replay's instructions
+ * (~1,500 a record: decode, validate, key, hash) and applying most of its stalls (the
+ * index slot and the entity miss the cache and the TLB); a split by record for the first
+ * and by shard for the second keeps both cores busy with either.
  */
 
-#define REPLAY_WORKERS_MAX 2      /* applier threads (one per core of the target machine) */
+#define REPLAY_WORKERS_MAX 2      /* applier threads besides the reader */
+#define REPLAY_SETS_MAX 2         /* apply tasks per group (shard sets) */
 #define REPLAY_BATCH_MAX 1024     /* event records per group (one hand-off) */
+#define REPLAY_CHUNK 256          /* records per prepare task */
+#define REPLAY_CHUNKS (REPLAY_BATCH_MAX / REPLAY_CHUNK)
 #define REPLAY_GROUPS 6           /* groups filling, queued, prepared or being applied */
 #define REPLAY_REASON_MAX 320     /* a replay error's text */
-/* Prefetch distances of the apply loop, in an applier's own parts. */
+/* Prefetch distances of the apply loop, in a task's own parts. */
 #define REPLAY_AHEAD_SLOT 24      /* the entity's index slot */
 #define REPLAY_AHEAD_ENTITY 12    /* the entity the slot names */
 #define REPLAY_AHEAD_STATES 4     /* what its feature updates probe */
 
-/* One applier's share of a group's preparation. */
+/* One chunk's preparation. */
 typedef struct replay_prep {
     engine_batch batch;           /* its state holds the parts, keys and chain outputs */
     arena arena;                  /* decoded rows, dedupe keys, error texts */
@@ -1014,33 +1022,38 @@ typedef struct replay_group {
     registry *reg;                /* the version they are validated on... */
     regver *pin;                  /* ...pinned until completion */
     uint64_t version;             /* its number (the dedupe cache's) */
-    unsigned prepared;            /* appliers done preparing it (ctx mu) */
-    unsigned pending;             /* appliers yet to apply it (ctx mu) */
-    replay_prep preps[REPLAY_WORKERS_MAX];   /* one per applier (the reader's: [0]) */
+    /* tasks (ctx mu) */
+    unsigned chunks;              /* prepare tasks: ceil(n / REPLAY_CHUNK) */
+    unsigned chunk_next;          /* the next one to claim */
+    unsigned chunks_done;
+    bool set_claimed[REPLAY_SETS_MAX];
+    unsigned sets_done;
+    bool finished;                /* completed (released), not yet counted in `completed` */
+    replay_prep preps[REPLAY_CHUNKS];
 } replay_group;
 
 typedef struct replay_worker {
     engine *e;
-    unsigned index;
     pthread_t thread;
-    push_part **own;              /* scratch: this applier's parts of a group, in order */
+    push_part **own;              /* scratch: an apply task's parts, in order */
     size_t own_cap;
 } replay_worker;
 
 struct engine_replay_ctx {
     replay_group groups[REPLAY_GROUPS];   /* group number g lives in groups[g % REPLAY_GROUPS] */
     pthread_mutex_t mu;
-    pthread_cond_t work_cv;       /* a group was handed off, or stop */
-    pthread_cond_t prep_cv;       /* every applier prepared a group */
-    pthread_cond_t done_cv;       /* a group was applied */
+    pthread_cond_t work_cv;       /* a task may have become runnable, or stop */
+    pthread_cond_t done_cv;       /* a group was completed */
     uint64_t submitted;           /* groups handed off = number of the group being filled (mu) */
-    uint64_t completed;           /* groups applied by every applier, always a prefix (mu) */
+    uint64_t completed;           /* groups completed, always a prefix (mu) */
+    uint64_t set_next[REPLAY_SETS_MAX];   /* per set: the group whose apply is next (mu) */
+    unsigned sets;                /* shard sets: min(shards, REPLAY_SETS_MAX) */
     uint64_t reported;            /* completed groups the reader reported (reader) */
-    bool stop;                    /* the appliers finish the queue and exit (mu) */
+    bool stop;                    /* the appliers exit once nothing is left (mu) */
     bool started;                 /* the group being filled is started (pinned) (reader) */
-    unsigned nworkers;            /* threads running; 0: the reader does everything */
+    unsigned nworkers;            /* applier threads running; 0: all on the caller */
     replay_worker workers[REPLAY_WORKERS_MAX];
-    replay_worker inline_worker;  /* the reader's scratch when nworkers is 0 */
+    replay_worker reader;         /* the reader's scratch */
     engine_replay_error_fn on_error;      /* where reported errors go (NULL: dropped) */
     void *on_error_ctx;
 };
@@ -1062,34 +1075,33 @@ static engine_replay_ctx *replay_ctx(engine *e, bool with_workers) {
         g->lens = calloc(REPLAY_BATCH_MAX, sizeof *g->lens);
         g->errors = calloc(REPLAY_BATCH_MAX, sizeof *g->errors);
         if (!g->istates || !g->items || !g->lsns || !g->recs || !g->payloads || !g->lens || !g->errors) abort();
-        for (size_t w = 0; w < REPLAY_WORKERS_MAX; w++) {
-            engine_batch_init(&g->preps[w].batch);
-            g->preps[w].batch.items = g->items;
-            arena_init(&g->preps[w].arena);
+        for (size_t c = 0; c < REPLAY_CHUNKS; c++) {
+            engine_batch_init(&g->preps[c].batch);
+            g->preps[c].batch.items = g->items;
+            arena_init(&g->preps[c].arena);
         }
     }
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->work_cv, NULL);
-    pthread_cond_init(&r->prep_cv, NULL);
     pthread_cond_init(&r->done_cv, NULL);
-    r->inline_worker.e = e;
+    r->reader.e = e;
     r->on_error = e->replay_on_error;
     r->on_error_ctx = e->replay_on_error_ctx;
     e->replay = r;
-    unsigned want = with_workers ? (e->nshards < REPLAY_WORKERS_MAX ? e->nshards : REPLAY_WORKERS_MAX) : 0;
+    unsigned want = with_workers ? REPLAY_WORKERS_MAX : 0;
     for (unsigned w = 0; w < want; w++) {
         replay_worker *wk = &r->workers[w];
         wk->e = e;
-        wk->index = w;
         if (pthread_create(&wk->thread, NULL, replay_worker_main, wk) != 0) break;
         r->nworkers++;
     }
-    /* fewer threads than asked (none at worst): the work is split over those that run */
+    /* fewer threads than asked (none at worst): the others, and the reader, do the work */
+    r->sets = r->nworkers == 0 ? 1 : e->nshards < REPLAY_SETS_MAX ? e->nshards : REPLAY_SETS_MAX;
     return r;
 }
 
-/* Start preparing a group into p: its batch state on the group's version. */
-static push_batch_state *replay_prep_begin(engine *e, replay_group *g, replay_prep *p) {
+/* Start preparing a chunk of g into p: its batch state on the group's version. */
+static void replay_prep_begin(engine *e, replay_group *g, replay_prep *p) {
     arena_reset(&p->arena);
     p->batch.n = 0;
     push_batch_state *st = state_for(e, &p->batch);   /* resets the arena-held batch state too */
@@ -1100,7 +1112,6 @@ static push_batch_state *replay_prep_begin(engine *e, replay_group *g, replay_pr
     p->applied = 0;
     p->max_now = 0;
     p->any_dedupe = false;
-    return st;
 }
 
 /* Cluster (engine_apply_logged): the dedupe decision in log order. The cache key is the
@@ -1170,7 +1181,7 @@ static int replay_prepare(engine *e, replay_group *g, replay_prep *p, size_t k, 
     if (!is->ev) {
         /* valid when logged: the registry history says otherwise, which is corruption */
         g->errors[k] = replay_printf(&p->arena, "event record at LSN %llu no longer validates: %s %s",
-                                    (unsigned long long)g->lsns[k], item->res.code, item->res.reason);
+                                     (unsigned long long)g->lsns[k], item->res.code, item->res.reason);
         return -1;
     }
     is->now = rec->now;
@@ -1217,12 +1228,12 @@ static void replay_prefetch_states(const push_part *pp) {
     for (size_t i = 0; i < n; i++) feature_prefetch(&pp->features[i], row + pp->offsets[i], in, pp->now);
 }
 
-/* Apply one applier's share of a prepared group (the shards s with s % nshare ==
- * wk->index; record k was prepared into preps[k % nprep]), in record order, holding those
- * shards' state locks. */
-static void replay_apply_share(engine *e, replay_group *g, replay_worker *wk, unsigned nshare, unsigned nprep) {
+/* APPLY(g, set): the parts of g for the shards s with s % sets == set, in record order,
+ * holding those shards' state locks. */
+static void replay_apply_set(engine *e, replay_group *g, replay_worker *wk, unsigned set, unsigned sets) {
+    unsigned chunks = (unsigned)((g->n + REPLAY_CHUNK - 1) / REPLAY_CHUNK);
     size_t total = 0;
-    for (unsigned w = 0; w < nprep; w++) total += ((push_batch_state *)g->preps[w].batch.priv)->nparts;
+    for (unsigned c = 0; c < chunks; c++) total += ((push_batch_state *)g->preps[c].batch.priv)->nparts;
     if (wk->own_cap < total) {
         free(wk->own);
         wk->own_cap = total;
@@ -1232,9 +1243,9 @@ static void replay_apply_share(engine *e, replay_group *g, replay_worker *wk, un
     push_part **own = wk->own;
     size_t n = 0;
     bool mine[SHARD_MAX];         /* no division per part */
-    for (unsigned s = 0; s < e->nshards; s++) mine[s] = s % nshare == wk->index;
-    for (size_t k = 0, w = 0; k < g->n; k++, w = w + 1 == nprep ? 0 : w + 1) {
-        push_batch_state *st = g->preps[w].batch.priv;
+    for (unsigned s = 0; s < e->nshards; s++) mine[s] = s % sets == set;
+    for (size_t k = 0; k < g->n; k++) {
+        push_batch_state *st = g->preps[k / REPLAY_CHUNK].batch.priv;
         const item_state *is = &st->items[k];
         for (size_t j = 0; j < is->nparts; j++) {
             push_part *pp = &st->parts[is->first_part + j];
@@ -1242,7 +1253,7 @@ static void replay_apply_share(engine *e, replay_group *g, replay_worker *wk, un
         }
     }
     if (n == 0) return;
-    for (unsigned s = wk->index; s < e->nshards; s += nshare) shard_lock(e->pool, s);
+    for (unsigned s = set; s < e->nshards; s += sets) shard_lock(e->pool, s);
     for (size_t i = 0; i < n && i < REPLAY_AHEAD_SLOT; i++) push_part_prefetch(own[i]);
     for (size_t i = 0; i < n && i < REPLAY_AHEAD_ENTITY; i++) replay_prefetch_entity(own[i]);
     for (size_t i = 0; i < n && i < REPLAY_AHEAD_STATES; i++) replay_prefetch_states(own[i]);
@@ -1252,15 +1263,16 @@ static void replay_apply_share(engine *e, replay_group *g, replay_worker *wk, un
         if (i + REPLAY_AHEAD_STATES < n) replay_prefetch_states(own[i + REPLAY_AHEAD_STATES]);
         apply_part(shard_inline_ctx(e->pool, own[i]->shard), own[i]);
     }
-    for (unsigned s = wk->index; s < e->nshards; s += nshare) shard_unlock(e->pool, s);
+    for (unsigned s = set; s < e->nshards; s += sets) shard_unlock(e->pool, s);
 }
 
-/* Every applier is done with g: release what it decoded, count it, unpin its version
- * (by the last of them). Its errors and dedupe keys stay for the reader's report. */
-static void replay_group_complete(engine *e, replay_group *g, unsigned nprep) {
+/* Every set of g is applied: release what it decoded, count it, unpin its version. Its
+ * errors and dedupe keys stay for the reader's report. */
+static void replay_group_release(engine *e, replay_group *g) {
+    unsigned chunks = (unsigned)((g->n + REPLAY_CHUNK - 1) / REPLAY_CHUNK);
     for (size_t k = 0; k < g->n; k++) evrec_release(&g->recs[k]);
-    for (unsigned w = 0; w < nprep; w++) {
-        replay_prep *p = &g->preps[w];
+    for (unsigned c = 0; c < chunks; c++) {
+        replay_prep *p = &g->preps[c];
         note_watermark(e, p->max_now);
         atomic_fetch_add_explicit(&e->events_applied, p->applied, memory_order_relaxed);
         ((push_batch_state *)p->batch.priv)->reg = NULL;
@@ -1270,59 +1282,61 @@ static void replay_group_complete(engine *e, replay_group *g, unsigned nprep) {
     g->pin = NULL;
 }
 
-/* Apply group `num` (prepared by this applier; wait until the others have too) and, as
- * the last applier done with it, complete it. Called and returns with r->mu held. */
-static void replay_worker_apply(engine *e, engine_replay_ctx *r, replay_worker *wk, uint64_t num, unsigned nw) {
-    replay_group *g = &r->groups[num % REPLAY_GROUPS];
-    while (g->prepared < nw) pthread_cond_wait(&r->prep_cv, &r->mu);
-    pthread_mutex_unlock(&r->mu);
-    replay_apply_share(e, g, wk, nw, nw);
-    pthread_mutex_lock(&r->mu);
-    if (--g->pending == 0) {
-        /* the others are done with it; groups complete in order (each applier applies
-         * them in order, and the last one on g+1 finished g, completion included) */
-        pthread_mutex_unlock(&r->mu);
-        replay_group_complete(e, g, nw);
-        pthread_mutex_lock(&r->mu);
-        r->completed = num + 1;
-        pthread_cond_broadcast(&r->done_cv);
+/* Claim and run one runnable task (r->mu held; dropped while it runs). Returns false
+ * when none is runnable. Applying goes first, oldest group first, then preparing. */
+static bool replay_run_task(engine *e, engine_replay_ctx *r, replay_worker *wk) {
+    for (uint64_t num = r->completed; num < r->submitted; num++) {
+        replay_group *g = &r->groups[num % REPLAY_GROUPS];
+        if (g->chunks_done < g->chunks) continue;
+        for (unsigned s = 0; s < r->sets; s++) {
+            if (r->set_next[s] != num || g->set_claimed[s]) continue;
+            g->set_claimed[s] = true;
+            pthread_mutex_unlock(&r->mu);
+            replay_apply_set(e, g, wk, s, r->sets);
+            pthread_mutex_lock(&r->mu);
+            r->set_next[s] = num + 1;     /* set s of the next group may go */
+            if (++g->sets_done == r->sets) {
+                pthread_mutex_unlock(&r->mu);
+                replay_group_release(e, g);
+                pthread_mutex_lock(&r->mu);
+                g->finished = true;
+                bool moved = false;
+                while (r->completed < r->submitted && r->groups[r->completed % REPLAY_GROUPS].finished) {
+                    r->groups[r->completed % REPLAY_GROUPS].finished = false;
+                    r->completed++;
+                    moved = true;
+                }
+                if (moved) pthread_cond_broadcast(&r->done_cv);
+            }
+            pthread_cond_broadcast(&r->work_cv);
+            return true;
+        }
     }
+    for (uint64_t num = r->completed; num < r->submitted; num++) {
+        replay_group *g = &r->groups[num % REPLAY_GROUPS];
+        if (g->chunk_next == g->chunks) continue;
+        unsigned c = g->chunk_next++;
+        pthread_mutex_unlock(&r->mu);
+        replay_prep *p = &g->preps[c];
+        replay_prep_begin(e, g, p);
+        size_t end = (size_t)(c + 1) * REPLAY_CHUNK < g->n ? (size_t)(c + 1) * REPLAY_CHUNK : g->n;
+        for (size_t k = (size_t)c * REPLAY_CHUNK; k < end; k++) replay_prepare(e, g, p, k, NULL);
+        pthread_mutex_lock(&r->mu);
+        if (++g->chunks_done == g->chunks) pthread_cond_broadcast(&r->work_cv);
+        return true;
+    }
+    return false;
 }
 
-/* An applier. It prepares group g+1 before it applies group g when g+1 is already
- * handed off, so that an applier that prepared its share of g first does not wait for
- * the other: it prepares ahead instead. A group is applied at once when no other is
- * queued (a flush waits for it). Waits only ever go to earlier or equal groups, which
- * every applier prepares without waiting, so none can block the others for good. */
 static void *replay_worker_main(void *arg) {
     replay_worker *wk = arg;
     engine *e = wk->e;
     engine_replay_ctx *r = e->replay;
-    uint64_t next = 0;            /* the next group number to prepare */
-    bool held = false;            /* group next - 1 is prepared, not yet applied */
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        if (next == r->submitted) {
-            if (held) {               /* nothing to prepare ahead: apply it now */
-                replay_worker_apply(e, r, wk, next - 1, r->nworkers);
-                held = false;
-                continue;
-            }
-            if (r->stop) break;       /* stopping, the queue done */
-            pthread_cond_wait(&r->work_cv, &r->mu);
-            continue;
-        }
-        unsigned nw = r->nworkers;
-        replay_group *g = &r->groups[next % REPLAY_GROUPS];
-        pthread_mutex_unlock(&r->mu);
-        replay_prep *p = &g->preps[wk->index];
-        replay_prep_begin(e, g, p);
-        for (size_t k = wk->index; k < g->n; k += nw) replay_prepare(e, g, p, k, NULL);
-        pthread_mutex_lock(&r->mu);
-        if (++g->prepared == nw) pthread_cond_broadcast(&r->prep_cv);
-        if (held) replay_worker_apply(e, r, wk, next - 1, nw);
-        held = true;
-        next++;
+        if (replay_run_task(e, r, wk)) continue;
+        if (r->stop) break;
+        pthread_cond_wait(&r->work_cv, &r->mu);
     }
     pthread_mutex_unlock(&r->mu);
     return NULL;
@@ -1330,14 +1344,14 @@ static void *replay_worker_main(void *arg) {
 
 /* The reader's report of completed groups, in order (see the top of this section). */
 static void replay_report(engine *e, engine_replay_ctx *r, uint64_t upto) {
-    unsigned nprep = r->nworkers ? r->nworkers : 1;
     for (; r->reported < upto; r->reported++) {
         replay_group *g = &r->groups[r->reported % REPLAY_GROUPS];
         if (r->nworkers && r->on_error)
             for (size_t k = 0; k < g->n; k++)
                 if (g->errors[k]) r->on_error(r->on_error_ctx, g->errors[k]);
+        unsigned chunks = (unsigned)((g->n + REPLAY_CHUNK - 1) / REPLAY_CHUNK);
         bool any_dedupe = false;
-        for (unsigned w = 0; w < nprep; w++) any_dedupe |= g->preps[w].any_dedupe;
+        for (unsigned c = 0; c < chunks; c++) any_dedupe |= g->preps[c].any_dedupe;
         if (!any_dedupe) continue;
         pthread_mutex_lock(&e->seq_mu);
         int64_t wall = engine_wall_ms();
@@ -1352,32 +1366,39 @@ static void replay_report(engine *e, engine_replay_ctx *r, uint64_t upto) {
     }
 }
 
-/* Hand the group being filled to the appliers (or apply it here when none runs). */
+/* Hand the group being filled over (its tasks become runnable), or, without appliers,
+ * apply it here (its records are prepared already). */
 static void replay_hand_off(engine *e, engine_replay_ctx *r) {
     if (!r->started) return;                      /* nothing gathered */
     r->started = false;
     replay_group *g = &r->groups[r->submitted % REPLAY_GROUPS];
     if (r->nworkers == 0) {
-        replay_apply_share(e, g, &r->inline_worker, 1, 1);
-        replay_group_complete(e, g, 1);
+        replay_apply_set(e, g, &r->reader, 0, 1);
+        replay_group_release(e, g);
         r->submitted++;
         r->completed = r->submitted;
         replay_report(e, r, r->completed);
         return;
     }
     pthread_mutex_lock(&r->mu);
-    g->prepared = 0;
-    g->pending = r->nworkers;
+    g->chunks = (unsigned)((g->n + REPLAY_CHUNK - 1) / REPLAY_CHUNK);
+    g->chunk_next = 0;
+    g->chunks_done = 0;
+    for (unsigned s = 0; s < REPLAY_SETS_MAX; s++) g->set_claimed[s] = false;
+    g->sets_done = 0;
+    g->finished = false;
     r->submitted++;
     pthread_cond_broadcast(&r->work_cv);
     pthread_mutex_unlock(&r->mu);
 }
 
-/* Wait until group `upto` - 1 and every one before it is applied, then report them. */
+/* Until group `upto` - 1 and every one before it is complete (running tasks meanwhile),
+ * then report them. */
 static void replay_wait(engine *e, engine_replay_ctx *r, uint64_t upto) {
     if (r->reported >= upto) return;
     pthread_mutex_lock(&r->mu);
-    while (r->completed < upto) pthread_cond_wait(&r->done_cv, &r->mu);
+    while (r->completed < upto)
+        if (!replay_run_task(e, r, &r->reader)) pthread_cond_wait(&r->done_cv, &r->mu);
     uint64_t done = r->completed;
     pthread_mutex_unlock(&r->mu);
     replay_report(e, r, done);
@@ -1401,14 +1422,13 @@ static int replay_gather(engine *e, engine_replay_ctx *r, uint64_t lsn, const vo
         g = &r->groups[r->submitted % REPLAY_GROUPS];
     }
     if (!r->started) {
-        /* its slot is free once the group REPLAY_GROUPS before it is applied and reported */
+        /* its slot is free once the group REPLAY_GROUPS before it is complete and reported */
         if (r->submitted >= REPLAY_GROUPS) replay_wait(e, r, r->submitted - REPLAY_GROUPS + 1);
         arena_reset(&g->arena);
         g->n = 0;
         /* on the current version: a change flushes every group first (engine_barrier_enter) */
         g->reg = engine_pin(e, &g->pin);
         g->version = registry_version(g->reg);
-        if (r->nworkers == 0) replay_prep_begin(e, g, &g->preps[0]);
         r->started = true;
     }
     size_t k = g->n++;
@@ -1417,7 +1437,9 @@ static int replay_gather(engine *e, engine_replay_ctx *r, uint64_t lsn, const vo
     g->lens[k] = len;
     if (lsn > e->last_lsn) e->last_lsn = lsn;
     if (r->nworkers) return 0;
-    if (replay_prepare(e, g, &g->preps[0], k, scope) == 0) return 0;
+    replay_prep *p = &g->preps[k / REPLAY_CHUNK];
+    if (k % REPLAY_CHUNK == 0) replay_prep_begin(e, g, p);
+    if (replay_prepare(e, g, p, k, scope) == 0) return 0;
     snprintf(reason, rlen, "%s", g->errors[k]);
     return -1;
 }
@@ -1468,12 +1490,12 @@ void push_replay_done(engine *e) {
         pthread_join(r->workers[w].thread, NULL);
         free(r->workers[w].own);
     }
-    free(r->inline_worker.own);
+    free(r->reader.own);
     for (size_t i = 0; i < REPLAY_GROUPS; i++) {
         replay_group *g = &r->groups[i];
-        for (size_t w = 0; w < REPLAY_WORKERS_MAX; w++) {
-            engine_batch_free(&g->preps[w].batch);
-            arena_free(&g->preps[w].arena);
+        for (size_t c = 0; c < REPLAY_CHUNKS; c++) {
+            engine_batch_free(&g->preps[c].batch);
+            arena_free(&g->preps[c].arena);
         }
         arena_free(&g->arena);
         free(g->istates);
@@ -1485,7 +1507,6 @@ void push_replay_done(engine *e) {
         free(g->errors);
     }
     pthread_cond_destroy(&r->done_cv);
-    pthread_cond_destroy(&r->prep_cv);
     pthread_cond_destroy(&r->work_cv);
     pthread_mutex_destroy(&r->mu);
     free(r);
