@@ -19,7 +19,7 @@ from test_tcp import Conn
 
 SHARDS = 4
 KEYS = ["k%d" % i for i in range(6)]     # few entities, many events each, over all shards
-EVENTS = 3000                            # several of replay's groups (REPLAY_BATCH_MAX)
+EVENTS = 12000                           # many of replay's groups (REPLAY_BATCH_MAX)
 
 ORDERED = {"nodes": [
     {"kind": "event", "name": "Ev",
