@@ -119,8 +119,9 @@ typedef struct dedupe_row {
     uint64_t registry_version;
 } dedupe_row;
 
-/* Recovery's pipeline: a reader gathers validated records into groups, applier threads
- * apply them shard by shard (push.c, "replay", explains it). */
+/* Recovery's pipeline: the WAL reader gathers event records into groups; applier
+ * threads (and the reader while it would wait) prepare them chunk by chunk and apply them
+ * shard set by shard set, each shard in LSN order (push.c, "replay", explains it). */
 typedef struct engine_replay_ctx engine_replay_ctx;
 
 /* A published registry version and its readers (see the top of this file). */
