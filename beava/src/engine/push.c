@@ -990,8 +990,8 @@ void push_durability_stop(engine *e) {
 
 #define REPLAY_WORKERS_MAX 2      /* applier threads besides the reader */
 #define REPLAY_SETS_MAX 2         /* apply tasks per group (shard sets) */
-#define REPLAY_BATCH_MAX 1024     /* event records per group (one hand-off) */
-#define REPLAY_CHUNK 256          /* records per prepare task */
+#define REPLAY_BATCH_MAX 512      /* event records per group (one hand-off) */
+#define REPLAY_CHUNK 128          /* records per prepare task */
 #define REPLAY_CHUNKS (REPLAY_BATCH_MAX / REPLAY_CHUNK)
 #define REPLAY_GROUPS 6           /* groups filling, queued, prepared or being applied */
 #define REPLAY_REASON_MAX 320     /* a replay error's text */
