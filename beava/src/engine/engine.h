@@ -223,9 +223,17 @@ void engine_metrics(engine *e, bv_buf *out);
 
 /* ---- recovery and snapshots --------------------------------------------------------- */
 
-/* Re-apply one WAL record during recovery (no logging, no waiting). Returns 0, or -1
- * with a reason when the record cannot be decoded (the caller logs and counts it). */
+/* Re-apply one WAL record during recovery (no logging). Returns 0, or -1 with a reason
+ * when the record cannot be decoded or applied (the caller logs and counts it). Event
+ * records are applied by recovery's pipeline (push.c, "replay") after engine_replay
+ * returns: one that turns out not to decode or validate is reported to the sink set by
+ * engine_replay_on_error (in LSN order, on the calling thread, by a later engine_replay
+ * or engine_replay_finish) instead of through the return value. */
 int engine_replay(engine *e, int kind, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen);
+typedef void (*engine_replay_error_fn)(void *ctx, const char *reason);
+void engine_replay_on_error(engine *e, engine_replay_error_fn fn, void *ctx);
+/* The end of the log: every replayed record applied and reported, the pipeline stopped. */
+void engine_replay_finish(engine *e);
 
 /* Cluster mode: apply event records taken from the log (seq: their log position), only the
  * parts log.keep_part keeps, as one step (no registry change lands in the middle). One

@@ -119,24 +119,10 @@ typedef struct dedupe_row {
     uint64_t registry_version;
 } dedupe_row;
 
-/* Recovery's scratch, reused record after record (push.c). Recovery runs before any
- * other thread touches the engine (listeners, shard threads and the snapshot thread start
- * after it), so replay keeps its counters here and publishes them once per flush. */
-#define REPLAY_BATCH_MAX 256    /* event records applied together (prefetching) */
-
-typedef struct engine_replay_ctx {
-    engine_batch batch;
-    struct item_state *istates;   /* REPLAY_BATCH_MAX, the batch state's items (not zeroed per group) */
-    engine_push_item items[REPLAY_BATCH_MAX];
-    uint64_t lsns[REPLAY_BATCH_MAX];
-    arena arena;                  /* payload copies, decoded rows */
-    struct evrec *recs;           /* REPLAY_BATCH_MAX decoded records */
-    size_t n;                     /* records waiting to be applied */
-    size_t applied;               /* of them, valid (events_applied at the flush) */
-    int64_t max_now;              /* their latest arrival time (the watermark at the flush) */
-    bool any_dedupe;              /* one of them has a dedupe key */
-    struct regver *pin;           /* the version they were validated on (n > 0) */
-} engine_replay_ctx;
+/* Recovery's pipeline: the WAL reader gathers event records into groups; applier
+ * threads (and the reader while it would wait) prepare them chunk by chunk and apply them
+ * shard set by shard set, each shard in LSN order (push.c, "replay", explains it). */
+typedef struct engine_replay_ctx engine_replay_ctx;
 
 /* A published registry version and its readers (see the top of this file). */
 typedef struct regver {
@@ -183,6 +169,8 @@ struct engine {
     pthread_mutex_t sweep_mu;
     _Atomic uint64_t swept_evictions;
     engine_replay_ctx *replay;    /* NULL outside recovery (and cluster applies) */
+    engine_replay_error_fn replay_on_error;   /* recovery's error sink (engine_replay_on_error) */
+    void *replay_on_error_ctx;
     pthread_mutex_t apply_mu;     /* engine_apply_logged's gather+flush vs a barrier's flush */
     pthread_mutex_t reg_change_mu;    /* registry changes, reset, snapshots: one at a time */
     bool reg_gated;               /* a register's record is sequenced, not yet applied (seq_mu) */

@@ -952,67 +952,181 @@ void push_durability_stop(engine *e) {
 
 /* ---- replay ------------------------------------------------------------------------------ */
 
-/* Re-apply one logged event during recovery: the same validation and parts as a live
- * push, its original arrival time, applied inline (no shard thread runs yet). */
-/* Replay gathers up to REPLAY_BATCH_MAX event records (their payloads copied, decoded,
- * validated and turned into parts as they arrive) and applies them together, in LSN
- * order, with the same prefetching as a live batch: a record's lookups then overlap with
- * the work on the records before it. A registry or reset record, a snapshot, the start
- * of the shards and the end of recovery flush what is gathered first. */
-static engine_replay_ctx *replay_ctx(engine *e) {
-    if (!e->replay) {
-        engine_replay_ctx *r = calloc(1, sizeof *r);
-        if (!r) abort();
-        engine_batch_init(&r->batch);
-        arena_init(&r->arena);
-        r->recs = calloc(REPLAY_BATCH_MAX, sizeof *r->recs);
-        r->istates = calloc(REPLAY_BATCH_MAX, sizeof *r->istates);
-        if (!r->recs || !r->istates) abort();
-        r->batch.items = r->items;
-        e->replay = r;
+/*
+ * RECOVERY'S PIPELINE. Replay re-applies logged events with the same validation and
+ * parts as a live push, at their original arrival times. Recovery runs before the shard
+ * threads start and owns the stores; it spreads the work over the machine's cores.
+ *
+ * The READER (the thread that calls engine_replay: persist.c's WAL scan, which reads and
+ * CRC-checks each record) copies each event record's payload into the GROUP being filled
+ * (up to REPLAY_BATCH_MAX records); the first record of a group pins the current
+ * registry version for it. A full group is HANDED OFF to a ring of REPLAY_GROUPS groups
+ * and the reader goes on with the next. A handed-off group is cut into TASKS, run by
+ * whichever thread is free (the applier threads, and the reader whenever it would
+ * otherwise wait for a free slot or a flush), so no thread sleeps while there is work,
+ * and a thread the scheduler preempts holds up only what depends on it:
+ *
+ *  - PREPARE(g, c): decode, validate (on g's pinned version) and turn into parts the
+ *    records of chunk c (REPLAY_CHUNK records), into the chunk's own batch state: the
+ *    same validate and build_parts as a live push. Chunks are independent.
+ *  - APPLY(g, s): once every chunk of g is prepared, and set s of group g - 1 is applied,
+ *    apply in record order (= LSN order) the parts that go to the shards of SET s (the
+ *    shards with index % sets == s), under those shards' state locks. So each shard
+ *    applies its parts in LSN order, the only order the state depends on (an entity lives
+ *    on one shard), and no two threads touch one store or shard context at once. The
+ *    loop looks three distances ahead: the index slot, then the entity the slot names
+ *    (the slot has arrived), then what its feature updates will probe (the entity has
+ *    arrived), so dependent cache and TLB misses overlap with the work before them.
+ *
+ * Applying comes before preparing, oldest group first. The thread that applies a group's
+ * last set releases it (decoded records, its version pin, the counters); groups
+ * complete in hand-off order. The reader REPORTS each completed group, in LSN order,
+ * before it reuses its slot: records that did not decode or validate go to the error
+ * sink (engine_replay_on_error: persist.c logs and counts them, as it did when
+ * engine_replay returned them), and the dedupe cache learns the group's keys (only the
+ * reader touches it during recovery).
+ *
+ * ORDER-SENSITIVE RECORDS are barriers: a registry or reset record enters
+ * engine_barrier_enter, which calls push_replay_flush first: the group being filled is
+ * handed off and the reader runs tasks and waits until every group is applied and
+ * reported; only then does the record apply, alone, and later groups pin the version it
+ * published. A snapshot, the end of the WAL (engine_replay_finish) and the start of the
+ * shards flush the same way, and push_replay_done stops and joins the appliers, so
+ * nothing of recovery runs once the shard threads start. Without applier threads (none
+ * could be started, or cluster apply: engine_apply_logged, beside live traffic, under
+ * apply_mu, its errors returned to its caller) each record is prepared as it arrives and
+ * each group applied at hand-off, on the calling thread.
+ *
+ * Why so: measured on the 2-core machine, preparing costs most of replay's instructions
+ * (~1,500 a record: decode, validate, key, hash) and applying most of its stalls (the
+ * index slot and the entity miss the cache and the TLB); a split by record for the first
+ * and by shard for the second keeps both cores busy with either.
+ */
+
+#define REPLAY_WORKERS_MAX 2      /* applier threads besides the reader */
+#define REPLAY_SETS_MAX 2         /* apply tasks per group (shard sets) */
+#define REPLAY_BATCH_MAX 512      /* event records per group (one hand-off) */
+#define REPLAY_CHUNK 128          /* records per prepare task */
+#define REPLAY_CHUNKS (REPLAY_BATCH_MAX / REPLAY_CHUNK)
+#define REPLAY_GROUPS 6           /* groups filling, queued, prepared or being applied */
+#define REPLAY_REASON_MAX 320     /* a replay error's text */
+/* Prefetch distances of the apply loop, in a task's own parts. */
+#define REPLAY_AHEAD_SLOT 24      /* the entity's index slot */
+#define REPLAY_AHEAD_ENTITY 12    /* the entity the slot names */
+#define REPLAY_AHEAD_STATES 4     /* what its feature updates probe */
+
+/* One chunk's preparation. */
+typedef struct replay_prep {
+    engine_batch batch;           /* its state holds the parts, keys and chain outputs */
+    arena arena;                  /* decoded rows, dedupe keys, error texts */
+    size_t applied;               /* records valid (events_applied at completion) */
+    int64_t max_now;              /* their latest arrival time (the watermark) */
+    bool any_dedupe;              /* one of them has a dedupe key */
+} replay_prep;
+
+typedef struct replay_group {
+    item_state *istates;          /* REPLAY_BATCH_MAX (not zeroed per group) */
+    engine_push_item *items;      /* REPLAY_BATCH_MAX */
+    uint64_t *lsns;               /* REPLAY_BATCH_MAX */
+    evrec *recs;                  /* REPLAY_BATCH_MAX decoded records */
+    const void **payloads;        /* REPLAY_BATCH_MAX copies, in `arena` */
+    size_t *lens;
+    char **errors;                /* REPLAY_BATCH_MAX: NULL, or why record k was not applied */
+    arena arena;                  /* the payload copies (the reader's) */
+    size_t n;                     /* records gathered */
+    registry *reg;                /* the version they are validated on... */
+    regver *pin;                  /* ...pinned until completion */
+    uint64_t version;             /* its number (the dedupe cache's) */
+    /* tasks (ctx mu) */
+    unsigned chunks;              /* prepare tasks: ceil(n / REPLAY_CHUNK) */
+    unsigned chunk_next;          /* the next one to claim */
+    unsigned chunks_done;
+    bool set_claimed[REPLAY_SETS_MAX];
+    unsigned sets_done;
+    bool finished;                /* completed (released), not yet counted in `completed` */
+    replay_prep preps[REPLAY_CHUNKS];
+} replay_group;
+
+typedef struct replay_worker {
+    engine *e;
+    pthread_t thread;
+    push_part **own;              /* scratch: an apply task's parts, in order */
+    size_t own_cap;
+} replay_worker;
+
+struct engine_replay_ctx {
+    replay_group groups[REPLAY_GROUPS];   /* group number g lives in groups[g % REPLAY_GROUPS] */
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv;       /* a task may have become runnable, or stop */
+    pthread_cond_t done_cv;       /* a group was completed */
+    uint64_t submitted;           /* groups handed off = number of the group being filled (mu) */
+    uint64_t completed;           /* groups completed, always a prefix (mu) */
+    uint64_t set_next[REPLAY_SETS_MAX];   /* per set: the group whose apply is next (mu) */
+    unsigned sets;                /* shard sets: min(shards, REPLAY_SETS_MAX) */
+    uint64_t reported;            /* completed groups the reader reported (reader) */
+    bool stop;                    /* the appliers exit once nothing is left (mu) */
+    bool started;                 /* the group being filled is started (pinned) (reader) */
+    unsigned nworkers;            /* applier threads running; 0: all on the caller */
+    replay_worker workers[REPLAY_WORKERS_MAX];
+    replay_worker reader;         /* the reader's scratch */
+    engine_replay_error_fn on_error;      /* where reported errors go (NULL: dropped) */
+    void *on_error_ctx;
+};
+
+static void *replay_worker_main(void *arg);
+
+static engine_replay_ctx *replay_ctx(engine *e, bool with_workers) {
+    if (e->replay) return e->replay;
+    engine_replay_ctx *r = calloc(1, sizeof *r);
+    if (!r) abort();
+    for (size_t i = 0; i < REPLAY_GROUPS; i++) {
+        replay_group *g = &r->groups[i];
+        arena_init(&g->arena);
+        g->istates = calloc(REPLAY_BATCH_MAX, sizeof *g->istates);
+        g->items = calloc(REPLAY_BATCH_MAX, sizeof *g->items);
+        g->lsns = calloc(REPLAY_BATCH_MAX, sizeof *g->lsns);
+        g->recs = calloc(REPLAY_BATCH_MAX, sizeof *g->recs);
+        g->payloads = calloc(REPLAY_BATCH_MAX, sizeof *g->payloads);
+        g->lens = calloc(REPLAY_BATCH_MAX, sizeof *g->lens);
+        g->errors = calloc(REPLAY_BATCH_MAX, sizeof *g->errors);
+        if (!g->istates || !g->items || !g->lsns || !g->recs || !g->payloads || !g->lens || !g->errors) abort();
+        for (size_t c = 0; c < REPLAY_CHUNKS; c++) {
+            engine_batch_init(&g->preps[c].batch);
+            g->preps[c].batch.items = g->items;
+            arena_init(&g->preps[c].arena);
+        }
     }
-    return e->replay;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->work_cv, NULL);
+    pthread_cond_init(&r->done_cv, NULL);
+    r->reader.e = e;
+    r->on_error = e->replay_on_error;
+    r->on_error_ctx = e->replay_on_error_ctx;
+    e->replay = r;
+    unsigned want = with_workers ? REPLAY_WORKERS_MAX : 0;
+    for (unsigned w = 0; w < want; w++) {
+        replay_worker *wk = &r->workers[w];
+        wk->e = e;
+        if (pthread_create(&wk->thread, NULL, replay_worker_main, wk) != 0) break;
+        r->nworkers++;
+    }
+    /* fewer threads than asked (none at worst): the others, and the reader, do the work */
+    r->sets = r->nworkers == 0 ? 1 : e->nshards < REPLAY_SETS_MAX ? e->nshards : REPLAY_SETS_MAX;
+    return r;
 }
 
-/* Prefetch distances of replay's apply loop, in parts: the index slot this far ahead,
- * the entity half as far (a whole group is known in advance, so replay can look further
- * ahead than a live batch and cover a full memory latency). */
-#define REPLAY_PREFETCH_SLOT 16
-#define REPLAY_PREFETCH_ENTITY 8
-
-void push_replay_flush(engine *e) {
-    engine_replay_ctx *r = e->replay;
-    if (!r || r->n == 0) return;
-    push_batch_state *st = r->batch.priv;
-    for (unsigned s = 0; s < e->nshards; s++) shard_lock(e->pool, s);
-    size_t n = st->nparts;
-    for (size_t i = 0; i < n && i < REPLAY_PREFETCH_SLOT; i++) push_part_prefetch(&st->parts[i]);
-    for (size_t i = 0; i < n && i < REPLAY_PREFETCH_ENTITY; i++) push_part_prefetch_entity(&st->parts[i]);
-    for (size_t i = 0; i < n; i++) {
-        if (i + REPLAY_PREFETCH_SLOT < n) push_part_prefetch(&st->parts[i + REPLAY_PREFETCH_SLOT]);
-        if (i + REPLAY_PREFETCH_ENTITY < n) push_part_prefetch_entity(&st->parts[i + REPLAY_PREFETCH_ENTITY]);
-        apply_part(shard_inline_ctx(e->pool, st->parts[i].shard), &st->parts[i]);
-    }
-    for (unsigned s = 0; s < e->nshards; s++) shard_unlock(e->pool, s);
-    if (r->any_dedupe) {
-        uint64_t version = registry_version(st->reg);
-        pthread_mutex_lock(&e->seq_mu);
-        int64_t wall = engine_wall_ms();
-        for (size_t k = 0; k < r->n; k++) {
-            item_state *is = &st->items[k];
-            if (!is->ev) continue;
-            if (is->dk && is->now + is->ev->dedupe_window_ms > wall)
-                dedupe_remember(e, is->dk, is->dkl, is->dh, is->now + is->ev->dedupe_window_ms, r->lsns[k],
-                                version, is->now);
-        }
-        pthread_mutex_unlock(&e->seq_mu);
-    }
-    note_watermark(e, r->max_now);
-    atomic_fetch_add_explicit(&e->events_applied, r->applied, memory_order_relaxed);
-    for (size_t k = 0; k < r->n; k++) evrec_release(&r->recs[k]);
-    r->n = 0;
-    st->reg = NULL;
-    engine_unpin(e, r->pin);
+/* Start preparing a chunk of g into p: its batch state on the group's version. */
+static void replay_prep_begin(engine *e, replay_group *g, replay_prep *p) {
+    arena_reset(&p->arena);
+    p->batch.n = 0;
+    push_batch_state *st = state_for(e, &p->batch);   /* resets the arena-held batch state too */
+    st->items = g->istates;       /* every field replay reads is set record by record */
+    p->batch.n = REPLAY_BATCH_MAX;
+    st->reg = g->reg;
+    st->apply_filter = e->opt.log.keep_part != NULL;
+    p->applied = 0;
+    p->max_now = 0;
+    p->any_dedupe = false;
 }
 
 /* Cluster (engine_apply_logged): the dedupe decision in log order. The cache key is the
@@ -1037,43 +1151,40 @@ static bool scoped_dedupe_dup(engine *e, const item_state *is, unsigned scope, u
     return dup;
 }
 
-static int replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, const unsigned *scope, char *reason,
-                        size_t rlen);
-
-/* One event record of recovery: decoded, validated and turned into parts now (so a bad
- * record is reported as it is read), applied with its group at the next flush. */
-int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen) {
-    return replay_event(e, lsn, payload, len, NULL, reason, rlen);
+/* A formatted copy in arena a (a replay error's text). */
+static char *replay_printf(arena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static char *replay_printf(arena *a, const char *fmt, ...) {
+    char buf[REPLAY_REASON_MAX + 200];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    size_t len = n < 0 ? 0 : (size_t)n >= sizeof buf ? sizeof buf - 1 : (size_t)n;
+    char *s = arena_alloc(a, len + 1);
+    memcpy(s, buf, len);
+    s[len] = '\0';
+    return s;
 }
 
-/* scope: NULL in recovery (the log holds no duplicate); the dedupe scope in cluster apply. */
-static int replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, const unsigned *scope, char *reason,
-                        size_t rlen) {
-    engine_replay_ctx *r = replay_ctx(e);
-    if (r->n == REPLAY_BATCH_MAX) push_replay_flush(e);
-    if (r->n == 0) {
-        arena_reset(&r->arena);
-        r->batch.n = 0;
-        push_batch_state *fresh = state_for(e, &r->batch);   /* resets the arena-held batch state too */
-        fresh->items = r->istates;        /* every field replay reads is set record by record */
-        r->batch.n = REPLAY_BATCH_MAX;
-        r->applied = 0;
-        r->max_now = 0;
-        r->any_dedupe = false;
-        fresh->reg = engine_pin(e, &r->pin);      /* the group's version, until its flush */
-    }
-    push_batch_state *st = r->batch.priv;
-    st->apply_filter = e->opt.log.keep_part != NULL;
-    size_t k = r->n;
-    evrec *rec = &r->recs[k];
-    char why[200];
-    const void *copy = arena_dup(&r->arena, payload, len);    /* the WAL reader reuses its buffer */
-    if (evrec_decode(copy, len, &r->arena, rec, why, sizeof why) != 0) {
-        snprintf(reason, rlen, "event record at LSN %llu: %s", (unsigned long long)lsn, why);
+/* Decode, validate and turn record k of g into parts of p. scope: NULL in recovery (the
+ * log holds no duplicate); the dedupe scope in cluster apply. Returns 0, or -1 with
+ * g->errors[k] set (then it has no parts). */
+static int replay_prepare(engine *e, replay_group *g, replay_prep *p, size_t k, const unsigned *scope) {
+    push_batch_state *st = p->batch.priv;
+    evrec *rec = &g->recs[k];
+    item_state *is = &st->items[k];
+    is->nparts = 0;
+    is->dk = NULL;
+    is->ev = NULL;
+    g->errors[k] = NULL;
+    char why[REPLAY_REASON_MAX];
+    if (evrec_decode(g->payloads[k], g->lens[k], &p->arena, rec, why, sizeof why) != 0) {
+        rec->njson = 0;               /* nothing to release */
+        g->errors[k] = replay_printf(&p->arena, "event record at LSN %llu: %s", (unsigned long long)g->lsns[k], why);
         return -1;
     }
     /* only what validate reads; res is written by validate when it fails */
-    engine_push_item *item = &r->items[k];
+    engine_push_item *item = &g->items[k];
     item->event = rec->event;
     item->event_len = rec->event_len;
     item->row = &rec->row;
@@ -1081,43 +1192,290 @@ static int replay_event(engine *e, uint64_t lsn, const void *payload, size_t len
     item->data_kind = NULL;
     item->has_control_char = false;
     item->sync = false;
-    item_state *is = &st->items[k];
-    is->nparts = 0;
-    is->dk = NULL;
-    int rc = 0;
-    /* on the version pinned as the group began: a change flushes the group first
-     * (engine_barrier_enter), so that is the current one */
     is->ev = validate(e, st, item, &item->res);
     if (!is->ev) {
         /* valid when logged: the registry history says otherwise, which is corruption */
-        snprintf(reason, rlen, "event record at LSN %llu no longer validates: %s %s", (unsigned long long)lsn,
-                 item->res.code, item->res.reason);
-        rc = -1;
-    } else {
-        is->now = rec->now;
-        char dk[STORE_MAX_KEY + REGISTRY_NAME_MAX + 8];
-        int dkl = dedupe_key(is->ev, &rec->row, dk, sizeof dk);
-        if (dkl >= 0) {
-            is->dk = arena_dup(&r->arena, dk, (size_t)dkl);
-            is->dkl = (size_t)dkl;
-            is->dh = store_hash(dk, (size_t)dkl);
-            r->any_dedupe = true;
-        }
-        if (scope && is->dk && scoped_dedupe_dup(e, is, *scope, lsn)) {
-            is->ev = NULL;                /* a duplicate in this scope: nothing to apply */
-            is->dk = NULL;
-            atomic_fetch_add_explicit(&e->events_replayed, 1, memory_order_relaxed);
-        } else {
-            if (scope) is->dk = NULL;     /* remembered under its scope already */
-            build_parts(e, st, is, &rec->row, rec->now);
-            if (rec->now > r->max_now) r->max_now = rec->now;
-            r->applied++;
+        g->errors[k] = replay_printf(&p->arena, "event record at LSN %llu no longer validates: %s %s",
+                                     (unsigned long long)g->lsns[k], item->res.code, item->res.reason);
+        return -1;
+    }
+    is->now = rec->now;
+    char dk[STORE_MAX_KEY + REGISTRY_NAME_MAX + 8];
+    int dkl = dedupe_key(is->ev, &rec->row, dk, sizeof dk);
+    if (dkl >= 0) {
+        is->dk = arena_dup(&p->arena, dk, (size_t)dkl);
+        is->dkl = (size_t)dkl;
+        is->dh = store_hash(dk, (size_t)dkl);
+        p->any_dedupe = true;
+    }
+    if (scope && is->dk && scoped_dedupe_dup(e, is, *scope, g->lsns[k])) {
+        is->ev = NULL;                /* a duplicate in this scope: nothing to apply */
+        is->dk = NULL;
+        atomic_fetch_add_explicit(&e->events_replayed, 1, memory_order_relaxed);
+        return 0;
+    }
+    if (scope) is->dk = NULL;         /* remembered under its scope already */
+    build_parts(e, st, is, &rec->row, rec->now);
+    if (rec->now > p->max_now) p->max_now = rec->now;
+    p->applied++;
+    return 0;
+}
+
+/* Stage 2 of the apply loop: the entity in the part's home slot (arrived by now). */
+static void replay_prefetch_entity(const push_part *pp) {
+    const entity_store *s = &((const entity_store *)pp->stores)[pp->shard];
+    const entity *en = store_home_entity(s, pp->hash);
+    if (en) store_prefetch_entity(en, pp->klen, pp->row_size);
+}
+
+/* Stage 3: what each feature update will probe, read from the entity (arrived by now).
+ * Reads only; a row a reader widened past the part keeps its newer slots out (nfeat). */
+static void replay_prefetch_states(const push_part *pp) {
+    size_t hinted = 0;            /* most tables have no feature to hint: skip the lookup */
+    while (hinted < pp->nfeatures && !pp->features[hinted].hinted) hinted++;
+    if (hinted == pp->nfeatures) return;
+    const entity_store *s = &((const entity_store *)pp->stores)[pp->shard];
+    const entity *en = store_home_entity(s, pp->hash);
+    if (!en) return;
+    const bv_row *in = pp->has_chain ? &pp->chained : pp->row;
+    const char *row = entity_row_const(en);
+    size_t n = pp->nfeatures < en->nfeat ? pp->nfeatures : en->nfeat;
+    for (size_t i = 0; i < n; i++) feature_prefetch(&pp->features[i], row + pp->offsets[i], in, pp->now);
+}
+
+/* APPLY(g, set): the parts of g for the shards s with s % sets == set, in record order,
+ * holding those shards' state locks. */
+static void replay_apply_set(engine *e, replay_group *g, replay_worker *wk, unsigned set, unsigned sets) {
+    unsigned chunks = (unsigned)((g->n + REPLAY_CHUNK - 1) / REPLAY_CHUNK);
+    size_t total = 0;
+    for (unsigned c = 0; c < chunks; c++) total += ((push_batch_state *)g->preps[c].batch.priv)->nparts;
+    if (wk->own_cap < total) {
+        free(wk->own);
+        wk->own_cap = total;
+        wk->own = malloc(wk->own_cap * sizeof *wk->own);
+        if (!wk->own) abort();
+    }
+    push_part **own = wk->own;
+    size_t n = 0;
+    bool mine[SHARD_MAX];         /* no division per part */
+    for (unsigned s = 0; s < e->nshards; s++) mine[s] = s % sets == set;
+    for (size_t k = 0; k < g->n; k++) {
+        push_batch_state *st = g->preps[k / REPLAY_CHUNK].batch.priv;
+        const item_state *is = &st->items[k];
+        for (size_t j = 0; j < is->nparts; j++) {
+            push_part *pp = &st->parts[is->first_part + j];
+            if (mine[pp->shard]) own[n++] = pp;
         }
     }
-    r->lsns[k] = lsn;
-    r->n++;
+    if (n == 0) return;
+    for (unsigned s = set; s < e->nshards; s += sets) shard_lock(e->pool, s);
+    for (size_t i = 0; i < n && i < REPLAY_AHEAD_SLOT; i++) push_part_prefetch(own[i]);
+    for (size_t i = 0; i < n && i < REPLAY_AHEAD_ENTITY; i++) replay_prefetch_entity(own[i]);
+    for (size_t i = 0; i < n && i < REPLAY_AHEAD_STATES; i++) replay_prefetch_states(own[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (i + REPLAY_AHEAD_SLOT < n) push_part_prefetch(own[i + REPLAY_AHEAD_SLOT]);
+        if (i + REPLAY_AHEAD_ENTITY < n) replay_prefetch_entity(own[i + REPLAY_AHEAD_ENTITY]);
+        if (i + REPLAY_AHEAD_STATES < n) replay_prefetch_states(own[i + REPLAY_AHEAD_STATES]);
+        apply_part(shard_inline_ctx(e->pool, own[i]->shard), own[i]);
+    }
+    for (unsigned s = set; s < e->nshards; s += sets) shard_unlock(e->pool, s);
+}
+
+/* Every set of g is applied: release what it decoded, count it, unpin its version. Its
+ * errors and dedupe keys stay for the reader's report. */
+static void replay_group_release(engine *e, replay_group *g) {
+    unsigned chunks = (unsigned)((g->n + REPLAY_CHUNK - 1) / REPLAY_CHUNK);
+    for (size_t k = 0; k < g->n; k++) evrec_release(&g->recs[k]);
+    for (unsigned c = 0; c < chunks; c++) {
+        replay_prep *p = &g->preps[c];
+        note_watermark(e, p->max_now);
+        atomic_fetch_add_explicit(&e->events_applied, p->applied, memory_order_relaxed);
+        ((push_batch_state *)p->batch.priv)->reg = NULL;
+    }
+    g->reg = NULL;
+    engine_unpin(e, g->pin);
+    g->pin = NULL;
+}
+
+/* Claim and run one runnable task (r->mu held; dropped while it runs). Returns false
+ * when none is runnable. Applying goes first, oldest group first, then preparing. */
+static bool replay_run_task(engine *e, engine_replay_ctx *r, replay_worker *wk) {
+    for (uint64_t num = r->completed; num < r->submitted; num++) {
+        replay_group *g = &r->groups[num % REPLAY_GROUPS];
+        if (g->chunks_done < g->chunks) continue;
+        for (unsigned s = 0; s < r->sets; s++) {
+            if (r->set_next[s] != num || g->set_claimed[s]) continue;
+            g->set_claimed[s] = true;
+            pthread_mutex_unlock(&r->mu);
+            replay_apply_set(e, g, wk, s, r->sets);
+            pthread_mutex_lock(&r->mu);
+            r->set_next[s] = num + 1;     /* set s of the next group may go */
+            if (++g->sets_done == r->sets) {
+                pthread_mutex_unlock(&r->mu);
+                replay_group_release(e, g);
+                pthread_mutex_lock(&r->mu);
+                g->finished = true;
+                bool moved = false;
+                while (r->completed < r->submitted && r->groups[r->completed % REPLAY_GROUPS].finished) {
+                    r->groups[r->completed % REPLAY_GROUPS].finished = false;
+                    r->completed++;
+                    moved = true;
+                }
+                if (moved) pthread_cond_broadcast(&r->done_cv);
+            }
+            pthread_cond_broadcast(&r->work_cv);
+            return true;
+        }
+    }
+    for (uint64_t num = r->completed; num < r->submitted; num++) {
+        replay_group *g = &r->groups[num % REPLAY_GROUPS];
+        if (g->chunk_next == g->chunks) continue;
+        unsigned c = g->chunk_next++;
+        pthread_mutex_unlock(&r->mu);
+        replay_prep *p = &g->preps[c];
+        replay_prep_begin(e, g, p);
+        size_t end = (size_t)(c + 1) * REPLAY_CHUNK < g->n ? (size_t)(c + 1) * REPLAY_CHUNK : g->n;
+        for (size_t k = (size_t)c * REPLAY_CHUNK; k < end; k++) replay_prepare(e, g, p, k, NULL);
+        pthread_mutex_lock(&r->mu);
+        if (++g->chunks_done == g->chunks) pthread_cond_broadcast(&r->work_cv);
+        return true;
+    }
+    return false;
+}
+
+static void *replay_worker_main(void *arg) {
+    replay_worker *wk = arg;
+    engine *e = wk->e;
+    engine_replay_ctx *r = e->replay;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        if (replay_run_task(e, r, wk)) continue;
+        if (r->stop) break;
+        pthread_cond_wait(&r->work_cv, &r->mu);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* The reader's report of completed groups, in order (see the top of this section). */
+static void replay_report(engine *e, engine_replay_ctx *r, uint64_t upto) {
+    for (; r->reported < upto; r->reported++) {
+        replay_group *g = &r->groups[r->reported % REPLAY_GROUPS];
+        if (r->nworkers && r->on_error)
+            for (size_t k = 0; k < g->n; k++)
+                if (g->errors[k]) r->on_error(r->on_error_ctx, g->errors[k]);
+        unsigned chunks = (unsigned)((g->n + REPLAY_CHUNK - 1) / REPLAY_CHUNK);
+        bool any_dedupe = false;
+        for (unsigned c = 0; c < chunks; c++) any_dedupe |= g->preps[c].any_dedupe;
+        if (!any_dedupe) continue;
+        pthread_mutex_lock(&e->seq_mu);
+        int64_t wall = engine_wall_ms();
+        for (size_t k = 0; k < g->n; k++) {
+            item_state *is = &g->istates[k];
+            if (!is->ev || !is->dk) continue;
+            if (is->now + is->ev->dedupe_window_ms > wall)
+                dedupe_remember(e, is->dk, is->dkl, is->dh, is->now + is->ev->dedupe_window_ms, g->lsns[k],
+                                g->version, is->now);
+        }
+        pthread_mutex_unlock(&e->seq_mu);
+    }
+}
+
+/* Hand the group being filled over (its tasks become runnable), or, without appliers,
+ * apply it here (its records are prepared already). */
+static void replay_hand_off(engine *e, engine_replay_ctx *r) {
+    if (!r->started) return;                      /* nothing gathered */
+    r->started = false;
+    replay_group *g = &r->groups[r->submitted % REPLAY_GROUPS];
+    if (r->nworkers == 0) {
+        replay_apply_set(e, g, &r->reader, 0, 1);
+        replay_group_release(e, g);
+        r->submitted++;
+        r->completed = r->submitted;
+        replay_report(e, r, r->completed);
+        return;
+    }
+    pthread_mutex_lock(&r->mu);
+    g->chunks = (unsigned)((g->n + REPLAY_CHUNK - 1) / REPLAY_CHUNK);
+    g->chunk_next = 0;
+    g->chunks_done = 0;
+    for (unsigned s = 0; s < REPLAY_SETS_MAX; s++) g->set_claimed[s] = false;
+    g->sets_done = 0;
+    g->finished = false;
+    r->submitted++;
+    pthread_cond_broadcast(&r->work_cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Until group `upto` - 1 and every one before it is complete (running tasks meanwhile),
+ * then report them. */
+static void replay_wait(engine *e, engine_replay_ctx *r, uint64_t upto) {
+    if (r->reported >= upto) return;
+    pthread_mutex_lock(&r->mu);
+    while (r->completed < upto)
+        if (!replay_run_task(e, r, &r->reader)) pthread_cond_wait(&r->done_cv, &r->mu);
+    uint64_t done = r->completed;
+    pthread_mutex_unlock(&r->mu);
+    replay_report(e, r, done);
+}
+
+void push_replay_flush(engine *e) {
+    engine_replay_ctx *r = e->replay;
+    if (!r) return;
+    replay_hand_off(e, r);
+    replay_wait(e, r, r->submitted);
+}
+
+/* Gather one event record (a copy of it: the WAL reader reuses its buffer). Without
+ * appliers it is prepared now and its error returned; with them, errors are reported
+ * through the sink once its group is applied, and this returns 0. */
+static int replay_gather(engine *e, engine_replay_ctx *r, uint64_t lsn, const void *payload, size_t len,
+                         const unsigned *scope, char *reason, size_t rlen) {
+    replay_group *g = &r->groups[r->submitted % REPLAY_GROUPS];
+    if (r->started && g->n == REPLAY_BATCH_MAX) {
+        replay_hand_off(e, r);
+        g = &r->groups[r->submitted % REPLAY_GROUPS];
+    }
+    if (!r->started) {
+        /* its slot is free once the group REPLAY_GROUPS before it is complete and reported */
+        if (r->submitted >= REPLAY_GROUPS) replay_wait(e, r, r->submitted - REPLAY_GROUPS + 1);
+        arena_reset(&g->arena);
+        g->n = 0;
+        /* on the current version: a change flushes every group first (engine_barrier_enter) */
+        g->reg = engine_pin(e, &g->pin);
+        g->version = registry_version(g->reg);
+        r->started = true;
+    }
+    size_t k = g->n++;
+    g->lsns[k] = lsn;
+    g->payloads[k] = arena_dup(&g->arena, payload, len);
+    g->lens[k] = len;
     if (lsn > e->last_lsn) e->last_lsn = lsn;
-    return rc;
+    if (r->nworkers) return 0;
+    replay_prep *p = &g->preps[k / REPLAY_CHUNK];
+    if (k % REPLAY_CHUNK == 0) replay_prep_begin(e, g, p);
+    if (replay_prepare(e, g, p, k, scope) == 0) return 0;
+    snprintf(reason, rlen, "%s", g->errors[k]);
+    return -1;
+}
+
+/* One event record of recovery (engine_replay): appliers only before the shards start
+ * (engine_start_shards starts the durability thread after them). */
+int push_replay_event(engine *e, uint64_t lsn, const void *payload, size_t len, char *reason, size_t rlen) {
+    return replay_gather(e, replay_ctx(e, !e->durable_running), lsn, payload, len, NULL, reason, rlen);
+}
+
+void engine_replay_on_error(engine *e, engine_replay_error_fn fn, void *ctx) {
+    e->replay_on_error = fn;
+    e->replay_on_error_ctx = ctx;
+    if (e->replay) {
+        e->replay->on_error = fn;
+        e->replay->on_error_ctx = ctx;
+    }
+}
+
+void engine_replay_finish(engine *e) {
+    push_replay_done(e);
 }
 
 size_t engine_apply_logged(engine *e, const engine_logged *recs, size_t n, uint64_t seq, unsigned dedupe_scope,
@@ -1125,8 +1483,10 @@ size_t engine_apply_logged(engine *e, const engine_logged *recs, size_t n, uint6
     size_t bad = 0;
     char why[512];
     pthread_mutex_lock(&e->apply_mu);
+    if (e->replay && e->replay->nworkers) push_replay_done(e);   /* recovery's pipeline: over */
+    engine_replay_ctx *r = replay_ctx(e, false);
     for (size_t i = 0; i < n; i++)
-        if (replay_event(e, seq, recs[i].payload, recs[i].len, &dedupe_scope, why, sizeof why) != 0 && bad++ == 0)
+        if (replay_gather(e, r, seq, recs[i].payload, recs[i].len, &dedupe_scope, why, sizeof why) != 0 && bad++ == 0)
             snprintf(reason, rlen, "%s", why);
     push_replay_flush(e);
     pthread_mutex_unlock(&e->apply_mu);
@@ -1134,13 +1494,37 @@ size_t engine_apply_logged(engine *e, const engine_logged *recs, size_t n, uint6
 }
 
 void push_replay_done(engine *e) {
-    if (!e->replay) return;
+    engine_replay_ctx *r = e->replay;
+    if (!r) return;
     push_replay_flush(e);
-    engine_batch_free(&e->replay->batch);
-    arena_free(&e->replay->arena);
-    free(e->replay->recs);
-    free(e->replay->istates);
-    free(e->replay);
+    pthread_mutex_lock(&r->mu);
+    r->stop = true;
+    pthread_cond_broadcast(&r->work_cv);
+    pthread_mutex_unlock(&r->mu);
+    for (unsigned w = 0; w < r->nworkers; w++) {
+        pthread_join(r->workers[w].thread, NULL);
+        free(r->workers[w].own);
+    }
+    free(r->reader.own);
+    for (size_t i = 0; i < REPLAY_GROUPS; i++) {
+        replay_group *g = &r->groups[i];
+        for (size_t c = 0; c < REPLAY_CHUNKS; c++) {
+            engine_batch_free(&g->preps[c].batch);
+            arena_free(&g->preps[c].arena);
+        }
+        arena_free(&g->arena);
+        free(g->istates);
+        free(g->items);
+        free(g->lsns);
+        free(g->recs);
+        free(g->payloads);
+        free(g->lens);
+        free(g->errors);
+    }
+    pthread_cond_destroy(&r->done_cv);
+    pthread_cond_destroy(&r->work_cv);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
     e->replay = NULL;
 }
 

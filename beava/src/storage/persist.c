@@ -224,19 +224,25 @@ void persist_progress(persist *p, bv_buf *out) {
                   (uint64_t)atomic_load(&p->prog_snapshot_bytes));
 }
 
+/* A record that verified by CRC but does not apply: count it loudly, keep going. Called
+ * for the records engine_replay refuses at once and, through engine_replay_on_error, for
+ * the event records its pipeline finds bad once they are applied (in LSN order, on this
+ * thread, before storage.recovered). */
+static void replay_error(void *ctx, const char *reason) {
+    persist *p = ctx;
+    p->replay_errors++;
+    if (p->replay_errors <= PERSIST_REPLAY_ERRORS_LOGGED)
+        bv_log_msg(p->log, LOG_ERROR, "storage.replay_error", "%s%s", reason,
+                   p->replay_errors == PERSIST_REPLAY_ERRORS_LOGGED
+                       ? " (further replay errors are only counted: replay_errors in storage.recovered)" : "");
+}
+
 static int replay_cb(void *ctx, uint8_t kind, uint64_t lsn, const void *payload, size_t len, bv_err *err) {
     persist *p = ctx;
     char reason[512];
     atomic_fetch_add_explicit(&p->prog_records, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&p->prog_bytes, len, memory_order_relaxed);
-    if (engine_replay(p->eng, kind, lsn, payload, len, reason, sizeof reason) != 0) {
-        /* a record that verified by CRC but does not apply: count it loudly, keep going */
-        p->replay_errors++;
-        if (p->replay_errors <= PERSIST_REPLAY_ERRORS_LOGGED)
-            bv_log_msg(p->log, LOG_ERROR, "storage.replay_error", "%s%s", reason,
-                       p->replay_errors == PERSIST_REPLAY_ERRORS_LOGGED
-                           ? " (further replay errors are only counted: replay_errors in storage.recovered)" : "");
-    }
+    if (engine_replay(p->eng, kind, lsn, payload, len, reason, sizeof reason) != 0) replay_error(p, reason);
     (void)err;
     return 0;
 }
@@ -505,7 +511,11 @@ int persist_recover(persist *p, engine *eng, char *err, size_t errlen) {
     }
     t_snap = t_snap > t0 ? t_snap : mono_ns();
     atomic_store(&p->prog_phase, PHASE_WAL);
-    if (wal_recover(p->w, p->snapshot_lsn_loaded, replay_cb, p, &p->rec, &e) != 0) {
+    engine_replay_on_error(eng, replay_error, p);
+    int wrc = wal_recover(p->w, p->snapshot_lsn_loaded, replay_cb, p, &p->rec, &e);
+    engine_replay_finish(eng);            /* everything replayed is applied (and timed) */
+    engine_replay_on_error(eng, NULL, NULL);
+    if (wrc != 0) {
         if (strcmp(e.code, "wal_gap") == 0) {
             gap_refuse(p, err, errlen);
             return -1;
