@@ -288,7 +288,8 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         else if (t == WT_I64 && vt->as_i64) f->vt = vt->as_i64;
     }
     f->state_size = f->window_ms ? window_state_size(f->vt) : f->vt->state_size;
-    f->hinted = f->window_ms || (f->vt->prefetch && !f->where && f->field);
+    f->hinted = f->window_ms ||
+                (f->vt->prefetch && !f->where && (f->field || !(f->vt->flags & OPF_READS_FIELD)));
     /* lookup hints for the event path (feature_row_field) */
     f->field_pos = f->p.lat_pos = f->p.lon_pos = -1;
     if (f->field) {
@@ -356,12 +357,18 @@ void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_m
 void feature_prefetch_state(const feature *f, const void *st, const bv_row *row, int64_t now_ms) {
     const struct op_vtable *vt = f->vt;
     const bv_value *v = NULL;
-    if (vt->prefetch && !f->where && f->field) {
-        v = feature_row_field(row, f->field, f->field_len, f->field_pos);
-        if (v && v->kind == BV_NULL) v = NULL;
+    bool hint = false;                /* the kind's hook runs (op.h: v NULL unless it reads a field) */
+    if (vt->prefetch && !f->where) {
+        if (!(vt->flags & OPF_READS_FIELD)) {
+            hint = true;
+        } else if (f->field) {
+            v = feature_row_field(row, f->field, f->field_len, f->field_pos);
+            if (v && v->kind == BV_NULL) v = NULL;
+            hint = v != NULL;
+        }
     }
-    if (f->window_ms) window_prefetch(f, st, v, now_ms);
-    else if (v) vt->prefetch(f, st, v);
+    if (f->window_ms) window_prefetch(f, st, hint, v, now_ms);
+    else if (hint) vt->prefetch(f, st, v);
 }
 
 void feature_read(const feature *f, const void *st, int64_t query_ms, jsonw *w) {

@@ -153,9 +153,9 @@ void window_update(const feature *f, void *st, const op_input *in) {
     f->vt->update(f, inner, in);
 }
 
-void window_prefetch(const feature *f, const void *st, const bv_value *v, int64_t now_ms) {
+void window_prefetch(const feature *f, const void *st, bool hint, const bv_value *v, int64_t now_ms) {
     wfix *x = (wfix *)(uintptr_t)st;          /* read only */
-    if (!v) {                                 /* no kind hint: the list's header */
+    if (!hint) {                              /* no kind hint: the list's header */
         if (x->tag > 1) __builtin_prefetch(more_of(x));
         return;
     }
