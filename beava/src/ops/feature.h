@@ -135,6 +135,11 @@ void feature_state_destroy(const feature *f, void *st);
 void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_ms,
                     expr_arena *arena, op_stats *stats);
 
+/* feature_update of features fs[0..n) on the states at base + offsets[i], in order, the
+ * arena reset before each (an entity row's update). */
+void feature_update_row(const feature *fs, const size_t *offsets, size_t n, char *base, const bv_row *row,
+                        int64_t now_ms, expr_arena *arena, op_stats *stats);
+
 /* Memory hint before feature_update(f, st, row, now_ms, ...): start loading what the
  * update will probe (the kind's prefetch hook, op.h), so the cache misses of an entity's
  * features overlap instead of following one another. Changes nothing; skips features
