@@ -520,7 +520,7 @@ void push_part_prefetch_entity(void *arg) {
     const bv_row *in = pp->has_chain ? &pp->chained : pp->row;
     const char *row = entity_row(en);
     size_t n = pp->nfeatures < en->nfeat ? pp->nfeatures : en->nfeat;
-    for (size_t i = 0; i < n; i++) feature_prefetch(&pp->features[i], row + pp->offsets[i], in, pp->now);
+    feature_prefetch_row(pp->features, pp->offsets, n, row, in, pp->now);
 }
 
 /* Apply the batch's inline parts in order, prefetching the index slots two strides ahead

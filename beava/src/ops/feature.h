@@ -148,6 +148,9 @@ void feature_prefetch_state(const feature *f, const void *st, const bv_row *row,
 static inline void feature_prefetch(const feature *f, const void *st, const bv_row *row, int64_t now_ms) {
     if (f->hinted) feature_prefetch_state(f, st, row, now_ms);
 }
+/* feature_prefetch of features fs[0..n) on the states at base + offsets[i]. */
+void feature_prefetch_row(const feature *fs, const size_t *offsets, size_t n, const char *base,
+                          const bv_row *row, int64_t now_ms);
 
 /* Write the feature's current value (one JSON value) as of query_ms. */
 void feature_read(const feature *f, const void *st, int64_t query_ms, jsonw *w);
