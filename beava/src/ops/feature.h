@@ -103,7 +103,13 @@ static inline const bv_value *feature_row_field(const bv_row *row, const char *n
         const bv_field *x = &row->fields[pos];
         if (x->name_len == len && feature_name_eq(x->name, name, len)) return &x->value;
     }
-    return bv_row_getn(row, name, len);
+    /* bv_row_getn's scan, names compared inline (a row sent key first puts the key and
+     * event_time off their schema positions on every event) */
+    for (size_t i = 0; i < row->n; i++) {
+        const bv_field *x = &row->fields[i];
+        if (x->name_len == len && feature_name_eq(x->name, name, len)) return &x->value;
+    }
+    return NULL;
 }
 
 /*
