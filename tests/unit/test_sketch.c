@@ -278,6 +278,48 @@ static void test_udd_collapse(void **state) {
     free(x);
 }
 
+/* A store's buckets are strictly ascending, hold every value, and do not depend on the
+ * order the values came in (store_add finds a bucket from the top key first, then by
+ * binary search: both must land on the same place, with gaps between buckets too). */
+static void udd_store_check(const udd_store *st) {
+    for (uint32_t i = 1; i < st->n; i++) assert_true(st->b[i - 1].k < st->b[i].k);
+}
+
+static void test_udd_insert_order(void **state) {
+    (void)state;
+    const size_t N = 6000;
+    double *x = malloc(N * sizeof *x);
+    uint64_t s = 77;
+    for (size_t i = 0; i < N; i++) {
+        /* dense near the top, sparse (gaps) towards the bottom, a few negatives */
+        double u = rng_unit(&s);
+        x[i] = (i % 11 == 0 ? -1 : 1) * (i % 3 ? 1000.0 * u : pow(10.0, u * 6 - 3));
+    }
+    udd *fwd = udd_new(), *rev = udd_new(), *mix = udd_new();
+    for (size_t i = 0; i < N; i++) udd_add(fwd, x[i]);
+    for (size_t i = N; i-- > 0;) udd_add(rev, x[i]);
+    /* a permutation of the same values: the multiplier is prime to N */
+    for (size_t i = 0; i < N; i++) udd_add(mix, x[(i * 2654435761u) % N]);
+    assert_int_equal(fwd->collapses, 0);
+    const udd *all[3] = { fwd, rev, mix };
+    for (int i = 0; i < 3; i++) {
+        udd_store_check(&all[i]->pos);
+        udd_store_check(&all[i]->neg);
+        uint64_t sum = all[i]->zero;
+        for (uint32_t j = 0; j < all[i]->pos.n; j++) sum += all[i]->pos.b[j].c;
+        for (uint32_t j = 0; j < all[i]->neg.n; j++) sum += all[i]->neg.b[j].c;
+        assert_int_equal(sum, N);
+        assert_int_equal(all[i]->pos.n, fwd->pos.n);
+        assert_int_equal(all[i]->neg.n, fwd->neg.n);
+        assert_memory_equal(all[i]->pos.b, fwd->pos.b, fwd->pos.n * sizeof *fwd->pos.b);
+        assert_memory_equal(all[i]->neg.b, fwd->neg.b, fwd->neg.n * sizeof *fwd->neg.b);
+    }
+    udd_free(fwd);
+    udd_free(rev);
+    udd_free(mix);
+    free(x);
+}
+
 /* ------------------------------------------------------------ top_k */
 
 /* Zipf(s=1) over n values: the rank with inverse-CDF sampling on the cumulative weights. */
@@ -570,6 +612,7 @@ int main(void) {
         cmocka_unit_test(test_quantile_lognormal),
         cmocka_unit_test(test_quantile_exact_phase),
         cmocka_unit_test(test_udd_collapse),
+        cmocka_unit_test(test_udd_insert_order),
         cmocka_unit_test(test_topk_zipf),
         cmocka_unit_test(test_topk_exact_and_merge),
         cmocka_unit_test(test_cms_bounds),

@@ -375,12 +375,27 @@ static void test_prefetch_changes_nothing(void **state) {
         "{\"op\":\"bloom_member\",\"params\":{\"field\":\"v\"}}",
         "{\"op\":\"count\",\"params\":{\"window\":\"64s\"}}",
         "{\"op\":\"n_unique\",\"params\":{\"field\":\"v\",\"where\":\"k > 0\",\"window\":\"64s\"}}",
+        /* kinds hinting their out-of-line arrays, with and without a field */
+        "{\"op\":\"hour_of_day_histogram\",\"params\":{}}",
+        "{\"op\":\"dow_hour_histogram\",\"params\":{}}",
+        "{\"op\":\"seasonal_deviation\",\"params\":{\"field\":\"x\"}}",
+        "{\"op\":\"burst_count\",\"params\":{\"window\":\"64s\",\"sub_window\":\"1s\"}}",
+        "{\"op\":\"time_since_last_n\",\"params\":{\"n\":3}}",
+        "{\"op\":\"outlier_count\",\"params\":{\"field\":\"x\",\"window\":\"64s\"}}",
+        "{\"op\":\"distance_from_home\",\"params\":{\"lat\":\"x\",\"lon\":\"x\",\"samples\":4}}",
+        "{\"op\":\"event_type_mix\",\"params\":{\"field\":\"v\"}}",
+        "{\"op\":\"first_n\",\"params\":{\"field\":\"v\",\"n\":3}}",
+        "{\"op\":\"last_n\",\"params\":{\"field\":\"v\",\"n\":3}}",
+        "{\"op\":\"lag\",\"params\":{\"field\":\"x\",\"n\":2}}",
+        "{\"op\":\"most_recent_n\",\"params\":{\"field\":\"v\",\"n\":3}}",
+        "{\"op\":\"reservoir_sample\",\"params\":{\"field\":\"x\",\"samples\":4}}",
     };
     op_stats stats = { 0, 0, 0 };
     char text[32];
     for (size_t si = 0; si < sizeof specs / sizeof specs[0]; si++) {
         feature f;
         compile_ok(&f, specs[si]);
+        if (!f.where) assert_true(f.hinted);          /* every kind here has a hint to run */
         void *st = state_new(&f);
         uint64_t s = 11 + si;
         for (int64_t i = 0; i < 3000; i++) {

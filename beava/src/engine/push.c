@@ -275,7 +275,7 @@ static long schema_index(push_batch_state *st, const ev_desc *ev, size_t i, cons
     const bv_schema *sc = &ev->schema;
     if (i < VALIDATE_ORDER_FIELDS) {
         int32_t g = st->order[i];
-        if (g >= 0 && st->order_len[i] == len && memcmp(sc->names[g], name, len) == 0) return g;
+        if (g >= 0 && st->order_len[i] == len && feature_name_eq(sc->names[g], name, len)) return g;
     }
     long j = -1;
     for (size_t k = 0; k < sc->n; k++)
@@ -288,6 +288,17 @@ static long schema_index(push_batch_state *st, const ev_desc *ev, size_t i, cons
         st->order_len[i] = (uint32_t)len;
     }
     return j;
+}
+
+/* bv_row_get for a group key: names are short, so compared inline (feature_name_eq), not
+ * by a libc call per field of the same length. */
+static const bv_value *key_field(const bv_row *r, const char *name) {
+    size_t len = strlen(name);
+    for (size_t i = 0; i < r->n; i++) {
+        const bv_field *f = &r->fields[i];
+        if (f->name_len == len && feature_name_eq(f->name, name, len)) return &f->value;
+    }
+    return NULL;
 }
 
 /* Validate item `it` against st->reg. Returns its event or NULL (res says why). */
@@ -372,7 +383,7 @@ static const ev_desc *validate(engine *e, push_batch_state *st, const engine_pus
     size_t nt = event_tables(e, st, ev, &tables);
     for (size_t t = 0; t < nt; t++)
         for (size_t k = 0; k < tables[t]->nkeys; k++) {
-            const bv_value *kv = bv_row_get(row, tables[t]->keys[k]);
+            const bv_value *kv = key_field(row, tables[t]->keys[k]);
             if (kv && kv->kind == BV_STR && kv->u.s.len > STORE_MAX_KEY) {
                 push_fail(res, 400, "invalid_event", "key field '%.64s' is %zu bytes long (max %d)",
                           tables[t]->keys[k], kv->u.s.len, STORE_MAX_KEY);
@@ -386,7 +397,7 @@ static const ev_desc *validate(engine *e, push_batch_state *st, const engine_pus
 static int build_key(const agg_table *t, const bv_row *r, char *buf, size_t cap) {
     size_t len = 0;
     for (size_t i = 0; i < t->nkeys; i++) {
-        const bv_value *v = bv_row_get(r, t->keys[i]);
+        const bv_value *v = key_field(r, t->keys[i]);
         if (!v) return -1;
         if (i > 0) {
             if (len + 1 >= cap) return -1;
@@ -485,10 +496,7 @@ static void apply_part(shard_ctx *ctx, void *arg) {
     }
     char *row = entity_row(en);
     const bv_row *in = pp->has_chain ? &pp->chained : pp->row;
-    for (size_t i = 0; i < t->nfeatures; i++) {
-        expr_arena_reset(&ctx->arena);
-        feature_update(&t->features[i], row + t->offsets[i], in, pp->now, &ctx->arena, &ctx->stats);
-    }
+    feature_update_row(t->features, t->offsets, t->nfeatures, row, in, pp->now, &ctx->arena, &ctx->stats);
     if (pp->cold_after_ms > 0) en->last_seen_ms = pp->now;
 }
 
@@ -512,7 +520,7 @@ void push_part_prefetch_entity(void *arg) {
     const bv_row *in = pp->has_chain ? &pp->chained : pp->row;
     const char *row = entity_row(en);
     size_t n = pp->nfeatures < en->nfeat ? pp->nfeatures : en->nfeat;
-    for (size_t i = 0; i < n; i++) feature_prefetch(&pp->features[i], row + pp->offsets[i], in, pp->now);
+    feature_prefetch_row(pp->features, pp->offsets, n, row, in, pp->now);
 }
 
 /* Apply the batch's inline parts in order, prefetching the index slots two strides ahead

@@ -288,7 +288,8 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         else if (t == WT_I64 && vt->as_i64) f->vt = vt->as_i64;
     }
     f->state_size = f->window_ms ? window_state_size(f->vt) : f->vt->state_size;
-    f->hinted = f->window_ms || (f->vt->prefetch && !f->where && f->field);
+    f->hinted = f->window_ms ||
+                (f->vt->prefetch && !f->where && (f->field || !(f->vt->flags & OPF_READS_FIELD)));
     /* lookup hints for the event path (feature_row_field) */
     f->field_pos = f->p.lat_pos = f->p.lon_pos = -1;
     if (f->field) {
@@ -321,8 +322,29 @@ void feature_state_destroy(const feature *f, void *st) {
     else if (f->vt->destroy) f->vt->destroy(f, st);
 }
 
-void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_ms,
-                    expr_arena *arena, op_stats *stats) {
+/* Bucket epochs of one event's windowed features: a row has a few window widths
+ * (5m, 1h, 24h...) over many features, so window_epoch's division runs once per width. */
+#define EPOCH_MEMO 4
+typedef struct epoch_memo {
+    int64_t bucket_ms[EPOCH_MEMO];    /* 0: free (a window's bucket is >= 1 ms) */
+    int64_t epoch[EPOCH_MEMO];
+    unsigned next;                    /* the entry replaced next */
+} epoch_memo;
+
+static int64_t memo_epoch(epoch_memo *m, int64_t now_ms, int64_t bucket_ms) {
+    for (unsigned i = 0; i < EPOCH_MEMO; i++)
+        if (m->bucket_ms[i] == bucket_ms) return m->epoch[i];
+    int64_t e = window_epoch(now_ms, bucket_ms);
+    m->bucket_ms[m->next] = bucket_ms;
+    m->epoch[m->next] = e;
+    m->next = (m->next + 1) % EPOCH_MEMO;
+    return e;
+}
+
+/* The body of feature_update, inlined into feature_update_row's loop (one call and
+ * frame per part instead of one per feature). */
+static inline void update_one(const feature *f, void *st, const bv_row *row, int64_t now_ms,
+                              expr_arena *arena, op_stats *stats, epoch_memo *memo) {
     const struct op_vtable *vt = f->vt;
     op_input in;
     bv_value cv, ev;                /* must outlive the update call below */
@@ -349,19 +371,53 @@ void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_m
         }
         in.v = v;
     }
-    if (f->window_ms) window_update(f, st, &in);
+    if (f->window_ms) window_update(f, st, &in, memo_epoch(memo, now_ms, f->bucket_ms));
     else vt->update(f, st, &in);
 }
 
-void feature_prefetch_state(const feature *f, const void *st, const bv_row *row, int64_t now_ms) {
+void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_ms,
+                    expr_arena *arena, op_stats *stats) {
+    epoch_memo memo = { { 0 }, { 0 }, 0 };
+    update_one(f, st, row, now_ms, arena, stats, &memo);
+}
+
+void feature_update_row(const feature *fs, const size_t *offsets, size_t n, char *base, const bv_row *row,
+                        int64_t now_ms, expr_arena *arena, op_stats *stats) {
+    epoch_memo memo = { { 0 }, { 0 }, 0 };
+    for (size_t i = 0; i < n; i++) {
+        expr_arena_reset(arena);
+        update_one(&fs[i], base + offsets[i], row, now_ms, arena, stats, &memo);
+    }
+}
+
+static inline void prefetch_one(const feature *f, const void *st, const bv_row *row, int64_t now_ms,
+                                epoch_memo *memo) {
     const struct op_vtable *vt = f->vt;
     const bv_value *v = NULL;
-    if (vt->prefetch && !f->where && f->field) {
-        v = feature_row_field(row, f->field, f->field_len, f->field_pos);
-        if (v && v->kind == BV_NULL) v = NULL;
+    bool hint = false;                /* the kind's hook runs (op.h: v NULL unless it reads a field) */
+    if (vt->prefetch && !f->where) {
+        if (!(vt->flags & OPF_READS_FIELD)) {
+            hint = true;
+        } else if (f->field) {
+            v = feature_row_field(row, f->field, f->field_len, f->field_pos);
+            if (v && v->kind == BV_NULL) v = NULL;
+            hint = v != NULL;
+        }
     }
-    if (f->window_ms) window_prefetch(f, st, v, now_ms);
-    else if (v) vt->prefetch(f, st, v);
+    if (f->window_ms) window_prefetch(f, st, hint, v, memo_epoch(memo, now_ms, f->bucket_ms));
+    else if (hint) vt->prefetch(f, st, v);
+}
+
+void feature_prefetch_state(const feature *f, const void *st, const bv_row *row, int64_t now_ms) {
+    epoch_memo memo = { { 0 }, { 0 }, 0 };
+    prefetch_one(f, st, row, now_ms, &memo);
+}
+
+void feature_prefetch_row(const feature *fs, const size_t *offsets, size_t n, const char *base,
+                          const bv_row *row, int64_t now_ms) {
+    epoch_memo memo = { { 0 }, { 0 }, 0 };
+    for (size_t i = 0; i < n; i++)
+        if (fs[i].hinted) prefetch_one(&fs[i], base + offsets[i], row, now_ms, &memo);
 }
 
 void feature_read(const feature *f, const void *st, int64_t query_ms, jsonw *w) {

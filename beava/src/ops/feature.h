@@ -103,7 +103,13 @@ static inline const bv_value *feature_row_field(const bv_row *row, const char *n
         const bv_field *x = &row->fields[pos];
         if (x->name_len == len && feature_name_eq(x->name, name, len)) return &x->value;
     }
-    return bv_row_getn(row, name, len);
+    /* bv_row_getn's scan, names compared inline (a row sent key first puts the key and
+     * event_time off their schema positions on every event) */
+    for (size_t i = 0; i < row->n; i++) {
+        const bv_field *x = &row->fields[i];
+        if (x->name_len == len && feature_name_eq(x->name, name, len)) return &x->value;
+    }
+    return NULL;
 }
 
 /*
@@ -135,6 +141,11 @@ void feature_state_destroy(const feature *f, void *st);
 void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_ms,
                     expr_arena *arena, op_stats *stats);
 
+/* feature_update of features fs[0..n) on the states at base + offsets[i], in order, the
+ * arena reset before each (an entity row's update). */
+void feature_update_row(const feature *fs, const size_t *offsets, size_t n, char *base, const bv_row *row,
+                        int64_t now_ms, expr_arena *arena, op_stats *stats);
+
 /* Memory hint before feature_update(f, st, row, now_ms, ...): start loading what the
  * update will probe (the kind's prefetch hook, op.h), so the cache misses of an entity's
  * features overlap instead of following one another. Changes nothing; skips features
@@ -143,6 +154,9 @@ void feature_prefetch_state(const feature *f, const void *st, const bv_row *row,
 static inline void feature_prefetch(const feature *f, const void *st, const bv_row *row, int64_t now_ms) {
     if (f->hinted) feature_prefetch_state(f, st, row, now_ms);
 }
+/* feature_prefetch of features fs[0..n) on the states at base + offsets[i]. */
+void feature_prefetch_row(const feature *fs, const size_t *offsets, size_t n, const char *base,
+                          const bv_row *row, int64_t now_ms);
 
 /* Write the feature's current value (one JSON value) as of query_ms. */
 void feature_read(const feature *f, const void *st, int64_t query_ms, jsonw *w);

@@ -66,9 +66,10 @@ struct op_vtable {
     void (*init)(const feature *f, void *st);                 /* NULL: all-zero is empty */
     void (*update)(const feature *f, void *st, const op_input *in);
     /* Optional memory hint run before a run of updates: start loading what update(f, st,
-     * v) will probe first (a hash slot, sketch cells), so that the misses of an entity's
-     * features overlap. v is the field's value as pushed (before any coercion), never
-     * null. Reads st, changes nothing. NULL: none. */
+     * v) will probe first (a hash slot, sketch cells, the out-of-line array it writes),
+     * so that the misses of an entity's features overlap. For OPF_READS_FIELD kinds v is
+     * the field's value as pushed (before any coercion), never null; for the others v is
+     * NULL. Reads st, changes nothing. NULL: none. */
     void (*prefetch)(const feature *f, const void *st, const bv_value *v);
     /* dst += src (both states of this kind; src is not modified). Windowable kinds only. */
     void (*merge)(const feature *f, void *dst, const void *src);
@@ -91,6 +92,11 @@ const struct op_vtable *op_lookup(const char *name);
 
 /* The i-th kind of the table (54 kinds, aliases not repeated), NULL past the end. */
 const struct op_vtable *op_kind_at(size_t i);
+
+/* A prefetch hook's helper: the first line of an out-of-line allocation (NULL: none). */
+static inline void op_prefetch_ptr(const void *p) {
+    if (p) __builtin_prefetch(p);
+}
 
 static inline bool op_implemented(const struct op_vtable *vt) { return vt->update != NULL; }
 

@@ -141,12 +141,18 @@ err:
     return -1;
 }
 
+static void burst_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)f; (void)v;
+    op_prefetch_ptr(((const burst_st *)st)->ring);
+}
+
 const struct op_vtable op_burst_count = {
     .name = "burst_count",
     .flags = OPF_SUB_WINDOW,
     .state_size = sizeof(burst_st),
     .parse = burst_parse,
     .update = burst_update,
+    .prefetch = burst_prefetch,
     .read = burst_read,
     .destroy = burst_destroy,
     .encode = burst_encode,

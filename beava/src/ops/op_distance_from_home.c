@@ -113,12 +113,22 @@ static int dfh_decode(const feature *f, void *st, const uint8_t **p, const uint8
     return 0;
 }
 
+/* The pair dfh_push writes (when it does not grow the array). */
+static void dfh_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)v;
+    const dfh_st *s = st;
+    if (!s->pts) return;
+    if (s->count < f->p.samples) { if (s->count < s->cap) __builtin_prefetch(&s->pts[2 * s->count]); }
+    else __builtin_prefetch(&s->pts[2 * s->head]);
+}
+
 const struct op_vtable op_distance_from_home = {
     .name = "distance_from_home",
     .flags = OPF_LIFETIME_ONLY,
     .state_size = sizeof(dfh_st),
     .parse = dfh_parse,
     .update = dfh_update,
+    .prefetch = dfh_prefetch,
     .read = dfh_read,
     .destroy = dfh_destroy,
     .encode = dfh_encode,

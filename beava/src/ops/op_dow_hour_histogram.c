@@ -107,11 +107,17 @@ static int dow_decode(const feature *f, void *st, const uint8_t **p, const uint8
     return 0;
 }
 
+static void dow_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)f; (void)v;
+    op_prefetch_ptr(((const dow_st *)st)->c);
+}
+
 const struct op_vtable op_dow_hour_histogram = {
     .name = "dow_hour_histogram",
     .flags = OPF_LIFETIME_ONLY,
     .state_size = sizeof(dow_st),
     .update = dow_update,
+    .prefetch = dow_prefetch,
     .read = dow_read,
     .destroy = dow_destroy,
     .encode = dow_encode,

@@ -60,16 +60,21 @@ static bool etm_allowed(const feature *f, const bv_value *c) {
     return false;
 }
 
+/* The category text of a value (may point into buf[32] or into v); false: not counted. */
+static bool etm_category(const bv_value *v, char *buf, bv_value *c) {
+    switch (v->kind) {
+    case BV_STR: *c = *v; return true;
+    case BV_I64: *c = bv_str(buf, (size_t)snprintf(buf, 32, "%lld", (long long)v->u.i)); return true;
+    case BV_BOOL: *c = v->u.b ? bv_str("true", 4) : bv_str("false", 5); return true;
+    default: return false;
+    }
+}
+
 static void etm_update(const feature *f, void *st, const op_input *in) {
     etm_st *s = st;
     char buf[32];
     bv_value c;
-    switch (in->v->kind) {
-    case BV_STR: c = *in->v; break;
-    case BV_I64: c = bv_str(buf, (size_t)snprintf(buf, sizeof buf, "%lld", (long long)in->v->u.i)); break;
-    case BV_BOOL: c = in->v->u.b ? bv_str("true", 4) : bv_str("false", 5); break;
-    default: return;
-    }
+    if (!etm_category(in->v, buf, &c)) return;
     if (s->total < UINT64_MAX) s->total++;
     uint64_t h = opval_hash(&c);
     vm_entry *e = vm_find(&s->m, &c, h);
@@ -78,6 +83,16 @@ static void etm_update(const feature *f, void *st, const op_input *in) {
         e = vm_insert(&s->m, &c, h);
     }
     if (e->count < UINT64_MAX) e->count++;
+}
+
+static void etm_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)f;
+    const etm_st *s = st;
+    char buf[32];
+    bv_value c;
+    if (!s->m.e) return;
+    if (!s->m.idx) vm_prefetch(&s->m, 0);                 /* a short map: its entries */
+    else if (etm_category(v, buf, &c)) vm_prefetch(&s->m, opval_hash(&c));
 }
 
 static int key_cmp(const void *a, const void *b) {
@@ -160,6 +175,7 @@ const struct op_vtable op_event_type_mix = {
     .state_size = sizeof(etm_st),
     .parse = etm_parse,
     .update = etm_update,
+    .prefetch = etm_prefetch,
     .read = etm_read,
     .destroy = etm_destroy,
     .encode = etm_encode,

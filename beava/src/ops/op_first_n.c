@@ -30,11 +30,17 @@ static int first_n_decode(const feature *f, void *st, const uint8_t **p, const u
     return valring_decode(p, end, st, (uint32_t)f->p.n);
 }
 
+static void first_n_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)v;
+    valring_prefetch(st, (uint32_t)f->p.n, false);
+}
+
 OP_COERCING_VTABLES(op_first_n,
     .name = "first_n",
     .flags = OPF_LIFETIME_ONLY | OPF_FIELD_REQUIRED | OPF_READS_FIELD | OPF_N_REQUIRED | OPF_COERCE,
     .state_size = sizeof(valring),
     .update = first_n_update,
+    .prefetch = first_n_prefetch,
     .read = first_n_read,
     .destroy = first_n_destroy,
     .encode = first_n_encode,

@@ -71,11 +71,17 @@ static int hod_decode(const feature *f, void *st, const uint8_t **p, const uint8
     return 0;
 }
 
+static void hod_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)f; (void)v;
+    op_prefetch_ptr(((const hod_st *)st)->c);
+}
+
 const struct op_vtable op_hour_of_day_histogram = {
     .name = "hour_of_day_histogram",
     .flags = OPF_LIFETIME_ONLY,
     .state_size = sizeof(hod_st),
     .update = hod_update,
+    .prefetch = hod_prefetch,
     .read = hod_read,
     .destroy = hod_destroy,
     .encode = hod_encode,

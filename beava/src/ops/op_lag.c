@@ -35,11 +35,17 @@ static int lag_decode(const feature *f, void *st, const uint8_t **p, const uint8
     return valring_decode(p, end, st, lag_cap(f));
 }
 
+static void lag_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)v;
+    valring_prefetch(st, lag_cap(f), true);
+}
+
 OP_COERCING_VTABLES(op_lag,
     .name = "lag",
     .flags = OPF_LIFETIME_ONLY | OPF_FIELD_REQUIRED | OPF_READS_FIELD | OPF_N_REQUIRED | OPF_COERCE,
     .state_size = sizeof(valring),
     .update = lag_update,
+    .prefetch = lag_prefetch,
     .read = lag_read,
     .destroy = lag_destroy,
     .encode = lag_encode,

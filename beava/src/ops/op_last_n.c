@@ -30,11 +30,17 @@ static int last_n_decode(const feature *f, void *st, const uint8_t **p, const ui
     return valring_decode(p, end, st, (uint32_t)f->p.n);
 }
 
+static void last_n_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)v;
+    valring_prefetch(st, (uint32_t)f->p.n, true);
+}
+
 OP_COERCING_VTABLES(op_last_n,
     .name = "last_n",
     .flags = OPF_LIFETIME_ONLY | OPF_FIELD_REQUIRED | OPF_READS_FIELD | OPF_N_REQUIRED | OPF_COERCE,
     .state_size = sizeof(valring),
     .update = last_n_update,
+    .prefetch = last_n_prefetch,
     .read = last_n_read,
     .destroy = last_n_destroy,
     .encode = last_n_encode,

@@ -48,12 +48,18 @@ static int mrn_decode(const feature *f, void *st, const uint8_t **p, const uint8
     return valring_decode(p, end, st, (uint32_t)f->p.n);
 }
 
+static void mrn_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)v;
+    valring_prefetch(st, (uint32_t)f->p.n, true);
+}
+
 OP_COERCING_VTABLES(op_most_recent_n,
     .name = "most_recent_n",
     .flags = OPF_LIFETIME_ONLY | OPF_READS_FIELD | OPF_COERCE,
     .state_size = sizeof(valring),
     .parse = mrn_parse,
     .update = mrn_update,
+    .prefetch = mrn_prefetch,
     .read = mrn_read,
     .destroy = mrn_destroy,
     .encode = mrn_encode,

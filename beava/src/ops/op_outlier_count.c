@@ -173,12 +173,18 @@ err:
     return -1;
 }
 
+static void oc_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)f; (void)v;
+    op_prefetch_ptr(((const oc_st *)st)->win);
+}
+
 const struct op_vtable op_outlier_count = {
     .name = "outlier_count",
     .flags = OPF_FIELD_CHECKED | OPF_READS_FIELD,
     .state_size = sizeof(oc_st),
     .parse = oc_parse,
     .update = oc_update,
+    .prefetch = oc_prefetch,
     .read = oc_read,
     .destroy = oc_destroy,
     .encode = oc_encode,

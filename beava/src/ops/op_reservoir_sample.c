@@ -97,12 +97,19 @@ static int rs_decode(const feature *f, void *st, const uint8_t **p, const uint8_
     return 0;
 }
 
+/* While filling, the slot the value is appended to (a later draw replaces a random one). */
+static void rs_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)v;
+    valring_prefetch(&((const rs_st *)st)->r, (uint32_t)f->p.samples, false);
+}
+
 OP_COERCING_VTABLES(op_reservoir_sample,
     .name = "reservoir_sample",
     .flags = OPF_LIFETIME_ONLY | OPF_READS_FIELD | OPF_COERCE,
     .state_size = sizeof(rs_st),
     .parse = rs_parse,
     .update = rs_update,
+    .prefetch = rs_prefetch,
     .read = rs_read,
     .destroy = rs_destroy,
     .encode = rs_encode,

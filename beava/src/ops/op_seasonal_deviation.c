@@ -125,11 +125,17 @@ static int sd_decode(const feature *f, void *st, const uint8_t **p, const uint8_
     return 0;
 }
 
+static void sd_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)f; (void)v;
+    op_prefetch_ptr(((const sd_st *)st)->h);
+}
+
 const struct op_vtable op_seasonal_deviation = {
     .name = "seasonal_deviation",
     .flags = OPF_LIFETIME_ONLY | OPF_READS_FIELD,
     .state_size = sizeof(sd_st),
     .update = sd_update,
+    .prefetch = sd_prefetch,
     .read = sd_read,
     .destroy = sd_destroy,
     .encode = sd_encode,

@@ -79,11 +79,21 @@ static int tsln_decode(const feature *f, void *st, const uint8_t **p, const uint
     return 0;
 }
 
+/* The cell tsln_update writes (when it does not grow the array). */
+static void tsln_prefetch(const feature *f, const void *st, const bv_value *v) {
+    (void)v;
+    const tsln_st *s = st;
+    if (!s->t) return;
+    if (s->len < (uint32_t)f->p.n) { if (s->len < s->cap) __builtin_prefetch(&s->t[s->len]); }
+    else __builtin_prefetch(&s->t[s->head]);
+}
+
 const struct op_vtable op_time_since_last_n = {
     .name = "time_since_last_n",
     .flags = OPF_LIFETIME_ONLY | OPF_N_REQUIRED,
     .state_size = sizeof(tsln_st),
     .update = tsln_update,
+    .prefetch = tsln_prefetch,
     .read = tsln_read,
     .destroy = tsln_destroy,
     .encode = tsln_encode,

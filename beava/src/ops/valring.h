@@ -59,6 +59,14 @@ static inline void valring_push(valring *r, uint32_t limit, const bv_value *v) {
     r->head = r->head + 1 == limit ? 0 : r->head + 1;
 }
 
+/* Memory hint for valring_push (ring) or valring_append (not ring) at limit: the slot it
+ * would write, when that needs no growth. Reads r, changes nothing. */
+static inline void valring_prefetch(const valring *r, uint32_t limit, bool ring) {
+    if (!r->v) return;
+    if (r->len < limit) { if (r->len < r->cap) __builtin_prefetch(&r->v[r->len]); }
+    else if (ring) __builtin_prefetch(&r->v[r->head]);
+}
+
 /* The i-th oldest value, i < len. */
 static inline const op_val *valring_at(const valring *r, uint32_t i) {
     uint32_t j = r->head + i;

@@ -135,8 +135,7 @@ static void *bucket_for(const feature *f, wfix *x, int64_t e, op_stats *stats) {
     return ent_state(m, stride, i);
 }
 
-void window_update(const feature *f, void *st, const op_input *in) {
-    int64_t e = window_epoch(in->now_ms, f->bucket_ms);
+void window_update(const feature *f, void *st, const op_input *in, int64_t e) {
     wfix *x = st;
     void *inner;
     /* the common cases inline: the event lands in the only (inline) bucket, or in the
@@ -153,13 +152,12 @@ void window_update(const feature *f, void *st, const op_input *in) {
     f->vt->update(f, inner, in);
 }
 
-void window_prefetch(const feature *f, const void *st, const bv_value *v, int64_t now_ms) {
+void window_prefetch(const feature *f, const void *st, bool hint, const bv_value *v, int64_t e) {
     wfix *x = (wfix *)(uintptr_t)st;          /* read only */
-    if (!v) {                                 /* no kind hint: the list's header */
+    if (!hint) {                              /* no kind hint: the list's header */
         if (x->tag > 1) __builtin_prefetch(more_of(x));
         return;
     }
-    int64_t e = window_epoch(now_ms, f->bucket_ms);
     if (x->tag == 1) {
         if (x->epoch0 == e) f->vt->prefetch(f, x + 1, v);
     } else if (x->tag > 1) {

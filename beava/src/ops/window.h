@@ -33,11 +33,13 @@ bool window_active(int64_t q, int64_t e, int64_t window_ms);
 /* The fixed state size of a windowed feature of kind vt. */
 size_t window_state_size(const struct op_vtable *vt);
 
-void window_update(const feature *f, void *st, const op_input *in);
-/* The kind's prefetch hint (value v) on the bucket an event at now_ms would update, when
- * that is the inline or the most recently used bucket (no bucket is created or searched
- * for); v NULL: only the bucket list's header. */
-void window_prefetch(const feature *f, const void *st, const bv_value *v, int64_t now_ms);
+/* The event `in` into the bucket of epoch e = window_epoch(in->now_ms, f->bucket_ms)
+ * (the caller computes it: features of one width share it). */
+void window_update(const feature *f, void *st, const op_input *in, int64_t e);
+/* The kind's prefetch hint (value v, op.h) on the bucket of epoch e (as window_update)
+ * when that is the inline or the most recently used bucket (no bucket is created or
+ * searched for); hint false: only the bucket list's header. */
+void window_prefetch(const feature *f, const void *st, bool hint, const bv_value *v, int64_t e);
 void window_read(const feature *f, const void *st, int64_t query_ms, jsonw *w);
 void window_destroy(const feature *f, void *st);
 /* u8 nbuckets, then per bucket: i64 epoch + the kind's encoding. Decode rejects more

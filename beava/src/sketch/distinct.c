@@ -40,14 +40,16 @@ static void inline_set(distinct *d, uint64_t h) {
     d->cap = 0;
 }
 
-/* First index whose hash is >= h. */
+/* First index whose hash is >= h. Branch-free halving (a conditional move per step):
+ * the hashes are random, so a branch per step would be mispredicted half the time. */
 static uint32_t lower_bound(const uint64_t *a, uint32_t n, uint64_t h) {
-    uint32_t lo = 0, hi = n;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (a[mid] < h) lo = mid + 1; else hi = mid;
+    const uint64_t *base = a;
+    while (n > 1) {
+        uint32_t half = n / 2;
+        base = base[half - 1] < h ? base + half : base;
+        n -= half;
     }
-    return lo;
+    return (uint32_t)(base - a) + (n == 1 && base[0] < h);
 }
 
 /* Table insert; returns false when h was present. t has cap + 1 slots. */

@@ -41,6 +41,19 @@ void udd_free(udd *u) {
 
 static void store_add(udd_store *s, int32_t k, uint64_t c) {
     uint32_t lo = 0, hi = s->n;
+    if (hi > 0 && k <= s->b[hi - 1].k) {
+        /* keys are distinct and ascending, so k sits at most (top key - k) places below
+         * the top: where it is when the buckets above it are all held, the common case
+         * (found with one access instead of a binary search of cache misses) */
+        int64_t below = (int64_t)s->b[hi - 1].k - k;
+        if (below < (int64_t)hi) {
+            uint32_t g = hi - 1 - (uint32_t)below;
+            if (s->b[g].k == k) { s->b[g].c += c; return; }
+            lo = g + 1;               /* b[g].k < k: the buckets above g hold k's place */
+        }
+    } else {
+        lo = hi;                      /* above every bucket (or none yet): appended */
+    }
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
         if (s->b[mid].k < k) lo = mid + 1; else hi = mid;

@@ -13,13 +13,30 @@ static uint32_t icap_for(uint32_t cap) {
     return c;
 }
 
+/* log2 of the index size: the low bits of a slot hold an entry number (<= cap <
+ * icap), the bits above them a tag of the key's hash, so that a probe passes other keys'
+ * slots without reading their entries (a cache miss each, and a string compare). */
+static uint32_t ibits_for(uint32_t icap) { return (uint32_t)__builtin_ctz(icap); }   /* < 32 */
+
+/* The slot bits above the entry number that a key hashing to h has: its hash's high
+ * word with the entry number's bits cleared. */
+static uint32_t tag_of(uint64_t h, uint32_t ibits) { return (uint32_t)(h >> 32) >> ibits << ibits; }
+
 static vm_entry *probe(const valmap *m, const bv_value *key, uint64_t h, uint32_t *slot) {
-    uint32_t mask = icap_for(m->cap) - 1;
+    uint32_t ic = icap_for(m->cap), mask = ic - 1, ib = ibits_for(ic);
+    uint32_t tag = tag_of(h, ib);
     for (uint32_t s = (uint32_t)h & mask;; s = (s + 1) & mask) {
-        uint32_t ix = m->idx[s];
-        if (!ix) { *slot = s; return NULL; }
+        uint32_t v = m->idx[s];
+        if (!v) { *slot = s; return NULL; }
+        if ((v & ~mask) != tag) continue;
+        uint32_t ix = v & mask;
         if (opval_same_key(&m->e[ix - 1].key, key)) { *slot = s; return &m->e[ix - 1]; }
     }
+}
+
+/* The slot value for entry number ix (1-based) of a key hashing to h. */
+static uint32_t slot_value(const valmap *m, uint32_t ix, uint64_t h) {
+    return ix | tag_of(h, ibits_for(icap_for(m->cap)));
 }
 
 void vm_prefetch(const valmap *m, uint64_t h) {
@@ -47,8 +64,9 @@ static void reindex(valmap *m) {
     for (uint32_t i = 0; i < m->n; i++) {
         bv_value k = opval_view(&m->e[i].key);
         uint32_t slot;
-        probe(m, &k, opval_hash(&k), &slot);
-        m->idx[slot] = i + 1;
+        uint64_t h = opval_hash(&k);
+        probe(m, &k, h, &slot);
+        m->idx[slot] = slot_value(m, i + 1, h);
     }
 }
 
@@ -66,7 +84,7 @@ vm_entry *vm_insert(valmap *m, const bv_value *key, uint64_t h) {
     if (m->idx) {
         uint32_t slot;
         probe(m, key, h, &slot);
-        m->idx[slot] = m->n;
+        m->idx[slot] = slot_value(m, m->n, h);
     }
     return e;
 }

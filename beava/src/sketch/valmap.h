@@ -4,8 +4,10 @@
  *
  * Entries live in one dense array in insertion order (iteration = e[0..n)); maps of up
  * to VM_LINEAR entries are searched linearly, bigger ones get an open-addressing index
- * of u32 slots (power of two, load <= 1/2, linear probing) keyed by opval_hash. There is
- * no deletion. 24 bytes, all-zero = empty. Keys are Str/I64/F64/Bool (never lists/maps).
+ * of u32 slots (power of two, load <= 1/2, linear probing) keyed by opval_hash; a slot
+ * holds the entry number and, in the bits above it, a tag of the key's hash, so a probe
+ * reads only the entries whose tag matches. There is no deletion. 24 bytes, all-zero =
+ * empty. Keys are Str/I64/F64/Bool (never lists/maps).
  */
 #ifndef BEAVA_SKETCH_VALMAP_H
 #define BEAVA_SKETCH_VALMAP_H
@@ -23,7 +25,7 @@ typedef struct vm_entry {
 typedef struct valmap {
     uint32_t n, cap;          /* entries held / allocated */
     vm_entry *e;
-    uint32_t *idx;            /* icap() slots: entry index + 1, 0 = free; NULL while small */
+    uint32_t *idx;            /* icap() slots: entry index + 1 | hash tag, 0 = free; NULL while small */
 } valmap;
 
 /* The entry for key (h = opval_hash(key)), or NULL. */
