@@ -456,7 +456,9 @@ static const ev_desc *validate(engine *e, push_batch_state *st, const engine_pus
                   "a control character appears in the event name, a field name or a string value");
         return NULL;
     }
-    const ev_desc *ev = find_event_cached(e, st, it->event, it->event_len);
+    const ev_desc *ev = st->last_ev;              /* find_event_cached's hit, inline */
+    if (!ev || st->last_ev_len != it->event_len || !feature_name_eq(ev->name, it->event, it->event_len))
+        ev = find_event_cached(e, st, it->event, it->event_len);
     if (!ev) {
         push_fail(res, 404, "event_not_found", "event '%.*s' is not registered",
                   (int)(it->event_len > 128 ? 128 : it->event_len), it->event);
