@@ -731,6 +731,41 @@ static void test_bad_utf8_msgpack(void **state) {
         assert_int_equal(mpdec(f, &w, &p), ROWDEC_OK);
         assert_true(p.has_control_char);
     }
+    /* short strings (one padded word, two overlapping 4-byte loads, two overlapping 8-byte
+     * loads): clean at every length, and the byte that needs a look at every offset, in a
+     * value and in a key */
+    for (size_t n = 0; n <= 17; n++) {
+        char s[24];
+        memset(s, 'a', sizeof s);
+        for (int key = 0; key < 2; key++) {
+            mp_env(&w, "E", 1);
+            if (key) { mp_strn(&w, s, n); mp_byte(&w, 1); }
+            else { mp_str(&w, "k"); mp_strn(&w, s, n); }
+            if (n == 0 && key) continue;          /* an empty key is another matter */
+            assert_int_equal(mpdec(f, &w, &p), ROWDEC_OK);
+            assert_false(p.has_control_char);
+        }
+        for (size_t at = 0; at < n; at++) {
+            static const struct { unsigned char b; int rc_value, rc_key; bool cc; } looks[] = {
+                {0xff, ROWDEC_EUTF8, ROWDEC_EUTF8, false}, {0x01, ROWDEC_OK, ROWDEC_OK, true},
+                {0x7f, ROWDEC_OK, ROWDEC_OK, true}, {0x00, ROWDEC_OK, ROWDEC_ESYNTAX, true},
+                {0x1f, ROWDEC_OK, ROWDEC_OK, true},
+            };
+            for (size_t l = 0; l < sizeof looks / sizeof *looks; l++) {
+                memset(s, 'a', sizeof s);
+                s[at] = (char)looks[l].b;
+                for (int key = 0; key < 2; key++) {
+                    mp_env(&w, "E", 1);
+                    if (key) { mp_strn(&w, s, n); mp_byte(&w, 1); }
+                    else { mp_str(&w, "k"); mp_strn(&w, s, n); }
+                    int rc = mpdec(f, &w, &p), want = key ? looks[l].rc_key : looks[l].rc_value;
+                    if (rc != want) fail_msg("len %zu, byte %#x at %zu, key %d: rc %d", n, looks[l].b, at, key, rc);
+                    if (rc == ROWDEC_OK && p.has_control_char != looks[l].cc)
+                        fail_msg("len %zu, byte %#x at %zu, key %d: control flag", n, looks[l].b, at, key);
+                }
+            }
+        }
+    }
 }
 
 static void test_surrogate_escapes(void **state) {

@@ -50,6 +50,15 @@
  * schema positions of that many fields of the previous row are remembered as guesses. */
 #define VALIDATE_STACK_FIELDS 64
 #define VALIDATE_ORDER_FIELDS 32
+/* Group-key row positions remembered per event (over all its tables' keys, in order). */
+#define VALIDATE_KEY_SLOTS 16
+
+/* One field of the row shape the batch last validated in full (validate_fast). */
+typedef struct shape_field {
+    int32_t g;                    /* its schema position */
+    uint32_t len;                 /* its name's length */
+    bool opt;                     /* an optional field (no null/type check) */
+} shape_field;
 
 typedef struct push_part {
     push_batch_state *st;
@@ -113,6 +122,17 @@ struct push_batch_state {
     const ev_desc *order_ev;      /* the event of the last row validated, and the schema */
     int32_t order[VALIDATE_ORDER_FIELDS];  /* position of each of that row's fields (-1: none) */
     uint32_t order_len[VALIDATE_ORDER_FIELDS];   /* and the length of its schema name */
+    /* the shape memo: the last row of shape_ev that passed the full check had shape_n
+     * distinct schema fields, the i-th at shape[i]; a row naming the same fields at the
+     * same positions has the same fields present, so only its values need checking */
+    const ev_desc *shape_ev;      /* NULL: none (reset with the batch: st->reg is pinned) */
+    size_t shape_n;
+    shape_field shape[VALIDATE_ORDER_FIELDS];
+    /* group-key row positions of the row last validated (kpos_row), slot s for the s-th
+     * key over the event's tables, -1 = absent; khint: the guesses for the next row */
+    const bv_row *kpos_row;
+    int32_t kpos[VALIDATE_KEY_SLOTS];
+    int32_t khint[VALIDATE_KEY_SLOTS];
 };
 
 /* ---- batch lifecycle ------------------------------------------------------------------ */
@@ -166,6 +186,8 @@ static push_batch_state *state_for(engine *e, engine_batch *b) {
     st->rejected = st->too_long = 0;
     st->last_ev = NULL;
     st->order_ev = NULL;
+    st->shape_ev = NULL;
+    st->kpos_row = NULL;
     return st;
 }
 
@@ -244,7 +266,7 @@ static bool integral_f64(double d) {
  * reset with the batch state). */
 static const ev_desc *find_event_cached(engine *e, push_batch_state *st, const char *name, size_t len) {
     (void)e;
-    if (st->last_ev && st->last_ev_len == len && memcmp(st->last_ev->name, name, len) == 0) return st->last_ev;
+    if (st->last_ev && st->last_ev_len == len && feature_name_eq(st->last_ev->name, name, len)) return st->last_ev;
     char buf[REGISTRY_NAME_MAX + 1];
     if (len > REGISTRY_NAME_MAX) return NULL;
     memcpy(buf, name, len);
@@ -301,8 +323,125 @@ static const bv_value *key_field(const bv_row *r, const char *name) {
     return NULL;
 }
 
-/* Validate item `it` against st->reg. Returns its event or NULL (res says why). */
+/* The row position of key field `name` (its first occurrence), or -1. `guess` is tried
+ * first; it is taken only when the row's names are all distinct (`unique`), where a
+ * field named `name` at the guessed position is the only one. */
+static int32_t key_pos(const bv_row *r, const char *name, int32_t guess, bool unique) {
+    if (unique && guess >= 0 && (size_t)guess < r->n &&
+        name_eq(name, r->fields[guess].name, r->fields[guess].name_len))
+        return guess;
+    for (size_t i = 0; i < r->n; i++)
+        if (name_eq(name, r->fields[i].name, r->fields[i].name_len)) return (int32_t)i;
+    return -1;
+}
+
+/* The value checks of a row whose field names match the shape memo of `ev` position by
+ * position (so its fields are distinct and every required one is present): non-null and
+ * typed required fields, integral i64s, which are then stored as i64. Returns false,
+ * changing nothing, when the row does not match or a check fails: validate_full then
+ * finds the error. */
+static bool validate_fast(push_batch_state *st, const ev_desc *ev, bv_row *row) {
+    if (st->shape_ev != ev || row->n != st->shape_n) return false;
+    const bv_schema *sc = &ev->schema;
+    uint32_t to_i64 = 0;          /* shape_n <= VALIDATE_ORDER_FIELDS bits */
+    for (size_t i = 0; i < row->n; i++) {
+        const bv_field *f = &row->fields[i];
+        const shape_field *m = &st->shape[i];
+        if (f->name_len != m->len || !feature_name_eq(sc->names[m->g], f->name, m->len)) return false;
+        bv_wtype t = sc->types[m->g];
+        const bv_value *v = &f->value;
+        if (!m->opt && (v->kind == BV_NULL || !type_compatible(t, v))) return false;
+        if (v->kind == BV_F64 && t == WT_I64) {
+            if (!integral_f64(v->u.f)) return false;
+            to_i64 |= 1u << i;
+        }
+    }
+    for (; to_i64; to_i64 &= to_i64 - 1) {
+        bv_value *v = &row->fields[__builtin_ctz(to_i64)].value;
+        *v = bv_i64((int64_t)v->u.f);
+    }
+    return true;
+}
+
+/* The reference's field checks of item `it`'s row against `ev`, in order (the first
+ * failure answers). On success, *unique says whether the row's field names are all
+ * distinct, and a row of distinct schema fields becomes the shape memo. */
+static bool validate_full(push_batch_state *st, const ev_desc *ev, bv_row *row, push_result *res, bool *unique) {
+    /* one pass over the row: each field's schema position (unknown fields fail here,
+     * first in row order), and each schema field's first occurrence in the row */
+    const bv_schema *sc = &ev->schema;
+    int32_t pos_stack[VALIDATE_STACK_FIELDS], fidx_stack[VALIDATE_STACK_FIELDS];
+    int32_t *pos = sc->n <= VALIDATE_STACK_FIELDS ? pos_stack : arena_alloc(&st->ar, sc->n * sizeof *pos);
+    int32_t *fidx = row->n <= VALIDATE_STACK_FIELDS ? fidx_stack : arena_alloc(&st->ar, row->n * sizeof *fidx);
+    for (size_t j = 0; j < sc->n; j++) pos[j] = -1;
+    if (st->order_ev != ev) {
+        st->order_ev = ev;
+        for (size_t i = 0; i < VALIDATE_ORDER_FIELDS; i++) st->order[i] = -1;
+    }
+    bool distinct = true;         /* every field a schema field, none twice */
+    for (size_t i = 0; i < row->n; i++) {
+        const bv_field *f = &row->fields[i];
+        long j = schema_index(st, ev, i, f->name, f->name_len);
+        fidx[i] = (int32_t)j;
+        if (j < 0) {
+            distinct = false;
+            if (name_in(sc->optional, sc->nopt, f->name, f->name_len)) continue;
+            bool et = (f->name_len == 10 && memcmp(f->name, "event_time", 10) == 0) ||
+                      (f->name_len == 13 && memcmp(f->name, "event_time_ms", 13) == 0);
+            push_fail(res, 400, et ? "unknown_field_event_time_v0" : "unknown_field_v0",
+                      "field '%.*s' is not declared by event '%s'", (int)(f->name_len > 64 ? 64 : f->name_len),
+                      f->name, ev->name);
+            return false;
+        }
+        if (pos[j] < 0) pos[j] = (int32_t)i;
+        else distinct = false;
+    }
+    /* required fields present and non-null, types, in schema order */
+    for (size_t j = 0; j < sc->n; j++) {
+        const char *fname = sc->names[j];
+        if (sc->nopt && bv_schema_is_optional(sc, fname)) continue;
+        const bv_value *fv = pos[j] >= 0 ? &row->fields[pos[j]].value : NULL;
+        if (!fv || fv->kind == BV_NULL) {
+            push_fail(res, 400, "invalid_event", "required field '%.64s' of event '%s' is missing or null", fname,
+                      ev->name);
+            return false;
+        }
+        if (!type_compatible(sc->types[j], fv)) {
+            push_fail(res, 400, "invalid_event", "field '%.64s' of event '%s' must be %s, got %s", fname, ev->name,
+                      bv_wtype_name(sc->types[j]), value_kind_name(fv));
+            return false;
+        }
+    }
+    /* i64 fields keep their type: 3.0 is stored as 3; a fraction (in a required or an
+     * optional i64 field) is refused (README "Wire protocol") */
+    for (size_t i = 0; i < row->n; i++) {
+        bv_field *f = &row->fields[i];
+        if (f->value.kind != BV_F64 || fidx[i] < 0 || sc->types[fidx[i]] != WT_I64) continue;
+        if (!integral_f64(f->value.u.f)) {
+            push_fail(res, 400, "invalid_event", "field '%.*s' of event '%s' must be i64 (an integer), got %.17g",
+                      (int)(f->name_len > 64 ? 64 : f->name_len), f->name, ev->name, f->value.u.f);
+            return false;
+        }
+        f->value = bv_i64((int64_t)f->value.u.f);
+    }
+    if (distinct && row->n <= VALIDATE_ORDER_FIELDS) {
+        st->shape_ev = ev;
+        st->shape_n = row->n;
+        for (size_t i = 0; i < row->n; i++) {
+            shape_field *m = &st->shape[i];
+            m->g = fidx[i];
+            m->len = (uint32_t)row->fields[i].name_len;
+            m->opt = sc->nopt && bv_schema_is_optional(sc, sc->names[fidx[i]]);
+        }
+    }
+    *unique = distinct;
+    return true;
+}
+
+/* Validate item `it` against st->reg. Returns its event or NULL (res says why). On
+ * success st->kpos holds the row's group-key positions (build_parts reads them). */
 static const ev_desc *validate(engine *e, push_batch_state *st, const engine_push_item *it, push_result *res) {
+    st->kpos_row = NULL;
     if (!it->event) {
         push_fail(res, 400, "unsupported", "not a push envelope");
         return NULL;
@@ -317,87 +456,42 @@ static const ev_desc *validate(engine *e, push_batch_state *st, const engine_pus
                   "a control character appears in the event name, a field name or a string value");
         return NULL;
     }
-    const ev_desc *ev = find_event_cached(e, st, it->event, it->event_len);
+    const ev_desc *ev = st->last_ev;              /* find_event_cached's hit, inline */
+    if (!ev || st->last_ev_len != it->event_len || !feature_name_eq(ev->name, it->event, it->event_len))
+        ev = find_event_cached(e, st, it->event, it->event_len);
     if (!ev) {
         push_fail(res, 404, "event_not_found", "event '%.*s' is not registered",
                   (int)(it->event_len > 128 ? 128 : it->event_len), it->event);
         return NULL;
     }
-    /* one pass over the row: each field's schema position (unknown fields fail here,
-     * first in row order), and each schema field's first occurrence in the row */
     bv_row *row = it->row;
-    const bv_schema *sc = &ev->schema;
-    int32_t pos_stack[VALIDATE_STACK_FIELDS], fidx_stack[VALIDATE_STACK_FIELDS];
-    int32_t *pos = sc->n <= VALIDATE_STACK_FIELDS ? pos_stack : arena_alloc(&st->ar, sc->n * sizeof *pos);
-    int32_t *fidx = row->n <= VALIDATE_STACK_FIELDS ? fidx_stack : arena_alloc(&st->ar, row->n * sizeof *fidx);
-    for (size_t j = 0; j < sc->n; j++) pos[j] = -1;
-    if (st->order_ev != ev) {
-        st->order_ev = ev;
-        for (size_t i = 0; i < VALIDATE_ORDER_FIELDS; i++) st->order[i] = -1;
-    }
-    for (size_t i = 0; i < row->n; i++) {
-        const bv_field *f = &row->fields[i];
-        long j = schema_index(st, ev, i, f->name, f->name_len);
-        fidx[i] = (int32_t)j;
-        if (j < 0) {
-            if (name_in(sc->optional, sc->nopt, f->name, f->name_len)) continue;
-            bool et = (f->name_len == 10 && memcmp(f->name, "event_time", 10) == 0) ||
-                      (f->name_len == 13 && memcmp(f->name, "event_time_ms", 13) == 0);
-            push_fail(res, 400, et ? "unknown_field_event_time_v0" : "unknown_field_v0",
-                      "field '%.*s' is not declared by event '%s'", (int)(f->name_len > 64 ? 64 : f->name_len),
-                      f->name, ev->name);
-            return NULL;
-        }
-        if (pos[j] < 0) pos[j] = (int32_t)i;
-    }
-    /* required fields present and non-null, types, in schema order */
-    for (size_t j = 0; j < sc->n; j++) {
-        const char *fname = sc->names[j];
-        if (sc->nopt && bv_schema_is_optional(sc, fname)) continue;
-        const bv_value *fv = pos[j] >= 0 ? &row->fields[pos[j]].value : NULL;
-        if (!fv || fv->kind == BV_NULL) {
-            push_fail(res, 400, "invalid_event", "required field '%.64s' of event '%s' is missing or null", fname,
-                      ev->name);
-            return NULL;
-        }
-        if (!type_compatible(sc->types[j], fv)) {
-            push_fail(res, 400, "invalid_event", "field '%.64s' of event '%s' must be %s, got %s", fname, ev->name,
-                      bv_wtype_name(sc->types[j]), value_kind_name(fv));
-            return NULL;
-        }
-    }
-    /* i64 fields keep their type: 3.0 is stored as 3; a fraction (in a required or an
-     * optional i64 field) is refused (README "Wire protocol") */
-    for (size_t i = 0; i < row->n; i++) {
-        bv_field *f = &row->fields[i];
-        if (f->value.kind != BV_F64 || fidx[i] < 0 || sc->types[fidx[i]] != WT_I64) continue;
-        if (!integral_f64(f->value.u.f)) {
-            push_fail(res, 400, "invalid_event", "field '%.*s' of event '%s' must be i64 (an integer), got %.17g",
-                      (int)(f->name_len > 64 ? 64 : f->name_len), f->name, ev->name, f->value.u.f);
-            return NULL;
-        }
-        f->value = bv_i64((int64_t)f->value.u.f);
-    }
+    bool unique = true;
+    if (!validate_fast(st, ev, row) && !validate_full(st, ev, row, res, &unique)) return NULL;
     /* cap on entity keys read straight from the pushed row */
     agg_table *const *tables;
     size_t nt = event_tables(e, st, ev, &tables);
+    size_t s = 0;
     for (size_t t = 0; t < nt; t++)
-        for (size_t k = 0; k < tables[t]->nkeys; k++) {
-            const bv_value *kv = key_field(row, tables[t]->keys[k]);
+        for (size_t k = 0; k < tables[t]->nkeys; k++, s++) {
+            int32_t p = key_pos(row, tables[t]->keys[k], s < VALIDATE_KEY_SLOTS ? st->khint[s] : -1, unique);
+            if (s < VALIDATE_KEY_SLOTS) st->kpos[s] = st->khint[s] = p;
+            const bv_value *kv = p >= 0 ? &row->fields[p].value : NULL;
             if (kv && kv->kind == BV_STR && kv->u.s.len > STORE_MAX_KEY) {
                 push_fail(res, 400, "invalid_event", "key field '%.64s' is %zu bytes long (max %d)",
                           tables[t]->keys[k], kv->u.s.len, STORE_MAX_KEY);
                 return NULL;
             }
         }
+    st->kpos_row = row;
     return ev;
 }
 
-/* Build the entity key of `t` from row r into buf. Returns length or -1 (skip). */
-static int build_key(const agg_table *t, const bv_row *r, char *buf, size_t cap) {
+/* Build the entity key of `t` from row r into buf. `kpos`: the row positions of t's keys
+ * (validate's), or NULL to look them up by name. Returns length or -1 (skip). */
+static int build_key(const agg_table *t, const bv_row *r, const int32_t *kpos, char *buf, size_t cap) {
     size_t len = 0;
     for (size_t i = 0; i < t->nkeys; i++) {
-        const bv_value *v = key_field(r, t->keys[i]);
+        const bv_value *v = kpos ? (kpos[i] >= 0 ? &r->fields[kpos[i]].value : NULL) : key_field(r, t->keys[i]);
         if (!v) return -1;
         if (i > 0) {
             if (len + 1 >= cap) return -1;
@@ -416,8 +510,11 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
     size_t nt = event_tables(e, st, is->ev, &tables);
     is->first_part = st->nparts;
     char key[STORE_MAX_KEY + 64];
+    size_t slot = 0;              /* validate's st->kpos slot of t's first key */
     for (size_t ti = 0; ti < nt; ti++) {
         agg_table *t = tables[ti];
+        const int32_t *kpos = st->kpos_row == row && slot + t->nkeys <= VALIDATE_KEY_SLOTS ? st->kpos + slot : NULL;
+        slot += t->nkeys;
         push_part *pp = part_new(st);
         pp->row = row;
         const bv_row *in = row;
@@ -432,7 +529,7 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
             pp->has_chain = true;
             in = &pp->chained;
         }
-        int klen = build_key(t, in, key, sizeof key);
+        int klen = build_key(t, in, in == row ? kpos : NULL, key, sizeof key);
         if (klen < 0 || (size_t)klen > STORE_MAX_KEY) {     /* missing/null key: skipped by design */
             if (klen > 0) {
                 atomic_fetch_add_explicit(&e->keys_too_long, 1, memory_order_relaxed);

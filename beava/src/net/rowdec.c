@@ -259,22 +259,10 @@ static inline uint64_t json_special(uint64_t w) {
     return mp_special(w) | has_zero(w ^ (RD_ONES * '"')) | has_zero(w ^ (RD_ONES * '\\'));
 }
 
-/* Validate a msgpack string body: UTF-8, control characters into c->cc, and for keys no
- * NUL. Returns 0 or the error code. */
-static int utf8_check(rd_ctx *c, const unsigned char *s, size_t n, bool key, const char *what) {
+/* utf8_check past its printable-ASCII fast path: the byte-by-byte look. */
+static int __attribute__((noinline)) utf8_check_slow(rd_ctx *c, const unsigned char *s, size_t n, bool key,
+                                                     const char *what) {
     const unsigned char *p = s, *end = s + n;
-    /* the common case first: printable ASCII only (ids, names), checked a word at a time,
-     * the tail as the last 8 bytes (overlapping) or, under 8 bytes, packed into one word
-     * padded with a byte that needs no look */
-    if (n >= 8) {
-        size_t i = 0;
-        while (i + 8 <= n && !mp_special(load64(s + i))) i += 8;
-        if (i + 8 > n && !mp_special(load64(s + n - 8))) return 0;
-    } else {
-        uint64_t w = RD_ONES * 'a';
-        for (size_t i = 0; i < n; i++) w = (w & ~(0xffull << (8 * i))) | (uint64_t)s[i] << (8 * i);
-        if (!mp_special(w)) return 0;
-    }
     for (;;) {
         while (end - p >= 8) {
             uint64_t m = mp_special(load64(p));
@@ -298,6 +286,29 @@ static int utf8_check(rd_ctx *c, const unsigned char *s, size_t n, bool key, con
         if (!l) return fail(c, ROWDEC_EUTF8, p, "invalid UTF-8 in %s (string byte %zu)", what, (size_t)(p - s));
         p += l;
     }
+}
+
+/* Validate a msgpack string body: UTF-8, control characters into c->cc, and for keys no
+ * NUL. Returns 0 or the error code. The common case first, inline: printable ASCII only
+ * (ids, names), checked a word at a time, the tail as the last 8 bytes (overlapping);
+ * 4..7 bytes as two overlapping 4-byte loads in one word; under 4, packed into one word
+ * padded with a byte that needs no look. */
+static inline int utf8_check(rd_ctx *c, const unsigned char *s, size_t n, bool key, const char *what) {
+    if (n >= 8) {
+        size_t i = 0;
+        while (i + 8 <= n && !mp_special(load64(s + i))) i += 8;
+        if (i + 8 > n && !mp_special(load64(s + n - 8))) return 0;
+    } else if (n >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, s, 4);
+        memcpy(&hi, s + n - 4, 4);
+        if (!mp_special((uint64_t)lo | (uint64_t)hi << 32)) return 0;
+    } else {
+        uint64_t w = RD_ONES * 'a';
+        for (size_t i = 0; i < n; i++) w = (w & ~(0xffull << (8 * i))) | (uint64_t)s[i] << (8 * i);
+        if (!mp_special(w)) return 0;
+    }
+    return utf8_check_slow(c, s, n, key, what);
 }
 
 /* ---- rows ------------------------------------------------------------------------------ */
