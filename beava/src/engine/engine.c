@@ -128,7 +128,7 @@ engine *engine_new(const engine_options *opts) {
     if (h) h->reg = registry_new(&ro);
     atomic_store(&e->cur, h);
     atomic_store(&e->versions_retained, 1);
-    static const shard_prefetch prefetch = { push_part_prefetch, push_part_prefetch_entity };
+    static const shard_prefetch prefetch = { push_part_prefetch, push_part_prefetch_entity, push_part_prefetch_states };
     e->pool = shard_pool_new(e->nshards, opts->queue_capacity ? opts->queue_capacity : 4096, &prefetch);
     e->hooks.ctx = e;
     e->hooks.table_added = hook_table_added;

@@ -257,6 +257,7 @@ void push_resubmit(engine *e, struct push_batch_state *list);
 /* Memory hints for a queued part (shard.h's prefetch hooks). */
 void push_part_prefetch(void *arg);
 void push_part_prefetch_entity(void *arg);
+void push_part_prefetch_states(void *arg);
 /* Apply the event records replay has gathered (before anything else touches state). */
 void push_replay_flush(engine *e);
 /* Recovery is over: flush, free its scratch. */

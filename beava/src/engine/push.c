@@ -597,31 +597,51 @@ static void apply_part(shard_ctx *ctx, void *arg) {
     if (pp->cold_after_ms > 0) en->last_seen_ms = pp->now;
 }
 
-#define PREFETCH_AHEAD SHARD_PREFETCH_STRIDE
-
+/* Stage 1 of an apply loop's hints: the entity's index slot. */
 void push_part_prefetch(void *arg) {
     push_part *pp = arg;
     store_prefetch_slot(&((entity_store *)pp->stores)[pp->shard], pp->hash);
 }
 
-/* One stride ahead: the whole entity, then (reading its row, whose lines then arrive
- * together) what each feature's update will probe, so those misses are over by the time
- * the part is applied. Reads only; a row a reader widened past the part keeps its newer
- * slots out of this (nfeat). */
+/* Stage 2: the entity in the part's home slot (arrived by now). */
 void push_part_prefetch_entity(void *arg) {
-    push_part *pp = arg;
-    const entity_store *s = &((entity_store *)pp->stores)[pp->shard];
-    entity *en = store_home_entity(s, pp->hash);
-    if (!en) return;
-    store_prefetch_entity(en, pp->klen, pp->row_size);
-    const bv_row *in = pp->has_chain ? &pp->chained : pp->row;
-    const char *row = entity_row(en);
-    size_t n = pp->nfeatures < en->nfeat ? pp->nfeatures : en->nfeat;
-    feature_prefetch_row(pp->features, pp->offsets, n, row, in, pp->now);
+    const push_part *pp = arg;
+    const entity_store *s = &((const entity_store *)pp->stores)[pp->shard];
+    const entity *en = store_home_entity(s, pp->hash);
+    if (en) store_prefetch_entity(en, pp->klen, pp->row_size);
 }
 
-/* Apply the batch's inline parts in order, prefetching the index slots two strides ahead
- * and the entities one stride ahead. */
+/* Stage 3: what each feature update will probe, read from the entity (arrived by now).
+ * Reads only; a row a reader widened past the part keeps its newer slots out (nfeat). */
+void push_part_prefetch_states(void *arg) {
+    const push_part *pp = arg;
+    size_t hinted = 0;            /* most tables have no feature to hint: skip the lookup */
+    while (hinted < pp->nfeatures && !pp->features[hinted].hinted) hinted++;
+    if (hinted == pp->nfeatures) return;
+    const entity_store *s = &((const entity_store *)pp->stores)[pp->shard];
+    const entity *en = store_home_entity(s, pp->hash);
+    if (!en) return;
+    const bv_row *in = pp->has_chain ? &pp->chained : pp->row;
+    size_t n = pp->nfeatures < en->nfeat ? pp->nfeatures : en->nfeat;
+    feature_prefetch_row(pp->features + hinted, pp->offsets + hinted, n > hinted ? n - hinted : 0,
+                         entity_row_const(en), in, pp->now);
+}
+
+/* Apply parts run[0..n) in order (their shards' state locks held), with the three stages
+ * of hints ahead of them (shard.h's distances). */
+static void apply_run(engine *e, push_part *const *run, size_t n) {
+    for (size_t i = 0; i < n && i < SHARD_AHEAD_SLOT; i++) push_part_prefetch(run[i]);
+    for (size_t i = 0; i < n && i < SHARD_AHEAD_ENTITY; i++) push_part_prefetch_entity(run[i]);
+    for (size_t i = 0; i < n && i < SHARD_AHEAD_STATES; i++) push_part_prefetch_states(run[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (i + SHARD_AHEAD_SLOT < n) push_part_prefetch(run[i + SHARD_AHEAD_SLOT]);
+        if (i + SHARD_AHEAD_ENTITY < n) push_part_prefetch_entity(run[i + SHARD_AHEAD_ENTITY]);
+        if (i + SHARD_AHEAD_STATES < n) push_part_prefetch_states(run[i + SHARD_AHEAD_STATES]);
+        apply_part(shard_inline_ctx(e->pool, run[i]->shard), run[i]);
+    }
+}
+
+/* Apply the batch's inline parts in order. */
 static void apply_inline(engine *e, push_batch_state *st) {
     size_t n = 0;
     push_part **run = arena_alloc(&st->ar, (st->nparts ? st->nparts : 1) * sizeof *run);
@@ -631,12 +651,7 @@ static void apply_inline(engine *e, push_batch_state *st) {
         for (size_t k = 0; k < is->nparts; k++)
             if (st->parts[is->first_part + k].inline_apply) run[n++] = &st->parts[is->first_part + k];
     }
-    for (size_t i = 0; i < n && i < 2 * PREFETCH_AHEAD; i++) push_part_prefetch(run[i]);
-    for (size_t i = 0; i < n; i++) {
-        if (i + 2 * PREFETCH_AHEAD < n) push_part_prefetch(run[i + 2 * PREFETCH_AHEAD]);
-        if (i + PREFETCH_AHEAD < n) push_part_prefetch_entity(run[i + PREFETCH_AHEAD]);
-        apply_part(shard_inline_ctx(e->pool, run[i]->shard), run[i]);
-    }
+    apply_run(e, run, n);
 }
 
 static void batch_release(push_batch_state *st) {
@@ -1115,10 +1130,6 @@ void push_durability_stop(engine *e) {
 #define REPLAY_CHUNKS (REPLAY_BATCH_MAX / REPLAY_CHUNK)
 #define REPLAY_GROUPS 6           /* groups filling, queued, prepared or being applied */
 #define REPLAY_REASON_MAX 320     /* a replay error's text */
-/* Prefetch distances of the apply loop, in a task's own parts. */
-#define REPLAY_AHEAD_SLOT 24      /* the entity's index slot */
-#define REPLAY_AHEAD_ENTITY 12    /* the entity the slot names */
-#define REPLAY_AHEAD_STATES 4     /* what its feature updates probe */
 
 /* One chunk's preparation. */
 typedef struct replay_prep {
@@ -1326,28 +1337,6 @@ static int replay_prepare(engine *e, replay_group *g, replay_prep *p, size_t k, 
     return 0;
 }
 
-/* Stage 2 of the apply loop: the entity in the part's home slot (arrived by now). */
-static void replay_prefetch_entity(const push_part *pp) {
-    const entity_store *s = &((const entity_store *)pp->stores)[pp->shard];
-    const entity *en = store_home_entity(s, pp->hash);
-    if (en) store_prefetch_entity(en, pp->klen, pp->row_size);
-}
-
-/* Stage 3: what each feature update will probe, read from the entity (arrived by now).
- * Reads only; a row a reader widened past the part keeps its newer slots out (nfeat). */
-static void replay_prefetch_states(const push_part *pp) {
-    size_t hinted = 0;            /* most tables have no feature to hint: skip the lookup */
-    while (hinted < pp->nfeatures && !pp->features[hinted].hinted) hinted++;
-    if (hinted == pp->nfeatures) return;
-    const entity_store *s = &((const entity_store *)pp->stores)[pp->shard];
-    const entity *en = store_home_entity(s, pp->hash);
-    if (!en) return;
-    const bv_row *in = pp->has_chain ? &pp->chained : pp->row;
-    const char *row = entity_row_const(en);
-    size_t n = pp->nfeatures < en->nfeat ? pp->nfeatures : en->nfeat;
-    for (size_t i = 0; i < n; i++) feature_prefetch(&pp->features[i], row + pp->offsets[i], in, pp->now);
-}
-
 /* APPLY(g, set): the parts of g for the shards s with s % sets == set, in record order,
  * holding those shards' state locks. */
 static void replay_apply_set(engine *e, replay_group *g, replay_worker *wk, unsigned set, unsigned sets) {
@@ -1374,15 +1363,7 @@ static void replay_apply_set(engine *e, replay_group *g, replay_worker *wk, unsi
     }
     if (n == 0) return;
     for (unsigned s = set; s < e->nshards; s += sets) shard_lock(e->pool, s);
-    for (size_t i = 0; i < n && i < REPLAY_AHEAD_SLOT; i++) push_part_prefetch(own[i]);
-    for (size_t i = 0; i < n && i < REPLAY_AHEAD_ENTITY; i++) replay_prefetch_entity(own[i]);
-    for (size_t i = 0; i < n && i < REPLAY_AHEAD_STATES; i++) replay_prefetch_states(own[i]);
-    for (size_t i = 0; i < n; i++) {
-        if (i + REPLAY_AHEAD_SLOT < n) push_part_prefetch(own[i + REPLAY_AHEAD_SLOT]);
-        if (i + REPLAY_AHEAD_ENTITY < n) replay_prefetch_entity(own[i + REPLAY_AHEAD_ENTITY]);
-        if (i + REPLAY_AHEAD_STATES < n) replay_prefetch_states(own[i + REPLAY_AHEAD_STATES]);
-        apply_part(shard_inline_ctx(e->pool, own[i]->shard), own[i]);
-    }
+    apply_run(e, own, n);
     for (unsigned s = set; s < e->nshards; s += sets) shard_unlock(e->pool, s);
 }
 

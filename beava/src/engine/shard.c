@@ -179,12 +179,18 @@ bool shard_try_inline(shard_pool *p, unsigned i) {
 
 /* Run tasks (state lock held), with the prefetch hints, then nothing else. */
 static void run_tasks(shard *s, shard_task *run, size_t n) {
-    if (s->prefetch.early)
-        for (size_t i = 0; i < n && i < 2 * SHARD_PREFETCH_STRIDE; i++) s->prefetch.early(run[i].arg);
+    const shard_prefetch *pf = &s->prefetch;
+    if (!pf->slot) {
+        for (size_t i = 0; i < n; i++) run[i].apply(&s->ctx, run[i].arg);
+        return;
+    }
+    for (size_t i = 0; i < n && i < SHARD_AHEAD_SLOT; i++) pf->slot(run[i].arg);
+    for (size_t i = 0; i < n && i < SHARD_AHEAD_ENTITY; i++) pf->entity(run[i].arg);
+    for (size_t i = 0; i < n && i < SHARD_AHEAD_STATES; i++) pf->states(run[i].arg);
     for (size_t i = 0; i < n; i++) {
-        if (s->prefetch.early && i + 2 * SHARD_PREFETCH_STRIDE < n)
-            s->prefetch.early(run[i + 2 * SHARD_PREFETCH_STRIDE].arg);
-        if (s->prefetch.late && i + SHARD_PREFETCH_STRIDE < n) s->prefetch.late(run[i + SHARD_PREFETCH_STRIDE].arg);
+        if (i + SHARD_AHEAD_SLOT < n) pf->slot(run[i + SHARD_AHEAD_SLOT].arg);
+        if (i + SHARD_AHEAD_ENTITY < n) pf->entity(run[i + SHARD_AHEAD_ENTITY].arg);
+        if (i + SHARD_AHEAD_STATES < n) pf->states(run[i + SHARD_AHEAD_STATES].arg);
         run[i].apply(&s->ctx, run[i].arg);
     }
 }

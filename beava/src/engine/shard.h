@@ -60,14 +60,20 @@ typedef struct shard_ctx {
 
 typedef void (*shard_fn)(shard_ctx *ctx, void *arg);
 
-/* Optional memory hints run a few tasks ahead of the one being applied (the engine
- * prefetches the entity index slot, then the entity, of a queued part). */
+/* Optional memory hints run a few tasks ahead of the one being applied, in three stages,
+ * each reading only what the stage before it loaded (the engine prefetches a queued
+ * part's entity index slot, then the entity that slot names, then what its feature
+ * updates will probe, read from that entity). */
 typedef struct shard_prefetch {
-    void (*early)(void *arg);    /* two strides ahead */
-    void (*late)(void *arg);     /* one stride ahead */
+    void (*slot)(void *arg);     /* SHARD_AHEAD_SLOT tasks ahead */
+    void (*entity)(void *arg);   /* SHARD_AHEAD_ENTITY tasks ahead */
+    void (*states)(void *arg);   /* SHARD_AHEAD_STATES tasks ahead */
 } shard_prefetch;
 
-#define SHARD_PREFETCH_STRIDE 4
+/* Prefetch distances, in tasks (the engine's replay loop uses them too). */
+#define SHARD_AHEAD_SLOT 24
+#define SHARD_AHEAD_ENTITY 12
+#define SHARD_AHEAD_STATES 4
 
 typedef struct shard_pool shard_pool;
 
