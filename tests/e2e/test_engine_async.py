@@ -798,6 +798,18 @@ class ManyConnections(unittest.TestCase):
             self.assertEqual(tcp_open_connections(b), 0)
 
 
+def pipelined_both_ways(c, event, cases):
+    """Send every (body, expected) case as one pipelined run of push frames, first as JSON,
+    then as msgpack; yield (op, reply body, body, expected) for each answer, in order."""
+    for ct in (1, 2):
+        payloads = [mp_pack({"event": event, "body": d}) if ct == 2 else
+                    json.dumps({"event": event, "body": d}).encode() for d, _ in cases]
+        c.send(b"".join(frame(0x0010, ct, p) for p in payloads))
+        for d, err in cases:
+            op, _, body = c.recv_frame()
+            yield op, body, d, err
+
+
 class Validation(unittest.TestCase):
     def test_pipelined_rows_in_any_field_order_validate_alike(self):
         """One pass over each row, schema positions guessed from the row before: rows of
@@ -827,16 +839,11 @@ class Validation(unittest.TestCase):
         with Beava(test_mode=True, args=["--shards", "2"]) as b:
             self.assertEqual(b.register(pipe)[0], 200)
             c = Conn(tcp_addr(b))
-            for ct in (1, 2):
-                payloads = [mp_pack({"event": "Ev", "body": d}) if ct == 2 else
-                            json.dumps({"event": "Ev", "body": d}).encode() for d, _ in cases]
-                c.send(b"".join(frame(0x0010, ct, p) for p in payloads))
-                for d, err in cases:
-                    op, _, body = c.recv_frame()
-                    if err is None:
-                        self.assertEqual(op, 0x0010, (d, body))
-                    else:
-                        self.assertEqual(body["error"]["code"], err, (d, body))
+            for op, body, d, err in pipelined_both_ways(c, "Ev", cases):
+                if err is None:
+                    self.assertEqual(op, 0x0010, (d, body))
+                else:
+                    self.assertEqual(body["error"]["code"], err, (d, body))
             op, _, row = c.call(0x0020, {"table": "PerEvUser", "key": "a"})
             self.assertEqual(row["ev_n"], 2 * (1 + 2 + 3 + 4 + 5))
             self.assertEqual(row["ev_x"], 2 * (0.5 + 0.5 + 1 + 2.0 + 0.5))
@@ -880,16 +887,11 @@ class Validation(unittest.TestCase):
         with Beava(test_mode=True, args=["--shards", "2"]) as b:
             self.assertEqual(b.register(pipe)[0], 200)
             c = Conn(tcp_addr(b))
-            for ct in (1, 2):
-                payloads = [mp_pack({"event": "Ev", "body": d}) if ct == 2 else
-                            json.dumps({"event": "Ev", "body": d}).encode() for d, _ in cases]
-                c.send(b"".join(frame(0x0010, ct, p) for p in payloads))
-                for d, err in cases:
-                    op, _, body = c.recv_frame()
-                    if err is None:
-                        self.assertEqual(op, 0x0010, (d, body))
-                    else:
-                        self.assertEqual((op, body["error"]["reason"]), (0xFFFF, err), d)
+            for op, body, d, err in pipelined_both_ways(c, "Ev", cases):
+                if err is None:
+                    self.assertEqual(op, 0x0010, (d, body))
+                else:
+                    self.assertEqual((op, body["error"]["reason"]), (0xFFFF, err), d)
             sums = {"a": 1 + 2 + 3 + 4 + 5 + 9, "b": 6 + 7 + 8}
             for user, want in sums.items():
                 self.assertEqual(c.call(0x0020, {"table": "ByUser", "key": user})[2]["n_sum"], 2 * want, user)
