@@ -223,6 +223,22 @@ class Beava:
         return self.call("POST", "/get", body)
 
 
+def small_tmpfs_data_dir(test, prefix, why=""):
+    """Mount an 8 MiB tmpfs (a disk that fills up for real; needs root) for the test, cleaned
+    up after it, and return an empty data dir on it. Skips the test when it cannot mount;
+    `why` says what covers the case instead. Returns (mount point, data dir)."""
+    import shutil
+    mnt = tempfile.mkdtemp(prefix=prefix)
+    test.addCleanup(shutil.rmtree, mnt, True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], capture_output=True, text=True)
+    if r.returncode != 0:
+        test.skipTest("cannot mount a tmpfs here (%s)%s" % (r.stderr.strip(), why))
+    test.addCleanup(subprocess.run, ["umount", "-l", mnt])
+    d = os.path.join(mnt, "data")
+    os.mkdir(d)
+    return mnt, d
+
+
 def fill_disk(mnt):
     """Write zeros to <mnt>/filler until the file system refuses (ENOSPC); returns the
     filler's path (unlink it to give the space back)."""

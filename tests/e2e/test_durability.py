@@ -21,7 +21,7 @@ import threading
 import time
 import unittest
 
-from harness import BEAVA_BIN, Beava, fill_disk, main
+from harness import BEAVA_BIN, Beava, fill_disk, main, small_tmpfs_data_dir
 
 CYCLES = int(os.environ.get("BEAVA_CRASH_CYCLES", "30"))
 
@@ -264,15 +264,7 @@ class FullDisk(unittest.TestCase):
     """A real full disk: the data dir on a small tmpfs (needs root to mount)."""
 
     def test_enospc_answers_503_and_recovers(self):
-        mnt = tempfile.mkdtemp(prefix="beava-full-")
-        self.addCleanup(shutil.rmtree, mnt, True)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], capture_output=True, text=True)
-        if r.returncode != 0:
-            self.skipTest("cannot mount a tmpfs here (%s); the WAL unit tests cover ENOSPC with an I/O hook"
-                          % r.stderr.strip())
-        self.addCleanup(subprocess.run, ["umount", "-l", mnt])
-        d = os.path.join(mnt, "data")
-        os.mkdir(d)
+        mnt, d = small_tmpfs_data_dir(self, "beava-full-", "; the WAL unit tests cover ENOSPC with an I/O hook")
         b = server(d, "sync").start()
         self.assertEqual(b.register(PIPE)[0], 200)
         for i in range(20):
@@ -319,15 +311,7 @@ class FullDiskBatch(unittest.TestCase):
         raise AssertionError("no metric " + name)
 
     def test_enospc_in_batch_mode_keeps_acknowledged_events(self):
-        mnt = tempfile.mkdtemp(prefix="beava-fullb-")
-        self.addCleanup(shutil.rmtree, mnt, True)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], capture_output=True, text=True)
-        if r.returncode != 0:
-            self.skipTest("cannot mount a tmpfs here (%s); the WAL unit tests cover ENOSPC with an I/O hook"
-                          % r.stderr.strip())
-        self.addCleanup(subprocess.run, ["umount", "-l", mnt])
-        d = os.path.join(mnt, "data")
-        os.mkdir(d)
+        mnt, d = small_tmpfs_data_dir(self, "beava-fullb-", "; the WAL unit tests cover ENOSPC with an I/O hook")
         b = server(d, "batch").start()
         self.assertEqual(b.register(PIPE)[0], 200)
         acked = 0

@@ -30,7 +30,7 @@ import tempfile
 import time
 import unittest
 
-from harness import Beava, fill_disk, main
+from harness import Beava, fill_disk, main, small_tmpfs_data_dir
 from test_tcp import PIPE, Conn, frame, mp_pack
 
 
@@ -606,16 +606,7 @@ class RegisterNotDurable(unittest.TestCase):
     disk, and pushes go on against the unchanged registry."""
 
     def test_register_whose_record_fails_changes_nothing(self):
-        import shutil
-        import subprocess
-        mnt = tempfile.mkdtemp(prefix="beava-regfull-")
-        self.addCleanup(shutil.rmtree, mnt, True)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], capture_output=True, text=True)
-        if r.returncode != 0:
-            self.skipTest("cannot mount a tmpfs here (%s)" % r.stderr.strip())
-        self.addCleanup(subprocess.run, ["umount", "-l", mnt])
-        d = os.path.join(mnt, "data")
-        os.mkdir(d)
+        mnt, d = small_tmpfs_data_dir(self, "beava-regfull-")
         env = {"BEAVA_WAL_DIR": os.path.join(d, "wal"), "BEAVA_SNAPSHOT_DIR": os.path.join(d, "snapshots"),
                "BEAVA_SNAPSHOT_INTERVAL_S": "3600"}
         args = ["--durability", "sync", "--shards", "2"]
@@ -1046,17 +1037,8 @@ class SyncGroupCommit(unittest.TestCase):
                 b2.stop()
 
     def test_voided_sync_pushes_are_refused_and_not_applied(self):
-        import shutil
-        import subprocess
         import threading
-        mnt = tempfile.mkdtemp(prefix="beava-syncfull-")
-        self.addCleanup(shutil.rmtree, mnt, True)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], capture_output=True, text=True)
-        if r.returncode != 0:
-            self.skipTest("cannot mount a tmpfs here (%s)" % r.stderr.strip())
-        self.addCleanup(subprocess.run, ["umount", "-l", mnt])
-        d = os.path.join(mnt, "data")
-        os.mkdir(d)
+        mnt, d = small_tmpfs_data_dir(self, "beava-syncfull-")
         b = self.start(d)
         try:
             self.assertEqual(b.register(ORDER_PIPE)[0], 200)
