@@ -312,17 +312,6 @@ static long schema_index(push_batch_state *st, const ev_desc *ev, size_t i, cons
     return j;
 }
 
-/* bv_row_get for a group key: names are short, so compared inline (feature_name_eq), not
- * by a libc call per field of the same length. */
-static const bv_value *key_field(const bv_row *r, const char *name) {
-    size_t len = strlen(name);
-    for (size_t i = 0; i < r->n; i++) {
-        const bv_field *f = &r->fields[i];
-        if (f->name_len == len && feature_name_eq(f->name, name, len)) return &f->value;
-    }
-    return NULL;
-}
-
 /* The row position of key field `name` (its first occurrence), or -1. `guess` is tried
  * first; it is taken only when the row's names are all distinct (`unique`), where a
  * field named `name` at the guessed position is the only one. */
@@ -491,7 +480,7 @@ static const ev_desc *validate(engine *e, push_batch_state *st, const engine_pus
 static int build_key(const agg_table *t, const bv_row *r, const int32_t *kpos, char *buf, size_t cap) {
     size_t len = 0;
     for (size_t i = 0; i < t->nkeys; i++) {
-        const bv_value *v = kpos ? (kpos[i] >= 0 ? &r->fields[kpos[i]].value : NULL) : key_field(r, t->keys[i]);
+        const bv_value *v = kpos ? (kpos[i] >= 0 ? &r->fields[kpos[i]].value : NULL) : feature_row_field(r, t->keys[i], strlen(t->keys[i]), -1);
         if (!v) return -1;
         if (i > 0) {
             if (len + 1 >= cap) return -1;
