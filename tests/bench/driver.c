@@ -46,7 +46,8 @@ typedef struct conn {
     wire_conn wc;
     slot *ring;
     unsigned head, count;
-    bool dead, out_armed;
+    bool dead;
+    bool blocked;           /* the last send hit EAGAIN: wait for EPOLLOUT before sending */
     uint64_t rx_ns;         /* open loop: kernel receive time (CLOCK_REALTIME) of the last
                              * reply bytes read, 0 if unknown */
 } conn;
@@ -165,20 +166,13 @@ static void conn_kill(worker *w, conn *c, const char *why) {
     if (!w->res.error[0]) snprintf(w->res.error, sizeof w->res.error, "connection lost: %s", why);
 }
 
-static void set_out(worker *w, conn *c, bool on) {
-    if (c->out_armed == on) return;
-    struct epoll_event ev = { .events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c };
-    epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
-    c->out_armed = on;
-}
-
 static void conn_flush(worker *w, conn *c) {
     while (c->wpos < c->w.len) {
         ssize_t n = send(c->fd, c->w.data + c->wpos, c->w.len - c->wpos, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                set_out(w, c, true);
+                c->blocked = true;          /* the edge-triggered EPOLLOUT says when to go on */
                 return;
             }
             conn_kill(w, c, strerror(errno));
@@ -188,7 +182,7 @@ static void conn_flush(worker *w, conn *c) {
     }
     bbuf_reset(&c->w);
     c->wpos = 0;
-    set_out(w, c, false);
+    c->blocked = false;
 }
 
 static void conn_fill(worker *w, conn *c, uint64_t now, int64_t wall_ms, uint64_t now_rt) {
@@ -253,15 +247,19 @@ static ssize_t conn_recv(conn *c, char *d, size_t len) {
     return n;
 }
 
-/* now: monotonic, now_rt: realtime (ns), both read when epoll returned. */
-static void conn_read(worker *w, conn *c, uint64_t now, uint64_t now_rt) {
+/* now: monotonic, now_rt: realtime (ns), both read when epoll returned. The socket is
+ * edge-triggered: a short read means the receive queue was empty at that moment, and any
+ * data arriving later raises a new edge, so reading stops there (one recv per reply)
+ * unless the peer has closed or failed (hangup), which raises no further edge: then it
+ * reads on to the end of stream or EAGAIN. */
+static void conn_read(worker *w, conn *c, uint64_t now, uint64_t now_rt, bool hangup) {
     c->rx_ns = 0;
     for (;;) {
         char *d = bbuf_reserve(&c->r, READ_CHUNK);
         ssize_t n = w->interval_ns ? conn_recv(c, d, READ_CHUNK) : recv(c->fd, d, READ_CHUNK, 0);
         if (n > 0) {
             c->r.len += (size_t)n;
-            if (n < READ_CHUNK) break;
+            if (n < READ_CHUNK && !hangup) break;
             continue;
         }
         if (n == 0) {
@@ -373,7 +371,7 @@ static void *worker_main(void *arg) {
             conn *c = &w->conns[i];
             if (c->dead) continue;
             live++;
-            if (c->wpos < c->w.len && !c->out_armed) conn_flush(w, c);
+            if (c->wpos < c->w.len && !c->blocked) conn_flush(w, c);
         }
         if (live == 0) break;
         if (!w->sending) {
@@ -409,8 +407,10 @@ static void *worker_main(void *arg) {
         for (int i = 0; i < n; i++) {
             conn *c = evs[i].data.ptr;
             if (c->dead) continue;
-            if (evs[i].events & EPOLLOUT) conn_flush(w, c);
-            if (!c->dead && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) conn_read(w, c, now, now_rt);
+            uint32_t ev = evs[i].events;
+            if ((ev & EPOLLOUT) && c->blocked) conn_flush(w, c);
+            if (!c->dead && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
+                conn_read(w, c, now, now_rt, (ev & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) != 0);
         }
     }
     if (!measuring) reset_measure(w, driver_now_ns());  /* ended inside the warmup */
@@ -480,7 +480,10 @@ static int worker_setup(worker *w, const driver_cfg *cfg, unsigned id, unsigned 
             int one = 1;
             setsockopt(c->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
         }
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
+        /* edge-triggered, both directions armed once: no epoll_ctl per blocked send, and
+         * the kernel does not poll every reported socket a second time on the next
+         * epoll_wait (as it does for level-triggered ones) */
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c };
         if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
             snprintf(w->res.error, sizeof w->res.error, "epoll_ctl: %s", strerror(errno));
             return -1;

@@ -553,6 +553,29 @@ class KeepAlive(unittest.TestCase):
                     self.assertEqual((s7, g7["n"]), (200, 2 + 3 * rounds), g7)
                     self.assertEqual((s9, g9["n"]), (200, 3 + 3 * rounds), g9)
 
+    def test_large_headers_and_bodies_between_small_ones(self):
+        """On one keep-alive connection: a push with several KB of request headers (the
+        per-connection memory holds them), one whose body outgrows the request context's
+        inline copy, then small ones again (the reused context starts from its inline
+        copy): all answered 200 and all counted."""
+        with Beava() as b:
+            st, body = b.register(self.PIPE)
+            self.assertEqual(st, 200, body)
+            small = self.request("POST", "/push/E", {"k": "h", "v": 1})
+            padded = json.dumps({"k": "h", "v": 2}).encode() + b" " * 3000    # JSON allows trailing spaces
+            big_body = self.request("POST", "/push/E", padded)
+            big_head = small.replace(b"\r\n\r\n", b"\r\nX-Pad: " + b"p" * 6000 + b"\r\n\r\n", 1)
+            host, port = b.http_addr_bound.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=30) as s:
+                for req in (small, big_head, small, big_body, small, big_body, big_head, small):
+                    s.sendall(req)
+                    (st, ack), = self.responses(s, 1)
+                    self.assertEqual(st, 200, ack)
+                    self.assertIn("ack_lsn", ack)
+                s.sendall(self.request("POST", "/get", {"table": "ByKey", "key": "h"}))
+                (st, got), = self.responses(s, 1)
+                self.assertEqual((st, got["n"]), (200, 8), got)
+
 
 if __name__ == "__main__":
     main()

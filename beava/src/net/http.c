@@ -78,6 +78,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,10 +95,15 @@
 
 /* Body bytes per request not charged to the receive budget (bounded by the cap). */
 #define HTTP_BODY_FREE_BYTES (16u * 1024)
-/* First body buffer. */
-#define HTTP_BODY_INITIAL_BYTES 4096u
-/* libmicrohttpd's per-connection memory (request line, headers, read buffer). */
-#define HTTP_CONN_MEMORY_BYTES (16u * 1024)
+/* Bodies up to this size are kept inside the request context, which a keep-alive
+ * connection reuses: a small push allocates no body buffer. Larger ones move to the heap. */
+#define HTTP_BODY_INLINE 512u
+/* libmicrohttpd's per-connection memory (request line, headers, read buffer): request
+ * headers up to about 7.5 KB fit (more are answered 431 by libmicrohttpd; common server
+ * defaults are 8 KB). libmicrohttpd 0.9.75 zeroes the whole pool after every request and
+ * the unused half of the read buffer once a request is in, so the size is paid per
+ * request: 8 KB zeroes 12 KB per keep-alive request, 16 KB zeroed 24 KB. */
+#define HTTP_CONN_MEMORY_BYTES (8u * 1024)
 /* I/O thread stack. */
 #define HTTP_IO_STACK_BYTES (2u << 20)
 /* Decoders + engine batches kept for reuse between pushes (more are freed after use). */
@@ -189,6 +195,7 @@ typedef struct push_slot {
 struct http_request {
     struct http_server *s;
     struct MHD_Connection *conn;
+    conn_ctx *cc;                      /* its connection's (NULL if that could not be made) */
     char *raw_uri;                     /* as sent, with query: uri_inline or allocated */
     char uri_inline[HTTP_URI_INLINE];
     char *arg;                         /* route argument (event name, legacy get path) */
@@ -208,6 +215,8 @@ struct http_request {
     int answer_status;
     bv_buf answer;
     bool answer_replay;
+    /* last: not cleared when the context is reused (see uri_log) */
+    char body_inline[HTTP_BODY_INLINE + 1];
 };
 
 typedef http_request req_ctx;
@@ -1224,6 +1233,13 @@ static enum MHD_Result route_admin(http_server *s, struct MHD_Connection *c, req
 
 /* ---- libmicrohttpd glue ------------------------------------------------------------- */
 
+/* An empty body in the context's own storage. */
+static void body_inline_init(req_ctx *rc) {
+    rc->body.data = rc->body_inline;
+    rc->body.len = 0;
+    rc->body.cap = HTTP_BODY_INLINE;
+}
+
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *c) {
     http_server *s = cls;
     /* a keep-alive connection's next request line is in: its header deadline starts */
@@ -1233,12 +1249,14 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *c) {
     req_ctx *rc = cc ? cc->spare : NULL;
     if (rc) {
         cc->spare = NULL;
-        memset(rc, 0, sizeof *rc);
+        memset(rc, 0, offsetof(req_ctx, body_inline));
     } else {
-        rc = calloc(1, sizeof *rc);
+        rc = malloc(sizeof *rc);
         if (!rc) return NULL;
+        memset(rc, 0, offsetof(req_ctx, body_inline));
     }
     rc->s = s;
+    rc->cc = cc;
     if (!uri) uri = "/";
     size_t ul = strlen(uri);
     if (ul < sizeof rc->uri_inline) {
@@ -1248,7 +1266,7 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *c) {
         free(rc);
         return NULL;
     }
-    bv_buf_init(&rc->body);
+    body_inline_init(rc);
     bv_buf_init(&rc->answer);
     atomic_init(&rc->state, REQ_RECEIVING);
     atomic_init(&rc->handoff, HANDOFF_NONE);
@@ -1262,7 +1280,8 @@ static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s) {
 }
 
 static void body_release(http_server *s, req_ctx *rc) {
-    bv_buf_free(&rc->body);
+    if (rc->body.data != rc->body_inline) free(rc->body.data);
+    body_inline_init(rc);
     if (rc->charged) membudget_give(s->budget, rc->charged);
     rc->charged = 0;
 }
@@ -1291,16 +1310,18 @@ static void request_done(void *cls, struct MHD_Connection *c, void **con_cls, en
 static bool body_reserve(http_server *s, req_ctx *rc, size_t need) {
     if (need <= rc->body.cap) return true;
     size_t bound = rc->declared ? (size_t)rc->declared : (size_t)s->deps.cfg->max_body_bytes;
-    size_t want = rc->body.cap ? rc->body.cap : HTTP_BODY_INITIAL_BYTES;
+    size_t want = rc->body.cap;
     while (want < need) want *= 2;
     if (want > bound) want = bound > need ? bound : need;
     uint64_t charge = want > HTTP_BODY_FREE_BYTES ? want - HTTP_BODY_FREE_BYTES : 0;
     if (charge > rc->charged && !membudget_take(s->budget, charge - rc->charged)) return false;
-    char *p = realloc(rc->body.data, want + 1);
+    bool inline_now = rc->body.data == rc->body_inline;
+    char *p = inline_now ? malloc(want + 1) : realloc(rc->body.data, want + 1);
     if (!p) {
         if (charge > rc->charged) membudget_give(s->budget, charge - rc->charged);
         return false;
     }
+    if (inline_now) memcpy(p, rc->body_inline, rc->body.len);
     rc->body.data = p;
     rc->body.cap = want;
     if (charge > rc->charged) rc->charged = charge;
@@ -1309,14 +1330,23 @@ static bool body_reserve(http_server *s, req_ctx *rc, size_t need) {
 
 typedef struct framing_count {
     unsigned content_length, transfer_encoding;
+    const char *length;                /* the first Content-Length value */
 } framing_count;
 
-static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+/* One pass over the request headers: counts the framing headers and keeps the
+ * Content-Length value (no second lookup). Names are compared only when their length
+ * matches, so the other headers cost a length test each. */
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                     const char *value, size_t value_size) {
     (void)kind;
-    (void)value;
+    (void)value_size;
     framing_count *f = cls;
-    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) f->content_length++;
-    else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) f->transfer_encoding++;
+    if (key_size == sizeof MHD_HTTP_HEADER_CONTENT_LENGTH - 1 && strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (f->content_length++ == 0) f->length = value;
+    } else if (key_size == sizeof MHD_HTTP_HEADER_TRANSFER_ENCODING - 1 &&
+               strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->transfer_encoding++;
+    }
     return MHD_YES;
 }
 
@@ -1324,8 +1354,8 @@ static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const c
  * result of queueing an early answer (which closes the connection: the body is unread). */
 static enum MHD_Result on_headers(http_server *s, struct MHD_Connection *c, req_ctx *rc, bool *answered) {
     *answered = true;
-    framing_count f = { 0, 0 };
-    MHD_get_connection_values(c, MHD_HEADER_KIND, count_framing, &f);
+    framing_count f = { 0, 0, NULL };
+    MHD_get_connection_values_n(c, MHD_HEADER_KIND, count_framing, &f);
     if (f.content_length > 1 || f.transfer_encoding > 1 || (f.content_length && f.transfer_encoding)) {
         atomic_fetch_add(&s->stats->framing_errors, 1);
         const char *why = f.content_length > 1 ? "more than one Content-Length header"
@@ -1336,7 +1366,7 @@ static enum MHD_Result on_headers(http_server *s, struct MHD_Connection *c, req_
         return send_error_opt(c, 400, "http_protocol_error", "reason", reason, true);
     }
     uint64_t cap = s->deps.cfg->max_body_bytes;
-    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *cl = f.length;
     if (cl) {
         unsigned long long v = strtoull(cl, NULL, 10);
         if (v > cap) {
@@ -1361,8 +1391,8 @@ static enum MHD_Result on_headers(http_server *s, struct MHD_Connection *c, req_
  * buffer and its budget) when the declared body can no longer arrive because the peer
  * closed (see peer_closed). A chunked body is never judged so: its end may already sit
  * in MHD's buffer behind a legitimate half-close. */
-static enum MHD_Result body_more(struct MHD_Connection *c, const req_ctx *rc) {
-    if (rc->declared && rc->received < rc->declared && peer_closed(conn_of(c))) return MHD_NO;
+static enum MHD_Result body_more(const req_ctx *rc) {
+    if (rc->declared && rc->received < rc->declared && peer_closed(rc->cc)) return MHD_NO;
     return MHD_YES;
 }
 
@@ -1379,32 +1409,32 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (state == REQ_SUBMITTED) return MHD_YES;                 /* not called while suspended */
     if (!rc->started) {
         rc->started = true;
-        if (!conn_enter(s, conn_of(c), PH_BODY, s->body_ms, PH_NONE)) return MHD_NO;
+        if (!conn_enter(s, rc->cc, PH_BODY, s->body_ms, PH_NONE)) return MHD_NO;
         bool answered;
         enum MHD_Result r = on_headers(s, c, rc, &answered);
-        if (answered) conn_enter(s, conn_of(c), PH_BUSY, 0, PH_NONE);
+        if (answered) conn_enter(s, rc->cc, PH_BUSY, 0, PH_NONE);
         return r;
     }
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         rc->received += n;
-        if (rc->too_large || rc->over_budget) return body_more(c, rc);   /* read and drop the rest */
+        if (rc->too_large || rc->over_budget) return body_more(rc);   /* read and drop the rest */
         if (rc->body.len + n > s->deps.cfg->max_body_bytes) {
             rc->too_large = true;
             body_release(s, rc);
-            return body_more(c, rc);
+            return body_more(rc);
         }
         if (!body_reserve(s, rc, rc->body.len + n)) {
             rc->over_budget = true;
             body_release(s, rc);
-            return body_more(c, rc);
+            return body_more(rc);
         }
         memcpy(rc->body.data + rc->body.len, upload_data, n);
         rc->body.len += n;
-        return body_more(c, rc);
+        return body_more(rc);
     }
-    if (!conn_enter(s, conn_of(c), PH_BUSY, 0, PH_NONE)) return MHD_NO;
+    if (!conn_enter(s, rc->cc, PH_BUSY, 0, PH_NONE)) return MHD_NO;
     if (rc->too_large) {
         char reason[128];
         snprintf(reason, sizeof reason, "request body exceeds the limit of %llu bytes",
