@@ -1350,6 +1350,20 @@ static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const c
     return MHD_YES;
 }
 
+/* A Content-Length value as a number. libmicrohttpd has already refused the request
+ * (400) unless the value is decimal digits; a value past 2^64 - 1 saturates (over any
+ * body cap). */
+static uint64_t length_value(const char *v) {
+    while (*v == ' ' || *v == '\t') v++;
+    uint64_t n = 0;
+    for (; *v >= '0' && *v <= '9'; v++) {
+        unsigned d = (unsigned)(*v - '0');
+        if (n > (UINT64_MAX - d) / 10) return UINT64_MAX;
+        n = n * 10 + d;
+    }
+    return n;
+}
+
 /* First access-handler call: the headers are in. Returns MHD_YES to read the body, or the
  * result of queueing an early answer (which closes the connection: the body is unread). */
 static enum MHD_Result on_headers(http_server *s, struct MHD_Connection *c, req_ctx *rc, bool *answered) {
@@ -1368,7 +1382,7 @@ static enum MHD_Result on_headers(http_server *s, struct MHD_Connection *c, req_
     uint64_t cap = s->deps.cfg->max_body_bytes;
     const char *cl = f.length;
     if (cl) {
-        unsigned long long v = strtoull(cl, NULL, 10);
+        uint64_t v = length_value(cl);
         if (v > cap) {
             char reason[128];
             snprintf(reason, sizeof reason, "request body of %s bytes exceeds the limit of %llu bytes", cl,
