@@ -984,15 +984,20 @@ again:
 
 /* ---- durability: the park list ---------------------------------------------------------- */
 
+/* A released batch with at most this many feature updates (one request's events) is
+ * applied by the durability thread itself; a larger one goes to the shard threads, which
+ * apply it in parallel while this thread releases the next. */
+#define PUSH_RELEASE_HELP_UPDATES 64
+
 /* Queue the parts of a parked batch whose records are durable (the durability thread, the
- * only producer while the park list is non-empty), then apply them on this thread on every
- * shard that is free (shard_help; a busy shard's thread is woken and takes them): one group
- * commit's batches complete and answer their clients here, without a wake-up of each shard
- * thread and the hand-back from it. A costly batch only wakes the threads (split_costly's
- * reason). */
+ * only producer while the park list is non-empty). A small batch (a single request's
+ * event) is then applied on this thread on every shard that is free (shard_help; a busy
+ * shard's thread is woken and takes it): one group commit's requests complete and answer
+ * their clients here, without a wake-up of each shard thread and the hand-back from it.
+ * A larger one only wakes the threads. */
 static void release_parked(engine *e, push_batch_state *st) {
     queue_parts(e, st, true);
-    size_t take = st->cost > PUSH_COSTLY_UPDATES ? 0 : SHARD_INLINE_TAKE;
+    size_t take = st->cost > PUSH_RELEASE_HELP_UPDATES ? 0 : SHARD_INLINE_TAKE;
     unsigned last = e->nshards;
     for (size_t i = 0; i < st->b->n; i++) {
         const item_state *is = &st->items[i];

@@ -48,11 +48,12 @@
  * With wal_options.all_waited (sync durability: a client waits for every record) it writes
  * without the tick, and gathers: a closed loop of N clients sends its next records when
  * the previous batch answers them, and an fdatasync started for the first of them would
- * make the others wait a whole second one. So after a batch settles, the next one waits
- * until it holds as many records as the clients that batch answered plus those already
- * waiting (group_target), or for at most half an average fdatasync (group_due), whichever
- * comes first; the append that reaches the target wakes the writer. One client alone
- * goes at once (target 1).
+ * make the others wait a whole second one. So when a batch settles with fewer records
+ * waiting than it answered, the next one waits until it holds as many records as the
+ * clients that batch answered plus those already waiting (group_target), or for at most
+ * half an average fdatasync (group_due), whichever comes first; the append that reaches
+ * the target wakes the writer. One client alone goes at once (target 1), and so does a
+ * stream that keeps up (as many waiting as were answered).
  * After a write or fsync error the writer "settles" (truncate back to the
  * durable offset + fsync), then probes by creating the next segment (see wal.h).
  *
@@ -1253,8 +1254,10 @@ static void flush_batch(wal *w) {
     w->fsync_avg_ns = w->fsync_avg_ns ? (w->fsync_avg_ns * (GROUP_AVG_WEIGHT - 1) + sync_ns) / GROUP_AVG_WEIGHT
                                       : sync_ns;
     /* the clients this batch answers, and those already waiting in pend, are the ones the
-     * next batch can expect (see WRITER) */
-    w->group_target = (last - first + 1) + (w->pend.len ? w->next_lsn - w->pend_first : 0);
+     * next batch can expect; unless as many are waiting as it answered: a stream that
+     * keeps up is written at once (see WRITER) */
+    uint64_t answered = last - first + 1, waiting = w->pend.len ? w->next_lsn - w->pend_first : 0;
+    w->group_target = waiting >= answered ? waiting : answered + waiting;
     w->group_from = s1;
     w->retry_delay = w->retry_ms;
     if (w->state == ST_DEGRADED) {
@@ -1574,9 +1577,11 @@ int wal_wait_durable(wal *w, uint64_t lsn, int timeout_ms, bv_err *err) {
             break;
         }
         if (lsn > w->sync_want) {
-            /* wake an idle writer: this record goes out now, not at the next tick */
+            /* wake an idle writer: this record goes out now, not at the next tick (with
+             * all_waited it goes without being asked: a wake-up would only interrupt
+             * the writer's gathering) */
             w->sync_want = lsn;
-            pthread_cond_signal(&w->cv_writer);
+            if (!w->all_waited) pthread_cond_signal(&w->cv_writer);
         }
         if (timeout_ms < 0) {
             pthread_cond_wait(&w->cv_durable, &w->mu);
