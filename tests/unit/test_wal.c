@@ -1731,6 +1731,86 @@ static void test_sync_ack_after_fdatasync(void **state) {
     close_ok(w);
 }
 
+/* How long the gathering test holds each fdatasync: the writer's average fdatasync time,
+ * and so its gather window (half of it), comes from these samples. */
+#define GATHER_TEST_HOLD_MS 200
+
+/* Wait (bounded) until an fdatasync waits at the gate; fail the test if none comes. */
+static void gate_wait_held(gate_hook *g) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += SYNC_TEST_WAIT_MS / 1000;
+    pthread_mutex_lock(&g->mu);
+    while (!g->held && pthread_cond_timedwait(&g->cv, &g->mu, &until) == 0) {}
+    bool reached = g->held;
+    pthread_mutex_unlock(&g->mu);
+    if (!reached) fail_msg("the writer did not write a record of all_waited mode before its tick");
+}
+
+/* Let the held fdatasync go after GATHER_TEST_HOLD_MS (a slow disk); close_again: hold
+ * the next one too. */
+static void gate_release_slow(gate_hook *g, bool close_again) {
+    struct timespec hold = { GATHER_TEST_HOLD_MS / 1000, (long)(GATHER_TEST_HOLD_MS % 1000) * 1000000L };
+    nanosleep(&hold, NULL);
+    pthread_mutex_lock(&g->mu);
+    g->closed = close_again;
+    g->held = false;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* all_waited (sync durability): records are written without the tick and without a
+ * waiter asking for them. A batch that settles with as many records waiting as it
+ * answered lets them go at once ({1} settles with {2, 3} waiting); one that settles with
+ * fewer ({2, 3} with {4}) makes the next batch gather as many as it answered plus those
+ * waiting: {4, 5, 6} together, not {4} alone. */
+static void test_all_waited_gathers(void **state) {
+    fx *f = *state;
+    gate_hook g = {0};
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.cv, NULL);
+    wal_options o = opts(f->dir);
+    o.tick_ms = SYNC_TEST_TICK_MS;
+    o.all_waited = true;
+    o.io_hook = gate_io;
+    o.io_ctx = &g;
+    wal *w = open_recover(&o, 0, NULL, NULL);
+    pthread_mutex_lock(&g.mu);
+    g.closed = true;
+    pthread_mutex_unlock(&g.mu);
+
+    append_gen(w, 1);                                      /* nobody waits for it */
+    gate_wait_held(&g);                                    /* {1} */
+    append_gen(w, 2);
+    append_gen(w, 3);
+    gate_release_slow(&g, true);
+    gate_wait_held(&g);                                    /* {2, 3}, at once */
+    append_gen(w, 4);
+    gate_release_slow(&g, false);
+    bv_err e = {0};
+    /* {2, 3} settled: the writer has decided (still holding the lock, it would have taken
+     * {4} at once without gathering) */
+    assert_int_equal(wal_wait_durable(w, 3, SYNC_TEST_WAIT_MS, &e), WAL_OK);
+    append_gen(w, 5);                                      /* the clients {2, 3} answered */
+    append_gen(w, 6);
+    assert_int_equal(wal_wait_durable(w, 6, SYNC_TEST_WAIT_MS, &e), WAL_OK);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    assert_int_equal(st.batches, 3);                       /* {1}, {2, 3}, {4, 5, 6} */
+    assert_int_equal(st.sync_batches, 3);                  /* none waited for the tick */
+    assert_int_equal(st.durable_lsn, 6);
+    close_ok(w);
+    pthread_cond_destroy(&g.cv);
+    pthread_mutex_destroy(&g.mu);
+    recs r = {0};
+    wal_options fo = fast_opts(f->dir);
+    w = open_recover(&fo, 0, &r, NULL);
+    assert_int_equal(r.n, 6);
+    check_recs_genuine(&r);
+    recs_free(&r);
+    close_ok(w);
+}
+
 /* keep_failed (batch mode): the failed batch and what was queued behind it are kept and
  * written again once space returns, with the same LSNs; nothing is voided. */
 static void test_write_failure_kept(void **state) {
@@ -1933,6 +2013,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_registry_version_in_header, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_waiter_skips_tick, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_ack_after_fdatasync, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_all_waited_gathers, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -26,7 +26,8 @@
  *     this thread and the shard threads apply it together (split_costly).
  *     Sync durability: a batch with a sync item (or arriving while others wait) is not
  *     routed at all: it joins the park list, in LSN order, and the durability thread
- *     routes it once its records are on disk (one fsync releases every batch it covers),
+ *     routes it once its records are on disk (one fsync releases every batch it covers;
+ *     it applies them itself on every free shard, release_parked),
  *     so a sync push is applied only once durable, and a failed write voids it with
  *     nothing applied.
  *  3. Apply inline parts, release the shards, unpin the version.
@@ -671,7 +672,7 @@ static void queue_parts(engine *e, push_batch_state *st, bool wait_room) {
             shard_push(e->pool, pp->shard, apply_part, part_post, pp);
         }
     }
-    if (wait_room) shard_pool_kick(e->pool);   /* else the submitter helps (shard_help) */
+    /* else the submitter helps (shard_help); the durability thread: release_parked */
 }
 
 /* ---- sequencing ----------------------------------------------------------------------- */
@@ -983,6 +984,33 @@ again:
 
 /* ---- durability: the park list ---------------------------------------------------------- */
 
+/* A released batch with at most this many feature updates (one request's events) is
+ * applied by the durability thread itself; a larger one goes to the shard threads, which
+ * apply it in parallel while this thread releases the next. */
+#define PUSH_RELEASE_HELP_UPDATES 64
+
+/* Queue the parts of a parked batch whose records are durable (the durability thread, the
+ * only producer while the park list is non-empty). A small batch (a single request's
+ * event) is then applied on this thread on every shard that is free (shard_help; a busy
+ * shard's thread is woken and takes it): one group commit's requests complete and answer
+ * their clients here, without a wake-up of each shard thread and the hand-back from it.
+ * A larger one only wakes the threads. */
+static void release_parked(engine *e, push_batch_state *st) {
+    queue_parts(e, st, true);
+    size_t take = st->cost > PUSH_RELEASE_HELP_UPDATES ? 0 : SHARD_INLINE_TAKE;
+    unsigned last = e->nshards;
+    for (size_t i = 0; i < st->b->n; i++) {
+        const item_state *is = &st->items[i];
+        if (!is->logged) continue;
+        for (size_t k = 0; k < is->nparts; k++) {
+            const push_part *pp = &st->parts[is->first_part + k];
+            if (pp->shard == last) continue;
+            last = pp->shard;
+            shard_help(e->pool, pp->shard, take);
+        }
+    }
+}
+
 /* Route the head of the park list once its records are durable (or void it). Runs on
  * the durability thread; while the head is here the park list is non-empty, so no
  * submitter queues anything: this thread is the only producer. */
@@ -997,7 +1025,7 @@ static void *durable_main(void *arg) {
         char reason[200] = "";
         int rc = engine_log_wait(e, st->max_lsn, reason, sizeof reason);
         if (rc == 0) {
-            queue_parts(e, st, true);
+            release_parked(e, st);
         } else {
             /* Its first records may have gone out in the WAL write before the one that
              * failed (the writer takes what is pending while a batch is being sequenced):
@@ -1028,7 +1056,7 @@ static void *durable_main(void *arg) {
                 atomic_fetch_sub_explicit(&e->events_applied, 1, memory_order_relaxed);
             }
             pthread_mutex_unlock(&e->seq_mu);
-            if (kept) queue_parts(e, st, true);
+            if (kept) release_parked(e, st);
         }
         pthread_mutex_lock(&e->seq_mu);
         e->park_head = st->park_next;

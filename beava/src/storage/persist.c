@@ -173,6 +173,8 @@ persist *persist_open(const bv_config *cfg, const bv_log *log, char *err, size_t
         .keep_failed = cfg->durability == DURABILITY_BATCH,
         /* ... and answers before it too: the writer is on no client's path */
         .background = cfg->durability == DURABILITY_BATCH,
+        /* sync mode: a client waits for every record (group commit, wal.c WRITER) */
+        .all_waited = cfg->durability == DURABILITY_SYNC,
     };
     bv_err e;
     bv_err_clear(&e);

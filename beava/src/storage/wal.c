@@ -44,7 +44,17 @@
  * sync waiter wait for the tick. Group commit still happens: while one batch is being
  * written and fdatasync()ed, every record appended meanwhile gathers in `pend`, and the
  * next batch takes all of them, so one fsync covers every record (and every waiter) that
- * arrived during the previous one. After a write or fsync error the writer "settles" (truncate back to the
+ * arrived during the previous one.
+ * With wal_options.all_waited (sync durability: a client waits for every record) it writes
+ * without the tick, and gathers: a closed loop of N clients sends its next records when
+ * the previous batch answers them, and an fdatasync started for the first of them would
+ * make the others wait a whole second one. So when a batch settles with fewer records
+ * waiting than it answered, the next one waits until it holds as many records as the
+ * clients that batch answered plus those already waiting (group_target), or for at most
+ * half an average fdatasync (group_due), whichever comes first; the append that reaches
+ * the target wakes the writer. One client alone goes at once (target 1), and so does a
+ * stream that keeps up (as many waiting as were answered).
+ * After a write or fsync error the writer "settles" (truncate back to the
  * durable offset + fsync), then probes by creating the next segment (see wal.h).
  *
  * A failed rotation whose half-made file cannot even be removed leaves a "stray" segment
@@ -114,6 +124,8 @@
 #define DEFAULT_RETRY_MS 50u
 #define RETRY_CAP_MS 1000u
 #define VOID_SLOTS 64
+#define GROUP_AVG_WEIGHT 8         /* fdatasync time average: the newest counts 1/8 */
+#define GROUP_WINDOW_DIV 2         /* gather for at most this fraction of an fdatasync */
 
 enum wal_state { ST_INIT, ST_OK, ST_DEGRADED, ST_BROKEN };
 
@@ -172,11 +184,17 @@ struct wal {
     uint64_t settled_lsn;      /* every LSN <= this is durable or void */
     uint64_t sync_want;        /* highest LSN a wal_wait_durable() caller asked for: while
                                 * above settled_lsn, the writer writes without the tick */
+    /* sync durability's group commit (see WRITER) */
+    uint64_t group_target;     /* records the next batch gathers before it is written */
+    struct timespec group_from;/* when the last batch was settled */
+    uint64_t fsync_avg_ns;     /* moving average of the fdatasync time: the gather window */
+    bool group_wait;           /* the writer gathers: the append reaching the target wakes it */
     lsn_range voids[VOID_SLOTS];
     unsigned nvoid, void_next;
     bool unsettled;            /* a failed batch is not yet truncated away durably */
     bool keep_failed;          /* wal_options.keep_failed (cleared only for one OOM fallback) */
     bool background;           /* wal_options.background: the writer runs as SCHED_BATCH */
+    bool all_waited;           /* wal_options.all_waited: group commit without the tick */
     bool retained;             /* keep_failed: pend holds the failed records, from
                                 * pend_first on, to be written again */
     bool final_tried;          /* closing: the last write of the retained records was tried */
@@ -578,6 +596,7 @@ int wal_open(const wal_options *opt, wal **out, bv_err *err) {
     w->known_lsn = opt->known_lsn;
     w->keep_failed = opt->keep_failed;
     w->background = opt->background;
+    w->all_waited = opt->all_waited;
     w->accept_gaps = opt->accept_gaps;
     w->io = opt->io_hook;
     w->io_ctx = opt->io_ctx;
@@ -1230,7 +1249,16 @@ static void flush_batch(wal *w) {
     atomic_store(&w->durable_pub, last);
     w->st.batches++;
     w->st.fsyncs++;
-    w->st.fsync_ns += (uint64_t)((s1.tv_sec - s0.tv_sec) * 1000000000LL + (s1.tv_nsec - s0.tv_nsec));
+    uint64_t sync_ns = (uint64_t)((s1.tv_sec - s0.tv_sec) * 1000000000LL + (s1.tv_nsec - s0.tv_nsec));
+    w->st.fsync_ns += sync_ns;
+    w->fsync_avg_ns = w->fsync_avg_ns ? (w->fsync_avg_ns * (GROUP_AVG_WEIGHT - 1) + sync_ns) / GROUP_AVG_WEIGHT
+                                      : sync_ns;
+    /* the clients this batch answers, and those already waiting in pend, are the ones the
+     * next batch can expect; unless as many are waiting as it answered: a stream that
+     * keeps up is written at once (see WRITER) */
+    uint64_t answered = last - first + 1, waiting = w->pend.len ? w->next_lsn - w->pend_first : 0;
+    w->group_target = waiting >= answered ? waiting : answered + waiting;
+    w->group_from = s1;
     w->retry_delay = w->retry_ms;
     if (w->state == ST_DEGRADED) {
         /* the kept records are on disk at last (see degraded_step), even if a first try
@@ -1354,6 +1382,21 @@ static bool degraded_step(wal *w, bool *progressed) {
     return false;
 }
 
+/* mu held. Sync durability: the end of the window in which pend gathers group_target
+ * records: from when the last batch settled (or the first pending record came, if later),
+ * for at most 1/GROUP_WINDOW_DIV of an average fdatasync. */
+static struct timespec group_due(const wal *w) {
+    struct timespec t = ts_before(w->group_from, w->pend_since) ? w->pend_since : w->group_from;
+    uint64_t ns = w->fsync_avg_ns / GROUP_WINDOW_DIV;
+    t.tv_sec += (time_t)(ns / 1000000000u);
+    t.tv_nsec += (long)(ns % 1000000000u);
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
 static void *writer_main(void *arg) {
     wal *w = arg;
     pthread_setname_np(pthread_self(), "beava-wal");   /* for top, perf sched and gdb */
@@ -1375,10 +1418,20 @@ static void *writer_main(void *arg) {
         } else {
             /* a waiter's LSN above settled_lsn is in pend (nothing is in flight here) */
             bool waited_for = w->sync_want > w->settled_lsn;
+            struct timespec now = mono_now();
             struct timespec due = ts_add_ms(w->pend_since, w->tick_ms);
-            bool due_now = w->closing || w->pend.len >= w->batch_bytes || !ts_before(mono_now(), due);
+            bool due_now = w->closing || w->pend.len >= w->batch_bytes || !ts_before(now, due);
+            if (!due_now && w->all_waited) {
+                /* sync durability: every record has a waiter, so go now, unless the batch
+                 * is still gathering the clients the last one answered (group_target) */
+                struct timespec g = group_due(w);
+                waited_for = w->next_lsn - w->pend_first >= w->group_target || !ts_before(now, g);
+                if (!waited_for && ts_before(g, due)) due = g;
+            }
             if (!due_now && !waited_for) {
+                w->group_wait = w->all_waited;
                 pthread_cond_timedwait(&w->cv_writer, &w->mu, &due);
+                w->group_wait = false;
             } else {
                 if (!due_now) w->st.sync_batches++;
                 flush_batch(w);
@@ -1472,7 +1525,9 @@ int wal_append(wal *w, uint8_t kind, const void *payload, size_t len, uint64_t *
         w->pend_first = l;
         w->pend_since = mono_now();
     }
-    if (was_empty || crossed) pthread_cond_signal(&w->cv_writer);
+    /* a gathering writer (sync durability) goes once the batch holds its target */
+    bool gathered = w->group_wait && l - w->pend_first + 1 == w->group_target;
+    if (was_empty || crossed || gathered) pthread_cond_signal(&w->cv_writer);
     w->st.appended_records++;
     w->st.appended_bytes += rec;
     *lsn = l;
@@ -1522,9 +1577,11 @@ int wal_wait_durable(wal *w, uint64_t lsn, int timeout_ms, bv_err *err) {
             break;
         }
         if (lsn > w->sync_want) {
-            /* wake an idle writer: this record goes out now, not at the next tick */
+            /* wake an idle writer: this record goes out now, not at the next tick (with
+             * all_waited it goes without being asked: a wake-up would only interrupt
+             * the writer's gathering) */
             w->sync_want = lsn;
-            pthread_cond_signal(&w->cv_writer);
+            if (!w->all_waited) pthread_cond_signal(&w->cv_writer);
         }
         if (timeout_ms < 0) {
             pthread_cond_wait(&w->cv_durable, &w->mu);

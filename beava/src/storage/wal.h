@@ -146,6 +146,9 @@ typedef struct wal_options {
                                  * durability): it runs as SCHED_BATCH, so its wake-ups
                                  * never preempt the threads that answer clients (it still
                                  * gets its fair share of the CPU) */
+    bool all_waited;            /* a client waits for every record (sync durability): batches
+                                 * go without the tick, gathering one group commit per round
+                                 * of the clients (see wal.c WRITER) */
 } wal_options;
 
 /* LSNs that should be on disk and that no file holds at all (see wal_recover). */
