@@ -12,10 +12,11 @@
  *     engine completes it at once, the replies are written and parsing goes on. When it
  *     completes later (a shard was busy, or a sync push waits for its fsync), the
  *     connection stops reading and parsing until the engine's done callback hands it
- *     back to its I/O thread (a completion list and an eventfd), which writes the replies
- *     and resumes. The I/O thread serves its other connections meanwhile: it never waits
- *     for a shard or the disk. Frames after the batch wait their turn, which is exactly
- *     FIFO pipelining.
+ *     back to its I/O thread (a completion list and an eventfd; the list is also looked
+ *     at between two connection events of one epoll turn, so a completed batch does not
+ *     wait for the rest of the turn), which writes the replies and resumes. The I/O
+ *     thread serves its other connections meanwhile: it never waits for a shard or the
+ *     disk. Frames after the batch wait their turn, which is exactly FIFO pipelining.
  *   - OP_REGISTER and OP_RESET may wait (a register's reply for its record to be
  *     durable, a reset for the engine's barrier: every earlier push applied; see
  *     engine_int.h), so they run as a job on the listener's workpool (workpool.h): the
