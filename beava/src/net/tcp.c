@@ -12,10 +12,11 @@
  *     engine completes it at once, the replies are written and parsing goes on. When it
  *     completes later (a shard was busy, or a sync push waits for its fsync), the
  *     connection stops reading and parsing until the engine's done callback hands it
- *     back to its I/O thread (a completion list and an eventfd), which writes the replies
- *     and resumes. The I/O thread serves its other connections meanwhile: it never waits
- *     for a shard or the disk. Frames after the batch wait their turn, which is exactly
- *     FIFO pipelining.
+ *     back to its I/O thread (a completion list and an eventfd; the list is also looked
+ *     at between two connection events of one epoll turn, so a completed batch does not
+ *     wait for the rest of the turn), which writes the replies and resumes. The I/O
+ *     thread serves its other connections meanwhile: it never waits for a shard or the
+ *     disk. Frames after the batch wait their turn, which is exactly FIFO pipelining.
  *   - OP_REGISTER and OP_RESET may wait (a register's reply for its record to be
  *     durable, a reset for the engine's barrier: every earlier push applied; see
  *     engine_int.h), so they run as a job on the listener's workpool (workpool.h): the
@@ -115,6 +116,8 @@ typedef struct tcp_conn {
     bv_buf job_out;        /* its reply frame, written by the job */
     struct tcp_conn *prev, *next;   /* the worker's connections */
     struct tcp_conn *done_next;     /* completion list */
+    bool closed;                    /* conn_close ran: later events of this turn are stale */
+    struct tcp_conn *grave_next;    /* closed, freed at the end of the loop's turn */
 } tcp_conn;
 
 struct tcp_worker {
@@ -125,6 +128,8 @@ struct tcp_worker {
     bool started;
     pthread_mutex_t done_mu;
     tcp_conn *done_head;
+    _Atomic bool done_ready;   /* done_head is non-empty (set and cleared under done_mu) */
+    tcp_conn *graveyard;       /* closed connections the current turn may still name */
     tcp_conn *conns;           /* list of open connections */
     size_t busy;               /* connections with a batch in flight */
     _Atomic size_t nconns;     /* connections it owns, handed-off ones included */
@@ -537,14 +542,30 @@ static void conn_unlink(tcp_worker *w, tcp_conn *c) {
     c->prev = c->next = NULL;
 }
 
+/* Free c at the end of the loop's turn: an event of this turn's epoll_wait may still name
+ * it (drain_done runs between connection events). */
+static void conn_bury(tcp_worker *w, tcp_conn *c) {
+    c->grave_next = w->graveyard;
+    w->graveyard = c;
+}
+
+static void free_graveyard(tcp_worker *w) {
+    while (w->graveyard) {
+        tcp_conn *c = w->graveyard;
+        w->graveyard = c->grave_next;
+        conn_free(w->srv, c);
+    }
+}
+
 static void conn_close(tcp_worker *w, tcp_conn *c) {
     epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     conn_unlink(w, c);
+    c->closed = true;
     if (c->busy) {                       /* the engine still holds its batch: free on completion */
         c->dead = true;
         return;
     }
-    conn_free(w->srv, c);
+    conn_bury(w, c);
 }
 
 /* A batch or job finished (any thread): hand the connection back to its worker. */
@@ -554,6 +575,7 @@ static void conn_hand_back(tcp_conn *c) {
     bool was_empty = w->done_head == NULL;
     c->done_next = w->done_head;
     w->done_head = c;
+    atomic_store_explicit(&w->done_ready, true, memory_order_relaxed);
     pthread_mutex_unlock(&w->done_mu);
     if (was_empty) {
         uint64_t one = 1;
@@ -898,8 +920,14 @@ static void drain_done(tcp_worker *w) {
     ssize_t rd = read(w->done_fd, &v, sizeof v);
     (void)rd;
     pthread_mutex_lock(&w->done_mu);
-    tcp_conn *list = w->done_head;
-    w->done_head = NULL;
+    tcp_conn *list = NULL;             /* in completion order (done_head is newest first) */
+    while (w->done_head) {
+        tcp_conn *c = w->done_head;
+        w->done_head = c->done_next;
+        c->done_next = list;
+        list = c;
+    }
+    atomic_store_explicit(&w->done_ready, false, memory_order_relaxed);
     int handed[TCP_HANDOFF_BATCH];
     size_t nh = 0;
     while (w->nhandoff > 0 && nh < TCP_HANDOFF_BATCH) handed[nh++] = w->handoff[--w->nhandoff];
@@ -917,7 +945,7 @@ static void drain_done(tcp_worker *w) {
         w->busy--;
         conn_finish_batch(c);
         if (c->dead) {
-            conn_free(w->srv, c);
+            conn_bury(w, c);
             continue;
         }
         c->last_ms = mono_ms();
@@ -970,7 +998,11 @@ static void *worker_main(void *arg) {
                 drain_done(w);
             } else {
                 tcp_conn *c = ptr;
+                if (c->closed) continue;            /* closed earlier in this turn */
                 if (!conn_event(w, c, evs[i].events)) conn_close(w, c);
+                /* batches the engine completed meanwhile (another thread applied them):
+                 * answer them now, not after the rest of this turn's connections */
+                if (atomic_load_explicit(&w->done_ready, memory_order_relaxed)) drain_done(w);
             }
         }
         if (stopping) {
@@ -986,7 +1018,9 @@ static void *worker_main(void *arg) {
             last_sweep = now;
             sweep_timeouts(w);
         }
+        free_graveyard(w);
     }
+    free_graveyard(w);
     for (tcp_conn *c = w->conns, *next; c; c = next) {
         next = c->next;
         conn_free(s, c);
