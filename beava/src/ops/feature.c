@@ -244,6 +244,7 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
                            wc.missing ? wc.missing : "?");
                 goto fail;
             }
+            expr_bind_schema(f->where, schema);
             f->where_src = bv_xstrdup(where);
         }
     }
@@ -271,6 +272,7 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
                            vc.missing);
                 goto fail;
             }
+            expr_bind_schema(f->value_expr, schema);
         }
     }
 
