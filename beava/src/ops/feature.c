@@ -346,7 +346,7 @@ static int64_t memo_epoch(epoch_memo *m, int64_t now_ms, int64_t bucket_ms) {
 /* The body of feature_update, inlined into feature_update_row's loop (one call and
  * frame per part instead of one per feature). */
 static inline void update_one(const feature *f, void *st, const bv_row *row, int64_t now_ms,
-                              expr_arena *arena, op_stats *stats, epoch_memo *memo) {
+                              expr_arena *arena, op_stats *stats, epoch_memo *memo, op_memo *shared) {
     const struct op_vtable *vt = f->vt;
     op_input in;
     bv_value cv, ev;                /* must outlive the update call below */
@@ -354,6 +354,7 @@ static inline void update_one(const feature *f, void *st, const bv_row *row, int
     in.row = row;
     in.now_ms = now_ms;
     in.stats = stats;
+    in.memo = shared;
     in.matched = f->where ? expr_matches(f->where, row, arena) : true;
     if (!in.matched && !(vt->flags & OPF_SEES_UNMATCHED)) return;
     if (vt->flags & OPF_READS_FIELD) {
@@ -380,15 +381,17 @@ static inline void update_one(const feature *f, void *st, const bv_row *row, int
 void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_ms,
                     expr_arena *arena, op_stats *stats) {
     epoch_memo memo = { { 0 }, { 0 }, 0 };
-    update_one(f, st, row, now_ms, arena, stats, &memo);
+    op_memo shared = { .hav_valid = false };
+    update_one(f, st, row, now_ms, arena, stats, &memo, &shared);
 }
 
 void feature_update_row(const feature *fs, const size_t *offsets, size_t n, char *base, const bv_row *row,
                         int64_t now_ms, expr_arena *arena, op_stats *stats) {
     epoch_memo memo = { { 0 }, { 0 }, 0 };
+    op_memo shared = { .hav_valid = false };
     for (size_t i = 0; i < n; i++) {
         expr_arena_reset(arena);
-        update_one(&fs[i], base + offsets[i], row, now_ms, arena, stats, &memo);
+        update_one(&fs[i], base + offsets[i], row, now_ms, arena, stats, &memo, &shared);
     }
 }
 
