@@ -344,25 +344,24 @@ static int64_t memo_epoch(epoch_memo *m, int64_t now_ms, int64_t bucket_ms) {
 }
 
 /* The body of feature_update, inlined into feature_update_row's loop (one call and
- * frame per part instead of one per feature). */
-static inline void update_one(const feature *f, void *st, const bv_row *row, int64_t now_ms,
-                              expr_arena *arena, op_stats *stats, epoch_memo *memo, op_memo *shared) {
+ * frame per part instead of one per feature). `in` carries the row's fields that do not
+ * change from feature to feature (row, now_ms, stats, memo), set once by the caller;
+ * this sets v and matched. */
+static inline void update_one(const feature *f, void *st, op_input *in, expr_arena *arena, epoch_memo *memo) {
     const struct op_vtable *vt = f->vt;
-    op_input in;
     bv_value cv, ev;                /* must outlive the update call below */
-    in.v = NULL;
-    in.row = row;
-    in.now_ms = now_ms;
-    in.stats = stats;
-    in.memo = shared;
-    in.matched = f->where ? expr_matches(f->where, row, arena) : true;
-    if (!in.matched && !(vt->flags & OPF_SEES_UNMATCHED)) return;
+    in->v = NULL;
+    in->matched = true;
+    if (f->where) {
+        in->matched = expr_matches(f->where, in->row, arena);
+        if (!in->matched && !(vt->flags & OPF_SEES_UNMATCHED)) return;
+    }
     if (vt->flags & OPF_READS_FIELD) {
         const bv_value *v;
         if (f->field) {
-            v = feature_row_field(row, f->field, f->field_len, f->field_pos);
+            v = feature_row_field(in->row, f->field, f->field_len, f->field_pos);
         } else if (f->value_expr) {
-            ev = expr_eval(f->value_expr, row, arena);
+            ev = expr_eval(f->value_expr, in->row, arena);
             v = &ev;
         } else {
             return;
@@ -372,26 +371,28 @@ static inline void update_one(const feature *f, void *st, const bv_row *row, int
             cv = opval_coerce(v, vt->coerce == OP_COERCE_F64 ? WT_F64 : WT_I64);
             v = &cv;
         }
-        in.v = v;
+        in->v = v;
     }
-    if (f->window_ms) window_update(f, st, &in, memo_epoch(memo, now_ms, f->bucket_ms));
-    else vt->update(f, st, &in);
+    if (f->window_ms) window_update(f, st, in, memo_epoch(memo, in->now_ms, f->bucket_ms));
+    else vt->update(f, st, in);
 }
 
 void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_ms,
                     expr_arena *arena, op_stats *stats) {
     epoch_memo memo = { { 0 }, { 0 }, 0 };
     op_memo shared = { .hav_valid = false };
-    update_one(f, st, row, now_ms, arena, stats, &memo, &shared);
+    op_input in = { .row = row, .now_ms = now_ms, .stats = stats, .memo = &shared };
+    update_one(f, st, &in, arena, &memo);
 }
 
 void feature_update_row(const feature *fs, const size_t *offsets, size_t n, char *base, const bv_row *row,
                         int64_t now_ms, expr_arena *arena, op_stats *stats) {
     epoch_memo memo = { { 0 }, { 0 }, 0 };
     op_memo shared = { .hav_valid = false };
+    op_input in = { .row = row, .now_ms = now_ms, .stats = stats, .memo = &shared };
     for (size_t i = 0; i < n; i++) {
         expr_arena_reset(arena);
-        update_one(&fs[i], base + offsets[i], row, now_ms, arena, stats, &memo, &shared);
+        update_one(&fs[i], base + offsets[i], &in, arena, &memo);
     }
 }
 
