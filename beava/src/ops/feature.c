@@ -290,8 +290,12 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         else if (t == WT_I64 && vt->as_i64) f->vt = vt->as_i64;
     }
     f->state_size = f->window_ms ? window_state_size(f->vt) : f->vt->state_size;
-    f->hinted = f->window_ms ||
-                (f->vt->prefetch && !f->where && (f->field || !(f->vt->flags & OPF_READS_FIELD)));
+    f->prefetch_mode = FEATURE_PREFETCH_NONE;
+    if (f->vt->prefetch && !f->where) {
+        if (!(f->vt->flags & OPF_READS_FIELD)) f->prefetch_mode = FEATURE_PREFETCH_STATE;
+        else if (f->field) f->prefetch_mode = FEATURE_PREFETCH_VALUE;
+    }
+    f->hinted = f->window_ms || f->prefetch_mode != FEATURE_PREFETCH_NONE;
     /* lookup hints for the event path (feature_row_field) */
     f->field_pos = f->p.lat_pos = f->p.lon_pos = -1;
     if (f->field) {
@@ -398,20 +402,19 @@ void feature_update_row(const feature *fs, const size_t *offsets, size_t n, char
 
 static inline void prefetch_one(const feature *f, const void *st, const bv_row *row, int64_t now_ms,
                                 epoch_memo *memo) {
-    const struct op_vtable *vt = f->vt;
     const bv_value *v = NULL;
-    bool hint = false;                /* the kind's hook runs (op.h: v NULL unless it reads a field) */
-    if (vt->prefetch && !f->where) {
-        if (!(vt->flags & OPF_READS_FIELD)) {
-            hint = true;
-        } else if (f->field) {
-            v = feature_row_field(row, f->field, f->field_len, f->field_pos);
-            if (v && v->kind == BV_NULL) v = NULL;
-            hint = v != NULL;
-        }
+    bool hint;                        /* the kind's hook runs (op.h: v NULL unless it reads a field) */
+    switch (f->prefetch_mode) {
+    case FEATURE_PREFETCH_STATE: hint = true; break;
+    case FEATURE_PREFETCH_VALUE:
+        v = feature_row_field(row, f->field, f->field_len, f->field_pos);
+        if (v && v->kind == BV_NULL) v = NULL;
+        hint = v != NULL;
+        break;
+    default: hint = false; break;
     }
-    if (f->window_ms) window_prefetch(f, st, hint, v, memo_epoch(memo, now_ms, f->bucket_ms));
-    else if (hint) vt->prefetch(f, st, v);
+    if (f->window_ms) window_prefetch(f, st, hint, v, hint ? memo_epoch(memo, now_ms, f->bucket_ms) : 0);
+    else if (hint) f->vt->prefetch(f, st, v);
 }
 
 void feature_prefetch_state(const feature *f, const void *st, const bv_row *row, int64_t now_ms) {

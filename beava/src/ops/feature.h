@@ -55,6 +55,10 @@ typedef struct op_params {
     int64_t param_window_ms;  /* first_seen_in_window */
 } op_params;
 
+/* How feature_prefetch calls the kind's hook (op.h): not at all (no hook, or the value
+ * needs a `where` or an expression first), on the state alone, or with the field's value. */
+enum { FEATURE_PREFETCH_NONE, FEATURE_PREFETCH_STATE, FEATURE_PREFETCH_VALUE };
+
 typedef struct feature {
     char *name;
     const struct op_vtable *vt;
@@ -72,6 +76,7 @@ typedef struct feature {
     json_t *spec;             /* the original {"op":..,"params":{..}} (owned ref) */
     size_t state_size;
     bool hinted;              /* feature_prefetch has something to load (set by compile) */
+    uint8_t prefetch_mode;    /* FEATURE_PREFETCH_*: what the kind's prefetch hook is given */
 } feature;
 
 /*
