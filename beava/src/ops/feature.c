@@ -76,6 +76,7 @@ void feature_release(feature *f) {
     free(f->field);
     free(f->window_src);
     free(f->where_src);
+    free(f->value_src);
     if (f->where) expr_free(f->where);
     if (f->value_expr) expr_free(f->value_expr);
     if (f->spec) json_decref(f->spec);
@@ -273,6 +274,8 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
                 goto fail;
             }
             expr_bind_schema(f->value_expr, schema);
+            f->value_src = bv_xstrdup(vsrc);
+            f->value_src_len = strlen(vsrc);
         }
     }
 
@@ -347,6 +350,23 @@ static int64_t memo_epoch(epoch_memo *m, int64_t now_ms, int64_t bucket_ms) {
     return e;
 }
 
+/* The value of f's `expr` on in->row. Features of one row computing the same source
+ * text (n_unique and entropy over one quadkey) evaluate it once: the first result is
+ * kept in the row's memo unless it is text (text may live in the arena, reset between
+ * features). Expressions are pure, so a kept result is the one evaluation gives. */
+static bv_value value_of_expr(const feature *f, const op_input *in, expr_arena *arena) {
+    op_memo *m = in->memo;
+    if (m->vx_src && m->vx_src_len == f->value_src_len && memcmp(m->vx_src, f->value_src, f->value_src_len) == 0)
+        return m->vx_val;
+    bv_value v = expr_eval(f->value_expr, in->row, arena);
+    if (v.kind != BV_STR && v.kind != BV_JSON) {
+        m->vx_src = f->value_src;
+        m->vx_src_len = f->value_src_len;
+        m->vx_val = v;
+    }
+    return v;
+}
+
 /* The body of feature_update, inlined into feature_update_row's loop (one call and
  * frame per part instead of one per feature). `in` carries the row's fields that do not
  * change from feature to feature (row, now_ms, stats, memo), set once by the caller;
@@ -365,7 +385,7 @@ static inline void update_one(const feature *f, void *st, op_input *in, expr_are
         if (f->field) {
             v = feature_row_field(in->row, f->field, f->field_len, f->field_pos);
         } else if (f->value_expr) {
-            ev = expr_eval(f->value_expr, in->row, arena);
+            ev = value_of_expr(f, in, arena);
             v = &ev;
         } else {
             return;
@@ -384,7 +404,7 @@ static inline void update_one(const feature *f, void *st, op_input *in, expr_are
 void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_ms,
                     expr_arena *arena, op_stats *stats) {
     epoch_memo memo = { { 0 }, { 0 }, 0 };
-    op_memo shared = { .hav_valid = false };
+    op_memo shared = { .hav_valid = false, .vx_src = NULL };
     op_input in = { .row = row, .now_ms = now_ms, .stats = stats, .memo = &shared };
     update_one(f, st, &in, arena, &memo);
 }
@@ -392,7 +412,7 @@ void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_m
 void feature_update_row(const feature *fs, const size_t *offsets, size_t n, char *base, const bv_row *row,
                         int64_t now_ms, expr_arena *arena, op_stats *stats) {
     epoch_memo memo = { { 0 }, { 0 }, 0 };
-    op_memo shared = { .hav_valid = false };
+    op_memo shared = { .hav_valid = false, .vx_src = NULL };
     op_input in = { .row = row, .now_ms = now_ms, .stats = stats, .memo = &shared };
     for (size_t i = 0; i < n; i++) {
         expr_arena_reset(arena);

@@ -71,6 +71,8 @@ typedef struct feature {
     int64_t window_ms;        /* 0 = lifetime */
     int64_t bucket_ms;        /* ceil(window/64) when windowed */
     expr *value_expr;         /* `expr` param: the value, when no `field` is given */
+    char *value_src;          /* its source text (NULL without one) */
+    size_t value_src_len;
     expr *where;              /* NULL = always matched */
     char *where_src;
     json_t *spec;             /* the original {"op":..,"params":{..}} (owned ref) */

@@ -53,6 +53,9 @@ typedef struct op_memo {
     bool hav_valid;           /* geo_haversine(hav_in[0..3]) == hav_out */
     double hav_in[4];
     double hav_out;
+    const char *vx_src;       /* NULL, or an `expr` source whose value is vx_val */
+    size_t vx_src_len;
+    bv_value vx_val;          /* never text (bv_value of kind BV_STR/BV_JSON) */
 } op_memo;
 
 /* One event as an operator sees it. */
