@@ -64,7 +64,8 @@ static void entropy_prefetch(const feature *f, const void *st, const bv_value *v
     const entropy_st *s = st;
     char buf[48];
     bv_value c;
-    if (category(v, buf, &c)) vm_prefetch(&s->m, opval_hash(&c));
+    if (!s->m.idx) vm_prefetch(&s->m, 0);                 /* a short map: its entries */
+    else if (category(v, buf, &c)) vm_prefetch(&s->m, opval_hash(&c));
 }
 
 static void entropy_merge(const feature *f, void *dst, const void *src) {
