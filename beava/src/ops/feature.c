@@ -293,6 +293,10 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         else if (t == WT_I64 && vt->as_i64) f->vt = vt->as_i64;
     }
     f->state_size = f->window_ms ? window_state_size(f->vt) : f->vt->state_size;
+    {   /* the width's epoch memo slot: a multiplicative hash's top bits */
+        uint64_t h = (uint64_t)f->bucket_ms * 0x9E3779B97F4A7C15ull;
+        f->epoch_slot = (uint8_t)(h >> 56);
+    }
     f->prefetch_mode = FEATURE_PREFETCH_NONE;
     if (f->vt->prefetch && !f->where) {
         if (!(f->vt->flags & OPF_READS_FIELD)) f->prefetch_mode = FEATURE_PREFETCH_STATE;
@@ -332,22 +336,21 @@ void feature_state_destroy(const feature *f, void *st) {
 }
 
 /* Bucket epochs of one event's windowed features: a row has a few window widths
- * (5m, 1h, 24h...) over many features, so window_epoch's division runs once per width. */
-#define EPOCH_MEMO 4
+ * (5m, 1h, 24h...) over many features, so window_epoch's division runs once per width.
+ * Direct-mapped by the width's slot (feature.epoch_slot, from compile): one compare per
+ * lookup; two widths sharing a slot just recompute. */
+#define EPOCH_MEMO 8                  /* a power of two */
 typedef struct epoch_memo {
     int64_t bucket_ms[EPOCH_MEMO];    /* 0: free (a window's bucket is >= 1 ms) */
     int64_t epoch[EPOCH_MEMO];
-    unsigned next;                    /* the entry replaced next */
 } epoch_memo;
 
-static int64_t memo_epoch(epoch_memo *m, int64_t now_ms, int64_t bucket_ms) {
-    for (unsigned i = 0; i < EPOCH_MEMO; i++)
-        if (m->bucket_ms[i] == bucket_ms) return m->epoch[i];
-    int64_t e = window_epoch(now_ms, bucket_ms);
-    m->bucket_ms[m->next] = bucket_ms;
-    m->epoch[m->next] = e;
-    m->next = (m->next + 1) % EPOCH_MEMO;
-    return e;
+static inline int64_t memo_epoch(epoch_memo *m, int64_t now_ms, const feature *f) {
+    unsigned i = f->epoch_slot & (EPOCH_MEMO - 1);
+    if (m->bucket_ms[i] == f->bucket_ms) return m->epoch[i];
+    m->bucket_ms[i] = f->bucket_ms;
+    m->epoch[i] = window_epoch(now_ms, f->bucket_ms);
+    return m->epoch[i];
 }
 
 /* The value of f's `expr` on in->row. Features of one row computing the same source
@@ -397,13 +400,13 @@ static inline void update_one(const feature *f, void *st, op_input *in, expr_are
         }
         in->v = v;
     }
-    if (f->window_ms) window_update(f, st, in, memo_epoch(memo, in->now_ms, f->bucket_ms));
+    if (f->window_ms) window_update(f, st, in, memo_epoch(memo, in->now_ms, f));
     else vt->update(f, st, in);
 }
 
 void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_ms,
                     expr_arena *arena, op_stats *stats) {
-    epoch_memo memo = { { 0 }, { 0 }, 0 };
+    epoch_memo memo = { .bucket_ms = { 0 } };
     op_memo shared = { .hav_valid = false, .vx_src = NULL };
     op_input in = { .row = row, .now_ms = now_ms, .stats = stats, .memo = &shared };
     update_one(f, st, &in, arena, &memo);
@@ -411,7 +414,7 @@ void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_m
 
 void feature_update_row(const feature *fs, const size_t *offsets, size_t n, char *base, const bv_row *row,
                         int64_t now_ms, expr_arena *arena, op_stats *stats) {
-    epoch_memo memo = { { 0 }, { 0 }, 0 };
+    epoch_memo memo = { .bucket_ms = { 0 } };
     op_memo shared = { .hav_valid = false, .vx_src = NULL };
     op_input in = { .row = row, .now_ms = now_ms, .stats = stats, .memo = &shared };
     for (size_t i = 0; i < n; i++) {
@@ -433,18 +436,18 @@ static inline void prefetch_one(const feature *f, const void *st, const bv_row *
         break;
     default: hint = false; break;
     }
-    if (f->window_ms) window_prefetch(f, st, hint, v, hint ? memo_epoch(memo, now_ms, f->bucket_ms) : 0);
+    if (f->window_ms) window_prefetch(f, st, hint, v, hint ? memo_epoch(memo, now_ms, f) : 0);
     else if (hint) f->vt->prefetch(f, st, v);
 }
 
 void feature_prefetch_state(const feature *f, const void *st, const bv_row *row, int64_t now_ms) {
-    epoch_memo memo = { { 0 }, { 0 }, 0 };
+    epoch_memo memo = { .bucket_ms = { 0 } };
     prefetch_one(f, st, row, now_ms, &memo);
 }
 
 void feature_prefetch_row(const feature *fs, const size_t *offsets, size_t n, const char *base,
                           const bv_row *row, int64_t now_ms) {
-    epoch_memo memo = { { 0 }, { 0 }, 0 };
+    epoch_memo memo = { .bucket_ms = { 0 } };
     for (size_t i = 0; i < n; i++)
         if (fs[i].hinted) prefetch_one(&fs[i], base + offsets[i], row, now_ms, &memo);
 }

@@ -70,6 +70,7 @@ typedef struct feature {
     char *window_src;         /* as sent, NULL if absent ("forever" kept) */
     int64_t window_ms;        /* 0 = lifetime */
     int64_t bucket_ms;        /* ceil(window/64) when windowed */
+    uint8_t epoch_slot;       /* bucket_ms hashed: its slot in feature_update_row's epoch memo */
     expr *value_expr;         /* `expr` param: the value, when no `field` is given */
     char *value_src;          /* its source text (NULL without one) */
     size_t value_src_len;
