@@ -759,6 +759,54 @@ static void test_foreach_field(void **state) {
     expr_free(e);
 }
 
+/* A bound expression reads the same values whatever the row's field order: at the
+ * schema's positions, in another order, with a field missing, or with another field at
+ * a bound position. */
+static void test_bind_schema(void **state) {
+    (void)state;
+    bv_err err;
+    bv_schema sc;
+    bv_schema_init(&sc);
+    bv_schema_set(&sc, "lat", WT_F64);
+    bv_schema_set(&sc, "lon", WT_F64);
+    bv_schema_set(&sc, "amount", WT_I64);
+    expr *e = expr_parse("amount * 2 + cast(lat, int) - cast(lon, int)", &err);
+    assert_non_null(e);
+    expr_bind_schema(e, &sc);
+    expr_arena a = { .used = 0 };
+    bv_field f[3];
+    bv_row r = { .fields = f, .n = 3, .cap = 0 };
+    f[0] = (bv_field){ "lat", 3, bv_f64(10.0) };               /* schema order */
+    f[1] = (bv_field){ "lon", 3, bv_f64(3.0) };
+    f[2] = (bv_field){ "amount", 6, bv_i64(5) };
+    bv_value v = expr_eval(e, &r, &a);
+    assert_int_equal(v.kind, BV_I64);
+    assert_int_equal(v.u.i, 17);
+    f[0] = (bv_field){ "amount", 6, bv_i64(5) };               /* key-first order */
+    f[1] = (bv_field){ "lon", 3, bv_f64(3.0) };
+    f[2] = (bv_field){ "lat", 3, bv_f64(10.0) };
+    v = expr_eval(e, &r, &a);
+    assert_int_equal(v.kind, BV_I64);
+    assert_int_equal(v.u.i, 17);
+    f[0] = (bv_field){ "lot", 3, bv_f64(99.0) };               /* same length, other name at lat's position */
+    f[1] = (bv_field){ "lon", 3, bv_f64(3.0) };
+    f[2] = (bv_field){ "amount", 6, bv_i64(5) };
+    v = expr_eval(e, &r, &a);
+    assert_int_equal(v.kind, BV_NULL);                         /* lat missing: null propagates */
+    r.n = 2;                                                   /* amount's position past the row */
+    f[0] = (bv_field){ "amount", 6, bv_i64(1) };
+    f[1] = (bv_field){ "lat", 3, bv_f64(4.0) };
+    expr *e2 = expr_parse("amount + cast(lat, int)", &err);
+    assert_non_null(e2);
+    expr_bind_schema(e2, &sc);
+    v = expr_eval(e2, &r, &a);
+    assert_int_equal(v.kind, BV_I64);
+    assert_int_equal(v.u.i, 5);
+    expr_free(e2);
+    expr_free(e);
+    bv_schema_free(&sc);
+}
+
 static void test_typecheck(void **state) {
     (void)state;
     check_type("1", WT_I64);
@@ -853,6 +901,7 @@ int main(void) {
         cmocka_unit_test(test_long_flat_chains),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_foreach_field),
+        cmocka_unit_test(test_bind_schema),
         cmocka_unit_test(test_typecheck),
         cmocka_unit_test(test_typecheck_rules),
     };

@@ -128,6 +128,7 @@ static expr *compile_expr(const char *src, const bv_schema *cur, const char *pat
         bv_err_set(err, "invalid_expression", path, "%s: %s", what, e2.reason);
         return NULL;
     }
+    expr_bind_schema(ex, cur);
     return ex;
 }
 

@@ -84,6 +84,7 @@ typedef struct node {
     uint32_t first;     /* first child or NONE */
     uint32_t next;      /* next sibling or NONE */
     uint32_t nkids;
+    int32_t hint;       /* N_FIELD: the field's position in the bound schema (expr_bind_schema), -1 none */
     union {
         bool b;
         int64_t i;
@@ -391,6 +392,7 @@ static uint32_t new_node(parser *p, enum nkind kind, size_t pos) {
     n->pos = (uint32_t)pos;
     n->first = NONE;
     n->next = NONE;
+    n->hint = -1;
     return id;
 }
 
@@ -712,6 +714,19 @@ bool expr_foreach_field(const expr *e, bool (*cb)(void *ctx, const char *field),
     for (uint32_t i = 0; i < e->nnodes; i++)
         if (e->nodes[i].kind == N_FIELD && !cb(ctx, e->strs + e->nodes[i].u.s.off)) return false;
     return true;
+}
+
+void expr_bind_schema(expr *e, const bv_schema *schema) {
+    char name[EXPR_BIND_NAME_MAX];
+    for (uint32_t i = 0; i < e->nnodes; i++) {
+        node *n = &e->nodes[i];
+        if (n->kind != N_FIELD) continue;
+        n->hint = -1;
+        if (n->u.s.len >= sizeof name) continue;       /* no hint: found by name */
+        memcpy(name, e->strs + n->u.s.off, n->u.s.len);
+        name[n->u.s.len] = 0;
+        n->hint = bv_schema_find(schema, name, NULL);
+    }
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -1123,6 +1138,25 @@ static bv_value quadkey(const bv_value *lat, const bv_value *lon, const bv_value
     return bv_i64(r);
 }
 
+/* a[0..n) == b[0..n) for a schema's short field names, inline (no libc call): two
+ * overlapping 8- (or 4-) byte words cover 4..16 bytes. */
+static inline bool short_name_eq(const char *a, const char *b, size_t n) {
+    uint64_t x0, y0, x1, y1;
+    uint32_t u0, v0, u1, v1;
+    if (n > 16) return memcmp(a, b, n) == 0;
+    if (n >= 8) {
+        memcpy(&x0, a, 8); memcpy(&y0, b, 8); memcpy(&x1, a + n - 8, 8); memcpy(&y1, b + n - 8, 8);
+        return x0 == y0 && x1 == y1;
+    }
+    if (n >= 4) {
+        memcpy(&u0, a, 4); memcpy(&v0, b, 4); memcpy(&u1, a + n - 4, 4); memcpy(&v1, b + n - 4, 4);
+        return u0 == v0 && u1 == v1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i]) return false;
+    return true;
+}
+
 static bv_value ev(const expr *e, const node *n, const bv_row *row, expr_arena *a) {
     switch ((enum nkind)n->kind) {
     case N_NULL: return bv_null();
@@ -1132,7 +1166,12 @@ static bv_value ev(const expr *e, const node *n, const bv_row *row, expr_arena *
     case N_STR: return bv_str(e->strs + n->u.s.off, n->u.s.len);
     case N_TYPE: return bv_null();              /* only meaningful as cast's second argument */
     case N_FIELD: {
-        const bv_value *v = bv_row_getn(row, e->strs + n->u.s.off, n->u.s.len);
+        const char *name = e->strs + n->u.s.off;
+        if (n->hint >= 0 && (size_t)n->hint < row->n) {      /* the bound schema's position */
+            const bv_field *x = &row->fields[n->hint];
+            if (x->name_len == n->u.s.len && short_name_eq(x->name, name, x->name_len)) return x->value;
+        }
+        const bv_value *v = bv_row_getn(row, name, n->u.s.len);
         return v ? *v : bv_null();
     }
     case N_CMP: {

@@ -39,6 +39,13 @@ void expr_free(expr *e);
  * expr_foreach_field then returns false). */
 bool expr_foreach_field(const expr *e, bool (*cb)(void *ctx, const char *field), void *ctx);
 
+/* Position hints for the field references (made before the expression is shared):
+ * a field is looked for first at its position in `schema`, then by name, so rows of
+ * another field order read the same values. Names of EXPR_BIND_NAME_MAX bytes or more
+ * get no hint. */
+#define EXPR_BIND_NAME_MAX 256
+void expr_bind_schema(expr *e, const bv_schema *schema);
+
 /* Register-time type inference against a schema. The null literal's type is
  * reported as EXPR_TYPE_NULL. Returns 0 and sets *out, or -1 with err set
  * (code "invalid_expression"). */

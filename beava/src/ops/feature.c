@@ -76,6 +76,7 @@ void feature_release(feature *f) {
     free(f->field);
     free(f->window_src);
     free(f->where_src);
+    free(f->value_src);
     if (f->where) expr_free(f->where);
     if (f->value_expr) expr_free(f->value_expr);
     if (f->spec) json_decref(f->spec);
@@ -244,6 +245,7 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
                            wc.missing ? wc.missing : "?");
                 goto fail;
             }
+            expr_bind_schema(f->where, schema);
             f->where_src = bv_xstrdup(where);
         }
     }
@@ -271,6 +273,9 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
                            vc.missing);
                 goto fail;
             }
+            expr_bind_schema(f->value_expr, schema);
+            f->value_src = bv_xstrdup(vsrc);
+            f->value_src_len = strlen(vsrc);
         }
     }
 
@@ -288,8 +293,16 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         else if (t == WT_I64 && vt->as_i64) f->vt = vt->as_i64;
     }
     f->state_size = f->window_ms ? window_state_size(f->vt) : f->vt->state_size;
-    f->hinted = f->window_ms ||
-                (f->vt->prefetch && !f->where && (f->field || !(f->vt->flags & OPF_READS_FIELD)));
+    {   /* the width's epoch memo slot: a multiplicative hash's top bits */
+        uint64_t h = (uint64_t)f->bucket_ms * 0x9E3779B97F4A7C15ull;
+        f->epoch_slot = (uint8_t)(h >> 56);
+    }
+    f->prefetch_mode = FEATURE_PREFETCH_NONE;
+    if (f->vt->prefetch && !f->where) {
+        if (!(f->vt->flags & OPF_READS_FIELD)) f->prefetch_mode = FEATURE_PREFETCH_STATE;
+        else if (f->field) f->prefetch_mode = FEATURE_PREFETCH_VALUE;
+    }
+    f->hinted = f->window_ms || f->prefetch_mode != FEATURE_PREFETCH_NONE;
     /* lookup hints for the event path (feature_row_field) */
     f->field_pos = f->p.lat_pos = f->p.lon_pos = -1;
     if (f->field) {
@@ -323,43 +336,59 @@ void feature_state_destroy(const feature *f, void *st) {
 }
 
 /* Bucket epochs of one event's windowed features: a row has a few window widths
- * (5m, 1h, 24h...) over many features, so window_epoch's division runs once per width. */
-#define EPOCH_MEMO 4
+ * (5m, 1h, 24h...) over many features, so window_epoch's division runs once per width.
+ * Direct-mapped by the width's slot (feature.epoch_slot, from compile): one compare per
+ * lookup; two widths sharing a slot just recompute. */
+#define EPOCH_MEMO 8                  /* a power of two */
 typedef struct epoch_memo {
     int64_t bucket_ms[EPOCH_MEMO];    /* 0: free (a window's bucket is >= 1 ms) */
     int64_t epoch[EPOCH_MEMO];
-    unsigned next;                    /* the entry replaced next */
 } epoch_memo;
 
-static int64_t memo_epoch(epoch_memo *m, int64_t now_ms, int64_t bucket_ms) {
-    for (unsigned i = 0; i < EPOCH_MEMO; i++)
-        if (m->bucket_ms[i] == bucket_ms) return m->epoch[i];
-    int64_t e = window_epoch(now_ms, bucket_ms);
-    m->bucket_ms[m->next] = bucket_ms;
-    m->epoch[m->next] = e;
-    m->next = (m->next + 1) % EPOCH_MEMO;
-    return e;
+static inline int64_t memo_epoch(epoch_memo *m, int64_t now_ms, const feature *f) {
+    unsigned i = f->epoch_slot & (EPOCH_MEMO - 1);
+    if (m->bucket_ms[i] == f->bucket_ms) return m->epoch[i];
+    m->bucket_ms[i] = f->bucket_ms;
+    m->epoch[i] = window_epoch(now_ms, f->bucket_ms);
+    return m->epoch[i];
+}
+
+/* The value of f's `expr` on in->row. Features of one row computing the same source
+ * text (n_unique and entropy over one quadkey) evaluate it once: the first result is
+ * kept in the row's memo unless it is text (text may live in the arena, reset between
+ * features). Expressions are pure, so a kept result is the one evaluation gives. */
+static bv_value value_of_expr(const feature *f, const op_input *in, expr_arena *arena) {
+    op_memo *m = in->memo;
+    if (m->vx_src && m->vx_src_len == f->value_src_len && memcmp(m->vx_src, f->value_src, f->value_src_len) == 0)
+        return m->vx_val;
+    bv_value v = expr_eval(f->value_expr, in->row, arena);
+    if (v.kind != BV_STR && v.kind != BV_JSON) {
+        m->vx_src = f->value_src;
+        m->vx_src_len = f->value_src_len;
+        m->vx_val = v;
+    }
+    return v;
 }
 
 /* The body of feature_update, inlined into feature_update_row's loop (one call and
- * frame per part instead of one per feature). */
-static inline void update_one(const feature *f, void *st, const bv_row *row, int64_t now_ms,
-                              expr_arena *arena, op_stats *stats, epoch_memo *memo) {
+ * frame per part instead of one per feature). `in` carries the row's fields that do not
+ * change from feature to feature (row, now_ms, stats, memo), set once by the caller;
+ * this sets v and matched. */
+static inline void update_one(const feature *f, void *st, op_input *in, expr_arena *arena, epoch_memo *memo) {
     const struct op_vtable *vt = f->vt;
-    op_input in;
     bv_value cv, ev;                /* must outlive the update call below */
-    in.v = NULL;
-    in.row = row;
-    in.now_ms = now_ms;
-    in.stats = stats;
-    in.matched = f->where ? expr_matches(f->where, row, arena) : true;
-    if (!in.matched && !(vt->flags & OPF_SEES_UNMATCHED)) return;
+    in->v = NULL;
+    in->matched = true;
+    if (f->where) {
+        in->matched = expr_matches(f->where, in->row, arena);
+        if (!in->matched && !(vt->flags & OPF_SEES_UNMATCHED)) return;
+    }
     if (vt->flags & OPF_READS_FIELD) {
         const bv_value *v;
         if (f->field) {
-            v = feature_row_field(row, f->field, f->field_len, f->field_pos);
+            v = feature_row_field(in->row, f->field, f->field_len, f->field_pos);
         } else if (f->value_expr) {
-            ev = expr_eval(f->value_expr, row, arena);
+            ev = value_of_expr(f, in, arena);
             v = &ev;
         } else {
             return;
@@ -369,53 +398,56 @@ static inline void update_one(const feature *f, void *st, const bv_row *row, int
             cv = opval_coerce(v, vt->coerce == OP_COERCE_F64 ? WT_F64 : WT_I64);
             v = &cv;
         }
-        in.v = v;
+        in->v = v;
     }
-    if (f->window_ms) window_update(f, st, &in, memo_epoch(memo, now_ms, f->bucket_ms));
-    else vt->update(f, st, &in);
+    if (f->window_ms) window_update(f, st, in, memo_epoch(memo, in->now_ms, f));
+    else vt->update(f, st, in);
 }
 
 void feature_update(const feature *f, void *st, const bv_row *row, int64_t now_ms,
                     expr_arena *arena, op_stats *stats) {
-    epoch_memo memo = { { 0 }, { 0 }, 0 };
-    update_one(f, st, row, now_ms, arena, stats, &memo);
+    epoch_memo memo = { .bucket_ms = { 0 } };
+    op_memo shared = { .hav_valid = false, .vx_src = NULL };
+    op_input in = { .row = row, .now_ms = now_ms, .stats = stats, .memo = &shared };
+    update_one(f, st, &in, arena, &memo);
 }
 
 void feature_update_row(const feature *fs, const size_t *offsets, size_t n, char *base, const bv_row *row,
                         int64_t now_ms, expr_arena *arena, op_stats *stats) {
-    epoch_memo memo = { { 0 }, { 0 }, 0 };
+    epoch_memo memo = { .bucket_ms = { 0 } };
+    op_memo shared = { .hav_valid = false, .vx_src = NULL };
+    op_input in = { .row = row, .now_ms = now_ms, .stats = stats, .memo = &shared };
     for (size_t i = 0; i < n; i++) {
         expr_arena_reset(arena);
-        update_one(&fs[i], base + offsets[i], row, now_ms, arena, stats, &memo);
+        update_one(&fs[i], base + offsets[i], &in, arena, &memo);
     }
 }
 
 static inline void prefetch_one(const feature *f, const void *st, const bv_row *row, int64_t now_ms,
                                 epoch_memo *memo) {
-    const struct op_vtable *vt = f->vt;
     const bv_value *v = NULL;
-    bool hint = false;                /* the kind's hook runs (op.h: v NULL unless it reads a field) */
-    if (vt->prefetch && !f->where) {
-        if (!(vt->flags & OPF_READS_FIELD)) {
-            hint = true;
-        } else if (f->field) {
-            v = feature_row_field(row, f->field, f->field_len, f->field_pos);
-            if (v && v->kind == BV_NULL) v = NULL;
-            hint = v != NULL;
-        }
+    bool hint;                        /* the kind's hook runs (op.h: v NULL unless it reads a field) */
+    switch (f->prefetch_mode) {
+    case FEATURE_PREFETCH_STATE: hint = true; break;
+    case FEATURE_PREFETCH_VALUE:
+        v = feature_row_field(row, f->field, f->field_len, f->field_pos);
+        if (v && v->kind == BV_NULL) v = NULL;
+        hint = v != NULL;
+        break;
+    default: hint = false; break;
     }
-    if (f->window_ms) window_prefetch(f, st, hint, v, memo_epoch(memo, now_ms, f->bucket_ms));
-    else if (hint) vt->prefetch(f, st, v);
+    if (f->window_ms) window_prefetch(f, st, hint, v, hint ? memo_epoch(memo, now_ms, f) : 0);
+    else if (hint) f->vt->prefetch(f, st, v);
 }
 
 void feature_prefetch_state(const feature *f, const void *st, const bv_row *row, int64_t now_ms) {
-    epoch_memo memo = { { 0 }, { 0 }, 0 };
+    epoch_memo memo = { .bucket_ms = { 0 } };
     prefetch_one(f, st, row, now_ms, &memo);
 }
 
 void feature_prefetch_row(const feature *fs, const size_t *offsets, size_t n, const char *base,
                           const bv_row *row, int64_t now_ms) {
-    epoch_memo memo = { { 0 }, { 0 }, 0 };
+    epoch_memo memo = { .bucket_ms = { 0 } };
     for (size_t i = 0; i < n; i++)
         if (fs[i].hinted) prefetch_one(&fs[i], base + offsets[i], row, now_ms, &memo);
 }

@@ -55,6 +55,10 @@ typedef struct op_params {
     int64_t param_window_ms;  /* first_seen_in_window */
 } op_params;
 
+/* How feature_prefetch calls the kind's hook (op.h): not at all (no hook, or the value
+ * needs a `where` or an expression first), on the state alone, or with the field's value. */
+enum { FEATURE_PREFETCH_NONE, FEATURE_PREFETCH_STATE, FEATURE_PREFETCH_VALUE };
+
 typedef struct feature {
     char *name;
     const struct op_vtable *vt;
@@ -66,12 +70,16 @@ typedef struct feature {
     char *window_src;         /* as sent, NULL if absent ("forever" kept) */
     int64_t window_ms;        /* 0 = lifetime */
     int64_t bucket_ms;        /* ceil(window/64) when windowed */
+    uint8_t epoch_slot;       /* bucket_ms hashed: its slot in feature_update_row's epoch memo */
     expr *value_expr;         /* `expr` param: the value, when no `field` is given */
+    char *value_src;          /* its source text (NULL without one) */
+    size_t value_src_len;
     expr *where;              /* NULL = always matched */
     char *where_src;
     json_t *spec;             /* the original {"op":..,"params":{..}} (owned ref) */
     size_t state_size;
     bool hinted;              /* feature_prefetch has something to load (set by compile) */
+    uint8_t prefetch_mode;    /* FEATURE_PREFETCH_*: what the kind's prefetch hook is given */
 } feature;
 
 /*

@@ -58,4 +58,16 @@ static inline double geo_haversine(double lat1, double lon1, double lat2, double
     return 2 * GEO_EARTH_R_KM * atan2(sqrt(a), sqrt(1 - a));
 }
 
+/* geo_haversine through the row's memo (op.h): geo_distance and geo_velocity of one
+ * entity usually measure the same step. Inputs compared bit for bit, so the result is
+ * the one geo_haversine gives. */
+static inline double geo_haversine_memo(op_memo *m, double lat1, double lon1, double lat2, double lon2) {
+    double in[4] = { lat1, lon1, lat2, lon2 };
+    if (m->hav_valid && memcmp(m->hav_in, in, sizeof in) == 0) return m->hav_out;
+    memcpy(m->hav_in, in, sizeof in);
+    m->hav_out = geo_haversine(lat1, lon1, lat2, lon2);
+    m->hav_valid = true;
+    return m->hav_out;
+}
+
 #endif

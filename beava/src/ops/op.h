@@ -47,6 +47,17 @@ enum op_flag {
     OPF_COERCE         = 1u << 11, /* numeric values coerced to the field's declared type */
 };
 
+/* Results one event's features share (feature_update_row keeps one per row): the same
+ * pure computation on the same inputs, done once. Any field may be left invalid. */
+typedef struct op_memo {
+    bool hav_valid;           /* geo_haversine(hav_in[0..3]) == hav_out */
+    double hav_in[4];
+    double hav_out;
+    const char *vx_src;       /* NULL, or an `expr` source whose value is vx_val */
+    size_t vx_src_len;
+    bv_value vx_val;          /* never text (bv_value of kind BV_STR/BV_JSON) */
+} op_memo;
+
 /* One event as an operator sees it. */
 typedef struct op_input {
     const bv_value *v;        /* the `field` value (non-null) for OPF_READS_FIELD kinds, else NULL */
@@ -54,6 +65,7 @@ typedef struct op_input {
     bool matched;             /* `where` result; always true unless OPF_SEES_UNMATCHED */
     int64_t now_ms;
     op_stats *stats;
+    op_memo *memo;            /* this row's shared results (never NULL) */
 } op_input;
 
 struct op_vtable {

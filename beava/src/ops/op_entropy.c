@@ -27,7 +27,7 @@ static bool category(const bv_value *v, char *buf, bv_value *out) {
     int n;
     switch (v->kind) {
     case BV_STR: *out = *v; return true;
-    case BV_I64: n = snprintf(buf, 32, "%lld", (long long)v->u.i); break;
+    case BV_I64: n = (int)opval_fmt_i64(v->u.i, buf); break;
     case BV_BOOL: n = snprintf(buf, 32, "%s", v->u.b ? "true" : "false"); break;
     case BV_F64:
         if (isnan(v->u.f)) n = snprintf(buf, 32, "NaN");
@@ -64,7 +64,8 @@ static void entropy_prefetch(const feature *f, const void *st, const bv_value *v
     const entropy_st *s = st;
     char buf[48];
     bv_value c;
-    if (category(v, buf, &c)) vm_prefetch(&s->m, opval_hash(&c));
+    if (!s->m.idx) vm_prefetch(&s->m, 0);                 /* a short map: its entries */
+    else if (category(v, buf, &c)) vm_prefetch(&s->m, opval_hash(&c));
 }
 
 static void entropy_merge(const feature *f, void *dst, const void *src) {

@@ -20,7 +20,7 @@ static void gd_update(const feature *f, void *st, const op_input *in) {
     gd_st *s = st;
     double lat, lon;
     if (!geo_point(f, in, &lat, &lon)) return;
-    if (s->has_prev) s->total += geo_haversine(s->prev_lat, s->prev_lon, lat, lon);
+    if (s->has_prev) s->total += geo_haversine_memo(in->memo, s->prev_lat, s->prev_lon, lat, lon);
     s->has_prev = 1;
     s->prev_lat = lat;
     s->prev_lon = lon;

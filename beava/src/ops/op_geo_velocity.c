@@ -26,7 +26,7 @@ static void gv_update(const feature *f, void *st, const op_input *in) {
     if (s->has_prev) {
         double dt = (double)in->now_ms - (double)s->prev_t;
         if (dt > 0) {
-            double kmh = geo_haversine(s->prev_lat, s->prev_lon, lat, lon) / (dt / 3600000.0);
+            double kmh = geo_haversine_memo(in->memo, s->prev_lat, s->prev_lon, lat, lon) / (dt / 3600000.0);
             if (kmh > s->max) s->max = kmh;
         }
     }

@@ -16,7 +16,7 @@ static void nu_update(const feature *f, void *st, const op_input *in) {
 
 static void nu_prefetch(const feature *f, const void *st, const bv_value *v) {
     (void)f;
-    distinct_prefetch(st, opval_hash(v));
+    distinct_prefetch(st, distinct_prefetch_hashes(st) ? opval_hash(v) : 0);
 }
 
 static void nu_merge(const feature *f, void *dst, const void *src) {

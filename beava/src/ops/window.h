@@ -38,7 +38,7 @@ size_t window_state_size(const struct op_vtable *vt);
 void window_update(const feature *f, void *st, const op_input *in, int64_t e);
 /* The kind's prefetch hint (value v, op.h) on the bucket of epoch e (as window_update)
  * when that is the inline or the most recently used bucket (no bucket is created or
- * searched for); hint false: only the bucket list's header. */
+ * searched for); hint false: only the bucket list's header (e unused). */
 void window_prefetch(const feature *f, const void *st, bool hint, const bv_value *v, int64_t e);
 void window_read(const feature *f, const void *st, int64_t query_ms, jsonw *w);
 void window_destroy(const feature *f, void *st);

@@ -203,6 +203,8 @@ void distinct_add(distinct *d, uint64_t hash) {
     d->n++;
 }
 
+bool distinct_prefetch_hashes(const distinct *d) { return d->n == DISTINCT_HLL || is_table(d); }
+
 void distinct_prefetch(const distinct *d, uint64_t hash) {
     if (d->n == DISTINCT_HLL) {
         hll_prefetch(d->p, hash);

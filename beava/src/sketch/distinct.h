@@ -30,6 +30,9 @@ uint64_t distinct_count(const distinct *d);
 /* Memory hint, no effect on d: prefetch what distinct_add(d, hash) will probe first (the
  * table slot, the HLL register, or the sorted array). */
 void distinct_prefetch(const distinct *d, uint64_t hash);
+/* Whether distinct_prefetch(d, hash) uses the hash (the hash table and HLL forms); the
+ * short forms are prefetched whole, so a caller may pass 0 without hashing. */
+bool distinct_prefetch_hashes(const distinct *d);
 void distinct_merge(distinct *dst, const distinct *src);
 void distinct_free(distinct *d);            /* back to empty */
 

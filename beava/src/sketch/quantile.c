@@ -33,9 +33,13 @@ void qs_add(qstore *s, double x) {
         if (!s->p) abort();
     }
     double *a = s->p;
-    uint32_t i = s->n;
-    while (i > 0 && a[i - 1] > x) { a[i] = a[i - 1]; i--; }   /* insertion: stays sorted */
-    a[i] = x;
+    uint32_t lo = 0, hi = s->n;                 /* x goes after the values <= x: the first > x */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (a[mid] > x) hi = mid; else lo = mid + 1;
+    }
+    memmove(&a[lo + 1], &a[lo], (size_t)(s->n - lo) * sizeof *a);
+    a[lo] = x;
     s->n++;
 }
 

@@ -129,9 +129,8 @@ void topk_add(topk *t, const bv_value *v, uint32_t k) {
 }
 
 void topk_prefetch(const topk *t, const bv_value *v) {
-    uint64_t h = opval_hash(v);
-    if (t->hy) cms_prefetch(&t->hy->sk, h);
-    else vm_prefetch(&t->exact, h);
+    if (t->hy) cms_prefetch(&t->hy->sk, opval_hash(v));
+    else vm_prefetch(&t->exact, t->exact.idx ? opval_hash(v) : 0);   /* a short map: its entries */
 }
 
 void topk_merge(topk *dst, const topk *src, uint32_t k) {

@@ -29,8 +29,8 @@ static vm_entry *probe(const valmap *m, const bv_value *key, uint64_t h, uint32_
         uint32_t v = m->idx[s];
         if (!v) { *slot = s; return NULL; }
         if ((v & ~mask) != tag) continue;
-        uint32_t ix = v & mask;
-        if (opval_same_key(&m->e[ix - 1].key, key)) { *slot = s; return &m->e[ix - 1]; }
+        vm_entry *e = &m->e[(v & mask) - 1];
+        if (e->hash == h && opval_same_key(&e->key, key)) { *slot = s; return e; }
     }
 }
 
@@ -47,7 +47,7 @@ void vm_prefetch(const valmap *m, uint64_t h) {
 vm_entry *vm_find(const valmap *m, const bv_value *key, uint64_t h) {
     if (!m->idx) {
         for (uint32_t i = 0; i < m->n; i++)
-            if (opval_same_key(&m->e[i].key, key)) return &m->e[i];
+            if (m->e[i].hash == h && opval_same_key(&m->e[i].key, key)) return &m->e[i];
         return NULL;
     }
     uint32_t slot;
@@ -61,18 +61,18 @@ static void reindex(valmap *m) {
     uint32_t ic = icap_for(m->cap);
     m->idx = calloc(ic, sizeof *m->idx);
     if (!m->idx) abort();
-    for (uint32_t i = 0; i < m->n; i++) {
-        bv_value k = opval_view(&m->e[i].key);
-        uint32_t slot;
-        uint64_t h = opval_hash(&k);
-        probe(m, &k, h, &slot);
-        m->idx[slot] = slot_value(m, i + 1, h);
+    uint32_t mask = ic - 1;
+    for (uint32_t i = 0; i < m->n; i++) {      /* the keys are distinct: the first free slot */
+        uint64_t h = m->e[i].hash;
+        uint32_t s = (uint32_t)h & mask;
+        while (m->idx[s]) s = (s + 1) & mask;
+        m->idx[s] = slot_value(m, i + 1, h);
     }
 }
 
 vm_entry *vm_insert(valmap *m, const bv_value *key, uint64_t h) {
     if (m->n == m->cap) {
-        m->cap = m->cap ? m->cap * 2 : 2;
+        m->cap = m->cap ? m->cap * 2 : VM_MIN_CAP;
         m->e = realloc(m->e, (size_t)m->cap * sizeof *m->e);
         if (!m->e) abort();
         reindex(m);
@@ -80,6 +80,7 @@ vm_entry *vm_insert(valmap *m, const bv_value *key, uint64_t h) {
     vm_entry *e = &m->e[m->n];
     memset(e, 0, sizeof *e);
     opval_set(&e->key, key);
+    e->hash = h;
     m->n++;
     if (m->idx) {
         uint32_t slot;

@@ -6,7 +6,9 @@
  * to VM_LINEAR entries are searched linearly, bigger ones get an open-addressing index
  * of u32 slots (power of two, load <= 1/2, linear probing) keyed by opval_hash; a slot
  * holds the entry number and, in the bits above it, a tag of the key's hash, so a probe
- * reads only the entries whose tag matches. There is no deletion. 24 bytes, all-zero =
+ * reads only the entries whose tag matches. Each entry keeps its key's hash: the linear
+ * search compares hashes before keys, and a regrown index is rebuilt without hashing
+ * again (h must always be opval_hash(key)). There is no deletion. 24 bytes, all-zero =
  * empty. Keys are Str/I64/F64/Bool (never lists/maps).
  */
 #ifndef BEAVA_SKETCH_VALMAP_H
@@ -16,10 +18,12 @@
 #include "opval.h"
 
 #define VM_LINEAR 8
+#define VM_MIN_CAP 4             /* the first allocation's entries */
 
 typedef struct vm_entry {
     op_val key;
     uint64_t count;
+    uint64_t hash;            /* opval_hash(key) */
 } vm_entry;
 
 typedef struct valmap {
