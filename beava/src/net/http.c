@@ -220,7 +220,8 @@ struct http_server {
     struct MHD_Daemon *daemon;
     http_role role;
     http_deps deps;
-    int fd;
+    int fd;                            /* the listening socket (inherited ones keep their number) */
+    int mhd_fd;                        /* libmicrohttpd's duplicate of it (see http_stop) */
     bv_site *site;
     bv_site_allow allow;
     membudget own_budget;              /* when deps.body_budget is NULL */
@@ -1457,6 +1458,7 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
     s->role = role;
     s->deps = *deps;
     s->fd = -1;
+    s->mhd_fd = -1;
     clock_gettime(HTTP_DEADLINE_CLOCK, &s->t0);
     pthread_mutex_init(&s->conns_mu, NULL);
     pthread_mutex_init(&s->slots_mu, NULL);
@@ -1503,6 +1505,11 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
     }
     s->fd = http_bind_listen(addr, bound, boundlen, err, errlen);
     if (s->fd < 0) goto fail;
+    s->mhd_fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
+    if (s->mhd_fd < 0) {
+        snprintf(err, errlen, "cannot duplicate the listening socket: %s", strerror(errno));
+        goto fail;
+    }
     if (role == HTTP_DATA && cfg->site_dir[0]) {
         bv_err serr;
         if (bv_site_open(cfg->site_dir, 0, &s->site, &serr) != 0) {
@@ -1524,7 +1531,7 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_SUPPRESS_DATE_NO_CLOCK |
                      MHD_USE_TURBO;
     s->daemon = MHD_start_daemon(flags, 0, accept_policy, s, on_request, s,
-                                 MHD_OPTION_LISTEN_SOCKET, s->fd,
+                                 MHD_OPTION_LISTEN_SOCKET, s->mhd_fd,
                                  MHD_OPTION_THREAD_POOL_SIZE, nthreads,
                                  MHD_OPTION_URI_LOG_CALLBACK, uri_log, s,
                                  MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
@@ -1547,7 +1554,23 @@ fail:
 
 void http_stop(http_server *s) {
     if (!s) return;
-    if (s->daemon) MHD_quiesce_daemon(s->daemon);     /* stop accepting */
+    if (s->daemon && MHD_quiesce_daemon(s->daemon) == MHD_INVALID_SOCKET) {
+        s->mhd_fd = -1;                   /* not quiesced: MHD_stop_daemon closes its descriptor */
+    } else if (s->daemon) {               /* quiesced: no longer accepting */
+        /* An I/O thread checks for the quiesce before each accept(), and one may be between
+         * that check and its accept() now (preempted there, it can stay for milliseconds).
+         * Point libmicrohttpd's descriptor of the listener at a socket that accepts nothing:
+         * that accept() then fails (EINVAL) instead of taking a connection that the next
+         * server, sharing an inherited listening socket, would answer (the seal, see admit,
+         * would have to refuse it unanswered). s->fd still names the listening socket until
+         * the end (a supervisor may take it back by its number meanwhile). */
+        int idle = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (idle >= 0) {
+            if (dup3(idle, s->mhd_fd, O_CLOEXEC) < 0)
+                bv_log_msg(s->deps.log, LOG_WARN, "server.http_stop", "cannot detach the listener: %s", strerror(errno));
+            close(idle);
+        }
+    }
     /* every suspended request is answered and resumed before the daemon may stop; a
      * request submitted after this runs its job inline */
     workpool_stop(s->jobs);
@@ -1583,6 +1606,7 @@ void http_stop(http_server *s) {
         pthread_mutex_unlock(&s->conns_mu);
         pthread_join(s->reaper, NULL);
     }
+    if (s->mhd_fd >= 0) close(s->mhd_fd);
     if (s->fd >= 0) close(s->fd);
     bv_site_close(s->site);
     if (s->ip_table) {
