@@ -538,11 +538,13 @@ def phase_nodrop(ctx):
     # taken: every replaced server's log must end without one
     fatal = []
     for name in sorted(os.listdir(f"{c.state}/logs")):
-        for line in open(f"{c.state}/logs/{name}", errors="replace"):
-            if any(m in line for m in ("Fatal error in GNU libmicrohttpd", "ERROR: AddressSanitizer",
-                                       "runtime error:")):
-                fatal.append(f"{name}: {line.strip()}")
-    check(not fatal, "every replaced server shut down cleanly (no abort, no sanitizer report)", fatal[:5])
+        lines = open(f"{c.state}/logs/{name}", errors="replace").read().splitlines()
+        at = [i for i, line in enumerate(lines) if any(m in line for m in (
+            "Fatal error in GNU libmicrohttpd", "ERROR: AddressSanitizer", "runtime error:"))]
+        if at:
+            fatal.append(f"{name}:\n" + "\n".join(lines[at[0]:at[0] + 40]))
+    check(not fatal, "every replaced server shut down cleanly (no abort, no sanitizer report)",
+          "\n".join(fatal[:2]))
     # a restarted daemon takes the listeners back from the running server
     c.stop()
     c.start("runtime.env.BEAVA_DURABILITY=sync")
