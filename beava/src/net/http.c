@@ -3,7 +3,8 @@
  *
  * Threads. Each listener is one libmicrohttpd daemon in epoll thread-pool mode: N I/O
  * threads (http.threads, default one per core) each run an epoll loop over the
- * connections they accepted. No I/O thread waits for a shard or an fsync:
+ * connections the listener's acceptor thread handed them (acceptor_main: the only thread
+ * that accepts, so that stopping is exact). No I/O thread waits for a shard or an fsync:
  *   - pushes are decoded straight into a row (rowdec) and handed to engine_push_submit()
  *     on the I/O thread; when the engine answers at once the answer is sent at once,
  *     otherwise the request is suspended and the engine's completion (push_done, on a
