@@ -419,17 +419,16 @@ static void ip_del(http_server *s, const unsigned char key[16]) {
     }
 }
 
-/* Count a connection libmicrohttpd has just accepted into open_here, unless http_stop has
- * sealed the listener. libmicrohttpd calls this right after accept(), before the
- * connection exists, and reports the connection (MHD_CONNECTION_NOTIFY_STARTED) only
- * afterwards: that report was seen to arrive after MHD_quiesce_daemon() had returned and
- * http_stop had started draining (about one stop in 140 under a stream of new
- * connections). Counted only at that report, a connection accepted before the quiesce
- * could still be unknown when http_stop saw no connection left; its request was then
- * read and applied while MHD_stop_daemon() ran, and the connection closed unanswered.
- * Counted here, it is waited for and answered like any other. A connection accepted
- * after the seal (by an I/O thread that passed libmicrohttpd's quiesce check just before
- * the quiesce) is refused before a byte of it is read, so nothing it carries is applied. */
+/* Count a connection being admitted into open_here, unless http_stop has sealed the
+ * listener. accept_policy runs when a connection is handed to libmicrohttpd (by the
+ * acceptor, see acceptor_main), before it exists: libmicrohttpd reports it
+ * (MHD_CONNECTION_NOTIFY_STARTED) only once an I/O thread has taken it, which can come
+ * after http_stop has started draining. Counted only at that report, a connection could
+ * still be unknown when http_stop saw no connection left: its request was then read and
+ * applied while MHD_stop_daemon() ran, and the connection closed unanswered. Counted
+ * here, it is waited for and answered like any other. After the seal (the drain is over)
+ * a connection is refused before a byte of it is read, so nothing it carries is applied
+ * (only libmicrohttpd's private listener can still bring one then). */
 typedef enum admit_result { ADMIT_OK, ADMIT_FULL, ADMIT_SEALED } admit_result;
 
 static admit_result admit(http_server *s) {
