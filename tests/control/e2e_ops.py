@@ -468,12 +468,15 @@ class PushClient(threading.Thread):
         import http.client
         conn = None
         i = 0
+        nreq = 0
         while not self.stop:
             body = json.dumps({"session_id": f"{self.name}{i}", "path": "/", "dwell_ms": i})
             t0 = time.time()
             try:
                 if conn is None or not self.keepalive:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                    nreq = 0
+                nreq += 1
                 conn.request("POST", "/push/PageView", body, {"Content-Type": "application/json"})
                 r = conn.getresponse()
                 r.read()
@@ -485,7 +488,7 @@ class PushClient(threading.Thread):
                     conn.close()
                     conn = None
             except Exception as e:  # a refused or reset connection: exactly what must not happen
-                self.errors.append(repr(e))
+                self.errors.append(f"{e!r} after {time.time() - t0:.3f}s at {time.time():.3f} request {nreq} of its connection")
                 conn = None
             self.lat.append(time.time() - t0)
             i += 1
@@ -531,6 +534,17 @@ def phase_nodrop(ctx):
               t.errors[:5])
     acked = sum(t.acks for t in clients)
     check(c.views() == acked, "every acknowledged push is counted after the deploys", (c.views(), acked))
+    # a server that died on its way out (an abort, a sanitizer report) drops what it had
+    # taken: every replaced server's log must end without one
+    fatal = []
+    for name in sorted(os.listdir(f"{c.state}/logs")):
+        lines = open(f"{c.state}/logs/{name}", errors="replace").read().splitlines()
+        at = [i for i, line in enumerate(lines) if any(m in line for m in (
+            "Fatal error in GNU libmicrohttpd", "ERROR: AddressSanitizer", "runtime error:"))]
+        if at:
+            fatal.append(f"{name}:\n" + "\n".join(lines[at[0]:at[0] + 40]))
+    check(not fatal, "every replaced server shut down cleanly (no abort, no sanitizer report)",
+          "\n".join(fatal[:2]))
     # a restarted daemon takes the listeners back from the running server
     c.stop()
     c.start("runtime.env.BEAVA_DURABILITY=sync")

@@ -18,6 +18,7 @@
 #include "cluster.h"
 #include "engine.h"
 #include "http.h"
+#include "jsonw.h"
 #include "listenfd.h"
 #include "persist.h"
 #include "tcp.h"
@@ -31,6 +32,10 @@ struct beava_server {
     tcp_server *tcp;
     persist *persist;
     cluster *cluster;            /* cluster mode (no persist then) */
+    /* tcp, persist and cluster as the admin listener's callbacks see them: server_stop
+     * detaches each under parts_mu before it stops and frees it (the admin listener serves
+     * until the end), and a callback holds parts_mu while it uses one */
+    pthread_mutex_t parts_mu;
     pthread_t sweeper;
     bool sweeper_started;
     pthread_mutex_t sweep_mu;
@@ -83,8 +88,16 @@ static void *sweeper_main(void *arg) {
     return NULL;
 }
 
+/* The answer of an admin call that needs a part server_stop has already detached. */
+static int stopping_error(bv_buf *out) {
+    jsonw_member m = { .key = "reason", .str = "the server is stopping" };
+    jsonw_error(out, "stopping", &m, 1, false, 0);
+    return 503;
+}
+
 static void server_metrics(void *ctx, bv_buf *out) {
     beava_server *s = ctx;
+    pthread_mutex_lock(&s->parts_mu);
     if (s->persist) persist_metrics(s->persist, out);
     if (s->cluster) cluster_metrics(s->cluster, out);
     if (s->tcp) {
@@ -102,30 +115,44 @@ static void server_metrics(void *ctx, bv_buf *out) {
                       (unsigned long long)t.open_connections, (unsigned long long)t.refused_connections,
                       (unsigned long long)t.timed_out_connections, (unsigned long long)t.partial_frame_bytes);
     }
+    pthread_mutex_unlock(&s->parts_mu);
 }
 
 static void server_progress(void *ctx, bv_buf *out) {
     beava_server *s = ctx;
+    pthread_mutex_lock(&s->parts_mu);
     if (s->cluster) cluster_progress(s->cluster, out);
-    else persist_progress(s->persist, out);
+    else if (s->persist) persist_progress(s->persist, out);
+    pthread_mutex_unlock(&s->parts_mu);
 }
 
 static int server_snapshot(void *ctx, bv_buf *out) {
     beava_server *s = ctx;
-    if (s->cluster) return cluster_snapshot_now(s->cluster, out);
-    return persist_snapshot_now(s->persist, out);
+    pthread_mutex_lock(&s->parts_mu);
+    int st = s->cluster ? cluster_snapshot_now(s->cluster, out)
+             : s->persist ? persist_snapshot_now(s->persist, out)
+                          : stopping_error(out);
+    pthread_mutex_unlock(&s->parts_mu);
+    return st;
 }
 
 static int server_cluster_status(void *ctx, bv_buf *out) {
     beava_server *s = ctx;
-    return cluster_status(s->cluster, out);
+    pthread_mutex_lock(&s->parts_mu);
+    int st = s->cluster ? cluster_status(s->cluster, out) : stopping_error(out);
+    pthread_mutex_unlock(&s->parts_mu);
+    return st;
 }
 
 static int server_cluster_admin(void *ctx, const char *method, const char *sub, const char *query, const char *body,
                                 size_t len, bv_buf *out, const char **ctype) {
     beava_server *s = ctx;
-    return cluster_admin(s->cluster, method, sub, query, body, len, out, ctype);
+    pthread_mutex_lock(&s->parts_mu);
+    int st = s->cluster ? cluster_admin(s->cluster, method, sub, query, body, len, out, ctype) : stopping_error(out);
+    pthread_mutex_unlock(&s->parts_mu);
+    return st;
 }
+
 
 static char *read_token(const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "r");
@@ -176,6 +203,7 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
     membudget_init(&s->body_budget, cfg->partial_body_budget_bytes);
     pthread_mutex_init(&s->sweep_mu, NULL);
     pthread_cond_init(&s->sweep_cv, NULL);
+    pthread_mutex_init(&s->parts_mu, NULL);
     log_config(cfg, log);
     if (cfg->admin_token_file[0] && !(s->admin_token = read_token(cfg->admin_token_file, err, errlen))) goto fail;
     engine_options eo = {
@@ -240,9 +268,12 @@ beava_server *server_start(const bv_config *cfg, const bv_log *log, char *err, s
         /* acks are asynchronous: one I/O thread per core serves any number of connections */
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
         int tcp_threads = cfg->io_threads > 0 ? cfg->io_threads : (ncpu > 0 ? (int)ncpu : 2);
-        s->tcp = tcp_start(tcp_fd ? tcp_fd : addr, s->eng, cfg, log, s->admin_token, &s->body_budget, tcp_threads,
-                           s->tcp_bound, sizeof s->tcp_bound, err, errlen);
-        if (!s->tcp) goto fail;
+        tcp_server *tcp = tcp_start(tcp_fd ? tcp_fd : addr, s->eng, cfg, log, s->admin_token, &s->body_budget,
+                                    tcp_threads, s->tcp_bound, sizeof s->tcp_bound, err, errlen);
+        if (!tcp) goto fail;
+        pthread_mutex_lock(&s->parts_mu);   /* the admin listener's callbacks read it */
+        s->tcp = tcp;
+        pthread_mutex_unlock(&s->parts_mu);
         log_bound(log, "server.tcp_bound", s->tcp_bound);
     }
 
@@ -300,14 +331,30 @@ void server_stop(beava_server *s) {
         pthread_join(s->sweeper, NULL);
     }
     http_stop(s->data);          /* stop accepting; in-flight requests finish */
-    tcp_stop(s->tcp);
-    cluster_close(s->cluster);   /* pending pushes answered, final snapshot */
-    persist_close(s->persist);   /* drained: final snapshot, final fsync, lock released */
+    /* the admin listener still serves (until the end): each part leaves its callbacks
+     * before it is stopped and freed, so a /metrics or /ready meanwhile never reads one
+     * that is gone */
+    pthread_mutex_lock(&s->parts_mu);
+    tcp_server *tcp = s->tcp;
+    s->tcp = NULL;
+    pthread_mutex_unlock(&s->parts_mu);
+    tcp_stop(tcp);
+    pthread_mutex_lock(&s->parts_mu);
+    cluster *cl = s->cluster;
+    s->cluster = NULL;
+    pthread_mutex_unlock(&s->parts_mu);
+    cluster_close(cl);           /* pending pushes answered, final snapshot */
+    pthread_mutex_lock(&s->parts_mu);
+    persist *ps = s->persist;
+    s->persist = NULL;
+    pthread_mutex_unlock(&s->parts_mu);
+    persist_close(ps);           /* drained: final snapshot, final fsync, lock released */
     http_stop(s->admin);
     engine_free(s->eng);
     free(s->admin_token);
     bv_log_msg(s->log, LOG_INFO, "server.stopped", "beava stopped");
     pthread_cond_destroy(&s->sweep_cv);
     pthread_mutex_destroy(&s->sweep_mu);
+    pthread_mutex_destroy(&s->parts_mu);
     free(s);
 }

@@ -3,7 +3,8 @@
  *
  * Threads. Each listener is one libmicrohttpd daemon in epoll thread-pool mode: N I/O
  * threads (http.threads, default one per core) each run an epoll loop over the
- * connections they accepted. No I/O thread waits for a shard or an fsync:
+ * connections the listener's acceptor thread handed them (acceptor_main: the only thread
+ * that accepts, so that stopping is exact). No I/O thread waits for a shard or an fsync:
  *   - pushes are decoded straight into a row (rowdec) and handed to engine_push_submit()
  *     on the I/O thread; when the engine answers at once the answer is sent at once,
  *     otherwise the request is suspended and the engine's completion (push_done, on a
@@ -36,9 +37,9 @@
  * Per-connection limits (struct conn_ctx, one per TCP connection, created by the
  * connection-notify callback and kept on a list per listener):
  *   - http.max_connections / http.max_connections_per_ip: the accept-policy callback
- *     refuses (closes) a new connection when the open count is at the limit. The count
- *     rises when libmicrohttpd reports the connection started, so threads accepting at
- *     the same instant can overshoot the cap by at most one connection each.
+ *     refuses (closes) a new connection when the open count is at the limit. It counts
+ *     the connection itself when it admits it (one acceptor thread per listener, see
+ *     acceptor_main), so neither limit is overshot.
  *   - deadlines: each connection carries (phase, deadline) in one atomic word. HEADERS
  *     starts at accept (and again when a keep-alive connection's next request line is
  *     in) with http.header_timeout_ms; BODY starts at the first access-handler call with
@@ -83,6 +84,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -132,8 +135,16 @@
 #define HTTP_REAP_BURST_GAP_US 250u
 /* First capacity of the listener's connection vector. */
 #define HTTP_CONNS_INITIAL 64u
+/* Acceptor: connections accepted per wake-up at most, and the pause after an accept()
+ * refused for lack of descriptors or memory (nothing frees them at once). */
+#define HTTP_ACCEPT_BATCH 64u
+#define HTTP_ACCEPT_BACKOFF_MS 100
 /* On stop, requests still in progress get this long to finish. */
 #define HTTP_DRAIN_MS 3000
+/* open_here: set once http_stop has seen the last admitted connection close; from then on
+ * accept_policy refuses (see accept_policy). The low bits count admitted connections. */
+#define HTTP_SEALED (UINT32_C(1) << 31)
+#define HTTP_OPEN_MASK (HTTP_SEALED - 1)
 /* Buckets of the per-address connection table. */
 #define HTTP_IP_BUCKETS 1024u
 /* Descriptors kept for files, the WAL and other listeners when checking the cap. */
@@ -225,7 +236,11 @@ struct http_server {
     struct MHD_Daemon *daemon;
     http_role role;
     http_deps deps;
-    int fd;
+    int fd;                            /* the listening socket: only the acceptor accepts on it */
+    int mhd_fd;                        /* libmicrohttpd's own listening socket (see acceptor_main) */
+    int stop_efd;                      /* wakes the acceptor to stop */
+    pthread_t acceptor;
+    bool acceptor_started;
     bv_site *site;
     bv_site_allow allow;
     membudget own_budget;              /* when deps.body_budget is NULL */
@@ -238,7 +253,7 @@ struct http_server {
     unsigned nfree_slots;
     _Atomic unsigned inflight;         /* pushes the engine answers later */
     _Atomic bool draining;             /* http_stop waits for inflight to reach 0 */
-    _Atomic unsigned open_here;        /* connections of this listener (stats may be shared) */
+    _Atomic uint32_t open_here;        /* admitted connections (see accept_policy) | HTTP_SEALED */
     pthread_mutex_t flight_mu;
     pthread_cond_t flight_cv;
     uint32_t max_conns, max_per_ip;
@@ -413,6 +428,27 @@ static void ip_del(http_server *s, const unsigned char key[16]) {
     }
 }
 
+/* Count a connection being admitted into open_here, unless http_stop has sealed the
+ * listener. accept_policy runs when a connection is handed to libmicrohttpd (by the
+ * acceptor, see acceptor_main), before it exists: libmicrohttpd reports it
+ * (MHD_CONNECTION_NOTIFY_STARTED) only once an I/O thread has taken it, which can come
+ * after http_stop has started draining. Counted only at that report, a connection could
+ * still be unknown when http_stop saw no connection left: its request was then read and
+ * applied while MHD_stop_daemon() ran, and the connection closed unanswered. Counted
+ * here, it is waited for and answered like any other. After the seal (the drain is over)
+ * a connection is refused before a byte of it is read, so nothing it carries is applied
+ * (only libmicrohttpd's private listener can still bring one then). */
+typedef enum admit_result { ADMIT_OK, ADMIT_FULL, ADMIT_SEALED } admit_result;
+
+static admit_result admit(http_server *s) {
+    uint32_t v = atomic_load(&s->open_here);
+    do {
+        if (v & HTTP_SEALED) return ADMIT_SEALED;
+        if ((v & HTTP_OPEN_MASK) >= s->max_conns) return ADMIT_FULL;   /* the cap, exactly */
+    } while (!atomic_compare_exchange_weak(&s->open_here, &v, v + 1));
+    return ADMIT_OK;
+}
+
 static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
     (void)addrlen;
     http_server *s = cls;
@@ -420,17 +456,32 @@ static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, soc
         atomic_fetch_add(&s->stats->refused_cap, 1);
         return MHD_NO;
     }
+    /* the address is counted here, at admission, like open_here: libmicrohttpd reports
+     * the connection (NOTIFY_STARTED, where it gets its conn_ctx) only once an I/O thread
+     * takes it from the acceptor, and the acceptor may admit more from the same address
+     * meanwhile */
     unsigned char key[16];
+    bool counted = false;
     if (s->ip_table && addr_key(addr, key)) {
         pthread_mutex_lock(&s->conns_mu);
         bool over = ip_count(s, key) >= s->max_per_ip;
+        if (!over) counted = ip_add(s, key);
         pthread_mutex_unlock(&s->conns_mu);
         if (over) {
             atomic_fetch_add(&s->stats->refused_per_ip, 1);
             return MHD_NO;
         }
+        if (!counted) return MHD_NO;             /* out of memory */
     }
-    return MHD_YES;
+    admit_result r = admit(s);
+    if (r == ADMIT_OK) return MHD_YES;
+    if (r == ADMIT_FULL) atomic_fetch_add(&s->stats->refused_cap, 1);
+    if (counted) {
+        pthread_mutex_lock(&s->conns_mu);
+        ip_del(s, key);
+        pthread_mutex_unlock(&s->conns_mu);
+    }
+    return MHD_NO;
 }
 
 static void notify_connection(void *cls, struct MHD_Connection *c, void **socket_context,
@@ -438,21 +489,31 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
     http_server *s = cls;
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         atomic_fetch_add(&s->stats->open, 1);
-        atomic_fetch_add(&s->stats->accepted, 1);
-        atomic_fetch_add(&s->open_here, 1);
+        atomic_fetch_add(&s->stats->accepted, 1);   /* open_here: counted by accept_policy */
+        /* its address was counted by accept_policy (unless it could not be keyed there) */
+        const union MHD_ConnectionInfo *ai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        unsigned char key[16];
+        bool keyed = s->ip_table && ai && addr_key(ai->client_addr, key);
         conn_ctx *cc = calloc(1, sizeof *cc);
         *socket_context = cc;
-        if (!cc) return;                            /* served, but without deadlines */
+        if (!cc) {                                  /* served, but without deadlines */
+            if (keyed) {
+                pthread_mutex_lock(&s->conns_mu);
+                ip_del(s, key);
+                pthread_mutex_unlock(&s->conns_mu);
+            }
+            return;
+        }
         const union MHD_ConnectionInfo *fdi = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         cc->fd = fdi ? fdi->connect_fd : -1;
         cc->draining = &s->draining;
         atomic_init(&cc->clock, clock_pack(now_ms(s) + s->header_ms, PH_HEADERS));
-        const union MHD_ConnectionInfo *ai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         pthread_mutex_lock(&s->conns_mu);
         if (s->nconns == s->conns_cap) {
             size_t cap = s->conns_cap ? s->conns_cap * 2 : HTTP_CONNS_INITIAL;
             conn_ctx **v = realloc(s->conns, cap * sizeof *v);
             if (!v) {
+                if (keyed) ip_del(s, key);
                 pthread_mutex_unlock(&s->conns_mu);
                 free(cc);                           /* served, but without deadlines */
                 *socket_context = NULL;
@@ -461,7 +522,10 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
             s->conns = v;
             s->conns_cap = cap;
         }
-        if (s->ip_table && ai && addr_key(ai->client_addr, cc->addr)) cc->addr_known = ip_add(s, cc->addr);
+        if (keyed) {
+            memcpy(cc->addr, key, sizeof key);
+            cc->addr_known = true;
+        }
         cc->slot = s->nconns;
         s->conns[s->nconns++] = cc;
         pthread_mutex_unlock(&s->conns_mu);
@@ -471,7 +535,7 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
      * duplicates descriptors under conns_mu) never touches a reused descriptor */
     conn_ctx *cc = *socket_context;
     atomic_fetch_sub(&s->stats->open, 1);
-    if (atomic_fetch_sub(&s->open_here, 1) == 1 && atomic_load(&s->draining)) {
+    if ((atomic_fetch_sub(&s->open_here, 1) & HTTP_OPEN_MASK) == 1 && atomic_load(&s->draining)) {
         pthread_mutex_lock(&s->flight_mu);            /* http_stop waits for the last one */
         pthread_cond_broadcast(&s->flight_cv);
         pthread_mutex_unlock(&s->flight_mu);
@@ -566,6 +630,56 @@ static void *reaper_main(void *arg) {
     }
     pthread_mutex_unlock(&s->conns_mu);
     return NULL;
+}
+
+/* The acceptor: the only thread that accepts on the listening socket; it hands each
+ * connection to libmicrohttpd (MHD_add_connection, which runs accept_policy and gives it
+ * to an I/O thread). libmicrohttpd's I/O threads accept only on a private listening
+ * socket of their own (loopback, ephemeral port, nothing connects to it): in its epoll
+ * thread-pool mode, MHD_quiesce_daemon() races with the I/O threads over removing the
+ * listening socket from their epoll sets, and the loser aborts the process ("Failed to
+ * remove listen FD from epoll set": a replaced server died with requests in flight, seen
+ * about once per thousand stops under load); and an I/O thread past its quiesce check
+ * could still take a connection meant for the next server. Stopping is now joining this
+ * thread: after that no connection is accepted here, and every one accepted before is
+ * counted (accept_policy) and drained by http_stop. */
+static void *acceptor_main(void *arg) {
+    http_server *s = arg;
+    struct pollfd pf[2] = { { .fd = s->fd, .events = POLLIN }, { .fd = s->stop_efd, .events = POLLIN } };
+    for (;;) {
+        if (poll(pf, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (pf[1].revents) break;
+        for (unsigned k = 0; k < HTTP_ACCEPT_BATCH; k++) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            int fd = accept4(s->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                    poll(&pf[1], 1, HTTP_ACCEPT_BACKOFF_MS);      /* until a descriptor frees, or stop */
+                break;                   /* EAGAIN, or a connection reset before it was taken */
+            }
+            MHD_add_connection(s->daemon, fd, (struct sockaddr *)&ss, sl);   /* closes fd if refused */
+        }
+    }
+    return NULL;
+}
+
+/* libmicrohttpd's own listening socket (see acceptor_main), or -1 with err. */
+static int private_listener(char *err, size_t errlen) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 1) != 0) {
+        snprintf(err, errlen, "cannot open the HTTP listener's private socket: %s", strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 /* Raise the descriptor soft limit to the hard limit (each connection is one descriptor)
@@ -1479,6 +1593,8 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
     s->role = role;
     s->deps = *deps;
     s->fd = -1;
+    s->mhd_fd = -1;
+    s->stop_efd = -1;
     clock_gettime(HTTP_DEADLINE_CLOCK, &s->t0);
     pthread_mutex_init(&s->conns_mu, NULL);
     pthread_mutex_init(&s->slots_mu, NULL);
@@ -1525,6 +1641,18 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
     }
     s->fd = http_bind_listen(addr, bound, boundlen, err, errlen);
     if (s->fd < 0) goto fail;
+    int fl = fcntl(s->fd, F_GETFL);
+    if (fl < 0 || fcntl(s->fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+        snprintf(err, errlen, "cannot make the listening socket non-blocking: %s", strerror(errno));
+        goto fail;
+    }
+    s->mhd_fd = private_listener(err, errlen);
+    if (s->mhd_fd < 0) goto fail;
+    s->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->stop_efd < 0) {
+        snprintf(err, errlen, "cannot create the HTTP acceptor's eventfd: %s", strerror(errno));
+        goto fail;
+    }
     if (role == HTTP_DATA && cfg->site_dir[0]) {
         bv_err serr;
         if (bv_site_open(cfg->site_dir, 0, &s->site, &serr) != 0) {
@@ -1546,7 +1674,7 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_SUPPRESS_DATE_NO_CLOCK |
                      MHD_USE_TURBO;
     s->daemon = MHD_start_daemon(flags, 0, accept_policy, s, on_request, s,
-                                 MHD_OPTION_LISTEN_SOCKET, s->fd,
+                                 MHD_OPTION_LISTEN_SOCKET, s->mhd_fd,
                                  MHD_OPTION_THREAD_POOL_SIZE, nthreads,
                                  MHD_OPTION_URI_LOG_CALLBACK, uri_log, s,
                                  MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
@@ -1561,6 +1689,12 @@ http_server *http_start(http_role role, const char *addr, const http_deps *deps,
         snprintf(err, errlen, "libmicrohttpd could not start on %s", bound);
         goto fail;
     }
+    s->mhd_fd = -1;                      /* the daemon's now: MHD_stop_daemon closes it */
+    if (pthread_create(&s->acceptor, NULL, acceptor_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the HTTP acceptor");
+        goto fail;
+    }
+    s->acceptor_started = true;
     return s;
 fail:
     http_stop(s);
@@ -1569,7 +1703,11 @@ fail:
 
 void http_stop(http_server *s) {
     if (!s) return;
-    if (s->daemon) MHD_quiesce_daemon(s->daemon);     /* stop accepting */
+    if (s->acceptor_started) {            /* stop accepting (see acceptor_main) */
+        uint64_t one = 1;
+        while (write(s->stop_efd, &one, sizeof one) < 0 && errno == EINTR) {}
+        pthread_join(s->acceptor, NULL);
+    }
     /* every suspended request is answered and resumed before the daemon may stop; a
      * request submitted after this runs its job inline */
     workpool_stop(s->jobs);
@@ -1579,13 +1717,22 @@ void http_stop(http_server *s) {
     while (atomic_load(&s->inflight) > 0) pthread_cond_wait(&s->flight_cv, &s->flight_mu);
     pthread_mutex_unlock(&s->flight_mu);
     /* requests still being received or answered get HTTP_DRAIN_MS to finish (their answers
-     * say Connection: close), so a replaced server drops no request it has taken */
+     * say Connection: close), so a replaced server drops no request it has taken. Every
+     * connection libmicrohttpd accepted is counted (accept_policy), including one it
+     * accepted just before the quiesce and has not reported yet; once none is left, the
+     * seal turns away any later one unread (see admit) */
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += HTTP_DRAIN_MS / 1000;
     pthread_mutex_lock(&s->flight_mu);
-    while (s->daemon && atomic_load(&s->open_here) > 0)
-        if (pthread_cond_timedwait(&s->flight_cv, &s->flight_mu, &until) != 0) break;
+    uint32_t none = 0;
+    while (s->daemon && !atomic_compare_exchange_strong(&s->open_here, &none, HTTP_SEALED)) {
+        none = 0;
+        if (pthread_cond_timedwait(&s->flight_cv, &s->flight_mu, &until) != 0) {
+            atomic_fetch_or(&s->open_here, HTTP_SEALED);   /* out of time: the rest is cut */
+            break;
+        }
+    }
     pthread_mutex_unlock(&s->flight_mu);
     if (s->daemon) MHD_stop_daemon(s->daemon);
     workpool_free(s->jobs);
@@ -1596,6 +1743,8 @@ void http_stop(http_server *s) {
         pthread_mutex_unlock(&s->conns_mu);
         pthread_join(s->reaper, NULL);
     }
+    if (s->mhd_fd >= 0) close(s->mhd_fd);
+    if (s->stop_efd >= 0) close(s->stop_efd);
     if (s->fd >= 0) close(s->fd);
     bv_site_close(s->site);
     if (s->ip_table) {
