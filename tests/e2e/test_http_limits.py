@@ -492,6 +492,44 @@ class HttpLimits(unittest.TestCase):
             self.assertEqual(b.get("ByKey", hot)[1]["n"], 1)
             self.assertEqual(wait_metric(b, "beava_http_requests_suspended", lambda v: v == 0), 0)
 
+    def test_only_the_listeners_serve(self):
+        # libmicrohttpd's I/O threads keep a private loopback listening socket of their own
+        # (http.c acceptor_main); a local process that finds its port is refused unserved:
+        # every connection comes through the configured listener and its limits.
+        with Beava() as b:
+            pid = b.proc.pid
+            inodes = set()
+            for fd in os.listdir("/proc/%d/fd" % pid):
+                try:
+                    link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+            ports = set()
+            for table in ("/proc/%d/net/tcp" % pid, "/proc/%d/net/tcp6" % pid):
+                with open(table) as f:
+                    for line in f.readlines()[1:]:
+                        cols = line.split()
+                        if cols[3] == "0A" and cols[9] in inodes:        # LISTEN, ours
+                            ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+            configured = {int(a.rsplit(":", 1)[1]) for a in
+                          (b.http_addr_bound, b.admin_addr_bound, b.bound["server.tcp_bound"])}
+            private = sorted(ports - configured)
+            self.assertTrue(private, "no private listening socket found among %s" % sorted(ports))
+            for port in private:
+                s = socket.create_connection(("127.0.0.1", port), timeout=SOON)
+                try:
+                    s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                    try:
+                        got = s.recv(4096)
+                    except ConnectionResetError:
+                        got = b""
+                    self.assertEqual(got, b"", "port %d served a request: %r" % (port, got[:80]))
+                finally:
+                    s.close()
+            self.assertEqual(b.call("GET", "/health")[0], 200)   # the listener itself serves
+
     def test_limit_keys_are_validated(self):
         for var, value in (("BEAVA_HTTP_MAX_CONNECTIONS", "0"), ("BEAVA_HTTP_HEADER_TIMEOUT_MS", "ten"),
                            ("BEAVA_PARTIAL_BODY_BUDGET_BYTES", "1")):

@@ -241,6 +241,7 @@ struct http_server {
     int stop_efd;                      /* wakes the acceptor to stop */
     pthread_t acceptor;
     bool acceptor_started;
+    _Atomic pid_t acceptor_tid;        /* the acceptor's thread id once it runs (accept_policy) */
     bv_site *site;
     bv_site_allow allow;
     membudget own_budget;              /* when deps.body_budget is NULL */
@@ -452,6 +453,10 @@ static admit_result admit(http_server *s) {
 static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
     (void)addrlen;
     http_server *s = cls;
+    /* Only the acceptor admits (MHD_add_connection runs this on the calling thread): a
+     * connection libmicrohttpd took from its private loopback socket (see acceptor_main)
+     * came from a local process that found that port, not from the listener: refuse it. */
+    if (gettid() != atomic_load(&s->acceptor_tid)) return MHD_NO;
     if (atomic_load(&s->stats->open) >= s->max_conns) {
         atomic_fetch_add(&s->stats->refused_cap, 1);
         return MHD_NO;
@@ -645,6 +650,7 @@ static void *reaper_main(void *arg) {
  * counted (accept_policy) and drained by http_stop. */
 static void *acceptor_main(void *arg) {
     http_server *s = arg;
+    atomic_store(&s->acceptor_tid, gettid());
     struct pollfd pf[2] = { { .fd = s->fd, .events = POLLIN }, { .fd = s->stop_efd, .events = POLLIN } };
     for (;;) {
         if (poll(pf, 2, -1) < 0) {
