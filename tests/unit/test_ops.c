@@ -1273,10 +1273,10 @@ static void test_field_name_compare(void **state) {
     char a[40], b[40];
     for (size_t n = 0; n <= sizeof a; n++) {
         for (size_t i = 0; i < n; i++) a[i] = b[i] = (char)('a' + i % 26);
-        assert_true(feature_name_eq(a, b, n));
+        assert_true(bv_short_name_eq(a, b, n));
         for (size_t d = 0; d < n; d++) {
             b[d] ^= 0x20;
-            assert_false(feature_name_eq(a, b, n));
+            assert_false(bv_short_name_eq(a, b, n));
             b[d] ^= 0x20;
         }
     }

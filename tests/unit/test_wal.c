@@ -1642,6 +1642,21 @@ static ssize_t gate_io(void *ctx, wal_io_op op, int fd, const void *buf, size_t 
     return rc;
 }
 
+/* End of a gate_hook test: close w, free the gate, and check that recovery finds exactly
+ * n genuine records in dir. */
+static void close_gated_and_recover(wal *w, gate_hook *g, const char *dir, size_t n) {
+    close_ok(w);
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+    recs r = {0};
+    wal_options fo = fast_opts(dir);
+    w = open_recover(&fo, 0, &r, NULL);
+    assert_int_equal(r.n, n);
+    check_recs_genuine(&r);
+    recs_free(&r);
+    close_ok(w);
+}
+
 typedef struct sync_waiter {
     wal *w;
     uint64_t lsn;
@@ -1719,16 +1734,7 @@ static void test_sync_ack_after_fdatasync(void **state) {
     pthread_mutex_lock(&g.mu);
     assert_int_equal(g.syncs - syncs0, 2);
     pthread_mutex_unlock(&g.mu);
-    close_ok(w);
-    pthread_cond_destroy(&g.cv);
-    pthread_mutex_destroy(&g.mu);
-    recs r = {0};
-    wal_options fo = fast_opts(f->dir);
-    w = open_recover(&fo, 0, &r, NULL);
-    assert_int_equal(r.n, 5);
-    check_recs_genuine(&r);
-    recs_free(&r);
-    close_ok(w);
+    close_gated_and_recover(w, &g, f->dir, 5);
 }
 
 /* How long the gathering test holds each fdatasync: the writer's average fdatasync time,
@@ -1799,16 +1805,7 @@ static void test_all_waited_gathers(void **state) {
     assert_int_equal(st.batches, 3);                       /* {1}, {2, 3}, {4, 5, 6} */
     assert_int_equal(st.sync_batches, 3);                  /* none waited for the tick */
     assert_int_equal(st.durable_lsn, 6);
-    close_ok(w);
-    pthread_cond_destroy(&g.cv);
-    pthread_mutex_destroy(&g.mu);
-    recs r = {0};
-    wal_options fo = fast_opts(f->dir);
-    w = open_recover(&fo, 0, &r, NULL);
-    assert_int_equal(r.n, 6);
-    check_recs_genuine(&r);
-    recs_free(&r);
-    close_ok(w);
+    close_gated_and_recover(w, &g, f->dir, 6);
 }
 
 /* keep_failed (batch mode): the failed batch and what was queued behind it are kept and

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <jansson.h>
 
 typedef enum bv_kind {
@@ -44,6 +45,25 @@ static inline bv_value bv_f64(double f) { bv_value v; v.kind = BV_F64; v.u.f = f
 static inline bv_value bv_str(const char *p, size_t n) { bv_value v; v.kind = BV_STR; v.u.s.ptr = p; v.u.s.len = n; return v; }
 
 /* Numeric view: I64 -> double, F64 as is. Returns false for every other kind. */
+/* a[0..n) == b[0..n) for the short field names of a schema, inline (no libc call): two
+ * overlapping 8- (or 4-) byte words cover 4..16 bytes; longer names use memcmp. */
+static inline bool bv_short_name_eq(const char *a, const char *b, size_t n) {
+    uint64_t x0, y0, x1, y1;
+    uint32_t u0, v0, u1, v1;
+    if (n > 16) return memcmp(a, b, n) == 0;
+    if (n >= 8) {
+        memcpy(&x0, a, 8); memcpy(&y0, b, 8); memcpy(&x1, a + n - 8, 8); memcpy(&y1, b + n - 8, 8);
+        return x0 == y0 && x1 == y1;
+    }
+    if (n >= 4) {
+        memcpy(&u0, a, 4); memcpy(&v0, b, 4); memcpy(&u1, a + n - 4, 4); memcpy(&v1, b + n - 4, 4);
+        return u0 == v0 && u1 == v1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i]) return false;
+    return true;
+}
+
 static inline bool bv_as_f64(const bv_value *v, double *out) {
     if (v->kind == BV_I64) { *out = (double)v->u.i; return true; }
     if (v->kind == BV_F64) { *out = v->u.f; return true; }

@@ -267,7 +267,7 @@ static bool integral_f64(double d) {
  * reset with the batch state). */
 static const ev_desc *find_event_cached(engine *e, push_batch_state *st, const char *name, size_t len) {
     (void)e;
-    if (st->last_ev && st->last_ev_len == len && feature_name_eq(st->last_ev->name, name, len)) return st->last_ev;
+    if (st->last_ev && st->last_ev_len == len && bv_short_name_eq(st->last_ev->name, name, len)) return st->last_ev;
     char buf[REGISTRY_NAME_MAX + 1];
     if (len > REGISTRY_NAME_MAX) return NULL;
     memcpy(buf, name, len);
@@ -298,7 +298,7 @@ static long schema_index(push_batch_state *st, const ev_desc *ev, size_t i, cons
     const bv_schema *sc = &ev->schema;
     if (i < VALIDATE_ORDER_FIELDS) {
         int32_t g = st->order[i];
-        if (g >= 0 && st->order_len[i] == len && feature_name_eq(sc->names[g], name, len)) return g;
+        if (g >= 0 && st->order_len[i] == len && bv_short_name_eq(sc->names[g], name, len)) return g;
     }
     long j = -1;
     for (size_t k = 0; k < sc->n; k++)
@@ -337,7 +337,7 @@ static bool validate_fast(push_batch_state *st, const ev_desc *ev, bv_row *row) 
     for (size_t i = 0; i < row->n; i++) {
         const bv_field *f = &row->fields[i];
         const shape_field *m = &st->shape[i];
-        if (f->name_len != m->len || !feature_name_eq(sc->names[m->g], f->name, m->len)) return false;
+        if (f->name_len != m->len || !bv_short_name_eq(sc->names[m->g], f->name, m->len)) return false;
         bv_wtype t = sc->types[m->g];
         const bv_value *v = &f->value;
         if (!m->opt && (v->kind == BV_NULL || !type_compatible(t, v))) return false;
@@ -447,7 +447,7 @@ static const ev_desc *validate(engine *e, push_batch_state *st, const engine_pus
         return NULL;
     }
     const ev_desc *ev = st->last_ev;              /* find_event_cached's hit, inline */
-    if (!ev || st->last_ev_len != it->event_len || !feature_name_eq(ev->name, it->event, it->event_len))
+    if (!ev || st->last_ev_len != it->event_len || !bv_short_name_eq(ev->name, it->event, it->event_len))
         ev = find_event_cached(e, st, it->event, it->event_len);
     if (!ev) {
         push_fail(res, 404, "event_not_found", "event '%.*s' is not registered",

@@ -1138,25 +1138,6 @@ static bv_value quadkey(const bv_value *lat, const bv_value *lon, const bv_value
     return bv_i64(r);
 }
 
-/* a[0..n) == b[0..n) for a schema's short field names, inline (no libc call): two
- * overlapping 8- (or 4-) byte words cover 4..16 bytes. */
-static inline bool short_name_eq(const char *a, const char *b, size_t n) {
-    uint64_t x0, y0, x1, y1;
-    uint32_t u0, v0, u1, v1;
-    if (n > 16) return memcmp(a, b, n) == 0;
-    if (n >= 8) {
-        memcpy(&x0, a, 8); memcpy(&y0, b, 8); memcpy(&x1, a + n - 8, 8); memcpy(&y1, b + n - 8, 8);
-        return x0 == y0 && x1 == y1;
-    }
-    if (n >= 4) {
-        memcpy(&u0, a, 4); memcpy(&v0, b, 4); memcpy(&u1, a + n - 4, 4); memcpy(&v1, b + n - 4, 4);
-        return u0 == v0 && u1 == v1;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (a[i] != b[i]) return false;
-    return true;
-}
-
 static bv_value ev(const expr *e, const node *n, const bv_row *row, expr_arena *a) {
     switch ((enum nkind)n->kind) {
     case N_NULL: return bv_null();
@@ -1169,7 +1150,7 @@ static bv_value ev(const expr *e, const node *n, const bv_row *row, expr_arena *
         const char *name = e->strs + n->u.s.off;
         if (n->hint >= 0 && (size_t)n->hint < row->n) {      /* the bound schema's position */
             const bv_field *x = &row->fields[n->hint];
-            if (x->name_len == n->u.s.len && short_name_eq(x->name, name, x->name_len)) return x->value;
+            if (x->name_len == n->u.s.len && bv_short_name_eq(x->name, name, x->name_len)) return x->value;
         }
         const bv_value *v = bv_row_getn(row, name, n->u.s.len);
         return v ? *v : bv_null();

@@ -87,35 +87,16 @@ typedef struct feature {
  * arrive in schema order, so the field's schema position `pos` (from compile) is tried
  * first; any other order falls back to the scan by name, with the same result.
  */
-/* a[0..n) == b[0..n) for the short names of a schema without a libc call: two
- * overlapping 8- (or 4-) byte words cover 4..16 bytes. */
-static inline bool feature_name_eq(const char *a, const char *b, size_t n) {
-    uint64_t x0, y0, x1, y1;
-    uint32_t u0, v0, u1, v1;
-    if (n > 16) return memcmp(a, b, n) == 0;
-    if (n >= 8) {
-        memcpy(&x0, a, 8); memcpy(&y0, b, 8); memcpy(&x1, a + n - 8, 8); memcpy(&y1, b + n - 8, 8);
-        return x0 == y0 && x1 == y1;
-    }
-    if (n >= 4) {
-        memcpy(&u0, a, 4); memcpy(&v0, b, 4); memcpy(&u1, a + n - 4, 4); memcpy(&v1, b + n - 4, 4);
-        return u0 == v0 && u1 == v1;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (a[i] != b[i]) return false;
-    return true;
-}
-
 static inline const bv_value *feature_row_field(const bv_row *row, const char *name, size_t len, int pos) {
     if (pos >= 0 && (size_t)pos < row->n) {
         const bv_field *x = &row->fields[pos];
-        if (x->name_len == len && feature_name_eq(x->name, name, len)) return &x->value;
+        if (x->name_len == len && bv_short_name_eq(x->name, name, len)) return &x->value;
     }
     /* bv_row_getn's scan, names compared inline (a row sent key first puts the key and
      * event_time off their schema positions on every event) */
     for (size_t i = 0; i < row->n; i++) {
         const bv_field *x = &row->fields[i];
-        if (x->name_len == len && feature_name_eq(x->name, name, len)) return &x->value;
+        if (x->name_len == len && bv_short_name_eq(x->name, name, len)) return &x->value;
     }
     return NULL;
 }
