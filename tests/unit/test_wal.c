@@ -1642,6 +1642,19 @@ static ssize_t gate_io(void *ctx, wal_io_op op, int fd, const void *buf, size_t 
     return rc;
 }
 
+/* A WAL in dir whose segment fdatasyncs pass through gate g (gate_io), with the sync
+ * tests' tick; all_waited as in sync durability. */
+static wal *open_gated(const char *dir, gate_hook *g, bool all_waited) {
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    wal_options o = opts(dir);
+    o.tick_ms = SYNC_TEST_TICK_MS;
+    o.all_waited = all_waited;
+    o.io_hook = gate_io;
+    o.io_ctx = g;
+    return open_recover(&o, 0, NULL, NULL);
+}
+
 /* End of a gate_hook test: close w, free the gate, and check that recovery finds exactly
  * n genuine records in dir. */
 static void close_gated_and_recover(wal *w, gate_hook *g, const char *dir, size_t n) {
@@ -1678,13 +1691,7 @@ static void *sync_waiter_main(void *arg) {
 static void test_sync_ack_after_fdatasync(void **state) {
     fx *f = *state;
     gate_hook g = {0};
-    pthread_mutex_init(&g.mu, NULL);
-    pthread_cond_init(&g.cv, NULL);
-    wal_options o = opts(f->dir);
-    o.tick_ms = SYNC_TEST_TICK_MS;
-    o.io_hook = gate_io;
-    o.io_ctx = &g;
-    wal *w = open_recover(&o, 0, NULL, NULL);
+    wal *w = open_gated(f->dir, &g, false);
     pthread_mutex_lock(&g.mu);
     unsigned syncs0 = g.syncs;     /* recovery's own (segment creation) */
     g.closed = true;
@@ -1773,14 +1780,7 @@ static void gate_release_slow(gate_hook *g, bool close_again) {
 static void test_all_waited_gathers(void **state) {
     fx *f = *state;
     gate_hook g = {0};
-    pthread_mutex_init(&g.mu, NULL);
-    pthread_cond_init(&g.cv, NULL);
-    wal_options o = opts(f->dir);
-    o.tick_ms = SYNC_TEST_TICK_MS;
-    o.all_waited = true;
-    o.io_hook = gate_io;
-    o.io_ctx = &g;
-    wal *w = open_recover(&o, 0, NULL, NULL);
+    wal *w = open_gated(f->dir, &g, true);
     pthread_mutex_lock(&g.mu);
     g.closed = true;
     pthread_mutex_unlock(&g.mu);
