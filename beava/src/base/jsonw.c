@@ -175,17 +175,27 @@ void jsonw_key(jsonw *w, const char *key) { jsonw_keyn(w, key, strlen(key)); }
 
 void jsonw_strn(jsonw *w, const char *s, size_t n) { jsonw_sep(w); bv_buf_json_str(w->out, s, n); }
 void jsonw_str(jsonw *w, const char *s) { jsonw_strn(w, s, strlen(s)); }
-/* Integers are on every ack and row: format them without printf. */
-static void put_u64(bv_buf *b, uint64_t v, bool neg) {
-    char tmp[24];
-    int n = 0;
+/* Integers are on every ack and row: format them without printf. `neg` puts a '-' before
+ * v's digits; returns the length (at most 21). */
+static size_t fmt_dec(uint64_t v, bool neg, char *buf) {
+    char tmp[20];
+    size_t n = 0, k = 0;
     do {
         tmp[n++] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    bv_buf_reserve(b, (size_t)n + 1);
-    if (neg) b->data[b->len++] = '-';
-    while (n) b->data[b->len++] = tmp[--n];
+    if (neg) buf[k++] = '-';
+    while (n) buf[k++] = tmp[--n];
+    return k;
+}
+
+size_t bv_fmt_i64(int64_t v, char *buf) {
+    return fmt_dec(v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, v < 0, buf);
+}
+
+static void put_u64(bv_buf *b, uint64_t v, bool neg) {
+    bv_buf_reserve(b, 21);
+    b->len += fmt_dec(v, neg, b->data + b->len);
     b->data[b->len] = 0;
 }
 

@@ -42,6 +42,10 @@ static inline void bv_buf_putc(bv_buf *b, char c) { bv_buf_put(b, &c, 1); }
 void bv_buf_printf(bv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 char *bv_buf_steal(bv_buf *b);          /* NUL-terminated; buffer is reset */
 void bv_buf_put_u64(bv_buf *b, uint64_t v);   /* decimal */
+/* v in decimal ("%lld", no NUL) into buf, which holds BV_I64_TEXT_MAX bytes; returns the
+ * length. For integers on hot paths (acks, rows, integer categories), without printf. */
+#define BV_I64_TEXT_MAX 20                    /* "-9223372036854775808" */
+size_t bv_fmt_i64(int64_t v, char *buf);
 
 /* Format a double the way the wire wants it (shortest round trip, ".0" kept, ryu exponent
  * style). Non-finite values produce "null". Returns the length written (buf >= 32 bytes). */

@@ -27,7 +27,7 @@ static bool category(const bv_value *v, char *buf, bv_value *out) {
     int n;
     switch (v->kind) {
     case BV_STR: *out = *v; return true;
-    case BV_I64: n = (int)opval_fmt_i64(v->u.i, buf); break;
+    case BV_I64: n = (int)bv_fmt_i64(v->u.i, buf); break;
     case BV_BOOL: n = snprintf(buf, 32, "%s", v->u.b ? "true" : "false"); break;
     case BV_F64:
         if (isnan(v->u.f)) n = snprintf(buf, 32, "NaN");

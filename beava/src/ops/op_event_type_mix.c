@@ -63,7 +63,7 @@ static bool etm_allowed(const feature *f, const bv_value *c) {
 static bool etm_category(const bv_value *v, char *buf, bv_value *c) {
     switch (v->kind) {
     case BV_STR: *c = *v; return true;
-    case BV_I64: *c = bv_str(buf, opval_fmt_i64(v->u.i, buf)); return true;
+    case BV_I64: *c = bv_str(buf, bv_fmt_i64(v->u.i, buf)); return true;
     case BV_BOOL: *c = v->u.b ? bv_str("true", 4) : bv_str("false", 5); return true;
     default: return false;
     }

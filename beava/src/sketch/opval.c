@@ -96,19 +96,6 @@ void opval_write(const op_val *v, jsonw *w) {
     }
 }
 
-size_t opval_fmt_i64(int64_t v, char *buf) {
-    char tmp[OPVAL_I64_TEXT_MAX];
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    size_t n = 0, k = 0;
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0) buf[k++] = '-';
-    while (n) buf[k++] = tmp[--n];
-    return k;
-}
-
 uint64_t opval_hash(const bv_value *v) {
     uint64_t seed = 0x9E3779B97F4A7C15ull * (uint64_t)(v->kind + 1);
     switch (v->kind) {

@@ -58,11 +58,6 @@ int opval_order(const op_val *a, const op_val *b);
  * WT_I64 turns an integral, in-range F64 into I64. Anything else is returned as is. */
 bv_value opval_coerce(const bv_value *v, int wtype);
 
-/* v in decimal ("%lld", no NUL) into buf (at least OPVAL_I64_TEXT_MAX bytes); returns
- * the length. For the ops that count integers as category text, without snprintf. */
-#define OPVAL_I64_TEXT_MAX 20        /* "-9223372036854775808" */
-size_t opval_fmt_i64(int64_t v, char *buf);
-
 /* Snapshot form: u8 kind, then i64/f64 (8 bytes), bool (1 byte), or u32 len + bytes. */
 void opval_encode(bv_buf *out, const op_val *v);
 int opval_decode(const uint8_t **p, const uint8_t *end, op_val *v);
