@@ -141,10 +141,6 @@
 #define HTTP_ACCEPT_BACKOFF_MS 100
 /* On stop, requests still in progress get this long to finish. */
 #define HTTP_DRAIN_MS 3000
-/* open_here: set once http_stop has seen the last admitted connection close; from then on
- * accept_policy refuses (see accept_policy). The low bits count admitted connections. */
-#define HTTP_SEALED (UINT32_C(1) << 31)
-#define HTTP_OPEN_MASK (HTTP_SEALED - 1)
 /* Buckets of the per-address connection table. */
 #define HTTP_IP_BUCKETS 1024u
 /* Descriptors kept for files, the WAL and other listeners when checking the cap. */
@@ -241,7 +237,7 @@ struct http_server {
     int stop_efd;                      /* wakes the acceptor to stop */
     pthread_t acceptor;
     bool acceptor_started;
-    _Atomic pid_t acceptor_tid;        /* the acceptor's thread id once it runs (accept_policy) */
+    _Atomic pid_t acceptor_tid;        /* the acceptor's thread id while it runs, else 0 (accept_policy) */
     bv_site *site;
     bv_site_allow allow;
     membudget own_budget;              /* when deps.body_budget is NULL */
@@ -254,7 +250,7 @@ struct http_server {
     unsigned nfree_slots;
     _Atomic unsigned inflight;         /* pushes the engine answers later */
     _Atomic bool draining;             /* http_stop waits for inflight to reach 0 */
-    _Atomic uint32_t open_here;        /* admitted connections (see accept_policy) | HTTP_SEALED */
+    _Atomic uint32_t open_here;        /* admitted connections (see admit) */
     pthread_mutex_t flight_mu;
     pthread_cond_t flight_cv;
     uint32_t max_conns, max_per_ip;
@@ -429,25 +425,20 @@ static void ip_del(http_server *s, const unsigned char key[16]) {
     }
 }
 
-/* Count a connection being admitted into open_here, unless http_stop has sealed the
- * listener. accept_policy runs when a connection is handed to libmicrohttpd (by the
- * acceptor, see acceptor_main), before it exists: libmicrohttpd reports it
- * (MHD_CONNECTION_NOTIFY_STARTED) only once an I/O thread has taken it, which can come
- * after http_stop has started draining. Counted only at that report, a connection could
- * still be unknown when http_stop saw no connection left: its request was then read and
- * applied while MHD_stop_daemon() ran, and the connection closed unanswered. Counted
- * here, it is waited for and answered like any other. After the seal (the drain is over)
- * a connection is refused before a byte of it is read, so nothing it carries is applied
- * (only libmicrohttpd's private listener can still bring one then). */
-typedef enum admit_result { ADMIT_OK, ADMIT_FULL, ADMIT_SEALED } admit_result;
-
-static admit_result admit(http_server *s) {
+/* Count a connection being admitted into open_here; false at the cap (exactly).
+ * accept_policy runs when the acceptor hands a connection to libmicrohttpd, before it
+ * exists: libmicrohttpd reports it (MHD_CONNECTION_NOTIFY_STARTED) only once an I/O
+ * thread has taken it, which can come after http_stop has started draining. Counted only
+ * at that report, a connection could still be unknown when http_stop saw no connection
+ * left: its request was then read and applied while MHD_stop_daemon() ran, and the
+ * connection closed unanswered. Counted here, it is waited for and answered like any
+ * other; and once the acceptor is joined nothing more is admitted (acceptor_tid 0). */
+static bool admit(http_server *s) {
     uint32_t v = atomic_load(&s->open_here);
     do {
-        if (v & HTTP_SEALED) return ADMIT_SEALED;
-        if ((v & HTTP_OPEN_MASK) >= s->max_conns) return ADMIT_FULL;   /* the cap, exactly */
+        if (v >= s->max_conns) return false;
     } while (!atomic_compare_exchange_weak(&s->open_here, &v, v + 1));
-    return ADMIT_OK;
+    return true;
 }
 
 static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
@@ -455,7 +446,8 @@ static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, soc
     http_server *s = cls;
     /* Only the acceptor admits (MHD_add_connection runs this on the calling thread): a
      * connection libmicrohttpd took from its private loopback socket (see acceptor_main)
-     * came from a local process that found that port, not from the listener: refuse it. */
+     * came from a local process that found that port, not from the listener: refuse it;
+     * so is every one once the acceptor has stopped (http_stop). */
     if (gettid() != atomic_load(&s->acceptor_tid)) return MHD_NO;
     if (atomic_load(&s->stats->open) >= s->max_conns) {
         atomic_fetch_add(&s->stats->refused_cap, 1);
@@ -478,9 +470,8 @@ static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, soc
         }
         if (!counted) return MHD_NO;             /* out of memory */
     }
-    admit_result r = admit(s);
-    if (r == ADMIT_OK) return MHD_YES;
-    if (r == ADMIT_FULL) atomic_fetch_add(&s->stats->refused_cap, 1);
+    if (admit(s)) return MHD_YES;
+    atomic_fetch_add(&s->stats->refused_cap, 1);
     if (counted) {
         pthread_mutex_lock(&s->conns_mu);
         ip_del(s, key);
@@ -540,7 +531,7 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
      * duplicates descriptors under conns_mu) never touches a reused descriptor */
     conn_ctx *cc = *socket_context;
     atomic_fetch_sub(&s->stats->open, 1);
-    if ((atomic_fetch_sub(&s->open_here, 1) & HTTP_OPEN_MASK) == 1 && atomic_load(&s->draining)) {
+    if (atomic_fetch_sub(&s->open_here, 1) == 1 && atomic_load(&s->draining)) {
         pthread_mutex_lock(&s->flight_mu);            /* http_stop waits for the last one */
         pthread_cond_broadcast(&s->flight_cv);
         pthread_mutex_unlock(&s->flight_mu);
@@ -1713,6 +1704,7 @@ void http_stop(http_server *s) {
         uint64_t one = 1;
         while (write(s->stop_efd, &one, sizeof one) < 0 && errno == EINTR) {}
         pthread_join(s->acceptor, NULL);
+        atomic_store(&s->acceptor_tid, 0);   /* its id may be reused: nothing is admitted now */
     }
     /* every suspended request is answered and resumed before the daemon may stop; a
      * request submitted after this runs its job inline */
@@ -1724,21 +1716,14 @@ void http_stop(http_server *s) {
     pthread_mutex_unlock(&s->flight_mu);
     /* requests still being received or answered get HTTP_DRAIN_MS to finish (their answers
      * say Connection: close), so a replaced server drops no request it has taken. Every
-     * connection libmicrohttpd accepted is counted (accept_policy), including one it
-     * accepted just before the quiesce and has not reported yet; once none is left, the
-     * seal turns away any later one unread (see admit) */
+     * connection the acceptor handed over is counted (admit), including one no I/O thread
+     * has reported yet */
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += HTTP_DRAIN_MS / 1000;
     pthread_mutex_lock(&s->flight_mu);
-    uint32_t none = 0;
-    while (s->daemon && !atomic_compare_exchange_strong(&s->open_here, &none, HTTP_SEALED)) {
-        none = 0;
-        if (pthread_cond_timedwait(&s->flight_cv, &s->flight_mu, &until) != 0) {
-            atomic_fetch_or(&s->open_here, HTTP_SEALED);   /* out of time: the rest is cut */
-            break;
-        }
-    }
+    while (s->daemon && atomic_load(&s->open_here) > 0)
+        if (pthread_cond_timedwait(&s->flight_cv, &s->flight_mu, &until) != 0) break;
     pthread_mutex_unlock(&s->flight_mu);
     if (s->daemon) MHD_stop_daemon(s->daemon);
     workpool_free(s->jobs);
