@@ -13,7 +13,9 @@
  * escape; numbers take the exact fast path (at most 2^53 and a power of ten up to 1e22,
  * one correctly rounded IEEE operation) and strtod otherwise; rows of up to
  * RD_LINEAR_FIELDS fields find duplicates by a linear scan, wider rows through a hash index
- * keyed per decoder (a body of many distinct or colliding keys must not cost O(n^2)).
+ * keyed per decoder (a body of many distinct or colliding keys must not cost O(n^2)); the
+ * scan runs only when the new name's bit in a 64-bit mask of the row's names (length, first
+ * and last byte) is already set, so a row of distinct names mostly skips it.
  *
  * Errors: the first failure formats err with a path (keys and indices of the containers
  * open at that point, kept in rd_ctx.path) and the input byte offset, and every caller
@@ -77,6 +79,7 @@ void rowdec_reset(rowdec *d) {
     d->ntrees = 0;
     arena_reset(&d->mem);
     d->nscratch = 0;
+    d->name_mask = 0;
     d->nitems = 0;
 }
 
@@ -372,12 +375,27 @@ static void hidx_build(rowdec *d, size_t want) {
     for (size_t i = 0; i < d->nscratch; i++) hidx_insert(d, i);
 }
 
+/* A name's bit in rowdec.name_mask: equal names have equal bits, so a clear bit proves the
+ * name new to the row (a set one may be another name's: then the scan decides). */
+static inline uint64_t name_bit(const char *name, size_t nl) {
+    if (nl == 0) return 1;
+    unsigned h = (unsigned)nl * 5u + (unsigned char)name[0] * 7u + (unsigned char)name[nl - 1] * 31u;
+    return 1ull << (h & 63u);
+}
+
+/* Start the fields of a new row in the scratch array. */
+static void row_begin(rowdec *d) {
+    d->nscratch = 0;
+    d->name_mask = 0;
+}
+
 /* Add a field to the row being built; a repeated name replaces the value in place. */
 static int row_put(rd_ctx *c, const unsigned char *at, const char *name, size_t nl, bv_value v) {
     rowdec *d = c->d;
     size_t n = d->nscratch;
+    uint64_t bit = name_bit(name, nl);
     if (n <= RD_LINEAR_FIELDS) {
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n && (d->name_mask & bit); i++) {
             bv_field *f = &d->scratch[i];
             if (f->name_len == nl && (nl == 0 || (f->name[0] == name[0] && memcmp(f->name, name, nl) == 0))) {
                 f->value = v;
@@ -404,6 +422,7 @@ static int row_put(rd_ctx *c, const unsigned char *at, const char *name, size_t 
     f->name_len = nl;
     f->value = v;
     d->nscratch = n + 1;
+    d->name_mask |= bit;
     if (n + 1 == RD_LINEAR_FIELDS + 1) hidx_build(d, n + 1);
     else if (n + 1 > RD_LINEAR_FIELDS + 1) {
         if ((n + 1) * 2 > d->caphidx) hidx_build(d, n + 1);
@@ -420,7 +439,7 @@ static void row_finish(rowdec *d, bv_row *row) {
         row->fields = rd_alloc(d, d->nscratch * sizeof *row->fields);
         memcpy(row->fields, d->scratch, d->nscratch * sizeof *row->fields);
     }
-    d->nscratch = 0;
+    row_begin(d);
 }
 
 /* A row whose key was given twice keeps the last value: its control flag is what the
@@ -847,7 +866,7 @@ static int jfield(rd_ctx *c, bv_value *v) {
 static int jrow(rd_ctx *c, bv_row *row) {
     int rc = enter(c, c->p);
     if (rc) return rc;
-    c->d->nscratch = 0;
+    row_begin(c->d);
     c->repeated = false;
     c->p++;
     ws(c);
@@ -1233,8 +1252,22 @@ static int mp_string(rd_ctx *c, const mp_item *it) {
     return utf8_check(c, it->s, it->n, false, "a string");
 }
 
-/* A map key: a string, valid UTF-8, no NUL, within the key limit. */
+/* A map key: a string, valid UTF-8, no NUL, within the key limit. A fixstr (every field
+ * name up to 31 bytes) is read here; anything else, or a fixstr that is cut short or over
+ * the limit, goes through mp_next (which reports it). */
 static int mp_key(rd_ctx *c, const char **k, size_t *kl) {
+    const unsigned char *p = c->p;
+    if (p < c->end && (*p & 0xe0u) == 0xa0u) {
+        size_t n = *p & 31u;
+        if ((size_t)(c->end - p) - 1 >= n && n <= c->d->limits.max_key) {
+            int rc = utf8_check(c, p + 1, n, true, "a key");
+            if (rc) return rc;
+            *k = (const char *)(p + 1);
+            *kl = n;
+            c->p = p + 1 + n;
+            return 0;
+        }
+    }
     mp_item it;
     int rc = mp_next(c, &it);
     if (rc) return rc;
@@ -1305,8 +1338,38 @@ err:
     return rc;
 }
 
-/* One field value: scalars straight to bv_value, arrays and maps as jansson trees. */
+/* One field value: scalars straight to bv_value, arrays and maps as jansson trees. The
+ * common scalars (a fixstr within the limits, a positive fixint, a finite float 64) are
+ * read here; the rest, and any that is cut short, through mp_next. */
 static int mp_field(rd_ctx *c, bv_value *v) {
+    const unsigned char *p = c->p;
+    size_t avail = (size_t)(c->end - p);
+    if (avail) {
+        unsigned char t = *p;
+        if ((t & 0xe0u) == 0xa0u) {
+            size_t n = t & 31u;
+            if (avail - 1 >= n && n <= c->d->limits.max_string) {
+                int rc = utf8_check(c, p + 1, n, false, "a string");
+                if (rc) return rc;
+                *v = bv_str((const char *)(p + 1), n);
+                c->p = p + 1 + n;
+                return 0;
+            }
+        } else if (t <= 0x7fu) {
+            *v = bv_i64(t);
+            c->p = p + 1;
+            return 0;
+        } else if (t == 0xcbu && avail >= 9) {
+            uint64_t bits = be(p + 1, 8);
+            double f;
+            memcpy(&f, &bits, sizeof f);
+            if (isfinite(f)) {
+                *v = bv_f64(f);
+                c->p = p + 9;
+                return 0;
+            }
+        }
+    }
     mp_item it;
     int rc = mp_next(c, &it);
     if (rc) return rc;
@@ -1337,7 +1400,7 @@ static int mp_field(rd_ctx *c, bv_value *v) {
 static int mp_row(rd_ctx *c, const mp_item *it, bv_row *row) {
     int rc = enter(c, it->at);
     if (rc) return rc;
-    c->d->nscratch = 0;
+    row_begin(c->d);
     c->repeated = false;
     for (size_t i = 0; i < it->n; i++) {
         const char *k;

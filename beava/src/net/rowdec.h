@@ -103,6 +103,7 @@ typedef struct rowdec {
     size_t ntrees, captrees;
     bv_field *scratch;                  /* the row being built (reused) */
     size_t nscratch, capscratch;
+    uint64_t name_mask;                 /* bits of the scratch row's field names (rowdec.c name_bit) */
     uint32_t *hidx;                     /* field-name hash index for wide rows (reused) */
     uint64_t hkey[2];                   /* its random SipHash key */
     size_t caphidx;
