@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -60,6 +61,59 @@ static void test_round_trip(void **state) {
     bv_buf_free(&b);
 }
 
+/* Records appended one after another into one buffer (the push path's batch buffer),
+ * one with more list/map fields than encode renders on its stack (8), decode alike. */
+static void test_appended_records_many_lists(void **state) {
+    (void)state;
+    bv_buf b;
+    bv_buf_init(&b);
+    bv_buf_puts(&b, "xyz");                    /* bytes already in the buffer are kept */
+    json_t *in1;
+    encode_sample(5, "A", &b, &in1);
+    size_t first_end = b.len;
+    json_t *in2 = json_object();
+    for (int i = 0; i < 11; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "l%d", i);
+        json_object_set_new(in2, k, json_pack("[i,s]", i, "v"));
+    }
+    json_object_set_new(in2, "", json_string(""));   /* empty name and empty string */
+    bv_row row;
+    engine_push_item item;
+    engine_item_from_json(&item, &row, "Bee", 3, in2);
+    evrec_encode(7, "Bee", 3, &row, &b);
+    free(row.fields);
+    assert_memory_equal(b.data, "xyz", 3);
+    assert_int_equal(b.data[b.len], 0);
+    arena a;
+    arena_init(&a);
+    evrec r;
+    char why[200];
+    assert_int_equal(evrec_decode(b.data + 3, first_end - 3, &a, &r, why, sizeof why), 0);
+    assert_int_equal(r.now, 5);
+    assert_int_equal(r.row.n, 10);
+    evrec_release(&r);
+    assert_int_equal(evrec_decode(b.data + first_end, b.len - first_end, &a, &r, why, sizeof why), 0);
+    assert_int_equal(r.now, 7);
+    assert_memory_equal(r.event, "Bee", 3);
+    assert_int_equal(r.row.n, 12);
+    for (size_t i = 0; i < r.row.n; i++) {
+        const bv_field *f = &r.row.fields[i];
+        char k[8];
+        memcpy(k, f->name, f->name_len);
+        k[f->name_len] = 0;
+        bv_value want = bv_from_json(json_object_get(in2, k));
+        assert_int_equal(f->value.kind, want.kind);
+        if (want.kind == BV_JSON) assert_true(json_equal(f->value.u.j, want.u.j));
+        else assert_true(bv_equal(&f->value, &want));
+    }
+    evrec_release(&r);
+    arena_free(&a);
+    json_decref(in1);
+    json_decref(in2);
+    bv_buf_free(&b);
+}
+
 static void test_truncation_and_trailing_bytes(void **state) {
     (void)state;
     json_t *in;
@@ -92,6 +146,7 @@ static void test_truncation_and_trailing_bytes(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_appended_records_many_lists),
         cmocka_unit_test(test_truncation_and_trailing_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

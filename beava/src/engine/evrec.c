@@ -14,53 +14,92 @@ enum { TAG_NULL = 0, TAG_FALSE, TAG_TRUE, TAG_I64, TAG_F64, TAG_STR, TAG_JSON };
 
 #define EVREC_NAME_MAX 0xffffu
 
-static void put_tag(bv_buf *b, uint8_t tag) { bv_buf_put(b, &tag, 1); }
-
-static void put_tagged64(bv_buf *b, uint8_t tag, uint64_t v) {
-    unsigned char t[9];
-    t[0] = tag;
-    codec_put64(t + 1, v);
-    bv_buf_put(b, t, 9);
+/* memcpy that allows (NULL, 0): an empty name or string may come without storage. */
+static inline unsigned char *copy_bytes(unsigned char *w, const void *p, size_t n) {
+    if (n) memcpy(w, p, n);
+    return w + n;
 }
 
-static void put_bytes32(bv_buf *b, uint8_t tag, const char *p, size_t n) {
-    unsigned char t[5];
-    t[0] = tag;
-    codec_put32(t + 1, (uint32_t)n);
-    bv_buf_put(b, t, 5);
-    bv_buf_put(b, p, n);
+/* Bytes of one field's encoding, its list/map text aside (TAG_JSON: the caller adds it). */
+static size_t field_size(const bv_field *f) {
+    size_t kl = f->name_len > EVREC_NAME_MAX ? EVREC_NAME_MAX : f->name_len;
+    size_t n = 2 + kl + 1;
+    switch (f->value.kind) {
+    case BV_NULL:
+    case BV_BOOL: break;
+    case BV_I64:
+    case BV_F64: n += 8; break;
+    case BV_STR: n += 4 + f->value.u.s.len; break;
+    case BV_JSON: n += 4; break;
+    }
+    return n;
 }
 
+/* The record is sized first (list/map values are rendered to text then), reserved once,
+ * and written in place: no capacity check per piece. */
 void evrec_encode(int64_t now, const char *event, size_t event_len, const bv_row *row, bv_buf *out) {
-    unsigned char h[12];
-    codec_put64(h, (uint64_t)now);
-    codec_put32(h + 8, (uint32_t)event_len);
-    bv_buf_reserve(out, 16 + event_len + row->n * 24);
-    bv_buf_put(out, h, 12);
-    bv_buf_put(out, event, event_len);
-    codec_put32(h, (uint32_t)row->n);
-    bv_buf_put(out, h, 4);
+    size_t need = 12 + event_len + 4;
+    size_t njson = 0;
     for (size_t i = 0; i < row->n; i++) {
+        need += field_size(&row->fields[i]);
+        njson += row->fields[i].value.kind == BV_JSON;
+    }
+    /* list/map fields: compact JSON text, rendered before the write (rare on the push path) */
+    char *small[8] = { 0 };
+    char **txt = njson <= 8 ? small : calloc(njson, sizeof *txt);
+    if (!txt) abort();
+    for (size_t i = 0, k = 0; i < row->n; i++) {
+        if (row->fields[i].value.kind != BV_JSON) continue;
+        txt[k] = json_dumps(row->fields[i].value.u.j, JSON_COMPACT | JSON_ENCODE_ANY);
+        need += txt[k] ? strlen(txt[k]) : 4;
+        k++;
+    }
+    bv_buf_reserve(out, need);
+    unsigned char *w = (unsigned char *)out->data + out->len;
+    codec_put64(w, (uint64_t)now);
+    codec_put32(w + 8, (uint32_t)event_len);
+    w = copy_bytes(w + 12, event, event_len);
+    codec_put32(w, (uint32_t)row->n);
+    w += 4;
+    for (size_t i = 0, k = 0; i < row->n; i++) {
         const bv_field *f = &row->fields[i];
         size_t kl = f->name_len > EVREC_NAME_MAX ? EVREC_NAME_MAX : f->name_len;
-        codec_put16(h, (uint16_t)kl);
-        bv_buf_put(out, h, 2);
-        bv_buf_put(out, f->name, kl);
+        codec_put16(w, (uint16_t)kl);
+        w = copy_bytes(w + 2, f->name, kl);
         const bv_value *v = &f->value;
         switch (v->kind) {
-        case BV_NULL: put_tag(out, TAG_NULL); break;
-        case BV_BOOL: put_tag(out, v->u.b ? TAG_TRUE : TAG_FALSE); break;
-        case BV_I64: put_tagged64(out, TAG_I64, (uint64_t)v->u.i); break;
-        case BV_F64: put_tagged64(out, TAG_F64, codec_f64_bits(v->u.f)); break;
-        case BV_STR: put_bytes32(out, TAG_STR, v->u.s.ptr, v->u.s.len); break;
+        case BV_NULL: *w++ = TAG_NULL; break;
+        case BV_BOOL: *w++ = v->u.b ? TAG_TRUE : TAG_FALSE; break;
+        case BV_I64:
+            *w = TAG_I64;
+            codec_put64(w + 1, (uint64_t)v->u.i);
+            w += 9;
+            break;
+        case BV_F64:
+            *w = TAG_F64;
+            codec_put64(w + 1, codec_f64_bits(v->u.f));
+            w += 9;
+            break;
+        case BV_STR:
+            *w = TAG_STR;
+            codec_put32(w + 1, (uint32_t)v->u.s.len);
+            w = copy_bytes(w + 5, v->u.s.ptr, v->u.s.len);
+            break;
         case BV_JSON: {
-            char *txt = json_dumps(v->u.j, JSON_COMPACT | JSON_ENCODE_ANY);
-            put_bytes32(out, TAG_JSON, txt ? txt : "null", txt ? strlen(txt) : 4);
-            free(txt);
+            const char *t = txt[k] ? txt[k] : "null";
+            size_t tl = txt[k] ? strlen(txt[k]) : 4;
+            *w = TAG_JSON;
+            codec_put32(w + 1, (uint32_t)tl);
+            w = copy_bytes(w + 5, t, tl);
+            free(txt[k]);
+            k++;
             break;
         }
         }
     }
+    out->len = (size_t)((char *)w - out->data);
+    out->data[out->len] = 0;
+    if (txt != small) free(txt);
 }
 
 void evrec_release(evrec *r) {
