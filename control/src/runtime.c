@@ -11,6 +11,11 @@
  * soft limit of 1024 is far below what a server holding client connections needs; the
  * packaging units set LimitNOFILE= for the hard one), and inherits no descriptor of ours
  * beyond 0-2 (and bwrap's info pipe).
+ *
+ * Waiting for a process to end takes no polling: its pidfd (Linux 5.3+) turns readable when
+ * it exits, and poll() sleeps on that with the deadline as the timeout (wait_gone). Only a
+ * kernel without pidfd_open (or no descriptor to spare) falls back to looking again every
+ * RUNTIME_EXIT_POLL_MS.
  */
 #include "runtime.h"
 #include "util.h"
@@ -19,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
@@ -27,11 +33,22 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #define RT_FD_PARK 64 /* fds passed to the server are parked above this before dup2 */
+/* How long a stop waits after SIGKILL, for bwrap's monitor after its child, and how long a
+ * start waits for an exec failure (exit 126/127) to show before it records the instance. */
+#define RUNTIME_KILL_WAIT_MS 10000
+#define RUNTIME_MONITOR_WAIT_MS 2000
+#define RUNTIME_EXEC_FAIL_WAIT_MS 50
+/* runtime_kill_unrecorded: rounds of scan + SIGKILL at most, and how long they may take */
+#define RUNTIME_KILL_ROUNDS 100
+#define RUNTIME_KILL_UNRECORDED_MS 2000
+/* Without a pidfd: look again this often. */
+#define RUNTIME_EXIT_POLL_MS 20
 
 struct strv {
     char **v;
@@ -81,6 +98,44 @@ static bool pid_alive(pid_t pid, long long start) {
     long long s = proc_starttime(pid, &st);
     if (s < 0 || st == 'Z' || st == 'X') return false;
     return start <= 0 || s == start;
+}
+
+/* A pidfd for pid, or -1 (no such process, no descriptor, or a kernel without pidfd_open). */
+static int pid_fd(pid_t pid) {
+#ifdef SYS_pidfd_open
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    (void)pid;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* Sleep until the process behind pidfd fd exits or ctl_mono_ms() reaches deadline. */
+static void pidfd_wait(int fd, int64_t deadline) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    for (;;) {
+        int64_t left = deadline - ctl_mono_ms();
+        if (left <= 0) return;
+        int r = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (r > 0 || (r < 0 && errno != EINTR)) return;
+    }
+}
+
+/* Wait up to timeout_ms for pid (with start time `start`; 0 = any) to end. True when it is
+ * gone; a zombie counts as gone and is left for the caller to reap (a test, the daemon's
+ * reaper or runtime_stop want its status). */
+static bool wait_gone(pid_t pid, long long start, int64_t timeout_ms) {
+    int64_t deadline = ctl_mono_ms() + timeout_ms;
+    int fd = pid_fd(pid);
+    if (fd >= 0) {
+        /* checked after the open: if pid still has that start time, fd is that process */
+        if (pid_alive(pid, start)) pidfd_wait(fd, deadline);
+        close(fd);
+    } else if (errno != ESRCH) {
+        while (pid_alive(pid, start) && ctl_mono_ms() < deadline) usleep(RUNTIME_EXIT_POLL_MS * 1000);
+    }
+    return !pid_alive(pid, start);
 }
 
 void runtime_reap(json_t *exits) {
@@ -527,7 +582,7 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
         server = (pid_t)cp;
     }
     /* Give an exec failure (exit 126/127) a moment to show. */
-    usleep(50000);
+    wait_gone(server, 0, RUNTIME_EXEC_FAIL_WAIT_MS);
     char ts[40];
     ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
     *instance = json_pack("{s:s,s:s,s:I,s:I,s:I,s:s,s:s}", "runtime", kind, "digest", s->digest ? s->digest : "", "pid",
@@ -607,8 +662,10 @@ int runtime_kill_unrecorded(const struct ctl_config *cfg, pid_t keep) {
     char *kv = ctl_asprintf("%s=%s", RUNTIME_MARK, cfg->state_dir);
     char *lock = ctl_asprintf("%s/LOCK", cfg->runtime_data_dir);
     int killed = 0;
-    for (int round = 0; round < 100; round++) {
+    int64_t deadline = ctl_mono_ms() + RUNTIME_KILL_UNRECORDED_MS;
+    for (int round = 0; round < RUNTIME_KILL_ROUNDS; round++) {
         int seen = 0;
+        pid_t victim = 0;
         DIR *d = opendir("/proc");
         struct dirent *e;
         while (d && (e = readdir(d))) {
@@ -618,6 +675,7 @@ int runtime_kill_unrecorded(const struct ctl_config *cfg, pid_t keep) {
             seen++;
             if (round == 0) killed++;
             kill(pid, SIGKILL);
+            victim = pid;
         }
         if (d) closedir(d);
         /* one without the mark (started by an older daemon) still holds the data dir's LOCK */
@@ -626,9 +684,13 @@ int runtime_kill_unrecorded(const struct ctl_config *cfg, pid_t keep) {
             seen++;
             if (round == 0) killed++;
             kill(holder, SIGKILL);
+            victim = holder;
         }
-        if (seen == 0) break;
-        usleep(20000); /* SIGKILL is asynchronous: look again until they are gone */
+        int64_t left = deadline - ctl_mono_ms();
+        if (seen == 0 || left <= 0) break;
+        /* SIGKILL is asynchronous: wait for the last one killed to end (the others were
+         * signalled before it), then look again until none is left */
+        wait_gone(victim, 0, left);
     }
     free(lock);
     free(kv);
@@ -661,30 +723,14 @@ int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, c
     bool killed = false;
     if (pid_alive(pid, start)) {
         kill(pid, SIGTERM);
-        int64_t deadline = ctl_mono_ms() + cfg->stop_grace_s * 1000;
-        while (pid_alive(pid, start) && ctl_mono_ms() < deadline) {
-            runtime_reap(NULL);
-            usleep(50000);
-        }
-        if (pid_alive(pid, start)) {
+        if (!wait_gone(pid, start, (int64_t)cfg->stop_grace_s * 1000)) {
             kill(pid, SIGKILL);
             killed = true;
-            deadline = ctl_mono_ms() + 10000;
-            while (pid_alive(pid, start) && ctl_mono_ms() < deadline) {
-                runtime_reap(NULL);
-                usleep(20000);
-            }
+            wait_gone(pid, start, RUNTIME_KILL_WAIT_MS);
         }
     }
     /* bwrap's monitor exits when its child does; make sure, then reap. */
-    if (monitor > 0) {
-        int64_t deadline = ctl_mono_ms() + 2000;
-        while (pid_alive(monitor, 0) && ctl_mono_ms() < deadline) {
-            runtime_reap(NULL);
-            usleep(20000);
-        }
-        if (pid_alive(monitor, 0)) kill(monitor, SIGKILL);
-    }
+    if (monitor > 0 && !wait_gone(monitor, 0, RUNTIME_MONITOR_WAIT_MS)) kill(monitor, SIGKILL);
     runtime_reap(NULL);
     if (pid_alive(pid, start)) return ctl_errf(err, "pid %d survived SIGKILL", (int)pid);
     if (how)
