@@ -1266,7 +1266,7 @@ static void test_decode_garbage(void **state) {
     }
 }
 
-/* feature_row_field's name comparison agrees with memcmp for every length around its
+/* bv_row_field_at's name comparison agrees with memcmp for every length around its
  * word sizes and a difference at every position. */
 static void test_field_name_compare(void **state) {
     (void)state;
@@ -1283,11 +1283,11 @@ static void test_field_name_compare(void **state) {
     /* the lookup itself: by position, then by name when the position holds another field */
     bv_field fields[2] = { { "merchant_id", 11, bv_i64(1) }, { "amount", 6, bv_i64(2) } };
     bv_row row = { fields, 2, 0 };
-    assert_ptr_equal(feature_row_field(&row, "amount", 6, 1), &fields[1].value);
-    assert_ptr_equal(feature_row_field(&row, "amount", 6, 0), &fields[1].value);
-    assert_ptr_equal(feature_row_field(&row, "merchant_id", 11, 0), &fields[0].value);
-    assert_null(feature_row_field(&row, "merchant_ie", 11, 0));
-    assert_null(feature_row_field(&row, "amoun", 5, 1));
+    assert_ptr_equal(bv_row_field_at(&row, "amount", 6, 1), &fields[1].value);
+    assert_ptr_equal(bv_row_field_at(&row, "amount", 6, 0), &fields[1].value);
+    assert_ptr_equal(bv_row_field_at(&row, "merchant_id", 11, 0), &fields[0].value);
+    assert_null(bv_row_field_at(&row, "merchant_ie", 11, 0));
+    assert_null(bv_row_field_at(&row, "amoun", 5, 1));
 }
 
 int main(void) {

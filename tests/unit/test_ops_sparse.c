@@ -790,7 +790,7 @@ static void test_distinct_forms(void **state) {
     }
 }
 
-/* ----------------------------------------------------------- feature_row_field */
+/* ----------------------------------------------------------- bv_row_field_at */
 
 static void test_row_field(void **state) {
     (void)state;
@@ -803,11 +803,11 @@ static void test_row_field(void **state) {
     bv_field short_row[1] = { { "x", 1, bv_f64(3.5) } };
     bv_field absent[2] = { { "s", 1, bv_str("a", 1) }, { "xx", 2, bv_f64(9) } };
     bv_row r1 = { in_order, 3, 0 }, r2 = { shuffled, 3, 0 }, r3 = { short_row, 1, 0 }, r4 = { absent, 2, 0 };
-    assert_true(feature_row_field(&r1, f.field, f.field_len, f.field_pos)->u.f == 1.5);
-    assert_true(feature_row_field(&r2, f.field, f.field_len, f.field_pos)->u.f == 2.5);
-    assert_true(feature_row_field(&r3, f.field, f.field_len, f.field_pos)->u.f == 3.5);
-    assert_null(feature_row_field(&r4, f.field, f.field_len, f.field_pos));
-    assert_null(feature_row_field(&r1, "y", 1, -1));
+    assert_true(bv_row_field_at(&r1, f.field, f.field_len, f.field_pos)->u.f == 1.5);
+    assert_true(bv_row_field_at(&r2, f.field, f.field_len, f.field_pos)->u.f == 2.5);
+    assert_true(bv_row_field_at(&r3, f.field, f.field_len, f.field_pos)->u.f == 3.5);
+    assert_null(bv_row_field_at(&r4, f.field, f.field_len, f.field_pos));
+    assert_null(bv_row_field_at(&r1, "y", 1, -1));
     /* through the op: whatever the order, the value is the one named x */
     void *st = state_new(&f);
     expr_arena arena;

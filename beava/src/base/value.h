@@ -44,7 +44,6 @@ static inline bv_value bv_i64(int64_t i) { bv_value v; v.kind = BV_I64; v.u.i = 
 static inline bv_value bv_f64(double f) { bv_value v; v.kind = BV_F64; v.u.f = f; return v; }
 static inline bv_value bv_str(const char *p, size_t n) { bv_value v; v.kind = BV_STR; v.u.s.ptr = p; v.u.s.len = n; return v; }
 
-/* Numeric view: I64 -> double, F64 as is. Returns false for every other kind. */
 /* a[0..n) == b[0..n) for the short field names of a schema, inline (no libc call): two
  * overlapping 8- (or 4-) byte words cover 4..16 bytes; longer names use memcmp. */
 static inline bool bv_short_name_eq(const char *a, const char *b, size_t n) {
@@ -64,6 +63,7 @@ static inline bool bv_short_name_eq(const char *a, const char *b, size_t n) {
     return true;
 }
 
+/* Numeric view: I64 -> double, F64 as is. Returns false for every other kind. */
 static inline bool bv_as_f64(const bv_value *v, double *out) {
     if (v->kind == BV_I64) { *out = (double)v->u.i; return true; }
     if (v->kind == BV_F64) { *out = v->u.f; return true; }
@@ -128,6 +128,21 @@ typedef struct bv_row {
 /* Look up a field by NUL-terminated name; NULL if absent. */
 const bv_value *bv_row_get(const bv_row *row, const char *name);
 const bv_value *bv_row_getn(const bv_row *row, const char *name, size_t len);
+/* bv_row_getn for the event path: rows are small and usually arrive in schema order, so
+ * the field's schema position `pos` (-1 none) is tried first; any other order falls back
+ * to the scan by name (names compared inline: a row sent key first puts the key and
+ * event_time off their schema positions on every event), with the same result. */
+static inline const bv_value *bv_row_field_at(const bv_row *row, const char *name, size_t len, long pos) {
+    if (pos >= 0 && (size_t)pos < row->n) {
+        const bv_field *x = &row->fields[pos];
+        if (x->name_len == len && bv_short_name_eq(x->name, name, len)) return &x->value;
+    }
+    for (size_t i = 0; i < row->n; i++) {
+        const bv_field *x = &row->fields[i];
+        if (x->name_len == len && bv_short_name_eq(x->name, name, len)) return &x->value;
+    }
+    return NULL;
+}
 
 /* Canonical text of a key value for entity keys and dedupe keys:
  * Str verbatim, I64 decimal, Bool true/false, F64 shortest form.

@@ -481,7 +481,7 @@ static const ev_desc *validate(engine *e, push_batch_state *st, const engine_pus
 static int build_key(const agg_table *t, const bv_row *r, const int32_t *kpos, char *buf, size_t cap) {
     size_t len = 0;
     for (size_t i = 0; i < t->nkeys; i++) {
-        const bv_value *v = kpos ? (kpos[i] >= 0 ? &r->fields[kpos[i]].value : NULL) : feature_row_field(r, t->keys[i], strlen(t->keys[i]), -1);
+        const bv_value *v = kpos ? (kpos[i] >= 0 ? &r->fields[kpos[i]].value : NULL) : bv_row_field_at(r, t->keys[i], strlen(t->keys[i]), -1);
         if (!v) return -1;
         if (i > 0) {
             if (len + 1 >= cap) return -1;

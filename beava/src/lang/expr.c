@@ -1147,12 +1147,7 @@ static bv_value ev(const expr *e, const node *n, const bv_row *row, expr_arena *
     case N_STR: return bv_str(e->strs + n->u.s.off, n->u.s.len);
     case N_TYPE: return bv_null();              /* only meaningful as cast's second argument */
     case N_FIELD: {
-        const char *name = e->strs + n->u.s.off;
-        if (n->hint >= 0 && (size_t)n->hint < row->n) {      /* the bound schema's position */
-            const bv_field *x = &row->fields[n->hint];
-            if (x->name_len == n->u.s.len && bv_short_name_eq(x->name, name, x->name_len)) return x->value;
-        }
-        const bv_value *v = bv_row_getn(row, name, n->u.s.len);
+        const bv_value *v = bv_row_field_at(row, e->strs + n->u.s.off, n->u.s.len, n->hint);
         return v ? *v : bv_null();
     }
     case N_CMP: {

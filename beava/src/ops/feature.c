@@ -303,7 +303,7 @@ int feature_compile(feature *f, const char *name, const json_t *spec, const bv_s
         else if (f->field) f->prefetch_mode = FEATURE_PREFETCH_VALUE;
     }
     f->hinted = f->window_ms || f->prefetch_mode != FEATURE_PREFETCH_NONE;
-    /* lookup hints for the event path (feature_row_field) */
+    /* lookup hints for the event path (bv_row_field_at) */
     f->field_pos = f->p.lat_pos = f->p.lon_pos = -1;
     if (f->field) {
         f->field_len = strlen(f->field);
@@ -386,7 +386,7 @@ static inline void update_one(const feature *f, void *st, op_input *in, expr_are
     if (vt->flags & OPF_READS_FIELD) {
         const bv_value *v;
         if (f->field) {
-            v = feature_row_field(in->row, f->field, f->field_len, f->field_pos);
+            v = bv_row_field_at(in->row, f->field, f->field_len, f->field_pos);
         } else if (f->value_expr) {
             ev = value_of_expr(f, in, arena);
             v = &ev;
@@ -430,7 +430,7 @@ static inline void prefetch_one(const feature *f, const void *st, const bv_row *
     switch (f->prefetch_mode) {
     case FEATURE_PREFETCH_STATE: hint = true; break;
     case FEATURE_PREFETCH_VALUE:
-        v = feature_row_field(row, f->field, f->field_len, f->field_pos);
+        v = bv_row_field_at(row, f->field, f->field_len, f->field_pos);
         if (v && v->kind == BV_NULL) v = NULL;
         hint = v != NULL;
         break;

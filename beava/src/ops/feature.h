@@ -51,7 +51,7 @@ typedef struct op_params {
     uint32_t bloom_nwords, bloom_k;   /* bloom_member geometry, computed by its parse */
     char *lat_field, *lon_field;
     size_t lat_len, lon_len;
-    int lat_pos, lon_pos;     /* schema positions (feature_row_field hints), -1 unknown */
+    int lat_pos, lon_pos;     /* schema positions (bv_row_field_at hints), -1 unknown */
     int64_t param_window_ms;  /* first_seen_in_window */
 } op_params;
 
@@ -81,25 +81,6 @@ typedef struct feature {
     bool hinted;              /* feature_prefetch has something to load (set by compile) */
     uint8_t prefetch_mode;    /* FEATURE_PREFETCH_*: what the kind's prefetch hook is given */
 } feature;
-
-/*
- * The value of field `name` (len bytes) in `row`, or NULL. Rows are small and usually
- * arrive in schema order, so the field's schema position `pos` (from compile) is tried
- * first; any other order falls back to the scan by name, with the same result.
- */
-static inline const bv_value *feature_row_field(const bv_row *row, const char *name, size_t len, int pos) {
-    if (pos >= 0 && (size_t)pos < row->n) {
-        const bv_field *x = &row->fields[pos];
-        if (x->name_len == len && bv_short_name_eq(x->name, name, len)) return &x->value;
-    }
-    /* bv_row_getn's scan, names compared inline (a row sent key first puts the key and
-     * event_time off their schema positions on every event) */
-    for (size_t i = 0; i < row->n; i++) {
-        const bv_field *x = &row->fields[i];
-        if (x->name_len == len && bv_short_name_eq(x->name, name, len)) return &x->value;
-    }
-    return NULL;
-}
 
 /*
  * Memory-governance pre-check on the raw agg spec (a window-less unbounded kind is

@@ -43,8 +43,8 @@ static inline int geo_parse(feature *f, const json_t *params, const char *path, 
 
 /* The event's point; false when either coordinate is missing or not numeric. */
 static inline bool geo_point(const feature *f, const op_input *in, double *lat, double *lon) {
-    const bv_value *a = feature_row_field(in->row, f->p.lat_field, f->p.lat_len, f->p.lat_pos);
-    const bv_value *b = feature_row_field(in->row, f->p.lon_field, f->p.lon_len, f->p.lon_pos);
+    const bv_value *a = bv_row_field_at(in->row, f->p.lat_field, f->p.lat_len, f->p.lat_pos);
+    const bv_value *b = bv_row_field_at(in->row, f->p.lon_field, f->p.lon_len, f->p.lon_pos);
     return a && b && bv_as_f64(a, lat) && bv_as_f64(b, lon);
 }
 
