@@ -64,7 +64,7 @@ static void entropy_prefetch(const feature *f, const void *st, const bv_value *v
     const entropy_st *s = st;
     char buf[48];
     bv_value c;
-    if (!s->m.idx) vm_prefetch(&s->m, 0);                 /* a short map: its entries */
+    if (!vm_prefetch_hashes(&s->m)) vm_prefetch(&s->m, 0);
     else if (category(v, buf, &c)) vm_prefetch(&s->m, opval_hash(&c));
 }
 

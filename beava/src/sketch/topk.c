@@ -130,7 +130,7 @@ void topk_add(topk *t, const bv_value *v, uint32_t k) {
 
 void topk_prefetch(const topk *t, const bv_value *v) {
     if (t->hy) cms_prefetch(&t->hy->sk, opval_hash(v));
-    else vm_prefetch(&t->exact, t->exact.idx ? opval_hash(v) : 0);   /* a short map: its entries */
+    else vm_prefetch(&t->exact, vm_prefetch_hashes(&t->exact) ? opval_hash(v) : 0);
 }
 
 void topk_merge(topk *dst, const topk *src, uint32_t k) {

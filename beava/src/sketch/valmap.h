@@ -14,6 +14,7 @@
 #ifndef BEAVA_SKETCH_VALMAP_H
 #define BEAVA_SKETCH_VALMAP_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include "opval.h"
 
@@ -37,6 +38,9 @@ vm_entry *vm_find(const valmap *m, const bv_value *key, uint64_t h);
 /* Memory hint, no effect on m: prefetch the index slot (or the first entries) that
  * vm_find(m, key, h) reads first. */
 void vm_prefetch(const valmap *m, uint64_t h);
+/* Whether vm_prefetch(m, h) uses h (the indexed form); a short map is prefetched whole,
+ * so a caller may pass 0 without hashing (as distinct_prefetch_hashes). */
+static inline bool vm_prefetch_hashes(const valmap *m) { return m->idx != NULL; }
 /* Add an absent key with count 0 and return its entry (copies the key). */
 vm_entry *vm_insert(valmap *m, const bv_value *key, uint64_t h);
 void vm_free(valmap *m);
