@@ -227,15 +227,16 @@ static struct timespec mono_now(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t;
 }
-static struct timespec ts_add_ms(struct timespec t, unsigned ms) {
-    t.tv_sec += ms / 1000;
-    t.tv_nsec += (long)(ms % 1000) * 1000000L;
+static struct timespec ts_add_ns(struct timespec t, uint64_t ns) {
+    t.tv_sec += (time_t)(ns / 1000000000u);
+    t.tv_nsec += (long)(ns % 1000000000u);
     if (t.tv_nsec >= 1000000000L) {
         t.tv_sec++;
         t.tv_nsec -= 1000000000L;
     }
     return t;
 }
+static struct timespec ts_add_ms(struct timespec t, unsigned ms) { return ts_add_ns(t, (uint64_t)ms * 1000000u); }
 static bool ts_before(struct timespec a, struct timespec b) {
     return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
 }
@@ -1387,14 +1388,7 @@ static bool degraded_step(wal *w, bool *progressed) {
  * for at most 1/GROUP_WINDOW_DIV of an average fdatasync. */
 static struct timespec group_due(const wal *w) {
     struct timespec t = ts_before(w->group_from, w->pend_since) ? w->pend_since : w->group_from;
-    uint64_t ns = w->fsync_avg_ns / GROUP_WINDOW_DIV;
-    t.tv_sec += (time_t)(ns / 1000000000u);
-    t.tv_nsec += (long)(ns % 1000000000u);
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
-    return t;
+    return ts_add_ns(t, w->fsync_avg_ns / GROUP_WINDOW_DIV);
 }
 
 static void *writer_main(void *arg) {
