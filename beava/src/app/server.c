@@ -153,7 +153,6 @@ static int server_cluster_admin(void *ctx, const char *method, const char *sub, 
     return st;
 }
 
-
 static char *read_token(const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "r");
     if (!f) {

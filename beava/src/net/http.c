@@ -425,6 +425,13 @@ static void ip_del(http_server *s, const unsigned char key[16]) {
     }
 }
 
+/* ip_del for a caller that does not hold conns_mu. */
+static void ip_forget(http_server *s, const unsigned char key[16]) {
+    pthread_mutex_lock(&s->conns_mu);
+    ip_del(s, key);
+    pthread_mutex_unlock(&s->conns_mu);
+}
+
 /* Count a connection being admitted into open_here; false at the cap (exactly).
  * accept_policy runs when the acceptor hands a connection to libmicrohttpd, before it
  * exists: libmicrohttpd reports it (MHD_CONNECTION_NOTIFY_STARTED) only once an I/O
@@ -472,11 +479,7 @@ static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, soc
     }
     if (admit(s)) return MHD_YES;
     atomic_fetch_add(&s->stats->refused_cap, 1);
-    if (counted) {
-        pthread_mutex_lock(&s->conns_mu);
-        ip_del(s, key);
-        pthread_mutex_unlock(&s->conns_mu);
-    }
+    if (counted) ip_forget(s, key);
     return MHD_NO;
 }
 
@@ -493,11 +496,7 @@ static void notify_connection(void *cls, struct MHD_Connection *c, void **socket
         conn_ctx *cc = calloc(1, sizeof *cc);
         *socket_context = cc;
         if (!cc) {                                  /* served, but without deadlines */
-            if (keyed) {
-                pthread_mutex_lock(&s->conns_mu);
-                ip_del(s, key);
-                pthread_mutex_unlock(&s->conns_mu);
-            }
+            if (keyed) ip_forget(s, key);
             return;
         }
         const union MHD_ConnectionInfo *fdi = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
