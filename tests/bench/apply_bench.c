@@ -29,7 +29,9 @@
  * It measures, it does not assert figures; run it under
  *   valgrind --tool=massif, valgrind --tool=callgrind, perf stat -e instructions.
  */
+#include <jansson.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,6 +266,41 @@ static uint64_t feed_push(engine *e, const pipeline *pl, evgen *g, const opts *o
     return failed;
 }
 
+/* The schema positions of fill_row's fields in the pipeline's event, and its schema
+ * fingerprint, as the server writes its WAL records (evrec.h, fields by position).
+ * Returns false (records are then written by name) when the event is not found. */
+static bool record_positions(const pipeline *pl, const bv_row *row, int32_t *fpos, uint32_t *fp) {
+    json_t *reg = json_loads(pl->register_json, 0, NULL);
+    json_t *node, *fields = NULL;
+    size_t i;
+    json_array_foreach(json_object_get(reg, "nodes"), i, node) {
+        const char *kind = json_string_value(json_object_get(node, "kind"));
+        const char *name = json_string_value(json_object_get(node, "name"));
+        if (kind && name && strcmp(kind, "event") == 0 && strcmp(name, pl->event_name) == 0)
+            fields = json_object_get(json_object_get(node, "schema"), "fields");
+    }
+    bv_schema sc;
+    bv_schema_init(&sc);
+    const char *fname;
+    json_t *ftype;
+    json_object_foreach(fields, fname, ftype) {
+        int t = bv_wtype_parse(json_string_value(ftype) ? json_string_value(ftype) : "");
+        bv_schema_set(&sc, fname, t < 0 ? WT_JSON : (bv_wtype)t);
+    }
+    bool ok = sc.n > 0;
+    for (size_t f = 0; f < row->n && ok; f++) {
+        fpos[f] = -1;
+        for (size_t j = 0; j < sc.n; j++)
+            if (strlen(sc.names[j]) == row->fields[f].name_len &&
+                memcmp(sc.names[j], row->fields[f].name, row->fields[f].name_len) == 0)
+                fpos[f] = (int32_t)j;
+    }
+    *fp = bv_schema_fingerprint(&sc);
+    bv_schema_free(&sc);
+    json_decref(reg);
+    return ok;
+}
+
 /* The events as WAL records with our arrival times (see the top of the file). */
 static uint64_t feed_replay(engine *e, const pipeline *pl, evgen *g, const opts *o, slot *s, uint64_t lsn) {
     bv_buf rec;
@@ -271,17 +308,23 @@ static uint64_t feed_replay(engine *e, const pipeline *pl, evgen *g, const opts 
     bv_row row;
     uint64_t failed = 0;
     char reason[256];
+    int32_t *fpos = calloc(pl->nextra + 2, sizeof *fpos);
+    if (!fpos) abort();
+    evrec_pos pos = { 0, fpos };
+    bool by_pos = false;
     for (uint64_t i = 0; i < o->events; i++) {
         fill_row(pl, evgen_next(g), s, &row);
+        if (i == 0) by_pos = record_positions(pl, &row, fpos, &pos.fingerprint);
         int64_t now = o->time_base + (int64_t)((double)i * (double)o->span_ms / (double)o->events);
         rec.len = 0;
-        evrec_encode(now, pl->event_name, strlen(pl->event_name), &row, &rec);
+        evrec_encode(now, pl->event_name, strlen(pl->event_name), &row, by_pos ? &pos : NULL, &rec);
         if (engine_replay(e, REC_EVENT, lsn++, rec.data, rec.len, reason, sizeof reason) != 0) {
             if (!failed) fprintf(stderr, "apply-bench: %s\n", reason);
             failed++;
         }
     }
     bv_buf_free(&rec);
+    free(fpos);
     return failed;
 }
 

@@ -5,11 +5,16 @@ each entity's events, and on a registry change in the middle of the log, and req
 the restarted server to hold exactly the live state: a replay that reordered one
 entity's events across groups or shards, or applied an event on the wrong side of a
 registry record, changes last/first_n/last_n/lag/streak values or refuses events that
-the change made valid."""
+the change made valid. Event records name their fields by schema position
+(beava/src/engine/evrec.h): the change widens the schema with a field listed in the
+middle of the new node, and a snapshot taken after it is the base of one recovery, so
+positions are decoded against the registry rebuilt from the log and from a snapshot."""
 import json
 import os
+import glob
 import random
 import shutil
+import struct
 import tempfile
 import unittest
 
@@ -70,6 +75,7 @@ def crash_and_recover(tc, b, d, table, keys):
     registry = b.admin("GET", "/registry")[2]
     wait_wal_durable(b)
     b.stop(sig=9)
+    b.check_clean_exit = False            # killed on purpose: its cleanup must not call that unclean
     b2 = start(d)
     tc.addCleanup(b2.stop)
     m = b2.admin("GET", "/metrics")[2].decode()
@@ -77,6 +83,29 @@ def crash_and_recover(tc, b, d, table, keys):
     tc.assertEqual(rows(b2, table, keys), live)
     tc.assertEqual(b2.admin("GET", "/registry")[2], registry)
     return live, b2
+
+
+def wal_event_forms(d):
+    """(records by position, records by name) among the WAL's event records (wal.c framing:
+    u32 length, u32 crc, u64 LSN, u8 kind, payload; an event record's u32 at payload offset
+    8 has bit 31 set when its fields are named by schema position)."""
+    by_pos = by_name = 0
+    for path in sorted(glob.glob(os.path.join(d, "wal", "*.seg"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        off = 64
+        while off + 17 <= len(data):
+            n = struct.unpack_from("<I", data, off)[0]
+            if off + 17 + n > len(data):
+                break
+            if data[off + 16] == 1 and n >= 12:
+                word = struct.unpack_from("<I", data, off + 17 + 8)[0]
+                if word & 0x80000000:
+                    by_pos += 1
+                else:
+                    by_name += 1
+            off += 17 + n
+    return by_pos, by_name
 
 
 class ParallelReplayOrder(unittest.TestCase):
@@ -129,21 +158,41 @@ class RegistryRecordMidLog(unittest.TestCase):
             c = Conn(tcp_addr(b))
             push_all(c, [("Ev", {"k": KEYS[i % len(KEYS)], "seq": i, "flag": "y"}) for i in range(1300)])
             # the change adds a field and features: events after it use the field (invalid
-            # before it), and the new features count only what follows the change
+            # before it), and the new features count only what follows the change. The new
+            # node lists the field second: the widened schema keeps the old positions and
+            # appends it, so records after the change carry positions the node's order does
+            # not show
             v2 = json.loads(json.dumps(ORDERED))
-            v2["nodes"][0]["schema"]["fields"]["extra"] = "i64"
+            fields = v2["nodes"][0]["schema"]["fields"]
+            v2["nodes"][0]["schema"]["fields"] = {"k": fields["k"], "extra": "i64", "seq": fields["seq"],
+                                                  "flag": fields["flag"]}
             agg = v2["nodes"][1]["ops"][0]["agg"]
             agg["n_after"] = {"op": "count"}
             agg["extra_sum"] = {"op": "sum", "params": {"field": "extra"}}
+            agg["last_extra"] = {"op": "last", "params": {"field": "extra"}}
             st, body = b.register(v2)
             self.assertEqual(st, 200, body)
-            push_all(c, [("Ev", {"k": KEYS[i % len(KEYS)], "seq": 1300 + i, "flag": "n", "extra": i})
+            # rows list their fields in two orders (each its own shape)
+            push_all(c, [("Ev", {"k": KEYS[i % len(KEYS)], "seq": 1300 + i, "flag": "n", "extra": i}) if i % 3 else
+                         ("Ev", {"extra": i, "flag": "y", "k": KEYS[i % len(KEYS)], "seq": 1300 + i})
                          for i in range(1100)])
-            c.close()
             live, b = crash_and_recover(self, b, d, "T", KEYS)
             self.assertEqual(sum(r["n"] for r in live.values()), 2400)
             self.assertEqual(sum(r["n_after"] for r in live.values()), 1100)
             self.assertEqual(sum(r["extra_sum"] for r in live.values()), sum(range(1100)))
+            self.assertEqual(sorted(r["last_extra"] for r in live.values()), list(range(1094, 1100)))
+            by_pos, by_name = wal_event_forms(d)
+            self.assertEqual(by_pos, 2400, (by_pos, by_name))   # every row had distinct schema fields
+            # a snapshot after the change, then more events: recovery decodes the records
+            # after the snapshot against the registry its history rebuilds
+            self.assertEqual(b.raw("POST", "/snapshot", which="admin")[0], 200)
+            c = Conn(tcp_addr(b))
+            push_all(c, [("Ev", {"seq": 2400 + i, "k": KEYS[i % len(KEYS)], "extra": -i, "flag": "y"})
+                         for i in range(700)])
+            c.close()
+            live, b = crash_and_recover(self, b, d, "T", KEYS)
+            self.assertEqual(sum(r["n"] for r in live.values()), 3100)
+            self.assertEqual(sum(r["extra_sum"] for r in live.values()), sum(range(1100)) - sum(range(700)))
         finally:
             if b.proc and b.proc.poll() is None:
                 b.stop()

@@ -1,6 +1,6 @@
 /*
  * fuzz_snapfile.c - libFuzzer target for loading snapshots: the snapshot file reader
- * (beava/src/server/snapfile.c) and, behind it, the engine's snapshot body decoder
+ * (beava/src/storage/snapfile.c) and, behind it, the engine's snapshot body decoder
  * (engine_deserialize), which is what a crafted file with valid CRCs reaches.
  *
  * The first input byte picks the mode:

@@ -1,5 +1,5 @@
 /*
- * fuzz_wal.c - libFuzzer target for WAL recovery (beava/src/server/wal.c).
+ * fuzz_wal.c - libFuzzer target for WAL recovery (beava/src/storage/wal.c).
  *
  * Each input becomes one or two segment files in a fresh temp dir, then the real
  * wal_open + wal_recover run on them. Recovery must not crash, leak or loop, and must
@@ -21,8 +21,8 @@
  *
  * Temp dirs go under $FUZZ_WAL_TMPDIR, else /dev/shm when writable, else /tmp.
  * Build: clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -std=c11
- *        -Ibeava/src -Ibeava/src/server tests/fuzz/fuzz_wal.c beava/src/server/wal.c
- *        beava/src/server/crc32c.c -lpthread
+ *        -Ibeava/src/base -Ibeava/src/storage tests/fuzz/fuzz_wal.c beava/src/storage/wal.c
+ *        beava/src/base/crc32c.c beava/src/base/fsutil.c -lpthread
  */
 #include <dirent.h>
 #include <errno.h>
@@ -63,7 +63,7 @@ static void put64(unsigned char *p, uint64_t v) {
 static void header(unsigned char h[64], uint64_t start, uint64_t prev) {
     memset(h, 0, 64);
     memcpy(h, "BEAVAWAL", 8);
-    put32(h + 8, 1);
+    put32(h + 8, WAL_FORMAT_VERSION);
     put64(h + 16, start);
     put64(h + 24, prev);
     put32(h + 60, crc32c(h, 60));

@@ -1,6 +1,8 @@
 /* test_evrec.c - binary WAL event records: round trip of every value type from a row
  * and back, little-endian bytes, and every truncation or trailing byte rejected without
- * leaks. */
+ * leaks; records naming fields by schema position (exact bytes, names from the schema,
+ * refusal against another schema, an unknown event, a position past the schema) and the
+ * schema fingerprint they carry. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +11,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "codec.h"
 #include "engine.h"
 #include "evrec.h"
 
@@ -22,7 +25,7 @@ static void encode_sample(int64_t now, const char *name, bv_buf *b, json_t **in)
     bv_row row;
     engine_push_item item;
     engine_item_from_json(&item, &row, name, strlen(name), *in);
-    evrec_encode(now, name, strlen(name), &row, b);
+    evrec_encode(now, name, strlen(name), &row, NULL, b);
     free(row.fields);
 }
 
@@ -38,7 +41,7 @@ static void test_round_trip(void **state) {
     arena_init(&a);
     evrec r;
     char why[200];
-    assert_int_equal(evrec_decode(b.data, b.len, &a, &r, why, sizeof why), 0);
+    assert_int_equal(evrec_decode(b.data, b.len, &a, NULL, NULL, &r, why, sizeof why), 0);
     assert_int_equal(r.now, 1700000000123);
     assert_int_equal(r.event_len, 5);
     assert_memory_equal(r.event, "Click", 5);
@@ -81,7 +84,7 @@ static void test_appended_records_many_lists(void **state) {
     bv_row row;
     engine_push_item item;
     engine_item_from_json(&item, &row, "Bee", 3, in2);
-    evrec_encode(7, "Bee", 3, &row, &b);
+    evrec_encode(7, "Bee", 3, &row, NULL, &b);
     free(row.fields);
     assert_memory_equal(b.data, "xyz", 3);
     assert_int_equal(b.data[b.len], 0);
@@ -89,11 +92,11 @@ static void test_appended_records_many_lists(void **state) {
     arena_init(&a);
     evrec r;
     char why[200];
-    assert_int_equal(evrec_decode(b.data + 3, first_end - 3, &a, &r, why, sizeof why), 0);
+    assert_int_equal(evrec_decode(b.data + 3, first_end - 3, &a, NULL, NULL, &r, why, sizeof why), 0);
     assert_int_equal(r.now, 5);
     assert_int_equal(r.row.n, 10);
     evrec_release(&r);
-    assert_int_equal(evrec_decode(b.data + first_end, b.len - first_end, &a, &r, why, sizeof why), 0);
+    assert_int_equal(evrec_decode(b.data + first_end, b.len - first_end, &a, NULL, NULL, &r, why, sizeof why), 0);
     assert_int_equal(r.now, 7);
     assert_memory_equal(r.event, "Bee", 3);
     assert_int_equal(r.row.n, 12);
@@ -125,21 +128,221 @@ static void test_truncation_and_trailing_bytes(void **state) {
     evrec r;
     char why[200];
     for (size_t cut = 0; cut < b.len; cut++) {
-        assert_int_equal(evrec_decode(b.data, cut, &a, &r, why, sizeof why), -1);
+        assert_int_equal(evrec_decode(b.data, cut, &a, NULL, NULL, &r, why, sizeof why), -1);
         assert_int_equal(r.njson, 0);
         arena_reset(&a);
     }
     bv_buf_putc(&b, 'x');
-    assert_int_equal(evrec_decode(b.data, b.len, &a, &r, why, sizeof why), -1);
+    assert_int_equal(evrec_decode(b.data, b.len, &a, NULL, NULL, &r, why, sizeof why), -1);
     assert_non_null(strstr(why, "trailing"));
     /* a bad tag */
     b.len--;
-    char *tag = memchr(b.data + 8 + 4 + 1 + 4 + 2, 5, 8);   /* the first field's tag (string) */
+    char *tag = memchr(b.data + 8 + 4 + 1 + 4 + 2, 7, 8);   /* the first field's tag (short string) */
     assert_non_null(tag);
     *tag = 9;
-    assert_int_equal(evrec_decode(b.data, b.len, &a, &r, why, sizeof why), -1);
+    assert_int_equal(evrec_decode(b.data, b.len, &a, NULL, NULL, &r, why, sizeof why), -1);
     arena_free(&a);
     json_decref(in);
+    bv_buf_free(&b);
+}
+
+/* The schema the by-position tests decode against (the registry's part of it). */
+static char *const TXN_NAMES[] = { "event_time", "user_id", "amount" };
+
+typedef struct test_reg {
+    uint32_t fingerprint;
+    int asked;
+    const uint32_t *lens;         /* the names' lengths as the registry gives them, or NULL */
+} test_reg;
+
+static const uint32_t TXN_LENS[] = { 10, 7, 6 };
+
+static bool txn_schema(void *ctx, const char *event, size_t len, evrec_schema *out) {
+    test_reg *r = ctx;
+    r->asked++;
+    if (len != 3 || memcmp(event, "Txn", 3) != 0) return false;
+    *out = (evrec_schema){ TXN_NAMES, r->lens, 3, r->fingerprint };
+    return true;
+}
+
+static uint32_t txn_fingerprint(void) {
+    bv_schema sc;
+    bv_schema_init(&sc);
+    bv_schema_set(&sc, "event_time", WT_I64);
+    bv_schema_set(&sc, "user_id", WT_STR);
+    bv_schema_set(&sc, "amount", WT_F64);
+    uint32_t fp = bv_schema_fingerprint(&sc);
+    bv_schema_free(&sc);
+    return fp;
+}
+
+static void test_fingerprint(void **state) {
+    (void)state;
+    bv_schema a, b;
+    bv_schema_init(&a);
+    bv_schema_init(&b);
+    bv_schema_set(&a, "x", WT_I64);
+    bv_schema_set(&a, "y", WT_STR);
+    bv_schema_set(&b, "x", WT_I64);
+    bv_schema_set(&b, "y", WT_STR);
+    assert_int_equal(bv_schema_fingerprint(&a), bv_schema_fingerprint(&b));
+    bv_schema_add_optional(&b, "z");                     /* optional_fields are not part of it */
+    assert_int_equal(bv_schema_fingerprint(&a), bv_schema_fingerprint(&b));
+    bv_schema_set(&b, "y", WT_F64);                      /* another type */
+    assert_int_not_equal(bv_schema_fingerprint(&a), bv_schema_fingerprint(&b));
+    bv_schema_free(&b);
+    bv_schema_init(&b);
+    bv_schema_set(&b, "y", WT_STR);                      /* another order */
+    bv_schema_set(&b, "x", WT_I64);
+    assert_int_not_equal(bv_schema_fingerprint(&a), bv_schema_fingerprint(&b));
+    bv_schema_free(&b);
+    bv_schema_init(&b);
+    bv_schema_set(&b, "xy", WT_I64);                     /* names run together differently */
+    bv_schema_set(&b, "", WT_STR);
+    assert_int_not_equal(bv_schema_fingerprint(&a), bv_schema_fingerprint(&b));
+    bv_schema_set(&a, "w", WT_BOOL);                     /* a widened schema */
+    assert_int_not_equal(bv_schema_fingerprint(&a), bv_schema_fingerprint(&b));
+    bv_schema_free(&a);
+    bv_schema_free(&b);
+}
+
+/* user_id (position 1), event_time (0), an optional field outside the schema (by name),
+ * amount (2), a 300-byte string by name. */
+static void txn_row(bv_row *row, bv_field *f, char *longs) {
+    memset(longs, 'q', 300);
+    f[0] = (bv_field){ "user_id", 7, bv_str("k1", 2) };
+    f[1] = (bv_field){ "event_time", 10, bv_i64(-7) };
+    f[2] = (bv_field){ "note", 4, bv_null() };
+    f[3] = (bv_field){ "amount", 6, bv_f64(2.5) };
+    f[4] = (bv_field){ "memo", 4, bv_str(longs, 300) };
+    *row = (bv_row){ .fields = f, .n = 5, .cap = 0 };
+}
+
+static void test_by_position(void **state) {
+    (void)state;
+    bv_field f[5];
+    char longs[300];
+    bv_row row;
+    txn_row(&row, f, longs);
+    test_reg reg = { txn_fingerprint(), 0, TXN_LENS };
+    const int32_t fpos[5] = { 1, 0, -1, 2, -1 };
+    evrec_pos pos = { reg.fingerprint, fpos };
+    bv_buf b;
+    bv_buf_init(&b);
+    evrec_encode(99, "Txn", 3, &row, &pos, &b);
+    /* the bytes, as evrec.h lays them out */
+    const unsigned char *p = (const unsigned char *)b.data;
+    assert_int_equal(codec_get64(p), 99);
+    assert_int_equal(codec_get32(p + 8), 0x80000003u);
+    assert_memory_equal(p + 12, "Txn", 3);
+    assert_int_equal(codec_get32(p + 15), reg.fingerprint);
+    assert_int_equal(codec_get32(p + 19), 5);
+    p += 23;
+    assert_int_equal(p[0], 1);                           /* user_id: position 1, short string */
+    assert_int_equal(p[1], 7);
+    assert_int_equal(p[2], 2);
+    assert_memory_equal(p + 3, "k1", 2);
+    p += 5;
+    assert_int_equal(p[0], 0);                           /* event_time: position 0, i64 */
+    assert_int_equal(p[1], 3);
+    assert_int_equal((int64_t)codec_get64(p + 2), -7);
+    p += 10;
+    assert_int_equal(p[0], EVREC_REF_NAME);              /* note: by name, null */
+    assert_int_equal(codec_get16(p + 1), 4);
+    assert_memory_equal(p + 3, "note", 4);
+    assert_int_equal(p[7], 0);
+    p += 8;
+    assert_int_equal(p[0], 2);                           /* amount: position 2, f64 */
+    assert_int_equal(p[1], 4);
+    p += 10;
+    assert_int_equal(p[0], EVREC_REF_NAME);              /* memo: by name, long string */
+    assert_int_equal(p[7], 5);
+    assert_int_equal(codec_get32(p + 8), 300);
+    p += 12 + 300;
+    assert_int_equal((size_t)((const char *)p - b.data), b.len);
+
+    arena a;
+    arena_init(&a);
+    evrec r;
+    char why[300];
+    assert_int_equal(evrec_decode(b.data, b.len, &a, txn_schema, &reg, &r, why, sizeof why), 0);
+    assert_int_equal(reg.asked, 1);
+    assert_int_equal(r.now, 99);
+    assert_int_equal(r.event_len, 3);
+    assert_int_equal(r.row.n, 5);
+    assert_ptr_equal(r.row.fields[0].name, TXN_NAMES[1]);   /* names by position: the schema's */
+    assert_ptr_equal(r.row.fields[1].name, TXN_NAMES[0]);
+    assert_ptr_equal(r.row.fields[3].name, TXN_NAMES[2]);
+    for (size_t i = 0; i < 5; i++) {
+        assert_int_equal(r.row.fields[i].name_len, f[i].name_len);
+        assert_memory_equal(r.row.fields[i].name, f[i].name, f[i].name_len);
+        assert_true(bv_equal(&r.row.fields[i].value, &f[i].value));
+    }
+    evrec_release(&r);
+
+    /* the same row by name decodes alike, without asking for a schema */
+    bv_buf nb;
+    bv_buf_init(&nb);
+    evrec_encode(99, "Txn", 3, &row, NULL, &nb);
+    assert_true(nb.len > b.len);
+    assert_int_equal(evrec_decode(nb.data, nb.len, &a, NULL, NULL, &r, why, sizeof why), 0);
+    assert_int_equal(r.row.n, 5);
+    assert_memory_equal(r.row.fields[3].name, "amount", 6);
+    evrec_release(&r);
+    bv_buf_free(&nb);
+    arena_free(&a);
+    bv_buf_free(&b);
+}
+
+static void test_by_position_refused(void **state) {
+    (void)state;
+    bv_field f[5];
+    char longs[300];
+    bv_row row;
+    txn_row(&row, f, longs);
+    test_reg reg = { txn_fingerprint(), 0, NULL };
+    const int32_t fpos[5] = { 1, 0, -1, 2, 300 };       /* a position past a ref byte: by name */
+    evrec_pos pos = { reg.fingerprint, fpos };
+    bv_buf b;
+    bv_buf_init(&b);
+    evrec_encode(1, "Txn", 3, &row, &pos, &b);
+    arena a;
+    arena_init(&a);
+    evrec r;
+    char why[300];
+    assert_int_equal(evrec_decode(b.data, b.len, &a, txn_schema, &reg, &r, why, sizeof why), 0);
+    assert_memory_equal(r.row.fields[4].name, "memo", 4);
+    evrec_release(&r);
+    /* no registry to ask */
+    assert_int_equal(evrec_decode(b.data, b.len, &a, NULL, NULL, &r, why, sizeof why), -1);
+    assert_non_null(strstr(why, "position"));
+    /* another schema of the event */
+    test_reg other = { reg.fingerprint + 1, 0, NULL };
+    assert_int_equal(evrec_decode(b.data, b.len, &a, txn_schema, &other, &r, why, sizeof why), -1);
+    assert_non_null(strstr(why, "another schema"));
+    /* an event the registry does not have at that point */
+    bv_buf u;
+    bv_buf_init(&u);
+    evrec_encode(1, "Tx", 2, &row, &pos, &u);
+    assert_int_equal(evrec_decode(u.data, u.len, &a, txn_schema, &reg, &r, why, sizeof why), -1);
+    assert_non_null(strstr(why, "'Tx'"));
+    assert_non_null(strstr(why, "registered"));
+    bv_buf_free(&u);
+    /* a position the schema does not have */
+    unsigned char *ref = (unsigned char *)b.data + 23;
+    assert_int_equal(*ref, 1);
+    *ref = 3;
+    assert_int_equal(evrec_decode(b.data, b.len, &a, txn_schema, &reg, &r, why, sizeof why), -1);
+    assert_non_null(strstr(why, "schema position 3 of 3"));
+    *ref = 1;
+    /* every cut short */
+    for (size_t cut = 0; cut < b.len; cut++) {
+        assert_int_equal(evrec_decode(b.data, cut, &a, txn_schema, &reg, &r, why, sizeof why), -1);
+        assert_int_equal(r.njson, 0);
+        assert_true(why[0] != 0);
+        arena_reset(&a);
+    }
+    arena_free(&a);
     bv_buf_free(&b);
 }
 
@@ -148,6 +351,9 @@ int main(void) {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_appended_records_many_lists),
         cmocka_unit_test(test_truncation_and_trailing_bytes),
+        cmocka_unit_test(test_fingerprint),
+        cmocka_unit_test(test_by_position),
+        cmocka_unit_test(test_by_position_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

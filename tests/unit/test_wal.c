@@ -873,6 +873,76 @@ static void test_orphan_reused(void **state) {
     close_ok(w);
 }
 
+
+static uint32_t file_crc(const char *path, size_t *len);
+
+/* Set a segment file's header version and fix its CRC. */
+static void set_seg_version(const char *path, uint32_t version) {
+    size_t len;
+    unsigned char *b = read_file(path, &len);
+    assert_true(len >= 64);
+    for (int i = 0; i < 4; i++) b[8 + i] = (unsigned char)(version >> (8 * i));
+    uint32_t c = crc32c(b, 60);
+    for (int i = 0; i < 4; i++) b[60 + i] = (unsigned char)(c >> (8 * i));
+    write_file(path, b, len);
+    free(b);
+}
+
+static uint32_t seg_version(const char *path) {
+    size_t len;
+    unsigned char *b = read_file(path, &len);
+    assert_true(len >= 64);
+    uint32_t v = (uint32_t)b[8] | (uint32_t)b[9] << 8 | (uint32_t)b[10] << 16 | (uint32_t)b[11] << 24;
+    free(b);
+    return v;
+}
+
+/* Segments of the oldest format still read are replayed as they are and never appended
+ * to: new records go into a segment of the current version, and an empty segment of the
+ * older format at the next LSN gets a current header instead of being reused. */
+static void test_older_format_read(void **state) {
+    fx *f = *state;
+    wal_options o = opts(f->dir);
+    wal *w = open_recover(&o, 0, NULL, NULL);
+    write_range(w, 1, 10, 0);
+    close_ok(w);
+    char p1[256], p11[256];
+    seg_file(f->dir, 1, p1, sizeof p1);
+    seg_file(f->dir, 11, p11, sizeof p11);
+    assert_int_equal(seg_version(p1), WAL_FORMAT_VERSION);
+    set_seg_version(p1, WAL_FORMAT_OLDEST);
+    size_t l0;
+    uint32_t c0 = file_crc(p1, &l0);
+    /* the orphan left at 11 is of the older format too */
+    unsigned char h[64];
+    forge_header(h, WAL_FORMAT_OLDEST, 11, 10);
+    write_file(p11, h, 64);
+    recs r = {0};
+    wal_recovery_stats st;
+    w = open_recover(&o, 0, &r, &st);
+    assert_int_equal(r.n, 10);
+    check_recs_genuine(&r);
+    assert_false(st.orphan_reused);
+    assert_int_equal(st.next_lsn, 11);
+    assert_int_equal(st.lost_lsns + st.void_lsns, 0);
+    append_gen(w, 11);
+    wait_ok(w, 11);
+    close_ok(w);
+    recs_free(&r);
+    uint64_t segs[8];
+    assert_int_equal(list_segs(f->dir, segs, 8), 2);
+    assert_int_equal(seg_version(p11), WAL_FORMAT_VERSION);   /* rewritten, then appended to */
+    size_t l1;
+    assert_int_equal(file_crc(p1, &l1), c0);                  /* the older segment untouched */
+    assert_int_equal(l1, l0);
+    w = open_recover(&o, 0, &r, &st);
+    assert_int_equal(r.n, 11);
+    check_recs_genuine(&r);
+    assert_int_equal(st.lost_lsns + st.void_lsns, 0);
+    recs_free(&r);
+    close_ok(w);
+}
+
 /* An orphan below the LSN floor (the snapshot covers LSNs it would reuse) is replaced. */
 static void test_orphan_below_floor(void **state) {
     fx *f = *state;
@@ -911,7 +981,7 @@ static void test_void_records_skipped(void **state) {
     close_ok(w);
     /* forge: the next segment starts at 12 and says only LSNs <= 8 were durable */
     unsigned char h[64];
-    forge_header(h, 1, 12, 8);
+    forge_header(h, WAL_FORMAT_VERSION, 12, 8);
     char p[256];
     seg_file(f->dir, 12, p, sizeof p);
     write_file(p, h, 64);
@@ -980,15 +1050,23 @@ static void test_bad_magic_and_version_refused(void **state) {
 
     /* a newer format version (valid CRC) */
     unsigned char h[64 + 40];
-    forge_header(h, 2, 100, 99);
+    forge_header(h, WAL_FORMAT_VERSION + 1, 100, 99);
     memset(h + 64, 0xAB, 40);
     write_file(p, h, sizeof h);
-    expect_refused(f->dir, p, "newer WAL format version 2");
+    char newer[64];
+    snprintf(newer, sizeof newer, "newer WAL format version %d", WAL_FORMAT_VERSION + 1);
+    expect_refused(f->dir, p, newer);
     unlink(p);
 
     /* header-only with a newer version: still refused, never reused as an orphan */
     write_file(p, h, 64);
     expect_refused(f->dir, p, "newer");
+    unlink(p);
+
+    /* a version before the oldest read (valid CRC) */
+    forge_header(h, 0, 100, 99);
+    write_file(p, h, 64);
+    expect_refused(f->dir, p, "unsupported WAL format version 0");
     unlink(p);
 
     /* header CRC broken */
@@ -1568,7 +1646,7 @@ static void test_registry_version_in_header(void **state) {
     b = read_file(p, &l);
     assert_int_equal(b[32], 9);
     assert_memory_equal(b, "BEAVAWAL", 8);
-    assert_int_equal(b[8], 1);
+    assert_int_equal(b[8], WAL_FORMAT_VERSION);
     free(b);
 }
 
@@ -1989,6 +2067,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_bitflip_segment_ends, setup, teardown),
         cmocka_unit_test_setup_teardown(test_random_damage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_orphan_reused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_older_format_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_orphan_below_floor, setup, teardown),
         cmocka_unit_test_setup_teardown(test_void_records_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_magic_and_version_refused, setup, teardown),

@@ -2,6 +2,7 @@
  * value.c - conversions and comparisons of bv_value, row lookup, key canonicalisation.
  */
 #include "value.h"
+#include "crc32c.h"
 #include "jsonw.h"
 #include "xalloc.h"
 
@@ -99,6 +100,16 @@ void bv_schema_free(bv_schema *s) {
     free(s->types);
     free(s->optional);
     bv_schema_init(s);
+}
+
+uint32_t bv_schema_fingerprint(const bv_schema *s) {
+    uint32_t crc = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        crc = crc32c_extend(crc, s->names[i], strlen(s->names[i]) + 1);   /* with its NUL */
+        unsigned char t = (unsigned char)s->types[i];
+        crc = crc32c_extend(crc, &t, 1);
+    }
+    return crc;
 }
 
 int bv_schema_find(const bv_schema *s, const char *name, bv_wtype *t) {

@@ -110,6 +110,9 @@ void bv_schema_set(bv_schema *s, const char *name, bv_wtype t);
 bool bv_schema_remove(bv_schema *s, const char *name);
 void bv_schema_add_optional(bv_schema *s, const char *name);
 bool bv_schema_is_optional(const bv_schema *s, const char *name);
+/* CRC-32C of the field names and types in position order (optional_fields aside): two
+ * schemas with the same fingerprint name the same field at every position. */
+uint32_t bv_schema_fingerprint(const bv_schema *s);
 /* Returns the index of name or -1; *t receives its type when found. */
 int bv_schema_find(const bv_schema *s, const char *name, bv_wtype *t);
 void bv_schema_copy(bv_schema *dst, const bv_schema *src);

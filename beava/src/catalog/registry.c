@@ -1909,6 +1909,7 @@ static void table_free(agg_table *t) {
 static void event_free(ev_desc *e) {
     free(e->name);
     bv_schema_free(&e->schema);
+    free(e->name_lens);
     free(e->dedupe_key);
     json_decref(e->node);
     free(e);
@@ -2014,10 +2015,19 @@ static void remove_names(registry *r, char *const *names, size_t n, const reg_ho
     r->nderivs = w;
 }
 
+/* What WAL event records need of e's schema (evrec.h): its fingerprint and name lengths. */
+static void event_schema_derived(ev_desc *e) {
+    e->schema_fp = bv_schema_fingerprint(&e->schema);
+    free(e->name_lens);
+    e->name_lens = bv_xcalloc(e->schema.n ? e->schema.n : 1, sizeof *e->name_lens);
+    for (size_t i = 0; i < e->schema.n; i++) e->name_lens[i] = (uint32_t)strlen(e->schema.names[i]);
+}
+
 static ev_desc *event_from(pnode *p, uint64_t version) {
     ev_desc *e = bv_xcalloc(1, sizeof *e);
     e->name = bv_xstrdup(p->name);
     e->schema = p->schema;
+    event_schema_derived(e);
     bv_schema_init(&p->schema);
     e->dedupe_key = p->dedupe_key ? bv_xstrdup(p->dedupe_key) : NULL;
     e->dedupe_window_ms = p->dedupe_window_ms;
@@ -2079,7 +2089,10 @@ static void widen_event(ev_desc *e, pnode *p, const reg_diff *diff) {
         bv_schema_set(&e->schema, x->s2, (bv_wtype)t);
         changed = true;
     }
-    if (changed) replace_node(&e->node, p->node);
+    if (changed) {
+        event_schema_derived(e);
+        replace_node(&e->node, p->node);
+    }
 }
 
 static int cmp_feature_key(const void *key, const void *elem) {
@@ -2602,6 +2615,8 @@ static ev_desc *event_copy(const ev_desc *e) {
     *n = *e;
     n->name = bv_xstrdup(e->name);
     schema_copy_fast(&n->schema, &e->schema);
+    n->name_lens = NULL;
+    event_schema_derived(n);
     n->dedupe_key = e->dedupe_key ? bv_xstrdup(e->dedupe_key) : NULL;
     n->node = json_incref(e->node);
     return n;

@@ -58,6 +58,8 @@
 typedef struct ev_desc {
     char *name;
     bv_schema schema;                /* fields + optional_fields */
+    uint32_t schema_fp;              /* bv_schema_fingerprint(&schema), for WAL records */
+    uint32_t *name_lens;             /* strlen of each schema.names[i] (WAL record decoding) */
     char *dedupe_key;                /* NULL if none */
     int64_t dedupe_window_ms;        /* 86,400,000 when not given */
     int64_t keep_events_for_ms;      /* 0 = not given */

@@ -129,6 +129,7 @@ struct push_batch_state {
     const ev_desc *shape_ev;      /* NULL: none (reset with the batch: st->reg is pinned) */
     size_t shape_n;
     shape_field shape[VALIDATE_ORDER_FIELDS];
+    const bv_row *shape_row;      /* the row last validated, when the memo describes it */
     /* group-key row positions of the row last validated (kpos_row), slot s for the s-th
      * key over the event's tables, -1 = absent; khint: the guesses for the next row */
     const bv_row *kpos_row;
@@ -350,6 +351,7 @@ static bool validate_fast(push_batch_state *st, const ev_desc *ev, bv_row *row) 
         bv_value *v = &row->fields[__builtin_ctz(to_i64)].value;
         *v = bv_i64((int64_t)v->u.f);
     }
+    st->shape_row = row;
     return true;
 }
 
@@ -417,6 +419,7 @@ static bool validate_full(push_batch_state *st, const ev_desc *ev, bv_row *row, 
     if (distinct && row->n <= VALIDATE_ORDER_FIELDS) {
         st->shape_ev = ev;
         st->shape_n = row->n;
+        st->shape_row = row;
         for (size_t i = 0; i < row->n; i++) {
             shape_field *m = &st->shape[i];
             m->g = fidx[i];
@@ -432,6 +435,7 @@ static bool validate_full(push_batch_state *st, const ev_desc *ev, bv_row *row, 
  * success st->kpos holds the row's group-key positions (build_parts reads them). */
 static const ev_desc *validate(engine *e, push_batch_state *st, const engine_push_item *it, push_result *res) {
     st->kpos_row = NULL;
+    st->shape_row = NULL;
     if (!it->event) {
         push_fail(res, 400, "unsupported", "not a push envelope");
         return NULL;
@@ -924,7 +928,14 @@ again:
         build_parts(e, st, is, it->row, now);
         if (e->opt.wal.append) {          /* encode the WAL record here, outside the sequencer */
             is->rec_off = st->rec.len;
-            evrec_encode(now, is->ev->name, strlen(is->ev->name), it->row, &st->rec);
+            /* fields by schema position when the shape memo describes the row (distinct
+             * schema fields), else by name */
+            int32_t fpos[VALIDATE_ORDER_FIELDS];
+            evrec_pos pos = { is->ev->schema_fp, fpos };
+            bool by_pos = st->shape_row == it->row;
+            if (by_pos)
+                for (size_t f = 0; f < it->row->n; f++) fpos[f] = st->shape[f].g;
+            evrec_encode(now, is->ev->name, strlen(is->ev->name), it->row, by_pos ? &pos : NULL, &st->rec);
             is->rec_len = st->rec.len - is->rec_off;
         }
         any_valid = true;
@@ -1299,6 +1310,21 @@ static char *replay_printf(arena *a, const char *fmt, ...) {
     return s;
 }
 
+typedef struct replay_schema_ctx {
+    engine *e;
+    push_batch_state *st;
+} replay_schema_ctx;
+
+/* evrec_schema_fn: the event's schema in the version being replayed (st->reg, pinned
+ * while the group's rows are in use). */
+static bool replay_schema(void *ctx, const char *event, size_t len, evrec_schema *out) {
+    replay_schema_ctx *c = ctx;
+    const ev_desc *ev = find_event_cached(c->e, c->st, event, len);
+    if (!ev) return false;
+    *out = (evrec_schema){ ev->schema.names, ev->name_lens, ev->schema.n, ev->schema_fp };
+    return true;
+}
+
 /* Decode, validate and turn record k of g into parts of p. scope: NULL in recovery (the
  * log holds no duplicate); the dedupe scope in cluster apply. Returns 0, or -1 with
  * g->errors[k] set (then it has no parts). */
@@ -1311,7 +1337,8 @@ static int replay_prepare(engine *e, replay_group *g, replay_prep *p, size_t k, 
     is->ev = NULL;
     g->errors[k] = NULL;
     char why[REPLAY_REASON_MAX];
-    if (evrec_decode(g->payloads[k], g->lens[k], &p->arena, rec, why, sizeof why) != 0) {
+    replay_schema_ctx sctx = { e, st };
+    if (evrec_decode(g->payloads[k], g->lens[k], &p->arena, replay_schema, &sctx, rec, why, sizeof why) != 0) {
         rec->njson = 0;               /* nothing to release */
         g->errors[k] = replay_printf(&p->arena, "event record at LSN %llu: %s", (unsigned long long)g->lsns[k], why);
         return -1;

@@ -13,7 +13,7 @@
  *
  * SEGMENT HEADER (64 bytes, little-endian)
  *   0  8  magic "BEAVAWAL"          32  8  registry version at creation
- *   8  4  format version (1)        40  8  creation time, ms since the epoch
+ *   8  4  format version (2; 1 read) 40  8  creation time, ms since the epoch
  *  12  4  flags (0)                 48 12  reserved (0)
  *  16  8  start LSN (= file name)   60  4  CRC-32C of bytes 0..59
  *  24  8  prev LSN: the last LSN on disk when the segment was created. Normally
@@ -132,6 +132,7 @@ enum wal_state { ST_INIT, ST_OK, ST_DEGRADED, ST_BROKEN };
 typedef struct seg {
     uint64_t start, prev;
     uint64_t size;
+    uint32_t version; /* its header's format version (0: torn) */
     bool torn; /* shorter than a header: only accepted for the newest segment */
 } seg;
 
@@ -349,7 +350,7 @@ static const char *hdr_check(const unsigned char b[HDR], uint64_t name_lsn, seg_
                  h->version, WAL_FORMAT_VERSION);
         return why;
     }
-    if (h->version != WAL_FORMAT_VERSION) {
+    if (h->version < WAL_FORMAT_OLDEST) {
         msgf(why, n, "unsupported WAL format version %" PRIu32, h->version);
         return why;
     }
@@ -425,7 +426,7 @@ static int segs_push(wal *w, uint64_t start, uint64_t prev, uint64_t size) {
         w->segs = p;
         w->segs_cap = cap;
     }
-    w->segs[w->nsegs++] = (seg){.start = start, .prev = prev, .size = size};
+    w->segs[w->nsegs++] = (seg){.start = start, .prev = prev, .size = size, .version = WAL_FORMAT_VERSION};
     return 0;
 }
 
@@ -552,6 +553,7 @@ static int segs_load(wal *w, bv_err *err) {
             seg_header h = {0};
             bad = hdr_check(b, s->start, &h, why, sizeof why);
             s->prev = h.prev;
+            s->version = h.version;
         }
         if (bad) {
             bv_err_set(err, "wal_refused", path,
@@ -1038,7 +1040,10 @@ int wal_recover(wal *w, uint64_t from_lsn, wal_replay_fn cb, void *ctx, wal_reco
         return -1;
     }
     seg *newest = w->nsegs ? &w->segs[w->nsegs - 1] : NULL;
-    if (newest && newest->size == HDR && newest->start == next) {
+    /* an empty segment at the next LSN is reused, unless an older format's header says
+     * it holds only what that format wrote: then its header is rewritten (seg_create
+     * reuses a header-only file) */
+    if (newest && newest->size == HDR && newest->start == next && newest->version == WAL_FORMAT_VERSION) {
         seg_path(w, newest->start, path, sizeof path);
         w->seg_fd = open(path, O_RDWR | O_CLOEXEC);
         if (w->seg_fd < 0) {
@@ -1054,7 +1059,9 @@ int wal_recover(wal *w, uint64_t from_lsn, wal_replay_fn cb, void *ctx, wal_reco
             return -1;
         }
         w->seg_start = next;
-        if (newest && newest->size == HDR) {
+        if (newest && newest->size == HDR && newest->start == next) {
+            segs_remove(w, next);         /* the older format's empty segment, rewritten */
+        } else if (newest && newest->size == HDR) {
             /* An empty segment below the LSN floor: the new header covers it. */
             uint64_t old = newest->start;
             seg_path(w, old, path, sizeof path);

@@ -89,7 +89,13 @@
 #define WAL_MAX_PAYLOAD (8u << 20)   /* bytes; enforced on append and on read */
 #define WAL_SEGMENT_HEADER_BYTES 64
 #define WAL_RECORD_HEADER_BYTES 17   /* u32 len, u32 crc, u64 lsn, u8 kind */
-#define WAL_FORMAT_VERSION 1
+/* Segment format versions: 2 is written; 1 is read too. The framing is the same; version
+ * 2 segments may hold event records that name fields by schema position (engine/evrec.h),
+ * which builds that read only version 1 cannot decode, so they refuse the segment by its
+ * header instead of failing on a record. A version 1 segment is never appended to: the
+ * writer starts a new segment after recovery. */
+#define WAL_FORMAT_VERSION 2
+#define WAL_FORMAT_OLDEST 1
 
 /* Record kinds. The set is open: any kind 1..255 may be appended and is handed back by
  * recovery unchanged; 0 is invalid. The engine's kinds (engine.h REC_*) are these. */
