@@ -2,8 +2,9 @@
  * test_ops_sparse.c - the compact state representations of the operators: the
  * sparse-then-dense cell array (ops/slots.h) and the kinds built on it
  * (dow_hour_histogram, hour_of_day_histogram, seasonal_deviation, burst_count), the sparse bloom filter, the
- * window's inline first bucket, short text inside op_val, the distinct set's forms (one
- * hash inline, sorted array, hash table, HLL) and the schema-position field lookup.
+ * window's inline first bucket, the distinct set's forms (one hash inline, sorted array,
+ * hash table, HLL) and the schema-position field lookup (short text inside op_val:
+ * test_opval.c).
  *
  * Each representation is checked against a plain dense model kept by the test: the op's
  * snapshot encoding must be byte for byte the historic dense format the model writes
@@ -589,77 +590,6 @@ static void test_window_inline_bucket(void **state) {
     feature_release(&f);
 }
 
-/* ------------------------------------------------------------- op_val inline text */
-
-static void test_opval_inline(void **state) {
-    (void)state;
-    /* lengths around OPVAL_INLINE_MAX: inline up to 8 bytes, heap beyond */
-    static const char text[] = "abcdefghijklmnop";
-    for (size_t len = 0; len <= 12; len++) {
-        bv_value v = bv_str(text, len);
-        op_val a, b, c;
-        memset(&a, 0, sizeof a);
-        memset(&b, 0, sizeof b);
-        memset(&c, 0, sizeof c);
-        opval_set(&a, &v);
-        assert_int_equal(a.inl, len <= OPVAL_INLINE_MAX);
-        assert_int_equal(a.len, len);
-        assert_true(len == 0 || memcmp(opval_bytes(&a), text, len) == 0);
-        assert_true(opval_same_key(&a, &v));
-        /* a moved op_val (memcpy, as rows and arrays move) keeps its text */
-        memcpy(&b, &a, sizeof a);
-        memset(&a, 0x5a, sizeof a);
-        assert_true(opval_same_key(&b, &v));
-        bv_value view = opval_view(&b);
-        assert_int_equal(view.u.s.len, len);
-        assert_true(len == 0 || memcmp(view.u.s.ptr, text, len) == 0);
-        /* copy, then the snapshot form is the historic one: u8 kind, u32 len, bytes */
-        opval_copy(&c, &b);
-        bv_buf out, want;
-        bv_buf_init(&out);
-        bv_buf_init(&want);
-        opval_encode(&out, &c);
-        cod_put_u8(&want, BV_STR);
-        cod_put_u32(&want, (uint32_t)len);
-        bv_buf_put(&want, text, len);
-        assert_bytes(&out, &want);
-        op_val d;
-        memset(&d, 0, sizeof d);
-        const uint8_t *p = (const uint8_t *)out.data;
-        assert_int_equal(opval_decode(&p, p + out.len, &d), 0);
-        assert_int_equal(d.inl, len <= OPVAL_INLINE_MAX);
-        assert_int_equal(opval_order(&d, &b), 0);
-        /* order across the two forms is bytewise, then by length */
-        bv_value longer = bv_str(text, len + 1);
-        op_val e;
-        memset(&e, 0, sizeof e);
-        opval_set(&e, &longer);
-        assert_int_equal(opval_order(&d, &e), -1);
-        assert_int_equal(opval_order(&e, &d), 1);
-        /* replacing a value with one of the other form frees or keeps as it must */
-        opval_set(&e, &v);
-        assert_int_equal(opval_order(&d, &e), 0);
-        /* a JSON value renders inline or not by the length of its text */
-        json_t *j = json_integer((json_int_t)len * 111111111);
-        bv_value jv = bv_from_json(j);
-        jv.kind = BV_JSON;
-        jv.u.j = j;
-        opval_set(&e, &jv);
-        char want_text[32];
-        int wl = snprintf(want_text, sizeof want_text, "%lld", (long long)len * 111111111);
-        assert_int_equal(e.len, wl);
-        assert_int_equal(e.inl, wl <= OPVAL_INLINE_MAX);
-        assert_memory_equal(opval_bytes(&e), want_text, (size_t)wl);
-        json_decref(j);
-        opval_clear(&b);
-        opval_clear(&c);
-        opval_clear(&d);
-        opval_clear(&e);
-        bv_buf_free(&out);
-        bv_buf_free(&want);
-    }
-}
-
 /* ------------------------------------------------------------ distinct forms */
 
 static int cmp_u64(const void *a, const void *b) {
@@ -835,7 +765,6 @@ int main(void) {
         cmocka_unit_test(test_burst_sparse),
         cmocka_unit_test(test_bloom_sparse),
         cmocka_unit_test(test_window_inline_bucket),
-        cmocka_unit_test(test_opval_inline),
         cmocka_unit_test(test_distinct_forms),
         cmocka_unit_test(test_row_field),
     };

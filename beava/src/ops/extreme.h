@@ -20,11 +20,12 @@ static inline int extreme_cmp(const op_val *cur, const bv_value *cand, bool *ok)
     case BV_I64: *ok = true; return cand->u.i < cur->u.i ? -1 : cand->u.i > cur->u.i;
     case BV_F64: *ok = true; return cand->u.f < cur->u.f ? -1 : cand->u.f > cur->u.f;
     case BV_STR: {
-        size_t n = cand->u.s.len < cur->len ? cand->u.s.len : cur->len;
+        size_t lc = opval_len(cur);
+        size_t n = cand->u.s.len < lc ? cand->u.s.len : lc;
         int c = n ? memcmp(cand->u.s.ptr, opval_bytes(cur), n) : 0;
         *ok = true;
         if (c) return c < 0 ? -1 : 1;
-        return cand->u.s.len < cur->len ? -1 : cand->u.s.len > cur->len;
+        return cand->u.s.len < lc ? -1 : cand->u.s.len > lc;
     }
     default: return 0;
     }

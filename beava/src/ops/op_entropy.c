@@ -105,8 +105,9 @@ static void entropy_encode(const feature *f, const void *st, bv_buf *out) {
     const entropy_st *s = st;
     cod_put_u32(out, s->m.n);
     for (uint32_t i = 0; i < s->m.n; i++) {
-        cod_put_u32(out, s->m.e[i].key.len);
-        bv_buf_put(out, opval_bytes(&s->m.e[i].key), s->m.e[i].key.len);
+        const op_val *k = &s->m.e[i].key;
+        cod_put_u32(out, opval_len(k));
+        bv_buf_put(out, opval_bytes(k), opval_len(k));
         cod_put_u64(out, s->m.e[i].count);
     }
 }

@@ -109,7 +109,7 @@ static void etm_read(const feature *f, const void *st, int64_t q, jsonw *w) {
         for (uint32_t i = 0; i < s->m.n; i++) ix[i] = &s->m.e[i];
         qsort(ix, s->m.n, sizeof *ix, key_cmp);
         for (uint32_t i = 0; i < s->m.n; i++) {
-            jsonw_keyn(w, opval_bytes(&ix[i]->key), ix[i]->key.len);
+            jsonw_keyn(w, opval_bytes(&ix[i]->key), opval_len(&ix[i]->key));
             jsonw_f64(w, (double)ix[i]->count / (double)s->total);
         }
         free(ix);
@@ -130,8 +130,9 @@ static void etm_encode(const feature *f, const void *st, bv_buf *out) {
     cod_put_u64(out, s->total);
     cod_put_u32(out, s->m.n);
     for (uint32_t i = 0; i < s->m.n; i++) {
-        cod_put_u32(out, s->m.e[i].key.len);
-        bv_buf_put(out, opval_bytes(&s->m.e[i].key), s->m.e[i].key.len);
+        const op_val *k = &s->m.e[i].key;
+        cod_put_u32(out, opval_len(k));
+        bv_buf_put(out, opval_bytes(k), opval_len(k));
         cod_put_u64(out, s->m.e[i].count);
     }
 }

@@ -38,7 +38,10 @@ static bool same_opval(const op_val *a, const op_val *b) {
     case BV_I64: return a->u.i == b->u.i;
     case BV_F64: return a->u.f == b->u.f;    /* NaN != NaN */
     case BV_STR:
-    case BV_JSON: return a->len == b->len && (a->len == 0 || memcmp(opval_bytes(a), opval_bytes(b), a->len) == 0);
+    case BV_JSON: {
+        uint32_t n = opval_len(a);
+        return n == opval_len(b) && (n == 0 || memcmp(opval_bytes(a), opval_bytes(b), n) == 0);
+    }
     }
     return false;
 }
@@ -57,7 +60,10 @@ static bool same_value(const op_val *a, const bv_value *v) {
     case BV_BOOL: return a->u.b == v->u.b;
     case BV_I64: return a->u.i == v->u.i;
     case BV_F64: return a->u.f == v->u.f;
-    case BV_STR: return a->len == v->u.s.len && (a->len == 0 || memcmp(opval_bytes(a), v->u.s.ptr, a->len) == 0);
+    case BV_STR: {
+        uint32_t n = opval_len(a);
+        return n == v->u.s.len && (n == 0 || memcmp(opval_bytes(a), v->u.s.ptr, n) == 0);
+    }
     default: return false;
     }
 }

@@ -22,18 +22,20 @@ static char *dup_bytes(const char *p, size_t n) {
 }
 
 void opval_clear(op_val *d) {
-    if ((d->kind == BV_STR || d->kind == BV_JSON) && !d->inl) free(d->u.s);
+    if ((d->kind == BV_STR || d->kind == BV_JSON) && !d->sso) free(d->u.heap);
     memset(d, 0, sizeof *d);
 }
 
-/* Store len bytes of text into n (inline when short). */
+/* Store len bytes of text into n, whose kind is set and other bytes zero: inline when
+ * at most OPVAL_INLINE_MAX bytes, else on the heap. The only writer of text, so the
+ * form follows from the length alone. */
 static void set_text(op_val *n, const char *p, size_t len) {
-    n->len = (uint32_t)len;
     if (len <= OPVAL_INLINE_MAX) {
-        n->inl = 1;
-        if (len) memcpy(n->u.in, p, len);
+        n->sso = (uint8_t)(len + 1);
+        if (len) memcpy(n->in.text, p, len);
     } else {
-        n->u.s = dup_bytes(p, len);
+        n->heap_len = (uint32_t)len;
+        n->u.heap = dup_bytes(p, len);
     }
 }
 
@@ -71,7 +73,7 @@ void opval_copy(op_val *d, const op_val *s) {
     if (d == s) return;
     opval_clear(d);
     *d = *s;
-    if ((s->kind == BV_STR || s->kind == BV_JSON) && !s->inl) d->u.s = dup_bytes(s->u.s, s->len);
+    if ((s->kind == BV_STR || s->kind == BV_JSON) && !s->sso) d->u.heap = dup_bytes(s->u.heap, s->heap_len);
 }
 
 bv_value opval_view(const op_val *v) {
@@ -80,7 +82,7 @@ bv_value opval_view(const op_val *v) {
     case BV_I64: return bv_i64(v->u.i);
     case BV_F64: return bv_f64(v->u.f);
     case BV_STR:
-    case BV_JSON: return bv_str(opval_bytes(v), v->len);
+    case BV_JSON: return bv_str(opval_bytes(v), opval_len(v));
     default: return bv_null();
     }
 }
@@ -90,8 +92,8 @@ void opval_write(const op_val *v, jsonw *w) {
     case BV_BOOL: jsonw_bool(w, v->u.b); break;
     case BV_I64: jsonw_i64(w, v->u.i); break;
     case BV_F64: jsonw_f64(w, v->u.f); break;
-    case BV_STR: jsonw_strn(w, opval_bytes(v), v->len); break;
-    case BV_JSON: jsonw_raw(w, opval_bytes(v), v->len); break;
+    case BV_STR: jsonw_strn(w, opval_bytes(v), opval_len(v)); break;
+    case BV_JSON: jsonw_raw(w, opval_bytes(v), opval_len(v)); break;
     default: jsonw_null(w); break;
     }
 }
@@ -134,7 +136,10 @@ bool opval_same_key(const op_val *a, const bv_value *b) {
     case BV_BOOL: return a->u.b == b->u.b;
     case BV_I64: return a->u.i == b->u.i;
     case BV_F64: return a->u.f == b->u.f || (isnan(a->u.f) && isnan(b->u.f));
-    case BV_STR: return a->len == b->u.s.len && (a->len == 0 || memcmp(opval_bytes(a), b->u.s.ptr, a->len) == 0);
+    case BV_STR: {
+        uint32_t n = opval_len(a);
+        return n == b->u.s.len && (n == 0 || memcmp(opval_bytes(a), b->u.s.ptr, n) == 0);
+    }
     default: return false;   /* lists/maps are never map keys */
     }
 }
@@ -154,10 +159,11 @@ int opval_order(const op_val *a, const op_val *b) {
     if (ra != rb) return ra < rb ? -1 : 1;
     switch ((bv_kind)a->kind) {
     case BV_STR: {
-        size_t n = a->len < b->len ? a->len : b->len;
+        uint32_t la = opval_len(a), lb = opval_len(b);
+        uint32_t n = la < lb ? la : lb;
         int c = n ? memcmp(opval_bytes(a), opval_bytes(b), n) : 0;
         if (c) return c < 0 ? -1 : 1;
-        return a->len < b->len ? -1 : a->len > b->len;
+        return la < lb ? -1 : la > lb;
     }
     case BV_I64: return a->u.i < b->u.i ? -1 : a->u.i > b->u.i;
     case BV_F64: {
@@ -189,8 +195,8 @@ void opval_encode(bv_buf *out, const op_val *v) {
     case BV_F64: cod_put_f64(out, v->u.f); break;
     case BV_STR:
     case BV_JSON:
-        cod_put_u32(out, v->len);
-        bv_buf_put(out, opval_bytes(v), v->len);
+        cod_put_u32(out, opval_len(v));
+        bv_buf_put(out, opval_bytes(v), opval_len(v));
         break;
     default: break;
     }

@@ -4,13 +4,21 @@
  *
  * bv_value borrows its strings from the request; operator state outlives the request,
  * so raw-value kinds (min, max, first, last, top_k keys, ...) keep an op_val: 16 bytes,
- * strings copied, lists/maps kept as their rendered JSON text (BV_JSON). Text of at most
- * OPVAL_INLINE_MAX bytes (ids, country and currency codes...) is held inside the op_val
- * itself (`inl`), longer text on the heap: read it with opval_bytes(), never u.s
- * directly. The bytes are not NUL-terminated. An op_val holds no pointer into itself
- * (it may be moved with memcpy like every operator state), but a view or opval_bytes()
- * of an inline value points into it: do not keep one across a move of the op_val.
- * kind == BV_NULL is "empty"; an all-zero op_val is empty.
+ * strings copied, lists/maps kept as their rendered JSON text (BV_JSON).
+ *
+ * Layout (a union of two views of the same 16 bytes):
+ *   byte 0       kind (bv_kind; BV_NULL = 0 is "empty", so an all-zero op_val is empty)
+ *   byte 1       sso: for text, 1 + its length when the text is inline, 0 when on the heap
+ *   inline text  bytes 2..15 hold up to OPVAL_INLINE_MAX (14) bytes: ids such as
+ *                "k00000000", country and currency codes... cost no allocation
+ *   heap text    bytes 4..7 its u32 length, bytes 8..15 the malloc'd pointer
+ *   numbers      bytes 8..15 (u.i / u.f / u.b)
+ * Text is inline exactly when it is at most OPVAL_INLINE_MAX bytes (every writer goes
+ * through one place in opval.c), so two equal texts always have the same form. Read
+ * text only with opval_bytes() and opval_len(), never through the fields. The bytes
+ * are not NUL-terminated. An op_val holds no pointer into itself (it may be moved with
+ * memcpy like every operator state), but a view or opval_bytes() of an inline value
+ * points into it: do not keep one across a move of the op_val.
  */
 #ifndef BEAVA_OPS_OPVAL_H
 #define BEAVA_OPS_OPVAL_H
@@ -20,18 +28,34 @@
 #include "jsonw.h"
 #include "value.h"
 
-#define OPVAL_INLINE_MAX 8
+#define OPVAL_SIZE 16
+#define OPVAL_HEAD 2                               /* kind, sso */
+#define OPVAL_INLINE_MAX (OPVAL_SIZE - OPVAL_HEAD) /* 14 */
 
-typedef struct op_val {
-    uint8_t kind;             /* bv_kind */
-    uint8_t inl;              /* BV_STR / BV_JSON: the bytes are in u.in */
-    uint8_t pad[2];
-    uint32_t len;             /* BV_STR / BV_JSON byte length */
-    union { int64_t i; double f; bool b; char *s; char in[OPVAL_INLINE_MAX]; } u;
+typedef union op_val {
+    struct {
+        uint8_t kind;             /* bv_kind */
+        uint8_t sso;              /* text: 1 + inline length, 0 = heap (see above) */
+        uint8_t pad[2];
+        uint32_t heap_len;        /* heap text only: its length */
+        union { int64_t i; double f; bool b; char *heap; } u;
+    };
+    struct {
+        uint8_t head[OPVAL_HEAD]; /* kind, sso as above */
+        char text[OPVAL_INLINE_MAX];
+    } in;                         /* inline text, over pad, heap_len and u */
 } op_val;
 
-/* The text of a BV_STR / BV_JSON value (len bytes, not NUL-terminated). */
-static inline const char *opval_bytes(const op_val *v) { return v->inl ? v->u.in : v->u.s; }
+_Static_assert(sizeof(op_val) == OPVAL_SIZE, "op_val is 16 bytes");
+
+/* Whether a BV_STR / BV_JSON value's text is inline. */
+static inline bool opval_inline(const op_val *v) { return v->sso != 0; }
+/* The byte length of a BV_STR / BV_JSON value's text (meaningless for other kinds). */
+static inline uint32_t opval_len(const op_val *v) {
+    return v->sso ? (uint32_t)v->sso - 1 : v->heap_len;
+}
+/* The text of a BV_STR / BV_JSON value (opval_len bytes, not NUL-terminated). */
+static inline const char *opval_bytes(const op_val *v) { return v->sso ? v->in.text : v->u.heap; }
 
 /* Replace *d with a copy of v (any kind; BV_NULL empties). */
 void opval_set(op_val *d, const bv_value *v);
