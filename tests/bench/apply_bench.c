@@ -269,7 +269,7 @@ static uint64_t feed_push(engine *e, const pipeline *pl, evgen *g, const opts *o
 /* The schema positions of fill_row's fields in the pipeline's event, and its schema
  * fingerprint, as the server writes its WAL records (evrec.h, fields by position).
  * Returns false (records are then written by name) when the event is not found. */
-static bool record_positions(const pipeline *pl, const bv_row *row, int32_t *fpos, uint32_t *fp) {
+static bool record_positions(const pipeline *pl, const bv_row *row, int32_t *fpos, evrec_pos *pos) {
     json_t *reg = json_loads(pl->register_json, 0, NULL);
     json_t *node, *fields = NULL;
     size_t i;
@@ -295,7 +295,8 @@ static bool record_positions(const pipeline *pl, const bv_row *row, int32_t *fpo
                 memcmp(sc.names[j], row->fields[f].name, row->fields[f].name_len) == 0)
                 fpos[f] = (int32_t)j;
     }
-    *fp = bv_schema_fingerprint(&sc);
+    pos->fingerprint = bv_schema_fingerprint(&sc);
+    pos->nschema = (uint32_t)sc.n;
     bv_schema_free(&sc);
     json_decref(reg);
     return ok;
@@ -310,11 +311,11 @@ static uint64_t feed_replay(engine *e, const pipeline *pl, evgen *g, const opts 
     char reason[256];
     int32_t *fpos = calloc(pl->nextra + 2, sizeof *fpos);
     if (!fpos) abort();
-    evrec_pos pos = { 0, fpos };
+    evrec_pos pos = { 0, 0, fpos };
     bool by_pos = false;
     for (uint64_t i = 0; i < o->events; i++) {
         fill_row(pl, evgen_next(g), s, &row);
-        if (i == 0) by_pos = record_positions(pl, &row, fpos, &pos.fingerprint);
+        if (i == 0) by_pos = record_positions(pl, &row, fpos, &pos);
         int64_t now = o->time_base + (int64_t)((double)i * (double)o->span_ms / (double)o->events);
         rec.len = 0;
         evrec_encode(now, pl->event_name, strlen(pl->event_name), &row, by_pos ? &pos : NULL, &rec);

@@ -147,30 +147,36 @@ static void test_truncation_and_trailing_bytes(void **state) {
 }
 
 /* The schema the by-position tests decode against (the registry's part of it). */
-static char *const TXN_NAMES[] = { "event_time", "user_id", "amount" };
+/* Event Txn's schema, then the same widened in place by one field (appended). */
+static char *const TXN_NAMES[] = { "event_time", "user_id", "amount", "extra" };
+static const bv_wtype TXN_TYPES[] = { WT_I64, WT_STR, WT_F64, WT_BOOL };
+static const uint32_t TXN_LENS[] = { 10, 7, 6, 5 };
 
 typedef struct test_reg {
-    uint32_t fingerprint;
+    size_t n;                     /* the registry's Txn has the first n of TXN_NAMES */
+    uint32_t prefix_fp[5];
     int asked;
     const uint32_t *lens;         /* the names' lengths as the registry gives them, or NULL */
 } test_reg;
 
-static const uint32_t TXN_LENS[] = { 10, 7, 6 };
+static test_reg txn_reg(size_t n, const uint32_t *lens) {
+    test_reg r = { .n = n, .lens = lens };
+    for (size_t i = 0; i < n; i++) r.prefix_fp[i + 1] = bv_schema_fingerprint_extend(r.prefix_fp[i], TXN_NAMES[i], TXN_TYPES[i]);
+    return r;
+}
 
 static bool txn_schema(void *ctx, const char *event, size_t len, evrec_schema *out) {
     test_reg *r = ctx;
     r->asked++;
     if (len != 3 || memcmp(event, "Txn", 3) != 0) return false;
-    *out = (evrec_schema){ TXN_NAMES, r->lens, 3, r->fingerprint };
+    *out = (evrec_schema){ TXN_NAMES, r->lens, r->n, r->prefix_fp };
     return true;
 }
 
 static uint32_t txn_fingerprint(void) {
     bv_schema sc;
     bv_schema_init(&sc);
-    bv_schema_set(&sc, "event_time", WT_I64);
-    bv_schema_set(&sc, "user_id", WT_STR);
-    bv_schema_set(&sc, "amount", WT_F64);
+    for (size_t i = 0; i < 3; i++) bv_schema_set(&sc, TXN_NAMES[i], TXN_TYPES[i]);
     uint32_t fp = bv_schema_fingerprint(&sc);
     bv_schema_free(&sc);
     return fp;
@@ -224,9 +230,10 @@ static void test_by_position(void **state) {
     char longs[300];
     bv_row row;
     txn_row(&row, f, longs);
-    test_reg reg = { txn_fingerprint(), 0, TXN_LENS };
+    test_reg reg = txn_reg(3, TXN_LENS);
+    assert_int_equal(reg.prefix_fp[3], txn_fingerprint());   /* prefixes extend alike */
     const int32_t fpos[5] = { 1, 0, -1, 2, -1 };
-    evrec_pos pos = { reg.fingerprint, fpos };
+    evrec_pos pos = { reg.prefix_fp[3], 3, fpos };
     bv_buf b;
     bv_buf_init(&b);
     evrec_encode(99, "Txn", 3, &row, &pos, &b);
@@ -235,9 +242,10 @@ static void test_by_position(void **state) {
     assert_int_equal(codec_get64(p), 99);
     assert_int_equal(codec_get32(p + 8), 0x80000003u);
     assert_memory_equal(p + 12, "Txn", 3);
-    assert_int_equal(codec_get32(p + 15), reg.fingerprint);
-    assert_int_equal(codec_get32(p + 19), 5);
-    p += 23;
+    assert_int_equal(codec_get32(p + 15), reg.prefix_fp[3]);
+    assert_int_equal(codec_get32(p + 19), 3);
+    assert_int_equal(codec_get32(p + 23), 5);
+    p += 27;
     assert_int_equal(p[0], 1);                           /* user_id: position 1, short string */
     assert_int_equal(p[1], 7);
     assert_int_equal(p[2], 2);
@@ -300,9 +308,9 @@ static void test_by_position_refused(void **state) {
     char longs[300];
     bv_row row;
     txn_row(&row, f, longs);
-    test_reg reg = { txn_fingerprint(), 0, NULL };
+    test_reg reg = txn_reg(3, NULL);
     const int32_t fpos[5] = { 1, 0, -1, 2, 300 };       /* a position past a ref byte: by name */
-    evrec_pos pos = { reg.fingerprint, fpos };
+    evrec_pos pos = { reg.prefix_fp[3], 3, fpos };
     bv_buf b;
     bv_buf_init(&b);
     evrec_encode(1, "Txn", 3, &row, &pos, &b);
@@ -316,10 +324,20 @@ static void test_by_position_refused(void **state) {
     /* no registry to ask */
     assert_int_equal(evrec_decode(b.data, b.len, &a, NULL, NULL, &r, why, sizeof why), -1);
     assert_non_null(strstr(why, "position"));
-    /* another schema of the event */
-    test_reg other = { reg.fingerprint + 1, 0, NULL };
+    /* the schema widened in place (a field appended): decoded as before */
+    test_reg wide = txn_reg(4, TXN_LENS);
+    assert_int_equal(evrec_decode(b.data, b.len, &a, txn_schema, &wide, &r, why, sizeof why), 0);
+    assert_int_equal(r.row.n, 5);
+    assert_ptr_equal(r.row.fields[3].name, TXN_NAMES[2]);
+    evrec_release(&r);
+    /* another schema of the event: other first fields, or fewer fields than written for */
+    test_reg other = txn_reg(3, NULL);
+    other.prefix_fp[3] ^= 1;
     assert_int_equal(evrec_decode(b.data, b.len, &a, txn_schema, &other, &r, why, sizeof why), -1);
     assert_non_null(strstr(why, "another schema"));
+    test_reg narrow = txn_reg(2, NULL);
+    assert_int_equal(evrec_decode(b.data, b.len, &a, txn_schema, &narrow, &r, why, sizeof why), -1);
+    assert_non_null(strstr(why, "schema of 3 fields, the registry's has 2"));
     /* an event the registry does not have at that point */
     bv_buf u;
     bv_buf_init(&u);
@@ -328,12 +346,13 @@ static void test_by_position_refused(void **state) {
     assert_non_null(strstr(why, "'Tx'"));
     assert_non_null(strstr(why, "registered"));
     bv_buf_free(&u);
-    /* a position the schema does not have */
-    unsigned char *ref = (unsigned char *)b.data + 23;
+    /* a position past the schema it was written for (even where a wider one has it) */
+    unsigned char *ref = (unsigned char *)b.data + 27;
     assert_int_equal(*ref, 1);
     *ref = 3;
     assert_int_equal(evrec_decode(b.data, b.len, &a, txn_schema, &reg, &r, why, sizeof why), -1);
     assert_non_null(strstr(why, "schema position 3 of 3"));
+    assert_int_equal(evrec_decode(b.data, b.len, &a, txn_schema, &wide, &r, why, sizeof why), -1);
     *ref = 1;
     /* every cut short */
     for (size_t cut = 0; cut < b.len; cut++) {

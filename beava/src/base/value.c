@@ -102,14 +102,16 @@ void bv_schema_free(bv_schema *s) {
     bv_schema_init(s);
 }
 
+uint32_t bv_schema_fingerprint_extend(uint32_t fp, const char *name, bv_wtype type) {
+    fp = crc32c_extend(fp, name, strlen(name) + 1);    /* with its NUL */
+    unsigned char t = (unsigned char)type;
+    return crc32c_extend(fp, &t, 1);
+}
+
 uint32_t bv_schema_fingerprint(const bv_schema *s) {
-    uint32_t crc = 0;
-    for (size_t i = 0; i < s->n; i++) {
-        crc = crc32c_extend(crc, s->names[i], strlen(s->names[i]) + 1);   /* with its NUL */
-        unsigned char t = (unsigned char)s->types[i];
-        crc = crc32c_extend(crc, &t, 1);
-    }
-    return crc;
+    uint32_t fp = 0;
+    for (size_t i = 0; i < s->n; i++) fp = bv_schema_fingerprint_extend(fp, s->names[i], s->types[i]);
+    return fp;
 }
 
 int bv_schema_find(const bv_schema *s, const char *name, bv_wtype *t) {

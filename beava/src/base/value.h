@@ -111,8 +111,12 @@ bool bv_schema_remove(bv_schema *s, const char *name);
 void bv_schema_add_optional(bv_schema *s, const char *name);
 bool bv_schema_is_optional(const bv_schema *s, const char *name);
 /* CRC-32C of the field names and types in position order (optional_fields aside): two
- * schemas with the same fingerprint name the same field at every position. */
+ * schemas with the same fingerprint name the same field at every position. A schema
+ * widened in place (fields appended) keeps its first fields, so the fingerprint of its
+ * first k fields is that of the schema before: bv_schema_fingerprint_extend(fp of the
+ * first k, field k) gives the first k + 1 (0 is the fingerprint of no field). */
 uint32_t bv_schema_fingerprint(const bv_schema *s);
+uint32_t bv_schema_fingerprint_extend(uint32_t fp, const char *name, bv_wtype type);
 /* Returns the index of name or -1; *t receives its type when found. */
 int bv_schema_find(const bv_schema *s, const char *name, bv_wtype *t);
 void bv_schema_copy(bv_schema *dst, const bv_schema *src);

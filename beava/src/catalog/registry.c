@@ -1909,6 +1909,7 @@ static void table_free(agg_table *t) {
 static void event_free(ev_desc *e) {
     free(e->name);
     bv_schema_free(&e->schema);
+    free(e->prefix_fp);
     free(e->name_lens);
     free(e->dedupe_key);
     json_decref(e->node);
@@ -2015,12 +2016,18 @@ static void remove_names(registry *r, char *const *names, size_t n, const reg_ho
     r->nderivs = w;
 }
 
-/* What WAL event records need of e's schema (evrec.h): its fingerprint and name lengths. */
+/* What WAL event records need of e's schema (evrec.h): the fingerprints of its prefixes
+ * and its name lengths. */
 static void event_schema_derived(ev_desc *e) {
-    e->schema_fp = bv_schema_fingerprint(&e->schema);
+    size_t n = e->schema.n;
+    free(e->prefix_fp);
     free(e->name_lens);
-    e->name_lens = bv_xcalloc(e->schema.n ? e->schema.n : 1, sizeof *e->name_lens);
-    for (size_t i = 0; i < e->schema.n; i++) e->name_lens[i] = (uint32_t)strlen(e->schema.names[i]);
+    e->prefix_fp = bv_xcalloc(n + 1, sizeof *e->prefix_fp);
+    e->name_lens = bv_xcalloc(n ? n : 1, sizeof *e->name_lens);
+    for (size_t i = 0; i < n; i++) {
+        e->prefix_fp[i + 1] = bv_schema_fingerprint_extend(e->prefix_fp[i], e->schema.names[i], e->schema.types[i]);
+        e->name_lens[i] = (uint32_t)strlen(e->schema.names[i]);
+    }
 }
 
 static ev_desc *event_from(pnode *p, uint64_t version) {
@@ -2615,6 +2622,7 @@ static ev_desc *event_copy(const ev_desc *e) {
     *n = *e;
     n->name = bv_xstrdup(e->name);
     schema_copy_fast(&n->schema, &e->schema);
+    n->prefix_fp = NULL;
     n->name_lens = NULL;
     event_schema_derived(n);
     n->dedupe_key = e->dedupe_key ? bv_xstrdup(e->dedupe_key) : NULL;

@@ -58,8 +58,11 @@
 typedef struct ev_desc {
     char *name;
     bv_schema schema;                /* fields + optional_fields */
-    uint32_t schema_fp;              /* bv_schema_fingerprint(&schema), for WAL records */
-    uint32_t *name_lens;             /* strlen of each schema.names[i] (WAL record decoding) */
+    /* for WAL event records (engine/evrec.h): prefix_fp[k] is the fingerprint of the
+     * schema's first k fields (k = 0 .. schema.n; prefix_fp[schema.n] the whole one),
+     * name_lens[i] strlen(schema.names[i]) */
+    uint32_t *prefix_fp;
+    uint32_t *name_lens;
     char *dedupe_key;                /* NULL if none */
     int64_t dedupe_window_ms;        /* 86,400,000 when not given */
     int64_t keep_events_for_ms;      /* 0 = not given */

@@ -3,6 +3,7 @@
  */
 #include "evrec.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,7 +88,7 @@ static unsigned char *put_value(unsigned char *w, const bv_value *v, const char 
 void evrec_encode(int64_t now, const char *event, size_t event_len, const bv_row *row, const evrec_pos *pos,
                   bv_buf *out) {
     if (event_len > EVREC_EVENT_MAX) event_len = EVREC_EVENT_MAX;   /* registry names are far shorter */
-    size_t need = 12 + event_len + (pos ? 8 : 4);
+    size_t need = 12 + event_len + (pos ? 12 : 4);
     size_t njson = 0;
     for (size_t i = 0; i < row->n; i++) {
         const bv_field *f = &row->fields[i];
@@ -113,7 +114,8 @@ void evrec_encode(int64_t now, const char *event, size_t event_len, const bv_row
     w = copy_bytes(w + 12, event, event_len);
     if (pos) {
         codec_put32(w, pos->fingerprint);
-        w += 4;
+        codec_put32(w + 4, pos->nschema);
+        w += 8;
     }
     codec_put32(w, (uint32_t)row->n);
     w += 4;
@@ -185,17 +187,26 @@ int evrec_decode(const void *p, size_t len, arena *a, evrec_schema_fn schema, vo
     out->event = (const char *)codec_take(&r, nl);
     out->event_len = nl;
     evrec_schema sc = { 0 };
+    uint32_t k = 0;                     /* fields of the schema the record was written for */
     if (by_pos) {
         uint32_t fp = codec_rd32(&r);
+        k = codec_rd32(&r);
         if (r.bad) goto bad;
+        int el = (int)(nl > 64 ? 64 : nl);
         if (!schema || !schema(ctx, out->event, nl, &sc)) {
             snprintf(reason, rlen, "event record of '%.*s' refers to fields by position, and no such event is "
-                     "registered at its place in the log", (int)(nl > 64 ? 64 : nl), out->event);
+                     "registered at its place in the log", el, out->event);
             return -1;
         }
-        if (sc.fingerprint != fp) {
+        if (k > sc.n) {
+            snprintf(reason, rlen, "event record of '%.*s' was written for a schema of %" PRIu32 " fields, the "
+                     "registry's has %zu", el, out->event, k, sc.n);
+            return -1;
+        }
+        if (sc.prefix_fp[k] != fp) {
             snprintf(reason, rlen, "event record of '%.*s' was written for another schema of it (fingerprint "
-                     "%08x, the registry's is %08x)", (int)(nl > 64 ? 64 : nl), out->event, fp, sc.fingerprint);
+                     "%08" PRIx32 " of %" PRIu32 " fields, the registry's first %" PRIu32 " have %08" PRIx32 ")",
+                     el, out->event, fp, k, k, sc.prefix_fp[k]);
             return -1;
         }
     }
@@ -208,10 +219,10 @@ int evrec_decode(const void *p, size_t len, arena *a, evrec_schema_fn schema, vo
         bv_field *f = &out->row.fields[i];
         unsigned ref = by_pos ? codec_rd8(&r) : EVREC_REF_NAME;
         if (ref != EVREC_REF_NAME) {
-            if (ref >= sc.n) {
+            if (ref >= k) {
                 evrec_release(out);
-                snprintf(reason, rlen, "event record of '%.*s': field %u refers to schema position %u of %zu",
-                         (int)(nl > 64 ? 64 : nl), out->event, i, ref, sc.n);
+                snprintf(reason, rlen, "event record of '%.*s': field %" PRIu32 " refers to schema position %u of %"
+                         PRIu32, (int)(nl > 64 ? 64 : nl), out->event, i, ref, k);
                 return -1;
             }
             f->name = sc.names[ref];

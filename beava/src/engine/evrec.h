@@ -7,14 +7,17 @@
  * then one of two forms, told apart by bit 31 of the event word (its low 31 bits are the
  * name's length):
  *  - by name (bit clear): u32 field count, then per field: u16 name length, name, value.
- *  - by position (bit set): u32 fingerprint of the event's schema (bv_schema_fingerprint),
- *    u32 field count, then per field: u8 ref, value. A ref below EVREC_REF_NAME is the
- *    field's position in the event's schema as it stands at the record's place in the
- *    log (the registry version the push was validated on: registry changes are ordered
- *    with the events around them, and replay rebuilds the exact registry history); the
- *    fingerprint makes a record decoded against any other schema an error, never a row
- *    with misplaced values. EVREC_REF_NAME: a u16 name length and the name follow (an
- *    optional field outside the schema's list, or a position past EVREC_REF_NAME).
+ *  - by position (bit set): u32 fingerprint and u32 field count k of the event's schema
+ *    when the record was written (bv_schema_fingerprint), u32 field count, then per
+ *    field: u8 ref, value. A ref below EVREC_REF_NAME is the field's position in that
+ *    schema (the registry version the push was validated on). Replay rebuilds the exact
+ *    registry history, so it decodes against that very schema; cluster apply may decode
+ *    against a later version, whose schema widened in place keeps the first k fields
+ *    where they were (registry widen_event appends). A record decodes when the first k
+ *    fields of the decoder's schema have its fingerprint; against any other schema it is
+ *    an error, never a row with misplaced values. EVREC_REF_NAME: a u16 name length and
+ *    the name follow (an optional field outside the schema's list, or a position past
+ *    EVREC_REF_NAME).
  *    Field names are most of an event's bytes (39 % of a fraud-team record), and they
  *    are copied into the log on every push.
  * value: u8 tag, then 0 null, 1 false, 2 true, 3 i64 (8 bytes), 4 f64 (8 bytes, IEEE
@@ -39,10 +42,11 @@
 #define EVREC_BY_POSITION 0x80000000u
 
 /* How a record names its fields: by schema position where field[i] >= 0 (field i of
- * the row is schema field field[i] of the event whose schema has this fingerprint),
- * by name where it is negative. */
+ * the row is schema field field[i] of the event, whose schema has nschema fields and
+ * this fingerprint), by name where it is negative. */
 typedef struct evrec_pos {
     uint32_t fingerprint;
+    uint32_t nschema;
     const int32_t *field;
 } evrec_pos;
 
@@ -50,13 +54,14 @@ typedef struct evrec_pos {
 void evrec_encode(int64_t now, const char *event, size_t event_len, const bv_row *row, const evrec_pos *pos,
                   bv_buf *out);
 
-/* The schema a record by position refers to: its field names (NUL-terminated) in
- * position order, their lengths (NULL: strlen), and its fingerprint. */
+/* The schema a record by position is decoded against: its n field names (NUL-
+ * terminated) in position order, their lengths (NULL: strlen), and prefix_fp[k], the
+ * fingerprint of its first k fields for k = 0 .. n. */
 typedef struct evrec_schema {
     char *const *names;
     const uint32_t *lens;
     size_t n;
-    uint32_t fingerprint;
+    const uint32_t *prefix_fp;
 } evrec_schema;
 
 /* Find event (name, len) for the decoder: false when there is none. */

@@ -931,7 +931,7 @@ again:
             /* fields by schema position when the shape memo describes the row (distinct
              * schema fields), else by name */
             int32_t fpos[VALIDATE_ORDER_FIELDS];
-            evrec_pos pos = { is->ev->schema_fp, fpos };
+            evrec_pos pos = { is->ev->prefix_fp[is->ev->schema.n], (uint32_t)is->ev->schema.n, fpos };
             bool by_pos = st->shape_row == it->row;
             if (by_pos)
                 for (size_t f = 0; f < it->row->n; f++) fpos[f] = st->shape[f].g;
@@ -1321,7 +1321,7 @@ static bool replay_schema(void *ctx, const char *event, size_t len, evrec_schema
     replay_schema_ctx *c = ctx;
     const ev_desc *ev = find_event_cached(c->e, c->st, event, len);
     if (!ev) return false;
-    *out = (evrec_schema){ ev->schema.names, ev->name_lens, ev->schema.n, ev->schema_fp };
+    *out = (evrec_schema){ ev->schema.names, ev->name_lens, ev->schema.n, ev->prefix_fp };
     return true;
 }
 
