@@ -212,31 +212,36 @@ static void test_fingerprint(void **state) {
     bv_schema_free(&b);
 }
 
-/* user_id (position 1), event_time (0), an optional field outside the schema (by name),
- * amount (2), a 300-byte string by name. */
-static void txn_row(bv_row *row, bv_field *f, char *longs) {
-    memset(longs, 'q', 300);
-    f[0] = (bv_field){ "user_id", 7, bv_str("k1", 2) };
-    f[1] = (bv_field){ "event_time", 10, bv_i64(-7) };
-    f[2] = (bv_field){ "note", 4, bv_null() };
-    f[3] = (bv_field){ "amount", 6, bv_f64(2.5) };
-    f[4] = (bv_field){ "memo", 4, bv_str(longs, 300) };
-    *row = (bv_row){ .fields = f, .n = 5, .cap = 0 };
+/* A Txn row: user_id (position 1), event_time (0), an optional field outside the schema
+ * (by name), amount (2), a 300-byte string by name. */
+typedef struct txn_case {
+    bv_field f[5];
+    char longs[300];
+    bv_row row;
+} txn_case;
+
+static void txn_case_init(txn_case *c) {
+    memset(c->longs, 'q', sizeof c->longs);
+    c->f[0] = (bv_field){ "user_id", 7, bv_str("k1", 2) };
+    c->f[1] = (bv_field){ "event_time", 10, bv_i64(-7) };
+    c->f[2] = (bv_field){ "note", 4, bv_null() };
+    c->f[3] = (bv_field){ "amount", 6, bv_f64(2.5) };
+    c->f[4] = (bv_field){ "memo", 4, bv_str(c->longs, sizeof c->longs) };
+    c->row = (bv_row){ .fields = c->f, .n = 5, .cap = 0 };
 }
 
 static void test_by_position(void **state) {
     (void)state;
-    bv_field f[5];
-    char longs[300];
-    bv_row row;
-    txn_row(&row, f, longs);
+    txn_case c;
+    txn_case_init(&c);
+    const bv_field *f = c.f;
     test_reg reg = txn_reg(3, TXN_LENS);
     assert_int_equal(reg.prefix_fp[3], txn_fingerprint());   /* prefixes extend alike */
     const int32_t fpos[5] = { 1, 0, -1, 2, -1 };
     evrec_pos pos = { reg.prefix_fp[3], 3, fpos };
     bv_buf b;
     bv_buf_init(&b);
-    evrec_encode(99, "Txn", 3, &row, &pos, &b);
+    evrec_encode(99, "Txn", 3, &c.row, &pos, &b);
     /* the bytes, as evrec.h lays them out */
     const unsigned char *p = (const unsigned char *)b.data;
     assert_int_equal(codec_get64(p), 99);
@@ -291,7 +296,7 @@ static void test_by_position(void **state) {
     /* the same row by name decodes alike, without asking for a schema */
     bv_buf nb;
     bv_buf_init(&nb);
-    evrec_encode(99, "Txn", 3, &row, NULL, &nb);
+    evrec_encode(99, "Txn", 3, &c.row, NULL, &nb);
     assert_true(nb.len > b.len);
     assert_int_equal(evrec_decode(nb.data, nb.len, &a, NULL, NULL, &r, why, sizeof why), 0);
     assert_int_equal(r.row.n, 5);
@@ -304,16 +309,14 @@ static void test_by_position(void **state) {
 
 static void test_by_position_refused(void **state) {
     (void)state;
-    bv_field f[5];
-    char longs[300];
-    bv_row row;
-    txn_row(&row, f, longs);
+    txn_case c;
+    txn_case_init(&c);
     test_reg reg = txn_reg(3, NULL);
     const int32_t fpos[5] = { 1, 0, -1, 2, 300 };       /* a position past a ref byte: by name */
     evrec_pos pos = { reg.prefix_fp[3], 3, fpos };
     bv_buf b;
     bv_buf_init(&b);
-    evrec_encode(1, "Txn", 3, &row, &pos, &b);
+    evrec_encode(1, "Txn", 3, &c.row, &pos, &b);
     arena a;
     arena_init(&a);
     evrec r;
@@ -341,7 +344,7 @@ static void test_by_position_refused(void **state) {
     /* an event the registry does not have at that point */
     bv_buf u;
     bv_buf_init(&u);
-    evrec_encode(1, "Tx", 2, &row, &pos, &u);
+    evrec_encode(1, "Tx", 2, &c.row, &pos, &u);
     assert_int_equal(evrec_decode(u.data, u.len, &a, txn_schema, &reg, &r, why, sizeof why), -1);
     assert_non_null(strstr(why, "'Tx'"));
     assert_non_null(strstr(why, "registered"));
