@@ -288,13 +288,8 @@ static bool record_positions(const pipeline *pl, const bv_row *row, int32_t *fpo
         bv_schema_set(&sc, fname, t < 0 ? WT_JSON : (bv_wtype)t);
     }
     bool ok = sc.n > 0;
-    for (size_t f = 0; f < row->n && ok; f++) {
-        fpos[f] = -1;
-        for (size_t j = 0; j < sc.n; j++)
-            if (strlen(sc.names[j]) == row->fields[f].name_len &&
-                memcmp(sc.names[j], row->fields[f].name, row->fields[f].name_len) == 0)
-                fpos[f] = (int32_t)j;
-    }
+    for (size_t f = 0; f < row->n && ok; f++)      /* fill_row's field names end in NUL */
+        fpos[f] = bv_schema_find(&sc, row->fields[f].name, NULL);
     pos->fingerprint = bv_schema_fingerprint(&sc);
     pos->nschema = (uint32_t)sc.n;
     bv_schema_free(&sc);

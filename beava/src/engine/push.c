@@ -54,9 +54,9 @@
 /* Group-key row positions remembered per event (over all its tables' keys, in order). */
 #define VALIDATE_KEY_SLOTS 16
 
-/* One field of the row shape the batch last validated in full (validate_fast). */
+/* One field of the row shape the batch last validated in full (validate_fast); its
+ * schema position is in push_batch_state.shape_pos. */
 typedef struct shape_field {
-    int32_t g;                    /* its schema position */
     uint32_t len;                 /* its name's length */
     bool opt;                     /* an optional field (no null/type check) */
 } shape_field;
@@ -124,11 +124,13 @@ struct push_batch_state {
     int32_t order[VALIDATE_ORDER_FIELDS];  /* position of each of that row's fields (-1: none) */
     uint32_t order_len[VALIDATE_ORDER_FIELDS];   /* and the length of its schema name */
     /* the shape memo: the last row of shape_ev that passed the full check had shape_n
-     * distinct schema fields, the i-th at shape[i]; a row naming the same fields at the
-     * same positions has the same fields present, so only its values need checking */
+     * distinct schema fields, the i-th at schema position shape_pos[i] (also the WAL
+     * record's field refs, evrec_pos) described by shape[i]; a row naming the same fields
+     * at the same positions has the same fields present, so only its values need checking */
     const ev_desc *shape_ev;      /* NULL: none (reset with the batch: st->reg is pinned) */
     size_t shape_n;
     shape_field shape[VALIDATE_ORDER_FIELDS];
+    int32_t shape_pos[VALIDATE_ORDER_FIELDS];
     const bv_row *shape_row;      /* the row last validated, when the memo describes it */
     /* group-key row positions of the row last validated (kpos_row), slot s for the s-th
      * key over the event's tables, -1 = absent; khint: the guesses for the next row */
@@ -338,8 +340,9 @@ static bool validate_fast(push_batch_state *st, const ev_desc *ev, bv_row *row) 
     for (size_t i = 0; i < row->n; i++) {
         const bv_field *f = &row->fields[i];
         const shape_field *m = &st->shape[i];
-        if (f->name_len != m->len || !bv_short_name_eq(sc->names[m->g], f->name, m->len)) return false;
-        bv_wtype t = sc->types[m->g];
+        int32_t g = st->shape_pos[i];
+        if (f->name_len != m->len || !bv_short_name_eq(sc->names[g], f->name, m->len)) return false;
+        bv_wtype t = sc->types[g];
         const bv_value *v = &f->value;
         if (!m->opt && (v->kind == BV_NULL || !type_compatible(t, v))) return false;
         if (v->kind == BV_F64 && t == WT_I64) {
@@ -422,7 +425,7 @@ static bool validate_full(push_batch_state *st, const ev_desc *ev, bv_row *row, 
         st->shape_row = row;
         for (size_t i = 0; i < row->n; i++) {
             shape_field *m = &st->shape[i];
-            m->g = fidx[i];
+            st->shape_pos[i] = fidx[i];
             m->len = (uint32_t)row->fields[i].name_len;
             m->opt = sc->nopt && bv_schema_is_optional(sc, sc->names[fidx[i]]);
         }
@@ -930,12 +933,9 @@ again:
             is->rec_off = st->rec.len;
             /* fields by schema position when the shape memo describes the row (distinct
              * schema fields), else by name */
-            int32_t fpos[VALIDATE_ORDER_FIELDS];
-            evrec_pos pos = { is->ev->prefix_fp[is->ev->schema.n], (uint32_t)is->ev->schema.n, fpos };
-            bool by_pos = st->shape_row == it->row;
-            if (by_pos)
-                for (size_t f = 0; f < it->row->n; f++) fpos[f] = st->shape[f].g;
-            evrec_encode(now, is->ev->name, strlen(is->ev->name), it->row, by_pos ? &pos : NULL, &st->rec);
+            evrec_pos pos = { is->ev->prefix_fp[is->ev->schema.n], (uint32_t)is->ev->schema.n, st->shape_pos };
+            evrec_encode(now, is->ev->name, strlen(is->ev->name), it->row, st->shape_row == it->row ? &pos : NULL,
+                         &st->rec);
             is->rec_len = st->rec.len - is->rec_off;
         }
         any_valid = true;

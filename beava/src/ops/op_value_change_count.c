@@ -38,10 +38,7 @@ static bool same_opval(const op_val *a, const op_val *b) {
     case BV_I64: return a->u.i == b->u.i;
     case BV_F64: return a->u.f == b->u.f;    /* NaN != NaN */
     case BV_STR:
-    case BV_JSON: {
-        uint32_t n = opval_len(a);
-        return n == opval_len(b) && (n == 0 || memcmp(opval_bytes(a), opval_bytes(b), n) == 0);
-    }
+    case BV_JSON: return opval_text_eq(a, opval_bytes(b), opval_len(b));
     }
     return false;
 }
@@ -60,10 +57,7 @@ static bool same_value(const op_val *a, const bv_value *v) {
     case BV_BOOL: return a->u.b == v->u.b;
     case BV_I64: return a->u.i == v->u.i;
     case BV_F64: return a->u.f == v->u.f;
-    case BV_STR: {
-        uint32_t n = opval_len(a);
-        return n == v->u.s.len && (n == 0 || memcmp(opval_bytes(a), v->u.s.ptr, n) == 0);
-    }
+    case BV_STR: return opval_text_eq(a, v->u.s.ptr, v->u.s.len);
     default: return false;
     }
 }

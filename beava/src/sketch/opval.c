@@ -136,10 +136,7 @@ bool opval_same_key(const op_val *a, const bv_value *b) {
     case BV_BOOL: return a->u.b == b->u.b;
     case BV_I64: return a->u.i == b->u.i;
     case BV_F64: return a->u.f == b->u.f || (isnan(a->u.f) && isnan(b->u.f));
-    case BV_STR: {
-        uint32_t n = opval_len(a);
-        return n == b->u.s.len && (n == 0 || memcmp(opval_bytes(a), b->u.s.ptr, n) == 0);
-    }
+    case BV_STR: return opval_text_eq(a, b->u.s.ptr, b->u.s.len);
     default: return false;   /* lists/maps are never map keys */
     }
 }

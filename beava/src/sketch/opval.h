@@ -25,6 +25,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include "jsonw.h"
 #include "value.h"
 
@@ -56,6 +57,10 @@ static inline uint32_t opval_len(const op_val *v) {
 }
 /* The text of a BV_STR / BV_JSON value (opval_len bytes, not NUL-terminated). */
 static inline const char *opval_bytes(const op_val *v) { return v->sso ? v->in.text : v->u.heap; }
+/* Whether a BV_STR / BV_JSON value's text is the n bytes at p (p may be NULL when n is 0). */
+static inline bool opval_text_eq(const op_val *v, const char *p, size_t n) {
+    return opval_len(v) == n && (n == 0 || memcmp(opval_bytes(v), p, n) == 0);
+}
 
 /* Replace *d with a copy of v (any kind; BV_NULL empties). */
 void opval_set(op_val *d, const bv_value *v);
