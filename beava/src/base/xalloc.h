@@ -30,6 +30,23 @@ static inline void *bv_xcalloc(size_t n, size_t sz) {
     return p;
 }
 
+/* Page size assumed by bv_xcalloc_written: a smaller stride than the real page size
+ * would only write some pages twice. */
+#define BV_TOUCH_STRIDE 4096
+
+/* Like bv_xcalloc, and every page of the block written once now. A large calloc from
+ * fresh heap leaves its pages unmapped; a sketch that reads a cell before writing it
+ * (count-min, HLL registers, hash tables, bloom bits) would then fault the shared zero
+ * page in on the read and copy it on the write, and that copy flushes the TLB of every
+ * CPU running another thread of the process (an IPI each). Writing first takes one
+ * fault per page and no flush. */
+static inline void *bv_xcalloc_written(size_t n, size_t sz) {
+    volatile char *p = bv_xcalloc(n, sz);
+    size_t len = (n ? n : 1) * (sz ? sz : 1);
+    for (size_t off = 0; off < len; off += BV_TOUCH_STRIDE) p[off] = 0;
+    return (void *)p;
+}
+
 static inline char *bv_xstrdup(const char *s) {
     size_t n = strlen(s) + 1;
     char *d = bv_xrealloc(NULL, n);

@@ -36,6 +36,7 @@
 #include "param.h"
 #include "valring.h"
 #include "codec.h"
+#include "xalloc.h"
 
 #define BLOOM_MAX_BITS (1u << 23)
 #define BLOOM_MIN_FPR 1e-9
@@ -71,8 +72,7 @@ static uint32_t sparse_lower(const bloom_sparse *b, uint32_t bit) {
 
 static void to_dense(bloom_st *s) {
     bloom_sparse *b = s->bits;
-    uint64_t *w = calloc(s->nwords, sizeof *w);
-    if (!w) abort();
+    uint64_t *w = bv_xcalloc_written(s->nwords, sizeof *w);
     for (uint32_t i = 0; b && i < b->n; i++) w[b->pos[i] >> 6] |= 1ull << (b->pos[i] & 63);
     free(b);
     s->bits = w;
@@ -174,8 +174,7 @@ static void bloom_update(const feature *f, void *st, const op_input *in) {
             s->bits = b;
             s->sparse = 1;
         } else {
-            s->bits = calloc(nw, sizeof(uint64_t));
-            if (!s->bits) abort();
+            s->bits = bv_xcalloc_written(nw, sizeof(uint64_t));
         }
     }
     uint64_t h1 = opval_hash(in->v), h2 = mix64(h1) | 1, m = (uint64_t)nw * 64;

@@ -116,7 +116,7 @@ static void from_sorted(distinct *d, uint64_t *a, uint32_t n) {
         d->n = d->cap = n;
     } else {
         uint32_t cap = table_cap_for(n);
-        uint64_t *t = bv_xcalloc((size_t)cap + 1, sizeof *t);
+        uint64_t *t = bv_xcalloc_written((size_t)cap + 1, sizeof *t);
         for (uint32_t i = 0; i < n; i++) table_put(t, cap, a[i]);
         free(a);
         d->p = t;
@@ -125,12 +125,20 @@ static void from_sorted(distinct *d, uint64_t *a, uint32_t n) {
     }
 }
 
+/* HLL registers are a register-wise max, so the exact hashes go in in any order: the
+ * table form is read slot by slot, without the sorted copy. */
 static void to_hll(distinct *d) {
-    uint8_t *reg = calloc(HLL_M, 1);
-    if (!reg) abort();
-    uint64_t *a = sorted_copy(d);
-    for (uint32_t i = 0; i < d->n; i++) hll_add(reg, a[i]);
-    free(a);
+    uint8_t *reg = bv_xcalloc_written(HLL_M, 1);
+    if (is_table(d)) {
+        const uint64_t *t = d->p;
+        if (t[d->cap]) hll_add(reg, 0);
+        for (uint32_t i = 0; i < d->cap; i++)
+            if (t[i]) hll_add(reg, t[i]);
+    } else {
+        uint64_t *a = sorted_copy(d);
+        for (uint32_t i = 0; i < d->n; i++) hll_add(reg, a[i]);
+        free(a);
+    }
     if (!is_inline(d)) free(d->p);
     d->p = reg;
     d->n = DISTINCT_HLL;
@@ -147,7 +155,7 @@ static bool table_has(const uint64_t *t, uint32_t cap, uint64_t h) {
 /* Double the table (load stays <= DISTINCT_TABLE_LOAD). */
 static void table_grow(distinct *d) {
     uint32_t cap = d->cap * 2;
-    uint64_t *o = d->p, *t = bv_xcalloc((size_t)cap + 1, sizeof *t);
+    uint64_t *o = d->p, *t = bv_xcalloc_written((size_t)cap + 1, sizeof *t);
     for (uint32_t i = 0; i < d->cap; i++)
         if (o[i]) table_put(t, cap, o[i]);
     t[cap] = o[d->cap];
@@ -253,8 +261,7 @@ void distinct_merge(distinct *dst, const distinct *src) {
     free(a);
     free(b);
     if (n > DISTINCT_EXACT_MAX) {
-        uint8_t *reg = calloc(HLL_M, 1);
-        if (!reg) abort();
+        uint8_t *reg = bv_xcalloc_written(HLL_M, 1);
         for (uint32_t k = 0; k < n; k++) hll_add(reg, out[k]);
         free(out);
         distinct_free(dst);

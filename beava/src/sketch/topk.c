@@ -10,6 +10,7 @@
 #include <string.h>
 #include "cms.h"
 #include "codec.h"
+#include "xalloc.h"
 
 typedef struct tk_ent {
     op_val v;
@@ -52,8 +53,7 @@ static void sift_down(tk_ent *h, uint32_t n, uint32_t i) {
 }
 
 static struct topk_hybrid *hybrid_new(uint32_t k) {
-    struct topk_hybrid *hy = calloc(1, sizeof *hy);
-    if (!hy) abort();
+    struct topk_hybrid *hy = bv_xcalloc_written(1, sizeof *hy);   /* the 64 KB sketch */
     hy->k = k ? k : 1;
     hy->heap = calloc(hy->k, sizeof *hy->heap);
     if (!hy->heap) abort();

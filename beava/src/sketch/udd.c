@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "codec.h"
+#include "xalloc.h"
 
 static double ln_gamma(uint32_t collapses) {
     return ldexp(log((1.0 + UDD_ALPHA0) / (1.0 - UDD_ALPHA0)), (int)collapses);
@@ -27,8 +28,7 @@ static int32_t floor_half(int32_t k, uint32_t shift) {
 }
 
 udd *udd_new(void) {
-    udd *u = calloc(1, sizeof *u);
-    if (!u) abort();
+    udd *u = bv_xcalloc_written(1, sizeof *u);
     return u;
 }
 

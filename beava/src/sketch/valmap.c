@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include "xalloc.h"
 
 /* Index size for the current capacity: the smallest power of two >= 2 * cap. */
 static uint32_t icap_for(uint32_t cap) {
@@ -59,8 +60,7 @@ static void reindex(valmap *m) {
     m->idx = NULL;
     if (m->cap <= VM_LINEAR) return;
     uint32_t ic = icap_for(m->cap);
-    m->idx = calloc(ic, sizeof *m->idx);
-    if (!m->idx) abort();
+    m->idx = bv_xcalloc_written(ic, sizeof *m->idx);
     uint32_t mask = ic - 1;
     for (uint32_t i = 0; i < m->n; i++) {      /* the keys are distinct: the first free slot */
         uint64_t h = m->e[i].hash;
