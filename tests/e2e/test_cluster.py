@@ -7,6 +7,7 @@ there; the registry goes through the log.
 
 nats-server must be installed (ci/install-deps installs it): without it this test fails,
 it never skips."""
+import base64
 import http.client
 import json
 import os
@@ -15,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -177,12 +179,87 @@ class Cluster:
         b.stop(signal.SIGKILL)
         return b
 
+    def stop_one(self, node_id):
+        self.nodes.pop(node_id).stop()
+
     def stop(self):
         for b in self.nodes.values():
             b.stop()
         self.nodes = {}
         for d in self.dirs.values():
             d.cleanup()
+
+
+class StreamReader:
+    """Reads stored messages of the cluster's stream by sequence over the NATS protocol
+    itself (JetStream's STREAM.MSG.GET API): what the nodes published, byte for byte."""
+
+    def __init__(self, nats, stream="BEAVA_beava"):
+        self.stream = stream
+        self.sock = socket.create_connection(("127.0.0.1", nats.port), timeout=10)
+        self.buf = b""
+        self.line()                                     # INFO {...}
+        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\nSUB _INBOX.t 1\r\nPING\r\n')
+        while self.line() != b"PONG":
+            pass
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AssertionError("NATS closed the connection")
+            self.buf += chunk
+        ln, self.buf = self.buf.split(b"\r\n", 1)
+        return ln
+
+    def exact(self, n):
+        while len(self.buf) < n + 2:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AssertionError("NATS closed the connection")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n + 2:]
+        return out
+
+    def get(self, seq):
+        """(subject, data) of the message at seq, or None when there is none."""
+        req = json.dumps({"seq": seq}).encode()
+        self.sock.sendall(b"PUB $JS.API.STREAM.MSG.GET.%s _INBOX.t %d\r\n%s\r\n" % (self.stream.encode(), len(req), req))
+        while True:
+            ln = self.line()
+            if ln == b"PING":
+                self.sock.sendall(b"PONG\r\n")
+            elif ln.startswith(b"MSG "):
+                reply = json.loads(self.exact(int(ln.split()[-1])))
+                break
+            elif ln.startswith(b"-ERR"):
+                raise AssertionError(ln.decode())
+        if "error" in reply:
+            return None
+        m = reply["message"]
+        return m["subject"], base64.b64decode(m.get("data", ""))
+
+    def event_records(self, first=1):
+        """(seq, by_position) of every event record in the partition messages from seq
+        first on: a message body is records, each a u32 length and an evrec whose event
+        word (after the u64 arrival ms) has bit 31 set when its fields go by position."""
+        out, seq = [], first
+        while True:
+            m = self.get(seq)
+            if m is None:
+                return out
+            subject, data = m
+            if ".p." in subject:
+                off = 0
+                while off < len(data):
+                    n, = struct.unpack_from("<I", data, off)
+                    word, = struct.unpack_from("<I", data, off + 4 + 8)
+                    out.append((seq, bool(word & 0x80000000)))
+                    off += 4 + n
+            seq += 1
+
+    def close(self):
+        self.sock.close()
 
 
 def metric(b, name):
@@ -700,6 +777,47 @@ class ClusterTest(unittest.TestCase):
         for b in c.nodes.values():
             self.assertEqual(metric(b, "beava_cluster_apply_errors_total"), 0)
 
+    def test_record_format_by_name_until_raised(self):
+        """cluster.record_format 1 (the default) publishes every event record by field name,
+        the form builds before WAL format 2 read, so a cluster can be rolled onto a new build
+        node by node; raised to 2 on every node (a rolling restart), new records go by schema
+        position, and every node applies the mixed stream: the same rows everywhere, before
+        and after a restart that reads the whole stream again."""
+        self.cluster = c = Cluster(self.nats, partitions=8, replicas=2).start_all()
+        self.register_everywhere(c, "n1")
+        expected = {}
+        keys, ms = ["u%d" % i for i in range(30)], ["m%d" % i for i in range(5)]
+        self.push_many(c, 120, keys, ms, expected)
+        rd = StreamReader(self.nats)
+        try:
+            recs = rd.event_records()
+            self.assertGreaterEqual(len(recs), 120)     # a push touches one or two partitions
+            self.assertEqual([r for r in recs if r[1]], [], "records by position under record_format 1")
+            last = max(seq for seq, _ in recs)
+            for i in list(c.ids):                       # the raise: one node at a time
+                c.stop_one(i)
+                c.extra_env["BEAVA_CLUSTER_RECORD_FORMAT"] = "2"
+                c.start(i)
+                c.extra_env.pop("BEAVA_CLUSTER_RECORD_FORMAT")
+            c.extra_env["BEAVA_CLUSTER_RECORD_FORMAT"] = "2"
+            self.push_many(c, 120, keys, ms, expected, rng=random.Random(2))
+            newer = rd.event_records(last + 1)
+            self.assertGreaterEqual(len(newer), 120)
+            self.assertEqual([r for r in newer if not r[1]], [], "records by name under record_format 2")
+        finally:
+            rd.close()
+        for b in c.nodes.values():
+            self.check_reads(b, expected)
+            self.assertEqual(metric(b, "beava_cluster_apply_errors_total"), 0)
+        # a node that starts over from the stream alone reads both forms
+        c.kill("n3")
+        c.dirs["n3"].cleanup()
+        c.dirs["n3"] = tempfile.TemporaryDirectory(prefix="beava-node-")
+        b3 = c.start("n3")
+        wait_for(lambda: b3.admin("GET", "/ready")[0] == 200, timeout=60, what="n3 ready")
+        self.check_reads(b3, expected)
+        self.assertEqual(metric(b3, "beava_cluster_apply_errors_total"), 0)
+
     def run_beava(self, env, timeout=30):
         full = dict(os.environ)
         full.update({"BEAVA_LISTEN_ADDR": "127.0.0.1:0", "BEAVA_ADMIN_ADDR": "127.0.0.1:0", "BEAVA_TCP_PORT": "0"})
@@ -717,6 +835,9 @@ class ClusterTest(unittest.TestCase):
         rc, out = self.run_beava(dict(base, BEAVA_CLUSTER_NODE_ID="n7"))
         self.assertNotEqual(rc, 0)
         self.assertIn("cluster.node_id 'n7' is not one of cluster.nodes", out)
+        rc, out = self.run_beava(dict(base, BEAVA_CLUSTER_NODE_ID="n1", BEAVA_CLUSTER_RECORD_FORMAT="3"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("BEAVA_CLUSTER_RECORD_FORMAT: 3 is out of range [1, 2]", out)
         rc, out = self.run_beava(dict(base, BEAVA_CLUSTER_NODE_ID="n1", BEAVA_CLUSTER_NATS_URL="nats://127.0.0.1:1"))
         self.assertNotEqual(rc, 0)
         self.assertIn("cannot connect to NATS at nats://127.0.0.1:1", out)

@@ -151,6 +151,10 @@ static const config_key config_keys[] = {
       0, 1, 1048576, "largest partition snapshot fetched from a peer, in MiB (default 1024)" },
     { "cluster.publish_timeout_ms", "BEAVA_CLUSTER_PUBLISH_TIMEOUT_MS", NULL, KT_U32, OFF(cluster_publish_timeout_ms), 0,
       100, 600000, "wait this long for JetStream to acknowledge a publish (default 5000)" },
+    { "cluster.record_format", "BEAVA_CLUSTER_RECORD_FORMAT", NULL, KT_U32, OFF(cluster_record_format), 0, 1, 2,
+      "event records published to the stream: 1 = fields by name, read by every build (default); 2 = fields by "
+      "schema position, about half the bytes, read only by builds with WAL format 2: set it once every node "
+      "runs one (README \"Cluster\")" },
     { "cluster.read_wait_ms", "BEAVA_CLUSTER_READ_WAIT_MS", NULL, KT_U32, OFF(cluster_read_wait_ms), 0, 0, 600000,
       "a get waits this long for the partition's owner to catch up with the stream (default 2000; 0 = read the "
       "owner as it is)" },
@@ -239,6 +243,7 @@ void config_defaults(bv_config *c) {
     c->cluster_stream_replicas = 1;
     c->cluster_publish_timeout_ms = 5000;
     c->cluster_read_wait_ms = 2000;
+    c->cluster_record_format = 1;
     c->cluster_peer_snapshot_max_mb = 1024;
 }
 

@@ -87,6 +87,7 @@ typedef struct bv_config {
     char cluster_advertise_data[CONFIG_ADDR_MAX];   /* "" = the bound HTTP address */
     uint32_t cluster_peer_snapshot_max_mb;          /* 1024: cap of a peer's partition snapshot */
     uint32_t cluster_publish_timeout_ms;            /* 5000: JetStream ack wait per publish */
+    uint32_t cluster_record_format;                 /* 1: event records by name; 2: by schema position */
     uint32_t cluster_read_wait_ms;                  /* 2000: a get waits this long for its owner to
                                                      * catch up (503 not_caught_up); 0 = relaxed */
     char cluster_creds_file[PATH_MAX];              /* "" = no NATS credentials */

@@ -221,6 +221,7 @@ void cluster_engine_ops(cluster *c, engine_wal_ops *wal, engine_log_backend *lb)
     lb->registry_catch_up = clapply_reg_catch_up;
     lb->registry_catch_up_push = clapply_reg_catch_up_push;
     lb->reset = clpub_reset;
+    lb->records_by_name = c->cfg->cluster_record_format < 2;
     lb->ctx = c;
 }
 

@@ -104,6 +104,9 @@ typedef struct engine_log_backend {
     /* A reset (test mode checked): the backend orders it with the events in its log and
      * applies it (through engine_replay) itself; returns the HTTP status, body in out. */
     int (*reset)(void *ctx, bv_buf *out);
+    /* Event records handed to publish name every field by name (evrec.h), the form every
+     * build reads, instead of by schema position: nodes of older builds may read the log. */
+    bool records_by_name;
     void *ctx;
 } engine_log_backend;
 

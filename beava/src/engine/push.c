@@ -932,10 +932,10 @@ again:
         if (e->opt.wal.append) {          /* encode the WAL record here, outside the sequencer */
             is->rec_off = st->rec.len;
             /* fields by schema position when the shape memo describes the row (distinct
-             * schema fields), else by name */
+             * schema fields) and the log's readers all read that form, else by name */
             evrec_pos pos = { is->ev->prefix_fp[is->ev->schema.n], (uint32_t)is->ev->schema.n, st->shape_pos };
-            evrec_encode(now, is->ev->name, strlen(is->ev->name), it->row, st->shape_row == it->row ? &pos : NULL,
-                         &st->rec);
+            bool by_pos = st->shape_row == it->row && !e->opt.log.records_by_name;
+            evrec_encode(now, is->ev->name, strlen(is->ev->name), it->row, by_pos ? &pos : NULL, &st->rec);
             is->rec_len = st->rec.len - is->rec_off;
         }
         any_valid = true;
