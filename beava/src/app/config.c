@@ -80,7 +80,7 @@ static const config_key config_keys[] = {
     { "memory_gov_enforce", "BEAVA_MEMORY_GOV_ENFORCE", NULL, KT_ENV_GOV, OFF(memory_gov_enforce), 0, 0, 0,
       "reject unbounded lifetime operators at register (default on; env \"0\" = off)" },
     { "shards", "BEAVA_SHARDS", "--shards", KT_U32, OFF(shards), 0, 0, 256,
-      "apply shards (default 0 = number of cores)" },
+      "apply shards (default 0 = two per core)" },
     { "shard_queue", "BEAVA_SHARD_QUEUE", NULL, KT_U32, OFF(shard_queue), 0, 16, 1u << 20,
       "tasks queued per shard before pushes get 503 overloaded (default 4096)" },
     { "io_threads", "BEAVA_IO_THREADS", "--io-threads", KT_U32, OFF(io_threads), 0, 0, 256,
@@ -627,7 +627,7 @@ void config_usage(FILE *out) {
           "                         (env BEAVA_ACCEPT_DATA_LOSS)\n"
           "  --test-mode            enable POST /reset (env BEAVA_TEST_MODE=1)\n"
           "  --durability MODE      batch|sync (env BEAVA_DURABILITY, default batch)\n"
-          "  --shards N             apply shards (env BEAVA_SHARDS, default: cores)\n"
+          "  --shards N             apply shards (env BEAVA_SHARDS, default: two per core)\n"
           "  --io-threads N         I/O threads (env BEAVA_IO_THREADS)\n"
           "  --http-threads N       HTTP data-plane I/O threads (env BEAVA_HTTP_THREADS, default: cores)\n"
           "  --log-level LEVEL      trace|debug|info|warn|error (env BEAVA_LOG_LEVEL)\n"

@@ -51,7 +51,7 @@ typedef struct bv_config {
     bool accept_data_loss;               /* recover past missing WAL records (logged) */
     bool test_mode;
     bool memory_gov_enforce;
-    int shards;                          /* 0 = number of cores */
+    int shards;                          /* 0 = two per core */
     int io_threads;                      /* 0 = automatic */
     uint32_t shard_queue;                /* tasks queued per shard before 503 overloaded */
     bv_durability durability;
