@@ -4,6 +4,7 @@ one shard, reads see every acknowledged write from any connection, and a stalled
 turns into 503 overloaded (bounded queues) instead of unbounded memory, with nothing
 half-applied and everything queued applied once the shard resumes."""
 import json
+import os
 import threading
 import time
 import unittest
@@ -43,6 +44,11 @@ class Shards(unittest.TestCase):
             rows = b.call("POST", "/batch_get", {"requests": [{"table": "ByKey", "key": "k%d" % i} for i in range(64)]})[1]
             self.assertEqual(sum(r["n"] for r in rows["results"]), 200)
             self.assertEqual(b.get("All", "")[1], {"total": 200})
+
+    def test_default_is_two_shards_per_core(self):
+        with Beava(test_mode=True) as b:
+            metrics = b.admin("GET", "/metrics")[2].decode()
+            self.assertIn("beava_shards %d\n" % min(2 * os.cpu_count(), 256), metrics)
 
     def test_read_your_writes_across_connections(self):
         with Beava(args=["--shards", "3"]) as a:
