@@ -23,6 +23,7 @@
 #define DISTINCT_SORTED_MIN_CAP 4
 #define DISTINCT_TABLE_MIN_CAP 64       /* a power of two holding DISTINCT_SORTED_MAX + 1 */
 #define DISTINCT_LINE 64                /* cache line: prefetch granularity */
+#define DISTINCT_LINE_SLOTS (DISTINCT_LINE / 8 - 1)   /* slot index bits within a line */
 
 static bool is_inline(const distinct *d) { return d->n == 1 && d->cap == 0; }
 static bool is_table(const distinct *d) { return d->n != DISTINCT_HLL && d->n > DISTINCT_SORTED_MAX; }
@@ -218,7 +219,13 @@ void distinct_prefetch(const distinct *d, uint64_t hash) {
         hll_prefetch(d->p, hash);
     } else if (is_table(d)) {
         const uint64_t *t = d->p;
-        __builtin_prefetch(hash ? &t[(uint32_t)(hash >> 32) & (d->cap - 1)] : &t[d->cap]);
+        if (!hash) {
+            __builtin_prefetch(&t[d->cap]);
+        } else {                                /* the home slot and the line after it */
+            uint32_t i = (uint32_t)(hash >> 32) & (d->cap - 1);
+            __builtin_prefetch(&t[i]);
+            __builtin_prefetch(&t[((i | DISTINCT_LINE_SLOTS) + 1) & (d->cap - 1)]);
+        }
     } else if (d->n > 1) {                     /* the sorted array: at most 4 lines */
         const char *a = d->p;
         for (size_t off = 0; off < (size_t)d->n * sizeof(uint64_t); off += DISTINCT_LINE)

@@ -41,8 +41,12 @@ static uint32_t slot_value(const valmap *m, uint32_t ix, uint64_t h) {
 }
 
 void vm_prefetch(const valmap *m, uint64_t h) {
-    if (m->idx) __builtin_prefetch(&m->idx[(uint32_t)h & (icap_for(m->cap) - 1)]);
-    else if (m->e) __builtin_prefetch(m->e);
+    if (m->idx) {
+        __builtin_prefetch(&m->idx[(uint32_t)h & (icap_for(m->cap) - 1)]);
+        if (m->n < m->cap) __builtin_prefetch(&m->e[m->n]);      /* where a new key goes */
+    } else if (m->e) {
+        __builtin_prefetch(m->e);
+    }
 }
 
 vm_entry *vm_find(const valmap *m, const bv_value *key, uint64_t h) {
