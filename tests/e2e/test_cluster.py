@@ -203,21 +203,21 @@ class StreamReader:
         while self.line() != b"PONG":
             pass
 
-    def line(self):
-        while b"\r\n" not in self.buf:
+    def fill(self, enough):
+        while not enough():
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise AssertionError("NATS closed the connection")
             self.buf += chunk
+
+    def line(self):
+        self.fill(lambda: b"\r\n" in self.buf)
         ln, self.buf = self.buf.split(b"\r\n", 1)
         return ln
 
     def exact(self, n):
-        while len(self.buf) < n + 2:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise AssertionError("NATS closed the connection")
-            self.buf += chunk
+        """n payload bytes and the CRLF after them."""
+        self.fill(lambda: len(self.buf) >= n + 2)
         out, self.buf = self.buf[:n], self.buf[n + 2:]
         return out
 

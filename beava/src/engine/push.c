@@ -71,7 +71,8 @@ typedef struct push_part {
     size_t nfeatures, row_size;
     void *stores;
     const bv_row *row;            /* the item's row (the caller's) */
-    bv_row chained;               /* chain output (fields malloc'd, from the batch's spares) */
+    bv_row chained;               /* chain output; its field array (malloc'd) stays with the
+                                   * slot of st->parts for the next part made there */
     bool has_chain;               /* features read `chained`, not `row` (parts move while
                                    * the array grows, so no pointer to it is kept) */
     const char *key;
@@ -114,11 +115,6 @@ struct push_batch_state {
     push_batch_state *defer_next; /* on the register gate's deferred list (seq_mu) */
     size_t rejected, too_long;    /* counted by this submission (undone if it is deferred) */
     bv_buf rec;                   /* WAL record scratch */
-    /* chain output rows (malloc'd fields, n = 0) kept from earlier batches: a part with a
-     * prefix chain takes one, and gives it back when the batch is reused (no allocation per
-     * part once the batch state has seen as many) */
-    bv_row *spare_rows;
-    size_t nspare, spare_cap;
     registry *reg;                /* the version validated against (pinned, or recovery's) */
     bool apply_filter;            /* cluster apply batch: parts pass log.keep_part */
     const ev_desc *last_ev;       /* find_event_cached */
@@ -150,36 +146,11 @@ void engine_batch_init(engine_batch *b) {
     memset(b, 0, sizeof *b);
 }
 
-/* Keep a part's chain output row for a later part (or free it if it has none). */
-static void spare_row_put(push_batch_state *st, bv_row *r) {
-    if (!r->cap) return;
-    if (st->nspare == st->spare_cap) {
-        size_t cap = st->spare_cap ? st->spare_cap * 2 : 16;
-        bv_row *a = realloc(st->spare_rows, cap * sizeof *a);
-        if (!a) {                                 /* keep nothing rather than fail */
-            free(r->fields);
-            *r = (bv_row){ 0 };
-            return;
-        }
-        st->spare_rows = a;
-        st->spare_cap = cap;
-    }
-    st->spare_rows[st->nspare++] = (bv_row){ r->fields, 0, r->cap };
-    *r = (bv_row){ 0 };
-}
-
-static void state_clear_parts(push_batch_state *st) {
-    for (size_t i = 0; i < st->nparts; i++) spare_row_put(st, &st->parts[i].chained);
-    st->nparts = 0;
-}
-
 void engine_batch_free(engine_batch *b) {
     push_batch_state *st = b->priv;
     if (!st) return;
-    state_clear_parts(st);
+    for (size_t i = 0; i < st->parts_cap; i++) free(st->parts[i].chained.fields);
     free(st->parts);
-    for (size_t i = 0; i < st->nspare; i++) free(st->spare_rows[i].fields);
-    free(st->spare_rows);
     arena_free(&st->ar);
     bv_buf_free(&st->rec);
     free(st);
@@ -195,7 +166,7 @@ static push_batch_state *state_for(engine *e, engine_batch *b) {
         bv_buf_init(&st->rec);
         b->priv = st;
     }
-    state_clear_parts(st);
+    st->nparts = 0;               /* each slot keeps its chain row's array (part_new) */
     arena_reset(&st->ar);
     st->b = b;
     st->e = e;
@@ -225,11 +196,16 @@ static push_part *part_new(push_batch_state *st) {
         size_t cap = st->parts_cap ? st->parts_cap * 2 : 64;
         push_part *p = realloc(st->parts, cap * sizeof *p);
         if (!p) abort();
+        memset(p + st->parts_cap, 0, (cap - st->parts_cap) * sizeof *p);
         st->parts = p;
         st->parts_cap = cap;
     }
+    /* a slot keeps the field array of the chain row made there before: a part with a
+     * prefix chain reuses it (chain_apply grows it when needed), no allocation per part */
     push_part *p = &st->parts[st->nparts++];
+    bv_row keep = { p->chained.fields, 0, p->chained.cap };
     memset(p, 0, sizeof *p);
+    p->chained = keep;
     p->st = st;
     return p;
 }
@@ -543,9 +519,7 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
         if (!chain_is_empty(t->prefix)) {
             expr_arena *xa = arena_alloc(&st->ar, sizeof *xa);
             expr_arena_reset(xa);
-            if (st->nspare) pp->chained = st->spare_rows[--st->nspare];
             if (!chain_apply(t->prefix, row, &pp->chained, xa)) {   /* filtered out */
-                spare_row_put(st, &pp->chained);
                 st->nparts--;
                 continue;
             }
@@ -558,13 +532,11 @@ static void build_parts(engine *e, push_batch_state *st, item_state *is, const b
                 atomic_fetch_add_explicit(&e->keys_too_long, 1, memory_order_relaxed);
                 st->too_long++;
             }
-            spare_row_put(st, &pp->chained);
             st->nparts--;
             continue;
         }
         if (st->apply_filter && !e->opt.log.keep_part(e->opt.log.ctx, t->name, key, (size_t)klen)) {
-            spare_row_put(st, &pp->chained);  /* cluster apply: another partition's part */
-            st->nparts--;
+            st->nparts--;                     /* cluster apply: another partition's part */
             continue;
         }
         pp->t = t;

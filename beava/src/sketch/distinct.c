@@ -23,7 +23,7 @@
 #define DISTINCT_SORTED_MIN_CAP 4
 #define DISTINCT_TABLE_MIN_CAP 64       /* a power of two holding DISTINCT_SORTED_MAX + 1 */
 #define DISTINCT_LINE 64                /* cache line: prefetch granularity */
-#define DISTINCT_LINE_SLOTS (DISTINCT_LINE / 8 - 1)   /* slot index bits within a line */
+#define DISTINCT_LINE_MASK (DISTINCT_LINE / 8 - 1)    /* a slot's index bits within its line */
 
 static bool is_inline(const distinct *d) { return d->n == 1 && d->cap == 0; }
 static bool is_table(const distinct *d) { return d->n != DISTINCT_HLL && d->n > DISTINCT_SORTED_MAX; }
@@ -224,7 +224,7 @@ void distinct_prefetch(const distinct *d, uint64_t hash) {
         } else {                                /* the home slot and the line after it */
             uint32_t i = (uint32_t)(hash >> 32) & (d->cap - 1);
             __builtin_prefetch(&t[i]);
-            __builtin_prefetch(&t[((i | DISTINCT_LINE_SLOTS) + 1) & (d->cap - 1)]);
+            __builtin_prefetch(&t[((i | DISTINCT_LINE_MASK) + 1) & (d->cap - 1)]);
         }
     } else if (d->n > 1) {                     /* the sorted array: at most 4 lines */
         const char *a = d->p;

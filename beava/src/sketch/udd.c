@@ -28,8 +28,7 @@ static int32_t floor_half(int32_t k, uint32_t shift) {
 }
 
 udd *udd_new(void) {
-    udd *u = bv_xcalloc_written(1, sizeof *u);
-    return u;
+    return bv_xcalloc(1, sizeof(udd));
 }
 
 void udd_free(udd *u) {
