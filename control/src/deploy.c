@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
+#define INSTANCE_EXIT_WAIT_MS 1000 /* how long a dead instance's processes may take to end */
 
 /* ---- records -------------------------------------------------------------------------- */
 
@@ -1818,29 +1819,27 @@ void deploy_recover(struct ctl_ctx *ctx) {
 }
 
 /* The exit status of a dead instance: reaped already into exits, or reaped here (the
- * server, or bwrap's monitor which exits with its child's status). NULL when unknown (a
+ * server, or bwrap's monitor which exits with its child's status) once its processes have
+ * ended (runtime_wait_ended: a pidfd, up to INSTANCE_EXIT_WAIT_MS). NULL when unknown (a
  * server started by an earlier daemon is not our child). */
 static char *instance_exit(json_t *inst, json_t *exits) {
     const char *keys[] = { "monitor_pid", "pid" };
-    for (int round = 0; round < 10; round++) {
-        for (int k = 0; k < 2; k++) {
-            json_int_t pid = json_integer_value(json_object_get(inst, keys[k]));
-            if (pid <= 0) continue;
-            char key[24];
-            snprintf(key, sizeof key, "%lld", (long long)pid);
-            json_t *st = json_object_get(exits, key);
-            if (st) {
-                int ws = (int)json_integer_value(st);
-                /* bwrap's monitor exits with 128 + N when its child was killed by signal N */
-                char *t = k == 0 && WIFEXITED(ws) && WEXITSTATUS(ws) > 128
-                    ? ctl_asprintf("killed by signal %d (%s)", WEXITSTATUS(ws) - 128, strsignal(WEXITSTATUS(ws) - 128))
-                    : runtime_exit_text(ws);
-                json_object_del(exits, key);
-                return t;
-            }
-        }
-        runtime_reap(exits);
-        if (round < 9) usleep(100000);
+    runtime_wait_ended(inst, INSTANCE_EXIT_WAIT_MS);
+    runtime_reap(exits);
+    for (int k = 0; k < 2; k++) {
+        json_int_t pid = json_integer_value(json_object_get(inst, keys[k]));
+        if (pid <= 0) continue;
+        char key[24];
+        snprintf(key, sizeof key, "%lld", (long long)pid);
+        json_t *st = json_object_get(exits, key);
+        if (!st) continue;
+        int ws = (int)json_integer_value(st);
+        /* bwrap's monitor exits with 128 + N when its child was killed by signal N */
+        char *t = k == 0 && WIFEXITED(ws) && WEXITSTATUS(ws) > 128
+            ? ctl_asprintf("killed by signal %d (%s)", WEXITSTATUS(ws) - 128, strsignal(WEXITSTATUS(ws) - 128))
+            : runtime_exit_text(ws);
+        json_object_del(exits, key);
+        return t;
     }
     return NULL;
 }

@@ -706,6 +706,17 @@ bool runtime_alive(const struct ctl_config *cfg, json_t *instance) {
                      json_integer_value(json_object_get(instance, "pid_start")));
 }
 
+void runtime_wait_ended(json_t *instance, int64_t timeout_ms) {
+    int64_t deadline = ctl_mono_ms() + timeout_ms;
+    pid_t pid = (pid_t)json_integer_value(json_object_get(instance, "pid"));
+    pid_t monitor = (pid_t)json_integer_value(json_object_get(instance, "monitor_pid"));
+    /* the server first (its start time tells a reused pid apart), then bwrap's monitor,
+     * which ends right after its child */
+    if (pid > 0) wait_gone(pid, json_integer_value(json_object_get(instance, "pid_start")), timeout_ms);
+    int64_t left = deadline - ctl_mono_ms();
+    if (monitor > 0 && left > 0) wait_gone(monitor, 0, left);
+}
+
 int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, char *err) {
     const char *kind = json_string_value(json_object_get(instance, "runtime"));
     if (how) *how = NULL;

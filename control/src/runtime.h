@@ -54,6 +54,9 @@ bool runtime_alive(const struct ctl_config *cfg, json_t *instance);
  * recorded the instance (one still starting holds no LOCK yet). Returns how many. */
 #define RUNTIME_MARK "BEAVACTL_INSTANCE_OF"
 int runtime_kill_unrecorded(const struct ctl_config *cfg, pid_t keep);
+/* Wait up to timeout_ms for an instance's processes (the server, bwrap's monitor) to
+ * end, without polling (pidfd); zombies are left for runtime_reap. */
+void runtime_wait_ended(json_t *instance, int64_t timeout_ms);
 /* Reap exited children (call periodically from the daemon). exits (optional): an object
  * that gets "<pid>": wait status for each. */
 void runtime_reap(json_t *exits);
