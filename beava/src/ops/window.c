@@ -7,7 +7,7 @@
  * feature never sees (a `where` always false for it) holds 16 + state_size zero bytes
  * instead of one NULL pointer. Buckets 1..63 live in one allocation, header + cap
  * entries of `stride` bytes (an int64 epoch followed by the kind's fixed state), grown
- * by doubling from 1 up to 63. The tag's low bit says a bucket exists; the rest is that
+ * by doubling from WINDOW_FIRST_SPILL up to 63. The tag's low bit says a bucket exists; the rest is that
  * list (malloc alignment keeps the bit free). Bucket indexes (0 inline, then the list)
  * keep creation order and recycling happens in place, exactly as when every bucket
  * lived in the list: snapshots and merges see the same order. Inner states are position
@@ -20,6 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include "codec.h"
+
+/* Room of the list's first allocation. 2 rather than 1: fraud-team (beava-apply-bench, 300k
+ * events) ran 0.55 % fewer instructions, with 0.3 % less RSS (a 1-entry block and its
+ * first realloc left heap holes); 4 and 8 cost 2.4 % and 13 % more RSS. */
+#define WINDOW_FIRST_SPILL 2
 
 typedef struct win {
     uint32_t n, cap;          /* buckets 1.. held here / room */
@@ -119,7 +124,7 @@ static void *bucket_for(const feature *f, wfix *x, int64_t e, op_stats *stats) {
         return st;
     }
     if (!m || m->n == m->cap) {
-        uint32_t cap = m ? m->cap * 2 : 1;
+        uint32_t cap = m ? m->cap * 2 : WINDOW_FIRST_SPILL;
         if (cap > WINDOW_MAX_BUCKETS - 1) cap = WINDOW_MAX_BUCKETS - 1;
         win *nw = realloc(m, sizeof *nw + (size_t)cap * stride);
         if (!nw) abort();
