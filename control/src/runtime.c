@@ -585,9 +585,11 @@ int runtime_start(const struct ctl_config *cfg, const struct rt_start *s, json_t
     wait_gone(server, 0, RUNTIME_EXEC_FAIL_WAIT_MS);
     char ts[40];
     ctl_iso_time(ctl_now_ms(), ts, sizeof ts);
-    *instance = json_pack("{s:s,s:s,s:I,s:I,s:I,s:s,s:s}", "runtime", kind, "digest", s->digest ? s->digest : "", "pid",
-                          (json_int_t)server, "pid_start", (json_int_t)proc_starttime(server, NULL), "monitor_pid",
-                          (json_int_t)monitor, "log", s->log_path, "started", ts);
+    *instance =
+        json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:s,s:s}", "runtime", kind, "digest", s->digest ? s->digest : "", "pid",
+                  (json_int_t)server, "pid_start", (json_int_t)proc_starttime(server, NULL), "monitor_pid",
+                  (json_int_t)monitor, "monitor_start", (json_int_t)(monitor > 0 ? proc_starttime(monitor, NULL) : 0),
+                  "log", s->log_path, "started", ts);
     json_object_set_new(*instance, "log_offset", json_integer(log_offset));
     if (nl > 0) {
         json_t *names = json_array();
@@ -710,11 +712,12 @@ void runtime_wait_ended(json_t *instance, int64_t timeout_ms) {
     int64_t deadline = ctl_mono_ms() + timeout_ms;
     pid_t pid = (pid_t)json_integer_value(json_object_get(instance, "pid"));
     pid_t monitor = (pid_t)json_integer_value(json_object_get(instance, "monitor_pid"));
-    /* the server first (its start time tells a reused pid apart), then bwrap's monitor,
-     * which ends right after its child */
+    /* the server first, then bwrap's monitor, which ends right after its child; their start
+     * times tell a reused pid apart (an instance recorded without one: any process) */
     if (pid > 0) wait_gone(pid, json_integer_value(json_object_get(instance, "pid_start")), timeout_ms);
     int64_t left = deadline - ctl_mono_ms();
-    if (monitor > 0 && left > 0) wait_gone(monitor, 0, left);
+    if (monitor > 0 && left > 0)
+        wait_gone(monitor, json_integer_value(json_object_get(instance, "monitor_start")), left);
 }
 
 int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, char *err) {
@@ -741,7 +744,8 @@ int runtime_stop(const struct ctl_config *cfg, json_t *instance, json_t **how, c
         }
     }
     /* bwrap's monitor exits when its child does; make sure, then reap. */
-    if (monitor > 0 && !wait_gone(monitor, 0, RUNTIME_MONITOR_WAIT_MS)) kill(monitor, SIGKILL);
+    long long monitor_start = json_integer_value(json_object_get(instance, "monitor_start"));
+    if (monitor > 0 && !wait_gone(monitor, monitor_start, RUNTIME_MONITOR_WAIT_MS)) kill(monitor, SIGKILL);
     runtime_reap(NULL);
     if (pid_alive(pid, start)) return ctl_errf(err, "pid %d survived SIGKILL", (int)pid);
     if (how)

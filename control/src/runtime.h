@@ -3,8 +3,10 @@
  *
  * A running server is described by an "instance" JSON object, persisted by the caller in
  * state_dir/instance.json so a restarted daemon can find, probe and stop it:
- *   {"runtime","digest","pid","pid_start","monitor_pid","log","started","unit"}
- * pid_start (the kernel start time of pid) guards against pid reuse; log_offset is the size
+ *   {"runtime","digest","pid","pid_start","monitor_pid","monitor_start","log","started","unit"}
+ * pid_start and monitor_start (the kernel start times of pid and of bwrap's monitor) guard
+ * against pid reuse (a record without monitor_start, from an older daemon, matches any
+ * process with that pid); log_offset is the size
  * of the log before this server was started (what it wrote comes after).
  *
  * Servers are not children that die with the daemon: they run in their own session and
