@@ -248,8 +248,9 @@ struct http_server {
     pthread_mutex_t slots_mu;
     push_slot *free_slots;
     unsigned nfree_slots;
-    _Atomic unsigned inflight;         /* pushes the engine answers later */
+    _Atomic unsigned inflight;         /* pushes submitted to the engine, not yet answered */
     _Atomic bool draining;             /* http_stop waits for inflight to reach 0 */
+    _Atomic bool closing;              /* http_stop: no push is submitted any more (503) */
     _Atomic uint32_t open_here;        /* admitted connections (see admit) */
     pthread_mutex_t flight_mu;
     pthread_cond_t flight_cv;
@@ -936,12 +937,20 @@ static void slot_put(http_server *s, push_slot *p) {
     if (!keep) slot_free(p);
 }
 
+/* A push submitted to the engine is answered. Counted down under flight_mu: http_stop
+ * reads the count under it, so it cannot see zero (and free the server) while a
+ * completing thread is still between the decrement and its wake-up of http_stop. */
 static void flight_end(http_server *s) {
-    if (atomic_fetch_sub(&s->inflight, 1) == 1 && atomic_load(&s->draining)) {
-        pthread_mutex_lock(&s->flight_mu);
-        pthread_cond_broadcast(&s->flight_cv);
-        pthread_mutex_unlock(&s->flight_mu);
-    }
+    pthread_mutex_lock(&s->flight_mu);
+    if (atomic_fetch_sub(&s->inflight, 1) == 1 && atomic_load(&s->draining)) pthread_cond_broadcast(&s->flight_cv);
+    pthread_mutex_unlock(&s->flight_mu);
+}
+
+/* http_stop: wait until every push submitted to the engine is answered. */
+static void flight_wait_zero(http_server *s) {
+    pthread_mutex_lock(&s->flight_mu);
+    while (atomic_load(&s->inflight) > 0) pthread_cond_wait(&s->flight_cv, &s->flight_mu);
+    pthread_mutex_unlock(&s->flight_mu);
 }
 
 /* The engine's completion of an asynchronous push (a shard or fsync thread). */
@@ -991,8 +1000,15 @@ static enum MHD_Result do_push(http_server *s, struct MHD_Connection *c, req_ctx
     rc->conn = c;
     atomic_store(&rc->state, REQ_SUBMITTED);
     atomic_fetch_add(&s->inflight, 1);
+    /* counted before the check, so http_stop's wait after it sets `closing` sees this push
+     * whenever this check did not see `closing` */
+    if (atomic_load(&s->closing)) {
+        flight_end(s);
+        atomic_store(&rc->state, REQ_RECEIVING);
+        return send_error_opt(c, 503, "overloaded", "reason", "the server is stopping; retry", true);
+    }
     if (engine_push_submit(s->deps.eng, &p->batch)) {            /* answered at once */
-        atomic_fetch_sub(&s->inflight, 1);
+        flight_end(s);
         atomic_store(&rc->state, REQ_RECEIVING);
         bv_buf out;
         bv_buf_init(&out);
@@ -1710,9 +1726,7 @@ void http_stop(http_server *s) {
     workpool_stop(s->jobs);
     /* and every push the engine still owes an answer (it must be answered and resumed) */
     atomic_store(&s->draining, true);
-    pthread_mutex_lock(&s->flight_mu);
-    while (atomic_load(&s->inflight) > 0) pthread_cond_wait(&s->flight_cv, &s->flight_mu);
-    pthread_mutex_unlock(&s->flight_mu);
+    flight_wait_zero(s);
     /* requests still being received or answered get HTTP_DRAIN_MS to finish (their answers
      * say Connection: close), so a replaced server drops no request it has taken. Every
      * connection the acceptor handed over is counted (admit), including one no I/O thread
@@ -1724,6 +1738,11 @@ void http_stop(http_server *s) {
     while (s->daemon && atomic_load(&s->open_here) > 0)
         if (pthread_cond_timedwait(&s->flight_cv, &s->flight_mu, &until) != 0) break;
     pthread_mutex_unlock(&s->flight_mu);
+    /* pushes taken during the drain may still wait for the engine (a sync push for its
+     * fsync): libmicrohttpd must not stop with their requests suspended, nor may their
+     * completions outlive this struct. From here on a push is refused (503, close). */
+    atomic_store(&s->closing, true);
+    flight_wait_zero(s);
     if (s->daemon) MHD_stop_daemon(s->daemon);
     workpool_free(s->jobs);
     if (s->reaper_started) {
