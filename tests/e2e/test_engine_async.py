@@ -66,12 +66,23 @@ def push_frame(user, n=1, op=0x0010):
     return frame(op, 1, json.dumps({"event": "Click", "body": {"user": user, "n": n}}).encode())
 
 
+def admin_metrics(b):
+    """The admin /metrics as {name (with labels): value text}."""
+    text = b.raw("GET", "/metrics", which="admin")[2].decode()
+    return dict(l.split(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))
+
+
+def metric(b, name):
+    """One /metrics value as a number, or None when absent."""
+    v = admin_metrics(b).get(name)
+    return None if v is None else float(v)
+
+
 def wait_wal_durable(b, timeout=30):
     """Until every WAL record the server wrote is durable (its /metrics say so), at most timeout s."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        text = b.raw("GET", "/metrics", which="admin")[2].decode()
-        m = dict(l.split(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))
+        m = admin_metrics(b)
         if m.get("beava_wal_durable_lsn") == m.get("beava_wal_records_total"):
             return
         time.sleep(0.05)
@@ -82,9 +93,7 @@ def versions_retained(b, timeout=10):
     by the sweeper), or its value after timeout s."""
     deadline = time.time() + timeout
     while True:
-        text = b.raw("GET", "/metrics", which="admin")[2].decode()
-        m = dict(l.split(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))
-        v = m.get("beava_registry_versions_retained")
+        v = admin_metrics(b).get("beava_registry_versions_retained")
         if v == "1" or time.time() >= deadline:
             return v
         time.sleep(0.05)
@@ -770,14 +779,6 @@ class CostlyBatch(unittest.TestCase):
             self.run_concurrent(b, addr, 4, "", 1500, 17, 11)
 
 
-def tcp_open_connections(b):
-    text = b.raw("GET", "/metrics", which="admin")[2].decode()
-    for line in text.splitlines():
-        if line.startswith("beava_tcp_connections_open "):
-            return int(line.split()[1])
-    return None
-
-
 class ManyConnections(unittest.TestCase):
     def test_burst_of_connections_spread_over_io_threads_all_served_in_order(self):
         with Beava(test_mode=True, args=["--io-threads", "2", "--shards", "2"]) as b:
@@ -788,9 +789,9 @@ class ManyConnections(unittest.TestCase):
                 cheap.run_concurrent(b, addr, 12, "r%d" % rnd, 2000, 13, 7)
             # every connection was closed by its client: none is left counted
             deadline = time.time() + 10
-            while tcp_open_connections(b) != 0 and time.time() < deadline:
+            while metric(b, "beava_tcp_connections_open") != 0 and time.time() < deadline:
                 time.sleep(0.05)
-            self.assertEqual(tcp_open_connections(b), 0)
+            self.assertEqual(metric(b, "beava_tcp_connections_open"), 0)
 
 
 def pipelined_both_ways(c, event, cases):
@@ -938,13 +939,6 @@ ORDER_PIPE = {"nodes": [
 HTTP_DRAIN_S = 3.0
 
 
-def http_metric(b, name):
-    for line in b.raw("GET", "/metrics", which="admin")[2].decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split(" ", 1)[1])
-    return None
-
-
 class StopWithPushInFlight(unittest.TestCase):
     def test_push_waiting_for_its_shard_at_stop_is_answered(self):
         with Beava(test_mode=True, args=["--shards", "2"]) as b:
@@ -959,9 +953,9 @@ class StopWithPushInFlight(unittest.TestCase):
                 s.sendall(b"POST /push HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                           b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
                 deadline = time.time() + 10
-                while http_metric(b, "beava_http_requests_suspended") != 1 and time.time() < deadline:
+                while metric(b, "beava_http_requests_suspended") != 1 and time.time() < deadline:
                     time.sleep(0.02)
-                self.assertEqual(http_metric(b, "beava_http_requests_suspended"), 1)
+                self.assertEqual(metric(b, "beava_http_requests_suspended"), 1)
                 b.proc.send_signal(signal.SIGTERM)
                 # past the drain (the push's own connection keeps it going to the end): the
                 # stop must still be waiting for this push, not have freed the listener
@@ -980,7 +974,6 @@ class StopWithPushInFlight(unittest.TestCase):
                 s.close()
             # the harness's stop checks the exit status (0) and that no sanitizer reported
             self.assertEqual(b.proc.wait(30), 0)
-
 
 
 class SyncGroupCommit(unittest.TestCase):

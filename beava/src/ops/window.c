@@ -7,8 +7,8 @@
  * feature never sees (a `where` always false for it) holds 16 + state_size zero bytes
  * instead of one NULL pointer. Buckets 1..63 live in one allocation, header + cap
  * entries of `stride` bytes (an int64 epoch followed by the kind's fixed state), grown
- * by doubling from WINDOW_FIRST_SPILL up to 63. The tag's low bit says a bucket exists; the rest is that
- * list (malloc alignment keeps the bit free). Bucket indexes (0 inline, then the list)
+ * by doubling from WINDOW_FIRST_SPILL up to 63. The tag's low bit says a bucket exists;
+ * the rest is that list (malloc alignment keeps the bit free). Bucket indexes (0 inline, then the list)
  * keep creation order and recycling happens in place, exactly as when every bucket
  * lived in the list: snapshots and merges see the same order. Inner states are position
  * independent (op.h), so realloc may move them and the engine may move the row. Finding
