@@ -249,7 +249,7 @@ struct http_server {
     push_slot *free_slots;
     unsigned nfree_slots;
     _Atomic unsigned inflight;         /* pushes submitted to the engine, not yet answered */
-    _Atomic bool draining;             /* http_stop: answers close; inflight reaching 0 wakes it */
+    _Atomic bool draining;             /* http_stop waits for inflight to reach 0 */
     _Atomic bool closing;              /* http_stop: no push is submitted any more (503) */
     _Atomic uint32_t open_here;        /* admitted connections (see admit) */
     pthread_mutex_t flight_mu;
@@ -1724,7 +1724,9 @@ void http_stop(http_server *s) {
     /* every suspended request is answered and resumed before the daemon may stop; a
      * request submitted after this runs its job inline */
     workpool_stop(s->jobs);
+    /* and every push the engine still owes an answer (it must be answered and resumed) */
     atomic_store(&s->draining, true);
+    flight_wait_zero(s);
     /* requests still being received or answered get HTTP_DRAIN_MS to finish (their answers
      * say Connection: close), so a replaced server drops no request it has taken. Every
      * connection the acceptor handed over is counted (admit), including one no I/O thread
@@ -1736,10 +1738,9 @@ void http_stop(http_server *s) {
     while (s->daemon && atomic_load(&s->open_here) > 0)
         if (pthread_cond_timedwait(&s->flight_cv, &s->flight_mu, &until) != 0) break;
     pthread_mutex_unlock(&s->flight_mu);
-    /* every push the engine still owes an answer (one waiting for its shard, or a sync
-     * push for its fsync) is answered and resumed: libmicrohttpd must not stop with their
-     * requests suspended, nor may their completions outlive this struct. From here on a
-     * push is refused (503, close). */
+    /* pushes taken during the drain may still wait for the engine (a sync push for its
+     * fsync): libmicrohttpd must not stop with their requests suspended, nor may their
+     * completions outlive this struct. From here on a push is refused (503, close). */
     atomic_store(&s->closing, true);
     flight_wait_zero(s);
     if (s->daemon) MHD_stop_daemon(s->daemon);
